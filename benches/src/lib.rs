@@ -1,0 +1,47 @@
+//! Shared helpers for sextant's benchmarks: building instances and services in bulk.
+
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use sextant_core::{Instance, Record, ServiceKey};
+
+/// The service `bench/g/svc-{n}`.
+#[must_use]
+pub fn service(n: usize) -> ServiceKey {
+    ServiceKey::parse(&format!("bench/g/svc-{n}")).expect("valid service name")
+}
+
+/// Instance number `n` of `service`, with `meta_bytes` of metadata (in 8 entries).
+#[must_use]
+pub fn instance(service: &ServiceKey, n: u32, meta_bytes: usize, ephemeral: bool) -> Record {
+    let ip = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n));
+    let mut i = Instance::new(service.clone(), ip, 8080);
+    i.ephemeral = ephemeral;
+    let mut metadata = BTreeMap::new();
+    if meta_bytes > 0 {
+        let per = meta_bytes / 8;
+        for k in 0..8 {
+            let key = format!("k{k}");
+            let value = "v".repeat(per.saturating_sub(key.len()));
+            metadata.insert(key, value);
+        }
+    }
+    i.metadata = metadata;
+    Record::Instance(Arc::new(i))
+}
+
+/// Resident set size of this process in bytes (Linux `/proc/self/status`), or 0 elsewhere.
+#[must_use]
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+        })
+        .map_or(0, |kb| kb * 1024)
+}

@@ -1,0 +1,443 @@
+//! A revisioned key space with leases: the logic of the embedded store, with no IO.
+//!
+//! Each mutation is two steps so the caller can make it durable in between:
+//! [`Engine::prepare`] validates it and says what to persist ([`Persist`]) without changing
+//! anything; [`Engine::commit`] applies it and returns the [`Event`]. A failed persist
+//! therefore changes nothing. Lease expiry ([`Engine::expire`]) removes the records attached to
+//! dead leases, one revision each.
+//!
+//! etcd plays this role for the etcd backend, which is why the shape follows etcd: a flat key
+//! space, store-wide revisions, leases with attached keys, watch from a revision.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::history::{History, Resume};
+use crate::lease::LeaseTable;
+use crate::{
+    Change, CoreError, Event, LeaseId, Millis, Record, RecordKey, Revision, Scope, StoreSnapshot, ValidationError,
+};
+
+/// A mutation.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Create or replace a record, attached to a lease for ephemeral instances.
+    Put {
+        /// The record.
+        record: Record,
+        /// Its lease (ephemeral instances only).
+        lease: Option<LeaseId>,
+    },
+    /// Delete a record.
+    Delete {
+        /// Its key.
+        key: RecordKey,
+    },
+}
+
+/// What a prepared mutation needs on disk before it may be committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Persist {
+    /// Nothing (ephemeral records live in memory only).
+    Nothing,
+    /// Write `value` under `path`.
+    Put {
+        /// Key path ([`RecordKey::path`]).
+        path: String,
+        /// JSON value ([`Record::to_value`]).
+        value: Vec<u8>,
+    },
+    /// Remove `path`.
+    Delete {
+        /// Key path.
+        path: String,
+    },
+}
+
+/// A validated mutation that has not been applied yet.
+#[derive(Debug)]
+pub struct Prepared {
+    revision: Revision,
+    op: Op,
+    persist: Persist,
+}
+
+impl Prepared {
+    /// What must be made durable before [`Engine::commit`].
+    #[must_use]
+    pub fn persist(&self) -> &Persist {
+        &self.persist
+    }
+
+    /// The revision the mutation will get.
+    #[must_use]
+    pub fn revision(&self) -> Revision {
+        self.revision
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    record: Record,
+    lease: Option<LeaseId>,
+}
+
+/// The key space, its revision, its leases and its recent history.
+#[derive(Debug)]
+pub struct Engine {
+    revision: Revision,
+    records: HashMap<RecordKey, Entry>,
+    leases: LeaseTable,
+    history: History,
+}
+
+impl Engine {
+    /// An engine at `revision` holding `records` (loaded from disk), with a history window
+    /// of `history_capacity` events. Watchers from before `revision` get a `Reset`.
+    #[must_use]
+    pub fn new(revision: Revision, records: Vec<Record>, history_capacity: usize) -> Self {
+        let records = records.into_iter().map(|r| (r.key(), Entry { record: r, lease: None })).collect();
+        Self { revision, records, leases: LeaseTable::default(), history: History::new(history_capacity, revision) }
+    }
+
+    /// The revision of the last mutation.
+    #[must_use]
+    pub fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    /// Number of records held.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether no records are held.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Number of live leases.
+    #[must_use]
+    pub fn lease_count(&self) -> usize {
+        self.leases.len()
+    }
+
+    /// The record under `key`.
+    #[must_use]
+    pub fn get(&self, key: &RecordKey) -> Option<&Record> {
+        self.records.get(key).map(|e| &e.record)
+    }
+
+    /// Validates `op` at `now` and works out what to persist. Changes nothing.
+    pub fn prepare(&self, now: Millis, op: Op) -> Result<Prepared, CoreError> {
+        let previous = |key: &RecordKey| self.records.get(key).map(|e| &e.record);
+        let persist = match &op {
+            Op::Put { record, lease } => {
+                record.validate()?;
+                match (record, lease) {
+                    (Record::Instance(i), lease) if i.ephemeral != lease.is_some() => {
+                        return Err(ValidationError::LeaseMismatch.into());
+                    }
+                    (Record::Instance(_), _) | (_, None) => {}
+                    (_, Some(_)) => return Err(ValidationError::LeaseOnNonInstance.into()),
+                }
+                if let Some(id) = lease
+                    && !self.leases.is_live(now, *id)
+                {
+                    return Err(CoreError::LeaseNotFound(*id));
+                }
+                let key = record.key();
+                if record.is_durable() {
+                    Persist::Put { path: key.path(), value: record.to_value() }
+                } else if previous(&key).is_some_and(Record::is_durable) {
+                    Persist::Delete { path: key.path() }
+                } else {
+                    Persist::Nothing
+                }
+            }
+            Op::Delete { key } => match previous(key) {
+                None => return Err(CoreError::KeyNotFound(key.clone())),
+                Some(r) if r.is_durable() => Persist::Delete { path: key.path() },
+                Some(_) => Persist::Nothing,
+            },
+        };
+        Ok(Prepared { revision: self.revision.next(), op, persist })
+    }
+
+    /// Applies a mutation prepared against the current state.
+    ///
+    /// # Panics
+    /// If another mutation was committed since `prepared` was made (a caller bug: prepare
+    /// and commit must happen under one lock).
+    pub fn commit(&mut self, now: Millis, prepared: Prepared) -> Event {
+        assert_eq!(prepared.revision, self.revision.next(), "prepare and commit must not interleave");
+        let change = match prepared.op {
+            Op::Put { record, lease } => {
+                let key = record.key();
+                if let Some(old) = self.records.get(&key).and_then(|e| e.lease) {
+                    self.leases.detach(old, &key);
+                }
+                if let Some(id) = lease {
+                    // Checked live in prepare, at the same `now`, under the same lock.
+                    let _ = self.leases.attach(now, id, key.clone());
+                }
+                self.records.insert(key, Entry { record: record.clone(), lease });
+                Change::Upsert { record }
+            }
+            Op::Delete { key } => {
+                if let Some(old) = self.records.remove(&key).and_then(|e| e.lease) {
+                    self.leases.detach(old, &key);
+                }
+                Change::Remove { key }
+            }
+        };
+        self.push(change)
+    }
+
+    /// Prepares and commits in one step, for callers with nothing to persist (tests, benches).
+    pub fn apply(&mut self, now: Millis, op: Op) -> Result<Event, CoreError> {
+        let prepared = self.prepare(now, op)?;
+        Ok(self.commit(now, prepared))
+    }
+
+    fn push(&mut self, change: Change) -> Event {
+        self.revision = self.revision.next();
+        let event = Event { revision: self.revision, change };
+        self.history.push(event.clone());
+        event
+    }
+
+    /// Grants lease `id` with `ttl`.
+    pub fn grant_lease(&mut self, now: Millis, id: LeaseId, ttl: Duration) -> Result<(), CoreError> {
+        self.leases.grant(now, id, ttl)
+    }
+
+    /// Keeps lease `id` alive for another TTL; returns the TTL.
+    pub fn keepalive(&mut self, now: Millis, id: LeaseId) -> Result<Duration, CoreError> {
+        self.leases.keepalive(now, id)
+    }
+
+    /// Number of records attached to lease `id`.
+    pub fn lease_key_count(&self, id: LeaseId) -> Result<usize, CoreError> {
+        self.leases.key_count(id)
+    }
+
+    /// Revokes lease `id`, removing its records (one revision each).
+    pub fn revoke_lease(&mut self, id: LeaseId) -> Result<Vec<Event>, CoreError> {
+        let keys = self.leases.revoke(id)?;
+        Ok(self.remove_all(keys))
+    }
+
+    /// How many records [`Engine::expire`] at `now` would remove (so the caller can reserve
+    /// revisions first).
+    #[must_use]
+    pub fn due_removals(&self, now: Millis) -> usize {
+        self.leases.due_keys(now)
+    }
+
+    /// The earliest lease deadline.
+    #[must_use]
+    pub fn next_deadline(&self) -> Option<Millis> {
+        self.leases.next_deadline()
+    }
+
+    /// Removes every lease whose deadline passed at `now` and the records attached to them.
+    pub fn expire(&mut self, now: Millis) -> Vec<Event> {
+        let keys: Vec<RecordKey> = self.leases.take_expired(now).into_iter().flat_map(|(_, keys)| keys).collect();
+        self.remove_all(keys)
+    }
+
+    fn remove_all(&mut self, keys: Vec<RecordKey>) -> Vec<Event> {
+        let mut events = Vec::with_capacity(keys.len());
+        for key in keys {
+            if self.records.remove(&key).is_some() {
+                events.push(self.push(Change::Remove { key }));
+            }
+        }
+        events
+    }
+
+    /// Every record in `scope`, sorted by key, at the current revision.
+    #[must_use]
+    pub fn snapshot(&self, scope: &Scope) -> StoreSnapshot {
+        let mut records: Vec<Record> =
+            self.records.iter().filter(|(k, _)| scope.contains(k)).map(|(_, e)| e.record.clone()).collect();
+        records.sort_by_cached_key(Record::key);
+        StoreSnapshot { revision: self.revision, records }
+    }
+
+    /// What a watcher of `scope` that last saw `from` needs: the missed events, or one
+    /// `Reset` when they are no longer all in the history window.
+    #[must_use]
+    pub fn watch_from(&self, from: Revision, scope: &Scope) -> Vec<Event> {
+        resume(&self.history, from, self.revision, scope, || self.snapshot(scope))
+    }
+}
+
+/// The missed events from `history`, or a `Reset` built by `snapshot`.
+pub(crate) fn resume(
+    history: &History,
+    from: Revision,
+    current: Revision,
+    scope: &Scope,
+    snapshot: impl FnOnce() -> StoreSnapshot,
+) -> Vec<Event> {
+    match history.since(from, current, scope) {
+        Resume::Replay(events) => events,
+        Resume::Reset => {
+            let snapshot = snapshot();
+            vec![Event { revision: snapshot.revision, change: Change::Reset { snapshot: snapshot.into() } }]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{ConfigEntry, ConfigKey, Instance, ServiceKey};
+
+    fn instance(port: u16, ephemeral: bool) -> Record {
+        let mut i = Instance::new(ServiceKey::parse("ns/g/orders").unwrap(), "10.0.0.1".parse().unwrap(), port);
+        i.ephemeral = ephemeral;
+        Record::Instance(Arc::new(i))
+    }
+
+    fn put(record: Record, lease: Option<LeaseId>) -> Op {
+        Op::Put { record, lease }
+    }
+
+    #[test]
+    fn every_mutation_gets_the_next_revision() {
+        let mut e = Engine::new(Revision(0), vec![], 100);
+        let a = e.apply(Millis(0), put(instance(1, false), None)).unwrap();
+        let b = e.apply(Millis(0), put(instance(2, false), None)).unwrap();
+        let c = e.apply(Millis(0), Op::Delete { key: instance(1, false).key() }).unwrap();
+        assert_eq!([a.revision, b.revision, c.revision], [Revision(1), Revision(2), Revision(3)]);
+        assert!(matches!(c.change, Change::Remove { .. }));
+        assert_eq!(e.len(), 1);
+    }
+
+    #[test]
+    fn invalid_input_changes_nothing() {
+        let mut e = Engine::new(Revision(5), vec![], 100);
+        let mut bad = Instance::new(ServiceKey::parse("x").unwrap(), "10.0.0.1".parse().unwrap(), 80);
+        bad.ephemeral = false;
+        bad.weight = 10_001;
+        let err = e.apply(Millis(0), put(Record::Instance(bad.into()), None)).unwrap_err();
+        assert_eq!(err, CoreError::Invalid(ValidationError::WeightOutOfRange(10_001)));
+        assert_eq!(
+            e.apply(Millis(0), put(instance(1, true), None)).unwrap_err(),
+            CoreError::Invalid(ValidationError::LeaseMismatch)
+        );
+        assert_eq!(
+            e.apply(Millis(0), put(instance(1, true), Some(LeaseId(9)))).unwrap_err(),
+            CoreError::LeaseNotFound(LeaseId(9))
+        );
+        let missing = instance(3, false).key();
+        assert_eq!(
+            e.apply(Millis(0), Op::Delete { key: missing.clone() }).unwrap_err(),
+            CoreError::KeyNotFound(missing)
+        );
+        let cfg = Record::Config(ConfigEntry::new(ConfigKey::parse("a").unwrap(), "x").unwrap().into());
+        e.grant_lease(Millis(0), LeaseId(1), Duration::from_secs(1)).unwrap();
+        assert_eq!(
+            e.apply(Millis(0), put(cfg, Some(LeaseId(1)))).unwrap_err(),
+            CoreError::Invalid(ValidationError::LeaseOnNonInstance)
+        );
+        assert_eq!(e.revision(), Revision(5));
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn persist_follows_durability() {
+        let mut e = Engine::new(Revision(0), vec![], 100);
+        e.grant_lease(Millis(0), LeaseId(1), Duration::from_secs(5)).unwrap();
+        let p = e.prepare(Millis(0), put(instance(1, false), None)).unwrap();
+        assert!(matches!(p.persist(), Persist::Put { path, .. } if path == "instances/ns/g/orders/10.0.0.1:1"));
+        e.commit(Millis(0), p);
+        // Replacing a persistent instance by an ephemeral one removes it from disk.
+        let p = e.prepare(Millis(0), put(instance(1, true), Some(LeaseId(1)))).unwrap();
+        assert_eq!(p.persist(), &Persist::Delete { path: "instances/ns/g/orders/10.0.0.1:1".into() });
+        e.commit(Millis(0), p);
+        let p = e.prepare(Millis(0), Op::Delete { key: instance(1, true).key() }).unwrap();
+        assert_eq!(p.persist(), &Persist::Nothing);
+    }
+
+    #[test]
+    fn lease_expiry_removes_ephemeral_instances() {
+        let mut e = Engine::new(Revision(0), vec![], 100);
+        e.grant_lease(Millis(0), LeaseId(1), Duration::from_secs(10)).unwrap();
+        e.apply(Millis(0), put(instance(1, true), Some(LeaseId(1)))).unwrap();
+        e.apply(Millis(0), put(instance(2, true), Some(LeaseId(1)))).unwrap();
+        e.apply(Millis(0), put(instance(3, false), None)).unwrap();
+        e.keepalive(Millis(5_000), LeaseId(1)).unwrap();
+        assert!(e.expire(Millis(14_999)).is_empty());
+        assert_eq!(e.due_removals(Millis(15_000)), 2);
+        let removed = e.expire(Millis(15_000));
+        assert_eq!(removed.iter().map(|ev| ev.revision).collect::<Vec<_>>(), vec![Revision(4), Revision(5)]);
+        assert!(removed.iter().all(|ev| matches!(ev.change, Change::Remove { .. })));
+        assert_eq!(e.len(), 1, "the persistent instance never expires");
+        assert_eq!(e.keepalive(Millis(15_001), LeaseId(1)), Err(CoreError::LeaseNotFound(LeaseId(1))));
+    }
+
+    #[test]
+    fn re_registering_under_a_new_lease_detaches_the_old_one() {
+        let mut e = Engine::new(Revision(0), vec![], 100);
+        e.grant_lease(Millis(0), LeaseId(1), Duration::from_secs(1)).unwrap();
+        e.grant_lease(Millis(0), LeaseId(2), Duration::from_secs(60)).unwrap();
+        e.apply(Millis(0), put(instance(1, true), Some(LeaseId(1)))).unwrap();
+        e.apply(Millis(0), put(instance(1, true), Some(LeaseId(2)))).unwrap();
+        assert!(e.expire(Millis(2_000)).is_empty(), "the instance moved to lease 2");
+        assert_eq!(e.revoke_lease(LeaseId(2)).unwrap().len(), 1);
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn watch_resumes_inside_the_window_and_resets_outside() {
+        let mut e = Engine::new(Revision(0), vec![], 3);
+        for port in 1..=5 {
+            e.apply(Millis(0), put(instance(port, false), None)).unwrap();
+        }
+        let all = Scope::All;
+        // Window holds revisions 3, 4, 5: resuming from 2 replays exactly 3..=5.
+        let replay = e.watch_from(Revision(2), &all);
+        assert_eq!(replay.iter().map(|ev| ev.revision.0).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert!(e.watch_from(Revision(5), &all).is_empty());
+        // Revision 1 is compacted: a single Reset with everything.
+        let reset = e.watch_from(Revision(1), &all);
+        assert_eq!(reset.len(), 1);
+        match &reset[0].change {
+            Change::Reset { snapshot } => {
+                assert_eq!(snapshot.revision, Revision(5));
+                assert_eq!(snapshot.records.len(), 5);
+            }
+            other => panic!("expected a reset, got {other:?}"),
+        }
+        // A revision from the future (another store, or a restart) also resets.
+        assert!(matches!(e.watch_from(Revision(99), &all)[0].change, Change::Reset { .. }));
+    }
+
+    #[test]
+    fn a_restarted_engine_resets_old_watchers() {
+        let e = Engine::new(Revision(100), vec![instance(1, false)], 10);
+        assert!(matches!(e.watch_from(Revision(50), &Scope::All)[0].change, Change::Reset { .. }));
+        assert!(e.watch_from(Revision(100), &Scope::All).is_empty());
+    }
+
+    #[test]
+    fn watch_filters_by_scope() {
+        let mut e = Engine::new(Revision(0), vec![], 10);
+        e.apply(Millis(0), put(instance(1, false), None)).unwrap();
+        let other = Instance::new(ServiceKey::parse("other/g/x").unwrap(), "10.0.0.2".parse().unwrap(), 1);
+        let mut other = other;
+        other.ephemeral = false;
+        e.apply(Millis(0), put(Record::Instance(other.into()), None)).unwrap();
+        let ns = Scope::Namespace("ns".parse().unwrap());
+        assert_eq!(e.watch_from(Revision(0), &ns).len(), 1);
+        assert_eq!(e.snapshot(&ns).records.len(), 1);
+    }
+}

@@ -1,0 +1,42 @@
+//! # sextant-core: the registry core
+//!
+//! Owns the data model (namespace → group → service → instance, config entries, plugin
+//! records), its validation, store-wide revisions, the change stream (`Upsert` / `Remove` /
+//! `Reset`), TTL leases, the bounded history window that lets a watcher resume from a
+//! revision, the per-service snapshots that the hot path reads lock-free, and the
+//! [`Store`](store::Store) trait every backend implements.
+//!
+//! It does **no IO**: time ([`Millis`]), lease ids and randomness are parameters, results are
+//! return values (the quinn-proto way). Sockets, disks, etcd and timers live in
+//! `sextant-store` and `sextant-server`.
+//!
+//! Two state machines live here:
+//! - [`engine::Engine`] is a revisioned key space with leases: the logic of the embedded
+//!   store (etcd plays this role for the etcd backend).
+//! - [`view::RegistryView`] mirrors any store's change stream into per-service
+//!   [`ServiceSnapshot`]s (with the protection threshold applied) and a history window that
+//!   subscribers resume from.
+
+#![forbid(unsafe_code)]
+
+pub mod engine;
+pub mod error;
+pub mod history;
+pub mod lease;
+pub mod model;
+pub mod name;
+pub mod revision;
+pub mod scope;
+pub mod snapshot;
+pub mod store;
+pub mod time;
+pub mod view;
+
+pub use error::{CoreError, ValidationError};
+pub use lease::LeaseId;
+pub use model::{ConfigEntry, Instance, PluginRecord, Record, RecordKey, ServiceSpec};
+pub use name::{ConfigKey, DataId, Group, InstanceId, InstanceKey, Namespace, PluginName, ServiceKey, ServiceName};
+pub use revision::{Change, Event, Revision, StoreSnapshot};
+pub use scope::Scope;
+pub use snapshot::{ServiceSnapshot, SnapshotHandle};
+pub use time::Millis;

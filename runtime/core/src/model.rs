@@ -1,0 +1,465 @@
+//! The records sextant stores: instances, service specs, config entries, plugin records.
+//!
+//! A [`Record`] is what a store holds under a [`RecordKey`]; the key's path
+//! ([`RecordKey::path`]) is the documented key layout shared by every backend
+//! (`instances/NS/GROUP/SERVICE/ID`, `services/NS/GROUP/SERVICE`, `configs/NS/GROUP/DATA_ID`,
+//! `plugins/NAME`). Values are JSON.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::ValidationError;
+use crate::name::{ConfigKey, DataId, Group, InstanceId, InstanceKey, Namespace, PluginName, ServiceKey, ServiceName};
+
+/// Largest instance weight.
+pub const MAX_WEIGHT: u32 = 10_000;
+/// Weight when none is given.
+pub const DEFAULT_WEIGHT: u32 = 100;
+/// Limit on an instance's metadata: keys plus values, in bytes.
+pub const MAX_METADATA_BYTES: usize = 4096;
+/// Limit on `zone` and `version`.
+pub const MAX_LABEL_BYTES: usize = 64;
+/// Limit on a config entry's content.
+pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
+
+fn default_weight() -> u32 {
+    DEFAULT_WEIGHT
+}
+fn yes() -> bool {
+    true
+}
+
+/// One instance of a service: an address traffic can be sent to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// The service it belongs to.
+    pub service: ServiceKey,
+    /// Unique inside the service.
+    pub id: InstanceId,
+    /// Address.
+    pub ip: IpAddr,
+    /// Port (not 0).
+    pub port: u16,
+    /// Relative weight, 0..=10000; 0 takes no traffic.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// An operator switch: disabled instances take no traffic.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Set by health checking.
+    #[serde(default = "yes")]
+    pub healthy: bool,
+    /// Ephemeral instances hang on a lease and vanish with it; persistent ones stay until
+    /// deregistered and survive restarts.
+    #[serde(default = "yes")]
+    pub ephemeral: bool,
+    /// Zone (for zone-aware routing); may be empty.
+    #[serde(default)]
+    pub zone: String,
+    /// Version label (for gray release); may be empty.
+    #[serde(default)]
+    pub version: String,
+    /// Free-form labels, at most 4 KiB in total.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Instance {
+    /// An enabled, healthy, ephemeral instance with the default weight and the id `ip:port`.
+    pub fn new(service: ServiceKey, ip: IpAddr, port: u16) -> Self {
+        // An IP address prints as hex digits, '.' and ':', all allowed in ids, and is short.
+        let id = InstanceId::new(format!("{ip}:{port}")).expect("ip:port is a valid instance id");
+        Self {
+            service,
+            id,
+            ip,
+            port,
+            weight: DEFAULT_WEIGHT,
+            enabled: true,
+            healthy: true,
+            ephemeral: true,
+            zone: String::new(),
+            version: String::new(),
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    /// This instance's key.
+    #[must_use]
+    pub fn key(&self) -> InstanceKey {
+        InstanceKey { service: self.service.clone(), id: self.id.clone() }
+    }
+
+    /// Checks weight, port, labels and metadata size. Names are valid by construction.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.weight > MAX_WEIGHT {
+            return Err(ValidationError::WeightOutOfRange(self.weight));
+        }
+        if self.port == 0 {
+            return Err(ValidationError::ZeroPort);
+        }
+        for (field, value) in [("zone", &self.zone), ("version", &self.version)] {
+            if value.len() > MAX_LABEL_BYTES {
+                return Err(ValidationError::FieldTooLong { field, len: value.len(), max: MAX_LABEL_BYTES });
+            }
+        }
+        if self.metadata.keys().any(String::is_empty) {
+            return Err(ValidationError::EmptyMetadataKey);
+        }
+        let size: usize = self.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if size > MAX_METADATA_BYTES {
+            return Err(ValidationError::MetadataTooLarge { size, max: MAX_METADATA_BYTES });
+        }
+        Ok(())
+    }
+
+    /// Whether the instance may take traffic when health is ignored (protection mode).
+    #[must_use]
+    pub fn is_routable(&self) -> bool {
+        self.enabled && self.weight > 0
+    }
+}
+
+/// Per-service settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    /// The service.
+    pub service: ServiceKey,
+    /// Protection threshold, 0.0..=1.0: when the share of healthy instances falls below it,
+    /// queries return every routable instance instead of only the healthy ones (Nacos'
+    /// protection threshold, Envoy's panic threshold). 0 turns protection off.
+    #[serde(default)]
+    pub protect_threshold: f32,
+    /// Free-form labels, at most 4 KiB in total.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl ServiceSpec {
+    /// Checks the threshold range and metadata size.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if !(0.0..=1.0).contains(&self.protect_threshold) {
+            return Err(ValidationError::ThresholdOutOfRange(self.protect_threshold));
+        }
+        let size: usize = self.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if size > MAX_METADATA_BYTES {
+            return Err(ValidationError::MetadataTooLarge { size, max: MAX_METADATA_BYTES });
+        }
+        Ok(())
+    }
+}
+
+/// A config-center entry: content under namespace/group/data id, with a version hash so a
+/// watcher can tell whether what it holds is current.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigEntry {
+    /// Where it lives.
+    pub key: ConfigKey,
+    /// The content, at most 1 MiB.
+    pub content: String,
+    /// Lowercase hex sha256 of `content`.
+    pub version: String,
+}
+
+impl ConfigEntry {
+    /// An entry with its version computed from the content.
+    pub fn new(key: ConfigKey, content: impl Into<String>) -> Result<Self, ValidationError> {
+        let content = content.into();
+        let version = sha256_hex(content.as_bytes());
+        let entry = Self { key, content, version };
+        entry.validate()?;
+        Ok(entry)
+    }
+
+    /// Checks the size and that the version matches the content.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.content.len() > MAX_CONFIG_BYTES {
+            return Err(ValidationError::ContentTooLarge { size: self.content.len(), max: MAX_CONFIG_BYTES });
+        }
+        if self.version != sha256_hex(self.content.as_bytes()) {
+            return Err(ValidationError::ConfigVersionMismatch);
+        }
+        Ok(())
+    }
+}
+
+/// The plugin kinds, one per WIT world.
+pub const PLUGIN_KINDS: [&str; 3] = ["balancer", "health", "scheduler"];
+
+/// A plugin known to the store: its artifact (by sha256) and where it is bound.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginRecord {
+    /// Name.
+    pub name: PluginName,
+    /// `balancer`, `health` or `scheduler`.
+    pub kind: String,
+    /// sha256 of the component bytes (the artifact's address).
+    pub sha256: String,
+    /// Size of the component in bytes.
+    pub size: u64,
+    /// What it is bound to: a service (`NS/GROUP/NAME`), a namespace, or empty for none.
+    #[serde(default)]
+    pub binding: String,
+    /// Wall-clock time of the load, milliseconds since the Unix epoch.
+    pub loaded_at_unix_ms: u64,
+}
+
+impl PluginRecord {
+    /// Checks kind and sha256 format.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if !PLUGIN_KINDS.contains(&self.kind.as_str()) {
+            return Err(ValidationError::BadPluginKind(self.kind.clone()));
+        }
+        check_sha256(&self.sha256)?;
+        if self.binding.len() > 512 {
+            return Err(ValidationError::FieldTooLong { field: "binding", len: self.binding.len(), max: 512 });
+        }
+        Ok(())
+    }
+}
+
+/// Lowercase hex sha256 of `bytes`.
+#[must_use]
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Checks that `s` is 64 lowercase hex digits.
+pub fn check_sha256(s: &str) -> Result<(), ValidationError> {
+    if s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        Ok(())
+    } else {
+        Err(ValidationError::BadSha256(s.to_owned()))
+    }
+}
+
+/// Anything a store holds. Cheap to clone (one `Arc`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum Record {
+    /// A service instance.
+    Instance(Arc<Instance>),
+    /// Per-service settings.
+    Service(Arc<ServiceSpec>),
+    /// A config entry.
+    Config(Arc<ConfigEntry>),
+    /// A plugin record.
+    Plugin(Arc<PluginRecord>),
+}
+
+impl Record {
+    /// The key it is stored under.
+    #[must_use]
+    pub fn key(&self) -> RecordKey {
+        match self {
+            Self::Instance(i) => RecordKey::Instance(i.key()),
+            Self::Service(s) => RecordKey::Service(s.service.clone()),
+            Self::Config(c) => RecordKey::Config(c.key.clone()),
+            Self::Plugin(p) => RecordKey::Plugin(p.name.clone()),
+        }
+    }
+
+    /// Validates the record's fields.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        match self {
+            Self::Instance(i) => i.validate(),
+            Self::Service(s) => s.validate(),
+            Self::Config(c) => c.validate(),
+            Self::Plugin(p) => p.validate(),
+        }
+    }
+
+    /// Whether it must survive a restart: everything but ephemeral instances.
+    #[must_use]
+    pub fn is_durable(&self) -> bool {
+        !matches!(self, Self::Instance(i) if i.ephemeral)
+    }
+
+    /// The record's value as stored: the JSON of the inner type (not of this enum; the
+    /// key path already says the kind).
+    #[must_use]
+    pub fn to_value(&self) -> Vec<u8> {
+        let v = match self {
+            Self::Instance(i) => serde_json::to_vec(&**i),
+            Self::Service(s) => serde_json::to_vec(&**s),
+            Self::Config(c) => serde_json::to_vec(&**c),
+            Self::Plugin(p) => serde_json::to_vec(&**p),
+        };
+        // Serializing these plain structs cannot fail (string keys, no custom serializers).
+        v.unwrap_or_default()
+    }
+
+    /// Decodes a stored value for `key`, validating it and checking that it belongs there.
+    pub fn from_value(key: &RecordKey, value: &[u8]) -> Result<Self, ValidationError> {
+        let bad = |e: serde_json::Error| ValidationError::BadKeyPath(format!("{}: invalid value: {e}", key.path()));
+        let record = match key {
+            RecordKey::Instance(_) => Self::Instance(Arc::new(serde_json::from_slice(value).map_err(bad)?)),
+            RecordKey::Service(_) => Self::Service(Arc::new(serde_json::from_slice(value).map_err(bad)?)),
+            RecordKey::Config(_) => Self::Config(Arc::new(serde_json::from_slice(value).map_err(bad)?)),
+            RecordKey::Plugin(_) => Self::Plugin(Arc::new(serde_json::from_slice(value).map_err(bad)?)),
+        };
+        record.validate()?;
+        if &record.key() != key {
+            return Err(ValidationError::BadKeyPath(format!(
+                "{}: value belongs under {}",
+                key.path(),
+                record.key().path()
+            )));
+        }
+        Ok(record)
+    }
+}
+
+/// The key of a [`Record`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "key", rename_all = "snake_case")]
+pub enum RecordKey {
+    /// An instance.
+    Instance(InstanceKey),
+    /// A service's settings.
+    Service(ServiceKey),
+    /// A config entry.
+    Config(ConfigKey),
+    /// A plugin record.
+    Plugin(PluginName),
+}
+
+impl RecordKey {
+    /// The key's path in the documented layout, without a backend prefix.
+    #[must_use]
+    pub fn path(&self) -> String {
+        match self {
+            Self::Instance(k) => {
+                format!("instances/{}/{}/{}/{}", k.service.namespace, k.service.group, k.service.service, k.id)
+            }
+            Self::Service(k) => format!("services/{}/{}/{}", k.namespace, k.group, k.service),
+            Self::Config(k) => format!("configs/{}/{}/{}", k.namespace, k.group, k.data_id),
+            Self::Plugin(n) => format!("plugins/{n}"),
+        }
+    }
+
+    /// Parses a path made by [`RecordKey::path`].
+    pub fn parse_path(path: &str) -> Result<Self, ValidationError> {
+        let bad = || ValidationError::BadKeyPath(path.to_owned());
+        let parts: Vec<&str> = path.split('/').collect();
+        let service = |ns: &str, g: &str, s: &str| -> Result<ServiceKey, ValidationError> {
+            Ok(ServiceKey::new(Namespace::new(ns)?, Group::new(g)?, ServiceName::new(s)?))
+        };
+        match parts.as_slice() {
+            ["instances", ns, g, s, id] => {
+                Ok(Self::Instance(InstanceKey { service: service(ns, g, s)?, id: InstanceId::new(*id)? }))
+            }
+            ["services", ns, g, s] => Ok(Self::Service(service(ns, g, s)?)),
+            ["configs", ns, g, id] => Ok(Self::Config(ConfigKey {
+                namespace: Namespace::new(*ns)?,
+                group: Group::new(*g)?,
+                data_id: DataId::new(*id)?,
+            })),
+            ["plugins", name] => Ok(Self::Plugin(PluginName::new(*name)?)),
+            _ => Err(bad()),
+        }
+    }
+
+    /// The namespace the key lives in; plugins live in none.
+    #[must_use]
+    pub fn namespace(&self) -> Option<&Namespace> {
+        match self {
+            Self::Instance(k) => Some(&k.service.namespace),
+            Self::Service(k) => Some(&k.namespace),
+            Self::Config(k) => Some(&k.namespace),
+            Self::Plugin(_) => None,
+        }
+    }
+
+    /// The service the key belongs to, if any.
+    #[must_use]
+    pub fn service(&self) -> Option<&ServiceKey> {
+        match self {
+            Self::Instance(k) => Some(&k.service),
+            Self::Service(k) => Some(k),
+            Self::Config(_) | Self::Plugin(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for RecordKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.path())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc() -> ServiceKey {
+        ServiceKey::parse("prod/g/orders").unwrap()
+    }
+
+    #[test]
+    fn instance_validation() {
+        let mut i = Instance::new(svc(), "10.0.0.1".parse().unwrap(), 8080);
+        assert_eq!(i.id.as_str(), "10.0.0.1:8080");
+        assert!(i.validate().is_ok());
+        i.weight = 10_001;
+        assert_eq!(i.validate(), Err(ValidationError::WeightOutOfRange(10_001)));
+        i.weight = 10_000;
+        i.metadata.insert("k".into(), "v".repeat(4095));
+        assert_eq!(i.validate(), Ok(()), "exactly 4096 bytes is allowed");
+        i.metadata.insert("k".into(), "v".repeat(4096));
+        assert!(matches!(i.validate(), Err(ValidationError::MetadataTooLarge { size: 4097, max: 4096 })));
+        i.metadata.clear();
+        i.port = 0;
+        assert_eq!(i.validate(), Err(ValidationError::ZeroPort));
+    }
+
+    #[test]
+    fn ipv6_ids_are_valid() {
+        let i = Instance::new(svc(), "::1".parse().unwrap(), 80);
+        assert_eq!(i.id.as_str(), "::1:80");
+    }
+
+    #[test]
+    fn paths_round_trip() {
+        let i = Instance::new(svc(), "10.0.0.1".parse().unwrap(), 8080);
+        let k = RecordKey::Instance(i.key());
+        assert_eq!(k.path(), "instances/prod/g/orders/10.0.0.1:8080");
+        assert_eq!(RecordKey::parse_path(&k.path()).unwrap(), k);
+        assert!(RecordKey::parse_path("instances/prod/g").is_err());
+        assert!(RecordKey::parse_path("other/x").is_err());
+    }
+
+    #[test]
+    fn values_are_checked_against_their_key() {
+        let i = Instance::new(svc(), "10.0.0.1".parse().unwrap(), 8080);
+        let rec = Record::Instance(Arc::new(i));
+        let value = rec.to_value();
+        assert_eq!(Record::from_value(&rec.key(), &value).unwrap(), rec);
+        let other = RecordKey::parse_path("instances/prod/g/orders/other").unwrap();
+        assert!(Record::from_value(&other, &value).is_err());
+        assert!(Record::from_value(&rec.key(), b"{not json").is_err());
+        let mut bad: serde_json::Value = serde_json::from_slice(&value).unwrap();
+        bad["weight"] = 20_000.into();
+        assert!(Record::from_value(&rec.key(), bad.to_string().as_bytes()).is_err());
+    }
+
+    #[test]
+    fn config_versions_follow_content() {
+        let key = ConfigKey::parse("app.yaml").unwrap();
+        let a = ConfigEntry::new(key.clone(), "a: 1").unwrap();
+        let b = ConfigEntry::new(key.clone(), "a: 2").unwrap();
+        assert_ne!(a.version, b.version);
+        let mut forged = a.clone();
+        forged.content = "a: 3".into();
+        assert_eq!(forged.validate(), Err(ValidationError::ConfigVersionMismatch));
+        assert!(matches!(
+            ConfigEntry::new(key, "x".repeat(MAX_CONFIG_BYTES + 1)),
+            Err(ValidationError::ContentTooLarge { .. })
+        ));
+    }
+}

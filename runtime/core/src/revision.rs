@@ -1,0 +1,85 @@
+//! Revisions and the change stream.
+//!
+//! Every mutation of a store gets the next store-wide [`Revision`]. Watchers see a stream of
+//! [`Event`]s: `Upsert` and `Remove`, each stamped with the revision that made it, and `Reset`,
+//! which carries a full snapshot of the watched scope and replaces everything the watcher held
+//! (after a reconnect whose revision fell out of the history window, or a compacted etcd
+//! watch; linkerd's `Update::Reset`).
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Record, RecordKey};
+
+/// A store-wide, monotonic revision. 0 means "nothing seen yet".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Revision(pub u64);
+
+impl Revision {
+    /// The revision after this one.
+    #[must_use]
+    pub fn next(self) -> Self {
+        Self(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Revision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// What happened at a revision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Change {
+    /// A record was created or replaced.
+    Upsert {
+        /// The new record.
+        record: Record,
+    },
+    /// A record was deleted (deregistered, or its lease expired).
+    Remove {
+        /// Its key.
+        key: RecordKey,
+    },
+    /// Everything in the watched scope, replacing whatever the watcher held.
+    Reset {
+        /// The full state of the scope at the event's revision.
+        snapshot: Arc<StoreSnapshot>,
+    },
+}
+
+/// A change stamped with its revision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// The revision the change was made at (for `Reset`: the snapshot's revision).
+    pub revision: Revision,
+    /// The change.
+    #[serde(flatten)]
+    pub change: Change,
+}
+
+impl Event {
+    /// The key an `Upsert` or `Remove` touched; `None` for `Reset`.
+    #[must_use]
+    pub fn key(&self) -> Option<RecordKey> {
+        match &self.change {
+            Change::Upsert { record } => Some(record.key()),
+            Change::Remove { key } => Some(key.clone()),
+            Change::Reset { .. } => None,
+        }
+    }
+}
+
+/// Every record of a scope at one revision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct StoreSnapshot {
+    /// The revision the snapshot is consistent at.
+    pub revision: Revision,
+    /// The records, sorted by key.
+    pub records: Vec<Record>,
+}

@@ -1,0 +1,415 @@
+//! The embedded store: the core [`Engine`] made durable with redb.
+//!
+//! Layout of `DATA_DIR/sextant.redb`:
+//! - table `records`: key path (`instances/NS/GROUP/SERVICE/ID`, `services/..`, `configs/..`,
+//!   `plugins/NAME`) → the record's JSON. Only durable records: ephemeral instances live in
+//!   memory and are not resurrected after a restart (their owners re-register).
+//! - table `artifacts`: sha256 hex → plugin component bytes.
+//! - table `meta`: `format` (1) and `revision_ceiling`.
+//!
+//! Revisions must never repeat across restarts, yet ephemeral writes do not touch the disk.
+//! So the store reserves revisions in blocks: `revision_ceiling` is persisted before any
+//! revision above the previous ceiling is handed out, and a restarted store starts at the
+//! ceiling. Watchers from before a restart therefore always get a `Reset`.
+//!
+//! A write is acknowledged only after its redb transaction committed with
+//! `Durability::Immediate` (fsync), so `kill -9` right after an acknowledgement loses nothing.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use sextant_core::engine::{Engine, Op, Persist};
+use sextant_core::history::DEFAULT_CAPACITY;
+use sextant_core::model::sha256_hex;
+use sextant_core::store::{Store, StoreError, WatchStream};
+use sextant_core::{Event, LeaseId, Millis, Record, RecordKey, Revision, Scope, StoreSnapshot};
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+
+const RECORDS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("records");
+const ARTIFACTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("artifacts");
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+const FORMAT: u64 = 1;
+/// Revisions reserved per durable ceiling bump.
+const REVISION_BLOCK: u64 = 100_000;
+/// The file inside the data directory.
+pub const DB_FILE: &str = "sextant.redb";
+
+/// Why the data directory could not be opened. Never answered by starting empty.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The directory cannot be created or is not a directory.
+    #[error("data directory {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// redb refused the file: not a redb file, damaged, locked by another process, ...
+    #[error("cannot open {path}: {source} (is another sextant using this data directory, or is the file damaged?)")]
+    Database {
+        /// The database file.
+        path: PathBuf,
+        /// The cause.
+        source: redb::Error,
+    },
+    /// The file was written by an incompatible sextant.
+    #[error("{path} has data format {found}, this sextant reads format {FORMAT}")]
+    Format {
+        /// The database file.
+        path: PathBuf,
+        /// The format found.
+        found: u64,
+    },
+    /// A stored record does not decode.
+    #[error("{path}: record {key:?} is corrupt: {reason}")]
+    Record {
+        /// The database file.
+        path: PathBuf,
+        /// The key path.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Settings of an [`EmbeddedStore`].
+#[derive(Debug, Clone, Copy)]
+pub struct EmbeddedOptions {
+    /// Events kept for watchers to resume from.
+    pub history_capacity: usize,
+    /// How often expired leases are collected.
+    pub reap_interval: Duration,
+    /// Buffer of the live event channel; a watcher further behind is dropped with `Lagged`.
+    pub watch_buffer: usize,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        Self { history_capacity: DEFAULT_CAPACITY, reap_interval: Duration::from_millis(100), watch_buffer: 64 * 1024 }
+    }
+}
+
+/// The embedded, durable store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct EmbeddedStore {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    db: Database,
+    path: PathBuf,
+    events: broadcast::Sender<Event>,
+    origin: Instant,
+}
+
+#[derive(Debug)]
+struct State {
+    engine: Engine,
+    ceiling: u64,
+    leases_expired: u64,
+}
+
+fn unavailable(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Unavailable(e.into().to_string())
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in `dir` and starts its lease reaper. Must be called
+    /// inside a tokio runtime.
+    pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<Self, OpenError> {
+        let dir_err = |source| OpenError::Dir { path: dir.to_owned(), source };
+        std::fs::create_dir_all(dir).map_err(dir_err)?;
+        if !dir.is_dir() {
+            return Err(dir_err(std::io::Error::other("not a directory")));
+        }
+        let path = dir.join(DB_FILE);
+        let db_err = |source: redb::Error| OpenError::Database { path: path.clone(), source };
+        let db = if path.exists() { Database::open(&path) } else { Database::create(&path) }
+            .map_err(|e| db_err(e.into()))?;
+        let (start, records) = load(&db, &path)?;
+        let ceiling = start + REVISION_BLOCK;
+        write_txn(&db, &Persist::Nothing, Some(ceiling)).map_err(db_err)?;
+        tracing::info!(path = %path.display(), revision = start, records = records.len(), "embedded store opened");
+        let (events, _) = broadcast::channel(options.watch_buffer.max(16));
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                engine: Engine::new(Revision(start), records, options.history_capacity),
+                ceiling,
+                leases_expired: 0,
+            }),
+            db,
+            path,
+            events,
+            origin: Instant::now(),
+        });
+        tokio::spawn(reap(Arc::downgrade(&shared), options.reap_interval));
+        Ok(Self { shared })
+    }
+
+    /// The database file.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// Current revision.
+    #[must_use]
+    pub fn revision(&self) -> Revision {
+        self.shared.state.lock().engine.revision()
+    }
+
+    /// Live leases.
+    #[must_use]
+    pub fn lease_count(&self) -> usize {
+        self.shared.state.lock().engine.lease_count()
+    }
+
+    /// Leases that expired since the store was opened.
+    #[must_use]
+    pub fn leases_expired(&self) -> u64 {
+        self.shared.state.lock().leases_expired
+    }
+
+    /// Applies `op` synchronously; blocks on an fsync for durable records.
+    fn write(&self, op: Op) -> Result<Revision, StoreError> {
+        self.shared.write(op)
+    }
+}
+
+fn load(db: &Database, path: &Path) -> Result<(u64, Vec<Record>), OpenError> {
+    let db_err = |e: redb::Error| OpenError::Database { path: path.to_owned(), source: e };
+    let txn = db.begin_write().map_err(|e| db_err(e.into()))?;
+    // Make sure every table exists so a read transaction can open them.
+    let (format, ceiling) = {
+        let mut meta = txn.open_table(META).map_err(|e| db_err(e.into()))?;
+        txn.open_table(RECORDS).map_err(|e| db_err(e.into()))?;
+        txn.open_table(ARTIFACTS).map_err(|e| db_err(e.into()))?;
+        let format = meta.get("format").map_err(|e| db_err(e.into()))?.map(|v| v.value());
+        let ceiling = meta.get("revision_ceiling").map_err(|e| db_err(e.into()))?.map_or(0, |v| v.value());
+        if format.is_none() {
+            meta.insert("format", FORMAT).map_err(|e| db_err(e.into()))?;
+        }
+        (format.unwrap_or(FORMAT), ceiling)
+    };
+    if format != FORMAT {
+        return Err(OpenError::Format { path: path.to_owned(), found: format });
+    }
+    txn.commit().map_err(|e| db_err(e.into()))?;
+
+    let read = db.begin_read().map_err(|e| db_err(e.into()))?;
+    let table = read.open_table(RECORDS).map_err(|e| db_err(e.into()))?;
+    let mut records = Vec::new();
+    for item in table.iter().map_err(|e| db_err(e.into()))? {
+        let (k, v) = item.map_err(|e| db_err(e.into()))?;
+        let corrupt = |reason: String| OpenError::Record { path: path.to_owned(), key: k.value().to_owned(), reason };
+        let key = RecordKey::parse_path(k.value()).map_err(|e| corrupt(e.to_string()))?;
+        records.push(Record::from_value(&key, v.value()).map_err(|e| corrupt(e.to_string()))?);
+    }
+    Ok((ceiling, records))
+}
+
+/// One durable transaction: the record change and, if given, a new revision ceiling.
+fn write_txn(db: &Database, persist: &Persist, ceiling: Option<u64>) -> Result<(), redb::Error> {
+    if matches!(persist, Persist::Nothing) && ceiling.is_none() {
+        return Ok(());
+    }
+    let txn = db.begin_write()?;
+    {
+        match persist {
+            Persist::Nothing => {}
+            Persist::Put { path, value } => {
+                txn.open_table(RECORDS)?.insert(path.as_str(), value.as_slice())?;
+            }
+            Persist::Delete { path } => {
+                txn.open_table(RECORDS)?.remove(path.as_str())?;
+            }
+        }
+        if let Some(c) = ceiling {
+            txn.open_table(META)?.insert("revision_ceiling", c)?;
+        }
+    }
+    Ok(txn.commit()?)
+}
+
+impl Shared {
+    fn now(&self) -> Millis {
+        Millis(u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// The new ceiling to persist if handing out `n` more revisions would pass the current one.
+    fn ceiling_for(state: &State, n: usize) -> Option<u64> {
+        let needed = state.engine.revision().0 + n as u64;
+        (needed > state.ceiling).then_some(needed + REVISION_BLOCK)
+    }
+
+    fn write(&self, op: Op) -> Result<Revision, StoreError> {
+        let mut state = self.state.lock();
+        let now = self.now();
+        let prepared = state.engine.prepare(now, op)?;
+        let ceiling = Self::ceiling_for(&state, 1);
+        write_txn(&self.db, prepared.persist(), ceiling).map_err(unavailable)?;
+        if let Some(c) = ceiling {
+            state.ceiling = c;
+        }
+        let event = state.engine.commit(now, prepared);
+        let revision = event.revision;
+        // No receivers is fine: nobody watches yet.
+        let _ = self.events.send(event);
+        Ok(revision)
+    }
+
+    /// Removes what hangs on expired leases (or on `revoke`), reserving revisions first.
+    fn remove_leased(
+        &self,
+        state: &mut State,
+        removals: usize,
+        take: impl FnOnce(&mut Engine) -> Vec<Event>,
+    ) -> Result<(), StoreError> {
+        if let Some(c) = Self::ceiling_for(state, removals) {
+            write_txn(&self.db, &Persist::Nothing, Some(c)).map_err(unavailable)?;
+            state.ceiling = c;
+        }
+        for event in take(&mut state.engine) {
+            let _ = self.events.send(event);
+        }
+        Ok(())
+    }
+
+    fn expire(&self) {
+        let mut state = self.state.lock();
+        let now = self.now();
+        if state.engine.next_deadline().is_none_or(|d| d > now) {
+            return;
+        }
+        let due = state.engine.due_removals(now);
+        let before = state.engine.lease_count();
+        match self.remove_leased(&mut state, due, |e| e.expire(now)) {
+            Ok(()) => {
+                let expired = before - state.engine.lease_count();
+                state.leases_expired += expired as u64;
+                tracing::debug!(expired, removed = due, "leases expired");
+            }
+            Err(e) => tracing::error!(error = %e, "cannot reserve revisions for lease expiry; will retry"),
+        }
+    }
+}
+
+async fn reap(shared: Weak<Shared>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else { return };
+        shared.expire();
+    }
+}
+
+impl Store for EmbeddedStore {
+    async fn put(&self, record: Record, lease: Option<LeaseId>) -> Result<Revision, StoreError> {
+        let op = Op::Put { record, lease };
+        if matches!(&op, Op::Put { record, .. } if record.is_durable()) {
+            let this = self.clone();
+            tokio::task::spawn_blocking(move || this.write(op)).await.map_err(|_| StoreError::Closed)?
+        } else {
+            // Ephemeral: memory only (plus a rare ceiling bump), no need to leave the thread.
+            self.write(op)
+        }
+    }
+
+    async fn delete(&self, key: RecordKey) -> Result<Revision, StoreError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.write(Op::Delete { key })).await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        let mut state = self.shared.state.lock();
+        let now = self.shared.now();
+        loop {
+            // 53 bits, so ids survive JSON clients that read numbers as doubles; never 0.
+            let id = LeaseId((rand::random::<u64>() >> 11) | 1);
+            match state.engine.grant_lease(now, id, ttl) {
+                Err(sextant_core::CoreError::LeaseExists(_)) => {}
+                other => return other.map(|()| id).map_err(StoreError::from),
+            }
+        }
+    }
+
+    async fn keepalive(&self, lease: LeaseId) -> Result<Duration, StoreError> {
+        let now = self.shared.now();
+        Ok(self.shared.state.lock().engine.keepalive(now, lease)?)
+    }
+
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+        let mut state = self.shared.state.lock();
+        let attached = state.engine.lease_key_count(lease)?;
+        // Ephemeral records only: no record IO, at most a ceiling bump.
+        self.shared.remove_leased(&mut state, attached, |e| e.revoke_lease(lease).unwrap_or_default())
+    }
+
+    async fn list(&self, scope: Scope) -> Result<StoreSnapshot, StoreError> {
+        Ok(self.shared.state.lock().engine.snapshot(&scope))
+    }
+
+    async fn watch(&self, scope: Scope, from: Revision) -> Result<WatchStream, StoreError> {
+        let (initial, mut live) = {
+            let state = self.shared.state.lock();
+            (state.engine.watch_from(from, &scope), self.shared.events.subscribe())
+        };
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(async move {
+            for event in initial {
+                if tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                let item = match live.recv().await {
+                    Ok(event) if event.key().is_some_and(|k| scope.contains(&k)) => Ok(event),
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(_)) => Err(StoreError::Lagged),
+                    Err(broadcast::error::RecvError::Closed) => Err(StoreError::Closed),
+                };
+                let stop = item.is_err();
+                if tx.send(item).await.is_err() || stop {
+                    return;
+                }
+            }
+        });
+        Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+
+    async fn put_artifact(&self, bytes: Vec<u8>) -> Result<String, StoreError> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let sha = sha256_hex(&bytes);
+            let txn = shared.db.begin_write().map_err(unavailable)?;
+            txn.open_table(ARTIFACTS)
+                .map_err(unavailable)?
+                .insert(sha.as_str(), bytes.as_slice())
+                .map_err(unavailable)?;
+            txn.commit().map_err(unavailable)?;
+            Ok(sha)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+
+    async fn get_artifact(&self, sha256: String) -> Result<Option<Vec<u8>>, StoreError> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let read = shared.db.begin_read().map_err(unavailable)?;
+            let table = read.open_table(ARTIFACTS).map_err(unavailable)?;
+            Ok(table.get(sha256.as_str()).map_err(unavailable)?.map(|v| v.value().to_vec()))
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+}

@@ -1,0 +1,195 @@
+//! The embedded store and the registry over it, in process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sextant_core::store::{Store, StoreError};
+use sextant_core::{
+    Change, ConfigEntry, ConfigKey, CoreError, Instance, PluginRecord, Record, Revision, Scope, ServiceKey,
+};
+use sextant_store::{DB_FILE, EmbeddedOptions, EmbeddedStore, OpenError, Registry};
+use tokio_stream::StreamExt;
+
+fn instance(service: &str, port: u16, ephemeral: bool) -> Record {
+    let mut i = Instance::new(ServiceKey::parse(service).unwrap(), "127.0.0.1".parse().unwrap(), port);
+    i.ephemeral = ephemeral;
+    Record::Instance(Arc::new(i))
+}
+
+fn open(dir: &std::path::Path) -> EmbeddedStore {
+    EmbeddedStore::open(dir, EmbeddedOptions::default()).unwrap()
+}
+
+#[tokio::test]
+async fn durable_records_survive_a_reopen_and_ephemeral_ones_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let before;
+    {
+        let store = open(dir.path());
+        store.put(instance("orders", 1, false), None).await.unwrap();
+        let lease = store.grant_lease(Duration::from_secs(60)).await.unwrap();
+        store.put(instance("orders", 2, true), Some(lease)).await.unwrap();
+        let cfg = ConfigEntry::new(ConfigKey::parse("app.yaml").unwrap(), "a: 1").unwrap();
+        store.put(Record::Config(cfg.into()), None).await.unwrap();
+        let sha = store.put_artifact(b"\0asm fake".to_vec()).await.unwrap();
+        assert_eq!(store.get_artifact(sha.clone()).await.unwrap().as_deref(), Some(&b"\0asm fake"[..]));
+        let plugin = PluginRecord {
+            name: "p2c".parse().unwrap(),
+            kind: "balancer".into(),
+            sha256: sha,
+            size: 9,
+            binding: "default/default/orders".into(),
+            loaded_at_unix_ms: 1,
+        };
+        store.put(Record::Plugin(plugin.into()), None).await.unwrap();
+        before = store.revision();
+        assert_eq!(before, Revision(4), "artifacts themselves are not revisioned records");
+    }
+    let store = open(dir.path());
+    let all = store.list(Scope::All).await.unwrap();
+    let paths: Vec<String> = all.records.iter().map(|r| r.key().path()).collect();
+    assert_eq!(
+        paths,
+        vec!["instances/default/default/orders/127.0.0.1:1", "configs/default/default/app.yaml", "plugins/p2c"]
+    );
+    let Record::Plugin(plugin) = &all.records[2] else { panic!("expected the plugin record") };
+    let artifact = store.get_artifact(plugin.sha256.clone()).await.unwrap();
+    assert_eq!(artifact.as_deref(), Some(&b"\0asm fake"[..]), "the artifact survives with its record");
+    assert!(store.revision() > before, "revisions never repeat across restarts");
+    // A watcher from before the restart is reset, not replayed a different history.
+    let mut w = store.watch(Scope::All, before).await.unwrap();
+    assert!(matches!(w.next().await.unwrap().unwrap().change, Change::Reset { .. }));
+}
+
+#[tokio::test]
+async fn invalid_writes_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut bad = Instance::new(ServiceKey::parse("x").unwrap(), "127.0.0.1".parse().unwrap(), 1);
+    bad.ephemeral = false;
+    bad.metadata.insert("k".into(), "v".repeat(5000));
+    let err = store.put(Record::Instance(bad.into()), None).await.unwrap_err();
+    assert!(matches!(err, StoreError::Rejected(CoreError::Invalid(_))), "{err}");
+    let err = store.put(instance("x", 1, true), Some(sextant_core::LeaseId(42))).await.unwrap_err();
+    assert!(matches!(err, StoreError::Rejected(CoreError::LeaseNotFound(_))));
+    assert_eq!(store.revision(), Revision(0));
+    drop(store);
+    assert!(open(dir.path()).list(Scope::All).await.unwrap().records.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn leases_expire_without_keepalive() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let kept = store.grant_lease(Duration::from_secs(2)).await.unwrap();
+    let dropped = store.grant_lease(Duration::from_secs(2)).await.unwrap();
+    store.put(instance("s", 1, true), Some(kept)).await.unwrap();
+    store.put(instance("s", 2, true), Some(dropped)).await.unwrap();
+    let mut watch = store.watch(Scope::All, store.revision()).await.unwrap();
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        store.keepalive(kept).await.unwrap();
+    }
+    let event = watch.next().await.unwrap().unwrap();
+    assert!(matches!(&event.change, Change::Remove { key } if key == &instance("s", 2, true).key()));
+    assert_eq!(store.list(Scope::All).await.unwrap().records.len(), 1);
+    assert_eq!(store.leases_expired(), 1);
+    assert!(matches!(store.keepalive(dropped).await, Err(StoreError::Rejected(CoreError::LeaseNotFound(_)))));
+}
+
+#[tokio::test]
+async fn a_damaged_file_is_a_clear_error_not_a_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(DB_FILE), b"this is not a database, but it holds someone's data").unwrap();
+    let err = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap_err();
+    assert!(matches!(err, OpenError::Database { .. }), "{err}");
+    assert!(err.to_string().contains(DB_FILE));
+    // The file is left as it was.
+    assert!(std::fs::read(dir.path().join(DB_FILE)).unwrap().starts_with(b"this is not"));
+}
+
+#[tokio::test]
+async fn a_data_dir_that_is_a_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plain");
+    std::fs::write(&file, b"x").unwrap();
+    assert!(matches!(EmbeddedStore::open(&file, EmbeddedOptions::default()), Err(OpenError::Dir { .. })));
+}
+
+#[tokio::test]
+async fn registry_subscribers_resume_and_see_live_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.put(instance("a", 1, false), None).await.unwrap();
+    let registry = Registry::start(store, 1024).await.unwrap();
+    assert_eq!(registry.snapshot(&ServiceKey::parse("a").unwrap()).unwrap().instances.len(), 1);
+
+    let mut sub = registry.subscribe(Scope::Service(ServiceKey::parse("b").unwrap()), registry.revision());
+    registry.put(instance("a", 2, false), None).await.unwrap();
+    let rev = registry.put(instance("b", 1, false), None).await.unwrap();
+    let event = sub.next().await.unwrap();
+    assert_eq!(event.revision, rev, "the change to service a is filtered out");
+
+    // A subscriber that resumes from an older revision gets exactly what it missed.
+    let mut resumed = registry.subscribe(Scope::All, Revision(1));
+    let a = resumed.next().await.unwrap();
+    let b = resumed.next().await.unwrap();
+    assert_eq!((a.revision, b.revision), (Revision(2), Revision(3)));
+
+    // A registry's history starts where it listed the store (revision 3): a subscriber from
+    // before that gets a Reset of its scope.
+    let small = Registry::start(registry.store().clone(), 2).await.unwrap();
+    small.put(instance("a", 3, false), None).await.unwrap();
+    let mut old = small.subscribe(Scope::Service(ServiceKey::parse("a").unwrap()), Revision(1));
+    match old.next().await.unwrap().change {
+        Change::Reset { snapshot } => {
+            assert_eq!(snapshot.revision, Revision(4));
+            assert_eq!(snapshot.records.len(), 3, "instances 1..=3 of service a, not b");
+        }
+        other => panic!("expected a reset, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn snapshot_handles_follow_registrations() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(open(dir.path()), 1024).await.unwrap();
+    let svc = ServiceKey::parse("prod/g/api").unwrap();
+    let handle = registry.handle(&svc);
+    assert!(handle.load().instances.is_empty());
+    let lease = registry.grant_lease(Duration::from_secs(30)).await.unwrap();
+    for port in 1..=5 {
+        registry.put(instance("prod/g/api", port, true), Some(lease)).await.unwrap();
+    }
+    assert_eq!(handle.load().instances.len(), 5);
+    registry.revoke_lease(lease).await.unwrap();
+    registry.wait_for(Revision(10)).await;
+    assert!(handle.load().instances.is_empty());
+    assert_eq!(registry.stats().instances, 0);
+}
+
+#[tokio::test]
+async fn config_watchers_see_each_new_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(open(dir.path()), 1024).await.unwrap();
+    let key = ConfigKey::parse("prod/gw/routes.yaml").unwrap();
+    let mut watch = registry.subscribe(Scope::Config(key.clone()), registry.revision());
+    let mut versions = vec![];
+    for content in ["a: 1", "a: 2"] {
+        let entry = ConfigEntry::new(key.clone(), content).unwrap();
+        versions.push(entry.version.clone());
+        registry.put(Record::Config(entry.into()), None).await.unwrap();
+        // Another key in the same namespace must not reach this watcher.
+        let other = ConfigEntry::new(ConfigKey::parse("prod/gw/other").unwrap(), content).unwrap();
+        registry.put(Record::Config(other.into()), None).await.unwrap();
+    }
+    for expected in versions {
+        match watch.next().await.unwrap().change {
+            Change::Upsert { record: Record::Config(c) } => assert_eq!(c.version, expected),
+            other => panic!("expected a config upsert, got {other:?}"),
+        }
+    }
+    registry.delete(sextant_core::RecordKey::Config(key.clone())).await.unwrap();
+    assert!(matches!(watch.next().await.unwrap().change, Change::Remove { .. }));
+    assert!(registry.config(&key).is_none());
+}

@@ -1,0 +1,6 @@
+//! sextant's integration tests: one binary, a module per scenario. They start the real
+//! `sextant` binary on loopback ports with temporary data directories.
+
+mod admin_api;
+mod durability;
+mod support;

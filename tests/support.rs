@@ -1,0 +1,170 @@
+//! Starting and stopping `sextant serve`, and talking to its admin API.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The `sextant` binary cargo built for these tests.
+pub(crate) fn sextant_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sextant")
+}
+
+/// A free loopback port (bound, then released).
+pub(crate) fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
+}
+
+/// A running `sextant serve`.
+#[derive(Debug)]
+pub(crate) struct Server {
+    child: Option<Child>,
+    pub(crate) addr: SocketAddr,
+    log: PathBuf,
+}
+
+/// How a server that failed to start ended.
+#[derive(Debug)]
+pub(crate) struct StartFailure {
+    pub(crate) status: Option<ExitStatus>,
+    pub(crate) log: String,
+}
+
+impl Server {
+    /// Starts on `data_dir` and waits until `/healthz` answers; panics with the log if not.
+    pub(crate) fn start(data_dir: &Path) -> Self {
+        match Self::try_start(data_dir) {
+            Ok(s) => s,
+            Err(f) => panic!("sextant did not start ({:?}):\n{}", f.status, f.log),
+        }
+    }
+
+    /// Starts on `data_dir`; `Err` if it exits or does not become healthy within 20 s.
+    pub(crate) fn try_start(data_dir: &Path) -> Result<Self, StartFailure> {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let log = data_dir.with_extension(format!("{}.log", addr.port()));
+        let child = Command::new(sextant_bin())
+            .args(["serve", "--data-dir"])
+            .arg(data_dir)
+            .args(["--admin", &addr.to_string()])
+            .env("SEXTANT_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).expect("create log file"))
+            .spawn()
+            .expect("spawn sextant");
+        let mut server = Self { child: Some(child), addr, log };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = server.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                server.child = None;
+                return Err(StartFailure { status: Some(status), log: server.log() });
+            }
+            if http().get(&server.url("/healthz")).call().is_ok_and(|r| r.status() == 200) {
+                return Ok(server);
+            }
+            if Instant::now() > deadline {
+                return Err(StartFailure { status: None, log: server.log() });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `http://ADDR{path}`.
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// What the server logged so far.
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub(crate) fn kill9(mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("SIGKILL");
+            c.wait().expect("reap");
+        }
+    }
+
+    /// SIGTERM, then waits (at most 10 s) for the exit.
+    pub(crate) fn terminate(mut self) -> (ExitStatus, String) {
+        let mut child = self.child.take().expect("running");
+        let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("run kill");
+        assert!(ok.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return (status, self.log());
+            }
+            assert!(Instant::now() < deadline, "sextant did not exit within 10 s of SIGTERM:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub(crate) fn get(&self, path: &str) -> (u16, Value) {
+        read(http().get(&self.url(path)).call())
+    }
+
+    pub(crate) fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        read(http().post(&self.url(path)).send_json(body))
+    }
+
+    pub(crate) fn put_text(&self, path: &str, body: &str) -> (u16, Value) {
+        read(http().put(&self.url(path)).send(body))
+    }
+
+    pub(crate) fn put_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        read(http().put(&self.url(path)).send_json(body))
+    }
+
+    pub(crate) fn delete(&self, path: &str) -> (u16, Value) {
+        read(http().delete(&self.url(path)).call())
+    }
+
+    pub(crate) fn text(&self, path: &str) -> String {
+        http().get(&self.url(path)).call().expect("GET").body_mut().read_to_string().expect("body")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// An HTTP client that returns 4xx/5xx as responses and never waits long.
+pub(crate) fn http() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
+}
+
+fn read(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16, Value) {
+    let mut r = r.expect("HTTP request");
+    let status = r.status().as_u16();
+    let text = r.body_mut().read_to_string().expect("body");
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+/// An instance registration body.
+pub(crate) fn instance(service: &str, id: &str, port: u16, ephemeral: bool) -> Value {
+    let (ns, group, name) = match service.split('/').collect::<Vec<_>>()[..] {
+        [n] => ("default", "default", n),
+        [ns, g, n] => (ns, g, n),
+        _ => panic!("bad service {service}"),
+    };
+    serde_json::json!({
+        "service": { "namespace": ns, "group": group, "service": name },
+        "id": id, "ip": "127.0.0.1", "port": port, "ephemeral": ephemeral,
+    })
+}
