@@ -437,7 +437,11 @@ mod tests {
         other.ephemeral = false;
         e.apply(Millis(0), put(Record::Instance(other.into()), None)).unwrap();
         let ns = Scope::Namespace("ns".parse().unwrap());
-        assert_eq!(e.watch_from(Revision(0), &ns).len(), 1);
+        assert_eq!(e.watch_from(Revision(1), &ns).len(), 0, "revision 2 is in another namespace");
+        match &e.watch_from(Revision(0), &ns)[0].change {
+            Change::Reset { snapshot } => assert_eq!(snapshot.records.len(), 1),
+            other => panic!("from 0 is a reset, got {other:?}"),
+        }
         assert_eq!(e.snapshot(&ns).records.len(), 1);
     }
 }

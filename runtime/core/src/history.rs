@@ -58,10 +58,11 @@ impl History {
         self.compacted
     }
 
-    /// The events in `scope` after `from`, given the store is at `current`.
+    /// The events in `scope` after `from`, given the store is at `current`. `from` 0 means
+    /// "I hold nothing": always a `Reset`, so a new watcher starts from a full state.
     #[must_use]
     pub fn since(&self, from: Revision, current: Revision, scope: &Scope) -> Resume {
-        if from > current || from < self.compacted {
+        if from == Revision(0) || from > current || from < self.compacted {
             return Resume::Reset;
         }
         let start = self.events.partition_point(|e| e.revision <= from);

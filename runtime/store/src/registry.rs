@@ -99,12 +99,14 @@ impl<S: Store + Clone> Registry<S> {
         let directory = view.directory().clone();
         let hub =
             Arc::new(Hub { view: RwLock::new(view), directory, events, revision: watch::Sender::new(Revision(0)) });
-        // List, then watch from the listed revision (the etcd way): the registry starts
-        // complete and misses nothing after.
-        let snapshot = store.list(Scope::All).await?;
-        let from = snapshot.revision;
-        hub.apply(vec![Event { revision: from, change: Change::Reset { snapshot: snapshot.into() } }]);
-        let stream = store.watch(Scope::All, from).await?;
+        // A watch from revision 0 starts with a Reset holding everything: apply it before
+        // returning, so the registry starts complete, then follow from there.
+        let mut stream = store.watch(Scope::All, Revision(0)).await?;
+        match stream.next().await {
+            Some(Ok(first)) => hub.apply(vec![first]),
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err(StoreError::Closed.into()),
+        }
         let driver = tokio::spawn(drive(store.clone(), hub.clone(), stream));
         Ok(Self { store, hub, driver: Arc::new(DriverGuard(driver)) })
     }

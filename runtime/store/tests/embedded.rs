@@ -173,7 +173,11 @@ async fn config_watchers_see_each_new_version() {
     let dir = tempfile::tempdir().unwrap();
     let registry = Registry::start(open(dir.path()), 1024).await.unwrap();
     let key = ConfigKey::parse("prod/gw/routes.yaml").unwrap();
-    let mut watch = registry.subscribe(Scope::Config(key.clone()), registry.revision());
+    let mut watch = registry.subscribe(Scope::Config(key.clone()), Revision(0));
+    match watch.next().await.unwrap().change {
+        Change::Reset { snapshot } => assert!(snapshot.records.is_empty(), "from 0: a reset, empty so far"),
+        other => panic!("expected a reset, got {other:?}"),
+    }
     let mut versions = vec![];
     for content in ["a: 1", "a: 2"] {
         let entry = ConfigEntry::new(key.clone(), content).unwrap();

@@ -1,0 +1,226 @@
+//! Access control: tokens with per-namespace rights, read from a JSON file.
+//!
+//! ```json
+//! { "tokens": [
+//!     { "name": "gateway", "token": "s3cret", "namespaces": { "prod": "read" } },
+//!     { "name": "deployer", "token": "t0ken", "namespaces": { "prod": "write", "*": "read" } },
+//!     { "name": "ops", "token": "adm1n", "namespaces": { "*": "admin" } }
+//! ] }
+//! ```
+//!
+//! Rights are ordered `read < write < admin`; `"*"` applies to every namespace and is the
+//! right needed for whole-registry requests (listing everything, plugins need `admin`).
+//! With no file, the server is open: every connection has `admin` everywhere (development).
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+use sextant_core::{Namespace, Scope};
+
+use crate::Request;
+
+/// A right, ordered from least to most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Right {
+    /// Read registrations and config, subscribe, pick.
+    Read,
+    /// Also register, deregister, leases, config writes.
+    Write,
+    /// Also plugins.
+    Admin,
+}
+
+/// One token's entry in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRule {
+    /// Who it is, for logs.
+    pub name: String,
+    /// The secret presented in `hello`.
+    pub token: String,
+    /// Namespace (or `*`) → right.
+    pub namespaces: BTreeMap<String, Right>,
+}
+
+/// The file's shape.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclFile {
+    /// Every token.
+    pub tokens: Vec<TokenRule>,
+}
+
+/// Why an ACL file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AclError {
+    /// Not valid JSON of the documented shape.
+    #[error("access file is not valid: {0}")]
+    Parse(#[from] serde_json::Error),
+    /// A namespace key that is neither `*` nor a valid namespace.
+    #[error("access file: {0:?} is not a namespace or \"*\"")]
+    BadNamespace(String),
+    /// Two entries share a token.
+    #[error("access file: token of {0:?} is used twice")]
+    DuplicateToken(String),
+    /// An empty token.
+    #[error("access file: token of {0:?} is empty")]
+    EmptyToken(String),
+}
+
+/// Who a connection is and what it may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// Name from the file (`anonymous` on an open server).
+    pub name: String,
+    rights: BTreeMap<String, Right>,
+}
+
+impl Principal {
+    fn anonymous_admin() -> Self {
+        Self { name: "anonymous".into(), rights: BTreeMap::from([("*".into(), Right::Admin)]) }
+    }
+
+    /// The right held on `ns` (`None`: the whole registry, which only `*` grants).
+    #[must_use]
+    pub fn right_on(&self, ns: Option<&Namespace>) -> Option<Right> {
+        let wildcard = self.rights.get("*").copied();
+        let specific = ns.and_then(|ns| self.rights.get(ns.as_str()).copied());
+        wildcard.max(specific)
+    }
+
+    /// Whether the principal holds at least `right` on `ns`.
+    #[must_use]
+    pub fn allows(&self, ns: Option<&Namespace>, right: Right) -> bool {
+        self.right_on(ns).is_some_and(|r| r >= right)
+    }
+
+    /// Whether the principal may write anywhere (leases are not namespaced).
+    #[must_use]
+    pub fn writes_somewhere(&self) -> bool {
+        self.rights.values().any(|r| *r >= Right::Write)
+    }
+}
+
+/// The token table.
+#[derive(Debug, Clone)]
+pub struct Acl {
+    tokens: Option<HashMap<String, Principal>>,
+}
+
+impl Acl {
+    /// No access control: everyone is admin.
+    #[must_use]
+    pub fn open() -> Self {
+        Self { tokens: None }
+    }
+
+    /// Parses an access file.
+    pub fn from_json(text: &str) -> Result<Self, AclError> {
+        let file: AclFile = serde_json::from_str(text)?;
+        let mut tokens = HashMap::new();
+        for rule in file.tokens {
+            if rule.token.is_empty() {
+                return Err(AclError::EmptyToken(rule.name));
+            }
+            for ns in rule.namespaces.keys() {
+                if ns != "*" && Namespace::new(ns.as_str()).is_err() {
+                    return Err(AclError::BadNamespace(ns.clone()));
+                }
+            }
+            let principal = Principal { name: rule.name.clone(), rights: rule.namespaces };
+            if tokens.insert(rule.token, principal).is_some() {
+                return Err(AclError::DuplicateToken(rule.name));
+            }
+        }
+        Ok(Self { tokens: Some(tokens) })
+    }
+
+    /// Whether tokens are required.
+    #[must_use]
+    pub fn is_open(&self) -> bool {
+        self.tokens.is_none()
+    }
+
+    /// The principal behind `token`, if any.
+    #[must_use]
+    pub fn authenticate(&self, token: Option<&str>) -> Option<Principal> {
+        match &self.tokens {
+            None => Some(Principal::anonymous_admin()),
+            Some(map) => token.and_then(|t| map.get(t)).cloned(),
+        }
+    }
+}
+
+/// The right a request needs and where: `(namespace or whole registry, right)`; `None` for
+/// requests anyone may send (`hello`, `ping`) and for leases (see
+/// [`Principal::writes_somewhere`]).
+#[must_use]
+pub fn required(request: &Request) -> Option<(Option<&Namespace>, Right)> {
+    Some(match request {
+        Request::Hello { .. } | Request::Ping { .. } => return None,
+        Request::GrantLease { .. } | Request::Keepalive { .. } | Request::RevokeLease { .. } => return None,
+        Request::Register { instance, .. } => (Some(&instance.service.namespace), Right::Write),
+        Request::Deregister { service, .. } => (Some(&service.namespace), Right::Write),
+        Request::PutService { spec } => (Some(&spec.service.namespace), Right::Write),
+        Request::ConfigPut { key, .. } | Request::ConfigDelete { key } => (Some(&key.namespace), Right::Write),
+        Request::GetService { service } | Request::Pick { service, .. } => (Some(&service.namespace), Right::Read),
+        Request::ConfigGet { key } => (Some(&key.namespace), Right::Read),
+        Request::List { scope } | Request::Subscribe { scope, .. } => (scope_namespace(scope), Right::Read),
+        Request::PluginList => (None, Right::Admin),
+    })
+}
+
+/// The namespace a scope lies in; `None` for the whole registry.
+fn scope_namespace(scope: &Scope) -> Option<&Namespace> {
+    match scope {
+        Scope::All => None,
+        Scope::Namespace(ns) => Some(ns),
+        Scope::Service(s) => Some(&s.namespace),
+        Scope::Config(c) => Some(&c.namespace),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"{ "tokens": [
+        { "name": "gw", "token": "g", "namespaces": { "prod": "read" } },
+        { "name": "dep", "token": "d", "namespaces": { "prod": "write", "*": "read" } },
+        { "name": "ops", "token": "o", "namespaces": { "*": "admin" } }
+    ] }"#;
+
+    #[test]
+    fn rights_by_namespace_and_wildcard() {
+        let acl = Acl::from_json(FILE).unwrap();
+        let prod: Namespace = "prod".parse().unwrap();
+        let dev: Namespace = "dev".parse().unwrap();
+        let gw = acl.authenticate(Some("g")).unwrap();
+        assert!(gw.allows(Some(&prod), Right::Read));
+        assert!(!gw.allows(Some(&prod), Right::Write));
+        assert!(!gw.allows(Some(&dev), Right::Read));
+        assert!(!gw.allows(None, Right::Read), "whole-registry reads need *");
+        assert!(!gw.writes_somewhere());
+        let dep = acl.authenticate(Some("d")).unwrap();
+        assert!(dep.allows(Some(&prod), Right::Write));
+        assert!(dep.allows(Some(&dev), Right::Read));
+        assert!(!dep.allows(Some(&dev), Right::Write));
+        assert!(dep.allows(None, Right::Read));
+        assert!(acl.authenticate(Some("o")).unwrap().allows(None, Right::Admin));
+        assert!(acl.authenticate(Some("nope")).is_none());
+        assert!(acl.authenticate(None).is_none());
+        assert!(Acl::open().authenticate(None).unwrap().allows(None, Right::Admin));
+    }
+
+    #[test]
+    fn bad_files_are_refused() {
+        assert!(matches!(Acl::from_json("{}"), Err(AclError::Parse(_))));
+        let bad_ns = r#"{"tokens":[{"name":"x","token":"t","namespaces":{"a b":"read"}}]}"#;
+        assert!(matches!(Acl::from_json(bad_ns), Err(AclError::BadNamespace(_))));
+        let dup = r#"{"tokens":[{"name":"x","token":"t","namespaces":{}},{"name":"y","token":"t","namespaces":{}}]}"#;
+        assert!(matches!(Acl::from_json(dup), Err(AclError::DuplicateToken(_))));
+        let right = r#"{"tokens":[{"name":"x","token":"t","namespaces":{"*":"root"}}]}"#;
+        assert!(matches!(Acl::from_json(right), Err(AclError::Parse(_))));
+    }
+}

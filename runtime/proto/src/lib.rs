@@ -1,0 +1,24 @@
+//! # sextant-proto: the discovery protocol, without IO
+//!
+//! Owns everything about the wire that does not need a socket (the quinn-proto way):
+//! - [`frame`]: length-prefixed JSON frames with a maximum size, decoded incrementally;
+//! - [`message`]: every request and response, the protocol version, error codes;
+//! - [`acl`]: tokens with per-namespace read / write / admin rights;
+//! - [`server`]: a connection's server-side session (handshake, authorization, the
+//!   connection-bound lease), turning frames into commands for the registry;
+//! - [`client`]: a client's session (what to re-register and re-subscribe after a reconnect,
+//!   the local view per subscription, empty-push protection).
+//!
+//! Does not own: QUIC, TLS, tasks and timers (`sextant-quic`), the registry (`sextant-store`).
+//! `docs/protocol.md` is the specification; this crate is its reference implementation.
+
+#![forbid(unsafe_code)]
+
+pub mod acl;
+pub mod client;
+pub mod frame;
+pub mod message;
+pub mod server;
+
+pub use frame::{FrameDecoder, FrameError, MAX_FRAME_LEN, encode};
+pub use message::{ALPN, Binding, ErrorCode, PROTOCOL_VERSION, Request, Response};

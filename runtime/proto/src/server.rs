@@ -1,0 +1,222 @@
+//! The server side of one connection, without IO.
+//!
+//! The IO layer feeds each request decoded from a stream to [`ServerSession::on_request`]
+//! and does what the returned [`Step`] says: answer directly, execute an authorized request
+//! against the registry, or close the connection with an error code. The session enforces
+//! the handshake (`hello` first, once, with a supported version and a known token),
+//! authorization per namespace, and normalizes registrations (an instance's `ephemeral` flag
+//! follows its binding).
+
+use std::sync::Arc;
+
+use sextant_core::lease::check_ttl;
+
+use crate::acl::{self, Acl, Principal};
+use crate::{Binding, ErrorCode, PROTOCOL_VERSION, Request, Response};
+
+/// Server-wide settings every session reads.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Token table.
+    pub acl: Arc<Acl>,
+    /// Server id reported in `welcome`.
+    pub server_id: String,
+    /// How long connection-bound instances outlive their connection.
+    pub grace_ms: u64,
+}
+
+/// What to do with a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Send this response on the request's stream.
+    Reply(Response),
+    /// Execute this authorized, normalized request against the registry.
+    Execute(Request),
+    /// Close the connection with this code and reason; change nothing.
+    Close(ErrorCode, String),
+}
+
+#[derive(Debug)]
+enum Phase {
+    AwaitingHello,
+    Ready(Principal),
+}
+
+/// One connection's session.
+#[derive(Debug)]
+pub struct ServerSession {
+    settings: ServerSettings,
+    phase: Phase,
+}
+
+impl ServerSession {
+    /// A session waiting for `hello`.
+    #[must_use]
+    pub fn new(settings: ServerSettings) -> Self {
+        Self { settings, phase: Phase::AwaitingHello }
+    }
+
+    /// Who the connection is, once `hello` succeeded.
+    #[must_use]
+    pub fn principal(&self) -> Option<&Principal> {
+        match &self.phase {
+            Phase::Ready(p) => Some(p),
+            Phase::AwaitingHello => None,
+        }
+    }
+
+    /// Handles one request.
+    pub fn on_request(&mut self, request: Request) -> Step {
+        let principal = match (&self.phase, request) {
+            (Phase::AwaitingHello, Request::Hello { version, token, .. }) => {
+                return self.hello(version, token.as_deref());
+            }
+            (Phase::AwaitingHello, other) => {
+                return Step::Close(ErrorCode::ProtocolError, format!("expected hello, got {}", other.kind()));
+            }
+            (Phase::Ready(_), Request::Hello { .. }) => {
+                return Step::Close(ErrorCode::ProtocolError, "hello sent twice".into());
+            }
+            (Phase::Ready(_), Request::Ping { nonce }) => return Step::Reply(Response::Pong { nonce }),
+            (Phase::Ready(p), request) => (p, request),
+        };
+        let (p, request) = principal;
+        let allowed = match acl::required(&request) {
+            Some((ns, right)) => p.allows(ns, right),
+            None => p.writes_somewhere(),
+        };
+        if !allowed {
+            return Step::Reply(Response::error(
+                ErrorCode::Forbidden,
+                format!("{} may not {}", p.name, request.kind()),
+            ));
+        }
+        match normalize(request) {
+            Ok(r) => Step::Execute(r),
+            Err(message) => Step::Reply(Response::error(ErrorCode::Invalid, message)),
+        }
+    }
+
+    fn hello(&mut self, version: u32, token: Option<&str>) -> Step {
+        if version != PROTOCOL_VERSION {
+            return Step::Close(
+                ErrorCode::UnsupportedVersion,
+                format!("version {version} is not supported; this server speaks {PROTOCOL_VERSION}"),
+            );
+        }
+        let Some(principal) = self.settings.acl.authenticate(token) else {
+            let why = if token.is_some() { "unknown token" } else { "a token is required" };
+            return Step::Close(ErrorCode::Unauthenticated, why.into());
+        };
+        self.phase = Phase::Ready(principal);
+        Step::Reply(Response::Welcome {
+            version: PROTOCOL_VERSION,
+            server: self.settings.server_id.clone(),
+            grace_ms: self.settings.grace_ms,
+        })
+    }
+}
+
+/// Makes a registration consistent with its binding and checks TTLs before anything runs.
+fn normalize(request: Request) -> Result<Request, String> {
+    match request {
+        Request::Register { mut instance, binding } => {
+            if let Binding::Ttl { ttl_ms } = binding {
+                check_ttl(std::time::Duration::from_millis(ttl_ms)).map_err(|e| e.to_string())?;
+            }
+            instance.ephemeral = binding != Binding::Persistent;
+            instance.validate().map_err(|e| e.to_string())?;
+            Ok(Request::Register { instance, binding })
+        }
+        Request::GrantLease { ttl_ms } => {
+            check_ttl(std::time::Duration::from_millis(ttl_ms)).map_err(|e| e.to_string())?;
+            Ok(request)
+        }
+        other => Ok(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sextant_core::{Instance, ServiceKey};
+
+    use super::*;
+
+    fn session(acl: Acl) -> ServerSession {
+        ServerSession::new(ServerSettings { acl: Arc::new(acl), server_id: "s1".into(), grace_ms: 5000 })
+    }
+
+    fn hello(token: Option<&str>) -> Request {
+        Request::Hello { version: PROTOCOL_VERSION, token: token.map(str::to_owned), client: None }
+    }
+
+    fn register(ns: &str, binding: Binding) -> Request {
+        let service = ServiceKey::parse(&format!("{ns}/g/s")).unwrap();
+        Request::Register { instance: Instance::new(service, "127.0.0.1".parse().unwrap(), 80), binding }
+    }
+
+    #[test]
+    fn hello_comes_first_and_once() {
+        let mut s = session(Acl::open());
+        assert!(matches!(s.on_request(Request::Ping { nonce: 1 }), Step::Close(ErrorCode::ProtocolError, _)));
+        let mut s = session(Acl::open());
+        assert!(matches!(s.on_request(hello(None)), Step::Reply(Response::Welcome { grace_ms: 5000, .. })));
+        assert_eq!(s.on_request(Request::Ping { nonce: 9 }), Step::Reply(Response::Pong { nonce: 9 }));
+        assert!(matches!(s.on_request(hello(None)), Step::Close(ErrorCode::ProtocolError, _)));
+    }
+
+    #[test]
+    fn versions_and_tokens_are_checked() {
+        let mut s = session(Acl::open());
+        let v2 = Request::Hello { version: 2, token: None, client: None };
+        assert!(matches!(s.on_request(v2), Step::Close(ErrorCode::UnsupportedVersion, _)));
+        let acl = Acl::from_json(r#"{"tokens":[{"name":"gw","token":"t","namespaces":{"prod":"read"}}]}"#).unwrap();
+        let mut s = session(acl.clone());
+        assert!(matches!(s.on_request(hello(None)), Step::Close(ErrorCode::Unauthenticated, _)));
+        let mut s = session(acl.clone());
+        assert!(matches!(s.on_request(hello(Some("wrong"))), Step::Close(ErrorCode::Unauthenticated, _)));
+        let mut s = session(acl);
+        assert!(matches!(s.on_request(hello(Some("t"))), Step::Reply(Response::Welcome { .. })));
+        assert_eq!(s.principal().unwrap().name, "gw");
+    }
+
+    #[test]
+    fn rights_are_enforced_per_namespace() {
+        let acl =
+            Acl::from_json(r#"{"tokens":[{"name":"gw","token":"t","namespaces":{"prod":"read","dev":"write"}}]}"#)
+                .unwrap();
+        let mut s = session(acl);
+        s.on_request(hello(Some("t")));
+        let forbidden = s.on_request(register("prod", Binding::Connection));
+        assert!(matches!(forbidden, Step::Reply(Response::Error { code: ErrorCode::Forbidden, .. })));
+        assert!(matches!(s.on_request(register("dev", Binding::Connection)), Step::Execute(_)));
+        let read = Request::GetService { service: ServiceKey::parse("prod/g/s").unwrap() };
+        assert!(matches!(s.on_request(read), Step::Execute(_)));
+        assert!(matches!(
+            s.on_request(Request::PluginList),
+            Step::Reply(Response::Error { code: ErrorCode::Forbidden, .. })
+        ));
+        assert!(matches!(s.on_request(Request::GrantLease { ttl_ms: 1000 }), Step::Execute(_)));
+    }
+
+    #[test]
+    fn registrations_follow_their_binding() {
+        let mut s = session(Acl::open());
+        s.on_request(hello(None));
+        let Step::Execute(Request::Register { instance, .. }) = s.on_request(register("a", Binding::Persistent)) else {
+            panic!("expected execute")
+        };
+        assert!(!instance.ephemeral);
+        let Step::Execute(Request::Register { instance, .. }) = s.on_request(register("a", Binding::Connection)) else {
+            panic!("expected execute")
+        };
+        assert!(instance.ephemeral);
+        let bad_ttl = s.on_request(register("a", Binding::Ttl { ttl_ms: 5 }));
+        assert!(matches!(bad_ttl, Step::Reply(Response::Error { code: ErrorCode::Invalid, .. })));
+        let mut heavy = register("a", Binding::Persistent);
+        if let Request::Register { instance, .. } = &mut heavy {
+            instance.weight = 20_000;
+        }
+        assert!(matches!(s.on_request(heavy), Step::Reply(Response::Error { code: ErrorCode::Invalid, .. })));
+    }
+}

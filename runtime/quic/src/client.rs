@@ -1,0 +1,612 @@
+//! The client library: what the CLI and gateways use to talk to sextant servers.
+//!
+//! - Several server addresses: a connection goes to the first that answers, starting with
+//!   the last one that worked; when it is lost, a supervisor reconnects (with backoff),
+//!   re-registers this client's instances and every watch resumes from the last revision it
+//!   saw, so nothing is missed.
+//! - Leases this client's registrations hang on are kept alive in the background.
+//! - Watches keep their view in a [`ClientSession`] (with empty-push protection) and, given
+//!   a cache directory, on disk; when no server answers, the cached view is served, marked
+//!   stale with its age.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use quinn::{Connection, Endpoint};
+use serde::{Deserialize, Serialize};
+use sextant_core::{Change, Event, Instance, InstanceKey, LeaseId, Revision, Scope, StoreSnapshot};
+use sextant_proto::client::{Applied, ClientSession, SubId};
+use sextant_proto::{Binding, ErrorCode, Request, Response};
+use tokio::sync::{mpsc, watch};
+
+use crate::tls::{self, TlsError};
+use crate::wire::{self, FrameReader};
+
+/// How to reach the servers.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Server addresses, tried in order.
+    pub servers: Vec<SocketAddr>,
+    /// Name the server certificate must carry.
+    pub server_name: String,
+    /// CA that signed the server certificate.
+    pub ca: PathBuf,
+    /// Client certificate and key, for servers that require mTLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Access token.
+    pub token: Option<String>,
+    /// Client name (server logs).
+    pub name: String,
+    /// Where watches keep their last view, to be served when no server answers.
+    pub cache_dir: Option<PathBuf>,
+    /// Time allowed to connect to one server.
+    pub connect_timeout: Duration,
+}
+
+impl ClientOptions {
+    /// Options for `servers`, trusting `ca`.
+    #[must_use]
+    pub fn new(servers: Vec<SocketAddr>, ca: PathBuf) -> Self {
+        Self {
+            servers,
+            server_name: "localhost".into(),
+            ca,
+            client_cert: None,
+            token: None,
+            name: "sextant-client".into(),
+            cache_dir: None,
+            connect_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// TLS files are missing or invalid.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The local UDP socket could not be bound.
+    #[error("binding the client socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// No server answered.
+    #[error("no server reachable ({0})")]
+    Unreachable(String),
+    /// The server refused the request; nothing changed.
+    #[error("{code}: {message}")]
+    Server {
+        /// Error code.
+        code: ErrorCode,
+        /// The server's message.
+        message: String,
+    },
+    /// The server answered something this client does not expect.
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The server's error code, if the server refused.
+    #[must_use]
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Self::Server { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    options: ClientOptions,
+    endpoint: Endpoint,
+    session: Mutex<ClientSession>,
+    /// The live connection and its generation (bumped on every reconnect).
+    conn: watch::Sender<Option<(u64, Connection)>>,
+    /// The server answering now (index into `options.servers`).
+    preferred: Mutex<usize>,
+    connecting: tokio::sync::Mutex<()>,
+    lease_ttls: Mutex<HashMap<LeaseId, Duration>>,
+}
+
+/// A connection to sextant. Cheap to clone; background tasks stop when the last clone drops.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl Client {
+    /// A client that connects on first use and reconnects in the background.
+    pub fn new(options: ClientOptions) -> Result<Self, ClientError> {
+        let config =
+            tls::client_config(&options.ca, options.client_cert.as_ref().map(|(c, k)| (c.as_path(), k.as_path())))?;
+        let bind: SocketAddr = if options.servers.iter().any(SocketAddr::is_ipv6) { "[::]:0" } else { "0.0.0.0:0" }
+            .parse()
+            .map_err(|_| ClientError::Protocol("bad bind address".into()))?;
+        let mut endpoint = Endpoint::client(bind)?;
+        endpoint.set_default_client_config(config);
+        let inner = Arc::new(Inner {
+            session: Mutex::new(ClientSession::new(options.token.clone())),
+            options,
+            endpoint,
+            conn: watch::Sender::new(None),
+            preferred: Mutex::new(0),
+            connecting: tokio::sync::Mutex::new(()),
+            lease_ttls: Mutex::new(HashMap::new()),
+        });
+        tokio::spawn(supervise(Arc::downgrade(&inner)));
+        tokio::spawn(keep_leases_alive(Arc::downgrade(&inner)));
+        Ok(Self { inner })
+    }
+
+    /// A client connected to one of the servers (or an error if none answers).
+    pub async fn connect(options: ClientOptions) -> Result<Self, ClientError> {
+        let client = Self::new(options)?;
+        client.inner.connection().await?;
+        Ok(client)
+    }
+
+    /// The server currently connected to, if any.
+    #[must_use]
+    pub fn server(&self) -> Option<SocketAddr> {
+        self.inner.conn.borrow().as_ref().filter(|(_, c)| c.close_reason().is_none()).map(|(_, c)| c.remote_address())
+    }
+
+    /// Sends one request and returns the server's answer (errors as `Err`).
+    pub async fn request(&self, request: Request) -> Result<Response, ClientError> {
+        self.inner.request(request).await
+    }
+
+    /// Round-trip time of one `ping`.
+    pub async fn ping(&self) -> Result<Duration, ClientError> {
+        let start = tokio::time::Instant::now();
+        match self.request(Request::Ping { nonce: 1 }).await? {
+            Response::Pong { .. } => Ok(start.elapsed()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Registers `instance`, remembered so it is registered again after a reconnect.
+    /// Returns the revision and the lease it hangs on (for `ttl` and `lease` bindings).
+    pub async fn register(
+        &self,
+        instance: Instance,
+        binding: Binding,
+    ) -> Result<(Revision, Option<LeaseId>), ClientError> {
+        let key = instance.key();
+        // Connect first, so the restore a new connection does cannot send this one twice.
+        self.inner.connection().await?;
+        let request = self.inner.session.lock().register(instance, binding);
+        let response = self.inner.register(&key, request).await?;
+        match response {
+            Response::Written { revision, lease, .. } => {
+                if let (Some(lease), Binding::Ttl { ttl_ms }) = (lease, binding) {
+                    self.inner.lease_ttls.lock().insert(lease, Duration::from_millis(ttl_ms));
+                }
+                Ok((revision, lease))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Deregisters an instance (and forgets it).
+    pub async fn deregister(&self, key: &InstanceKey) -> Result<Revision, ClientError> {
+        let request = self.inner.session.lock().deregister(key);
+        match self.request(request).await? {
+            Response::Written { revision, .. } => Ok(revision),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Follows `scope`: the current state (a `Reset` or the events since the cached view),
+    /// then every change, across reconnects.
+    pub fn watch(&self, scope: Scope) -> Watch {
+        let cache = self.inner.options.cache_dir.as_ref().map(|dir| cache_path(dir, &scope));
+        let cached = cache.as_deref().and_then(read_cache);
+        let id = {
+            let mut session = self.inner.session.lock();
+            match &cached {
+                Some(c) => session.subscribe_from(scope, c.snapshot.clone()).0,
+                None => session.subscribe(scope).0,
+            }
+        };
+        let (tx, rx) = mpsc::channel(1024);
+        let task = tokio::spawn(run_watch(Arc::downgrade(&self.inner), id, cache, cached, tx));
+        Watch { rx, task, client: self.clone(), id }
+    }
+
+    /// The records a watch currently holds.
+    #[must_use]
+    pub fn view(&self, watch: &Watch) -> StoreSnapshot {
+        let session = self.inner.session.lock();
+        session.state(watch.id).map_or_else(StoreSnapshot::default, |s| StoreSnapshot {
+            revision: s.last,
+            records: s.records.values().cloned().collect(),
+        })
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Tell the server now (code 0, a normal close) rather than leaving it to notice the
+        // silence after the idle timeout.
+        if let Some((_, conn)) = self.conn.borrow().as_ref() {
+            conn.close(0u32.into(), b"client closed");
+        }
+    }
+}
+
+fn unexpected(response: &Response) -> ClientError {
+    match response {
+        Response::Error { code, message } => ClientError::Server { code: *code, message: message.clone() },
+        other => ClientError::Protocol(format!("unexpected answer {other:?}")),
+    }
+}
+
+impl Inner {
+    /// The live connection, connecting first if there is none.
+    async fn connection(self: &Arc<Self>) -> Result<Connection, ClientError> {
+        if let Some((_, c)) = self.conn.borrow().as_ref()
+            && c.close_reason().is_none()
+        {
+            return Ok(c.clone());
+        }
+        let _guard = self.connecting.lock().await;
+        // Someone else may have connected while we waited.
+        if let Some((_, c)) = self.conn.borrow().as_ref()
+            && c.close_reason().is_none()
+        {
+            return Ok(c.clone());
+        }
+        let conn = self.dial().await?;
+        self.restore(&conn).await;
+        self.conn.send_modify(|slot| {
+            let generation = slot.as_ref().map_or(0, |(g, _)| g + 1);
+            *slot = Some((generation, conn.clone()));
+        });
+        Ok(conn)
+    }
+
+    /// Connects to the first server that answers `hello`, starting with the preferred one.
+    async fn dial(&self) -> Result<Connection, ClientError> {
+        let servers = &self.options.servers;
+        if servers.is_empty() {
+            return Err(ClientError::Unreachable("no server address given".into()));
+        }
+        let start = *self.preferred.lock();
+        let mut errors = Vec::new();
+        for n in 0..servers.len() {
+            let index = (start + n) % servers.len();
+            let addr = servers[index];
+            match tokio::time::timeout(self.options.connect_timeout, self.handshake(addr)).await {
+                Ok(Ok(conn)) => {
+                    *self.preferred.lock() = index;
+                    tracing::debug!(%addr, "connected");
+                    return Ok(conn);
+                }
+                Ok(Err(ClientError::Server { code, message })) => {
+                    // Refused (version, token): every server would say the same.
+                    return Err(ClientError::Server { code, message });
+                }
+                Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
+                Err(_) => errors.push(format!("{addr}: timed out")),
+            }
+        }
+        Err(ClientError::Unreachable(errors.join("; ")))
+    }
+
+    async fn handshake(&self, addr: SocketAddr) -> Result<Connection, ClientError> {
+        let connecting = self
+            .endpoint
+            .connect(addr, &self.options.server_name)
+            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        let conn = connecting.await.map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        let hello = self.session.lock().hello(&self.options.name);
+        match roundtrip(&conn, &hello).await? {
+            Response::Welcome { .. } => Ok(conn),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Registers this client's instances again on a new connection.
+    async fn restore(&self, conn: &Connection) {
+        let registrations = self.session.lock().reregistrations();
+        for (key, request) in registrations {
+            let mut request = Some(request);
+            while let Some(r) = request.take() {
+                match roundtrip(conn, &r).await {
+                    Ok(response) => {
+                        request = self.session.lock().on_registered(&key, &response);
+                        if let Response::Error { code, message } = &response
+                            && request.is_none()
+                        {
+                            tracing::warn!(instance = %key, %code, message, "re-registration refused");
+                        }
+                    }
+                    Err(e) => tracing::warn!(instance = %key, error = %e, "re-registration failed"),
+                }
+            }
+        }
+    }
+
+    async fn register(self: &Arc<Self>, key: &InstanceKey, request: Request) -> Result<Response, ClientError> {
+        let mut request = Some(request);
+        let mut last = None;
+        while let Some(r) = request.take() {
+            let response = match self.request(r).await {
+                Ok(r) => r,
+                Err(ClientError::Server { code, message }) => Response::Error { code, message },
+                Err(e) => return Err(e),
+            };
+            request = self.session.lock().on_registered(key, &response);
+            last = Some(response);
+        }
+        match last {
+            Some(Response::Error { code, message }) => Err(ClientError::Server { code, message }),
+            Some(r) => Ok(r),
+            None => Err(ClientError::Protocol("no answer".into())),
+        }
+    }
+
+    /// One request; retried once on a fresh connection if the connection broke under it.
+    async fn request(self: &Arc<Self>, request: Request) -> Result<Response, ClientError> {
+        let mut attempt = 0;
+        loop {
+            let conn = self.connection().await?;
+            match roundtrip(&conn, &request).await {
+                Ok(Response::Error { code, message }) => return Err(ClientError::Server { code, message }),
+                Ok(r) => return Ok(r),
+                Err(e) if attempt == 0 && conn.close_reason().is_some() => {
+                    tracing::debug!(error = %e, "connection lost during a request; retrying");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+async fn roundtrip(conn: &Connection, request: &Request) -> Result<Response, ClientError> {
+    let lost = |e: String| ClientError::Unreachable(e);
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(e.to_string()))?;
+    wire::write(&mut send, request).await.map_err(|e| lost(e.to_string()))?;
+    send.finish().map_err(|e| lost(e.to_string()))?;
+    wire::read_one(&mut recv).await.map_err(|e| lost(e.to_string()))
+}
+
+/// Reconnects whenever the connection is lost (after it was first made), so registrations
+/// come back without waiting for the application's next call.
+async fn supervise(inner: Weak<Inner>) {
+    let mut rx = match inner.upgrade() {
+        Some(i) => i.conn.subscribe(),
+        None => return,
+    };
+    loop {
+        let current = rx.borrow_and_update().as_ref().map(|(_, c)| c.clone());
+        let Some(conn) = current else {
+            // Not connected yet; the sender lives in `Inner`, so an error means it is gone.
+            if rx.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        tokio::select! {
+            _ = conn.closed() => {}
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                continue;
+            }
+        }
+        // Hold no handle while reconnecting: a dropped client must let its connection go.
+        drop(conn);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let Some(inner) = inner.upgrade() else { return };
+            match inner.connection().await {
+                Ok(_) => break,
+                Err(e) => tracing::debug!(error = %e, "reconnect failed"),
+            }
+            drop(inner);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+/// Keeps the leases of TTL registrations alive (every third of their TTL).
+async fn keep_leases_alive(inner: Weak<Inner>) {
+    let mut last: HashMap<LeaseId, tokio::time::Instant> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let leases = inner.session.lock().leases();
+        let ttls = inner.lease_ttls.lock().clone();
+        for lease in leases {
+            let ttl = ttls.get(&lease).copied().unwrap_or(Duration::from_secs(3));
+            let now = tokio::time::Instant::now();
+            if last.get(&lease).is_some_and(|t| now.duration_since(*t) < ttl / 3) {
+                continue;
+            }
+            let live = inner.conn.borrow().as_ref().is_some_and(|(_, c)| c.close_reason().is_none());
+            if !live {
+                continue;
+            }
+            match inner.request(Request::Keepalive { lease }).await {
+                Ok(_) => {
+                    last.insert(lease, now);
+                }
+                Err(e) => tracing::debug!(%lease, error = %e, "keepalive failed"),
+            }
+        }
+    }
+}
+
+/// One item of a [`Watch`].
+#[derive(Debug, Clone)]
+pub struct WatchItem {
+    /// The event as received (or, from the cache, a `Reset` of the cached view).
+    pub event: Event,
+    /// What applying it to the local view did (empty-push protection may hold services).
+    pub applied: Applied,
+    /// `Some(age)` when served from the on-disk cache because no server answered.
+    pub stale: Option<Duration>,
+}
+
+/// A stream of changes to a scope that survives reconnects.
+#[derive(Debug)]
+pub struct Watch {
+    rx: mpsc::Receiver<Result<WatchItem, ClientError>>,
+    task: tokio::task::JoinHandle<()>,
+    client: Client,
+    id: SubId,
+}
+
+impl Watch {
+    /// The next change; an `Err` is final (for example a refused subscription).
+    pub async fn next(&mut self) -> Option<Result<WatchItem, ClientError>> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.client.inner.session.lock().unsubscribe(self.id);
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct CacheFile {
+    saved_at_unix_ms: u64,
+    snapshot: StoreSnapshot,
+}
+
+fn cache_path(dir: &Path, scope: &Scope) -> PathBuf {
+    let name = serde_json::to_string(scope).unwrap_or_default();
+    let digest = sextant_core::model::sha256_hex(name.as_bytes());
+    dir.join(format!("watch-{}.json", &digest[..16]))
+}
+
+fn read_cache(path: &Path) -> Option<CacheFile> {
+    let bytes = std::fs::read(path).ok()?;
+    match serde_json::from_slice(&bytes) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable watch cache");
+            None
+        }
+    }
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn write_cache(path: &Path, snapshot: StoreSnapshot) {
+    let file = CacheFile { saved_at_unix_ms: now_unix_ms(), snapshot };
+    let result = (|| -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&file).map_err(std::io::Error::other)?)?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write watch cache");
+    }
+}
+
+async fn run_watch(
+    inner: Weak<Inner>,
+    id: SubId,
+    cache: Option<PathBuf>,
+    mut cached: Option<CacheFile>,
+    tx: mpsc::Sender<Result<WatchItem, ClientError>>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(client) = inner.upgrade() else { return };
+        let conn = match client.connection().await {
+            Ok(c) => c,
+            Err(ClientError::Unreachable(why)) => {
+                // Serve the cached view once, marked stale, while no server answers.
+                if let Some(c) = cached.take() {
+                    let age = Duration::from_millis(now_unix_ms().saturating_sub(c.saved_at_unix_ms));
+                    tracing::warn!(%why, age_ms = age.as_millis() as u64, "no server reachable; serving the cached view");
+                    let event = Event {
+                        revision: c.snapshot.revision,
+                        change: Change::Reset { snapshot: Arc::new(c.snapshot) },
+                    };
+                    let item = WatchItem { event, applied: Applied::Changed, stale: Some(age) };
+                    if tx.send(Ok(item)).await.is_err() {
+                        return;
+                    }
+                }
+                drop(client);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        cached = None;
+        let Some(request) = client.session.lock().resubscribe(id) else { return };
+        let opened = async {
+            let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            wire::write(&mut send, &request).await.map_err(|e| e.to_string())?;
+            send.finish().map_err(|e| e.to_string())?;
+            Ok::<_, String>((send, FrameReader::new(recv)))
+        };
+        let (_send, mut reader) = match opened.await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "subscribe failed; retrying");
+                continue;
+            }
+        };
+        drop(client);
+        loop {
+            match reader.next::<Response>().await {
+                Ok(Some(Response::Event { event })) => {
+                    let Some(client) = inner.upgrade() else { return };
+                    let (applied, view) = {
+                        let mut session = client.session.lock();
+                        let applied = session.on_event(id, &event);
+                        let view = session.state(id).map(|s| StoreSnapshot {
+                            revision: s.last,
+                            records: s.records.values().cloned().collect(),
+                        });
+                        (applied, view)
+                    };
+                    if applied == Applied::Duplicate {
+                        continue;
+                    }
+                    if let (Some(path), Some(view)) = (&cache, view) {
+                        write_cache(path, view);
+                    }
+                    if tx.send(Ok(WatchItem { event, applied, stale: None })).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Some(Response::Error { code, message })) => {
+                    let _ = tx.send(Err(ClientError::Server { code, message })).await;
+                    return;
+                }
+                Ok(Some(other)) => tracing::warn!(?other, "unexpected frame on a subscription"),
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! # sextant-quic: discovery over QUIC
+//!
+//! Owns the IO half of the protocol that `sextant-proto` specifies without IO:
+//! - [`server::QuicServer`]: a quinn endpoint serving a [`Registry`](sextant_store::Registry)
+//!   (one task per connection, one per request stream), with connection-bound leases;
+//! - [`client::Client`]: the client library used by the CLI and gateways: several servers with
+//!   failover, re-registration and re-subscription from the last revision after a reconnect,
+//!   lease keepalives, an on-disk cache served (marked stale) when no server answers;
+//! - [`tls`]: rustls configurations and the development certificates.
+//!
+//! Does not own: message formats, access rules or session logic (`sextant-proto`), the
+//! registry (`sextant-store`).
+
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod server;
+pub mod tls;
+pub mod wire;

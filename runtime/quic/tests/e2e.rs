@@ -1,0 +1,367 @@
+//! End to end over loopback QUIC: an in-process server on a real embedded store, real clients.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sextant_core::{Change, Instance, Record, Revision, Scope, ServiceKey};
+use sextant_proto::acl::Acl;
+use sextant_proto::{Binding, ErrorCode, Request, Response, encode};
+use sextant_quic::client::{Client, ClientOptions, Watch};
+use sextant_quic::server::{QuicServer, ServerOptions};
+use sextant_quic::tls::{self, TlsFiles};
+use sextant_store::{EmbeddedOptions, EmbeddedStore, Registry};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+struct Node {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Node {
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = self.task.await;
+    }
+}
+
+fn options(grace_ms: u64) -> ServerOptions {
+    ServerOptions {
+        grace: Duration::from_millis(grace_ms),
+        request_timeout: Duration::from_millis(500),
+        ..ServerOptions::default()
+    }
+}
+
+fn start(registry: &Registry<EmbeddedStore>, files: &TlsFiles, addr: SocketAddr, opts: ServerOptions) -> Node {
+    let config = tls::server_config(files, None, 64).unwrap();
+    let server = QuicServer::bind(addr, config, registry.clone(), opts).unwrap();
+    let addr = server.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(server.run(async {
+        let _ = rx.await;
+    }));
+    Node { addr, stop: Some(tx), task }
+}
+
+async fn registry(dir: &Path) -> Registry<EmbeddedStore> {
+    let store = EmbeddedStore::open(dir, EmbeddedOptions::default()).unwrap();
+    Registry::start(store, 4096).await.unwrap()
+}
+
+async fn open_when_free(dir: &Path) -> EmbeddedStore {
+    for _ in 0..100 {
+        match EmbeddedStore::open(dir, EmbeddedOptions::default()) {
+            Ok(s) => return s,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    panic!("the data directory stayed locked")
+}
+
+fn instance(service: &str, port: u16) -> Instance {
+    Instance::new(ServiceKey::parse(service).unwrap(), "127.0.0.1".parse().unwrap(), port)
+}
+
+fn client(files: &TlsFiles, servers: Vec<SocketAddr>) -> Client {
+    Client::new(ClientOptions::new(servers, files.ca.clone())).unwrap()
+}
+
+async fn next_change(w: &mut Watch) -> Change {
+    tokio::time::timeout(Duration::from_secs(10), w.next())
+        .await
+        .expect("an event in time")
+        .unwrap()
+        .unwrap()
+        .event
+        .change
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_watch_and_connection_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tls::ensure_dev_certs(dir.path()).unwrap();
+    let reg = registry(&dir.path().join("data")).await;
+    let node = start(&reg, &files, "127.0.0.1:0".parse().unwrap(), options(400));
+
+    let watcher = client(&files, vec![node.addr]);
+    let mut watch = watcher.watch(Scope::Service(ServiceKey::parse("orders").unwrap()));
+    assert!(matches!(next_change(&mut watch).await, Change::Reset { .. }), "a fresh watch starts with a reset");
+
+    let owner = client(&files, vec![node.addr]);
+    let (rev, lease) = owner.register(instance("orders", 8080), Binding::Connection).await.unwrap();
+    assert!(rev > Revision(0));
+    assert_eq!(lease, None);
+    match next_change(&mut watch).await {
+        Change::Upsert { record: Record::Instance(i) } => assert!(i.ephemeral && i.port == 8080),
+        other => panic!("expected the upsert, got {other:?}"),
+    }
+
+    // The owner vanishes: after the grace period its instance is removed.
+    drop(owner);
+    let started = tokio::time::Instant::now();
+    assert!(matches!(next_change(&mut watch).await, Change::Remove { .. }));
+    assert!(started.elapsed() >= Duration::from_millis(300), "not before the grace period");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_is_resumed_without_missing_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tls::ensure_dev_certs(dir.path()).unwrap();
+    let data = dir.path().join("data");
+    let reg = registry(&data).await;
+    let node = start(&reg, &files, "127.0.0.1:0".parse().unwrap(), options(5000));
+    let addr = node.addr;
+
+    let owner = client(&files, vec![addr]);
+    owner.register(instance("api", 1), Binding::Connection).await.unwrap();
+    owner.register(instance("api", 2), Binding::Persistent).await.unwrap();
+    let watcher = client(&files, vec![addr]);
+    let mut watch = watcher.watch(Scope::All);
+    let _ = next_change(&mut watch).await;
+
+    node.stop().await;
+    drop(reg);
+    // Written while the server was down for the watcher: a persistent instance. (The old
+    // registry's tasks let go of the database file shortly after the drop.)
+    {
+        let store = open_when_free(&data).await;
+        let mut i = instance("api", 3);
+        i.ephemeral = false;
+        sextant_core::store::Store::put(&store, Record::Instance(i.into()), None).await.unwrap();
+    }
+    let reg = Registry::start(open_when_free(&data).await, 4096).await.unwrap();
+    let node = start(&reg, &files, addr, options(5000));
+
+    // The owner re-registers its connection-bound instance; the watcher resynchronizes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let view = watcher.view(&watch);
+        let ports: Vec<u16> = view
+            .records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Instance(i) => Some(i.port),
+                _ => None,
+            })
+            .collect();
+        if ports == vec![1, 2, 3] && view.revision == reg.revision() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "watcher view {ports:?} at {} never caught up", view.revision);
+        let _ = tokio::time::timeout(Duration::from_millis(200), watch.next()).await;
+    }
+    assert_eq!(
+        watcher.view(&watch).records,
+        reg.list(&Scope::All).records,
+        "the watcher holds exactly the server's state"
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_between_two_servers_sharing_one_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tls::ensure_dev_certs(dir.path()).unwrap();
+    let reg = registry(&dir.path().join("data")).await;
+    let a = start(&reg, &files, "127.0.0.1:0".parse().unwrap(), options(5000));
+    let b = start(&reg, &files, "127.0.0.1:0".parse().unwrap(), options(5000));
+
+    let c = client(&files, vec![a.addr, b.addr]);
+    c.register(instance("pay", 1), Binding::Ttl { ttl_ms: 3000 }).await.unwrap();
+    assert_eq!(c.server(), Some(a.addr));
+    let mut watch = c.watch(Scope::Service(ServiceKey::parse("pay").unwrap()));
+    let _ = next_change(&mut watch).await;
+
+    a.stop().await;
+    // Requests keep working through b; the watch resumes there.
+    let writer = client(&files, vec![b.addr]);
+    let mut p = instance("pay", 2);
+    p.ephemeral = false;
+    writer.register(p, Binding::Persistent).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(1), watch.next()).await {
+            Ok(Some(Ok(item))) if matches!(&item.event.change, Change::Upsert { record: Record::Instance(i) } if i.port == 2) =>
+            {
+                break;
+            }
+            _ => assert!(tokio::time::Instant::now() < deadline, "the watch did not resume on b"),
+        }
+    }
+    assert_eq!(c.server(), Some(b.addr));
+    // The TTL lease is kept alive through b: the instance is still there after 2 TTLs.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let Response::Service(view) =
+        c.request(Request::GetService { service: ServiceKey::parse("pay").unwrap() }).await.unwrap()
+    else {
+        panic!("expected a service")
+    };
+    assert_eq!(view.instances.len(), 2);
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_is_served_stale_when_no_server_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tls::ensure_dev_certs(dir.path()).unwrap();
+    let reg = registry(&dir.path().join("data")).await;
+    let node = start(&reg, &files, "127.0.0.1:0".parse().unwrap(), options(5000));
+    let mut opts = ClientOptions::new(vec![node.addr], files.ca.clone());
+    opts.cache_dir = Some(dir.path().join("cache"));
+    opts.connect_timeout = Duration::from_millis(300);
+    {
+        let c = Client::new(opts.clone()).unwrap();
+        let mut p = instance("cached", 1);
+        p.ephemeral = false;
+        c.register(p, Binding::Persistent).await.unwrap();
+        let mut w = c.watch(Scope::All);
+        let _ = next_change(&mut w).await;
+    }
+    node.stop().await;
+    let c = Client::new(opts).unwrap();
+    let mut w = c.watch(Scope::All);
+    let item = tokio::time::timeout(Duration::from_secs(10), w.next()).await.unwrap().unwrap().unwrap();
+    assert!(item.stale.is_some(), "marked stale with its age");
+    match item.event.change {
+        Change::Reset { snapshot } => assert_eq!(snapshot.records.len(), 1),
+        other => panic!("expected the cached view, got {other:?}"),
+    }
+}
+
+/// Raw QUIC: a connection that says `hello`, then does `f` with it.
+async fn raw(files: &TlsFiles, addr: SocketAddr) -> quinn::Connection {
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(tls::client_config(&files.ca, None).unwrap());
+    endpoint.connect(addr, "localhost").unwrap().await.unwrap()
+}
+
+async fn send_raw(conn: &quinn::Connection, bytes: &[u8], finish: bool) {
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    send.write_all(bytes).await.unwrap();
+    if finish {
+        send.finish().unwrap();
+    }
+    // Keep the stream open until the connection closes.
+    let _ = tokio::time::timeout(Duration::from_secs(3), conn.closed()).await;
+}
+
+fn closed_with(conn: &quinn::Connection) -> Option<u32> {
+    match conn.close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(c)) => u32::try_from(c.error_code.into_inner()).ok(),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_closes_only_that_connection_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tls::ensure_dev_certs(dir.path()).unwrap();
+    let reg = registry(&dir.path().join("data")).await;
+    let node = start(&reg, &files, "127.0.0.1:0".parse().unwrap(), options(5000));
+    let good = client(&files, vec![node.addr]);
+    good.ping().await.unwrap();
+    let before = reg.revision();
+    let hello = encode(&Request::Hello { version: 1, token: None, client: None }).unwrap();
+    let register = encode(&Request::Register { instance: instance("x", 1), binding: Binding::Persistent }).unwrap();
+
+    let mut huge = (8u32 * 1024 * 1024).to_be_bytes().to_vec();
+    huge.extend(vec![b' '; 64 * 1024]);
+    let cases: Vec<(&str, Vec<u8>, bool, ErrorCode)> = vec![
+        ("garbage", b"\x00\x00\x00\x05{{{{{".to_vec(), true, ErrorCode::ProtocolError),
+        ("truncated", hello[..hello.len() - 3].to_vec(), true, ErrorCode::ProtocolError),
+        ("unknown type", encode(&serde_json::json!({"type": "reboot"})).unwrap(), true, ErrorCode::ProtocolError),
+        ("register before hello", register.clone(), true, ErrorCode::ProtocolError),
+        ("oversized", huge, true, ErrorCode::ProtocolError),
+        ("never finishes", hello[..2].to_vec(), false, ErrorCode::Timeout),
+        (
+            "wrong version",
+            encode(&Request::Hello { version: 9, token: None, client: None }).unwrap(),
+            true,
+            ErrorCode::UnsupportedVersion,
+        ),
+    ];
+    for (what, bytes, finish, code) in cases {
+        let conn = raw(&files, node.addr).await;
+        send_raw(&conn, &bytes, finish).await;
+        assert_eq!(closed_with(&conn), Some(code.as_u32()), "{what}: {:?}", conn.close_reason());
+    }
+    // Two frames where one request belongs.
+    let conn = raw(&files, node.addr).await;
+    send_raw(&conn, &[hello.clone(), hello.clone()].concat(), true).await;
+    assert_eq!(closed_with(&conn), Some(ErrorCode::ProtocolError.as_u32()));
+
+    assert_eq!(reg.revision(), before, "nothing changed");
+    good.ping().await.expect("the well-behaved client is still served");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_rights_are_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tls::ensure_dev_certs(dir.path()).unwrap();
+    let reg = registry(&dir.path().join("data")).await;
+    let acl = Acl::from_json(
+        r#"{"tokens":[{"name":"gw","token":"read-prod","namespaces":{"prod":"read"}},
+                      {"name":"dep","token":"write-prod","namespaces":{"prod":"write"}}]}"#,
+    )
+    .unwrap();
+    let node =
+        start(&reg, &files, "127.0.0.1:0".parse().unwrap(), ServerOptions { acl: Arc::new(acl), ..options(5000) });
+    let with = |token: Option<&str>| {
+        let mut o = ClientOptions::new(vec![node.addr], files.ca.clone());
+        o.token = token.map(str::to_owned);
+        Client::new(o).unwrap()
+    };
+    let err = with(None).ping().await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Unauthenticated), "{err}");
+    assert_eq!(with(Some("nope")).ping().await.unwrap_err().code(), Some(ErrorCode::Unauthenticated));
+    let reader = with(Some("read-prod"));
+    let err = reader.register(instance("prod/g/api", 1), Binding::Persistent).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden));
+    assert_eq!(reg.revision(), Revision(0), "a forbidden request changes nothing");
+    let writer = with(Some("write-prod"));
+    writer.register(instance("prod/g/api", 1), Binding::Persistent).await.unwrap();
+    assert_eq!(
+        writer.register(instance("dev/g/api", 1), Binding::Persistent).await.unwrap_err().code(),
+        Some(ErrorCode::Forbidden)
+    );
+    let Response::Service(view) =
+        reader.request(Request::GetService { service: ServiceKey::parse("prod/g/api").unwrap() }).await.unwrap()
+    else {
+        panic!("expected the service")
+    };
+    assert_eq!(view.instances.len(), 1);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_requires_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tls::ensure_dev_certs(dir.path()).unwrap();
+    let reg = registry(&dir.path().join("data")).await;
+    let config = tls::server_config(&files, Some(&files.ca), 64).unwrap();
+    let server = QuicServer::bind("127.0.0.1:0".parse().unwrap(), config, reg.clone(), options(5000)).unwrap();
+    let addr = server.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = rx.await;
+    }));
+
+    let mut opts = ClientOptions::new(vec![addr], files.ca.clone());
+    opts.connect_timeout = Duration::from_secs(2);
+    assert!(Client::new(opts.clone()).unwrap().ping().await.is_err(), "no certificate, no service");
+    let (cert, key) = tls::issue_client_cert(&files, "gateway-1").unwrap();
+    std::fs::write(dir.path().join("c.pem"), cert).unwrap();
+    std::fs::write(dir.path().join("c.key"), key).unwrap();
+    opts.client_cert = Some((dir.path().join("c.pem"), dir.path().join("c.key")));
+    Client::new(opts).unwrap().ping().await.expect("a certificate from the CA is accepted");
+    let _ = tx.send(());
+    let _ = task.await;
+}
