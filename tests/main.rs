@@ -2,5 +2,6 @@
 //! `sextant` binary on loopback ports with temporary data directories.
 
 mod admin_api;
+mod cli;
 mod durability;
 mod support;

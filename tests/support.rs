@@ -13,9 +13,14 @@ pub(crate) fn sextant_bin() -> &'static str {
     env!("CARGO_BIN_EXE_sextant")
 }
 
-/// A free loopback port (bound, then released).
+/// A free loopback TCP port (bound, then released).
 pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
+}
+
+/// A free loopback UDP port (bound, then released).
+pub(crate) fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("bind udp 127.0.0.1:0").port()
 }
 
 /// A running `sextant serve`.
@@ -23,6 +28,8 @@ pub(crate) fn free_port() -> u16 {
 pub(crate) struct Server {
     child: Option<Child>,
     pub(crate) addr: SocketAddr,
+    pub(crate) quic: SocketAddr,
+    pub(crate) data_dir: PathBuf,
     log: PathBuf,
 }
 
@@ -44,19 +51,26 @@ impl Server {
 
     /// Starts on `data_dir`; `Err` if it exits or does not become healthy within 20 s.
     pub(crate) fn try_start(data_dir: &Path) -> Result<Self, StartFailure> {
+        Self::try_start_with(data_dir, &[])
+    }
+
+    /// Starts on `data_dir` with extra `serve` arguments.
+    pub(crate) fn try_start_with(data_dir: &Path, extra: &[&str]) -> Result<Self, StartFailure> {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let quic: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
         let log = data_dir.with_extension(format!("{}.log", addr.port()));
         let child = Command::new(sextant_bin())
             .args(["serve", "--data-dir"])
             .arg(data_dir)
-            .args(["--admin", &addr.to_string()])
+            .args(["--admin", &addr.to_string(), "--listen", &quic.to_string()])
+            .args(extra)
             .env("SEXTANT_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&log).expect("create log file"))
             .spawn()
             .expect("spawn sextant");
-        let mut server = Self { child: Some(child), addr, log };
+        let mut server = Self { child: Some(child), addr, quic, data_dir: data_dir.to_owned(), log };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = server.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {

@@ -1,12 +1,20 @@
 //! The `sextant` command line. See `sextant --help` and DESIGN.md's CLI contract.
+//!
+//! Exit codes: 0 success, 1 failure, 2 usage error, 3 not found, 4 no server reachable,
+//! 5 refused (unauthenticated, forbidden, invalid).
+
+mod commands;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use sextant_server::{ServeConfig, run};
 use tracing_subscriber::EnvFilter;
+
+use crate::commands::{ClientArgs, ConfigCommand, PluginCommand, ScopeArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,11 +44,14 @@ enum StoreKind {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the registry: embedded store, admin HTTP API (health, metrics, status, JSON API).
+    /// Run the registry: embedded store, QUIC discovery, admin HTTP (health, metrics, API).
     Serve {
-        /// Data directory of the embedded store.
+        /// Data directory of the embedded store (and the development TLS certificate).
         #[arg(long, default_value = "./sextant-data", env = "SEXTANT_DATA_DIR")]
         data_dir: PathBuf,
+        /// QUIC address (UDP) for discovery clients.
+        #[arg(long, default_value = "127.0.0.1:7600", env = "SEXTANT_LISTEN")]
+        listen: SocketAddr,
         /// Admin HTTP address (health, metrics, status, JSON API).
         #[arg(long, default_value = "127.0.0.1:7601", env = "SEXTANT_ADMIN")]
         admin: SocketAddr,
@@ -50,11 +61,112 @@ enum Command {
         /// Events kept so watchers can resume from a revision.
         #[arg(long, default_value_t = 16 * 1024)]
         history: usize,
+        /// How long instances bound to a lost connection stay, in milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        grace_ms: u64,
+        /// Access file: tokens with per-namespace rights (JSON). Without it, the server is open.
+        #[arg(long)]
+        acl: Option<PathBuf>,
+        /// Require client certificates signed by this CA (mutual TLS).
+        #[arg(long)]
+        client_ca: Option<PathBuf>,
+        /// Server certificate (PEM); default: the development certificate in the data dir.
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// Server key (PEM), with --cert.
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+    },
+    /// Register an instance. Ephemeral (the default) runs until SIGTERM/SIGINT, then
+    /// deregisters; --persistent registers and exits.
+    Register {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Service: NAME or NS/GROUP/NAME.
+        #[arg(long)]
+        service: String,
+        /// Instance address.
+        #[arg(long)]
+        addr: SocketAddr,
+        /// Instance id (default: IP:PORT).
+        #[arg(long)]
+        id: Option<String>,
+        /// Weight 0..=10000.
+        #[arg(long, default_value_t = 100)]
+        weight: u32,
+        /// Metadata, repeatable.
+        #[arg(long = "meta", value_name = "K=V")]
+        meta: Vec<String>,
+        /// Zone label.
+        #[arg(long, default_value = "")]
+        zone: String,
+        /// Version label.
+        #[arg(long = "instance-version", default_value = "")]
+        instance_version: String,
+        /// Stay registered until deregistered, across restarts.
+        #[arg(long, conflicts_with = "ttl")]
+        persistent: bool,
+        /// Hang on a lease with this TTL (seconds) instead of the connection.
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+    /// Deregister an instance.
+    Deregister {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Service: NAME or NS/GROUP/NAME.
+        #[arg(long)]
+        service: String,
+        /// Instance id (IP:PORT by default).
+        #[arg(long)]
+        id: String,
+    },
+    /// List records (instances, service settings, configs).
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        scope: ScopeArgs,
+    },
+    /// Follow changes as JSON lines, resuming across reconnects; until SIGINT/SIGTERM.
+    Watch {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        scope: ScopeArgs,
+        /// Keep the view here and serve it (stale) when no server answers.
+        #[arg(long)]
+        cache: Option<PathBuf>,
+    },
+    /// Pick an instance of a service.
+    Pick {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Service: NAME or NS/GROUP/NAME.
+        #[arg(long)]
+        service: String,
+        /// Consistent-hash key.
+        #[arg(long)]
+        hash_key: Option<String>,
+    },
+    /// Config entries.
+    Config {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Plugins.
+    Plugin {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: PluginCommand,
     },
 }
 
-fn init_logs(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("SEXTANT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+fn init_logs(format: LogFormat, default: &str) {
+    let filter = EnvFilter::try_from_env("SEXTANT_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
@@ -64,7 +176,7 @@ fn init_logs(format: LogFormat) {
 }
 
 /// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
@@ -81,13 +193,61 @@ async fn shutdown_signal() {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.log_format);
-    match cli.command {
-        Command::Serve { data_dir, admin, store: StoreKind::Embedded, history } => {
-            let config = ServeConfig { data_dir, admin, history_capacity: history };
-            run(config, shutdown_signal()).await.context("sextant serve failed")
+    let serving = matches!(cli.command, Command::Serve { .. });
+    init_logs(cli.log_format, if serving { "info" } else { "warn" });
+    let result = match cli.command {
+        Command::Serve {
+            data_dir,
+            listen,
+            admin,
+            store: StoreKind::Embedded,
+            history,
+            grace_ms,
+            acl,
+            client_ca,
+            cert,
+            key,
+        } => {
+            let config = ServeConfig {
+                data_dir,
+                admin,
+                history_capacity: history,
+                listen,
+                grace: Duration::from_millis(grace_ms),
+                acl,
+                client_ca,
+                cert: cert.zip(key),
+            };
+            run(config, shutdown_signal()).await.map_err(commands::Failure::from)
+        }
+        Command::Register { client, service, addr, id, weight, meta, zone, instance_version, persistent, ttl } => {
+            let spec = commands::RegisterSpec {
+                service,
+                addr,
+                id,
+                weight,
+                meta,
+                zone,
+                version: instance_version,
+                persistent,
+                ttl,
+            };
+            commands::register(&client, spec).await
+        }
+        Command::Deregister { client, service, id } => commands::deregister(&client, &service, &id).await,
+        Command::List { client, scope } => commands::list(&client, &scope).await,
+        Command::Watch { client, scope, cache } => commands::watch(&client, &scope, cache).await,
+        Command::Pick { client, service, hash_key } => commands::pick(&client, &service, hash_key).await,
+        Command::Config { client, command } => commands::config(&client, command).await,
+        Command::Plugin { client, command } => commands::plugin(&client, command).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("sextant: {failure}");
+            ExitCode::from(failure.exit_code())
         }
     }
 }

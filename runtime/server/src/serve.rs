@@ -4,9 +4,14 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
+use sextant_proto::acl::{Acl, AclError};
+use sextant_quic::server::{QuicServer, ServerOptions};
+use sextant_quic::tls::{self, TlsError, TlsFiles};
 use sextant_store::{EmbeddedOptions, EmbeddedStore, OpenError, Registry, RegistryError};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::admin::{self, AppState};
 use crate::metrics::Metrics;
@@ -20,6 +25,16 @@ pub struct ServeConfig {
     pub admin: SocketAddr,
     /// Events kept for resuming watchers.
     pub history_capacity: usize,
+    /// QUIC address (UDP).
+    pub listen: SocketAddr,
+    /// How long connection-bound instances outlive a lost connection.
+    pub grace: Duration,
+    /// Access file (tokens and rights); none: open server.
+    pub acl: Option<PathBuf>,
+    /// CA for client certificates; given, clients must present one (mTLS).
+    pub client_ca: Option<PathBuf>,
+    /// Server certificate and key; none: the development certificate in the data dir.
+    pub cert: Option<(PathBuf, PathBuf)>,
 }
 
 /// Why `serve` stopped with an error.
@@ -42,20 +57,79 @@ pub enum ServeError {
     /// The admin server failed.
     #[error("admin HTTP server: {0}")]
     Http(std::io::Error),
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The access file is unreadable or invalid.
+    #[error("access file {path}: {source}")]
+    Acl {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: AclError,
+    },
+    /// The access file could not be read.
+    #[error("access file {path}: {source}")]
+    AclRead {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
 }
 
-/// Runs until `shutdown` resolves, then stops accepting, finishes in-flight requests and
-/// closes the store.
+/// Runs until `shutdown` resolves, then stops accepting, finishes in-flight requests, closes
+/// QUIC connections and the store.
 pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+    let acl = match &config.acl {
+        None => Acl::open(),
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|source| ServeError::AclRead { path: path.clone(), source })?;
+            Acl::from_json(&text).map_err(|source| ServeError::Acl { path: path.clone(), source })?
+        }
+    };
     let options = EmbeddedOptions { history_capacity: config.history_capacity, ..EmbeddedOptions::default() };
     let store = EmbeddedStore::open(&config.data_dir, options)?;
+    let files = match &config.cert {
+        Some((cert, key)) => {
+            let dev = TlsFiles::in_data_dir(&config.data_dir);
+            TlsFiles { cert: cert.clone(), key: key.clone(), ..dev }
+        }
+        None => tls::ensure_dev_certs(&config.data_dir)?,
+    };
+    let quic_config = tls::server_config(&files, config.client_ca.as_deref(), 256)?;
     let registry = Registry::start(store, config.history_capacity).await?;
     let listener =
         TcpListener::bind(config.admin).await.map_err(|source| ServeError::Bind { addr: config.admin, source })?;
     let addr = listener.local_addr().map_err(ServeError::Http)?;
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), revision = %registry.revision(), "sextant serving; admin HTTP listening");
+    let server_options = ServerOptions {
+        grace: config.grace,
+        acl: Arc::new(acl),
+        server_id: format!("sextant@{}", config.listen),
+        ..ServerOptions::default()
+    };
+    let quic = QuicServer::bind(config.listen, quic_config, registry.clone(), server_options)
+        .map_err(|source| ServeError::Bind { addr: config.listen, source })?;
+    let quic_addr = quic.local_addr().map_err(ServeError::Http)?;
+    tracing::info!(
+        admin = %addr, quic = %quic_addr, ca = %files.ca.display(), data_dir = %config.data_dir.display(),
+        revision = %registry.revision(), "sextant serving"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let quic_task = tokio::spawn(quic.run(stopped(stop_rx.clone())));
     let state = AppState::new(registry, Arc::new(Metrics::new()));
-    axum::serve(listener, admin::router(state)).with_graceful_shutdown(shutdown).await.map_err(ServeError::Http)?;
+    let http = axum::serve(listener, admin::router(state)).with_graceful_shutdown(stopped(stop_rx)).await;
+    let _ = quic_task.await;
+    http.map_err(ServeError::Http)?;
     tracing::info!("shut down cleanly");
     Ok(())
 }

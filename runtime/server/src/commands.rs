@@ -1,0 +1,366 @@
+//! The client commands of the CLI, on top of `sextant_quic::client`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+use sextant_core::{ConfigKey, Instance, InstanceId, InstanceKey, Namespace, Record, Scope, ServiceKey};
+use sextant_proto::{Binding, ErrorCode, Request, Response};
+use sextant_quic::client::{Client, ClientError, ClientOptions};
+
+/// How to reach the servers (every client command takes these).
+#[derive(Debug, Args)]
+pub(crate) struct ClientArgs {
+    /// Server QUIC addresses (repeat or comma-separate for failover).
+    #[arg(
+        global = true,
+        long = "server",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7600",
+        env = "SEXTANT_SERVER"
+    )]
+    servers: Vec<SocketAddr>,
+    /// CA certificate that signed the server's certificate.
+    #[arg(global = true, long, default_value = "./sextant-data/tls/ca.pem", env = "SEXTANT_CA")]
+    ca: PathBuf,
+    /// Name in the server's certificate.
+    #[arg(global = true, long, default_value = "localhost")]
+    server_name: String,
+    /// Access token.
+    #[arg(global = true, long, env = "SEXTANT_TOKEN")]
+    token: Option<String>,
+    /// Client certificate (mutual TLS).
+    #[arg(global = true, long, requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// Client key (mutual TLS).
+    #[arg(global = true, long, requires = "client_cert")]
+    client_key: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(global = true, long)]
+    json: bool,
+}
+
+/// What a read command covers: a service, a namespace, a config entry, or everything.
+#[derive(Debug, Args)]
+pub(crate) struct ScopeArgs {
+    /// One service: NAME or NS/GROUP/NAME.
+    #[arg(long, conflicts_with_all = ["namespace", "config"])]
+    service: Option<String>,
+    /// One namespace.
+    #[arg(long, conflicts_with = "config")]
+    namespace: Option<String>,
+    /// One config entry: DATA_ID or NS/GROUP/DATA_ID.
+    #[arg(long)]
+    config: Option<String>,
+}
+
+/// `sextant config ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Print an entry's content (with --json: the entry).
+    Get {
+        /// DATA_ID or NS/GROUP/DATA_ID.
+        key: String,
+    },
+    /// Write an entry from --content, --file or standard input.
+    Put {
+        /// DATA_ID or NS/GROUP/DATA_ID.
+        key: String,
+        /// The content.
+        #[arg(long, conflicts_with = "file")]
+        content: Option<String>,
+        /// A file holding the content.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Delete an entry.
+    Delete {
+        /// DATA_ID or NS/GROUP/DATA_ID.
+        key: String,
+    },
+}
+
+/// `sextant plugin ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum PluginCommand {
+    /// The plugin records in the store.
+    List,
+}
+
+/// A failed command: what to print and the exit code.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    message: String,
+    code: u8,
+}
+
+impl Failure {
+    fn new(code: u8, message: impl Into<String>) -> Self {
+        Self { message: message.into(), code }
+    }
+
+    pub(crate) fn exit_code(&self) -> u8 {
+        self.code
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<sextant_server::ServeError> for Failure {
+    fn from(e: sextant_server::ServeError) -> Self {
+        Self::new(1, e.to_string())
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let code = match &e {
+            ClientError::Unreachable(_) => 4,
+            ClientError::Server { code: ErrorCode::NotFound | ErrorCode::LeaseNotFound, .. } => 3,
+            ClientError::Server {
+                code:
+                    ErrorCode::Unauthenticated | ErrorCode::Forbidden | ErrorCode::Invalid | ErrorCode::UnsupportedVersion,
+                ..
+            } => 5,
+            _ => 1,
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+impl From<sextant_core::ValidationError> for Failure {
+    fn from(e: sextant_core::ValidationError) -> Self {
+        Self::new(5, e.to_string())
+    }
+}
+
+type Result<T = ()> = std::result::Result<T, Failure>;
+
+fn connect_options(args: &ClientArgs) -> ClientOptions {
+    let mut o = ClientOptions::new(args.servers.clone(), args.ca.clone());
+    o.server_name.clone_from(&args.server_name);
+    o.token.clone_from(&args.token);
+    o.client_cert = args.client_cert.clone().zip(args.client_key.clone());
+    o.name = "sextant-cli".into();
+    o
+}
+
+async fn connect(args: &ClientArgs) -> Result<Client> {
+    Ok(Client::connect(connect_options(args)).await?)
+}
+
+fn out(line: &str) -> Result {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}").and_then(|()| stdout.flush()).map_err(|e| Failure::new(1, format!("stdout: {e}")))
+}
+
+fn scope(args: &ScopeArgs) -> Result<Scope> {
+    Ok(match (&args.service, &args.namespace, &args.config) {
+        (Some(s), _, _) => Scope::Service(ServiceKey::parse(s)?),
+        (_, Some(ns), _) => Scope::Namespace(Namespace::new(ns.as_str())?),
+        (_, _, Some(c)) => Scope::Config(ConfigKey::parse(c)?),
+        _ => Scope::All,
+    })
+}
+
+/// What `register` registers.
+#[derive(Debug)]
+pub(crate) struct RegisterSpec {
+    pub(crate) service: String,
+    pub(crate) addr: SocketAddr,
+    pub(crate) id: Option<String>,
+    pub(crate) weight: u32,
+    pub(crate) meta: Vec<String>,
+    pub(crate) zone: String,
+    pub(crate) version: String,
+    pub(crate) persistent: bool,
+    pub(crate) ttl: Option<u64>,
+}
+
+pub(crate) async fn register(args: &ClientArgs, spec: RegisterSpec) -> Result {
+    let mut instance = Instance::new(ServiceKey::parse(&spec.service)?, spec.addr.ip(), spec.addr.port());
+    if let Some(id) = spec.id {
+        instance.id = InstanceId::new(id)?;
+    }
+    instance.weight = spec.weight;
+    instance.zone = spec.zone;
+    instance.version = spec.version;
+    let mut metadata = BTreeMap::new();
+    for kv in spec.meta {
+        let (k, v) = kv.split_once('=').ok_or_else(|| Failure::new(2, format!("--meta {kv:?} is not K=V")))?;
+        metadata.insert(k.to_owned(), v.to_owned());
+    }
+    instance.metadata = metadata;
+    instance.validate()?;
+    let binding = match (spec.persistent, spec.ttl) {
+        (true, _) => Binding::Persistent,
+        (false, Some(secs)) => Binding::Ttl { ttl_ms: secs.saturating_mul(1000) },
+        (false, None) => Binding::Connection,
+    };
+    let key = instance.key();
+    let client = connect(args).await?;
+    let (revision, lease) = client.register(instance, binding).await?;
+    out(&json!({ "registered": key.to_string(), "revision": revision, "lease": lease }).to_string())?;
+    if binding == Binding::Persistent {
+        return Ok(());
+    }
+    // Ephemeral: stay until told to stop, re-registering after reconnects, then leave.
+    crate::shutdown_signal().await;
+    let revision = client.deregister(&key).await?;
+    out(&json!({ "deregistered": key.to_string(), "revision": revision }).to_string())
+}
+
+pub(crate) async fn deregister(args: &ClientArgs, service: &str, id: &str) -> Result {
+    let key = InstanceKey { service: ServiceKey::parse(service)?, id: InstanceId::new(id)? };
+    let revision = connect(args).await?.deregister(&key).await?;
+    out(&json!({ "deregistered": key.to_string(), "revision": revision }).to_string())
+}
+
+fn describe(record: &Record) -> String {
+    match record {
+        Record::Instance(i) => format!(
+            "instance {}/{} {}:{} weight={} healthy={} enabled={} {}",
+            i.service,
+            i.id,
+            i.ip,
+            i.port,
+            i.weight,
+            i.healthy,
+            i.enabled,
+            if i.ephemeral { "ephemeral" } else { "persistent" }
+        ),
+        Record::Service(s) => format!("service {} protect_threshold={}", s.service, s.protect_threshold),
+        Record::Config(c) => format!("config {} version={}", c.key, &c.version[..12]),
+        Record::Plugin(p) => format!("plugin {} kind={} sha256={}", p.name, p.kind, &p.sha256[..12]),
+    }
+}
+
+pub(crate) async fn list(args: &ClientArgs, scope_args: &ScopeArgs) -> Result {
+    let scope = scope(scope_args)?;
+    match connect(args).await?.request(Request::List { scope }).await? {
+        Response::Records { revision, records } => {
+            if args.json {
+                return out(&json!({ "revision": revision, "records": records }).to_string());
+            }
+            for r in &records {
+                out(&describe(r))?;
+            }
+            out(&format!("# revision {revision}, {} records", records.len()))
+        }
+        other => Err(Failure::new(1, format!("unexpected answer {other:?}"))),
+    }
+}
+
+pub(crate) async fn watch(args: &ClientArgs, scope_args: &ScopeArgs, cache: Option<PathBuf>) -> Result {
+    let scope = scope(scope_args)?;
+    let mut options = connect_options(args);
+    options.cache_dir = cache;
+    let client = Client::new(options).map_err(Failure::from)?;
+    let mut watch = client.watch(scope);
+    let stop = crate::shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            item = watch.next() => match item {
+                Some(Ok(item)) => {
+                    let mut line = serde_json::to_value(&item.event).map_err(|e| Failure::new(1, e.to_string()))?;
+                    if let Some(age) = item.stale {
+                        line["stale_ms"] = json!(age.as_millis());
+                    }
+                    if let sextant_proto::client::Applied::Held(services) = &item.applied {
+                        line["held"] = json!(services.iter().map(ToString::to_string).collect::<Vec<_>>());
+                    }
+                    out(&line.to_string())?;
+                }
+                Some(Err(e)) => return Err(e.into()),
+                None => return Ok(()),
+            },
+            () = &mut stop => return Ok(()),
+        }
+    }
+}
+
+pub(crate) async fn pick(args: &ClientArgs, service: &str, hash_key: Option<String>) -> Result {
+    let service = ServiceKey::parse(service)?;
+    match connect(args).await?.request(Request::Pick { service: service.clone(), hash_key }).await? {
+        Response::Picked { instance: Some(i), protection_active } => {
+            if args.json {
+                out(&json!({ "instance": i, "protection_active": protection_active }).to_string())
+            } else {
+                out(&std::net::SocketAddr::new(i.ip, i.port).to_string())
+            }
+        }
+        Response::Picked { instance: None, .. } => {
+            Err(Failure::new(3, format!("no instance of {service} can take traffic")))
+        }
+        other => Err(Failure::new(1, format!("unexpected answer {other:?}"))),
+    }
+}
+
+pub(crate) async fn config(args: &ClientArgs, command: ConfigCommand) -> Result {
+    let client = connect(args).await?;
+    match command {
+        ConfigCommand::Get { key } => {
+            let key = ConfigKey::parse(&key)?;
+            match client.request(Request::ConfigGet { key: key.clone() }).await? {
+                Response::Config { entry: Some(e) } if args.json => out(&json!(e).to_string()),
+                Response::Config { entry: Some(e) } => {
+                    let mut stdout = std::io::stdout().lock();
+                    stdout.write_all(e.content.as_bytes()).map_err(|e| Failure::new(1, e.to_string()))
+                }
+                Response::Config { entry: None } => Err(Failure::new(3, format!("config {key} not found"))),
+                other => Err(Failure::new(1, format!("unexpected answer {other:?}"))),
+            }
+        }
+        ConfigCommand::Put { key, content, file } => {
+            let content = match (content, file) {
+                (Some(c), _) => c,
+                (None, Some(f)) => {
+                    std::fs::read_to_string(&f).map_err(|e| Failure::new(1, format!("{}: {e}", f.display())))?
+                }
+                (None, None) => {
+                    std::io::read_to_string(std::io::stdin()).map_err(|e| Failure::new(1, format!("stdin: {e}")))?
+                }
+            };
+            let request = Request::ConfigPut { key: ConfigKey::parse(&key)?, content };
+            match client.request(request).await? {
+                Response::Written { revision, version, .. } => {
+                    out(&json!({ "revision": revision, "version": version }).to_string())
+                }
+                other => Err(Failure::new(1, format!("unexpected answer {other:?}"))),
+            }
+        }
+        ConfigCommand::Delete { key } => {
+            match client.request(Request::ConfigDelete { key: ConfigKey::parse(&key)? }).await? {
+                Response::Written { revision, .. } => out(&json!({ "revision": revision }).to_string()),
+                other => Err(Failure::new(1, format!("unexpected answer {other:?}"))),
+            }
+        }
+    }
+}
+
+pub(crate) async fn plugin(args: &ClientArgs, command: PluginCommand) -> Result {
+    let client = connect(args).await?;
+    match command {
+        PluginCommand::List => match client.request(Request::PluginList).await? {
+            Response::Plugins { plugins } => {
+                if args.json {
+                    return out(&json!(plugins).to_string());
+                }
+                for p in &plugins {
+                    out(&describe(&Record::Plugin(p.clone())))?;
+                }
+                Ok(())
+            }
+            other => Err(Failure::new(1, format!("unexpected answer {other:?}"))),
+        },
+    }
+}
