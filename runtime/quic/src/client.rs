@@ -584,7 +584,8 @@ async fn run_watch(
                     let (applied, view) = {
                         let mut session = client.session.lock();
                         let applied = session.on_event(id, &event);
-                        let view = session.state(id).map(|s| StoreSnapshot {
+                        // Copy the view only when it is to be cached.
+                        let view = cache.as_ref().and_then(|_| session.state(id)).map(|s| StoreSnapshot {
                             revision: s.last,
                             records: s.records.values().cloned().collect(),
                         });

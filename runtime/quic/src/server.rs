@@ -59,6 +59,9 @@ impl Default for ServerOptions {
 struct Shared<S> {
     registry: Registry<S>,
     options: ServerOptions,
+    /// The last change event encoded as a frame: every subscriber of a change sends the same
+    /// bytes, so it is encoded once, not once per subscriber.
+    last_frame: Mutex<Option<(sextant_core::Revision, Arc<[u8]>)>>,
 }
 
 /// A bound QUIC server.
@@ -82,7 +85,7 @@ impl<S: Store + Clone> QuicServer<S> {
         options: ServerOptions,
     ) -> std::io::Result<Self> {
         let endpoint = Endpoint::server(config, addr)?;
-        Ok(Self { endpoint, shared: Arc::new(Shared { registry, options }) })
+        Ok(Self { endpoint, shared: Arc::new(Shared { registry, options, last_frame: Mutex::new(None) }) })
     }
 
     /// The bound address.
@@ -215,12 +218,33 @@ async fn subscribe<S: Store + Clone>(
         tokio::select! {
             event = sub.next() => {
                 let Some(event) = event else { break };
-                if wire::write(&mut send, &Response::Event { event }).await.is_err() {
+                let Ok(frame) = c.shared.frame(event) else { break };
+                if send.write_all(&frame).await.is_err() {
                     break;
                 }
             }
             _ = send.stopped() => break,
         }
+    }
+}
+
+impl<S> Shared<S> {
+    /// The `event` frame for `event`, shared by every subscriber of an `upsert`/`remove`
+    /// (a `reset` is particular to its subscription's scope).
+    fn frame(&self, event: sextant_core::Event) -> Result<Arc<[u8]>, sextant_proto::FrameError> {
+        let shareable = !matches!(event.change, sextant_core::Change::Reset { .. });
+        let revision = event.revision;
+        if shareable
+            && let Some((r, frame)) = self.last_frame.lock().as_ref()
+            && *r == revision
+        {
+            return Ok(frame.clone());
+        }
+        let frame: Arc<[u8]> = sextant_proto::encode(&Response::Event { event })?.into();
+        if shareable {
+            *self.last_frame.lock() = Some((revision, frame.clone()));
+        }
+        Ok(frame)
     }
 }
 

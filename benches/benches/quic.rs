@@ -1,0 +1,269 @@
+//! Discovery over QUIC on loopback, measured in one run against in-run baselines:
+//! - ping-pong round trip over QUIC (one stream per request, as every request does) against
+//!   the same framed JSON ping over one tokio TCP connection;
+//! - registration throughput with 64 concurrent clients (connection-bound instances);
+//! - write → event latency with 1,000 subscribers (p50 / p99 over every delivery);
+//! - one change fanned out to 10,000 subscribers (p50 / p99 / last delivery).
+//!
+//! Run: `cargo bench -p sextant-benches --bench quic`. Prints numbers; asserts nothing.
+
+#![allow(clippy::print_stdout, clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use sextant_core::{Change, Instance, Record, Scope, ServiceKey};
+use sextant_proto::{Binding, FrameDecoder, Request, Response, encode};
+use sextant_quic::client::{Client, ClientOptions};
+use sextant_quic::server::{QuicServer, ServerOptions};
+use sextant_quic::tls;
+use sextant_store::{EmbeddedOptions, EmbeddedStore, Registry};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+async fn tcp_echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind tcp");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            s.set_nodelay(true).ok();
+            tokio::spawn(async move {
+                let mut decoder = FrameDecoder::new();
+                let mut buf = vec![0u8; 4096];
+                loop {
+                    let Ok(n) = s.read(&mut buf).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    decoder.push(&buf[..n]);
+                    while let Ok(Some(Request::Ping { nonce })) = decoder.decode::<Request>() {
+                        let frame = encode(&Response::Pong { nonce }).expect("encode");
+                        if s.write_all(&frame).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn tcp_ping(addr: SocketAddr, n: usize) -> Vec<Duration> {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.set_nodelay(true).ok();
+    let mut decoder = FrameDecoder::new();
+    let mut buf = vec![0u8; 4096];
+    let mut out = Vec::with_capacity(n);
+    for nonce in 0..n as u64 {
+        let start = Instant::now();
+        s.write_all(&encode(&Request::Ping { nonce }).expect("encode")).await.expect("write");
+        loop {
+            if let Some(Response::Pong { .. }) = decoder.decode::<Response>().expect("frame") {
+                break;
+            }
+            let k = s.read(&mut buf).await.expect("read");
+            decoder.push(&buf[..k]);
+        }
+        out.push(start.elapsed());
+    }
+    out
+}
+
+fn instance(service: &str, n: u32) -> Instance {
+    Instance::new(ServiceKey::parse(service).expect("service"), std::net::Ipv4Addr::from(0x0a00_0000 + n).into(), 8080)
+}
+
+/// `subscribers` watches on `service`, spread over `connections` clients; returns a receiver
+/// of (delivery instant, port of the upserted instance).
+async fn subscribers(
+    options: &ClientOptions,
+    service: &str,
+    connections: usize,
+    subscribers: usize,
+) -> (Vec<Client>, tokio::sync::mpsc::UnboundedReceiver<(Instant, u16)>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut clients = Vec::new();
+    let mut ready = Vec::new();
+    for c in 0..connections {
+        let client = Client::connect(options.clone()).await.expect("connect");
+        for _ in 0..subscribers / connections {
+            let mut w = client.watch(Scope::Service(ServiceKey::parse(service).expect("service")));
+            let tx = tx.clone();
+            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+            ready.push(ready_rx);
+            tokio::spawn(async move {
+                let mut ready_tx = Some(ready_tx);
+                while let Some(Ok(item)) = w.next().await {
+                    match item.event.change {
+                        Change::Reset { .. } => {
+                            if let Some(r) = ready_tx.take() {
+                                let _ = r.send(());
+                            }
+                        }
+                        Change::Upsert { record: Record::Instance(i) } => {
+                            let _ = tx.send((Instant::now(), i.port));
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        }
+        clients.push(client);
+        if c % 10 == 9 {
+            tokio::task::yield_now().await;
+        }
+    }
+    for r in ready {
+        let _ = r.await;
+    }
+    (clients, rx)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = tls::ensure_dev_certs(dir.path()).expect("certs");
+        let store = EmbeddedStore::open(&dir.path().join("data"), EmbeddedOptions::default()).expect("store");
+        let registry = Registry::start(store, 64 * 1024).await.expect("registry");
+        let config = tls::server_config(&files, None, 1024).expect("tls");
+        let server = QuicServer::bind("127.0.0.1:0".parse().expect("addr"), config, registry.clone(), ServerOptions::default())
+            .expect("bind");
+        let addr = server.local_addr().expect("addr");
+        tokio::spawn(server.run(std::future::pending()));
+        let options = ClientOptions::new(vec![addr], files.ca.clone());
+
+        // 1. Ping-pong: QUIC vs TCP, interleaved in rounds so both see the same machine.
+        let client = Client::connect(options.clone()).await.expect("connect");
+        let tcp_addr = tcp_echo_server().await;
+        for _ in 0..200 {
+            client.ping().await.expect("warm up");
+        }
+        let _ = tcp_ping(tcp_addr, 200).await;
+        let (mut quic, mut tcp) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            for _ in 0..1000 {
+                quic.push(client.ping().await.expect("ping"));
+            }
+            tcp.extend(tcp_ping(tcp_addr, 1000).await);
+        }
+        quic.sort();
+        tcp.sort();
+        let (q50, t50) = (percentile(&quic, 0.5), percentile(&tcp, 0.5));
+        println!(
+            "ping-pong (5 interleaved rounds of 1000): quic p50 {:.1} us p99 {:.1} us; tcp p50 {:.1} us p99 {:.1} us; quic/tcp p50 = {:.2}x",
+            us(q50),
+            us(percentile(&quic, 0.99)),
+            us(t50),
+            us(percentile(&tcp, 0.99)),
+            us(q50) / us(t50)
+        );
+
+        // 2. Registration throughput, 64 concurrent clients.
+        let clients: Vec<Client> = {
+            let mut v = Vec::new();
+            for _ in 0..64 {
+                v.push(Client::connect(options.clone()).await.expect("connect"));
+            }
+            v
+        };
+        let per = 300u32;
+        let start = Instant::now();
+        let tasks: Vec<_> = clients
+            .iter()
+            .enumerate()
+            .map(|(c, client)| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    for k in 0..per {
+                        let i = instance(&format!("load/g/svc-{}", c % 8), c as u32 * per + k);
+                        client.register(i, Binding::Connection).await.expect("register");
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("task");
+        }
+        let elapsed = start.elapsed();
+        let total = 64 * per;
+        println!(
+            "registration: {total} by 64 concurrent clients in {:.2} s = {:.0}/s",
+            elapsed.as_secs_f64(),
+            f64::from(total) / elapsed.as_secs_f64()
+        );
+        drop(clients);
+
+        // 3. Write -> event latency with 1,000 subscribers.
+        let (subs, mut rx) = subscribers(&options, "lat/g/svc", 50, 1000).await;
+        let writer = Client::connect(options.clone()).await.expect("connect");
+        let writes = 50u16;
+        let mut sent = Vec::new();
+        let mut lat = Vec::new();
+        for w in 0..writes {
+            let mut i = instance("lat/g/svc", u32::from(w));
+            i.port = 1000 + w;
+            sent.push(Instant::now());
+            writer.register(i, Binding::Persistent).await.expect("register");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut got = 0;
+            while got < 1000 && Instant::now() < deadline {
+                if let Ok(Some((at, port))) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+                    lat.push(at - sent[usize::from(port - 1000)]);
+                    got += 1;
+                }
+            }
+        }
+        lat.sort();
+        println!(
+            "write->event, 1000 subscribers x {writes} writes: {} deliveries, p50 {:.2} ms, p99 {:.2} ms",
+            lat.len(),
+            ms(percentile(&lat, 0.5)),
+            ms(percentile(&lat, 0.99))
+        );
+        drop(subs);
+
+        // 4. One change fanned out to 10,000 subscribers.
+        let (subs, mut rx) = subscribers(&options, "fan/g/svc", 100, 10_000).await;
+        let mut i = instance("fan/g/svc", 1);
+        i.port = 7777;
+        let sent = Instant::now();
+        writer.register(i, Binding::Persistent).await.expect("register");
+        let mut fan = Vec::new();
+        while fan.len() < 10_000 {
+            match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+                Ok(Some((at, _))) => fan.push(at - sent),
+                _ => break,
+            }
+        }
+        fan.sort();
+        println!(
+            "fan-out, one change to 10000 subscribers: {} delivered, p50 {:.1} ms, p99 {:.1} ms, last {:.1} ms",
+            fan.len(),
+            ms(percentile(&fan, 0.5)),
+            ms(percentile(&fan, 0.99)),
+            ms(fan.last().copied().unwrap_or_default())
+        );
+        drop(subs);
+    });
+}
