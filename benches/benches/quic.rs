@@ -86,6 +86,44 @@ async fn tcp_ping(addr: SocketAddr, n: usize) -> Vec<Duration> {
     out
 }
 
+/// The transport floor: a bare quinn echo (one stream per round trip, same TLS and
+/// transport settings), no sextant code on either side.
+async fn raw_quinn_ping(files: &tls::TlsFiles, n: usize) -> Vec<Duration> {
+    let config = tls::server_config(files, None, 1024).expect("tls");
+    let server = quinn::Endpoint::server(config, "127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let addr = server.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Some(incoming) = server.accept().await {
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    tokio::spawn(async move {
+                        if let Ok(bytes) = recv.read_to_end(1024).await {
+                            let _ = send.write_all(&bytes).await;
+                            let _ = send.finish();
+                        }
+                    });
+                }
+            });
+        }
+    });
+    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
+    client.set_default_client_config(tls::client_config(&files.ca, None).expect("tls"));
+    let conn = client.connect(addr, "localhost").expect("connect").await.expect("handshake");
+    let ping = encode(&Request::Ping { nonce: 1 }).expect("encode");
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n + 200 {
+        let start = Instant::now();
+        let (mut send, mut recv) = conn.open_bi().await.expect("open");
+        send.write_all(&ping).await.expect("write");
+        send.finish().expect("finish");
+        recv.read_to_end(1024).await.expect("read");
+        out.push(start.elapsed());
+    }
+    out.drain(..200);
+    out
+}
+
 fn instance(service: &str, n: u32) -> Instance {
     Instance::new(ServiceKey::parse(service).expect("service"), std::net::Ipv4Addr::from(0x0a00_0000 + n).into(), 8080)
 }
@@ -167,9 +205,17 @@ fn main() {
             }
             tcp.extend(tcp_ping(tcp_addr, 1000).await);
         }
+        let mut raw = raw_quinn_ping(&files, 3000).await;
+        raw.sort();
         quic.sort();
         tcp.sort();
         let (q50, t50) = (percentile(&quic, 0.5), percentile(&tcp, 0.5));
+        println!(
+            "ping-pong floor: bare quinn echo p50 {:.1} us p99 {:.1} us = {:.2}x tcp",
+            us(percentile(&raw, 0.5)),
+            us(percentile(&raw, 0.99)),
+            us(percentile(&raw, 0.5)) / us(t50)
+        );
         println!(
             "ping-pong (5 interleaved rounds of 1000): quic p50 {:.1} us p99 {:.1} us; tcp p50 {:.1} us p99 {:.1} us; quic/tcp p50 = {:.2}x",
             us(q50),
