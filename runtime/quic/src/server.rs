@@ -13,7 +13,7 @@
 //! period has passed (Nacos 2 / ZooKeeper ephemeral nodes).
 
 use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::Hasher;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -391,8 +391,8 @@ fn pick<S>(registry: &Registry<S>, service: &sextant_core::ServiceKey, hash_key:
         Some(key) => candidates
             .iter()
             .max_by_key(|i| {
-                let mut h = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
-                    .build_hasher();
+                // SipHash with fixed keys: the same key picks the same instance on every host.
+                let mut h = std::hash::DefaultHasher::new();
                 h.write(key.as_bytes());
                 h.write(i.id.as_str().as_bytes());
                 h.finish()

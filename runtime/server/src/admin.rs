@@ -244,12 +244,12 @@ async fn register(
     let RegisterRequest { instance, lease, ttl_ms } = body(req)?;
     // Validate before granting anything, so a bad request leaves no lease behind.
     instance.validate()?;
-    let lease = match (instance.ephemeral, lease, ttl_ms) {
-        (false, None, None) => None,
+    let (lease, fresh) = match (instance.ephemeral, lease, ttl_ms) {
+        (false, None, None) => (None, false),
         (false, _, _) => return Err(ValidationError::LeaseMismatch.into()),
-        (true, Some(id), None) => Some(id),
+        (true, Some(id), None) => (Some(id), false),
         (true, None, Some(ms)) => {
-            Some(counted(&s.metrics, "lease", s.registry.grant_lease(Duration::from_millis(ms)).await)?)
+            (Some(counted(&s.metrics, "lease", s.registry.grant_lease(Duration::from_millis(ms)).await)?), true)
         }
         (true, _, _) => {
             return Err(ApiError::new(
@@ -259,7 +259,12 @@ async fn register(
             ));
         }
     };
-    let revision = counted(&s.metrics, "instance", s.registry.put(Record::Instance(instance.into()), lease).await)?;
+    let result = s.registry.put(Record::Instance(instance.into()), lease).await;
+    if let (Err(_), true, Some(id)) = (&result, fresh, lease) {
+        // The lease was granted for this registration alone: do not leave it behind.
+        let _ = s.registry.revoke_lease(id).await;
+    }
+    let revision = counted(&s.metrics, "instance", result)?;
     Ok(Json(json!({ "revision": revision, "lease": lease })))
 }
 
