@@ -39,7 +39,15 @@ fn options(grace_ms: u64) -> ServerOptions {
 }
 
 fn start(registry: &Registry<EmbeddedStore>, files: &TlsFiles, addr: SocketAddr, opts: ServerOptions) -> Node {
-    let config = tls::server_config(files, None, 64).unwrap();
+    start_with(registry, tls::server_config(files, None, 64).unwrap(), addr, opts)
+}
+
+fn start_with(
+    registry: &Registry<EmbeddedStore>,
+    config: quinn::ServerConfig,
+    addr: SocketAddr,
+    opts: ServerOptions,
+) -> Node {
     let server = QuicServer::bind(addr, config, registry.clone(), opts).unwrap();
     let addr = server.local_addr().unwrap();
     let (tx, rx) = oneshot::channel();
@@ -347,12 +355,8 @@ async fn mutual_tls_requires_a_client_certificate() {
     let files = tls::ensure_dev_certs(dir.path()).unwrap();
     let reg = registry(&dir.path().join("data")).await;
     let config = tls::server_config(&files, Some(&files.ca), 64).unwrap();
-    let server = QuicServer::bind("127.0.0.1:0".parse().unwrap(), config, reg.clone(), options(5000)).unwrap();
-    let addr = server.local_addr().unwrap();
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(server.run(async {
-        let _ = rx.await;
-    }));
+    let node = start_with(&reg, config, "127.0.0.1:0".parse().unwrap(), options(5000));
+    let addr = node.addr;
 
     let mut opts = ClientOptions::new(vec![addr], files.ca.clone());
     opts.connect_timeout = Duration::from_secs(2);
@@ -362,6 +366,5 @@ async fn mutual_tls_requires_a_client_certificate() {
     std::fs::write(dir.path().join("c.key"), key).unwrap();
     opts.client_cert = Some((dir.path().join("c.pem"), dir.path().join("c.key")));
     Client::new(opts).unwrap().ping().await.expect("a certificate from the CA is accepted");
-    let _ = tx.send(());
-    let _ = task.await;
+    node.stop().await;
 }
