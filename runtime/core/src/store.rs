@@ -29,9 +29,6 @@ pub enum StoreError {
     /// The backend could not complete the operation (disk, etcd unreachable, timeout).
     #[error("store unavailable: {0}")]
     Unavailable(String),
-    /// Stored data that cannot be decoded.
-    #[error("store data is corrupt: {0}")]
-    Corrupt(String),
     /// A watcher fell too far behind and must re-watch from its last revision.
     #[error("watch fell behind and was dropped; re-watch from the last revision seen")]
     Lagged,

@@ -44,6 +44,14 @@ pub struct SubState {
     pub held: BTreeSet<ServiceKey>,
 }
 
+impl SubState {
+    /// The view as a snapshot at the last revision applied.
+    #[must_use]
+    pub fn snapshot(&self) -> StoreSnapshot {
+        StoreSnapshot { revision: self.last, records: self.records.values().cloned().collect() }
+    }
+}
+
 /// What applying an event did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Applied {

@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use quinn::{Connection, Endpoint};
 use serde::{Deserialize, Serialize};
 use sextant_core::{Change, Event, Instance, InstanceKey, LeaseId, Revision, Scope, StoreSnapshot};
-use sextant_proto::client::{Applied, ClientSession, SubId};
+use sextant_proto::client::{Applied, ClientSession, SubId, SubState};
 use sextant_proto::{Binding, ErrorCode, Request, Response};
 use tokio::sync::{mpsc, watch};
 
@@ -223,10 +223,7 @@ impl Client {
     #[must_use]
     pub fn view(&self, watch: &Watch) -> StoreSnapshot {
         let session = self.inner.session.lock();
-        session.state(watch.id).map_or_else(StoreSnapshot::default, |s| StoreSnapshot {
-            revision: s.last,
-            records: s.records.values().cloned().collect(),
-        })
+        session.state(watch.id).map_or_else(StoreSnapshot::default, SubState::snapshot)
     }
 }
 
@@ -585,10 +582,7 @@ async fn run_watch(
                         let mut session = client.session.lock();
                         let applied = session.on_event(id, &event);
                         // Copy the view only when it is to be cached.
-                        let view = cache.as_ref().and_then(|_| session.state(id)).map(|s| StoreSnapshot {
-                            revision: s.last,
-                            records: s.records.values().cloned().collect(),
-                        });
+                        let view = cache.as_ref().and_then(|_| session.state(id)).map(SubState::snapshot);
                         (applied, view)
                     };
                     if applied == Applied::Duplicate {

@@ -255,7 +255,6 @@ fn error_response(e: RegistryError) -> Response {
         StoreError::Rejected(CoreError::LeaseNotFound(_)) => ErrorCode::LeaseNotFound,
         StoreError::Rejected(CoreError::KeyNotFound(_)) => ErrorCode::NotFound,
         StoreError::Unavailable(_) | StoreError::Lagged | StoreError::Closed => ErrorCode::Unavailable,
-        StoreError::Corrupt(_) => ErrorCode::Internal,
     };
     Response::error(code, e)
 }
@@ -386,36 +385,29 @@ fn pick<S>(registry: &Registry<S>, service: &sextant_core::ServiceKey, hash_key:
     let Some(snapshot) = registry.snapshot(service) else {
         return Response::Picked { instance: None, protection_active: false };
     };
-    let candidates: Vec<_> = snapshot.selected().collect();
     let chosen = match hash_key {
-        Some(key) => candidates
-            .iter()
-            .max_by_key(|i| {
-                // SipHash with fixed keys: the same key picks the same instance on every host.
-                let mut h = std::hash::DefaultHasher::new();
-                h.write(key.as_bytes());
-                h.write(i.id.as_str().as_bytes());
-                h.finish()
-            })
-            .copied(),
+        Some(key) => snapshot.selected().max_by_key(|i| {
+            // SipHash with fixed keys: the same key picks the same instance on every host.
+            let mut h = std::hash::DefaultHasher::new();
+            h.write(key.as_bytes());
+            h.write(i.id.as_str().as_bytes());
+            h.finish()
+        }),
         None => {
-            let total: u64 = candidates.iter().map(|i| u64::from(i.weight)).sum();
+            let total: u64 = snapshot.selected().map(|i| u64::from(i.weight)).sum();
             if total == 0 {
                 None
             } else {
                 let mut point = rand::random_range(0..total);
-                candidates
-                    .iter()
-                    .find(|i| {
-                        let w = u64::from(i.weight);
-                        if point < w {
-                            true
-                        } else {
-                            point -= w;
-                            false
-                        }
-                    })
-                    .copied()
+                snapshot.selected().find(|i| {
+                    let w = u64::from(i.weight);
+                    if point < w {
+                        true
+                    } else {
+                        point -= w;
+                        false
+                    }
+                })
             }
         }
     };

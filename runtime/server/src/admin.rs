@@ -111,7 +111,6 @@ impl From<RegistryError> for ApiError {
             StoreError::Unavailable(_) | StoreError::Lagged | StoreError::Closed => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
-            StoreError::Corrupt(_) => (StatusCode::INTERNAL_SERVER_ERROR, "corrupt"),
         };
         Self::new(status, code, store.to_string())
     }
