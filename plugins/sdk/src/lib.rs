@@ -1,0 +1,435 @@
+//! The sextant plugin SDK: a plugin is one `lib.rs`.
+//!
+//! ```ignore
+//! use sextant_plugin_sdk::{Balancer, Env, Mode, Request, Snapshot};
+//!
+//! struct First;
+//! impl Balancer for First {
+//!     fn update(&mut self, _s: &Snapshot, _env: &mut dyn Env) -> Result<Mode, String> { Ok(Mode::PerRequest) }
+//!     fn pick(&mut self, _r: &Request, _env: &mut dyn Env) -> Option<u32> { Some(0) }
+//! }
+//! sextant_plugin_sdk::export_balancer!(|_config: &str| Ok(First));
+//! ```
+//!
+//! Build it with `cargo build --release --target wasm32-wasip2` (crate type `cdylib`) and
+//! load the `.wasm` with `sextant plugin load`. The SDK owns the `wit-bindgen` bindings of the
+//! three worlds in `wit/` (balancer, health, scheduler), the conversions between the WIT
+//! records and the plain Rust model of `sextant-builtins`, and the [`Env`] that reaches the
+//! host imports. The policy traits are the same ones the host runs natively, so a built-in is
+//! written once and runs in both places.
+
+pub use sextant_builtins::{
+    Balancer, Endpoint, EndpointStats, Env, HealthPolicy, Level, Mode, Outcome, ProbeResult, Request, RingPoint,
+    Scheduler, Snapshot, Status, Table, Verdict,
+};
+
+/// Bindings of the `balancer-plugin` world.
+#[allow(missing_docs, missing_debug_implementations, clippy::all)]
+pub mod balancer_world {
+    wit_bindgen::generate!({
+        world: "balancer-plugin",
+        path: "../../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_balancer_world",
+        default_bindings_module: "::sextant_plugin_sdk::balancer_world",
+    });
+}
+
+/// Bindings of the `health-plugin` world.
+#[allow(missing_docs, missing_debug_implementations, clippy::all)]
+pub mod health_world {
+    wit_bindgen::generate!({
+        world: "health-plugin",
+        path: "../../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_health_world",
+        default_bindings_module: "::sextant_plugin_sdk::health_world",
+    });
+}
+
+/// Bindings of the `scheduler-plugin` world.
+#[allow(missing_docs, missing_debug_implementations, clippy::all)]
+pub mod scheduler_world {
+    wit_bindgen::generate!({
+        world: "scheduler-plugin",
+        path: "../../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_scheduler_world",
+        default_bindings_module: "::sextant_plugin_sdk::scheduler_world",
+    });
+}
+
+/// Conversions and environments for one world's generated `types` and `host` modules.
+macro_rules! world_glue {
+    ($world:ident) => {
+        impl $world::sextant::plugin::types::Snapshot {
+            /// Moves the WIT snapshot into the plain model.
+            pub fn into_model(self) -> Snapshot {
+                Snapshot {
+                    service: self.service,
+                    revision: self.revision,
+                    protection_active: self.protection_active,
+                    endpoints: self
+                        .endpoints
+                        .into_iter()
+                        .map(|e| Endpoint {
+                            id: e.id,
+                            address: e.address,
+                            weight: e.weight,
+                            healthy: e.healthy,
+                            zone: e.zone,
+                            version: e.version,
+                            metadata: e.metadata,
+                        })
+                        .collect(),
+                }
+            }
+        }
+
+        impl From<Level> for $world::sextant::plugin::host::Level {
+            fn from(l: Level) -> Self {
+                match l {
+                    Level::Trace => Self::Trace,
+                    Level::Debug => Self::Debug,
+                    Level::Info => Self::Info,
+                    Level::Warn => Self::Warn,
+                    Level::Error => Self::Error,
+                }
+            }
+        }
+    };
+}
+
+world_glue!(balancer_world);
+world_glue!(health_world);
+world_glue!(scheduler_world);
+
+/// The environment of a balancer inside wasm: every call is a host import.
+#[derive(Debug, Default)]
+pub struct BalancerEnv;
+
+impl Env for BalancerEnv {
+    fn random(&mut self) -> u64 {
+        balancer_world::sextant::plugin::host::random()
+    }
+    fn now(&self) -> u64 {
+        balancer_world::sextant::plugin::host::monotonic_now()
+    }
+    fn log(&self, level: Level, message: &str) {
+        balancer_world::sextant::plugin::host::log(level.into(), message);
+    }
+    fn in_flight(&self, endpoint: u32) -> u32 {
+        balancer_world::sextant::plugin::load::in_flight(endpoint)
+    }
+    fn latency_ewma(&self, endpoint: u32) -> u64 {
+        balancer_world::sextant::plugin::load::latency_ewma(endpoint)
+    }
+    fn recent_errors(&self, endpoint: u32) -> u32 {
+        balancer_world::sextant::plugin::load::recent_errors(endpoint)
+    }
+    fn total_in_flight(&self) -> u64 {
+        balancer_world::sextant::plugin::load::total_in_flight()
+    }
+    fn request_header(&self, name: &str) -> Option<String> {
+        balancer_world::sextant::plugin::load::request_header(name)
+    }
+}
+
+/// Health and scheduler plugins see the host interface only: load reads as zero.
+macro_rules! policy_env {
+    ($name:ident, $world:ident) => {
+        /// The environment of this plugin kind inside wasm (no live load).
+        #[derive(Debug, Default)]
+        pub struct $name;
+
+        impl Env for $name {
+            fn random(&mut self) -> u64 {
+                $world::sextant::plugin::host::random()
+            }
+            fn now(&self) -> u64 {
+                $world::sextant::plugin::host::monotonic_now()
+            }
+            fn log(&self, level: Level, message: &str) {
+                $world::sextant::plugin::host::log(level.into(), message);
+            }
+            fn in_flight(&self, _endpoint: u32) -> u32 {
+                0
+            }
+            fn latency_ewma(&self, _endpoint: u32) -> u64 {
+                0
+            }
+            fn recent_errors(&self, _endpoint: u32) -> u32 {
+                0
+            }
+            fn total_in_flight(&self) -> u64 {
+                0
+            }
+            fn request_header(&self, _name: &str) -> Option<String> {
+                None
+            }
+        }
+    };
+}
+
+policy_env!(HealthEnv, health_world);
+policy_env!(SchedulerEnv, scheduler_world);
+
+/// Glue between the generated `balancer` export and a [`Balancer`]; used by
+/// [`export_balancer!`].
+pub mod balancer_glue {
+    use std::cell::RefCell;
+
+    use super::balancer_world::exports::sextant::plugin::balancer as wit;
+    use super::{Balancer, BalancerEnv, Mode, Request, Table};
+
+    thread_local! {
+        static STATE: RefCell<Option<Box<dyn Balancer>>> = const { RefCell::new(None) };
+    }
+
+    /// `init`: builds the balancer.
+    ///
+    /// # Errors
+    /// The factory's error.
+    pub fn init(make: impl FnOnce(&str) -> Result<Box<dyn Balancer>, String>, config: &str) -> Result<(), String> {
+        let b = make(config)?;
+        STATE.with(|s| *s.borrow_mut() = Some(b));
+        Ok(())
+    }
+
+    /// `update`.
+    ///
+    /// # Errors
+    /// The balancer's error, or "update before init".
+    pub fn update(snapshot: super::balancer_world::sextant::plugin::types::Snapshot) -> Result<wit::Mode, String> {
+        let snapshot = snapshot.into_model();
+        STATE.with(|s| {
+            let mut s = s.borrow_mut();
+            let b = s.as_mut().ok_or("update before init")?;
+            Ok(match b.update(&snapshot, &mut BalancerEnv)? {
+                Mode::PerRequest => wit::Mode::PerRequest,
+                Mode::Table(Table::Weighted(w)) => wit::Mode::Table(wit::Table::Weighted(w)),
+                Mode::Table(Table::Maglev(t)) => wit::Mode::Table(wit::Table::Maglev(t)),
+                Mode::Table(Table::Ring(r)) => wit::Mode::Table(wit::Table::Ring(
+                    r.into_iter().map(|p| wit::RingPoint { hash: p.hash, endpoint: p.endpoint }).collect(),
+                )),
+            })
+        })
+    }
+
+    /// `pick`.
+    #[must_use]
+    pub fn pick(request: wit::Request) -> Option<u32> {
+        let request = Request { hash_key: request.hash_key };
+        STATE.with(|s| s.borrow_mut().as_mut()?.pick(&request, &mut BalancerEnv))
+    }
+}
+
+/// Glue for the `health` export; used by [`export_health!`].
+pub mod health_glue {
+    use std::cell::RefCell;
+
+    use super::health_world::exports::sextant::plugin::health as wit;
+    use super::{HealthEnv, HealthPolicy, Outcome, ProbeResult, Status, Verdict};
+
+    thread_local! {
+        static STATE: RefCell<Option<Box<dyn HealthPolicy>>> = const { RefCell::new(None) };
+    }
+
+    fn status(s: wit::Status) -> Status {
+        match s {
+            wit::Status::Http(code) => Status::Http(code),
+            wit::Status::Connected => Status::Connected,
+            wit::Status::Timeout => Status::Timeout,
+            wit::Status::Failed(m) => Status::Failed(m),
+        }
+    }
+
+    fn verdict(v: Verdict) -> wit::Verdict {
+        match v {
+            Verdict::Unchanged => wit::Verdict::Unchanged,
+            Verdict::Healthy => wit::Verdict::Healthy,
+            Verdict::Unhealthy => wit::Verdict::Unhealthy,
+            Verdict::Eject(ms) => wit::Verdict::Eject(ms),
+        }
+    }
+
+    /// `init`.
+    ///
+    /// # Errors
+    /// The factory's error.
+    pub fn init(make: impl FnOnce(&str) -> Result<Box<dyn HealthPolicy>, String>, config: &str) -> Result<(), String> {
+        let p = make(config)?;
+        STATE.with(|s| *s.borrow_mut() = Some(p));
+        Ok(())
+    }
+
+    /// `update`.
+    ///
+    /// # Errors
+    /// The policy's error, or "update before init".
+    pub fn update(snapshot: super::health_world::sextant::plugin::types::Snapshot) -> Result<(), String> {
+        let snapshot = snapshot.into_model();
+        STATE.with(|s| s.borrow_mut().as_mut().ok_or("update before init")?.update(&snapshot, &mut HealthEnv))
+    }
+
+    /// `on-probe`.
+    #[must_use]
+    pub fn on_probe(r: wit::ProbeResult) -> wit::Verdict {
+        let r = ProbeResult { endpoint: r.endpoint, status: status(r.status), latency: r.latency, body: r.body };
+        STATE.with(|s| verdict(s.borrow_mut().as_mut().map_or(Verdict::Unchanged, |p| p.on_probe(&r, &mut HealthEnv))))
+    }
+
+    /// `on-outcome`.
+    #[must_use]
+    pub fn on_outcome(o: wit::Outcome) -> wit::Verdict {
+        let o = Outcome { endpoint: o.endpoint, status: status(o.status), latency: o.latency };
+        STATE
+            .with(|s| verdict(s.borrow_mut().as_mut().map_or(Verdict::Unchanged, |p| p.on_outcome(&o, &mut HealthEnv))))
+    }
+}
+
+/// Glue for the `scheduler` export; used by [`export_scheduler!`].
+pub mod scheduler_glue {
+    use std::cell::RefCell;
+
+    use super::scheduler_world::exports::sextant::plugin::scheduler as wit;
+    use super::{EndpointStats, Scheduler, SchedulerEnv};
+
+    thread_local! {
+        static STATE: RefCell<Option<Box<dyn Scheduler>>> = const { RefCell::new(None) };
+    }
+
+    /// `init`.
+    ///
+    /// # Errors
+    /// The factory's error.
+    pub fn init(make: impl FnOnce(&str) -> Result<Box<dyn Scheduler>, String>, config: &str) -> Result<(), String> {
+        let p = make(config)?;
+        STATE.with(|s| *s.borrow_mut() = Some(p));
+        Ok(())
+    }
+
+    /// `update`.
+    ///
+    /// # Errors
+    /// The scheduler's error, or "update before init".
+    pub fn update(snapshot: super::scheduler_world::sextant::plugin::types::Snapshot) -> Result<(), String> {
+        let snapshot = snapshot.into_model();
+        STATE.with(|s| s.borrow_mut().as_mut().ok_or("update before init")?.update(&snapshot, &mut SchedulerEnv))
+    }
+
+    /// `schedule`.
+    #[must_use]
+    pub fn schedule(stats: Vec<wit::EndpointStats>) -> Vec<u32> {
+        let stats: Vec<EndpointStats> = stats
+            .into_iter()
+            .map(|s| EndpointStats {
+                rps: s.rps,
+                latency_p50: s.latency_p50,
+                latency_p99: s.latency_p99,
+                requests: s.requests,
+                errors: s.errors,
+                overloaded: s.overloaded,
+                retry_after_ms: s.retry_after_ms,
+                age_ms: s.age_ms,
+            })
+            .collect();
+        STATE.with(|s| s.borrow_mut().as_mut().map_or_else(Vec::new, |p| p.schedule(&stats, &mut SchedulerEnv)))
+    }
+}
+
+/// Exports a balancer plugin. The argument is a factory `Fn(&str) -> Result<T, String>`
+/// called by `init` with the plugin's JSON configuration; `T` implements [`Balancer`].
+#[macro_export]
+macro_rules! export_balancer {
+    ($make:expr) => {
+        #[doc(hidden)]
+        pub struct __SextantBalancer;
+
+        impl $crate::balancer_world::exports::sextant::plugin::balancer::Guest for __SextantBalancer {
+            fn init(config: String) -> Result<(), String> {
+                $crate::balancer_glue::init(
+                    |c| ($make)(c).map(|b| Box::new(b) as Box<dyn $crate::Balancer>),
+                    &config,
+                )
+            }
+            fn update(
+                snapshot: $crate::balancer_world::sextant::plugin::types::Snapshot,
+            ) -> Result<$crate::balancer_world::exports::sextant::plugin::balancer::Mode, String> {
+                $crate::balancer_glue::update(snapshot)
+            }
+            fn pick(request: $crate::balancer_world::exports::sextant::plugin::balancer::Request) -> Option<u32> {
+                $crate::balancer_glue::pick(request)
+            }
+        }
+
+        // Only a wasm build exports the component's functions; a native build of the plugin
+        // crate (workspace checks) compiles the glue without exporting anything.
+        #[cfg(target_arch = "wasm32")]
+        $crate::balancer_world::__export_balancer_world!(__SextantBalancer with_types_in $crate::balancer_world);
+    };
+}
+
+/// Exports a health-policy plugin; the factory returns a [`HealthPolicy`].
+#[macro_export]
+macro_rules! export_health {
+    ($make:expr) => {
+        #[doc(hidden)]
+        pub struct __SextantHealth;
+
+        impl $crate::health_world::exports::sextant::plugin::health::Guest for __SextantHealth {
+            fn init(config: String) -> Result<(), String> {
+                $crate::health_glue::init(|c| ($make)(c).map(|p| Box::new(p) as Box<dyn $crate::HealthPolicy>), &config)
+            }
+            fn update(snapshot: $crate::health_world::sextant::plugin::types::Snapshot) -> Result<(), String> {
+                $crate::health_glue::update(snapshot)
+            }
+            fn on_probe(
+                result: $crate::health_world::exports::sextant::plugin::health::ProbeResult,
+            ) -> $crate::health_world::exports::sextant::plugin::health::Verdict {
+                $crate::health_glue::on_probe(result)
+            }
+            fn on_outcome(
+                outcome: $crate::health_world::exports::sextant::plugin::health::Outcome,
+            ) -> $crate::health_world::exports::sextant::plugin::health::Verdict {
+                $crate::health_glue::on_outcome(outcome)
+            }
+        }
+
+        // Only a wasm build exports the component's functions; a native build of the plugin
+        // crate (workspace checks) compiles the glue without exporting anything.
+        #[cfg(target_arch = "wasm32")]
+        $crate::health_world::__export_health_world!(__SextantHealth with_types_in $crate::health_world);
+    };
+}
+
+/// Exports a scheduler plugin; the factory returns a [`Scheduler`].
+#[macro_export]
+macro_rules! export_scheduler {
+    ($make:expr) => {
+        #[doc(hidden)]
+        pub struct __SextantScheduler;
+
+        impl $crate::scheduler_world::exports::sextant::plugin::scheduler::Guest for __SextantScheduler {
+            fn init(config: String) -> Result<(), String> {
+                $crate::scheduler_glue::init(
+                    |c| ($make)(c).map(|p| Box::new(p) as Box<dyn $crate::Scheduler>),
+                    &config,
+                )
+            }
+            fn update(snapshot: $crate::scheduler_world::sextant::plugin::types::Snapshot) -> Result<(), String> {
+                $crate::scheduler_glue::update(snapshot)
+            }
+            fn schedule(
+                stats: Vec<$crate::scheduler_world::exports::sextant::plugin::scheduler::EndpointStats>,
+            ) -> Vec<u32> {
+                $crate::scheduler_glue::schedule(stats)
+            }
+        }
+
+        // Only a wasm build exports the component's functions; a native build of the plugin
+        // crate (workspace checks) compiles the glue without exporting anything.
+        #[cfg(target_arch = "wasm32")]
+        $crate::scheduler_world::__export_scheduler_world!(__SextantScheduler with_types_in $crate::scheduler_world);
+    };
+}

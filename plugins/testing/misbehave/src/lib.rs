@@ -1,0 +1,89 @@
+//! A balancer that misbehaves as its configuration says, for the plugin host's bad-input
+//! tests: `{"fault": F, "after": N}` where F is one of `trap-init`, `trap-update`,
+//! `trap-pick`, `loop-pick`, `loop-update`, `grow-update`, `grow-pick`, `out-of-range`,
+//! `none`, `refuse-update`, and the fault starts with the N-th call of that function
+//! (default 0: the first). Before that it balances round robin.
+use std::hint::black_box;
+
+use sextant_plugin_sdk::{Balancer, Env, Mode, Request, Snapshot};
+
+struct Misbehave {
+    fault: String,
+    after: u64,
+    updates: u64,
+    picks: u64,
+    len: u32,
+    next: u32,
+    hoard: Vec<Vec<u8>>,
+}
+
+fn spin() -> ! {
+    let mut x = 0u64;
+    loop {
+        x = black_box(x.wrapping_add(1));
+    }
+}
+
+impl Misbehave {
+    fn grow(&mut self) {
+        loop {
+            // Touch every page so the memory is really taken, then keep it.
+            self.hoard.push(vec![1u8; 1 << 20]);
+        }
+    }
+}
+
+impl Balancer for Misbehave {
+    fn update(&mut self, snapshot: &Snapshot, _env: &mut dyn Env) -> Result<Mode, String> {
+        self.updates += 1;
+        if self.updates > self.after {
+            match self.fault.as_str() {
+                "trap-update" => panic!("trap-update: as configured"),
+                "loop-update" => spin(),
+                "grow-update" => self.grow(),
+                "refuse-update" => return Err("refuse-update: as configured".into()),
+                _ => {}
+            }
+        }
+        self.len = u32::try_from(snapshot.endpoints.len()).unwrap_or(u32::MAX);
+        Ok(Mode::PerRequest)
+    }
+
+    fn pick(&mut self, _request: &Request, _env: &mut dyn Env) -> Option<u32> {
+        self.picks += 1;
+        if self.picks > self.after {
+            match self.fault.as_str() {
+                "trap-pick" => panic!("trap-pick: as configured"),
+                "loop-pick" => spin(),
+                "grow-pick" => self.grow(),
+                "out-of-range" => return Some(self.len + 7),
+                "none" => return None,
+                _ => {}
+            }
+        }
+        if self.len == 0 {
+            return None;
+        }
+        self.next = (self.next + 1) % self.len;
+        Some(self.next)
+    }
+}
+
+fn make(config: &str) -> Result<Misbehave, String> {
+    let text = config.to_owned();
+    let field = |name: &str| -> Option<String> {
+        // A tiny reader for {"fault": "x", "after": 3}; the SDK user would use serde.
+        let at = text.find(&format!("\"{name}\""))?;
+        let rest = text[at + name.len() + 2..].trim_start().strip_prefix(':')?.trim_start();
+        let end = rest.find([',', '}']).unwrap_or(rest.len());
+        Some(rest[..end].trim().trim_matches('"').to_owned())
+    };
+    let fault = field("fault").unwrap_or_default();
+    if fault == "trap-init" {
+        panic!("trap-init: as configured");
+    }
+    let after = field("after").map_or(Ok(0), |a| a.parse::<u64>().map_err(|e| e.to_string()))?;
+    Ok(Misbehave { fault, after, updates: 0, picks: 0, len: 0, next: 0, hoard: Vec::new() })
+}
+
+sextant_plugin_sdk::export_balancer!(make);
