@@ -1,7 +1,7 @@
 //! The built-in health policies. State is kept per endpoint id, so it survives snapshots
 //! that reorder or add endpoints.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
@@ -39,7 +39,7 @@ struct Streak {
 pub struct Consecutive {
     config: ConsecutiveConfig,
     ids: Vec<String>,
-    state: HashMap<String, Streak>,
+    state: BTreeMap<String, Streak>,
 }
 
 impl Consecutive {
@@ -52,7 +52,7 @@ impl Consecutive {
         if config.healthy_threshold == 0 || config.unhealthy_threshold == 0 {
             return Err("thresholds must be at least 1".into());
         }
-        Ok(Self { config, ids: Vec::new(), state: HashMap::new() })
+        Ok(Self { config, ids: Vec::new(), state: BTreeMap::new() })
     }
 
     fn success(&self, result: &ProbeResult) -> bool {
@@ -71,7 +71,7 @@ impl Consecutive {
 impl HealthPolicy for Consecutive {
     fn update(&mut self, snapshot: &Snapshot, _env: &mut dyn Env) -> Result<(), String> {
         self.ids = snapshot.endpoints.iter().map(|e| e.id.clone()).collect();
-        let mut state = HashMap::with_capacity(self.ids.len());
+        let mut state = BTreeMap::new();
         for e in &snapshot.endpoints {
             let s = self.state.get(&e.id).copied().unwrap_or(Streak { healthy: e.healthy, ok: 0, failed: 0 });
             state.insert(e.id.clone(), s);
@@ -155,7 +155,7 @@ struct Counters {
 pub struct OutlierDetection {
     config: OutlierConfig,
     ids: Vec<String>,
-    state: HashMap<String, Counters>,
+    state: BTreeMap<String, Counters>,
 }
 
 impl OutlierDetection {
@@ -174,14 +174,14 @@ impl OutlierDetection {
         if config.base_ejection_ms == 0 || config.base_ejection_ms > config.max_ejection_ms {
             return Err("base_ejection_ms must be at least 1 and at most max_ejection_ms".into());
         }
-        Ok(Self { config, ids: Vec::new(), state: HashMap::new() })
+        Ok(Self { config, ids: Vec::new(), state: BTreeMap::new() })
     }
 }
 
 impl HealthPolicy for OutlierDetection {
     fn update(&mut self, snapshot: &Snapshot, _env: &mut dyn Env) -> Result<(), String> {
         self.ids = snapshot.endpoints.iter().map(|e| e.id.clone()).collect();
-        let mut state = HashMap::with_capacity(self.ids.len());
+        let mut state = BTreeMap::new();
         for id in &self.ids {
             state.insert(id.clone(), self.state.get(id).copied().unwrap_or_default());
         }

@@ -1,6 +1,6 @@
 //! The built-in schedulers: they turn per-endpoint statistics into effective weights.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
@@ -40,7 +40,7 @@ impl Default for AdaptiveConfig {
 pub struct Adaptive {
     config: AdaptiveConfig,
     registered: Vec<(String, u32)>,
-    factor: HashMap<String, f64>,
+    factor: BTreeMap<String, f64>,
 }
 
 impl Adaptive {
@@ -59,7 +59,7 @@ impl Adaptive {
                 return Err(format!("{name} must be within 0..=1, not {v}"));
             }
         }
-        Ok(Self { config, registered: Vec::new(), factor: HashMap::new() })
+        Ok(Self { config, registered: Vec::new(), factor: BTreeMap::new() })
     }
 }
 

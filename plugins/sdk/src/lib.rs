@@ -12,7 +12,12 @@
 //! ```
 //!
 //! Build it with `cargo build --release --target wasm32-wasip2` (crate type `cdylib`) and
-//! load the `.wasm` with `sextant plugin load`. The SDK owns the `wit-bindgen` bindings of the
+//! load the `.wasm` with `sextant plugin load`.
+//!
+//! Plugins get no WASI: no files, sockets, clocks or OS randomness. Use [`Env`] for time
+//! and random numbers. In particular `std::collections::HashMap::new()` seeds itself from
+//! WASI randomness and traps inside a plugin; use `BTreeMap`, or a `HashMap` with a fixed
+//! hasher. The SDK owns the `wit-bindgen` bindings of the
 //! three worlds in `wit/` (balancer, health, scheduler), the conversions between the WIT
 //! records and the plain Rust model of `sextant-builtins`, and the [`Env`] that reaches the
 //! host imports. The policy traits are the same ones the host runs natively, so a built-in is

@@ -1,1 +1,33 @@
-pub use wasmtime;
+//! The plugin host: runs balancers, health policies and schedulers, native built-ins or
+//! WebAssembly components (`wit/`, wasmtime's component model), and swaps them while
+//! traffic flows.
+//!
+//! This crate owns:
+//! - [`PluginHost`]: the wasmtime engine (pooling allocator, epoch interruption, a memory cap
+//!   per instance), the compile cache keyed by sha256, and validation of what a component
+//!   exports and imports (kind, contract version) with a typed [`LoadError`] for each way a
+//!   file can be wrong;
+//! - [`BalancerSlot`]: one per service, the active balancer version behind an `ArcSwap`,
+//!   several instances per version so picks scale with threads, self-test before publish,
+//!   per-pick fallback to the native default, automatic rollback after repeated faults;
+//! - [`PolicySlot`]: the same for health policies and schedulers;
+//! - [`LoadTracker`]: live load per endpoint (in-flight, peak EWMA, recent errors) that the
+//!   `load` interface reads.
+//!
+//! Deadlines are CPU-time budgets checked at epoch ticks (see `HostConfig::pick_deadline`):
+//! a plugin that spins is interrupted; a thread the OS merely descheduled is not.
+mod balancer;
+mod bindings;
+mod error;
+mod host;
+mod load;
+mod policy;
+mod stats;
+
+pub use balancer::{BalancerSlot, PickRequest, Picked, PluginSpec, SlotEvent, SlotStatus, Version, VersionStatus};
+pub use error::{CallFault, LoadError, SlotError};
+pub use host::{CONTRACT_VERSION, Compiled, HostConfig, HostState, PluginHost, PluginKind};
+pub use load::{EndpointLoad, InFlight, LoadTracker, RouteSnapshot, snapshot_of};
+pub use policy::PolicySlot;
+pub use sextant_builtins as builtins;
+pub use stats::{Counters, CountersSnapshot, Histogram};

@@ -1,0 +1,158 @@
+//! Per-plugin-version counters and a lock-free latency histogram.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Quarter-octave buckets from 1 ns to ~4 s.
+const BUCKETS: usize = 128;
+
+/// A histogram of call times with quarter-octave buckets (about ±10% resolution), updated
+/// with relaxed atomic adds so any thread can record.
+#[derive(Debug)]
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS],
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self { counts: std::array::from_fn(|_| AtomicU64::new(0)) }
+    }
+}
+
+fn bucket(nanos: u64) -> usize {
+    if nanos <= 1 {
+        return 0;
+    }
+    let log2 = 63 - u64::from(nanos.leading_zeros());
+    // Two bits below the leading one pick the quarter.
+    let quarter = if log2 >= 2 { (nanos >> (log2 - 2)) & 3 } else { (nanos << (2 - log2)) & 3 };
+    usize::try_from(log2 * 4 + quarter).unwrap_or(BUCKETS - 1).min(BUCKETS - 1)
+}
+
+fn bucket_floor(b: usize) -> u64 {
+    let (log2, quarter) = ((b / 4) as u64, (b % 4) as u64);
+    if log2 >= 2 { (4 + quarter) << (log2 - 2) } else { 1 << log2 }
+}
+
+impl Histogram {
+    /// Records one call.
+    pub fn record(&self, d: Duration) {
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.counts[bucket(nanos)].fetch_add(1, Relaxed);
+    }
+
+    /// The q-quantile (0..=1) in nanoseconds (the lower edge of its bucket), or 0 when empty.
+    #[must_use]
+    pub fn quantile(&self, q: f64) -> u64 {
+        let counts: Vec<u64> = self.counts.iter().map(|c| c.load(Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return 0;
+        }
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+        let rank = ((total as f64) * q.clamp(0.0, 1.0)).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (b, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return bucket_floor(b);
+            }
+        }
+        bucket_floor(BUCKETS - 1)
+    }
+}
+
+/// What happened to one plugin version: calls, faults, call times.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Calls into the plugin (every function).
+    pub calls: AtomicU64,
+    /// Traps.
+    pub traps: AtomicU64,
+    /// Deadline hits.
+    pub deadlines: AtomicU64,
+    /// Memory-cap hits.
+    pub memory: AtomicU64,
+    /// Contract violations (bad picks, wrong lengths).
+    pub contract: AtomicU64,
+    /// Picks answered by the native fallback because the plugin failed.
+    pub fallbacks: AtomicU64,
+    /// Sampled call times.
+    pub call_time: Histogram,
+}
+
+/// A point-in-time copy of [`Counters`].
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct CountersSnapshot {
+    /// Calls.
+    pub calls: u64,
+    /// Traps.
+    pub traps: u64,
+    /// Deadline hits.
+    pub deadline_hits: u64,
+    /// Memory-cap hits.
+    pub memory_hits: u64,
+    /// Contract violations.
+    pub contract_violations: u64,
+    /// Fallback picks.
+    pub fallbacks: u64,
+    /// Sampled call time p50, ns.
+    pub call_p50_ns: u64,
+    /// Sampled call time p99, ns.
+    pub call_p99_ns: u64,
+}
+
+impl Counters {
+    /// Reads every counter.
+    #[must_use]
+    pub fn snapshot(&self) -> CountersSnapshot {
+        CountersSnapshot {
+            calls: self.calls.load(Relaxed),
+            traps: self.traps.load(Relaxed),
+            deadline_hits: self.deadlines.load(Relaxed),
+            memory_hits: self.memory.load(Relaxed),
+            contract_violations: self.contract.load(Relaxed),
+            fallbacks: self.fallbacks.load(Relaxed),
+            call_p50_ns: self.call_time.quantile(0.5),
+            call_p99_ns: self.call_time.quantile(0.99),
+        }
+    }
+
+    /// Counts a fault by kind.
+    pub fn fault(&self, fault: &crate::CallFault) {
+        let c = match fault {
+            crate::CallFault::Trap(_) => &self.traps,
+            crate::CallFault::Deadline => &self.deadlines,
+            crate::CallFault::Memory => &self.memory,
+            crate::CallFault::Contract(_) | crate::CallFault::Refused(_) => &self.contract,
+        };
+        c.fetch_add(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_monotonic_and_quantiles_land_near_the_value() {
+        let mut last = 0;
+        for n in 1..100_000u64 {
+            let b = bucket(n);
+            assert!(b >= last, "bucket({n}) went down");
+            assert!(bucket_floor(b) <= n, "floor of bucket({n}) above it");
+            last = b;
+        }
+        let h = Histogram::default();
+        for _ in 0..99 {
+            h.record(Duration::from_nanos(200));
+        }
+        h.record(Duration::from_micros(50));
+        let p50 = h.quantile(0.5);
+        assert!((160..=200).contains(&p50), "{p50}");
+        assert!(h.quantile(1.0) > 40_000);
+        assert_eq!(Histogram::default().quantile(0.5), 0);
+    }
+}

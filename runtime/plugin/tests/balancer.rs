@@ -1,0 +1,266 @@
+//! The balancer slot against real components built from `plugins/`: native and wasm agree,
+//! hot swap under 8 picking threads, and every kind of bad plugin.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sextant_builtins::{Endpoint, Snapshot, mix64};
+use sextant_plugin::{BalancerSlot, HostConfig, LoadError, PickRequest, PluginHost, PluginSpec};
+
+fn host(workers: usize) -> PluginHost {
+    PluginHost::new(HostConfig {
+        workers,
+        memory_limit: 16 << 20,
+        max_instances: 100,
+        pick_deadline: Duration::from_millis(5),
+        update_deadline: Duration::from_millis(500),
+        ..HostConfig::default()
+    })
+    .expect("engine")
+}
+
+fn wasm(host: &PluginHost, name: &str, config: &str) -> Result<PluginSpec, LoadError> {
+    let path = sextant_plugin_artifacts::path(name).unwrap_or_else(|| panic!("no artifact {name}"));
+    let bytes = std::fs::read(path).expect("artifact readable");
+    Ok(PluginSpec::Wasm { name: name.into(), compiled: host.compile(&bytes)?, config: config.into() })
+}
+
+fn snapshot(n: usize) -> Snapshot {
+    Snapshot {
+        service: "public/DEFAULT_GROUP/shop".into(),
+        revision: 7,
+        protection_active: false,
+        endpoints: (0..n)
+            .map(|i| Endpoint {
+                id: format!("10.1.0.{i}:80"),
+                address: format!("10.1.0.{i}:80"),
+                weight: 10 + (i as u32 % 3) * 20,
+                healthy: true,
+                zone: String::new(),
+                version: if i % 3 == 0 { "v2".into() } else { "v1".into() },
+                metadata: Vec::new(),
+            })
+            .collect(),
+    }
+}
+
+fn picks(slot: &BalancerSlot, n: u64) -> Vec<u32> {
+    (0..n)
+        .map(|k| {
+            let mut req = PickRequest {
+                hash_key: (k % 3 != 0).then(|| mix64(k)),
+                headers: if k % 2 == 0 { vec![("x-version".into(), "v2".into())] } else { Vec::new() },
+            };
+            let p = slot.pick(&mut req).expect("an endpoint");
+            assert!(!p.fallback, "pick {k} needed the fallback");
+            p.index
+        })
+        .collect()
+}
+
+#[test]
+fn native_and_wasm_pick_the_same_for_the_same_seed() {
+    let host = host(1);
+    for name in sextant_builtins::BALANCERS {
+        host.reseed(42);
+        let native = BalancerSlot::new(&host, "svc", PluginSpec::builtin(name)).unwrap();
+        host.reseed(1000);
+        let slot = BalancerSlot::new(&host, "svc", PluginSpec::builtin("round-robin")).unwrap();
+        let spec = wasm(&host, name, "{}").unwrap();
+        host.reseed(42);
+        slot.load(spec).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for s in [&native, &slot] {
+            s.set_snapshot(snapshot(10));
+            // The same load on both: a few requests in flight at endpoints 1 and 4.
+            let route = s.route();
+            let guards: Vec<_> =
+                [1u32, 1, 4].iter().map(|&i| s.tracker().start(Arc::clone(route.load(i).unwrap()))).collect();
+            std::mem::forget(guards);
+        }
+        let (a, b) = (picks(&native, 500), picks(&slot, 500));
+        assert_eq!(a, b, "{name}: native and wasm disagree");
+        let distinct: std::collections::BTreeSet<_> = a.iter().collect();
+        assert!(distinct.len() > 1, "{name}: picks should spread, got {distinct:?}");
+    }
+}
+
+#[test]
+fn hot_swap_under_eight_threads_drops_no_pick() {
+    let host = host(4);
+    let slot = BalancerSlot::new(&host, "svc", PluginSpec::builtin("round-robin")).unwrap();
+    slot.set_snapshot(snapshot(16));
+    // Odd loads: ring hash (a fixed key always lands on one endpoint); even: round robin.
+    let ring = wasm(&host, "ring-hash", r#"{"balance_factor": 0}"#).unwrap();
+    let rr = wasm(&host, "round-robin", "{}").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let (slot, stop) = (slot.clone(), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut seen: HashMap<u64, Vec<u32>> = HashMap::new();
+                let (mut count, mut failed, mut last_version) = (0u64, 0u64, 0u64);
+                while !stop.load(Ordering::Relaxed) || count < 1000 {
+                    let mut req = PickRequest { hash_key: Some(0xfeed), headers: Vec::new() };
+                    match slot.pick(&mut req) {
+                        Some(p) if !p.fallback => {
+                            assert!(
+                                p.version >= last_version,
+                                "a thread saw version {} after {last_version}",
+                                p.version
+                            );
+                            last_version = p.version;
+                            seen.entry(p.version).or_default().push(p.index);
+                        }
+                        _ => failed += 1,
+                    }
+                    count += 1;
+                }
+                (count, failed, seen)
+            })
+        })
+        .collect();
+    let mut kinds = HashMap::new();
+    for i in 0..100 {
+        let spec = if i % 2 == 0 { ring.clone() } else { rr.clone() };
+        let status = slot.load(spec).expect("swap");
+        kinds.insert(status.id, i % 2 == 0);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for t in threads {
+        let (count, failed, seen) = t.join().expect("picker thread");
+        assert_eq!(failed, 0, "failed picks");
+        total += count;
+        for (version, indices) in seen {
+            if kinds.get(&version) == Some(&true) {
+                assert!(indices.windows(2).all(|w| w[0] == w[1]), "ring-hash version {version} answered {indices:?}");
+            }
+        }
+    }
+    assert!(total >= 8000);
+    assert_eq!(slot.status().active.name, "round-robin");
+    assert_eq!(slot.status().active.source, "wasm");
+}
+
+fn assert_refused(slot: &BalancerSlot, result: Result<PluginSpec, LoadError>, expect: &str) {
+    let before = slot.active_version();
+    let err = match result {
+        Err(e) => e,
+        Ok(spec) => slot.load(spec).expect_err("the load must fail"),
+    };
+    let text = err.to_string();
+    assert!(text.contains(expect), "error {text:?} should mention {expect:?}");
+    assert_eq!(slot.active_version(), before, "a failed load changed the active version");
+    for _ in 0..50 {
+        let p = slot.pick(&mut PickRequest::default()).expect("still picking");
+        assert!(!p.fallback);
+    }
+}
+
+#[test]
+fn bad_plugins_are_refused_with_a_reason_and_change_nothing() {
+    let host = host(2);
+    let slot = BalancerSlot::new(&host, "svc", PluginSpec::builtin("round-robin")).unwrap();
+    slot.set_snapshot(snapshot(5));
+    slot.load(wasm(&host, "weighted", "{}").unwrap()).unwrap();
+    let cases: Vec<(&str, Result<PluginSpec, LoadError>, &str)> = vec![
+        ("not wasm", host.compile(b"#!/bin/sh\necho hello\n").map(|_| unreachable!()), "not a WebAssembly file"),
+        ("core module", host.compile(b"\0asm\x01\0\0\0").map(|_| unreachable!()), "core WebAssembly module"),
+        ("garbage component", host.compile(b"\0asm\x0d\0\x01\0\xff\xff").map(|_| unreachable!()), "does not compile"),
+        ("other version", wasm(&host, "wrong-version", "{}"), "sextant:plugin/balancer@0.2.0"),
+        ("other world", wasm(&host, "consecutive", "{}"), "a health plugin cannot go into a balancer slot"),
+        ("bad config", wasm(&host, "ring-hash", r#"{"ring_size": 0}"#), "refused its configuration"),
+        ("trap in init", wasm(&host, "misbehave", r#"{"fault": "trap-init"}"#), "init trapped"),
+        ("trap in update", wasm(&host, "misbehave", r#"{"fault": "trap-update"}"#), "update trapped"),
+        ("trap in pick", wasm(&host, "misbehave", r#"{"fault": "trap-pick"}"#), "pick trapped"),
+        ("loops in pick", wasm(&host, "misbehave", r#"{"fault": "loop-pick"}"#), "pick missed its deadline"),
+        ("loops in update", wasm(&host, "misbehave", r#"{"fault": "loop-update"}"#), "update missed its deadline"),
+        ("grows memory", wasm(&host, "misbehave", r#"{"fault": "grow-update"}"#), "exceeded its memory limit"),
+        ("out of range", wasm(&host, "misbehave", r#"{"fault": "out-of-range"}"#), "picked endpoint 15 of 8"),
+        (
+            "none while healthy",
+            wasm(&host, "misbehave", r#"{"fault": "none"}"#),
+            "picked nothing while 8 endpoints exist",
+        ),
+        ("refuses updates", wasm(&host, "misbehave", r#"{"fault": "refuse-update"}"#), "refused the update"),
+    ];
+    for (what, result, expect) in cases {
+        eprintln!("case: {what}");
+        assert_refused(&slot, result, expect);
+    }
+    assert_eq!(slot.status().active.name, "weighted", "the plugin loaded first is still active");
+}
+
+#[test]
+fn live_faults_fall_back_per_pick_then_roll_back() {
+    for (fault, counter) in [
+        ("trap-pick", "traps"),
+        ("loop-pick", "deadline_hits"),
+        ("grow-pick", "memory_hits"),
+        ("out-of-range", "contract_violations"),
+    ] {
+        let host = host(1);
+        let slot = BalancerSlot::new(&host, "svc", PluginSpec::builtin("round-robin")).unwrap();
+        slot.set_snapshot(snapshot(4));
+        let good = slot.load(wasm(&host, "weighted", "{}").unwrap()).unwrap();
+        let config = format!(r#"{{"fault": "{fault}", "after": 100}}"#);
+        let bad = slot.load(wasm(&host, "misbehave", &config).unwrap()).unwrap();
+        let mut fallbacks = 0;
+        for _ in 0..2000 {
+            let p = slot.pick(&mut PickRequest::default()).expect("no pick fails");
+            assert!(p.index < 4);
+            fallbacks += u32::from(p.fallback);
+            if slot.active_version() != bad.id {
+                break;
+            }
+        }
+        let status = slot.status();
+        assert_ne!(status.active.id, bad.id, "{fault}: still on the faulty version");
+        assert_eq!(status.active.name, "weighted", "{fault}: rolled back to the previous plugin");
+        assert!(good.id < status.active.id);
+        assert!(fallbacks > 0);
+        let last = status.events.last().expect("events");
+        assert!(last.what.starts_with("auto-rollback"), "{fault}: {last:?}");
+        assert!(
+            last.what.contains(match counter {
+                "traps" => "trapped",
+                "deadline_hits" => "deadline",
+                "memory_hits" => "memory",
+                _ => "contract",
+            }),
+            "{fault}: {last:?}"
+        );
+    }
+}
+
+#[test]
+fn rollback_and_compile_cache() {
+    let host = host(1);
+    let slot = BalancerSlot::new(&host, "svc", PluginSpec::builtin("least-request")).unwrap();
+    slot.set_snapshot(snapshot(3));
+    assert!(slot.rollback().is_err(), "nothing to roll back to");
+    let before = host.compiles();
+    let a = wasm(&host, "random", "{}").unwrap();
+    let b = wasm(&host, "random", "{}").unwrap();
+    assert_eq!(host.compiles(), before + 1, "the second compile of the same bytes is a cache hit");
+    slot.load(a).unwrap();
+    slot.load(b).unwrap();
+    assert_eq!(slot.rollback().unwrap().name, "random");
+    let back = slot.rollback().unwrap();
+    assert_eq!((back.name.as_str(), back.source), ("least-request", "builtin"));
+    assert!(slot.pick(&mut PickRequest::default()).is_some());
+}
+
+#[test]
+fn empty_service_picks_nothing() {
+    let host = host(1);
+    let slot = BalancerSlot::new(&host, "svc", PluginSpec::builtin("round-robin")).unwrap();
+    slot.load(wasm(&host, "maglev", "{}").unwrap()).unwrap();
+    assert_eq!(slot.pick(&mut PickRequest::default()), None);
+    slot.set_snapshot(snapshot(3));
+    assert!(slot.pick(&mut PickRequest::default()).is_some());
+    slot.set_snapshot(snapshot(0));
+    assert_eq!(slot.pick(&mut PickRequest::default()), None);
+}

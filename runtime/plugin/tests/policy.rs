@@ -1,0 +1,84 @@
+//! Health and scheduler slots with the wasm built-ins.
+
+use sextant_builtins::{Endpoint, EndpointStats, Outcome, ProbeResult, Snapshot, Status, Verdict};
+use sextant_plugin::{HostConfig, PluginHost, PluginSpec, PolicySlot};
+
+fn spec(host: &PluginHost, name: &str, config: &str) -> PluginSpec {
+    let bytes = std::fs::read(sextant_plugin_artifacts::path(name).expect("artifact")).expect("readable");
+    PluginSpec::Wasm { name: name.into(), compiled: host.compile(&bytes).expect("compiles"), config: config.into() }
+}
+
+fn snapshot(versions: &[&str]) -> Snapshot {
+    Snapshot {
+        endpoints: versions
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Endpoint {
+                id: format!("e{i}"),
+                weight: 100,
+                healthy: true,
+                version: (*v).into(),
+                ..Endpoint::default()
+            })
+            .collect(),
+        ..Snapshot::default()
+    }
+}
+
+#[test]
+fn wasm_health_policies_decide_like_the_native_ones() {
+    let host = PluginHost::new(HostConfig { workers: 1, max_instances: 50, ..HostConfig::default() }).unwrap();
+    let config = r#"{"unhealthy_threshold": 3, "healthy_threshold": 2}"#;
+    let native =
+        PolicySlot::health(&host, "svc", PluginSpec::Builtin { name: "consecutive".into(), config: config.into() })
+            .unwrap();
+    let wasm = PolicySlot::health(&host, "svc", PluginSpec::builtin("consecutive")).unwrap();
+    wasm.load(spec(&host, "consecutive", config)).unwrap();
+    let script = [
+        Status::Timeout,
+        Status::Timeout,
+        Status::Failed("reset".into()),
+        Status::Http(200),
+        Status::Http(200),
+        Status::Http(500),
+    ];
+    for slot in [&native, &wasm] {
+        slot.set_snapshot(snapshot(&["v1", "v1"]));
+    }
+    let verdicts = |slot: &PolicySlot| -> Vec<Verdict> {
+        script
+            .iter()
+            .map(|s| slot.on_probe(&ProbeResult { endpoint: 1, status: s.clone(), latency: 1, body: Vec::new() }))
+            .collect()
+    };
+    let (a, b) = (verdicts(&native), verdicts(&wasm));
+    assert_eq!(a, b);
+    assert_eq!(a[2], Verdict::Unhealthy);
+    assert_eq!(a[4], Verdict::Healthy);
+
+    let outlier = PolicySlot::health(&host, "svc", PluginSpec::builtin("consecutive")).unwrap();
+    outlier.load(spec(&host, "outlier", r#"{"consecutive_5xx": 2, "base_ejection_ms": 1000}"#)).unwrap();
+    outlier.set_snapshot(snapshot(&["v1"]));
+    let o = Outcome { endpoint: 0, status: Status::Http(502), latency: 1 };
+    assert_eq!(outlier.on_outcome(&o), Verdict::Unchanged);
+    assert_eq!(outlier.on_outcome(&o), Verdict::Eject(1000));
+    assert_eq!(outlier.status().active.source, "wasm");
+}
+
+#[test]
+fn wasm_gray_split_and_slot_errors() {
+    let host = PluginHost::new(HostConfig { workers: 1, max_instances: 50, ..HostConfig::default() }).unwrap();
+    let slot = PolicySlot::scheduler(&host, "svc", PluginSpec::builtin("slow-start")).unwrap();
+    slot.set_snapshot(snapshot(&["v1", "v1", "v2"]));
+    let err = slot.load(spec(&host, "maglev", "{}")).unwrap_err().to_string();
+    assert!(err.contains("a balancer plugin cannot go into a scheduler slot"), "{err}");
+    let err = slot.load(spec(&host, "gray-split", r#"{"split": {}}"#)).unwrap_err().to_string();
+    assert!(err.contains("refused its configuration"), "{err}");
+    assert_eq!(slot.status().active.name, "slow-start");
+    slot.load(spec(&host, "gray-split", r#"{"split": {"v1": 90, "v2": 10}}"#)).unwrap();
+    let w = slot.schedule(&[EndpointStats::default(); 3]);
+    let total: u32 = w.iter().sum();
+    assert!((f64::from(w[2]) / f64::from(total) - 0.1).abs() < 0.001, "{w:?}");
+    assert_eq!(slot.rollback().unwrap().name, "slow-start");
+    assert!(slot.rollback().is_err());
+}
