@@ -45,3 +45,38 @@ pub fn rss_bytes() -> u64 {
         })
         .map_or(0, |kb| kb * 1024)
 }
+
+/// A plugin-side snapshot of `n` endpoints with weights 10/30/50 and versions v1/v2.
+#[must_use]
+pub fn endpoints(n: usize) -> sextant_builtins::Snapshot {
+    sextant_builtins::Snapshot {
+        service: "bench/g/svc".into(),
+        revision: 1,
+        protection_active: false,
+        endpoints: (0..n)
+            .map(|i| sextant_builtins::Endpoint {
+                id: format!("10.2.{}.{}:80", i / 256, i % 256),
+                address: format!("10.2.{}.{}:80", i / 256, i % 256),
+                weight: 10 + u32::try_from(i % 3).unwrap_or(0) * 20,
+                healthy: true,
+                version: if i % 4 == 0 { "v2".into() } else { "v1".into() },
+                ..sextant_builtins::Endpoint::default()
+            })
+            .collect(),
+    }
+}
+
+/// A wasm plugin built by `sextant-plugin-artifacts`, compiled by `host`.
+///
+/// # Panics
+/// When the artifact is missing or does not load (benches have nothing to measure then).
+#[must_use]
+pub fn wasm_spec(host: &sextant_plugin::PluginHost, name: &str, config: &str) -> sextant_plugin::PluginSpec {
+    let path = sextant_plugin_artifacts::path(name).unwrap_or_else(|| panic!("no plugin artifact {name}"));
+    let bytes = std::fs::read(path).expect("artifact readable");
+    sextant_plugin::PluginSpec::Wasm {
+        name: name.into(),
+        compiled: host.compile(&bytes).expect("artifact compiles"),
+        config: config.into(),
+    }
+}
