@@ -619,12 +619,17 @@ impl BalancerSlot {
     /// replaced by the native default's.
     pub fn pick_with<R>(&self, request: &mut PickRequest, f: impl FnOnce(&RouteSnapshot, Picked) -> R) -> Option<R> {
         let version = self.0.active.load();
-        let route = self.0.route.load();
+        let mut route = self.0.route.load();
         let host = &self.0.host;
         let mut worker = version.worker();
         if worker.seen != route.epoch {
-            let full = arc_swap::Guard::into_inner(self.0.route.load());
-            let _ = worker.apply(host, &full);
+            if worker.seen > route.epoch {
+                // `set_snapshot` published and applied a newer route after our load.
+                route = self.0.route.load();
+            }
+            if worker.seen != route.epoch {
+                let _ = worker.apply(host, &Arc::clone(&route));
+            }
         }
         let ticks = host.ticks(host.config().pick_deadline);
         let sample = worker.calls.is_multiple_of(SAMPLE_EVERY);
@@ -638,7 +643,7 @@ impl BalancerSlot {
             Err(fault) => {
                 let answer = worker.fallback_pick(request);
                 version.counters.fallbacks.fetch_add(1, Relaxed);
-                let full = arc_swap::Guard::into_inner(self.0.route.load());
+                let full = Arc::clone(&route);
                 worker.replace_instance(host, &version.spec, &full);
                 drop(worker);
                 let full_version = arc_swap::Guard::into_inner(self.0.active.load());

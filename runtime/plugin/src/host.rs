@@ -164,10 +164,13 @@ impl std::fmt::Debug for PluginHost {
 
 fn engine(config: &HostConfig) -> wasmtime::Result<Engine> {
     let mut pool = PoolingAllocationConfig::default();
+    // A component built by Rust for wasm32-wasip2 holds one main module (one memory, one
+    // table) plus small shim modules for its imports, hence more core instances and tables
+    // than components.
     pool.total_component_instances(config.max_instances)
-        .total_core_instances(config.max_instances * 2)
+        .total_core_instances(config.max_instances.saturating_mul(4))
         .total_memories(config.max_instances)
-        .total_tables(config.max_instances * 2)
+        .total_tables(config.max_instances.saturating_mul(4))
         .max_memory_size(config.memory_limit)
         .max_unused_warm_slots(config.max_instances / 10);
     let mut c = Config::new();
