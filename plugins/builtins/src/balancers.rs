@@ -14,6 +14,24 @@ use crate::{Balancer, Env, Mode, Request, RingPoint, Snapshot, Table, below, has
 #[serde(deny_unknown_fields)]
 struct NoConfig {}
 
+/// `new(config)` for the balancers that take no configuration.
+macro_rules! unconfigured {
+    ($($ty:ident),*) => {$(
+        impl $ty {
+            /// Takes no configuration: `{}` or nothing.
+            ///
+            /// # Errors
+            /// Any configuration key.
+            pub fn new(config: &str) -> Result<Self, String> {
+                parse_config::<NoConfig>(config)?;
+                Ok(Self::default())
+            }
+        }
+    )*};
+}
+
+unconfigured!(RoundRobin, SmoothWeighted, RandomWeighted, LeastRequest, Maglev);
+
 /// Round robin in snapshot order, ignoring weights. Each instance starts at a random
 /// position so workers do not march in step.
 #[derive(Debug, Default)]
@@ -21,17 +39,6 @@ pub struct RoundRobin {
     next: u32,
     len: u32,
     started: bool,
-}
-
-impl RoundRobin {
-    /// `{}`.
-    ///
-    /// # Errors
-    /// Any configuration key.
-    pub fn new(config: &str) -> Result<Self, String> {
-        parse_config::<NoConfig>(config)?;
-        Ok(Self::default())
-    }
 }
 
 impl Balancer for RoundRobin {
@@ -108,17 +115,6 @@ pub struct SmoothWeighted {
     edf: EdfWeights,
 }
 
-impl SmoothWeighted {
-    /// `{}`.
-    ///
-    /// # Errors
-    /// Any configuration key.
-    pub fn new(config: &str) -> Result<Self, String> {
-        parse_config::<NoConfig>(config)?;
-        Ok(Self::default())
-    }
-}
-
 impl Balancer for SmoothWeighted {
     fn update(&mut self, snapshot: &Snapshot, _env: &mut dyn Env) -> Result<Mode, String> {
         let weights: Vec<u32> = snapshot.endpoints.iter().map(|e| e.weight).collect();
@@ -137,17 +133,6 @@ impl Balancer for SmoothWeighted {
 pub struct RandomWeighted {
     prefix: Vec<u64>,
     uniform: bool,
-}
-
-impl RandomWeighted {
-    /// `{}`.
-    ///
-    /// # Errors
-    /// Any configuration key.
-    pub fn new(config: &str) -> Result<Self, String> {
-        parse_config::<NoConfig>(config)?;
-        Ok(Self::default())
-    }
 }
 
 impl Balancer for RandomWeighted {
@@ -191,17 +176,6 @@ fn two_choices(len: u32, env: &mut dyn Env) -> (u32, u32) {
 #[derive(Debug, Default)]
 pub struct LeastRequest {
     weights: Vec<u32>,
-}
-
-impl LeastRequest {
-    /// `{}`.
-    ///
-    /// # Errors
-    /// Any configuration key.
-    pub fn new(config: &str) -> Result<Self, String> {
-        parse_config::<NoConfig>(config)?;
-        Ok(Self::default())
-    }
 }
 
 impl Balancer for LeastRequest {
@@ -403,15 +377,6 @@ pub const MAGLEV_TABLE_SIZE: u32 = 65_537;
 pub struct Maglev;
 
 impl Maglev {
-    /// `{}`.
-    ///
-    /// # Errors
-    /// Any configuration key.
-    pub fn new(config: &str) -> Result<Self, String> {
-        parse_config::<NoConfig>(config)?;
-        Ok(Self)
-    }
-
     /// The lookup table for these endpoints (empty when there are none).
     #[must_use]
     pub fn table(snapshot: &Snapshot) -> Vec<u32> {

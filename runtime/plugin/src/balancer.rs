@@ -631,7 +631,7 @@ impl BalancerSlot {
                 let _ = worker.apply(host, &Arc::clone(&route));
             }
         }
-        let ticks = host.ticks(host.config().pick_deadline);
+        let ticks = host.pick_ticks();
         let sample = worker.calls.is_multiple_of(SAMPLE_EVERY);
         let started = sample.then(Instant::now);
         let result = worker.pick(host, ticks, request, route.len());
@@ -767,7 +767,7 @@ impl BalancerSlot {
         let mode = runner.update(host, &route).map_err(|f| fail("update", f))?;
         let exec = validate_mode(mode, route.len()).map_err(|f| fail("update", f))?;
         if matches!(exec, Exec::PerRequest) {
-            let ticks = host.ticks(host.config().pick_deadline);
+            let ticks = host.pick_ticks();
             for k in 0..64u64 {
                 let mut request = PickRequest { hash_key: (k % 2 == 0).then(|| mix64(k)), headers: Vec::new() };
                 let answer = runner.pick(host, ticks, &mut request).map_err(|f| fail("pick", f))?;

@@ -149,6 +149,8 @@ struct Inner {
     cache: Mutex<Cache>,
     next_seed: AtomicU64,
     compiles: AtomicU64,
+    /// `pick_deadline` in ticks, computed once (it is needed on every pick).
+    pick_ticks: u64,
     _ticker: Ticker,
 }
 
@@ -199,9 +201,11 @@ impl PluginHost {
                 }
             })?
         };
+        let pick_ticks = ticks(&config, config.pick_deadline);
         Ok(Self(Arc::new(Inner {
             engine,
             linker,
+            pick_ticks,
             next_seed: AtomicU64::new(config.seed),
             config,
             cache: Mutex::new((HashMap::new(), VecDeque::new())),
@@ -367,8 +371,12 @@ impl PluginHost {
 
     /// Epoch ticks for a deadline (rounded up, plus the tick in progress).
     pub(crate) fn ticks(&self, deadline: Duration) -> u64 {
-        let tick = self.0.config.tick.as_nanos().max(1);
-        u64::try_from(deadline.as_nanos().div_ceil(tick)).unwrap_or(u64::MAX).saturating_add(1)
+        ticks(&self.0.config, deadline)
+    }
+
+    /// [`HostConfig::pick_deadline`] in ticks.
+    pub(crate) fn pick_ticks(&self) -> u64 {
+        self.0.pick_ticks
     }
 
     /// Resets the seed counter: the next instances get `seed`, `seed + 1`, ... (tests that
@@ -376,6 +384,12 @@ impl PluginHost {
     pub fn reseed(&self, seed: u64) {
         self.0.next_seed.store(seed, Relaxed);
     }
+}
+
+/// Epoch ticks for a deadline (rounded up, plus the tick in progress).
+fn ticks(config: &HostConfig, deadline: Duration) -> u64 {
+    let tick = config.tick.as_nanos().max(1);
+    u64::try_from(deadline.as_nanos().div_ceil(tick)).unwrap_or(u64::MAX).saturating_add(1)
 }
 
 /// Classifies an error out of a guest call.
