@@ -171,6 +171,22 @@ fn two_choices(len: u32, env: &mut dyn Env) -> (u32, u32) {
     (a, b)
 }
 
+/// The power of two choices over weighted endpoints: of two distinct random endpoints, the
+/// one with the lower `cost / weight` (the first on a tie).
+fn p2c(weights: &[u32], env: &mut dyn Env, cost: impl Fn(u32, &dyn Env) -> u128) -> Option<u32> {
+    match index(weights.len()) {
+        0 => None,
+        1 => Some(0),
+        len => {
+            let (a, b) = two_choices(len, env);
+            let (ca, cb) = (cost(a, env), cost(b, env));
+            let (wa, wb) = (u128::from(weights[a as usize]), u128::from(weights[b as usize]));
+            // cost_b / w_b < cost_a / w_a, without division.
+            Some(if cb * wa < ca * wb { b } else { a })
+        }
+    }
+}
+
 /// Least request by the power of two choices: of two random endpoints, the one with fewer
 /// in-flight requests per unit of weight.
 #[derive(Debug, Default)]
@@ -185,17 +201,7 @@ impl Balancer for LeastRequest {
     }
 
     fn pick(&mut self, _request: &Request, env: &mut dyn Env) -> Option<u32> {
-        let len = index(self.weights.len());
-        match len {
-            0 => None,
-            1 => Some(0),
-            _ => {
-                let (a, b) = two_choices(len, env);
-                let cost =
-                    |i: u32, other: u32| (u64::from(env.in_flight(i)) + 1) * u64::from(self.weights[other as usize]);
-                Some(if cost(b, a) < cost(a, b) { b } else { a })
-            }
-        }
+        p2c(&self.weights, env, |i, env| u128::from(env.in_flight(i)) + 1)
     }
 }
 
@@ -253,18 +259,7 @@ impl Balancer for PeakEwma {
     }
 
     fn pick(&mut self, _request: &Request, env: &mut dyn Env) -> Option<u32> {
-        let len = index(self.weights.len());
-        match len {
-            0 => None,
-            1 => Some(0),
-            _ => {
-                let (a, b) = two_choices(len, env);
-                let (ca, cb) = (self.cost(a, env), self.cost(b, env));
-                let (wa, wb) = (u128::from(self.weights[a as usize]), u128::from(self.weights[b as usize]));
-                // cost_b / w_b < cost_a / w_a, without division.
-                Some(if cb * wa < ca * wb { b } else { a })
-            }
-        }
+        p2c(&self.weights, env, |i, env| self.cost(i, env))
     }
 }
 
