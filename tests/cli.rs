@@ -1,27 +1,13 @@
 //! The `sextant` CLI against a real `sextant serve`, over QUIC on loopback.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{Server, sextant_bin};
-
-fn cli(server: &Server, args: &[&str]) -> Command {
-    let mut cmd = Command::new(sextant_bin());
-    let ca = server.data_dir.join("tls/ca.pem");
-    cmd.args(args)
-        .args(["--server", &server.quic.to_string(), "--ca", ca.to_str().unwrap()])
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped());
-    cmd
-}
-
-fn run(server: &Server, args: &[&str]) -> Output {
-    cli(server, args).stdout(Stdio::piped()).output().expect("run sextant")
-}
+use crate::support::{Server, cli, run, sextant_bin};
 
 /// Lines of a child's stdout, read on a thread so the test can wait with a deadline.
 struct Lines(mpsc::Receiver<String>);

@@ -4,4 +4,5 @@
 mod admin_api;
 mod cli;
 mod durability;
+mod plugins;
 mod support;

@@ -3,7 +3,7 @@
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -181,4 +181,20 @@ pub(crate) fn instance(service: &str, id: &str, port: u16, ephemeral: bool) -> V
         "service": { "namespace": ns, "group": group, "service": name },
         "id": id, "ip": "127.0.0.1", "port": port, "ephemeral": ephemeral,
     })
+}
+
+/// A `sextant` command line aimed at `server` (its QUIC address and CA).
+pub(crate) fn cli(server: &Server, args: &[&str]) -> Command {
+    let mut cmd = Command::new(sextant_bin());
+    let ca = server.data_dir.join("tls/ca.pem");
+    cmd.args(args)
+        .args(["--server", &server.quic.to_string(), "--ca", ca.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs a CLI command against `server` to completion.
+pub(crate) fn run(server: &Server, args: &[&str]) -> Output {
+    cli(server, args).stdout(Stdio::piped()).output().expect("run sextant")
 }

@@ -191,7 +191,8 @@ impl ConfigEntry {
 /// The plugin kinds, one per WIT world.
 pub const PLUGIN_KINDS: [&str; 3] = ["balancer", "health", "scheduler"];
 
-/// A plugin known to the store: its artifact (by sha256) and where it is bound.
+/// A plugin known to the store: its artifact (by sha256), its configuration, where it is
+/// bound, and the versions it replaced (newest last) for `plugin rollback`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PluginRecord {
     /// Name.
@@ -202,15 +203,78 @@ pub struct PluginRecord {
     pub sha256: String,
     /// Size of the component in bytes.
     pub size: u64,
-    /// What it is bound to: a service (`NS/GROUP/NAME`), a namespace, or empty for none.
+    /// What it is bound to: a service (`NS/GROUP/NAME`), a namespace (`NS`), every service
+    /// (`*`), or empty for none.
     #[serde(default)]
     pub binding: String,
+    /// JSON configuration handed to the plugin's `init` (empty: `{}`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub config: String,
     /// Wall-clock time of the load, milliseconds since the Unix epoch.
+    pub loaded_at_unix_ms: u64,
+    /// The versions this one replaced, oldest first, at most [`PLUGIN_HISTORY`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<PluginVersion>,
+}
+
+/// Versions kept per plugin record for rollback.
+pub const PLUGIN_HISTORY: usize = 8;
+/// Longest plugin configuration (bytes of JSON).
+pub const MAX_PLUGIN_CONFIG: usize = 64 * 1024;
+
+/// An earlier version of a plugin record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginVersion {
+    /// sha256 of the component.
+    pub sha256: String,
+    /// Size of the component in bytes.
+    pub size: u64,
+    /// Its configuration.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub config: String,
+    /// When it was loaded, milliseconds since the Unix epoch.
     pub loaded_at_unix_ms: u64,
 }
 
+/// What a plugin record is bound to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PluginBinding {
+    /// Nothing: stored, validated, not active.
+    None,
+    /// Every service.
+    All,
+    /// Every service of a namespace.
+    Namespace(Namespace),
+    /// One service.
+    Service(ServiceKey),
+}
+
+impl PluginBinding {
+    /// Parses `""`, `*`, `NS` or `NS/GROUP/NAME`.
+    pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        match s {
+            "" => Ok(Self::None),
+            "*" => Ok(Self::All),
+            s if s.contains('/') => Ok(Self::Service(ServiceKey::parse(s)?)),
+            s => Ok(Self::Namespace(Namespace::new(s)?)),
+        }
+    }
+
+    /// How specifically this binding covers `service`: 3 for the service itself, 2 for its
+    /// namespace, 1 for `*`, none when it does not cover it.
+    #[must_use]
+    pub fn covers(&self, service: &ServiceKey) -> Option<u8> {
+        match self {
+            Self::None => None,
+            Self::All => Some(1),
+            Self::Namespace(ns) => (*ns == service.namespace).then_some(2),
+            Self::Service(s) => (s == service).then_some(3),
+        }
+    }
+}
+
 impl PluginRecord {
-    /// Checks kind and sha256 format.
+    /// Checks kind, sha256 format, binding, configuration and history.
     pub fn validate(&self) -> Result<(), ValidationError> {
         if !PLUGIN_KINDS.contains(&self.kind.as_str()) {
             return Err(ValidationError::BadPluginKind(self.kind.clone()));
@@ -219,7 +283,45 @@ impl PluginRecord {
         if self.binding.len() > 512 {
             return Err(ValidationError::FieldTooLong { field: "binding", len: self.binding.len(), max: 512 });
         }
+        PluginBinding::parse(&self.binding)?;
+        if self.config.len() > MAX_PLUGIN_CONFIG {
+            return Err(ValidationError::FieldTooLong {
+                field: "config",
+                len: self.config.len(),
+                max: MAX_PLUGIN_CONFIG,
+            });
+        }
+        if self.history.len() > PLUGIN_HISTORY {
+            return Err(ValidationError::FieldTooLong {
+                field: "history",
+                len: self.history.len(),
+                max: PLUGIN_HISTORY,
+            });
+        }
+        for v in &self.history {
+            check_sha256(&v.sha256)?;
+            if v.config.len() > MAX_PLUGIN_CONFIG {
+                return Err(ValidationError::FieldTooLong {
+                    field: "config",
+                    len: v.config.len(),
+                    max: MAX_PLUGIN_CONFIG,
+                });
+            }
+        }
         Ok(())
+    }
+
+    /// The parsed binding (records in the store are validated, so this is infallible there;
+    /// an unparsable binding reads as none).
+    #[must_use]
+    pub fn bound(&self) -> PluginBinding {
+        PluginBinding::parse(&self.binding).unwrap_or(PluginBinding::None)
+    }
+
+    /// The configuration, `{}` when empty.
+    #[must_use]
+    pub fn config_or_default(&self) -> &str {
+        if self.config.is_empty() { "{}" } else { &self.config }
     }
 }
 
@@ -461,5 +563,47 @@ mod tests {
             ConfigEntry::new(key, "x".repeat(MAX_CONFIG_BYTES + 1)),
             Err(ValidationError::ContentTooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn plugin_bindings_and_validation() {
+        let orders = svc();
+        let other = ServiceKey::parse("dev/g/orders").unwrap();
+        assert_eq!(PluginBinding::parse("").unwrap(), PluginBinding::None);
+        assert_eq!(PluginBinding::parse("*").unwrap().covers(&orders), Some(1));
+        assert_eq!(PluginBinding::parse("prod").unwrap().covers(&orders), Some(2));
+        assert_eq!(PluginBinding::parse("prod").unwrap().covers(&other), None);
+        assert_eq!(PluginBinding::parse("prod/g/orders").unwrap().covers(&orders), Some(3));
+        assert_eq!(PluginBinding::parse("prod/g/orders").unwrap().covers(&other), None);
+        assert_eq!(PluginBinding::None.covers(&orders), None);
+        assert!(PluginBinding::parse("a/b").is_err());
+        assert!(PluginBinding::parse("bad name!").is_err());
+
+        let sha = sha256_hex(b"x");
+        let mut p = PluginRecord {
+            name: PluginName::new("p2c").unwrap(),
+            kind: "balancer".into(),
+            sha256: sha.clone(),
+            size: 1,
+            binding: "prod".into(),
+            config: String::new(),
+            loaded_at_unix_ms: 0,
+            history: Vec::new(),
+        };
+        assert!(p.validate().is_ok());
+        assert_eq!(p.config_or_default(), "{}");
+        p.binding = "a/b".into();
+        assert!(p.validate().is_err(), "a binding that parses as neither namespace nor service");
+        p.binding = "*".into();
+        p.config = "x".repeat(MAX_PLUGIN_CONFIG + 1);
+        assert!(matches!(p.validate(), Err(ValidationError::FieldTooLong { field: "config", .. })));
+        p.config = String::new();
+        let v = PluginVersion { sha256: sha, size: 1, config: String::new(), loaded_at_unix_ms: 0 };
+        p.history = vec![v; PLUGIN_HISTORY + 1];
+        assert!(matches!(p.validate(), Err(ValidationError::FieldTooLong { field: "history", .. })));
+        // Records written before `config` and `history` existed still read.
+        let old = r#"{"name":"p","kind":"health","sha256":"SHA","size":3,"loaded_at_unix_ms":5}"#;
+        let old: PluginRecord = serde_json::from_str(&old.replace("SHA", &sha256_hex(b"y"))).unwrap();
+        assert!(old.validate().is_ok() && old.history.is_empty() && old.binding.is_empty());
     }
 }

@@ -12,7 +12,9 @@
 //!   per-pick fallback to the native default, automatic rollback after repeated faults;
 //! - [`PolicySlot`]: the same for health policies and schedulers;
 //! - [`LoadTracker`]: live load per endpoint (in-flight, peak EWMA, recent errors) that the
-//!   `load` interface reads.
+//!   `load` interface reads;
+//! - [`PluginManager`]: plugins in a running server, driven by the plugin records in the store
+//!   (validate before writing, activate by binding on every server, rollback from history).
 //!
 //! Deadlines are CPU-time budgets checked at epoch ticks (see `HostConfig::pick_deadline`):
 //! a plugin that spins is interrupted; a thread the OS merely descheduled is not.
@@ -21,6 +23,7 @@ mod bindings;
 mod error;
 mod host;
 mod load;
+mod manager;
 mod policy;
 mod stats;
 
@@ -28,6 +31,7 @@ pub use balancer::{BalancerSlot, PickRequest, Picked, PluginSpec, SlotEvent, Slo
 pub use error::{CallFault, LoadError, SlotError};
 pub use host::{CONTRACT_VERSION, Compiled, HostConfig, HostState, PluginHost, PluginKind};
 pub use load::{EndpointLoad, InFlight, LoadTracker, RouteSnapshot, snapshot_of};
+pub use manager::{Defaults, ManagerError, PickedInstance, PluginManager, ServiceSlots};
 pub use policy::PolicySlot;
 pub use sextant_builtins as builtins;
 pub use stats::{Counters, CountersSnapshot, Histogram};

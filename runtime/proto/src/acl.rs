@@ -167,7 +167,10 @@ pub fn required(request: &Request) -> Option<(Option<&Namespace>, Right)> {
         Request::GetService { service } | Request::Pick { service, .. } => (Some(&service.namespace), Right::Read),
         Request::ConfigGet { key } => (Some(&key.namespace), Right::Read),
         Request::List { scope } | Request::Subscribe { scope, .. } => (scope_namespace(scope), Right::Read),
-        Request::PluginList => (None, Right::Admin),
+        Request::PluginList
+        | Request::PluginLoad { .. }
+        | Request::PluginRollback { .. }
+        | Request::PluginDelete { .. } => (None, Right::Admin),
     })
 }
 

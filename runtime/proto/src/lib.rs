@@ -21,4 +21,7 @@ pub mod message;
 pub mod server;
 
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME_LEN, encode};
-pub use message::{ALPN, Binding, ErrorCode, PROTOCOL_VERSION, Request, Response};
+pub use message::{
+    ALPN, Binding, ErrorCode, MAX_COMPONENT_LEN, PROTOCOL_VERSION, PluginFailure, Request, Response, SlotView,
+    decode_component, encode_component,
+};

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sextant_core::{
-    ConfigEntry, ConfigKey, Event, Instance, InstanceId, LeaseId, PluginRecord, Record, Revision, Scope, ServiceKey,
-    ServiceSpec,
+    ConfigEntry, ConfigKey, Event, Instance, InstanceId, LeaseId, PluginName, PluginRecord, Record, Revision, Scope,
+    ServiceKey, ServiceSpec,
 };
 
 /// The QUIC ALPN of protocol version 1.
@@ -133,9 +133,69 @@ pub enum Request {
         /// Consistent-hash key, if the service's balancer uses one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         hash_key: Option<String>,
+        /// Request headers, for balancers that route on them (`header-route`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        headers: Vec<(String, String)>,
     },
-    /// The plugin records.
+    /// The plugin records, and the slots this server runs (admin).
     PluginList,
+    /// Validates a plugin component and, when it passes, stores it and its record: every
+    /// server on the store then activates it for the services its binding covers (admin).
+    PluginLoad {
+        /// The record's name; loading under an existing name replaces that record's active
+        /// version (the old one goes into its history, for rollback).
+        name: PluginName,
+        /// `balancer`, `health` or `scheduler`; must match what the component exports.
+        kind: String,
+        /// `NS/GROUP/NAME` (one service), `NS` (a namespace), `*` (every service) or empty.
+        #[serde(default)]
+        binding: String,
+        /// JSON configuration for the plugin's `init`; empty means `{}`.
+        #[serde(default)]
+        config: String,
+        /// The component bytes, base64 (standard alphabet, padded), at most
+        /// [`MAX_COMPONENT_LEN`] bytes once decoded.
+        component: String,
+    },
+    /// Goes back to the version a plugin record replaced (admin).
+    PluginRollback {
+        /// The record.
+        name: PluginName,
+    },
+    /// Deletes a plugin record: the services it covered go back to their next binding or the
+    /// native default (admin).
+    PluginDelete {
+        /// The record.
+        name: PluginName,
+    },
+}
+
+/// Largest plugin component `plugin_load` carries (bytes, before base64).
+pub const MAX_COMPONENT_LEN: usize = 3_000_000;
+
+/// Encodes component bytes for `plugin_load`.
+#[must_use]
+pub fn encode_component(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Decodes `plugin_load`'s component field.
+///
+/// # Errors
+/// Not base64, or larger than [`MAX_COMPONENT_LEN`].
+pub fn decode_component(text: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    if text.len() / 4 * 3 > MAX_COMPONENT_LEN + 3 {
+        return Err(format!("the component is larger than {MAX_COMPONENT_LEN} bytes"));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| format!("the component is not valid base64: {e}"))?;
+    if bytes.len() > MAX_COMPONENT_LEN {
+        return Err(format!("the component is {} bytes, the limit is {MAX_COMPONENT_LEN}", bytes.len()));
+    }
+    Ok(bytes)
 }
 
 impl Request {
@@ -159,6 +219,9 @@ impl Request {
             Self::ConfigDelete { .. } => "config_delete",
             Self::Pick { .. } => "pick",
             Self::PluginList => "plugin_list",
+            Self::PluginLoad { .. } => "plugin_load",
+            Self::PluginRollback { .. } => "plugin_rollback",
+            Self::PluginDelete { .. } => "plugin_delete",
         }
     }
 }
@@ -178,6 +241,58 @@ pub struct ServiceView {
     pub selected: Vec<InstanceId>,
     /// Every instance.
     pub instances: Vec<Arc<Instance>>,
+}
+
+/// One plugin slot as a server runs it (`plugin_list`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotView {
+    /// The service (`NS/GROUP/NAME`).
+    pub service: String,
+    /// `balancer`, `health` or `scheduler`.
+    pub kind: String,
+    /// The active plugin: a record name, or a built-in's name.
+    pub plugin: String,
+    /// `builtin` or `wasm`.
+    pub source: String,
+    /// sha256 of the active component (wasm only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// The slot's version number (rises with every load, rollback or automatic rollback).
+    pub version: u64,
+    /// When the active version was published, Unix seconds.
+    pub loaded_at: u64,
+    /// Calls into the active version.
+    pub calls: u64,
+    /// Calls that trapped.
+    pub traps: u64,
+    /// Calls stopped at their deadline.
+    pub deadline_hits: u64,
+    /// Calls stopped at the memory cap.
+    pub memory_hits: u64,
+    /// Answers outside the contract (index out of range, none while endpoints exist).
+    pub contract_violations: u64,
+    /// Picks answered by the native default instead.
+    pub fallbacks: u64,
+    /// Sampled call time p50, nanoseconds.
+    pub call_p50_ns: u64,
+    /// Sampled call time p99, nanoseconds.
+    pub call_p99_ns: u64,
+    /// The slot's recent history (`load`, `rollback`, `auto-rollback: ...`), newest last.
+    #[serde(default)]
+    pub events: Vec<String>,
+}
+
+/// A plugin load or activation that failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginFailure {
+    /// The plugin (record name or file name).
+    pub plugin: String,
+    /// Where it came from: `api`, `dir`, `store`.
+    pub source: String,
+    /// What was wrong.
+    pub error: String,
+    /// When, Unix seconds.
+    pub at: u64,
 }
 
 /// The server's answer.
@@ -246,6 +361,20 @@ pub enum Response {
     Plugins {
         /// The records.
         plugins: Vec<Arc<PluginRecord>>,
+        /// The slots this server runs: one per (service, kind) that has been used, what is
+        /// active in each and its counters.
+        #[serde(default)]
+        slots: Vec<SlotView>,
+        /// Recent plugin loads or activations that failed on this server, newest last.
+        #[serde(default)]
+        failures: Vec<PluginFailure>,
+    },
+    /// Answer to `plugin_load` and `plugin_rollback`: the record as stored.
+    PluginWritten {
+        /// The record.
+        record: Arc<PluginRecord>,
+        /// The store revision of the write.
+        revision: Revision,
     },
     /// The request failed; nothing changed.
     Error {
@@ -288,6 +417,9 @@ pub enum ErrorCode {
     Unavailable,
     /// A server bug.
     Internal,
+    /// A plugin component failed validation (not wasm, a core module, another world or
+    /// contract version, a refused configuration, a failed self-test). Nothing changed.
+    PluginRejected,
 }
 
 impl ErrorCode {
@@ -305,6 +437,7 @@ impl ErrorCode {
             Self::LeaseNotFound => 13,
             Self::Unavailable => 14,
             Self::Internal => 15,
+            Self::PluginRejected => 16,
         }
     }
 
@@ -322,6 +455,7 @@ impl ErrorCode {
             Self::LeaseNotFound,
             Self::Unavailable,
             Self::Internal,
+            Self::PluginRejected,
         ]
         .into_iter()
         .find(|c| c.as_u32() == n)
@@ -353,6 +487,19 @@ mod tests {
         let e = Response::error(ErrorCode::LeaseNotFound, "gone");
         assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"type":"error","code":"lease_not_found","message":"gone"}"#);
         assert_eq!(serde_json::to_string(&Request::PluginList).unwrap(), r#"{"type":"plugin_list"}"#);
+        let rb = Request::PluginRollback { name: "p2c".parse().unwrap() };
+        assert_eq!(serde_json::to_string(&rb).unwrap(), r#"{"type":"plugin_rollback","name":"p2c"}"#);
+    }
+
+    #[test]
+    fn components_round_trip_and_are_bounded() {
+        let bytes: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        assert_eq!(decode_component(&encode_component(&bytes)).unwrap(), bytes);
+        assert!(decode_component("not base64!").unwrap_err().contains("base64"));
+        let big = encode_component(&vec![0u8; MAX_COMPONENT_LEN + 1]);
+        assert!(decode_component(&big).unwrap_err().contains("limit"));
+        let huge = "A".repeat(MAX_COMPONENT_LEN * 2);
+        assert!(decode_component(&huge).unwrap_err().contains("larger"), "refused before decoding");
     }
 
     #[test]

@@ -13,7 +13,6 @@
 //! period has passed (Nacos 2 / ZooKeeper ephemeral nodes).
 
 use std::future::Future;
-use std::hash::Hasher;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +20,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use quinn::{Connection, Endpoint, SendStream};
 use sextant_core::store::{Store, StoreError};
-use sextant_core::{ConfigEntry, CoreError, Instance, InstanceKey, LeaseId, Record, RecordKey};
+use sextant_core::{ConfigEntry, CoreError, Instance, InstanceKey, LeaseId, PluginRecord, Record, RecordKey};
+use sextant_plugin::{ManagerError, PluginManager};
 use sextant_proto::acl::Acl;
 use sextant_proto::message::ServiceView;
 use sextant_proto::server::{ServerSession, ServerSettings, Step};
@@ -59,6 +59,9 @@ impl Default for ServerOptions {
 struct Shared<S> {
     registry: Registry<S>,
     options: ServerOptions,
+    /// The plugin manager: picks and plugin administration. Without one, those requests
+    /// are answered `unavailable`.
+    plugins: Option<PluginManager<S>>,
     /// The last change event encoded as a frame: every subscriber of a change sends the same
     /// bytes, so it is encoded once, not once per subscriber.
     last_frame: Mutex<Option<(sextant_core::Revision, Arc<[u8]>)>>,
@@ -85,7 +88,20 @@ impl<S: Store + Clone> QuicServer<S> {
         options: ServerOptions,
     ) -> std::io::Result<Self> {
         let endpoint = Endpoint::server(config, addr)?;
-        Ok(Self { endpoint, shared: Arc::new(Shared { registry, options, last_frame: Mutex::new(None) }) })
+        let shared = Arc::new(Shared { registry, options, plugins: None, last_frame: Mutex::new(None) });
+        Ok(Self { endpoint, shared })
+    }
+
+    /// Serves `pick` and the plugin requests through `plugins`.
+    #[must_use]
+    pub fn with_plugins(self, plugins: PluginManager<S>) -> Self {
+        let shared = Shared {
+            registry: self.shared.registry.clone(),
+            options: self.shared.options.clone(),
+            plugins: Some(plugins),
+            last_frame: Mutex::new(None),
+        };
+        Self { endpoint: self.endpoint, shared: Arc::new(shared) }
     }
 
     /// The bound address.
@@ -341,8 +357,40 @@ async fn execute<S: Store + Clone>(c: &Arc<Conn<S>>, request: Request) -> Respon
                 Err(e) => Response::error(ErrorCode::Invalid, e),
             },
             Request::ConfigDelete { key } => written(registry.delete(RecordKey::Config(key)).await?),
-            Request::Pick { service, hash_key } => pick(registry, &service, hash_key.as_deref()),
-            Request::PluginList => Response::Plugins { plugins: registry.plugins() },
+            Request::Pick { service, hash_key, headers } => match &c.shared.plugins {
+                None => no_plugins(),
+                Some(p) => {
+                    let picked = p.pick(&service, hash_key.as_deref(), headers);
+                    let protection_active = match &picked {
+                        Some(p) => p.protection_active,
+                        None => registry.snapshot(&service).is_some_and(|s| s.protection_active()),
+                    };
+                    Response::Picked { instance: picked.map(|p| p.instance), protection_active }
+                }
+            },
+            Request::PluginList => Response::Plugins {
+                plugins: registry.plugins(),
+                slots: c.shared.plugins.as_ref().map(PluginManager::status).unwrap_or_default(),
+                failures: c.shared.plugins.as_ref().map(PluginManager::failures).unwrap_or_default(),
+            },
+            Request::PluginLoad { name, kind, binding, config, component } => match &c.shared.plugins {
+                None => no_plugins(),
+                Some(p) => match sextant_proto::decode_component(&component) {
+                    Err(e) => Response::error(ErrorCode::Invalid, e),
+                    Ok(bytes) => plugin_written(p.load(name.as_str(), &kind, &binding, &config, bytes, "api").await),
+                },
+            },
+            Request::PluginRollback { name } => match &c.shared.plugins {
+                None => no_plugins(),
+                Some(p) => plugin_written(p.rollback(&name).await),
+            },
+            Request::PluginDelete { name } => match &c.shared.plugins {
+                None => no_plugins(),
+                Some(p) => match p.delete(&name).await {
+                    Ok(revision) => written(revision),
+                    Err(e) => manager_error(e),
+                },
+            },
             Request::Hello { .. } | Request::Ping { .. } | Request::Subscribe { .. } => {
                 Response::error(ErrorCode::Internal, "handled elsewhere")
             }
@@ -379,37 +427,24 @@ async fn register<S: Store + Clone>(
     }
 }
 
-/// Picks an instance for one request: rendezvous hashing on `hash_key` (sticky while the
-/// instance stays), otherwise weighted random. The balancer plugins replace this.
-fn pick<S>(registry: &Registry<S>, service: &sextant_core::ServiceKey, hash_key: Option<&str>) -> Response {
-    let Some(snapshot) = registry.snapshot(service) else {
-        return Response::Picked { instance: None, protection_active: false };
-    };
-    let chosen = match hash_key {
-        Some(key) => snapshot.selected().max_by_key(|i| {
-            // SipHash with fixed keys: the same key picks the same instance on every host.
-            let mut h = std::hash::DefaultHasher::new();
-            h.write(key.as_bytes());
-            h.write(i.id.as_str().as_bytes());
-            h.finish()
-        }),
-        None => {
-            let total: u64 = snapshot.selected().map(|i| u64::from(i.weight)).sum();
-            if total == 0 {
-                None
-            } else {
-                let mut point = rand::random_range(0..total);
-                snapshot.selected().find(|i| {
-                    let w = u64::from(i.weight);
-                    if point < w {
-                        true
-                    } else {
-                        point -= w;
-                        false
-                    }
-                })
-            }
+fn no_plugins() -> Response {
+    Response::error(ErrorCode::Unavailable, "this server runs no plugin host")
+}
+
+fn plugin_written(result: Result<(Arc<PluginRecord>, sextant_core::Revision), ManagerError>) -> Response {
+    match result {
+        Ok((record, revision)) => Response::PluginWritten { record, revision },
+        Err(e) => manager_error(e),
+    }
+}
+
+fn manager_error(e: ManagerError) -> Response {
+    match e {
+        ManagerError::Rejected { .. } => Response::error(ErrorCode::PluginRejected, e),
+        ManagerError::Invalid(_) | ManagerError::BadConfig(_) | ManagerError::NoPrevious(_) => {
+            Response::error(ErrorCode::Invalid, e)
         }
-    };
-    Response::Picked { instance: chosen.cloned(), protection_active: snapshot.protection_active() }
+        ManagerError::NotFound(_) => Response::error(ErrorCode::NotFound, e),
+        ManagerError::Store(e) => error_response(e),
+    }
 }

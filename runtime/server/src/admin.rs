@@ -10,7 +10,8 @@
 //!   ephemeral); `DELETE /v1/instances/{ns}/{group}/{service}/{id}`: deregister.
 //! - `POST /v1/leases` (`ttl_ms`), `POST /v1/leases/{id}/keepalive`, `DELETE /v1/leases/{id}`.
 //! - `GET|PUT|DELETE /v1/configs/{ns}/{group}/{data_id}`: config entries (PUT body = content).
-//! - `GET /v1/plugins`: plugin records.
+//! - `GET /v1/plugins`: plugin records, the slots this server runs (active plugin, counters),
+//!   recent failed loads.
 //!
 //! Errors are JSON `{"error": CODE, "message": TEXT}` with a 4xx/5xx status; a refused
 //! request changed nothing. Every write answers after it is durable (persistent records) and
@@ -32,6 +33,7 @@ use sextant_core::{
     ConfigEntry, ConfigKey, CoreError, DataId, Group, Instance, InstanceId, InstanceKey, LeaseId, Namespace, Record,
     RecordKey, Revision, ServiceKey, ServiceName, ServiceSpec, ValidationError,
 };
+use sextant_plugin::PluginManager;
 use sextant_store::{EmbeddedStore, Registry, RegistryError};
 
 use crate::metrics::{KindLabel, Metrics};
@@ -43,15 +45,20 @@ const BODY_LIMIT: usize = 2 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct AppState {
     registry: Registry<EmbeddedStore>,
+    plugins: PluginManager<EmbeddedStore>,
     metrics: Arc<Metrics>,
     started: Instant,
 }
 
 impl AppState {
-    /// State over `registry`.
+    /// State over `registry` and its plugin manager.
     #[must_use]
-    pub fn new(registry: Registry<EmbeddedStore>, metrics: Arc<Metrics>) -> Self {
-        Self { registry, metrics, started: Instant::now() }
+    pub fn new(
+        registry: Registry<EmbeddedStore>,
+        plugins: PluginManager<EmbeddedStore>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self { registry, plugins, metrics, started: Instant::now() }
     }
 }
 
@@ -144,6 +151,8 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     s.metrics.revision.set(i64::try_from(stats.revision.0).unwrap_or(i64::MAX));
     s.metrics.leases.set(gauge(store.lease_count()));
     Metrics::catch_up(&s.metrics.leases_expired, store.leases_expired());
+    s.metrics.set_slots(&s.plugins.status());
+    s.metrics.plugin_failures.set(gauge(s.plugins.failures().len()));
     ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], s.metrics.encode())
 }
 
@@ -336,5 +345,9 @@ async fn delete_config(
 }
 
 async fn plugins(State(s): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!(s.registry.plugins()))
+    Json(json!({
+        "plugins": s.registry.plugins(),
+        "slots": s.plugins.status(),
+        "failures": s.plugins.failures(),
+    }))
 }

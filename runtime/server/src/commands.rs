@@ -8,7 +8,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use serde_json::json;
-use sextant_core::{ConfigKey, Instance, InstanceId, InstanceKey, Namespace, Record, Scope, ServiceKey};
+use sextant_core::{
+    ConfigKey, Instance, InstanceId, InstanceKey, Namespace, PluginName, PluginRecord, Record, Revision, Scope,
+    ServiceKey,
+};
 use sextant_proto::{Binding, ErrorCode, Request, Response};
 use sextant_quic::client::{Client, ClientError, ClientOptions};
 
@@ -87,8 +90,35 @@ pub(crate) enum ConfigCommand {
 /// `sextant plugin ...`
 #[derive(Debug, Subcommand)]
 pub(crate) enum PluginCommand {
-    /// The plugin records in the store.
+    /// The plugin records in the store, the slots this server runs, recent failures.
     List,
+    /// Validate a component and activate it where BINDING says (on every server of the store).
+    Load {
+        /// The component (`.wasm`, built for wasm32-wasip2 against `wit/`).
+        file: PathBuf,
+        /// Record name (default: the file name without `.wasm`).
+        #[arg(long)]
+        name: Option<String>,
+        /// balancer, health or scheduler.
+        #[arg(long, default_value = "balancer")]
+        kind: String,
+        /// NS/GROUP/NAME (a service), NS (a namespace), `*` (every service), or empty (stored only).
+        #[arg(long = "bind", default_value = "")]
+        binding: String,
+        /// JSON configuration for the plugin's `init`.
+        #[arg(long, default_value = "")]
+        config: String,
+    },
+    /// Go back to the version a plugin record replaced.
+    Rollback {
+        /// Record name.
+        name: String,
+    },
+    /// Delete a plugin record (its services go back to the next binding or the default).
+    Delete {
+        /// Record name.
+        name: String,
+    },
 }
 
 /// A failed command: what to print and the exit code.
@@ -127,7 +157,11 @@ impl From<ClientError> for Failure {
             ClientError::Server { code: ErrorCode::NotFound | ErrorCode::LeaseNotFound, .. } => 3,
             ClientError::Server {
                 code:
-                    ErrorCode::Unauthenticated | ErrorCode::Forbidden | ErrorCode::Invalid | ErrorCode::UnsupportedVersion,
+                    ErrorCode::Unauthenticated
+                    | ErrorCode::Forbidden
+                    | ErrorCode::Invalid
+                    | ErrorCode::PluginRejected
+                    | ErrorCode::UnsupportedVersion,
                 ..
             } => 5,
             _ => 1,
@@ -288,9 +322,16 @@ pub(crate) async fn watch(args: &ClientArgs, scope_args: &ScopeArgs, cache: Opti
     }
 }
 
-pub(crate) async fn pick(args: &ClientArgs, service: &str, hash_key: Option<String>) -> Result {
+pub(crate) async fn pick(args: &ClientArgs, service: &str, hash_key: Option<String>, headers: &[String]) -> Result {
     let service = ServiceKey::parse(service)?;
-    match connect(args).await?.request(Request::Pick { service: service.clone(), hash_key }).await? {
+    let headers = headers
+        .iter()
+        .map(|h| match h.split_once('=') {
+            Some((k, v)) => Ok((k.to_ascii_lowercase(), v.to_owned())),
+            None => Err(Failure::new(2, format!("--header {h:?} is not NAME=VALUE"))),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    match connect(args).await?.request(Request::Pick { service: service.clone(), hash_key, headers }).await? {
         Response::Picked { instance: Some(i), protection_active } => {
             if args.json {
                 out(&json!({ "instance": i, "protection_active": protection_active }).to_string())
@@ -349,18 +390,91 @@ pub(crate) async fn config(args: &ClientArgs, command: ConfigCommand) -> Result 
 
 pub(crate) async fn plugin(args: &ClientArgs, command: PluginCommand) -> Result {
     let client = connect(args).await?;
+    let unexpected = |other: Response| Err(Failure::new(1, format!("unexpected answer {other:?}")));
     match command {
         PluginCommand::List => match client.request(Request::PluginList).await? {
-            Response::Plugins { plugins } => {
+            Response::Plugins { plugins, slots, failures } => {
                 if args.json {
-                    return out(&json!(plugins).to_string());
+                    return out(&json!({ "plugins": plugins, "slots": slots, "failures": failures }).to_string());
                 }
                 for p in &plugins {
                     out(&describe(&Record::Plugin(p.clone())))?;
                 }
+                for s in &slots {
+                    let sha =
+                        s.sha256.as_deref().map_or(String::new(), |h| format!(" sha256={}", &h[..12.min(h.len())]));
+                    out(&format!(
+                        "slot {} {} {} ({}{sha}) v{} calls={} traps={} deadline_hits={} fallbacks={} p50={}ns p99={}ns",
+                        s.service,
+                        s.kind,
+                        s.plugin,
+                        s.source,
+                        s.version,
+                        s.calls,
+                        s.traps,
+                        s.deadline_hits,
+                        s.fallbacks,
+                        s.call_p50_ns,
+                        s.call_p99_ns
+                    ))?;
+                }
+                for f in &failures {
+                    out(&format!("failed {} ({}): {}", f.plugin, f.source, f.error))?;
+                }
                 Ok(())
             }
-            other => Err(Failure::new(1, format!("unexpected answer {other:?}"))),
+            other => unexpected(other),
         },
+        PluginCommand::Load { file, name, kind, binding, config } => {
+            let bytes = std::fs::read(&file).map_err(|e| Failure::new(1, format!("{}: {e}", file.display())))?;
+            let name = match name {
+                Some(n) => n,
+                None => file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+            };
+            if bytes.len() > sextant_proto::MAX_COMPONENT_LEN {
+                return Err(Failure::new(
+                    5,
+                    format!(
+                        "{} is {} bytes, the limit is {}",
+                        file.display(),
+                        bytes.len(),
+                        sextant_proto::MAX_COMPONENT_LEN
+                    ),
+                ));
+            }
+            let request = Request::PluginLoad {
+                name: PluginName::new(name)?,
+                kind,
+                binding,
+                config,
+                component: sextant_proto::encode_component(&bytes),
+            };
+            match client.request(request).await? {
+                Response::PluginWritten { record, revision } => plugin_written(args, &record, revision),
+                other => unexpected(other),
+            }
+        }
+        PluginCommand::Rollback { name } => {
+            match client.request(Request::PluginRollback { name: PluginName::new(name)? }).await? {
+                Response::PluginWritten { record, revision } => plugin_written(args, &record, revision),
+                other => unexpected(other),
+            }
+        }
+        PluginCommand::Delete { name } => {
+            match client.request(Request::PluginDelete { name: PluginName::new(name)? }).await? {
+                Response::Written { revision, .. } => out(&json!({ "revision": revision }).to_string()),
+                other => unexpected(other),
+            }
+        }
     }
+}
+
+fn plugin_written(args: &ClientArgs, record: &PluginRecord, revision: Revision) -> Result {
+    if args.json {
+        return out(&json!({ "record": record, "revision": revision }).to_string());
+    }
+    out(&format!(
+        "{} {} sha256={} bound to {:?} at revision {revision}",
+        record.name, record.kind, record.sha256, record.binding
+    ))
 }

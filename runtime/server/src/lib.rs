@@ -2,15 +2,18 @@
 //!
 //! Owns `sextant serve`: it opens the store, starts the [`Registry`](sextant_store::Registry)
 //! over it, serves the admin HTTP API (health, Prometheus metrics, status, and a JSON API for
-//! instances, leases, services and config entries), and shuts down gracefully.
+//! instances, leases, services and config entries), starts the plugin manager (picks and
+//! plugin administration over QUIC, the `--plugins` directory), and shuts down gracefully.
 //!
-//! Does not own: the model and its rules (`sextant-core`), storage (`sextant-store`).
+//! Does not own: the model and its rules (`sextant-core`), storage (`sextant-store`), the
+//! protocol (`sextant-proto`, `sextant-quic`), plugins (`sextant-plugin`).
 //! Everything here is wiring; the logic lives in those crates.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod metrics;
+mod plugin_dir;
 pub mod serve;
 
 pub use serve::{ServeConfig, ServeError, run};

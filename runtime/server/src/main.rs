@@ -76,6 +76,18 @@ enum Command {
         /// Server key (PEM), with --cert.
         #[arg(long, requires = "cert")]
         key: Option<PathBuf>,
+        /// Watch this directory for plugins: NAME.wasm, with an optional NAME.json
+        /// (`{"kind": "balancer", "binding": "NS/GROUP/NAME", "config": {...}}`); a new or
+        /// changed file is validated and swapped in, a removed one unloaded.
+        #[arg(long, env = "SEXTANT_PLUGINS")]
+        plugins: Option<PathBuf>,
+        /// How often the plugin directory is scanned, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        plugins_poll_ms: u64,
+        /// Balancer of services no plugin is bound to (a built-in: round-robin, weighted,
+        /// random, least-request, peak-ewma, ring-hash, maglev, header-route).
+        #[arg(long, default_value = "ring-hash")]
+        balancer: String,
     },
     /// Register an instance. Ephemeral (the default) runs until SIGTERM/SIGINT, then
     /// deregisters; --persistent registers and exits.
@@ -148,6 +160,9 @@ enum Command {
         /// Consistent-hash key.
         #[arg(long)]
         hash_key: Option<String>,
+        /// A request header for header-routing balancers, repeatable.
+        #[arg(long = "header", value_name = "NAME=VALUE")]
+        headers: Vec<String>,
     },
     /// Config entries.
     Config {
@@ -209,6 +224,9 @@ async fn main() -> ExitCode {
             client_ca,
             cert,
             key,
+            plugins,
+            plugins_poll_ms,
+            balancer,
         } => {
             let config = ServeConfig {
                 data_dir,
@@ -219,6 +237,9 @@ async fn main() -> ExitCode {
                 acl,
                 client_ca,
                 cert: cert.zip(key),
+                plugins_dir: plugins,
+                plugins_poll: Duration::from_millis(plugins_poll_ms.max(10)),
+                default_balancer: balancer,
             };
             run(config, shutdown_signal()).await.map_err(commands::Failure::from)
         }
@@ -239,7 +260,9 @@ async fn main() -> ExitCode {
         Command::Deregister { client, service, id } => commands::deregister(&client, &service, &id).await,
         Command::List { client, scope } => commands::list(&client, &scope).await,
         Command::Watch { client, scope, cache } => commands::watch(&client, &scope, cache).await,
-        Command::Pick { client, service, hash_key } => commands::pick(&client, &service, hash_key).await,
+        Command::Pick { client, service, hash_key, headers } => {
+            commands::pick(&client, &service, hash_key, &headers).await
+        }
         Command::Config { client, command } => commands::config(&client, command).await,
         Command::Plugin { client, command } => commands::plugin(&client, command).await,
     };

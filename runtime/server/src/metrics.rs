@@ -16,6 +16,21 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
+/// Labels of plugin slot metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SlotLabels {
+    /// `NS/GROUP/NAME`.
+    pub service: String,
+    /// `balancer`, `health`, `scheduler`.
+    pub kind: String,
+    /// The active plugin (record name or built-in).
+    pub plugin: String,
+    /// `builtin` or `wasm`.
+    pub source: String,
+    /// sha256 of the active component, empty for built-ins.
+    pub sha256: String,
+}
+
 /// Every metric sextant exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -36,6 +51,29 @@ pub struct Metrics {
     pub writes: Family<KindLabel, Counter>,
     /// Refused writes by kind (invalid input, unknown lease, store unavailable).
     pub writes_rejected: Family<KindLabel, Counter>,
+    /// Per plugin slot, the active version's number and counters (they restart with each
+    /// version, so they are gauges refreshed at scrape time).
+    pub plugin_version: Family<SlotLabels, Gauge>,
+    /// Calls into the active version.
+    pub plugin_calls: Family<SlotLabels, Gauge>,
+    /// Calls that trapped.
+    pub plugin_traps: Family<SlotLabels, Gauge>,
+    /// Calls stopped at their deadline.
+    pub plugin_deadline_hits: Family<SlotLabels, Gauge>,
+    /// Calls stopped at the memory cap.
+    pub plugin_memory_hits: Family<SlotLabels, Gauge>,
+    /// Answers outside the contract.
+    pub plugin_contract_violations: Family<SlotLabels, Gauge>,
+    /// Picks answered by the native default instead.
+    pub plugin_fallbacks: Family<SlotLabels, Gauge>,
+    /// When the active version was published (Unix seconds).
+    pub plugin_loaded_at: Family<SlotLabels, Gauge>,
+    /// Sampled call time p50 (ns).
+    pub plugin_call_p50_ns: Family<SlotLabels, Gauge>,
+    /// Sampled call time p99 (ns).
+    pub plugin_call_p99_ns: Family<SlotLabels, Gauge>,
+    /// Plugin loads and activations that failed.
+    pub plugin_failures: Gauge,
 }
 
 impl Default for Metrics {
@@ -58,6 +96,17 @@ impl Metrics {
             leases_expired: Counter::default(),
             writes: Family::default(),
             writes_rejected: Family::default(),
+            plugin_version: Family::default(),
+            plugin_calls: Family::default(),
+            plugin_traps: Family::default(),
+            plugin_deadline_hits: Family::default(),
+            plugin_memory_hits: Family::default(),
+            plugin_contract_violations: Family::default(),
+            plugin_fallbacks: Family::default(),
+            plugin_loaded_at: Family::default(),
+            plugin_call_p50_ns: Family::default(),
+            plugin_call_p99_ns: Family::default(),
+            plugin_failures: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("services", "Services with at least one instance", m.services.clone());
@@ -68,7 +117,78 @@ impl Metrics {
         registry.register("leases_expired", "Leases expired without keepalive", m.leases_expired.clone());
         registry.register("writes", "Accepted writes", m.writes.clone());
         registry.register("writes_rejected", "Refused writes", m.writes_rejected.clone());
+        registry.register("plugin_version", "Version number of a slot's active plugin", m.plugin_version.clone());
+        registry.register("plugin_calls", "Calls into the active plugin version", m.plugin_calls.clone());
+        registry.register("plugin_traps", "Plugin calls that trapped", m.plugin_traps.clone());
+        registry.register(
+            "plugin_deadline_hits",
+            "Plugin calls stopped at their deadline",
+            m.plugin_deadline_hits.clone(),
+        );
+        registry.register("plugin_memory_hits", "Plugin calls stopped at the memory cap", m.plugin_memory_hits.clone());
+        registry.register(
+            "plugin_contract_violations",
+            "Plugin answers outside the contract",
+            m.plugin_contract_violations.clone(),
+        );
+        registry.register("plugin_fallbacks", "Picks answered by the native default", m.plugin_fallbacks.clone());
+        registry.register(
+            "plugin_loaded_at",
+            "When the active version was published (Unix s)",
+            m.plugin_loaded_at.clone(),
+        );
+        registry.register("plugin_call_p50_ns", "Sampled plugin call time p50 (ns)", m.plugin_call_p50_ns.clone());
+        registry.register("plugin_call_p99_ns", "Sampled plugin call time p99 (ns)", m.plugin_call_p99_ns.clone());
+        registry.register(
+            "plugin_failures",
+            "Recent plugin loads or activations that failed",
+            m.plugin_failures.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// Replaces the plugin slot series with `slots`.
+    pub fn set_slots(&self, slots: &[sextant_proto::SlotView]) {
+        let families = [
+            &self.plugin_version,
+            &self.plugin_calls,
+            &self.plugin_traps,
+            &self.plugin_deadline_hits,
+            &self.plugin_memory_hits,
+            &self.plugin_contract_violations,
+            &self.plugin_fallbacks,
+            &self.plugin_loaded_at,
+            &self.plugin_call_p50_ns,
+            &self.plugin_call_p99_ns,
+        ];
+        for f in families {
+            f.clear();
+        }
+        let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        for s in slots {
+            let labels = SlotLabels {
+                service: s.service.clone(),
+                kind: s.kind.clone(),
+                plugin: s.plugin.clone(),
+                source: s.source.clone(),
+                sha256: s.sha256.clone().unwrap_or_default(),
+            };
+            let values = [
+                s.version,
+                s.calls,
+                s.traps,
+                s.deadline_hits,
+                s.memory_hits,
+                s.contract_violations,
+                s.fallbacks,
+                s.loaded_at,
+                s.call_p50_ns,
+                s.call_p99_ns,
+            ];
+            for (f, v) in families.iter().zip(values) {
+                f.get_or_create(&labels).set(g(v));
+            }
+        }
     }
 
     /// Sets a counter that mirrors a monotonic total kept elsewhere.

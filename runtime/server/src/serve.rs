@@ -13,8 +13,11 @@ use sextant_store::{EmbeddedOptions, EmbeddedStore, OpenError, Registry, Registr
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use sextant_plugin::{Defaults, HostConfig, PluginHost, PluginManager, PluginSpec};
+
 use crate::admin::{self, AppState};
 use crate::metrics::Metrics;
+use crate::plugin_dir;
 
 /// What `serve` needs.
 #[derive(Debug, Clone)]
@@ -35,6 +38,32 @@ pub struct ServeConfig {
     pub client_ca: Option<PathBuf>,
     /// Server certificate and key; none: the development certificate in the data dir.
     pub cert: Option<(PathBuf, PathBuf)>,
+    /// Directory watched for plugins (`NAME.wasm` + optional `NAME.json`).
+    pub plugins_dir: Option<PathBuf>,
+    /// How often it is scanned.
+    pub plugins_poll: Duration,
+    /// The built-in balancer of services without a bound plugin.
+    pub default_balancer: String,
+}
+
+impl ServeConfig {
+    /// Defaults for everything but the data directory (ports 7600/7601 on loopback).
+    #[must_use]
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            admin: SocketAddr::from(([127, 0, 0, 1], 7601)),
+            history_capacity: 16 * 1024,
+            listen: SocketAddr::from(([127, 0, 0, 1], 7600)),
+            grace: Duration::from_secs(10),
+            acl: None,
+            client_ca: None,
+            cert: None,
+            plugins_dir: None,
+            plugins_poll: Duration::from_secs(1),
+            default_balancer: "ring-hash".into(),
+        }
+    }
 }
 
 /// Why `serve` stopped with an error.
@@ -68,6 +97,9 @@ pub enum ServeError {
         /// The cause.
         source: AclError,
     },
+    /// The plugin host could not start, or the default balancer is not a built-in.
+    #[error("plugin host: {0}")]
+    Plugins(String),
     /// The access file could not be read.
     #[error("access file {path}: {source}")]
     AclRead {
@@ -109,8 +141,13 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()> + Send 
         server_id: format!("sextant@{}", config.listen),
         ..ServerOptions::default()
     };
+    let host = PluginHost::new(HostConfig::default()).map_err(|e| ServeError::Plugins(e.to_string()))?;
+    let defaults = Defaults { balancer: PluginSpec::builtin(&config.default_balancer), ..Defaults::default() };
+    let plugins =
+        PluginManager::start(host, registry.clone(), defaults).map_err(|e| ServeError::Plugins(e.to_string()))?;
     let quic = QuicServer::bind(config.listen, quic_config, registry.clone(), server_options)
-        .map_err(|source| ServeError::Bind { addr: config.listen, source })?;
+        .map_err(|source| ServeError::Bind { addr: config.listen, source })?
+        .with_plugins(plugins.clone());
     let quic_addr = quic.local_addr().map_err(ServeError::Http)?;
     tracing::info!(
         admin = %addr, quic = %quic_addr, ca = %files.ca.display(), data_dir = %config.data_dir.display(),
@@ -126,7 +163,11 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()> + Send 
         let _ = rx.wait_for(|s| *s).await;
     };
     let quic_task = tokio::spawn(quic.run(stopped(stop_rx.clone())));
-    let state = AppState::new(registry, Arc::new(Metrics::new()));
+    if let Some(dir) = &config.plugins_dir {
+        tracing::info!(dir = %dir.display(), "watching for plugins");
+        tokio::spawn(plugin_dir::watch(dir.clone(), config.plugins_poll, plugins.clone(), stopped(stop_rx.clone())));
+    }
+    let state = AppState::new(registry, plugins, Arc::new(Metrics::new()));
     let http = axum::serve(listener, admin::router(state)).with_graceful_shutdown(stopped(stop_rx)).await;
     let _ = quic_task.await;
     http.map_err(ServeError::Http)?;

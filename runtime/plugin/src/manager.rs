@@ -1,0 +1,714 @@
+//! Plugins in a running server: records in the store decide what every server runs.
+//!
+//! A plugin arrives (through `plugin_load` or a watched directory) as component bytes, a
+//! name, a kind, a binding and a configuration. [`PluginManager::load`] validates it the way
+//! a slot would (compile, world and contract version, configuration, self-test) *before*
+//! anything is written; only then are the bytes stored as an artifact (by sha256) and the
+//! [`PluginRecord`] put. Every server on the store (one with the embedded store, several on
+//! etcd) follows the record changes and activates the plugin in the slots its binding covers,
+//! so a load through one server becomes active on all of them. Rollback rewrites the record
+//! from its history; deleting it sends the services back to their next binding.
+//!
+//! Slots are per service and kind (balancer, health, scheduler), created on first use (a
+//! pick, or a gateway asking for the service's slots), so idle services cost nothing. Which
+//! record a slot runs: the most specific binding that covers the service (the service itself,
+//! then its namespace, then `*`), the newest load among equals; no binding means the native
+//! default built-in. A slot follows its service's registry snapshot: the watcher applies each
+//! change off the hot path, and a pick that finds its slot behind applies it first.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Mutex, RwLock};
+use sextant_core::store::{Store, StoreError};
+use sextant_core::{
+    Change, CoreError, Instance, PLUGIN_HISTORY, PluginBinding, PluginName, PluginRecord, PluginVersion, Record,
+    RecordKey, Revision, Scope, ServiceKey, ServiceSnapshot, SnapshotHandle, ValidationError,
+};
+use sextant_proto::{PluginFailure, SlotView};
+use sextant_store::{Registry, RegistryError};
+use tokio::sync::mpsc;
+
+use crate::{
+    BalancerSlot, Compiled, LoadError, PickRequest, PluginHost, PluginKind, PluginSpec, PolicySlot, SlotStatus,
+    snapshot_of,
+};
+
+/// Failures kept for `plugin list`.
+const MAX_FAILURES: usize = 32;
+
+/// The built-ins slots run when no plugin is bound.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    /// Balancer (`ring-hash` follows a request's hash key and spreads the rest by weight).
+    pub balancer: PluginSpec,
+    /// Health policy.
+    pub health: PluginSpec,
+    /// Scheduler.
+    pub scheduler: PluginSpec,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            balancer: PluginSpec::builtin("ring-hash"),
+            health: PluginSpec::builtin("consecutive"),
+            scheduler: PluginSpec::builtin("adaptive"),
+        }
+    }
+}
+
+/// Why a plugin operation was refused. Nothing was written.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// The component failed validation.
+    #[error("plugin {name} rejected: {source}")]
+    Rejected {
+        /// The plugin.
+        name: String,
+        /// What was wrong.
+        source: LoadError,
+    },
+    /// A name, kind, binding or configuration that is not valid.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// The configuration is not JSON.
+    #[error("plugin configuration is not JSON: {0}")]
+    BadConfig(String),
+    /// No record by that name.
+    #[error("no plugin named {0}")]
+    NotFound(PluginName),
+    /// The record has no earlier version.
+    #[error("plugin {0} has no earlier version to roll back to")]
+    NoPrevious(PluginName),
+    /// The store refused or could not take the write.
+    #[error(transparent)]
+    Store(#[from] RegistryError),
+}
+
+/// A pick's answer.
+#[derive(Debug, Clone)]
+pub struct PickedInstance {
+    /// The instance.
+    pub instance: Arc<Instance>,
+    /// The balancer version that answered.
+    pub version: u64,
+    /// Whether the native default answered because the plugin faulted.
+    pub fallback: bool,
+    /// Whether the protection threshold was in force.
+    pub protection_active: bool,
+}
+
+/// Which record a slot runs (none: the default built-in).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Desired {
+    name: PluginName,
+    sha256: String,
+    config: String,
+}
+
+/// The three slots of one service.
+#[derive(Debug)]
+pub struct ServiceSlots {
+    service: ServiceKey,
+    handle: SnapshotHandle,
+    /// Revision of the snapshot the slots run (`u64::MAX`: none yet).
+    applied: AtomicU64,
+    /// Serializes snapshot application and activations.
+    update: Mutex<[Option<Desired>; 3]>,
+    balancer: BalancerSlot,
+    health: PolicySlot,
+    scheduler: PolicySlot,
+}
+
+impl ServiceSlots {
+    /// The balancer slot.
+    #[must_use]
+    pub fn balancer(&self) -> &BalancerSlot {
+        &self.balancer
+    }
+
+    /// The health slot.
+    #[must_use]
+    pub fn health(&self) -> &PolicySlot {
+        &self.health
+    }
+
+    /// The scheduler slot.
+    #[must_use]
+    pub fn scheduler(&self) -> &PolicySlot {
+        &self.scheduler
+    }
+
+    /// The registry snapshot the slots follow.
+    #[must_use]
+    pub fn snapshot(&self) -> Arc<ServiceSnapshot> {
+        self.handle.load_full()
+    }
+
+    /// Applies the service's current snapshot if the slots run an older one.
+    pub fn refresh(&self) {
+        let current = self.handle.load();
+        if current.revision.0 == self.applied.load(Relaxed) {
+            return;
+        }
+        let _guard = self.update.lock();
+        let current = self.handle.load_full();
+        if current.revision.0 == self.applied.load(Relaxed) {
+            return;
+        }
+        let model = snapshot_of(&current);
+        self.balancer.set_snapshot(model.clone());
+        self.health.set_snapshot(model.clone());
+        self.scheduler.set_snapshot(model);
+        self.applied.store(current.revision.0, Relaxed);
+    }
+
+    fn status(&self) -> [(PluginKind, SlotStatus); 3] {
+        [
+            (PluginKind::Balancer, self.balancer.status()),
+            (PluginKind::Health, self.health.status()),
+            (PluginKind::Scheduler, self.scheduler.status()),
+        ]
+    }
+}
+
+const KINDS: [PluginKind; 3] = [PluginKind::Balancer, PluginKind::Health, PluginKind::Scheduler];
+
+fn kind_index(kind: PluginKind) -> usize {
+    match kind {
+        PluginKind::Balancer => 0,
+        PluginKind::Health => 1,
+        PluginKind::Scheduler => 2,
+    }
+}
+
+fn parse_kind(kind: &str) -> Result<PluginKind, ValidationError> {
+    match kind {
+        "balancer" => Ok(PluginKind::Balancer),
+        "health" => Ok(PluginKind::Health),
+        "scheduler" => Ok(PluginKind::Scheduler),
+        other => Err(ValidationError::BadPluginKind(other.into())),
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The record `service`'s `kind` slot should run: the most specific binding, newest first.
+fn resolve(records: &[Arc<PluginRecord>], service: &ServiceKey, kind: PluginKind) -> Option<Desired> {
+    let kind = kind.to_string();
+    records
+        .iter()
+        .filter(|r| r.kind == kind)
+        .filter_map(|r| r.bound().covers(service).map(|rank| (rank, r.loaded_at_unix_ms, r)))
+        .max_by(|a, b| (a.0, a.1, &b.2.name).cmp(&(b.0, b.1, &a.2.name)))
+        .map(|(_, _, r)| Desired { name: r.name.clone(), sha256: r.sha256.clone(), config: r.config.clone() })
+}
+
+struct Inner<S> {
+    host: PluginHost,
+    registry: Registry<S>,
+    defaults: Defaults,
+    services: RwLock<HashMap<ServiceKey, Arc<ServiceSlots>>>,
+    failures: Mutex<VecDeque<PluginFailure>>,
+    /// Compiled components of the bound records, by sha256, so a slot created on a pick
+    /// starts on its plugin at once.
+    compiled: Mutex<HashMap<String, Arc<Compiled>>>,
+    dirty: mpsc::UnboundedSender<Option<ServiceKey>>,
+    /// One activation pass at a time (the watcher, and loads waiting for their own).
+    reconcile: tokio::sync::Mutex<()>,
+}
+
+/// The plugin side of a server. Cheap to clone.
+pub struct PluginManager<S>(Arc<Inner<S>>);
+
+impl<S> Clone for PluginManager<S> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<S> std::fmt::Debug for PluginManager<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginManager").field("services", &self.0.services.read().len()).finish_non_exhaustive()
+    }
+}
+
+impl<S: Store + Clone> PluginManager<S> {
+    /// Starts following `registry`'s plugin records and service changes (a tokio task that
+    /// ends when every handle is dropped and the registry closes).
+    ///
+    /// # Errors
+    /// A default that is not a valid built-in.
+    pub fn start(host: PluginHost, registry: Registry<S>, defaults: Defaults) -> Result<Self, LoadError> {
+        // Fail now, not on the first pick, if a default does not build.
+        let probe = ServiceKey::parse("default/default/probe").map_err(|e| LoadError::UnknownBuiltin(e.to_string()))?;
+        BalancerSlot::new(&host, &probe.to_string(), defaults.balancer.clone())?;
+        PolicySlot::health(&host, &probe.to_string(), defaults.health.clone())?;
+        PolicySlot::scheduler(&host, &probe.to_string(), defaults.scheduler.clone())?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            host,
+            registry,
+            defaults,
+            services: RwLock::new(HashMap::new()),
+            failures: Mutex::new(VecDeque::new()),
+            compiled: Mutex::new(HashMap::new()),
+            dirty: tx,
+            reconcile: tokio::sync::Mutex::new(()),
+        });
+        tokio::spawn(watch(Arc::downgrade(&inner), rx));
+        Ok(Self(inner))
+    }
+
+    /// The plugin host.
+    #[must_use]
+    pub fn host(&self) -> &PluginHost {
+        &self.0.host
+    }
+
+    /// The slots of `service`, created (running the defaults, with the bound plugins
+    /// activated shortly after by the watcher) on first use. None for a service the registry
+    /// has never seen.
+    #[must_use]
+    pub fn slots(&self, service: &ServiceKey) -> Option<Arc<ServiceSlots>> {
+        if let Some(s) = self.0.services.read().get(service) {
+            return Some(Arc::clone(s));
+        }
+        self.0.registry.snapshot(service)?;
+        let created = {
+            let mut services = self.0.services.write();
+            if let Some(s) = services.get(service) {
+                return Some(Arc::clone(s));
+            }
+            let slots = Arc::new(self.0.new_slots(service)?);
+            services.insert(service.clone(), Arc::clone(&slots));
+            slots
+        };
+        created.refresh();
+        // Bound plugins whose component is at hand start now; others once the watcher has
+        // fetched them.
+        let records = self.0.registry.plugins();
+        let mut pending = false;
+        for kind in KINDS {
+            let desired = resolve(&records, service, kind);
+            let compiled = desired.as_ref().and_then(|d| self.0.compiled.lock().get(&d.sha256).cloned());
+            match (&desired, compiled) {
+                (None, _) => {}
+                (Some(_), Some(c)) => self.0.install(&created, kind, desired.clone(), Ok(Some(c))),
+                (Some(_), None) => pending = true,
+            }
+        }
+        if pending {
+            let _ = self.0.dirty.send(Some(service.clone()));
+        }
+        Some(created)
+    }
+
+    /// Picks an instance of `service` through its balancer slot. None when the service is
+    /// unknown or has no instance traffic may go to.
+    #[must_use]
+    pub fn pick(
+        &self,
+        service: &ServiceKey,
+        hash_key: Option<&str>,
+        headers: Vec<(String, String)>,
+    ) -> Option<PickedInstance> {
+        let slots = self.slots(service)?;
+        slots.refresh();
+        let snapshot = slots.handle.load_full();
+        let mut request = PickRequest { hash_key: hash_key.map(crate::builtins::hash_str), headers };
+        let (id, picked) = slots.balancer.pick_with(&mut request, |route, p| {
+            (route.model.endpoints.get(p.index as usize).map(|e| e.id.clone()), p)
+        })?;
+        let id = id?;
+        let instance = snapshot.instances.iter().find(|i| i.id.as_str() == id)?;
+        Some(PickedInstance {
+            instance: Arc::clone(instance),
+            version: picked.version,
+            fallback: picked.fallback,
+            protection_active: snapshot.protection_active(),
+        })
+    }
+
+    /// Validates a component, stores it, and writes its record; returns once this server
+    /// runs it where its binding says. Nothing is written when validation fails.
+    ///
+    /// # Errors
+    /// [`ManagerError::Rejected`] with what is wrong with the component; invalid name, kind,
+    /// binding or configuration; the store's refusal.
+    pub async fn load(
+        &self,
+        name: &str,
+        kind: &str,
+        binding: &str,
+        config: &str,
+        bytes: Vec<u8>,
+        source: &str,
+    ) -> Result<(Arc<PluginRecord>, Revision), ManagerError> {
+        let result = self.try_load(name, kind, binding, config, bytes).await;
+        if let Err(e) = &result {
+            self.0.failed(name, source, e);
+        }
+        result
+    }
+
+    async fn try_load(
+        &self,
+        name: &str,
+        kind: &str,
+        binding: &str,
+        config: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(Arc<PluginRecord>, Revision), ManagerError> {
+        let name = PluginName::new(name)?;
+        let plugin_kind = parse_kind(kind)?;
+        PluginBinding::parse(binding)?;
+        if !config.trim().is_empty() {
+            serde_json::from_str::<serde::de::IgnoredAny>(config)
+                .map_err(|e| ManagerError::BadConfig(e.to_string()))?;
+        }
+        let config = if config.trim().is_empty() { String::new() } else { config.to_owned() };
+        let old = self.0.registry.plugins().into_iter().find(|p| p.name == name);
+        if let Some(o) = &old
+            && o.kind == kind
+            && o.binding == binding
+            && o.config == config
+            && o.sha256 == sextant_core::sha256_hex(&bytes)
+        {
+            // The same load again (a restart rescanning its plugin directory): nothing to do.
+            self.settle(self.0.registry.revision()).await;
+            return Ok((Arc::clone(o), self.0.registry.revision()));
+        }
+        let rejected = |source| ManagerError::Rejected { name: name.to_string(), source };
+        let compiled = self.0.host.compile(&bytes).map_err(rejected)?;
+        self.0
+            .validate(&name, plugin_kind, &compiled, if config.is_empty() { "{}" } else { &config })
+            .map_err(rejected)?;
+        self.0.compiled.lock().insert(sextant_core::sha256_hex(&bytes), compiled);
+
+        let size = bytes.len() as u64;
+        let sha256 = self.0.registry.store().put_artifact(bytes).await.map_err(RegistryError::Store)?;
+        let mut history = old.as_ref().map(|o| o.history.clone()).unwrap_or_default();
+        if let Some(o) = &old {
+            history.push(PluginVersion {
+                sha256: o.sha256.clone(),
+                size: o.size,
+                config: o.config.clone(),
+                loaded_at_unix_ms: o.loaded_at_unix_ms,
+            });
+            let excess = history.len().saturating_sub(PLUGIN_HISTORY);
+            history.drain(..excess);
+        }
+        let record = PluginRecord {
+            name,
+            kind: kind.to_owned(),
+            sha256,
+            size,
+            binding: binding.to_owned(),
+            config,
+            loaded_at_unix_ms: unix_ms(),
+            history,
+        };
+        self.write(record).await
+    }
+
+    /// Rewrites `name`'s record with the version it replaced.
+    ///
+    /// # Errors
+    /// No such record, no earlier version, or the store's refusal.
+    pub async fn rollback(&self, name: &PluginName) -> Result<(Arc<PluginRecord>, Revision), ManagerError> {
+        let old = self
+            .0
+            .registry
+            .plugins()
+            .into_iter()
+            .find(|p| &p.name == name)
+            .ok_or_else(|| ManagerError::NotFound(name.clone()))?;
+        let mut record = (*old).clone();
+        let previous = record.history.pop().ok_or_else(|| ManagerError::NoPrevious(name.clone()))?;
+        record.sha256 = previous.sha256;
+        record.size = previous.size;
+        record.config = previous.config;
+        record.loaded_at_unix_ms = unix_ms();
+        self.write(record).await
+    }
+
+    /// Deletes `name`'s record.
+    ///
+    /// # Errors
+    /// No such record, or the store's refusal.
+    pub async fn delete(&self, name: &PluginName) -> Result<Revision, ManagerError> {
+        let revision = self.0.registry.delete(RecordKey::Plugin(name.clone())).await.map_err(|e| match e {
+            RegistryError::Store(StoreError::Rejected(CoreError::KeyNotFound(_))) => {
+                ManagerError::NotFound(name.clone())
+            }
+            e => ManagerError::Store(e),
+        })?;
+        self.settle(revision).await;
+        Ok(revision)
+    }
+
+    async fn write(&self, record: PluginRecord) -> Result<(Arc<PluginRecord>, Revision), ManagerError> {
+        let record = Arc::new(record);
+        let revision = self.0.registry.put(Record::Plugin(Arc::clone(&record)), None).await?;
+        self.settle(revision).await;
+        Ok((record, revision))
+    }
+
+    /// Waits until this server has seen `revision` and activated what it says.
+    async fn settle(&self, revision: Revision) {
+        self.0.registry.wait_for(revision).await;
+        reconcile_all(&self.0).await;
+    }
+
+    /// Every slot this server runs.
+    #[must_use]
+    pub fn status(&self) -> Vec<SlotView> {
+        let mut services: Vec<Arc<ServiceSlots>> = self.0.services.read().values().cloned().collect();
+        services.sort_by(|a, b| a.service.cmp(&b.service));
+        services
+            .iter()
+            .flat_map(|s| s.status())
+            .map(|(kind, st)| {
+                let a = st.active;
+                SlotView {
+                    service: st.service,
+                    kind: kind.to_string(),
+                    plugin: a.name,
+                    source: a.source.into(),
+                    sha256: a.sha256,
+                    version: a.id,
+                    loaded_at: a.loaded_at,
+                    calls: a.counters.calls,
+                    traps: a.counters.traps,
+                    deadline_hits: a.counters.deadline_hits,
+                    memory_hits: a.counters.memory_hits,
+                    contract_violations: a.counters.contract_violations,
+                    fallbacks: a.counters.fallbacks,
+                    call_p50_ns: a.counters.call_p50_ns,
+                    call_p99_ns: a.counters.call_p99_ns,
+                    events: st.events.into_iter().map(|e| format!("v{} {}", e.version, e.what)).collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// The plugin records in the store.
+    #[must_use]
+    pub fn records(&self) -> Vec<Arc<PluginRecord>> {
+        self.0.registry.plugins()
+    }
+
+    /// Reports a failure found before the manager saw the plugin (an unreadable file).
+    pub fn report(&self, plugin: &str, source: &str, error: &str) {
+        self.0.failed(plugin, source, &error);
+    }
+
+    /// Recent failed loads and activations, oldest first.
+    #[must_use]
+    pub fn failures(&self) -> Vec<PluginFailure> {
+        self.0.failures.lock().iter().cloned().collect()
+    }
+}
+
+impl<S: Store + Clone> Inner<S> {
+    fn new_slots(&self, service: &ServiceKey) -> Option<ServiceSlots> {
+        let name = service.to_string();
+        let build = || -> Result<ServiceSlots, LoadError> {
+            Ok(ServiceSlots {
+                service: service.clone(),
+                handle: self.registry.handle(service),
+                applied: AtomicU64::new(u64::MAX),
+                update: Mutex::new([None, None, None]),
+                balancer: BalancerSlot::new(&self.host, &name, self.defaults.balancer.clone())?,
+                health: PolicySlot::health(&self.host, &name, self.defaults.health.clone())?,
+                scheduler: PolicySlot::scheduler(&self.host, &name, self.defaults.scheduler.clone())?,
+            })
+        };
+        // The defaults were checked in `start`; this cannot fail short of a host bug.
+        build().map_err(|e| tracing::error!(%service, error = %e, "cannot build slots")).ok()
+    }
+
+    /// Validates `compiled` for `kind` the way a slot will (self-test, `init` with `config`),
+    /// in a scratch slot.
+    fn validate(
+        &self,
+        name: &PluginName,
+        kind: PluginKind,
+        compiled: &Arc<Compiled>,
+        config: &str,
+    ) -> Result<(), LoadError> {
+        if compiled.kind != kind {
+            return Err(LoadError::WrongKind { expected: kind, found: compiled.kind });
+        }
+        let spec =
+            PluginSpec::Wasm { name: name.to_string(), compiled: Arc::clone(compiled), config: config.to_owned() };
+        let scratch = format!("validate/{name}");
+        match kind {
+            PluginKind::Balancer => BalancerSlot::new(&self.host, &scratch, self.defaults.balancer.clone())?.load(spec),
+            PluginKind::Health => PolicySlot::health(&self.host, &scratch, self.defaults.health.clone())?.load(spec),
+            PluginKind::Scheduler => {
+                PolicySlot::scheduler(&self.host, &scratch, self.defaults.scheduler.clone())?.load(spec)
+            }
+        }
+        .map(drop)
+    }
+
+    fn failed(&self, plugin: &str, source: &str, error: &dyn std::fmt::Display) {
+        tracing::warn!(plugin, source, %error, "plugin not loaded");
+        let mut failures = self.failures.lock();
+        failures.push_back(PluginFailure {
+            plugin: plugin.into(),
+            source: source.into(),
+            error: error.to_string(),
+            at: unix_ms() / 1000,
+        });
+        while failures.len() > MAX_FAILURES {
+            failures.pop_front();
+        }
+    }
+
+    /// Makes `slots` run what the records say.
+    async fn reconcile(&self, slots: &ServiceSlots, records: &[Arc<PluginRecord>]) {
+        slots.refresh();
+        for kind in KINDS {
+            let desired = resolve(records, &slots.service, kind);
+            if slots.update.lock()[kind_index(kind)] == desired {
+                continue;
+            }
+            let compiled = match &desired {
+                None => Ok(None),
+                Some(d) => self.fetch(&d.sha256).await.map(Some),
+            };
+            self.install(slots, kind, desired, compiled);
+        }
+    }
+
+    /// Loads `desired` (none: the default) into `slots`' `kind` slot.
+    fn install(
+        &self,
+        slots: &ServiceSlots,
+        kind: PluginKind,
+        desired: Option<Desired>,
+        compiled: Result<Option<Arc<Compiled>>, String>,
+    ) {
+        let mut applied = slots.update.lock();
+        if applied[kind_index(kind)] == desired {
+            return;
+        }
+        let spec = compiled.map(|c| match (c, &desired) {
+            (Some(compiled), Some(d)) => PluginSpec::Wasm {
+                name: d.name.to_string(),
+                compiled,
+                config: if d.config.is_empty() { "{}".into() } else { d.config.clone() },
+            },
+            _ => match kind {
+                PluginKind::Balancer => self.defaults.balancer.clone(),
+                PluginKind::Health => self.defaults.health.clone(),
+                PluginKind::Scheduler => self.defaults.scheduler.clone(),
+            },
+        });
+        let loaded = spec.and_then(|spec| {
+            match kind {
+                PluginKind::Balancer => slots.balancer.load(spec),
+                PluginKind::Health => slots.health.load(spec),
+                PluginKind::Scheduler => slots.scheduler.load(spec),
+            }
+            .map_err(|e| e.to_string())
+        });
+        match loaded {
+            Ok(v) => tracing::info!(service = %slots.service, %kind, plugin = %v.name, version = v.id, "plugin active"),
+            Err(e) => {
+                let plugin = desired.as_ref().map_or_else(|| "default".to_owned(), |d| d.name.to_string());
+                self.failed(&plugin, "store", &format!("{} {kind}: {e}", slots.service));
+            }
+        }
+        // Recorded even when it failed, so the same record is not retried on every change;
+        // the next write of the record tries again.
+        applied[kind_index(kind)] = desired;
+    }
+
+    /// The compiled component with this sha256, from the cache or the store.
+    async fn fetch(&self, sha256: &str) -> Result<Arc<Compiled>, String> {
+        if let Some(c) = self.compiled.lock().get(sha256) {
+            return Ok(Arc::clone(c));
+        }
+        let bytes =
+            tokio::time::timeout(Duration::from_secs(10), self.registry.store().get_artifact(sha256.to_owned()))
+                .await
+                .map_err(|_| format!("reading artifact {sha256} timed out"))?
+                .map_err(|e| format!("reading artifact {sha256}: {e}"))?
+                .ok_or_else(|| format!("artifact {sha256} is not in the store"))?;
+        let compiled = self.host.compile(&bytes).map_err(|e| e.to_string())?;
+        self.compiled.lock().insert(sha256.to_owned(), Arc::clone(&compiled));
+        Ok(compiled)
+    }
+}
+
+async fn reconcile_all<S: Store + Clone>(inner: &Inner<S>) {
+    let _pass = inner.reconcile.lock().await;
+    let records = inner.registry.plugins();
+    // Keep the components of bound records compiled (slots created later start on them at
+    // once); drop the rest.
+    inner.compiled.lock().retain(|sha, _| records.iter().any(|r| &r.sha256 == sha));
+    for r in records.iter().filter(|r| r.bound() != PluginBinding::None) {
+        if let Err(e) = inner.fetch(&r.sha256).await {
+            inner.failed(r.name.as_str(), "store", &e);
+        }
+    }
+    let services: Vec<Arc<ServiceSlots>> = inner.services.read().values().cloned().collect();
+    for slots in services {
+        inner.reconcile(&slots, &records).await;
+    }
+}
+
+async fn reconcile_one<S: Store + Clone>(inner: &Inner<S>, service: &ServiceKey) {
+    let Some(slots) = inner.services.read().get(service).cloned() else { return };
+    let _pass = inner.reconcile.lock().await;
+    inner.reconcile(&slots, &inner.registry.plugins()).await;
+}
+
+/// Follows the registry: plugin records re-resolve every slot, a service change refreshes
+/// that service's slots.
+async fn watch<S: Store + Clone>(
+    inner: std::sync::Weak<Inner<S>>,
+    mut dirty: mpsc::UnboundedReceiver<Option<ServiceKey>>,
+) {
+    let mut sub = {
+        let Some(i) = inner.upgrade() else { return };
+        i.registry.subscribe(Scope::All, i.registry.revision())
+    };
+    loop {
+        let service = tokio::select! {
+            event = sub.next() => match event {
+                None => return,
+                Some(event) => match &event.change {
+                    Change::Upsert { record: Record::Plugin(_) } | Change::Remove { key: RecordKey::Plugin(_) }
+                    | Change::Reset { .. } => None,
+                    Change::Upsert { record } => match record.key().service() {
+                        Some(s) => Some(s.clone()),
+                        None => continue,
+                    },
+                    Change::Remove { key } => match key.service() {
+                        Some(s) => Some(s.clone()),
+                        None => continue,
+                    },
+                },
+            },
+            service = dirty.recv() => match service {
+                None => return,
+                Some(s) => s,
+            },
+        };
+        let Some(inner) = inner.upgrade() else { return };
+        match service {
+            Some(s) => reconcile_one(&inner, &s).await,
+            None => reconcile_all(&inner).await,
+        }
+    }
+}

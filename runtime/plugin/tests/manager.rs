@@ -1,0 +1,146 @@
+//! The plugin manager over a real registry (embedded store): validation before writing,
+//! activation by binding, rollback from the record's history, deletion, picks.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use sextant_core::{Instance, PluginName, Record, ServiceKey};
+use sextant_plugin::{Defaults, HostConfig, LoadError, ManagerError, PluginHost, PluginManager};
+use sextant_plugin_artifacts as artifacts;
+use sextant_store::{EmbeddedOptions, EmbeddedStore, Registry};
+
+fn wasm(name: &str) -> Vec<u8> {
+    std::fs::read(artifacts::path(name).expect("artifact")).expect("read artifact")
+}
+
+async fn setup(dir: &std::path::Path) -> (Registry<EmbeddedStore>, PluginManager<EmbeddedStore>) {
+    let store = EmbeddedStore::open(dir, EmbeddedOptions::default()).unwrap();
+    let registry = Registry::start(store, 1024).await.unwrap();
+    let host = PluginHost::new(HostConfig { workers: 2, ..HostConfig::default() }).unwrap();
+    let manager = PluginManager::start(host, registry.clone(), Defaults::default()).unwrap();
+    (registry, manager)
+}
+
+async fn add(registry: &Registry<EmbeddedStore>, service: &str, port: u16) {
+    let mut i = Instance::new(ServiceKey::parse(service).unwrap(), "127.0.0.1".parse().unwrap(), port);
+    i.ephemeral = false;
+    registry.put(Record::Instance(Arc::new(i)), None).await.unwrap();
+}
+
+/// Who answers `n` picks of `service`: (active plugin, picks per port).
+fn spread(m: &PluginManager<EmbeddedStore>, service: &str, n: usize) -> (String, BTreeMap<u16, usize>) {
+    let key = ServiceKey::parse(service).unwrap();
+    let mut ports = BTreeMap::new();
+    for _ in 0..n {
+        let p = m.pick(&key, None, Vec::new()).expect("a pick");
+        assert!(!p.fallback);
+        *ports.entry(p.instance.port).or_insert(0) += 1;
+    }
+    let active = m
+        .status()
+        .into_iter()
+        .find(|s| s.service == key.to_string() && s.kind == "balancer")
+        .map(|s| s.plugin)
+        .unwrap();
+    (active, ports)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bindings_choose_the_most_specific_record_and_rollback_and_delete_follow_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, m) = setup(dir.path()).await;
+    for port in [9001, 9002, 9003] {
+        add(&registry, "shop/web/orders", port).await;
+        add(&registry, "shop/web/carts", port).await;
+    }
+    // First use creates the slots on the default (ring-hash).
+    assert_eq!(spread(&m, "shop/web/orders", 3).0, "ring-hash");
+
+    // A namespace binding covers both services; round robin spreads exactly evenly.
+    m.load("rr", "balancer", "shop", "", wasm("round-robin"), "api").await.unwrap();
+    let (active, ports) = spread(&m, "shop/web/orders", 300);
+    assert_eq!(active, "rr");
+    assert_eq!(ports.values().copied().collect::<Vec<_>>(), vec![100, 100, 100]);
+    assert_eq!(spread(&m, "shop/web/carts", 3).0, "rr");
+
+    // A service binding beats the namespace one, for that service only.
+    m.load("hdr", "balancer", "shop/web/carts", r#"{"header":"x-canary"}"#, wasm("header-route"), "api").await.unwrap();
+    assert_eq!(spread(&m, "shop/web/carts", 3).0, "hdr");
+    assert_eq!(spread(&m, "shop/web/orders", 3).0, "rr");
+
+    // Reloading "rr" with another component keeps the old one in its history; rollback
+    // brings it back (and the record's sha256 with it).
+    let (first, _) = m.load("rr", "balancer", "shop", "", wasm("round-robin"), "api").await.unwrap();
+    let (second, _) = m.load("rr", "balancer", "shop", "", wasm("random"), "api").await.unwrap();
+    assert_ne!(first.sha256, second.sha256);
+    assert_eq!(second.history.last().unwrap().sha256, first.sha256);
+    let slot = |m: &PluginManager<EmbeddedStore>| {
+        m.status().into_iter().find(|s| s.service == "shop/web/orders" && s.kind == "balancer").unwrap()
+    };
+    assert_eq!(slot(&m).sha256.as_deref(), Some(second.sha256.as_str()));
+    let (back, _) = m.rollback(&PluginName::new("rr").unwrap()).await.unwrap();
+    assert_eq!(back.sha256, first.sha256);
+    assert_eq!(slot(&m).sha256.as_deref(), Some(first.sha256.as_str()));
+
+    // The same load twice writes nothing.
+    let before = registry.revision();
+    m.load("rr", "balancer", "shop", "", wasm("round-robin"), "api").await.unwrap();
+    assert_eq!(registry.revision(), before);
+
+    // Deleting the namespace record sends orders back to the default; carts keeps its own.
+    m.delete(&PluginName::new("rr").unwrap()).await.unwrap();
+    assert_eq!(spread(&m, "shop/web/orders", 3).0, "ring-hash");
+    assert_eq!(spread(&m, "shop/web/carts", 3).0, "hdr");
+
+    // Errors that name the problem.
+    assert!(matches!(m.rollback(&PluginName::new("nope").unwrap()).await, Err(ManagerError::NotFound(_))));
+    assert!(matches!(m.rollback(&PluginName::new("hdr").unwrap()).await, Err(ManagerError::NoPrevious(_))));
+    // A service with no instances ever: no slot, no pick.
+    assert!(m.pick(&ServiceKey::parse("shop/web/ghost").unwrap(), None, Vec::new()).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_plugin_writes_nothing_and_disturbs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, m) = setup(dir.path()).await;
+    add(&registry, "shop/web/orders", 9001).await;
+    add(&registry, "shop/web/orders", 9002).await;
+    m.load("rr", "balancer", "*", "", wasm("round-robin"), "api").await.unwrap();
+    assert_eq!(spread(&m, "shop/web/orders", 2).0, "rr");
+    let before = (registry.revision(), registry.plugins());
+
+    let rejected = |r: Result<_, ManagerError>| match r {
+        Err(ManagerError::Rejected { source, .. }) => source,
+        other => panic!("expected a rejection, got {other:?}"),
+    };
+    let e = rejected(m.load("rr", "balancer", "*", "", b"plain text".to_vec(), "api").await);
+    assert!(matches!(e, LoadError::NotWasm), "{e}");
+    let e = rejected(m.load("rr", "balancer", "*", "", wasm("outlier"), "api").await);
+    assert!(matches!(e, LoadError::WrongKind { .. }), "{e}");
+    let e = rejected(m.load("rr", "balancer", "*", "", wasm("wrong-version"), "api").await);
+    assert!(matches!(e, LoadError::VersionMismatch { .. }), "{e}");
+    let e = rejected(m.load("rr", "balancer", "*", r#"{"fault":"trap-pick"}"#, wasm("misbehave"), "api").await);
+    assert!(matches!(e, LoadError::SelfTest(_)), "{e}");
+    let e = rejected(m.load("rr", "balancer", "*", r#"{"ring_size":0}"#, wasm("ring-hash"), "api").await);
+    assert!(matches!(e, LoadError::Config(_)), "{e}");
+    assert!(matches!(
+        m.load("rr", "balancer", "*", "{not json", wasm("round-robin"), "api").await,
+        Err(ManagerError::BadConfig(_))
+    ));
+    assert!(matches!(
+        m.load("rr", "balancer", "a/b", "", wasm("round-robin"), "api").await,
+        Err(ManagerError::Invalid(_))
+    ));
+    assert!(matches!(m.load("rr", "router", "*", "", wasm("round-robin"), "api").await, Err(ManagerError::Invalid(_))));
+    assert!(matches!(
+        m.load("bad name!", "balancer", "*", "", wasm("round-robin"), "api").await,
+        Err(ManagerError::Invalid(_))
+    ));
+
+    assert_eq!((registry.revision(), registry.plugins()), before, "nothing written");
+    assert_eq!(spread(&m, "shop/web/orders", 4).0, "rr", "the active plugin keeps serving");
+    let failures = m.failures();
+    assert_eq!(failures.len(), 9);
+    assert!(failures.iter().all(|f| f.plugin == "rr" || f.plugin == "bad name!"));
+    assert!(failures[0].error.contains("not a WebAssembly file"), "{}", failures[0].error);
+}
