@@ -2,6 +2,7 @@
 //! `sextant` binary on loopback ports with temporary data directories.
 
 mod admin_api;
+mod bench;
 mod cli;
 mod durability;
 mod plugins;

@@ -559,10 +559,22 @@ impl BalancerSlot {
     /// # Errors
     /// An unknown built-in or an invalid configuration.
     pub fn new(host: &PluginHost, service: &str, default: PluginSpec) -> Result<Self, LoadError> {
+        Self::with_tracker(host, service, default, Arc::new(LoadTracker::new(host.config().ewma_decay)))
+    }
+
+    /// A slot whose live load comes from `tracker` (a simulation's, on a manual clock).
+    ///
+    /// # Errors
+    /// An unknown built-in or an invalid configuration.
+    pub fn with_tracker(
+        host: &PluginHost,
+        service: &str,
+        default: PluginSpec,
+        tracker: Arc<LoadTracker>,
+    ) -> Result<Self, LoadError> {
         if let PluginSpec::Wasm { name, .. } = &default {
             return Err(LoadError::UnknownBuiltin(format!("a slot's default must be a built-in, not {name}")));
         }
-        let tracker = Arc::new(LoadTracker::new(host.config().ewma_decay));
         let route = Arc::new(RouteSnapshot::new(
             0,
             Snapshot { service: service.into(), ..Snapshot::default() },

@@ -39,10 +39,19 @@ impl EndpointLoad {
     }
 }
 
+/// Where a tracker's time comes from.
+#[derive(Debug)]
+enum Clock {
+    /// Wall time since this instant.
+    Wall(Instant),
+    /// Set by the owner (simulations): nanoseconds.
+    Manual(AtomicU64),
+}
+
 /// The load cells of one service, by instance id, and the clock and decay they use.
 #[derive(Debug)]
 pub struct LoadTracker {
-    base: Instant,
+    clock: Clock,
     decay_ns: f64,
     total_in_flight: AtomicU64,
     cells: Mutex<HashMap<String, Arc<EndpointLoad>>>,
@@ -52,16 +61,37 @@ impl LoadTracker {
     /// A tracker whose EWMA forgets with this time constant (Finagle and Linkerd use 10 s).
     #[must_use]
     pub fn new(decay: Duration) -> Self {
+        Self::with_clock(Clock::Wall(Instant::now()), decay)
+    }
+
+    /// A tracker on a clock its owner sets ([`LoadTracker::set_now`]), starting at 0: a
+    /// simulation runs the same EWMA arithmetic in virtual time, deterministically.
+    #[must_use]
+    pub fn manual(decay: Duration) -> Self {
+        Self::with_clock(Clock::Manual(AtomicU64::new(0)), decay)
+    }
+
+    fn with_clock(clock: Clock, decay: Duration) -> Self {
         Self {
-            base: Instant::now(),
+            clock,
             decay_ns: decay.as_secs_f64().max(1e-3) * 1e9,
             total_in_flight: AtomicU64::new(0),
             cells: Mutex::new(HashMap::new()),
         }
     }
 
+    /// Moves a manual clock to `ns` (no effect on a wall clock).
+    pub fn set_now(&self, ns: u64) {
+        if let Clock::Manual(now) = &self.clock {
+            now.store(ns, Relaxed);
+        }
+    }
+
     fn now_ns(&self) -> u64 {
-        u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        match &self.clock {
+            Clock::Wall(base) => u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            Clock::Manual(now) => now.load(Relaxed),
+        }
     }
 
     /// Requests in flight over the whole service.
@@ -139,6 +169,12 @@ impl InFlight {
     pub fn finish(mut self, failed: bool) {
         self.done = true;
         self.tracker.finish(&self.cell, self.started.elapsed(), failed);
+    }
+
+    /// Records the outcome with a latency measured elsewhere (a simulation's virtual time).
+    pub fn finish_after(mut self, latency: Duration, failed: bool) {
+        self.done = true;
+        self.tracker.finish(&self.cell, latency, failed);
     }
 }
 

@@ -133,6 +133,14 @@ impl Failure {
         Self { message: message.into(), code }
     }
 
+    pub(crate) fn usage(message: impl Into<String>) -> Self {
+        Self::new(2, message)
+    }
+
+    pub(crate) fn other(message: impl Into<String>) -> Self {
+        Self::new(1, message)
+    }
+
     pub(crate) fn exit_code(&self) -> u8 {
         self.code
     }
@@ -191,7 +199,7 @@ async fn connect(args: &ClientArgs) -> Result<Client> {
     Ok(Client::connect(connect_options(args)).await?)
 }
 
-fn out(line: &str) -> Result {
+pub(crate) fn out(line: &str) -> Result {
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{line}").and_then(|()| stdout.flush()).map_err(|e| Failure::new(1, format!("stdout: {e}")))
 }

@@ -178,6 +178,85 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Simulate every scenario with every strategy (seeded, deterministic) and write
+    /// results.csv, results.md, results.json and plots into --out.
+    Strategies {
+        /// Scenarios, comma-separated (default: all).
+        #[arg(long, value_delimiter = ',')]
+        scenarios: Vec<String>,
+        /// Strategies, comma-separated: BALANCER[+SCHEDULER], wasm:BALANCER[+SCHEDULER],
+        /// plugin:NAME (default: every built-in balancer native and wasm, and
+        /// peak-ewma+adaptive, plus every --plugin).
+        #[arg(long, value_delimiter = ',')]
+        strategies: Vec<String>,
+        /// A balancer component to benchmark too, as plugin:FILE_STEM; repeatable.
+        #[arg(long = "plugin")]
+        plugins: Vec<PathBuf>,
+        /// Seeds per (scenario, strategy).
+        #[arg(long, default_value_t = 3)]
+        seeds: u32,
+        /// The first seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Duration multiplier for every scenario.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Output directory.
+        #[arg(long, default_value = "./bench-results")]
+        out: PathBuf,
+        /// Skip the plots.
+        #[arg(long)]
+        no_plots: bool,
+        /// List the scenarios and strategies and exit.
+        #[arg(long)]
+        list: bool,
+    },
+}
+
+fn bench(command: BenchCommand) -> Result<(), commands::Failure> {
+    let BenchCommand::Strategies { scenarios, strategies, plugins, seeds, seed, scale, out, no_plots, list } = command;
+    if list {
+        for s in sextant_sim::scenario::all() {
+            commands::out(&format!("scenario {:<14} {}", s.name, s.description))?;
+        }
+        for s in sextant_sim::strategy::default_names() {
+            commands::out(&format!("strategy {s}"))?;
+        }
+        return commands::out(
+            "strategy BALANCER+SCHEDULER (schedulers: adaptive, slow-start, gray-split), plugin:NAME with --plugin",
+        );
+    }
+    let options = sextant_sim::BenchOptions {
+        scenarios,
+        strategies,
+        plugins,
+        seeds,
+        first_seed: seed,
+        scale,
+        out: Some(out.clone()),
+        plots: !no_plots,
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let report = sextant_sim::run(&options).map_err(|e| match e {
+        sextant_sim::BenchError::UnknownScenario { .. }
+        | sextant_sim::BenchError::Strategy(_)
+        | sextant_sim::BenchError::Options(_) => commands::Failure::usage(e.to_string()),
+        e => commands::Failure::other(e.to_string()),
+    })?;
+    for f in &report.failures {
+        eprintln!("sextant: not run: {f}");
+    }
+    commands::out(&std::fs::read_to_string(out.join("results.md")).unwrap_or_default())?;
+    commands::out(&format!("{} files in {}", report.files.len(), out.display()))
 }
 
 fn init_logs(format: LogFormat, default: &str) {
@@ -265,6 +344,7 @@ async fn main() -> ExitCode {
         }
         Command::Config { client, command } => commands::config(&client, command).await,
         Command::Plugin { client, command } => commands::plugin(&client, command).await,
+        Command::Bench { command } => bench(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
