@@ -7,7 +7,10 @@ use std::collections::{BTreeMap, BinaryHeap};
 
 use serde::Deserialize;
 
-use crate::{Balancer, Env, Mode, Request, RingPoint, Snapshot, Table, below, hash_str, index, mix64, parse_config};
+use crate::{
+    Balancer, EndpointState, Env, Mode, Request, RingPoint, Snapshot, Table, below, hash_str, index, mix64,
+    parse_config,
+};
 
 /// No configuration accepted (an empty object, or nothing).
 #[derive(Debug, Deserialize)]
@@ -173,13 +176,14 @@ fn two_choices(len: u32, env: &mut dyn Env) -> (u32, u32) {
 
 /// The power of two choices over weighted endpoints: of two distinct random endpoints, the
 /// one with the lower `cost / weight` (the first on a tie).
-fn p2c(weights: &[u32], env: &mut dyn Env, cost: impl Fn(u32, &dyn Env) -> u128) -> Option<u32> {
+fn p2c(weights: &[u32], env: &mut dyn Env, cost: impl Fn(&EndpointState) -> u128) -> Option<u32> {
     match index(weights.len()) {
         0 => None,
         1 => Some(0),
         len => {
             let (a, b) = two_choices(len, env);
-            let (ca, cb) = (cost(a, env), cost(b, env));
+            let (sa, sb) = env.pair(a, b);
+            let (ca, cb) = (cost(&sa), cost(&sb));
             let (wa, wb) = (u128::from(weights[a as usize]), u128::from(weights[b as usize]));
             // cost_b / w_b < cost_a / w_a, without division.
             Some(if cb * wa < ca * wb { b } else { a })
@@ -201,7 +205,7 @@ impl Balancer for LeastRequest {
     }
 
     fn pick(&mut self, _request: &Request, env: &mut dyn Env) -> Option<u32> {
-        p2c(&self.weights, env, |i, env| u128::from(env.in_flight(i)) + 1)
+        p2c(&self.weights, env, |s| u128::from(s.in_flight) + 1)
     }
 }
 
@@ -243,12 +247,12 @@ impl PeakEwma {
         Ok(Self { weights: Vec::new(), default_rtt })
     }
 
-    fn cost(&self, i: u32, env: &dyn Env) -> u128 {
-        let ewma = match env.latency_ewma(i) {
+    fn cost(&self, s: &EndpointState) -> u128 {
+        let ewma = match s.latency_ewma {
             0 => self.default_rtt,
             v => v,
         };
-        u128::from(ewma) * (u128::from(env.in_flight(i)) + 1)
+        u128::from(ewma) * (u128::from(s.in_flight) + 1)
     }
 }
 
@@ -259,7 +263,7 @@ impl Balancer for PeakEwma {
     }
 
     fn pick(&mut self, _request: &Request, env: &mut dyn Env) -> Option<u32> {
-        p2c(&self.weights, env, |i, env| self.cost(i, env))
+        p2c(&self.weights, env, |s| self.cost(s))
     }
 }
 

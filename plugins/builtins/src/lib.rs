@@ -120,8 +120,51 @@ pub trait Env {
     fn recent_errors(&self, endpoint: u32) -> u32;
     /// In-flight requests summed over the snapshot.
     fn total_in_flight(&self) -> u64;
+    /// An endpoint's in-flight count, EWMA latency and recent errors at once.
+    fn state(&self, endpoint: u32) -> EndpointState {
+        EndpointState {
+            in_flight: self.in_flight(endpoint),
+            latency_ewma: self.latency_ewma(endpoint),
+            recent_errors: self.recent_errors(endpoint),
+        }
+    }
+    /// The states of two endpoints at once.
+    fn pair(&self, a: u32, b: u32) -> (EndpointState, EndpointState) {
+        (self.state(a), self.state(b))
+    }
     /// A header of the current request.
     fn request_header(&self, name: &str) -> Option<String>;
+}
+
+/// One endpoint's live load (mirror of `load.endpoint-state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EndpointState {
+    /// Requests in flight.
+    pub in_flight: u32,
+    /// Peak EWMA latency, ns (0: unmeasured).
+    pub latency_ewma: u64,
+    /// Recent failures.
+    pub recent_errors: u32,
+}
+
+/// The random numbers of a plugin instance: a SplitMix64 seeded with one draw from the
+/// host's generator, then advanced locally. Native instances (the host's `Env`) and wasm
+/// instances (the SDK) both go through it, so with the same host seed they draw the same
+/// numbers, and a wasm plugin pays for one host call per instance instead of one per number.
+#[derive(Debug, Clone, Default)]
+pub struct LocalRandom(Option<SplitMix64>);
+
+impl LocalRandom {
+    /// Not seeded yet.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self(None)
+    }
+
+    /// The next number; `seed` is called once, for the first.
+    pub fn next(&mut self, seed: impl FnOnce() -> u64) -> u64 {
+        self.0.get_or_insert_with(|| SplitMix64::new(seed())).next_u64()
+    }
 }
 
 /// A load balancer (mirror of the `balancer` interface).

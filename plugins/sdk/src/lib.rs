@@ -109,13 +109,34 @@ world_glue!(balancer_world);
 world_glue!(health_world);
 world_glue!(scheduler_world);
 
-/// The environment of a balancer inside wasm: every call is a host import.
+/// The instance's random numbers: one draw from the host seeds a local generator (a
+/// component instance is single-threaded; the lock is never contended).
+static LOCAL_RANDOM: std::sync::Mutex<sextant_builtins::LocalRandom> =
+    std::sync::Mutex::new(sextant_builtins::LocalRandom::new());
+
+fn local_random(seed: fn() -> u64) -> u64 {
+    match LOCAL_RANDOM.lock() {
+        Ok(mut r) => r.next(seed),
+        // Poisoned only if a pick panicked mid-draw, which traps the instance anyway.
+        Err(_) => seed(),
+    }
+}
+
+/// The environment of a balancer inside wasm: load reads are host imports (`pair` reads
+/// two endpoints in one); random numbers come from a local generator seeded by the host.
 #[derive(Debug, Default)]
 pub struct BalancerEnv;
 
 impl Env for BalancerEnv {
     fn random(&mut self) -> u64 {
-        balancer_world::sextant::plugin::host::random()
+        local_random(balancer_world::sextant::plugin::host::random)
+    }
+    fn state(&self, endpoint: u32) -> sextant_builtins::EndpointState {
+        state(balancer_world::sextant::plugin::load::state(endpoint))
+    }
+    fn pair(&self, a: u32, b: u32) -> (sextant_builtins::EndpointState, sextant_builtins::EndpointState) {
+        let (x, y) = balancer_world::sextant::plugin::load::pair(a, b);
+        (state(x), state(y))
     }
     fn now(&self) -> u64 {
         balancer_world::sextant::plugin::host::monotonic_now()
@@ -140,6 +161,14 @@ impl Env for BalancerEnv {
     }
 }
 
+fn state(s: balancer_world::sextant::plugin::load::EndpointState) -> sextant_builtins::EndpointState {
+    sextant_builtins::EndpointState {
+        in_flight: s.in_flight,
+        latency_ewma: s.latency_ewma,
+        recent_errors: s.recent_errors,
+    }
+}
+
 /// Health and scheduler plugins see the host interface only: load reads as zero.
 macro_rules! policy_env {
     ($name:ident, $world:ident) => {
@@ -149,7 +178,7 @@ macro_rules! policy_env {
 
         impl Env for $name {
             fn random(&mut self) -> u64 {
-                $world::sextant::plugin::host::random()
+                local_random($world::sextant::plugin::host::random)
             }
             fn now(&self) -> u64 {
                 $world::sextant::plugin::host::monotonic_now()

@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use sextant_builtins::{Env, Level, SplitMix64};
+use sextant_builtins::{EndpointState, Env, Level, LocalRandom, SplitMix64};
 use sha2::{Digest, Sha256};
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -355,6 +355,7 @@ impl PluginHost {
     fn state_seeded(&self, label: Arc<str>, route: Arc<RouteSnapshot>, seed: u64) -> HostState {
         HostState {
             rng: SplitMix64::new(seed),
+            local: LocalRandom::default(),
             label,
             route,
             headers: Vec::new(),
@@ -410,6 +411,8 @@ pub(crate) fn fault(e: &wasmtime::Error) -> CallFault {
 #[derive(Debug)]
 pub struct HostState {
     pub(crate) rng: SplitMix64,
+    /// The instance's numbers (native policies); wasm guests keep theirs in the SDK.
+    local: LocalRandom,
     pub(crate) label: Arc<str>,
     pub(crate) route: Arc<RouteSnapshot>,
     pub(crate) headers: Vec<(String, String)>,
@@ -445,7 +448,8 @@ fn log_line(label: &str, level: Level, message: &str) {
 
 impl Env for HostState {
     fn random(&mut self) -> u64 {
-        self.rng.next_u64()
+        let rng = &mut self.rng;
+        self.local.next(|| rng.next_u64())
     }
     fn now(&self) -> u64 {
         u64::try_from(self.clock.elapsed().as_nanos()).unwrap_or(u64::MAX)
@@ -467,6 +471,9 @@ impl Env for HostState {
     }
     fn request_header(&self, name: &str) -> Option<String> {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())
+    }
+    fn state(&self, endpoint: u32) -> EndpointState {
+        self.route.state(endpoint)
     }
 }
 
@@ -502,9 +509,19 @@ impl wit_load::Host for HostState {
     fn total_in_flight(&mut self) -> u64 {
         self.route.tracker.total_in_flight()
     }
+    fn state(&mut self, endpoint: u32) -> wit_load::EndpointState {
+        wit_state(self.route.state(endpoint))
+    }
+    fn pair(&mut self, a: u32, b: u32) -> (wit_load::EndpointState, wit_load::EndpointState) {
+        (wit_state(self.route.state(a)), wit_state(self.route.state(b)))
+    }
     fn request_header(&mut self, name: String) -> Option<String> {
         Env::request_header(self, &name)
     }
 }
 
 impl wit_types::Host for HostState {}
+
+fn wit_state(s: EndpointState) -> wit_load::EndpointState {
+    wit_load::EndpointState { in_flight: s.in_flight, latency_ewma: s.latency_ewma, recent_errors: s.recent_errors }
+}

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use sextant_builtins::{Endpoint, Snapshot};
+use sextant_builtins::{Endpoint, EndpointState, Snapshot};
 use sextant_core::ServiceSnapshot;
 
 use crate::bindings::balancer::sextant::plugin::types as wit;
@@ -145,6 +145,10 @@ impl LoadTracker {
     }
 
     fn recent_errors(&self, cell: &EndpointLoad) -> u32 {
+        // No failure recorded: no need to read the clock (the common case, on every pick).
+        if cell.errors.load(Relaxed) == 0 {
+            return 0;
+        }
         let window = u64::try_from(ERROR_WINDOW.as_nanos()).unwrap_or(u64::MAX);
         if self.now_ns().saturating_sub(cell.errors_since.load(Relaxed)) > window {
             0
@@ -252,6 +256,13 @@ impl RouteSnapshot {
     }
     pub(crate) fn recent_errors(&self, index: u32) -> u32 {
         self.load(index).map_or(0, |c| self.tracker.recent_errors(c))
+    }
+    pub(crate) fn state(&self, index: u32) -> EndpointState {
+        self.load(index).map_or_else(EndpointState::default, |c| EndpointState {
+            in_flight: c.in_flight(),
+            latency_ewma: c.latency_ewma(),
+            recent_errors: self.tracker.recent_errors(c),
+        })
     }
 }
 
