@@ -322,13 +322,14 @@ impl<S: Store + Clone> PluginManager<S> {
         slots.refresh();
         let snapshot = slots.handle.load_full();
         let mut request = PickRequest { hash_key: hash_key.map(crate::builtins::hash_str), headers };
-        let (id, picked) = slots.balancer.pick_with(&mut request, |route, p| {
-            (route.model.endpoints.get(p.index as usize).map(|e| e.id.clone()), p)
-        })?;
-        let id = id?;
-        let instance = snapshot.instances.iter().find(|i| i.id.as_str() == id)?;
+        // The route's endpoints and the snapshot's instances are both sorted by id.
+        let (instance, picked) = slots.balancer.pick_with(&mut request, |route, p| {
+            let id = route.model.endpoints.get(p.index as usize)?.id.as_str();
+            let at = snapshot.instances.binary_search_by(|i| i.id.as_str().cmp(id)).ok()?;
+            Some((Arc::clone(&snapshot.instances[at]), p))
+        })??;
         Some(PickedInstance {
-            instance: Arc::clone(instance),
+            instance,
             version: picked.version,
             fallback: picked.fallback,
             protection_active: snapshot.protection_active(),

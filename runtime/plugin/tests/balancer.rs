@@ -10,11 +10,15 @@ use sextant_builtins::{Endpoint, Snapshot, mix64};
 use sextant_plugin::{BalancerSlot, HostConfig, LoadError, PickRequest, PluginHost, PluginSpec};
 
 fn host(workers: usize) -> PluginHost {
+    host_with_deadline(workers, Duration::from_millis(5))
+}
+
+fn host_with_deadline(workers: usize, pick_deadline: Duration) -> PluginHost {
     PluginHost::new(HostConfig {
         workers,
         memory_limit: 16 << 20,
         max_instances: 100,
-        pick_deadline: Duration::from_millis(5),
+        pick_deadline,
         update_deadline: Duration::from_millis(500),
         ..HostConfig::default()
     })
@@ -201,7 +205,12 @@ fn live_faults_fall_back_per_pick_then_roll_back() {
         ("grow-pick", "memory_hits"),
         ("out-of-range", "contract_violations"),
     ] {
-        let host = host(1);
+        // Touching 16 MiB takes a few ms of CPU on a busy machine: give the memory case a
+        // deadline it cannot reach first, so it is the cap that stops it.
+        let host = match fault {
+            "grow-pick" => host_with_deadline(1, Duration::from_millis(500)),
+            _ => host(1),
+        };
         let slot = BalancerSlot::new(&host, "svc", PluginSpec::builtin("round-robin")).unwrap();
         slot.set_snapshot(snapshot(4));
         let good = slot.load(wasm(&host, "weighted", "{}").unwrap()).unwrap();
