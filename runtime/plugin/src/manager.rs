@@ -351,71 +351,64 @@ impl<S: Store + Clone> PluginManager<S> {
         bytes: Vec<u8>,
         source: &str,
     ) -> Result<(Arc<PluginRecord>, Revision), ManagerError> {
-        let result = self.try_load(name, kind, binding, config, bytes).await;
+        let result = async {
+            let plugin = PluginName::new(name)?;
+            let plugin_kind = parse_kind(kind)?;
+            PluginBinding::parse(binding)?;
+            if !config.trim().is_empty() {
+                serde_json::from_str::<serde::de::IgnoredAny>(config)
+                    .map_err(|e| ManagerError::BadConfig(e.to_string()))?;
+            }
+            let config = if config.trim().is_empty() { String::new() } else { config.to_owned() };
+            let sha = sextant_core::sha256_hex(&bytes);
+            let old = self.0.registry.plugins().into_iter().find(|p| p.name == plugin);
+            if let Some(o) = &old
+                && o.kind == kind
+                && o.binding == binding
+                && o.config == config
+                && o.sha256 == sha
+            {
+                // The same load again (a restart rescanning its plugin directory): nothing to do.
+                self.settle(self.0.registry.revision()).await;
+                return Ok((Arc::clone(o), self.0.registry.revision()));
+            }
+            let rejected = |source| ManagerError::Rejected { name: name.to_string(), source };
+            let compiled = self.0.host.compile(&bytes).map_err(rejected)?;
+            self.0
+                .validate(&plugin, plugin_kind, &compiled, if config.is_empty() { "{}" } else { &config })
+                .map_err(rejected)?;
+            self.0.compiled.lock().insert(sha, compiled);
+
+            let size = bytes.len() as u64;
+            let sha256 = self.0.registry.store().put_artifact(bytes).await.map_err(RegistryError::Store)?;
+            let mut history = old.as_ref().map(|o| o.history.clone()).unwrap_or_default();
+            if let Some(o) = &old {
+                history.push(PluginVersion {
+                    sha256: o.sha256.clone(),
+                    size: o.size,
+                    config: o.config.clone(),
+                    loaded_at_unix_ms: o.loaded_at_unix_ms,
+                });
+                let excess = history.len().saturating_sub(PLUGIN_HISTORY);
+                history.drain(..excess);
+            }
+            let record = PluginRecord {
+                name: plugin,
+                kind: kind.to_owned(),
+                sha256,
+                size,
+                binding: binding.to_owned(),
+                config,
+                loaded_at_unix_ms: unix_ms(),
+                history,
+            };
+            self.write(record).await
+        }
+        .await;
         if let Err(e) = &result {
             self.0.failed(name, source, e);
         }
         result
-    }
-
-    async fn try_load(
-        &self,
-        name: &str,
-        kind: &str,
-        binding: &str,
-        config: &str,
-        bytes: Vec<u8>,
-    ) -> Result<(Arc<PluginRecord>, Revision), ManagerError> {
-        let name = PluginName::new(name)?;
-        let plugin_kind = parse_kind(kind)?;
-        PluginBinding::parse(binding)?;
-        if !config.trim().is_empty() {
-            serde_json::from_str::<serde::de::IgnoredAny>(config)
-                .map_err(|e| ManagerError::BadConfig(e.to_string()))?;
-        }
-        let config = if config.trim().is_empty() { String::new() } else { config.to_owned() };
-        let old = self.0.registry.plugins().into_iter().find(|p| p.name == name);
-        if let Some(o) = &old
-            && o.kind == kind
-            && o.binding == binding
-            && o.config == config
-            && o.sha256 == sextant_core::sha256_hex(&bytes)
-        {
-            // The same load again (a restart rescanning its plugin directory): nothing to do.
-            self.settle(self.0.registry.revision()).await;
-            return Ok((Arc::clone(o), self.0.registry.revision()));
-        }
-        let rejected = |source| ManagerError::Rejected { name: name.to_string(), source };
-        let compiled = self.0.host.compile(&bytes).map_err(rejected)?;
-        self.0
-            .validate(&name, plugin_kind, &compiled, if config.is_empty() { "{}" } else { &config })
-            .map_err(rejected)?;
-        self.0.compiled.lock().insert(sextant_core::sha256_hex(&bytes), compiled);
-
-        let size = bytes.len() as u64;
-        let sha256 = self.0.registry.store().put_artifact(bytes).await.map_err(RegistryError::Store)?;
-        let mut history = old.as_ref().map(|o| o.history.clone()).unwrap_or_default();
-        if let Some(o) = &old {
-            history.push(PluginVersion {
-                sha256: o.sha256.clone(),
-                size: o.size,
-                config: o.config.clone(),
-                loaded_at_unix_ms: o.loaded_at_unix_ms,
-            });
-            let excess = history.len().saturating_sub(PLUGIN_HISTORY);
-            history.drain(..excess);
-        }
-        let record = PluginRecord {
-            name,
-            kind: kind.to_owned(),
-            sha256,
-            size,
-            binding: binding.to_owned(),
-            config,
-            loaded_at_unix_ms: unix_ms(),
-            history,
-        };
-        self.write(record).await
     }
 
     /// Rewrites `name`'s record with the version it replaced.
