@@ -224,6 +224,54 @@ impl HealthPolicy for OutlierDetection {
     }
 }
 
+/// `standard` configuration: the two halves, each with its own defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct StandardConfig {
+    active: Option<serde_json::Value>,
+    passive: Option<serde_json::Value>,
+}
+
+/// Active and passive health checking together, what a gateway runs by default: probes go to
+/// [`Consecutive`] (thresholds, status and body assertions), outcomes of real traffic to
+/// [`OutlierDetection`] (ejections that grow with each repeat).
+#[derive(Debug)]
+pub struct Standard {
+    active: Consecutive,
+    passive: OutlierDetection,
+}
+
+impl Standard {
+    /// `{"active": {consecutive's configuration}, "passive": {outlier's configuration}}`,
+    /// both optional.
+    ///
+    /// # Errors
+    /// Unknown keys; what either half rejects.
+    pub fn new(config: &str) -> Result<Self, String> {
+        let config: StandardConfig = parse_config(config)?;
+        let text = |v: Option<serde_json::Value>| v.map_or_else(String::new, |v| v.to_string());
+        Ok(Self {
+            active: Consecutive::new(&text(config.active)).map_err(|e| format!("active: {e}"))?,
+            passive: OutlierDetection::new(&text(config.passive)).map_err(|e| format!("passive: {e}"))?,
+        })
+    }
+}
+
+impl HealthPolicy for Standard {
+    fn update(&mut self, snapshot: &Snapshot, env: &mut dyn Env) -> Result<(), String> {
+        self.active.update(snapshot, env)?;
+        self.passive.update(snapshot, env)
+    }
+
+    fn on_probe(&mut self, result: &ProbeResult, env: &mut dyn Env) -> Verdict {
+        self.active.on_probe(result, env)
+    }
+
+    fn on_outcome(&mut self, outcome: &Outcome, env: &mut dyn Env) -> Verdict {
+        self.passive.on_outcome(outcome, env)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,5 +351,21 @@ mod tests {
             last = p.on_outcome(&Outcome { endpoint: 0, status, latency: 1 }, &mut env);
         }
         assert!(matches!(last, Verdict::Eject(_)), "60% success in a window ejects");
+    }
+
+    #[test]
+    fn standard_combines_probes_and_outcomes() {
+        let mut env = TestEnv::default();
+        let mut p = Standard::new(
+            r#"{"active": {"unhealthy_threshold": 1}, "passive": {"consecutive_5xx": 2, "base_ejection_ms": 50}}"#,
+        )
+        .unwrap();
+        p.update(&snap(2), &mut env).unwrap();
+        assert_eq!(p.on_probe(&probe(1, Status::Timeout, ""), &mut env), Verdict::Unhealthy);
+        let out = Outcome { endpoint: 0, status: Status::Http(502), latency: 1 };
+        assert_eq!(p.on_outcome(&out, &mut env), Verdict::Unchanged);
+        assert_eq!(p.on_outcome(&out, &mut env), Verdict::Eject(50));
+        assert!(Standard::new(r#"{"active": {"healthy_threshold": 0}}"#).unwrap_err().starts_with("active:"));
+        assert!(Standard::new(r#"{"other": 1}"#).is_err());
     }
 }

@@ -18,7 +18,7 @@ pub use balancers::{
     EdfWeights, HeaderRoute, LeastRequest, MAGLEV_TABLE_SIZE, Maglev, PeakEwma, RandomWeighted, RingHash, RoundRobin,
     SmoothWeighted,
 };
-pub use health::{Consecutive, OutlierDetection};
+pub use health::{Consecutive, OutlierDetection, Standard};
 pub use scheduler::{Adaptive, GraySplit, SlowStart};
 
 /// One endpoint of a snapshot (mirror of `types.endpoint`).
@@ -290,7 +290,7 @@ pub trait Scheduler: Send {
 pub const BALANCERS: &[&str] =
     &["round-robin", "weighted", "random", "least-request", "peak-ewma", "ring-hash", "maglev", "header-route"];
 /// The built-in health policies by name.
-pub const HEALTH_POLICIES: &[&str] = &["consecutive", "outlier"];
+pub const HEALTH_POLICIES: &[&str] = &["consecutive", "outlier", "standard"];
 /// The built-in schedulers by name.
 pub const SCHEDULERS: &[&str] = &["adaptive", "slow-start", "gray-split"];
 
@@ -329,6 +329,7 @@ pub fn health_policy(name: &str, config: &str) -> Result<Box<dyn HealthPolicy>, 
     Ok(match name {
         "consecutive" => Box::new(Consecutive::new(config)?),
         "outlier" => Box::new(OutlierDetection::new(config)?),
+        "standard" => Box::new(Standard::new(config)?),
         other => return Err(format!("unknown health policy {other:?}; built-ins are {}", HEALTH_POLICIES.join(", "))),
     })
 }

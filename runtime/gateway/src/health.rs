@@ -1,0 +1,161 @@
+//! Active health checks run by the host: HTTP (`GET path`, status and the first 4 KiB of the
+//! body handed to the health plugin) and TCP connect, each with an interval, jitter and a
+//! timeout. The plugin decides (thresholds, status and body assertions); the router applies
+//! its verdict.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use sextant_core::Instance;
+use sextant_plugin::builtins::{ProbeResult, Status};
+use tokio::net::TcpStream;
+
+use crate::resilience::millis;
+use crate::router::{ProbeTarget, probe_done};
+
+/// The most body bytes a probe reads and hands to the health plugin.
+pub const MAX_PROBE_BODY: usize = 4096;
+
+/// Instance metadata key naming another port to probe.
+pub const HEALTH_PORT_KEY: &str = "health_port";
+
+/// What a probe does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum CheckKind {
+    /// `GET path` over HTTP/1.1.
+    Http {
+        /// Request path (with query, if any).
+        path: String,
+    },
+    /// A TCP connect.
+    Tcp,
+}
+
+/// An active health check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// HTTP or TCP.
+    #[serde(flatten)]
+    pub kind: CheckKind,
+    /// Time between probes of one endpoint.
+    #[serde(with = "millis")]
+    pub interval: Duration,
+    /// Each interval is stretched or shrunk by up to this share, at random (0..=1), so probes
+    /// of many endpoints do not arrive together.
+    #[serde(default)]
+    pub jitter: f64,
+    /// A probe without an answer within this time counts as `timeout`.
+    #[serde(with = "millis")]
+    pub timeout: Duration,
+}
+
+impl HealthCheck {
+    /// `GET path` every `interval`, 10% jitter, timeout half the interval.
+    #[must_use]
+    pub fn http(path: &str, interval: Duration) -> Self {
+        Self { kind: CheckKind::Http { path: path.to_owned() }, interval, jitter: 0.1, timeout: interval / 2 }
+    }
+
+    /// TCP connect every `interval`, 10% jitter, timeout half the interval.
+    #[must_use]
+    pub fn tcp(interval: Duration) -> Self {
+        Self { kind: CheckKind::Tcp, interval, jitter: 0.1, timeout: interval / 2 }
+    }
+
+    pub(crate) fn next_interval(&self) -> Duration {
+        let jitter = self.jitter.clamp(0.0, 1.0);
+        if jitter == 0.0 {
+            return self.interval;
+        }
+        self.interval.mul_f64(1.0 + rand::rng().random_range(-jitter..=jitter))
+    }
+}
+
+/// Starts probes (on the tokio runtime the router runs on).
+#[derive(Debug, Default)]
+pub(crate) struct Probe;
+
+impl Probe {
+    pub(crate) fn new() -> Self {
+        Self
+    }
+
+    pub(crate) fn spawn(
+        &self,
+        route: Weak<crate::router::RouteRef>,
+        instance: Arc<Instance>,
+        state: Arc<ProbeTarget>,
+        check: HealthCheck,
+    ) {
+        let port = instance.metadata.get(HEALTH_PORT_KEY).and_then(|p| p.parse().ok()).unwrap_or(instance.port);
+        let addr = SocketAddr::new(instance.ip, port);
+        tokio::spawn(async move {
+            let result = probe(addr, &check).await;
+            probe_done(&route, &instance, &state, result);
+        });
+    }
+}
+
+/// Runs one probe against `addr`. The endpoint index is filled in by the router.
+pub async fn probe(addr: SocketAddr, check: &HealthCheck) -> ProbeResult {
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(check.timeout, async {
+        match &check.kind {
+            CheckKind::Tcp => match TcpStream::connect(addr).await {
+                Ok(_) => (Status::Connected, Vec::new()),
+                Err(e) => (Status::Failed(e.to_string()), Vec::new()),
+            },
+            CheckKind::Http { path } => match http_probe(addr, path).await {
+                Ok(r) => r,
+                Err(e) => (Status::Failed(e), Vec::new()),
+            },
+        }
+    })
+    .await;
+    let (status, body) = outcome.unwrap_or((Status::Timeout, Vec::new()));
+    ProbeResult { endpoint: 0, status, latency: u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX), body }
+}
+
+async fn http_probe(addr: SocketAddr, path: &str) -> Result<(Status, Vec<u8>), String> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    let conn = tokio::spawn(conn);
+    let request = http::Request::get(path)
+        .header(http::header::HOST, addr.to_string())
+        .header(http::header::USER_AGENT, "sextant-health")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let result = async {
+        let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let mut body = response.into_body();
+        let mut excerpt = Vec::new();
+        // Read at most MAX_PROBE_BODY bytes, then drop the connection: a huge body costs
+        // nothing more.
+        while excerpt.len() < MAX_PROBE_BODY {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        let take = data.len().min(MAX_PROBE_BODY - excerpt.len());
+                        excerpt.extend_from_slice(&data[..take]);
+                    }
+                }
+                Some(Err(e)) => return Err(e.to_string()),
+                None => break,
+            }
+        }
+        Ok((Status::Http(status), excerpt))
+    }
+    .await;
+    conn.abort();
+    result
+}

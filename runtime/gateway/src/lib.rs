@@ -1,0 +1,34 @@
+//! The gateway data plane: what a gateway host process embeds to send traffic through
+//! sextant.
+//!
+//! This crate owns:
+//! - [`Router`], the embedding API: `pick(service, request)` through the service's balancer
+//!   slot returns a [`PickGuard`]; finishing it with an [`Outcome`] feeds live load, the
+//!   circuit breaker, passive health (the health plugin's outlier verdicts, ejections capped
+//!   to a share of the endpoints) and the scheduler's statistics. The view comes from a local
+//!   registry or a remote sextant ([`RemoteDiscovery`], through the client library and its
+//!   failover cache);
+//! - active health checks run by the host ([`HealthCheck`]: HTTP with a bounded body excerpt,
+//!   TCP connect; interval, jitter, timeout), decided by the health plugin; persistent
+//!   instances are marked unhealthy in the registry, never deleted; the protection
+//!   threshold holds;
+//! - resilience primitives ([`resilience`]): per-endpoint circuit breaker, retry budget with
+//!   exponential backoff and jitter, per-service token bucket;
+//! - an HTTP gateway on hyper ([`proxy`]): routes by Host and path prefix, retries within
+//!   the budget, graceful drain on shutdown; and sample HTTP backends ([`backend`]) that
+//!   turn slow, flaky, hang, reset or send garbage, for demos, tests and benchmarks.
+mod health;
+mod router;
+
+pub mod backend;
+pub mod proxy;
+pub mod remote;
+pub mod resilience;
+
+pub use health::{CheckKind, HEALTH_PORT_KEY, HealthCheck, MAX_PROBE_BODY, probe};
+pub use remote::RemoteDiscovery;
+pub use router::{
+    Discovery, EndpointStatus, HealthSink, Outcome, PickGuard, RouteConfig, RouteError, RouteStatus, Router, SwapError,
+    WindowSummary,
+};
+pub use sextant_plugin::PickRequest;

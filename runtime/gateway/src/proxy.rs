@@ -1,0 +1,449 @@
+//! An HTTP/1.1 gateway on hyper: routes requests by Host and path prefix to services, picks
+//! an endpoint through the [`Router`], forwards, reports the outcome, and retries failed
+//! attempts (idempotent methods, or any method when the connection was never made) within
+//! the service's retry budget with backoff and jitter, avoiding endpoints already tried.
+//! On shutdown it stops accepting and drains the requests in flight.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::graceful::GracefulShutdown;
+use serde::{Deserialize, Serialize};
+use sextant_core::ServiceKey;
+use sextant_plugin::PickRequest;
+use tokio::net::TcpListener;
+
+use crate::resilience::millis;
+use crate::router::{Outcome, RouteError, Router};
+
+/// The response body type.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Response header naming the instance that answered.
+pub const UPSTREAM_HEADER: &str = "x-sextant-upstream";
+
+/// One routing rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Matches the `Host` header (port ignored); none matches any host.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Matches paths starting with this; the longest match wins, host rules first.
+    #[serde(default = "root")]
+    pub path_prefix: String,
+    /// `NS/GROUP/NAME` (or `NAME` in `default/default`).
+    pub service: String,
+    /// A request header whose value is the affinity key for hash balancers.
+    #[serde(default)]
+    pub hash_header: Option<String>,
+    /// Request headers handed to the balancer (for header-based routing).
+    #[serde(default)]
+    pub headers: Vec<String>,
+}
+
+fn root() -> String {
+    "/".into()
+}
+
+/// Gateway settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Routing rules.
+    pub routes: Vec<Rule>,
+    /// Timeout of one attempt (until the response headers).
+    #[serde(with = "millis")]
+    pub attempt_timeout: Duration,
+    /// Largest request body buffered (bodies are buffered so attempts can be replayed).
+    pub max_body: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self { routes: Vec::new(), attempt_timeout: Duration::from_secs(5), max_body: 1 << 20 }
+    }
+}
+
+/// A configuration the gateway cannot run.
+#[derive(Debug, thiserror::Error)]
+#[error("route {index}: {reason}")]
+pub struct ConfigError {
+    /// Which rule.
+    pub index: usize,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Where requests go.
+#[derive(Debug, Clone)]
+pub enum Upstream {
+    /// Through discovery and the balancer.
+    Router(Router),
+    /// Straight to one address: the baseline the discovery path is measured against.
+    Static(SocketAddr),
+}
+
+/// Requests and their fates since start.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Requests received.
+    pub requests: AtomicU64,
+    /// Requests answered with a 5xx made by the gateway (no endpoint, all attempts failed).
+    pub failed: AtomicU64,
+    /// Retries made.
+    pub retries: AtomicU64,
+    /// Requests refused by a rate limit.
+    pub rate_limited: AtomicU64,
+}
+
+struct CompiledRule {
+    rule: Rule,
+    service: ServiceKey,
+}
+
+struct Inner {
+    config: GatewayConfig,
+    rules: Vec<CompiledRule>,
+    upstream: Upstream,
+    client: Client<HttpConnector, Full<Bytes>>,
+    stats: Stats,
+}
+
+/// The HTTP gateway. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway(Arc<Inner>);
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("routes", &self.0.config.routes).finish_non_exhaustive()
+    }
+}
+
+const HOP_BY_HOP: [header::HeaderName; 7] = [
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+impl Gateway {
+    /// A gateway with these rules, sending traffic to `upstream`.
+    ///
+    /// # Errors
+    /// A rule with an invalid service name or a path prefix not starting with `/`.
+    pub fn new(config: GatewayConfig, upstream: Upstream) -> Result<Self, ConfigError> {
+        let mut rules = Vec::with_capacity(config.routes.len());
+        for (index, rule) in config.routes.iter().enumerate() {
+            let service = ServiceKey::parse(&rule.service)
+                .map_err(|e| ConfigError { index, reason: format!("service {:?}: {e}", rule.service) })?;
+            if !rule.path_prefix.starts_with('/') {
+                return Err(ConfigError {
+                    index,
+                    reason: format!("path_prefix {:?} must start with /", rule.path_prefix),
+                });
+            }
+            rules.push(CompiledRule { rule: rule.clone(), service });
+        }
+        // Host rules first, then longer prefixes.
+        rules.sort_by_key(|r| (r.rule.host.is_none(), std::cmp::Reverse(r.rule.path_prefix.len())));
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.attempt_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Ok(Self(Arc::new(Inner { config, rules, upstream, client, stats: Stats::default() })))
+    }
+
+    /// Counters since start.
+    #[must_use]
+    pub fn stats(&self) -> &Stats {
+        &self.0.stats
+    }
+
+    /// Serves `listener` until `shutdown` completes, then stops accepting and waits up to
+    /// `drain` for the requests in flight.
+    ///
+    /// # Errors
+    /// Never today; kept for listener errors worth surfacing.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+        drain: Duration,
+    ) -> std::io::Result<()> {
+        let graceful = GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let gateway = self.clone();
+                    let service = service_fn(move |request| {
+                        let gateway = gateway.clone();
+                        async move { Ok::<_, std::convert::Infallible>(gateway.handle(request, peer).await) }
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service);
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, "client connection ended");
+                        }
+                    });
+                }
+                () = &mut shutdown => break,
+            }
+        }
+        drop(listener);
+        if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+            tracing::warn!(?drain, "requests still in flight after the drain period");
+        }
+        Ok(())
+    }
+
+    fn rule(&self, request: &Request<Incoming>) -> Option<&CompiledRule> {
+        let host =
+            request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or_else(|| request.uri().host()).map(
+                |h| {
+                    h.rsplit_once(':')
+                        .map_or(h, |(name, port)| if port.chars().all(|c| c.is_ascii_digit()) { name } else { h })
+                },
+            );
+        let path = request.uri().path();
+        self.0.rules.iter().find(|r| {
+            r.rule.host.as_deref().is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)))
+                && path.starts_with(&r.rule.path_prefix)
+        })
+    }
+
+    /// Handles one request.
+    pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        self.0.stats.requests.fetch_add(1, Relaxed);
+        let Some(rule) = self.rule(&request) else {
+            return text(StatusCode::NOT_FOUND, "no route\n");
+        };
+        let mut pick = PickRequest {
+            hash_key: rule
+                .rule
+                .hash_header
+                .as_deref()
+                .and_then(|h| request.headers().get(h))
+                .map(|v| sextant_plugin::builtins::hash_str(&String::from_utf8_lossy(v.as_bytes()))),
+            headers: rule
+                .rule
+                .headers
+                .iter()
+                .filter_map(|h| {
+                    request
+                        .headers()
+                        .get(h)
+                        .map(|v| (h.to_ascii_lowercase(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                })
+                .collect(),
+        };
+        let service = rule.service.clone();
+        let (parts, body) = request.into_parts();
+        let body = match Limited::new(body, self.0.config.max_body).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                return if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                    text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
+                } else {
+                    text(StatusCode::BAD_REQUEST, "cannot read the request body\n")
+                };
+            }
+        };
+        match &self.0.upstream {
+            Upstream::Static(addr) => match self.forward(&parts, &body, *addr, peer).await {
+                Ok(response) => response.map(BodyExt::boxed),
+                Err(_) => text(StatusCode::BAD_GATEWAY, "upstream failed\n"),
+            },
+            Upstream::Router(router) => self.routed(router, &service, &mut pick, &parts, &body, peer).await,
+        }
+    }
+
+    async fn routed(
+        &self,
+        router: &Router,
+        service: &ServiceKey,
+        pick: &mut PickRequest,
+        parts: &http::request::Parts,
+        body: &Bytes,
+        peer: SocketAddr,
+    ) -> Response<Body> {
+        router.count_request(service);
+        let idempotent =
+            matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE);
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut attempt = 0u32;
+        let mut last_failure = (StatusCode::BAD_GATEWAY, "every attempt failed\n");
+        loop {
+            attempt += 1;
+            let (attempts, backoff) = router.retry_plan(service, attempt);
+            let guard = match self.pick_untried(router, service, pick, &tried) {
+                Ok(g) => g,
+                Err(RouteError::RateLimited(_)) => {
+                    self.0.stats.rate_limited.fetch_add(1, Relaxed);
+                    return text(StatusCode::TOO_MANY_REQUESTS, "rate limited\n");
+                }
+                Err(e) => {
+                    self.0.stats.failed.fetch_add(1, Relaxed);
+                    return text(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n"));
+                }
+            };
+            let addr = guard.addr();
+            tried.push(addr);
+            let id = HeaderValue::from_str(guard.instance().id.as_str()).ok();
+            let (outcome, response, retry_safe) = match self.forward(parts, body, addr, peer).await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let retry_after = response
+                        .headers()
+                        .get(header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    (Outcome::Http { status, retry_after }, Some(response), idempotent && matches!(status, 502..=504))
+                }
+                Err(Failure::Timeout) => {
+                    last_failure = (StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
+                    (Outcome::Timeout, None, idempotent)
+                }
+                Err(Failure::Connect(why)) => {
+                    last_failure = (StatusCode::BAD_GATEWAY, "upstream unreachable\n");
+                    (Outcome::Failed(why), None, true)
+                }
+                Err(Failure::Other(why)) => {
+                    last_failure = (StatusCode::BAD_GATEWAY, "upstream failed\n");
+                    (Outcome::Failed(why), None, idempotent)
+                }
+            };
+            guard.finish(&outcome);
+            let retry = retry_safe && attempt < attempts && router.retry_allowed(service);
+            if !retry {
+                if let Some(response) = response {
+                    let mut response = response.map(BodyExt::boxed);
+                    if let Some(id) = id {
+                        response.headers_mut().insert(UPSTREAM_HEADER, id);
+                    }
+                    return response;
+                }
+                self.0.stats.failed.fetch_add(1, Relaxed);
+                return text(last_failure.0, last_failure.1);
+            }
+            self.0.stats.retries.fetch_add(1, Relaxed);
+            tokio::time::sleep(backoff).await;
+        }
+    }
+
+    /// Picks, preferring an endpoint not tried yet for this request.
+    fn pick_untried(
+        &self,
+        router: &Router,
+        service: &ServiceKey,
+        pick: &mut PickRequest,
+        tried: &[SocketAddr],
+    ) -> Result<crate::PickGuard, RouteError> {
+        let mut guard = router.pick(service, pick)?;
+        for _ in 0..3 {
+            if !tried.contains(&guard.addr()) {
+                break;
+            }
+            let again = router.pick(service, pick)?;
+            guard = again;
+        }
+        Ok(guard)
+    }
+
+    async fn forward(
+        &self,
+        parts: &http::request::Parts,
+        body: &Bytes,
+        addr: SocketAddr,
+        peer: SocketAddr,
+    ) -> Result<Response<Incoming>, Failure> {
+        let path = parts.uri.path_and_query().map_or("/", http::uri::PathAndQuery::as_str);
+        let uri: http::Uri =
+            format!("http://{addr}{path}").parse().map_err(|e: http::uri::InvalidUri| Failure::Other(e.to_string()))?;
+        let mut request = Request::builder().method(parts.method.clone()).uri(uri).version(http::Version::HTTP_11);
+        if let Some(headers) = request.headers_mut() {
+            copy_headers(&parts.headers, headers);
+            let forwarded = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(prior) => format!("{prior}, {}", peer.ip()),
+                None => peer.ip().to_string(),
+            };
+            if let Ok(v) = HeaderValue::from_str(&forwarded) {
+                headers.insert("x-forwarded-for", v);
+            }
+        }
+        let request = request.body(Full::new(body.clone())).map_err(|e| Failure::Other(e.to_string()))?;
+        match tokio::time::timeout(self.0.config.attempt_timeout, self.0.client.request(request)).await {
+            Err(_) => Err(Failure::Timeout),
+            Ok(Err(e)) if e.is_connect() => Err(Failure::Connect(e.to_string())),
+            Ok(Err(e)) => Err(Failure::Other(format!(
+                "{e}: {}",
+                std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default()
+            ))),
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+}
+
+enum Failure {
+    Timeout,
+    /// The connection was never made: safe to retry whatever the method.
+    Connect(String),
+    Other(String),
+}
+
+fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    let named_in_connection: Vec<String> = from
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+        .collect();
+    for (name, value) in from {
+        if HOP_BY_HOP.contains(name)
+            || name.as_str() == "keep-alive"
+            || name.as_str() == "proxy-connection"
+            || named_in_connection.iter().any(|n| n == name.as_str())
+        {
+            continue;
+        }
+        to.append(name.clone(), value.clone());
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_owned())).map_err(|never| match never {}).boxed());
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}

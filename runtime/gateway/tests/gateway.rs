@@ -1,0 +1,456 @@
+//! The gateway data plane end to end on loopback: sample backends registered in an embedded
+//! registry, the router, the HTTP gateway, real requests.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use sextant_core::{Instance, Record, ServiceKey, ServiceSpec};
+use sextant_gateway::backend::{Backend, Behavior, Mode};
+use sextant_gateway::proxy::{Gateway, GatewayConfig, Rule, UPSTREAM_HEADER, Upstream};
+use sextant_gateway::resilience::{BreakerConfig, RetryConfig};
+use sextant_gateway::{HealthCheck, RouteConfig, Router};
+use sextant_plugin::{HostConfig, PluginHost, PluginKind, PluginSpec};
+use sextant_store::{EmbeddedOptions, EmbeddedStore, Registry};
+use tokio::sync::oneshot;
+
+const SERVICE: &str = "shop/web/api";
+
+fn service() -> ServiceKey {
+    ServiceKey::parse(SERVICE).unwrap()
+}
+
+fn host() -> PluginHost {
+    PluginHost::new(HostConfig { workers: 2, ..HostConfig::default() }).unwrap()
+}
+
+fn wasm(host: &PluginHost, name: &str, config: &str) -> PluginSpec {
+    let bytes = std::fs::read(sextant_plugin_artifacts::path(name).expect("artifact")).unwrap();
+    PluginSpec::Wasm { name: name.into(), compiled: host.compile(&bytes).unwrap(), config: config.into() }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    registry: Registry<EmbeddedStore>,
+    router: Router,
+    gateway: Gateway,
+    addr: SocketAddr,
+    shutdown: std::sync::Mutex<Option<oneshot::Sender<()>>>,
+    served: std::sync::Mutex<Option<tokio::task::JoinHandle<std::io::Result<()>>>>,
+    client: Client<HttpConnector, Empty<Bytes>>,
+}
+
+async fn fixture(config: RouteConfig) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap();
+    let registry = Registry::start(store, 1024).await.unwrap();
+    let router = Router::with_sink(host(), Arc::new(registry.clone()), Arc::new(registry.clone()), config);
+    let gateway_config = GatewayConfig {
+        routes: vec![Rule {
+            host: None,
+            path_prefix: "/".into(),
+            service: SERVICE.into(),
+            hash_header: None,
+            headers: Vec::new(),
+        }],
+        attempt_timeout: Duration::from_millis(300),
+        ..GatewayConfig::default()
+    };
+    let gateway = Gateway::new(gateway_config, Upstream::Router(router.clone())).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let g = gateway.clone();
+    let served = tokio::spawn(async move {
+        g.serve(
+            listener,
+            async {
+                let _ = rx.await;
+            },
+            Duration::from_secs(5),
+        )
+        .await
+    });
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    Fixture {
+        _dir: dir,
+        registry,
+        router,
+        gateway,
+        addr,
+        shutdown: std::sync::Mutex::new(Some(tx)),
+        served: std::sync::Mutex::new(Some(served)),
+        client,
+    }
+}
+
+impl Fixture {
+    async fn register(&self, backend: &Backend, persistent: bool) {
+        let mut i = Instance::new(service(), backend.addr().ip(), backend.addr().port());
+        i.ephemeral = !persistent;
+        let lease =
+            if persistent { None } else { Some(self.registry.grant_lease(Duration::from_secs(60)).await.unwrap()) };
+        self.registry.put(Record::Instance(Arc::new(i)), lease).await.unwrap();
+    }
+
+    /// GET through the gateway: (status, the upstream instance id).
+    async fn get(&self, path: &str) -> (u16, Option<String>) {
+        let uri: http::Uri = format!("http://{}{path}", self.addr).parse().unwrap();
+        let response = self.client.get(uri).await.expect("the gateway answers");
+        let status = response.status().as_u16();
+        let upstream = response.headers().get(UPSTREAM_HEADER).map(|v| v.to_str().unwrap().to_owned());
+        let _ = response.into_body().collect().await;
+        (status, upstream)
+    }
+
+    fn health(&self) -> BTreeMap<String, &'static str> {
+        self.router
+            .status(&service())
+            .map(|s| s.endpoints.into_iter().map(|e| (e.id, e.health)).collect())
+            .unwrap_or_default()
+    }
+
+    async fn wait_for(&self, what: &str, limit: Duration, mut ok: impl FnMut(&BTreeMap<String, &'static str>) -> bool) {
+        let started = Instant::now();
+        loop {
+            // A pick creates the route; status needs it.
+            let _ = self.router.pick(&service(), &mut sextant_gateway::PickRequest::default());
+            let health = self.health();
+            if ok(&health) {
+                return;
+            }
+            assert!(started.elapsed() < limit, "{what}: still {health:?} after {limit:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Shuts the gateway down and waits for it to drain.
+    async fn stop(&self) {
+        if let Some(tx) = self.shutdown.lock().unwrap().take() {
+            let _ = tx.send(());
+        }
+        let served = self.served.lock().unwrap().take();
+        if let Some(served) = served {
+            served.await.unwrap().unwrap();
+        }
+    }
+}
+
+fn id(b: &Backend) -> String {
+    b.addr().to_string()
+}
+
+/// Sends `n` GETs with `concurrency` in flight; returns answers per status and per upstream.
+async fn drive(f: &Arc<Fixture>, n: usize, concurrency: usize) -> (BTreeMap<u16, usize>, BTreeMap<String, usize>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    let per = n / concurrency;
+    for _ in 0..concurrency {
+        let f = Arc::clone(f);
+        tasks.spawn(async move {
+            let mut out = Vec::with_capacity(per);
+            for _ in 0..per {
+                out.push(f.get("/work").await);
+            }
+            out
+        });
+    }
+    let (mut statuses, mut upstreams) = (BTreeMap::new(), BTreeMap::new());
+    while let Some(r) = tasks.join_next().await {
+        for (status, upstream) in r.unwrap() {
+            *statuses.entry(status).or_insert(0) += 1;
+            *upstreams.entry(upstream.unwrap_or_default()).or_insert(0) += 1;
+        }
+    }
+    (statuses, upstreams)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_backend_leaves_rotation_within_interval_times_threshold_plus_one_interval() {
+    let interval = Duration::from_millis(200);
+    let config = RouteConfig {
+        health: PluginSpec::Builtin {
+            name: "standard".into(),
+            config: r#"{"active": {"unhealthy_threshold": 2, "healthy_threshold": 1}}"#.into(),
+        },
+        health_check: Some(HealthCheck { jitter: 0.0, ..HealthCheck::http("/health", interval) }),
+        ..RouteConfig::default()
+    };
+    let f = fixture(config).await;
+    let a = Backend::start("a", Behavior::default()).await.unwrap();
+    let b = Backend::start("b", Behavior::default()).await.unwrap();
+    let c = Backend::start("c", Behavior::default()).await.unwrap();
+    for x in [&a, &b, &c] {
+        f.register(x, true).await;
+    }
+    f.wait_for("all up", Duration::from_secs(5), |h| h.len() == 3 && h.values().all(|s| *s == "up")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(b.health_checks() >= 1, "the host probes");
+
+    let (b_id, b_addr) = (id(&b), b.addr());
+    b.kill();
+    let killed = Instant::now();
+    f.wait_for("b out of rotation", Duration::from_secs(5), |h| h.get(&b_id).is_some_and(|s| *s != "up")).await;
+    let took = killed.elapsed();
+    let bound = interval * 2 + interval;
+    assert!(took <= bound, "left rotation after {took:?}, bound {bound:?}");
+    // Persistent: marked unhealthy in the registry, not deleted.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let snap = f.registry.snapshot(&service()).unwrap();
+        let rec = snap.instances.iter().find(|i| i.id.as_str() == b_id).expect("never deleted");
+        if !rec.healthy {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the registry record is marked unhealthy");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Traffic avoids it.
+    let f = Arc::new(f);
+    let (statuses, upstreams) = drive(&f, 60, 3).await;
+    assert_eq!(statuses.get(&200), Some(&60), "{statuses:?}");
+    assert!(!upstreams.contains_key(&b_id), "{upstreams:?}");
+
+    // Back on the same port: healthy again after one good probe, in the registry too.
+    let b = Backend::start_on("b", Behavior::default(), b_addr).await.unwrap();
+    f.wait_for("b back", Duration::from_secs(5), |h| h.get(&b_id) == Some(&"up")).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !f.registry.snapshot(&service()).unwrap().instances.iter().any(|i| i.id.as_str() == b_id && i.healthy) {
+        assert!(Instant::now() < deadline, "the registry record is healthy again");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(b);
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_protection_threshold_keeps_endpoints_in_rotation_when_too_many_fail_checks() {
+    let config = RouteConfig {
+        health: PluginSpec::Builtin {
+            name: "standard".into(),
+            config: r#"{"active": {"unhealthy_threshold": 1}}"#.into(),
+        },
+        health_check: Some(HealthCheck::tcp(Duration::from_millis(100))),
+        ..RouteConfig::default()
+    };
+    let f = fixture(config).await;
+    let spec = ServiceSpec { service: service(), protect_threshold: 0.6, metadata: BTreeMap::new() };
+    f.registry.put(Record::Service(Arc::new(spec)), None).await.unwrap();
+    let backends = [
+        Backend::start("a", Behavior::default()).await.unwrap(),
+        Backend::start("b", Behavior::default()).await.unwrap(),
+        Backend::start("c", Behavior::default()).await.unwrap(),
+    ];
+    for x in &backends {
+        f.register(x, false).await;
+    }
+    f.wait_for("all up", Duration::from_secs(5), |h| h.len() == 3 && h.values().all(|s| *s == "up")).await;
+    let [a, b, c] = backends;
+    let (a_id, b_id) = (id(&a), id(&b));
+    a.kill();
+    // One of three down: 2/3 healthy ≥ 0.6, so it leaves.
+    f.wait_for("a out", Duration::from_secs(5), |h| h.get(&a_id) != Some(&"up")).await;
+    b.kill();
+    // Two of three down: 1/3 < 0.6, protection puts every instance back in rotation.
+    f.wait_for("protection", Duration::from_secs(5), |h| h.values().all(|s| *s == "up")).await;
+    let status = f.router.status(&service()).unwrap();
+    assert!(status.protection, "{status:?}");
+    assert_eq!(status.endpoints.iter().filter(|e| e.id == b_id).count(), 1);
+    drop(c);
+    f.stop().await;
+}
+
+async fn slow_share(balancer: PluginSpec) -> f64 {
+    let f = fixture(RouteConfig { balancer, ..RouteConfig::default() }).await;
+    let fast = Behavior { latency: Duration::from_millis(2), ..Behavior::default() };
+    let slow = Behavior { latency: Duration::from_millis(40), ..Behavior::default() };
+    let backends = [
+        Backend::start("f1", fast).await.unwrap(),
+        Backend::start("f2", fast).await.unwrap(),
+        Backend::start("slow", slow).await.unwrap(),
+    ];
+    for b in &backends {
+        f.register(b, true).await;
+    }
+    let slow_id = id(&backends[2]);
+    let f = Arc::new(f);
+    let (statuses, upstreams) = drive(&f, 600, 6).await;
+    assert_eq!(statuses.get(&200), Some(&600), "{statuses:?}");
+    f.stop().await;
+    #[allow(clippy::cast_precision_loss)]
+    let share = upstreams.get(&slow_id).copied().unwrap_or(0) as f64 / 600.0;
+    share
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_backend_gets_less_traffic_under_p2c_peak_ewma_than_round_robin() {
+    let rr = slow_share(PluginSpec::builtin("round-robin")).await;
+    let ewma = slow_share(PluginSpec::builtin("peak-ewma")).await;
+    assert!((0.25..=0.42).contains(&rr), "round robin spreads evenly: slow share {rr}");
+    assert!(ewma < rr / 2.0, "peak-ewma sends the slow backend {ewma}, round robin {rr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapping_the_balancer_under_load_drops_no_request() {
+    let f = fixture(RouteConfig::default()).await;
+    let backends = [
+        Backend::start("a", Behavior::default()).await.unwrap(),
+        Backend::start("b", Behavior::default()).await.unwrap(),
+        Backend::start("c", Behavior::default()).await.unwrap(),
+    ];
+    for b in &backends {
+        f.register(b, true).await;
+    }
+    let f = Arc::new(f);
+    let host = f.router.host().clone();
+    let specs =
+        [wasm(&host, "round-robin", "{}"), wasm(&host, "peak-ewma", "{}"), PluginSpec::builtin("least-request")];
+    let swapper = {
+        let f = Arc::clone(&f);
+        tokio::spawn(async move {
+            let mut versions = Vec::new();
+            for n in 0..15 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let status = f.router.load(&service(), PluginKind::Balancer, specs[n % 3].clone()).unwrap();
+                versions.push(status.id);
+            }
+            versions
+        })
+    };
+    let (statuses, upstreams) = drive(&f, 3000, 8).await;
+    let versions = swapper.await.unwrap();
+    assert_eq!(versions.len(), 15);
+    assert!(versions.windows(2).all(|w| w[1] > w[0]), "{versions:?}");
+    assert_eq!(statuses.get(&200), Some(&3000), "no request dropped across 15 swaps: {statuses:?}");
+    assert_eq!(upstreams.len(), 3, "{upstreams:?}");
+    assert_eq!(f.gateway.stats().failed.load(std::sync::atomic::Ordering::Relaxed), 0);
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_backends_are_ejected_a_trapping_health_plugin_falls_back_and_no_good_request_fails() {
+    let config = RouteConfig {
+        health_check: Some(HealthCheck { jitter: 0.0, ..HealthCheck::http("/health", Duration::from_millis(200)) }),
+        retry: RetryConfig { attempts: 5, budget_ratio: 1.0, min_per_second: 1000, ..RetryConfig::default() },
+        breaker: BreakerConfig { failures: 3, ..BreakerConfig::default() },
+        max_ejected_percent: 80,
+        ..RouteConfig::default()
+    };
+    let f = fixture(config).await;
+    let good = Backend::start("good", Behavior::default()).await.unwrap();
+    // Healthy, but its health endpoint answers 8 MiB: the probe reads 4 KiB and moves on.
+    let huge = Backend::start("huge", Behavior { health_body: 8 << 20, ..Behavior::default() }).await.unwrap();
+    let hang = Backend::start("hang", Behavior { mode: Mode::Hang, ..Behavior::default() }).await.unwrap();
+    let reset = Backend::start("reset", Behavior { mode: Mode::Reset, ..Behavior::default() }).await.unwrap();
+    let garbage = Backend::start("garbage", Behavior { mode: Mode::Garbage, ..Behavior::default() }).await.unwrap();
+    for b in [&good, &huge, &hang, &reset, &garbage] {
+        f.register(b, true).await;
+    }
+    let f = Arc::new(f);
+    let (statuses, upstreams) = drive(&f, 200, 4).await;
+    assert_eq!(statuses.get(&200), Some(&200), "no good request fails: {statuses:?}");
+    let bad: Vec<String> = [&hang, &reset, &garbage].iter().map(|b| id(b)).collect();
+    assert!(upstreams.keys().all(|u| !bad.contains(u)), "{upstreams:?}");
+    let (good_id, huge_id) = (id(&good), id(&huge));
+    f.wait_for("bad ones out, good ones in", Duration::from_secs(5), |h| {
+        h.get(&good_id) == Some(&"up") && h.get(&huge_id) == Some(&"up") && bad.iter().all(|b| h.get(b) != Some(&"up"))
+    })
+    .await;
+
+    // A health plugin that traps on every probe after its self-test: the default policy
+    // takes over, the gateway stays up, good requests keep succeeding.
+    let host = f.router.host().clone();
+    let trapping = wasm(&host, "bad-health", r#"{"fault": "trap-probe", "after": 4}"#);
+    f.router.load(&service(), PluginKind::Health, trapping).unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (statuses, _) = drive(&f, 100, 4).await;
+    assert_eq!(statuses.get(&200), Some(&100), "{statuses:?}");
+    let status = f.router.status(&service()).unwrap();
+    let counters = &status.health.active.counters;
+    assert!(
+        status.health.active.name != "bad-health" || counters.traps > 0,
+        "the trapping plugin trapped or was rolled back: {:?}",
+        status.health
+    );
+    assert!(
+        status.health.events.iter().any(|e| e.what.contains("rollback")) || counters.fallbacks > 0,
+        "{:?}",
+        status.health
+    );
+    assert_eq!(f.health().get(&good_id), Some(&"up"));
+    drop((hang, reset, garbage, good, huge));
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_endpoints_rate_limits_and_unknown_routes_get_clear_answers() {
+    let config = RouteConfig {
+        rate_limit: Some(sextant_gateway::resilience::RateLimit { per_second: 1.0, burst: 3 }),
+        ..RouteConfig::default()
+    };
+    let f = fixture(config).await;
+    assert_eq!(f.get("/x").await.0, 503, "no instance registered");
+    let a = Backend::start("a", Behavior::default()).await.unwrap();
+    f.register(&a, true).await;
+    let mut codes = Vec::new();
+    for _ in 0..6 {
+        codes.push(f.get("/x").await.0);
+    }
+    assert!(codes.iter().filter(|c| **c == 429).count() >= 2, "{codes:?}");
+    assert!(codes.contains(&200), "{codes:?}");
+    let err = Gateway::new(
+        GatewayConfig {
+            routes: vec![Rule {
+                host: None,
+                path_prefix: "x".into(),
+                service: SERVICE.into(),
+                hash_header: None,
+                headers: Vec::new(),
+            }],
+            ..GatewayConfig::default()
+        },
+        Upstream::Static(a.addr()),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("must start with /"), "{err}");
+    assert!(
+        Gateway::new(
+            GatewayConfig {
+                routes: vec![Rule {
+                    host: None,
+                    path_prefix: "/".into(),
+                    service: "bad name!".into(),
+                    hash_header: None,
+                    headers: Vec::new(),
+                }],
+                ..GatewayConfig::default()
+            },
+            Upstream::Static(a.addr()),
+        )
+        .is_err()
+    );
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_requests_in_flight() {
+    let f = fixture(RouteConfig::default()).await;
+    let slow =
+        Backend::start("slow", Behavior { latency: Duration::from_millis(200), ..Behavior::default() }).await.unwrap();
+    f.register(&slow, true).await;
+    let f = Arc::new(f);
+    let in_flight = {
+        let f = Arc::clone(&f);
+        tokio::spawn(async move { f.get("/slow").await.0 })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    f.stop().await;
+    assert_eq!(in_flight.await.unwrap(), 200, "the request in flight finished");
+    // Not accepting any more.
+    assert!(tokio::net::TcpStream::connect(f.addr).await.is_err());
+}
