@@ -4,6 +4,7 @@
 mod admin_api;
 mod bench;
 mod cli;
+mod demo;
 mod durability;
 mod plugins;
 mod support;

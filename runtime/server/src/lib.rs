@@ -4,6 +4,7 @@
 //! over it, serves the admin HTTP API (health, Prometheus metrics, status, and a JSON API for
 //! instances, leases, services and config entries), starts the plugin manager (picks and
 //! plugin administration over QUIC, the `--plugins` directory), and shuts down gracefully.
+//! Also `sextant demo` ([`demo`]): sample backends, the gateway and traffic, with a live view.
 //!
 //! Does not own: the model and its rules (`sextant-core`), storage (`sextant-store`), the
 //! protocol (`sextant-proto`, `sextant-quic`), plugins (`sextant-plugin`).
@@ -12,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod demo;
 pub mod metrics;
 mod plugin_dir;
 pub mod serve;

@@ -178,6 +178,25 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Sample backends + registry + gateway + traffic, with a live table per endpoint:
+    /// watch balancing, ejection and a hot swap happen. Stops by itself, or on Ctrl-C.
+    Demo {
+        /// Run time in seconds; the timeline scales with it.
+        #[arg(long, default_value_t = 40)]
+        duration: u64,
+        /// Requests per second through the gateway.
+        #[arg(long, default_value_t = 400)]
+        rps: u32,
+        /// Gateway address (HTTP).
+        #[arg(long, default_value = "127.0.0.1:7680")]
+        listen: SocketAddr,
+        /// Data directory (default: a temporary one).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// One JSON object per second, and the summary, instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -257,6 +276,44 @@ fn bench(command: BenchCommand) -> Result<(), commands::Failure> {
     }
     commands::out(&std::fs::read_to_string(out.join("results.md")).unwrap_or_default())?;
     commands::out(&format!("{} files in {}", report.files.len(), out.display()))
+}
+
+async fn demo(options: sextant_server::demo::DemoOptions, json: bool) -> Result<(), commands::Failure> {
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut broken = None;
+    let summary = sextant_server::demo::run(options, shutdown_signal(), |frame| {
+        let text = if json {
+            serde_json::to_string(frame).unwrap_or_default()
+        } else if terminal {
+            format!("\x1b[2J\x1b[H{}", sextant_server::demo::render(frame))
+        } else {
+            sextant_server::demo::render(frame)
+        };
+        if let Err(e) = commands::out(&text) {
+            broken.get_or_insert(e);
+        }
+    })
+    .await
+    .map_err(|e| commands::Failure::other(e.to_string()))?;
+    if let Some(e) = broken {
+        return Err(e);
+    }
+    if json {
+        return commands::out(&serde_json::json!({ "summary": summary }).to_string());
+    }
+    commands::out("\ntimeline:")?;
+    for (t, what) in &summary.events {
+        commands::out(&format!("  {t:>5.1}s  {what}"))?;
+    }
+    let served: Vec<String> = summary.served.iter().map(|(n, c)| format!("{n} {c}")).collect();
+    commands::out(&format!(
+        "sent {}, ok {}, failed {}, gateway retries {}; served: {}",
+        summary.sent,
+        summary.ok,
+        summary.failed,
+        summary.retries,
+        served.join(", ")
+    ))
 }
 
 fn init_logs(format: LogFormat, default: &str) {
@@ -345,6 +402,15 @@ async fn main() -> ExitCode {
         Command::Config { client, command } => commands::config(&client, command).await,
         Command::Plugin { client, command } => commands::plugin(&client, command).await,
         Command::Bench { command } => bench(command),
+        Command::Demo { duration, rps, listen, data_dir, json } => {
+            let options = sextant_server::demo::DemoOptions {
+                duration: Duration::from_secs(duration.max(1)),
+                rps: rps.max(1),
+                listen,
+                data_dir,
+            };
+            demo(options, json).await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
