@@ -17,7 +17,7 @@ use sextant_plugin::builtins::{ProbeResult, Status};
 use tokio::net::TcpStream;
 
 use crate::resilience::millis;
-use crate::router::{ProbeTarget, probe_done};
+use crate::router::{EndpointState, Route, probe_done};
 
 /// The most body bytes a probe reads and hands to the health plugin.
 pub const MAX_PROBE_BODY: usize = 4096;
@@ -90,9 +90,9 @@ impl Probe {
 
     pub(crate) fn spawn(
         &self,
-        route: Weak<crate::router::RouteRef>,
+        route: Weak<Route>,
         instance: Arc<Instance>,
-        state: Arc<ProbeTarget>,
+        state: Arc<EndpointState>,
         check: HealthCheck,
     ) {
         let port = instance.metadata.get(HEALTH_PORT_KEY).and_then(|p| p.parse().ok()).unwrap_or(instance.port);

@@ -480,6 +480,7 @@ impl Route {
         let mut state = self.state.lock();
         let Some(&at) = state.health_pos.get(id) else { return };
         let instance = Arc::clone(&state.health_ids[at as usize]);
+        tracing::info!(service = %self.service, endpoint = id, ?verdict, "health verdict");
         let changed = match verdict {
             Verdict::Unchanged => false,
             Verdict::Healthy => {
@@ -506,9 +507,6 @@ impl Route {
                 true
             }
         };
-        if verdict != Verdict::Unchanged {
-            tracing::info!(service = %self.service, endpoint = id, ?verdict, "health verdict");
-        }
         if changed {
             self.rebuild(&mut state, now);
         }
@@ -1001,6 +999,3 @@ pub(crate) fn probe_done(route: &Weak<Route>, instance: &Instance, state: &Endpo
     let verdict = route.health.on_probe(&result);
     route.verdict(id, verdict, Instant::now());
 }
-
-pub(crate) use EndpointState as ProbeTarget;
-pub(crate) use Route as RouteRef;
