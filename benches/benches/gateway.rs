@@ -340,7 +340,7 @@ async fn hot_swap(measure: Duration, secs: Duration) {
     let d = discovery(&backends, PluginSpec::builtin("round-robin")).await;
     let host = d.router.host().clone();
     let compile = |name: &str| {
-        let bytes = sextant_plugin_artifacts::BUILTIN_BYTES.iter().find(|(n, _)| *n == name).unwrap().1;
+        let bytes = sextant_plugin_artifacts::builtin_bytes(name).unwrap();
         PluginSpec::Wasm { name: format!("wasm:{name}"), compiled: host.compile(bytes).unwrap(), config: "{}".into() }
     };
     let specs = [compile("round-robin"), compile("peak-ewma")];

@@ -294,16 +294,8 @@ impl std::fmt::Debug for Route {
     }
 }
 
-fn endpoint_of(i: &Instance, weight: u32) -> Endpoint {
-    Endpoint {
-        id: i.id.to_string(),
-        address: SocketAddr::new(i.ip, i.port).to_string(),
-        weight,
-        healthy: i.healthy,
-        zone: i.zone.clone(),
-        version: i.version.clone(),
-        metadata: i.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-    }
+fn endpoint_with_weight(i: &Instance, weight: u32) -> Endpoint {
+    Endpoint { weight, ..sextant_plugin::endpoint_of(i) }
 }
 
 impl Route {
@@ -407,7 +399,7 @@ impl Route {
             }
             let Some(es) = state.endpoints.get(i.id.as_str()) else { continue };
             let Some(&health_index) = state.health_pos.get(i.id.as_str()) else { continue };
-            endpoints.push(endpoint_of(i, weight.min(10_000)));
+            endpoints.push(endpoint_with_weight(i, weight.min(10_000)));
             targets.push(Arc::new(Target {
                 instance: Arc::clone(i),
                 addr: SocketAddr::new(i.ip, i.port),
@@ -453,7 +445,7 @@ impl Route {
         let model = |list: &mut dyn Iterator<Item = &Arc<Instance>>| Snapshot {
             service: self.service.to_string(),
             revision: registry.revision.0,
-            endpoints: list.map(|i| endpoint_of(i, i.weight)).collect(),
+            endpoints: list.map(|i| sextant_plugin::endpoint_of(i)).collect(),
             protection_active: registry.protection_active(),
         };
         self.health.set_snapshot(model(&mut routable.iter()));

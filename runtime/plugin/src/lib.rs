@@ -30,7 +30,7 @@ mod stats;
 pub use balancer::{BalancerSlot, PickRequest, Picked, PluginSpec, SlotEvent, SlotStatus, Version, VersionStatus};
 pub use error::{CallFault, LoadError, SlotError};
 pub use host::{CONTRACT_VERSION, Compiled, HostConfig, HostState, PluginHost, PluginKind};
-pub use load::{EndpointLoad, InFlight, LoadTracker, RouteSnapshot, snapshot_of};
+pub use load::{EndpointLoad, InFlight, LoadTracker, RouteSnapshot, endpoint_of, snapshot_of};
 pub use manager::{Defaults, ManagerError, PickedInstance, PluginManager, ServiceSlots};
 pub use policy::PolicySlot;
 pub use sextant_builtins as builtins;

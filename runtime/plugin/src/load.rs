@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use sextant_builtins::{Endpoint, EndpointState, Snapshot};
-use sextant_core::ServiceSnapshot;
+use sextant_core::{Instance, ServiceSnapshot};
 
 use crate::bindings::balancer::sextant::plugin::types as wit;
 
@@ -274,17 +274,20 @@ pub fn snapshot_of(service: &ServiceSnapshot) -> Snapshot {
         service: service.service.to_string(),
         revision: service.revision.0,
         protection_active: service.protection_active(),
-        endpoints: service
-            .selected()
-            .map(|i| Endpoint {
-                id: i.id.to_string(),
-                address: std::net::SocketAddr::new(i.ip, i.port).to_string(),
-                weight: i.weight,
-                healthy: i.healthy,
-                zone: i.zone.clone(),
-                version: i.version.clone(),
-                metadata: i.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            })
-            .collect(),
+        endpoints: service.selected().map(|i| endpoint_of(i)).collect(),
+    }
+}
+
+/// The plugin-side endpoint of a registry instance.
+#[must_use]
+pub fn endpoint_of(i: &Instance) -> Endpoint {
+    Endpoint {
+        id: i.id.to_string(),
+        address: std::net::SocketAddr::new(i.ip, i.port).to_string(),
+        weight: i.weight,
+        healthy: i.healthy,
+        zone: i.zone.clone(),
+        version: i.version.clone(),
+        metadata: i.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
     }
 }

@@ -190,10 +190,7 @@ pub async fn run(
     let traffic = tokio::spawn(drive(gateway_addr, options.rps, Arc::clone(&totals)));
 
     let compile = |name: &str| -> Result<PluginSpec, DemoError> {
-        let bytes = sextant_plugin_artifacts::BUILTIN_BYTES
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, b)| *b)
+        let bytes = sextant_plugin_artifacts::builtin_bytes(name)
             .ok_or_else(|| DemoError::Setup(format!("no built-in component {name}")))?;
         let compiled = host.compile(bytes).map_err(|e| DemoError::Setup(e.to_string()))?;
         Ok(PluginSpec::Wasm { name: format!("wasm:{name}"), compiled, config: "{}".into() })

@@ -74,11 +74,7 @@ pub fn default_names() -> Vec<String> {
 }
 
 fn compiled(host: &PluginHost, name: &str) -> Result<Arc<Compiled>, LoadError> {
-    let bytes = sextant_plugin_artifacts::BUILTIN_BYTES
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, b)| *b)
-        .ok_or_else(|| LoadError::UnknownBuiltin(name.into()))?;
+    let bytes = sextant_plugin_artifacts::builtin_bytes(name).ok_or_else(|| LoadError::UnknownBuiltin(name.into()))?;
     host.compile(bytes)
 }
 
