@@ -46,16 +46,7 @@ async fn serve(gateway: Gateway) -> SocketAddr {
 }
 
 fn rules() -> GatewayConfig {
-    GatewayConfig {
-        routes: vec![Rule {
-            host: None,
-            path_prefix: "/".into(),
-            service: SERVICE.into(),
-            hash_header: None,
-            headers: Vec::new(),
-        }],
-        ..GatewayConfig::default()
-    }
+    GatewayConfig { routes: vec![Rule::prefix("/", SERVICE)], ..GatewayConfig::default() }
 }
 
 struct Discovery {

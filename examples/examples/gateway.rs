@@ -63,13 +63,7 @@ fn parse_route(text: &str) -> anyhow::Result<Rule> {
     let (matcher, service) = text.split_once('=').context("a route is [HOST]/PREFIX=SERVICE")?;
     let slash = matcher.find('/').context("a route's prefix starts with /")?;
     let (host, prefix) = matcher.split_at(slash);
-    Ok(Rule {
-        host: (!host.is_empty()).then(|| host.to_owned()),
-        path_prefix: prefix.to_owned(),
-        service: service.to_owned(),
-        hash_header: None,
-        headers: Vec::new(),
-    })
+    Ok(Rule { host: (!host.is_empty()).then(|| host.to_owned()), ..Rule::prefix(prefix, service) })
 }
 
 #[tokio::main]

@@ -54,6 +54,20 @@ pub struct Rule {
     pub headers: Vec<String>,
 }
 
+impl Rule {
+    /// Every request whose path starts with `path_prefix`, any host, to `service`.
+    #[must_use]
+    pub fn prefix(path_prefix: &str, service: &str) -> Self {
+        Self {
+            host: None,
+            path_prefix: path_prefix.into(),
+            service: service.into(),
+            hash_header: None,
+            headers: Vec::new(),
+        }
+    }
+}
+
 fn root() -> String {
     "/".into()
 }

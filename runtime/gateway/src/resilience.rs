@@ -2,8 +2,8 @@
 //! circuit breaker, a retry budget, exponential backoff with jitter, and a token bucket.
 
 use std::collections::VecDeque;
-use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -63,6 +63,9 @@ pub struct Breaker {
     inner: Mutex<BreakerInner>,
     /// `state` as a number (0 closed, 1 open, 2 half-open), read on the pick path without the lock.
     fast: AtomicU32,
+    /// Whether failures are being counted (`consecutive > 0`): successes on a closed breaker
+    /// with nothing counted, the common case, take no lock.
+    counting: AtomicBool,
 }
 
 impl Breaker {
@@ -79,6 +82,7 @@ impl Breaker {
                 trial: false,
             }),
             fast: AtomicU32::new(0),
+            counting: AtomicBool::new(false),
         }
     }
 
@@ -153,12 +157,16 @@ impl Breaker {
         if self.config.failures == 0 {
             return false;
         }
+        if success && !trial && self.state() == BreakerState::Closed && !self.counting.load(Relaxed) {
+            return false;
+        }
         let mut inner = self.inner.lock();
         if trial {
             inner.trial = false;
         }
         if success {
             inner.consecutive = 0;
+            self.counting.store(false, Relaxed);
             if inner.state == BreakerState::HalfOpen && trial {
                 inner.opens = 0;
                 self.set(&mut inner, BreakerState::Closed);
@@ -167,6 +175,7 @@ impl Breaker {
             return false;
         }
         inner.consecutive = inner.consecutive.saturating_add(1);
+        self.counting.store(true, Relaxed);
         let reopen = inner.state == BreakerState::HalfOpen && trial;
         if reopen || (inner.state == BreakerState::Closed && inner.consecutive >= self.config.failures) {
             let factor = 1u32 << inner.opens.min(16);
@@ -174,6 +183,7 @@ impl Breaker {
             inner.opens = inner.opens.saturating_add(1);
             inner.until = Some(now + open);
             inner.consecutive = 0;
+            self.counting.store(false, Relaxed);
             self.set(&mut inner, BreakerState::Open);
             return true;
         }

@@ -52,13 +52,7 @@ async fn fixture(config: RouteConfig) -> Fixture {
     let registry = Registry::start(store, 1024).await.unwrap();
     let router = Router::with_sink(host(), Arc::new(registry.clone()), Arc::new(registry.clone()), config);
     let gateway_config = GatewayConfig {
-        routes: vec![Rule {
-            host: None,
-            path_prefix: "/".into(),
-            service: SERVICE.into(),
-            hash_header: None,
-            headers: Vec::new(),
-        }],
+        routes: vec![Rule::prefix("/", SERVICE)],
         attempt_timeout: Duration::from_millis(300),
         ..GatewayConfig::default()
     };
@@ -404,32 +398,14 @@ async fn no_endpoints_rate_limits_and_unknown_routes_get_clear_answers() {
     assert!(codes.iter().filter(|c| **c == 429).count() >= 2, "{codes:?}");
     assert!(codes.contains(&200), "{codes:?}");
     let err = Gateway::new(
-        GatewayConfig {
-            routes: vec![Rule {
-                host: None,
-                path_prefix: "x".into(),
-                service: SERVICE.into(),
-                hash_header: None,
-                headers: Vec::new(),
-            }],
-            ..GatewayConfig::default()
-        },
+        GatewayConfig { routes: vec![Rule::prefix("x", SERVICE)], ..GatewayConfig::default() },
         Upstream::Static(a.addr()),
     )
     .unwrap_err();
     assert!(err.to_string().contains("must start with /"), "{err}");
     assert!(
         Gateway::new(
-            GatewayConfig {
-                routes: vec![Rule {
-                    host: None,
-                    path_prefix: "/".into(),
-                    service: "bad name!".into(),
-                    hash_header: None,
-                    headers: Vec::new(),
-                }],
-                ..GatewayConfig::default()
-            },
+            GatewayConfig { routes: vec![Rule::prefix("/", "bad name!")], ..GatewayConfig::default() },
             Upstream::Static(a.addr()),
         )
         .is_err()

@@ -155,13 +155,7 @@ pub async fn run(
     };
     let router = Router::with_sink(host.clone(), Arc::new(registry.clone()), Arc::new(registry.clone()), config);
     let gateway_config = GatewayConfig {
-        routes: vec![Rule {
-            host: None,
-            path_prefix: "/".into(),
-            service: SERVICE.into(),
-            hash_header: None,
-            headers: Vec::new(),
-        }],
+        routes: vec![Rule::prefix("/", SERVICE)],
         attempt_timeout: Duration::from_secs(2),
         ..GatewayConfig::default()
     };
