@@ -66,4 +66,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// The artifact with this sha256, if stored.
     fn get_artifact(&self, sha256: String) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+
+    /// For how long the backend has been unreachable, if it is: readers keep serving the last
+    /// state they have and report it as stale. A local backend is never stale.
+    fn stale_for(&self) -> Option<Duration> {
+        None
+    }
 }

@@ -5,16 +5,23 @@
 //!   [redb](https://docs.rs/redb) (an embedded, crash-safe B-tree database; every
 //!   acknowledged durable write is an fsynced commit). It drives the core's sans-IO
 //!   [`Engine`](sextant_core::engine::Engine) with a clock and a lease reaper.
+//! - [`EtcdStore`]: the shared backend, several hosts on one etcd cluster (etcd-client; the
+//!   key layout is in docs/storage.md); [`AnyStore`] is whichever of the two `serve` runs.
+//! - [`local_etcd`]: starts real etcd members on loopback (tests, benchmarks, trying it out).
 //! - [`Registry`]: mirrors any [`Store`](sextant_core::store::Store) into lock-free
 //!   per-service snapshots and fans its changes out to subscribers, who resume from a revision.
 //!
 //! Does not own: the model and its rules (`sextant-core`), the network protocol, plugins.
-//! The etcd backend will live here too, beside the embedded one.
 
 #![forbid(unsafe_code)]
 
+mod any;
 mod embedded;
+mod etcd;
+pub mod local_etcd;
 mod registry;
 
+pub use any::AnyStore;
 pub use embedded::{DB_FILE, EmbeddedOptions, EmbeddedStore, OpenError};
+pub use etcd::{CHUNK, EVENT_BITS, EtcdOptions, EtcdStore};
 pub use registry::{Registry, RegistryError, Subscription};

@@ -145,6 +145,12 @@ impl<S: Store + Clone> Registry<S> {
         Ok(self.store.revoke_lease(lease).await?)
     }
 
+    /// For how long the store has been unreachable, if it is: this registry then serves the
+    /// last state it has, which may be stale.
+    pub fn stale_for(&self) -> Option<Duration> {
+        self.store.stale_for()
+    }
+
     /// Waits (bounded) until the view has applied `revision`.
     pub async fn wait_for(&self, revision: Revision) {
         let mut rx = self.hub.revision.subscribe();

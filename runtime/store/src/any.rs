@@ -1,0 +1,89 @@
+//! [`AnyStore`]: the backend `sextant serve` was started with, chosen at run time.
+
+use std::time::Duration;
+
+use sextant_core::store::{Store, StoreError, WatchStream};
+use sextant_core::{LeaseId, Record, RecordKey, Revision, Scope, StoreSnapshot};
+
+use crate::{EmbeddedStore, EtcdStore};
+
+/// The embedded store or the etcd store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub enum AnyStore {
+    /// Durable in a local data directory.
+    Embedded(EmbeddedStore),
+    /// Shared through an etcd cluster.
+    Etcd(EtcdStore),
+}
+
+impl AnyStore {
+    /// The backend's name, for status and logs.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Embedded(_) => "embedded",
+            Self::Etcd(_) => "etcd",
+        }
+    }
+
+    /// Values skipped because they were not valid records (etcd only; the embedded store
+    /// refuses to open with one).
+    #[must_use]
+    pub fn invalid_values(&self) -> u64 {
+        match self {
+            Self::Embedded(_) => 0,
+            Self::Etcd(s) => s.invalid_values(),
+        }
+    }
+}
+
+macro_rules! each {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            AnyStore::Embedded($s) => $e,
+            AnyStore::Etcd($s) => $e,
+        }
+    };
+}
+
+impl Store for AnyStore {
+    async fn put(&self, record: Record, lease: Option<LeaseId>) -> Result<Revision, StoreError> {
+        each!(self, s => s.put(record, lease).await)
+    }
+
+    async fn delete(&self, key: RecordKey) -> Result<Revision, StoreError> {
+        each!(self, s => s.delete(key).await)
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        each!(self, s => s.grant_lease(ttl).await)
+    }
+
+    async fn keepalive(&self, lease: LeaseId) -> Result<Duration, StoreError> {
+        each!(self, s => s.keepalive(lease).await)
+    }
+
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+        each!(self, s => s.revoke_lease(lease).await)
+    }
+
+    async fn list(&self, scope: Scope) -> Result<StoreSnapshot, StoreError> {
+        each!(self, s => s.list(scope).await)
+    }
+
+    async fn watch(&self, scope: Scope, from: Revision) -> Result<WatchStream, StoreError> {
+        each!(self, s => s.watch(scope, from).await)
+    }
+
+    async fn put_artifact(&self, bytes: Vec<u8>) -> Result<String, StoreError> {
+        each!(self, s => s.put_artifact(bytes).await)
+    }
+
+    async fn get_artifact(&self, sha256: String) -> Result<Option<Vec<u8>>, StoreError> {
+        each!(self, s => s.get_artifact(sha256).await)
+    }
+
+    fn stale_for(&self) -> Option<Duration> {
+        each!(self, s => s.stale_for())
+    }
+}

@@ -1,0 +1,172 @@
+//! Real etcd members on loopback, for tests, benchmarks and trying sextant out.
+//!
+//! [`LocalEtcd::start`] runs `etcd` (Debian's `etcd-server`; `scripts/setup` installs it) as
+//! one or several members on free loopback ports, each with its own data directory under the
+//! directory given, and waits until the cluster answers. Members can be killed and started
+//! again on the same ports and data; everything is killed on drop. Timings are short
+//! (heartbeat 50 ms, election 500 ms) so leases can be as short as one second.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Why the cluster could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalEtcdError {
+    /// The `etcd` binary is not installed.
+    #[error("cannot run `etcd` ({0}); install Debian's etcd-server (bash scripts/setup does)")]
+    Missing(std::io::Error),
+    /// Something else failed (ports, directories).
+    #[error("local etcd: {0}")]
+    Io(#[from] std::io::Error),
+    /// The members did not answer in time.
+    #[error("local etcd did not become ready within {0:?}; logs in {1}")]
+    NotReady(Duration, PathBuf),
+}
+
+#[derive(Debug)]
+struct Member {
+    name: String,
+    client: u16,
+    peer: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// A local etcd cluster.
+#[derive(Debug)]
+pub struct LocalEtcd {
+    members: Vec<Member>,
+    cluster: String,
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl LocalEtcd {
+    /// Starts `members` members under `dir` and waits (up to 30 s) until all answer.
+    pub async fn start(dir: &Path, members: usize) -> Result<Self, LocalEtcdError> {
+        let mut list = Vec::new();
+        for i in 0..members.max(1) {
+            let name = format!("m{i}");
+            let dir = dir.join(&name);
+            std::fs::create_dir_all(&dir)?;
+            list.push(Member { name, client: free_port()?, peer: free_port()?, dir, child: None });
+        }
+        let cluster =
+            list.iter().map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer)).collect::<Vec<_>>().join(",");
+        let mut etcd = Self { members: list, cluster };
+        for i in 0..etcd.members.len() {
+            etcd.spawn(i)?;
+        }
+        etcd.wait_ready().await?;
+        Ok(etcd)
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<(), LocalEtcdError> {
+        let cluster = self.cluster.clone();
+        let m = &mut self.members[i];
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(m.dir.join("etcd.log"))?;
+        let client = format!("http://127.0.0.1:{}", m.client);
+        let peer = format!("http://127.0.0.1:{}", m.peer);
+        let child = Command::new("etcd")
+            .args(["--name", &m.name, "--data-dir"])
+            .arg(m.dir.join("data"))
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &cluster, "--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", "sextant-local"])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(["--log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => LocalEtcdError::Missing(e),
+                _ => LocalEtcdError::Io(e),
+            })?;
+        m.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until every running member answers a read (up to 30 s).
+    pub async fn wait_ready(&self) -> Result<(), LocalEtcdError> {
+        let limit = Duration::from_secs(30);
+        let start = Instant::now();
+        for m in self.members.iter().filter(|m| m.child.is_some()) {
+            let endpoint = format!("http://127.0.0.1:{}", m.client);
+            loop {
+                let ready = async {
+                    let mut c = etcd_client::Client::connect([endpoint.as_str()], None).await.ok()?;
+                    c.get("/sextant-ready", None).await.ok()
+                };
+                if tokio::time::timeout(Duration::from_secs(2), ready).await.ok().flatten().is_some() {
+                    break;
+                }
+                if start.elapsed() > limit {
+                    return Err(LocalEtcdError::NotReady(limit, m.dir.join("etcd.log")));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Client URLs of every member.
+    #[must_use]
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| format!("http://127.0.0.1:{}", m.client)).collect()
+    }
+
+    /// Members in the cluster.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Always false: a cluster has at least one member.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Kills member `i` (SIGKILL) and waits for it to exit.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts member `i` again on its ports and data (does not wait for it).
+    pub fn restart(&mut self, i: usize) -> Result<(), LocalEtcdError> {
+        if self.members[i].child.is_none() {
+            self.spawn(i)?;
+        }
+        Ok(())
+    }
+
+    /// Kills every member.
+    pub fn kill_all(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+
+    /// Starts every stopped member and waits until all answer.
+    pub async fn restart_all(&mut self) -> Result<(), LocalEtcdError> {
+        for i in 0..self.members.len() {
+            self.restart(i)?;
+        }
+        self.wait_ready().await
+    }
+}
+
+impl Drop for LocalEtcd {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
