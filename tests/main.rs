@@ -6,5 +6,6 @@ mod bench;
 mod cli;
 mod demo;
 mod durability;
+mod etcd;
 mod plugins;
 mod support;

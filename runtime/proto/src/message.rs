@@ -241,6 +241,10 @@ pub struct ServiceView {
     pub selected: Vec<InstanceId>,
     /// Every instance.
     pub instances: Vec<Arc<Instance>>,
+    /// Set while the server cannot reach its store (etcd): for how long, in ms. The answer is
+    /// the last state the server knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_ms: Option<u64>,
 }
 
 /// One plugin slot as a server runs it (`plugin_list`).
@@ -339,6 +343,9 @@ pub enum Response {
         revision: Revision,
         /// The records, sorted by key.
         records: Vec<Record>,
+        /// Set while the server cannot reach its store: for how long, in ms.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stale_ms: Option<u64>,
     },
     /// One event of a subscription.
     Event {

@@ -264,6 +264,11 @@ impl<S> Shared<S> {
     }
 }
 
+/// How long the store has been unreachable, for answers built from the last known state.
+fn stale_ms<S: Store + Clone>(registry: &Registry<S>) -> Option<u64> {
+    registry.stale_for().map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 fn error_response(e: RegistryError) -> Response {
     let RegistryError::Store(e) = e;
     let code = match &e {
@@ -340,12 +345,17 @@ async fn execute<S: Store + Clone>(c: &Arc<Conn<S>>, request: Request) -> Respon
                     protection_active: s.protection_active(),
                     selected: s.selected().map(|i| i.id.clone()).collect(),
                     instances: s.instances.clone(),
+                    stale_ms: stale_ms(registry),
                 }),
                 None => Response::error(ErrorCode::NotFound, format!("service {service} has no instances")),
             },
             Request::List { scope } => {
                 let snapshot = registry.list(&scope);
-                Response::Records { revision: snapshot.revision, records: snapshot.records }
+                Response::Records {
+                    revision: snapshot.revision,
+                    records: snapshot.records,
+                    stale_ms: stale_ms(registry),
+                }
             }
             Request::ConfigGet { key } => Response::Config { entry: registry.config(&key) },
             Request::ConfigPut { key, content } => match ConfigEntry::new(key, content) {

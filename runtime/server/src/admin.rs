@@ -34,7 +34,7 @@ use sextant_core::{
     RecordKey, Revision, ServiceKey, ServiceName, ServiceSpec, ValidationError,
 };
 use sextant_plugin::PluginManager;
-use sextant_store::{EmbeddedStore, Registry, RegistryError};
+use sextant_store::{AnyStore, Registry, RegistryError};
 
 use crate::metrics::{KindLabel, Metrics};
 
@@ -44,8 +44,8 @@ const BODY_LIMIT: usize = 2 * 1024 * 1024;
 /// What handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    registry: Registry<EmbeddedStore>,
-    plugins: PluginManager<EmbeddedStore>,
+    registry: Registry<AnyStore>,
+    plugins: PluginManager<AnyStore>,
     metrics: Arc<Metrics>,
     started: Instant,
 }
@@ -53,11 +53,7 @@ pub struct AppState {
 impl AppState {
     /// State over `registry` and its plugin manager.
     #[must_use]
-    pub fn new(
-        registry: Registry<EmbeddedStore>,
-        plugins: PluginManager<EmbeddedStore>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(registry: Registry<AnyStore>, plugins: PluginManager<AnyStore>, metrics: Arc<Metrics>) -> Self {
         Self { registry, plugins, metrics, started: Instant::now() }
     }
 }
@@ -151,6 +147,10 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     s.metrics.revision.set(i64::try_from(stats.revision.0).unwrap_or(i64::MAX));
     s.metrics.leases.set(gauge(store.lease_count()));
     Metrics::catch_up(&s.metrics.leases_expired, store.leases_expired());
+    Metrics::catch_up(&s.metrics.store_invalid_values, store.invalid_values());
+    let stale = s.registry.stale_for();
+    s.metrics.store_reachable.set(i64::from(stale.is_none()));
+    s.metrics.store_stale_seconds.set(stale.map_or(0.0, |d| d.as_secs_f64()));
     s.metrics.set_slots(&s.plugins.status());
     s.metrics.plugin_failures.set(gauge(s.plugins.failures().len()));
     ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], s.metrics.encode())
@@ -160,8 +160,10 @@ async fn status(State(s): State<AppState>) -> Json<serde_json::Value> {
     let stats = s.registry.stats();
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "store": "embedded",
-        "data_file": s.registry.store().path(),
+        "store": s.registry.store().kind(),
+        "location": s.registry.store().location(),
+        "stale_ms": s.registry.stale_for().map(|d| d.as_millis()),
+        "invalid_values": s.registry.store().invalid_values(),
         "revision": stats.revision,
         "services": stats.services,
         "instances": stats.instances,

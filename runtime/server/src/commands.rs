@@ -288,14 +288,15 @@ fn describe(record: &Record) -> String {
 pub(crate) async fn list(args: &ClientArgs, scope_args: &ScopeArgs) -> Result {
     let scope = scope(scope_args)?;
     match connect(args).await?.request(Request::List { scope }).await? {
-        Response::Records { revision, records } => {
+        Response::Records { revision, records, stale_ms } => {
             if args.json {
-                return out(&json!({ "revision": revision, "records": records }).to_string());
+                return out(&json!({ "revision": revision, "records": records, "stale_ms": stale_ms }).to_string());
             }
             for r in &records {
                 out(&describe(r))?;
             }
-            out(&format!("# revision {revision}, {} records", records.len()))
+            let stale = stale_ms.map(|ms| format!(" (stale: the store has been unreachable for {ms} ms)"));
+            out(&format!("# revision {revision}, {} records{}", records.len(), stale.unwrap_or_default()))
         }
         other => Err(Failure::new(1, format!("unexpected answer {other:?}"))),
     }

@@ -18,4 +18,4 @@ pub mod metrics;
 mod plugin_dir;
 pub mod serve;
 
-pub use serve::{ServeConfig, ServeError, run};
+pub use serve::{ServeConfig, ServeError, StoreConfig, run};

@@ -11,7 +11,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use sextant_server::{ServeConfig, run};
+use sextant_server::{ServeConfig, StoreConfig, run};
+use sextant_store::EtcdOptions;
 use tracing_subscriber::EnvFilter;
 
 use crate::commands::{ClientArgs, ConfigCommand, PluginCommand, ScopeArgs};
@@ -40,6 +41,8 @@ enum LogFormat {
 enum StoreKind {
     /// Durable in --data-dir (redb).
     Embedded,
+    /// Shared with other hosts through an etcd cluster (--etcd-endpoints).
+    Etcd,
 }
 
 #[derive(Debug, Subcommand)]
@@ -56,8 +59,17 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:7601", env = "SEXTANT_ADMIN")]
         admin: SocketAddr,
         /// Storage backend.
-        #[arg(long, value_enum, default_value_t = StoreKind::Embedded)]
+        #[arg(long, value_enum, default_value_t = StoreKind::Embedded, env = "SEXTANT_STORE")]
         store: StoreKind,
+        /// etcd client URLs, comma-separated (with --store etcd).
+        #[arg(long, value_delimiter = ',', env = "SEXTANT_ETCD_ENDPOINTS", default_value = "http://127.0.0.1:2379")]
+        etcd_endpoints: Vec<String>,
+        /// Key prefix in etcd (with --store etcd).
+        #[arg(long, default_value = "/sextant/v1/")]
+        etcd_prefix: String,
+        /// Timeout of every etcd call, in milliseconds (with --store etcd).
+        #[arg(long, default_value_t = 5000)]
+        etcd_timeout_ms: u64,
         /// Events kept so watchers can resume from a revision.
         #[arg(long, default_value_t = 16 * 1024)]
         history: usize,
@@ -353,7 +365,10 @@ async fn main() -> ExitCode {
             data_dir,
             listen,
             admin,
-            store: StoreKind::Embedded,
+            store,
+            etcd_endpoints,
+            etcd_prefix,
+            etcd_timeout_ms,
             history,
             grace_ms,
             acl,
@@ -364,8 +379,17 @@ async fn main() -> ExitCode {
             plugins_poll_ms,
             balancer,
         } => {
+            let store = match store {
+                StoreKind::Embedded => StoreConfig::Embedded,
+                StoreKind::Etcd => StoreConfig::Etcd(EtcdOptions {
+                    endpoints: etcd_endpoints,
+                    prefix: etcd_prefix,
+                    timeout: Duration::from_millis(etcd_timeout_ms.max(1)),
+                }),
+            };
             let config = ServeConfig {
                 data_dir,
+                store,
                 admin,
                 history_capacity: history,
                 listen,

@@ -74,6 +74,12 @@ pub struct Metrics {
     pub plugin_call_p99_ns: Family<SlotLabels, Gauge>,
     /// Plugin loads and activations that failed.
     pub plugin_failures: Gauge,
+    /// 1 while the store answers, 0 while it cannot be reached (answers are then stale).
+    pub store_reachable: Gauge,
+    /// For how long the store has been unreachable (0 while it answers).
+    pub store_stale_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Values in the store that are not valid records (written by hand), skipped.
+    pub store_invalid_values: Counter,
 }
 
 impl Default for Metrics {
@@ -107,6 +113,9 @@ impl Metrics {
             plugin_call_p50_ns: Family::default(),
             plugin_call_p99_ns: Family::default(),
             plugin_failures: Gauge::default(),
+            store_reachable: Gauge::default(),
+            store_stale_seconds: Gauge::default(),
+            store_invalid_values: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("services", "Services with at least one instance", m.services.clone());
@@ -115,6 +124,21 @@ impl Metrics {
         registry.register("revision", "Current store revision", m.revision.clone());
         registry.register("leases", "Live leases", m.leases.clone());
         registry.register("leases_expired", "Leases expired without keepalive", m.leases_expired.clone());
+        registry.register(
+            "store_reachable",
+            "1 while the store answers, 0 while it is unreachable",
+            m.store_reachable.clone(),
+        );
+        registry.register(
+            "store_stale_seconds",
+            "How long the store has been unreachable (answers are the last known state)",
+            m.store_stale_seconds.clone(),
+        );
+        registry.register(
+            "store_invalid_values",
+            "Values in the store that are not valid records, skipped",
+            m.store_invalid_values.clone(),
+        );
         registry.register("writes", "Accepted writes", m.writes.clone());
         registry.register("writes_rejected", "Refused writes", m.writes_rejected.clone());
         registry.register("plugin_version", "Version number of a slot's active plugin", m.plugin_version.clone());

@@ -6,10 +6,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sextant_core::store::StoreError;
 use sextant_proto::acl::{Acl, AclError};
 use sextant_quic::server::{QuicServer, ServerOptions};
 use sextant_quic::tls::{self, TlsError, TlsFiles};
-use sextant_store::{EmbeddedOptions, EmbeddedStore, OpenError, Registry, RegistryError};
+use sextant_store::{
+    AnyStore, EmbeddedOptions, EmbeddedStore, EtcdOptions, EtcdStore, OpenError, Registry, RegistryError,
+};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -19,11 +22,23 @@ use crate::admin::{self, AppState};
 use crate::metrics::Metrics;
 use crate::plugin_dir;
 
+/// Where `serve` keeps the registry.
+#[derive(Debug, Clone, Default)]
+pub enum StoreConfig {
+    /// The embedded store in the data directory.
+    #[default]
+    Embedded,
+    /// An etcd cluster shared with other hosts.
+    Etcd(EtcdOptions),
+}
+
 /// What `serve` needs.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// Data directory of the embedded store.
+    /// Data directory: the embedded store, and the development certificate (both stores).
     pub data_dir: PathBuf,
+    /// The store.
+    pub store: StoreConfig,
     /// Admin HTTP address.
     pub admin: SocketAddr,
     /// Events kept for resuming watchers.
@@ -52,6 +67,7 @@ impl ServeConfig {
     pub fn new(data_dir: PathBuf) -> Self {
         Self {
             data_dir,
+            store: StoreConfig::Embedded,
             admin: SocketAddr::from(([127, 0, 0, 1], 7601)),
             history_capacity: 16 * 1024,
             listen: SocketAddr::from(([127, 0, 0, 1], 7600)),
@@ -75,6 +91,14 @@ pub enum ServeError {
     /// The registry could not load the store.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// The etcd cluster could not be reached at start.
+    #[error("cannot start on etcd {endpoints}: {source}")]
+    Etcd {
+        /// The endpoints.
+        endpoints: String,
+        /// The cause.
+        source: StoreError,
+    },
     /// The admin address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -121,8 +145,19 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()> + Send 
             Acl::from_json(&text).map_err(|source| ServeError::Acl { path: path.clone(), source })?
         }
     };
-    let options = EmbeddedOptions { history_capacity: config.history_capacity, ..EmbeddedOptions::default() };
-    let store = EmbeddedStore::open(&config.data_dir, options)?;
+    let store = match &config.store {
+        StoreConfig::Embedded => {
+            let options = EmbeddedOptions { history_capacity: config.history_capacity, ..EmbeddedOptions::default() };
+            AnyStore::Embedded(EmbeddedStore::open(&config.data_dir, options)?)
+        }
+        StoreConfig::Etcd(options) => AnyStore::Etcd(
+            EtcdStore::connect(options.clone())
+                .await
+                .map_err(|source| ServeError::Etcd { endpoints: options.endpoints.join(","), source })?,
+        ),
+    };
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| OpenError::Dir { path: config.data_dir.clone(), source })?;
     let files = match &config.cert {
         Some((cert, key)) => {
             let dev = TlsFiles::in_data_dir(&config.data_dir);
@@ -150,8 +185,8 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()> + Send 
         .with_plugins(plugins.clone());
     let quic_addr = quic.local_addr().map_err(ServeError::Http)?;
     tracing::info!(
-        admin = %addr, quic = %quic_addr, ca = %files.ca.display(), data_dir = %config.data_dir.display(),
-        revision = %registry.revision(), "sextant serving"
+        admin = %addr, quic = %quic_addr, ca = %files.ca.display(), store = registry.store().kind(),
+        location = %registry.store().location(), revision = %registry.revision(), "sextant serving"
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -26,6 +26,33 @@ impl AnyStore {
         }
     }
 
+    /// Live leases: all of them (embedded), those granted through this host (etcd).
+    #[must_use]
+    pub fn lease_count(&self) -> usize {
+        match self {
+            Self::Embedded(s) => s.lease_count(),
+            Self::Etcd(s) => s.held_leases(),
+        }
+    }
+
+    /// Leases that expired (embedded; etcd expires leases itself and does not say).
+    #[must_use]
+    pub fn leases_expired(&self) -> u64 {
+        match self {
+            Self::Embedded(s) => s.leases_expired(),
+            Self::Etcd(_) => 0,
+        }
+    }
+
+    /// Where the data is: the database file, or the etcd endpoints and prefix.
+    #[must_use]
+    pub fn location(&self) -> String {
+        match self {
+            Self::Embedded(s) => s.path().display().to_string(),
+            Self::Etcd(s) => format!("{} {}", s.endpoints().join(","), s.prefix()),
+        }
+    }
+
     /// Values skipped because they were not valid records (etcd only; the embedded store
     /// refuses to open with one).
     #[must_use]

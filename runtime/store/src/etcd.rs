@@ -84,6 +84,7 @@ impl std::fmt::Debug for EtcdStore {
 
 struct Inner {
     client: Client,
+    endpoints: Vec<String>,
     prefix: String,
     timeout: Duration,
     /// Leases this host granted, by the id handed out.
@@ -146,6 +147,7 @@ impl EtcdStore {
         let store = Self {
             inner: Arc::new(Inner {
                 client,
+                endpoints: options.endpoints.clone(),
                 prefix,
                 timeout: options.timeout,
                 leases: Mutex::new(HashMap::new()),
@@ -176,6 +178,18 @@ impl EtcdStore {
     #[must_use]
     pub fn leases_regranted(&self) -> u64 {
         self.inner.regranted.load(Ordering::Relaxed)
+    }
+
+    /// Leases granted through this host and not revoked (they may have expired in etcd).
+    #[must_use]
+    pub fn held_leases(&self) -> usize {
+        self.inner.leases.lock().len()
+    }
+
+    /// The client URLs.
+    #[must_use]
+    pub fn endpoints(&self) -> &[String] {
+        &self.inner.endpoints
     }
 
     /// The etcd lease currently standing for `lease` (differs after a re-grant).

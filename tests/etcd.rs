@@ -1,0 +1,141 @@
+//! Two `sextant serve --store etcd` processes on one real etcd (Debian's `etcd-server`, started
+//! on free loopback ports with a temporary data directory): a registration through host A
+//! reaches a watcher of host B, a plugin loaded through A becomes active on B, an ephemeral
+//! instance of a lost connection leaves both, and while etcd is down B answers from its last
+//! state marked stale and A refuses writes.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sextant_store::local_etcd::LocalEtcd;
+
+use crate::support::{Server, cli, instance, run};
+
+const SERVICE: &str = "shop/web/orders";
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn instance_ids(server: &Server) -> Vec<String> {
+    let (status, body) = server.get("/v1/services/shop/web/orders");
+    if status != 200 {
+        return Vec::new();
+    }
+    body["instances"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().to_owned()).collect()
+}
+
+fn balancer(server: &Server) -> Option<(String, String)> {
+    let out = run(server, &["plugin", "list", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    list["slots"].as_array()?.iter().find(|s| s["service"] == SERVICE && s["kind"] == "balancer").map(|s| {
+        (s["plugin"].as_str().unwrap_or_default().to_owned(), s["sha256"].as_str().unwrap_or_default().to_owned())
+    })
+}
+
+#[test]
+fn two_hosts_on_one_etcd_share_registrations_watches_and_plugins() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut etcd = runtime
+        .block_on(LocalEtcd::start(&dir.path().join("etcd"), 1))
+        .expect("start a local etcd (bash scripts/setup installs etcd-server)");
+    let endpoints = etcd.endpoints().join(",");
+    let args = ["--store", "etcd", "--etcd-endpoints", &endpoints, "--etcd-timeout-ms", "1500", "--grace-ms", "500"];
+    let start = |name: &str| {
+        Server::try_start_with(&dir.path().join(name), &args).unwrap_or_else(|f| panic!("{:?}\n{}", f.status, f.log))
+    };
+    let (a, b) = (start("a"), start("b"));
+    let (_, status) = b.get("/status");
+    assert_eq!(status["store"], "etcd", "{status}");
+    assert!(status["stale_ms"].is_null(), "{status}");
+
+    // A watcher on B sees a registration made through A.
+    let mut watch = cli(&b, &["watch", "--service", SERVICE]).stdout(Stdio::piped()).spawn().unwrap();
+    let (tx, lines) = mpsc::channel::<Value>();
+    let stdout = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(serde_json::from_str(&line).unwrap_or(Value::Null)).is_err() {
+                return;
+            }
+        }
+    });
+    let first = lines.recv_timeout(Duration::from_secs(10)).expect("the watch starts with a reset");
+    assert_eq!(first["type"], "reset", "{first}");
+    for (id, port) in [("a1", 9101), ("a2", 9102), ("a3", 9103)] {
+        let mut i = instance("orders", id, port, false);
+        i["service"] = serde_json::json!({"namespace": "shop", "group": "web", "service": "orders"});
+        let (status, body) = a.post("/v1/instances", &i);
+        assert_eq!(status, 200, "{body}");
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let event = lines.recv_timeout(Duration::from_secs(10)).expect("B's watcher gets A's registrations");
+        assert_eq!(event["type"], "upsert", "{event}");
+        seen.push(event["record"]["value"]["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(seen, ["a1", "a2", "a3"]);
+    watch.kill().unwrap();
+    let _ = watch.wait();
+
+    // A plugin loaded through A becomes active on B (artifact and record come through etcd)
+    // and replaces the built-in that B's slot runs.
+    assert!(run(&b, &["pick", "--service", SERVICE]).status.success());
+    assert_eq!(balancer(&b).unwrap().0, "ring-hash");
+    let rr = sextant_plugin_artifacts::path("round-robin").expect("artifact built");
+    let out = run(&a, &["plugin", "load", rr, "--name", "rr", "--bind", SERVICE]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until("rr active on B", Duration::from_secs(20), || balancer(&b).is_some_and(|(p, _)| p == "rr"));
+    let picks: std::collections::BTreeSet<String> = (0..6)
+        .map(|_| {
+            let out = run(&b, &["pick", "--service", SERVICE]);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        })
+        .collect();
+    assert_eq!(picks.len(), 3, "round robin on B reaches every instance: {picks:?}");
+
+    // An ephemeral registration through A's connection: on B while it lives, gone from both
+    // once the connection is lost (grace 500 ms).
+    let mut reg = cli(&a, &["register", "--service", SERVICE, "--addr", "127.0.0.1:9200"]).spawn().unwrap();
+    wait_until("the ephemeral instance on B", Duration::from_secs(10), || {
+        instance_ids(&b).contains(&"127.0.0.1:9200".to_owned())
+    });
+    reg.kill().unwrap();
+    let _ = reg.wait();
+    wait_until("the ephemeral instance gone from B", Duration::from_secs(30), || {
+        !instance_ids(&b).contains(&"127.0.0.1:9200".to_owned())
+    });
+
+    // etcd down: B serves what it knows, marked stale; A refuses a registration.
+    etcd.kill(0);
+    wait_until("B reports stale", Duration::from_secs(20), || !b.get("/status").1["stale_ms"].is_null());
+    assert_eq!(instance_ids(&b).len(), 3, "B still answers from its last state");
+    let out = run(&b, &["list", "--service", SERVICE, "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(list["stale_ms"].as_u64().is_some(), "list says stale: {list}");
+    assert_eq!(list["records"].as_array().unwrap().len(), 3);
+    let mut i = instance("orders", "late", 9300, false);
+    i["service"] = serde_json::json!({"namespace": "shop", "group": "web", "service": "orders"});
+    let (status, body) = a.post("/v1/instances", &i);
+    assert_eq!(status, 503, "a write that cannot be persisted is refused: {body}");
+    assert!(b.text("/metrics").contains("sextant_store_reachable 0"));
+
+    // Back: both hosts resync and the refused write left nothing.
+    etcd.restart(0).unwrap();
+    runtime.block_on(etcd.wait_ready()).unwrap();
+    wait_until("B no longer stale", Duration::from_secs(20), || b.get("/status").1["stale_ms"].is_null());
+    let (status, body) = a.post("/v1/instances", &i);
+    assert_eq!(status, 200, "{body}");
+    wait_until("the write after the outage on B", Duration::from_secs(20), || instance_ids(&b).len() == 4);
+}
