@@ -1,0 +1,146 @@
+//! The etcd store against plain etcd, on one local etcd member (Debian's `etcd-server`, started
+//! on free loopback ports with a temporary data directory), both measured in the same run:
+//!
+//! 1. **Write → event**: sequential puts of an instance; for each put, the time until a plain
+//!    etcd watch on the prefix sees it and the time until a subscriber of sextant's registry
+//!    on the etcd store sees it (etcd watch → store watch → registry view → subscription).
+//!    p50 / p99 of each. Goal: sextant p99 ≤ 2× plain.
+//! 2. **Registration throughput**: 64 concurrent writers for `SECS` seconds, registering
+//!    persistent instances through sextant's registry (`put` returns once the registry's own
+//!    view shows the write) vs raw etcd puts of the same JSON; alternating rounds. Goal ≥ 0.5×.
+//!
+//! `cargo bench -p sextant-benches --bench etcd`; `SEXTANT_BENCH_SECS` (default 5),
+//! `SEXTANT_BENCH_EVENTS` (default 2000). Prints numbers; asserts nothing.
+
+#![allow(clippy::print_stdout, clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, WatchOptions};
+use sextant_core::{Change, Record, Revision, Scope};
+use sextant_store::local_etcd::LocalEtcd;
+use sextant_store::{EtcdOptions, EtcdStore, Registry};
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn record(n: u32) -> Record {
+    sextant_benches::instance(&sextant_benches::service(n as usize % 16), n, 256, false)
+}
+
+async fn write_to_event(etcd: &LocalEtcd, registry: &Registry<EtcdStore>, events: u32) {
+    let mut raw = Client::connect(etcd.endpoints(), None).await.unwrap();
+    let (_watcher, mut plain) =
+        raw.watch("/sextant/v1/instances/", Some(WatchOptions::new().with_prefix())).await.unwrap();
+    let mut sub = registry.subscribe(Scope::All, registry.revision());
+    let (mut plain_lat, mut sextant_lat) = (Vec::new(), Vec::new());
+    for n in 0..events {
+        let record = record(100_000 + n);
+        let key = format!("/sextant/v1/{}", record.key().path());
+        let start = Instant::now();
+        raw.put(key.clone(), record.to_value(), None).await.unwrap();
+        // Both watchers are read after the put; each event is timestamped as it is taken.
+        let (a, b) = tokio::join!(
+            async {
+                loop {
+                    let resp = plain.message().await.unwrap().unwrap();
+                    if resp.events().iter().any(|e| e.kv().is_some_and(|kv| kv.key() == key.as_bytes())) {
+                        return start.elapsed();
+                    }
+                }
+            },
+            async {
+                loop {
+                    let event = sub.next().await.unwrap();
+                    if matches!(&event.change, Change::Upsert { record: r } if r.key() == record.key()) {
+                        return start.elapsed();
+                    }
+                }
+            }
+        );
+        plain_lat.push(a);
+        sextant_lat.push(b);
+    }
+    plain_lat.sort();
+    sextant_lat.sort();
+    let (p50a, p99a) = (percentile(&plain_lat, 0.5), percentile(&plain_lat, 0.99));
+    let (p50b, p99b) = (percentile(&sextant_lat, 0.5), percentile(&sextant_lat, 0.99));
+    println!("write → event, {events} sequential puts (each seen by both watchers):");
+    println!("  plain etcd watch          p50 {:8.1} µs  p99 {:8.1} µs", us(p50a), us(p99a));
+    println!("  sextant registry (etcd)   p50 {:8.1} µs  p99 {:8.1} µs", us(p50b), us(p99b));
+    println!(
+        "  ratio sextant / plain     p50 {:.2}×  p99 {:.2}×  (goal p99 ≤ 2×)",
+        us(p50b) / us(p50a),
+        us(p99b) / us(p99a)
+    );
+}
+
+/// Registrations per second by 64 writers during `secs`; `sextant` picks the path.
+async fn throughput(etcd: &LocalEtcd, registry: &Registry<EtcdStore>, secs: Duration, sextant: bool, base: u32) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..64u32 {
+        let (stop, done, registry) = (stop.clone(), done.clone(), registry.clone());
+        let mut raw = Client::connect(etcd.endpoints(), None).await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Relaxed) {
+                let record = record(base + w * 100_000 + n);
+                n += 1;
+                if sextant {
+                    registry.put(record, None).await.unwrap();
+                } else {
+                    raw.put(format!("/sextant/v1/{}", record.key().path()), record.to_value(), None).await.unwrap();
+                }
+                done.fetch_add(1, Relaxed);
+            }
+        }));
+    }
+    let start = Instant::now();
+    tokio::time::sleep(secs).await;
+    stop.store(true, Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    done.load(Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let etcd = LocalEtcd::start(dir.path(), 1).await.expect("start etcd (bash scripts/setup installs etcd-server)");
+        let store = EtcdStore::connect(EtcdOptions::new(etcd.endpoints())).await.unwrap();
+        let registry = Registry::start(store, 16 * 1024).await.unwrap();
+        assert!(registry.revision() > Revision(0));
+
+        write_to_event(&etcd, &registry, env_num("SEXTANT_BENCH_EVENTS", 2000) as u32).await;
+
+        let secs = Duration::from_secs(env_num("SEXTANT_BENCH_SECS", 5));
+        let (mut raw, mut ours) = (Vec::new(), Vec::new());
+        for round in 0..2u32 {
+            raw.push(throughput(&etcd, &registry, secs, false, 10_000_000 + round * 10_000_000).await);
+            ours.push(throughput(&etcd, &registry, secs, true, 50_000_000 + round * 10_000_000).await);
+        }
+        let (raw, ours) = (raw.iter().sum::<f64>() / 2.0, ours.iter().sum::<f64>() / 2.0);
+        println!("registration throughput, 64 concurrent writers, 2 alternating rounds of {secs:?}:");
+        println!("  raw etcd puts             {raw:9.0} /s");
+        println!("  sextant registry.put      {ours:9.0} /s");
+        println!("  ratio sextant / raw       {:.2}×  (goal ≥ 0.5×)", ours / raw);
+    });
+}
