@@ -28,3 +28,51 @@ fn bench_strategies_writes_results_and_refuses_unknown_names() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("ring-hash"));
 }
+
+/// The CSV's rows as (strategy, column) maps.
+fn rows(csv: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    lines.map(|l| header.iter().map(|h| (*h).to_owned()).zip(l.split(',').map(str::to_owned)).collect()).collect()
+}
+
+#[test]
+fn live_mode_runs_the_scenario_through_the_real_gateway_beside_the_simulation() {
+    let dir = tempfile::tempdir().unwrap();
+    // slow-node at 0.4×: 4 s per strategy on the wall clock, backend b03 10× slower from
+    // 0.8 s to 3.2 s; round robin keeps sending it its share, P2C + PeakEWMA moves away.
+    let out = Command::new(sextant_bin())
+        .args(["bench", "strategies", "--scenarios", "slow-node", "--strategies", "round-robin,peak-ewma"])
+        .args(["--seeds", "1", "--scale", "0.4", "--no-plots", "--live", "--live-strategies", "round-robin,peak-ewma"])
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = std::fs::read_to_string(dir.path().join("live.md")).unwrap();
+    assert!(table.contains("| slow-node | peak-ewma |") && table.contains("p99 live"), "{table}");
+    let live = rows(&std::fs::read_to_string(dir.path().join("live.csv")).unwrap());
+    let sim = rows(&std::fs::read_to_string(dir.path().join("results.csv")).unwrap());
+    assert_eq!(live.len(), 2);
+    let get = |rows: &[std::collections::BTreeMap<String, String>], strategy: &str, column: &str| -> f64 {
+        rows.iter().find(|r| r["strategy"] == strategy).unwrap()[column].parse().unwrap()
+    };
+    // Reality agrees with the simulation on what matters in this scenario.
+    for rows in [&live, &sim] {
+        assert!(
+            get(rows, "peak-ewma", "p99_ms") < 0.5 * get(rows, "round-robin", "p99_ms"),
+            "P2C + PeakEWMA cuts the tail: {table}"
+        );
+        assert!(get(rows, "peak-ewma", "success_rate") >= get(rows, "round-robin", "success_rate"), "{table}");
+    }
+    assert!(get(&live, "round-robin", "imbalance") < 1.3, "round robin spreads evenly live too: {table}");
+
+    let bad = Command::new(sextant_bin())
+        .args(["bench", "strategies", "--scenarios", "slow-node", "--scale", "0.05", "--seeds", "1", "--no-plots"])
+        .args(["--strategies", "round-robin", "--live", "--live-strategies", "p3c", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("ring-hash"));
+}

@@ -4,7 +4,9 @@
 //! over it, serves the admin HTTP API (health, Prometheus metrics, status, and a JSON API for
 //! instances, leases, services and config entries), starts the plugin manager (picks and
 //! plugin administration over QUIC, the `--plugins` directory), and shuts down gracefully.
-//! Also `sextant demo` ([`demo`]): sample backends, the gateway and traffic, with a live view.
+//! Also `sextant demo` ([`demo`]): sample backends, the gateway and traffic, with a live view;
+//! and live mode of `sextant bench strategies` ([`live`]): the simulated scenarios against
+//! real loopback backends through the gateway, reported beside the simulation.
 //!
 //! Does not own: the model and its rules (`sextant-core`), storage (`sextant-store`), the
 //! protocol (`sextant-proto`, `sextant-quic`), plugins (`sextant-plugin`).
@@ -14,6 +16,7 @@
 
 pub mod admin;
 pub mod demo;
+pub mod live;
 pub mod metrics;
 mod plugin_dir;
 pub mod serve;

@@ -250,11 +250,31 @@ enum BenchCommand {
         /// List the scenarios and strategies and exit.
         #[arg(long)]
         list: bool,
+        /// Also run the scenarios live: real loopback backends through the gateway (wall
+        /// clock: scale × each scenario's duration per strategy), reported beside the
+        /// simulation in live.md, live.csv and live.json.
+        #[arg(long)]
+        live: bool,
+        /// Strategies for live mode, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "round-robin,least-request,peak-ewma,peak-ewma+adaptive")]
+        live_strategies: Vec<String>,
     },
 }
 
-fn bench(command: BenchCommand) -> Result<(), commands::Failure> {
-    let BenchCommand::Strategies { scenarios, strategies, plugins, seeds, seed, scale, out, no_plots, list } = command;
+async fn bench(command: BenchCommand) -> Result<(), commands::Failure> {
+    let BenchCommand::Strategies {
+        scenarios,
+        strategies,
+        plugins,
+        seeds,
+        seed,
+        scale,
+        out,
+        no_plots,
+        list,
+        live,
+        live_strategies,
+    } = command;
     if list {
         for s in sextant_sim::scenario::all() {
             commands::out(&format!("scenario {:<14} {}", s.name, s.description))?;
@@ -267,9 +287,9 @@ fn bench(command: BenchCommand) -> Result<(), commands::Failure> {
         );
     }
     let options = sextant_sim::BenchOptions {
-        scenarios,
+        scenarios: scenarios.clone(),
         strategies,
-        plugins,
+        plugins: plugins.clone(),
         seeds,
         first_seed: seed,
         scale,
@@ -287,7 +307,65 @@ fn bench(command: BenchCommand) -> Result<(), commands::Failure> {
         eprintln!("sextant: not run: {f}");
     }
     commands::out(&std::fs::read_to_string(out.join("results.md")).unwrap_or_default())?;
-    commands::out(&format!("{} files in {}", report.files.len(), out.display()))
+    let mut files = report.files.len();
+    if live {
+        files += bench_live(&report.rows, &scenarios, &plugins, &live_strategies, seed, scale, &out).await?;
+    }
+    commands::out(&format!("{files} files in {}", out.display()))
+}
+
+/// Live mode: the same scenarios through the real gateway; writes live.md, live.csv, live.json.
+async fn bench_live(
+    sim: &[sextant_sim::Row],
+    scenarios: &[String],
+    plugins: &[PathBuf],
+    strategies: &[String],
+    seed: u64,
+    scale: f64,
+    out: &std::path::Path,
+) -> Result<usize, commands::Failure> {
+    let scenarios: Vec<_> = if scenarios.is_empty() {
+        sextant_sim::scenario::all()
+    } else {
+        // Checked by the simulation already.
+        scenarios.iter().filter_map(|n| sextant_sim::scenario::by_name(n)).collect()
+    };
+    let host = sextant_plugin::PluginHost::new(sextant_plugin::HostConfig::default())
+        .map_err(|e| commands::Failure::other(e.to_string()))?;
+    let mut loaded = Vec::new();
+    for path in plugins {
+        match sextant_sim::strategy::load_plugin(&host, path) {
+            Ok(p) => loaded.push(p),
+            Err(e) => eprintln!("sextant: live: not run: {e}"),
+        }
+    }
+    let mut built = Vec::new();
+    for name in strategies {
+        match sextant_sim::strategy::build(&host, name, &loaded) {
+            Ok(s) => built.push(s),
+            Err(e) if name.starts_with("plugin:") => eprintln!("sextant: live: not run: {e}"),
+            Err(e) => return Err(commands::Failure::usage(format!("--live-strategies: {e}"))),
+        }
+    }
+    let total = scenarios.len() * built.len();
+    let secs: f64 = scenarios.iter().map(|s| s.duration_s * scale).sum::<f64>() * built.len() as f64;
+    eprintln!("sextant: live mode: {total} runs, about {secs:.0} s");
+    let mut done = 0;
+    let rows = sextant_server::live::run_all(&host, &scenarios, &built, seed, scale, |scenario, strategy| {
+        done += 1;
+        eprintln!("sextant: live {done}/{total}: {scenario} / {strategy}");
+    })
+    .await
+    .map_err(|e| commands::Failure::other(e.to_string()))?;
+    let table = sextant_server::live::side_by_side(sim, &rows, scale);
+    let write = |name: &str, text: String| {
+        std::fs::write(out.join(name), text).map_err(|e| commands::Failure::other(format!("writing {name}: {e}")))
+    };
+    write("live.md", table.clone())?;
+    write("live.csv", sextant_sim::report::csv(&rows))?;
+    write("live.json", serde_json::to_string_pretty(&rows).unwrap_or_default())?;
+    commands::out(&table)?;
+    Ok(3)
 }
 
 async fn demo(options: sextant_server::demo::DemoOptions, json: bool) -> Result<(), commands::Failure> {
@@ -425,7 +503,7 @@ async fn main() -> ExitCode {
         }
         Command::Config { client, command } => commands::config(&client, command).await,
         Command::Plugin { client, command } => commands::plugin(&client, command).await,
-        Command::Bench { command } => bench(command),
+        Command::Bench { command } => bench(command).await,
         Command::Demo { duration, rps, listen, data_dir, json } => {
             let options = sextant_server::demo::DemoOptions {
                 duration: Duration::from_secs(duration.max(1)),

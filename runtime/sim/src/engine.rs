@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use sextant_plugin::builtins::{Endpoint, EndpointStats, Snapshot, SplitMix64, mix64};
 use sextant_plugin::{BalancerSlot, InFlight, LoadError, LoadTracker, PickRequest, PluginHost, PluginSpec, PolicySlot};
 
-use crate::scenario::{Fault, Scenario};
+use crate::scenario::{Fault, Keys, Scenario};
 use crate::strategy::Strategy;
 
 /// Buckets of the load-over-time series.
@@ -112,7 +112,6 @@ struct Backend {
     busy: u32,
     queue: VecDeque<usize>,
     present: bool,
-    always: bool,
     weight: u32,
     window: Window,
     joined: u64,
@@ -124,23 +123,33 @@ fn ms(ms: f64) -> u64 {
     ns
 }
 
-struct Rng(SplitMix64);
+/// The seeded random source of a run (also drives live mode's arrivals and service times).
+#[derive(Debug, Clone)]
+pub struct Rng(SplitMix64);
 
 impl Rng {
-    fn unit(&mut self) -> f64 {
+    /// A generator for `seed`.
+    #[must_use]
+    pub fn new(seed: u64) -> Self {
+        Self(SplitMix64::new(mix64(seed)))
+    }
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
         #[allow(clippy::cast_precision_loss)]
         let u = (self.0.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
         u
     }
-    fn exp(&mut self, mean: f64) -> f64 {
+    /// Exponential with this mean.
+    pub fn exp(&mut self, mean: f64) -> f64 {
         -mean * (1.0 - self.unit()).ln()
     }
-    fn normal(&mut self) -> f64 {
+    /// Standard normal.
+    pub fn normal(&mut self) -> f64 {
         let (u1, u2) = (1.0 - self.unit(), self.unit());
         (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
     }
     /// Log-normal with this mean and shape.
-    fn lognormal(&mut self, mean: f64, sigma: f64) -> f64 {
+    pub fn lognormal(&mut self, mean: f64, sigma: f64) -> f64 {
         if sigma <= 0.0 {
             return self.exp(mean);
         }
@@ -165,7 +174,7 @@ pub fn run(
     // they make the same picks.
     let instance_seed = mix64(seed ^ 0x05e5_7a47);
     host.reseed(instance_seed);
-    let mut rng = Rng(SplitMix64::new(mix64(seed)));
+    let mut rng = Rng::new(seed);
     let service = format!("sim/{}/{}", scenario.name, strategy.name);
     let tracker = Arc::new(LoadTracker::manual(host.config().ewma_decay));
     let slot =
@@ -203,7 +212,6 @@ pub fn run(
             busy: 0,
             queue: VecDeque::new(),
             present: true,
-            always: true,
             weight: b.weight,
             window: Window::default(),
             joined: 0,
@@ -216,8 +224,7 @@ pub fn run(
         events.push(Reverse((t, seq, ev)));
     };
     for f in &scenario.faults {
-        if let Fault::Churn { backend, at, back } = f {
-            backends[*backend].always = false;
+        if let Fault::Churn { at, back, .. } = f {
             push(&mut events, frac(*at), Ev::Membership);
             if *back < 1.0 {
                 push(&mut events, frac(*back), Ev::Membership);
@@ -264,21 +271,7 @@ pub fn run(
     let mut result = RunResult { per_backend: vec![0; n], series: vec![vec![0; n]; BUCKETS], ..RunResult::default() };
     let mut reqs: Vec<Req> = Vec::new();
     let mut last_key: Vec<Option<usize>> = scenario.keys.map(|k| vec![None; k.count as usize]).unwrap_or_default();
-    let zipf_cdf: Vec<f64> = scenario
-        .keys
-        .map(|k| {
-            let weights: Vec<f64> = (1..=k.count).map(|r| 1.0 / f64::from(r).powf(k.zipf)).collect();
-            let total: f64 = weights.iter().sum();
-            let mut acc = 0.0;
-            weights
-                .iter()
-                .map(|w| {
-                    acc += w / total;
-                    acc
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let zipf_cdf: Vec<f64> = scenario.keys.map(|k| k.cdf()).unwrap_or_default();
     let (mut keyed, mut moves) = (0u64, 0u64);
     let mut request = PickRequest::default();
 
@@ -289,8 +282,7 @@ pub fn run(
                 if t >= end {
                     continue;
                 }
-                let key = (!zipf_cdf.is_empty())
-                    .then(|| zipf_cdf.partition_point(|c| *c < rng.unit()).min(zipf_cdf.len() - 1));
+                let key = Keys::draw(&zipf_cdf, &mut rng);
                 request.hash_key = key.map(|k| mix64(k as u64 + 1));
                 let started = Instant::now();
                 let picked = slot.pick_with(&mut request, |route, p| {
@@ -448,32 +440,14 @@ pub fn run(
         let m = if keyed == 0 { 0.0 } else { moves as f64 / keyed as f64 };
         m
     });
-    let loads: Vec<f64> = (0..n)
-        .filter(|b| backends[*b].always)
-        .map(|b| {
-            #[allow(clippy::cast_precision_loss)]
-            let per_weight = result.per_backend[b] as f64 / f64::from(scenario.backends[b].weight.max(1));
-            per_weight
-        })
-        .collect();
-    #[allow(clippy::cast_precision_loss)]
-    let mean = loads.iter().sum::<f64>() / loads.len().max(1) as f64;
-    let max = loads.iter().copied().fold(0.0, f64::max);
-    result.imbalance = if mean > 0.0 { max / mean } else { 0.0 };
+    result.imbalance = scenario.imbalance(&result.per_backend);
     Ok(result)
 }
 
 /// Schedules the arrival after one at `t` (bursts make the rate piecewise constant).
 fn schedule_next(scenario: &Scenario, rng: &mut Rng, t: u64, push: &mut dyn FnMut(u64, Ev)) {
-    let rate = match scenario.burst {
-        None => scenario.rate,
-        Some(b) => {
-            #[allow(clippy::cast_precision_loss)]
-            let phase = (t as f64 / 1e6) % (b.on_ms + b.off_ms);
-            scenario.rate * if phase < b.on_ms { b.factor } else { b.low }
-        }
-    };
-    let gap = rng.exp(1e9 / rate.max(1e-9));
+    #[allow(clippy::cast_precision_loss)]
+    let gap = rng.exp(1e9 / scenario.rate_at(t as f64 / 1e6).max(1e-9));
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     push(t + (gap as u64).max(1), Ev::Arrival);
 }

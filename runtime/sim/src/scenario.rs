@@ -91,6 +91,28 @@ pub struct Keys {
     pub zipf: f64,
 }
 
+impl Keys {
+    /// The cumulative distribution over keys 0..count (key 0 the most frequent).
+    #[must_use]
+    pub fn cdf(&self) -> Vec<f64> {
+        let weights: Vec<f64> = (1..=self.count).map(|r| 1.0 / f64::from(r).powf(self.zipf)).collect();
+        let total: f64 = weights.iter().sum();
+        let mut acc = 0.0;
+        weights
+            .iter()
+            .map(|w| {
+                acc += w / total;
+                acc
+            })
+            .collect()
+    }
+
+    /// A key drawn from `cdf` (none if it is empty).
+    pub fn draw(cdf: &[f64], rng: &mut crate::engine::Rng) -> Option<usize> {
+        (!cdf.is_empty()).then(|| cdf.partition_point(|c| *c < rng.unit()).min(cdf.len() - 1))
+    }
+}
+
 /// A scenario.
 #[derive(Debug, Clone)]
 pub struct Scenario {
@@ -115,6 +137,39 @@ pub struct Scenario {
 }
 
 impl Scenario {
+    /// The arrival rate at `t_ms` into the run (bursts make it piecewise constant).
+    #[must_use]
+    pub fn rate_at(&self, t_ms: f64) -> f64 {
+        match self.burst {
+            None => self.rate,
+            Some(b) => self.rate * if t_ms % (b.on_ms + b.off_ms) < b.on_ms { b.factor } else { b.low },
+        }
+    }
+
+    /// Whether backend `b` is registered for the whole run (no churn).
+    #[must_use]
+    pub fn always_present(&self, b: usize) -> bool {
+        !self.faults.iter().any(|f| matches!(f, Fault::Churn { backend, .. } if *backend == b))
+    }
+
+    /// Load imbalance of a run: max / mean of requests per unit of weight, over the backends
+    /// present the whole run.
+    #[must_use]
+    pub fn imbalance(&self, per_backend: &[u64]) -> f64 {
+        let loads: Vec<f64> = (0..per_backend.len().min(self.backends.len()))
+            .filter(|b| self.always_present(*b))
+            .map(|b| {
+                #[allow(clippy::cast_precision_loss)]
+                let per_weight = per_backend[b] as f64 / f64::from(self.backends[b].weight.max(1));
+                per_weight
+            })
+            .collect();
+        #[allow(clippy::cast_precision_loss)]
+        let mean = loads.iter().sum::<f64>() / loads.len().max(1) as f64;
+        let max = loads.iter().copied().fold(0.0, f64::max);
+        if mean > 0.0 { max / mean } else { 0.0 }
+    }
+
     /// Total capacity in requests per second (workers / mean service time).
     #[must_use]
     pub fn capacity(&self) -> f64 {
