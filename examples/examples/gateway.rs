@@ -12,7 +12,9 @@
 //!     --wasm target/wasm-plugins/wasm32-wasip2/release/sextant_wasm_peak_ewma.wasm
 //! ```
 //!
-//! `--route` is `[HOST]/PREFIX=NS/GROUP/NAME`, repeatable.
+//! `--route` is `[HOST]/PREFIX=NS/GROUP/NAME`, repeatable. `--config FILE` takes everything
+//! else too (routes, balancer, health policy and checks, scheduler, circuit breaker, retry
+//! budget, rate limit; the document is in `sextant_gateway::config`), checked before start.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,8 +24,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 use sextant_core::{Instance, Namespace, Scope, ServiceKey};
-use sextant_gateway::proxy::{Gateway, GatewayConfig, Rule, Upstream};
-use sextant_gateway::{HealthCheck, RemoteDiscovery, RouteConfig, Router};
+use sextant_gateway::config::GatewayFile;
+use sextant_gateway::proxy::{Gateway, Rule, Upstream};
+use sextant_gateway::{HealthCheck, RemoteDiscovery, Router};
 use sextant_plugin::{HostConfig, PluginHost, PluginSpec};
 use sextant_proto::message::Binding;
 use sextant_quic::client::{Client, ClientOptions};
@@ -42,8 +45,12 @@ struct Args {
     /// Where the gateway listens (HTTP).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// `[HOST]/PREFIX=NS/GROUP/NAME`, repeatable.
-    #[arg(long = "route", required = true)]
+    /// Configuration file (JSON, see `sextant_gateway::config`): routes, balancer, health
+    /// policy and checks, scheduler, breaker, retries, rate limit. Flags add to it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// `[HOST]/PREFIX=NS/GROUP/NAME`, repeatable (after the file's routes).
+    #[arg(long = "route")]
     routes: Vec<String>,
     /// A balancer component to run for every service (default: native peak-ewma).
     #[arg(long)]
@@ -70,7 +77,17 @@ fn parse_route(text: &str) -> anyhow::Result<Rule> {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter("info").init();
     let args = Args::parse();
-    let routes = args.routes.iter().map(|r| parse_route(r)).collect::<anyhow::Result<Vec<_>>>()?;
+    let file = match &args.config {
+        Some(path) => GatewayFile::load(path)?,
+        None => GatewayFile::default(),
+    };
+    let mut gateway_config = file.gateway.clone();
+    for route in &args.routes {
+        gateway_config.routes.push(parse_route(route)?);
+    }
+    if gateway_config.routes.is_empty() {
+        bail!("no routes: give --route [HOST]/PREFIX=SERVICE or a --config file with routes");
+    }
 
     let mut options = ClientOptions::new(args.servers.clone(), args.ca.clone());
     options.cache_dir = Some(args.cache.clone());
@@ -79,20 +96,19 @@ async fn main() -> anyhow::Result<()> {
     let discovery = RemoteDiscovery::follow(client.clone(), Scope::Namespace(Namespace::new(args.namespace.as_str())?));
 
     let host = PluginHost::new(HostConfig::default()).map_err(|e| anyhow::anyhow!("plugin host: {e}"))?;
-    let balancer = match &args.wasm {
-        Some(path) => {
-            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            PluginSpec::Wasm { name: path.display().to_string(), compiled: host.compile(&bytes)?, config: "{}".into() }
-        }
-        None => PluginSpec::builtin("peak-ewma"),
+    let mut config = file.route_config();
+    if let Some(path) = &args.wasm {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        config.balancer =
+            PluginSpec::Wasm { name: path.display().to_string(), compiled: host.compile(&bytes)?, config: "{}".into() };
+    }
+    config.health_check = match (&args.health_path, config.health_check.take()) {
+        (Some(path), _) => Some(HealthCheck::http(path, Duration::from_secs(2))),
+        (None, Some(from_file)) => Some(from_file),
+        (None, None) => Some(HealthCheck::tcp(Duration::from_secs(2))),
     };
-    let health_check = match &args.health_path {
-        Some(path) => HealthCheck::http(path, Duration::from_secs(2)),
-        None => HealthCheck::tcp(Duration::from_secs(2)),
-    };
-    let config = RouteConfig { balancer, health_check: Some(health_check), ..RouteConfig::default() };
     let router = Router::new(host, Arc::new(discovery), config);
-    let gateway = Gateway::new(GatewayConfig { routes, ..GatewayConfig::default() }, Upstream::Router(router))?;
+    let gateway = Gateway::new(gateway_config, Upstream::Router(router))?;
 
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let addr = listener.local_addr()?;

@@ -38,9 +38,9 @@ pub enum CheckKind {
     Tcp,
 }
 
-/// An active health check.
+/// An active health check. (serde cannot refuse unknown fields next to a flattened enum;
+/// [`crate::config::GatewayFile`] checks them itself.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     /// HTTP or TCP.
     #[serde(flatten)]

@@ -16,11 +16,14 @@
 //!   exponential backoff and jitter, per-service token bucket;
 //! - an HTTP gateway on hyper ([`proxy`]): routes by Host and path prefix, retries within
 //!   the budget, graceful drain on shutdown; and sample HTTP backends ([`backend`]) that
-//!   turn slow, flaky, hang, reset or send garbage, for demos, tests and benchmarks.
+//!   turn slow, flaky, hang, reset or send garbage, for demos, tests and benchmarks;
+//! - the configuration file ([`config`]): routes, policies and resilience in one JSON
+//!   document, checked before anything starts.
 mod health;
 mod router;
 
 pub mod backend;
+pub mod config;
 pub mod proxy;
 pub mod remote;
 pub mod resilience;
