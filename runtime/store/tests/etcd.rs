@@ -28,6 +28,19 @@ fn ports(registry: &Registry<EtcdStore>, service: &str) -> BTreeSet<u16> {
         .unwrap_or_default()
 }
 
+/// Ports of the instances in etcd (not a registry's view) in `scope`.
+async fn listed_ports(store: &EtcdStore, scope: Scope) -> BTreeSet<u16> {
+    let snapshot = store.list(scope).await.unwrap();
+    snapshot
+        .records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Instance(i) => Some(i.port),
+            _ => None,
+        })
+        .collect()
+}
+
 async fn etcd(dir: &std::path::Path, members: usize) -> LocalEtcd {
     LocalEtcd::start(dir, members).await.expect("start a local etcd (bash scripts/setup installs etcd-server)")
 }
@@ -259,17 +272,7 @@ async fn three_members_one_killed_under_registration_load_loses_no_acknowledged_
         acked.extend(a);
         refused += r;
     }
-    let listed: BTreeSet<u16> = store
-        .list(Scope::All)
-        .await
-        .unwrap()
-        .records
-        .iter()
-        .filter_map(|r| match r {
-            Record::Instance(i) => Some(i.port),
-            _ => None,
-        })
-        .collect();
+    let listed = listed_ports(&store, Scope::All).await;
     let lost: Vec<_> = acked.difference(&listed).collect();
     eprintln!("acknowledged {}, refused {refused}, lost {}", acked.len(), lost.len());
     assert!(acked.len() > 100, "the load ran: {} acknowledged", acked.len());
@@ -313,17 +316,7 @@ async fn three_members_all_stopped_longer_than_the_ttl_come_back_with_leases_and
         }
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let listed: BTreeSet<u16> = store
-        .list(Scope::Service(ServiceKey::parse("svc").unwrap()))
-        .await
-        .unwrap()
-        .records
-        .iter()
-        .filter_map(|r| match r {
-            Record::Instance(i) => Some(i.port),
-            _ => None,
-        })
-        .collect();
+    let listed = listed_ports(&store, Scope::Service(ServiceKey::parse("svc").unwrap())).await;
     assert_eq!(listed, BTreeSet::from([1, 2, 9, 10]), "in etcd after more than a TTL");
     eventually("subscribers resynced", Duration::from_secs(10), || {
         ports(&registry, "svc") == BTreeSet::from([1, 2, 9, 10])
