@@ -157,7 +157,7 @@ impl EtcdStore {
             }),
         };
         // One round trip, so a wrong endpoint fails here and not at the first write.
-        store.current_revision().await?;
+        store.inner.current_revision().await?;
         tracing::info!(endpoints = ?options.endpoints, prefix = %store.inner.prefix, "etcd store connected");
         Ok(store)
     }
@@ -197,13 +197,6 @@ impl EtcdStore {
     pub fn etcd_lease(&self, lease: LeaseId) -> i64 {
         self.inner.resolve(lease)
     }
-
-    async fn current_revision(&self) -> Result<i64, StoreError> {
-        let (start, end) = self.inner.record_range();
-        let options = GetOptions::new().with_range(end).with_count_only();
-        let resp = self.inner.retry(|| self.inner.get(start.clone(), Some(options.clone()))).await?;
-        Ok(resp.header().map_or(0, |h| h.revision()))
-    }
 }
 
 impl Inner {
@@ -217,6 +210,14 @@ impl Inner {
 
     fn artifact_key(&self, sha: &str) -> String {
         format!("{}artifacts/{sha}", self.prefix)
+    }
+
+    /// etcd's current revision (one count-only read of the record range).
+    async fn current_revision(&self) -> Result<i64, StoreError> {
+        let (start, end) = self.record_range();
+        let options = GetOptions::new().with_range(end).with_count_only();
+        let resp = self.retry(|| self.get(start.clone(), Some(options.clone()))).await?;
+        Ok(resp.header().map_or(0, |h| h.revision()))
     }
 
     fn resolve(&self, lease: LeaseId) -> i64 {
@@ -552,10 +553,7 @@ impl Watch {
         if self.last == Revision(0) {
             self.reset().await?;
         } else {
-            let (start, end) = self.inner.record_range();
-            let options = GetOptions::new().with_range(end).with_count_only();
-            let now = self.inner.retry(|| self.inner.get(start.clone(), Some(options.clone()))).await?;
-            let now = u64::try_from(now.header().map_or(0, |h| h.revision())).unwrap_or(0);
+            let now = u64::try_from(self.inner.current_revision().await?).unwrap_or(0);
             if now < self.last.0 >> EVENT_BITS {
                 tracing::warn!(etcd = now, watcher = %self.last, "etcd is behind the watcher's revision; resetting");
                 self.reset().await?;
