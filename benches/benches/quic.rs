@@ -86,9 +86,9 @@ async fn tcp_ping(addr: SocketAddr, n: usize) -> Vec<Duration> {
     out
 }
 
-/// The transport floor: a bare quinn echo (one stream per round trip, same TLS and
-/// transport settings), no sextant code on either side.
-async fn raw_quinn_ping(files: &tls::TlsFiles, n: usize) -> Vec<Duration> {
+/// The transport floor: a bare quinn echo server (one stream per round trip, same TLS and
+/// transport settings), no sextant code.
+fn raw_quinn_server(files: &tls::TlsFiles) -> SocketAddr {
     let config = tls::server_config(files, None, 1024).expect("tls");
     let server = quinn::Endpoint::server(config, "127.0.0.1:0".parse().expect("addr")).expect("bind");
     let addr = server.local_addr().expect("addr");
@@ -107,12 +107,13 @@ async fn raw_quinn_ping(files: &tls::TlsFiles, n: usize) -> Vec<Duration> {
             });
         }
     });
-    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
-    client.set_default_client_config(tls::client_config(&files.ca, None).expect("tls"));
-    let conn = client.connect(addr, "localhost").expect("connect").await.expect("handshake");
+    addr
+}
+
+async fn raw_quinn_ping(conn: &quinn::Connection, n: usize) -> Vec<Duration> {
     let ping = encode(&Request::Ping { nonce: 1 }).expect("encode");
     let mut out = Vec::with_capacity(n);
-    for _ in 0..n + 200 {
+    for _ in 0..n {
         let start = Instant::now();
         let (mut send, mut recv) = conn.open_bi().await.expect("open");
         send.write_all(&ping).await.expect("write");
@@ -120,7 +121,6 @@ async fn raw_quinn_ping(files: &tls::TlsFiles, n: usize) -> Vec<Duration> {
         recv.read_to_end(1024).await.expect("read");
         out.push(start.elapsed());
     }
-    out.drain(..200);
     out
 }
 
@@ -174,56 +174,101 @@ async fn subscribers(
     (clients, rx)
 }
 
+/// A server on an embedded store in a fresh directory; the options to reach it.
+async fn start_server(dir: &std::path::Path) -> (ClientOptions, tls::TlsFiles) {
+    let files = tls::ensure_dev_certs(dir).expect("certs");
+    let store = EmbeddedStore::open(&dir.join("data"), EmbeddedOptions::default()).expect("store");
+    let registry = Registry::start(store, 64 * 1024).await.expect("registry");
+    let config = tls::server_config(&files, None, 1024).expect("tls");
+    let server = QuicServer::bind("127.0.0.1:0".parse().expect("addr"), config, registry, ServerOptions::default())
+        .expect("bind");
+    let addr = server.local_addr().expect("addr");
+    tokio::spawn(server.run(std::future::pending()));
+    (ClientOptions::new(vec![addr], files.ca.clone()), files)
+}
+
+/// Ping-pong: sextant's `ping` (one QUIC stream per request, the whole stack on both ends),
+/// a bare quinn echo (the transport floor) and the framed JSON ping over one tokio TCP
+/// connection, interleaved in rounds so all three see the same machine. The servers run on
+/// `servers` (another runtime, or the current one), the clients on the current runtime.
+async fn ping_pong(label: &str, servers: tokio::runtime::Handle) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    let (options, files, tcp_addr, raw_addr) = servers
+        .spawn(async move {
+            let (options, files) = start_server(&path).await;
+            let tcp = tcp_echo_server().await;
+            let raw = raw_quinn_server(&files);
+            (options, files, tcp, raw)
+        })
+        .await
+        .expect("servers");
+    let client = Client::connect(options).await.expect("connect");
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
+    endpoint.set_default_client_config(tls::client_config(&files.ca, None).expect("tls"));
+    let raw = endpoint.connect(raw_addr, "localhost").expect("connect").await.expect("handshake");
+    for _ in 0..200 {
+        client.ping().await.expect("warm up");
+    }
+    let _ = tcp_ping(tcp_addr, 200).await;
+    let _ = raw_quinn_ping(&raw, 200).await;
+    let (mut quic, mut tcp, mut bare) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..5 {
+        for _ in 0..1000 {
+            quic.push(client.ping().await.expect("ping"));
+        }
+        tcp.extend(tcp_ping(tcp_addr, 1000).await);
+        bare.extend(raw_quinn_ping(&raw, 1000).await);
+    }
+    for v in [&mut quic, &mut tcp, &mut bare] {
+        v.sort();
+    }
+    let (q50, t50, b50) = (us(percentile(&quic, 0.5)), us(percentile(&tcp, 0.5)), us(percentile(&bare, 0.5)));
+    println!(
+        "ping-pong, {label}: sextant quic p50 {q50:.1} us p99 {:.1} us; bare quinn p50 {b50:.1} us; tcp p50 {t50:.1} us p99 {:.1} us; quic/tcp p50 = {:.2}x (bare quinn/tcp {:.2}x)",
+        us(percentile(&quic, 0.99)),
+        us(percentile(&tcp, 0.99)),
+        q50 / t50,
+        b50 / t50
+    );
+}
+
+/// A single-threaded runtime on its own OS thread (a stand-in for the server's process).
+fn server_thread() -> tokio::runtime::Handle {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        tx.send(rt.handle().clone()).expect("handle");
+        rt.block_on(std::future::pending::<()>());
+    });
+    rx.recv().expect("server runtime")
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    // 1. Ping-pong, 5 interleaved rounds of 1000 each, in three placements:
+    //    - server and client on separate threads, each its own single-threaded runtime (as
+    //      two processes would be): the deployment's shape;
+    //    - both on one thread: the work each stack does per round trip, nothing else;
+    //    - both on one 2-worker runtime: also where the scheduler happened to put the two
+    //      ends (a cross-thread wake costs more than a whole TCP round trip), so it swings.
+    let client_rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    client_rt.block_on(ping_pong("server and client on separate threads", server_thread()));
+    client_rt.block_on(async { ping_pong("one thread", tokio::runtime::Handle::current()).await });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    rt.block_on(async { ping_pong("one 2-worker runtime", tokio::runtime::Handle::current()).await });
+    // The rest runs in a task on the 2-worker runtime (not on the main thread).
     rt.block_on(async {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let files = tls::ensure_dev_certs(dir.path()).expect("certs");
-        let store = EmbeddedStore::open(&dir.path().join("data"), EmbeddedOptions::default()).expect("store");
-        let registry = Registry::start(store, 64 * 1024).await.expect("registry");
-        let config = tls::server_config(&files, None, 1024).expect("tls");
-        let server = QuicServer::bind("127.0.0.1:0".parse().expect("addr"), config, registry.clone(), ServerOptions::default())
-            .expect("bind");
-        let addr = server.local_addr().expect("addr");
-        tokio::spawn(server.run(std::future::pending()));
-        let options = ClientOptions::new(vec![addr], files.ca.clone());
+        tokio::spawn(rest()).await.expect("bench task");
+    });
+}
 
-        // 1. Ping-pong: QUIC vs TCP, interleaved in rounds so both see the same machine.
-        let client = Client::connect(options.clone()).await.expect("connect");
-        let tcp_addr = tcp_echo_server().await;
-        for _ in 0..200 {
-            client.ping().await.expect("warm up");
-        }
-        let _ = tcp_ping(tcp_addr, 200).await;
-        let (mut quic, mut tcp) = (Vec::new(), Vec::new());
-        for _ in 0..5 {
-            for _ in 0..1000 {
-                quic.push(client.ping().await.expect("ping"));
-            }
-            tcp.extend(tcp_ping(tcp_addr, 1000).await);
-        }
-        let mut raw = raw_quinn_ping(&files, 3000).await;
-        raw.sort();
-        quic.sort();
-        tcp.sort();
-        let (q50, t50) = (percentile(&quic, 0.5), percentile(&tcp, 0.5));
-        println!(
-            "ping-pong floor: bare quinn echo p50 {:.1} us p99 {:.1} us = {:.2}x tcp",
-            us(percentile(&raw, 0.5)),
-            us(percentile(&raw, 0.99)),
-            us(percentile(&raw, 0.5)) / us(t50)
-        );
-        println!(
-            "ping-pong (5 interleaved rounds of 1000): quic p50 {:.1} us p99 {:.1} us; tcp p50 {:.1} us p99 {:.1} us; quic/tcp p50 = {:.2}x",
-            us(q50),
-            us(percentile(&quic, 0.99)),
-            us(t50),
-            us(percentile(&tcp, 0.99)),
-            us(q50) / us(t50)
-        );
+async fn rest() {
+    {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (options, _files) = start_server(dir.path()).await;
 
         // 2. Registration throughput, 64 concurrent clients.
         let clients: Vec<Client> = {
@@ -289,27 +334,45 @@ fn main() {
         );
         drop(subs);
 
-        // 4. One change fanned out to 10,000 subscribers.
+        // 4. One change fanned out to 10,000 subscribers (100 connections x 100 watches),
+        //    repeated: a warm-up change, then ROUNDS measured ones 300 ms apart.
+        const ROUNDS: u16 = 20;
         let (subs, mut rx) = subscribers(&options, "fan/g/svc", 100, 10_000).await;
-        let mut i = instance("fan/g/svc", 1);
-        i.port = 7777;
-        let sent = Instant::now();
-        writer.register(i, Binding::Persistent).await.expect("register");
-        let mut fan = Vec::new();
-        while fan.len() < 10_000 {
-            match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
-                Ok(Some((at, _))) => fan.push(at - sent),
-                _ => break,
+        let (mut lasts, mut all) = (Vec::new(), Vec::new());
+        for round in 0..=ROUNDS {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let mut i = instance("fan/g/svc", 1);
+            i.port = 7000 + round;
+            let sent = Instant::now();
+            writer.register(i, Binding::Persistent).await.expect("register");
+            let mut fan = Vec::with_capacity(10_000);
+            while fan.len() < 10_000 {
+                match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+                    Ok(Some((at, port))) if port == 7000 + round => fan.push(at - sent),
+                    Ok(Some(_)) => {}
+                    _ => break,
+                }
             }
+            assert_eq!(fan.len(), 10_000, "round {round}: every subscriber gets the change");
+            fan.sort();
+            let last = fan.last().copied().unwrap_or_default();
+            if round == 0 {
+                println!("fan-out warm-up change: last delivery {:.1} ms", ms(last));
+                continue;
+            }
+            lasts.push(last);
+            all.extend(fan);
         }
-        fan.sort();
+        lasts.sort();
+        all.sort();
         println!(
-            "fan-out, one change to 10000 subscribers: {} delivered, p50 {:.1} ms, p99 {:.1} ms, last {:.1} ms",
-            fan.len(),
-            ms(percentile(&fan, 0.5)),
-            ms(percentile(&fan, 0.99)),
-            ms(fan.last().copied().unwrap_or_default())
+            "fan-out, one change to 10000 subscribers, {ROUNDS} changes: deliveries p50 {:.1} ms p99 {:.1} ms; last delivery of a change: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            ms(percentile(&all, 0.5)),
+            ms(percentile(&all, 0.99)),
+            ms(percentile(&lasts, 0.5)),
+            ms(percentile(&lasts, 0.99)),
+            ms(lasts.last().copied().unwrap_or_default())
         );
         drop(subs);
-    });
+    }
 }

@@ -54,13 +54,51 @@ pub enum Change {
 }
 
 /// A change stamped with its revision.
+///
+/// On the wire: `{"revision": R, "type": "upsert", "record": …}`, `{…, "type": "remove",
+/// "key": …}` or `{…, "type": "reset", "snapshot": …}`. Decoded in one pass through
+/// [`EventWire`] (a flattened, internally tagged enum would make serde buffer the whole
+/// object first: the cost that dominates a client following many subscriptions).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "EventWire")]
 pub struct Event {
     /// The revision the change was made at (for `Reset`: the snapshot's revision).
     pub revision: Revision,
     /// The change.
     #[serde(flatten)]
     pub change: Change,
+}
+
+/// The members an [`Event`] is decoded from; unknown members are ignored.
+#[derive(Deserialize)]
+struct EventWire {
+    revision: Revision,
+    #[serde(rename = "type")]
+    kind: ChangeKind,
+    record: Option<Record>,
+    key: Option<RecordKey>,
+    snapshot: Option<Arc<StoreSnapshot>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ChangeKind {
+    Upsert,
+    Remove,
+    Reset,
+}
+
+impl TryFrom<EventWire> for Event {
+    type Error = &'static str;
+
+    fn try_from(w: EventWire) -> Result<Self, Self::Error> {
+        let change = match w.kind {
+            ChangeKind::Upsert => Change::Upsert { record: w.record.ok_or("missing field `record`")? },
+            ChangeKind::Remove => Change::Remove { key: w.key.ok_or("missing field `key`")? },
+            ChangeKind::Reset => Change::Reset { snapshot: w.snapshot.ok_or("missing field `snapshot`")? },
+        };
+        Ok(Self { revision: w.revision, change })
+    }
 }
 
 impl Event {

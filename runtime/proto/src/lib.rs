@@ -23,5 +23,5 @@ pub mod server;
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME_LEN, encode};
 pub use message::{
     ALPN, Binding, ErrorCode, MAX_COMPONENT_LEN, PROTOCOL_VERSION, PluginFailure, Request, Response, SlotView,
-    decode_component, encode_component,
+    SubscriptionFrame, decode_component, encode_component,
 };

@@ -399,6 +399,47 @@ impl Response {
     }
 }
 
+/// A frame on a subscription stream: an `event`, or the `error` that refused the
+/// subscription. Decodes the same bytes as [`Response`] in one pass (an internally tagged
+/// enum makes serde buffer the whole frame first), which matters to a client following
+/// many subscriptions.
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "SubscriptionWire")]
+pub enum SubscriptionFrame {
+    /// `{"type": "event", "event": EVENT}`.
+    Event(Event),
+    /// `{"type": "error", "code": CODE, "message": TEXT}`.
+    Error {
+        /// What failed.
+        code: ErrorCode,
+        /// For people.
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+struct SubscriptionWire {
+    #[serde(rename = "type")]
+    kind: String,
+    event: Option<Event>,
+    code: Option<ErrorCode>,
+    message: Option<String>,
+}
+
+impl TryFrom<SubscriptionWire> for SubscriptionFrame {
+    type Error = String;
+
+    fn try_from(w: SubscriptionWire) -> Result<Self, String> {
+        match (w.kind.as_str(), w.event, w.code) {
+            ("event", Some(event), _) => Ok(Self::Event(event)),
+            ("error", _, Some(code)) => Ok(Self::Error { code, message: w.message.unwrap_or_default() }),
+            ("event", None, _) => Err("missing field `event`".into()),
+            ("error", _, None) => Err("missing field `code`".into()),
+            (other, ..) => Err(format!("unexpected `{other}` frame on a subscription stream")),
+        }
+    }
+}
+
 /// Error codes: in `error` responses by name, and as QUIC application close codes by number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -496,6 +537,39 @@ mod tests {
         assert_eq!(serde_json::to_string(&Request::PluginList).unwrap(), r#"{"type":"plugin_list"}"#);
         let rb = Request::PluginRollback { name: "p2c".parse().unwrap() };
         assert_eq!(serde_json::to_string(&rb).unwrap(), r#"{"type":"plugin_rollback","name":"p2c"}"#);
+    }
+
+    #[test]
+    fn subscription_frames_decode_in_any_member_order() {
+        let instance = sextant_core::Instance::new(
+            sextant_core::ServiceKey::parse("ns/g/orders").unwrap(),
+            std::net::Ipv4Addr::new(10, 0, 0, 1).into(),
+            8080,
+        );
+        let event = Event {
+            revision: Revision(7),
+            change: sextant_core::Change::Upsert { record: sextant_core::Record::Instance(instance.into()) },
+        };
+        let bytes = serde_json::to_vec(&Response::Event { event: event.clone() }).unwrap();
+        let SubscriptionFrame::Event(decoded) = serde_json::from_slice(&bytes).unwrap() else { panic!() };
+        assert_eq!(decoded, event);
+        // A client in another language may order members as it likes, and add some.
+        let json = r#"{"event":{"key":{"kind":"service","key":{"namespace":"ns","group":"g","service":"orders"}},
+            "extra":1,"type":"remove","revision":9},"type":"event"}"#;
+        let SubscriptionFrame::Event(e) = serde_json::from_str(json).unwrap() else { panic!() };
+        assert_eq!(e.revision, Revision(9));
+        assert!(matches!(e.change, sextant_core::Change::Remove { .. }));
+        let error = serde_json::from_str(r#"{"type":"error","code":"forbidden","message":"no"}"#).unwrap();
+        assert!(matches!(error, SubscriptionFrame::Error { code: ErrorCode::Forbidden, .. }));
+        // A change without what it needs, or another message, is refused.
+        for bad in [
+            r#"{"type":"event","event":{"revision":1,"type":"upsert"}}"#,
+            r#"{"type":"event","event":{"revision":1,"type":"rename","record":null}}"#,
+            r#"{"type":"pong","nonce":1}"#,
+            r#"{"type":"event"}"#,
+        ] {
+            assert!(serde_json::from_str::<SubscriptionFrame>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ use quinn::{Connection, Endpoint};
 use serde::{Deserialize, Serialize};
 use sextant_core::{Change, Event, Instance, InstanceKey, LeaseId, Revision, Scope, StoreSnapshot};
 use sextant_proto::client::{Applied, ClientSession, SubId, SubState};
-use sextant_proto::{Binding, ErrorCode, Request, Response};
+use sextant_proto::{Binding, ErrorCode, Request, Response, SubscriptionFrame};
 use tokio::sync::{mpsc, watch};
 
 use crate::tls::{self, TlsError};
@@ -575,8 +575,8 @@ async fn run_watch(
         };
         drop(client);
         loop {
-            match reader.next::<Response>().await {
-                Ok(Some(Response::Event { event })) => {
+            match reader.next::<SubscriptionFrame>().await {
+                Ok(Some(SubscriptionFrame::Event(event))) => {
                     let Some(client) = inner.upgrade() else { return };
                     let (applied, view) = {
                         let mut session = client.session.lock();
@@ -595,11 +595,10 @@ async fn run_watch(
                         return;
                     }
                 }
-                Ok(Some(Response::Error { code, message })) => {
+                Ok(Some(SubscriptionFrame::Error { code, message })) => {
                     let _ = tx.send(Err(ClientError::Server { code, message })).await;
                     return;
                 }
-                Ok(Some(other)) => tracing::warn!(?other, "unexpected frame on a subscription"),
                 Ok(None) | Err(_) => break,
             }
         }

@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+mod feed;
 pub mod server;
 pub mod tls;
 pub mod wire;

@@ -1,8 +1,9 @@
-//! The QUIC server: one task per connection, one per request stream.
+//! The QUIC server: one task per connection, one per request stream, one for all of a
+//! connection's subscriptions (its feed, `crate::feed`).
 //!
 //! A connection starts with `hello` on its first stream (within the request timeout); each
 //! later stream carries one request, answered on the same stream, except `subscribe`, whose
-//! stream then carries events until either side closes it. Anything malformed, oversized,
+//! stream joins the connection's feed and then carries events until either side closes it. Anything malformed, oversized,
 //! out of order, or a stream that does not finish in time closes that connection with an
 //! error code; other connections are untouched and nothing is changed. Concurrent streams per
 //! connection are capped by QUIC flow control (`max_streams`).
@@ -14,7 +15,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -29,6 +30,7 @@ use sextant_proto::{Binding, ErrorCode, Request, Response};
 use sextant_store::{Registry, RegistryError};
 use tokio::sync::OnceCell;
 
+use crate::feed::{FeedHandle, FrameCache};
 use crate::wire::{self, WireError};
 
 /// Server settings.
@@ -62,9 +64,8 @@ struct Shared<S> {
     /// The plugin manager: picks and plugin administration. Without one, those requests
     /// are answered `unavailable`.
     plugins: Option<PluginManager<S>>,
-    /// The last change event encoded as a frame: every subscriber of a change sends the same
-    /// bytes, so it is encoded once, not once per subscriber.
-    last_frame: Mutex<Option<(sextant_core::Revision, Arc<[u8]>)>>,
+    /// Event frames shared by every subscriber of a change.
+    frames: Arc<FrameCache>,
 }
 
 /// A bound QUIC server.
@@ -88,7 +89,7 @@ impl<S: Store + Clone> QuicServer<S> {
         options: ServerOptions,
     ) -> std::io::Result<Self> {
         let endpoint = Endpoint::server(config, addr)?;
-        let shared = Arc::new(Shared { registry, options, plugins: None, last_frame: Mutex::new(None) });
+        let shared = Arc::new(Shared { registry, options, plugins: None, frames: Arc::default() });
         Ok(Self { endpoint, shared })
     }
 
@@ -99,7 +100,7 @@ impl<S: Store + Clone> QuicServer<S> {
             registry: self.shared.registry.clone(),
             options: self.shared.options.clone(),
             plugins: Some(plugins),
-            last_frame: Mutex::new(None),
+            frames: Arc::default(),
         };
         Self { endpoint: self.endpoint, shared: Arc::new(shared) }
     }
@@ -140,6 +141,8 @@ struct Conn<S> {
     conn: Connection,
     session: Mutex<ServerSession>,
     lease: OnceCell<LeaseId>,
+    /// The task serving this connection's subscriptions, started by the first one.
+    feed: OnceLock<FeedHandle>,
 }
 
 async fn connection<S: Store + Clone>(conn: Connection, shared: Arc<Shared<S>>) {
@@ -154,6 +157,7 @@ async fn connection<S: Store + Clone>(conn: Connection, shared: Arc<Shared<S>>) 
         conn: conn.clone(),
         session: Mutex::new(ServerSession::new(settings)),
         lease: OnceCell::new(),
+        feed: OnceLock::new(),
     });
     tracing::debug!(remote = %conn.remote_address(), "connection");
 
@@ -212,7 +216,7 @@ async fn stream<S: Store + Clone>(c: &Arc<Conn<S>>, mut send: SendStream, mut re
         }
         Step::Reply(r) => r,
         Step::Execute(Request::Subscribe { scope, from }) => {
-            subscribe(c, send, scope, from).await;
+            subscribe(c, send, scope, from);
             return true;
         }
         Step::Execute(request) => execute(c, request).await,
@@ -223,45 +227,14 @@ async fn stream<S: Store + Clone>(c: &Arc<Conn<S>>, mut send: SendStream, mut re
     true
 }
 
-async fn subscribe<S: Store + Clone>(
+fn subscribe<S: Store + Clone>(
     c: &Arc<Conn<S>>,
-    mut send: SendStream,
+    send: SendStream,
     scope: sextant_core::Scope,
     from: sextant_core::Revision,
 ) {
-    let mut sub = c.shared.registry.subscribe(scope, from);
-    loop {
-        tokio::select! {
-            event = sub.next() => {
-                let Some(event) = event else { break };
-                let Ok(frame) = c.shared.frame(event) else { break };
-                if send.write_all(&frame).await.is_err() {
-                    break;
-                }
-            }
-            _ = send.stopped() => break,
-        }
-    }
-}
-
-impl<S> Shared<S> {
-    /// The `event` frame for `event`, shared by every subscriber of an `upsert`/`remove`
-    /// (a `reset` is particular to its subscription's scope).
-    fn frame(&self, event: sextant_core::Event) -> Result<Arc<[u8]>, sextant_proto::FrameError> {
-        let shareable = !matches!(event.change, sextant_core::Change::Reset { .. });
-        let revision = event.revision;
-        if shareable
-            && let Some((r, frame)) = self.last_frame.lock().as_ref()
-            && *r == revision
-        {
-            return Ok(frame.clone());
-        }
-        let frame: Arc<[u8]> = sextant_proto::encode(&Response::Event { event })?.into();
-        if shareable {
-            *self.last_frame.lock() = Some((revision, frame.clone()));
-        }
-        Ok(frame)
-    }
+    let feed = c.feed.get_or_init(|| FeedHandle::start(&c.shared.registry, c.shared.frames.clone()));
+    feed.join(scope, from, send);
 }
 
 /// How long the store has been unreachable, for answers built from the last known state.

@@ -54,14 +54,15 @@ impl FrameReader {
 
     /// The next frame; `None` at a clean end of stream.
     pub async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, WireError> {
-        let mut buf = vec![0u8; 64 * 1024];
         loop {
             if let Some(message) = self.decoder.decode()? {
                 return Ok(Some(message));
             }
-            let want = self.decoder.wanted()?.clamp(1, buf.len());
-            match self.recv.read(&mut buf[..want]).await.map_err(|e| WireError::Stream(e.to_string()))? {
-                Some(n) => self.decoder.push(&buf[..n]),
+            // Never more than the frame still needs, so nothing past it is consumed; the
+            // chunk is quinn's own buffer, not a copy into a scratch one.
+            let want = self.decoder.wanted()?.max(1);
+            match self.recv.read_chunk(want, true).await.map_err(|e| WireError::Stream(e.to_string()))? {
+                Some(chunk) => self.decoder.push(&chunk.bytes),
                 None => {
                     self.decoder.finish()?;
                     return Ok(None);

@@ -368,3 +368,111 @@ async fn mutual_tls_requires_a_client_certificate() {
     Client::new(opts).unwrap().ping().await.expect("a certificate from the CA is accepted");
     node.stop().await;
 }
+
+/// A raw subscription: `subscribe` on a new stream of `conn`; frames are read with `next`.
+async fn raw_subscribe(conn: &quinn::Connection, scope: Scope) -> sextant_quic::wire::FrameReader {
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    send.write_all(&encode(&Request::Subscribe { scope, from: Revision(0) }).unwrap()).await.unwrap();
+    send.finish().unwrap();
+    // The server keeps writing on its side; ours is finished and dropping it is fine.
+    sextant_quic::wire::FrameReader::new(recv)
+}
+
+/// The ports of the `upsert`s that follow the initial `reset`, until `n` arrived (each event
+/// checked to come after the one before it: none twice, none out of order).
+async fn upserted_ports(reader: &mut sextant_quic::wire::FrameReader, n: usize) -> Vec<u16> {
+    let mut ports = Vec::new();
+    let mut last = Revision(0);
+    while ports.len() < n {
+        let frame = tokio::time::timeout(Duration::from_secs(10), reader.next::<Response>())
+            .await
+            .unwrap_or_else(|_| panic!("the next event in time (after {} of {n})", ports.len()))
+            .unwrap()
+            .expect("the stream stays open");
+        let Response::Event { event } = frame else { panic!("expected an event, got {frame:?}") };
+        assert!(event.revision > last || last == Revision(0), "revisions increase: {} after {last}", event.revision);
+        last = event.revision;
+        match event.change {
+            Change::Reset { .. } => assert!(ports.is_empty(), "one reset, first"),
+            Change::Upsert { record: Record::Instance(i) } => ports.push(i.port),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    ports
+}
+
+/// One connection's subscriptions share one feed: each gets exactly its scope's events, in
+/// order, and one whose client does not read (a small stream window, so the server's queue
+/// for it fills up) catches up afterwards with nothing missing and nothing twice, while the
+/// others on the same connection keep flowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_of_one_connection_each_get_their_scope_even_a_stalled_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tls::ensure_dev_certs(dir.path()).unwrap();
+    let reg = registry(&dir.path().join("data")).await;
+    let node = start(&reg, &files, "127.0.0.1:0".parse().unwrap(), options(5000));
+
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut config = tls::client_config(&files.ca, None).unwrap();
+    let mut transport = quinn::TransportConfig::default();
+    // 4 KiB per stream: about 15 event frames before the server must wait for the reader.
+    transport.stream_receive_window(quinn::VarInt::from_u32(4096));
+    config.transport_config(Arc::new(transport));
+    endpoint.set_default_client_config(config);
+    let conn = endpoint.connect(node.addr, "localhost").unwrap().await.unwrap();
+    let hello = encode(&Request::Hello { version: 1, token: None, client: None }).unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&hello).await.unwrap();
+    send.finish().unwrap();
+    let welcome = sextant_quic::wire::read_one::<Response>(&mut recv).await.unwrap();
+    assert!(matches!(welcome, Response::Welcome { .. }), "{welcome:?}");
+
+    let mut a = raw_subscribe(&conn, Scope::Service(ServiceKey::parse("feed/g/a").unwrap())).await;
+    let mut b = raw_subscribe(&conn, Scope::Service(ServiceKey::parse("feed/g/b").unwrap())).await;
+    let mut stalled = raw_subscribe(&conn, Scope::Service(ServiceKey::parse("feed/g/a").unwrap())).await;
+    // Wait until all three have joined (their resets), so every write below is live for them.
+    for r in [&mut a, &mut b, &mut stalled] {
+        let first = tokio::time::timeout(Duration::from_secs(10), r.next::<Response>()).await.unwrap().unwrap();
+        assert!(matches!(first, Some(Response::Event { event }) if matches!(event.change, Change::Reset { .. })));
+    }
+
+    // 2 x 400 writes: more than the stalled member's queue (256) plus its stream window.
+    let per = 400u16;
+    let writer = {
+        let reg = reg.clone();
+        tokio::spawn(async move {
+            for n in 0..per {
+                for service in ["feed/g/a", "feed/g/b"] {
+                    reg.put(Record::Instance(persistent(service, 1000 + n).into()), None).await.unwrap();
+                }
+            }
+        })
+    };
+    let expected: Vec<u16> = (0..per).map(|n| 1000 + n).collect();
+    // `a` and `b` are read while the writes go on; `stalled` is not read at all meanwhile.
+    let (ports_a, ports_b) = tokio::join!(
+        upserted_ports_after_reset(&mut a, expected.len()),
+        upserted_ports_after_reset(&mut b, expected.len())
+    );
+    assert_eq!(ports_a, expected, "service a's subscriber: every event once, in order");
+    assert_eq!(ports_b, expected, "service b's subscriber: every event once, in order");
+    writer.await.unwrap();
+    // Now the stalled one reads: whatever was queued, then the catch-up from the history.
+    let ports = upserted_ports_after_reset(&mut stalled, expected.len()).await;
+    assert_eq!(ports, expected, "the stalled subscriber caught up with nothing missing or repeated");
+    // And it is live again.
+    reg.put(Record::Instance(persistent("feed/g/a", 9999).into()), None).await.unwrap();
+    assert_eq!(upserted_ports_after_reset(&mut stalled, 1).await, vec![9999]);
+    node.stop().await;
+}
+
+fn persistent(service: &str, port: u16) -> Instance {
+    let mut i = instance(service, port);
+    i.ephemeral = false;
+    i
+}
+
+/// [`upserted_ports`] for a reader whose initial `reset` was already taken.
+async fn upserted_ports_after_reset(reader: &mut sextant_quic::wire::FrameReader, n: usize) -> Vec<u16> {
+    upserted_ports(reader, n).await
+}

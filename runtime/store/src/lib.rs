@@ -24,4 +24,4 @@ mod registry;
 pub use any::AnyStore;
 pub use embedded::{DB_FILE, EmbeddedOptions, EmbeddedStore, OpenError};
 pub use etcd::{CHUNK, EVENT_BITS, EtcdOptions, EtcdStore};
-pub use registry::{Registry, RegistryError, Subscription};
+pub use registry::{Feed, Received, Registry, RegistryError, Subscription, Synced};

@@ -23,6 +23,7 @@ use sextant_core::{
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
+use tokio_stream::wrappers::WatchStream as RevisionChanges;
 
 /// Events applied per batch at most (bounds the time the view's write lock is held).
 const MAX_BATCH: usize = 4096;
@@ -219,6 +220,18 @@ impl<S> Registry<S> {
         drop(view);
         Subscription { hub: self.hub.clone(), scope, pending, rx, last: from }
     }
+
+    /// A [`Feed`]: one live receiver for several scopes, for a server that serves many
+    /// subscriptions of one connection from one task.
+    #[must_use]
+    pub fn feed(&self) -> Feed {
+        let view = self.hub.view.read();
+        let rx = self.hub.events.subscribe();
+        let position = view.revision();
+        drop(view);
+        let changed = RevisionChanges::from_changes(self.hub.revision.subscribe());
+        Feed { hub: self.hub.clone(), rx, changed, position }
+    }
 }
 
 async fn drive<S: Store>(store: S, hub: Arc<Hub>, mut stream: WatchStream) {
@@ -313,5 +326,113 @@ impl Subscription {
     #[must_use]
     pub fn revision(&self) -> Revision {
         self.last
+    }
+}
+
+/// What [`Feed::poll_recv`] found.
+#[derive(Debug)]
+pub enum Received {
+    /// Events, in order (every scope: the owner filters).
+    Events(Vec<Event>),
+    /// The receiver fell behind the broadcast buffer and was replaced: events are missing
+    /// after the last one taken, so every member must catch up with [`Feed::sync`].
+    Lagged,
+}
+
+/// One live receiver for several scopes (a connection's subscriptions, served by one task),
+/// so one change reaches all of them in a single pass instead of waking a task each.
+///
+/// The owner keeps the revision its members have reached (the last event it took, or the
+/// position of the last sync); a member that stopped taking events (it just joined, its queue
+/// is full, the receiver lagged) rejoins with [`Feed::sync`] from the revision it had reached,
+/// which drains the receiver under the view's lock so that the catch-up and the live events
+/// neither overlap nor leave a gap.
+#[derive(Debug)]
+pub struct Feed {
+    hub: Arc<Hub>,
+    rx: broadcast::Receiver<Event>,
+    changed: RevisionChanges<Revision>,
+    position: Revision,
+}
+
+/// What [`Feed::sync`] returns.
+#[derive(Debug, Default)]
+pub struct Synced {
+    /// Events the receiver held, for the members already fed (in order).
+    pub backlog: Vec<Event>,
+    /// The receiver had lagged: the members already fed are missing events after the
+    /// position they had before this call, and must catch up too.
+    pub lagged: bool,
+    /// For each joining member, the events that bring it to `position`: its scope's
+    /// missed events, or a `Reset`.
+    pub catch_up: Vec<Vec<Event>>,
+    /// The live position after this call: every member fed the backlog, and every joiner
+    /// given its catch-up, has reached it.
+    pub position: Revision,
+}
+
+impl Feed {
+    /// The live position when the feed was made or last synced: the revision a member fed
+    /// every event received since then had reached before them.
+    #[must_use]
+    pub fn position(&self) -> Revision {
+        self.position
+    }
+
+    /// Waits for events; `Ready(None)` once the registry is gone.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Received>> {
+        loop {
+            let mut events = Vec::new();
+            loop {
+                match self.rx.try_recv() {
+                    Ok(event) => events.push(event),
+                    Err(broadcast::error::TryRecvError::Empty) => break,
+                    Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                        if !events.is_empty() {
+                            // Deliver what came before the gap first; the lag shows next time.
+                            return Poll::Ready(Some(Received::Events(events)));
+                        }
+                        self.rx = self.hub.events.subscribe();
+                        return Poll::Ready(Some(Received::Lagged));
+                    }
+                    Err(broadcast::error::TryRecvError::Closed) => return Poll::Ready(None),
+                }
+            }
+            if !events.is_empty() {
+                return Poll::Ready(Some(Received::Events(events)));
+            }
+            // The revision is published after the events it covers: a change seen here means
+            // there may be events to take.
+            match tokio_stream::Stream::poll_next(std::pin::Pin::new(&mut self.changed), cx) {
+                Poll::Ready(Some(_)) => {}
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Brings `joining` members (scope, revision reached) to the live position: under the
+    /// view's read lock, takes what the receiver holds (the `backlog`, for the members already
+    /// fed) and computes each joiner's catch-up to exactly that point.
+    pub fn sync(&mut self, joining: &[(&Scope, Revision)]) -> Synced {
+        let view = self.hub.view.read();
+        let mut synced = Synced::default();
+        loop {
+            match self.rx.try_recv() {
+                Ok(event) => synced.backlog.push(event),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                    synced.lagged = true;
+                    self.rx = self.hub.events.subscribe();
+                    break;
+                }
+                Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed) => break,
+            }
+        }
+        // Every applied event is broadcast under the write lock, so with the lock held and
+        // the receiver drained (or just replaced) the view's revision is the live position.
+        self.position = view.revision();
+        synced.position = self.position;
+        synced.catch_up = joining.iter().map(|(scope, from)| view.watch_from(*from, scope)).collect();
+        synced
     }
 }
