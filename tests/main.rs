@@ -8,4 +8,5 @@ mod demo;
 mod durability;
 mod etcd;
 mod plugins;
+mod python_client;
 mod support;

@@ -51,8 +51,10 @@ pub trait Store: Send + Sync + 'static {
     /// Keeps `lease` alive; returns its TTL.
     fn keepalive(&self, lease: LeaseId) -> impl Future<Output = Result<Duration, StoreError>> + Send;
 
-    /// Revokes `lease`, deleting the records attached to it.
-    fn revoke_lease(&self, lease: LeaseId) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Revokes `lease`, deleting the records attached to it; returns the revision of the
+    /// revocation: its last deletion (one per record), or the store's revision when nothing
+    /// was attached.
+    fn revoke_lease(&self, lease: LeaseId) -> impl Future<Output = Result<Revision, StoreError>> + Send;
 
     /// Every record in `scope`, consistent at one revision.
     fn list(&self, scope: Scope) -> impl Future<Output = Result<StoreSnapshot, StoreError>> + Send;

@@ -98,6 +98,17 @@ impl FrameDecoder {
         Ok(Some(message?))
     }
 
+    /// The payload of the next complete frame, undecoded, or `None` if more bytes are needed.
+    pub fn payload(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+        let Some(len) = self.announced()? else { return Ok(None) };
+        if self.buf.len() < 4 + len {
+            return Ok(None);
+        }
+        let payload = self.buf[4..4 + len].to_vec();
+        self.buf.drain(..4 + len);
+        Ok(Some(payload))
+    }
+
     /// Checks, at the end of a stream, that no partial frame is left.
     pub fn finish(&self) -> Result<(), FrameError> {
         if self.buf.is_empty() { Ok(()) } else { Err(FrameError::Truncated { buffered: self.buf.len() }) }

@@ -22,6 +22,6 @@ pub mod server;
 
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME_LEN, encode};
 pub use message::{
-    ALPN, Binding, ErrorCode, MAX_COMPONENT_LEN, PROTOCOL_VERSION, PluginFailure, Request, Response, SlotView,
-    SubscriptionFrame, decode_component, encode_component,
+    ALPN, Binding, ErrorCode, MAX_COMPONENT_LEN, PROTOCOL_VERSION, PluginFailure, REQUEST_TYPES, Request, RequestError,
+    Response, SlotView, SubscriptionFrame, decode_component, encode_component,
 };

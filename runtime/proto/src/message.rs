@@ -198,7 +198,66 @@ pub fn decode_component(text: &str) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
+/// Every request `type`.
+pub const REQUEST_TYPES: &[&str] = &[
+    "hello",
+    "ping",
+    "register",
+    "deregister",
+    "grant_lease",
+    "keepalive",
+    "revoke_lease",
+    "put_service",
+    "get_service",
+    "list",
+    "subscribe",
+    "config_get",
+    "config_put",
+    "config_delete",
+    "pick",
+    "plugin_list",
+    "plugin_load",
+    "plugin_rollback",
+    "plugin_delete",
+];
+
+/// Why a request payload is not a request.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RequestError {
+    /// Not a JSON object with a known `type`: a protocol error (the connection is closed).
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    /// A known request whose members are missing, of the wrong JSON type or invalid (a name,
+    /// an address, a port, a binding, a scope): answered `invalid`, the connection stays.
+    #[error("invalid {kind}: {message}")]
+    Invalid {
+        /// The request's `type`.
+        kind: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
 impl Request {
+    /// Decodes one request payload (a frame's JSON), telling a malformed message from a
+    /// known request with invalid contents.
+    pub fn decode(payload: &[u8]) -> Result<Self, RequestError> {
+        let error = match serde_json::from_slice::<Self>(payload) {
+            Ok(request) => return Ok(request),
+            Err(e) => e,
+        };
+        // Only on the error path: look at what it was meant to be.
+        let value: serde_json::Value =
+            serde_json::from_slice(payload).map_err(|e| RequestError::Malformed(e.to_string()))?;
+        let Some(kind) = value.get("type").and_then(serde_json::Value::as_str) else {
+            return Err(RequestError::Malformed("not a JSON object with a string `type`".into()));
+        };
+        match REQUEST_TYPES.iter().find(|k| **k == kind) {
+            Some(kind) => Err(RequestError::Invalid { kind, message: error.to_string() }),
+            None => Err(RequestError::Malformed(format!("unknown request type `{kind}`"))),
+        }
+    }
+
     /// The message's `type` tag, for logs and metrics.
     #[must_use]
     pub fn kind(&self) -> &'static str {
@@ -569,6 +628,26 @@ mod tests {
             r#"{"type":"event"}"#,
         ] {
             assert!(serde_json::from_str::<SubscriptionFrame>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn requests_with_invalid_contents_are_told_from_malformed_ones() {
+        let ok = Request::decode(br#"{"type":"ping","nonce":3,"extra":true}"#).unwrap();
+        assert_eq!(ok, Request::Ping { nonce: 3 });
+        // Every known type with nothing in it: invalid (members missing), not malformed.
+        for kind in REQUEST_TYPES.iter().filter(|k| **k != "plugin_list") {
+            let payload = format!(r#"{{"type":"{kind}"}}"#);
+            match Request::decode(payload.as_bytes()) {
+                Err(RequestError::Invalid { kind: k, .. }) => assert_eq!(k, *kind),
+                other => panic!("{kind}: {other:?}"),
+            }
+        }
+        let bad_name =
+            br#"{"type":"deregister","service":{"namespace":"a","group":"b","service":"bad name!"},"id":"x"}"#;
+        assert!(matches!(Request::decode(bad_name), Err(RequestError::Invalid { kind: "deregister", .. })));
+        for malformed in [&b"{{{"[..], b"[1,2]", br#"{"nonce":1}"#, br#"{"type":7}"#, br#"{"type":"reboot"}"#] {
+            assert!(matches!(Request::decode(malformed), Err(RequestError::Malformed(_))), "{malformed:?}");
         }
     }
 

@@ -26,7 +26,7 @@ use sextant_plugin::{ManagerError, PluginManager};
 use sextant_proto::acl::Acl;
 use sextant_proto::message::ServiceView;
 use sextant_proto::server::{ServerSession, ServerSettings, Step};
-use sextant_proto::{Binding, ErrorCode, Request, Response};
+use sextant_proto::{Binding, ErrorCode, Request, RequestError, Response};
 use sextant_store::{Registry, RegistryError};
 use tokio::sync::OnceCell;
 
@@ -73,6 +73,16 @@ struct Shared<S> {
 pub struct QuicServer<S> {
     endpoint: Endpoint,
     shared: Arc<Shared<S>>,
+}
+
+/// Answers the stream with an `error` frame (so the client can tell why), then closes the
+/// connection with that code; returns `false` (the connection is closed).
+async fn refuse<S>(c: &Conn<S>, mut send: SendStream, code: ErrorCode, reason: &str) -> bool {
+    let _ = wire::write(&mut send, &Response::error(code, reason)).await;
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
+    close(&c.conn, code, reason);
+    false
 }
 
 fn close(conn: &Connection, code: ErrorCode, reason: &str) {
@@ -192,28 +202,28 @@ async fn connection<S: Store + Clone>(conn: Connection, shared: Arc<Shared<S>>) 
 /// Handles one request stream; `false` if the connection was closed because of it.
 async fn stream<S: Store + Clone>(c: &Arc<Conn<S>>, mut send: SendStream, mut recv: quinn::RecvStream) -> bool {
     let timeout = c.shared.options.request_timeout;
-    let request = match tokio::time::timeout(timeout, wire::read_one::<Request>(&mut recv)).await {
-        Ok(Ok(r)) => r,
+    let payload = match tokio::time::timeout(timeout, wire::read_payload(&mut recv)).await {
+        Ok(Ok(payload)) => payload,
+        // The client reset the stream or the connection went: nothing to answer.
         Ok(Err(WireError::Stream(_))) => return true,
-        Ok(Err(e)) => {
-            close(&c.conn, ErrorCode::ProtocolError, &e.to_string());
-            return false;
+        Ok(Err(e)) => return refuse(c, send, ErrorCode::ProtocolError, &e.to_string()).await,
+        Err(_) => return refuse(c, send, ErrorCode::Timeout, "request stream did not finish in time").await,
+    };
+    let request = match Request::decode(&payload) {
+        Ok(request) => request,
+        // A known request with invalid contents is answered, once the connection has said
+        // hello; before that only a valid `hello` is acceptable.
+        Err(e @ RequestError::Invalid { kind, .. }) if kind != "hello" && c.session.lock().principal().is_some() => {
+            if wire::write(&mut send, &Response::error(ErrorCode::Invalid, &e)).await.is_ok() {
+                let _ = send.finish();
+            }
+            return true;
         }
-        Err(_) => {
-            close(&c.conn, ErrorCode::Timeout, "request stream did not finish in time");
-            return false;
-        }
+        Err(e) => return refuse(c, send, ErrorCode::ProtocolError, &e.to_string()).await,
     };
     let step = c.session.lock().on_request(request);
     let response = match step {
-        Step::Close(code, reason) => {
-            // Answer first so the client can tell why, then close.
-            let _ = wire::write(&mut send, &Response::error(code, &reason)).await;
-            let _ = send.finish();
-            let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
-            close(&c.conn, code, &reason);
-            return false;
-        }
+        Step::Close(code, reason) => return refuse(c, send, code, &reason).await,
         Step::Reply(r) => r,
         Step::Execute(Request::Subscribe { scope, from }) => {
             subscribe(c, send, scope, from);
@@ -235,6 +245,12 @@ fn subscribe<S: Store + Clone>(
 ) {
     let feed = c.feed.get_or_init(|| FeedHandle::start(&c.shared.registry, c.shared.frames.clone()));
     feed.join(scope, from, send);
+}
+
+/// Whether `service` has a spec (`put_service`): then it exists without instances too.
+fn has_spec<S: Store + Clone>(registry: &Registry<S>, service: &sextant_core::ServiceKey) -> bool {
+    let scope = sextant_core::Scope::Service(service.clone());
+    registry.list(&scope).records.iter().any(|r| matches!(r, Record::Service(_)))
 }
 
 /// How long the store has been unreachable, for answers built from the last known state.
@@ -305,12 +321,12 @@ async fn execute<S: Store + Clone>(c: &Arc<Conn<S>>, request: Request) -> Respon
                 let ttl = registry.keepalive(lease).await?;
                 Response::Lease { lease, ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX) }
             }
-            Request::RevokeLease { lease } => {
-                registry.revoke_lease(lease).await?;
-                written(registry.revision())
-            }
+            Request::RevokeLease { lease } => written(registry.revoke_lease(lease).await?),
             Request::PutService { spec } => written(registry.put(Record::Service(spec.into()), None).await?),
-            Request::GetService { service } => match registry.snapshot(&service).filter(|s| !s.instances.is_empty()) {
+            Request::GetService { service } => match registry
+                .snapshot(&service)
+                .filter(|s| !s.instances.is_empty() || has_spec(registry, &service))
+            {
                 Some(s) => Response::Service(ServiceView {
                     service,
                     revision: s.revision,
@@ -320,7 +336,7 @@ async fn execute<S: Store + Clone>(c: &Arc<Conn<S>>, request: Request) -> Respon
                     instances: s.instances.clone(),
                     stale_ms: stale_ms(registry),
                 }),
-                None => Response::error(ErrorCode::NotFound, format!("service {service} has no instances")),
+                None => Response::error(ErrorCode::NotFound, format!("service {service} has no instances and no spec")),
             },
             Request::List { scope } => {
                 let snapshot = registry.list(&scope);

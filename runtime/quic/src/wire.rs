@@ -3,7 +3,7 @@
 use quinn::{RecvStream, SendStream};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sextant_proto::{FrameDecoder, FrameError, MAX_FRAME_LEN, encode};
+use sextant_proto::{FrameDecoder, FrameError, encode};
 
 /// Why a stream could not carry a frame.
 #[derive(Debug, thiserror::Error)]
@@ -14,28 +14,42 @@ pub enum WireError {
     /// More than one frame, or bytes after the frame, where one request was expected.
     #[error("expected exactly one frame on the request stream")]
     TrailingData,
-    /// The peer sent more than a frame can hold.
-    #[error("request stream exceeds {MAX_FRAME_LEN} bytes")]
-    TooLong,
     /// The stream or connection failed.
     #[error("stream: {0}")]
     Stream(String),
 }
 
-/// Reads a whole request stream (the client finishes it after one frame) and decodes the
-/// single frame it must hold.
-pub async fn read_one<T: DeserializeOwned>(recv: &mut RecvStream) -> Result<T, WireError> {
-    let bytes = recv.read_to_end(MAX_FRAME_LEN + 4).await.map_err(|e| match e {
-        quinn::ReadToEndError::TooLong => WireError::TooLong,
-        quinn::ReadToEndError::Read(e) => WireError::Stream(e.to_string()),
-    })?;
+/// Reads the single frame a request stream holds (the client finishes the stream after it)
+/// and returns its payload. A length over the limit fails as soon as its 4 bytes are in;
+/// bytes after the frame, or an end inside it, fail too.
+pub async fn read_payload(recv: &mut RecvStream) -> Result<Vec<u8>, WireError> {
+    let stream = |e: quinn::ReadError| WireError::Stream(e.to_string());
     let mut decoder = FrameDecoder::new();
-    decoder.push(&bytes);
-    let Some(message) = decoder.decode()? else {
-        return Err(FrameError::Truncated { buffered: bytes.len() }.into());
+    let mut received = 0;
+    let payload = loop {
+        if let Some(payload) = decoder.payload()? {
+            break payload;
+        }
+        // Never more than the frame still needs, so the prefix is checked once it is in.
+        let want = decoder.wanted()?.max(1);
+        match recv.read_chunk(want, true).await.map_err(stream)? {
+            Some(chunk) => {
+                received += chunk.bytes.len();
+                decoder.push(&chunk.bytes);
+            }
+            None => return Err(FrameError::Truncated { buffered: received }.into()),
+        }
     };
-    decoder.finish().map_err(|_| WireError::TrailingData)?;
-    Ok(message)
+    match recv.read_chunk(1, true).await.map_err(stream)? {
+        None => Ok(payload),
+        Some(_) => Err(WireError::TrailingData),
+    }
+}
+
+/// Reads a request stream's single frame and decodes it as `T`.
+pub async fn read_one<T: DeserializeOwned>(recv: &mut RecvStream) -> Result<T, WireError> {
+    let payload = read_payload(recv).await?;
+    Ok(serde_json::from_slice(&payload).map_err(FrameError::from)?)
 }
 
 /// Reads frames one at a time from a long-lived stream (subscriptions).

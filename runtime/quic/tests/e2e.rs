@@ -305,6 +305,43 @@ async fn bad_input_closes_only_that_connection_and_changes_nothing() {
     send_raw(&conn, &[hello.clone(), hello.clone()].concat(), true).await;
     assert_eq!(closed_with(&conn), Some(ErrorCode::ProtocolError.as_u32()));
 
+    // An oversized length is refused as soon as its 4 bytes are in, without waiting for more
+    // (or for the stream's end, or the request timeout).
+    let conn = raw(&files, node.addr).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let started = tokio::time::Instant::now();
+    send.write_all(&(4u32 * 1024 * 1024 + 1).to_be_bytes()).await.unwrap();
+    let answer = sextant_quic::wire::read_one::<Response>(&mut recv).await.unwrap();
+    assert!(matches!(answer, Response::Error { code: ErrorCode::ProtocolError, .. }), "{answer:?}");
+    let _ = tokio::time::timeout(Duration::from_secs(3), conn.closed()).await;
+    assert_eq!(closed_with(&conn), Some(ErrorCode::ProtocolError.as_u32()));
+    assert!(started.elapsed() < Duration::from_millis(450), "not after the 500 ms request timeout");
+
+    // A known request with invalid contents (a name, an address, a missing member) is
+    // answered `invalid` and the connection stays.
+    let conn = raw(&files, node.addr).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&hello).await.unwrap();
+    send.finish().unwrap();
+    assert!(matches!(sextant_quic::wire::read_one::<Response>(&mut recv).await.unwrap(), Response::Welcome { .. }));
+    for invalid in [
+        serde_json::json!({"type": "deregister", "service": {"namespace": "a", "group": "b", "service": "bad name!"}, "id": "x"}),
+        serde_json::json!({"type": "register", "binding": {"kind": "persistent"},
+            "instance": {"service": {"namespace": "a", "group": "b", "service": "c"}, "id": "x", "ip": "not-an-ip", "port": 1}}),
+        serde_json::json!({"type": "ping"}),
+    ] {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&encode(&invalid).unwrap()).await.unwrap();
+        send.finish().unwrap();
+        let answer = sextant_quic::wire::read_one::<Response>(&mut recv).await.unwrap();
+        assert!(matches!(answer, Response::Error { code: ErrorCode::Invalid, .. }), "{invalid}: {answer:?}");
+    }
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&encode(&Request::Ping { nonce: 5 }).unwrap()).await.unwrap();
+    send.finish().unwrap();
+    let pong = sextant_quic::wire::read_one::<Response>(&mut recv).await.unwrap();
+    assert_eq!(pong, Response::Pong { nonce: 5 }, "the connection still serves");
+
     assert_eq!(reg.revision(), before, "nothing changed");
     good.ping().await.expect("the well-behaved client is still served");
     node.stop().await;

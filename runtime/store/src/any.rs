@@ -90,7 +90,7 @@ impl Store for AnyStore {
         each!(self, s => s.keepalive(lease).await)
     }
 
-    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<Revision, StoreError> {
         each!(self, s => s.revoke_lease(lease).await)
     }
 

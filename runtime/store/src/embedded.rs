@@ -272,7 +272,7 @@ impl Shared {
         state: &mut State,
         removals: usize,
         take: impl FnOnce(&mut Engine) -> Vec<Event>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Revision, StoreError> {
         if let Some(c) = Self::ceiling_for(state, removals) {
             write_txn(&self.db, &Persist::Nothing, Some(c)).map_err(unavailable)?;
             state.ceiling = c;
@@ -280,7 +280,7 @@ impl Shared {
         for event in take(&mut state.engine) {
             let _ = self.events.send(event);
         }
-        Ok(())
+        Ok(state.engine.revision())
     }
 
     fn expire(&self) {
@@ -292,7 +292,7 @@ impl Shared {
         let due = state.engine.due_removals(now);
         let before = state.engine.lease_count();
         match self.remove_leased(&mut state, due, |e| e.expire(now)) {
-            Ok(()) => {
+            Ok(_) => {
                 let expired = before - state.engine.lease_count();
                 state.leases_expired += expired as u64;
                 tracing::debug!(expired, removed = due, "leases expired");
@@ -347,7 +347,7 @@ impl Store for EmbeddedStore {
         Ok(self.shared.state.lock().engine.keepalive(now, lease)?)
     }
 
-    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<Revision, StoreError> {
         let mut state = self.shared.state.lock();
         let attached = state.engine.lease_key_count(lease)?;
         // Ephemeral records only: no record IO, at most a ceiling bump.

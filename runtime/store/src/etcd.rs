@@ -455,14 +455,20 @@ impl Store for EtcdStore {
         Ok(Duration::from_secs(u64::try_from(ttl).unwrap_or(0)))
     }
 
-    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<Revision, StoreError> {
         let inner = &self.inner;
         let current = inner.resolve(lease);
+        // etcd deletes the lease's keys at one revision, one event each; the revocation's
+        // revision is its last event's. The records of a lease another host granted are not
+        // known here: then the first event's.
+        let attached = inner.leases.lock().get(&lease.0).map_or(0, |h| h.records.len() as u64);
         let result = inner.call(inner.client.lease_client().revoke(current)).await.map_err(|e| lease_error(e, lease));
         if !matches!(result, Err(StoreError::Unavailable(_))) {
             inner.leases.lock().remove(&lease.0);
         }
-        result.map(|_| ())
+        let response = result?;
+        let etcd_rev = response.header().map_or(0, etcd_client::ResponseHeader::revision);
+        Ok(event_revision(etcd_rev, attached.saturating_sub(1)))
     }
 
     async fn list(&self, scope: Scope) -> Result<StoreSnapshot, StoreError> {

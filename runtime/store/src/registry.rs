@@ -141,9 +141,12 @@ impl<S: Store + Clone> Registry<S> {
         Ok(self.store.keepalive(lease).await?)
     }
 
-    /// Revokes a lease and its instances.
-    pub async fn revoke_lease(&self, lease: LeaseId) -> Result<(), RegistryError> {
-        Ok(self.store.revoke_lease(lease).await?)
+    /// Revokes a lease and its instances; returns the revocation's revision (its last
+    /// removal) once this registry's view shows it.
+    pub async fn revoke_lease(&self, lease: LeaseId) -> Result<Revision, RegistryError> {
+        let revision = self.store.revoke_lease(lease).await?;
+        self.wait_for(revision).await;
+        Ok(revision)
     }
 
     /// For how long the store has been unreachable, if it is: this registry then serves the

@@ -164,8 +164,10 @@ async fn snapshot_handles_follow_registrations() {
         registry.put(instance("prod/g/api", port, true), Some(lease)).await.unwrap();
     }
     assert_eq!(handle.load().instances.len(), 5);
-    registry.revoke_lease(lease).await.unwrap();
-    registry.wait_for(Revision(10)).await;
+    let before = registry.revision();
+    let revoked = registry.revoke_lease(lease).await.unwrap();
+    assert_eq!(revoked, Revision(before.0 + 5), "one removal each; the answer is the last one's revision");
+    assert_eq!(registry.revision(), revoked, "and the view already shows it");
     assert!(handle.load().instances.is_empty());
     assert_eq!(registry.stats().instances, 0);
 }

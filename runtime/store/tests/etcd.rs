@@ -136,9 +136,10 @@ async fn leases_revoke_expire_and_a_lost_lease_is_granted_again_with_its_keys() 
     registry.put(instance("pay", 1, true), Some(lease)).await.unwrap();
     registry.put(instance("pay", 2, true), Some(lease)).await.unwrap();
     let mut watch = store.watch(Scope::All, registry.revision()).await.unwrap();
-    store.revoke_lease(lease).await.unwrap();
+    let revoked = store.revoke_lease(lease).await.unwrap();
     let (a, b) = (next(&mut watch).await, next(&mut watch).await);
     assert!(matches!(a.change, Change::Remove { .. }) && matches!(b.change, Change::Remove { .. }));
+    assert_eq!(revoked, b.revision, "the revocation's revision is its last removal's");
     assert_eq!(a.revision.0 >> sextant_store::EVENT_BITS, b.revision.0 >> sextant_store::EVENT_BITS);
     assert!(b.revision > a.revision, "one sextant revision per event");
     eventually("both removed from the view", Duration::from_secs(5), || ports(&registry, "pay").is_empty()).await;
