@@ -23,12 +23,14 @@ use parking_lot::Mutex;
 use quinn::SendStream;
 use sextant_core::store::Store;
 use sextant_core::{Change, Event, Revision, Scope};
-use sextant_proto::{FrameError, Response};
+use sextant_proto::Response;
 use sextant_store::{Feed, Received, Registry};
 use tokio::sync::mpsc;
 
-/// Frames a member may have waiting before it stops taking events and catches up later.
+/// Frames, and bytes, a member may have waiting before it stops taking events and catches
+/// up later.
 const MAX_QUEUED: usize = 256;
+const MAX_QUEUED_BYTES: usize = 1024 * 1024;
 
 /// The `event` frame of the last change, encoded once for every subscriber of every
 /// connection (a `Reset` is particular to its member's scope and is not shared).
@@ -38,15 +40,15 @@ pub(crate) struct FrameCache {
 }
 
 impl FrameCache {
-    fn frame(&self, event: &Event) -> Result<Arc<[u8]>, FrameError> {
+    fn frame(&self, event: &Event) -> Option<Arc<[u8]>> {
         if let Some((r, frame)) = self.last.lock().as_ref()
             && *r == event.revision
         {
-            return Ok(frame.clone());
+            return Some(frame.clone());
         }
-        let frame: Arc<[u8]> = sextant_proto::encode(&Response::Event { event: event.clone() })?.into();
+        let frame = encode(event)?;
         *self.last.lock() = Some((event.revision, frame.clone()));
-        Ok(frame)
+        Some(frame)
     }
 }
 
@@ -104,6 +106,8 @@ struct Member {
     scope: Scope,
     send: SendStream,
     queue: VecDeque<Arc<[u8]>>,
+    /// Bytes in `queue`.
+    queued: usize,
     /// Bytes of the front frame already written.
     written: usize,
     /// `Some(revision)`: not taking events (just joined, or its queue filled up); catches up
@@ -115,11 +119,17 @@ impl Member {
     /// Queues `frame`, or, when the queue is full, stops taking events: the member has
     /// everything up to `reached` and catches up from there later.
     fn push(&mut self, frame: Arc<[u8]>, reached: Revision) {
-        if self.queue.len() >= MAX_QUEUED {
+        let full = self.queue.len() >= MAX_QUEUED || self.queued + frame.len() > MAX_QUEUED_BYTES;
+        if full && !self.queue.is_empty() {
             self.behind = Some(reached);
         } else {
-            self.queue.push_back(frame);
+            self.queue_frame(frame);
         }
+    }
+
+    fn queue_frame(&mut self, frame: Arc<[u8]>) {
+        self.queued += frame.len();
+        self.queue.push_back(frame);
     }
 
     /// Writes what the stream accepts now; `false` if the stream is gone.
@@ -129,6 +139,7 @@ impl Member {
                 Poll::Ready(Ok(n)) => {
                     self.written += n;
                     if self.written == frame.len() {
+                        self.queued -= frame.len();
                         self.queue.pop_front();
                         self.written = 0;
                     }
@@ -174,11 +185,8 @@ impl State {
                 let f = match &frame {
                     Some(f) => Arc::clone(f),
                     None => match self.frames.frame(&event) {
-                        Ok(f) => frame.insert(f).clone(),
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot encode an event");
-                            break;
-                        }
+                        Some(f) => frame.insert(f).clone(),
+                        None => break,
                     },
                 };
                 m.push(f, reached);
@@ -205,10 +213,7 @@ impl State {
         // their catch-up covers it).
         self.dispatch(synced.backlog);
         if synced.lagged {
-            let reached = self.position;
-            for m in self.members.iter_mut().filter(|m| m.behind.is_none()) {
-                m.behind = Some(reached);
-            }
+            self.fall_behind();
         }
         self.position = synced.position;
         for (&i, events) in joining.iter().zip(synced.catch_up) {
@@ -216,10 +221,18 @@ impl State {
             m.behind = None;
             for event in events {
                 let Some(frame) = encode(&event) else { break };
-                m.queue.push_back(frame);
+                m.queue_frame(frame);
             }
         }
         true
+    }
+
+    /// The receiver lagged: every member being fed has missed events after the position.
+    fn fall_behind(&mut self) {
+        let reached = self.position;
+        for m in self.members.iter_mut().filter(|m| m.behind.is_none()) {
+            m.behind = Some(reached);
+        }
     }
 
     /// Writes what every stream accepts; drops the members whose stream is gone.
@@ -245,9 +258,15 @@ async fn run(mut state: State, mut commands: mpsc::UnboundedReceiver<Command>) {
 fn poll(state: &mut State, commands: &mut mpsc::UnboundedReceiver<Command>, cx: &mut Context<'_>) -> Poll<()> {
     loop {
         match commands.poll_recv(cx) {
-            Poll::Ready(Some(Command::Join { id, scope, from, send })) => {
-                state.members.push(Member { id, scope, send, queue: VecDeque::new(), written: 0, behind: Some(from) })
-            }
+            Poll::Ready(Some(Command::Join { id, scope, from, send })) => state.members.push(Member {
+                id,
+                scope,
+                send,
+                queue: VecDeque::new(),
+                queued: 0,
+                written: 0,
+                behind: Some(from),
+            }),
             Poll::Ready(Some(Command::Stopped(id))) => state.members.retain(|m| m.id != id),
             // The connection is gone and every watcher has reported.
             Poll::Ready(None) => return Poll::Ready(()),
@@ -257,12 +276,7 @@ fn poll(state: &mut State, commands: &mut mpsc::UnboundedReceiver<Command>, cx: 
     loop {
         match state.feed.poll_recv(cx) {
             Poll::Ready(Some(Received::Events(events))) => state.dispatch(events),
-            Poll::Ready(Some(Received::Lagged)) => {
-                let reached = state.position;
-                for m in state.members.iter_mut().filter(|m| m.behind.is_none()) {
-                    m.behind = Some(reached);
-                }
-            }
+            Poll::Ready(Some(Received::Lagged)) => state.fall_behind(),
             Poll::Ready(None) => return Poll::Ready(()),
             Poll::Pending => break,
         }

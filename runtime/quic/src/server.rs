@@ -3,9 +3,11 @@
 //!
 //! A connection starts with `hello` on its first stream (within the request timeout); each
 //! later stream carries one request, answered on the same stream, except `subscribe`, whose
-//! stream joins the connection's feed and then carries events until either side closes it. Anything malformed, oversized,
-//! out of order, or a stream that does not finish in time closes that connection with an
-//! error code; other connections are untouched and nothing is changed. Concurrent streams per
+//! stream joins the connection's feed and then carries events until either side closes it.
+//! A malformed or oversized frame, a payload that is not a known message, anything out of
+//! order, or a stream that does not finish in time closes that connection with an error code
+//! (after an `error` frame on the stream); a known request with invalid contents is answered
+//! `invalid`. Other connections are untouched and nothing is changed. Concurrent streams per
 //! connection are capped by QUIC flow control (`max_streams`).
 //!
 //! Instances registered with the `connection` binding hang on one lease per connection
