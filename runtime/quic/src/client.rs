@@ -599,6 +599,12 @@ async fn run_watch(
                     let _ = tx.send(Err(ClientError::Server { code, message })).await;
                     return;
                 }
+                Err(wire::WireError::Frame(e)) => {
+                    // Not a server of this protocol: resubscribe, but not in a tight loop.
+                    tracing::warn!(error = %e, "bad frame on a subscription; resubscribing");
+                    tokio::time::sleep(backoff).await;
+                    break;
+                }
                 Ok(None) | Err(_) => break,
             }
         }

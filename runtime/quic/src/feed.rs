@@ -24,7 +24,7 @@ use quinn::SendStream;
 use sextant_core::store::Store;
 use sextant_core::{Change, Event, Revision, Scope};
 use sextant_proto::Response;
-use sextant_store::{Feed, Received, Registry};
+use sextant_store::{Feed, Registry};
 use tokio::sync::mpsc;
 
 /// Frames, and bytes, a member may have waiting before it stops taking events and catches
@@ -215,7 +215,7 @@ impl State {
         if synced.lagged {
             self.fall_behind();
         }
-        self.position = synced.position;
+        self.position = self.feed.position();
         for (&i, events) in joining.iter().zip(synced.catch_up) {
             let m = &mut self.members[i];
             m.behind = None;
@@ -275,8 +275,12 @@ fn poll(state: &mut State, commands: &mut mpsc::UnboundedReceiver<Command>, cx: 
     }
     loop {
         match state.feed.poll_recv(cx) {
-            Poll::Ready(Some(Received::Events(events))) => state.dispatch(events),
-            Poll::Ready(Some(Received::Lagged)) => state.fall_behind(),
+            Poll::Ready(Some(received)) => {
+                state.dispatch(received.events);
+                if received.lagged {
+                    state.fall_behind();
+                }
+            }
             Poll::Ready(None) => return Poll::Ready(()),
             Poll::Pending => break,
         }

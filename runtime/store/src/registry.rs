@@ -27,6 +27,8 @@ use tokio_stream::wrappers::WatchStream as RevisionChanges;
 
 /// Events applied per batch at most (bounds the time the view's write lock is held).
 const MAX_BATCH: usize = 4096;
+/// Events held for subscribers that are behind, by default.
+const LIVE_BUFFER: usize = 64 * 1024;
 /// How long a write waits for the view to catch up before returning anyway.
 const CATCH_UP: Duration = Duration::from_secs(5);
 
@@ -95,7 +97,17 @@ impl Drop for DriverGuard {
 impl<S: Store + Clone> Registry<S> {
     /// Loads the store's contents and starts following it.
     pub async fn start(store: S, history_capacity: usize) -> Result<Self, RegistryError> {
-        let (events, _) = broadcast::channel(64 * 1024);
+        Self::start_with_live_buffer(store, history_capacity, LIVE_BUFFER).await
+    }
+
+    /// [`Registry::start`] with `live_buffer` events held for subscribers that are behind
+    /// (past it they resume from the history, or get a `Reset`).
+    pub async fn start_with_live_buffer(
+        store: S,
+        history_capacity: usize,
+        live_buffer: usize,
+    ) -> Result<Self, RegistryError> {
+        let (events, _) = broadcast::channel(live_buffer.max(1));
         let view = RegistryView::new(history_capacity);
         let directory = view.directory().clone();
         let hub =
@@ -332,14 +344,15 @@ impl Subscription {
     }
 }
 
-/// What [`Feed::poll_recv`] found.
+/// What [`Feed::poll_recv`] took.
 #[derive(Debug)]
-pub enum Received {
+pub struct Received {
     /// Events, in order (every scope: the owner filters).
-    Events(Vec<Event>),
-    /// The receiver fell behind the broadcast buffer and was replaced: events are missing
-    /// after the last one taken, so every member must catch up with [`Feed::sync`].
-    Lagged,
+    pub events: Vec<Event>,
+    /// After `events` the receiver fell behind the broadcast buffer and was replaced: events
+    /// are missing after the last one taken, so every member must catch up with
+    /// [`Feed::sync`].
+    pub lagged: bool,
 }
 
 /// One live receiver for several scopes (a connection's subscriptions, served by one task),
@@ -366,17 +379,14 @@ pub struct Synced {
     /// The receiver had lagged: the members already fed are missing events after the
     /// position they had before this call, and must catch up too.
     pub lagged: bool,
-    /// For each joining member, the events that bring it to `position`: its scope's
-    /// missed events, or a `Reset`.
+    /// For each joining member, the events that bring it to [`Feed::position`]: its
+    /// scope's missed events, or a `Reset`.
     pub catch_up: Vec<Vec<Event>>,
-    /// The live position after this call: every member fed the backlog, and every joiner
-    /// given its catch-up, has reached it.
-    pub position: Revision,
 }
 
 impl Feed {
-    /// The live position when the feed was made or last synced: the revision a member fed
-    /// every event received since then had reached before them.
+    /// The live position when the feed was made or last synced: the revision every member
+    /// fed the backlog, and every joiner given its catch-up, has reached then.
     #[must_use]
     pub fn position(&self) -> Revision {
         self.position
@@ -385,24 +395,22 @@ impl Feed {
     /// Waits for events; `Ready(None)` once the registry is gone.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Received>> {
         loop {
-            let mut events = Vec::new();
+            let mut received = Received { events: Vec::new(), lagged: false };
             loop {
                 match self.rx.try_recv() {
-                    Ok(event) => events.push(event),
+                    Ok(event) => received.events.push(event),
                     Err(broadcast::error::TryRecvError::Empty) => break,
                     Err(broadcast::error::TryRecvError::Lagged(_)) => {
-                        if !events.is_empty() {
-                            // Deliver what came before the gap first; the lag shows next time.
-                            return Poll::Ready(Some(Received::Events(events)));
-                        }
+                        // Reported once: the events before the gap go out with the flag.
                         self.rx = self.hub.events.subscribe();
-                        return Poll::Ready(Some(Received::Lagged));
+                        received.lagged = true;
+                        break;
                     }
                     Err(broadcast::error::TryRecvError::Closed) => return Poll::Ready(None),
                 }
             }
-            if !events.is_empty() {
-                return Poll::Ready(Some(Received::Events(events)));
+            if received.lagged || !received.events.is_empty() {
+                return Poll::Ready(Some(received));
             }
             // The revision is published after the events it covers: a change seen here means
             // there may be events to take.
@@ -434,7 +442,6 @@ impl Feed {
         // Every applied event is broadcast under the write lock, so with the lock held and
         // the receiver drained (or just replaced) the view's revision is the live position.
         self.position = view.revision();
-        synced.position = self.position;
         synced.catch_up = joining.iter().map(|(scope, from)| view.watch_from(*from, scope)).collect();
         synced
     }

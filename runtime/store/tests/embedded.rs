@@ -201,3 +201,39 @@ async fn config_watchers_see_each_new_version() {
     assert!(matches!(watch.next().await.unwrap().change, Change::Remove { .. }));
     assert!(registry.config(&key).is_none());
 }
+
+/// A feed whose receiver falls behind the live buffer reports the lag once, and a catch-up
+/// from where it stood brings exactly the missed events; afterwards it is live again.
+#[tokio::test]
+async fn a_feed_that_lags_catches_up_with_exactly_what_it_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start_with_live_buffer(open(dir.path()), 1024, 4).await.unwrap();
+    // Something first: a catch-up from revision 0 is a `Reset` by definition.
+    registry.put(instance("prod/g/api", 100, false), None).await.unwrap();
+    let mut feed = registry.feed();
+    let start = feed.position();
+    for port in 1..=10 {
+        registry.put(instance("prod/g/api", port, false), None).await.unwrap();
+    }
+    let received = std::future::poll_fn(|cx| feed.poll_recv(cx)).await.unwrap();
+    assert!(received.lagged, "10 events through a buffer of 4");
+    let reached = received.events.last().map_or(start, |e| e.revision);
+    let scope = Scope::Service(ServiceKey::parse("prod/g/api").unwrap());
+    let synced = feed.sync(&[(&scope, reached)]);
+    let ports: Vec<u16> = received
+        .events
+        .iter()
+        .chain(synced.catch_up[0].iter())
+        .map(|e| match &e.change {
+            Change::Upsert { record: Record::Instance(i) } => i.port,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(ports, (1..=10).collect::<Vec<_>>(), "every event once, in order");
+    assert_eq!(feed.position(), registry.revision());
+    registry.put(instance("prod/g/api", 11, false), None).await.unwrap();
+    let live = std::future::poll_fn(|cx| feed.poll_recv(cx)).await.unwrap();
+    assert!(!live.lagged);
+    assert_eq!(live.events.len(), 1);
+    assert!(matches!(&live.events[0].change, Change::Upsert { record: Record::Instance(i) } if i.port == 11));
+}
