@@ -89,24 +89,23 @@ impl FrameDecoder {
 
     /// The next complete frame decoded as `T`, or `None` if more bytes are needed.
     pub fn decode<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
-        let Some(len) = self.announced()? else { return Ok(None) };
-        if self.buf.len() < 4 + len {
-            return Ok(None);
-        }
-        let message = serde_json::from_slice(&self.buf[4..4 + len]);
-        self.buf.drain(..4 + len);
-        Ok(Some(message?))
+        Ok(self.take(|payload| serde_json::from_slice(payload))?.transpose()?)
     }
 
     /// The payload of the next complete frame, undecoded, or `None` if more bytes are needed.
     pub fn payload(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+        self.take(<[u8]>::to_vec)
+    }
+
+    /// Applies `f` to the next complete frame's payload and consumes the frame.
+    fn take<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> Result<Option<R>, FrameError> {
         let Some(len) = self.announced()? else { return Ok(None) };
         if self.buf.len() < 4 + len {
             return Ok(None);
         }
-        let payload = self.buf[4..4 + len].to_vec();
+        let out = f(&self.buf[4..4 + len]);
         self.buf.drain(..4 + len);
-        Ok(Some(payload))
+        Ok(Some(out))
     }
 
     /// Checks, at the end of a stream, that no partial frame is left.

@@ -487,19 +487,17 @@ async fn subscriptions_of_one_connection_each_get_their_scope_even_a_stalled_one
     };
     let expected: Vec<u16> = (0..per).map(|n| 1000 + n).collect();
     // `a` and `b` are read while the writes go on; `stalled` is not read at all meanwhile.
-    let (ports_a, ports_b) = tokio::join!(
-        upserted_ports_after_reset(&mut a, expected.len()),
-        upserted_ports_after_reset(&mut b, expected.len())
-    );
+    let (ports_a, ports_b) =
+        tokio::join!(upserted_ports(&mut a, expected.len()), upserted_ports(&mut b, expected.len()));
     assert_eq!(ports_a, expected, "service a's subscriber: every event once, in order");
     assert_eq!(ports_b, expected, "service b's subscriber: every event once, in order");
     writer.await.unwrap();
     // Now the stalled one reads: whatever was queued, then the catch-up from the history.
-    let ports = upserted_ports_after_reset(&mut stalled, expected.len()).await;
+    let ports = upserted_ports(&mut stalled, expected.len()).await;
     assert_eq!(ports, expected, "the stalled subscriber caught up with nothing missing or repeated");
     // And it is live again.
     reg.put(Record::Instance(persistent("feed/g/a", 9999).into()), None).await.unwrap();
-    assert_eq!(upserted_ports_after_reset(&mut stalled, 1).await, vec![9999]);
+    assert_eq!(upserted_ports(&mut stalled, 1).await, vec![9999]);
     node.stop().await;
 }
 
@@ -507,9 +505,4 @@ fn persistent(service: &str, port: u16) -> Instance {
     let mut i = instance(service, port);
     i.ephemeral = false;
     i
-}
-
-/// [`upserted_ports`] for a reader whose initial `reset` was already taken.
-async fn upserted_ports_after_reset(reader: &mut sextant_quic::wire::FrameReader, n: usize) -> Vec<u16> {
-    upserted_ports(reader, n).await
 }
