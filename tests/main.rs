@@ -9,4 +9,5 @@ mod durability;
 mod etcd;
 mod plugins;
 mod python_client;
+mod security;
 mod support;

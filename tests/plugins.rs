@@ -4,11 +4,10 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{Server, instance, run};
+use crate::support::{Server, instance, run, wait_until};
 
 const SERVICE: &str = "shop/web/orders";
 
@@ -28,14 +27,6 @@ fn active(server: &Server) -> Option<(String, String)> {
     list["slots"].as_array()?.iter().find(|s| s["service"] == SERVICE && s["kind"] == "balancer").map(|s| {
         (s["plugin"].as_str().unwrap_or_default().to_owned(), s["sha256"].as_str().unwrap_or_default().to_owned())
     })
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn picks(server: &Server, n: usize) -> BTreeSet<String> {

@@ -92,6 +92,11 @@ impl Server {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The server process's id, while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// What the server logged so far.
     pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -140,6 +145,22 @@ impl Server {
         read(http().delete(&self.url(path)).call())
     }
 
+    /// `method path` with `Authorization: Bearer token` (when given) and a JSON body (when
+    /// given).
+    pub(crate) fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> (u16, Value) {
+        let mut request = ureq::http::Request::builder().method(method).uri(self.url(path));
+        if let Some(t) = token {
+            request = request.header("authorization", format!("Bearer {t}"));
+        }
+        match body {
+            Some(b) => {
+                request = request.header("content-type", "application/json");
+                read(http().run(request.body(b.to_string()).expect("request")))
+            }
+            None => read(http().run(request.body(ureq::SendBody::none()).expect("request"))),
+        }
+    }
+
     pub(crate) fn text(&self, path: &str) -> String {
         http().get(&self.url(path)).call().expect("GET").body_mut().read_to_string().expect("body")
     }
@@ -151,6 +172,15 @@ impl Drop for Server {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// Waits (polling every 50 ms) until `f` holds; the 20 s bound only catches hangs.
+pub(crate) fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

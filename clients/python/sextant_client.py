@@ -70,6 +70,7 @@ ERROR_NUMBERS = {
     "unavailable": 14,
     "internal": 15,
     "plugin_rejected": 16,
+    "limited": 17,
 }
 FATAL_CODES = {"protocol_error", "unsupported_version", "unauthenticated", "timeout"}
 

@@ -11,11 +11,18 @@
 //! Rights are ordered `read < write < admin`; `"*"` applies to every namespace and is the
 //! right needed for whole-registry requests (listing everything, plugins need `admin`).
 //! With no file, the server is open: every connection has `admin` everywhere (development).
+//!
+//! One table for every door: [`permits`] decides for a [`Request`], whether it came over QUIC
+//! or as its admin HTTP equivalent. Tokens are kept as SHA-256 digests and compared in constant
+//! time against every entry (no early exit), so neither the table nor response timing tells an
+//! attacker how much of a guess was right.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use sextant_core::{Namespace, Scope};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::Request;
 
@@ -69,16 +76,32 @@ pub enum AclError {
 }
 
 /// Who a connection is and what it may do.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Principal {
     /// Name from the file (`anonymous` on an open server).
     pub name: String,
     rights: BTreeMap<String, Right>,
+    /// SHA-256 of the token it authenticated with (zero for `anonymous`): how a reloaded
+    /// table finds it again.
+    digest: [u8; 32],
+}
+
+impl std::fmt::Debug for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the digest: logs are not a place for token material.
+        f.debug_struct("Principal").field("name", &self.name).field("rights", &self.rights).finish()
+    }
 }
 
 impl Principal {
     fn anonymous_admin() -> Self {
-        Self { name: "anonymous".into(), rights: BTreeMap::from([("*".into(), Right::Admin)]) }
+        Self { name: "anonymous".into(), rights: BTreeMap::from([("*".into(), Right::Admin)]), digest: [0; 32] }
+    }
+
+    /// Whether this is the open server's anonymous principal (no token involved).
+    #[must_use]
+    pub fn is_anonymous(&self) -> bool {
+        self.digest == [0; 32]
     }
 
     /// The right held on `ns` (`None`: the whole registry, which only `*` grants).
@@ -105,7 +128,12 @@ impl Principal {
 /// The token table.
 #[derive(Debug, Clone)]
 pub struct Acl {
-    tokens: Option<HashMap<String, Principal>>,
+    /// Every principal with the digest of its token; `None`: open.
+    tokens: Option<Vec<Principal>>,
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 impl Acl {
@@ -118,7 +146,7 @@ impl Acl {
     /// Parses an access file.
     pub fn from_json(text: &str) -> Result<Self, AclError> {
         let file: AclFile = serde_json::from_str(text)?;
-        let mut tokens = HashMap::new();
+        let mut tokens: Vec<Principal> = Vec::new();
         for rule in file.tokens {
             if rule.token.is_empty() {
                 return Err(AclError::EmptyToken(rule.name));
@@ -128,10 +156,11 @@ impl Acl {
                     return Err(AclError::BadNamespace(ns.clone()));
                 }
             }
-            let principal = Principal { name: rule.name.clone(), rights: rule.namespaces };
-            if tokens.insert(rule.token, principal).is_some() {
+            let principal = Principal { name: rule.name.clone(), rights: rule.namespaces, digest: digest(&rule.token) };
+            if tokens.iter().any(|p| p.digest == principal.digest) {
                 return Err(AclError::DuplicateToken(rule.name));
             }
+            tokens.push(principal);
         }
         Ok(Self { tokens: Some(tokens) })
     }
@@ -142,19 +171,88 @@ impl Acl {
         self.tokens.is_none()
     }
 
-    /// The principal behind `token`, if any.
+    /// The principal behind `token`, if any. Compares the token's digest with every entry in
+    /// constant time.
     #[must_use]
     pub fn authenticate(&self, token: Option<&str>) -> Option<Principal> {
         match &self.tokens {
             None => Some(Principal::anonymous_admin()),
-            Some(map) => token.and_then(|t| map.get(t)).cloned(),
+            Some(_) => self.find(&digest(token?)),
         }
+    }
+
+    /// `principal` as this (possibly reloaded) table knows it now: its current rights, or
+    /// `None` when its token is no longer in the table (revoked). On an open table everyone
+    /// stays the anonymous admin.
+    #[must_use]
+    pub fn reauthenticate(&self, principal: &Principal) -> Option<Principal> {
+        match &self.tokens {
+            None => Some(Principal::anonymous_admin()),
+            Some(_) if principal.is_anonymous() => None,
+            Some(_) => self.find(&principal.digest),
+        }
+    }
+
+    fn find(&self, wanted: &[u8; 32]) -> Option<Principal> {
+        let mut found = None;
+        for p in self.tokens.iter().flatten() {
+            // No early exit: every entry is compared.
+            if bool::from(p.digest.ct_eq(wanted)) {
+                found = Some(p);
+            }
+        }
+        found.cloned()
+    }
+
+    /// How many tokens the table holds (`None`: open).
+    #[must_use]
+    pub fn token_count(&self) -> Option<usize> {
+        self.tokens.as_ref().map(Vec::len)
+    }
+}
+
+/// Whether `principal` may send `request`: the one rule every door applies.
+#[must_use]
+pub fn permits(principal: &Principal, request: &Request) -> bool {
+    match required(request) {
+        Some((ns, right)) => principal.allows(ns, right),
+        None => match request {
+            Request::Hello { .. } | Request::Ping { .. } => true,
+            _ => principal.writes_somewhere(),
+        },
+    }
+}
+
+/// Whether `request` changes the registry (what the audit log records when accepted).
+/// Keepalives renew a lease and change no record: they are not writes here.
+#[must_use]
+pub fn is_write(request: &Request) -> bool {
+    match request {
+        Request::Register { .. }
+        | Request::Deregister { .. }
+        | Request::GrantLease { .. }
+        | Request::RevokeLease { .. }
+        | Request::PutService { .. }
+        | Request::ConfigPut { .. }
+        | Request::ConfigDelete { .. }
+        | Request::PluginLoad { .. }
+        | Request::PluginRollback { .. }
+        | Request::PluginDelete { .. } => true,
+        Request::Hello { .. }
+        | Request::Ping { .. }
+        | Request::Keepalive { .. }
+        | Request::GetService { .. }
+        | Request::List { .. }
+        | Request::Subscribe { .. }
+        | Request::ConfigGet { .. }
+        | Request::Pick { .. }
+        | Request::PluginList => false,
     }
 }
 
 /// The right a request needs and where: `(namespace or whole registry, right)`; `None` for
 /// requests anyone may send (`hello`, `ping`) and for leases (see
-/// [`Principal::writes_somewhere`]).
+/// [`Principal::writes_somewhere`]); [`permits`] applies it.
 #[must_use]
 pub fn required(request: &Request) -> Option<(Option<&Namespace>, Right)> {
     Some(match request {
@@ -214,6 +312,46 @@ mod tests {
         assert!(acl.authenticate(Some("nope")).is_none());
         assert!(acl.authenticate(None).is_none());
         assert!(Acl::open().authenticate(None).unwrap().allows(None, Right::Admin));
+    }
+
+    #[test]
+    fn a_reloaded_table_keeps_known_tokens_with_their_new_rights_and_drops_revoked_ones() {
+        let acl = Acl::from_json(FILE).unwrap();
+        let gw = acl.authenticate(Some("g")).unwrap();
+        let dep = acl.authenticate(Some("d")).unwrap();
+        let prod: Namespace = "prod".parse().unwrap();
+        // The new file: gw's token now writes prod, dep's token is gone, a new token appears.
+        let next = Acl::from_json(
+            r#"{ "tokens": [
+            { "name": "gw", "token": "g", "namespaces": { "prod": "write" } },
+            { "name": "new", "token": "n", "namespaces": { "*": "read" } }
+        ] }"#,
+        )
+        .unwrap();
+        let gw2 = next.reauthenticate(&gw).unwrap();
+        assert!(gw2.allows(Some(&prod), Right::Write));
+        assert_eq!(next.reauthenticate(&dep), None, "a revoked token finds nobody");
+        assert_eq!(next.authenticate(Some("d")), None);
+        assert_eq!(next.reauthenticate(&Acl::open().authenticate(None).unwrap()), None);
+        assert_eq!(next.token_count(), Some(2));
+        assert!(!format!("{gw:?}").contains("digest"), "no token material in Debug");
+    }
+
+    #[test]
+    fn one_rule_decides_for_every_request() {
+        let acl = Acl::from_json(FILE).unwrap();
+        let gw = acl.authenticate(Some("g")).unwrap();
+        let ops = acl.authenticate(Some("o")).unwrap();
+        let dep = acl.authenticate(Some("d")).unwrap();
+        let lease = Request::GrantLease { ttl_ms: 1000 };
+        assert!(!permits(&gw, &lease), "leases need a write right somewhere");
+        assert!(permits(&dep, &lease));
+        assert!(permits(&gw, &Request::Ping { nonce: 1 }));
+        assert!(!permits(&dep, &Request::PluginList));
+        assert!(permits(&ops, &Request::PluginList));
+        assert!(is_write(&lease));
+        assert!(!is_write(&Request::Keepalive { lease: sextant_core::LeaseId(1) }));
+        assert!(!is_write(&Request::PluginList));
     }
 
     #[test]

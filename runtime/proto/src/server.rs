@@ -81,11 +81,7 @@ impl ServerSession {
             (Phase::Ready(p), request) => (p, request),
         };
         let (p, request) = principal;
-        let allowed = match acl::required(&request) {
-            Some((ns, right)) => p.allows(ns, right),
-            None => p.writes_somewhere(),
-        };
-        if !allowed {
+        if !acl::permits(p, &request) {
             return Step::Reply(Response::error(
                 ErrorCode::Forbidden,
                 format!("{} may not {}", p.name, request.kind()),
@@ -94,6 +90,23 @@ impl ServerSession {
         match normalize(request) {
             Ok(r) => Step::Execute(r),
             Err(message) => Step::Reply(Response::error(ErrorCode::Invalid, message)),
+        }
+    }
+
+    /// Applies a reloaded token table to this session: the principal keeps its token with the
+    /// table's current rights. `false` when its token is no longer in the table: the IO layer
+    /// closes the connection (`unauthenticated`). A session still waiting for `hello` is
+    /// unaffected (its `hello` is checked against the table it was created with).
+    pub fn reauthenticate(&mut self, acl: &Acl) -> bool {
+        match &self.phase {
+            Phase::AwaitingHello => true,
+            Phase::Ready(p) => match acl.reauthenticate(p) {
+                Some(p) => {
+                    self.phase = Phase::Ready(p);
+                    true
+                }
+                None => false,
+            },
         }
     }
 
@@ -197,6 +210,20 @@ mod tests {
             Step::Reply(Response::Error { code: ErrorCode::Forbidden, .. })
         ));
         assert!(matches!(s.on_request(Request::GrantLease { ttl_ms: 1000 }), Step::Execute(_)));
+    }
+
+    #[test]
+    fn a_reloaded_table_changes_rights_and_revokes_tokens_of_open_sessions() {
+        let first = r#"{"tokens":[{"name":"gw","token":"t","namespaces":{"prod":"read"}}]}"#;
+        let mut s = session(Acl::from_json(first).unwrap());
+        s.on_request(hello(Some("t")));
+        let put = register("prod", Binding::Connection);
+        assert!(matches!(s.on_request(put.clone()), Step::Reply(Response::Error { code: ErrorCode::Forbidden, .. })));
+        let upgraded = r#"{"tokens":[{"name":"gw","token":"t","namespaces":{"prod":"write"}}]}"#;
+        assert!(s.reauthenticate(&Acl::from_json(upgraded).unwrap()));
+        assert!(matches!(s.on_request(put), Step::Execute(_)));
+        let rotated = r#"{"tokens":[{"name":"gw","token":"t2","namespaces":{"prod":"write"}}]}"#;
+        assert!(!s.reauthenticate(&Acl::from_json(rotated).unwrap()), "the old token is revoked");
     }
 
     #[test]

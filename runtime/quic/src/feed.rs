@@ -86,8 +86,8 @@ impl FeedHandle {
     }
 
     /// Serves `scope` from `from` on `send` until the client stops the stream or the
-    /// connection ends.
-    pub(crate) fn join(&self, scope: Scope, from: Revision, send: SendStream) {
+    /// connection ends; `held` (the connection's watch place) is kept until then.
+    pub(crate) fn join(&self, scope: Scope, from: Revision, send: SendStream, held: impl Send + 'static) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         // Told when the client stops the stream (or the connection goes) even if nothing is
         // written to it again. Sent after the join, on the same channel, so never before it.
@@ -97,6 +97,7 @@ impl FeedHandle {
         tokio::spawn(async move {
             let _ = stopped.await;
             let _ = commands.send(Command::Stopped(id));
+            drop(held);
         });
     }
 }

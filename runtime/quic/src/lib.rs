@@ -6,13 +6,16 @@
 //! - [`client::Client`]: the client library used by the CLI and gateways: several servers with
 //!   failover, re-registration and re-subscription from the last revision after a reconnect,
 //!   lease keepalives, an on-disk cache served (marked stale) when no server answers;
-//! - [`tls`]: rustls configurations and the development certificates.
+//! - [`tls`]: rustls configurations and the development certificates;
+//! - [`access`]: what every door shares: the token table in force (reloadable), abuse limits,
+//!   the audit log.
 //!
 //! Does not own: message formats, access rules or session logic (`sextant-proto`), the
 //! registry (`sextant-store`).
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod client;
 mod feed;
 pub mod server;

@@ -10,13 +10,30 @@
 //! `invalid`. Other connections are untouched and nothing is changed. Concurrent streams per
 //! connection are capped by QUIC flow control (`max_streams`).
 //!
+//! Access ([`crate::access`]): `hello` is checked against the token table in force when the
+//! connection starts; when another table is put in force, the connection's principal is
+//! looked up again (new rights apply to its next request) and a connection whose token was
+//! revoked is closed with `unauthenticated`. After `hello`, every request stream counts
+//! against its client's rate as it is accepted (over the rate: answered `limited`, and the
+//! connection's next stream is read once the client may send again); registrations and
+//! watches per connection are capped; a connection has at
+//! most [`MAX_IN_FLIGHT`] requests executing at once (later streams wait, so one busy
+//! connection cannot take every worker). Accepted writes and refusals go to the audit log.
+//!
 //! Instances registered with the `connection` binding hang on one lease per connection
 //! (TTL = grace period) that the server keeps alive while the connection lives. When the
 //! connection is lost the keepalives stop and the instances are removed once the grace
-//! period has passed (Nacos 2 / ZooKeeper ephemeral nodes).
+//! period has passed (Nacos 2 / ZooKeeper ephemeral nodes). While the connection lives, a
+//! failed keepalive is retried (100 ms, doubling, up to the keepalive interval); a lease the
+//! store no longer has (it expired while the store was unreachable, or was revoked) is
+//! replaced by a new one and the connection's instances are put again on it. Only when that is
+//! refused by the store is the client told: the connection is closed (`unavailable`), and the
+//! client library reconnects and registers its instances again.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -25,13 +42,14 @@ use quinn::{Connection, Endpoint, SendStream};
 use sextant_core::store::{Store, StoreError};
 use sextant_core::{ConfigEntry, CoreError, Instance, InstanceKey, LeaseId, PluginRecord, Record, RecordKey};
 use sextant_plugin::{ManagerError, PluginManager};
-use sextant_proto::acl::Acl;
+use sextant_proto::acl;
 use sextant_proto::message::ServiceView;
 use sextant_proto::server::{ServerSession, ServerSettings, Step};
 use sextant_proto::{Binding, ErrorCode, Request, RequestError, Response};
 use sextant_store::{Registry, RegistryError};
-use tokio::sync::OnceCell;
+use tokio::sync::Semaphore;
 
+use crate::access::{Access, AuditEvent, Door, LimitError, Verdict};
 use crate::feed::{FeedHandle, FrameCache};
 use crate::wire::{self, WireError};
 
@@ -42,8 +60,8 @@ pub struct ServerOptions {
     pub grace: Duration,
     /// Time a request stream has to arrive complete.
     pub request_timeout: Duration,
-    /// Tokens and rights.
-    pub acl: Arc<Acl>,
+    /// Tokens and rights in force, limits, audit log (shared with the admin HTTP API).
+    pub access: Arc<Access>,
     /// Id reported in `welcome`.
     pub server_id: String,
 }
@@ -53,7 +71,7 @@ impl Default for ServerOptions {
         Self {
             grace: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
-            acl: Arc::new(Acl::open()),
+            access: Arc::new(Access::default()),
             server_id: "sextant".into(),
         }
     }
@@ -146,20 +164,62 @@ impl<S: Store + Clone> QuicServer<S> {
     }
 }
 
+/// Requests of one connection executing at once; later streams wait for a place.
+pub const MAX_IN_FLIGHT: usize = 32;
+
 /// Per-connection state shared by its stream tasks.
 #[derive(Debug)]
 struct Conn<S> {
     shared: Arc<Shared<S>>,
     conn: Connection,
+    remote: SocketAddr,
+    /// Subject of the client certificate (mTLS), for the audit log.
+    certificate: Option<String>,
     session: Mutex<ServerSession>,
-    lease: OnceCell<LeaseId>,
+    /// The connection's lease, once granted (replaced when the store lost it).
+    lease: tokio::sync::Mutex<Option<LeaseId>>,
     /// The task serving this connection's subscriptions, started by the first one.
     feed: OnceLock<FeedHandle>,
+    /// Instances registered through this connection (the registration limit); the
+    /// connection-bound ones with their record, to put them again on a new lease.
+    registered: Mutex<HashMap<InstanceKey, Option<Arc<Instance>>>>,
+    /// Subscriptions open on this connection (the watch limit).
+    watches: Arc<AtomicUsize>,
+    /// Places for executing requests.
+    in_flight: Arc<Semaphore>,
+}
+
+impl<S> Conn<S> {
+    fn access(&self) -> &Access {
+        &self.shared.options.access
+    }
+
+    fn audit(&self, verdict: Verdict, what: &str, target: Option<String>, revision: Option<u64>, reason: Option<&str>) {
+        let who = self.session.lock().principal().map_or_else(|| "-".to_owned(), |p| p.name.clone());
+        self.access().audit(&AuditEvent {
+            door: Door::Quic,
+            verdict,
+            who: &who,
+            certificate: self.certificate.as_deref(),
+            from: self.remote,
+            what,
+            target,
+            revision,
+            reason,
+        });
+    }
+}
+
+/// The subject of the certificate the peer presented, if any.
+fn peer_certificate(conn: &Connection) -> Option<String> {
+    let chain = conn.peer_identity()?.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
+    crate::tls::certificate_subject(chain.first()?)
 }
 
 async fn connection<S: Store + Clone>(conn: Connection, shared: Arc<Shared<S>>) {
+    let mut changes = shared.options.access.changes();
     let settings = ServerSettings {
-        acl: shared.options.acl.clone(),
+        acl: shared.options.access.acl(),
         server_id: shared.options.server_id.clone(),
         grace_ms: u64::try_from(shared.options.grace.as_millis()).unwrap_or(u64::MAX),
     };
@@ -167,9 +227,14 @@ async fn connection<S: Store + Clone>(conn: Connection, shared: Arc<Shared<S>>) 
     let c = Arc::new(Conn {
         shared,
         conn: conn.clone(),
+        remote: conn.remote_address(),
+        certificate: peer_certificate(&conn),
         session: Mutex::new(ServerSession::new(settings)),
-        lease: OnceCell::new(),
+        lease: tokio::sync::Mutex::new(None),
         feed: OnceLock::new(),
+        registered: Mutex::new(HashMap::new()),
+        watches: Arc::new(AtomicUsize::new(0)),
+        in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
     });
     tracing::debug!(remote = %conn.remote_address(), "connection");
 
@@ -183,13 +248,53 @@ async fn connection<S: Store + Clone>(conn: Connection, shared: Arc<Shared<S>>) 
         Ok(Err(_)) => return,
         Err(_) => return close(&conn, ErrorCode::Timeout, "no hello in time"),
     }
+    changes.mark_unchanged();
+    let mut watching = true;
     loop {
-        match conn.accept_bi().await {
-            Ok((send, recv)) => {
+        // A place first (the semaphore is never closed), then the next stream or a new table.
+        let Ok(permit) = c.in_flight.clone().acquire_owned().await else { break };
+        let accepted = tokio::select! {
+            streams = conn.accept_bi() => streams.map(|streams| (streams, permit)),
+            changed = changes.changed(), if watching => {
+                if changed.is_err() {
+                    // The access state is gone (the server is stopping): no more tables.
+                    watching = false;
+                    continue;
+                }
+                let acl = c.access().acl();
+                if !c.session.lock().reauthenticate(&acl) {
+                    c.audit(Verdict::Unauthenticated, "connection", None, None, Some("token revoked"));
+                    close(&conn, ErrorCode::Unauthenticated, "token revoked");
+                    break;
+                }
+                continue;
+            }
+        };
+        match accepted {
+            Ok(((send, recv), permit)) => {
+                // Every request after hello counts against its client's rate, here, one
+                // stream at a time: a stream over the rate is answered `limited` and the
+                // next one is not read before the client may send again, so a client over
+                // its rate costs the server about one refusal per request it may send.
+                let principal = c.session.lock().principal().cloned();
+                let limited = principal.and_then(|p| c.access().check_rate(&p, c.remote.ip()).err());
+                let pause = match &limited {
+                    Some(LimitError::Rate { retry_after, .. }) => Some(*retry_after),
+                    _ => None,
+                };
                 let c = c.clone();
                 tokio::spawn(async move {
-                    stream(&c, send, recv).await;
+                    match limited {
+                        None => {
+                            stream(&c, send, recv).await;
+                        }
+                        Some(e) => refuse_limited(&c, send, recv, &e).await,
+                    }
+                    drop(permit);
                 });
+                if let Some(pause) = pause {
+                    tokio::time::sleep(pause).await;
+                }
             }
             Err(e) => {
                 tracing::debug!(remote = %conn.remote_address(), reason = %e, "connection closed");
@@ -223,30 +328,88 @@ async fn stream<S: Store + Clone>(c: &Arc<Conn<S>>, mut send: SendStream, mut re
         }
         Err(e) => return refuse(c, send, ErrorCode::ProtocolError, &e.to_string()).await,
     };
+    let kind = request.kind();
+    let target = target_of(&request);
+    let write = acl::is_write(&request);
     let step = c.session.lock().on_request(request);
     let response = match step {
-        Step::Close(code, reason) => return refuse(c, send, code, &reason).await,
-        Step::Reply(r) => r,
-        Step::Execute(Request::Subscribe { scope, from }) => {
-            subscribe(c, send, scope, from);
-            return true;
+        Step::Close(code, reason) => {
+            if code == ErrorCode::Unauthenticated {
+                c.audit(Verdict::Unauthenticated, kind, None, None, Some(&reason));
+            }
+            return refuse(c, send, code, &reason).await;
         }
-        Step::Execute(request) => execute(c, request).await,
+        Step::Reply(r) => {
+            if let Response::Error { code: ErrorCode::Forbidden, message } = &r {
+                c.audit(Verdict::Forbidden, kind, target, None, Some(message));
+            }
+            r
+        }
+        Step::Execute(Request::Subscribe { scope, from }) => {
+            return match c.access().take_watch(&c.watches) {
+                Ok(slot) => {
+                    let feed = c.feed.get_or_init(|| FeedHandle::start(&c.shared.registry, c.shared.frames.clone()));
+                    feed.join(scope, from, send, slot);
+                    true
+                }
+                Err(e) => {
+                    c.audit(Verdict::Limited, kind, target, None, Some(&e.to_string()));
+                    answer(send, Response::error(ErrorCode::Limited, e)).await
+                }
+            };
+        }
+        Step::Execute(request) => {
+            let response = execute(c, request).await;
+            match &response {
+                Response::Error { code: ErrorCode::Limited, message } => {
+                    c.audit(Verdict::Limited, kind, target, None, Some(message));
+                }
+                Response::Written { revision, .. } | Response::PluginWritten { revision, .. } if write => {
+                    c.audit(Verdict::Accepted, kind, target, Some(revision.0), None);
+                }
+                Response::Lease { .. } if write => c.audit(Verdict::Accepted, kind, target, None, None),
+                _ => {}
+            }
+            response
+        }
     };
+    answer(send, response).await
+}
+
+/// Answers a stream over its client's rate `limited` (after reading it, within the request
+/// timeout, for the audit log); the connection stays.
+async fn refuse_limited<S>(c: &Conn<S>, send: SendStream, mut recv: quinn::RecvStream, e: &LimitError) {
+    let read = tokio::time::timeout(c.shared.options.request_timeout, wire::read_payload(&mut recv)).await;
+    let request = read.ok().and_then(Result::ok).and_then(|payload| Request::decode(&payload).ok());
+    let kind = request.as_ref().map_or("request", Request::kind);
+    c.audit(Verdict::Limited, kind, request.as_ref().and_then(target_of), None, Some(&e.to_string()));
+    answer(send, Response::error(ErrorCode::Limited, e)).await;
+}
+
+/// Writes `response` on the stream and finishes it; `true` (the connection stays).
+async fn answer(mut send: SendStream, response: Response) -> bool {
     if wire::write(&mut send, &response).await.is_ok() {
         let _ = send.finish();
     }
     true
 }
 
-fn subscribe<S: Store + Clone>(
-    c: &Arc<Conn<S>>,
-    send: SendStream,
-    scope: sextant_core::Scope,
-    from: sextant_core::Revision,
-) {
-    let feed = c.feed.get_or_init(|| FeedHandle::start(&c.shared.registry, c.shared.frames.clone()));
-    feed.join(scope, from, send);
+/// What a request is about, for the audit log.
+fn target_of(request: &Request) -> Option<String> {
+    match request {
+        Request::Register { instance, .. } => Some(format!("{}/{}", instance.service, instance.id)),
+        Request::Deregister { service, id } => Some(format!("{service}/{id}")),
+        Request::PutService { spec } => Some(spec.service.to_string()),
+        Request::GetService { service } | Request::Pick { service, .. } => Some(service.to_string()),
+        Request::ConfigGet { key } | Request::ConfigPut { key, .. } | Request::ConfigDelete { key } => {
+            Some(key.to_string())
+        }
+        Request::List { scope } | Request::Subscribe { scope, .. } => Some(format!("{scope:?}")),
+        Request::Keepalive { lease } | Request::RevokeLease { lease } => Some(format!("lease {}", lease.0)),
+        Request::PluginLoad { name, binding, .. } => Some(format!("{name} -> {binding}")),
+        Request::PluginRollback { name } | Request::PluginDelete { name } => Some(name.to_string()),
+        Request::Hello { .. } | Request::Ping { .. } | Request::GrantLease { .. } | Request::PluginList => None,
+    }
 }
 
 /// Whether `service` has a spec (`put_service`): then it exists without instances too.
@@ -273,36 +436,82 @@ fn error_response(e: RegistryError) -> Response {
 
 impl<S: Store + Clone> Conn<S> {
     /// This connection's lease, granted on first use and kept alive while the connection
-    /// lives.
+    /// lives (see the module docs).
     async fn lease(self: &Arc<Self>) -> Result<LeaseId, RegistryError> {
-        let grace = self.shared.options.grace;
-        let id = self
-            .lease
-            .get_or_try_init(|| async {
-                let id = self.shared.registry.grant_lease(grace).await?;
-                let weak = Arc::downgrade(self);
-                let registry = self.shared.registry.clone();
-                let closed = self.conn.clone();
-                tokio::spawn(async move {
-                    let mut tick = tokio::time::interval(grace / 3);
-                    loop {
-                        tokio::select! {
-                            _ = tick.tick() => {}
-                            _ = closed.closed() => break,
-                        }
-                        if weak.strong_count() == 0 {
-                            break;
-                        }
-                        if let Err(e) = registry.keepalive(id).await {
-                            tracing::warn!(error = %e, "connection lease lost");
-                            break;
-                        }
-                    }
-                });
-                Ok::<_, RegistryError>(id)
-            })
-            .await?;
-        Ok(*id)
+        let mut slot = self.lease.lock().await;
+        if let Some(id) = *slot {
+            return Ok(id);
+        }
+        let id = self.shared.registry.grant_lease(self.shared.options.grace).await?;
+        *slot = Some(id);
+        tokio::spawn(keep_lease(Arc::downgrade(self), id, self.conn.clone(), self.shared.options.grace));
+        Ok(id)
+    }
+
+    /// Replaces the lost lease `old` with a new one and puts the connection's instances on it.
+    /// Registrations wait meanwhile (they need the lease), so none is missed.
+    async fn renew_lease(&self, old: LeaseId) -> Result<LeaseId, RegistryError> {
+        let registry = &self.shared.registry;
+        let mut slot = self.lease.lock().await;
+        if *slot != Some(old) {
+            // Renewed already.
+            return (*slot).ok_or(RegistryError::Store(StoreError::Rejected(CoreError::LeaseNotFound(old))));
+        }
+        let new = registry.grant_lease(self.shared.options.grace).await?;
+        let bound: Vec<Arc<Instance>> = self.registered.lock().values().flatten().cloned().collect();
+        for instance in &bound {
+            if let Err(e) = registry.put(Record::Instance(instance.clone()), Some(new)).await {
+                let _ = registry.revoke_lease(new).await;
+                return Err(e);
+            }
+        }
+        *slot = Some(new);
+        tracing::warn!(remote = %self.remote, %old, %new, instances = bound.len(), "connection lease was lost; re-granted and its instances put again");
+        Ok(new)
+    }
+}
+
+/// First retry after a failed keepalive; doubled up to the keepalive interval.
+const KEEPALIVE_RETRY: Duration = Duration::from_millis(100);
+
+/// Keeps a connection's lease alive while the connection lives: retries failed keepalives and
+/// replaces a lost lease (see the module docs).
+async fn keep_lease<S: Store + Clone>(
+    conn: std::sync::Weak<Conn<S>>,
+    mut id: LeaseId,
+    closed: Connection,
+    grace: Duration,
+) {
+    let interval = grace / 3;
+    let mut wait = interval;
+    let mut retry = KEEPALIVE_RETRY;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = closed.closed() => return,
+        }
+        let Some(c) = conn.upgrade() else { return };
+        let result = match c.shared.registry.keepalive(id).await {
+            Err(RegistryError::Store(StoreError::Rejected(CoreError::LeaseNotFound(_)))) => c.renew_lease(id).await,
+            other => other.map(|_| id),
+        };
+        match result {
+            Ok(current) => {
+                id = current;
+                wait = interval;
+                retry = KEEPALIVE_RETRY;
+            }
+            Err(RegistryError::Store(StoreError::Rejected(e))) => {
+                tracing::warn!(remote = %c.remote, error = %e, "connection lease cannot be renewed; closing the connection so the client registers again");
+                close(&c.conn, ErrorCode::Unavailable, "connection lease lost; reconnect and register again");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(remote = %c.remote, error = %e, retry_ms = retry.as_millis() as u64, "connection lease keepalive failed; retrying");
+                wait = retry;
+                retry = (retry * 2).min(interval);
+            }
+        }
     }
 }
 
@@ -313,7 +522,10 @@ async fn execute<S: Store + Clone>(c: &Arc<Conn<S>>, request: Request) -> Respon
         Ok(match request {
             Request::Register { instance, binding } => return register(c, instance, binding).await,
             Request::Deregister { service, id } => {
-                written(registry.delete(RecordKey::Instance(InstanceKey { service, id })).await?)
+                let key = InstanceKey { service, id };
+                let revision = registry.delete(RecordKey::Instance(key.clone())).await?;
+                c.registered.lock().remove(&key);
+                written(revision)
             }
             Request::GrantLease { ttl_ms } => {
                 let ttl = Duration::from_millis(ttl_ms);
@@ -407,14 +619,33 @@ async fn register<S: Store + Clone>(
     binding: Binding,
 ) -> Result<Response, RegistryError> {
     let registry = &c.shared.registry;
+    let key = instance.key();
+    let limit = c.access().limits().registrations_per_connection;
+    {
+        let held = c.registered.lock();
+        if !held.contains_key(&key) && held.len() >= limit {
+            return Ok(Response::error(ErrorCode::Limited, LimitError::Registrations { limit }));
+        }
+    }
     let (lease, fresh) = match binding {
         Binding::Persistent => (None, false),
         Binding::Connection => (Some(c.lease().await?), false),
         Binding::Lease { lease } => (Some(lease), false),
         Binding::Ttl { ttl_ms } => (Some(registry.grant_lease(Duration::from_millis(ttl_ms)).await?), true),
     };
-    match registry.put(Record::Instance(instance.into()), lease).await {
+    let instance = Arc::new(instance);
+    let mut result = registry.put(Record::Instance(instance.clone()), lease).await;
+    if binding == Binding::Connection
+        && let Err(RegistryError::Store(StoreError::Rejected(CoreError::LeaseNotFound(old)))) = &result
+    {
+        // The connection's lease was lost under this registration: once more on its
+        // replacement.
+        let renewed = c.renew_lease(*old).await?;
+        result = registry.put(Record::Instance(instance.clone()), Some(renewed)).await;
+    }
+    match result {
         Ok(revision) => {
+            c.registered.lock().insert(key, (binding == Binding::Connection).then_some(instance));
             let lease = if matches!(binding, Binding::Ttl { .. } | Binding::Lease { .. }) { lease } else { None };
             Ok(Response::Written { revision, lease, version: None })
         }

@@ -138,6 +138,14 @@ pub fn issue_client_cert(files: &TlsFiles, name: &str) -> Result<(String, String
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// The subject (`CN=...` and the rest, RFC 4514 order) of a DER certificate; `None` if it
+/// does not parse.
+#[must_use]
+pub fn certificate_subject(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(cert.subject().to_string())
+}
+
 fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = |what: String| TlsError::Pem { path: path.to_owned(), what };
     let certs: Vec<_> = CertificateDer::pem_slice_iter(read(path)?.as_bytes())
@@ -178,13 +186,9 @@ fn transport(max_streams: u32) -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
-/// The server's QUIC configuration; with `client_ca`, clients must present a certificate
-/// signed by it.
-pub fn server_config(
-    files: &TlsFiles,
-    client_ca: Option<&Path>,
-    max_streams: u32,
-) -> Result<quinn::ServerConfig, TlsError> {
+/// A rustls server configuration (TLS 1.3) for the identity in `files`; with `client_ca`,
+/// clients must present a certificate signed by it.
+fn rustls_server(files: &TlsFiles, client_ca: Option<&Path>, alpn: &[u8]) -> Result<rustls::ServerConfig, TlsError> {
     let builder =
         rustls::ServerConfig::builder_with_provider(provider()).with_protocol_versions(&[&rustls::version::TLS13])?;
     let builder = match client_ca {
@@ -197,7 +201,24 @@ pub fn server_config(
         }
     };
     let mut tls = builder.with_single_cert(certs(&files.cert)?, key(&files.key)?)?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    Ok(tls)
+}
+
+/// The admin HTTP API's TLS configuration (`serve --admin-tls`): the same certificate, key
+/// and client CA as QUIC, HTTP/1.1.
+pub fn https_server_config(files: &TlsFiles, client_ca: Option<&Path>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    Ok(Arc::new(rustls_server(files, client_ca, b"http/1.1")?))
+}
+
+/// The server's QUIC configuration; with `client_ca`, clients must present a certificate
+/// signed by it.
+pub fn server_config(
+    files: &TlsFiles,
+    client_ca: Option<&Path>,
+    max_streams: u32,
+) -> Result<quinn::ServerConfig, TlsError> {
+    let tls = rustls_server(files, client_ca, ALPN)?;
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Verifier(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport(max_streams));

@@ -5,9 +5,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sextant_core::store::StoreError;
 use sextant_core::{Change, Instance, Record, Revision, Scope, ServiceKey};
 use sextant_proto::acl::Acl;
 use sextant_proto::{Binding, ErrorCode, Request, Response, encode};
+use sextant_quic::access::{Access, Limits};
 use sextant_quic::client::{Client, ClientOptions, Watch};
 use sextant_quic::server::{QuicServer, ServerOptions};
 use sextant_quic::tls::{self, TlsFiles};
@@ -357,8 +359,12 @@ async fn tokens_and_rights_are_enforced() {
                       {"name":"dep","token":"write-prod","namespaces":{"prod":"write"}}]}"#,
     )
     .unwrap();
-    let node =
-        start(&reg, &files, "127.0.0.1:0".parse().unwrap(), ServerOptions { acl: Arc::new(acl), ..options(5000) });
+    let node = start(
+        &reg,
+        &files,
+        "127.0.0.1:0".parse().unwrap(),
+        ServerOptions { access: Arc::new(Access::new(acl, Limits::unlimited())), ..options(5000) },
+    );
     let with = |token: Option<&str>| {
         let mut o = ClientOptions::new(vec![node.addr], files.ca.clone());
         o.token = token.map(str::to_owned);
@@ -505,4 +511,205 @@ fn persistent(service: &str, port: u16) -> Instance {
     let mut i = instance(service, port);
     i.ephemeral = false;
     i
+}
+
+/// A raw connection that has said `hello`.
+async fn raw_hello(files: &TlsFiles, addr: SocketAddr) -> quinn::Connection {
+    let conn = raw(files, addr).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&encode(&Request::Hello { version: 1, token: None, client: None }).unwrap()).await.unwrap();
+    send.finish().unwrap();
+    let welcome = sextant_quic::wire::read_one::<Response>(&mut recv).await.unwrap();
+    assert!(matches!(welcome, Response::Welcome { .. }), "{welcome:?}");
+    conn
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_and_watches_per_connection_are_capped_with_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tls::ensure_dev_certs(dir.path()).unwrap();
+    let reg = registry(&dir.path().join("data")).await;
+    let limits = Limits { registrations_per_connection: 2, watches_per_connection: 2, ..Limits::unlimited() };
+    let access = Arc::new(Access::new(Acl::open(), limits));
+    let node = start(&reg, &files, "127.0.0.1:0".parse().unwrap(), ServerOptions { access, ..options(5000) });
+
+    // Registrations: two keys, the same key again, a third key refused, room again after a
+    // deregistration; another connection has its own count.
+    let c = client(&files, vec![node.addr]);
+    c.register(instance("lim/g/s", 1), Binding::Persistent).await.unwrap();
+    c.register(instance("lim/g/s", 2), Binding::Connection).await.unwrap();
+    c.register(instance("lim/g/s", 1), Binding::Persistent).await.expect("the same key again is no new registration");
+    let refused = c.register(instance("lim/g/s", 3), Binding::Persistent).await.unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::Limited), "{refused}");
+    assert!(refused.to_string().contains("--max-registrations-per-connection"), "{refused}");
+    let listed = reg.list(&Scope::Service(ServiceKey::parse("lim/g/s").unwrap()));
+    assert_eq!(listed.records.len(), 2, "nothing stored for the refused one");
+    c.deregister(&instance("lim/g/s", 1).key()).await.unwrap();
+    c.register(instance("lim/g/s", 3), Binding::Persistent).await.expect("a place was given back");
+    client(&files, vec![node.addr]).register(instance("lim/g/s", 4), Binding::Persistent).await.unwrap();
+
+    // Watches: the third subscription of one connection is answered `limited`; once one is
+    // stopped, a new one is served.
+    let conn = raw_hello(&files, node.addr).await;
+    let scope = || Scope::Service(ServiceKey::parse("lim/g/s").unwrap());
+    let mut first = raw_subscribe(&conn, scope()).await;
+    let mut second = raw_subscribe(&conn, scope()).await;
+    for r in [&mut first, &mut second] {
+        let reset = tokio::time::timeout(Duration::from_secs(10), r.next::<Response>()).await.unwrap().unwrap();
+        assert!(matches!(reset, Some(Response::Event { .. })), "{reset:?}");
+    }
+    let mut third = raw_subscribe(&conn, scope()).await;
+    let answer = tokio::time::timeout(Duration::from_secs(10), third.next::<Response>()).await.unwrap().unwrap();
+    match answer {
+        Some(Response::Error { code: ErrorCode::Limited, message }) => {
+            assert!(message.contains("--max-watches-per-connection"), "{message}");
+        }
+        other => panic!("expected `limited`, got {other:?}"),
+    }
+    assert!(conn.close_reason().is_none(), "a limit does not close the connection");
+    // Drop the first (STOP_SENDING): its place comes back once the server has seen it.
+    drop(first);
+    let mut served = None;
+    for _ in 0..100 {
+        let mut next = raw_subscribe(&conn, scope()).await;
+        match tokio::time::timeout(Duration::from_secs(10), next.next::<Response>()).await.unwrap().unwrap() {
+            Some(Response::Event { .. }) => {
+                served = Some(next);
+                break;
+            }
+            Some(Response::Error { code: ErrorCode::Limited, .. }) => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(served.is_some(), "a stopped watch gives its place back");
+    node.stop().await;
+}
+
+/// Faults on demand around a real store: keepalives that fail as if the store were
+/// unreachable, or that find the lease gone (it is revoked in the store first, as an expiry
+/// during an outage would leave it).
+#[derive(Debug, Clone)]
+struct FaultyStore {
+    inner: EmbeddedStore,
+    faults: Arc<Faults>,
+}
+
+#[derive(Debug, Default)]
+struct Faults {
+    /// The next this many keepalives fail `Unavailable`.
+    unavailable: std::sync::atomic::AtomicUsize,
+    /// The next keepalive loses its lease.
+    lose: std::sync::atomic::AtomicBool,
+    /// Keepalives that succeeded.
+    kept: std::sync::atomic::AtomicUsize,
+}
+
+impl sextant_core::store::Store for FaultyStore {
+    async fn put(&self, r: Record, l: Option<sextant_core::LeaseId>) -> Result<Revision, StoreError> {
+        self.inner.put(r, l).await
+    }
+    async fn delete(&self, k: sextant_core::RecordKey) -> Result<Revision, StoreError> {
+        self.inner.delete(k).await
+    }
+    async fn grant_lease(&self, ttl: Duration) -> Result<sextant_core::LeaseId, StoreError> {
+        self.inner.grant_lease(ttl).await
+    }
+    async fn keepalive(&self, lease: sextant_core::LeaseId) -> Result<Duration, StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.faults.unavailable.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok() {
+            return Err(StoreError::Unavailable("injected: etcd member unreachable".into()));
+        }
+        if self.faults.lose.swap(false, SeqCst) {
+            self.inner.revoke_lease(lease).await?;
+        }
+        let ttl = self.inner.keepalive(lease).await?;
+        self.faults.kept.fetch_add(1, SeqCst);
+        Ok(ttl)
+    }
+    async fn revoke_lease(&self, lease: sextant_core::LeaseId) -> Result<Revision, StoreError> {
+        self.inner.revoke_lease(lease).await
+    }
+    async fn list(&self, scope: Scope) -> Result<sextant_core::StoreSnapshot, StoreError> {
+        self.inner.list(scope).await
+    }
+    async fn watch(&self, scope: Scope, from: Revision) -> Result<sextant_core::store::WatchStream, StoreError> {
+        self.inner.watch(scope, from).await
+    }
+    async fn put_artifact(&self, bytes: Vec<u8>) -> Result<String, StoreError> {
+        self.inner.put_artifact(bytes).await
+    }
+    async fn get_artifact(&self, sha256: String) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get_artifact(sha256).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_bound_instances_outlive_store_faults_while_their_connection_lives() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let files = tls::ensure_dev_certs(dir.path()).unwrap();
+    let faults = Arc::new(Faults::default());
+    let store = FaultyStore {
+        inner: EmbeddedStore::open(&dir.path().join("data"), EmbeddedOptions::default()).unwrap(),
+        faults: faults.clone(),
+    };
+    let reg = Registry::start(store, 4096).await.unwrap();
+    // Keepalives every second; a lease lives 3 s past the last one.
+    let server = QuicServer::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        tls::server_config(&files, None, 64).unwrap(),
+        reg.clone(),
+        options(3000),
+    )
+    .unwrap();
+    let addr = server.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    let owner = client(&files, vec![addr]);
+    owner.register(instance("faults/g/s", 1), Binding::Connection).await.unwrap();
+    let scope = Scope::Service(ServiceKey::parse("faults/g/s").unwrap());
+    let present = |reg: &Registry<FaultyStore>| reg.list(&scope).records.len() == 1;
+    assert!(present(&reg));
+
+    // Transient errors: the keepalives are retried and resume; the instance never goes.
+    faults.unavailable.store(3, SeqCst);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while faults.unavailable.load(SeqCst) > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "keepalives are retried after an error");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let kept = faults.kept.load(SeqCst);
+    while faults.kept.load(SeqCst) <= kept {
+        assert!(tokio::time::Instant::now() < deadline, "keepalives resume after transient errors");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(present(&reg), "the instance stayed through transient keepalive errors");
+
+    // The lease is lost (revoked in the store, its instance removed): a new one is granted and
+    // the instance is put again, with the connection still open and the client told nothing.
+    faults.lose.store(true, SeqCst);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while faults.lose.load(SeqCst) {
+        assert!(tokio::time::Instant::now() < deadline, "the lease is lost");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    while !present(&reg) {
+        assert!(tokio::time::Instant::now() < deadline, "the instance is put again on a new lease");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The new lease is kept alive too, and a registration now uses it.
+    let kept = faults.kept.load(SeqCst);
+    while faults.kept.load(SeqCst) <= kept {
+        assert!(tokio::time::Instant::now() < deadline, "the new lease is kept alive");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    owner.register(instance("faults/g/s", 2), Binding::Connection).await.unwrap();
+    assert_eq!(reg.list(&scope).records.len(), 2);
+    owner.ping().await.expect("the connection is still open");
+    let _ = stop.send(());
+    let _ = task.await;
 }

@@ -16,24 +16,37 @@
 //! Errors are JSON `{"error": CODE, "message": TEXT}` with a 4xx/5xx status; a refused
 //! request changed nothing. Every write answers after it is durable (persistent records) and
 //! visible in this host's view.
+//!
+//! Access is the QUIC door's ([`sextant_quic::access`]): with an access file, every route but
+//! `/healthz` and `/metrics` needs `Authorization: Bearer TOKEN` (401 `unauthenticated`
+//! without one, with an unknown one or a malformed header; 400 `invalid` for a token in the
+//! query string), and the right the equivalent protocol request needs, decided by the same
+//! [`acl::permits`] (403 `forbidden`). Each request counts against its client's rate (429
+//! `limited`). Accepted writes and refusals go to the audit log. [`metrics_router`] serves
+//! only `/metrics` and `/healthz`, for a separate scrape address.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sextant_core::store::StoreError;
 use sextant_core::{
     ConfigEntry, ConfigKey, CoreError, DataId, Group, Instance, InstanceId, InstanceKey, LeaseId, Namespace, Record,
-    RecordKey, Revision, ServiceKey, ServiceName, ServiceSpec, ValidationError,
+    RecordKey, Revision, Scope, ServiceKey, ServiceName, ServiceSpec, ValidationError,
 };
 use sextant_plugin::PluginManager;
+use sextant_proto::acl::{self, Principal};
+use sextant_proto::{Binding, Request};
+use sextant_quic::access::{Access, AuditEvent, Door, Verdict};
 use sextant_store::{AnyStore, Registry, RegistryError};
 
 use crate::metrics::{KindLabel, Metrics};
@@ -47,22 +60,41 @@ pub struct AppState {
     registry: Registry<AnyStore>,
     plugins: PluginManager<AnyStore>,
     metrics: Arc<Metrics>,
+    access: Arc<Access>,
     started: Instant,
 }
 
 impl AppState {
-    /// State over `registry` and its plugin manager.
+    /// State over `registry` and its plugin manager, guarded by `access` (shared with QUIC).
     #[must_use]
-    pub fn new(registry: Registry<AnyStore>, plugins: PluginManager<AnyStore>, metrics: Arc<Metrics>) -> Self {
-        Self { registry, plugins, metrics, started: Instant::now() }
+    pub fn new(
+        registry: Registry<AnyStore>,
+        plugins: PluginManager<AnyStore>,
+        metrics: Arc<Metrics>,
+        access: Arc<Access>,
+    ) -> Self {
+        Self { registry, plugins, metrics, access, started: Instant::now() }
     }
 }
 
-/// The routes above.
+/// The peer's address, from either listener (plain TCP or TLS).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
+/// Only `/healthz` and `/metrics`: what a scrape address serves (`--metrics ADDR`).
+pub fn metrics_router(state: AppState) -> axum::Router {
+    axum::Router::new().route("/healthz", get(|| async { "ok\n" })).route("/metrics", get(metrics)).with_state(state)
+}
+
+/// The routes above. Serve it with connect info ([`Peer`]): access checks need the peer.
 pub fn router(state: AppState) -> axum::Router {
-    axum::Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics))
+    let guarded = axum::Router::new()
         .route("/status", get(status))
         .route("/v1/services", get(services))
         .route("/v1/services/{ns}/{group}/{service}", get(service).put(put_service))
@@ -74,7 +106,143 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/v1/configs/{ns}/{group}/{data_id}", get(get_config).put(put_config).delete(delete_config))
         .route("/v1/plugins", get(plugins))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
-        .with_state(state)
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .with_state(state.clone());
+    metrics_router(state).merge(guarded)
+}
+
+/// Who sent a request that passed authentication, and from where.
+#[derive(Debug, Clone)]
+struct Caller {
+    principal: Principal,
+    peer: SocketAddr,
+    /// `METHOD /path`, for the audit log.
+    what: String,
+}
+
+impl Caller {
+    fn audit(
+        &self,
+        access: &Access,
+        verdict: Verdict,
+        target: Option<String>,
+        revision: Option<u64>,
+        reason: Option<&str>,
+    ) {
+        access.audit(&AuditEvent {
+            door: Door::Http,
+            verdict,
+            who: &self.principal.name,
+            certificate: None,
+            from: self.peer,
+            what: &self.what,
+            target,
+            revision,
+            reason,
+        });
+    }
+
+    /// Refuses (403, audited) unless the caller may send `request`, the equivalent protocol
+    /// request: the one rule both doors apply.
+    fn require(&self, s: &AppState, request: &Request, target: impl Fn() -> String) -> Result<(), ApiError> {
+        if acl::permits(&self.principal, request) {
+            return Ok(());
+        }
+        let message = format!("{} may not {}", self.principal.name, request.kind());
+        self.audit(&s.access, Verdict::Forbidden, Some(target()), None, Some(&message));
+        Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", message))
+    }
+
+    /// Audits an accepted write.
+    fn accepted(&self, s: &AppState, target: String, revision: Option<Revision>) {
+        self.audit(&s.access, Verdict::Accepted, Some(target), revision.map(|r| r.0), None);
+    }
+}
+
+/// Query parameters that carry credentials by convention; refused so tokens never end up in
+/// URLs (and so in logs and browser histories).
+const TOKEN_PARAMS: [&str; 4] = ["token", "access_token", "auth", "authorization"];
+
+/// The bearer token of a request: `Ok(None)` without an `Authorization` header, `Err` for a
+/// header that is not exactly one `Bearer TOKEN` in visible ASCII.
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, &'static str> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err("more than one Authorization header");
+    }
+    let text = value.to_str().map_err(|_| "the Authorization header is not visible ASCII")?;
+    let (scheme, token) = text.split_once(' ').ok_or("the Authorization header is not `Bearer TOKEN`")?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err("the Authorization scheme is not Bearer");
+    }
+    let token = token.trim();
+    if token.is_empty() || token.contains(' ') {
+        return Err("the Authorization header is not `Bearer TOKEN`");
+    }
+    Ok(Some(token))
+}
+
+/// Authentication and the rate limit, before any route: 401, 400 or 429 (audited), or the
+/// request goes on with its [`Caller`].
+async fn authenticate(
+    State(s): State<AppState>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    mut request: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let what = format!("{} {}", request.method(), request.uri().path());
+    let refuse = |verdict: Verdict, who: &str, status: StatusCode, code: &'static str, message: String| {
+        s.access.audit(&AuditEvent {
+            door: Door::Http,
+            verdict,
+            who,
+            certificate: None,
+            from: peer,
+            what: &what,
+            target: None,
+            revision: None,
+            reason: Some(&message),
+        });
+        let mut response = ApiError::new(status, code, message).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        response
+    };
+    let in_query = request.uri().query().is_some_and(|q| {
+        q.split('&')
+            .any(|pair| TOKEN_PARAMS.iter().any(|p| pair.split('=').next().is_some_and(|k| k.eq_ignore_ascii_case(p))))
+    });
+    if in_query {
+        let message = "a token in the query string is refused: send it as `Authorization: Bearer TOKEN`".to_owned();
+        return refuse(Verdict::Unauthenticated, "-", StatusCode::BAD_REQUEST, "invalid", message);
+    }
+    let acl = s.access.acl();
+    let principal = match bearer(request.headers()) {
+        Err(why) => {
+            return refuse(Verdict::Unauthenticated, "-", StatusCode::UNAUTHORIZED, "unauthenticated", why.into());
+        }
+        Ok(token) => match acl.authenticate(token) {
+            Some(p) => p,
+            None => {
+                let why =
+                    if token.is_some() { "unknown token" } else { "a token is required (Authorization: Bearer TOKEN)" };
+                return refuse(Verdict::Unauthenticated, "-", StatusCode::UNAUTHORIZED, "unauthenticated", why.into());
+            }
+        },
+    };
+    if let Err(e) = s.access.check_rate(&principal, peer.ip()) {
+        let mut response =
+            refuse(Verdict::Limited, &principal.name, StatusCode::TOO_MANY_REQUESTS, "limited", e.to_string());
+        if let sextant_quic::access::LimitError::Rate { retry_after, .. } = e {
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(secs.max(1)));
+        }
+        return response;
+    }
+    request.extensions_mut().insert(Caller { principal, peer, what });
+    next.run(request).await
 }
 
 /// An API error: status, code, message.
@@ -153,12 +321,17 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     s.metrics.store_stale_seconds.set(stale.map_or(0.0, |d| d.as_secs_f64()));
     s.metrics.set_slots(&s.plugins.status());
     s.metrics.plugin_failures.set(gauge(s.plugins.failures().len()));
+    s.metrics.set_access(&s.access);
     ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], s.metrics.encode())
 }
 
-async fn status(State(s): State<AppState>) -> Json<serde_json::Value> {
+/// The whole-registry read every registry-wide route needs (`list` of scope `all`).
+const LIST_ALL: Request = Request::List { scope: Scope::All };
+
+async fn status(State(s): State<AppState>, Extension(caller): Extension<Caller>) -> ApiResult<serde_json::Value> {
+    caller.require(&s, &LIST_ALL, || "status".into())?;
     let stats = s.registry.stats();
-    Json(json!({
+    Ok(Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "store": s.registry.store().kind(),
         "location": s.registry.store().location(),
@@ -171,11 +344,12 @@ async fn status(State(s): State<AppState>) -> Json<serde_json::Value> {
         "plugins": stats.plugins,
         "leases": s.registry.store().lease_count(),
         "uptime_secs": s.started.elapsed().as_secs(),
-    }))
+    })))
 }
 
-async fn services(State(s): State<AppState>) -> Json<Vec<String>> {
-    Json(s.registry.services().iter().map(ToString::to_string).collect())
+async fn services(State(s): State<AppState>, Extension(caller): Extension<Caller>) -> ApiResult<Vec<String>> {
+    caller.require(&s, &LIST_ALL, || "services".into())?;
+    Ok(Json(s.registry.services().iter().map(ToString::to_string).collect()))
 }
 
 /// A service as `GET /v1/services/..` returns it.
@@ -194,9 +368,11 @@ struct ServiceView {
 
 async fn service(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((ns, group, name)): Path<(String, String, String)>,
 ) -> ApiResult<ServiceView> {
     let key = service_key(&ns, &group, &name)?;
+    caller.require(&s, &Request::GetService { service: key.clone() }, || key.to_string())?;
     let snap =
         s.registry.snapshot(&key).filter(|snap| !snap.instances.is_empty()).ok_or_else(|| {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("service {key} has no instances"))
@@ -223,6 +399,7 @@ struct ServiceSettings {
 
 async fn put_service(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((ns, group, name)): Path<(String, String, String)>,
     settings: Result<Json<ServiceSettings>, JsonRejection>,
 ) -> ApiResult<serde_json::Value> {
@@ -232,7 +409,10 @@ async fn put_service(
         protect_threshold: body.protect_threshold,
         metadata: body.metadata,
     };
+    let target = spec.service.to_string();
+    caller.require(&s, &Request::PutService { spec: spec.clone() }, || target.clone())?;
     let revision = counted(&s.metrics, "service", s.registry.put(Record::Service(spec.into()), None).await)?;
+    caller.accepted(&s, target, Some(revision));
     Ok(Json(json!({ "revision": revision })))
 }
 
@@ -249,18 +429,17 @@ struct RegisterRequest {
 
 async fn register(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     req: Result<Json<RegisterRequest>, JsonRejection>,
 ) -> ApiResult<serde_json::Value> {
     let RegisterRequest { instance, lease, ttl_ms } = body(req)?;
     // Validate before granting anything, so a bad request leaves no lease behind.
     instance.validate()?;
-    let (lease, fresh) = match (instance.ephemeral, lease, ttl_ms) {
-        (false, None, None) => (None, false),
+    let binding = match (instance.ephemeral, lease, ttl_ms) {
+        (false, None, None) => Binding::Persistent,
         (false, _, _) => return Err(ValidationError::LeaseMismatch.into()),
-        (true, Some(id), None) => (Some(id), false),
-        (true, None, Some(ms)) => {
-            (Some(counted(&s.metrics, "lease", s.registry.grant_lease(Duration::from_millis(ms)).await)?), true)
-        }
+        (true, Some(lease), None) => Binding::Lease { lease },
+        (true, None, Some(ttl_ms)) => Binding::Ttl { ttl_ms },
         (true, _, _) => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -269,21 +448,36 @@ async fn register(
             ));
         }
     };
+    let target = format!("{}/{}", instance.service, instance.id);
+    caller.require(&s, &Request::Register { instance: instance.clone(), binding }, || target.clone())?;
+    let (lease, fresh) = match binding {
+        Binding::Ttl { ttl_ms } => {
+            (Some(counted(&s.metrics, "lease", s.registry.grant_lease(Duration::from_millis(ttl_ms)).await)?), true)
+        }
+        Binding::Lease { lease } => (Some(lease), false),
+        Binding::Persistent | Binding::Connection => (None, false),
+    };
     let result = s.registry.put(Record::Instance(instance.into()), lease).await;
     if let (Err(_), true, Some(id)) = (&result, fresh, lease) {
         // The lease was granted for this registration alone: do not leave it behind.
         let _ = s.registry.revoke_lease(id).await;
     }
     let revision = counted(&s.metrics, "instance", result)?;
+    caller.accepted(&s, target, Some(revision));
     Ok(Json(json!({ "revision": revision, "lease": lease })))
 }
 
 async fn deregister(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((ns, group, name, id)): Path<(String, String, String, String)>,
 ) -> ApiResult<serde_json::Value> {
     let key = InstanceKey { service: service_key(&ns, &group, &name)?, id: InstanceId::new(id)? };
+    let request = Request::Deregister { service: key.service.clone(), id: key.id.clone() };
+    caller.require(&s, &request, || key.to_string())?;
+    let target = key.to_string();
     let revision = counted(&s.metrics, "instance", s.registry.delete(RecordKey::Instance(key)).await)?;
+    caller.accepted(&s, target, Some(revision));
     Ok(Json(json!({ "revision": revision })))
 }
 
@@ -294,20 +488,34 @@ struct GrantRequest {
 
 async fn grant(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     req: Result<Json<GrantRequest>, JsonRejection>,
 ) -> ApiResult<serde_json::Value> {
     let req = body(req)?;
+    caller.require(&s, &Request::GrantLease { ttl_ms: req.ttl_ms }, || "lease".into())?;
     let lease = counted(&s.metrics, "lease", s.registry.grant_lease(Duration::from_millis(req.ttl_ms)).await)?;
+    caller.accepted(&s, format!("lease {}", lease.0), None);
     Ok(Json(json!({ "lease": lease, "ttl_ms": req.ttl_ms })))
 }
 
-async fn keepalive(State(s): State<AppState>, Path(id): Path<u64>) -> ApiResult<serde_json::Value> {
+async fn keepalive(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<u64>,
+) -> ApiResult<serde_json::Value> {
+    caller.require(&s, &Request::Keepalive { lease: LeaseId(id) }, || format!("lease {id}"))?;
     let ttl = s.registry.keepalive(LeaseId(id)).await.map_err(ApiError::from)?;
     Ok(Json(json!({ "lease": id, "ttl_ms": ttl.as_millis() })))
 }
 
-async fn revoke(State(s): State<AppState>, Path(id): Path<u64>) -> ApiResult<serde_json::Value> {
-    counted(&s.metrics, "lease", s.registry.revoke_lease(LeaseId(id)).await)?;
+async fn revoke(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<u64>,
+) -> ApiResult<serde_json::Value> {
+    caller.require(&s, &Request::RevokeLease { lease: LeaseId(id) }, || format!("lease {id}"))?;
+    let revision = counted(&s.metrics, "lease", s.registry.revoke_lease(LeaseId(id)).await)?;
+    caller.accepted(&s, format!("lease {id}"), Some(revision));
     Ok(Json(json!({ "lease": id })))
 }
 
@@ -317,9 +525,11 @@ fn config_key(ns: &str, group: &str, data_id: &str) -> Result<ConfigKey, ApiErro
 
 async fn get_config(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((ns, group, id)): Path<(String, String, String)>,
 ) -> ApiResult<Arc<ConfigEntry>> {
     let key = config_key(&ns, &group, &id)?;
+    caller.require(&s, &Request::ConfigGet { key: key.clone() }, || key.to_string())?;
     s.registry
         .config(&key)
         .map(Json)
@@ -328,28 +538,36 @@ async fn get_config(
 
 async fn put_config(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((ns, group, id)): Path<(String, String, String)>,
     body: String,
 ) -> ApiResult<serde_json::Value> {
-    let entry = ConfigEntry::new(config_key(&ns, &group, &id)?, body)?;
+    let key = config_key(&ns, &group, &id)?;
+    caller.require(&s, &Request::ConfigPut { key: key.clone(), content: body.clone() }, || key.to_string())?;
+    let entry = ConfigEntry::new(key.clone(), body)?;
     let version = entry.version.clone();
     let revision = counted(&s.metrics, "config", s.registry.put(Record::Config(entry.into()), None).await)?;
+    caller.accepted(&s, key.to_string(), Some(revision));
     Ok(Json(json!({ "revision": revision, "version": version })))
 }
 
 async fn delete_config(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((ns, group, id)): Path<(String, String, String)>,
 ) -> ApiResult<serde_json::Value> {
-    let key = RecordKey::Config(config_key(&ns, &group, &id)?);
-    let revision = counted(&s.metrics, "config", s.registry.delete(key).await)?;
+    let key = config_key(&ns, &group, &id)?;
+    caller.require(&s, &Request::ConfigDelete { key: key.clone() }, || key.to_string())?;
+    let revision = counted(&s.metrics, "config", s.registry.delete(RecordKey::Config(key.clone())).await)?;
+    caller.accepted(&s, key.to_string(), Some(revision));
     Ok(Json(json!({ "revision": revision })))
 }
 
-async fn plugins(State(s): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({
+async fn plugins(State(s): State<AppState>, Extension(caller): Extension<Caller>) -> ApiResult<serde_json::Value> {
+    caller.require(&s, &Request::PluginList, || "plugins".into())?;
+    Ok(Json(json!({
         "plugins": s.registry.plugins(),
         "slots": s.plugins.status(),
         "failures": s.plugins.failures(),
-    }))
+    })))
 }

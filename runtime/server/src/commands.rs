@@ -154,7 +154,9 @@ impl fmt::Display for Failure {
 
 impl From<sextant_server::ServeError> for Failure {
     fn from(e: sextant_server::ServeError) -> Self {
-        Self::new(1, e.to_string())
+        // An open door refused is a usage matter: the command line must change.
+        let code = if matches!(e, sextant_server::ServeError::OpenDoor { .. }) { 2 } else { 1 };
+        Self::new(code, e.to_string())
     }
 }
 
@@ -169,6 +171,7 @@ impl From<ClientError> for Failure {
                     | ErrorCode::Forbidden
                     | ErrorCode::Invalid
                     | ErrorCode::PluginRejected
+                    | ErrorCode::Limited
                     | ErrorCode::UnsupportedVersion,
                 ..
             } => 5,

@@ -3,7 +3,9 @@
 //! Owns `sextant serve`: it opens the store, starts the [`Registry`](sextant_store::Registry)
 //! over it, serves the admin HTTP API (health, Prometheus metrics, status, and a JSON API for
 //! instances, leases, services and config entries), starts the plugin manager (picks and
-//! plugin administration over QUIC, the `--plugins` directory), and shuts down gracefully.
+//! plugin administration over QUIC, the `--plugins` directory), applies one access model to
+//! both doors (tokens, rights, limits and audit from `sextant_quic::access`; TLS for the admin
+//! API; a separate metrics address), and shuts down gracefully.
 //! Also `sextant demo` ([`demo`]): sample backends, the gateway and traffic, with a live view;
 //! and live mode of `sextant bench strategies` ([`live`]): the simulated scenarios against
 //! real loopback backends through the gateway, reported beside the simulation.
@@ -16,6 +18,7 @@
 
 pub mod admin;
 pub mod demo;
+mod https;
 pub mod live;
 pub mod metrics;
 mod plugin_dir;

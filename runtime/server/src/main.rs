@@ -1,7 +1,7 @@
-//! The `sextant` command line. See `sextant --help` and DESIGN.md's CLI contract.
+//! The `sextant` command line. See `sextant --help` and the README.
 //!
-//! Exit codes: 0 success, 1 failure, 2 usage error, 3 not found, 4 no server reachable,
-//! 5 refused (unauthenticated, forbidden, invalid).
+//! Exit codes: 0 success, 1 failure, 2 usage error (also `serve` refusing an open door), 3 not
+//! found, 4 no server reachable, 5 refused (unauthenticated, forbidden, invalid, limited).
 
 mod commands;
 
@@ -76,9 +76,37 @@ enum Command {
         /// How long instances bound to a lost connection stay, in milliseconds.
         #[arg(long, default_value_t = 10_000)]
         grace_ms: u64,
-        /// Access file: tokens with per-namespace rights (JSON). Without it, the server is open.
-        #[arg(long)]
+        /// Access file: tokens with per-namespace rights (JSON), for QUIC and the admin API
+        /// alike; re-read when it changes and on SIGHUP. Without it, the server is open and
+        /// binds loopback addresses only (see --allow-open).
+        #[arg(long, env = "SEXTANT_ACL")]
         acl: Option<PathBuf>,
+        /// How often the access file is checked for changes, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        acl_poll_ms: u64,
+        /// Serve without an access file on addresses other than loopback (anyone who reaches
+        /// them may do everything).
+        #[arg(long)]
+        allow_open: bool,
+        /// Serve the admin API over HTTPS with the QUIC certificate (and --client-ca).
+        #[arg(long)]
+        admin_tls: bool,
+        /// Also serve /metrics and /healthz (and nothing else) on this address, for scrapers.
+        #[arg(long, env = "SEXTANT_METRICS")]
+        metrics: Option<SocketAddr>,
+        /// Requests per second one client (token, or anonymous, from one IP address) may send
+        /// over both doors; 0: no limit.
+        #[arg(long, default_value_t = 10_000)]
+        max_request_rate: u32,
+        /// Requests a client may send at once above --max-request-rate.
+        #[arg(long, default_value_t = 20_000)]
+        max_request_burst: u32,
+        /// Instances one QUIC connection may hold registered.
+        #[arg(long, default_value_t = 10_000)]
+        max_registrations_per_connection: usize,
+        /// Subscriptions one QUIC connection may hold open.
+        #[arg(long, default_value_t = 200)]
+        max_watches_per_connection: usize,
         /// Require client certificates signed by this CA (mutual TLS).
         #[arg(long)]
         client_ca: Option<PathBuf>,
@@ -450,6 +478,14 @@ async fn main() -> ExitCode {
             history,
             grace_ms,
             acl,
+            acl_poll_ms,
+            allow_open,
+            admin_tls,
+            metrics,
+            max_request_rate,
+            max_request_burst,
+            max_registrations_per_connection,
+            max_watches_per_connection,
             client_ca,
             cert,
             key,
@@ -465,10 +501,21 @@ async fn main() -> ExitCode {
                     timeout: Duration::from_millis(etcd_timeout_ms.max(1)),
                 }),
             };
+            let limits = sextant_quic::access::Limits {
+                requests_per_second: std::num::NonZeroU32::new(max_request_rate),
+                burst: std::num::NonZeroU32::new(max_request_burst).unwrap_or(std::num::NonZeroU32::MIN),
+                registrations_per_connection: max_registrations_per_connection,
+                watches_per_connection: max_watches_per_connection,
+            };
             let config = ServeConfig {
                 data_dir,
                 store,
                 admin,
+                admin_tls,
+                metrics,
+                allow_open,
+                acl_poll: Duration::from_millis(acl_poll_ms.max(10)),
+                limits,
                 history_capacity: history,
                 listen,
                 grace: Duration::from_millis(grace_ms),

@@ -16,6 +16,22 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
+/// Labels of the audit counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuditLabels {
+    /// `quic` or `http`.
+    pub door: &'static str,
+    /// `accepted`, `unauthenticated`, `forbidden`, `limited`.
+    pub verdict: &'static str,
+}
+
+/// Labels of the access file reload counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `ok` or `failed`.
+    pub outcome: &'static str,
+}
+
 /// Labels of plugin slot metrics.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SlotLabels {
@@ -80,6 +96,10 @@ pub struct Metrics {
     pub store_stale_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Values in the store that are not valid records (written by hand), skipped.
     pub store_invalid_values: Counter,
+    /// Audited requests: accepted writes and refusals, by door and verdict.
+    pub audit_events: Family<AuditLabels, Counter>,
+    /// Reloads of the access file by outcome.
+    pub acl_reloads: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -116,6 +136,8 @@ impl Metrics {
             store_reachable: Gauge::default(),
             store_stale_seconds: Gauge::default(),
             store_invalid_values: Counter::default(),
+            audit_events: Family::default(),
+            acl_reloads: Family::default(),
             registry: Registry::default(),
         };
         registry.register("services", "Services with at least one instance", m.services.clone());
@@ -168,7 +190,24 @@ impl Metrics {
             "Recent plugin loads or activations that failed",
             m.plugin_failures.clone(),
         );
+        registry.register(
+            "audit_events",
+            "Accepted writes and refused requests (unauthenticated, forbidden, limited), by door",
+            m.audit_events.clone(),
+        );
+        registry.register("acl_reloads", "Reloads of the access file, by outcome", m.acl_reloads.clone());
         Self { registry, ..m }
+    }
+
+    /// Brings the access counters (kept by `access`) into the exposition.
+    pub fn set_access(&self, access: &sextant_quic::access::Access) {
+        for (door, verdict, n) in access.audit_counts() {
+            let labels = AuditLabels { door: door.as_str(), verdict: verdict.as_str() };
+            Self::catch_up(&self.audit_events.get_or_create(&labels), n);
+        }
+        let (ok, failed) = access.reloads();
+        Self::catch_up(&self.acl_reloads.get_or_create(&OutcomeLabel { outcome: "ok" }), ok);
+        Self::catch_up(&self.acl_reloads.get_or_create(&OutcomeLabel { outcome: "failed" }), failed);
     }
 
     /// Replaces the plugin slot series with `slots`.

@@ -1,13 +1,19 @@
 //! `sextant serve`: open the store, start the registry, serve admin HTTP until shutdown.
+//!
+//! Safe by default: without an access file, `serve` refuses to bind the admin API or QUIC to
+//! an address other than loopback unless told `allow_open` ([`ServeError::OpenDoor`] says why
+//! and how). The access file is re-read when it changes (polled) and on SIGHUP; a file that
+//! does not parse leaves the previous one in force.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use sextant_core::store::StoreError;
-use sextant_proto::acl::{Acl, AclError};
+use sextant_proto::acl::Acl;
+use sextant_quic::access::{Access, Limits, ReloadError, read_acl};
 use sextant_quic::server::{QuicServer, ServerOptions};
 use sextant_quic::tls::{self, TlsError, TlsFiles};
 use sextant_store::{
@@ -18,7 +24,8 @@ use tokio::sync::watch;
 
 use sextant_plugin::{Defaults, HostConfig, PluginHost, PluginManager, PluginSpec};
 
-use crate::admin::{self, AppState};
+use crate::admin::{self, AppState, Peer};
+use crate::https::TlsListener;
 use crate::metrics::Metrics;
 use crate::plugin_dir;
 
@@ -41,6 +48,16 @@ pub struct ServeConfig {
     pub store: StoreConfig,
     /// Admin HTTP address.
     pub admin: SocketAddr,
+    /// Serve the admin API over TLS (the QUIC certificate, key and client CA).
+    pub admin_tls: bool,
+    /// A second address serving only `/metrics` and `/healthz` (never the API).
+    pub metrics: Option<SocketAddr>,
+    /// Serve without an access file on addresses other than loopback.
+    pub allow_open: bool,
+    /// How often the access file is checked for changes.
+    pub acl_poll: Duration,
+    /// Abuse limits of both doors.
+    pub limits: Limits,
     /// Events kept for resuming watchers.
     pub history_capacity: usize,
     /// QUIC address (UDP).
@@ -69,6 +86,11 @@ impl ServeConfig {
             data_dir,
             store: StoreConfig::Embedded,
             admin: SocketAddr::from(([127, 0, 0, 1], 7601)),
+            admin_tls: false,
+            metrics: None,
+            allow_open: false,
+            acl_poll: Duration::from_secs(1),
+            limits: Limits::default(),
             history_capacity: 16 * 1024,
             listen: SocketAddr::from(([127, 0, 0, 1], 7600)),
             grace: Duration::from_secs(10),
@@ -114,37 +136,80 @@ pub enum ServeError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     /// The access file is unreadable or invalid.
-    #[error("access file {path}: {source}")]
-    Acl {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: AclError,
+    #[error(transparent)]
+    Access(#[from] ReloadError),
+    /// A door would be open to the network: no access file, an address other than loopback.
+    #[error(
+        "refusing to serve {door} on {addr} without an access file: anyone who reaches it could register, \
+         deregister, read configs and load plugins. Give --acl FILE (see docs/security.md), bind a loopback \
+         address, or pass --allow-open to serve it open anyway"
+    )]
+    OpenDoor {
+        /// `the admin API` or `QUIC discovery`.
+        door: &'static str,
+        /// The address.
+        addr: SocketAddr,
     },
     /// The plugin host could not start, or the default balancer is not a built-in.
     #[error("plugin host: {0}")]
     Plugins(String),
-    /// The access file could not be read.
-    #[error("access file {path}: {source}")]
-    AclRead {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
+}
+
+/// Refuses an open door on the network (see the module docs).
+fn check_open_doors(config: &ServeConfig) -> Result<(), ServeError> {
+    if config.acl.is_some() || config.allow_open {
+        return Ok(());
+    }
+    for (door, addr) in [("the admin API", config.admin), ("QUIC discovery", config.listen)] {
+        if !addr.ip().is_loopback() {
+            return Err(ServeError::OpenDoor { door, addr });
+        }
+    }
+    Ok(())
+}
+
+/// Re-reads the access file when it changes (size or modification time, every `poll`) and on
+/// SIGHUP, until `stop` resolves.
+async fn watch_acl(path: PathBuf, poll: Duration, access: Arc<Access>, stop: impl Future<Output = ()>) {
+    let stamp = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.modified().ok(), m.len()));
+    let mut seen = stamp(&path);
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP; the access file is reloaded on change only"))
+        .ok();
+    let sighup = async |hup: &mut Option<tokio::signal::unix::Signal>| match hup {
+        Some(h) => h.recv().await,
+        None => std::future::pending().await,
+    };
+    let mut tick = tokio::time::interval(poll);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = sighup(&mut hup) => {
+                tracing::info!(file = %path.display(), "SIGHUP: reloading the access file");
+            }
+            _ = tick.tick() => {
+                let now = stamp(&path);
+                if now == seen {
+                    continue;
+                }
+            }
+        }
+        seen = stamp(&path);
+        // The error is logged and counted; the table in force stays.
+        let _ = access.reload(&path);
+    }
 }
 
 /// Runs until `shutdown` resolves, then stops accepting, finishes in-flight requests, closes
 /// QUIC connections and the store.
 pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+    check_open_doors(&config)?;
     let acl = match &config.acl {
         None => Acl::open(),
-        Some(path) => {
-            let text =
-                std::fs::read_to_string(path).map_err(|source| ServeError::AclRead { path: path.clone(), source })?;
-            Acl::from_json(&text).map_err(|source| ServeError::Acl { path: path.clone(), source })?
-        }
+        Some(path) => read_acl(path)?,
     };
+    let access = Arc::new(Access::new(acl, config.limits));
     let store = match &config.store {
         StoreConfig::Embedded => {
             let options = EmbeddedOptions { history_capacity: config.history_capacity, ..EmbeddedOptions::default() };
@@ -166,13 +231,19 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()> + Send 
         None => tls::ensure_dev_certs(&config.data_dir)?,
     };
     let quic_config = tls::server_config(&files, config.client_ca.as_deref(), 256)?;
+    let https =
+        if config.admin_tls { Some(tls::https_server_config(&files, config.client_ca.as_deref())?) } else { None };
     let registry = Registry::start(store, config.history_capacity).await?;
     let listener =
         TcpListener::bind(config.admin).await.map_err(|source| ServeError::Bind { addr: config.admin, source })?;
     let addr = listener.local_addr().map_err(ServeError::Http)?;
+    let metrics_listener = match config.metrics {
+        None => None,
+        Some(a) => Some(TcpListener::bind(a).await.map_err(|source| ServeError::Bind { addr: a, source })?),
+    };
     let server_options = ServerOptions {
         grace: config.grace,
-        acl: Arc::new(acl),
+        access: access.clone(),
         server_id: format!("sextant@{}", config.listen),
         ..ServerOptions::default()
     };
@@ -184,9 +255,12 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()> + Send 
         .map_err(|source| ServeError::Bind { addr: config.listen, source })?
         .with_plugins(plugins.clone());
     let quic_addr = quic.local_addr().map_err(ServeError::Http)?;
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     tracing::info!(
-        admin = %addr, quic = %quic_addr, ca = %files.ca.display(), store = registry.store().kind(),
-        location = %registry.store().location(), revision = %registry.revision(), "sextant serving"
+        admin = %addr, admin_tls = config.admin_tls, metrics = ?metrics_addr, quic = %quic_addr,
+        ca = %files.ca.display(), store = registry.store().kind(), location = %registry.store().location(),
+        revision = %registry.revision(), access = if config.acl.is_some() { "tokens" } else { "open" },
+        "sextant serving"
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -202,9 +276,27 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()> + Send 
         tracing::info!(dir = %dir.display(), "watching for plugins");
         tokio::spawn(plugin_dir::watch(dir.clone(), config.plugins_poll, plugins.clone(), stopped(stop_rx.clone())));
     }
-    let state = AppState::new(registry, plugins, Arc::new(Metrics::new()));
-    let http = axum::serve(listener, admin::router(state)).with_graceful_shutdown(stopped(stop_rx)).await;
+    if let Some(path) = &config.acl {
+        tokio::spawn(watch_acl(path.clone(), config.acl_poll, access.clone(), stopped(stop_rx.clone())));
+    }
+    let state = AppState::new(registry, plugins, Arc::new(Metrics::new()), access);
+    let metrics_task = metrics_listener.map(|l| {
+        let app = admin::metrics_router(state.clone()).into_make_service();
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move { axum::serve(l, app).with_graceful_shutdown(stop).await })
+    });
+    let app = admin::router(state).into_make_service_with_connect_info::<Peer>();
+    let http = match https {
+        None => axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx)).await,
+        Some(tls) => {
+            let listener = TlsListener::new(listener, tls).map_err(ServeError::Http)?;
+            axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx)).await
+        }
+    };
     let _ = quic_task.await;
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     http.map_err(ServeError::Http)?;
     tracing::info!("shut down cleanly");
     Ok(())
