@@ -475,8 +475,8 @@ fn the_metrics_address_serves_metrics_and_health_and_nothing_else() {
     assert_eq!(server.call("GET", "/status", None, None).0, 401, "the API still wants a token");
 }
 
-/// One HTTPS request by hand (rustls): the status line, or the TLS error.
-fn https_status(addr: &str, ca: &Path, client: Option<(&Path, &Path)>) -> Result<String, String> {
+/// One HTTPS `GET path` by hand (rustls): the status line, or the TLS error.
+fn https_status(addr: &str, path: &str, ca: &Path, client: Option<(&Path, &Path)>) -> Result<String, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -501,7 +501,7 @@ fn https_status(addr: &str, ca: &Path, client: Option<(&Path, &Path)>) -> Result
     let tcp = TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, tcp);
-    let request = "GET /healthz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n";
+    let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
     tls.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
     let mut response = String::new();
     tls.read_to_string(&mut response).map_err(|e| e.to_string())?;
@@ -527,7 +527,9 @@ fn the_admin_api_over_tls_takes_client_certificates_from_its_ca_only() {
     std::fs::write(&acl, ACL).unwrap();
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
+    let log = tmp.path().join("serve.log");
     let mut child = Command::new(sextant_bin())
+        .env("SEXTANT_LOG", "info")
         .args(["serve", "--admin-tls", "--data-dir"])
         .arg(&data)
         .args(["--admin", &addr, "--listen", &format!("127.0.0.1:{}", free_udp_port())])
@@ -537,7 +539,7 @@ fn the_admin_api_over_tls_takes_client_certificates_from_its_ca_only() {
         .arg(&files.ca)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let own = (tmp.path().join("c.pem"), tmp.path().join("c.key"));
@@ -545,7 +547,7 @@ fn the_admin_api_over_tls_takes_client_certificates_from_its_ca_only() {
     let status = loop {
         assert!(child.try_wait().unwrap().is_none(), "serve --admin-tls runs");
         if TcpStream::connect(&addr).is_ok() {
-            break https_status(&addr, &files.ca, Some((&own.0, &own.1)));
+            break https_status(&addr, "/healthz", &files.ca, Some((&own.0, &own.1)));
         }
         assert!(Instant::now() < deadline, "serve listens within 20 s");
         std::thread::sleep(Duration::from_millis(50));
@@ -553,10 +555,18 @@ fn the_admin_api_over_tls_takes_client_certificates_from_its_ca_only() {
     assert_eq!(status.as_deref(), Ok("HTTP/1.1 200 OK"), "a certificate from the CA is served");
     let foreign = (tmp.path().join("s.pem"), tmp.path().join("s.key"));
     assert!(
-        https_status(&addr, &files.ca, Some((&foreign.0, &foreign.1))).is_err(),
+        https_status(&addr, "/healthz", &files.ca, Some((&foreign.0, &foreign.1))).is_err(),
         "another CA's certificate is refused"
     );
-    assert!(https_status(&addr, &files.ca, None).is_err(), "no certificate, no service");
+    assert!(https_status(&addr, "/healthz", &files.ca, None).is_err(), "no certificate, no service");
+    // A certificate gets past TLS, not past the access file; the refusal names the subject.
+    let status = https_status(&addr, "/status", &files.ca, Some((&own.0, &own.1)));
+    assert_eq!(status.as_deref(), Ok("HTTP/1.1 401 Unauthorized"));
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.lines().any(|l| l.contains("sextant::audit") && l.contains("CN=gateway-7") && l.contains("GET /status")),
+        "{logged}"
+    );
     // Plain HTTP on the TLS port gets no answer.
     let plain = crate::support::http().get(&format!("http://{addr}/healthz")).call();
     assert!(plain.is_err(), "plain HTTP is not served: {plain:?}");

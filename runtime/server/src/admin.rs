@@ -77,13 +77,19 @@ impl AppState {
     }
 }
 
-/// The peer's address, from either listener (plain TCP or TLS).
-#[derive(Debug, Clone, Copy)]
-pub struct Peer(pub SocketAddr);
+/// The peer, from either listener (plain TCP or TLS): its address, and the subject of the
+/// client certificate it presented over TLS.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The peer's address.
+    pub addr: SocketAddr,
+    /// The subject of its client certificate (`--admin-tls` with `--client-ca`).
+    pub certificate: Option<Arc<str>>,
+}
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for Peer {
     fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        Self(*stream.remote_addr())
+        Self { addr: *stream.remote_addr(), certificate: None }
     }
 }
 
@@ -116,6 +122,7 @@ pub fn router(state: AppState) -> axum::Router {
 struct Caller {
     principal: Principal,
     peer: SocketAddr,
+    certificate: Option<Arc<str>>,
     /// `METHOD /path`, for the audit log.
     what: String,
 }
@@ -133,7 +140,7 @@ impl Caller {
             door: Door::Http,
             verdict,
             who: &self.principal.name,
-            certificate: None,
+            certificate: self.certificate.as_deref(),
             from: self.peer,
             what: &self.what,
             target,
@@ -187,7 +194,7 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&str>, &'static str> {
 /// request goes on with its [`Caller`].
 async fn authenticate(
     State(s): State<AppState>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    ConnectInfo(Peer { addr: peer, certificate }): ConnectInfo<Peer>,
     mut request: axum::extract::Request,
     next: Next,
 ) -> Response {
@@ -197,7 +204,7 @@ async fn authenticate(
             door: Door::Http,
             verdict,
             who,
-            certificate: None,
+            certificate: certificate.as_deref(),
             from: peer,
             what: &what,
             target: None,
@@ -241,7 +248,7 @@ async fn authenticate(
         }
         return response;
     }
-    request.extensions_mut().insert(Caller { principal, peer, what });
+    request.extensions_mut().insert(Caller { principal, peer, certificate, what });
     next.run(request).await
 }
 

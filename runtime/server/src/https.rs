@@ -81,6 +81,12 @@ impl axum::serve::Listener for TlsListener {
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
     fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
-        Self(*stream.remote_addr())
+        let (_, session) = stream.io().get_ref();
+        let certificate = session
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|cert| sextant_quic::tls::certificate_subject(cert))
+            .map(Arc::from);
+        Self { addr: *stream.remote_addr(), certificate }
     }
 }
