@@ -12,7 +12,7 @@ fn ephemeral_instances_live_as_long_as_their_lease() {
     let server = Server::start(&tmp.path().join("d"));
     let (code, lease) = server.post("/v1/leases", &json!({ "ttl_ms": 600 }));
     assert_eq!(code, 200, "{lease}");
-    let lease = lease["lease"].as_u64().unwrap();
+    let lease: u64 = lease["lease"].as_str().expect("lease ids are strings").parse().unwrap();
     let mut kept = instance("svc", "kept", 1, true);
     kept["lease"] = json!(lease);
     assert_eq!(server.post("/v1/instances", &kept).0, 200);
@@ -89,6 +89,17 @@ fn bad_input_is_a_typed_error_and_stores_nothing() {
     let mut unknown_lease = instance("svc", "a", 1, true);
     unknown_lease["lease"] = json!(12345);
     assert_eq!(server.post("/v1/instances", &unknown_lease).1["error"], "lease_not_found");
+    unknown_lease["lease"] = json!("12345");
+    assert_eq!(server.post("/v1/instances", &unknown_lease).1["error"], "lease_not_found", "ids as strings too");
+    for bad in [json!("12x"), json!(-1), json!(1.5), json!({})] {
+        unknown_lease["lease"] = bad.clone();
+        let (code, err) = server.post("/v1/instances", &unknown_lease);
+        assert_eq!((code, err["error"].as_str()), (400, Some("invalid")), "lease {bad}: {err}");
+    }
+    let (code, err) = server.post("/v1/leases/abc/keepalive", &json!({}));
+    assert_eq!((code, err["error"].as_str()), (400, Some("invalid")), "{err}");
+    assert!(err["message"].as_str().unwrap().contains("not a lease id"), "{err}");
+    assert_eq!(server.delete("/v1/leases/-4").1["error"], "invalid");
     assert_eq!(server.delete("/v1/instances/default/default/svc/nope").1["error"], "not_found");
     assert_eq!(server.put_text("/v1/configs/default/default/x", &"y".repeat(1024 * 1024 + 1)).0, 400);
     assert_eq!(server.put_json("/v1/services/default/default/s", &json!({ "protect_threshold": 2.0 })).0, 400);

@@ -14,6 +14,8 @@ use sextant_store::local_etcd::LocalEtcd;
 
 use crate::support::{Server, cli, instance, run};
 
+use std::collections::BTreeSet;
+
 const SERVICE: &str = "shop/web/orders";
 
 fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
@@ -138,4 +140,144 @@ fn two_hosts_on_one_etcd_share_registrations_watches_and_plugins() {
     let (status, body) = a.post("/v1/instances", &i);
     assert_eq!(status, 200, "{body}");
     wait_until("the write after the outage on B", Duration::from_secs(20), || instance_ids(&b).len() == 4);
+}
+
+/// Instance ids a watch of `scope` holds, kept up to date by a task (resets, upserts,
+/// removes; revisions checked to increase).
+fn follow(
+    runtime: &tokio::runtime::Runtime,
+    server: &Server,
+    scope: sextant_core::Scope,
+) -> (std::sync::Arc<parking_lot::Mutex<BTreeSet<String>>>, sextant_quic::client::Client) {
+    use sextant_core::{Change, Record};
+    let client = quic_client(server);
+    let held = std::sync::Arc::new(parking_lot::Mutex::new(BTreeSet::new()));
+    let mut watch = client.watch(scope);
+    let view = held.clone();
+    runtime.spawn(async move {
+        let mut last = sextant_core::Revision(0);
+        while let Some(Ok(item)) = watch.next().await {
+            assert!(item.event.revision > last, "revisions increase: {} after {last}", item.event.revision);
+            last = item.event.revision;
+            let mut v = view.lock();
+            match item.event.change {
+                Change::Reset { snapshot } => {
+                    *v = snapshot
+                        .records
+                        .iter()
+                        .filter_map(|r| match r {
+                            Record::Instance(i) => Some(i.id.to_string()),
+                            _ => None,
+                        })
+                        .collect();
+                }
+                Change::Upsert { record: Record::Instance(i) } => {
+                    v.insert(i.id.to_string());
+                }
+                Change::Remove { key: sextant_core::RecordKey::Instance(k) } => {
+                    v.remove(k.id.as_str());
+                }
+                _ => {}
+            }
+        }
+    });
+    (held, client)
+}
+
+fn quic_client(server: &Server) -> sextant_quic::client::Client {
+    let options = sextant_quic::client::ClientOptions::new(vec![server.quic], server.data_dir.join("tls/ca.pem"));
+    sextant_quic::client::Client::new(options).unwrap()
+}
+
+#[test]
+fn connection_bound_ttl_and_persistent_registrations_survive_a_killed_follower_and_leader() {
+    use sextant_proto::Binding;
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    // The QUIC clients bind their endpoints on this runtime.
+    let _entered = runtime.enter();
+    let mut etcd = runtime.block_on(LocalEtcd::start(&dir.path().join("etcd"), 3)).expect("start a local etcd");
+    let endpoints = etcd.endpoints().join(",");
+    let grace_ms = 3000u64;
+    let grace = grace_ms.to_string();
+    let args = ["--store", "etcd", "--etcd-endpoints", &endpoints, "--etcd-timeout-ms", "3000", "--grace-ms", &grace];
+    let start = |name: &str| {
+        Server::try_start_with(&dir.path().join(name), &args).unwrap_or_else(|f| panic!("{:?}\n{}", f.status, f.log))
+    };
+    let (a, b) = (start("a"), start("b"));
+    let scope = sextant_core::Scope::Namespace("faults".parse().unwrap());
+    let (seen_on_b, _watcher) = follow(&runtime, &b, scope);
+    // Eight writers through A, each on its own connection, kept open all along.
+    let writers: Vec<_> = (0..8).map(|_| quic_client(&a)).collect();
+    let mut acked: BTreeSet<String> = BTreeSet::new();
+    for (round, kill_leader) in [(0u16, false), (1, true)] {
+        let leader = runtime.block_on(etcd.leader()).expect("a leader");
+        let victim = if kill_leader { leader } else { (leader + 1) % 3 };
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tasks: Vec<_> = writers
+            .iter()
+            .enumerate()
+            .map(|(w, client)| {
+                let (client, stop) = (client.clone(), stop.clone());
+                runtime.spawn(async move {
+                    let (mut ok, mut refused) = (Vec::new(), Vec::new());
+                    for n in 0..40u16 {
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            break;
+                        }
+                        let port = 1 + round * 1000 + (w as u16) * 100 + n;
+                        let service = sextant_core::ServiceKey::parse("faults/g/s").unwrap();
+                        let instance = sextant_core::Instance::new(service, "127.0.0.1".parse().unwrap(), port);
+                        let binding = match n % 3 {
+                            0 => Binding::Connection,
+                            1 => Binding::Ttl { ttl_ms: 3000 },
+                            _ => Binding::Persistent,
+                        };
+                        match client.register(instance.clone(), binding).await {
+                            Ok(_) => ok.push(instance.id.to_string()),
+                            Err(e) => refused.push(format!("{binding:?}: {e}")),
+                        }
+                        tokio::time::sleep(Duration::from_millis(40)).await;
+                    }
+                    (ok, refused)
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(400));
+        etcd.kill(victim);
+        std::thread::sleep(Duration::from_millis(1500));
+        etcd.restart(victim).unwrap();
+        let (mut round_acked, mut refused) = (0, Vec::new());
+        for t in tasks {
+            let (ok, r) = runtime.block_on(t).unwrap();
+            round_acked += ok.len();
+            acked.extend(ok);
+            refused.extend(r);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        runtime.block_on(etcd.wait_ready()).unwrap();
+        let what = if kill_leader { "leader" } else { "follower" };
+        // Every acknowledged registration reaches the watcher on B, and stays there for more
+        // than the grace period and the TTL: the owners are still connected.
+        wait_until("B's watcher to hold every acknowledged instance", Duration::from_secs(30), || {
+            acked.is_subset(&seen_on_b.lock())
+        });
+        std::thread::sleep(Duration::from_millis(2 * grace_ms));
+        let held = seen_on_b.lock().clone();
+        let lost: Vec<_> = acked.difference(&held).collect();
+        eprintln!(
+            "{what} killed: acknowledged {round_acked} (total {}), refused {}, lost after 2x grace {}",
+            acked.len(),
+            refused.len(),
+            lost.len()
+        );
+        assert!(lost.is_empty(), "lost while their owners are connected: {lost:?}");
+        assert!(round_acked > 100, "the load ran");
+        if !kill_leader {
+            assert!(refused.is_empty(), "a follower down refuses nothing: {refused:?}");
+        }
+    }
+    let (_, status) = a.get("/status");
+    assert!(status["stale_ms"].is_null(), "{status}");
+    drop(writers);
 }

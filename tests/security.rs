@@ -99,7 +99,7 @@ fn revision(server: &Server) -> u64 {
 fn grant(server: &Server) -> u64 {
     let (code, lease) = server.call("POST", "/v1/leases", OPS, Some(&json!({ "ttl_ms": 30_000 })));
     assert_eq!(code, 200, "{lease}");
-    lease["lease"].as_u64().unwrap()
+    lease["lease"].as_str().unwrap().parse().unwrap()
 }
 
 fn put_config(server: &Server) {
@@ -572,4 +572,64 @@ fn the_admin_api_over_tls_takes_client_certificates_from_its_ca_only() {
     assert!(plain.is_err(), "plain HTTP is not served: {plain:?}");
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[test]
+fn several_hosts_share_one_ca_and_clients_fail_over_between_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tls");
+    let out = Command::new(sextant_bin())
+        .args(["tls", "init", "--dir"])
+        .arg(&dir)
+        .args([
+            "--host",
+            "a=localhost,127.0.0.1",
+            "--host",
+            "b=localhost,127.0.0.1",
+            "--host",
+            "elsewhere=other.example",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("server a: --cert") && stdout.contains("wrote the CA"), "{stdout}");
+    let ca = dir.join("ca.pem");
+    let cert = |n: &str| [dir.join(format!("{n}.pem")), dir.join(format!("{n}.key"))];
+    let start = |name: &str| {
+        let [c, k] = cert(name);
+        let args = ["--cert", c.to_str().unwrap(), "--key", k.to_str().unwrap()];
+        Server::try_start_with(&tmp.path().join(name), &args).unwrap_or_else(|f| panic!("{:?}\n{}", f.status, f.log))
+    };
+    let (a, b, elsewhere) = (start("a"), start("b"), start("elsewhere"));
+    let client = |servers: &str, args: &[&str]| {
+        Command::new(sextant_bin())
+            .args(args)
+            .args(["--server", servers, "--ca", ca.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let both = format!("{},{}", a.quic, b.quic);
+    let register = ["register", "--service", "fleet", "--addr", "127.0.0.1:9", "--persistent"];
+    let out = client(&both, &register);
+    assert!(out.status.success(), "one --ca for both hosts: {}", String::from_utf8_lossy(&out.stderr));
+    a.kill9();
+    let out = client(&both, &["list", "--json"]);
+    assert!(out.status.success(), "failed over to b: {}", String::from_utf8_lossy(&out.stderr));
+    // A certificate for another name: refused by the client, saying so; nothing changed.
+    let out = client(&elsewhere.quic.to_string(), &register);
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("certificate"), "{stderr}");
+    assert_eq!(elsewhere.get("/v1/services").1, json!([]), "nothing registered there");
+    // Run again: the CA is kept, new hosts are signed by it; a bad name is refused.
+    let out =
+        Command::new(sextant_bin()).args(["tls", "init", "--dir"]).arg(&dir).args(["--host", "c"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("kept the CA"), "{}", String::from_utf8_lossy(&out.stdout));
+    let out =
+        Command::new(sextant_bin()).args(["tls", "init", "--dir"]).arg(&dir).args(["--host", "../x"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a usable name"));
+    drop(b);
 }

@@ -336,7 +336,7 @@ async def check_ttl_lease(ctx: Ctx) -> None:
     i = inst(svc, 1)
     w = await conn.register(i, binding_ttl(5000))
     lease = w.get("lease")
-    expect(isinstance(lease, int) and 0 <= lease < 2**53, f"ttl binding: bad lease in {w}")
+    expect(isinstance(lease, str) and lease.isdigit() and int(lease) < 2**64, f"ttl binding: bad lease in {w}")
     k = await conn.keepalive(lease)
     expect(k["lease"] == lease and k["ttl_ms"] == 5000, f"keepalive answered {k}")
     s = await conn.get_service(svc)
@@ -384,7 +384,11 @@ async def check_grant_lease_binding(ctx: Ctx) -> None:
     conn = await ctx.connect()
     g = await conn.grant_lease(4000)
     lease = g["lease"]
-    expect(g["ttl_ms"] == 4000 and isinstance(lease, int) and lease < 2**53, f"grant_lease answered {g}")
+    expect(g["ttl_ms"] == 4000 and isinstance(lease, str) and lease.isdigit() and int(lease) < 2**64,
+           f"grant_lease answered {g}")
+    # Section 5: a lease id may also be sent as a JSON number.
+    k = await conn.keepalive(int(lease))
+    expect(k["lease"] == lease, f"keepalive with a numeric id answered {k}")
     svc = ctx.svc()
     i1, i2 = inst(svc, 1), inst(svc, 2)
     w = await conn.register(i1, binding_lease(lease))

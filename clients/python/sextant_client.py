@@ -177,7 +177,7 @@ def binding_connection() -> dict:
     return {"kind": "connection"}
 
 
-def binding_lease(lease: int) -> dict:
+def binding_lease(lease: "str | int") -> dict:
     return {"kind": "lease", "lease": lease}
 
 
@@ -559,10 +559,10 @@ class Connection:
     async def grant_lease(self, ttl_ms: int) -> dict:
         return self._expect(await self.request({"type": "grant_lease", "ttl_ms": ttl_ms}), "lease")
 
-    async def keepalive(self, lease: int) -> dict:
+    async def keepalive(self, lease: "str | int") -> dict:
         return self._expect(await self.request({"type": "keepalive", "lease": lease}), "lease")
 
-    async def revoke_lease(self, lease: int) -> dict:
+    async def revoke_lease(self, lease: "str | int") -> dict:
         return self._expect(await self.request({"type": "revoke_lease", "lease": lease}), "written")
 
     async def put_service(self, spec: dict) -> dict:

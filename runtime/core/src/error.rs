@@ -91,6 +91,14 @@ pub enum ValidationError {
     /// A key path that does not follow the documented layout.
     #[error("{0:?} is not a sextant key path")]
     BadKeyPath(String),
+    /// A stored value under a valid key path that is not a valid record for it.
+    #[error("the value at {path} is not a valid record: {reason}")]
+    InvalidValue {
+        /// The key path.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// `ephemeral` and the presence of a lease disagree.
     #[error("an ephemeral instance needs a lease and a persistent one must not have one")]
     LeaseMismatch,

@@ -398,7 +398,7 @@ impl Record {
 
     /// Decodes a stored value for `key`, validating it and checking that it belongs there.
     pub fn from_value(key: &RecordKey, value: &[u8]) -> Result<Self, ValidationError> {
-        let bad = |e: serde_json::Error| ValidationError::BadKeyPath(format!("{}: invalid value: {e}", key.path()));
+        let bad = |e: serde_json::Error| ValidationError::InvalidValue { path: key.path(), reason: e.to_string() };
         let record = match key {
             RecordKey::Instance(_) => Self::Instance(Arc::new(serde_json::from_slice(value).map_err(bad)?)),
             RecordKey::Service(_) => Self::Service(Arc::new(serde_json::from_slice(value).map_err(bad)?)),
@@ -407,11 +407,10 @@ impl Record {
         };
         record.validate()?;
         if &record.key() != key {
-            return Err(ValidationError::BadKeyPath(format!(
-                "{}: value belongs under {}",
-                key.path(),
-                record.key().path()
-            )));
+            return Err(ValidationError::InvalidValue {
+                path: key.path(),
+                reason: format!("the value belongs under {}", record.key().path()),
+            });
         }
         Ok(record)
     }
@@ -543,8 +542,12 @@ mod tests {
         let value = rec.to_value();
         assert_eq!(Record::from_value(&rec.key(), &value).unwrap(), rec);
         let other = RecordKey::parse_path("instances/prod/g/orders/other").unwrap();
-        assert!(Record::from_value(&other, &value).is_err());
-        assert!(Record::from_value(&rec.key(), b"{not json").is_err());
+        let moved = Record::from_value(&other, &value).unwrap_err();
+        assert!(matches!(&moved, ValidationError::InvalidValue { path, .. } if *path == other.path()), "{moved}");
+        assert!(moved.to_string().contains(&format!("belongs under {}", rec.key().path())), "{moved}");
+        let garbage = Record::from_value(&rec.key(), b"{not json").unwrap_err();
+        assert!(matches!(garbage, ValidationError::InvalidValue { .. }), "{garbage}");
+        assert!(!garbage.to_string().contains("is not a sextant key path"), "the key path is fine: {garbage}");
         let mut bad: serde_json::Value = serde_json::from_slice(&value).unwrap();
         bad["weight"] = 20_000.into();
         assert!(Record::from_value(&rec.key(), bad.to_string().as_bytes()).is_err());

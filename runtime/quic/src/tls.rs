@@ -46,6 +46,9 @@ pub enum TlsError {
     /// The client verifier could not be built.
     #[error("client certificate verifier: {0}")]
     Verifier(String),
+    /// A host or client name that cannot name its files.
+    #[error("{0:?} is not a usable name: letters, digits, '.', '-', '_', not starting with '.'")]
+    BadName(String),
 }
 
 /// The files of a server identity.
@@ -127,15 +130,80 @@ pub fn ensure_dev_certs(data_dir: &Path) -> Result<TlsFiles, TlsError> {
 /// Issues a client certificate for `name`, signed by the CA in `files` (for mTLS). Returns
 /// `(certificate PEM, key PEM)`.
 pub fn issue_client_cert(files: &TlsFiles, name: &str) -> Result<(String, String), TlsError> {
+    issue(files, name, &[name.to_owned()])
+}
+
+/// Issues a certificate with common name `name` for `names` (DNS names or IP addresses),
+/// signed by the CA in `files`. Returns `(certificate PEM, key PEM)`.
+fn issue(files: &TlsFiles, name: &str, names: &[String]) -> Result<(String, String), TlsError> {
     let ca_key = KeyPair::from_pem(&read(&files.ca_key)?)?;
     // The CA's parameters are fixed (ca_params), so rebuilding them with its key gives the
     // issuer that signed ca.pem.
     let issuer = Issuer::new(ca_params()?, ca_key);
-    let mut params = CertificateParams::new(vec![name.to_owned()])?;
+    let mut params = CertificateParams::new(names.to_vec())?;
     params.distinguished_name.push(DnType::CommonName, name);
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
     Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// What [`init_fleet`] wrote.
+#[derive(Debug, Clone)]
+pub struct FleetFiles {
+    /// The CA every client trusts (`--ca`).
+    pub ca: PathBuf,
+    /// Whether the CA was made now (`false`: an existing one in the directory was used).
+    pub new_ca: bool,
+    /// Per server: name, certificate, key (`serve --cert --key`).
+    pub servers: Vec<(String, PathBuf, PathBuf)>,
+    /// Per client: name, certificate, key (`--client-cert --client-key`, with `--client-ca`).
+    pub clients: Vec<(String, PathBuf, PathBuf)>,
+}
+
+/// One CA for several hosts (`sextant tls init`): in `dir`, `ca.pem` and `ca.key` (made unless
+/// present), then per server `NAME.pem` / `NAME.key` for its `names` (DNS names or addresses
+/// clients dial), and per client `client-NAME.pem` / `client-NAME.key`. Names are file names:
+/// letters, digits, `.`, `-`, `_`.
+pub fn init_fleet(dir: &Path, servers: &[(String, Vec<String>)], clients: &[String]) -> Result<FleetFiles, TlsError> {
+    let files = TlsFiles {
+        ca: dir.join("ca.pem"),
+        ca_key: dir.join("ca.key"),
+        cert: dir.join("unused.pem"),
+        key: dir.join("unused.key"),
+    };
+    let valid = |n: &str| {
+        !n.is_empty() && !n.starts_with('.') && n.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    };
+    for n in servers.iter().map(|(n, _)| n).chain(clients) {
+        if !valid(n) {
+            return Err(TlsError::BadName(n.clone()));
+        }
+    }
+    let new_ca = !(files.ca.exists() && files.ca_key.exists());
+    if new_ca {
+        let ca_key = KeyPair::generate()?;
+        let ca_key_pem = ca_key.serialize_pem();
+        let ca = CertifiedIssuer::self_signed(ca_params()?, ca_key)?;
+        write(&files.ca_key, &ca_key_pem, true)?;
+        write(&files.ca, &ca.pem(), false)?;
+    }
+    let mut out = FleetFiles { ca: files.ca.clone(), new_ca, servers: Vec::new(), clients: Vec::new() };
+    for (name, names) in servers {
+        let names = if names.is_empty() { vec![name.clone()] } else { names.clone() };
+        let (cert, key) = issue(&files, name, &names)?;
+        let (c, k) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+        write(&k, &key, true)?;
+        write(&c, &cert, false)?;
+        out.servers.push((name.clone(), c, k));
+    }
+    for name in clients {
+        let (cert, key) = issue_client_cert(&files, name)?;
+        let (c, k) = (dir.join(format!("client-{name}.pem")), dir.join(format!("client-{name}.key")));
+        write(&k, &key, true)?;
+        write(&c, &cert, false)?;
+        out.clients.push((name.clone(), c, k));
+    }
+    Ok(out)
 }
 
 /// The subject (`CN=...` and the rest, RFC 4514 order) of a DER certificate; `None` if it

@@ -505,25 +505,34 @@ async fn grant(
     Ok(Json(json!({ "lease": lease, "ttl_ms": req.ttl_ms })))
 }
 
+/// A lease id from a path: the decimal `{id}`, or a typed `invalid`.
+fn lease_id(text: &str) -> Result<u64, ApiError> {
+    text.parse().map_err(|_| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid", format!("{text:?} is not a lease id (a decimal number)"))
+    })
+}
+
 async fn keepalive(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<u64>,
+    Path(id): Path<String>,
 ) -> ApiResult<serde_json::Value> {
+    let id = lease_id(&id)?;
     caller.require(&s, &Request::Keepalive { lease: LeaseId(id) }, || format!("lease {id}"))?;
     let ttl = s.registry.keepalive(LeaseId(id)).await.map_err(ApiError::from)?;
-    Ok(Json(json!({ "lease": id, "ttl_ms": ttl.as_millis() })))
+    Ok(Json(json!({ "lease": LeaseId(id), "ttl_ms": ttl.as_millis() })))
 }
 
 async fn revoke(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<u64>,
+    Path(id): Path<String>,
 ) -> ApiResult<serde_json::Value> {
+    let id = lease_id(&id)?;
     caller.require(&s, &Request::RevokeLease { lease: LeaseId(id) }, || format!("lease {id}"))?;
     let revision = counted(&s.metrics, "lease", s.registry.revoke_lease(LeaseId(id)).await)?;
     caller.accepted(&s, format!("lease {id}"), Some(revision));
-    Ok(Json(json!({ "lease": id })))
+    Ok(Json(json!({ "lease": LeaseId(id) })))
 }
 
 fn config_key(ns: &str, group: &str, data_id: &str) -> Result<ConfigKey, ApiError> {

@@ -242,6 +242,53 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+    /// Certificates.
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TlsCommand {
+    /// One CA for several hosts: writes DIR/ca.pem and ca.key (unless present), a certificate
+    /// and key per --host (for `serve --cert DIR/NAME.pem --key DIR/NAME.key`) and per
+    /// --client (for mTLS). Clients of every host then take one `--ca DIR/ca.pem`.
+    Init {
+        /// Where to write (created if missing).
+        #[arg(long, default_value = "./sextant-tls")]
+        dir: PathBuf,
+        /// A server: NAME, or NAME=SAN,SAN,... with the DNS names and IP addresses clients dial
+        /// (default: NAME alone). Repeatable.
+        #[arg(long = "host", value_name = "NAME[=SAN,...]", required = true)]
+        hosts: Vec<String>,
+        /// A client certificate for mutual TLS, named NAME. Repeatable.
+        #[arg(long = "client", value_name = "NAME")]
+        clients: Vec<String>,
+    },
+}
+
+fn tls_init(dir: &std::path::Path, hosts: &[String], clients: &[String]) -> Result<(), commands::Failure> {
+    let servers: Vec<(String, Vec<String>)> = hosts
+        .iter()
+        .map(|h| match h.split_once('=') {
+            Some((name, sans)) => {
+                (name.to_owned(), sans.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
+            }
+            None => (h.clone(), Vec::new()),
+        })
+        .collect();
+    let written =
+        sextant_quic::tls::init_fleet(dir, &servers, clients).map_err(|e| commands::Failure::usage(e.to_string()))?;
+    let verb = if written.new_ca { "wrote" } else { "kept" };
+    commands::out(&format!("{verb} the CA {} (clients: --ca {})", written.ca.display(), written.ca.display()))?;
+    for (name, cert, key) in &written.servers {
+        commands::out(&format!("server {name}: --cert {} --key {}", cert.display(), key.display()))?;
+    }
+    for (name, cert, key) in &written.clients {
+        commands::out(&format!("client {name}: --client-cert {} --client-key {}", cert.display(), key.display()))?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]
@@ -551,6 +598,7 @@ async fn main() -> ExitCode {
         Command::Config { client, command } => commands::config(&client, command).await,
         Command::Plugin { client, command } => commands::plugin(&client, command).await,
         Command::Bench { command } => bench(command).await,
+        Command::Tls { command: TlsCommand::Init { dir, hosts, clients } } => tls_init(&dir, &hosts, &clients),
         Command::Demo { duration, rps, listen, data_dir, json } => {
             let options = sextant_server::demo::DemoOptions {
                 duration: Duration::from_secs(duration.max(1)),

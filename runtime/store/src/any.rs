@@ -35,12 +35,13 @@ impl AnyStore {
         }
     }
 
-    /// Leases that expired (embedded; etcd expires leases itself and does not say).
+    /// Leases that expired (etcd: those granted through this host, found dropped by etcd after
+    /// their keepalives stopped).
     #[must_use]
     pub fn leases_expired(&self) -> u64 {
         match self {
             Self::Embedded(s) => s.leases_expired(),
-            Self::Etcd(_) => 0,
+            Self::Etcd(s) => s.leases_expired(),
         }
     }
 

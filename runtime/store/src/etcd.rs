@@ -19,16 +19,25 @@
 //! keepalive finds the lease gone ("requested lease not found": etcd was unreachable longer
 //! than the TTL) it grants a new one, puts the keys again and maps the old id to the new lease.
 //!
-//! Every etcd call has a timeout. A watch survives etcd being down: it re-watches from the last
-//! revision delivered (or the last progress notification), and a compacted revision comes out
-//! as a `Reset` built from a fresh listing. While etcd is unreachable, [`Store::stale_for`]
-//! reports for how long; readers keep serving the last state they have.
+//! Every etcd call has a timeout. Calls that may run twice (reads, puts of a whole value,
+//! lease keepalives) are tried again on failure within that timeout, each attempt bounded by a
+//! third of it, so a member that died (connection refused) or stopped answering (a leader
+//! lost mid-call) costs a retry on another member, not the call; grants, revocations and
+//! deletes are tried again only when the member could not be connected to (the request was
+//! never sent: a retry after a lost answer would not be the same request). A watch
+//! survives etcd being down: it re-watches from the last revision delivered (or the last
+//! progress notification), and a compacted revision comes out as a `Reset` built from a fresh
+//! listing. While etcd is unreachable, [`Store::stale_for`] reports for how long; readers keep
+//! serving the last state they have. The client's HTTP/2 keepalive pings every 10 s and only
+//! while a call or watch is open: etcd's default `--grpc-keepalive-min-time` is 5 s, and more
+//! frequent pings are answered with GOAWAY (`too_many_pings`), which broke every watch.
 //!
 //! Values in the record range that are not valid records (written by hand) are skipped with an
 //! error log and counted ([`EtcdStore::invalid_values`]); they never reach a watcher or a
-//! snapshot.
+//! snapshot. An invalid value that replaces a valid record reaches watchers as the record's
+//! removal, so every host's view agrees with what a fresh listing (which skips it) shows.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -50,6 +59,10 @@ const EVENT_MASK: u64 = (1 << EVENT_BITS) - 1;
 pub const CHUNK: usize = 1024 * 1024;
 /// Keys fetched per page when listing.
 const PAGE: i64 = 2000;
+/// How often the leases granted through this host are checked against etcd's.
+const LEASE_SWEEP: Duration = Duration::from_secs(2);
+/// HTTP/2 keepalive ping interval: above etcd's default minimum of 5 s between pings.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Settings of an [`EtcdStore`].
 #[derive(Debug, Clone)]
@@ -93,6 +106,10 @@ struct Inner {
     down_since: Mutex<Option<Instant>>,
     invalid: AtomicU64,
     regranted: AtomicU64,
+    /// Leases granted through this host that expired (no keepalive for their TTL).
+    expired: AtomicU64,
+    /// Times etcd became unreachable (a call failed or a watch broke while it was reachable).
+    outages: AtomicU64,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +118,9 @@ struct Held {
     current: i64,
     ttl_secs: i64,
     records: BTreeMap<RecordKey, Record>,
+    /// The last grant or keepalive through this host (attempted: while etcd is unreachable
+    /// the owner keeps trying, and the lease is granted again when it answers).
+    touched: Instant,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -137,8 +157,8 @@ impl EtcdStore {
         }
         let connect = ConnectOptions::new()
             .with_connect_timeout(options.timeout)
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-            .with_keep_alive_while_idle(true)
+            .with_keep_alive(KEEPALIVE_INTERVAL, options.timeout.max(Duration::from_secs(1)))
+            .with_keep_alive_while_idle(false)
             .with_require_leader(true);
         let client = tokio::time::timeout(options.timeout, Client::connect(&options.endpoints, Some(connect)))
             .await
@@ -154,10 +174,21 @@ impl EtcdStore {
                 down_since: Mutex::new(None),
                 invalid: AtomicU64::new(0),
                 regranted: AtomicU64::new(0),
+                expired: AtomicU64::new(0),
+                outages: AtomicU64::new(0),
             }),
         };
         // One round trip, so a wrong endpoint fails here and not at the first write.
         store.inner.current_revision().await?;
+        let weak = Arc::downgrade(&store.inner);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(LEASE_SWEEP).await;
+                let Some(inner) = weak.upgrade() else { return };
+                // Unreachable: the next sweep tries again (reachability is recorded by the call).
+                let _ = inner.sweep_leases().await;
+            }
+        });
         tracing::info!(endpoints = ?options.endpoints, prefix = %store.inner.prefix, "etcd store connected");
         Ok(store)
     }
@@ -180,10 +211,24 @@ impl EtcdStore {
         self.inner.regranted.load(Ordering::Relaxed)
     }
 
-    /// Leases granted through this host and not revoked (they may have expired in etcd).
+    /// Leases granted through this host that etcd holds (checked every 2 s; one whose
+    /// keepalives stopped and that etcd dropped is counted in [`EtcdStore::leases_expired`]).
     #[must_use]
     pub fn held_leases(&self) -> usize {
         self.inner.leases.lock().len()
+    }
+
+    /// Leases granted through this host that expired: etcd dropped them after their owner's
+    /// keepalives stopped.
+    #[must_use]
+    pub fn leases_expired(&self) -> u64 {
+        self.inner.expired.load(Ordering::Relaxed)
+    }
+
+    /// Times etcd became unreachable from this host (a call failed or a watch broke).
+    #[must_use]
+    pub fn outages(&self) -> u64 {
+        self.inner.outages.load(Ordering::Relaxed)
     }
 
     /// The client URLs.
@@ -234,6 +279,7 @@ impl Inner {
             (false, false) => {
                 tracing::warn!("etcd unreachable; serving the last known state");
                 *down = Some(Instant::now());
+                self.outages.fetch_add(1, Ordering::Relaxed);
             }
             _ => {}
         }
@@ -241,7 +287,16 @@ impl Inner {
 
     /// Runs one etcd call with the timeout, recording reachability.
     async fn call<T>(&self, fut: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, fut).await {
+        self.call_within(self.timeout, fut).await
+    }
+
+    /// [`Inner::call`] with another timeout.
+    async fn call_within<T>(
+        &self,
+        timeout: Duration,
+        fut: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(timeout, fut).await {
             Ok(Ok(v)) => {
                 self.mark(true);
                 Ok(v)
@@ -256,7 +311,7 @@ impl Inner {
             }
             Err(_) => {
                 self.mark(false);
-                Err(unavailable(format!("no answer within {:?}", self.timeout)))
+                Err(unavailable(format!("no answer within {timeout:?}")))
             }
         }
     }
@@ -270,21 +325,48 @@ impl Inner {
         async move { kv.get(key, options).await }
     }
 
-    /// [`Inner::call`] for requests that may run twice (reads, puts of a whole value): when
-    /// the cluster could not be reached (a member just died and the client has not dropped it
-    /// yet) it tries again, twice at most and only within the timeout.
+    /// [`Inner::call`] for requests that may run twice (reads, puts of a whole value, lease
+    /// keepalives): each attempt has a third of the timeout (at least 500 ms); when the cluster
+    /// could not be reached (a member died and the client has not dropped it yet) or did not
+    /// answer in time (its leader was lost mid-call), it tries again after a short pause
+    /// (50 ms doubling), the client's balancer picking a member that answers, until the
+    /// timeout is spent.
     async fn retry<T, F: Future<Output = Result<T, etcd_client::Error>>>(
         &self,
-        mut op: impl FnMut() -> F,
+        op: impl FnMut() -> F,
     ) -> Result<T, StoreError> {
-        let start = Instant::now();
-        let mut attempt = 0;
+        self.retry_if(op, |_| true).await
+    }
+
+    /// [`Inner::retry`] for requests that must not run twice (grants, revocations, deletes):
+    /// tried again only when the member could not even be connected to, so the request was
+    /// never sent.
+    async fn retry_unsent<T, F: Future<Output = Result<T, etcd_client::Error>>>(
+        &self,
+        op: impl FnMut() -> F,
+    ) -> Result<T, StoreError> {
+        self.retry_if(op, |e| e.contains("tcp connect error") || e.contains("Connection refused")).await
+    }
+
+    async fn retry_if<T, F: Future<Output = Result<T, etcd_client::Error>>>(
+        &self,
+        mut op: impl FnMut() -> F,
+        again: impl Fn(&str) -> bool,
+    ) -> Result<T, StoreError> {
+        let deadline = Instant::now() + self.timeout;
+        let per_attempt = (self.timeout / 3).max(Duration::from_millis(500));
+        let mut pause = Duration::from_millis(50);
+        let mut attempt = 0u32;
         loop {
-            match self.call(op()).await {
-                Err(StoreError::Unavailable(e)) if attempt < 2 && start.elapsed() < self.timeout => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.call_within(per_attempt.min(left), op()).await {
+                Err(StoreError::Unavailable(e))
+                    if again(&e) && deadline.saturating_duration_since(Instant::now()) > pause =>
+                {
                     attempt += 1;
                     tracing::debug!(error = %e, attempt, "etcd call failed; trying again");
-                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(800));
                 }
                 other => return other,
             }
@@ -362,9 +444,34 @@ impl Inner {
         Ok(resp.header().map_or(0, |h| h.revision()))
     }
 
+    /// Drops the leases granted through this host that etcd no longer has and that nobody
+    /// kept alive for their TTL (they expired), counting them; a lease that is gone while its
+    /// owner still sends keepalives stays (its next keepalive grants it again).
+    async fn sweep_leases(&self) -> Result<(), StoreError> {
+        let resp = self.call(self.client.lease_client().leases()).await?;
+        let live: HashSet<i64> = resp.leases().iter().map(etcd_client::LeaseStatus::id).collect();
+        let now = Instant::now();
+        let mut expired = 0;
+        self.leases.lock().retain(|id, held| {
+            let ttl = Duration::from_secs(u64::try_from(held.ttl_secs).unwrap_or(0));
+            let keep = live.contains(&held.current) || now.duration_since(held.touched) <= ttl;
+            if !keep {
+                expired += 1;
+                tracing::info!(lease = id, "lease expired in etcd");
+            }
+            keep
+        });
+        self.expired.fetch_add(expired, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Grants a new etcd lease for a lost `lease` and puts its records again.
     async fn regrant(&self, lease: LeaseId, held: Held) -> Result<Duration, StoreError> {
-        let resp = self.call(self.client.lease_client().grant(held.ttl_secs, None)).await?;
+        let grant = || {
+            let mut leases = self.client.lease_client();
+            async move { leases.grant(held.ttl_secs, None).await }
+        };
+        let resp = self.retry_unsent(grant).await?;
         let fresh = resp.id();
         tracing::warn!(%lease, old = held.current, new = fresh, keys = held.records.len(), "etcd lease lost; granted a new one and putting its keys again");
         for record in held.records.values() {
@@ -414,7 +521,12 @@ impl Store for EtcdStore {
 
     async fn delete(&self, key: RecordKey) -> Result<Revision, StoreError> {
         let inner = &self.inner;
-        let resp = inner.call(inner.client.kv_client().delete(inner.key(&key), None)).await?;
+        let path = inner.key(&key);
+        let delete = || {
+            let (mut kv, path) = (inner.client.kv_client(), path.clone());
+            async move { kv.delete(path, None).await }
+        };
+        let resp = inner.retry_unsent(delete).await?;
         for held in inner.leases.lock().values_mut() {
             held.records.remove(&key);
         }
@@ -427,16 +539,28 @@ impl Store for EtcdStore {
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
         let secs = i64::try_from(ttl.as_millis().div_ceil(1000)).unwrap_or(i64::MAX).max(1);
         let inner = &self.inner;
-        let resp = inner.call(inner.client.lease_client().grant(secs, None)).await?;
+        let grant = || {
+            let mut leases = inner.client.lease_client();
+            async move { leases.grant(secs, None).await }
+        };
+        let resp = inner.retry_unsent(grant).await?;
         let id = LeaseId(u64::try_from(resp.id()).unwrap_or(0));
-        inner.leases.lock().insert(id.0, Held { current: resp.id(), ttl_secs: resp.ttl(), records: BTreeMap::new() });
+        let held = Held { current: resp.id(), ttl_secs: resp.ttl(), records: BTreeMap::new(), touched: Instant::now() };
+        inner.leases.lock().insert(id.0, held);
         Ok(id)
     }
 
     async fn keepalive(&self, lease: LeaseId) -> Result<Duration, StoreError> {
         let inner = &self.inner;
         let current = inner.resolve(lease);
-        match inner.call(inner.client.lease_client().keep_alive(current)).await {
+        if let Some(held) = inner.leases.lock().get_mut(&lease.0) {
+            held.touched = Instant::now();
+        }
+        let keep = || {
+            let mut leases = inner.client.lease_client();
+            async move { leases.keep_alive(current).await }
+        };
+        match inner.retry(keep).await {
             Ok(_) => {}
             Err(StoreError::Rejected(CoreError::LeaseNotFound(_))) => {
                 let held = inner.leases.lock().get(&lease.0).cloned();
@@ -462,7 +586,11 @@ impl Store for EtcdStore {
         // revision is its last event's. The records of a lease another host granted are not
         // known here: then the first event's.
         let attached = inner.leases.lock().get(&lease.0).map_or(0, |h| h.records.len() as u64);
-        let result = inner.call(inner.client.lease_client().revoke(current)).await.map_err(|e| lease_error(e, lease));
+        let revoke = || {
+            let mut leases = inner.client.lease_client();
+            async move { leases.revoke(current).await }
+        };
+        let result = inner.retry_unsent(revoke).await.map_err(|e| lease_error(e, lease));
         if !matches!(result, Err(StoreError::Unavailable(_))) {
             inner.leases.lock().remove(&lease.0);
         }
@@ -659,7 +787,12 @@ impl Watch {
                 continue;
             }
             let change = match event.event_type() {
-                EventType::Put => self.inner.decode(kv).map(|record| Change::Upsert { record }),
+                // A value that is not a valid record (written by hand) is not in any listing;
+                // if it replaced a record, watchers see that record go.
+                EventType::Put => match self.inner.decode(kv) {
+                    Some(record) => Some(Change::Upsert { record }),
+                    None => self.inner.decode_key(kv.key()).map(|key| Change::Remove { key }),
+                },
                 EventType::Delete => self.inner.decode_key(kv.key()).map(|key| Change::Remove { key }),
             };
             self.last = revision;

@@ -115,6 +115,26 @@ impl LocalEtcd {
         Ok(())
     }
 
+    /// The index of the running member that leads the cluster, once one does (up to 10 s).
+    pub async fn leader(&self) -> Option<usize> {
+        for _ in 0..100 {
+            for (i, m) in self.members.iter().enumerate().filter(|(_, m)| m.child.is_some()) {
+                let endpoint = format!("http://127.0.0.1:{}", m.client);
+                let status = async {
+                    let mut c = etcd_client::Client::connect([endpoint.as_str()], None).await.ok()?;
+                    c.status().await.ok()
+                };
+                if let Ok(Some(s)) = tokio::time::timeout(Duration::from_secs(2), status).await
+                    && s.header().is_some_and(|h| h.member_id() == s.leader())
+                {
+                    return Some(i);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+
     /// Client URLs of every member.
     #[must_use]
     pub fn endpoints(&self) -> Vec<String> {

@@ -99,6 +99,15 @@ async fn registry_on_etcd_put_delete_watch_and_records_written_with_etcdctl() {
     client.put(format!("{PREFIX}instances/default/default/orders/10.0.0.8:80"), by_hand, None).await.unwrap();
     client.put(format!("{PREFIX}instances/x/y"), by_hand, None).await.unwrap();
     registry.put(instance("orders", 2, false), None).await.unwrap();
+    // An invalid value under a valid instance key comes out as that key's removal (a fresh
+    // listing does not have it); the key path that is not a record key is skipped.
+    for id in ["bad", "10.0.0.8:80"] {
+        let event = sub.next().await.unwrap();
+        assert!(
+            matches!(&event.change, Change::Remove { key: sextant_core::RecordKey::Instance(k) } if k.id.as_str() == id),
+            "{event:?}"
+        );
+    }
     let event = sub.next().await.unwrap();
     assert!(matches!(&event.change, Change::Upsert { record: Record::Instance(i) } if i.port == 2), "{event:?}");
     assert!(store.invalid_values() >= 3, "invalid values counted: {}", store.invalid_values());
@@ -325,4 +334,153 @@ async fn three_members_all_stopped_longer_than_the_ttl_come_back_with_leases_and
     .await;
     assert!(registry.stale_for().is_none());
     keeper.abort();
+}
+
+#[tokio::test]
+async fn an_idle_healthy_cluster_is_never_reported_unreachable() {
+    // etcd with its default keepalive policy (a ping at most every 5 s): 60 s idle with a live
+    // watch. Pinging more often made etcd answer GOAWAY `too_many_pings` and broke the watch
+    // about every 8 s.
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = etcd(dir.path(), 1).await;
+    let store = connect(&etcd, Duration::from_secs(2)).await;
+    let registry = Registry::start(store.clone(), 1024).await.unwrap();
+    let _sub = registry.subscribe(Scope::All, registry.revision());
+    let start = Instant::now();
+    let mut stale_seen = 0;
+    while start.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stale_seen += usize::from(registry.stale_for().is_some());
+    }
+    eprintln!("idle 60 s: outages {}, stale samples {stale_seen}", store.outages());
+    assert_eq!(store.outages(), 0, "no watch break, no failed call");
+    assert_eq!(stale_seen, 0, "never reported stale");
+    // Still live afterwards.
+    let rev = registry.put(instance("idle", 1, false), None).await.unwrap();
+    assert!(rev > Revision(0));
+}
+
+#[tokio::test]
+async fn an_invalid_value_written_by_hand_removes_the_record_on_every_host_as_a_fresh_host_sees_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = etcd(dir.path(), 1).await;
+    let (a, b) = (connect(&etcd, Duration::from_secs(2)).await, connect(&etcd, Duration::from_secs(2)).await);
+    let (ra, rb) = (Registry::start(a.clone(), 1024).await.unwrap(), Registry::start(b.clone(), 1024).await.unwrap());
+    ra.put(instance("hand", 1, false), None).await.unwrap();
+    ra.put(instance("hand", 2, false), None).await.unwrap();
+    eventually("both hosts see both", Duration::from_secs(10), || {
+        ports(&ra, "hand") == BTreeSet::from([1, 2]) && ports(&rb, "hand") == BTreeSet::from([1, 2])
+    })
+    .await;
+    let mut kv = raw(&etcd).await;
+    let key = |port: u16| format!("{PREFIX}instances/default/default/hand/127.0.0.1:{port}");
+    // Not JSON at all; then valid JSON of another record kind.
+    kv.put(key(1), "{ not json", None).await.unwrap();
+    let config = r#"{"key":{"namespace":"default","group":"default","data_id":"x"},"content":"c","version":"v"}"#;
+    kv.put(key(2), config, None).await.unwrap();
+    eventually("both hosts drop both", Duration::from_secs(10), || {
+        ports(&ra, "hand").is_empty() && ports(&rb, "hand").is_empty()
+    })
+    .await;
+    let fresh = Registry::start(connect(&etcd, Duration::from_secs(2)).await, 1024).await.unwrap();
+    assert!(ports(&fresh, "hand").is_empty(), "a fresh host agrees");
+    assert!(a.invalid_values() >= 2 && b.invalid_values() >= 2, "counted on every host");
+    // A valid value again, then a delete by hand: every host follows.
+    ra.put(instance("hand", 1, false), None).await.unwrap();
+    eventually("both hosts see it again", Duration::from_secs(10), || {
+        ports(&ra, "hand") == BTreeSet::from([1]) && ports(&rb, "hand") == BTreeSet::from([1])
+    })
+    .await;
+    kv.delete(key(1), None).await.unwrap();
+    eventually("both hosts drop the deleted one", Duration::from_secs(10), || {
+        ports(&ra, "hand").is_empty() && ports(&rb, "hand").is_empty()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn lease_counts_follow_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = etcd(dir.path(), 1).await;
+    let store = connect(&etcd, Duration::from_secs(2)).await;
+    let client = raw(&etcd).await;
+    let kept = store.grant_lease(Duration::from_secs(2)).await.unwrap();
+    let dropped = store.grant_lease(Duration::from_secs(2)).await.unwrap();
+    store.put(instance("leases", 1, true), Some(dropped)).await.unwrap();
+    assert_eq!(store.held_leases(), 2);
+    // One kept alive, the other left to expire.
+    let start = Instant::now();
+    let etcd_leases = loop {
+        store.keepalive(kept).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let live = client.lease_client().leases().await.unwrap().leases().len();
+        if store.leases_expired() == 1 || start.elapsed() > Duration::from_secs(20) {
+            break live;
+        }
+    };
+    eprintln!("held {}, expired {}, etcd lists {etcd_leases}", store.held_leases(), store.leases_expired());
+    assert_eq!(store.leases_expired(), 1, "the unkept lease expired and was counted");
+    assert_eq!(store.held_leases(), 1);
+    assert_eq!(etcd_leases, 1, "etcd agrees");
+    assert!(listed_ports(&store, Scope::All).await.is_empty(), "its instance went with it");
+}
+
+/// Eight writers putting persistent instances until stopped: (acknowledged ports, refused).
+async fn write_load(
+    store: &EtcdStore,
+    stop: &Arc<AtomicBool>,
+    base: u16,
+) -> Vec<tokio::task::JoinHandle<(Vec<u16>, u32)>> {
+    (0..8u16)
+        .map(|w| {
+            let (store, stop) = (store.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut acked, mut refused) = (Vec::new(), 0);
+                let mut n = 0u16;
+                while !stop.load(Ordering::Relaxed) && n < 1000 {
+                    n += 1;
+                    let port = base + w * 1000 + n;
+                    match store.put(instance("failover", port, false), None).await {
+                        Ok(_) => acked.push(port),
+                        Err(_) => refused += 1,
+                    }
+                }
+                (acked, refused)
+            })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn writes_fail_over_when_a_follower_or_the_leader_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut etcd = etcd(dir.path(), 3).await;
+    let store = connect(&etcd, Duration::from_secs(3)).await;
+    for (round, kill_leader) in [(0u16, false), (1, true)] {
+        let leader = etcd.leader().await.expect("a leader");
+        let victim = if kill_leader { leader } else { (leader + 1) % 3 };
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers = write_load(&store, &stop, 1 + round * 8000).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        etcd.kill(victim);
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        stop.store(true, Ordering::Relaxed);
+        let (mut acked, mut refused) = (BTreeSet::new(), 0);
+        for w in writers {
+            let (a, r) = w.await.unwrap();
+            acked.extend(a);
+            refused += r;
+        }
+        let listed = listed_ports(&store, Scope::All).await;
+        let lost = acked.difference(&listed).count();
+        let what = if kill_leader { "leader" } else { "follower" };
+        eprintln!("{what} killed under 8 writers: acknowledged {}, refused {refused}, lost {lost}", acked.len());
+        assert!(acked.len() > 50, "the load ran");
+        assert_eq!(lost, 0, "no acknowledged write lost");
+        // Whole-value puts are retried on another member within the timeout: neither a dead
+        // follower nor a leader election refuses them.
+        assert_eq!(refused, 0, "no write refused with a {what} down");
+        etcd.restart(victim).unwrap();
+        etcd.wait_ready().await.unwrap();
+    }
 }
