@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::support::{Server, instance, wait_until};
 
@@ -10,7 +10,7 @@ use crate::support::{Server, instance, wait_until};
 fn ephemeral_instances_live_as_long_as_their_lease() {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&tmp.path().join("d"));
-    let (code, lease) = server.post("/v1/leases", &json!({ "ttl_ms": 600 }));
+    let (code, lease) = server.post("/v1/leases", &json!({ "ttl_ms": 5000 }));
     assert_eq!(code, 200, "{lease}");
     let lease: u64 = lease["lease"].as_str().expect("lease ids are strings").parse().unwrap();
     let mut kept = instance("svc", "kept", 1, true);
@@ -18,18 +18,27 @@ fn ephemeral_instances_live_as_long_as_their_lease() {
     assert_eq!(server.post("/v1/instances", &kept).0, 200);
     let mut dropped = instance("svc", "dropped", 2, true);
     dropped["ttl_ms"] = json!(600);
-    assert_eq!(server.post("/v1/instances", &dropped).0, 200);
+    let (code, answer) = server.post("/v1/instances", &dropped);
+    assert_eq!(code, 200, "{answer}");
+    let dropped_lease = answer["lease"].as_str().expect("the granted lease").to_owned();
 
-    // Keep one lease alive for 2 s; the other one expires.
+    // Keep one lease alive (its TTL leaves room for a busy machine); the other one expires.
+    let ids = |server: &Server| -> Vec<Value> {
+        let (_, svc) = server.get("/v1/services/default/default/svc");
+        svc["instances"].as_array().map(|a| a.iter().map(|i| i["id"].clone()).collect()).unwrap_or_default()
+    };
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(2) {
+    while ids(&server) != vec![json!("kept")] {
+        assert!(start.elapsed() < Duration::from_secs(20), "the unkept lease expires: {:?}", ids(&server));
         assert_eq!(server.post(&format!("/v1/leases/{lease}/keepalive"), &json!({})).0, 200);
-        std::thread::sleep(Duration::from_millis(150));
+        std::thread::sleep(Duration::from_millis(100));
     }
-    let (_, svc) = server.get("/v1/services/default/default/svc");
-    let ids: Vec<_> = svc["instances"].as_array().unwrap().iter().map(|i| i["id"].clone()).collect();
-    assert_eq!(ids, vec![json!("kept")]);
-    assert!(server.text("/metrics").contains("sextant_leases_expired_total 1"));
+    // A keepalive after it really expired: lease_not_found (not a new lease).
+    let (code, answer) = server.post(&format!("/v1/leases/{dropped_lease}/keepalive"), &json!({}));
+    assert_eq!((code, answer["error"].as_str()), (404, Some("lease_not_found")), "{answer}");
+    assert_eq!(ids(&server), vec![json!("kept")]);
+    let metrics = server.text("/metrics");
+    assert!(metrics.lines().any(|l| l == "sextant_leases_expired_total 1"), "exactly one expired:\n{metrics}");
 
     // Revoking the lease deregisters its instance.
     assert_eq!(server.delete(&format!("/v1/leases/{lease}")).0, 200);
@@ -107,7 +116,15 @@ fn bad_input_is_a_typed_error_and_stores_nothing() {
     let (_, status) = server.get("/status");
     assert_eq!(status["revision"], json!(0), "nothing was stored: {status}");
     assert_eq!(status["leases"], json!(0), "no lease was left behind");
-    assert!(server.text("/metrics").contains("sextant_writes_rejected_total{kind=\"instance\"}"));
+    // Every refusal that reached the store is counted: the two registrations on an unknown
+    // lease (as a number and as a string) and the 1 ms TTL; the rest never got there.
+    let metrics = server.text("/metrics");
+    let rejected = |kind: &str| -> u64 {
+        let prefix = format!("sextant_writes_rejected_total{{kind=\"{kind}\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0, |v| v.parse().unwrap())
+    };
+    assert_eq!(rejected("instance"), 2, "{metrics}");
+    assert_eq!(rejected("lease"), 1, "the 1 ms TTL, refused by the store: {metrics}");
 }
 
 #[test]

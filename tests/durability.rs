@@ -107,5 +107,6 @@ fn a_record_that_does_not_decode_stops_the_start() {
     bytes[at + 7] = b'x'; // "port":x : no longer JSON
     std::fs::write(&file, &bytes).unwrap();
     let failure = Server::try_start(&data).expect_err("a corrupt record must not be served");
+    assert!(failure.status.is_some_and(|s| !s.success()), "exits with an error code, no hang: {failure:?}");
     assert!(failure.log.contains("instances/default/default/a/x"), "the error names the record:\n{}", failure.log);
 }

@@ -10,4 +10,5 @@ mod etcd;
 mod plugins;
 mod python_client;
 mod security;
+mod storm;
 mod support;

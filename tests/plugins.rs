@@ -3,7 +3,6 @@
 //! the active plugin untouched, per-plugin metrics.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 
 use serde_json::Value;
 
@@ -39,6 +38,17 @@ fn picks(server: &Server, n: usize) -> BTreeSet<String> {
         .collect()
 }
 
+/// `n` picks with one consistent-hash key: the instances they landed on.
+fn picks_for_key(server: &Server, n: usize, key: &str) -> BTreeSet<String> {
+    (0..n)
+        .map(|_| {
+            let out = run(server, &["pick", "--service", SERVICE, "--hash-key", key]);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        })
+        .collect()
+}
+
 fn sha256_of(path: &str) -> String {
     let list = std::process::Command::new("sha256sum").arg(path).output().expect("sha256sum");
     String::from_utf8_lossy(&list.stdout).split_whitespace().next().unwrap().to_owned()
@@ -68,8 +78,12 @@ fn plugins_from_a_directory_and_the_cli_swap_in_and_bad_ones_change_nothing() {
     }
     let everyone: BTreeSet<String> = ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"].map(String::from).into();
 
-    // Before any plugin: the default built-in.
-    assert_eq!(picks(&server, 1).len(), 1);
+    // Before any plugin: the default built-in, ring hash: one key, one instance, every time;
+    // many keys, every instance.
+    let one = picks_for_key(&server, 5, "user-7");
+    assert!(one.len() == 1 && one.is_subset(&everyone), "{one:?}");
+    let spread: BTreeSet<String> = (0..40).flat_map(|k| picks_for_key(&server, 1, &format!("user-{k}"))).collect();
+    assert_eq!(spread, everyone, "40 keys reach every instance");
     assert_eq!(active(&server).unwrap().0, "ring-hash");
 
     // A plugin dropped into the directory, bound by its sidecar, swaps in.
@@ -141,5 +155,17 @@ fn plugins_from_a_directory_and_the_cli_swap_in_and_bad_ones_change_nothing() {
     wait_until("rr unloaded", || active(&server).is_some_and(|(p, _)| p == "ring-hash"));
     let records = plugin_list(&server)["plugins"].as_array().unwrap().len();
     assert_eq!(records, 0);
-    assert!(Path::new(&server.data_dir).exists());
+    assert_eq!(picks_for_key(&server, 5, "user-7"), one, "the default answers as before");
+
+    // `plugin delete` through the CLI: the record goes and its services fall back to the
+    // default; an unknown name is not found (exit 3).
+    let out = load(&server, &[random, "--name", "tmp", "--bind", SERVICE]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(active(&server).unwrap().0, "tmp");
+    let out = run(&server, &["plugin", "delete", "tmp"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until("tmp deleted", || active(&server).is_some_and(|(p, _)| p == "ring-hash"));
+    assert_eq!(plugin_list(&server)["plugins"].as_array().unwrap().len(), 0);
+    let out = run(&server, &["plugin", "delete", "tmp"]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -244,6 +244,23 @@ fn quic_gives_the_same_verdicts_as_the_admin_api() {
             }
         }
     }
+    // Plugin administration needs admin on `*`: everyone else is refused before anything is
+    // looked up; ops gets as far as "no such record" (exit 3).
+    for caller in CALLERS {
+        let mut c = cli(&server, &["plugin", "rollback", "nope"]);
+        if let Some(t) = caller.token() {
+            c.args(["--token", t]);
+        }
+        let out = c.stdout(Stdio::piped()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let want = match expected(Needs::AdminAll, caller) {
+            401 => (Some(5), "unauthenticated"),
+            403 => (Some(5), "forbidden"),
+            _ => (Some(3), "not found"),
+        };
+        assert_eq!(out.status.code(), want.0, "plugin rollback as {caller:?}: {stderr}");
+        assert!(stderr.contains(want.1), "plugin rollback as {caller:?}: {stderr}");
+    }
     let metrics = server.text("/metrics");
     assert!(metrics.contains("sextant_audit_events_total{door=\"quic\",verdict=\"forbidden\"}"), "{metrics}");
 }

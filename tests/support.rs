@@ -58,6 +58,18 @@ impl Server {
     pub(crate) fn try_start_with(data_dir: &Path, extra: &[&str]) -> Result<Self, StartFailure> {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let quic: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
+        Self::try_start_on(data_dir, addr, quic, extra)
+    }
+
+    /// Stops (SIGTERM) and starts again on the same addresses and data directory.
+    pub(crate) fn restart(self, extra: &[&str]) -> Self {
+        let (data_dir, addr, quic) = (self.data_dir.clone(), self.addr, self.quic);
+        let (status, log) = self.terminate();
+        assert!(status.success(), "clean exit before the restart:\n{log}");
+        Self::try_start_on(&data_dir, addr, quic, extra).unwrap_or_else(|f| panic!("{:?}\n{}", f.status, f.log))
+    }
+
+    fn try_start_on(data_dir: &Path, addr: SocketAddr, quic: SocketAddr, extra: &[&str]) -> Result<Self, StartFailure> {
         let log = data_dir.with_extension(format!("{}.log", addr.port()));
         let child = Command::new(sextant_bin())
             .args(["serve", "--data-dir"])

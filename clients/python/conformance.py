@@ -349,17 +349,23 @@ async def check_ttl_lease(ctx: Ctx) -> None:
 
 
 async def check_ttl_expiry(ctx: Ctx) -> None:
+    # Subscribe first, so the registration and its expiry are both seen as events; the
+    # removal cannot come before the TTL has passed since the registration was sent.
     conn = await ctx.connect()
     svc = ctx.svc()
     i = inst(svc, 1)
-    await conn.register(i, binding_ttl(300))
     sub = conn.subscribe(scope_service(svc), 0)
     ctx.stack.push_async_callback(sub.close)
     ev = await next_event(sub, "reset")
-    if ev.type == "reset" and not instance_in(ev.snapshot["records"], svc, i["id"]):
-        return  # already expired: fine
+    expect(ev.type == "reset" and not instance_in(ev.snapshot["records"], svc, i["id"]), f"fresh service: {ev}")
+    sent = time.monotonic()
+    await conn.register(i, binding_ttl(300))
+    up = await next_event(sub, "upsert of the ttl instance")
+    expect(up.type == "upsert", f"expected upsert, got {up}")
     rm = await next_event(sub, "remove after ttl expiry", timeout=5)
     expect(rm.type == "remove" and rm.key == remove_key(svc, i["id"]), f"expected remove, got {rm}")
+    waited = time.monotonic() - sent
+    expect(waited >= 0.3, f"removed {waited:.3f} s after registering with a 300 ms TTL")
 
 
 async def check_revoke_lease_revision(ctx: Ctx) -> None:

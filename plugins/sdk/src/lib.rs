@@ -1,6 +1,6 @@
 //! The sextant plugin SDK: a plugin is one `lib.rs`.
 //!
-//! ```ignore
+//! ```no_run
 //! use sextant_plugin_sdk::{Balancer, Env, Mode, Request, Snapshot};
 //!
 //! struct First;

@@ -523,6 +523,11 @@ mod tests {
     fn ipv6_ids_are_valid() {
         let i = Instance::new(svc(), "::1".parse().unwrap(), 80);
         assert_eq!(i.id.as_str(), "::1:80");
+        i.validate().expect("an instance on an IPv6 address validates");
+        let k = RecordKey::Instance(i.key());
+        assert_eq!(RecordKey::parse_path(&k.path()).unwrap(), k, "its key path round-trips");
+        let full = Instance::new(svc(), "2001:db8::8a2e:370:7334".parse().unwrap(), 65535);
+        full.validate().expect("a long IPv6 address validates");
     }
 
     #[test]

@@ -144,3 +144,51 @@ async fn a_rejected_plugin_writes_nothing_and_disturbs_nothing() {
     assert!(failures.iter().all(|f| f.plugin == "rr" || f.plugin == "bad name!"));
     assert!(failures[0].error.contains("not a WebAssembly file"), "{}", failures[0].error);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_of_equal_bindings_wins_and_a_rollback_is_read_back_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let rolled_back = {
+        let (registry, m) = setup(dir.path()).await;
+        for port in [9001, 9002, 9003] {
+            add(&registry, "shop/web/orders", port).await;
+        }
+        // Two records bound to the same namespace: the one loaded last serves.
+        m.load("a", "balancer", "shop", "", wasm("round-robin"), "api").await.unwrap();
+        m.load("b", "balancer", "shop", "", wasm("random"), "api").await.unwrap();
+        assert_eq!(spread(&m, "shop/web/orders", 3).0, "b");
+        // Loading "a" again (another component) makes it the newest.
+        let (a2, _) = m.load("a", "balancer", "shop", "", wasm("peak-ewma"), "api").await.unwrap();
+        assert_eq!(spread(&m, "shop/web/orders", 3).0, "a");
+        // Rolled back: "a" runs round robin again; the record says so.
+        let (back, _) = m.rollback(&PluginName::new("a").unwrap()).await.unwrap();
+        assert_ne!(back.sha256, a2.sha256);
+        let slot = m.status().into_iter().find(|s| s.service == "shop/web/orders" && s.kind == "balancer").unwrap();
+        assert_eq!(slot.sha256.as_deref(), Some(back.sha256.as_str()));
+        back.sha256.clone()
+    };
+    // A restart reads the rolled-back version from the store: not the faulty newer one.
+    let mut reopened = None;
+    for _ in 0..100 {
+        match EmbeddedStore::open(dir.path(), EmbeddedOptions::default()) {
+            Ok(s) => {
+                reopened = Some(s);
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+    let registry = Registry::start(reopened.expect("the store reopens"), 1024).await.unwrap();
+    let host = PluginHost::new(HostConfig { workers: 2, ..HostConfig::default() }).unwrap();
+    let m = PluginManager::start(host, registry.clone(), Defaults::default()).unwrap();
+    let record = registry.plugins().into_iter().find(|p| p.name.as_str() == "a").expect("the record");
+    assert_eq!(record.sha256, rolled_back);
+    // The slot starts on the default and swaps the stored plugin in once it has compiled.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while spread(&m, "shop/web/orders", 1).0 != "a" {
+        assert!(std::time::Instant::now() < deadline, "the stored binding is activated after the restart");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let slot = m.status().into_iter().find(|s| s.service == "shop/web/orders" && s.kind == "balancer").unwrap();
+    assert_eq!(slot.sha256.as_deref(), Some(rolled_back.as_str()), "the rolled-back version runs after the restart");
+}

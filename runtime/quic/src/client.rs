@@ -410,10 +410,16 @@ async fn supervise(inner: Weak<Inner>) {
                 Err(e) => tracing::debug!(error = %e, "reconnect failed"),
             }
             drop(inner);
-            tokio::time::sleep(backoff).await;
+            tokio::time::sleep(jittered(backoff)).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
     }
+}
+
+/// Half of `backoff` plus a random part of the other half, so clients that lost the same
+/// server do not all come back in the same instant.
+fn jittered(backoff: Duration) -> Duration {
+    backoff / 2 + backoff.mul_f64(rand::random::<f64>() / 2.0)
 }
 
 /// Keeps the leases of TTL registrations alive (every third of their TTL).

@@ -553,9 +553,14 @@ impl Store for EtcdStore {
     async fn keepalive(&self, lease: LeaseId) -> Result<Duration, StoreError> {
         let inner = &self.inner;
         let current = inner.resolve(lease);
-        if let Some(held) = inner.leases.lock().get_mut(&lease.0) {
+        // Whether the owner kept trying within the TTL: then a lease etcd lost (it was
+        // unreachable) is granted again; otherwise it expired, as the protocol says.
+        let kept_trying = inner.leases.lock().get_mut(&lease.0).is_some_and(|held| {
+            let ttl = Duration::from_secs(u64::try_from(held.ttl_secs).unwrap_or(0));
+            let recent = held.touched.elapsed() <= ttl;
             held.touched = Instant::now();
-        }
+            recent
+        });
         let keep = || {
             let mut leases = inner.client.lease_client();
             async move { leases.keep_alive(current).await }
@@ -565,7 +570,14 @@ impl Store for EtcdStore {
             Err(StoreError::Rejected(CoreError::LeaseNotFound(_))) => {
                 let held = inner.leases.lock().get(&lease.0).cloned();
                 return match held {
-                    Some(held) => inner.regrant(lease, held).await,
+                    Some(held) if kept_trying => inner.regrant(lease, held).await,
+                    Some(_) => {
+                        // Nobody kept it alive for its TTL: it expired.
+                        if inner.leases.lock().remove(&lease.0).is_some() {
+                            inner.expired.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(CoreError::LeaseNotFound(lease).into())
+                    }
                     None => Err(CoreError::LeaseNotFound(lease).into()),
                 };
             }

@@ -164,6 +164,13 @@ async fn leases_revoke_expire_and_a_lost_lease_is_granted_again_with_its_keys() 
     registry.put(instance("pay", 3, true), Some(short)).await.unwrap();
     assert_eq!(ports(&registry, "pay"), BTreeSet::from([3]));
     eventually("expired after its TTL", Duration::from_secs(10), || ports(&registry, "pay").is_empty()).await;
+    // A keepalive through the granting host after it really expired: `lease_not_found` (not a
+    // new lease: nobody kept it alive), counted as expired once.
+    let err = store.keepalive(short).await.unwrap_err();
+    assert!(matches!(err, StoreError::Rejected(CoreError::LeaseNotFound(l)) if l == short), "{err}");
+    assert!(ports(&registry, "pay").is_empty(), "nothing put again");
+    assert_eq!(store.leases_regranted(), 0);
+    assert_eq!(store.leases_expired(), 1);
 
     // Lost (here revoked behind sextant's back, as etcd does when it could not be reached for
     // longer than the TTL): the next keepalive grants a new lease and puts the keys again.
