@@ -301,7 +301,7 @@ impl Inner {
             .endpoint
             .connect(addr, &self.options.server_name)
             .map_err(|e| ClientError::Unreachable(e.to_string()))?;
-        let conn = connecting.await.map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        let conn = connecting.await.map_err(|e| ClientError::Unreachable(describe(&e)))?;
         let hello = self.session.lock().hello(&self.options.name);
         match roundtrip(&conn, &hello).await? {
             Response::Welcome { .. } => Ok(conn),
@@ -368,11 +368,35 @@ impl Inner {
 }
 
 async fn roundtrip(conn: &Connection, request: &Request) -> Result<Response, ClientError> {
-    let lost = |e: String| ClientError::Unreachable(e);
+    // A stream error says only "connection lost": the connection's close says why.
+    let lost = |e: String| match closed_because(conn) {
+        Some(why) => ClientError::Unreachable(format!("{e}: {why}")),
+        None => ClientError::Unreachable(e),
+    };
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(e.to_string()))?;
     wire::write(&mut send, request).await.map_err(|e| lost(e.to_string()))?;
     send.finish().map_err(|e| lost(e.to_string()))?;
     wire::read_one(&mut recv).await.map_err(|e| lost(e.to_string()))
+}
+
+/// Why `conn` was closed, if it was, with the TLS alert spelled out when the close carries one
+/// (a refused client certificate shows as `CertificateRequired` or `BadCertificate`).
+fn closed_because(conn: &Connection) -> Option<String> {
+    conn.close_reason().map(|reason| describe(&reason))
+}
+
+/// A connection error, with the TLS alert it carries spelled out.
+fn describe(reason: &quinn::ConnectionError) -> String {
+    let code = match reason {
+        quinn::ConnectionError::ConnectionClosed(c) => Some(u64::from(c.error_code)),
+        quinn::ConnectionError::TransportError(t) => Some(u64::from(t.code)),
+        _ => None,
+    };
+    // QUIC carries TLS alerts as transport error codes 0x100 + alert.
+    match code.and_then(|c| c.checked_sub(0x100)).and_then(|a| u8::try_from(a).ok()) {
+        Some(alert) => format!("{reason} (TLS alert {:?})", rustls::AlertDescription::from(alert)),
+        None => reason.to_string(),
+    }
 }
 
 /// Reconnects whenever the connection is lost (after it was first made), so registrations

@@ -37,7 +37,7 @@
 //! snapshot. An invalid value that replaces a valid record reaches watchers as the record's
 //! removal, so every host's view agrees with what a fresh listing (which skips it) shows.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -445,23 +445,35 @@ impl Inner {
     }
 
     /// Drops the leases granted through this host that etcd no longer has and that nobody
-    /// kept alive for their TTL (they expired), counting them; a lease that is gone while its
-    /// owner still sends keepalives stays (its next keepalive grants it again).
+    /// kept alive through this host for their TTL (they expired), counting them. Only those
+    /// are asked about (one `LeaseTimeToLive` each: kept leases cost nothing); a lease another
+    /// host keeps alive stays, and one that is gone while its owner still sends keepalives is
+    /// granted again at its next keepalive.
     async fn sweep_leases(&self) -> Result<(), StoreError> {
-        let resp = self.call(self.client.lease_client().leases()).await?;
-        let live: HashSet<i64> = resp.leases().iter().map(etcd_client::LeaseStatus::id).collect();
-        let now = Instant::now();
-        let mut expired = 0;
-        self.leases.lock().retain(|id, held| {
-            let ttl = Duration::from_secs(u64::try_from(held.ttl_secs).unwrap_or(0));
-            let keep = live.contains(&held.current) || now.duration_since(held.touched) <= ttl;
-            if !keep {
-                expired += 1;
+        let candidates: Vec<(u64, i64)> = self
+            .leases
+            .lock()
+            .iter()
+            .filter(|(_, h)| h.touched.elapsed() > Duration::from_secs(u64::try_from(h.ttl_secs).unwrap_or(0)))
+            .map(|(id, h)| (*id, h.current))
+            .collect();
+        for (id, current) in candidates {
+            let resp = self.call(self.client.lease_client().time_to_live(current, None)).await?;
+            if resp.ttl() > 0 {
+                continue;
+            }
+            let mut leases = self.leases.lock();
+            // Still unkept (no keepalive came meanwhile) and still the same etcd lease.
+            let expired = leases.get(&id).is_some_and(|h| {
+                h.current == current
+                    && h.touched.elapsed() > Duration::from_secs(u64::try_from(h.ttl_secs).unwrap_or(0))
+            });
+            if expired {
+                leases.remove(&id);
+                self.expired.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(lease = id, "lease expired in etcd");
             }
-            keep
-        });
-        self.expired.fetch_add(expired, Ordering::Relaxed);
+        }
         Ok(())
     }
 
