@@ -116,15 +116,15 @@ fn bad_input_is_a_typed_error_and_stores_nothing() {
     let (_, status) = server.get("/status");
     assert_eq!(status["revision"], json!(0), "nothing was stored: {status}");
     assert_eq!(status["leases"], json!(0), "no lease was left behind");
-    // Every refusal that reached the store is counted: the two registrations on an unknown
-    // lease (as a number and as a string) and the 1 ms TTL; the rest never got there.
+    // Every refusal that reached the store is counted, by kind; the rest never got there.
     let metrics = server.text("/metrics");
     let rejected = |kind: &str| -> u64 {
         let prefix = format!("sextant_writes_rejected_total{{kind=\"{kind}\"}} ");
         metrics.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0, |v| v.parse().unwrap())
     };
-    assert_eq!(rejected("instance"), 2, "{metrics}");
+    assert_eq!(rejected("instance"), 3, "two unknown leases and the missing deregistration: {metrics}");
     assert_eq!(rejected("lease"), 1, "the 1 ms TTL, refused by the store: {metrics}");
+    assert_eq!(rejected("service"), 1, "the threshold of 2.0: {metrics}");
 }
 
 #[test]

@@ -256,7 +256,7 @@ fn quic_gives_the_same_verdicts_as_the_admin_api() {
         let want = match expected(Needs::AdminAll, caller) {
             401 => (Some(5), "unauthenticated"),
             403 => (Some(5), "forbidden"),
-            _ => (Some(3), "not found"),
+            _ => (Some(3), "no plugin named nope"),
         };
         assert_eq!(out.status.code(), want.0, "plugin rollback as {caller:?}: {stderr}");
         assert!(stderr.contains(want.1), "plugin rollback as {caller:?}: {stderr}");

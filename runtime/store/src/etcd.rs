@@ -22,12 +22,13 @@
 //! Every etcd call has a timeout. Calls that may run twice (reads, puts of a whole value,
 //! lease keepalives) are tried again on failure within that timeout, each attempt bounded by a
 //! third of it, so a member that died (connection refused) or stopped answering (a leader
-//! lost mid-call) costs a retry on another member, not the call; grants, revocations and
-//! deletes are tried again only when the member could not be connected to (the request was
-//! never sent: a retry after a lost answer would not be the same request). A watch
-//! survives etcd being down: it re-watches from the last revision delivered (or the last
-//! progress notification), and a compacted revision comes out as a `Reset` built from a fresh
-//! listing. While etcd is unreachable, [`Store::stale_for`] reports for how long; readers keep
+//! lost mid-call) costs a retry on another member, not the call. Lease grants are retried the
+//! same way (a grant hidden by a lost answer leaves a lease with no key, which expires);
+//! revocations and deletes are tried again only when the member could not be connected to
+//! (the request was never sent: a retry after a lost answer would not be the same request).
+//! A watch survives etcd being down: it re-watches from the last revision delivered (or the
+//! last progress notification), and a compacted revision comes out as a `Reset` built from a
+//! fresh listing. While etcd is unreachable, [`Store::stale_for`] reports for how long; readers keep
 //! serving the last state they have. The client's HTTP/2 keepalive pings every 10 s and only
 //! while a call or watch is open: etcd's default `--grpc-keepalive-min-time` is 5 s, and more
 //! frequent pings are answered with GOAWAY (`too_many_pings`), which broke every watch.
@@ -338,7 +339,7 @@ impl Inner {
         self.retry_if(op, |_| true).await
     }
 
-    /// [`Inner::retry`] for requests that must not run twice (grants, revocations, deletes):
+    /// [`Inner::retry`] for requests that must not run twice (revocations, deletes):
     /// tried again only when the member could not even be connected to, so the request was
     /// never sent.
     async fn retry_unsent<T, F: Future<Output = Result<T, etcd_client::Error>>>(
@@ -483,7 +484,8 @@ impl Inner {
             let mut leases = self.client.lease_client();
             async move { leases.grant(held.ttl_secs, None).await }
         };
-        let resp = self.retry_unsent(grant).await?;
+        // As for a first grant: an unseen extra lease holds no key and expires.
+        let resp = self.retry(grant).await?;
         let fresh = resp.id();
         tracing::warn!(%lease, old = held.current, new = fresh, keys = held.records.len(), "etcd lease lost; granted a new one and putting its keys again");
         for record in held.records.values() {
@@ -555,7 +557,9 @@ impl Store for EtcdStore {
             let mut leases = inner.client.lease_client();
             async move { leases.grant(secs, None).await }
         };
-        let resp = inner.retry_unsent(grant).await?;
+        // Retried after any failure: if a lost answer hid a grant, that lease holds no key and
+        // expires after its TTL, harming nothing.
+        let resp = inner.retry(grant).await?;
         let id = LeaseId(u64::try_from(resp.id()).unwrap_or(0));
         let held = Held { current: resp.id(), ttl_secs: resp.ttl(), records: BTreeMap::new(), touched: Instant::now() };
         inner.leases.lock().insert(id.0, held);
