@@ -200,7 +200,7 @@ fn connection_bound_ttl_and_persistent_registrations_survive_a_killed_follower_a
     let endpoints = etcd.endpoints().join(",");
     let grace_ms = 3000u64;
     let grace = grace_ms.to_string();
-    let args = ["--store", "etcd", "--etcd-endpoints", &endpoints, "--etcd-timeout-ms", "3000", "--grace-ms", &grace];
+    let args = ["--store", "etcd", "--etcd-endpoints", &endpoints, "--etcd-timeout-ms", "5000", "--grace-ms", &grace];
     let start = |name: &str| {
         Server::try_start_with(&dir.path().join(name), &args).unwrap_or_else(|f| panic!("{:?}\n{}", f.status, f.log))
     };

@@ -350,7 +350,9 @@ async fn an_idle_healthy_cluster_is_never_reported_unreachable() {
     // about every 8 s.
     let dir = tempfile::tempdir().unwrap();
     let etcd = etcd(dir.path(), 1).await;
-    let store = connect(&etcd, Duration::from_secs(2)).await;
+    // The production default timeout (it bounds the ping answer too): a busy machine stalling
+    // etcd for a second is not what this test is about.
+    let store = connect(&etcd, Duration::from_secs(5)).await;
     let registry = Registry::start(store.clone(), 1024).await.unwrap();
     let _sub = registry.subscribe(Scope::All, registry.revision());
     let start = Instant::now();
@@ -409,7 +411,7 @@ async fn an_invalid_value_written_by_hand_removes_the_record_on_every_host_as_a_
 async fn lease_counts_follow_etcd() {
     let dir = tempfile::tempdir().unwrap();
     let etcd = etcd(dir.path(), 1).await;
-    let store = connect(&etcd, Duration::from_secs(2)).await;
+    let store = connect(&etcd, Duration::from_secs(5)).await;
     let client = raw(&etcd).await;
     let kept = store.grant_lease(Duration::from_secs(2)).await.unwrap();
     let dropped = store.grant_lease(Duration::from_secs(2)).await.unwrap();
@@ -462,7 +464,8 @@ async fn write_load(
 async fn writes_fail_over_when_a_follower_or_the_leader_is_killed() {
     let dir = tempfile::tempdir().unwrap();
     let mut etcd = etcd(dir.path(), 3).await;
-    let store = connect(&etcd, Duration::from_secs(3)).await;
+    // The production default timeout: what a write may take, retries included.
+    let store = connect(&etcd, Duration::from_secs(5)).await;
     for (round, kill_leader) in [(0u16, false), (1, true)] {
         let leader = etcd.leader().await.expect("a leader");
         let victim = if kill_leader { leader } else { (leader + 1) % 3 };
