@@ -487,6 +487,18 @@ fn the_request_rate_is_one_budget_across_both_doors() {
 }
 
 #[test]
+fn a_server_without_an_access_file_ignores_credentials_as_quic_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    for token in [None, Some("anything"), Some("admin-all")] {
+        assert_eq!(server.call("GET", "/status", token, None).0, 200, "{token:?}");
+    }
+    let r = ureq::http::Request::get(server.url("/status")).header("authorization", "Basic Zm9vOmJhcg==");
+    let status = crate::support::http().run(r.body(ureq::SendBody::none()).unwrap()).unwrap().status();
+    assert_eq!(status, 200, "a proxy's own Authorization header does not matter on an open server");
+}
+
+#[test]
 fn the_metrics_address_serves_metrics_and_health_and_nothing_else() {
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
