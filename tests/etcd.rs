@@ -189,22 +189,34 @@ fn quic_client(server: &Server) -> sextant_quic::client::Client {
     sextant_quic::client::Client::new(options).unwrap()
 }
 
+/// A 3-member etcd, a runtime for in-process clients, and two `serve` hosts on it (A and B)
+/// with `extra` arguments. Enter the runtime (`runtime.enter()`) before making QUIC clients.
+fn two_hosts_on_three_members(
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (tokio::runtime::Runtime, LocalEtcd, Server, Server) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let etcd = runtime.block_on(LocalEtcd::start(&dir.join("etcd"), 3)).expect("start a local etcd");
+    let endpoints = etcd.endpoints().join(",");
+    let mut args = vec!["--store", "etcd", "--etcd-endpoints", &endpoints];
+    args.extend_from_slice(extra);
+    let start = |name: &str| {
+        Server::try_start_with(&dir.join(name), &args).unwrap_or_else(|f| panic!("{:?}\n{}", f.status, f.log))
+    };
+    let (a, b) = (start("a"), start("b"));
+    (runtime, etcd, a, b)
+}
+
 #[test]
 fn connection_bound_ttl_and_persistent_registrations_survive_a_killed_follower_and_leader() {
     use sextant_proto::Binding;
     let dir = tempfile::tempdir().unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    // The QUIC clients bind their endpoints on this runtime.
-    let _entered = runtime.enter();
-    let mut etcd = runtime.block_on(LocalEtcd::start(&dir.path().join("etcd"), 3)).expect("start a local etcd");
-    let endpoints = etcd.endpoints().join(",");
     let grace_ms = 3000u64;
     let grace = grace_ms.to_string();
-    let args = ["--store", "etcd", "--etcd-endpoints", &endpoints, "--etcd-timeout-ms", "5000", "--grace-ms", &grace];
-    let start = |name: &str| {
-        Server::try_start_with(&dir.path().join(name), &args).unwrap_or_else(|f| panic!("{:?}\n{}", f.status, f.log))
-    };
-    let (a, b) = (start("a"), start("b"));
+    let (runtime, mut etcd, a, b) =
+        two_hosts_on_three_members(dir.path(), &["--etcd-timeout-ms", "5000", "--grace-ms", &grace]);
+    // The QUIC clients bind their endpoints on this runtime.
+    let _entered = runtime.enter();
     let scope = sextant_core::Scope::Namespace("faults".parse().unwrap());
     let (seen_on_b, _watcher) = follow(&runtime, &b, scope);
     // Eight writers through A, each on its own connection, kept open all along.
@@ -286,15 +298,9 @@ fn connection_bound_ttl_and_persistent_registrations_survive_a_killed_follower_a
 fn every_instance_is_back_after_all_members_were_down_for_30_s() {
     use sextant_proto::Binding;
     let dir = tempfile::tempdir().unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (runtime, mut etcd, a, b) =
+        two_hosts_on_three_members(dir.path(), &["--etcd-timeout-ms", "2000", "--grace-ms", "3000"]);
     let _entered = runtime.enter();
-    let mut etcd = runtime.block_on(LocalEtcd::start(&dir.path().join("etcd"), 3)).expect("start a local etcd");
-    let endpoints = etcd.endpoints().join(",");
-    let args = ["--store", "etcd", "--etcd-endpoints", &endpoints, "--etcd-timeout-ms", "2000", "--grace-ms", "3000"];
-    let start = |name: &str| {
-        Server::try_start_with(&dir.path().join(name), &args).unwrap_or_else(|f| panic!("{:?}\n{}", f.status, f.log))
-    };
-    let (a, b) = (start("a"), start("b"));
     let (seen_on_b, _watcher) = follow(&runtime, &b, sextant_core::Scope::Namespace("outage".parse().unwrap()));
     // Four owners through A, each with a connection-bound, a TTL and a persistent instance.
     let owners: Vec<_> = (0..4).map(|_| quic_client(&a)).collect();

@@ -341,8 +341,9 @@ impl Access {
         };
         self.audit[door][event.verdict.index()].fetch_add(1, Ordering::Relaxed);
         let AuditEvent { door, verdict, who, certificate, from, what, target, revision, reason } = event;
+        let accepted = *verdict == Verdict::Accepted;
         let (door, verdict) = (door.as_str(), verdict.as_str());
-        if *verdict == *"accepted" {
+        if accepted {
             tracing::info!(target: "sextant::audit", door, verdict, who, certificate, %from, what, target, revision, "write");
         } else {
             tracing::warn!(target: "sextant::audit", door, verdict, who, certificate, %from, what, target, reason, "refused");

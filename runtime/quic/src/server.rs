@@ -276,8 +276,10 @@ async fn connection<S: Store + Clone>(conn: Connection, shared: Arc<Shared<S>>) 
                 // stream at a time: a stream over the rate is answered `limited` and the
                 // next one is not read before the client may send again, so a client over
                 // its rate costs the server about one refusal per request it may send.
-                let principal = c.session.lock().principal().cloned();
-                let limited = principal.and_then(|p| c.access().check_rate(&p, c.remote.ip()).err());
+                let limited = {
+                    let session = c.session.lock();
+                    session.principal().and_then(|p| c.access().check_rate(p, c.remote.ip()).err())
+                };
                 let pause = match &limited {
                     Some(LimitError::Rate { retry_after, .. }) => Some(*retry_after),
                     _ => None,
@@ -329,8 +331,13 @@ async fn stream<S: Store + Clone>(c: &Arc<Conn<S>>, mut send: SendStream, mut re
         Err(e) => return refuse(c, send, ErrorCode::ProtocolError, &e.to_string()).await,
     };
     let kind = request.kind();
-    let target = target_of(&request);
     let write = acl::is_write(&request);
+    // What the request is about, only for the ones the audit log may record (writes, watches,
+    // refusals): reads that go through, picks above all, build no string.
+    let audited = write
+        || matches!(request, Request::Subscribe { .. })
+        || c.session.lock().principal().is_some_and(|p| !acl::permits(p, &request));
+    let target = if audited { target_of(&request) } else { None };
     let step = c.session.lock().on_request(request);
     let response = match step {
         Step::Close(code, reason) => {
