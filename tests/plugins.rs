@@ -116,28 +116,44 @@ fn plugins_from_a_directory_and_the_cli_swap_in_and_bad_ones_change_nothing() {
     let failures = plugin_list(&server)["failures"].as_array().unwrap().len();
     assert_eq!(failures, 4);
 
-    // A good one through the CLI replaces rr; rollback brings round robin back.
+    // A good one through the CLI replaces rr; rollback brings round robin back, keeping
+    // random for a roll forward.
     let random = artifact("random");
     let out = load(&server, &[random, "--name", "rr", "--bind", SERVICE, "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let written: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(written["record"]["sha256"], sha256_of(random).as_str());
     assert_eq!(active(&server).unwrap().1, sha256_of(random), "active once the load answers");
+    picks(&server, 4);
     let out = run(&server, &["plugin", "rollback", "rr"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(active(&server).unwrap().1, sha256_of(rr));
     let out = run(&server, &["plugin", "rollback", "nope"]);
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
 
-    // Per-plugin status in /metrics.
+    // Per plugin version, counters in /metrics that a swap does not erase: round robin's
+    // 12 picks before random and 3 after the rollback, random's 4.
     picks(&server, 3);
     let metrics = server.text("/metrics");
-    let calls = metrics
-        .lines()
-        .find(|l| l.starts_with("sextant_plugin_calls{") && l.contains(SERVICE) && l.contains("plugin=\"rr\""))
-        .unwrap_or_else(|| panic!("no plugin_calls series for rr in\n{metrics}"));
-    let n: u64 = calls.rsplit(' ').next().unwrap().parse().unwrap();
-    assert!(n >= 3, "{calls}");
+    let total = |sha: &str| -> u64 {
+        let series = format!(r#"sextant_plugin_calls_total{{kind="balancer",plugin="rr",sha256="{sha}"}} "#);
+        let line =
+            metrics.lines().find(|l| l.starts_with(&series)).unwrap_or_else(|| panic!("no {series} in\n{metrics}"));
+        line[series.len()..].parse().unwrap()
+    };
+    assert_eq!(total(&sha256_of(rr)), 15);
+    assert_eq!(total(&sha256_of(random)), 4, "the version rolled back from keeps its count");
+
+    // Roll forward to random, and back again; nothing left to roll forward to is `invalid`.
+    let out = run(&server, &["plugin", "rollback", "rr", "--forward"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(active(&server).unwrap().1, sha256_of(random));
+    let out = run(&server, &["plugin", "rollback", "rr", "--forward"]);
+    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no version to roll forward to"));
+    let out = run(&server, &["plugin", "rollback", "rr"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(active(&server).unwrap().1, sha256_of(rr));
 
     // A broken file in the directory is reported and changes nothing.
     std::fs::write(plugins.join("broken.wasm"), b"\0asm\x01\0\0\0garbage").unwrap();

@@ -35,8 +35,8 @@ pub mod view;
 pub use error::{CoreError, ValidationError};
 pub use lease::LeaseId;
 pub use model::{
-    ConfigEntry, Instance, MAX_PLUGIN_CONFIG, PLUGIN_HISTORY, PLUGIN_KINDS, PluginBinding, PluginRecord, PluginVersion,
-    Record, RecordKey, ServiceSpec, sha256_hex,
+    BadVersion, ConfigEntry, Instance, MAX_PLUGIN_CONFIG, PLUGIN_HISTORY, PLUGIN_KINDS, PluginBinding, PluginRecord,
+    PluginVersion, Record, RecordKey, ServiceSpec, sha256_hex,
 };
 pub use name::{ConfigKey, DataId, Group, InstanceId, InstanceKey, Namespace, PluginName, ServiceKey, ServiceName};
 pub use revision::{Change, Event, Revision, StoreSnapshot};

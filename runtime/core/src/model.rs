@@ -192,7 +192,8 @@ impl ConfigEntry {
 pub const PLUGIN_KINDS: [&str; 3] = ["balancer", "health", "scheduler"];
 
 /// A plugin known to the store: its artifact (by sha256), its configuration, where it is
-/// bound, and the versions it replaced (newest last) for `plugin rollback`.
+/// bound, the versions it replaced (newest last) for `plugin rollback`, the versions rolled
+/// back from (for `plugin rollback --forward`), and the versions a host found faulty.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PluginRecord {
     /// Name.
@@ -215,6 +216,25 @@ pub struct PluginRecord {
     /// The versions this one replaced, oldest first, at most [`PLUGIN_HISTORY`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<PluginVersion>,
+    /// The versions rolled back from, the most recent last, at most [`PLUGIN_HISTORY`]:
+    /// `plugin rollback --forward` returns to them; a new load clears them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forward: Vec<PluginVersion>,
+    /// Versions a host rolled back automatically (too many faults), at most
+    /// [`PLUGIN_HISTORY`]: no host activates them again, and loading one is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bad: Vec<BadVersion>,
+}
+
+/// A plugin version a host found faulty.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadVersion {
+    /// sha256 of the component.
+    pub sha256: String,
+    /// What went wrong, where (`SERVICE KIND: N faults within ..., last: ...`).
+    pub reason: String,
+    /// When it was marked, milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
 }
 
 /// Versions kept per plugin record for rollback.
@@ -291,14 +311,19 @@ impl PluginRecord {
                 max: MAX_PLUGIN_CONFIG,
             });
         }
-        if self.history.len() > PLUGIN_HISTORY {
-            return Err(ValidationError::FieldTooLong {
-                field: "history",
-                len: self.history.len(),
-                max: PLUGIN_HISTORY,
-            });
+        for (field, len) in [("history", self.history.len()), ("forward", self.forward.len()), ("bad", self.bad.len())]
+        {
+            if len > PLUGIN_HISTORY {
+                return Err(ValidationError::FieldTooLong { field, len, max: PLUGIN_HISTORY });
+            }
         }
-        for v in &self.history {
+        for b in &self.bad {
+            check_sha256(&b.sha256)?;
+            if b.reason.len() > 1024 {
+                return Err(ValidationError::FieldTooLong { field: "reason", len: b.reason.len(), max: 1024 });
+            }
+        }
+        for v in self.history.iter().chain(&self.forward) {
             check_sha256(&v.sha256)?;
             if v.config.len() > MAX_PLUGIN_CONFIG {
                 return Err(ValidationError::FieldTooLong {
@@ -316,6 +341,33 @@ impl PluginRecord {
     #[must_use]
     pub fn bound(&self) -> PluginBinding {
         PluginBinding::parse(&self.binding).unwrap_or(PluginBinding::None)
+    }
+
+    /// The active version, as a history entry.
+    #[must_use]
+    pub fn current(&self) -> PluginVersion {
+        PluginVersion {
+            sha256: self.sha256.clone(),
+            size: self.size,
+            config: self.config.clone(),
+            loaded_at_unix_ms: self.loaded_at_unix_ms,
+        }
+    }
+
+    /// Makes `version` the active one (its load time stays the caller's to set); returns the
+    /// version it replaced.
+    pub fn switch_to(&mut self, version: PluginVersion) -> PluginVersion {
+        let left = self.current();
+        self.sha256 = version.sha256;
+        self.size = version.size;
+        self.config = version.config;
+        left
+    }
+
+    /// Why `sha256` was marked bad, if it was.
+    #[must_use]
+    pub fn bad_reason(&self, sha256: &str) -> Option<&str> {
+        self.bad.iter().find(|b| b.sha256 == sha256).map(|b| b.reason.as_str())
     }
 
     /// The configuration, `{}` when empty.
@@ -597,6 +649,8 @@ mod tests {
             config: String::new(),
             loaded_at_unix_ms: 0,
             history: Vec::new(),
+            forward: Vec::new(),
+            bad: Vec::new(),
         };
         assert!(p.validate().is_ok());
         assert_eq!(p.config_or_default(), "{}");
@@ -609,6 +663,13 @@ mod tests {
         let v = PluginVersion { sha256: sha, size: 1, config: String::new(), loaded_at_unix_ms: 0 };
         p.history = vec![v; PLUGIN_HISTORY + 1];
         assert!(matches!(p.validate(), Err(ValidationError::FieldTooLong { field: "history", .. })));
+        p.history.clear();
+        p.bad = vec![BadVersion { sha256: "not-a-sha".into(), reason: "traps".into(), at_unix_ms: 1 }];
+        assert!(p.validate().is_err(), "a bad version's sha256 is checked");
+        p.bad[0].sha256 = sha256_hex(b"x");
+        assert!(p.validate().is_ok());
+        assert_eq!(p.bad_reason(&sha256_hex(b"x")), Some("traps"));
+        assert_eq!(p.bad_reason(&sha256_hex(b"y")), None);
         // Records written before `config` and `history` existed still read.
         let old = r#"{"name":"p","kind":"health","sha256":"SHA","size":3,"loaded_at_unix_ms":5}"#;
         let old: PluginRecord = serde_json::from_str(&old.replace("SHA", &sha256_hex(b"y"))).unwrap();

@@ -112,7 +112,14 @@ enum Runner {
 }
 
 struct Worker {
+    /// Epoch of the newest route given to this instance.
     seen: u64,
+    /// The route `exec` and the runner index: `seen`'s, or, after the plugin failed on
+    /// `seen`'s, the older one it last accepted (see `stale`).
+    route: Arc<RouteSnapshot>,
+    /// While the plugin serves an older route than `seen`'s: its endpoint indices mapped to
+    /// the newest route's (`None`: no longer there, the native default answers instead).
+    stale: Option<Vec<Option<u32>>>,
     exec: Exec,
     runner: Runner,
     fallback: Box<dyn Balancer>,
@@ -222,12 +229,21 @@ impl WasmRunner {
 
 /// One balancer version in a slot.
 pub struct Version {
+    host: PluginHost,
     id: u64,
     spec: PluginSpec,
     loaded_at: SystemTime,
     workers: Box<[Mutex<Worker>]>,
     counters: Counters,
     faults: Mutex<VecDeque<Instant>>,
+}
+
+impl Drop for Version {
+    fn drop(&mut self) {
+        let mut counters = self.counters.snapshot();
+        counters.calls = self.workers.iter_mut().map(|w| w.get_mut().calls).sum();
+        self.host.retire(PluginKind::Balancer, &self.spec, &counters);
+    }
 }
 
 impl std::fmt::Debug for Version {
@@ -311,6 +327,8 @@ impl Version {
             let fallback = sextant_builtins::balancer(name, config).map_err(LoadError::UnknownBuiltin)?;
             let mut worker = Worker {
                 seen: u64::MAX,
+                route: Arc::clone(route),
+                stale: None,
                 exec: Exec::Fallback,
                 runner,
                 fallback,
@@ -318,11 +336,12 @@ impl Version {
                 calls: 0,
             };
             worker
-                .apply(host, route)
+                .apply(host, &spec, route)
                 .map_err(|f| LoadError::SelfTest(format!("update with the current snapshot {f}")))?;
             workers.push(Mutex::new(worker));
         }
         Ok(Self {
+            host: host.clone(),
             id,
             spec,
             loaded_at: SystemTime::now(),
@@ -366,9 +385,11 @@ impl Version {
 }
 
 impl Worker {
-    /// Applies a route to the plugin and the fallback. On a plugin failure the fallback
-    /// serves this route.
-    fn apply(&mut self, host: &PluginHost, route: &Arc<RouteSnapshot>) -> Result<(), CallFault> {
+    /// Applies a route to the plugin and the fallback. When the plugin fails on it, the
+    /// plugin's own previous state keeps serving (its answers mapped to the new route, an
+    /// endpoint no longer there answered by the native default); with no previous state to
+    /// keep, the native default serves this route. Either way the error is returned.
+    fn apply(&mut self, host: &PluginHost, spec: &PluginSpec, route: &Arc<RouteSnapshot>) -> Result<(), CallFault> {
         self.seen = route.epoch;
         self.fallback_env.route = Arc::clone(route);
         // The native default cannot fail on a valid snapshot; if it ever refused, picks
@@ -382,14 +403,53 @@ impl Worker {
             Runner::Wasm(w) => w.update(host, route),
             Runner::Gone => Err(CallFault::Trap("instance lost".into())),
         };
-        match result.and_then(|mode| validate_mode(mode, route.len())) {
+        let fault = match result.and_then(|mode| validate_mode(mode, route.len())) {
             Ok(exec) => {
                 self.exec = exec;
-                Ok(())
+                self.route = Arc::clone(route);
+                self.stale = None;
+                return Ok(());
             }
-            Err(f) => {
-                self.exec = Exec::Fallback;
-                Err(f)
+            Err(f) => f,
+        };
+        if !self.keep_previous(host, spec) {
+            self.exec = Exec::Fallback;
+            self.route = Arc::clone(route);
+            self.stale = None;
+            return Err(fault);
+        }
+        let now: std::collections::HashMap<&str, u32> =
+            route.model.endpoints.iter().zip(0u32..).map(|(e, i)| (e.id.as_str(), i)).collect();
+        self.stale =
+            Some(self.route.model.endpoints.iter().map(|e| now.get(e.id.as_str()).copied()).collect::<Vec<_>>());
+        Err(fault)
+    }
+
+    /// After a failed update: whether the state that served `self.route` still can. A
+    /// table stands on its own; a per-request wasm instance (which may have trapped, or
+    /// half-applied the new route) is rebuilt on `self.route`; a native policy that refused
+    /// is not trusted further.
+    fn keep_previous(&mut self, host: &PluginHost, spec: &PluginSpec) -> bool {
+        match (&self.exec, &self.runner) {
+            (Exec::Fallback, _) | (_, Runner::Native(..) | Runner::Gone) => false,
+            (Exec::Weighted(_) | Exec::Ring(_) | Exec::Maglev(_), Runner::Wasm(_)) => true,
+            (Exec::PerRequest, Runner::Wasm(_)) => {
+                let PluginSpec::Wasm { compiled, config, name } = spec else { return false };
+                let previous = Arc::clone(&self.route);
+                let Ok(mut fresh) =
+                    WasmRunner::new(host, compiled, Arc::from(name.as_str()), Arc::clone(&previous), config)
+                else {
+                    return false;
+                };
+                let restored = fresh.update(host, &previous).and_then(|mode| validate_mode(mode, previous.len()));
+                match restored {
+                    Ok(exec @ Exec::PerRequest) => {
+                        self.runner = Runner::Wasm(Box::new(fresh));
+                        self.exec = exec;
+                        true
+                    }
+                    _ => false,
+                }
             }
         }
     }
@@ -468,7 +528,9 @@ impl Worker {
                 Runner::Gone
             }
         };
-        let _ = self.apply(host, route);
+        self.stale = None;
+        self.exec = Exec::Fallback;
+        let _ = self.apply(host, spec, route);
     }
 }
 
@@ -511,7 +573,31 @@ struct SlotInner {
     next_id: AtomicU64,
     /// Serialises loads and rollbacks.
     admin: Mutex<()>,
+    /// Epoch of the last route whose update fault was put in `events` (one line per route,
+    /// not one per instance).
+    update_fault_noted: AtomicU64,
+    /// Told of every automatic rollback (the plugin manager marks the version bad).
+    observer: std::sync::OnceLock<Observer>,
 }
+
+/// What a slot tells its owner when it rolled back on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoRollback {
+    /// The service.
+    pub service: String,
+    /// The slot's kind.
+    pub kind: PluginKind,
+    /// The faulty plugin's name.
+    pub plugin: String,
+    /// Its sha256 (wasm only).
+    pub sha256: Option<String>,
+    /// Why (`N faults within ..., last: ...`).
+    pub reason: String,
+}
+
+/// Receives a slot's automatic rollbacks (called on the thread that saw the last fault:
+/// keep it short, e.g. send on a channel).
+pub type Observer = Arc<dyn Fn(AutoRollback) + Send + Sync>;
 
 /// The balancer slot of one service. Cheap to clone; picks are `&self` and lock-free
 /// except for the per-instance lock of the thread's shard.
@@ -525,7 +611,7 @@ impl std::fmt::Debug for BalancerSlot {
 }
 
 const MAX_PREVIOUS: usize = 4;
-const MAX_EVENTS: usize = 32;
+pub(crate) const MAX_EVENTS: usize = 32;
 
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -593,6 +679,8 @@ impl BalancerSlot {
             events: Mutex::new(VecDeque::new()),
             next_id: AtomicU64::new(2),
             admin: Mutex::new(()),
+            update_fault_noted: AtomicU64::new(u64::MAX),
+            observer: std::sync::OnceLock::new(),
         })))
     }
 
@@ -618,10 +706,11 @@ impl BalancerSlot {
         for w in &version.workers {
             let mut w = w.lock();
             if w.seen != route.epoch
-                && let Err(f) = w.apply(&self.0.host, &route)
+                && let Err(f) = w.apply(&self.0.host, &version.spec, &route)
             {
+                let kept = w.stale.is_some();
                 drop(w);
-                self.fault(&version, &f, &route);
+                self.update_fault(&version, &f, &route, kept);
             }
         }
     }
@@ -639,19 +728,39 @@ impl BalancerSlot {
                 // `set_snapshot` published and applied a newer route after our load.
                 route = self.0.route.load();
             }
-            if worker.seen != route.epoch {
-                let _ = worker.apply(host, &Arc::clone(&route));
+            if worker.seen != route.epoch
+                && let Err(fault) = worker.apply(host, &version.spec, &Arc::clone(&route))
+            {
+                // Counted with the worker held: it now serves `route` (stale or by the
+                // default), and another worker may not have applied it yet.
+                self.update_fault(&version, &fault, &Arc::clone(&route), worker.stale.is_some());
             }
         }
         let ticks = host.pick_ticks();
         let sample = worker.calls.is_multiple_of(SAMPLE_EVERY);
         let started = sample.then(Instant::now);
-        let result = worker.pick(host, ticks, request, route.len());
+        let len = worker.route.len();
+        let result = worker.pick(host, ticks, request, len);
         if let Some(t) = started {
             version.counters.call_time.record(t.elapsed());
         }
         let picked = match result {
-            Ok(answer) => answer.map(|index| Picked { index, version: version.id, fallback: false }),
+            // The plugin answered for the route it last accepted, older than the newest:
+            // map its answer; one that is no longer there goes to the native default.
+            Ok(answer) if worker.stale.is_some() => {
+                let mapped =
+                    answer.and_then(|i| worker.stale.as_ref().and_then(|m| m.get(i as usize).copied().flatten()));
+                let answer = mapped.or_else(|| worker.fallback_pick(request));
+                version.counters.fallbacks.fetch_add(1, Relaxed);
+                answer.map(|index| Picked { index, version: version.id, fallback: true })
+            }
+            Ok(answer) => {
+                let fallback = matches!(worker.exec, Exec::Fallback);
+                if fallback {
+                    version.counters.fallbacks.fetch_add(1, Relaxed);
+                }
+                answer.map(|index| Picked { index, version: version.id, fallback })
+            }
             Err(fault) => {
                 let answer = worker.fallback_pick(request);
                 version.counters.fallbacks.fetch_add(1, Relaxed);
@@ -685,11 +794,23 @@ impl BalancerSlot {
         }
     }
 
+    /// A failed `update` on a live snapshot: counted as a fault (automatic rollback when
+    /// there were too many) and shown once per route in the slot's events.
+    fn update_fault(&self, version: &Arc<Version>, fault: &CallFault, route: &Arc<RouteSnapshot>, kept: bool) {
+        if self.0.update_fault_noted.swap(route.epoch, Relaxed) != route.epoch {
+            let serving = if kept { "its previous snapshot serves" } else { "the native default serves" };
+            self.note(version.id, format!("update fault on revision {}: {fault}; {serving}", route.model.revision));
+        }
+        self.fault(version, fault, route);
+    }
+
     fn auto_rollback(&self, faulty: u64, reason: &str, route: &Arc<RouteSnapshot>) {
         let Some(_admin) = self.0.admin.try_lock() else { return };
-        if self.0.active.load().id != faulty {
+        let active = self.0.active.load_full();
+        if active.id != faulty {
             return;
         }
+        let faulty_spec = Some(active.spec.clone());
         let target = self.0.previous.lock().pop().unwrap_or_else(|| self.0.default.clone());
         let id = self.0.next_id.fetch_add(1, Relaxed);
         let version = Version::build(&self.0.host, id, target, &self.0.default, route)
@@ -698,13 +819,29 @@ impl BalancerSlot {
             tracing::error!(service = %self.0.service, version = id, plugin = %v.spec.name(), %reason, "rolled back automatically");
             self.publish(v, format!("auto-rollback: {reason}"));
         }
+        if let (Some(observe), Some(faulty)) = (self.0.observer.get(), faulty_spec) {
+            observe(AutoRollback {
+                service: self.0.service.clone(),
+                kind: PluginKind::Balancer,
+                plugin: faulty.name().to_owned(),
+                sha256: match &faulty {
+                    PluginSpec::Wasm { compiled, .. } => Some(compiled.sha256.clone()),
+                    PluginSpec::Builtin { .. } => None,
+                },
+                reason: reason.to_owned(),
+            });
+        }
     }
 
     fn publish(&self, version: Version, what: String) {
         let id = version.id;
         self.0.active.store(Arc::new(version));
+        self.note(id, what);
+    }
+
+    fn note(&self, version: u64, what: String) {
         let mut events = self.0.events.lock();
-        events.push_back(SlotEvent { at: unix_now(), version: id, what });
+        events.push_back(SlotEvent { at: unix_now(), version, what });
         while events.len() > MAX_EVENTS {
             events.pop_front();
         }
@@ -759,6 +896,11 @@ impl BalancerSlot {
             previous: self.0.previous.lock().iter().rev().map(|s| s.name().to_owned()).collect(),
             events: self.0.events.lock().iter().cloned().collect(),
         }
+    }
+
+    /// Sets who is told of automatic rollbacks (once; later calls are ignored).
+    pub fn observe(&self, observer: Observer) {
+        let _ = self.0.observer.set(observer);
     }
 
     /// The id of the active version.

@@ -23,6 +23,7 @@ use crate::bindings::balancer::{BalancerPlugin, BalancerPluginPre};
 use crate::bindings::health::HealthPluginPre;
 use crate::bindings::scheduler::SchedulerPluginPre;
 use crate::load::RouteSnapshot;
+use crate::stats::{CountersSnapshot, Totals, VersionKey};
 use crate::{CallFault, LoadError};
 
 /// The contract version this host speaks (`wit/`).
@@ -151,6 +152,8 @@ struct Inner {
     compiles: AtomicU64,
     /// `pick_deadline` in ticks, computed once (it is needed on every pick).
     pick_ticks: u64,
+    /// What versions no longer running counted, so totals survive swaps.
+    retired: Mutex<HashMap<VersionKey, Totals>>,
     _ticker: Ticker,
 }
 
@@ -182,6 +185,16 @@ fn engine(config: &HostConfig) -> wasmtime::Result<Engine> {
     Engine::new(&c)
 }
 
+/// The key `spec`'s counters add up under.
+#[must_use]
+pub fn version_key(kind: PluginKind, spec: &crate::PluginSpec) -> VersionKey {
+    let (plugin, sha256) = match spec {
+        crate::PluginSpec::Builtin { name, .. } => (name.clone(), String::new()),
+        crate::PluginSpec::Wasm { name, compiled, .. } => (name.clone(), compiled.sha256.clone()),
+    };
+    VersionKey { kind: kind.to_string(), plugin, sha256 }
+}
+
 impl PluginHost {
     /// Starts the engine and its epoch ticker.
     ///
@@ -210,6 +223,7 @@ impl PluginHost {
             config,
             cache: Mutex::new((HashMap::new(), VecDeque::new())),
             compiles: AtomicU64::new(0),
+            retired: Mutex::new(HashMap::new()),
             _ticker: Ticker { stop, thread: Some(thread) },
         })))
     }
@@ -218,6 +232,25 @@ impl PluginHost {
     #[must_use]
     pub fn config(&self) -> &HostConfig {
         &self.0.config
+    }
+
+    /// Keeps what a version that stops running counted (its slot swapped it out or went away).
+    pub(crate) fn retire(&self, kind: PluginKind, spec: &crate::PluginSpec, counters: &CountersSnapshot) {
+        let mut totals = Totals::default();
+        totals.add(counters);
+        if totals.is_zero() {
+            return;
+        }
+        let key = version_key(kind, spec);
+        let mut retired = self.0.retired.lock();
+        let entry = retired.entry(key).or_default();
+        entry.add(counters);
+    }
+
+    /// What the versions no longer running counted, by version.
+    #[must_use]
+    pub fn retired(&self) -> HashMap<VersionKey, Totals> {
+        self.0.retired.lock().clone()
     }
 
     /// How many components were compiled (cache misses) since start.

@@ -27,11 +27,14 @@ mod manager;
 mod policy;
 mod stats;
 
-pub use balancer::{BalancerSlot, PickRequest, Picked, PluginSpec, SlotEvent, SlotStatus, Version, VersionStatus};
+pub use balancer::{
+    AutoRollback, BalancerSlot, Observer, PickRequest, Picked, PluginSpec, SlotEvent, SlotStatus, Version,
+    VersionStatus,
+};
 pub use error::{CallFault, LoadError, SlotError};
-pub use host::{CONTRACT_VERSION, Compiled, HostConfig, HostState, PluginHost, PluginKind};
+pub use host::{CONTRACT_VERSION, Compiled, HostConfig, HostState, PluginHost, PluginKind, version_key};
 pub use load::{EndpointLoad, InFlight, LoadTracker, RouteSnapshot, endpoint_of, snapshot_of};
 pub use manager::{Defaults, ManagerError, PickedInstance, PluginManager, ServiceSlots};
 pub use policy::PolicySlot;
 pub use sextant_builtins as builtins;
-pub use stats::{Counters, CountersSnapshot, Histogram};
+pub use stats::{Counters, CountersSnapshot, Histogram, Totals, VersionKey};

@@ -24,16 +24,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::{Mutex, RwLock};
 use sextant_core::store::{Store, StoreError};
 use sextant_core::{
-    Change, CoreError, Instance, PLUGIN_HISTORY, PluginBinding, PluginName, PluginRecord, PluginVersion, Record,
-    RecordKey, Revision, Scope, ServiceKey, ServiceSnapshot, SnapshotHandle, ValidationError,
+    BadVersion, Change, CoreError, Instance, PLUGIN_HISTORY, PluginBinding, PluginName, PluginRecord, PluginVersion,
+    Record, RecordKey, Revision, Scope, ServiceKey, ServiceSnapshot, SnapshotHandle, ValidationError,
 };
 use sextant_proto::{PluginFailure, SlotView};
 use sextant_store::{Registry, RegistryError};
 use tokio::sync::mpsc;
 
 use crate::{
-    BalancerSlot, Compiled, LoadError, PickRequest, PluginHost, PluginKind, PluginSpec, PolicySlot, SlotStatus,
-    snapshot_of,
+    AutoRollback, BalancerSlot, Compiled, LoadError, PickRequest, PluginHost, PluginKind, PluginSpec, PolicySlot,
+    SlotStatus, Totals, VersionKey, snapshot_of,
 };
 
 /// Failures kept for `plugin list`.
@@ -83,6 +83,21 @@ pub enum ManagerError {
     /// The record has no earlier version.
     #[error("plugin {0} has no earlier version to roll back to")]
     NoPrevious(PluginName),
+    /// The record has no version a rollback left.
+    #[error("plugin {0} has no version to roll forward to (a rollback keeps the version it left)")]
+    NoForward(PluginName),
+    /// The component is a version a host rolled back automatically.
+    #[error(
+        "plugin {name} rejected: version {sha256} was rolled back automatically ({reason}); load a fixed component, or delete the record to clear the mark"
+    )]
+    MarkedBad {
+        /// The plugin.
+        name: String,
+        /// The component's sha256.
+        sha256: String,
+        /// Why it was marked.
+        reason: String,
+    },
     /// The store refused or could not take the write.
     #[error(transparent)]
     Store(#[from] RegistryError),
@@ -198,15 +213,40 @@ fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// The record `service`'s `kind` slot should run: the most specific binding, newest first.
+/// The record `service`'s `kind` slot should run: the most specific binding, newest first;
+/// a record whose current version is marked bad binds nothing.
 fn resolve(records: &[Arc<PluginRecord>], service: &ServiceKey, kind: PluginKind) -> Option<Desired> {
     let kind = kind.to_string();
     records
         .iter()
-        .filter(|r| r.kind == kind)
+        .filter(|r| r.kind == kind && r.bad_reason(&r.sha256).is_none())
         .filter_map(|r| r.bound().covers(service).map(|rank| (rank, r.loaded_at_unix_ms, r)))
         .max_by(|a, b| (a.0, a.1, &b.2.name).cmp(&(b.0, b.1, &a.2.name)))
         .map(|(_, _, r)| Desired { name: r.name.clone(), sha256: r.sha256.clone(), config: r.config.clone() })
+}
+
+/// Takes the newest version not marked bad off `versions` (dropping bad ones on the way).
+fn pop_good(versions: &mut Vec<PluginVersion>, bad: &[BadVersion]) -> Option<PluginVersion> {
+    while let Some(v) = versions.pop() {
+        if !bad.iter().any(|b| b.sha256 == v.sha256) {
+            return Some(v);
+        }
+    }
+    None
+}
+
+fn push_history(history: &mut Vec<PluginVersion>, version: PluginVersion) {
+    history.push(version);
+    let excess = history.len().saturating_sub(PLUGIN_HISTORY);
+    history.drain(..excess);
+}
+
+/// What the watcher does besides following the registry.
+enum Work {
+    /// Activate the bound plugins of one service (its slots were just created).
+    Service(ServiceKey),
+    /// A slot rolled back on its own: mark the version bad in its record.
+    Bad(AutoRollback),
 }
 
 struct Inner<S> {
@@ -218,7 +258,7 @@ struct Inner<S> {
     /// Compiled components of the bound records, by sha256, so a slot created on a pick
     /// starts on its plugin at once.
     compiled: Mutex<HashMap<String, Arc<Compiled>>>,
-    dirty: mpsc::UnboundedSender<Option<ServiceKey>>,
+    dirty: mpsc::UnboundedSender<Work>,
     /// One activation pass at a time (the watcher, and loads waiting for their own).
     reconcile: tokio::sync::Mutex<()>,
 }
@@ -304,7 +344,7 @@ impl<S: Store + Clone> PluginManager<S> {
             }
         }
         if pending {
-            let _ = self.0.dirty.send(Some(service.clone()));
+            let _ = self.0.dirty.send(Work::Service(service.clone()));
         }
         Some(created)
     }
@@ -372,6 +412,9 @@ impl<S: Store + Clone> PluginManager<S> {
                 self.settle(self.0.registry.revision()).await;
                 return Ok((Arc::clone(o), self.0.registry.revision()));
             }
+            if let Some(reason) = old.as_ref().and_then(|o| o.bad_reason(&sha)) {
+                return Err(ManagerError::MarkedBad { name: name.to_string(), sha256: sha, reason: reason.to_owned() });
+            }
             let rejected = |source| ManagerError::Rejected { name: name.to_string(), source };
             let compiled = self.0.host.compile(&bytes).map_err(rejected)?;
             self.0
@@ -382,15 +425,8 @@ impl<S: Store + Clone> PluginManager<S> {
             let size = bytes.len() as u64;
             let sha256 = self.0.registry.store().put_artifact(bytes).await.map_err(RegistryError::Store)?;
             let mut history = old.as_ref().map(|o| o.history.clone()).unwrap_or_default();
-            if let Some(o) = &old {
-                history.push(PluginVersion {
-                    sha256: o.sha256.clone(),
-                    size: o.size,
-                    config: o.config.clone(),
-                    loaded_at_unix_ms: o.loaded_at_unix_ms,
-                });
-                let excess = history.len().saturating_sub(PLUGIN_HISTORY);
-                history.drain(..excess);
+            if let Some(o) = old.as_ref().filter(|o| o.bad_reason(&o.sha256).is_none()) {
+                push_history(&mut history, o.current());
             }
             let record = PluginRecord {
                 name: plugin,
@@ -401,6 +437,8 @@ impl<S: Store + Clone> PluginManager<S> {
                 config,
                 loaded_at_unix_ms: unix_ms(),
                 history,
+                forward: Vec::new(),
+                bad: old.as_ref().map(|o| o.bad.clone()).unwrap_or_default(),
             };
             self.write(record).await
         }
@@ -411,25 +449,46 @@ impl<S: Store + Clone> PluginManager<S> {
         result
     }
 
-    /// Rewrites `name`'s record with the version it replaced.
+    /// Rewrites `name`'s record with the version it replaced; the version it leaves is kept
+    /// for [`Self::roll_forward`]. Versions marked bad are skipped (and dropped).
     ///
     /// # Errors
     /// No such record, no earlier version, or the store's refusal.
     pub async fn rollback(&self, name: &PluginName) -> Result<(Arc<PluginRecord>, Revision), ManagerError> {
-        let old = self
-            .0
+        let mut record = self.record(name)?;
+        let target =
+            pop_good(&mut record.history, &record.bad).ok_or_else(|| ManagerError::NoPrevious(name.clone()))?;
+        let left = record.switch_to(target);
+        record.loaded_at_unix_ms = unix_ms();
+        if record.bad_reason(&left.sha256).is_none() {
+            record.forward.push(left);
+            let excess = record.forward.len().saturating_sub(PLUGIN_HISTORY);
+            record.forward.drain(..excess);
+        }
+        self.write(record).await
+    }
+
+    /// Returns `name`'s record to the version the last rollback left.
+    ///
+    /// # Errors
+    /// No such record, nothing to roll forward to, or the store's refusal.
+    pub async fn roll_forward(&self, name: &PluginName) -> Result<(Arc<PluginRecord>, Revision), ManagerError> {
+        let mut record = self.record(name)?;
+        let target = pop_good(&mut record.forward, &record.bad).ok_or_else(|| ManagerError::NoForward(name.clone()))?;
+        let left = record.switch_to(target);
+        record.loaded_at_unix_ms = unix_ms();
+        push_history(&mut record.history, left);
+        self.write(record).await
+    }
+
+    fn record(&self, name: &PluginName) -> Result<PluginRecord, ManagerError> {
+        self.0
             .registry
             .plugins()
             .into_iter()
             .find(|p| &p.name == name)
-            .ok_or_else(|| ManagerError::NotFound(name.clone()))?;
-        let mut record = (*old).clone();
-        let previous = record.history.pop().ok_or_else(|| ManagerError::NoPrevious(name.clone()))?;
-        record.sha256 = previous.sha256;
-        record.size = previous.size;
-        record.config = previous.config;
-        record.loaded_at_unix_ms = unix_ms();
-        self.write(record).await
+            .map(|r| (*r).clone())
+            .ok_or_else(|| ManagerError::NotFound(name.clone()))
     }
 
     /// Deletes `name`'s record.
@@ -492,6 +551,24 @@ impl<S: Store + Clone> PluginManager<S> {
             .collect()
     }
 
+    /// Monotonic totals per plugin version (kind, name, sha256) over every service, the
+    /// versions swapped out included: what `/metrics` exports as `_total` counters.
+    #[must_use]
+    pub fn totals(&self) -> Vec<(VersionKey, Totals)> {
+        let mut totals = self.0.host.retired();
+        let services: Vec<Arc<ServiceSlots>> = self.0.services.read().values().cloned().collect();
+        for slots in services {
+            for (kind, status) in slots.status() {
+                let a = status.active;
+                let key = VersionKey { kind: kind.to_string(), plugin: a.name, sha256: a.sha256.unwrap_or_default() };
+                totals.entry(key).or_default().add(&a.counters);
+            }
+        }
+        let mut totals: Vec<_> = totals.into_iter().collect();
+        totals.sort_by(|a, b| a.0.cmp(&b.0));
+        totals
+    }
+
     /// The plugin records in the store.
     #[must_use]
     pub fn records(&self) -> Vec<Arc<PluginRecord>> {
@@ -525,7 +602,15 @@ impl<S: Store + Clone> Inner<S> {
             })
         };
         // The defaults were checked in `start`; this cannot fail short of a host bug.
-        build().map_err(|e| tracing::error!(%service, error = %e, "cannot build slots")).ok()
+        let slots = build().map_err(|e| tracing::error!(%service, error = %e, "cannot build slots")).ok()?;
+        let dirty = self.dirty.clone();
+        let observer: crate::Observer = Arc::new(move |rollback| {
+            let _ = dirty.send(Work::Bad(rollback));
+        });
+        slots.balancer.observe(Arc::clone(&observer));
+        slots.health.observe(Arc::clone(&observer));
+        slots.scheduler.observe(observer);
+        Some(slots)
     }
 
     /// Validates `compiled` for `kind` the way a slot will (self-test, `init` with `config`),
@@ -627,6 +712,40 @@ impl<S: Store + Clone> Inner<S> {
         applied[kind_index(kind)] = desired;
     }
 
+    /// A slot rolled back on its own: the record naming that version marks it bad and goes
+    /// back to its newest good earlier version (none: the record binds nothing until a new
+    /// load), so no host activates it again, after a restart either.
+    async fn mark_bad(&self, rollback: AutoRollback) {
+        let Some(sha256) = rollback.sha256 else { return };
+        let kind = rollback.kind.to_string();
+        let Some(old) = self.registry.plugins().into_iter().find(|r| {
+            r.name.as_str() == rollback.plugin
+                && r.kind == kind
+                && r.sha256 == sha256
+                && r.bad_reason(&sha256).is_none()
+        }) else {
+            return;
+        };
+        let mut record = (*old).clone();
+        record.bad.push(BadVersion {
+            sha256: sha256.clone(),
+            reason: format!("{} {kind}: {}", rollback.service, rollback.reason).chars().take(1024).collect(),
+            at_unix_ms: unix_ms(),
+        });
+        let excess = record.bad.len().saturating_sub(PLUGIN_HISTORY);
+        record.bad.drain(..excess);
+        if let Some(target) = pop_good(&mut record.history, &record.bad) {
+            record.switch_to(target);
+            record.loaded_at_unix_ms = unix_ms();
+        }
+        match self.registry.put(Record::Plugin(Arc::new(record)), None).await {
+            Ok(revision) => {
+                tracing::error!(plugin = %old.name, %sha256, %revision, "version marked bad after an automatic rollback");
+            }
+            Err(e) => self.failed(old.name.as_str(), "auto-rollback", &format!("marking {sha256} bad: {e}")),
+        }
+    }
+
     /// The compiled component with this sha256, from the cache or the store.
     async fn fetch(&self, sha256: &str) -> Result<Arc<Compiled>, String> {
         if let Some(c) = self.compiled.lock().get(sha256) {
@@ -668,11 +787,8 @@ async fn reconcile_one<S: Store + Clone>(inner: &Inner<S>, service: &ServiceKey)
 }
 
 /// Follows the registry: plugin records re-resolve every slot, a service change refreshes
-/// that service's slots.
-async fn watch<S: Store + Clone>(
-    inner: std::sync::Weak<Inner<S>>,
-    mut dirty: mpsc::UnboundedReceiver<Option<ServiceKey>>,
-) {
+/// that service's slots, an automatic rollback marks its version bad.
+async fn watch<S: Store + Clone>(inner: std::sync::Weak<Inner<S>>, mut work: mpsc::UnboundedReceiver<Work>) {
     let mut sub = {
         let Some(i) = inner.upgrade() else { return };
         i.registry.subscribe(Scope::All, i.registry.revision())
@@ -694,9 +810,14 @@ async fn watch<S: Store + Clone>(
                     },
                 },
             },
-            service = dirty.recv() => match service {
+            job = work.recv() => match job {
                 None => return,
-                Some(s) => s,
+                Some(Work::Service(s)) => Some(s),
+                Some(Work::Bad(rollback)) => {
+                    let Some(inner) = inner.upgrade() else { return };
+                    inner.mark_bad(rollback).await;
+                    continue;
+                }
             },
         };
         let Some(inner) = inner.upgrade() else { return };

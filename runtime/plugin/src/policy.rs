@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use sextant_builtins::{EndpointStats, HealthPolicy, Outcome, ProbeResult, Scheduler, Snapshot, Status, Verdict};
 use wasmtime::Store;
 
-use crate::balancer::{SlotEvent, SlotStatus, VersionStatus, synthetic, unix_now};
+use crate::balancer::{AutoRollback, MAX_EVENTS, Observer, SlotEvent, SlotStatus, VersionStatus, synthetic, unix_now};
 use crate::bindings::health::HealthPlugin;
 use crate::bindings::health::exports::sextant::plugin::health as wh;
 use crate::bindings::scheduler::SchedulerPlugin;
@@ -222,6 +222,9 @@ struct State {
     faults: VecDeque<Instant>,
     previous: Vec<PluginSpec>,
     events: VecDeque<SlotEvent>,
+    /// The active policy failed on the current snapshot: the native default answers (each
+    /// call counted as a fallback) until a snapshot update succeeds.
+    degraded: bool,
 }
 
 /// A health or scheduler slot of one service.
@@ -232,6 +235,14 @@ pub struct PolicySlot {
     default: PluginSpec,
     tracker: Arc<LoadTracker>,
     state: Mutex<State>,
+    observer: std::sync::OnceLock<Observer>,
+}
+
+impl Drop for PolicySlot {
+    fn drop(&mut self) {
+        let state = self.state.get_mut();
+        self.host.retire(self.kind, &state.spec, &state.counters.snapshot());
+    }
 }
 
 impl std::fmt::Debug for PolicySlot {
@@ -285,8 +296,10 @@ impl PolicySlot {
                 faults: VecDeque::new(),
                 previous: Vec::new(),
                 events: VecDeque::new(),
+                degraded: false,
             }),
             default,
+            observer: std::sync::OnceLock::new(),
         })
     }
 
@@ -326,12 +339,24 @@ impl PolicySlot {
     }
 
     /// Runs a call on the active policy; on a fault, counts it, replaces the instance, rolls
-    /// back when there were too many, and answers with the native default.
+    /// back when there were too many, and answers with the native default. A policy that
+    /// failed on the current snapshot is not called again (the default answers, counted as
+    /// fallbacks) until the next snapshot.
     fn call(&self, state: &mut State, call: &Call<'_>) -> Answer {
+        let update = matches!(call, Call::Update(_));
+        if state.degraded && !update {
+            state.counters.fallbacks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return state.fallback.call(&self.host, call).unwrap_or(Answer::Verdict(Verdict::Unchanged));
+        }
         let len = state.route.len();
         let result = state.runner.call(&self.host, call).and_then(|a| validate(a, call, len));
         match result {
-            Ok(answer) => answer,
+            Ok(answer) => {
+                if update {
+                    state.degraded = false;
+                }
+                answer
+            }
             Err(f) => {
                 tracing::warn!(service = %self.service, kind = %self.kind, version = state.version, fault = %f, "plugin fault");
                 state.counters.fault(&f);
@@ -346,17 +371,57 @@ impl PolicySlot {
                     let reason = format!("{} faults within {window:?}, last: {f}", state.faults.len());
                     let target = state.previous.pop().unwrap_or_else(|| self.default.clone());
                     tracing::error!(service = %self.service, kind = %self.kind, %reason, "rolled back automatically");
-                    let _ = self.install(state, target, format!("auto-rollback: {reason}"));
-                } else if let Ok(fresh) = Runner::build(&self.host, self.kind, &state.spec, &state.route) {
-                    state.runner = fresh;
+                    let faulty = state.spec.clone();
+                    if self.install(state, target, format!("auto-rollback: {reason}")).is_err() {
+                        let _ = self.install(state, self.default.clone(), format!("auto-rollback: {reason}"));
+                    }
+                    if let Some(observe) = self.observer.get() {
+                        observe(AutoRollback {
+                            service: self.service.clone(),
+                            kind: self.kind,
+                            plugin: faulty.name().to_owned(),
+                            sha256: match &faulty {
+                                PluginSpec::Wasm { compiled, .. } => Some(compiled.sha256.clone()),
+                                PluginSpec::Builtin { .. } => None,
+                            },
+                            reason,
+                        });
+                    }
+                } else {
                     let route = Arc::clone(&state.route);
-                    let _ = state.runner.call(&self.host, &Call::Update(&route));
+                    let restored = Runner::build(&self.host, self.kind, &state.spec, &route).and_then(|mut fresh| {
+                        fresh
+                            .call(&self.host, &Call::Update(&route))
+                            .map_err(|f| LoadError::SelfTest(f.to_string()))?;
+                        Ok(fresh)
+                    });
+                    match restored {
+                        Ok(fresh) => state.runner = fresh,
+                        Err(e) => {
+                            if !state.degraded {
+                                let what = format!(
+                                    "update fault on revision {}: {e}; the native default serves",
+                                    route.model.revision
+                                );
+                                state.events.push_back(SlotEvent { at: unix_now(), version: state.version, what });
+                                while state.events.len() > MAX_EVENTS {
+                                    state.events.pop_front();
+                                }
+                            }
+                            state.degraded = true;
+                        }
+                    }
                 }
                 let route = Arc::clone(&state.route);
                 let _ = state.fallback.call(&self.host, &Call::Update(&route));
                 state.fallback.call(&self.host, call).unwrap_or(Answer::Verdict(Verdict::Unchanged))
             }
         }
+    }
+
+    /// Sets who is told of automatic rollbacks (once; later calls are ignored).
+    pub fn observe(&self, observer: Observer) {
+        let _ = self.observer.set(observer);
     }
 
     fn self_test(&self, spec: &PluginSpec) -> Result<(), LoadError> {
@@ -397,13 +462,15 @@ impl PolicySlot {
             .call(&self.host, &Call::Update(&route))
             .map_err(|f| LoadError::SelfTest(format!("update with the current snapshot {f}")))?;
         state.runner = runner;
+        self.host.retire(self.kind, &state.spec, &state.counters.snapshot());
         state.spec = spec;
         state.version += 1;
         state.loaded_at = SystemTime::now();
         state.counters = Arc::new(Counters::default());
         state.faults.clear();
+        state.degraded = false;
         state.events.push_back(SlotEvent { at: unix_now(), version: state.version, what });
-        while state.events.len() > 32 {
+        while state.events.len() > MAX_EVENTS {
             state.events.pop_front();
         }
         Ok(Self::version_status(state))

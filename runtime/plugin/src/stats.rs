@@ -104,6 +104,54 @@ pub struct CountersSnapshot {
     pub call_p99_ns: u64,
 }
 
+/// Which plugin version counters add up under: the slot kind, the plugin's name and its
+/// sha256 (empty for built-ins). Every service running that version adds to the same totals.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct VersionKey {
+    /// `balancer`, `health` or `scheduler`.
+    pub kind: String,
+    /// The plugin record's name, or the built-in's.
+    pub plugin: String,
+    /// sha256 of the component; empty for a built-in.
+    pub sha256: String,
+}
+
+/// Monotonic totals of a plugin version across services and swaps (the `_total` counters
+/// of `/metrics`): what the versions no longer active counted, plus the live ones.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Totals {
+    /// Calls.
+    pub calls: u64,
+    /// Traps.
+    pub traps: u64,
+    /// Deadline hits.
+    pub deadline_hits: u64,
+    /// Memory-cap hits.
+    pub memory_hits: u64,
+    /// Contract violations.
+    pub contract_violations: u64,
+    /// Fallback picks.
+    pub fallbacks: u64,
+}
+
+impl Totals {
+    /// Adds a version's counters.
+    pub fn add(&mut self, c: &CountersSnapshot) {
+        self.calls += c.calls;
+        self.traps += c.traps;
+        self.deadline_hits += c.deadline_hits;
+        self.memory_hits += c.memory_hits;
+        self.contract_violations += c.contract_violations;
+        self.fallbacks += c.fallbacks;
+    }
+
+    /// Whether nothing was counted.
+    #[must_use]
+    pub fn is_zero(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 impl Counters {
     /// Reads every counter.
     #[must_use]

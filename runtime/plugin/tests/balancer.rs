@@ -307,3 +307,76 @@ fn empty_service_picks_nothing() {
     slot.set_snapshot(snapshot(0));
     assert_eq!(slot.pick(&mut PickRequest::default()), None);
 }
+
+/// `snapshot(4)` with its last endpoint replaced by a new one (`10.1.0.9:80`).
+fn snapshot_with_one_replaced() -> Snapshot {
+    let mut s = snapshot(4);
+    s.revision = 8;
+    s.endpoints[3].id = "10.1.0.9:80".into();
+    s.endpoints[3].address = "10.1.0.9:80".into();
+    s
+}
+
+#[test]
+fn an_update_fault_while_serving_keeps_the_plugins_previous_state_counted_as_fallbacks() {
+    for (fault, counter) in [("trap-update", "traps"), ("refuse-update", "contract_violations")] {
+        let host = host(1);
+        let slot = BalancerSlot::new(&host, "svc", PluginSpec::builtin("random")).unwrap();
+        slot.set_snapshot(snapshot(4));
+        // The self-test's instance makes two updates and the version's instance one at
+        // load: with "after": 2 the second live snapshot is the first to fail.
+        let config = format!(r#"{{"fault": "{fault}", "after": 2}}"#);
+        let v = slot.load(wasm(&host, "misbehave", &config).unwrap()).unwrap();
+        slot.set_snapshot(snapshot(4));
+        let id_of = |slot: &BalancerSlot| {
+            slot.pick_with(&mut PickRequest::default(), |route, p| {
+                (route.model.endpoints[p.index as usize].id.clone(), p.fallback)
+            })
+            .expect("a pick")
+        };
+        assert!(!id_of(&slot).1, "{fault}: the plugin serves the snapshot it accepted");
+
+        // Endpoint 3 leaves, 9 arrives, and the plugin fails on that snapshot.
+        slot.set_snapshot(snapshot_with_one_replaced());
+        let status = slot.status();
+        assert_eq!(status.active.id, v.id, "{fault}: one fault does not roll back");
+        let c = status.active.counters;
+        let kinds =
+            [("traps", c.traps), ("contract_violations", c.contract_violations), ("deadline_hits", c.deadline_hits)];
+        for (name, value) in kinds {
+            assert_eq!(value, u64::from(name == counter), "{fault}: {name}: {c:?}");
+        }
+        let last = status.events.last().expect("the fault is shown");
+        assert!(
+            last.what.starts_with("update fault on revision 8") && last.what.ends_with("its previous snapshot serves"),
+            "{fault}: {last:?}"
+        );
+        // The plugin's own round robin over the 4 endpoints it knew (answers 1, 2, 3, 0, ...),
+        // mapped to the new snapshot; its answer 3 is gone, so the native default answers
+        // that one, from the new snapshot. Every pick is a fallback, and counted.
+        let current: Vec<String> = snapshot_with_one_replaced().endpoints.into_iter().map(|e| e.id).collect();
+        let fallbacks_before = slot.status().active.counters.fallbacks;
+        for k in 0..12 {
+            let (id, fallback) = id_of(&slot);
+            assert!(fallback, "{fault}: pick {k} is served while the plugin is behind");
+            assert!(current.contains(&id), "{fault}: pick {k} answered {id}, which left");
+            match k % 4 {
+                0 => assert_eq!(id, "10.1.0.1:80", "{fault}: pick {k}"),
+                1 => assert_eq!(id, "10.1.0.2:80", "{fault}: pick {k}"),
+                3 => assert_eq!(id, "10.1.0.0:80", "{fault}: pick {k}"),
+                _ => {}
+            }
+        }
+        assert_eq!(slot.status().active.counters.fallbacks, fallbacks_before + 12, "{fault}");
+
+        // The next snapshot is accepted (the restored instance counts its updates afresh):
+        // the plugin serves it, no fallback.
+        slot.set_snapshot(snapshot(4));
+        let after = slot.status().active.counters.fallbacks;
+        for _ in 0..8 {
+            assert!(!id_of(&slot).1, "{fault}: back on the current snapshot");
+        }
+        assert_eq!(slot.status().active.counters.fallbacks, after, "{fault}");
+        assert_eq!(slot.active_version(), v.id);
+    }
+}

@@ -192,3 +192,121 @@ async fn the_newest_of_equal_bindings_wins_and_a_rollback_is_read_back_after_a_r
     let slot = m.status().into_iter().find(|s| s.service == "shop/web/orders" && s.kind == "balancer").unwrap();
     assert_eq!(slot.sha256.as_deref(), Some(rolled_back.as_str()), "the rolled-back version runs after the restart");
 }
+
+async fn reopen(dir: &std::path::Path) -> (Registry<EmbeddedStore>, PluginManager<EmbeddedStore>) {
+    for _ in 0..100 {
+        match EmbeddedStore::open(dir, EmbeddedOptions::default()) {
+            Ok(store) => {
+                let registry = Registry::start(store, 1024).await.unwrap();
+                let host = PluginHost::new(HostConfig { workers: 2, ..HostConfig::default() }).unwrap();
+                let m = PluginManager::start(host, registry.clone(), Defaults::default()).unwrap();
+                return (registry, m);
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+    panic!("the store does not reopen");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_automatic_rollback_marks_the_version_bad_in_the_record_for_every_host_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = PluginName::new("lb").unwrap();
+    let (good, faulty) = {
+        let (registry, m) = setup(dir.path()).await;
+        for port in [9001, 9002, 9003] {
+            add(&registry, "shop/web/orders", port).await;
+        }
+        let (good, _) = m.load("lb", "balancer", "shop", "", wasm("round-robin"), "api").await.unwrap();
+        // Traps on every 101st pick of an instance: the slot falls back per pick, then rolls
+        // back on its own after the sixth fault within the window.
+        let config = r#"{"fault": "trap-pick", "after": 100}"#;
+        let (faulty, _) = m.load("lb", "balancer", "shop", config, wasm("misbehave"), "api").await.unwrap();
+        let key = ServiceKey::parse("shop/web/orders").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let record = registry.plugins().into_iter().find(|p| p.name == name).unwrap();
+            if !record.bad.is_empty() {
+                assert_eq!(record.bad.len(), 1);
+                assert_eq!(record.bad[0].sha256, faulty.sha256);
+                assert!(
+                    record.bad[0].reason.starts_with("shop/web/orders balancer: 6 faults within"),
+                    "{:?}",
+                    record.bad[0]
+                );
+                // The record went back to its previous version, and nothing is left to roll back to.
+                assert_eq!(record.sha256, good.sha256);
+                assert!(record.history.is_empty() && record.forward.is_empty(), "{record:?}");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the automatic rollback reaches the record");
+            for _ in 0..200 {
+                assert!(m.pick(&key, None, Vec::new()).is_some(), "no pick fails");
+            }
+            tokio::task::yield_now().await;
+        }
+        // Every slot follows the record: round robin again, no fallback.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let slot = m.status().into_iter().find(|s| s.service == "shop/web/orders" && s.kind == "balancer").unwrap();
+            if slot.sha256.as_deref() == Some(good.sha256.as_str()) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the slot runs the record's version: {slot:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(spread(&m, "shop/web/orders", 30).1.values().copied().collect::<Vec<_>>(), vec![10, 10, 10]);
+        // The faulty version cannot be loaded again under that name.
+        match m.load("lb", "balancer", "shop", config, wasm("misbehave"), "api").await {
+            Err(ManagerError::MarkedBad { sha256, reason, .. }) => {
+                assert_eq!(sha256, faulty.sha256);
+                assert!(reason.contains("faults within"), "{reason}");
+            }
+            other => panic!("a version marked bad was loaded again: {other:?}"),
+        }
+        assert!(matches!(m.rollback(&name).await, Err(ManagerError::NoPrevious(_))));
+        (good, faulty)
+    };
+    // After a restart the record still says which version is bad, and the good one runs.
+    let (registry, m) = reopen(dir.path()).await;
+    let record = registry.plugins().into_iter().find(|p| p.name == name).unwrap();
+    assert_eq!((record.sha256.as_str(), record.bad[0].sha256.as_str()), (good.sha256.as_str(), faulty.sha256.as_str()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while spread(&m, "shop/web/orders", 1).0 != "lb" {
+        assert!(std::time::Instant::now() < deadline, "the stored binding is activated after the restart");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let slot = m.status().into_iter().find(|s| s.service == "shop/web/orders" && s.kind == "balancer").unwrap();
+    assert_eq!(slot.sha256.as_deref(), Some(good.sha256.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_keeps_the_version_it_left_for_a_roll_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, m) = setup(dir.path()).await;
+    for port in [9001, 9002] {
+        add(&registry, "shop/web/orders", port).await;
+    }
+    let name = PluginName::new("lb").unwrap();
+    let (first, _) = m.load("lb", "balancer", "shop", "", wasm("round-robin"), "api").await.unwrap();
+    assert_eq!(spread(&m, "shop/web/orders", 2).0, "lb", "the service's slots exist from here on");
+    let (second, _) = m.load("lb", "balancer", "shop", "", wasm("random"), "api").await.unwrap();
+    assert!(matches!(m.roll_forward(&name).await, Err(ManagerError::NoForward(_))), "nothing rolled back yet");
+    let (back, _) = m.rollback(&name).await.unwrap();
+    assert_eq!(back.sha256, first.sha256);
+    assert_eq!(back.forward.iter().map(|v| v.sha256.as_str()).collect::<Vec<_>>(), vec![second.sha256.as_str()]);
+    let running = |m: &PluginManager<EmbeddedStore>| {
+        m.status().into_iter().find(|s| s.service == "shop/web/orders" && s.kind == "balancer").unwrap().sha256
+    };
+    assert_eq!(running(&m).as_deref(), Some(first.sha256.as_str()));
+    let (forward, _) = m.roll_forward(&name).await.unwrap();
+    assert_eq!(forward.sha256, second.sha256);
+    assert!(forward.forward.is_empty());
+    assert_eq!(forward.history.last().map(|v| v.sha256.as_str()), Some(first.sha256.as_str()));
+    assert_eq!(running(&m).as_deref(), Some(second.sha256.as_str()));
+    assert!(matches!(m.roll_forward(&name).await, Err(ManagerError::NoForward(_))));
+    // A new load clears what a rollback left.
+    m.rollback(&name).await.unwrap();
+    let (third, _) = m.load("lb", "balancer", "shop", "", wasm("peak-ewma"), "api").await.unwrap();
+    assert!(third.forward.is_empty());
+}

@@ -157,10 +157,14 @@ pub enum Request {
         /// [`MAX_COMPONENT_LEN`] bytes once decoded.
         component: String,
     },
-    /// Goes back to the version a plugin record replaced (admin).
+    /// Goes back to the version a plugin record replaced, keeping the current one for a
+    /// roll forward; with `forward`, returns to the version the last rollback left (admin).
     PluginRollback {
         /// The record.
         name: PluginName,
+        /// Roll forward instead of back.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        forward: bool,
     },
     /// Deletes a plugin record: the services it covered go back to their next binding or the
     /// native default (admin).
@@ -599,8 +603,10 @@ mod tests {
         let e = Response::error(ErrorCode::LeaseNotFound, "gone");
         assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"type":"error","code":"lease_not_found","message":"gone"}"#);
         assert_eq!(serde_json::to_string(&Request::PluginList).unwrap(), r#"{"type":"plugin_list"}"#);
-        let rb = Request::PluginRollback { name: "p2c".parse().unwrap() };
+        let rb = Request::PluginRollback { name: "p2c".parse().unwrap(), forward: false };
         assert_eq!(serde_json::to_string(&rb).unwrap(), r#"{"type":"plugin_rollback","name":"p2c"}"#);
+        let rf = Request::PluginRollback { name: "p2c".parse().unwrap(), forward: true };
+        assert_eq!(serde_json::to_string(&rf).unwrap(), r#"{"type":"plugin_rollback","name":"p2c","forward":true}"#);
     }
 
     #[test]

@@ -414,7 +414,7 @@ fn target_of(request: &Request) -> Option<String> {
         Request::List { scope } | Request::Subscribe { scope, .. } => Some(format!("{scope:?}")),
         Request::Keepalive { lease } | Request::RevokeLease { lease } => Some(format!("lease {}", lease.0)),
         Request::PluginLoad { name, binding, .. } => Some(format!("{name} -> {binding}")),
-        Request::PluginRollback { name } | Request::PluginDelete { name } => Some(name.to_string()),
+        Request::PluginRollback { name, .. } | Request::PluginDelete { name } => Some(name.to_string()),
         Request::Hello { .. } | Request::Ping { .. } | Request::GrantLease { .. } | Request::PluginList => None,
     }
 }
@@ -600,9 +600,9 @@ async fn execute<S: Store + Clone>(c: &Arc<Conn<S>>, request: Request) -> Respon
                     Ok(bytes) => plugin_written(p.load(name.as_str(), &kind, &binding, &config, bytes, "api").await),
                 },
             },
-            Request::PluginRollback { name } => match &c.shared.plugins {
+            Request::PluginRollback { name, forward } => match &c.shared.plugins {
                 None => no_plugins(),
-                Some(p) => plugin_written(p.rollback(&name).await),
+                Some(p) => plugin_written(if forward { p.roll_forward(&name).await } else { p.rollback(&name).await }),
             },
             Request::PluginDelete { name } => match &c.shared.plugins {
                 None => no_plugins(),
@@ -679,10 +679,11 @@ fn plugin_written(result: Result<(Arc<PluginRecord>, sextant_core::Revision), Ma
 
 fn manager_error(e: ManagerError) -> Response {
     match e {
-        ManagerError::Rejected { .. } => Response::error(ErrorCode::PluginRejected, e),
-        ManagerError::Invalid(_) | ManagerError::BadConfig(_) | ManagerError::NoPrevious(_) => {
-            Response::error(ErrorCode::Invalid, e)
-        }
+        ManagerError::Rejected { .. } | ManagerError::MarkedBad { .. } => Response::error(ErrorCode::PluginRejected, e),
+        ManagerError::Invalid(_)
+        | ManagerError::BadConfig(_)
+        | ManagerError::NoPrevious(_)
+        | ManagerError::NoForward(_) => Response::error(ErrorCode::Invalid, e),
         ManagerError::NotFound(_) => Response::error(ErrorCode::NotFound, e),
         ManagerError::Store(e) => error_response(e),
     }

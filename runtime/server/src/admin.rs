@@ -329,6 +329,7 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     s.metrics.store_reachable.set(i64::from(stale.is_none()));
     s.metrics.store_stale_seconds.set(stale.map_or(0.0, |d| d.as_secs_f64()));
     s.metrics.set_slots(&s.plugins.status());
+    s.metrics.set_totals(&s.plugins.totals());
     s.metrics.plugin_failures.set(gauge(s.plugins.failures().len()));
     s.metrics.set_access(&s.access);
     ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], s.metrics.encode())

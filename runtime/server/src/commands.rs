@@ -109,10 +109,14 @@ pub(crate) enum PluginCommand {
         #[arg(long, default_value = "")]
         config: String,
     },
-    /// Go back to the version a plugin record replaced.
+    /// Go back to the version a plugin record replaced (the current one is kept: roll
+    /// forward with `--forward`).
     Rollback {
         /// Record name.
         name: String,
+        /// Return to the version the last rollback left instead.
+        #[arg(long)]
+        forward: bool,
     },
     /// Delete a plugin record (its services go back to the next binding or the default).
     Delete {
@@ -410,7 +414,20 @@ pub(crate) async fn plugin(args: &ClientArgs, command: PluginCommand) -> Result 
                     return out(&json!({ "plugins": plugins, "slots": slots, "failures": failures }).to_string());
                 }
                 for p in &plugins {
-                    out(&describe(&Record::Plugin(p.clone())))?;
+                    let mut line = describe(&Record::Plugin(p.clone()));
+                    line.push_str(&format!(
+                        " bound={:?} history={} forward={}",
+                        p.binding,
+                        p.history.len(),
+                        p.forward.len()
+                    ));
+                    if p.bad_reason(&p.sha256).is_some() {
+                        line.push_str(" inactive (current version marked bad)");
+                    }
+                    out(&line)?;
+                    for b in &p.bad {
+                        out(&format!("  bad {}: {}", &b.sha256[..12.min(b.sha256.len())], b.reason))?;
+                    }
                 }
                 for s in &slots {
                     let sha =
@@ -466,8 +483,8 @@ pub(crate) async fn plugin(args: &ClientArgs, command: PluginCommand) -> Result 
                 other => unexpected(other),
             }
         }
-        PluginCommand::Rollback { name } => {
-            match client.request(Request::PluginRollback { name: PluginName::new(name)? }).await? {
+        PluginCommand::Rollback { name, forward } => {
+            match client.request(Request::PluginRollback { name: PluginName::new(name)?, forward }).await? {
                 Response::PluginWritten { record, revision } => plugin_written(args, &record, revision),
                 other => unexpected(other),
             }

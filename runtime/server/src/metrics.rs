@@ -47,6 +47,17 @@ pub struct SlotLabels {
     pub sha256: String,
 }
 
+/// Labels of plugin version totals.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    /// `balancer`, `health`, `scheduler`.
+    pub kind: String,
+    /// Record name or built-in.
+    pub plugin: String,
+    /// sha256 of the component, empty for built-ins.
+    pub sha256: String,
+}
+
 /// Every metric sextant exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -67,27 +78,26 @@ pub struct Metrics {
     pub writes: Family<KindLabel, Counter>,
     /// Refused writes by kind (invalid input, unknown lease, store unavailable).
     pub writes_rejected: Family<KindLabel, Counter>,
-    /// Per plugin slot, the active version's number and counters (they restart with each
-    /// version, so they are gauges refreshed at scrape time).
+    /// Per plugin slot, the active version's number (it rises with every load).
     pub plugin_version: Family<SlotLabels, Gauge>,
-    /// Calls into the active version.
-    pub plugin_calls: Family<SlotLabels, Gauge>,
-    /// Calls that trapped.
-    pub plugin_traps: Family<SlotLabels, Gauge>,
-    /// Calls stopped at their deadline.
-    pub plugin_deadline_hits: Family<SlotLabels, Gauge>,
-    /// Calls stopped at the memory cap.
-    pub plugin_memory_hits: Family<SlotLabels, Gauge>,
-    /// Answers outside the contract.
-    pub plugin_contract_violations: Family<SlotLabels, Gauge>,
-    /// Picks answered by the native default instead.
-    pub plugin_fallbacks: Family<SlotLabels, Gauge>,
     /// When the active version was published (Unix seconds).
     pub plugin_loaded_at: Family<SlotLabels, Gauge>,
-    /// Sampled call time p50 (ns).
+    /// Sampled call time p50 (ns) of the active version.
     pub plugin_call_p50_ns: Family<SlotLabels, Gauge>,
-    /// Sampled call time p99 (ns).
+    /// Sampled call time p99 (ns) of the active version.
     pub plugin_call_p99_ns: Family<SlotLabels, Gauge>,
+    /// Per plugin version (kind, name, sha256), over every service and every swap: calls.
+    pub plugin_calls: Family<VersionLabels, Counter>,
+    /// Calls that trapped.
+    pub plugin_traps: Family<VersionLabels, Counter>,
+    /// Calls stopped at their deadline.
+    pub plugin_deadline_hits: Family<VersionLabels, Counter>,
+    /// Calls stopped at the memory cap.
+    pub plugin_memory_hits: Family<VersionLabels, Counter>,
+    /// Answers outside the contract (and refused updates).
+    pub plugin_contract_violations: Family<VersionLabels, Counter>,
+    /// Calls answered by the native default instead.
+    pub plugin_fallbacks: Family<VersionLabels, Counter>,
     /// Plugin loads and activations that failed.
     pub plugin_failures: Gauge,
     /// 1 while the store answers, 0 while it cannot be reached (answers are then stale).
@@ -164,20 +174,28 @@ impl Metrics {
         registry.register("writes", "Accepted writes", m.writes.clone());
         registry.register("writes_rejected", "Refused writes", m.writes_rejected.clone());
         registry.register("plugin_version", "Version number of a slot's active plugin", m.plugin_version.clone());
-        registry.register("plugin_calls", "Calls into the active plugin version", m.plugin_calls.clone());
-        registry.register("plugin_traps", "Plugin calls that trapped", m.plugin_traps.clone());
+        registry.register("plugin_calls", "Calls into a plugin version, all services", m.plugin_calls.clone());
+        registry.register("plugin_traps", "Calls into a plugin version that trapped", m.plugin_traps.clone());
         registry.register(
             "plugin_deadline_hits",
-            "Plugin calls stopped at their deadline",
+            "Calls into a plugin version stopped at their deadline",
             m.plugin_deadline_hits.clone(),
         );
-        registry.register("plugin_memory_hits", "Plugin calls stopped at the memory cap", m.plugin_memory_hits.clone());
+        registry.register(
+            "plugin_memory_hits",
+            "Calls into a plugin version stopped at the memory cap",
+            m.plugin_memory_hits.clone(),
+        );
         registry.register(
             "plugin_contract_violations",
-            "Plugin answers outside the contract",
+            "Answers of a plugin version outside the contract, refused updates included",
             m.plugin_contract_violations.clone(),
         );
-        registry.register("plugin_fallbacks", "Picks answered by the native default", m.plugin_fallbacks.clone());
+        registry.register(
+            "plugin_fallbacks",
+            "Calls the native default answered for a plugin version",
+            m.plugin_fallbacks.clone(),
+        );
         registry.register(
             "plugin_loaded_at",
             "When the active version was published (Unix s)",
@@ -212,18 +230,8 @@ impl Metrics {
 
     /// Replaces the plugin slot series with `slots`.
     pub fn set_slots(&self, slots: &[sextant_proto::SlotView]) {
-        let families = [
-            &self.plugin_version,
-            &self.plugin_calls,
-            &self.plugin_traps,
-            &self.plugin_deadline_hits,
-            &self.plugin_memory_hits,
-            &self.plugin_contract_violations,
-            &self.plugin_fallbacks,
-            &self.plugin_loaded_at,
-            &self.plugin_call_p50_ns,
-            &self.plugin_call_p99_ns,
-        ];
+        let families =
+            [&self.plugin_version, &self.plugin_loaded_at, &self.plugin_call_p50_ns, &self.plugin_call_p99_ns];
         for f in families {
             f.clear();
         }
@@ -236,20 +244,29 @@ impl Metrics {
                 source: s.source.clone(),
                 sha256: s.sha256.clone().unwrap_or_default(),
             };
-            let values = [
-                s.version,
-                s.calls,
-                s.traps,
-                s.deadline_hits,
-                s.memory_hits,
-                s.contract_violations,
-                s.fallbacks,
-                s.loaded_at,
-                s.call_p50_ns,
-                s.call_p99_ns,
-            ];
+            let values = [s.version, s.loaded_at, s.call_p50_ns, s.call_p99_ns];
             for (f, v) in families.iter().zip(values) {
                 f.get_or_create(&labels).set(g(v));
+            }
+        }
+    }
+
+    /// Brings the per-version totals (kept by the plugin manager, swaps included) into the
+    /// exposition.
+    pub fn set_totals(&self, totals: &[(sextant_plugin::VersionKey, sextant_plugin::Totals)]) {
+        for (key, t) in totals {
+            let labels =
+                VersionLabels { kind: key.kind.clone(), plugin: key.plugin.clone(), sha256: key.sha256.clone() };
+            let values = [
+                (&self.plugin_calls, t.calls),
+                (&self.plugin_traps, t.traps),
+                (&self.plugin_deadline_hits, t.deadline_hits),
+                (&self.plugin_memory_hits, t.memory_hits),
+                (&self.plugin_contract_violations, t.contract_violations),
+                (&self.plugin_fallbacks, t.fallbacks),
+            ];
+            for (family, total) in values {
+                Self::catch_up(&family.get_or_create(&labels), total);
             }
         }
     }

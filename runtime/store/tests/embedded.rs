@@ -42,6 +42,8 @@ async fn durable_records_survive_a_reopen_and_ephemeral_ones_do_not() {
             config: r#"{"ring_size":1024}"#.into(),
             loaded_at_unix_ms: 1,
             history: Vec::new(),
+            forward: Vec::new(),
+            bad: Vec::new(),
         };
         store.put(Record::Plugin(plugin.into()), None).await.unwrap();
         before = store.revision();

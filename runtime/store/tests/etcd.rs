@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sextant_core::store::{Store, StoreError};
@@ -61,6 +61,11 @@ async fn eventually(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
         assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until `acked` reaches `n` (the load is running), failing loudly on a hang.
+async fn acks_reach(what: &str, acked: &AtomicU64, n: u64) {
+    eventually(what, Duration::from_secs(60), || acked.load(Ordering::Relaxed) >= n).await;
 }
 
 async fn next(stream: &mut sextant_core::store::WatchStream) -> Event {
@@ -262,9 +267,10 @@ async fn three_members_one_killed_under_registration_load_loses_no_acknowledged_
     let mut etcd = etcd(dir.path(), 3).await;
     let store = connect(&etcd, Duration::from_secs(2)).await;
     let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
     let mut writers = Vec::new();
     for w in 0..8u16 {
-        let (store, stop) = (store.clone(), stop.clone());
+        let (store, stop, count) = (store.clone(), stop.clone(), count.clone());
         writers.push(tokio::spawn(async move {
             let (mut acked, mut refused) = (Vec::new(), 0);
             let mut n = 0u16;
@@ -272,16 +278,21 @@ async fn three_members_one_killed_under_registration_load_loses_no_acknowledged_
                 n += 1;
                 let port = w * 2000 + n;
                 match store.put(instance("load", port, false), None).await {
-                    Ok(_) => acked.push(port),
+                    Ok(_) => {
+                        acked.push(port);
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
                     Err(_) => refused += 1,
                 }
             }
             (acked, refused)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Killed under load, and writes acknowledged while it is down.
+    acks_reach("the load running", &count, 50).await;
     etcd.kill(0);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let at_kill = count.load(Ordering::Relaxed);
+    acks_reach("writes acknowledged with a member down", &count, at_kill + 100).await;
     stop.store(true, Ordering::Relaxed);
     let (mut acked, mut refused) = (BTreeSet::new(), 0);
     for w in writers {
@@ -292,7 +303,6 @@ async fn three_members_one_killed_under_registration_load_loses_no_acknowledged_
     let listed = listed_ports(&store, Scope::All).await;
     let lost: Vec<_> = acked.difference(&listed).collect();
     eprintln!("acknowledged {}, refused {refused}, lost {}", acked.len(), lost.len());
-    assert!(acked.len() > 100, "the load ran: {} acknowledged", acked.len());
     assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
 }
 
@@ -319,8 +329,10 @@ async fn three_members_all_stopped_longer_than_the_ttl_come_back_with_leases_and
     let mut sub = registry.subscribe(Scope::All, registry.revision());
 
     etcd.kill_all();
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    assert!(registry.stale_for().is_some());
+    let down = Instant::now();
+    eventually("the store reported unreachable", Duration::from_secs(30), || registry.stale_for().is_some()).await;
+    // Down for longer than the lease's TTL (2 s): the scenario, not a synchronisation.
+    tokio::time::sleep(Duration::from_secs(4).saturating_sub(down.elapsed())).await;
     assert_eq!(ports(&registry, "svc"), BTreeSet::from([1, 2, 9]), "stale state served meanwhile");
     etcd.restart_all().await.unwrap();
 
@@ -438,11 +450,12 @@ async fn lease_counts_follow_etcd() {
 async fn write_load(
     store: &EtcdStore,
     stop: &Arc<AtomicBool>,
+    count: &Arc<AtomicU64>,
     base: u16,
 ) -> Vec<tokio::task::JoinHandle<(Vec<u16>, u32)>> {
     (0..8u16)
         .map(|w| {
-            let (store, stop) = (store.clone(), stop.clone());
+            let (store, stop, count) = (store.clone(), stop.clone(), count.clone());
             tokio::spawn(async move {
                 let (mut acked, mut refused) = (Vec::new(), 0);
                 let mut n = 0u16;
@@ -450,7 +463,10 @@ async fn write_load(
                     n += 1;
                     let port = base + w * 1000 + n;
                     match store.put(instance("failover", port, false), None).await {
-                        Ok(_) => acked.push(port),
+                        Ok(_) => {
+                            acked.push(port);
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
                         Err(_) => refused += 1,
                     }
                 }
@@ -470,10 +486,12 @@ async fn writes_fail_over_when_a_follower_or_the_leader_is_killed() {
         let leader = etcd.leader().await.expect("a leader");
         let victim = if kill_leader { leader } else { (leader + 1) % 3 };
         let stop = Arc::new(AtomicBool::new(false));
-        let writers = write_load(&store, &stop, 1 + round * 8000).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let count = Arc::new(AtomicU64::new(0));
+        let writers = write_load(&store, &stop, &count, 1 + round * 8000).await;
+        acks_reach("the load running", &count, 50).await;
         etcd.kill(victim);
-        tokio::time::sleep(Duration::from_millis(2000)).await;
+        let at_kill = count.load(Ordering::Relaxed);
+        acks_reach("writes acknowledged with a member down", &count, at_kill + 100).await;
         stop.store(true, Ordering::Relaxed);
         let (mut acked, mut refused) = (BTreeSet::new(), 0);
         for w in writers {
@@ -485,7 +503,6 @@ async fn writes_fail_over_when_a_follower_or_the_leader_is_killed() {
         let lost = acked.difference(&listed).count();
         let what = if kill_leader { "leader" } else { "follower" };
         eprintln!("{what} killed under 8 writers: acknowledged {}, refused {refused}, lost {lost}", acked.len());
-        assert!(acked.len() > 50, "the load ran");
         assert_eq!(lost, 0, "no acknowledged write lost");
         // Whole-value puts are retried on another member within the timeout: neither a dead
         // follower nor a leader election refuses them.
