@@ -7,6 +7,7 @@ mod cli;
 mod demo;
 mod durability;
 mod etcd;
+mod gateway;
 mod plugins;
 mod python_client;
 mod security;

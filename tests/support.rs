@@ -61,6 +61,18 @@ impl Server {
         Self::try_start_on(data_dir, addr, quic, extra)
     }
 
+    /// A server that does not run: its addresses answer nothing, its data directory (and
+    /// CA) are `data_dir`'s. For clients that must cope with no server.
+    pub(crate) fn unreachable(data_dir: &Path) -> Self {
+        Self {
+            child: None,
+            addr: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            quic: format!("127.0.0.1:{}", free_udp_port()).parse().unwrap(),
+            data_dir: data_dir.to_owned(),
+            log: data_dir.with_extension("unreachable.log"),
+        }
+    }
+
     /// Stops (SIGTERM) and starts again on the same addresses and data directory.
     pub(crate) fn restart(self, extra: &[&str]) -> Self {
         let (data_dir, addr, quic) = (self.data_dir.clone(), self.addr, self.quic);

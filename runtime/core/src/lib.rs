@@ -36,7 +36,7 @@ pub use error::{CoreError, ValidationError};
 pub use lease::LeaseId;
 pub use model::{
     BadVersion, ConfigEntry, Instance, MAX_PLUGIN_CONFIG, PLUGIN_HISTORY, PLUGIN_KINDS, PluginBinding, PluginRecord,
-    PluginVersion, Record, RecordKey, ServiceSpec, sha256_hex,
+    PluginVersion, Record, RecordKey, ServiceSpec, check_sha256, sha256_hex,
 };
 pub use name::{ConfigKey, DataId, Group, InstanceId, InstanceKey, Namespace, PluginName, ServiceKey, ServiceName};
 pub use revision::{Change, Event, Revision, StoreSnapshot};

@@ -16,6 +16,8 @@ pub enum Scope {
     Service(ServiceKey),
     /// One config entry.
     Config(ConfigKey),
+    /// Every plugin record (what a gateway follows to run the plugins bound to its services).
+    Plugins,
 }
 
 impl Scope {
@@ -27,6 +29,7 @@ impl Scope {
             Self::Namespace(ns) => key.namespace() == Some(ns),
             Self::Service(s) => key.service() == Some(s),
             Self::Config(c) => matches!(key, RecordKey::Config(k) if k == c),
+            Self::Plugins => matches!(key, RecordKey::Plugin(_)),
         }
     }
 }

@@ -176,7 +176,7 @@ impl RegistryView {
             Scope::All => true,
             Scope::Namespace(ns) => &k.namespace == ns,
             Scope::Service(s) => *k == s,
-            Scope::Config(_) => false,
+            Scope::Config(_) | Scope::Plugins => false,
         });
         let mut records: Vec<Record> = Vec::new();
         for (_, e) in services {
@@ -190,7 +190,7 @@ impl RegistryView {
                 .cloned()
                 .map(Record::Config),
         );
-        if *scope == Scope::All {
+        if matches!(scope, Scope::All | Scope::Plugins) {
             records.extend(self.plugins.values().cloned().map(Record::Plugin));
         }
         records.sort_by_cached_key(Record::key);

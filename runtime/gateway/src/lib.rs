@@ -18,16 +18,21 @@
 //!   the budget, graceful drain on shutdown; and sample HTTP backends ([`backend`]) that
 //!   turn slow, flaky, hang, reset or send garbage, for demos, tests and benchmarks;
 //! - the configuration file ([`config`]): routes, policies and resilience in one JSON
-//!   document, checked before anything starts.
+//!   document, checked before anything starts;
+//! - plugins that follow the store ([`follow`]): the plugin records bound to the routed
+//!   services, components fetched by sha256 and cached on disk, swapped into the routes, with
+//!   a per-plugin report a gateway publishes in its registration.
 mod health;
 mod router;
 
 pub mod backend;
 pub mod config;
+pub mod follow;
 pub mod proxy;
 pub mod remote;
 pub mod resilience;
 
+pub use follow::{Activation, FollowOptions, PluginFollower};
 pub use health::{CheckKind, HEALTH_PORT_KEY, HealthCheck, MAX_PROBE_BODY, probe};
 pub use remote::RemoteDiscovery;
 pub use router::{

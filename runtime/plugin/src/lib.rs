@@ -34,7 +34,9 @@ pub use balancer::{
 pub use error::{CallFault, LoadError, SlotError};
 pub use host::{CONTRACT_VERSION, Compiled, HostConfig, HostState, PluginHost, PluginKind, version_key};
 pub use load::{EndpointLoad, InFlight, LoadTracker, RouteSnapshot, endpoint_of, snapshot_of};
-pub use manager::{Defaults, ManagerError, PickedInstance, PluginManager, ServiceSlots};
+pub use manager::{
+    Defaults, LIVE_VALIDATION_SAMPLE, ManagerError, PickedInstance, PluginManager, ServiceSlots, bound_record,
+};
 pub use policy::PolicySlot;
 pub use sextant_builtins as builtins;
 pub use stats::{Counters, CountersSnapshot, Histogram, Totals, VersionKey};

@@ -39,6 +39,10 @@ use crate::{
 /// Failures kept for `plugin list`.
 const MAX_FAILURES: usize = 32;
 
+/// Covered services whose live snapshot a load is validated on (a namespace or `*` binding
+/// may cover thousands; the rest are checked when their slots activate it).
+pub const LIVE_VALIDATION_SAMPLE: usize = 16;
+
 /// The built-ins slots run when no plugin is bound.
 #[derive(Debug, Clone)]
 pub struct Defaults {
@@ -213,16 +217,31 @@ fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// The record `service`'s `kind` slot should run: the most specific binding, newest first;
-/// a record whose current version is marked bad binds nothing.
-fn resolve(records: &[Arc<PluginRecord>], service: &ServiceKey, kind: PluginKind) -> Option<Desired> {
+/// The record `service`'s `kind` slot should run: the most specific binding (the service,
+/// then its namespace, then `*`), the newest load among equals (then the name); a record
+/// whose current version is marked bad binds nothing. The one rule every host (server or
+/// gateway) applies.
+#[must_use]
+pub fn bound_record<'a>(
+    records: &'a [Arc<PluginRecord>],
+    service: &ServiceKey,
+    kind: PluginKind,
+) -> Option<&'a Arc<PluginRecord>> {
     let kind = kind.to_string();
     records
         .iter()
         .filter(|r| r.kind == kind && r.bad_reason(&r.sha256).is_none())
         .filter_map(|r| r.bound().covers(service).map(|rank| (rank, r.loaded_at_unix_ms, r)))
         .max_by(|a, b| (a.0, a.1, &b.2.name).cmp(&(b.0, b.1, &a.2.name)))
-        .map(|(_, _, r)| Desired { name: r.name.clone(), sha256: r.sha256.clone(), config: r.config.clone() })
+        .map(|(_, _, r)| r)
+}
+
+fn resolve(records: &[Arc<PluginRecord>], service: &ServiceKey, kind: PluginKind) -> Option<Desired> {
+    bound_record(records, service, kind).map(|r| Desired {
+        name: r.name.clone(),
+        sha256: r.sha256.clone(),
+        config: r.config.clone(),
+    })
 }
 
 /// Takes the newest version not marked bad off `versions` (dropping bad ones on the way).
@@ -417,9 +436,21 @@ impl<S: Store + Clone> PluginManager<S> {
             }
             let rejected = |source| ManagerError::Rejected { name: name.to_string(), source };
             let compiled = self.0.host.compile(&bytes).map_err(rejected)?;
-            self.0
-                .validate(&plugin, plugin_kind, &compiled, if config.is_empty() { "{}" } else { &config })
-                .map_err(rejected)?;
+            let init = if config.is_empty() { "{}" } else { &config };
+            self.0.validate(&plugin, plugin_kind, &compiled, init, None).map_err(rejected)?;
+            // Then on the live snapshots of the services the binding covers here (a bounded
+            // sample): a component that passes the synthetic self-test but refuses a real
+            // service is refused now, not after its record is written.
+            let bound = PluginBinding::parse(binding)?;
+            let covered: Vec<ServiceKey> =
+                self.0.registry.services().into_iter().filter(|s| bound.covers(s).is_some()).collect();
+            for service in covered.iter().take(LIVE_VALIDATION_SAMPLE) {
+                let Some(snapshot) = self.0.registry.snapshot(service) else { continue };
+                self.0
+                    .validate(&plugin, plugin_kind, &compiled, init, Some(&snapshot))
+                    .map_err(|e| LoadError::SelfTest(format!("on the live snapshot of {service}: {e}")))
+                    .map_err(rejected)?;
+            }
             self.0.compiled.lock().insert(sha, compiled);
 
             let size = bytes.len() as u64;
@@ -613,14 +644,15 @@ impl<S: Store + Clone> Inner<S> {
         Some(slots)
     }
 
-    /// Validates `compiled` for `kind` the way a slot will (self-test, `init` with `config`),
-    /// in a scratch slot.
+    /// Validates `compiled` for `kind` the way a slot will (self-test, `init` with `config`,
+    /// then `update` with `live`, a service's snapshot, when given), in a scratch slot.
     fn validate(
         &self,
         name: &PluginName,
         kind: PluginKind,
         compiled: &Arc<Compiled>,
         config: &str,
+        live: Option<&ServiceSnapshot>,
     ) -> Result<(), LoadError> {
         if compiled.kind != kind {
             return Err(LoadError::WrongKind { expected: kind, found: compiled.kind });
@@ -628,11 +660,25 @@ impl<S: Store + Clone> Inner<S> {
         let spec =
             PluginSpec::Wasm { name: name.to_string(), compiled: Arc::clone(compiled), config: config.to_owned() };
         let scratch = format!("validate/{name}");
+        let live = live.map(snapshot_of);
         match kind {
-            PluginKind::Balancer => BalancerSlot::new(&self.host, &scratch, self.defaults.balancer.clone())?.load(spec),
-            PluginKind::Health => PolicySlot::health(&self.host, &scratch, self.defaults.health.clone())?.load(spec),
-            PluginKind::Scheduler => {
-                PolicySlot::scheduler(&self.host, &scratch, self.defaults.scheduler.clone())?.load(spec)
+            PluginKind::Balancer => {
+                let slot = BalancerSlot::new(&self.host, &scratch, self.defaults.balancer.clone())?;
+                if let Some(s) = live {
+                    slot.set_snapshot(s);
+                }
+                slot.load(spec)
+            }
+            PluginKind::Health | PluginKind::Scheduler => {
+                let slot = if kind == PluginKind::Health {
+                    PolicySlot::health(&self.host, &scratch, self.defaults.health.clone())?
+                } else {
+                    PolicySlot::scheduler(&self.host, &scratch, self.defaults.scheduler.clone())?
+                };
+                if let Some(s) = live {
+                    slot.set_snapshot(s);
+                }
+                slot.load(spec)
             }
         }
         .map(drop)

@@ -123,6 +123,17 @@ async fn a_rejected_plugin_writes_nothing_and_disturbs_nothing() {
     assert!(matches!(e, LoadError::SelfTest(_)), "{e}");
     let e = rejected(m.load("rr", "balancer", "*", r#"{"ring_size":0}"#, wasm("ring-hash"), "api").await);
     assert!(matches!(e, LoadError::Config(_)), "{e}");
+    // Passes the synthetic self-test (8 endpoints, then none) but refuses the live snapshot
+    // of a service the binding covers (2 endpoints): refused, naming the service.
+    let small = r#"{"fault":"refuse-below","endpoints":4}"#;
+    let e = rejected(m.load("rr", "balancer", "shop", small, wasm("misbehave"), "api").await);
+    let text = e.to_string();
+    assert!(
+        matches!(e, LoadError::SelfTest(_))
+            && text.contains("on the live snapshot of shop/web/orders")
+            && text.contains("refuse-below: 2 endpoints"),
+        "{text}"
+    );
     assert!(matches!(
         m.load("rr", "balancer", "*", "{not json", wasm("round-robin"), "api").await,
         Err(ManagerError::BadConfig(_))
@@ -139,8 +150,10 @@ async fn a_rejected_plugin_writes_nothing_and_disturbs_nothing() {
 
     assert_eq!((registry.revision(), registry.plugins()), before, "nothing written");
     assert_eq!(spread(&m, "shop/web/orders", 4).0, "rr", "the active plugin keeps serving");
+    // Bound where no service is small, the same component loads.
+    m.load("small", "balancer", "other", small, wasm("misbehave"), "api").await.unwrap();
     let failures = m.failures();
-    assert_eq!(failures.len(), 9);
+    assert_eq!(failures.len(), 10);
     assert!(failures.iter().all(|f| f.plugin == "rr" || f.plugin == "bad name!"));
     assert!(failures[0].error.contains("not a WebAssembly file"), "{}", failures[0].error);
 }

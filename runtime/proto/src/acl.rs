@@ -123,6 +123,13 @@ impl Principal {
     pub fn writes_somewhere(&self) -> bool {
         self.rights.values().any(|r| *r >= Right::Write)
     }
+
+    /// Whether the principal may read anywhere (plugin records and components are what any
+    /// gateway needs, whatever namespaces it routes).
+    #[must_use]
+    pub fn reads_somewhere(&self) -> bool {
+        self.rights.values().any(|r| *r >= Right::Read)
+    }
 }
 
 /// The token table.
@@ -218,6 +225,9 @@ pub fn permits(principal: &Principal, request: &Request) -> bool {
         Some((ns, right)) => principal.allows(ns, right),
         None => match request {
             Request::Hello { .. } | Request::Ping { .. } => true,
+            Request::List { scope: Scope::Plugins }
+            | Request::Subscribe { scope: Scope::Plugins, .. }
+            | Request::ArtifactGet { .. } => principal.reads_somewhere(),
             _ => principal.writes_somewhere(),
         },
     }
@@ -246,18 +256,24 @@ pub fn is_write(request: &Request) -> bool {
         | Request::Subscribe { .. }
         | Request::ConfigGet { .. }
         | Request::Pick { .. }
+        | Request::ArtifactGet { .. }
         | Request::PluginList => false,
     }
 }
 
 /// The right a request needs and where: `(namespace or whole registry, right)`; `None` for
-/// requests anyone may send (`hello`, `ping`) and for leases (see
-/// [`Principal::writes_somewhere`]); [`permits`] applies it.
+/// requests anyone may send (`hello`, `ping`), for leases (see
+/// [`Principal::writes_somewhere`]) and for plugin records and components (see
+/// [`Principal::reads_somewhere`]); [`permits`] applies it.
 #[must_use]
 pub fn required(request: &Request) -> Option<(Option<&Namespace>, Right)> {
     Some(match request {
         Request::Hello { .. } | Request::Ping { .. } => return None,
         Request::GrantLease { .. } | Request::Keepalive { .. } | Request::RevokeLease { .. } => return None,
+        // Plugin records and components: whoever may read some namespace (a gateway).
+        Request::List { scope: Scope::Plugins }
+        | Request::Subscribe { scope: Scope::Plugins, .. }
+        | Request::ArtifactGet { .. } => return None,
         Request::Register { instance, .. } => (Some(&instance.service.namespace), Right::Write),
         Request::Deregister { service, .. } => (Some(&service.namespace), Right::Write),
         Request::PutService { spec } => (Some(&spec.service.namespace), Right::Write),
@@ -279,6 +295,8 @@ fn scope_namespace(scope: &Scope) -> Option<&Namespace> {
         Scope::Namespace(ns) => Some(ns),
         Scope::Service(s) => Some(&s.namespace),
         Scope::Config(c) => Some(&c.namespace),
+        // Answered by `required` before this is asked.
+        Scope::Plugins => None,
     }
 }
 
@@ -303,6 +321,14 @@ mod tests {
         assert!(!gw.allows(Some(&dev), Right::Read));
         assert!(!gw.allows(None, Right::Read), "whole-registry reads need *");
         assert!(!gw.writes_somewhere());
+        // A gateway reading one namespace may follow the plugin records and fetch components,
+        // not list everything.
+        let sha = "a".repeat(64);
+        assert!(permits(&gw, &Request::ArtifactGet { sha256: sha, offset: 0 }));
+        assert!(permits(&gw, &Request::Subscribe { scope: Scope::Plugins, from: sextant_core::Revision(0) }));
+        assert!(permits(&gw, &Request::List { scope: Scope::Plugins }));
+        assert!(!permits(&gw, &Request::List { scope: Scope::All }));
+        assert!(!permits(&gw, &Request::PluginList));
         let dep = acl.authenticate(Some("d")).unwrap();
         assert!(dep.allows(Some(&prod), Right::Write));
         assert!(dep.allows(Some(&dev), Right::Read));

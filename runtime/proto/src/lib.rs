@@ -22,6 +22,7 @@ pub mod server;
 
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME_LEN, encode};
 pub use message::{
-    ALPN, Binding, ErrorCode, MAX_COMPONENT_LEN, PROTOCOL_VERSION, PluginFailure, REQUEST_TYPES, Request, RequestError,
-    Response, SlotView, SubscriptionFrame, decode_component, encode_component,
+    ALPN, ARTIFACT_CHUNK, Binding, ErrorCode, HostReport, MAX_COMPONENT_LEN, PLUGIN_REPORT_PREFIX, PROTOCOL_VERSION,
+    PluginFailure, REQUEST_TYPES, Request, RequestError, Response, SlotView, SubscriptionFrame, decode_component,
+    encode_component, host_reports,
 };

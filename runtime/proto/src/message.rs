@@ -166,6 +166,15 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         forward: bool,
     },
+    /// One chunk of a stored plugin component, by sha256 (what a gateway fetches to run
+    /// the plugins bound to its services; `read` anywhere).
+    ArtifactGet {
+        /// The component's sha256 (lowercase hex).
+        sha256: String,
+        /// Byte offset of the chunk.
+        #[serde(default)]
+        offset: u64,
+    },
     /// Deletes a plugin record: the services it covered go back to their next binding or the
     /// native default (admin).
     PluginDelete {
@@ -173,6 +182,9 @@ pub enum Request {
         name: PluginName,
     },
 }
+
+/// Largest chunk an `artifact` answer carries (bytes, before base64).
+pub const ARTIFACT_CHUNK: usize = 1024 * 1024;
 
 /// Largest plugin component `plugin_load` carries (bytes, before base64).
 pub const MAX_COMPONENT_LEN: usize = 3_000_000;
@@ -223,6 +235,7 @@ pub const REQUEST_TYPES: &[&str] = &[
     "plugin_load",
     "plugin_rollback",
     "plugin_delete",
+    "artifact_get",
 ];
 
 /// Why a request payload is not a request.
@@ -285,6 +298,7 @@ impl Request {
             Self::PluginLoad { .. } => "plugin_load",
             Self::PluginRollback { .. } => "plugin_rollback",
             Self::PluginDelete { .. } => "plugin_delete",
+            Self::ArtifactGet { .. } => "artifact_get",
         }
     }
 }
@@ -362,6 +376,48 @@ pub struct PluginFailure {
     pub at: u64,
 }
 
+/// What another host (a gateway) reports about a plugin: read from the
+/// `sextant.plugin.NAME` metadata of its registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostReport {
+    /// The host's registration: `NS/GROUP/NAME/ID`.
+    pub host: String,
+    /// Its zone label.
+    #[serde(default)]
+    pub zone: String,
+    /// The plugin record's name.
+    pub plugin: String,
+    /// `active SHA12`, or `failed SHA12: REASON (N of M services)`.
+    pub state: String,
+}
+
+/// Metadata key prefix of a host's plugin reports.
+pub const PLUGIN_REPORT_PREFIX: &str = "sextant.plugin.";
+
+/// The plugin reports in the registrations among `records`, sorted by plugin then host.
+#[must_use]
+pub fn host_reports(records: &[Record]) -> Vec<HostReport> {
+    let mut reports: Vec<HostReport> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Instance(i) => Some(i),
+            _ => None,
+        })
+        .flat_map(|i| {
+            i.metadata.iter().filter_map(move |(k, v)| {
+                k.strip_prefix(PLUGIN_REPORT_PREFIX).map(|plugin| HostReport {
+                    host: format!("{}/{}", i.service, i.id),
+                    zone: i.zone.clone(),
+                    plugin: plugin.to_owned(),
+                    state: v.clone(),
+                })
+            })
+        })
+        .collect();
+    reports.sort_by(|a, b| (&a.plugin, &a.host).cmp(&(&b.plugin, &b.host)));
+    reports
+}
+
 /// The server's answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -435,9 +491,23 @@ pub enum Response {
         /// active in each and its counters.
         #[serde(default)]
         slots: Vec<SlotView>,
+        /// What other hosts (gateways) report running, from their registrations.
+        #[serde(default)]
+        hosts: Vec<HostReport>,
         /// Recent plugin loads or activations that failed on this server, newest last.
         #[serde(default)]
         failures: Vec<PluginFailure>,
+    },
+    /// Answer to `artifact_get`: at most [`ARTIFACT_CHUNK`] bytes from `offset`.
+    Artifact {
+        /// The component's sha256.
+        sha256: String,
+        /// Where this chunk starts.
+        offset: u64,
+        /// The component's whole size.
+        total: u64,
+        /// The chunk, base64 (standard alphabet, padded).
+        data: String,
     },
     /// Answer to `plugin_load` and `plugin_rollback`: the record as stored.
     PluginWritten {

@@ -202,6 +202,46 @@ impl Client {
         }
     }
 
+    /// Reads a stored plugin component by its sha256, chunk by chunk (`artifact_get`), and
+    /// checks that the bytes hash to it. At most `max_len` bytes are accepted.
+    ///
+    /// # Errors
+    /// The server's refusal (`not_found` when no component has that hash), no server, or a
+    /// [`ClientError::Protocol`] when the chunks do not add up or do not hash to `sha256`.
+    pub async fn fetch_artifact(&self, sha256: &str, max_len: u64) -> Result<Vec<u8>, ClientError> {
+        let mut bytes = Vec::new();
+        loop {
+            let offset = bytes.len() as u64;
+            let request = Request::ArtifactGet { sha256: sha256.to_owned(), offset };
+            let (chunk_offset, total, data) = match self.request(request).await? {
+                Response::Artifact { offset, total, data, .. } => (offset, total, data),
+                other => return Err(unexpected(&other)),
+            };
+            if chunk_offset != offset || total > max_len {
+                return Err(ClientError::Protocol(format!(
+                    "component {sha256}: chunk at {chunk_offset} (asked {offset}), {total} bytes (at most {max_len})"
+                )));
+            }
+            let chunk = sextant_proto::decode_component(&data)
+                .map_err(|e| ClientError::Protocol(format!("component {sha256}: chunk at {offset}: {e}")))?;
+            if chunk.is_empty() && offset < total {
+                return Err(ClientError::Protocol(format!("component {sha256}: empty chunk at {offset} of {total}")));
+            }
+            bytes.extend_from_slice(&chunk);
+            if bytes.len() as u64 > total {
+                return Err(ClientError::Protocol(format!("component {sha256}: more than {total} bytes")));
+            }
+            if bytes.len() as u64 == total {
+                break;
+            }
+        }
+        let got = sextant_core::sha256_hex(&bytes);
+        if got != sha256 {
+            return Err(ClientError::Protocol(format!("component {sha256}: the bytes hash to {got}")));
+        }
+        Ok(bytes)
+    }
+
     /// Follows `scope`: the current state (a `Reset` or the events since the cached view),
     /// then every change, across reconnects.
     pub fn watch(&self, scope: Scope) -> Watch {

@@ -30,7 +30,7 @@
 //! refused by the store is the client told: the connection is closed (`unavailable`), and the
 //! client library reconnects and registers its instances again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
@@ -86,7 +86,13 @@ struct Shared<S> {
     plugins: Option<PluginManager<S>>,
     /// Event frames shared by every subscriber of a change.
     frames: Arc<FrameCache>,
+    /// The components fetched last (a gateway reads one in chunks): not read from the store
+    /// once per chunk.
+    artifacts: Mutex<VecDeque<(String, Arc<Vec<u8>>)>>,
 }
+
+/// Components kept for chunked reads.
+const ARTIFACTS_KEPT: usize = 4;
 
 /// A bound QUIC server.
 #[derive(Debug)]
@@ -119,7 +125,13 @@ impl<S: Store + Clone> QuicServer<S> {
         options: ServerOptions,
     ) -> std::io::Result<Self> {
         let endpoint = Endpoint::server(config, addr)?;
-        let shared = Arc::new(Shared { registry, options, plugins: None, frames: Arc::default() });
+        let shared = Arc::new(Shared {
+            registry,
+            options,
+            plugins: None,
+            frames: Arc::default(),
+            artifacts: Mutex::new(VecDeque::new()),
+        });
         Ok(Self { endpoint, shared })
     }
 
@@ -131,6 +143,7 @@ impl<S: Store + Clone> QuicServer<S> {
             options: self.shared.options.clone(),
             plugins: Some(plugins),
             frames: Arc::default(),
+            artifacts: Mutex::new(VecDeque::new()),
         };
         Self { endpoint: self.endpoint, shared: Arc::new(shared) }
     }
@@ -415,6 +428,7 @@ fn target_of(request: &Request) -> Option<String> {
         Request::Keepalive { lease } | Request::RevokeLease { lease } => Some(format!("lease {}", lease.0)),
         Request::PluginLoad { name, binding, .. } => Some(format!("{name} -> {binding}")),
         Request::PluginRollback { name, .. } | Request::PluginDelete { name } => Some(name.to_string()),
+        Request::ArtifactGet { sha256, .. } => Some(sha256.clone()),
         Request::Hello { .. } | Request::Ping { .. } | Request::GrantLease { .. } | Request::PluginList => None,
     }
 }
@@ -588,9 +602,11 @@ async fn execute<S: Store + Clone>(c: &Arc<Conn<S>>, request: Request) -> Respon
                     Response::Picked { instance: picked.map(|p| p.instance), protection_active }
                 }
             },
+            Request::ArtifactGet { sha256, offset } => artifact(c, sha256, offset).await,
             Request::PluginList => Response::Plugins {
                 plugins: registry.plugins(),
                 slots: c.shared.plugins.as_ref().map(PluginManager::status).unwrap_or_default(),
+                hosts: sextant_proto::host_reports(&registry.list(&sextant_core::Scope::All).records),
                 failures: c.shared.plugins.as_ref().map(PluginManager::failures).unwrap_or_default(),
             },
             Request::PluginLoad { name, kind, binding, config, component } => match &c.shared.plugins {
@@ -618,6 +634,37 @@ async fn execute<S: Store + Clone>(c: &Arc<Conn<S>>, request: Request) -> Respon
     }
     .await;
     result.unwrap_or_else(error_response)
+}
+
+/// One chunk of a stored component.
+async fn artifact<S: Store + Clone>(c: &Arc<Conn<S>>, sha256: String, offset: u64) -> Response {
+    if let Err(e) = sextant_core::check_sha256(&sha256) {
+        return Response::error(ErrorCode::Invalid, e);
+    }
+    let kept = c.shared.artifacts.lock().iter().find(|(s, _)| *s == sha256).map(|(_, b)| Arc::clone(b));
+    let bytes = match kept {
+        Some(b) => b,
+        None => match c.shared.registry.store().get_artifact(sha256.clone()).await {
+            Ok(Some(b)) => {
+                let b = Arc::new(b);
+                let mut kept = c.shared.artifacts.lock();
+                kept.push_back((sha256.clone(), Arc::clone(&b)));
+                while kept.len() > ARTIFACTS_KEPT {
+                    kept.pop_front();
+                }
+                b
+            }
+            Ok(None) => return Response::error(ErrorCode::NotFound, format!("no component {sha256} in the store")),
+            Err(e) => return error_response(RegistryError::Store(e)),
+        },
+    };
+    let total = bytes.len() as u64;
+    if offset > total {
+        return Response::error(ErrorCode::Invalid, format!("offset {offset} is past the component's {total} bytes"));
+    }
+    let start = usize::try_from(offset).unwrap_or(usize::MAX);
+    let end = bytes.len().min(start.saturating_add(sextant_proto::message::ARTIFACT_CHUNK));
+    Response::Artifact { sha256, offset, total, data: sextant_proto::encode_component(&bytes[start..end]) }
 }
 
 async fn register<S: Store + Clone>(

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sextant_core::store::StoreError;
+use sextant_core::store::{Store, StoreError};
 use sextant_core::{Change, Instance, Record, Revision, Scope, ServiceKey};
 use sextant_proto::acl::Acl;
 use sextant_proto::{Binding, ErrorCode, Request, Response, encode};
@@ -722,4 +722,64 @@ async fn connection_bound_instances_outlive_store_faults_while_their_connection_
     owner.ping().await.expect("the connection is still open");
     let _ = stop.send(());
     let _ = task.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn components_are_fetched_in_chunks_checked_against_their_hash_and_plugin_records_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tls::ensure_dev_certs(dir.path()).unwrap();
+    let reg = registry(&dir.path().join("data")).await;
+    let node = start(&reg, &files, "127.0.0.1:0".parse().unwrap(), options(400));
+    let c = client(&files, vec![node.addr]);
+
+    // 2.5 MiB: three chunks.
+    let bytes: Vec<u8> = (0..(5u32 << 19)).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let sha = reg.store().put_artifact(bytes.clone()).await.unwrap();
+    assert_eq!(c.fetch_artifact(&sha, 64 << 20).await.unwrap(), bytes);
+    // A limit below the size: refused before anything more is read.
+    assert!(matches!(c.fetch_artifact(&sha, 1 << 20).await, Err(ClientError::Protocol(_))));
+
+    // Bad input, each a typed refusal.
+    let missing = sextant_core::sha256_hex(b"nothing stored");
+    let code = |r: Result<Response, ClientError>| match r {
+        Ok(Response::Error { code, .. }) => Some(code),
+        Err(e) => e.code(),
+        Ok(other) => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_eq!(c.fetch_artifact(&missing, 64 << 20).await.unwrap_err().code(), Some(ErrorCode::NotFound));
+    let bad = Request::ArtifactGet { sha256: "not-a-sha".into(), offset: 0 };
+    assert_eq!(code(c.request(bad).await), Some(ErrorCode::Invalid));
+    let past = Request::ArtifactGet { sha256: sha.clone(), offset: bytes.len() as u64 + 1 };
+    assert_eq!(code(c.request(past).await), Some(ErrorCode::Invalid));
+    match c.request(Request::ArtifactGet { sha256: sha.clone(), offset: 1 << 20 }).await.unwrap() {
+        Response::Artifact { offset, total, data, .. } => {
+            assert_eq!((offset, total), (1 << 20, bytes.len() as u64));
+            let chunk = sextant_proto::decode_component(&data).unwrap();
+            assert_eq!(chunk, bytes[1 << 20..2 << 20]);
+        }
+        other => panic!("expected a chunk, got {other:?}"),
+    }
+
+    // Scope `plugins`: plugin records only, live.
+    let mut watch = c.watch(Scope::Plugins);
+    assert!(matches!(next_change(&mut watch).await, Change::Reset { .. }));
+    c.register(instance("orders", 8080), Binding::Persistent).await.unwrap();
+    let record = sextant_core::PluginRecord {
+        name: "lb".parse().unwrap(),
+        kind: "balancer".into(),
+        sha256: sha,
+        size: bytes.len() as u64,
+        binding: "*".into(),
+        config: String::new(),
+        loaded_at_unix_ms: 1,
+        history: Vec::new(),
+        forward: Vec::new(),
+        bad: Vec::new(),
+    };
+    reg.put(Record::Plugin(Arc::new(record)), None).await.unwrap();
+    match next_change(&mut watch).await {
+        Change::Upsert { record: Record::Plugin(p) } => assert_eq!(p.name.as_str(), "lb"),
+        other => panic!("the instance is not in scope `plugins`; expected the plugin record, got {other:?}"),
+    }
+    node.stop().await;
 }

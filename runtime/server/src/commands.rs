@@ -193,7 +193,7 @@ impl From<sextant_core::ValidationError> for Failure {
 
 type Result<T = ()> = std::result::Result<T, Failure>;
 
-fn connect_options(args: &ClientArgs) -> ClientOptions {
+pub(crate) fn client_options(args: &ClientArgs) -> ClientOptions {
     let mut o = ClientOptions::new(args.servers.clone(), args.ca.clone());
     o.server_name.clone_from(&args.server_name);
     o.token.clone_from(&args.token);
@@ -203,7 +203,7 @@ fn connect_options(args: &ClientArgs) -> ClientOptions {
 }
 
 async fn connect(args: &ClientArgs) -> Result<Client> {
-    Ok(Client::connect(connect_options(args)).await?)
+    Ok(Client::connect(client_options(args)).await?)
 }
 
 pub(crate) fn out(line: &str) -> Result {
@@ -311,7 +311,7 @@ pub(crate) async fn list(args: &ClientArgs, scope_args: &ScopeArgs) -> Result {
 
 pub(crate) async fn watch(args: &ClientArgs, scope_args: &ScopeArgs, cache: Option<PathBuf>) -> Result {
     let scope = scope(scope_args)?;
-    let mut options = connect_options(args);
+    let mut options = client_options(args);
     options.cache_dir = cache;
     let client = Client::new(options).map_err(Failure::from)?;
     let mut watch = client.watch(scope);
@@ -409,9 +409,10 @@ pub(crate) async fn plugin(args: &ClientArgs, command: PluginCommand) -> Result 
     let unexpected = |other: Response| Err(Failure::new(1, format!("unexpected answer {other:?}")));
     match command {
         PluginCommand::List => match client.request(Request::PluginList).await? {
-            Response::Plugins { plugins, slots, failures } => {
+            Response::Plugins { plugins, slots, hosts, failures } => {
                 if args.json {
-                    return out(&json!({ "plugins": plugins, "slots": slots, "failures": failures }).to_string());
+                    return out(&json!({ "plugins": plugins, "slots": slots, "hosts": hosts, "failures": failures })
+                        .to_string());
                 }
                 for p in &plugins {
                     let mut line = describe(&Record::Plugin(p.clone()));
@@ -446,6 +447,9 @@ pub(crate) async fn plugin(args: &ClientArgs, command: PluginCommand) -> Result 
                         s.call_p50_ns,
                         s.call_p99_ns
                     ))?;
+                }
+                for h in &hosts {
+                    out(&format!("host {} plugin {}: {}", h.host, h.plugin, h.state))?;
                 }
                 for f in &failures {
                     out(&format!("failed {} ({}): {}", f.plugin, f.source, f.error))?;

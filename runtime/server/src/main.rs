@@ -4,6 +4,7 @@
 //! found, 4 no server reachable, 5 refused (unauthenticated, forbidden, invalid, limited).
 
 mod commands;
+mod gateway;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -218,6 +219,10 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// The HTTP gateway: routes by Host and path prefix to services discovered from the
+    /// servers, runs the plugins bound to them in the store (swapped in without restart),
+    /// registers itself; on SIGTERM deregisters and drains.
+    Gateway(gateway::GatewayArgs),
     /// Sample backends + registry + gateway + traffic, with a live table per endpoint:
     /// watch balancing, ejection and a hot swap happen. Stops by itself, or on Ctrl-C.
     Demo {
@@ -511,7 +516,7 @@ pub(crate) async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let serving = matches!(cli.command, Command::Serve { .. });
+    let serving = matches!(cli.command, Command::Serve { .. } | Command::Gateway(_));
     init_logs(cli.log_format, if serving { "info" } else { "warn" });
     let result = match cli.command {
         Command::Serve {
@@ -597,6 +602,7 @@ async fn main() -> ExitCode {
         }
         Command::Config { client, command } => commands::config(&client, command).await,
         Command::Plugin { client, command } => commands::plugin(&client, command).await,
+        Command::Gateway(args) => gateway::run(args, shutdown_signal()).await,
         Command::Bench { command } => bench(command).await,
         Command::Tls { command: TlsCommand::Init { dir, hosts, clients } } => tls_init(&dir, &hosts, &clients),
         Command::Demo { duration, rps, listen, data_dir, json } => {

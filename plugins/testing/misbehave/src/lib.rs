@@ -2,7 +2,9 @@
 //! tests: `{"fault": F, "after": N}` where F is one of `trap-init`, `trap-update`,
 //! `trap-pick`, `loop-pick`, `loop-update`, `grow-update`, `grow-pick`, `out-of-range`,
 //! `none`, `refuse-update`, and the fault starts with the N-th call of that function
-//! (default 0: the first). Before that it balances round robin.
+//! (default 0: the first). Before that it balances round robin. `refuse-below` with
+//! `"endpoints": N` refuses every snapshot with 1 to N-1 endpoints (it passes the host's
+//! self-test, whose snapshots have 8 and 0, and fails on a small real service).
 use std::hint::black_box;
 
 use sextant_plugin_sdk::{Balancer, Env, Mode, Request, Snapshot};
@@ -14,6 +16,7 @@ struct Misbehave {
     picks: u64,
     len: u32,
     next: u32,
+    min_endpoints: usize,
     hoard: Vec<Vec<u8>>,
 }
 
@@ -42,6 +45,13 @@ impl Balancer for Misbehave {
                 "loop-update" => spin(),
                 "grow-update" => self.grow(),
                 "refuse-update" => return Err("refuse-update: as configured".into()),
+                "refuse-below" if (1..self.min_endpoints).contains(&snapshot.endpoints.len()) => {
+                    return Err(format!(
+                        "refuse-below: {} endpoints, at least {} wanted",
+                        snapshot.endpoints.len(),
+                        self.min_endpoints
+                    ));
+                }
                 _ => {}
             }
         }
@@ -83,7 +93,8 @@ fn make(config: &str) -> Result<Misbehave, String> {
         panic!("trap-init: as configured");
     }
     let after = field("after").map_or(Ok(0), |a| a.parse::<u64>().map_err(|e| e.to_string()))?;
-    Ok(Misbehave { fault, after, updates: 0, picks: 0, len: 0, next: 0, hoard: Vec::new() })
+    let min_endpoints = field("endpoints").map_or(Ok(0), |a| a.parse::<usize>().map_err(|e| e.to_string()))?;
+    Ok(Misbehave { fault, after, updates: 0, picks: 0, len: 0, next: 0, min_endpoints, hoard: Vec::new() })
 }
 
 sextant_plugin_sdk::export_balancer!(make);

@@ -1,0 +1,387 @@
+//! Plugins that follow the store: a gateway runs the plugin records bound to the services it
+//! routes, as every server does.
+//!
+//! A [`PluginFollower`] watches the plugin records of a remote sextant (scope `plugins`,
+//! through the client library: failover between servers, and its on-disk cache of the
+//! records when none answers). For each routed service and plugin kind it resolves the
+//! binding with the servers' rule ([`sextant_plugin::bound_record`]); when that changes it
+//! gets the component by sha256 (from memory, from its disk cache, or fetched in chunks from
+//! a server and checked against the hash), compiles it and swaps it into the route
+//! (self-test and build on a blocking thread, never on the async workers). A service whose
+//! binding goes away returns to the route's configured default.
+//!
+//! What happened is kept per (service, kind) as an [`Activation`] (active, or failed with the
+//! reason) and summarised per plugin record in [`PluginFollower::report`]: a short
+//! `active SHA` or `failed SHA: REASON` a gateway publishes in its own registration's
+//! metadata, so `sextant plugin list` shows which hosts run which version. A component that
+//! cannot be fetched is tried again every few seconds; one that fails to load is not tried
+//! again until its record changes. Nothing half-applied: a failed load leaves the route on
+//! what it ran.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use sextant_core::{PluginRecord, Record, Scope, ServiceKey};
+use sextant_plugin::{Compiled, PluginKind, PluginSpec, bound_record};
+use sextant_quic::client::Client;
+use tokio::sync::watch;
+
+use crate::{RouteConfig, Router};
+
+use sextant_proto::PLUGIN_REPORT_PREFIX as REPORT_PREFIX;
+
+/// Largest component a gateway fetches (bytes).
+pub const MAX_FETCHED_COMPONENT: u64 = 64 * 1024 * 1024;
+
+/// How long a component that could not be fetched waits before the next try.
+const FETCH_RETRY: Duration = Duration::from_secs(2);
+
+/// What a follower does.
+#[derive(Debug, Clone)]
+pub struct FollowOptions {
+    /// The services the gateway routes: bindings are resolved for these.
+    pub services: Vec<ServiceKey>,
+    /// The route defaults: what a service returns to when no record binds it.
+    pub defaults: RouteConfig,
+    /// Where fetched components are kept by sha256 (a restart with no server reachable
+    /// comes up on them). None: memory only.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// The state of one (service, kind) on this host.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Activation {
+    /// The service.
+    pub service: String,
+    /// `balancer`, `health` or `scheduler`.
+    pub kind: String,
+    /// The record (empty: the route's default).
+    pub plugin: String,
+    /// The component's sha256 (empty for the default).
+    pub sha256: String,
+    /// `None` when active, else why it is not.
+    pub error: Option<String>,
+}
+
+/// What one (service, kind) runs, as far as the follower knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Desired {
+    name: String,
+    sha256: String,
+    config: String,
+}
+
+/// Follows the plugin records of a remote sextant for a [`Router`].
+#[derive(Debug)]
+pub struct PluginFollower {
+    activations: Arc<Mutex<BTreeMap<(String, String), Activation>>>,
+    changed: watch::Receiver<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PluginFollower {
+    /// Starts following (on the current tokio runtime).
+    #[must_use]
+    pub fn start(router: Router, client: Client, options: FollowOptions) -> Self {
+        let activations = Arc::new(Mutex::new(BTreeMap::new()));
+        let (tx, changed) = watch::channel(0);
+        let state = Follow {
+            router,
+            client,
+            options,
+            applied: HashMap::new(),
+            compiled: HashMap::new(),
+            activations: Arc::clone(&activations),
+            changed: tx,
+        };
+        let task = tokio::spawn(state.run());
+        Self { activations, changed, task }
+    }
+
+    /// Every (service, kind) the follower has acted on.
+    #[must_use]
+    pub fn activations(&self) -> Vec<Activation> {
+        self.activations.lock().values().cloned().collect()
+    }
+
+    /// Per plugin record: `active SHA12` when every service it binds here runs it, else
+    /// `failed SHA12: REASON (N of M services)`; keyed `sextant.plugin.NAME`.
+    #[must_use]
+    pub fn report(&self) -> BTreeMap<String, String> {
+        report(&self.activations.lock())
+    }
+
+    /// Changes whenever an activation changed.
+    #[must_use]
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changed.clone()
+    }
+}
+
+impl Drop for PluginFollower {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..12.min(sha.len())]
+}
+
+fn report(activations: &BTreeMap<(String, String), Activation>) -> BTreeMap<String, String> {
+    let mut by_plugin: BTreeMap<(&str, &str), (usize, Option<&str>)> = BTreeMap::new();
+    for a in activations.values().filter(|a| !a.plugin.is_empty()) {
+        let entry = by_plugin.entry((a.plugin.as_str(), a.sha256.as_str())).or_insert((0, None));
+        entry.0 += 1;
+        if entry.1.is_none() {
+            entry.1 = a.error.as_deref();
+        }
+    }
+    let mut out = BTreeMap::new();
+    for ((plugin, sha), (services, error)) in by_plugin {
+        let failed =
+            activations.values().filter(|a| a.plugin == plugin && a.sha256 == sha && a.error.is_some()).count();
+        let value = match error {
+            None => format!("active {}", short(sha)),
+            Some(e) => {
+                let reason: String = e.chars().take(160).collect();
+                format!("failed {}: {reason} ({failed} of {services} services)", short(sha))
+            }
+        };
+        out.insert(format!("{REPORT_PREFIX}{plugin}"), value);
+    }
+    out
+}
+
+struct Follow {
+    router: Router,
+    client: Client,
+    options: FollowOptions,
+    /// What each (service, kind) was last given (also after a failed load: not retried
+    /// until the record changes).
+    applied: HashMap<(ServiceKey, PluginKind), Option<Desired>>,
+    compiled: HashMap<String, Arc<Compiled>>,
+    activations: Arc<Mutex<BTreeMap<(String, String), Activation>>>,
+    changed: watch::Sender<u64>,
+}
+
+const KINDS: [PluginKind; 3] = [PluginKind::Balancer, PluginKind::Health, PluginKind::Scheduler];
+
+impl Follow {
+    async fn run(mut self) {
+        let mut watch = self.client.watch(Scope::Plugins);
+        let mut records: Vec<Arc<PluginRecord>> = Vec::new();
+        let mut retry = false;
+        loop {
+            let item = if retry {
+                tokio::select! {
+                    item = watch.next() => Some(item),
+                    () = tokio::time::sleep(FETCH_RETRY) => None,
+                }
+            } else {
+                Some(watch.next().await)
+            };
+            match item {
+                None => {}
+                Some(None) => return,
+                Some(Some(Err(e))) => {
+                    tracing::error!(error = %e, "the plugin record watch ended: plugins stay as they are");
+                    return;
+                }
+                Some(Some(Ok(_))) => {
+                    records = self
+                        .client
+                        .view(&watch)
+                        .records
+                        .into_iter()
+                        .filter_map(|r| match r {
+                            Record::Plugin(p) => Some(p),
+                            _ => None,
+                        })
+                        .collect();
+                }
+            }
+            retry = self.reconcile(&records).await;
+        }
+    }
+
+    /// Makes every routed service run what the records say; true when a component could
+    /// not be fetched (to be tried again).
+    async fn reconcile(&mut self, records: &[Arc<PluginRecord>]) -> bool {
+        let mut retry = false;
+        for service in self.options.services.clone() {
+            for kind in KINDS {
+                if kind == PluginKind::Scheduler && self.options.defaults.scheduler.is_none() {
+                    // The route keeps registered weights: there is no scheduler slot.
+                    continue;
+                }
+                let desired = bound_record(records, &service, kind).map(|r| Desired {
+                    name: r.name.to_string(),
+                    sha256: r.sha256.clone(),
+                    config: r.config_or_default().to_owned(),
+                });
+                let key = (service.clone(), kind);
+                if self.applied.get(&key).is_some_and(|d| *d == desired) {
+                    continue;
+                }
+                if !self.applied.contains_key(&key) && desired.is_none() {
+                    // Never touched and nothing bound: the route runs its default already.
+                    self.applied.insert(key, None);
+                    continue;
+                }
+                let spec = match &desired {
+                    None => Ok(self.default_spec(kind)),
+                    Some(d) => match self.component(&d.sha256).await {
+                        Ok(compiled) => {
+                            Ok(PluginSpec::Wasm { name: d.name.clone(), compiled, config: d.config.clone() })
+                        }
+                        Err(Fetch::Retry(e)) => {
+                            tracing::warn!(%service, plugin = %d.name, error = %e, "component not fetched; trying again");
+                            self.note(&service, kind, desired.as_ref(), Some(e));
+                            retry = true;
+                            continue;
+                        }
+                        Err(Fetch::Refused(e)) => Err(e),
+                    },
+                };
+                let result = match spec {
+                    Err(e) => Err(e),
+                    Ok(spec) => {
+                        let (router, s) = (self.router.clone(), service.clone());
+                        tokio::task::spawn_blocking(move || router.load(&s, kind, spec).map_err(|e| e.to_string()))
+                            .await
+                            .unwrap_or_else(|e| Err(format!("the load task failed: {e}")))
+                            .map(drop)
+                    }
+                };
+                match &result {
+                    Ok(()) => {
+                        tracing::info!(%service, %kind, plugin = ?desired.as_ref().map(|d| &d.name), "plugin active")
+                    }
+                    Err(e) => {
+                        tracing::warn!(%service, %kind, error = %e, "plugin refused; the route keeps what it ran")
+                    }
+                }
+                self.note(&service, kind, desired.as_ref(), result.err());
+                self.applied.insert(key, desired);
+            }
+        }
+        // Keep only the components still bound.
+        self.compiled.retain(|sha, _| records.iter().any(|r| &r.sha256 == sha));
+        retry
+    }
+
+    fn default_spec(&self, kind: PluginKind) -> PluginSpec {
+        let d = &self.options.defaults;
+        match kind {
+            PluginKind::Balancer => d.balancer.clone(),
+            PluginKind::Health => d.health.clone(),
+            PluginKind::Scheduler => d.scheduler.clone().unwrap_or_else(|| PluginSpec::builtin("adaptive")),
+        }
+    }
+
+    fn note(&self, service: &ServiceKey, kind: PluginKind, desired: Option<&Desired>, error: Option<String>) {
+        let activation = Activation {
+            service: service.to_string(),
+            kind: kind.to_string(),
+            plugin: desired.map(|d| d.name.clone()).unwrap_or_default(),
+            sha256: desired.map(|d| d.sha256.clone()).unwrap_or_default(),
+            error,
+        };
+        let mut all = self.activations.lock();
+        let key = (activation.service.clone(), activation.kind.clone());
+        if all.get(&key) != Some(&activation) {
+            all.insert(key, activation);
+            self.changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// The compiled component: from memory, the disk cache, or a server.
+    async fn component(&mut self, sha256: &str) -> Result<Arc<Compiled>, Fetch> {
+        if let Some(c) = self.compiled.get(sha256) {
+            return Ok(Arc::clone(c));
+        }
+        let path = self.options.cache_dir.as_ref().map(|d| d.join(format!("{sha256}.wasm")));
+        let cached =
+            path.as_ref().and_then(|p| std::fs::read(p).ok()).filter(|bytes| sextant_core::sha256_hex(bytes) == sha256);
+        let bytes = match cached {
+            Some(b) => b,
+            None => {
+                let bytes = self
+                    .client
+                    .fetch_artifact(sha256, MAX_FETCHED_COMPONENT)
+                    .await
+                    .map_err(|e| Fetch::Retry(format!("fetching {}: {e}", short(sha256))))?;
+                if let Some(p) = &path {
+                    write_atomically(p, &bytes);
+                }
+                bytes
+            }
+        };
+        let host = self.router.host().clone();
+        let compiled = tokio::task::spawn_blocking(move || host.compile(&bytes))
+            .await
+            .map_err(|e| Fetch::Refused(format!("the compile task failed: {e}")))?
+            .map_err(|e| Fetch::Refused(e.to_string()))?;
+        self.compiled.insert(sha256.to_owned(), Arc::clone(&compiled));
+        Ok(compiled)
+    }
+}
+
+enum Fetch {
+    /// Not fetched now (no server, server gone mid-fetch, bad chunks): tried again.
+    Retry(String),
+    /// Fetched but not a loadable component: not tried again until the record changes.
+    Refused(String),
+}
+
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) {
+    let result = (|| -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        tracing::warn!(path = %path.display(), error = %e, "cannot cache a component");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn activation(service: &str, plugin: &str, sha: &str, error: Option<&str>) -> ((String, String), Activation) {
+        let a = Activation {
+            service: service.into(),
+            kind: "balancer".into(),
+            plugin: plugin.into(),
+            sha256: sha.into(),
+            error: error.map(str::to_owned),
+        };
+        ((a.service.clone(), a.kind.clone()), a)
+    }
+
+    #[test]
+    fn the_report_says_per_plugin_what_runs_and_what_failed_where() {
+        let sha = "a".repeat(64);
+        let all: BTreeMap<_, _> = [
+            activation("ns/g/a", "lb", &sha, None),
+            activation("ns/g/b", "lb", &sha, Some("self-test: update trapped")),
+            activation("ns/g/c", "lb", &sha, None),
+            activation("ns/g/d", "", "", None),
+            activation("ns/g/e", "canary", &"b".repeat(64), None),
+        ]
+        .into_iter()
+        .collect();
+        let report = report(&all);
+        assert_eq!(report.len(), 2, "{report:?}");
+        assert_eq!(report["sextant.plugin.canary"], "active bbbbbbbbbbbb");
+        assert_eq!(report["sextant.plugin.lb"], "failed aaaaaaaaaaaa: self-test: update trapped (1 of 3 services)");
+    }
+}

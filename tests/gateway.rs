@@ -1,0 +1,194 @@
+//! `sextant gateway` follows the control plane: a plugin bound with `sextant plugin load
+//! --bind` reaches the running gateway and changes where its traffic goes, with no failed
+//! request; a new version, a rollback and a delete follow; the gateway reports what it runs
+//! in its registration (`plugin list` shows it per host); with the server gone it keeps
+//! routing, and a restart with no server reachable comes up on its cached view and plugins.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sextant_gateway::backend::{Backend, Behavior};
+
+use crate::support::{Server, free_port, http, instance, run, sextant_bin, wait_until};
+
+const SERVICE: &str = "shop/web/orders";
+
+struct Gateway {
+    child: Child,
+    addr: String,
+    log: std::path::PathBuf,
+}
+
+impl Gateway {
+    fn start(server: &Server, dir: &Path, port: u16) -> Self {
+        let config = dir.join("gateway.json");
+        let document = serde_json::json!({
+            "gateway": {"routes": [{"path_prefix": "/", "service": SERVICE, "hash_header": "x-user"}]},
+            "balancer": "round-robin",
+        });
+        std::fs::write(&config, document.to_string()).unwrap();
+        let log = dir.join(format!("gateway-{port}.log"));
+        let addr = format!("127.0.0.1:{port}");
+        let ca = server.data_dir.join("tls/ca.pem");
+        let child = Command::new(sextant_bin())
+            .args(["gateway", "--server", &server.quic.to_string(), "--ca", ca.to_str().unwrap()])
+            .args(["--listen", &addr, "--config", config.to_str().unwrap()])
+            .args(["--cache", dir.join("cache").to_str().unwrap(), "--register-as", "shop/edge/gateway"])
+            .args(["--zone", "zone-a", "--drain-secs", "1"])
+            .env("SEXTANT_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn sextant gateway");
+        Self { child, addr, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// One request with the affinity key `user`: the status.
+    fn get(&self, user: &str) -> u16 {
+        http()
+            .get(&format!("http://{}/orders", self.addr))
+            .header("x-user", user)
+            .call()
+            .map_or(0, |r| r.status().as_u16())
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `n` requests with one affinity key, each answered 200: how many each backend served.
+fn send(gateway: &Gateway, backends: &[Backend], n: usize) -> Vec<u64> {
+    let before: Vec<u64> = backends.iter().map(Backend::served).collect();
+    for k in 0..n {
+        let status = gateway.get("user-7");
+        assert_eq!(status, 200, "request {k} failed\n{}", gateway.log());
+    }
+    backends.iter().zip(before).map(|(b, n)| b.served() - n).collect()
+}
+
+/// Sends rounds of `n` requests until `want` holds for one round's spread (every request
+/// must succeed meanwhile); returns the rounds sent.
+fn until_spread(gateway: &Gateway, backends: &[Backend], n: usize, what: &str, want: impl Fn(&[u64]) -> bool) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        let spread = send(gateway, backends, n);
+        if want(&spread) {
+            return rounds;
+        }
+        assert!(Instant::now() < deadline, "{what}: still {spread:?}\n{}", gateway.log());
+    }
+}
+
+fn sticky(spread: &[u64]) -> bool {
+    spread.iter().filter(|&&n| n > 0).count() == 1
+}
+
+/// Round robin runs one rotation per plugin instance (one per worker thread), so a round
+/// is not split exactly evenly: every backend takes a fair share.
+fn spread_out(spread: &[u64]) -> bool {
+    let total: u64 = spread.iter().sum();
+    spread.iter().all(|&n| n * 10 >= total)
+}
+
+fn plugin_list(server: &Server) -> Value {
+    let out = run(server, &["plugin", "list", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// What the gateway reports for `plugin` in its registration.
+fn reported(server: &Server, plugin: &str) -> Option<String> {
+    plugin_list(server)["hosts"]
+        .as_array()?
+        .iter()
+        .find(|h| h["plugin"] == plugin && h["host"].as_str().is_some_and(|s| s.starts_with("shop/edge/gateway/")))
+        .map(|h| h["state"].as_str().unwrap_or_default().to_owned())
+}
+
+fn load(server: &Server, artifact: &str, name: &str) {
+    let path = sextant_plugin_artifacts::path(artifact).expect("artifact built");
+    let out = run(server, &["plugin", "load", path, "--name", name, "--bind", SERVICE]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn sha12(artifact: &str) -> String {
+    let bytes = std::fs::read(sextant_plugin_artifacts::path(artifact).unwrap()).unwrap();
+    sextant_core::sha256_hex(&bytes)[..12].to_owned()
+}
+
+#[test]
+fn the_gateway_follows_plugin_loads_rollbacks_and_deletes_and_keeps_routing_without_a_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let backends: Vec<Backend> =
+        (0..3).map(|i| runtime.block_on(Backend::start(&format!("b{i}"), Behavior::default())).unwrap()).collect();
+    let server = Server::start(&dir.path().join("data"));
+    for (i, b) in backends.iter().enumerate() {
+        let (status, body) = server.post("/v1/instances", &instance(SERVICE, &format!("b{i}"), b.addr().port(), false));
+        assert_eq!(status, 200, "{body}");
+    }
+    let gw_dir = dir.path().join("gw");
+    std::fs::create_dir(&gw_dir).unwrap();
+    let port = free_port();
+    let mut gateway = Gateway::start(&server, &gw_dir, port);
+    wait_until("the gateway routes", || gateway.get("user-7") == 200);
+
+    // The route's default, round robin: one key or not, every backend alike.
+    until_spread(&gateway, &backends, 30, "round robin", spread_out);
+
+    // Bound through the control plane: ring hash sends one key to one backend.
+    let loaded = Instant::now();
+    load(&server, "ring-hash", "sticky");
+    until_spread(&gateway, &backends, 6, "the bound ring hash on the gateway", sticky);
+    eprintln!("plugin load --bind → the gateway runs it: {:.2} s", loaded.elapsed().as_secs_f64());
+    wait_until("the gateway reports the plugin", || {
+        reported(&server, "sticky").is_some_and(|s| s == format!("active {}", sha12("ring-hash")))
+    });
+    let sticky_spread = send(&gateway, &backends, 12);
+    assert!(sticky(&sticky_spread), "{sticky_spread:?}");
+
+    // A new version (round robin as a wasm component), then a rollback to ring hash.
+    load(&server, "round-robin", "sticky");
+    until_spread(&gateway, &backends, 30, "the new version on the gateway", spread_out);
+    wait_until("the gateway reports the new version", || {
+        reported(&server, "sticky").is_some_and(|s| s == format!("active {}", sha12("round-robin")))
+    });
+    let out = run(&server, &["plugin", "rollback", "sticky"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    until_spread(&gateway, &backends, 6, "the rollback on the gateway", sticky);
+
+    // Deleted: back to the route's default; bound again: the cached component, at once.
+    let out = run(&server, &["plugin", "delete", "sticky"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    until_spread(&gateway, &backends, 30, "the default after the delete", spread_out);
+    load(&server, "ring-hash", "sticky");
+    until_spread(&gateway, &backends, 6, "bound again", sticky);
+
+    // The server goes away: the gateway keeps routing with its plugin.
+    drop(server);
+    let spread = send(&gateway, &backends, 12);
+    assert!(sticky(&spread), "still ring hash with no server: {spread:?}");
+
+    // Restarted with no server reachable: the cached view and the cached component.
+    let _ = Command::new("kill").args(["-TERM", &gateway.child.id().to_string()]).status();
+    let _ = gateway.child.wait();
+    let fake = Server::unreachable(&dir.path().join("data"));
+    gateway = Gateway::start(&fake, &gw_dir, port);
+    wait_until("the restarted gateway routes", || gateway.get("user-7") == 200);
+    until_spread(&gateway, &backends, 6, "the cached plugin after a restart with no server", sticky);
+    let log = gateway.log();
+    assert!(log.contains("plugin active"), "the cached component was swapped in:\n{log}");
+}
