@@ -18,7 +18,10 @@ const SERVICE: &str = "shop/web/orders";
 struct Gateway {
     child: Child,
     addr: String,
+    metrics: String,
     log: std::path::PathBuf,
+    /// Answers received, by status (what its metrics must count).
+    answered: std::cell::RefCell<std::collections::BTreeMap<u16, u64>>,
 }
 
 impl Gateway {
@@ -31,19 +34,28 @@ impl Gateway {
         std::fs::write(&config, document.to_string()).unwrap();
         let log = dir.join(format!("gateway-{port}.log"));
         let addr = format!("127.0.0.1:{port}");
+        let metrics = format!("127.0.0.1:{}", free_port());
         let ca = server.data_dir.join("tls/ca.pem");
         let child = Command::new(sextant_bin())
             .args(["gateway", "--server", &server.quic.to_string(), "--ca", ca.to_str().unwrap()])
             .args(["--listen", &addr, "--config", config.to_str().unwrap()])
             .args(["--cache", dir.join("cache").to_str().unwrap(), "--register-as", "shop/edge/gateway"])
-            .args(["--zone", "zone-a", "--drain-secs", "1"])
+            .args(["--zone", "zone-a", "--drain-secs", "1", "--metrics", &metrics])
             .env("SEXTANT_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawn sextant gateway");
-        Self { child, addr, log }
+        Self { child, addr, metrics, log, answered: std::cell::RefCell::default() }
+    }
+
+    fn metrics(&self) -> String {
+        let mut r = http().get(&format!("http://{}/metrics", self.metrics)).call().expect("GET /metrics");
+        assert_eq!(r.status(), 200);
+        let kind = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
+        r.body_mut().read_to_string().unwrap()
     }
 
     fn log(&self) -> String {
@@ -52,11 +64,15 @@ impl Gateway {
 
     /// One request with the affinity key `user`: the status.
     fn get(&self, user: &str) -> u16 {
-        http()
+        let status = http()
             .get(&format!("http://{}/orders", self.addr))
             .header("x-user", user)
             .call()
-            .map_or(0, |r| r.status().as_u16())
+            .map_or(0, |r| r.status().as_u16());
+        if status != 0 {
+            *self.answered.borrow_mut().entry(status).or_default() += 1;
+        }
+        status
     }
 }
 
@@ -176,6 +192,35 @@ fn the_gateway_follows_plugin_loads_rollbacks_and_deletes_and_keeps_routing_with
     until_spread(&gateway, &backends, 30, "the default after the delete", spread_out);
     load(&server, "ring-hash", "sticky");
     until_spread(&gateway, &backends, 6, "bound again", sticky);
+
+    // The gateway's metrics: every answer counted by class, the endpoints up, the bound
+    // plugin's calls per version (ring hash: two versions' worth, kept across the swaps).
+    let metrics = gateway.metrics();
+    let value = |series: &str| -> Option<u64> {
+        metrics.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    let answered = gateway.answered.borrow().clone();
+    for (class, range) in [("2xx", 200..300), ("5xx", 500..600)] {
+        let want: u64 = answered.iter().filter(|(s, _)| range.contains(*s)).map(|(_, n)| n).sum();
+        let series = format!(r#"sextant_gateway_requests_total{{route="/",service="{SERVICE}",class="{class}"}} "#);
+        assert_eq!(value(&series).unwrap_or(0), want, "{class}: {answered:?}\n{metrics}");
+    }
+    for b in &backends {
+        let series =
+            format!(r#"sextant_gateway_endpoint_health{{service="{SERVICE}",endpoint="{}",health="up"}} "#, b.addr());
+        assert_eq!(value(&series), Some(1), "{series}\n{metrics}");
+    }
+    let ring_sha = {
+        let bytes = std::fs::read(sextant_plugin_artifacts::path("ring-hash").unwrap()).unwrap();
+        sextant_core::sha256_hex(&bytes)
+    };
+    let calls =
+        format!(r#"sextant_gateway_plugin_calls_total{{kind="balancer",plugin="sticky",sha256="{ring_sha}"}} "#);
+    assert!(value(&calls).is_some_and(|n| n >= 6 + 12 + 6 + 6), "{calls}\n{metrics}");
+    let fallbacks =
+        format!(r#"sextant_gateway_plugin_fallbacks_total{{kind="balancer",plugin="sticky",sha256="{ring_sha}"}} "#);
+    assert_eq!(value(&fallbacks), Some(0), "{metrics}");
+    assert!(metrics.contains("sextant_gateway_request_duration_seconds_bucket{"), "{metrics}");
 
     // The server goes away: the gateway keeps routing with its plugin.
     drop(server);

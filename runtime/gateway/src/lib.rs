@@ -19,6 +19,8 @@
 //!   turn slow, flaky, hang, reset or send garbage, for demos, tests and benchmarks;
 //! - the configuration file ([`config`]): routes, policies and resilience in one JSON
 //!   document, checked before anything starts;
+//! - the gateway's Prometheus metrics ([`metrics`]): requests, latency histograms,
+//!   attempts, retries, rate limits, endpoint health and breakers, plugin versions;
 //! - plugins that follow the store ([`follow`]): the plugin records bound to the routed
 //!   services, components fetched by sha256 and cached on disk, swapped into the routes, with
 //!   a per-plugin report a gateway publishes in its registration.
@@ -28,6 +30,7 @@ mod router;
 pub mod backend;
 pub mod config;
 pub mod follow;
+pub mod metrics;
 pub mod proxy;
 pub mod remote;
 pub mod resilience;

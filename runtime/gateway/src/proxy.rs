@@ -25,6 +25,7 @@ use sextant_core::ServiceKey;
 use sextant_plugin::PickRequest;
 use tokio::net::TcpListener;
 
+use crate::metrics::SharedMetrics;
 use crate::resilience::millis;
 use crate::router::{Outcome, RouteError, Router};
 
@@ -126,6 +127,10 @@ pub struct Stats {
 struct CompiledRule {
     rule: Rule,
     service: ServiceKey,
+    /// `[HOST]PREFIX`, the route's metrics label.
+    label: String,
+    /// The service as a metrics label.
+    service_label: String,
 }
 
 struct Inner {
@@ -134,6 +139,7 @@ struct Inner {
     upstream: Upstream,
     client: Client<HttpConnector, Full<Bytes>>,
     stats: Stats,
+    metrics: Option<SharedMetrics>,
 }
 
 /// The HTTP gateway. Cheap to clone.
@@ -162,6 +168,19 @@ impl Gateway {
     /// # Errors
     /// A rule with an invalid service name or a path prefix not starting with `/`.
     pub fn new(config: GatewayConfig, upstream: Upstream) -> Result<Self, ConfigError> {
+        Self::with_metrics(config, upstream, None)
+    }
+
+    /// A gateway that also counts its requests, attempts, retries and rate-limited requests
+    /// in `metrics`.
+    ///
+    /// # Errors
+    /// As [`Gateway::new`].
+    pub fn with_metrics(
+        config: GatewayConfig,
+        upstream: Upstream,
+        metrics: Option<SharedMetrics>,
+    ) -> Result<Self, ConfigError> {
         let mut rules = Vec::with_capacity(config.routes.len());
         for (index, rule) in config.routes.iter().enumerate() {
             let service = ServiceKey::parse(&rule.service)
@@ -172,7 +191,9 @@ impl Gateway {
                     reason: format!("path_prefix {:?} must start with /", rule.path_prefix),
                 });
             }
-            rules.push(CompiledRule { rule: rule.clone(), service });
+            let label = format!("{}{}", rule.host.as_deref().unwrap_or(""), rule.path_prefix);
+            let service_label = service.to_string();
+            rules.push(CompiledRule { rule: rule.clone(), service, label, service_label });
         }
         // Host rules first, then longer prefixes.
         rules.sort_by_key(|r| (r.rule.host.is_none(), std::cmp::Reverse(r.rule.path_prefix.len())));
@@ -183,7 +204,7 @@ impl Gateway {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(256)
             .build(connector);
-        Ok(Self(Arc::new(Inner { config, rules, upstream, client, stats: Stats::default() })))
+        Ok(Self(Arc::new(Inner { config, rules, upstream, client, stats: Stats::default(), metrics })))
     }
 
     /// Counters since start.
@@ -258,10 +279,22 @@ impl Gateway {
 
     /// Handles one request.
     pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let started = std::time::Instant::now();
         self.0.stats.requests.fetch_add(1, Relaxed);
         let Some(rule) = self.rule(&request) else {
+            if let Some(m) = &self.0.metrics {
+                m.request("none", "", 404, started.elapsed());
+            }
             return text(StatusCode::NOT_FOUND, "no route\n");
         };
+        let response = self.handle_routed(rule, request, peer).await;
+        if let Some(m) = &self.0.metrics {
+            m.request(&rule.label, &rule.service_label, response.status().as_u16(), started.elapsed());
+        }
+        response
+    }
+
+    async fn handle_routed(&self, rule: &CompiledRule, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let mut pick = PickRequest {
             hash_key: rule
                 .rule
@@ -324,6 +357,9 @@ impl Gateway {
                 Ok(g) => g,
                 Err(RouteError::RateLimited(_)) => {
                     self.0.stats.rate_limited.fetch_add(1, Relaxed);
+                    if let Some(m) = &self.0.metrics {
+                        m.rate_limited(&service.to_string());
+                    }
                     return text(StatusCode::TOO_MANY_REQUESTS, "rate limited\n");
                 }
                 Err(e) => {
@@ -334,7 +370,7 @@ impl Gateway {
             let addr = guard.addr();
             tried.push(addr);
             let id = HeaderValue::from_str(guard.instance().id.as_str()).ok();
-            let (outcome, response, retry_safe) = match self.forward(parts, body, addr, peer).await {
+            let (outcome, response, retry_safe, result) = match self.forward(parts, body, addr, peer).await {
                 Ok(response) => {
                     let status = response.status().as_u16();
                     let retry_after = response
@@ -343,22 +379,26 @@ impl Gateway {
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.trim().parse::<u64>().ok())
                         .map(Duration::from_secs);
-                    (Outcome::Http { status, retry_after }, Some(response), idempotent && matches!(status, 502..=504))
+                    let retry_safe = idempotent && matches!(status, 502..=504);
+                    (Outcome::Http { status, retry_after }, Some(response), retry_safe, crate::metrics::class(status))
                 }
                 Err(Failure::Timeout) => {
                     last_failure = (StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
-                    (Outcome::Timeout, None, idempotent)
+                    (Outcome::Timeout, None, idempotent, "timeout")
                 }
                 Err(Failure::Connect(why)) => {
                     last_failure = (StatusCode::BAD_GATEWAY, "upstream unreachable\n");
-                    (Outcome::Failed(why), None, true)
+                    (Outcome::Failed(why), None, true, "connect_error")
                 }
                 Err(Failure::Other(why)) => {
                     last_failure = (StatusCode::BAD_GATEWAY, "upstream failed\n");
-                    (Outcome::Failed(why), None, idempotent)
+                    (Outcome::Failed(why), None, idempotent, "error")
                 }
             };
             guard.finish(&outcome);
+            if let Some(m) = &self.0.metrics {
+                m.attempt(&service.to_string(), &addr.to_string(), result);
+            }
             let retry = retry_safe && attempt < attempts && router.retry_allowed(service);
             if !retry {
                 if let Some(response) = response {
@@ -372,6 +412,9 @@ impl Gateway {
                 return text(last_failure.0, last_failure.1);
             }
             self.0.stats.retries.fetch_add(1, Relaxed);
+            if let Some(m) = &self.0.metrics {
+                m.retry(&service.to_string());
+            }
             tokio::time::sleep(backoff).await;
         }
     }

@@ -1,6 +1,11 @@
 //! Discovery from a remote sextant: a watch through the client library (failover between
 //! servers, resume from the last revision, empty-push protection, the on-disk cache when no
 //! server answers) mirrored into local snapshots the router reads without locks.
+//!
+//! Events are applied as events: an upsert or a removal rebuilds the one service it touches,
+//! whatever the size of the followed scope. The whole view is copied from the client only
+//! for a `Reset`, for an event empty-push protection held back, and for the cached view
+//! served while no server answers.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,6 +14,7 @@ use parking_lot::Mutex;
 use sextant_core::snapshot::Directory;
 use sextant_core::view::RegistryView;
 use sextant_core::{Change, Event, Scope, ServiceKey, SnapshotHandle};
+use sextant_proto::client::Applied;
 use sextant_quic::client::Client;
 
 use crate::router::Discovery;
@@ -32,19 +38,38 @@ impl RemoteDiscovery {
         let stale_w = Arc::clone(&stale);
         let task = tokio::spawn(async move {
             let mut watch = client.watch(scope);
+            let mut held: std::collections::HashSet<ServiceKey> = std::collections::HashSet::new();
             while let Some(item) = watch.next().await {
                 match item {
                     Ok(item) => {
                         *stale_w.lock() = item.stale.map(|age| (age, Instant::now()));
-                        // The client's view already has empty-push protection applied.
-                        let snapshot = client.view(&watch);
-                        let event = Event {
-                            revision: snapshot.revision,
-                            change: Change::Reset { snapshot: Arc::new(snapshot) },
+                        // Services empty-push protection held back follow the client's view
+                        // (copied) until the next reset.
+                        match (&item.applied, &item.event.change) {
+                            (Applied::Held(services), _) => held.extend(services.iter().cloned()),
+                            (_, Change::Reset { .. }) => held.clear(),
+                            _ => {}
+                        }
+                        let touched = match &item.event.change {
+                            Change::Upsert { record } => record.key().service().cloned(),
+                            Change::Remove { key } => key.service().cloned(),
+                            Change::Reset { .. } => None,
                         };
-                        if let Err(e) = view.apply(&event) {
-                            tracing::warn!(error = %e, "cannot apply remote view");
-                            continue;
+                        let incremental = item.applied == Applied::Changed
+                            && item.stale.is_none()
+                            && !matches!(item.event.change, Change::Reset { .. })
+                            && touched.is_none_or(|s| !held.contains(&s));
+                        if !(incremental && view.apply(&item.event).is_ok()) {
+                            // The client's view has empty-push protection applied: copy it.
+                            let snapshot = client.view(&watch);
+                            let event = Event {
+                                revision: snapshot.revision,
+                                change: Change::Reset { snapshot: Arc::new(snapshot) },
+                            };
+                            if let Err(e) = view.apply(&event) {
+                                tracing::warn!(error = %e, "cannot apply remote view");
+                                continue;
+                            }
                         }
                         view.publish();
                     }

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -255,8 +256,9 @@ impl Client {
             }
         };
         let (tx, rx) = mpsc::channel(1024);
-        let task = tokio::spawn(run_watch(Arc::downgrade(&self.inner), id, cache, cached, tx));
-        Watch { rx, task, client: self.clone(), id }
+        let cache = cache.map(|path| CacheWriter { path, pending: Arc::new(AtomicBool::new(false)) });
+        let task = tokio::spawn(run_watch(Arc::downgrade(&self.inner), id, cache.clone(), cached, tx));
+        Watch { rx, task, client: self.clone(), id, cache }
     }
 
     /// The records a watch currently holds.
@@ -533,6 +535,25 @@ pub struct Watch {
     task: tokio::task::JoinHandle<()>,
     client: Client,
     id: SubId,
+    cache: Option<CacheWriter>,
+}
+
+/// Where a watch keeps its view, and whether a change is not written yet.
+#[derive(Debug, Clone)]
+struct CacheWriter {
+    path: PathBuf,
+    pending: Arc<AtomicBool>,
+}
+
+impl CacheWriter {
+    /// Writes the view of `id` if a change is pending.
+    fn flush(&self, inner: &Inner, id: SubId) -> Option<(PathBuf, StoreSnapshot)> {
+        if !self.pending.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        let view = inner.session.lock().state(id).map(SubState::snapshot)?;
+        Some((self.path.clone(), view))
+    }
 }
 
 impl Watch {
@@ -545,6 +566,10 @@ impl Watch {
 impl Drop for Watch {
     fn drop(&mut self) {
         self.task.abort();
+        // The last changes, not written yet by the debounced writer.
+        if let Some((path, view)) = self.cache.as_ref().and_then(|c| c.flush(&self.client.inner, self.id)) {
+            write_cache(&path, view);
+        }
         self.client.inner.session.lock().unsubscribe(self.id);
     }
 }
@@ -582,7 +607,10 @@ fn write_cache(path: &Path, snapshot: StoreSnapshot) {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let tmp = path.with_extension("tmp");
+        // One temporary file per write: the debounced writer and a watch's drop may overlap.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, Ordering::Relaxed);
+        let tmp = path.with_extension(format!("{}.{n}.tmp", std::process::id()));
         std::fs::write(&tmp, serde_json::to_vec(&file).map_err(std::io::Error::other)?)?;
         std::fs::rename(&tmp, path)
     })();
@@ -591,13 +619,38 @@ fn write_cache(path: &Path, snapshot: StoreSnapshot) {
     }
 }
 
+/// Longest a watch's cache lags behind its view.
+const CACHE_DEBOUNCE: Duration = Duration::from_millis(500);
+
+/// Writes a watch's view after changes, debounced; ends with the watch.
+async fn write_cache_when_dirty(inner: Weak<Inner>, id: SubId, writer: CacheWriter, mut dirty: watch::Receiver<()>) {
+    while dirty.changed().await.is_ok() {
+        tokio::time::sleep(CACHE_DEBOUNCE).await;
+        dirty.mark_unchanged();
+        let Some(client) = inner.upgrade() else { return };
+        let taken = writer.flush(&client, id);
+        drop(client);
+        if let Some((path, view)) = taken {
+            let _ = tokio::task::spawn_blocking(move || write_cache(&path, view)).await;
+        }
+    }
+}
+
 async fn run_watch(
     inner: Weak<Inner>,
     id: SubId,
-    cache: Option<PathBuf>,
+    cache: Option<CacheWriter>,
     mut cached: Option<CacheFile>,
     tx: mpsc::Sender<Result<WatchItem, ClientError>>,
 ) {
+    // The cache is written by its own task, at most every CACHE_DEBOUNCE and off the async
+    // workers: a burst of changes costs one write, not one per event (the watch's drop
+    // writes what is left).
+    let dirty = cache.map(|writer| {
+        let (dirty, rx) = watch::channel(());
+        tokio::spawn(write_cache_when_dirty(inner.clone(), id, writer.clone(), rx));
+        (dirty, writer.pending)
+    });
     let mut backoff = Duration::from_millis(100);
     loop {
         let Some(client) = inner.upgrade() else { return };
@@ -648,18 +701,13 @@ async fn run_watch(
             match reader.next::<SubscriptionFrame>().await {
                 Ok(Some(SubscriptionFrame::Event(event))) => {
                     let Some(client) = inner.upgrade() else { return };
-                    let (applied, view) = {
-                        let mut session = client.session.lock();
-                        let applied = session.on_event(id, &event);
-                        // Copy the view only when it is to be cached.
-                        let view = cache.as_ref().and_then(|_| session.state(id)).map(SubState::snapshot);
-                        (applied, view)
-                    };
+                    let applied = client.session.lock().on_event(id, &event);
                     if applied == Applied::Duplicate {
                         continue;
                     }
-                    if let (Some(path), Some(view)) = (&cache, view) {
-                        write_cache(path, view);
+                    if let Some((d, pending)) = &dirty {
+                        pending.store(true, Ordering::Release);
+                        d.send_replace(());
                     }
                     if tx.send(Ok(WatchItem { event, applied, stale: None })).await.is_err() {
                         return;

@@ -13,6 +13,7 @@ use std::time::Duration;
 use clap::Args;
 use sextant_core::{Instance, Namespace, Scope, ServiceKey};
 use sextant_gateway::config::GatewayFile;
+use sextant_gateway::metrics::{CONTENT_TYPE, GatewayMetrics};
 use sextant_gateway::proxy::{Gateway, Rule, Upstream};
 use sextant_gateway::{FollowOptions, HealthCheck, PluginFollower, RemoteDiscovery, Router};
 use sextant_plugin::{HostConfig, PluginHost};
@@ -52,6 +53,10 @@ pub(crate) struct GatewayArgs {
     /// Zone label of the gateway's registration.
     #[arg(long, default_value = "")]
     zone: String,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address: requests, latency
+    /// histograms, attempts, retries, rate limits, endpoint health and breakers, plugins.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
     /// Seconds to drain requests in flight on SIGTERM.
     #[arg(long, default_value_t = 10)]
     drain_secs: u64,
@@ -113,7 +118,25 @@ pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Ou
         client.clone(),
         FollowOptions { services, defaults: config, cache_dir: Some(args.cache.join("plugins")) },
     );
-    let gateway = Gateway::new(gateway_config, Upstream::Router(router)).map_err(|e| Failure::usage(e.to_string()))?;
+    let metrics = Arc::new(GatewayMetrics::new());
+    let gateway = Gateway::with_metrics(gateway_config, Upstream::Router(router.clone()), Some(Arc::clone(&metrics)))
+        .map_err(|e| Failure::usage(e.to_string()))?;
+    let metrics_server = match args.metrics {
+        None => None,
+        Some(at) => {
+            let listener = tokio::net::TcpListener::bind(at)
+                .await
+                .map_err(|e| Failure::other(format!("listening on {at} (--metrics): {e}")))?;
+            let app = axum::Router::new().route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let (metrics, router) = (Arc::clone(&metrics), router.clone());
+                    async move { ([("content-type", CONTENT_TYPE)], metrics.encode(Some(&router))) }
+                }),
+            );
+            Some(tokio::spawn(async move { axum::serve(listener, app).await }))
+        }
+    };
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -169,6 +192,9 @@ pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Ou
         }
     };
     let served = gateway.serve(listener, shutdown, Duration::from_secs(args.drain_secs)).await;
+    if let Some(task) = metrics_server {
+        task.abort();
+    }
     served.map_err(|e| Failure::other(format!("gateway: {e}")))?;
     tracing::info!("drained");
     Ok(())

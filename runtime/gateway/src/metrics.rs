@@ -1,0 +1,310 @@
+//! The gateway's Prometheus metrics (OpenMetrics text, via `prometheus-client`), all under
+//! `sextant_gateway_`.
+//!
+//! Counted as requests flow: requests by route, service and status class (`2xx` … `5xx`),
+//! their latency (a histogram in seconds, from the request to the response headers), upstream
+//! attempts by service, endpoint and result, retries and rate-limited requests per service.
+//! Read from the router at scrape time: per endpoint its health (`up`, `down`, `ejected`,
+//! `open`, `out`: one series set to 1), whether its breaker is open, requests in flight, its
+//! effective weight; per plugin version (kind, name, sha256) the calls, traps, deadline hits,
+//! memory hits, contract violations and fallbacks, summed over every route and kept across
+//! swaps (counters).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use sextant_plugin::{Totals, VersionKey};
+
+use crate::Router;
+use crate::resilience::BreakerState;
+
+/// The content type of [`GatewayMetrics::encode`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Labels of a request.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The matching rule: `[HOST]PREFIX` (`none`: no rule matched).
+    pub route: String,
+    /// `NS/GROUP/NAME` (empty when no rule matched).
+    pub service: String,
+    /// `2xx`, `3xx`, `4xx` or `5xx`.
+    pub class: &'static str,
+}
+
+/// Labels of a latency.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// The matching rule.
+    pub route: String,
+    /// The service.
+    pub service: String,
+}
+
+/// Labels of an upstream attempt.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttemptLabels {
+    /// The service.
+    pub service: String,
+    /// `ip:port`.
+    pub endpoint: String,
+    /// `2xx` … `5xx`, `timeout`, `connect_error` or `error`.
+    pub result: &'static str,
+}
+
+/// Labels of one service.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabel {
+    /// The service.
+    pub service: String,
+}
+
+/// Labels of one endpoint.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// The service.
+    pub service: String,
+    /// `ip:port`.
+    pub endpoint: String,
+}
+
+/// Labels of an endpoint's health.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HealthLabels {
+    /// The service.
+    pub service: String,
+    /// `ip:port`.
+    pub endpoint: String,
+    /// `up`, `down`, `ejected`, `open` or `out`.
+    pub health: &'static str,
+}
+
+/// Labels of a plugin version.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    /// `balancer`, `health` or `scheduler`.
+    pub kind: String,
+    /// The plugin record's name, or the built-in's.
+    pub plugin: String,
+    /// sha256 of the component; empty for a built-in.
+    pub sha256: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms … ~16 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// Every metric the gateway exports.
+#[derive(Debug)]
+pub struct GatewayMetrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    attempts: Family<AttemptLabels, Counter>,
+    retries: Family<ServiceLabel, Counter>,
+    rate_limited: Family<ServiceLabel, Counter>,
+    health: Family<HealthLabels, Gauge>,
+    breaker_open: Family<EndpointLabels, Gauge>,
+    in_flight: Family<EndpointLabels, Gauge>,
+    weight: Family<EndpointLabels, Gauge>,
+    plugin: [Family<VersionLabels, Counter>; 6],
+}
+
+impl Default for GatewayMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `2xx` … `5xx` for an HTTP status.
+#[must_use]
+pub fn class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+impl GatewayMetrics {
+    /// Registers every metric.
+    #[must_use]
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("sextant_gateway");
+        let m = Self {
+            registry: Registry::default(),
+            requests: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            attempts: Family::default(),
+            retries: Family::default(),
+            rate_limited: Family::default(),
+            health: Family::default(),
+            breaker_open: Family::default(),
+            in_flight: Family::default(),
+            weight: Family::default(),
+            plugin: std::array::from_fn(|_| Family::default()),
+        };
+        registry.register("requests", "Requests by route, service and status class", m.requests.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Time from a request to its response headers",
+            m.duration.clone(),
+        );
+        registry.register("upstream_attempts", "Upstream attempts by endpoint and result", m.attempts.clone());
+        registry.register("retries", "Attempts after the first", m.retries.clone());
+        registry.register("rate_limited", "Requests refused by the service's rate limit", m.rate_limited.clone());
+        registry.register("endpoint_health", "1 for the endpoint's current health state", m.health.clone());
+        registry.register("endpoint_breaker_open", "1 while the endpoint's breaker is open", m.breaker_open.clone());
+        registry.register("endpoint_in_flight", "Requests in flight to the endpoint", m.in_flight.clone());
+        registry.register("endpoint_weight", "Effective weight in rotation (0: out)", m.weight.clone());
+        let names = [
+            ("plugin_calls", "Calls into a plugin version, all routes"),
+            ("plugin_traps", "Calls into a plugin version that trapped"),
+            ("plugin_deadline_hits", "Calls into a plugin version stopped at their deadline"),
+            ("plugin_memory_hits", "Calls into a plugin version stopped at the memory cap"),
+            ("plugin_contract_violations", "Answers of a plugin version outside the contract"),
+            ("plugin_fallbacks", "Calls the native default answered for a plugin version"),
+        ];
+        for ((name, help), family) in names.into_iter().zip(&m.plugin) {
+            registry.register(name, help, family.clone());
+        }
+        Self { registry, ..m }
+    }
+
+    /// Counts a request answered with `status` after `elapsed`.
+    pub fn request(&self, route: &str, service: &str, status: u16, elapsed: Duration) {
+        let labels = RequestLabels { route: route.to_owned(), service: service.to_owned(), class: class(status) };
+        self.requests.get_or_create(&labels).inc();
+        let labels = RouteLabels { route: route.to_owned(), service: service.to_owned() };
+        self.duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts an upstream attempt.
+    pub fn attempt(&self, service: &str, endpoint: &str, result: &'static str) {
+        let labels = AttemptLabels { service: service.to_owned(), endpoint: endpoint.to_owned(), result };
+        self.attempts.get_or_create(&labels).inc();
+    }
+
+    /// Counts a retry.
+    pub fn retry(&self, service: &str) {
+        self.retries.get_or_create(&ServiceLabel { service: service.to_owned() }).inc();
+    }
+
+    /// Counts a rate-limited request.
+    pub fn rate_limited(&self, service: &str) {
+        self.rate_limited.get_or_create(&ServiceLabel { service: service.to_owned() }).inc();
+    }
+
+    /// Reads the router's endpoints and plugin versions, then encodes everything.
+    #[must_use]
+    pub fn encode(&self, router: Option<&Router>) -> String {
+        if let Some(router) = router {
+            self.read(router);
+        }
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    fn read(&self, router: &Router) {
+        for family in [&self.breaker_open, &self.in_flight, &self.weight] {
+            family.clear();
+        }
+        self.health.clear();
+        let mut totals = router.host().retired();
+        for service in router.services() {
+            let Some(status) = router.status(&service) else { continue };
+            for e in &status.endpoints {
+                let labels = EndpointLabels { service: status.service.clone(), endpoint: e.address.clone() };
+                let health =
+                    HealthLabels { service: status.service.clone(), endpoint: e.address.clone(), health: e.health };
+                self.health.get_or_create(&health).set(1);
+                self.breaker_open.get_or_create(&labels).set(i64::from(matches!(e.breaker, BreakerState::Open)));
+                self.in_flight.get_or_create(&labels).set(i64::from(e.in_flight));
+                self.weight.get_or_create(&labels).set(i64::from(e.weight));
+            }
+            let slots = [
+                (sextant_plugin::PluginKind::Balancer, Some(&status.balancer)),
+                (sextant_plugin::PluginKind::Health, Some(&status.health)),
+                (sextant_plugin::PluginKind::Scheduler, status.scheduler.as_ref()),
+            ];
+            for (kind, slot) in slots {
+                let Some(slot) = slot else { continue };
+                let a = &slot.active;
+                let key = VersionKey {
+                    kind: kind.to_string(),
+                    plugin: a.name.clone(),
+                    sha256: a.sha256.clone().unwrap_or_default(),
+                };
+                totals.entry(key).or_default().add(&a.counters);
+            }
+        }
+        for (key, t) in totals {
+            self.set_totals(&key, &t);
+        }
+    }
+
+    fn set_totals(&self, key: &VersionKey, t: &Totals) {
+        let labels = VersionLabels { kind: key.kind.clone(), plugin: key.plugin.clone(), sha256: key.sha256.clone() };
+        let values = [t.calls, t.traps, t.deadline_hits, t.memory_hits, t.contract_violations, t.fallbacks];
+        for (family, total) in self.plugin.iter().zip(values) {
+            let counter = family.get_or_create(&labels);
+            let seen = counter.get();
+            if total > seen {
+                counter.inc_by(total - seen);
+            }
+        }
+    }
+}
+
+/// Shared metrics, cheap to clone.
+pub type SharedMetrics = Arc<GatewayMetrics>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_counted_by_class_and_timed_in_seconds() {
+        let m = GatewayMetrics::new();
+        m.request("/api", "ns/g/a", 200, Duration::from_millis(3));
+        m.request("/api", "ns/g/a", 204, Duration::from_millis(1));
+        m.request("/api", "ns/g/a", 503, Duration::from_millis(2));
+        m.attempt("ns/g/a", "127.0.0.1:9", "timeout");
+        m.retry("ns/g/a");
+        let text = m.encode(None);
+        let line = |prefix: &str| text.lines().find(|l| l.starts_with(prefix)).map(str::to_owned);
+        assert_eq!(
+            line(r#"sextant_gateway_requests_total{route="/api",service="ns/g/a",class="2xx"}"#).as_deref(),
+            Some(r#"sextant_gateway_requests_total{route="/api",service="ns/g/a",class="2xx"} 2"#)
+        );
+        assert!(line(r#"sextant_gateway_requests_total{route="/api",service="ns/g/a",class="5xx"} 1"#).is_some());
+        assert!(line(r#"sextant_gateway_request_duration_seconds_count{route="/api",service="ns/g/a"} 3"#).is_some());
+        assert!(
+            line(r#"sextant_gateway_request_duration_seconds_bucket{le="0.002",route="/api",service="ns/g/a"} 2"#)
+                .is_some(),
+            "1 ms and 2 ms fall in the 2 ms bucket:\n{text}"
+        );
+        assert!(
+            line(
+                r#"sextant_gateway_upstream_attempts_total{service="ns/g/a",endpoint="127.0.0.1:9",result="timeout"} 1"#
+            )
+            .is_some()
+        );
+        assert!(line(r#"sextant_gateway_retries_total{service="ns/g/a"} 1"#).is_some());
+        assert!(text.ends_with("# EOF\n"));
+        assert_eq!(class(101), "1xx");
+        assert_eq!(class(302), "3xx");
+        assert_eq!(class(404), "4xx");
+    }
+}
