@@ -139,6 +139,7 @@ fn metrics_and_status_report_the_registry() {
     for line in ["sextant_services 2", "sextant_instances 3", "sextant_configs 1", "sextant_revision 4"] {
         assert!(metrics.lines().any(|l| l == line), "missing {line:?} in:\n{metrics}");
     }
+    crate::support::promtool_check(&metrics);
     let (_, services) = server.get("/v1/services");
     assert_eq!(services, json!(["default/default/a", "default/default/b"]));
     let (_, cfg) = server.get("/v1/configs/default/default/c");

@@ -54,7 +54,7 @@ impl Gateway {
         let mut r = http().get(&format!("http://{}/metrics", self.metrics)).call().expect("GET /metrics");
         assert_eq!(r.status(), 200);
         let kind = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-        assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
+        assert!(kind.starts_with("text/plain; version=0.0.4"), "{kind}");
         r.body_mut().read_to_string().unwrap()
     }
 
@@ -221,6 +221,7 @@ fn the_gateway_follows_plugin_loads_rollbacks_and_deletes_and_keeps_routing_with
         format!(r#"sextant_gateway_plugin_fallbacks_total{{kind="balancer",plugin="sticky",sha256="{ring_sha}"}} "#);
     assert_eq!(value(&fallbacks), Some(0), "{metrics}");
     assert!(metrics.contains("sextant_gateway_request_duration_seconds_bucket{"), "{metrics}");
+    crate::support::promtool_check(&metrics);
 
     // The server goes away: the gateway keeps routing with its plugin.
     drop(server);

@@ -143,6 +143,7 @@ fn plugins_from_a_directory_and_the_cli_swap_in_and_bad_ones_change_nothing() {
     };
     assert_eq!(total(&sha256_of(rr)), 15);
     assert_eq!(total(&sha256_of(random)), 4, "the version rolled back from keeps its count");
+    crate::support::promtool_check(&metrics);
 
     // Roll forward to random, and back again; nothing left to roll forward to is `invalid`.
     let out = run(&server, &["plugin", "rollback", "rr", "--forward"]);

@@ -252,3 +252,23 @@ pub(crate) fn cli(server: &Server, args: &[&str]) -> Command {
 pub(crate) fn run(server: &Server, args: &[&str]) -> Output {
     cli(server, args).stdout(Stdio::piped()).output().expect("run sextant")
 }
+
+/// Runs `promtool check metrics` (from PATH, or where `scripts/setup` puts it) on `text`;
+/// panics with what it says unless it accepts the text without a remark.
+pub(crate) fn promtool_check(text: &str) {
+    let cached = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/sextant/bin/promtool"));
+    let on_path = std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("promtool")).find(|p| p.is_file()));
+    let promtool = on_path.or(cached.filter(|p| p.is_file())).expect("promtool: run `bash scripts/setup`");
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), text.as_bytes()).expect("feed promtool");
+    let out = child.wait_with_output().expect("promtool ends");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {said}\n{text}");
+}

@@ -1,5 +1,5 @@
-//! The gateway's Prometheus metrics (OpenMetrics text, via `prometheus-client`), all under
-//! `sextant_gateway_`.
+//! The gateway's Prometheus metrics (the Prometheus text format, via `prometheus-client`),
+//! all under `sextant_gateway_`.
 //!
 //! Counted as requests flow: requests by route, service and status class (`2xx` … `5xx`),
 //! their latency (a histogram in seconds, from the request to the response headers), upstream
@@ -10,6 +10,7 @@
 //! memory hits, contract violations and fallbacks, summed over every route and kept across
 //! swaps (counters).
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,8 +25,40 @@ use sextant_plugin::{Totals, VersionKey};
 use crate::Router;
 use crate::resilience::BreakerState;
 
-/// The content type of [`GatewayMetrics::encode`]'s text.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of [`GatewayMetrics::encode`]'s text (and of the server's `/metrics`):
+/// the Prometheus text format, which every scraper and `promtool check metrics` read.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Rewrites `prometheus-client`'s OpenMetrics text as the Prometheus text format (0.0.4):
+/// a counter family's `# HELP` and `# TYPE` name its `_total` samples, `# UNIT` and `# EOF`
+/// lines go. Samples are unchanged.
+#[must_use]
+pub fn prometheus_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut help: Option<(&str, &str)> = None;
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, text) = rest.split_once(' ').unwrap_or((rest, ""));
+            help = Some((name, text));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let shown = if kind == "counter" { format!("{name}_total") } else { name.to_owned() };
+            if let Some((_, text)) = help.take().filter(|(h, _)| *h == name) {
+                let _ = writeln!(out, "# HELP {shown} {text}");
+            }
+            let _ = writeln!(out, "# TYPE {shown} {kind}");
+            continue;
+        }
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
 
 /// Labels of a request.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -213,7 +246,7 @@ impl GatewayMetrics {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        prometheus_text(&out)
     }
 
     fn read(&self, router: &Router) {
@@ -302,7 +335,9 @@ mod tests {
             .is_some()
         );
         assert!(line(r#"sextant_gateway_retries_total{service="ns/g/a"} 1"#).is_some());
-        assert!(text.ends_with("# EOF\n"));
+        assert!(text.contains("# TYPE sextant_gateway_requests_total counter\n"), "{text}");
+        assert!(text.contains("# TYPE sextant_gateway_request_duration_seconds histogram\n"), "{text}");
+        assert!(!text.contains("# EOF"), "{text}");
         assert_eq!(class(101), "1xx");
         assert_eq!(class(302), "3xx");
         assert_eq!(class(404), "4xx");

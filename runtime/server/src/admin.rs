@@ -332,7 +332,7 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     s.metrics.set_totals(&s.plugins.totals());
     s.metrics.plugin_failures.set(gauge(s.plugins.failures().len()));
     s.metrics.set_access(&s.access);
-    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.encode())
+    ([("content-type", sextant_gateway::metrics::CONTENT_TYPE)], s.metrics.encode())
 }
 
 /// The whole-registry read every registry-wide route needs (`list` of scope `all`).

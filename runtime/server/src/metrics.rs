@@ -82,10 +82,10 @@ pub struct Metrics {
     pub plugin_version: Family<SlotLabels, Gauge>,
     /// When the active version was published (Unix seconds).
     pub plugin_loaded_at: Family<SlotLabels, Gauge>,
-    /// Sampled call time p50 (ns) of the active version.
-    pub plugin_call_p50_ns: Family<SlotLabels, Gauge>,
-    /// Sampled call time p99 (ns) of the active version.
-    pub plugin_call_p99_ns: Family<SlotLabels, Gauge>,
+    /// Sampled call time p50 of the active version, in seconds.
+    pub plugin_call_p50_seconds: Family<SlotLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Sampled call time p99 of the active version, in seconds.
+    pub plugin_call_p99_seconds: Family<SlotLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Per plugin version (kind, name, sha256), over every service and every swap: calls.
     pub plugin_calls: Family<VersionLabels, Counter>,
     /// Calls that trapped.
@@ -140,8 +140,8 @@ impl Metrics {
             plugin_contract_violations: Family::default(),
             plugin_fallbacks: Family::default(),
             plugin_loaded_at: Family::default(),
-            plugin_call_p50_ns: Family::default(),
-            plugin_call_p99_ns: Family::default(),
+            plugin_call_p50_seconds: Family::default(),
+            plugin_call_p99_seconds: Family::default(),
             plugin_failures: Gauge::default(),
             store_reachable: Gauge::default(),
             store_stale_seconds: Gauge::default(),
@@ -201,8 +201,16 @@ impl Metrics {
             "When the active version was published (Unix s)",
             m.plugin_loaded_at.clone(),
         );
-        registry.register("plugin_call_p50_ns", "Sampled plugin call time p50 (ns)", m.plugin_call_p50_ns.clone());
-        registry.register("plugin_call_p99_ns", "Sampled plugin call time p99 (ns)", m.plugin_call_p99_ns.clone());
+        registry.register(
+            "plugin_call_p50_seconds",
+            "Sampled call time p50 of a slot's active plugin",
+            m.plugin_call_p50_seconds.clone(),
+        );
+        registry.register(
+            "plugin_call_p99_seconds",
+            "Sampled call time p99 of a slot's active plugin",
+            m.plugin_call_p99_seconds.clone(),
+        );
         registry.register(
             "plugin_failures",
             "Recent plugin loads or activations that failed",
@@ -230,9 +238,12 @@ impl Metrics {
 
     /// Replaces the plugin slot series with `slots`.
     pub fn set_slots(&self, slots: &[sextant_proto::SlotView]) {
-        let families =
-            [&self.plugin_version, &self.plugin_loaded_at, &self.plugin_call_p50_ns, &self.plugin_call_p99_ns];
-        for f in families {
+        let gauges = [&self.plugin_version, &self.plugin_loaded_at];
+        let times = [&self.plugin_call_p50_seconds, &self.plugin_call_p99_seconds];
+        for f in gauges {
+            f.clear();
+        }
+        for f in times {
             f.clear();
         }
         let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
@@ -244,9 +255,11 @@ impl Metrics {
                 source: s.source.clone(),
                 sha256: s.sha256.clone().unwrap_or_default(),
             };
-            let values = [s.version, s.loaded_at, s.call_p50_ns, s.call_p99_ns];
-            for (f, v) in families.iter().zip(values) {
+            for (f, v) in gauges.iter().zip([s.version, s.loaded_at]) {
                 f.get_or_create(&labels).set(g(v));
+            }
+            for (f, ns) in times.iter().zip([s.call_p50_ns, s.call_p99_ns]) {
+                f.get_or_create(&labels).set(ns as f64 / 1e9);
             }
         }
     }
@@ -285,6 +298,6 @@ impl Metrics {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        sextant_gateway::metrics::prometheus_text(&out)
     }
 }
