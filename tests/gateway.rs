@@ -32,13 +32,18 @@ impl Gateway {
             "balancer": "round-robin",
         });
         std::fs::write(&config, document.to_string()).unwrap();
+        Self::spawn(server, dir, port, &["--config", config.to_str().unwrap()])
+    }
+
+    fn spawn(server: &Server, dir: &Path, port: u16, extra: &[&str]) -> Self {
         let log = dir.join(format!("gateway-{port}.log"));
         let addr = format!("127.0.0.1:{port}");
         let metrics = format!("127.0.0.1:{}", free_port());
         let ca = server.data_dir.join("tls/ca.pem");
         let child = Command::new(sextant_bin())
             .args(["gateway", "--server", &server.quic.to_string(), "--ca", ca.to_str().unwrap()])
-            .args(["--listen", &addr, "--config", config.to_str().unwrap()])
+            .args(["--listen", &addr])
+            .args(extra)
             .args(["--cache", dir.join("cache").to_str().unwrap(), "--register-as", "shop/edge/gateway"])
             .args(["--zone", "zone-a", "--drain-secs", "1", "--metrics", &metrics])
             .env("SEXTANT_LOG", "info")
@@ -237,4 +242,62 @@ fn the_gateway_follows_plugin_loads_rollbacks_and_deletes_and_keeps_routing_with
     until_spread(&gateway, &backends, 6, "the cached plugin after a restart with no server", sticky);
     let log = gateway.log();
     assert!(log.contains("plugin active"), "the cached component was swapped in:\n{log}");
+}
+
+/// The gateway's own registration, as the server holds it.
+fn registration(server: &Server) -> Option<Value> {
+    let (status, body) = server.get("/v1/services/shop/edge/gateway");
+    (status == 200).then(|| body["instances"][0].clone())
+}
+
+/// What the gateway says of its config entry in its registration.
+fn config_status(server: &Server) -> String {
+    registration(server)
+        .and_then(|i| i["metadata"]["sextant.gateway.config"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn config_put(server: &Server, content: &str) {
+    let out = run(server, &["config", "put", "shop/edge/gateway", "--content", content]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_gateway_follows_its_config_entry_and_a_bad_one_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let backends: Vec<Backend> =
+        ["a", "b"].iter().map(|n| runtime.block_on(Backend::start(n, Behavior::default())).unwrap()).collect();
+    let server = Server::start(&dir.path().join("data"));
+    for (name, b) in ["a", "b"].iter().zip(&backends) {
+        let service = format!("shop/web/{name}");
+        let (status, body) = server.post("/v1/instances", &instance(&service, name, b.addr().port(), false));
+        assert_eq!(status, 200, "{body}");
+    }
+    let to = |service: &str| {
+        serde_json::json!({"gateway": {"routes": [{"path_prefix": "/", "service": service}]}, "balancer": "round-robin"})
+            .to_string()
+    };
+    config_put(&server, &to("shop/web/a"));
+    let gw_dir = dir.path().join("gw");
+    std::fs::create_dir(&gw_dir).unwrap();
+    let gateway = Gateway::spawn(&server, &gw_dir, free_port(), &["--config-entry", "shop/edge/gateway"]);
+    wait_until("the gateway routes", || gateway.get("u") == 200);
+    assert_eq!(send(&gateway, &backends, 8), vec![8, 0], "the entry routes / to a");
+    wait_until("the gateway reports its entry applied", || config_status(&server).starts_with("applied "));
+
+    // A new version of the entry: routed to b, without a restart.
+    config_put(&server, &to("shop/web/b"));
+    until_spread(&gateway, &backends, 4, "the new entry routes / to b", |s| s == [0, 4]);
+
+    // Not JSON, then an unknown balancer: refused, shown, and b keeps serving.
+    for (bad, says) in [("{not json", "gateway configuration"), (r#"{"balancer": "nope"}"#, "unknown balancer")] {
+        config_put(&server, bad);
+        wait_until("the refusal in the registration", || {
+            let status = config_status(&server);
+            status.starts_with("refused ") && status.contains(says)
+        });
+        assert_eq!(send(&gateway, &backends, 6), vec![0, 6], "the last good entry keeps serving");
+    }
+    assert!(gateway.log().contains("config entry refused"), "{}", gateway.log());
 }

@@ -79,7 +79,17 @@ struct Desired {
 pub struct PluginFollower {
     activations: Arc<Mutex<BTreeMap<(String, String), Activation>>>,
     changed: watch::Receiver<u64>,
+    control: tokio::sync::mpsc::UnboundedSender<Control>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// A change of what the follower covers.
+#[derive(Debug)]
+struct Control {
+    services: Vec<ServiceKey>,
+    defaults: RouteConfig,
+    /// Services whose routes were rebuilt (their slots start on the defaults again).
+    reset: Vec<ServiceKey>,
 }
 
 impl PluginFollower {
@@ -88,6 +98,7 @@ impl PluginFollower {
     pub fn start(router: Router, client: Client, options: FollowOptions) -> Self {
         let activations = Arc::new(Mutex::new(BTreeMap::new()));
         let (tx, changed) = watch::channel(0);
+        let (control, control_rx) = tokio::sync::mpsc::unbounded_channel();
         let state = Follow {
             router,
             client,
@@ -97,8 +108,15 @@ impl PluginFollower {
             activations: Arc::clone(&activations),
             changed: tx,
         };
-        let task = tokio::spawn(state.run());
-        Self { activations, changed, task }
+        let task = tokio::spawn(state.run(control_rx));
+        Self { activations, changed, control, task }
+    }
+
+    /// Follows for `services` from now on, with `defaults` for services no record binds;
+    /// `reset` names services whose routes were rebuilt (reconfigured), so their bound
+    /// plugins are loaded again.
+    pub fn set_services(&self, services: Vec<ServiceKey>, defaults: RouteConfig, reset: Vec<ServiceKey>) {
+        let _ = self.control.send(Control { services, defaults, reset });
     }
 
     /// Every (service, kind) the follower has acted on.
@@ -171,18 +189,24 @@ struct Follow {
 const KINDS: [PluginKind; 3] = [PluginKind::Balancer, PluginKind::Health, PluginKind::Scheduler];
 
 impl Follow {
-    async fn run(mut self) {
+    async fn run(mut self, mut control: tokio::sync::mpsc::UnboundedReceiver<Control>) {
         let mut watch = self.client.watch(Scope::Plugins);
         let mut records: Vec<Arc<PluginRecord>> = Vec::new();
         let mut retry = false;
         loop {
-            let item = if retry {
-                tokio::select! {
-                    item = watch.next() => Some(item),
-                    () = tokio::time::sleep(FETCH_RETRY) => None,
+            let retry_in = if retry { FETCH_RETRY } else { Duration::from_secs(3600) };
+            let item = tokio::select! {
+                item = watch.next() => Some(item),
+                () = tokio::time::sleep(retry_in) => None,
+                change = control.recv() => {
+                    let Some(c) = change else { return };
+                    self.activations.lock().retain(|(s, _), _| c.services.iter().any(|k| k.to_string() == *s));
+                    self.applied.retain(|(s, _), _| c.services.contains(s) && !c.reset.contains(s));
+                    self.options.services = c.services;
+                    self.options.defaults = c.defaults;
+                    self.changed.send_modify(|n| *n += 1);
+                    None
                 }
-            } else {
-                Some(watch.next().await)
             };
             match item {
                 None => {}

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::combinators::BoxBody;
@@ -133,9 +134,51 @@ struct CompiledRule {
     service_label: String,
 }
 
-struct Inner {
+/// The configuration in force and its rules, swapped as one.
+struct Routing {
     config: GatewayConfig,
     rules: Vec<CompiledRule>,
+}
+
+impl Routing {
+    fn compile(config: GatewayConfig) -> Result<Self, ConfigError> {
+        let mut rules = Vec::with_capacity(config.routes.len());
+        for (index, rule) in config.routes.iter().enumerate() {
+            let service = ServiceKey::parse(&rule.service)
+                .map_err(|e| ConfigError { index, reason: format!("service {:?}: {e}", rule.service) })?;
+            if !rule.path_prefix.starts_with('/') {
+                return Err(ConfigError {
+                    index,
+                    reason: format!("path_prefix {:?} must start with /", rule.path_prefix),
+                });
+            }
+            let label = format!("{}{}", rule.host.as_deref().unwrap_or(""), rule.path_prefix);
+            let service_label = service.to_string();
+            rules.push(CompiledRule { rule: rule.clone(), service, label, service_label });
+        }
+        // Host rules first, then longer prefixes.
+        rules.sort_by_key(|r| (r.rule.host.is_none(), std::cmp::Reverse(r.rule.path_prefix.len())));
+        Ok(Self { config, rules })
+    }
+
+    fn rule(&self, request: &Request<Incoming>) -> Option<&CompiledRule> {
+        let host =
+            request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or_else(|| request.uri().host()).map(
+                |h| {
+                    h.rsplit_once(':')
+                        .map_or(h, |(name, port)| if port.chars().all(|c| c.is_ascii_digit()) { name } else { h })
+                },
+            );
+        let path = request.uri().path();
+        self.rules.iter().find(|r| {
+            r.rule.host.as_deref().is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)))
+                && path.starts_with(&r.rule.path_prefix)
+        })
+    }
+}
+
+struct Inner {
+    routing: ArcSwap<Routing>,
     upstream: Upstream,
     client: Client<HttpConnector, Full<Bytes>>,
     stats: Stats,
@@ -148,7 +191,7 @@ pub struct Gateway(Arc<Inner>);
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gateway").field("routes", &self.0.config.routes).finish_non_exhaustive()
+        f.debug_struct("Gateway").field("routes", &self.0.routing.load().config.routes).finish_non_exhaustive()
     }
 }
 
@@ -181,30 +224,34 @@ impl Gateway {
         upstream: Upstream,
         metrics: Option<SharedMetrics>,
     ) -> Result<Self, ConfigError> {
-        let mut rules = Vec::with_capacity(config.routes.len());
-        for (index, rule) in config.routes.iter().enumerate() {
-            let service = ServiceKey::parse(&rule.service)
-                .map_err(|e| ConfigError { index, reason: format!("service {:?}: {e}", rule.service) })?;
-            if !rule.path_prefix.starts_with('/') {
-                return Err(ConfigError {
-                    index,
-                    reason: format!("path_prefix {:?} must start with /", rule.path_prefix),
-                });
-            }
-            let label = format!("{}{}", rule.host.as_deref().unwrap_or(""), rule.path_prefix);
-            let service_label = service.to_string();
-            rules.push(CompiledRule { rule: rule.clone(), service, label, service_label });
-        }
-        // Host rules first, then longer prefixes.
-        rules.sort_by_key(|r| (r.rule.host.is_none(), std::cmp::Reverse(r.rule.path_prefix.len())));
+        let routing = Routing::compile(config)?;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.attempt_timeout));
+        connector.set_connect_timeout(Some(routing.config.attempt_timeout));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(256)
             .build(connector);
-        Ok(Self(Arc::new(Inner { config, rules, upstream, client, stats: Stats::default(), metrics })))
+        let routing = ArcSwap::from_pointee(routing);
+        Ok(Self(Arc::new(Inner { routing, upstream, client, stats: Stats::default(), metrics })))
+    }
+
+    /// Replaces the routes, the attempt timeout and the body limit while serving (requests
+    /// in flight finish on the rules they started with). Nothing changes when `config` is
+    /// refused. The connect timeout stays the one the gateway started with.
+    ///
+    /// # Errors
+    /// As [`Gateway::new`].
+    pub fn set_config(&self, config: GatewayConfig) -> Result<(), ConfigError> {
+        let routing = Routing::compile(config)?;
+        self.0.routing.store(Arc::new(routing));
+        Ok(())
+    }
+
+    /// The configuration in force.
+    #[must_use]
+    pub fn config(&self) -> GatewayConfig {
+        self.0.routing.load().config.clone()
     }
 
     /// Counters since start.
@@ -262,26 +309,12 @@ impl Gateway {
         Ok(())
     }
 
-    fn rule(&self, request: &Request<Incoming>) -> Option<&CompiledRule> {
-        let host =
-            request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or_else(|| request.uri().host()).map(
-                |h| {
-                    h.rsplit_once(':')
-                        .map_or(h, |(name, port)| if port.chars().all(|c| c.is_ascii_digit()) { name } else { h })
-                },
-            );
-        let path = request.uri().path();
-        self.0.rules.iter().find(|r| {
-            r.rule.host.as_deref().is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)))
-                && path.starts_with(&r.rule.path_prefix)
-        })
-    }
-
     /// Handles one request.
     pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let started = std::time::Instant::now();
         self.0.stats.requests.fetch_add(1, Relaxed);
-        let Some(rule) = self.rule(&request) else {
+        let routing = self.0.routing.load_full();
+        let Some(rule) = routing.rule(&request) else {
             if let Some(m) = &self.0.metrics {
                 m.request("none", "", 404, started.elapsed());
             }
@@ -316,7 +349,8 @@ impl Gateway {
         };
         let service = rule.service.clone();
         let (parts, body) = request.into_parts();
-        let body = match Limited::new(body, self.0.config.max_body).collect().await {
+        let max_body = self.0.routing.load().config.max_body;
+        let body = match Limited::new(body, max_body).collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) => {
                 return if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
@@ -460,7 +494,8 @@ impl Gateway {
             }
         }
         let request = request.body(Full::new(body.clone())).map_err(|e| Failure::Other(e.to_string()))?;
-        match tokio::time::timeout(self.0.config.attempt_timeout, self.0.client.request(request)).await {
+        let timeout = self.0.routing.load().config.attempt_timeout;
+        match tokio::time::timeout(timeout, self.0.client.request(request)).await {
             Err(_) => Err(Failure::Timeout),
             Ok(Err(e)) if e.is_connect() => Err(Failure::Connect(e.to_string())),
             Ok(Err(e)) => Err(Failure::Other(format!(

@@ -11,14 +11,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use sextant_core::{Instance, Namespace, Scope, ServiceKey};
+use std::collections::BTreeMap;
+
+use sextant_core::{ConfigKey, Instance, Namespace, Record, Scope, ServiceKey};
 use sextant_gateway::config::GatewayFile;
 use sextant_gateway::metrics::{CONTENT_TYPE, GatewayMetrics};
-use sextant_gateway::proxy::{Gateway, Rule, Upstream};
-use sextant_gateway::{FollowOptions, HealthCheck, PluginFollower, RemoteDiscovery, Router};
+use sextant_gateway::proxy::{Gateway, GatewayConfig, Rule, Upstream};
+use sextant_gateway::{FollowOptions, HealthCheck, PluginFollower, RemoteDiscovery, RouteConfig, Router};
 use sextant_plugin::{HostConfig, PluginHost};
 use sextant_proto::Binding;
-use sextant_quic::client::Client;
+use sextant_quic::client::{Client, Watch};
+
+/// Metadata key of the gateway's config entry status (`applied V` or `refused V: REASON`).
+const CONFIG_STATUS: &str = "sextant.gateway.config";
 
 use crate::commands::{ClientArgs, Failure, client_options};
 
@@ -32,8 +37,15 @@ pub(crate) struct GatewayArgs {
     listen: SocketAddr,
     /// Configuration file (JSON): routes, balancer, health policy and checks, scheduler,
     /// breaker, retries, rate limit. --route adds to its routes.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "config_entry")]
     config: Option<PathBuf>,
+    /// The same document from a config entry in the store (`DATA_ID` or `NS/GROUP/DATA_ID`,
+    /// written with `sextant config put`), followed: a new version is applied without
+    /// restart; one that is not a valid document is refused (logged, and shown in the
+    /// gateway's registration as `sextant.gateway.config`) and the last good one keeps
+    /// serving. Routes to another namespace need --namespace.
+    #[arg(long)]
+    config_entry: Option<String>,
     /// `[HOST]/PREFIX=NS/GROUP/NAME`, repeatable.
     #[arg(long = "route")]
     routes: Vec<String>,
@@ -75,22 +87,85 @@ fn service_of(rule: &Rule) -> Result<ServiceKey, Failure> {
     ServiceKey::parse(&rule.service).map_err(|e| Failure::usage(format!("route to {:?}: {e}", rule.service)))
 }
 
-/// Runs the gateway until `shutdown`.
-pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Failure> {
-    let file = match &args.config {
-        Some(path) => GatewayFile::load(path).map_err(|e| Failure::usage(e.to_string()))?,
-        None => GatewayFile::default(),
-    };
-    let mut gateway_config = file.gateway.clone();
+/// What a configuration document (plus the command line) makes the gateway do.
+struct Effective {
+    gateway: GatewayConfig,
+    /// The document without its `gateway` part: what the routes' policies come from.
+    policies: GatewayFile,
+    route: RouteConfig,
+    services: Vec<ServiceKey>,
+}
+
+fn effective(file: &GatewayFile, args: &GatewayArgs) -> Result<Effective, Failure> {
+    let mut gateway = file.gateway.clone();
     for route in &args.routes {
-        gateway_config.routes.push(parse_route(route)?);
+        gateway.routes.push(parse_route(route)?);
     }
-    if gateway_config.routes.is_empty() {
-        return Err(Failure::usage("no routes: give --route [HOST]/PREFIX=SERVICE or a --config file with routes"));
+    if gateway.routes.is_empty() {
+        return Err(Failure::usage(
+            "no routes: give --route [HOST]/PREFIX=SERVICE, or routes in the --config file or --config-entry",
+        ));
     }
-    let mut services: Vec<ServiceKey> = gateway_config.routes.iter().map(service_of).collect::<Result<_, _>>()?;
+    let mut services: Vec<ServiceKey> = gateway.routes.iter().map(service_of).collect::<Result<_, _>>()?;
     services.sort();
     services.dedup();
+    let mut route = file.route_config();
+    route.health_check = match (&args.health_path, route.health_check.take()) {
+        (Some(path), _) => Some(HealthCheck::http(path, Duration::from_secs(2))),
+        (None, Some(from_file)) => Some(from_file),
+        (None, None) => Some(HealthCheck::tcp(Duration::from_secs(2))),
+    };
+    let policies = GatewayFile { gateway: GatewayConfig::default(), ..file.clone() };
+    Ok(Effective { gateway, policies, route, services })
+}
+
+/// The config entry `key` as `watch` holds it: (version, content).
+fn entry_of(client: &Client, watch: &Watch, key: &ConfigKey) -> Option<(String, String)> {
+    client.view(watch).records.into_iter().find_map(|r| match r {
+        Record::Config(c) if c.key == *key => Some((c.version.clone(), c.content.clone())),
+        _ => None,
+    })
+}
+
+fn short(version: &str) -> &str {
+    &version[..12.min(version.len())]
+}
+
+/// Runs the gateway until `shutdown`.
+#[allow(clippy::too_many_lines)]
+pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Failure> {
+    let args = Arc::new(args);
+    let mut options = client_options(&args.client);
+    options.cache_dir = Some(args.cache.clone());
+    options.name = "sextant-gateway".into();
+    let client = Client::new(options).map_err(|e| Failure::other(e.to_string()))?;
+
+    // The document: a file, a config entry (its first value from a server or the cache), or
+    // the defaults and --route.
+    let mut entry = None;
+    let (file, version) = match (&args.config, &args.config_entry) {
+        (Some(path), _) => (GatewayFile::load(path).map_err(|e| Failure::usage(e.to_string()))?, None),
+        (None, Some(key)) => {
+            let key = ConfigKey::parse(key).map_err(|e| Failure::usage(format!("--config-entry: {e}")))?;
+            let mut watch = client.watch(Scope::Config(key.clone()));
+            match tokio::time::timeout(Duration::from_secs(20), watch.next()).await {
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(e))) => return Err(Failure::other(format!("config entry {key}: {e}"))),
+                Ok(None) | Err(_) => {
+                    return Err(Failure::other(format!("config entry {key}: no server answered and none is cached")));
+                }
+            }
+            let (version, content) = entry_of(&client, &watch, &key)
+                .ok_or_else(|| Failure::usage(format!("config entry {key} does not exist")))?;
+            let file = GatewayFile::from_json(&content)
+                .map_err(|e| Failure::usage(format!("config entry {key} (version {}): {e}", short(&version))))?;
+            entry = Some((key, watch));
+            (file, Some(version))
+        }
+        (None, None) => (GatewayFile::default(), None),
+    };
+    let first = effective(&file, &args)?;
+    let services = first.services.clone();
     let scope = match &args.namespace {
         Some(ns) => Scope::Namespace(Namespace::new(ns.as_str()).map_err(|e| Failure::usage(e.to_string()))?),
         None if services.iter().all(|s| s.namespace == services[0].namespace) => {
@@ -98,32 +173,23 @@ pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Ou
         }
         None => Scope::All,
     };
-
-    let mut options = client_options(&args.client);
-    options.cache_dir = Some(args.cache.clone());
-    options.name = "sextant-gateway".into();
-    let client = Client::new(options).map_err(|e| Failure::other(e.to_string()))?;
     let discovery = RemoteDiscovery::follow(client.clone(), scope);
 
     let host = PluginHost::new(HostConfig::default()).map_err(|e| Failure::other(format!("plugin host: {e:#}")))?;
-    let mut config = file.route_config();
-    config.health_check = match (&args.health_path, config.health_check.take()) {
-        (Some(path), _) => Some(HealthCheck::http(path, Duration::from_secs(2))),
-        (None, Some(from_file)) => Some(from_file),
-        (None, None) => Some(HealthCheck::tcp(Duration::from_secs(2))),
-    };
-    let router = Router::new(host, Arc::new(discovery), config.clone());
-    let follower = PluginFollower::start(
+    let router = Router::new(host, Arc::new(discovery), first.route.clone());
+    let follower = Arc::new(PluginFollower::start(
         router.clone(),
         client.clone(),
-        FollowOptions { services, defaults: config, cache_dir: Some(args.cache.join("plugins")) },
-    );
+        FollowOptions { services, defaults: first.route.clone(), cache_dir: Some(args.cache.join("plugins")) },
+    ));
+    let gateway_config = first.gateway.clone();
     let metrics = Arc::new(GatewayMetrics::new());
     let gateway = Gateway::with_metrics(gateway_config, Upstream::Router(router.clone()), Some(Arc::clone(&metrics)))
         .map_err(|e| Failure::usage(e.to_string()))?;
     let metrics_server = match args.metrics {
         None => None,
         Some(at) => {
+            let router = router.clone();
             let listener = tokio::net::TcpListener::bind(at)
                 .await
                 .map_err(|e| Failure::other(format!("listening on {at} (--metrics): {e}")))?;
@@ -156,13 +222,19 @@ pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Ou
     // Register, then publish what the plugins do here in the registration as it changes. A
     // gateway that starts while no server answers serves from its caches and registers
     // once one does.
+    let (status, mut status_changes) = tokio::sync::watch::channel(BTreeMap::new());
+    // Held here for as long as the gateway runs, whatever the tasks below do.
+    let status = Arc::new(status);
+    if let Some(v) = &version {
+        status.send_replace(BTreeMap::from([(CONFIG_STATUS.to_owned(), format!("applied {}", short(v)))]));
+    }
     let reporter = {
-        let (client, mut changes) = (client.clone(), follower.changes());
-        let follower = Arc::new(follower);
+        let (client, mut changes, follower) = (client.clone(), follower.changes(), Arc::clone(&follower));
         tokio::spawn(async move {
             let mut published = None;
             loop {
-                let report = follower.report();
+                let mut report = follower.report();
+                report.extend(status_changes.borrow_and_update().clone());
                 if published.as_ref() != Some(&report) {
                     let mut instance = me.clone();
                     instance.metadata.extend(report.clone());
@@ -175,17 +247,70 @@ pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Ou
                         }
                     }
                 }
-                if changes.changed().await.is_err() {
-                    return;
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    changed = status_changes.changed() => if changed.is_err() { return },
                 }
             }
         })
     };
 
+    // A followed config entry: each new version applied, or refused with the reason.
+    let config_follower = entry.map(|(key, mut watch)| {
+        let (client, gateway, router) = (client.clone(), gateway.clone(), router.clone());
+        let (follower, status, args) = (Arc::clone(&follower), Arc::clone(&status), Arc::clone(&args));
+        let mut current = (version.unwrap_or_default(), first);
+        tokio::spawn(async move {
+            while let Some(item) = watch.next().await {
+                if item.is_err() {
+                    return;
+                }
+                let Some((version, content)) = entry_of(&client, &watch, &key) else {
+                    tracing::warn!(%key, "the gateway's config entry was deleted; the last one keeps serving");
+                    continue;
+                };
+                if version == current.0 {
+                    continue;
+                }
+                let next = GatewayFile::from_json(&content)
+                    .map_err(|e| e.to_string())
+                    .and_then(|file| effective(&file, &args).map_err(|e| e.to_string()))
+                    .and_then(|next| gateway.set_config(next.gateway.clone()).map(|()| next).map_err(|e| e.to_string()));
+                let line = match next {
+                    Err(reason) => {
+                        tracing::error!(%key, version = short(&version), %reason, "config entry refused; the last good one keeps serving");
+                        format!("refused {}: {}", short(&version), reason.chars().take(200).collect::<String>())
+                    }
+                    Ok(next) => {
+                        let policies_changed = next.policies != current.1.policies;
+                        let reset: Vec<ServiceKey> = next
+                            .services
+                            .iter()
+                            .filter(|s| policies_changed || !current.1.services.contains(s))
+                            .cloned()
+                            .collect();
+                        for s in &reset {
+                            router.configure(s.clone(), next.route.clone());
+                        }
+                        follower.set_services(next.services.clone(), next.route.clone(), reset);
+                        tracing::info!(%key, version = short(&version), "config entry applied");
+                        current.1 = next;
+                        format!("applied {}", short(&version))
+                    }
+                };
+                current.0 = version;
+                status.send_replace(BTreeMap::from([(CONFIG_STATUS.to_owned(), line)]));
+            }
+        })
+    });
+
     // Shutdown: deregister first (no new traffic is sent here), then stop accepting and drain.
     let shutdown = async {
         shutdown.await;
         reporter.abort();
+        if let Some(task) = &config_follower {
+            task.abort();
+        }
         tracing::info!("shutting down: deregistering");
         if let Err(e) = client.deregister(&key).await {
             tracing::warn!(error = %e, "deregister failed; the connection's end removes the instance");
