@@ -228,6 +228,34 @@ fn the_gateway_follows_plugin_loads_rollbacks_and_deletes_and_keeps_routing_with
     assert!(metrics.contains("sextant_gateway_request_duration_seconds_bucket{"), "{metrics}");
     crate::support::promtool_check(&metrics);
 
+    // A health policy bound through the control plane runs where traffic is: this one calls
+    // every probe unhealthy, and the gateway's endpoints go down; deleted, they come back.
+    let health = sextant_plugin_artifacts::path("bad-health").expect("artifact built");
+    let out = run(
+        &server,
+        &["plugin", "load", health, "--name", "strict", "--kind", "health", "--bind", SERVICE, "--config", "{}"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let health_of = |state: &str| {
+        let metrics = gateway.metrics();
+        backends
+            .iter()
+            .filter(|b| {
+                metrics.lines().any(|l| {
+                    l == format!(
+                        r#"sextant_gateway_endpoint_health{{service="{SERVICE}",endpoint="{}",health="{state}"}} 1"#,
+                        b.addr()
+                    )
+                })
+            })
+            .count()
+    };
+    wait_until("the health policy takes the endpoints down on the gateway", || health_of("up") == 0);
+    let out = run(&server, &["plugin", "delete", "strict"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until("the endpoints up again", || health_of("up") == 3);
+    until_spread(&gateway, &backends, 6, "ring hash after the health policy left", sticky);
+
     // The server goes away: the gateway keeps routing with its plugin.
     drop(server);
     let spread = send(&gateway, &backends, 12);

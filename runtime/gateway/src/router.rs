@@ -464,6 +464,31 @@ impl Route {
         state.registry_revision = registry.revision.0;
     }
 
+    /// Before a new health policy is loaded: hands the health slot the endpoints as this route
+    /// sees them (down or ejected here: unhealthy), so the new policy starts from the verdicts
+    /// in force rather than from the registry's flags, and can bring an endpoint back.
+    fn carry_health(&self) {
+        let state = self.state.lock();
+        let snapshot = Snapshot {
+            service: self.service.to_string(),
+            revision: state.registry.revision.0,
+            endpoints: state
+                .health_ids
+                .iter()
+                .map(|i| {
+                    let mut e = sextant_plugin::endpoint_of(i);
+                    let id = i.id.as_str();
+                    if state.down.contains(id) || state.ejected.contains_key(id) {
+                        e.healthy = false;
+                    }
+                    e
+                })
+                .collect(),
+            protection_active: state.registry.protection_active(),
+        };
+        self.health.set_snapshot(snapshot);
+    }
+
     /// Applies a health verdict about instance `id`.
     fn verdict(&self, id: &str, verdict: Verdict, now: Instant) {
         if verdict == Verdict::Unchanged {
@@ -755,7 +780,10 @@ impl Router {
         let route = self.route(service)?;
         Ok(match kind {
             PluginKind::Balancer => route.balancer.load(spec)?,
-            PluginKind::Health => route.health.load(spec)?,
+            PluginKind::Health => {
+                route.carry_health();
+                route.health.load(spec)?
+            }
             PluginKind::Scheduler => match &route.scheduler {
                 Some(s) => s.load(spec)?,
                 None => return Err(SwapError::NoScheduler(service.to_string())),
