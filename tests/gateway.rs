@@ -26,9 +26,14 @@ struct Gateway {
 
 impl Gateway {
     fn start(server: &Server, dir: &Path, port: u16) -> Self {
+        Self::start_for(server, dir, port, SERVICE)
+    }
+
+    /// Routes `/` to `service` with round robin and `x-user` as the affinity key.
+    fn start_for(server: &Server, dir: &Path, port: u16, service: &str) -> Self {
         let config = dir.join("gateway.json");
         let document = serde_json::json!({
-            "gateway": {"routes": [{"path_prefix": "/", "service": SERVICE, "hash_header": "x-user"}]},
+            "gateway": {"routes": [{"path_prefix": "/", "service": service, "hash_header": "x-user"}]},
             "balancer": "round-robin",
         });
         std::fs::write(&config, document.to_string()).unwrap();
@@ -130,13 +135,20 @@ fn plugin_list(server: &Server) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// What the gateway reports for `plugin` in its registration.
-fn reported(server: &Server, plugin: &str) -> Option<String> {
+/// What the gateways report for `plugin` in their registrations, one state per gateway.
+fn reported(server: &Server, plugin: &str) -> Vec<String> {
     plugin_list(server)["hosts"]
-        .as_array()?
-        .iter()
-        .find(|h| h["plugin"] == plugin && h["host"].as_str().is_some_and(|s| s.starts_with("shop/edge/gateway/")))
-        .map(|h| h["state"].as_str().unwrap_or_default().to_owned())
+        .as_array()
+        .map(|hosts| {
+            hosts
+                .iter()
+                .filter(|h| {
+                    h["plugin"] == plugin && h["host"].as_str().is_some_and(|s| s.starts_with("shop/edge/gateway/"))
+                })
+                .map(|h| h["state"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn load(server: &Server, artifact: &str, name: &str) {
@@ -165,31 +177,42 @@ fn the_gateway_follows_plugin_loads_rollbacks_and_deletes_and_keeps_routing_with
     std::fs::create_dir(&gw_dir).unwrap();
     let port = free_port();
     let mut gateway = Gateway::start(&server, &gw_dir, port);
-    wait_until("the gateway routes", || gateway.get("user-7") == 200);
+    let gw2_dir = dir.path().join("gw2");
+    std::fs::create_dir(&gw2_dir).unwrap();
+    let second = Gateway::start(&server, &gw2_dir, free_port());
+    wait_until("the gateways route", || gateway.get("user-7") == 200 && second.get("user-7") == 200);
 
     // The route's default, round robin: one key or not, every backend alike.
     until_spread(&gateway, &backends, 30, "round robin", spread_out);
+    until_spread(&second, &backends, 30, "round robin on the second gateway", spread_out);
 
-    // Bound through the control plane: ring hash sends one key to one backend.
+    // Bound through the control plane: ring hash sends one key to one backend, on both.
     let loaded = Instant::now();
     load(&server, "ring-hash", "sticky");
     until_spread(&gateway, &backends, 6, "the bound ring hash on the gateway", sticky);
-    eprintln!("plugin load --bind → the gateway runs it: {:.2} s", loaded.elapsed().as_secs_f64());
-    wait_until("the gateway reports the plugin", || {
-        reported(&server, "sticky").is_some_and(|s| s == format!("active {}", sha12("ring-hash")))
-    });
+    until_spread(&second, &backends, 6, "the bound ring hash on the second gateway", sticky);
+    eprintln!("plugin load --bind → both gateways run it: {:.2} s", loaded.elapsed().as_secs_f64());
+    let active = |artifact: &str| vec![format!("active {}", sha12(artifact)); 2];
+    wait_until("both gateways report the plugin", || reported(&server, "sticky") == active("ring-hash"));
     let sticky_spread = send(&gateway, &backends, 12);
     assert!(sticky(&sticky_spread), "{sticky_spread:?}");
 
     // A new version (round robin as a wasm component), then a rollback to ring hash.
     load(&server, "round-robin", "sticky");
     until_spread(&gateway, &backends, 30, "the new version on the gateway", spread_out);
-    wait_until("the gateway reports the new version", || {
-        reported(&server, "sticky").is_some_and(|s| s == format!("active {}", sha12("round-robin")))
-    });
+    until_spread(&second, &backends, 30, "the new version on the second gateway", spread_out);
+    wait_until("both gateways report the new version", || reported(&server, "sticky") == active("round-robin"));
     let out = run(&server, &["plugin", "rollback", "sticky"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     until_spread(&gateway, &backends, 6, "the rollback on the gateway", sticky);
+    until_spread(&second, &backends, 6, "the rollback on the second gateway", sticky);
+    let both = second.answered.borrow().values().sum::<u64>() + gateway.answered.borrow().values().sum::<u64>();
+    let failed: u64 = [&gateway, &second]
+        .iter()
+        .flat_map(|g| g.answered.borrow().iter().filter(|(s, _)| **s != 200).map(|(_, n)| *n).collect::<Vec<_>>())
+        .sum();
+    eprintln!("through both gateways: {both} requests, {failed} not answered 200 (before the first route)");
+    drop(second);
 
     // Deleted: back to the route's default; bound again: the cached component, at once.
     let out = run(&server, &["plugin", "delete", "sticky"]);
@@ -328,4 +351,46 @@ fn a_gateway_follows_its_config_entry_and_a_bad_one_changes_nothing() {
         assert_eq!(send(&gateway, &backends, 6), vec![0, 6], "the last good entry keeps serving");
     }
     assert!(gateway.log().contains("config entry refused"), "{}", gateway.log());
+}
+
+#[test]
+fn a_plugin_that_fails_only_on_a_gateway_is_reported_for_that_host_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let backends: Vec<Backend> =
+        ["a", "b"].iter().map(|n| runtime.block_on(Backend::start(n, Behavior::default())).unwrap()).collect();
+    let server = Server::start(&dir.path().join("data"));
+    // Sixteen services of 4 instances (never dialled), then the one the gateway routes: 2.
+    for s in 0..16 {
+        for port in 1..=4 {
+            let body = instance(&format!("many/g/s{s:02}"), &format!("i{port}"), port, false);
+            assert_eq!(server.post("/v1/instances", &body).0, 200);
+        }
+    }
+    for (name, b) in ["a", "b"].iter().zip(&backends) {
+        assert_eq!(server.post("/v1/instances", &instance("many/g/s16", name, b.addr().port(), false)).0, 200);
+    }
+    let gw_dir = dir.path().join("gw");
+    std::fs::create_dir(&gw_dir).unwrap();
+    let gateway = Gateway::start_for(&server, &gw_dir, free_port(), "many/g/s16");
+    wait_until("the gateway routes", || gateway.get("u") == 200);
+
+    // Refuses snapshots of fewer than 4 endpoints: the server validates the first 16 services
+    // of the namespace (4 each) and accepts it; the gateway's service has 2.
+    let misbehave = sextant_plugin_artifacts::path("misbehave").expect("artifact built");
+    let config = r#"{"fault": "refuse-below", "endpoints": 4}"#;
+    let out = run(&server, &["plugin", "load", misbehave, "--name", "small", "--bind", "many", "--config", config]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until("the gateway reports the refusal", || {
+        reported(&server, "small").iter().any(|s| s.starts_with("failed ") && s.contains("refuse-below: 2 endpoints"))
+    });
+    let list = run(&server, &["plugin", "list"]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        text.lines().any(|l| l.starts_with("host shop/edge/gateway/") && l.contains("plugin small: failed")),
+        "{text}"
+    );
+    // The route keeps its round robin: every request answered, both backends used.
+    let spread = send(&gateway, &backends, 20);
+    assert!(spread_out(&spread), "{spread:?}\n{}", gateway.log());
 }
