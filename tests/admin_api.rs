@@ -144,4 +144,11 @@ fn metrics_and_status_report_the_registry() {
     assert_eq!(services, json!(["default/default/a", "default/default/b"]));
     let (_, cfg) = server.get("/v1/configs/default/default/c");
     assert_eq!(cfg["version"].as_str().unwrap().len(), 64);
+    // Deleted through HTTP: gone, counted, and a second delete is not found.
+    let (status, body) = server.delete("/v1/configs/default/default/c");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(server.get("/v1/configs/default/default/c").0, 404);
+    let (status, body) = server.delete("/v1/configs/default/default/c");
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")), "{body}");
+    assert!(server.text("/metrics").lines().any(|l| l == "sextant_configs 0"));
 }

@@ -122,6 +122,33 @@ fn two_hosts_on_one_etcd_share_registrations_watches_and_plugins() {
     assert_eq!(record["sha256"], rr_sha.as_str(), "B's record says the rolled-back version: {record}");
     assert_eq!(record["forward"].as_array().map(Vec::len), Some(1), "the version left is kept: {record}");
 
+    // A lease granted through A and left to expire in etcd: its instance leaves B's view,
+    // then a keepalive through A is `lease_not_found`, as the protocol says (not a new lease).
+    {
+        use sextant_proto::{Binding, ErrorCode, Request, Response};
+        let _entered = runtime.enter();
+        let client = quic_client(&a);
+        let lease = match runtime.block_on(client.request(Request::GrantLease { ttl_ms: 2000 })).unwrap() {
+            Response::Lease { lease, .. } => lease,
+            other => panic!("expected a lease, got {other:?}"),
+        };
+        let service = sextant_core::ServiceKey::parse(SERVICE).unwrap();
+        let instance = sextant_core::Instance::new(service, "127.0.0.1".parse().unwrap(), 9400);
+        let register = Request::Register { instance, binding: Binding::Lease { lease } };
+        assert!(matches!(runtime.block_on(client.request(register)).unwrap(), Response::Written { .. }));
+        wait_until("the leased instance on B", Duration::from_secs(10), || {
+            instance_ids(&b).contains(&"127.0.0.1:9400".to_owned())
+        });
+        wait_until("the lease expired in etcd and its instance gone from B", Duration::from_secs(30), || {
+            !instance_ids(&b).contains(&"127.0.0.1:9400".to_owned())
+        });
+        match runtime.block_on(client.request(Request::Keepalive { lease })) {
+            Ok(Response::Error { code, .. }) => assert_eq!(code, ErrorCode::LeaseNotFound),
+            Err(e) => assert_eq!(e.code(), Some(ErrorCode::LeaseNotFound), "{e}"),
+            Ok(other) => panic!("a keepalive after expiry answered {other:?}"),
+        }
+    }
+
     // An ephemeral registration through A's connection: on B while it lives, gone from both
     // once the connection is lost (grace 500 ms).
     let mut reg = cli(&a, &["register", "--service", SERVICE, "--addr", "127.0.0.1:9200"]).spawn().unwrap();
