@@ -188,7 +188,12 @@ fn the_gateway_follows_plugin_loads_rollbacks_and_deletes_and_keeps_routing_with
 
     // Bound through the control plane: ring hash sends one key to one backend, on both.
     let loaded = Instant::now();
-    load(&server, "ring-hash", "sticky");
+    let path = sextant_plugin_artifacts::path("ring-hash").expect("artifact built");
+    let out = run(&server, &["plugin", "load", path, "--name", "sticky", "--bind", SERVICE, "--wait", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains(&format!("2 hosts run sticky {}", sha12("ring-hash"))), "{said}");
+    eprintln!("plugin load --bind --wait 2 → both gateways report running it: {:.2} s", loaded.elapsed().as_secs_f64());
     until_spread(&gateway, &backends, 6, "the bound ring hash on the gateway", sticky);
     until_spread(&second, &backends, 6, "the bound ring hash on the second gateway", sticky);
     eprintln!("plugin load --bind → both gateways run it: {:.2} s", loaded.elapsed().as_secs_f64());
@@ -379,8 +384,14 @@ fn a_plugin_that_fails_only_on_a_gateway_is_reported_for_that_host_and_changes_n
     // of the namespace (4 each) and accepts it; the gateway's service has 2.
     let misbehave = sextant_plugin_artifacts::path("misbehave").expect("artifact built");
     let config = r#"{"fault": "refuse-below", "endpoints": 4}"#;
-    let out = run(&server, &["plugin", "load", misbehave, "--name", "small", "--bind", "many", "--config", config]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(
+        &server,
+        &["plugin", "load", misbehave, "--name", "small", "--bind", "many", "--config", config, "--wait", "1"],
+    );
+    // Written (the server accepted it), then --wait sees the gateway refuse it: exit 5.
+    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("refused small") && stderr.contains("refuse-below: 2 endpoints"), "{stderr}");
     wait_until("the gateway reports the refusal", || {
         reported(&server, "small").iter().any(|s| s.starts_with("failed ") && s.contains("refuse-below: 2 endpoints"))
     });

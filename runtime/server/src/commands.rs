@@ -5,6 +5,7 @@ use std::fmt;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use serde_json::json;
@@ -108,6 +109,13 @@ pub(crate) enum PluginCommand {
         /// JSON configuration for the plugin's `init`.
         #[arg(long, default_value = "")]
         config: String,
+        /// Then wait until this many other hosts (gateways) report running it; exit 5 as soon
+        /// as one reports refusing it, 1 after --wait-secs.
+        #[arg(long, default_value_t = 0)]
+        wait: usize,
+        /// How long --wait waits, in seconds.
+        #[arg(long, default_value_t = 30)]
+        wait_secs: u64,
     },
     /// Go back to the version a plugin record replaced (the current one is kept: roll
     /// forward with `--forward`).
@@ -458,7 +466,7 @@ pub(crate) async fn plugin(args: &ClientArgs, command: PluginCommand) -> Result 
             }
             other => unexpected(other),
         },
-        PluginCommand::Load { file, name, kind, binding, config } => {
+        PluginCommand::Load { file, name, kind, binding, config, wait, wait_secs } => {
             let bytes = std::fs::read(&file).map_err(|e| Failure::new(1, format!("{}: {e}", file.display())))?;
             let name = match name {
                 Some(n) => n,
@@ -482,10 +490,15 @@ pub(crate) async fn plugin(args: &ClientArgs, command: PluginCommand) -> Result 
                 config,
                 component: sextant_proto::encode_component(&bytes),
             };
-            match client.request(request).await? {
-                Response::PluginWritten { record, revision } => plugin_written(args, &record, revision),
-                other => unexpected(other),
+            let (record, revision) = match client.request(request).await? {
+                Response::PluginWritten { record, revision } => (record, revision),
+                other => return unexpected(other),
+            };
+            plugin_written(args, &record, revision)?;
+            if wait > 0 {
+                wait_for_hosts(&client, &record, wait, Duration::from_secs(wait_secs)).await?;
             }
+            Ok(())
         }
         PluginCommand::Rollback { name, forward } => {
             match client.request(Request::PluginRollback { name: PluginName::new(name)?, forward }).await? {
@@ -499,6 +512,37 @@ pub(crate) async fn plugin(args: &ClientArgs, command: PluginCommand) -> Result 
                 other => unexpected(other),
             }
         }
+    }
+}
+
+/// Waits until `n` hosts report running `record`'s version (`active SHA12`); fails at once
+/// when one reports refusing it.
+async fn wait_for_hosts(client: &Client, record: &PluginRecord, n: usize, limit: Duration) -> Result {
+    let sha12 = &record.sha256[..12.min(record.sha256.len())];
+    let active = format!("active {sha12}");
+    let failed = format!("failed {sha12}");
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let hosts = match client.request(Request::PluginList).await? {
+            Response::Plugins { hosts, .. } => hosts,
+            other => return Err(Failure::other(format!("unexpected answer {other:?}"))),
+        };
+        let mine: Vec<_> = hosts.iter().filter(|h| h.plugin == record.name.as_str()).collect();
+        if let Some(h) = mine.iter().find(|h| h.state.starts_with(&failed)) {
+            return Err(Failure::new(5, format!("host {} refused {}: {}", h.host, record.name, h.state)));
+        }
+        let running = mine.iter().filter(|h| h.state == active).count();
+        if running >= n {
+            return out(&format!("{running} hosts run {} {sha12}", record.name));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Failure::other(format!(
+                "{running} of {n} hosts run {} {sha12} after {} s",
+                record.name,
+                limit.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
