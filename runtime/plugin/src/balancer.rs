@@ -794,13 +794,16 @@ impl BalancerSlot {
         }
     }
 
-    /// A failed `update` on a live snapshot: counted as a fault (automatic rollback when
-    /// there were too many) and shown once per route in the slot's events.
+    /// A failed `update` on a live snapshot: counted as one fault (automatic rollback when
+    /// there were too many) and shown in the slot's events, once per snapshot however many
+    /// instances the version runs (so the rollback threshold does not depend on the core
+    /// count).
     fn update_fault(&self, version: &Arc<Version>, fault: &CallFault, route: &Arc<RouteSnapshot>, kept: bool) {
-        if self.0.update_fault_noted.swap(route.epoch, Relaxed) != route.epoch {
-            let serving = if kept { "its previous snapshot serves" } else { "the native default serves" };
-            self.note(version.id, format!("update fault on revision {}: {fault}; {serving}", route.model.revision));
+        if self.0.update_fault_noted.swap(route.epoch, Relaxed) == route.epoch {
+            return;
         }
+        let serving = if kept { "its previous snapshot serves" } else { "the native default serves" };
+        self.note(version.id, format!("update fault on revision {}: {fault}; {serving}", route.model.revision));
         self.fault(version, fault, route);
     }
 
