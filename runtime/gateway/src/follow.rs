@@ -158,7 +158,7 @@ fn report(activations: &BTreeMap<(String, String), Activation>) -> BTreeMap<Stri
             entry.1 = a.error.as_deref();
         }
     }
-    let mut out = BTreeMap::new();
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
     for ((plugin, sha), (services, error)) in by_plugin {
         let failed =
             activations.values().filter(|a| a.plugin == plugin && a.sha256 == sha && a.error.is_some()).count();
@@ -169,7 +169,15 @@ fn report(activations: &BTreeMap<(String, String), Activation>) -> BTreeMap<Stri
                 format!("failed {}: {reason} ({failed} of {services} services)", short(sha))
             }
         };
-        out.insert(format!("{REPORT_PREFIX}{plugin}"), value);
+        // One line per plugin: when two versions are reported (a swap in progress), a
+        // refusal wins.
+        let key = format!("{REPORT_PREFIX}{plugin}");
+        match out.get(&key) {
+            Some(v) if v.starts_with("failed ") => {}
+            _ => {
+                out.insert(key, value);
+            }
+        }
     }
     out
 }

@@ -244,6 +244,15 @@ fn resolve(records: &[Arc<PluginRecord>], service: &ServiceKey, kind: PluginKind
     })
 }
 
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn truncate(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
 /// Takes the newest version not marked bad off `versions` (dropping bad ones on the way).
 fn pop_good(versions: &mut Vec<PluginVersion>, bad: &[BadVersion]) -> Option<PluginVersion> {
     while let Some(v) = versions.pop() {
@@ -435,22 +444,31 @@ impl<S: Store + Clone> PluginManager<S> {
                 return Err(ManagerError::MarkedBad { name: name.to_string(), sha256: sha, reason: reason.to_owned() });
             }
             let rejected = |source| ManagerError::Rejected { name: name.to_string(), source };
-            let compiled = self.0.host.compile(&bytes).map_err(rejected)?;
-            let init = if config.is_empty() { "{}" } else { &config };
-            self.0.validate(&plugin, plugin_kind, &compiled, init, None).map_err(rejected)?;
-            // Then on the live snapshots of the services the binding covers here (a bounded
-            // sample): a component that passes the synthetic self-test but refuses a real
-            // service is refused now, not after its record is written.
             let bound = PluginBinding::parse(binding)?;
-            let covered: Vec<ServiceKey> =
-                self.0.registry.services().into_iter().filter(|s| bound.covers(s).is_some()).collect();
-            for service in covered.iter().take(LIVE_VALIDATION_SAMPLE) {
-                let Some(snapshot) = self.0.registry.snapshot(service) else { continue };
-                self.0
-                    .validate(&plugin, plugin_kind, &compiled, init, Some(&snapshot))
-                    .map_err(|e| LoadError::SelfTest(format!("on the live snapshot of {service}: {e}")))
-                    .map_err(rejected)?;
-            }
+            // Compiling and validating keep a core busy for a while: off the async workers,
+            // which go on serving connections meanwhile.
+            let inner = Arc::clone(&self.0);
+            let init = if config.is_empty() { "{}".to_owned() } else { config.clone() };
+            let checked = plugin.clone();
+            let (compiled, bytes) = tokio::task::spawn_blocking(move || {
+                let compiled = inner.host.compile(&bytes)?;
+                inner.validate(&checked, plugin_kind, &compiled, &init, None)?;
+                // Then on the live snapshots of the services the binding covers here (a
+                // bounded sample): a component that passes the synthetic self-test but
+                // refuses a real service is refused now, not after its record is written.
+                let covered: Vec<ServiceKey> =
+                    inner.registry.services().into_iter().filter(|s| bound.covers(s).is_some()).collect();
+                for service in covered.iter().take(LIVE_VALIDATION_SAMPLE) {
+                    let Some(snapshot) = inner.registry.snapshot(service) else { continue };
+                    inner
+                        .validate(&checked, plugin_kind, &compiled, &init, Some(&snapshot))
+                        .map_err(|e| LoadError::SelfTest(format!("on the live snapshot of {service}: {e}")))?;
+                }
+                Ok::<_, LoadError>((compiled, bytes))
+            })
+            .await
+            .map_err(|e| rejected(LoadError::SelfTest(format!("the validation task failed: {e}"))))?
+            .map_err(rejected)?;
             self.0.compiled.lock().insert(sha, compiled);
 
             let size = bytes.len() as u64;
@@ -775,7 +793,7 @@ impl<S: Store + Clone> Inner<S> {
         let mut record = (*old).clone();
         record.bad.push(BadVersion {
             sha256: sha256.clone(),
-            reason: format!("{} {kind}: {}", rollback.service, rollback.reason).chars().take(1024).collect(),
+            reason: truncate(&format!("{} {kind}: {}", rollback.service, rollback.reason), 1024),
             at_unix_ms: unix_ms(),
         });
         let excess = record.bad.len().saturating_sub(PLUGIN_HISTORY);
@@ -803,7 +821,11 @@ impl<S: Store + Clone> Inner<S> {
                 .map_err(|_| format!("reading artifact {sha256} timed out"))?
                 .map_err(|e| format!("reading artifact {sha256}: {e}"))?
                 .ok_or_else(|| format!("artifact {sha256} is not in the store"))?;
-        let compiled = self.host.compile(&bytes).map_err(|e| e.to_string())?;
+        let host = self.host.clone();
+        let compiled = tokio::task::spawn_blocking(move || host.compile(&bytes))
+            .await
+            .map_err(|e| format!("compiling artifact {sha256}: {e}"))?
+            .map_err(|e| e.to_string())?;
         self.compiled.lock().insert(sha256.to_owned(), Arc::clone(&compiled));
         Ok(compiled)
     }

@@ -131,6 +131,28 @@ fn short(version: &str) -> &str {
     &version[..12.min(version.len())]
 }
 
+/// Adds `report` to a registration's `metadata` within the registry's metadata limit: long
+/// reasons are shortened first, then the entries that do not fit are counted in
+/// `sextant.plugin.more` (a registration that does not fit would be refused, and the gateway
+/// would not be seen at all).
+fn fit_report(metadata: &mut BTreeMap<String, String>, report: &BTreeMap<String, String>) {
+    let budget = sextant_core::model::MAX_METADATA_BYTES - 256;
+    let size = |m: &BTreeMap<String, String>| m.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+    let whole = size(metadata) + size(report);
+    let mut more = 0;
+    for (k, v) in report {
+        let value: String = if whole > budget { v.chars().take(60).collect() } else { v.clone() };
+        if size(metadata) + k.len() + value.len() > budget {
+            more += 1;
+            continue;
+        }
+        metadata.insert(k.clone(), value);
+    }
+    if more > 0 {
+        metadata.insert("sextant.plugin.more".into(), format!("{more} more plugins not shown"));
+    }
+}
+
 /// Runs the gateway until `shutdown`.
 #[allow(clippy::too_many_lines)]
 pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Failure> {
@@ -237,7 +259,7 @@ pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Ou
                 report.extend(status_changes.borrow_and_update().clone());
                 if published.as_ref() != Some(&report) {
                     let mut instance = me.clone();
-                    instance.metadata.extend(report.clone());
+                    fit_report(&mut instance.metadata, &report);
                     match client.register(instance, Binding::Connection).await {
                         Ok(_) => published = Some(report),
                         Err(e) => {
@@ -323,4 +345,26 @@ pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Ou
     served.map_err(|e| Failure::other(format!("gateway: {e}")))?;
     tracing::info!("drained");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_too_large_for_a_registration_is_shortened_then_counted() {
+        let mut metadata = BTreeMap::from([("sextant.role".to_owned(), "gateway".to_owned())]);
+        let report: BTreeMap<String, String> =
+            (0..80).map(|i| (format!("sextant.plugin.p{i:02}"), format!("failed abc: {}", "x".repeat(150)))).collect();
+        fit_report(&mut metadata, &report);
+        let size: usize = metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+        assert!(size <= sextant_core::model::MAX_METADATA_BYTES, "{size}");
+        assert!(
+            metadata.iter().filter(|(k, _)| k.starts_with("sextant.plugin.p")).all(|(_, v)| v.len() == 60),
+            "every reason shortened: {metadata:?}"
+        );
+        let shown = metadata.keys().filter(|k| k.starts_with("sextant.plugin.p")).count();
+        assert!(shown > 0 && shown < 80, "{shown}");
+        assert_eq!(metadata["sextant.plugin.more"], format!("{} more plugins not shown", 80 - shown));
+    }
 }
