@@ -89,7 +89,10 @@ fn plugins_from_a_directory_and_the_cli_swap_in_and_bad_ones_change_nothing() {
     // A plugin dropped into the directory, bound by its sidecar, swaps in.
     let rr = artifact("round-robin");
     std::fs::write(plugins.join("rr.json"), format!(r#"{{"binding": "{SERVICE}"}}"#)).unwrap();
-    std::fs::copy(rr, plugins.join("rr.wasm")).unwrap();
+    // Copied under another name and renamed, as a deployment would: the watcher never sees
+    // a half-written component (under load it did, and reported it as a failure).
+    std::fs::copy(rr, plugins.join("rr.part")).unwrap();
+    std::fs::rename(plugins.join("rr.part"), plugins.join("rr.wasm")).unwrap();
     wait_until("rr from the directory", || active(&server).is_some_and(|(p, _)| p == "rr"));
     assert_eq!(active(&server).unwrap().1, sha256_of(rr));
     assert_eq!(picks(&server, 12), everyone, "round robin reaches every instance");
