@@ -248,12 +248,6 @@ impl Gateway {
         Ok(())
     }
 
-    /// The configuration in force.
-    #[must_use]
-    pub fn config(&self) -> GatewayConfig {
-        self.0.routing.load().config.clone()
-    }
-
     /// Counters since start.
     #[must_use]
     pub fn stats(&self) -> &Stats {

@@ -186,8 +186,7 @@ fn engine(config: &HostConfig) -> wasmtime::Result<Engine> {
 }
 
 /// The key `spec`'s counters add up under.
-#[must_use]
-pub fn version_key(kind: PluginKind, spec: &crate::PluginSpec) -> VersionKey {
+fn version_key(kind: PluginKind, spec: &crate::PluginSpec) -> VersionKey {
     let (plugin, sha256) = match spec {
         crate::PluginSpec::Builtin { name, .. } => (name.clone(), String::new()),
         crate::PluginSpec::Wasm { name, compiled, .. } => (name.clone(), compiled.sha256.clone()),

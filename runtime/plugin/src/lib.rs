@@ -32,7 +32,7 @@ pub use balancer::{
     VersionStatus,
 };
 pub use error::{CallFault, LoadError, SlotError};
-pub use host::{CONTRACT_VERSION, Compiled, HostConfig, HostState, PluginHost, PluginKind, version_key};
+pub use host::{CONTRACT_VERSION, Compiled, HostConfig, HostState, PluginHost, PluginKind};
 pub use load::{EndpointLoad, InFlight, LoadTracker, RouteSnapshot, endpoint_of, snapshot_of};
 pub use manager::{
     Defaults, LIVE_VALIDATION_SAMPLE, ManagerError, PickedInstance, PluginManager, ServiceSlots, bound_record,

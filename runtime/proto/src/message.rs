@@ -394,15 +394,10 @@ pub struct HostReport {
 /// Metadata key prefix of a host's plugin reports.
 pub const PLUGIN_REPORT_PREFIX: &str = "sextant.plugin.";
 
-/// The plugin reports in the registrations among `records`, sorted by plugin then host.
-#[must_use]
-pub fn host_reports(records: &[Record]) -> Vec<HostReport> {
-    let mut reports: Vec<HostReport> = records
-        .iter()
-        .filter_map(|r| match r {
-            Record::Instance(i) => Some(i),
-            _ => None,
-        })
+/// The plugin reports in the registrations of `instances`, sorted by plugin then host.
+pub fn host_reports<'a>(instances: impl IntoIterator<Item = &'a Instance>) -> Vec<HostReport> {
+    let mut reports: Vec<HostReport> = instances
+        .into_iter()
         .flat_map(|i| {
             i.metadata.iter().filter_map(move |(k, v)| {
                 k.strip_prefix(PLUGIN_REPORT_PREFIX).map(|plugin| HostReport {

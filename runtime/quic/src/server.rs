@@ -606,7 +606,7 @@ async fn execute<S: Store + Clone>(c: &Arc<Conn<S>>, request: Request) -> Respon
             Request::PluginList => Response::Plugins {
                 plugins: registry.plugins(),
                 slots: c.shared.plugins.as_ref().map(PluginManager::status).unwrap_or_default(),
-                hosts: sextant_proto::host_reports(&registry.list(&sextant_core::Scope::All).records),
+                hosts: host_reports(registry),
                 failures: c.shared.plugins.as_ref().map(PluginManager::failures).unwrap_or_default(),
             },
             Request::PluginLoad { name, kind, binding, config, component } => match &c.shared.plugins {
@@ -634,6 +634,13 @@ async fn execute<S: Store + Clone>(c: &Arc<Conn<S>>, request: Request) -> Respon
     }
     .await;
     result.unwrap_or_else(error_response)
+}
+
+/// What other hosts report running, from their registrations' metadata: read from the
+/// services' snapshots (no copy of the registry).
+pub fn host_reports<S: Store + Clone>(registry: &Registry<S>) -> Vec<sextant_proto::HostReport> {
+    let snapshots: Vec<_> = registry.services().iter().filter_map(|s| registry.snapshot(s)).collect();
+    sextant_proto::host_reports(snapshots.iter().flat_map(|s| s.instances.iter().map(|i| &**i)))
 }
 
 /// One chunk of a stored component.

@@ -587,7 +587,7 @@ async fn plugins(State(s): State<AppState>, Extension(caller): Extension<Caller>
     Ok(Json(json!({
         "plugins": s.registry.plugins(),
         "slots": s.plugins.status(),
-        "hosts": sextant_proto::host_reports(&s.registry.list(&Scope::All).records),
+        "hosts": sextant_quic::server::host_reports(&s.registry),
         "failures": s.plugins.failures(),
     })))
 }
