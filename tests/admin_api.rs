@@ -116,15 +116,21 @@ fn bad_input_is_a_typed_error_and_stores_nothing() {
     let (_, status) = server.get("/status");
     assert_eq!(status["revision"], json!(0), "nothing was stored: {status}");
     assert_eq!(status["leases"], json!(0), "no lease was left behind");
-    // Every refusal that reached the store is counted, by kind; the rest never got there.
+    // Every write refused once it was a request (invalid contents, unknown leases, missing
+    // keys) is counted, by kind, as QUIC counts it; bodies that do not parse never became one.
     let metrics = server.text("/metrics");
     let rejected = |kind: &str| -> u64 {
         let prefix = format!("sextant_writes_rejected_total{{kind=\"{kind}\"}} ");
         metrics.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0, |v| v.parse().unwrap())
     };
-    assert_eq!(rejected("instance"), 3, "two unknown leases and the missing deregistration: {metrics}");
-    assert_eq!(rejected("lease"), 1, "the 1 ms TTL, refused by the store: {metrics}");
+    assert_eq!(
+        rejected("instance"),
+        6,
+        "weight, metadata and TTL; two unknown leases; the missing deregistration: {metrics}"
+    );
+    assert_eq!(rejected("lease"), 0, "the 1 ms TTL is refused with its registration, no lease granted: {metrics}");
     assert_eq!(rejected("service"), 1, "the threshold of 2.0: {metrics}");
+    assert_eq!(rejected("config"), 1, "the oversized content: {metrics}");
 }
 
 #[test]
@@ -151,4 +157,181 @@ fn metrics_and_status_report_the_registry() {
     let (status, body) = server.delete("/v1/configs/default/default/c");
     assert_eq!((status, body["error"].as_str()), (404, Some("not_found")), "{body}");
     assert!(server.text("/metrics").lines().any(|l| l == "sextant_configs 0"));
+}
+
+/// One command executor behind both doors: the same request through QUIC and through HTTP
+/// gets the same answer, or the same error code and message (HTTP maps the code to a status),
+/// and is counted the same way.
+#[test]
+fn the_same_requests_through_quic_and_http_give_the_same_answers_and_errors() {
+    use sextant_core::{ConfigKey, Instance, InstanceId, LeaseId, ServiceKey, ServiceSpec};
+    use sextant_proto::{Binding, Request};
+    use sextant_quic::client::{Client, ClientError, ClientOptions};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("d"));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let options = ClientOptions::new(vec![server.quic], server.data_dir.join("tls/ca.pem"));
+    let client = runtime.block_on(Client::connect(options)).expect("QUIC client");
+    // A QUIC answer as the HTTP API encodes it: the response without its `type`, or the error.
+    let quic = |request: Request| -> Value {
+        match runtime.block_on(client.request(request)) {
+            Ok(answer) => {
+                let mut v = serde_json::to_value(answer).unwrap();
+                v.as_object_mut().unwrap().remove("type");
+                v
+            }
+            Err(ClientError::Server { code, message }) => json!({ "error": code.to_string(), "message": message }),
+            Err(e) => panic!("QUIC request failed: {e}"),
+        }
+    };
+    let key = |s: &str| ServiceKey::parse(s).unwrap();
+    let member = |service: &str, port: u16, weight: u32| {
+        let mut i = Instance::new(key(service), "127.0.0.1".parse().unwrap(), port);
+        i.weight = weight;
+        i
+    };
+    let body = |i: &Instance, extra: Value| {
+        let mut v = serde_json::to_value(i).unwrap();
+        v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        v
+    };
+
+    // Refusals: the same code and message through both doors, the status HTTP gives it.
+    let ttl = member("svc", 1, 100);
+    let heavy = member("svc", 2, 20_000);
+    let mut persistent = member("svc", 3, 100);
+    persistent.ephemeral = false;
+    let threshold = ServiceSpec { service: key("svc"), protect_threshold: 1.5, metadata: Default::default() };
+    let gone = LeaseId(4242);
+    let nobody = InstanceId::new("nobody").unwrap();
+    let config = ConfigKey {
+        namespace: "default".parse().unwrap(),
+        group: "default".parse().unwrap(),
+        data_id: "none".parse().unwrap(),
+    };
+    /// What is refused: the request over QUIC, the same over HTTP (method, path, body), the
+    /// HTTP status and the code both doors answer.
+    type Refusal<'a> = (&'a str, Request, (&'a str, String, Option<Value>), u16, &'a str);
+    let refusals: Vec<Refusal<'_>> = vec![
+        (
+            "TTL out of range",
+            Request::Register { instance: ttl.clone(), binding: Binding::Ttl { ttl_ms: 50 } },
+            ("POST", "/v1/instances".into(), Some(body(&ttl, json!({ "ttl_ms": 50 })))),
+            400,
+            "invalid",
+        ),
+        (
+            "weight out of range",
+            Request::Register { instance: heavy.clone(), binding: Binding::Ttl { ttl_ms: 5000 } },
+            ("POST", "/v1/instances".into(), Some(body(&heavy, json!({ "ttl_ms": 5000 })))),
+            400,
+            "invalid",
+        ),
+        (
+            "lease TTL out of range",
+            Request::GrantLease { ttl_ms: 90_000_000 },
+            ("POST", "/v1/leases".into(), Some(json!({ "ttl_ms": 90_000_000 }))),
+            400,
+            "invalid",
+        ),
+        (
+            "unknown lease for a registration",
+            Request::Register { instance: ttl.clone(), binding: Binding::Lease { lease: gone } },
+            ("POST", "/v1/instances".into(), Some(body(&ttl, json!({ "lease": gone })))),
+            404,
+            "lease_not_found",
+        ),
+        (
+            "keepalive of an unknown lease",
+            Request::Keepalive { lease: gone },
+            ("POST", format!("/v1/leases/{}/keepalive", gone.0), Some(json!({}))),
+            404,
+            "lease_not_found",
+        ),
+        (
+            "revoking an unknown lease",
+            Request::RevokeLease { lease: gone },
+            ("DELETE", format!("/v1/leases/{}", gone.0), None),
+            404,
+            "lease_not_found",
+        ),
+        (
+            "deregistering nobody",
+            Request::Deregister { service: key("svc"), id: nobody },
+            ("DELETE", "/v1/instances/default/default/svc/nobody".into(), None),
+            404,
+            "not_found",
+        ),
+        (
+            "a service nobody registered",
+            Request::GetService { service: key("ghost") },
+            ("GET", "/v1/services/default/default/ghost".into(), None),
+            404,
+            "not_found",
+        ),
+        (
+            "a threshold out of range",
+            Request::PutService { spec: threshold },
+            ("PUT", "/v1/services/default/default/svc".into(), Some(json!({ "protect_threshold": 1.5 }))),
+            400,
+            "invalid",
+        ),
+        (
+            "deleting a config nobody wrote",
+            Request::ConfigDelete { key: config },
+            ("DELETE", "/v1/configs/default/default/none".into(), None),
+            404,
+            "not_found",
+        ),
+    ];
+    for (what, request, (method, path, http_body), status, code) in refusals {
+        let over_quic = quic(request);
+        let (got_status, over_http) = server.call(method, &path, None, http_body.as_ref());
+        assert_eq!(over_quic["error"], code, "{what} over QUIC: {over_quic}");
+        assert_eq!(over_http, over_quic, "{what}: the same error through both doors");
+        assert_eq!(got_status, status, "{what}: {over_http}");
+    }
+    let (_, status) = server.get("/status");
+    assert_eq!(
+        (status["revision"].clone(), status["leases"].clone()),
+        (json!(0), json!(0)),
+        "nothing stored: {status}"
+    );
+
+    // Answers: a service with only a spec exists through both doors, and reads the same.
+    let spec = ServiceSpec { service: key("spec-only"), protect_threshold: 0.5, metadata: Default::default() };
+    assert!(quic(Request::PutService { spec })["revision"].is_u64());
+    let over_quic = quic(Request::GetService { service: key("spec-only") });
+    let (got_status, over_http) = server.get("/v1/services/default/default/spec-only");
+    assert_eq!(got_status, 200, "{over_http}");
+    assert_eq!(over_http, over_quic, "the same service view");
+    assert_eq!(over_quic["instances"], json!([]));
+
+    // A registration through each door, read back through the other.
+    let quic_written = quic(Request::Register { instance: persistent.clone(), binding: Binding::Persistent });
+    let mut other = member("svc", 4, 100);
+    other.ephemeral = false;
+    let (got_status, http_written) = server.post("/v1/instances", &body(&other, json!({})));
+    assert_eq!(got_status, 200, "{http_written}");
+    assert!(http_written["revision"].as_u64() > quic_written["revision"].as_u64(), "{quic_written} {http_written}");
+    let over_quic = quic(Request::GetService { service: key("svc") });
+    assert_eq!(server.get("/v1/services/default/default/svc").1, over_quic);
+    assert_eq!(over_quic["healthy"], json!(2), "{over_quic}");
+    assert_eq!(over_quic["routable"], json!(2), "{over_quic}");
+
+    // Writes are counted once, whichever door: two accepted registrations, and every refused
+    // write above (four refused registrations and deregistrations per door, two lease writes
+    // per door; keepalives and reads are not writes).
+    let metrics = server.text("/metrics");
+    let count = |name: &str, kind: &str| -> u64 {
+        let prefix = format!("{name}{{kind=\"{kind}\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0, |v| v.parse().unwrap())
+    };
+    assert_eq!(count("sextant_writes_total", "instance"), 2, "{metrics}");
+    assert_eq!(count("sextant_writes_total", "service"), 1, "{metrics}");
+    assert_eq!(count("sextant_writes_rejected_total", "instance"), 8, "{metrics}");
+    assert_eq!(count("sextant_writes_rejected_total", "lease"), 4, "{metrics}");
+    assert_eq!(count("sextant_writes_rejected_total", "service"), 2, "{metrics}");
+    assert_eq!(count("sextant_writes_rejected_total", "config"), 2, "{metrics}");
 }

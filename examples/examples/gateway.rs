@@ -47,7 +47,7 @@ async fn main() -> anyhow::Result<()> {
     let discovery = RemoteDiscovery::follow(client.clone(), Scope::Service(service.clone()));
 
     // The router: per-service balancer, health and breaker; native peak-ewma by default.
-    let host = PluginHost::new(HostConfig::default()).map_err(|e| anyhow::anyhow!("plugin host: {e:#}"))?;
+    let host = PluginHost::new(HostConfig::default())?;
     let defaults = RouteConfig::default();
     let router = Router::new(host, Arc::new(discovery), defaults.clone());
 
@@ -64,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(guard) => {
                 tracing::info!(addr = %guard.addr(), balancer_version = guard.version(), "picked");
                 // Forward the request to guard.addr() here; then say how it went.
-                guard.finish(&Outcome::http(200));
+                guard.finish(Outcome::http(200));
             }
             Err(e) => tracing::warn!(error = %e, "no pick"),
         }

@@ -4,7 +4,6 @@
 //! its verdict.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,7 +16,6 @@ use sextant_plugin::builtins::{ProbeResult, Status};
 use tokio::net::TcpStream;
 
 use crate::resilience::millis;
-use crate::router::{EndpointState, Route, probe_done};
 
 /// The most body bytes a probe reads and hands to the health plugin.
 pub const MAX_PROBE_BODY: usize = 4096;
@@ -88,19 +86,16 @@ impl Probe {
         Self
     }
 
+    /// Probes `instance` with `check` on a task; `done` gets the result.
     pub(crate) fn spawn(
         &self,
-        route: Weak<Route>,
-        instance: Arc<Instance>,
-        state: Arc<EndpointState>,
+        instance: &Instance,
         check: HealthCheck,
+        done: impl FnOnce(ProbeResult) + Send + 'static,
     ) {
         let port = instance.metadata.get(HEALTH_PORT_KEY).and_then(|p| p.parse().ok()).unwrap_or(instance.port);
         let addr = SocketAddr::new(instance.ip, port);
-        tokio::spawn(async move {
-            let result = probe(addr, &check).await;
-            probe_done(&route, &instance, &state, result);
-        });
+        tokio::spawn(async move { done(probe(addr, &check).await) });
     }
 }
 

@@ -322,25 +322,7 @@ impl Gateway {
     }
 
     async fn handle_routed(&self, rule: &CompiledRule, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        let mut pick = PickRequest {
-            hash_key: rule
-                .rule
-                .hash_header
-                .as_deref()
-                .and_then(|h| request.headers().get(h))
-                .map(|v| sextant_plugin::builtins::hash_str(&String::from_utf8_lossy(v.as_bytes()))),
-            headers: rule
-                .rule
-                .headers
-                .iter()
-                .filter_map(|h| {
-                    request
-                        .headers()
-                        .get(h)
-                        .map(|v| (h.to_ascii_lowercase(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-                })
-                .collect(),
-        };
+        let mut pick = pick_request(request.headers(), rule.rule.hash_header.as_deref(), &rule.rule.headers);
         let service = rule.service.clone();
         let (parts, body) = request.into_parts();
         let max_body = self.0.routing.load().config.max_body;
@@ -381,7 +363,7 @@ impl Gateway {
         loop {
             attempt += 1;
             let (attempts, backoff) = router.retry_plan(service, attempt);
-            let guard = match self.pick_untried(router, service, pick, &tried) {
+            let guard = match router.pick_avoiding(service, pick, &tried) {
                 Ok(g) => g,
                 Err(RouteError::RateLimited(_)) => {
                     self.0.stats.rate_limited.fetch_add(1, Relaxed);
@@ -401,14 +383,8 @@ impl Gateway {
             let (outcome, response, retry_safe, result) = match self.forward(parts, body, addr, peer).await {
                 Ok(response) => {
                     let status = response.status().as_u16();
-                    let retry_after = response
-                        .headers()
-                        .get(header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs);
                     let retry_safe = idempotent && matches!(status, 502..=504);
-                    (Outcome::Http { status, retry_after }, Some(response), retry_safe, crate::metrics::class(status))
+                    (Outcome::from_response(&response), Some(response), retry_safe, crate::metrics::class(status))
                 }
                 Err(Failure::Timeout) => {
                     last_failure = (StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
@@ -423,7 +399,7 @@ impl Gateway {
                     (Outcome::Failed(why), None, idempotent, "error")
                 }
             };
-            guard.finish(&outcome);
+            guard.finish(outcome);
             if let Some(m) = &self.0.metrics {
                 m.attempt(&service.to_string(), &addr.to_string(), result);
             }
@@ -445,25 +421,6 @@ impl Gateway {
             }
             tokio::time::sleep(backoff).await;
         }
-    }
-
-    /// Picks, preferring an endpoint not tried yet for this request.
-    fn pick_untried(
-        &self,
-        router: &Router,
-        service: &ServiceKey,
-        pick: &mut PickRequest,
-        tried: &[SocketAddr],
-    ) -> Result<crate::PickGuard, RouteError> {
-        let mut guard = router.pick(service, pick)?;
-        for _ in 0..3 {
-            if !tried.contains(&guard.addr()) {
-                break;
-            }
-            let again = router.pick(service, pick)?;
-            guard = again;
-        }
-        Ok(guard)
     }
 
     async fn forward(
@@ -532,4 +489,23 @@ fn text(status: StatusCode, body: &str) -> Response<Body> {
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response
+}
+
+/// A pick request from an HTTP request's headers: the affinity key is the value of the header
+/// named `affinity` ([`sextant_plugin::affinity_hash`] of it; none without that header), and
+/// the headers named in `visible` are handed to the balancer (names lowercased, values as
+/// text, in `visible`'s order; absent ones skipped).
+#[must_use]
+pub fn pick_request(headers: &http::HeaderMap, affinity: Option<&str>, visible: &[String]) -> PickRequest {
+    PickRequest {
+        hash_key: affinity
+            .and_then(|h| headers.get(h))
+            .map(|v| sextant_plugin::affinity_hash(&String::from_utf8_lossy(v.as_bytes()))),
+        headers: visible
+            .iter()
+            .filter_map(|h| {
+                headers.get(h).map(|v| (h.to_ascii_lowercase(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            })
+            .collect(),
+    }
 }

@@ -4,12 +4,13 @@
 //! (the health plugin's outlier verdicts) and the scheduler's statistics.
 //!
 //! What traffic may reach is rebuilt off the pick path, whenever the registry snapshot, a
-//! health verdict, an ejection, a breaker or the scheduler's weights change: the registry's
-//! selected instances, minus those active health checks found down (unless the service's
-//! protection threshold would be crossed), minus ejected and open-breaker endpoints (at most
-//! `max_ejected_percent` of them), weighted by the scheduler.
+//! health verdict, an ejection, a breaker or the scheduler's weights change, by the rotation
+//! rule (`crate::rotation`): the registry's selected instances, minus those active health
+//! checks found down (unless the service's protection threshold would be crossed), minus
+//! ejected and open-breaker endpoints (at most `max_ejected_percent` of them), weighted by the
+//! scheduler.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -32,6 +33,7 @@ use crate::health::{HealthCheck, Probe};
 use crate::resilience::{
     Admission, Breaker, BreakerConfig, BreakerState, RateLimit, RetryBudget, RetryConfig, TokenBucket,
 };
+use crate::rotation::{LocalHealth, rotation};
 
 /// Where a router learns the instances of a service.
 pub trait Discovery: Send + Sync + 'static {
@@ -173,6 +175,19 @@ impl Outcome {
         Self::Http { status, retry_after: None }
     }
 
+    /// The outcome of an upstream HTTP response: its status, and its `Retry-After` when that
+    /// is a number of seconds (an HTTP-date `Retry-After` is ignored).
+    #[must_use]
+    pub fn from_response<B>(response: &http::Response<B>) -> Self {
+        let retry_after = response
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        Self::Http { status: response.status().as_u16(), retry_after }
+    }
+
     /// A failure: 5xx, timeouts, broken connections (feeds PeakEWMA's penalty, the breaker
     /// and outlier detection).
     #[must_use]
@@ -186,12 +201,12 @@ impl Outcome {
         matches!(self, Self::Http { status: 429, .. } | Self::Http { status: 503, retry_after: Some(_) })
     }
 
-    fn status(&self) -> Status {
+    fn into_status(self) -> Status {
         match self {
-            Self::Http { status, .. } => Status::Http(*status),
+            Self::Http { status, .. } => Status::Http(status),
             Self::Success => Status::Connected,
             Self::Timeout => Status::Timeout,
-            Self::Failed(why) => Status::Failed(why.clone()),
+            Self::Failed(why) => Status::Failed(why),
         }
     }
 }
@@ -225,7 +240,7 @@ pub struct WindowSummary {
 
 /// Live state of one endpoint, kept by instance id across snapshots.
 #[derive(Debug)]
-pub(crate) struct EndpointState {
+struct EndpointState {
     breaker: Breaker,
     window: ArcSwap<Window>,
     last: ArcSwap<WindowSummary>,
@@ -263,10 +278,8 @@ struct RouteState {
     health_pos: HashMap<String, u32>,
     /// Scheduler snapshot order (the registry's selected instances).
     scheduler_ids: Vec<String>,
-    down: HashSet<String>,
-    /// id → (until, since).
-    ejected: HashMap<String, (Instant, Instant)>,
-    weights: HashMap<String, u32>,
+    /// Down, ejected, reweighted: what the rotation rule reads besides the registry.
+    local: LocalHealth,
     window_started: Instant,
     built: bool,
 }
@@ -308,14 +321,32 @@ impl Route {
     ) -> Result<Self, LoadError> {
         let name = service.to_string();
         let now = Instant::now();
-        let balancer = BalancerSlot::new(host, &name, PluginSpec::builtin("round-robin"))?;
-        balancer.load(config.balancer.clone())?;
-        let health = PolicySlot::health(host, &name, PluginSpec::builtin("standard"))?;
-        health.load(config.health.clone())?;
+        // A configured built-in is the slot's first version (and its native answer when a
+        // later plugin faults); a configured wasm plugin is loaded over a native default, so
+        // it always has a native answer behind it.
+        let first = |spec: &PluginSpec, native: &str| -> (PluginSpec, Option<PluginSpec>) {
+            match spec {
+                PluginSpec::Builtin { .. } => (spec.clone(), None),
+                PluginSpec::Wasm { .. } => (PluginSpec::builtin(native), Some(spec.clone())),
+            }
+        };
+        let (default, over) = first(&config.balancer, "round-robin");
+        let balancer = BalancerSlot::new(host, &name, default)?;
+        if let Some(spec) = over {
+            balancer.load(spec)?;
+        }
+        let (default, over) = first(&config.health, "standard");
+        let health = PolicySlot::health(host, &name, default)?;
+        if let Some(spec) = over {
+            health.load(spec)?;
+        }
         let scheduler = match &config.scheduler {
             Some(spec) => {
-                let slot = PolicySlot::scheduler(host, &name, PluginSpec::builtin("adaptive"))?;
-                slot.load(spec.clone())?;
+                let (default, over) = first(spec, "adaptive");
+                let slot = PolicySlot::scheduler(host, &name, default)?;
+                if let Some(spec) = over {
+                    slot.load(spec)?;
+                }
                 Some(slot)
             }
             None => None,
@@ -339,9 +370,7 @@ impl Route {
                 health_ids: Vec::new(),
                 health_pos: HashMap::new(),
                 scheduler_ids: Vec::new(),
-                down: HashSet::new(),
-                ejected: HashMap::new(),
-                weights: HashMap::new(),
+                local: LocalHealth::default(),
                 window_started: now,
                 built: false,
             }),
@@ -370,36 +399,15 @@ impl Route {
         if registry.revision.0 != state.registry_revision || !state.built {
             self.apply_registry(state, &registry, now);
         }
-        let candidates: Vec<&Arc<Instance>> = registry.selected().collect();
-        let up: Vec<&Arc<Instance>> =
-            candidates.iter().copied().filter(|i| !state.down.contains(i.id.as_str())).collect();
-        #[allow(clippy::cast_precision_loss)] // instance counts are far below 2^24
-        let share = if candidates.is_empty() { 1.0 } else { up.len() as f32 / candidates.len() as f32 };
-        let protection = registry.protection_active() || (!candidates.is_empty() && share < registry.protect_threshold);
-        let base = if share < registry.protect_threshold { candidates } else { up };
-        // Ejected or breaker-open endpoints, oldest ejection first, capped.
-        let mut out: Vec<(Instant, &str)> = base
-            .iter()
-            .filter_map(|i| {
-                let id = i.id.as_str();
-                let ejected = state.ejected.get(id).filter(|(until, _)| *until > now).map(|(_, since)| *since);
-                let open = state.endpoints.get(id).and_then(|e| e.breaker.open_until());
-                ejected.or(open).map(|since| (since, id))
-            })
-            .collect();
-        out.sort();
-        let cap = base.len() * self.config.max_ejected_percent.min(100) as usize / 100;
-        let excluded: HashSet<&str> = out.iter().take(cap).map(|(_, id)| *id).collect();
-        let mut targets = Vec::with_capacity(base.len());
-        let mut endpoints = Vec::with_capacity(base.len());
-        for i in base.iter().filter(|i| !excluded.contains(i.id.as_str())) {
-            let weight = state.weights.get(i.id.as_str()).copied().unwrap_or(i.weight);
-            if weight == 0 {
-                continue;
-            }
+        let open = |id: &str| state.endpoints.get(id).and_then(|e| e.breaker.open_until());
+        let next = rotation(&registry, &state.local, &open, self.config.max_ejected_percent, now);
+        let protection = next.protection;
+        let mut targets = Vec::with_capacity(next.members.len());
+        let mut endpoints = Vec::with_capacity(next.members.len());
+        for (i, weight) in next.members {
             let Some(es) = state.endpoints.get(i.id.as_str()) else { continue };
             let Some(&health_index) = state.health_pos.get(i.id.as_str()) else { continue };
-            endpoints.push(endpoint_with_weight(i, weight.min(10_000)));
+            endpoints.push(endpoint_with_weight(i, weight));
             targets.push(Arc::new(Target {
                 instance: Arc::clone(i),
                 addr: SocketAddr::new(i.ip, i.port),
@@ -439,9 +447,10 @@ impl Route {
             endpoints.insert(id, es);
         }
         state.endpoints = endpoints;
-        state.down.retain(|id| state.endpoints.contains_key(id));
-        state.ejected.retain(|id, _| state.endpoints.contains_key(id));
-        state.weights.retain(|id, _| state.endpoints.contains_key(id));
+        let known = &state.endpoints;
+        state.local.down.retain(|id| known.contains_key(id));
+        state.local.ejected.retain(|id, _| known.contains_key(id));
+        state.local.weights.retain(|id, _| known.contains_key(id));
         let model = |list: &mut dyn Iterator<Item = &Arc<Instance>>| Snapshot {
             service: self.service.to_string(),
             revision: registry.revision.0,
@@ -478,7 +487,7 @@ impl Route {
                 .map(|i| {
                     let mut e = sextant_plugin::endpoint_of(i);
                     let id = i.id.as_str();
-                    if state.down.contains(id) || state.ejected.contains_key(id) {
+                    if state.local.down.contains(id) || state.local.ejected.contains_key(id) {
                         e.healthy = false;
                     }
                     e
@@ -501,7 +510,7 @@ impl Route {
         let changed = match verdict {
             Verdict::Unchanged => false,
             Verdict::Healthy => {
-                let was = state.down.remove(id) | state.ejected.remove(id).is_some();
+                let was = state.local.down.remove(id) | state.local.ejected.remove(id).is_some();
                 if !instance.ephemeral
                     && !instance.healthy
                     && let Some(sink) = &self.sink
@@ -517,10 +526,10 @@ impl Route {
                 {
                     sink.set_healthy(&instance, false);
                 }
-                state.down.insert(id.to_owned())
+                state.local.down.insert(id.to_owned())
             }
             Verdict::Eject(ms) => {
-                state.ejected.insert(id.to_owned(), (now + Duration::from_millis(ms), now));
+                state.local.ejected.insert(id.to_owned(), (now + Duration::from_millis(ms), now));
                 true
             }
         };
@@ -537,9 +546,9 @@ impl Route {
     fn tick(self: &Arc<Self>, now: Instant, probe: &Probe) {
         let mut state = self.state.lock();
         let mut changed = false;
-        let before = state.ejected.len();
-        state.ejected.retain(|_, (until, _)| *until > now);
-        changed |= state.ejected.len() != before;
+        let before = state.local.ejected.len();
+        state.local.ejected.retain(|_, (until, _)| *until > now);
+        changed |= state.local.ejected.len() != before;
         for es in state.endpoints.values() {
             changed |= es.breaker.tick(now);
         }
@@ -557,7 +566,8 @@ impl Route {
                     continue;
                 }
                 *next = now + check.next_interval();
-                probe.spawn(Arc::downgrade(self), Arc::clone(instance), Arc::clone(es), check.clone());
+                let (route, target, state) = (Arc::downgrade(self), Arc::clone(instance), Arc::clone(es));
+                probe.spawn(instance, check.clone(), move |result| probe_done(&route, &target, &state, result));
             }
         }
     }
@@ -600,10 +610,10 @@ impl Route {
             state.scheduler_ids.iter().map(|id| stats.remove(id).unwrap_or_default()).collect();
         let weights = scheduler.schedule(&ordered);
         let weights: HashMap<String, u32> = state.scheduler_ids.iter().cloned().zip(weights).collect();
-        if weights == state.weights {
+        if weights == state.local.weights {
             return false;
         }
-        state.weights = weights;
+        state.local.weights = weights;
         true
     }
 }
@@ -752,6 +762,29 @@ impl Router {
         Err(RouteError::Overloaded(service.to_string()))
     }
 
+    /// Like [`Router::pick`], preferring an endpoint not in `avoid` (those a retry already
+    /// tried): up to three more picks while the balancer offers one of them, then its last
+    /// offer (a service whose every endpoint was tried still answers). The balancer decides
+    /// each offer, so a random one may offer an avoided endpoint four times running.
+    ///
+    /// # Errors
+    /// As [`Router::pick`].
+    pub fn pick_avoiding(
+        &self,
+        service: &ServiceKey,
+        request: &mut PickRequest,
+        avoid: &[SocketAddr],
+    ) -> Result<PickGuard, RouteError> {
+        let mut guard = self.pick(service, request)?;
+        for _ in 0..3 {
+            if !avoid.contains(&guard.addr()) {
+                break;
+            }
+            guard = self.pick(service, request)?;
+        }
+        Ok(guard)
+    }
+
     /// Takes a retry from `service`'s budget; false when it is spent.
     #[must_use]
     pub fn retry_allowed(&self, service: &ServiceKey) -> bool {
@@ -830,9 +863,9 @@ impl Router {
                 let at = routed.get(id).copied();
                 let health = if at.is_some() {
                     "up"
-                } else if state.down.contains(id) || !i.healthy {
+                } else if state.local.down.contains(id) || !i.healthy {
                     "down"
-                } else if state.ejected.get(id).is_some_and(|(u, _)| *u > now) {
+                } else if state.local.ejected.get(id).is_some_and(|(u, _)| *u > now) {
                     "ejected"
                 } else if es.is_some_and(|e| e.breaker.state() == BreakerState::Open) {
                     "open"
@@ -873,13 +906,10 @@ pub struct RouteStatus {
     /// Whether protection (threshold or ejection cap) keeps endpoints in rotation.
     pub protection: bool,
     /// The balancer slot.
-    #[serde(skip)]
     pub balancer: SlotStatus,
     /// The health slot.
-    #[serde(skip)]
     pub health: SlotStatus,
     /// The scheduler slot, if any.
-    #[serde(skip)]
     pub scheduler: Option<SlotStatus>,
     /// Every routable instance.
     pub endpoints: Vec<EndpointStatus>,
@@ -961,9 +991,18 @@ impl PickGuard {
         self.fallback
     }
 
-    /// Reports how the request ended; its latency is the time since the pick.
-    pub fn finish(mut self, outcome: &Outcome) {
+    /// Reports how the request ended; its latency is the time since the pick (call it when
+    /// the response is complete: at the end of its body, not at its headers, when the body
+    /// is what the balancer should weigh). A guard dropped without `finish` releases its
+    /// in-flight place and reports nothing.
+    pub fn finish(self, outcome: Outcome) {
         let latency = self.started.elapsed();
+        self.finish_with_latency(outcome, latency);
+    }
+
+    /// Reports how the request ended with a latency the caller measured (a gateway that times
+    /// its upstream exchange itself, or replays outcomes).
+    pub fn finish_with_latency(mut self, outcome: Outcome, latency: Duration) {
         let now = Instant::now();
         let failed = outcome.failed();
         if let Some(f) = self.in_flight.take() {
@@ -976,7 +1015,7 @@ impl PickGuard {
         let overloaded = outcome.overloaded();
         if overloaded {
             w.overloaded.fetch_add(1, Relaxed);
-            if let Outcome::Http { retry_after: Some(after), .. } = outcome {
+            if let Outcome::Http { retry_after: Some(after), .. } = &outcome {
                 w.retry_after_ms.fetch_max(u64::try_from(after.as_millis()).unwrap_or(u64::MAX), Relaxed);
             }
         } else if failed {
@@ -991,7 +1030,7 @@ impl PickGuard {
         self.trial = false;
         let verdict = route.health.on_outcome(&PolicyOutcome {
             endpoint: self.target.health_index,
-            status: outcome.status(),
+            status: outcome.into_status(),
             latency: u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX),
         });
         route.verdict(self.target.instance.id.as_str(), verdict, now);
@@ -1010,7 +1049,7 @@ impl Drop for PickGuard {
 }
 
 /// A probe's result, handed back by the prober.
-pub(crate) fn probe_done(route: &Weak<Route>, instance: &Instance, state: &EndpointState, mut result: ProbeResult) {
+fn probe_done(route: &Weak<Route>, instance: &Instance, state: &EndpointState, mut result: ProbeResult) {
     state.probing.store(false, Relaxed);
     let Some(route) = route.upgrade() else { return };
     let id = instance.id.as_str();

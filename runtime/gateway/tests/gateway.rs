@@ -438,3 +438,67 @@ async fn shutdown_drains_requests_in_flight() {
     // Not accepting any more.
     assert!(tokio::net::TcpStream::connect(f.addr).await.is_err());
 }
+
+/// The embedding API on its own (no HTTP): a fresh route runs the configured built-ins as
+/// its first versions; picks can avoid endpoints already tried; a guard finished with a
+/// measured latency or dropped unfinished leaves nothing in flight; an affinity key sticks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedding_api_picks_avoids_and_accounts_every_guard() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry =
+        Registry::start(EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap(), 1024).await.unwrap();
+    for port in [9101, 9102, 9103] {
+        let mut i = Instance::new(service(), "127.0.0.1".parse().unwrap(), port);
+        i.ephemeral = false;
+        registry.put(Record::Instance(Arc::new(i)), None).await.unwrap();
+    }
+    let router = Router::new(host(), Arc::new(registry.clone()), RouteConfig::default());
+
+    // The configured default is the route's first version, not a load over another one.
+    let guard = router.pick(&service(), &mut sextant_plugin::PickRequest::default()).unwrap();
+    let status = router.status(&service()).unwrap();
+    assert_eq!((status.balancer.active.id, status.balancer.active.name.as_str()), (1, "peak-ewma"));
+    assert!(status.balancer.previous.is_empty(), "{:?}", status.balancer.previous);
+    assert_eq!(status.health.active.name, "standard");
+    let json = serde_json::to_value(&status).unwrap();
+    assert_eq!(json["balancer"]["active"]["name"], "peak-ewma", "the slots are in the status JSON: {json}");
+
+    // Avoiding: with two of three tried, the third is picked (round robin offers each of
+    // the three within the four picks `pick_avoiding` makes at most).
+    router.load(&service(), PluginKind::Balancer, PluginSpec::builtin("round-robin")).unwrap();
+    let tried: Vec<SocketAddr> = ["127.0.0.1:9101", "127.0.0.1:9102"].iter().map(|a| a.parse().unwrap()).collect();
+    for _ in 0..20 {
+        let g = router.pick_avoiding(&service(), &mut sextant_plugin::PickRequest::default(), &tried).unwrap();
+        assert_eq!(g.addr().port(), 9103);
+        g.finish(sextant_gateway::Outcome::http(200));
+    }
+
+    // Finished with a measured latency, or dropped: nothing stays in flight.
+    guard.finish_with_latency(sextant_gateway::Outcome::http(200), Duration::from_millis(7));
+    let dropped: Vec<_> =
+        (0..5).map(|_| router.pick(&service(), &mut sextant_plugin::PickRequest::default()).unwrap()).collect();
+    let in_flight =
+        |router: &Router| -> u32 { router.status(&service()).unwrap().endpoints.iter().map(|e| e.in_flight).sum() };
+    assert_eq!(in_flight(&router), 5);
+    drop(dropped);
+    assert_eq!(in_flight(&router), 0);
+
+    // An affinity key sticks under a hash balancer, whoever hashes it.
+    router.load(&service(), PluginKind::Balancer, PluginSpec::builtin("ring-hash")).unwrap();
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-user", "user-42".parse().unwrap());
+    let from_headers = sextant_gateway::pick_request(&headers, Some("x-user"), &[]);
+    assert_eq!(from_headers.hash_key, sextant_plugin::PickRequest::with_affinity("user-42").hash_key);
+    let first = router.pick(&service(), &mut from_headers.clone()).unwrap().addr();
+    for _ in 0..10 {
+        let mut again = sextant_plugin::PickRequest::with_affinity("user-42");
+        assert_eq!(router.pick(&service(), &mut again).unwrap().addr(), first);
+    }
+
+    // Outcome from a response: the status, and Retry-After in seconds.
+    let response = http::Response::builder().status(503).header("retry-after", "2").body(()).unwrap();
+    assert_eq!(
+        sextant_gateway::Outcome::from_response(&response),
+        sextant_gateway::Outcome::Http { status: 503, retry_after: Some(Duration::from_secs(2)) }
+    );
+}

@@ -61,6 +61,30 @@ impl PluginSpec {
         Self::Builtin { name: name.into(), config: "{}".into() }
     }
 
+    /// A wasm component from its bytes, with an empty configuration: hashed, compiled (or
+    /// taken from `host`'s cache by sha256) and checked (a component exporting a plugin world
+    /// of this contract). Compiling blocks the calling thread (about 0.2 s for a built-in in a
+    /// release build, seconds in a debug one): call it on a blocking thread
+    /// (`tokio::task::spawn_blocking`), not on an async worker that serves requests.
+    ///
+    /// # Errors
+    /// What is wrong with the bytes ([`LoadError`]: not wasm, a core module, another world or
+    /// contract version, ...).
+    pub fn wasm(host: &PluginHost, name: &str, bytes: &[u8]) -> Result<Self, LoadError> {
+        Ok(Self::Wasm { name: name.into(), compiled: host.compile(bytes)?, config: "{}".into() })
+    }
+
+    /// The same plugin with `config` (JSON text), checked by the plugin's `init` when a slot
+    /// loads it.
+    #[must_use]
+    pub fn with_config(self, config: impl Into<String>) -> Self {
+        let config = config.into();
+        match self {
+            Self::Builtin { name, .. } => Self::Builtin { name, config },
+            Self::Wasm { name, compiled, .. } => Self::Wasm { name, compiled, config },
+        }
+    }
+
     /// The plugin's name.
     #[must_use]
     pub fn name(&self) -> &str {
@@ -77,6 +101,23 @@ pub struct PickRequest {
     pub hash_key: Option<u64>,
     /// Request headers the plugin may read (moved in and out, never copied).
     pub headers: Vec<(String, String)>,
+}
+
+impl PickRequest {
+    /// A request whose affinity key is `key` ([`affinity_hash`] of it), no headers.
+    #[must_use]
+    pub fn with_affinity(key: &str) -> Self {
+        Self { hash_key: Some(affinity_hash(key)), headers: Vec::new() }
+    }
+}
+
+/// The hash of an affinity key (a user id, a session cookie): FNV-1a over its bytes, then
+/// mixed. The same on every platform, in wasm, through a server's `pick` and in
+/// `sextant gateway` (`hash_header`), so a key lands on the same endpoint wherever it is
+/// hashed.
+#[must_use]
+pub fn affinity_hash(key: &str) -> u64 {
+    sextant_builtins::hash_str(key)
 }
 
 /// The answer of a pick.

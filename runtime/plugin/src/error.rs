@@ -2,6 +2,28 @@
 
 use crate::PluginKind;
 
+/// Why the plugin host could not start (wasmtime could not set up its engine, for example the
+/// pooling allocator could not reserve memory, or the epoch thread could not start).
+#[derive(Debug, thiserror::Error)]
+#[error("the plugin host could not start: {source}")]
+pub struct HostError {
+    /// What failed (wasmtime's error, or the OS's).
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync + 'static>,
+}
+
+impl From<wasmtime::Error> for HostError {
+    fn from(e: wasmtime::Error) -> Self {
+        Self { source: e.into() }
+    }
+}
+
+impl From<std::io::Error> for HostError {
+    fn from(e: std::io::Error) -> Self {
+        Self { source: Box::new(e) }
+    }
+}
+
 /// Why a plugin could not be loaded. A failed load changes nothing: the active plugin of
 /// every slot keeps serving.
 #[derive(Debug, thiserror::Error)]

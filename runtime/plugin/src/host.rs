@@ -199,7 +199,7 @@ impl PluginHost {
     ///
     /// # Errors
     /// When wasmtime cannot set up the engine (for example the pool cannot reserve memory).
-    pub fn new(config: HostConfig) -> wasmtime::Result<Self> {
+    pub fn new(config: HostConfig) -> Result<Self, crate::HostError> {
         let engine = engine(&config)?;
         let mut linker = Linker::new(&engine);
         BalancerPlugin::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;

@@ -13,30 +13,31 @@
 //! - [`PolicySlot`]: the same for health policies and schedulers;
 //! - [`LoadTracker`]: live load per endpoint (in-flight, peak EWMA, recent errors) that the
 //!   `load` interface reads;
-//! - [`PluginManager`]: plugins in a running server, driven by the plugin records in the store
-//!   (validate before writing, activate by binding on every server, rollback from history).
+//! - [`bound_record`] and [`Defaults`]: which plugin a slot runs, the one rule every host
+//!   applies.
+//!
+//! It knows nothing of the store or the protocol: the plugin records that drive a running
+//! server are `sextant-control`'s, and a gateway follows them through `sextant-gateway`.
 //!
 //! Deadlines are CPU-time budgets checked at epoch ticks (see `HostConfig::pick_deadline`):
 //! a plugin that spins is interrupted; a thread the OS merely descheduled is not.
 mod balancer;
+mod binding;
 mod bindings;
 mod error;
 mod host;
 mod load;
-mod manager;
 mod policy;
 mod stats;
 
 pub use balancer::{
     AutoRollback, BalancerSlot, Observer, PickRequest, Picked, PluginSpec, SlotEvent, SlotStatus, Version,
-    VersionStatus,
+    VersionStatus, affinity_hash,
 };
-pub use error::{CallFault, LoadError, SlotError};
+pub use binding::{Defaults, bound_record};
+pub use error::{CallFault, HostError, LoadError, SlotError};
 pub use host::{CONTRACT_VERSION, Compiled, HostConfig, HostState, PluginHost, PluginKind};
 pub use load::{EndpointLoad, InFlight, LoadTracker, RouteSnapshot, endpoint_of, snapshot_of};
-pub use manager::{
-    Defaults, LIVE_VALIDATION_SAMPLE, ManagerError, PickedInstance, PluginManager, ServiceSlots, bound_record,
-};
 pub use policy::PolicySlot;
 pub use sextant_builtins as builtins;
 pub use stats::{Counters, CountersSnapshot, Histogram, Totals, VersionKey};

@@ -314,6 +314,12 @@ pub struct ServiceView {
     pub protect_threshold: f32,
     /// Whether the healthy share is below it (then `selected` includes unhealthy instances).
     pub protection_active: bool,
+    /// Healthy routable instances.
+    #[serde(default)]
+    pub healthy: usize,
+    /// Routable instances (enabled, weight > 0).
+    #[serde(default)]
+    pub routable: usize,
     /// Ids of the instances traffic may go to.
     pub selected: Vec<InstanceId>,
     /// Every instance.

@@ -3,9 +3,10 @@
 //! The IO layer feeds each request decoded from a stream to [`ServerSession::on_request`]
 //! and does what the returned [`Step`] says: answer directly, execute an authorized request
 //! against the registry, or close the connection with an error code. The session enforces
-//! the handshake (`hello` first, once, with a supported version and a known token),
-//! authorization per namespace, and normalizes registrations (an instance's `ephemeral` flag
-//! follows its binding).
+//! the handshake (`hello` first, once, with a supported version and a known token) and
+//! authorization per namespace. What a request's contents must satisfy is [`normalize`]'s,
+//! which the command executor applies for every door (an instance's `ephemeral` flag follows
+//! its binding; instances and TTLs are checked).
 
 use std::sync::Arc;
 
@@ -30,7 +31,7 @@ pub struct ServerSettings {
 pub enum Step {
     /// Send this response on the request's stream.
     Reply(Response),
-    /// Execute this authorized, normalized request against the registry.
+    /// Execute this authorized request (the executor validates it with [`normalize`]).
     Execute(Request),
     /// Close the connection with this code and reason; change nothing.
     Close(ErrorCode, String),
@@ -87,10 +88,7 @@ impl ServerSession {
                 format!("{} may not {}", p.name, request.kind()),
             ));
         }
-        match normalize(request) {
-            Ok(r) => Step::Execute(r),
-            Err(message) => Step::Reply(Response::error(ErrorCode::Invalid, message)),
-        }
+        Step::Execute(request)
     }
 
     /// Applies a reloaded token table to this session: the principal keeps its token with the
@@ -130,8 +128,13 @@ impl ServerSession {
     }
 }
 
-/// Makes a registration consistent with its binding and checks TTLs before anything runs.
-fn normalize(request: Request) -> Result<Request, String> {
+/// Makes a registration consistent with its binding (`ephemeral` unless persistent) and
+/// checks instances and TTLs before anything runs: the validation every door applies (the
+/// session here, the command executor for every door). `Err`: the `invalid` answer's message.
+///
+/// # Errors
+/// An invalid instance or a TTL out of range.
+pub fn normalize(request: Request) -> Result<Request, String> {
     match request {
         Request::Register { mut instance, binding } => {
             if let Binding::Ttl { ttl_ms } = binding {
@@ -227,23 +230,28 @@ mod tests {
     }
 
     #[test]
-    fn registrations_follow_their_binding() {
-        let mut s = session(Acl::open());
-        s.on_request(hello(None));
-        let Step::Execute(Request::Register { instance, .. }) = s.on_request(register("a", Binding::Persistent)) else {
-            panic!("expected execute")
+    fn registrations_follow_their_binding_and_contents_are_checked() {
+        let Ok(Request::Register { instance, .. }) = normalize(register("a", Binding::Persistent)) else {
+            panic!("valid")
         };
         assert!(!instance.ephemeral);
-        let Step::Execute(Request::Register { instance, .. }) = s.on_request(register("a", Binding::Connection)) else {
-            panic!("expected execute")
+        let Ok(Request::Register { instance, .. }) = normalize(register("a", Binding::Connection)) else {
+            panic!("valid")
         };
         assert!(instance.ephemeral);
-        let bad_ttl = s.on_request(register("a", Binding::Ttl { ttl_ms: 5 }));
-        assert!(matches!(bad_ttl, Step::Reply(Response::Error { code: ErrorCode::Invalid, .. })));
+        let bad_ttl = normalize(register("a", Binding::Ttl { ttl_ms: 5 })).unwrap_err();
+        assert!(bad_ttl.contains("lease ttl 5 ms"), "{bad_ttl}");
         let mut heavy = register("a", Binding::Persistent);
         if let Request::Register { instance, .. } = &mut heavy {
             instance.weight = 20_000;
         }
-        assert!(matches!(s.on_request(heavy), Step::Reply(Response::Error { code: ErrorCode::Invalid, .. })));
+        assert!(normalize(heavy).unwrap_err().contains("20000"));
+        let grant = normalize(Request::GrantLease { ttl_ms: 90_000_000 }).unwrap_err();
+        assert!(grant.contains("90000000"), "{grant}");
+        // The session leaves contents to the executor: it only authenticates and authorizes.
+        let mut s = session(Acl::open());
+        s.on_request(hello(None));
+        let bad = register("a", Binding::Ttl { ttl_ms: 5 });
+        assert_eq!(s.on_request(bad.clone()), Step::Execute(bad));
     }
 }

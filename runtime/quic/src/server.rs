@@ -30,7 +30,7 @@
 //! refused by the store is the client told: the connection is closed (`unavailable`), and the
 //! client library reconnects and registers its instances again.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
@@ -39,13 +39,12 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use quinn::{Connection, Endpoint, SendStream};
+use sextant_control::{Executor, Origin, PluginManager};
 use sextant_core::store::{Store, StoreError};
-use sextant_core::{ConfigEntry, CoreError, Instance, InstanceKey, LeaseId, PluginRecord, Record, RecordKey};
-use sextant_plugin::{ManagerError, PluginManager};
+use sextant_core::{CoreError, Instance, InstanceKey, LeaseId, Record};
 use sextant_proto::acl;
-use sextant_proto::message::ServiceView;
 use sextant_proto::server::{ServerSession, ServerSettings, Step};
-use sextant_proto::{Binding, ErrorCode, Request, RequestError, Response};
+use sextant_proto::{ErrorCode, Request, RequestError, Response};
 use sextant_store::{Registry, RegistryError};
 use tokio::sync::Semaphore;
 
@@ -80,19 +79,12 @@ impl Default for ServerOptions {
 #[derive(Debug)]
 struct Shared<S> {
     registry: Registry<S>,
+    /// The one command path (shared with the admin HTTP API).
+    executor: Arc<Executor<S>>,
     options: ServerOptions,
-    /// The plugin manager: picks and plugin administration. Without one, those requests
-    /// are answered `unavailable`.
-    plugins: Option<PluginManager<S>>,
     /// Event frames shared by every subscriber of a change.
     frames: Arc<FrameCache>,
-    /// The components fetched last (a gateway reads one in chunks): not read from the store
-    /// once per chunk.
-    artifacts: Mutex<VecDeque<(String, Arc<Vec<u8>>)>>,
 }
-
-/// Components kept for chunked reads.
-const ARTIFACTS_KEPT: usize = 4;
 
 /// A bound QUIC server.
 #[derive(Debug)]
@@ -125,25 +117,27 @@ impl<S: Store + Clone> QuicServer<S> {
         options: ServerOptions,
     ) -> std::io::Result<Self> {
         let endpoint = Endpoint::server(config, addr)?;
-        let shared = Arc::new(Shared {
-            registry,
-            options,
-            plugins: None,
-            frames: Arc::default(),
-            artifacts: Mutex::new(VecDeque::new()),
-        });
+        let executor = Arc::new(Executor::new(registry.clone(), None));
+        let shared = Arc::new(Shared { registry, executor, options, frames: Arc::default() });
         Ok(Self { endpoint, shared })
     }
 
     /// Serves `pick` and the plugin requests through `plugins`.
     #[must_use]
     pub fn with_plugins(self, plugins: PluginManager<S>) -> Self {
+        let executor = Arc::new(Executor::new(self.shared.registry.clone(), Some(plugins)));
+        self.with_executor(executor)
+    }
+
+    /// Executes requests with `executor` (the one the admin HTTP API uses too, so both doors
+    /// share its counters and caches). It must run over the same registry.
+    #[must_use]
+    pub fn with_executor(self, executor: Arc<Executor<S>>) -> Self {
         let shared = Shared {
-            registry: self.shared.registry.clone(),
+            registry: executor.registry().clone(),
+            executor,
             options: self.shared.options.clone(),
-            plugins: Some(plugins),
             frames: Arc::default(),
-            artifacts: Mutex::new(VecDeque::new()),
         };
         Self { endpoint: self.endpoint, shared: Arc::new(shared) }
     }
@@ -379,7 +373,7 @@ async fn stream<S: Store + Clone>(c: &Arc<Conn<S>>, mut send: SendStream, mut re
             };
         }
         Step::Execute(request) => {
-            let response = execute(c, request).await;
+            let response = c.shared.executor.execute(&ConnOrigin(c), request).await;
             match &response {
                 Response::Error { code: ErrorCode::Limited, message } => {
                     c.audit(Verdict::Limited, kind, target, None, Some(message));
@@ -431,28 +425,6 @@ fn target_of(request: &Request) -> Option<String> {
         Request::ArtifactGet { sha256, .. } => Some(sha256.clone()),
         Request::Hello { .. } | Request::Ping { .. } | Request::GrantLease { .. } | Request::PluginList => None,
     }
-}
-
-/// Whether `service` has a spec (`put_service`): then it exists without instances too.
-fn has_spec<S: Store + Clone>(registry: &Registry<S>, service: &sextant_core::ServiceKey) -> bool {
-    let scope = sextant_core::Scope::Service(service.clone());
-    registry.list(&scope).records.iter().any(|r| matches!(r, Record::Service(_)))
-}
-
-/// How long the store has been unreachable, for answers built from the last known state.
-fn stale_ms<S: Store + Clone>(registry: &Registry<S>) -> Option<u64> {
-    registry.stale_for().map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn error_response(e: RegistryError) -> Response {
-    let RegistryError::Store(e) = e;
-    let code = match &e {
-        StoreError::Rejected(CoreError::Invalid(_) | CoreError::LeaseExists(_)) => ErrorCode::Invalid,
-        StoreError::Rejected(CoreError::LeaseNotFound(_)) => ErrorCode::LeaseNotFound,
-        StoreError::Rejected(CoreError::KeyNotFound(_)) => ErrorCode::NotFound,
-        StoreError::Unavailable(_) | StoreError::Lagged | StoreError::Closed => ErrorCode::Unavailable,
-    };
-    Response::error(code, e)
 }
 
 impl<S: Store + Clone> Conn<S> {
@@ -536,209 +508,33 @@ async fn keep_lease<S: Store + Clone>(
     }
 }
 
-async fn execute<S: Store + Clone>(c: &Arc<Conn<S>>, request: Request) -> Response {
-    let registry = &c.shared.registry;
-    let written = |revision| Response::Written { revision, lease: None, version: None };
-    let result: Result<Response, RegistryError> = async {
-        Ok(match request {
-            Request::Register { instance, binding } => return register(c, instance, binding).await,
-            Request::Deregister { service, id } => {
-                let key = InstanceKey { service, id };
-                let revision = registry.delete(RecordKey::Instance(key.clone())).await?;
-                c.registered.lock().remove(&key);
-                written(revision)
-            }
-            Request::GrantLease { ttl_ms } => {
-                let ttl = Duration::from_millis(ttl_ms);
-                Response::Lease { lease: registry.grant_lease(ttl).await?, ttl_ms }
-            }
-            Request::Keepalive { lease } => {
-                let ttl = registry.keepalive(lease).await?;
-                Response::Lease { lease, ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX) }
-            }
-            Request::RevokeLease { lease } => written(registry.revoke_lease(lease).await?),
-            Request::PutService { spec } => written(registry.put(Record::Service(spec.into()), None).await?),
-            Request::GetService { service } => match registry
-                .snapshot(&service)
-                .filter(|s| !s.instances.is_empty() || has_spec(registry, &service))
-            {
-                Some(s) => Response::Service(ServiceView {
-                    service,
-                    revision: s.revision,
-                    protect_threshold: s.protect_threshold,
-                    protection_active: s.protection_active(),
-                    selected: s.selected().map(|i| i.id.clone()).collect(),
-                    instances: s.instances.clone(),
-                    stale_ms: stale_ms(registry),
-                }),
-                None => Response::error(ErrorCode::NotFound, format!("service {service} has no instances and no spec")),
-            },
-            Request::List { scope } => {
-                let snapshot = registry.list(&scope);
-                Response::Records {
-                    revision: snapshot.revision,
-                    records: snapshot.records,
-                    stale_ms: stale_ms(registry),
-                }
-            }
-            Request::ConfigGet { key } => Response::Config { entry: registry.config(&key) },
-            Request::ConfigPut { key, content } => match ConfigEntry::new(key, content) {
-                Ok(entry) => {
-                    let version = Some(entry.version.clone());
-                    let revision = registry.put(Record::Config(entry.into()), None).await?;
-                    Response::Written { revision, lease: None, version }
-                }
-                Err(e) => Response::error(ErrorCode::Invalid, e),
-            },
-            Request::ConfigDelete { key } => written(registry.delete(RecordKey::Config(key)).await?),
-            Request::Pick { service, hash_key, headers } => match &c.shared.plugins {
-                None => no_plugins(),
-                Some(p) => {
-                    let picked = p.pick(&service, hash_key.as_deref(), headers);
-                    let protection_active = match &picked {
-                        Some(p) => p.protection_active,
-                        None => registry.snapshot(&service).is_some_and(|s| s.protection_active()),
-                    };
-                    Response::Picked { instance: picked.map(|p| p.instance), protection_active }
-                }
-            },
-            Request::ArtifactGet { sha256, offset } => artifact(c, sha256, offset).await,
-            Request::PluginList => Response::Plugins {
-                plugins: registry.plugins(),
-                slots: c.shared.plugins.as_ref().map(PluginManager::status).unwrap_or_default(),
-                hosts: host_reports(registry),
-                failures: c.shared.plugins.as_ref().map(PluginManager::failures).unwrap_or_default(),
-            },
-            Request::PluginLoad { name, kind, binding, config, component } => match &c.shared.plugins {
-                None => no_plugins(),
-                Some(p) => match sextant_proto::decode_component(&component) {
-                    Err(e) => Response::error(ErrorCode::Invalid, e),
-                    Ok(bytes) => plugin_written(p.load(name.as_str(), &kind, &binding, &config, bytes, "api").await),
-                },
-            },
-            Request::PluginRollback { name, forward } => match &c.shared.plugins {
-                None => no_plugins(),
-                Some(p) => plugin_written(if forward { p.roll_forward(&name).await } else { p.rollback(&name).await }),
-            },
-            Request::PluginDelete { name } => match &c.shared.plugins {
-                None => no_plugins(),
-                Some(p) => match p.delete(&name).await {
-                    Ok(revision) => written(revision),
-                    Err(e) => manager_error(e),
-                },
-            },
-            Request::Hello { .. } | Request::Ping { .. } | Request::Subscribe { .. } => {
-                Response::error(ErrorCode::Internal, "handled elsewhere")
-            }
-        })
-    }
-    .await;
-    result.unwrap_or_else(error_response)
-}
+/// A connection as the executor sees it: its lease for connection-bound instances and its
+/// registration limit.
+struct ConnOrigin<'a, S>(&'a Arc<Conn<S>>);
 
-/// What other hosts report running, from their registrations' metadata: read from the
-/// services' snapshots (no copy of the registry).
-pub fn host_reports<S: Store + Clone>(registry: &Registry<S>) -> Vec<sextant_proto::HostReport> {
-    let snapshots: Vec<_> = registry.services().iter().filter_map(|s| registry.snapshot(s)).collect();
-    sextant_proto::host_reports(snapshots.iter().flat_map(|s| s.instances.iter().map(|i| &**i)))
-}
-
-/// One chunk of a stored component.
-async fn artifact<S: Store + Clone>(c: &Arc<Conn<S>>, sha256: String, offset: u64) -> Response {
-    if let Err(e) = sextant_core::check_sha256(&sha256) {
-        return Response::error(ErrorCode::Invalid, e);
+impl<S: Store + Clone> Origin for ConnOrigin<'_, S> {
+    async fn connection_lease(&self) -> Option<Result<LeaseId, RegistryError>> {
+        Some(self.0.lease().await)
     }
-    let kept = c.shared.artifacts.lock().iter().find(|(s, _)| *s == sha256).map(|(_, b)| Arc::clone(b));
-    let bytes = match kept {
-        Some(b) => b,
-        None => match c.shared.registry.store().get_artifact(sha256.clone()).await {
-            Ok(Some(b)) => {
-                let b = Arc::new(b);
-                let mut kept = c.shared.artifacts.lock();
-                kept.push_back((sha256.clone(), Arc::clone(&b)));
-                while kept.len() > ARTIFACTS_KEPT {
-                    kept.pop_front();
-                }
-                b
-            }
-            Ok(None) => return Response::error(ErrorCode::NotFound, format!("no component {sha256} in the store")),
-            Err(e) => return error_response(RegistryError::Store(e)),
-        },
-    };
-    let total = bytes.len() as u64;
-    if offset > total {
-        return Response::error(ErrorCode::Invalid, format!("offset {offset} is past the component's {total} bytes"));
-    }
-    let start = usize::try_from(offset).unwrap_or(usize::MAX);
-    let end = bytes.len().min(start.saturating_add(sextant_proto::message::ARTIFACT_CHUNK));
-    Response::Artifact { sha256, offset, total, data: sextant_proto::encode_component(&bytes[start..end]) }
-}
 
-async fn register<S: Store + Clone>(
-    c: &Arc<Conn<S>>,
-    instance: Instance,
-    binding: Binding,
-) -> Result<Response, RegistryError> {
-    let registry = &c.shared.registry;
-    let key = instance.key();
-    let limit = c.access().limits().registrations_per_connection;
-    {
-        let held = c.registered.lock();
-        if !held.contains_key(&key) && held.len() >= limit {
-            return Ok(Response::error(ErrorCode::Limited, LimitError::Registrations { limit }));
+    async fn renew_connection_lease(&self, old: LeaseId) -> Result<LeaseId, RegistryError> {
+        self.0.renew_lease(old).await
+    }
+
+    fn admit_registration(&self, key: &InstanceKey) -> Result<(), String> {
+        let limit = self.0.access().limits().registrations_per_connection;
+        let held = self.0.registered.lock();
+        if !held.contains_key(key) && held.len() >= limit {
+            return Err(LimitError::Registrations { limit }.to_string());
         }
+        Ok(())
     }
-    let (lease, fresh) = match binding {
-        Binding::Persistent => (None, false),
-        Binding::Connection => (Some(c.lease().await?), false),
-        Binding::Lease { lease } => (Some(lease), false),
-        Binding::Ttl { ttl_ms } => (Some(registry.grant_lease(Duration::from_millis(ttl_ms)).await?), true),
-    };
-    let instance = Arc::new(instance);
-    let mut result = registry.put(Record::Instance(instance.clone()), lease).await;
-    if binding == Binding::Connection
-        && let Err(RegistryError::Store(StoreError::Rejected(CoreError::LeaseNotFound(old)))) = &result
-    {
-        // The connection's lease was lost under this registration: once more on its
-        // replacement.
-        let renewed = c.renew_lease(*old).await?;
-        result = registry.put(Record::Instance(instance.clone()), Some(renewed)).await;
-    }
-    match result {
-        Ok(revision) => {
-            c.registered.lock().insert(key, (binding == Binding::Connection).then_some(instance));
-            let lease = if matches!(binding, Binding::Ttl { .. } | Binding::Lease { .. }) { lease } else { None };
-            Ok(Response::Written { revision, lease, version: None })
-        }
-        Err(e) => {
-            // A lease granted for this registration alone must not outlive its failure.
-            if let (true, Some(id)) = (fresh, lease) {
-                let _ = registry.revoke_lease(id).await;
-            }
-            Err(e)
-        }
-    }
-}
 
-fn no_plugins() -> Response {
-    Response::error(ErrorCode::Unavailable, "this server runs no plugin host")
-}
-
-fn plugin_written(result: Result<(Arc<PluginRecord>, sextant_core::Revision), ManagerError>) -> Response {
-    match result {
-        Ok((record, revision)) => Response::PluginWritten { record, revision },
-        Err(e) => manager_error(e),
+    fn registered(&self, instance: &Arc<Instance>, connection_bound: bool) {
+        self.0.registered.lock().insert(instance.key(), connection_bound.then(|| Arc::clone(instance)));
     }
-}
 
-fn manager_error(e: ManagerError) -> Response {
-    match e {
-        ManagerError::Rejected { .. } | ManagerError::MarkedBad { .. } => Response::error(ErrorCode::PluginRejected, e),
-        ManagerError::Invalid(_)
-        | ManagerError::BadConfig(_)
-        | ManagerError::NoPrevious(_)
-        | ManagerError::NoForward(_) => Response::error(ErrorCode::Invalid, e),
-        ManagerError::NotFound(_) => Response::error(ErrorCode::NotFound, e),
-        ManagerError::Store(e) => error_response(e),
+    fn deregistered(&self, key: &InstanceKey) {
+        self.0.registered.lock().remove(key);
     }
 }

@@ -13,9 +13,12 @@
 //! - `GET /v1/plugins`: plugin records, the slots this server runs (active plugin, counters),
 //!   recent failed loads.
 //!
-//! Errors are JSON `{"error": CODE, "message": TEXT}` with a 4xx/5xx status; a refused
-//! request changed nothing. Every write answers after it is durable (persistent records) and
-//! visible in this host's view.
+//! Every route but `/healthz`, `/metrics` and `/status` is a protocol request run by the same
+//! [`Executor`] the QUIC door uses: the same validation, answers and error codes (mapped to
+//! statuses by [`status_of`]), the same write counters. Errors are JSON
+//! `{"error": CODE, "message": TEXT}` with a 4xx/5xx status; a refused request changed
+//! nothing. Every write answers after it is durable (persistent records) and visible in this
+//! host's view.
 //!
 //! Access is the QUIC door's ([`sextant_quic::access`]): with an access file, every route but
 //! `/healthz` and `/metrics` needs `Authorization: Bearer TOKEN` (401 `unauthenticated`
@@ -27,7 +30,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, Path, State};
@@ -36,18 +39,17 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
-use sextant_core::store::StoreError;
+use sextant_control::{Detached, Executor, WriteCounter};
 use sextant_core::{
-    ConfigEntry, ConfigKey, CoreError, DataId, Group, Instance, InstanceId, InstanceKey, LeaseId, Namespace, Record,
-    RecordKey, Revision, Scope, ServiceKey, ServiceName, ServiceSpec, ValidationError,
+    ConfigKey, DataId, Group, Instance, InstanceId, InstanceKey, LeaseId, Namespace, Revision, Scope, ServiceKey,
+    ServiceName, ServiceSpec, ValidationError,
 };
-use sextant_plugin::PluginManager;
 use sextant_proto::acl::{self, Principal};
-use sextant_proto::{Binding, Request};
+use sextant_proto::{Binding, ErrorCode, Request, Response as Answer};
 use sextant_quic::access::{Access, AuditEvent, Door, Verdict};
-use sextant_store::{AnyStore, Registry, RegistryError};
+use sextant_store::{AnyStore, Registry};
 
 use crate::metrics::{KindLabel, Metrics};
 
@@ -57,24 +59,71 @@ const BODY_LIMIT: usize = 2 * 1024 * 1024;
 /// What handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    registry: Registry<AnyStore>,
-    plugins: PluginManager<AnyStore>,
+    executor: Arc<Executor<AnyStore>>,
     metrics: Arc<Metrics>,
     access: Arc<Access>,
     started: Instant,
 }
 
 impl AppState {
-    /// State over `registry` and its plugin manager, guarded by `access` (shared with QUIC).
+    /// State over `executor` (shared with QUIC, counting writes into `metrics`), guarded by
+    /// `access` (shared with QUIC).
     #[must_use]
-    pub fn new(
-        registry: Registry<AnyStore>,
-        plugins: PluginManager<AnyStore>,
-        metrics: Arc<Metrics>,
-        access: Arc<Access>,
-    ) -> Self {
-        Self { registry, plugins, metrics, access, started: Instant::now() }
+    pub fn new(executor: Arc<Executor<AnyStore>>, metrics: Arc<Metrics>, access: Arc<Access>) -> Self {
+        Self { executor, metrics, access, started: Instant::now() }
     }
+
+    fn registry(&self) -> &Registry<AnyStore> {
+        self.executor.registry()
+    }
+
+    /// The one path of every API route: the right, the executor, the audit. An error answer
+    /// becomes its status.
+    async fn execute(&self, caller: &Caller, request: Request, target: String) -> Result<Answer, ApiError> {
+        caller.require(self, &request, || target.clone())?;
+        let write = acl::is_write(&request);
+        match self.executor.execute(&Detached, request).await {
+            Answer::Error { code, message } => Err(ApiError::new(status_of(code), code.to_string(), message)),
+            answer => {
+                if write {
+                    let revision = match &answer {
+                        Answer::Written { revision, .. } | Answer::PluginWritten { revision, .. } => Some(*revision),
+                        _ => None,
+                    };
+                    caller.accepted(self, target, revision);
+                }
+                Ok(answer)
+            }
+        }
+    }
+}
+
+impl WriteCounter for Metrics {
+    fn count(&self, kind: &'static str, accepted: bool) {
+        let family = if accepted { &self.writes } else { &self.writes_rejected };
+        family.get_or_create(&KindLabel { kind }).inc();
+    }
+}
+
+/// The HTTP status of a protocol error code.
+#[must_use]
+pub fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::Invalid | ErrorCode::ProtocolError | ErrorCode::UnsupportedVersion => StatusCode::BAD_REQUEST,
+        ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::NotFound | ErrorCode::LeaseNotFound => StatusCode::NOT_FOUND,
+        ErrorCode::Timeout => StatusCode::REQUEST_TIMEOUT,
+        ErrorCode::PluginRejected => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::Limited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// An answer the route did not expect from its request (a server bug).
+fn unexpected(answer: &Answer) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected answer: {answer:?}"))
 }
 
 /// The peer, from either listener (plain TCP or TLS): its address, and the subject of the
@@ -258,13 +307,13 @@ async fn authenticate(
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    code: String,
     message: String,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+    fn new(status: StatusCode, code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { status, code: code.into(), message: message.into() }
     }
 }
 
@@ -280,22 +329,6 @@ impl From<ValidationError> for ApiError {
     }
 }
 
-impl From<RegistryError> for ApiError {
-    fn from(e: RegistryError) -> Self {
-        let RegistryError::Store(store) = e;
-        let (status, code) = match &store {
-            StoreError::Rejected(CoreError::Invalid(_)) => (StatusCode::BAD_REQUEST, "invalid"),
-            StoreError::Rejected(CoreError::LeaseNotFound(_)) => (StatusCode::NOT_FOUND, "lease_not_found"),
-            StoreError::Rejected(CoreError::KeyNotFound(_)) => (StatusCode::NOT_FOUND, "not_found"),
-            StoreError::Rejected(_) => (StatusCode::CONFLICT, "conflict"),
-            StoreError::Unavailable(_) | StoreError::Lagged | StoreError::Closed => {
-                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-            }
-        };
-        Self::new(status, code, store.to_string())
-    }
-}
-
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
 /// A JSON body, or a typed `invalid` error naming what is wrong with it.
@@ -303,20 +336,13 @@ fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     parsed.map(|Json(v)| v).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid", e.body_text()))
 }
 
-/// Counts a write's outcome under `kind`.
-fn counted<T>(metrics: &Metrics, kind: &'static str, result: Result<T, RegistryError>) -> Result<T, ApiError> {
-    let family = if result.is_ok() { &metrics.writes } else { &metrics.writes_rejected };
-    family.get_or_create(&KindLabel { kind }).inc();
-    result.map_err(ApiError::from)
-}
-
 fn service_key(ns: &str, group: &str, service: &str) -> Result<ServiceKey, ApiError> {
     Ok(ServiceKey::new(Namespace::new(ns)?, Group::new(group)?, ServiceName::new(service)?))
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
-    let stats = s.registry.stats();
-    let store = s.registry.store();
+    let stats = s.registry().stats();
+    let store = s.registry().store();
     let gauge = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
     s.metrics.services.set(gauge(stats.services));
     s.metrics.instances.set(gauge(stats.instances));
@@ -325,12 +351,14 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     s.metrics.leases.set(gauge(store.lease_count()));
     Metrics::catch_up(&s.metrics.leases_expired, store.leases_expired());
     Metrics::catch_up(&s.metrics.store_invalid_values, store.invalid_values());
-    let stale = s.registry.stale_for();
+    let stale = s.registry().stale_for();
     s.metrics.store_reachable.set(i64::from(stale.is_none()));
     s.metrics.store_stale_seconds.set(stale.map_or(0.0, |d| d.as_secs_f64()));
-    s.metrics.set_slots(&s.plugins.status());
-    s.metrics.set_totals(&s.plugins.totals());
-    s.metrics.plugin_failures.set(gauge(s.plugins.failures().len()));
+    if let Some(plugins) = s.executor.plugins() {
+        s.metrics.set_slots(&plugins.status());
+        s.metrics.set_totals(&plugins.totals());
+        s.metrics.plugin_failures.set(gauge(plugins.failures().len()));
+    }
     s.metrics.set_access(&s.access);
     ([("content-type", sextant_gateway::metrics::CONTENT_TYPE)], s.metrics.encode())
 }
@@ -340,63 +368,40 @@ const LIST_ALL: Request = Request::List { scope: Scope::All };
 
 async fn status(State(s): State<AppState>, Extension(caller): Extension<Caller>) -> ApiResult<serde_json::Value> {
     caller.require(&s, &LIST_ALL, || "status".into())?;
-    let stats = s.registry.stats();
+    let registry = s.registry();
+    let stats = registry.stats();
     Ok(Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "store": s.registry.store().kind(),
-        "location": s.registry.store().location(),
-        "stale_ms": s.registry.stale_for().map(|d| d.as_millis()),
-        "invalid_values": s.registry.store().invalid_values(),
+        "store": registry.store().kind(),
+        "location": registry.store().location(),
+        "stale_ms": registry.stale_for().map(|d| d.as_millis()),
+        "invalid_values": registry.store().invalid_values(),
         "revision": stats.revision,
         "services": stats.services,
         "instances": stats.instances,
         "configs": stats.configs,
         "plugins": stats.plugins,
-        "leases": s.registry.store().lease_count(),
+        "leases": registry.store().lease_count(),
         "uptime_secs": s.started.elapsed().as_secs(),
     })))
 }
 
 async fn services(State(s): State<AppState>, Extension(caller): Extension<Caller>) -> ApiResult<Vec<String>> {
     caller.require(&s, &LIST_ALL, || "services".into())?;
-    Ok(Json(s.registry.services().iter().map(ToString::to_string).collect()))
-}
-
-/// A service as `GET /v1/services/..` returns it.
-#[derive(Debug, Serialize)]
-struct ServiceView {
-    service: String,
-    revision: Revision,
-    protect_threshold: f32,
-    protection_active: bool,
-    healthy: usize,
-    routable: usize,
-    /// Ids of the instances traffic may go to now.
-    selected: Vec<String>,
-    instances: Vec<Arc<Instance>>,
+    Ok(Json(s.registry().services().iter().map(ToString::to_string).collect()))
 }
 
 async fn service(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path((ns, group, name)): Path<(String, String, String)>,
-) -> ApiResult<ServiceView> {
+) -> ApiResult<sextant_proto::message::ServiceView> {
     let key = service_key(&ns, &group, &name)?;
-    caller.require(&s, &Request::GetService { service: key.clone() }, || key.to_string())?;
-    let snap =
-        s.registry.snapshot(&key).filter(|snap| !snap.instances.is_empty()).ok_or_else(|| {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("service {key} has no instances"))
-        })?;
-    Ok(Json(ServiceView {
-        service: key.to_string(),
-        revision: snap.revision,
-        protect_threshold: snap.protect_threshold,
-        protection_active: snap.protection_active(),
-        healthy: snap.healthy_count(),
-        routable: snap.routable_count(),
-        selected: snap.selected().map(|i| i.id.to_string()).collect(),
-        instances: snap.instances.clone(),
-    }))
+    let target = key.to_string();
+    match s.execute(&caller, Request::GetService { service: key }, target).await? {
+        Answer::Service(view) => Ok(Json(view)),
+        other => Err(unexpected(&other)),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -405,6 +410,17 @@ struct ServiceSettings {
     protect_threshold: f32,
     #[serde(default)]
     metadata: std::collections::BTreeMap<String, String>,
+}
+
+/// `{"revision": R}` (and the written config's `version`, when there is one).
+fn written(answer: Answer) -> ApiResult<serde_json::Value> {
+    match answer {
+        Answer::Written { revision, version: Some(version), .. } => {
+            Ok(Json(json!({ "revision": revision, "version": version })))
+        }
+        Answer::Written { revision, .. } => Ok(Json(json!({ "revision": revision }))),
+        other => Err(unexpected(&other)),
+    }
 }
 
 async fn put_service(
@@ -420,10 +436,7 @@ async fn put_service(
         metadata: body.metadata,
     };
     let target = spec.service.to_string();
-    caller.require(&s, &Request::PutService { spec: spec.clone() }, || target.clone())?;
-    let revision = counted(&s.metrics, "service", s.registry.put(Record::Service(spec.into()), None).await)?;
-    caller.accepted(&s, target, Some(revision));
-    Ok(Json(json!({ "revision": revision })))
+    written(s.execute(&caller, Request::PutService { spec }, target).await?)
 }
 
 /// `POST /v1/instances`.
@@ -443,8 +456,6 @@ async fn register(
     req: Result<Json<RegisterRequest>, JsonRejection>,
 ) -> ApiResult<serde_json::Value> {
     let RegisterRequest { instance, lease, ttl_ms } = body(req)?;
-    // Validate before granting anything, so a bad request leaves no lease behind.
-    instance.validate()?;
     let binding = match (instance.ephemeral, lease, ttl_ms) {
         (false, None, None) => Binding::Persistent,
         (false, _, _) => return Err(ValidationError::LeaseMismatch.into()),
@@ -459,22 +470,10 @@ async fn register(
         }
     };
     let target = format!("{}/{}", instance.service, instance.id);
-    caller.require(&s, &Request::Register { instance: instance.clone(), binding }, || target.clone())?;
-    let (lease, fresh) = match binding {
-        Binding::Ttl { ttl_ms } => {
-            (Some(counted(&s.metrics, "lease", s.registry.grant_lease(Duration::from_millis(ttl_ms)).await)?), true)
-        }
-        Binding::Lease { lease } => (Some(lease), false),
-        Binding::Persistent | Binding::Connection => (None, false),
-    };
-    let result = s.registry.put(Record::Instance(instance.into()), lease).await;
-    if let (Err(_), true, Some(id)) = (&result, fresh, lease) {
-        // The lease was granted for this registration alone: do not leave it behind.
-        let _ = s.registry.revoke_lease(id).await;
+    match s.execute(&caller, Request::Register { instance, binding }, target).await? {
+        Answer::Written { revision, lease, .. } => Ok(Json(json!({ "revision": revision, "lease": lease }))),
+        other => Err(unexpected(&other)),
     }
-    let revision = counted(&s.metrics, "instance", result)?;
-    caller.accepted(&s, target, Some(revision));
-    Ok(Json(json!({ "revision": revision, "lease": lease })))
 }
 
 async fn deregister(
@@ -483,17 +482,21 @@ async fn deregister(
     Path((ns, group, name, id)): Path<(String, String, String, String)>,
 ) -> ApiResult<serde_json::Value> {
     let key = InstanceKey { service: service_key(&ns, &group, &name)?, id: InstanceId::new(id)? };
-    let request = Request::Deregister { service: key.service.clone(), id: key.id.clone() };
-    caller.require(&s, &request, || key.to_string())?;
     let target = key.to_string();
-    let revision = counted(&s.metrics, "instance", s.registry.delete(RecordKey::Instance(key)).await)?;
-    caller.accepted(&s, target, Some(revision));
-    Ok(Json(json!({ "revision": revision })))
+    written(s.execute(&caller, Request::Deregister { service: key.service, id: key.id }, target).await?)
 }
 
 #[derive(Debug, Deserialize)]
 struct GrantRequest {
     ttl_ms: u64,
+}
+
+/// `{"lease": ID, "ttl_ms": N}`.
+fn lease_answer(answer: Answer) -> ApiResult<serde_json::Value> {
+    match answer {
+        Answer::Lease { lease, ttl_ms } => Ok(Json(json!({ "lease": lease, "ttl_ms": ttl_ms }))),
+        other => Err(unexpected(&other)),
+    }
 }
 
 async fn grant(
@@ -502,15 +505,12 @@ async fn grant(
     req: Result<Json<GrantRequest>, JsonRejection>,
 ) -> ApiResult<serde_json::Value> {
     let req = body(req)?;
-    caller.require(&s, &Request::GrantLease { ttl_ms: req.ttl_ms }, || "lease".into())?;
-    let lease = counted(&s.metrics, "lease", s.registry.grant_lease(Duration::from_millis(req.ttl_ms)).await)?;
-    caller.accepted(&s, format!("lease {}", lease.0), None);
-    Ok(Json(json!({ "lease": lease, "ttl_ms": req.ttl_ms })))
+    lease_answer(s.execute(&caller, Request::GrantLease { ttl_ms: req.ttl_ms }, "lease".into()).await?)
 }
 
 /// A lease id from a path: the decimal `{id}`, or a typed `invalid`.
-fn lease_id(text: &str) -> Result<u64, ApiError> {
-    text.parse().map_err(|_| {
+fn lease_id(text: &str) -> Result<LeaseId, ApiError> {
+    text.parse().map(LeaseId).map_err(|_| {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid", format!("{text:?} is not a lease id (a decimal number)"))
     })
 }
@@ -520,10 +520,8 @@ async fn keepalive(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<serde_json::Value> {
-    let id = lease_id(&id)?;
-    caller.require(&s, &Request::Keepalive { lease: LeaseId(id) }, || format!("lease {id}"))?;
-    let ttl = s.registry.keepalive(LeaseId(id)).await.map_err(ApiError::from)?;
-    Ok(Json(json!({ "lease": LeaseId(id), "ttl_ms": ttl.as_millis() })))
+    let lease = lease_id(&id)?;
+    lease_answer(s.execute(&caller, Request::Keepalive { lease }, format!("lease {}", lease.0)).await?)
 }
 
 async fn revoke(
@@ -531,11 +529,11 @@ async fn revoke(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<serde_json::Value> {
-    let id = lease_id(&id)?;
-    caller.require(&s, &Request::RevokeLease { lease: LeaseId(id) }, || format!("lease {id}"))?;
-    let revision = counted(&s.metrics, "lease", s.registry.revoke_lease(LeaseId(id)).await)?;
-    caller.accepted(&s, format!("lease {id}"), Some(revision));
-    Ok(Json(json!({ "lease": LeaseId(id) })))
+    let lease = lease_id(&id)?;
+    match s.execute(&caller, Request::RevokeLease { lease }, format!("lease {}", lease.0)).await? {
+        Answer::Written { revision, .. } => Ok(Json(json!({ "lease": lease, "revision": revision }))),
+        other => Err(unexpected(&other)),
+    }
 }
 
 fn config_key(ns: &str, group: &str, data_id: &str) -> Result<ConfigKey, ApiError> {
@@ -546,13 +544,16 @@ async fn get_config(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path((ns, group, id)): Path<(String, String, String)>,
-) -> ApiResult<Arc<ConfigEntry>> {
+) -> ApiResult<Arc<sextant_core::ConfigEntry>> {
     let key = config_key(&ns, &group, &id)?;
-    caller.require(&s, &Request::ConfigGet { key: key.clone() }, || key.to_string())?;
-    s.registry
-        .config(&key)
-        .map(Json)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("config {key} not found")))
+    let target = key.to_string();
+    match s.execute(&caller, Request::ConfigGet { key: key.clone() }, target).await? {
+        Answer::Config { entry: Some(entry) } => Ok(Json(entry)),
+        Answer::Config { entry: None } => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("config {key} not found")))
+        }
+        other => Err(unexpected(&other)),
+    }
 }
 
 async fn put_config(
@@ -562,12 +563,8 @@ async fn put_config(
     body: String,
 ) -> ApiResult<serde_json::Value> {
     let key = config_key(&ns, &group, &id)?;
-    caller.require(&s, &Request::ConfigPut { key: key.clone(), content: body.clone() }, || key.to_string())?;
-    let entry = ConfigEntry::new(key.clone(), body)?;
-    let version = entry.version.clone();
-    let revision = counted(&s.metrics, "config", s.registry.put(Record::Config(entry.into()), None).await)?;
-    caller.accepted(&s, key.to_string(), Some(revision));
-    Ok(Json(json!({ "revision": revision, "version": version })))
+    let target = key.to_string();
+    written(s.execute(&caller, Request::ConfigPut { key, content: body }, target).await?)
 }
 
 async fn delete_config(
@@ -576,18 +573,15 @@ async fn delete_config(
     Path((ns, group, id)): Path<(String, String, String)>,
 ) -> ApiResult<serde_json::Value> {
     let key = config_key(&ns, &group, &id)?;
-    caller.require(&s, &Request::ConfigDelete { key: key.clone() }, || key.to_string())?;
-    let revision = counted(&s.metrics, "config", s.registry.delete(RecordKey::Config(key.clone())).await)?;
-    caller.accepted(&s, key.to_string(), Some(revision));
-    Ok(Json(json!({ "revision": revision })))
+    let target = key.to_string();
+    written(s.execute(&caller, Request::ConfigDelete { key }, target).await?)
 }
 
 async fn plugins(State(s): State<AppState>, Extension(caller): Extension<Caller>) -> ApiResult<serde_json::Value> {
-    caller.require(&s, &Request::PluginList, || "plugins".into())?;
-    Ok(Json(json!({
-        "plugins": s.registry.plugins(),
-        "slots": s.plugins.status(),
-        "hosts": sextant_quic::server::host_reports(&s.registry),
-        "failures": s.plugins.failures(),
-    })))
+    match s.execute(&caller, Request::PluginList, "plugins".into()).await? {
+        Answer::Plugins { plugins, slots, hosts, failures } => {
+            Ok(Json(json!({ "plugins": plugins, "slots": slots, "hosts": hosts, "failures": failures })))
+        }
+        other => Err(unexpected(&other)),
+    }
 }

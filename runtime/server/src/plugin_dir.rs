@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
+use sextant_control::PluginManager;
 use sextant_core::store::Store;
 use sextant_core::{PluginName, sha256_hex};
-use sextant_plugin::PluginManager;
 
 /// The sidecar `NAME.json`.
 #[derive(Debug, Default, Deserialize)]

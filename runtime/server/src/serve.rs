@@ -22,7 +22,8 @@ use sextant_store::{
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use sextant_plugin::{Defaults, HostConfig, PluginHost, PluginManager, PluginSpec};
+use sextant_control::{Executor, PluginManager};
+use sextant_plugin::{Defaults, HostConfig, PluginHost, PluginSpec};
 
 use crate::admin::{self, AppState, Peer};
 use crate::https::TlsListener;
@@ -150,9 +151,12 @@ pub enum ServeError {
         /// The address.
         addr: SocketAddr,
     },
-    /// The plugin host could not start, or the default balancer is not a built-in.
-    #[error("plugin host: {0}")]
-    Plugins(String),
+    /// The plugin host could not start.
+    #[error(transparent)]
+    PluginHost(#[from] sextant_plugin::HostError),
+    /// The default balancer (or another default) does not start.
+    #[error("default plugin: {0}")]
+    Defaults(#[from] sextant_plugin::LoadError),
 }
 
 /// Refuses an open door on the network (see the module docs).
@@ -247,13 +251,15 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()> + Send 
         server_id: format!("sextant@{}", config.listen),
         ..ServerOptions::default()
     };
-    let host = PluginHost::new(HostConfig::default()).map_err(|e| ServeError::Plugins(e.to_string()))?;
+    let host = PluginHost::new(HostConfig::default())?;
     let defaults = Defaults { balancer: PluginSpec::builtin(&config.default_balancer), ..Defaults::default() };
-    let plugins =
-        PluginManager::start(host, registry.clone(), defaults).map_err(|e| ServeError::Plugins(e.to_string()))?;
+    let plugins = PluginManager::start(host, registry.clone(), defaults)?;
+    let metrics = Arc::new(Metrics::new());
+    // One command path for both doors, counting their writes together.
+    let executor = Arc::new(Executor::new(registry.clone(), Some(plugins.clone())).with_counter(metrics.clone()));
     let quic = QuicServer::bind(config.listen, quic_config, registry.clone(), server_options)
         .map_err(|source| ServeError::Bind { addr: config.listen, source })?
-        .with_plugins(plugins.clone());
+        .with_executor(executor.clone());
     let quic_addr = quic.local_addr().map_err(ServeError::Http)?;
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     tracing::info!(
@@ -279,7 +285,7 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()> + Send 
     if let Some(path) = &config.acl {
         tokio::spawn(watch_acl(path.clone(), config.acl_poll, access.clone(), stopped(stop_rx.clone())));
     }
-    let state = AppState::new(registry, plugins, Arc::new(Metrics::new()), access);
+    let state = AppState::new(executor, metrics, access);
     let metrics_task = metrics_listener.map(|l| {
         let app = admin::metrics_router(state.clone()).into_make_service();
         let stop = stopped(stop_rx.clone());

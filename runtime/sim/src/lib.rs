@@ -15,6 +15,7 @@
 pub mod engine;
 pub mod plot;
 pub mod report;
+mod rng;
 pub mod scenario;
 pub mod strategy;
 
@@ -85,8 +86,8 @@ pub enum BenchError {
     #[error("{0}")]
     Options(String),
     /// The plugin host could not start.
-    #[error("plugin host: {0}")]
-    Host(String),
+    #[error(transparent)]
+    Host(#[from] sextant_plugin::HostError),
     /// Results could not be written.
     #[error("writing results: {0}")]
     Io(#[from] std::io::Error),
@@ -126,8 +127,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
             })
             .collect::<Result<_, _>>()?
     };
-    let host = PluginHost::new(HostConfig { workers: 1, ..HostConfig::default() })
-        .map_err(|e| BenchError::Host(e.to_string()))?;
+    let host = PluginHost::new(HostConfig { workers: 1, ..HostConfig::default() })?;
     let mut failures = Vec::new();
     let mut plugins = Vec::new();
     for path in &options.plugins {

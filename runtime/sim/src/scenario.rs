@@ -108,7 +108,7 @@ impl Keys {
     }
 
     /// A key drawn from `cdf` (none if it is empty).
-    pub fn draw(cdf: &[f64], rng: &mut crate::engine::Rng) -> Option<usize> {
+    pub fn draw(cdf: &[f64], rng: &mut crate::rng::Rng) -> Option<usize> {
         (!cdf.is_empty()).then(|| cdf.partition_point(|c| *c < rng.unit()).min(cdf.len() - 1))
     }
 }

@@ -31,9 +31,9 @@ use sextant_proto::{PluginFailure, SlotView};
 use sextant_store::{Registry, RegistryError};
 use tokio::sync::mpsc;
 
-use crate::{
-    AutoRollback, BalancerSlot, Compiled, LoadError, PickRequest, PluginHost, PluginKind, PluginSpec, PolicySlot,
-    SlotStatus, Totals, VersionKey, snapshot_of,
+use sextant_plugin::{
+    AutoRollback, BalancerSlot, Compiled, Defaults, LoadError, PickRequest, PluginHost, PluginKind, PluginSpec,
+    PolicySlot, SlotStatus, Totals, VersionKey, bound_record, snapshot_of,
 };
 
 /// Failures kept for `plugin list`.
@@ -42,27 +42,6 @@ const MAX_FAILURES: usize = 32;
 /// Covered services whose live snapshot a load is validated on (a namespace or `*` binding
 /// may cover thousands; the rest are checked when their slots activate it).
 pub const LIVE_VALIDATION_SAMPLE: usize = 16;
-
-/// The built-ins slots run when no plugin is bound.
-#[derive(Debug, Clone)]
-pub struct Defaults {
-    /// Balancer (`ring-hash` follows a request's hash key and spreads the rest by weight).
-    pub balancer: PluginSpec,
-    /// Health policy.
-    pub health: PluginSpec,
-    /// Scheduler.
-    pub scheduler: PluginSpec,
-}
-
-impl Default for Defaults {
-    fn default() -> Self {
-        Self {
-            balancer: PluginSpec::builtin("ring-hash"),
-            health: PluginSpec::builtin("consecutive"),
-            scheduler: PluginSpec::builtin("adaptive"),
-        }
-    }
-}
 
 /// Why a plugin operation was refused. Nothing was written.
 #[derive(Debug, thiserror::Error)]
@@ -215,25 +194,6 @@ fn parse_kind(kind: &str) -> Result<PluginKind, ValidationError> {
 
 fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// The record `service`'s `kind` slot should run: the most specific binding (the service,
-/// then its namespace, then `*`), the newest load among equals (then the name); a record
-/// whose current version is marked bad binds nothing. The one rule every host (server or
-/// gateway) applies.
-#[must_use]
-pub fn bound_record<'a>(
-    records: &'a [Arc<PluginRecord>],
-    service: &ServiceKey,
-    kind: PluginKind,
-) -> Option<&'a Arc<PluginRecord>> {
-    let kind = kind.to_string();
-    records
-        .iter()
-        .filter(|r| r.kind == kind && r.bad_reason(&r.sha256).is_none())
-        .filter_map(|r| r.bound().covers(service).map(|rank| (rank, r.loaded_at_unix_ms, r)))
-        .max_by(|a, b| (a.0, a.1, &b.2.name).cmp(&(b.0, b.1, &a.2.name)))
-        .map(|(_, _, r)| r)
 }
 
 fn resolve(records: &[Arc<PluginRecord>], service: &ServiceKey, kind: PluginKind) -> Option<Desired> {
@@ -389,7 +349,7 @@ impl<S: Store + Clone> PluginManager<S> {
         let slots = self.slots(service)?;
         slots.refresh();
         let snapshot = slots.handle.load_full();
-        let mut request = PickRequest { hash_key: hash_key.map(crate::builtins::hash_str), headers };
+        let mut request = PickRequest { hash_key: hash_key.map(sextant_plugin::builtins::hash_str), headers };
         // The route's endpoints and the snapshot's instances are both sorted by id.
         let (instance, picked) = slots.balancer.pick_with(&mut request, |route, p| {
             let id = route.model.endpoints.get(p.index as usize)?.id.as_str();
@@ -653,7 +613,7 @@ impl<S: Store + Clone> Inner<S> {
         // The defaults were checked in `start`; this cannot fail short of a host bug.
         let slots = build().map_err(|e| tracing::error!(%service, error = %e, "cannot build slots")).ok()?;
         let dirty = self.dirty.clone();
-        let observer: crate::Observer = Arc::new(move |rollback| {
+        let observer: sextant_plugin::Observer = Arc::new(move |rollback| {
             let _ = dirty.send(Work::Bad(rollback));
         });
         slots.balancer.observe(Arc::clone(&observer));

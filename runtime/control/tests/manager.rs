@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use sextant_control::{ManagerError, PluginManager};
 use sextant_core::{Instance, PluginName, Record, ServiceKey};
-use sextant_plugin::{Defaults, HostConfig, LoadError, ManagerError, PluginHost, PluginManager};
+use sextant_plugin::{Defaults, HostConfig, LoadError, PluginHost};
 use sextant_plugin_artifacts as artifacts;
 use sextant_store::{EmbeddedOptions, EmbeddedStore, Registry};
 

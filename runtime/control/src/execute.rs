@@ -1,0 +1,396 @@
+//! The one command path: a protocol request in, its response out, for every door.
+//!
+//! A door (the QUIC server, the admin HTTP API, a test) authenticates the caller and checks
+//! the right ([`sextant_proto::acl::permits`]) itself; everything after that is here:
+//! validation ([`sextant_proto::server::normalize`], the rule the protocol documents), the
+//! registry call, the error code ([`error_code`]), the answer, and the write counters. A
+//! refused request changed nothing.
+//!
+//! What only some doors have comes through [`Origin`]: a QUIC connection has a lease for its
+//! connection-bound instances and a registration limit; an HTTP request has neither
+//! ([`Detached`]: the `connection` binding is refused as invalid).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use sextant_core::store::{Store, StoreError};
+use sextant_core::{ConfigEntry, CoreError, Instance, InstanceKey, LeaseId, PluginRecord, Record, RecordKey, Revision};
+use sextant_proto::message::ServiceView;
+use sextant_proto::{Binding, ErrorCode, Request, Response};
+use sextant_store::{Registry, RegistryError};
+
+use crate::{ManagerError, PluginManager};
+
+/// What the executor needs from the door a request came through.
+pub trait Origin: Send + Sync {
+    /// The lease connection-bound instances of this origin hang on (granted on first use and
+    /// kept alive by the door); `None` for a door without connections.
+    fn connection_lease(&self) -> impl Future<Output = Option<Result<LeaseId, RegistryError>>> + Send;
+
+    /// The connection's lease `old` is gone from the store: a new one, with the origin's
+    /// connection-bound instances put on it again.
+    fn renew_connection_lease(&self, old: LeaseId) -> impl Future<Output = Result<LeaseId, RegistryError>> + Send;
+
+    /// Whether one more registration of `key` is within the origin's limit (`Err`: the
+    /// message of the `limited` answer).
+    fn admit_registration(&self, key: &InstanceKey) -> Result<(), String>;
+
+    /// `instance` was registered through this origin (`connection_bound`: with the connection
+    /// binding).
+    fn registered(&self, instance: &Arc<Instance>, connection_bound: bool);
+
+    /// `key` was deregistered through this origin.
+    fn deregistered(&self, key: &InstanceKey);
+}
+
+/// A door without connections or per-caller limits (the HTTP API, a test).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Detached;
+
+impl Origin for Detached {
+    async fn connection_lease(&self) -> Option<Result<LeaseId, RegistryError>> {
+        None
+    }
+
+    async fn renew_connection_lease(&self, old: LeaseId) -> Result<LeaseId, RegistryError> {
+        Err(RegistryError::Store(StoreError::Rejected(CoreError::LeaseNotFound(old))))
+    }
+
+    fn admit_registration(&self, _: &InstanceKey) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn registered(&self, _: &Arc<Instance>, _: bool) {}
+
+    fn deregistered(&self, _: &InstanceKey) {}
+}
+
+/// Counts writes by kind (`service`, `instance`, `lease`, `config`, `plugin`): accepted, or
+/// refused after the right check (invalid, refused or not taken by the store).
+pub trait WriteCounter: Send + Sync + std::fmt::Debug {
+    /// One write of `kind`, `accepted` or not.
+    fn count(&self, kind: &'static str, accepted: bool);
+}
+
+/// The kind a write request is counted under; `None` for reads (and keepalives).
+#[must_use]
+pub fn write_kind(request: &Request) -> Option<&'static str> {
+    match request {
+        Request::Register { .. } | Request::Deregister { .. } => Some("instance"),
+        Request::GrantLease { .. } | Request::RevokeLease { .. } => Some("lease"),
+        Request::PutService { .. } => Some("service"),
+        Request::ConfigPut { .. } | Request::ConfigDelete { .. } => Some("config"),
+        Request::PluginLoad { .. } | Request::PluginRollback { .. } | Request::PluginDelete { .. } => Some("plugin"),
+        Request::Hello { .. }
+        | Request::Ping { .. }
+        | Request::Keepalive { .. }
+        | Request::GetService { .. }
+        | Request::List { .. }
+        | Request::Subscribe { .. }
+        | Request::ConfigGet { .. }
+        | Request::Pick { .. }
+        | Request::ArtifactGet { .. }
+        | Request::PluginList => None,
+    }
+}
+
+/// The error code of a store error: the one mapping every door answers with.
+#[must_use]
+pub fn error_code(e: &StoreError) -> ErrorCode {
+    match e {
+        StoreError::Rejected(CoreError::Invalid(_) | CoreError::LeaseExists(_)) => ErrorCode::Invalid,
+        StoreError::Rejected(CoreError::LeaseNotFound(_)) => ErrorCode::LeaseNotFound,
+        StoreError::Rejected(CoreError::KeyNotFound(_)) => ErrorCode::NotFound,
+        StoreError::Unavailable(_) | StoreError::Lagged | StoreError::Closed => ErrorCode::Unavailable,
+    }
+}
+
+fn store_error(e: RegistryError) -> Response {
+    let RegistryError::Store(e) = e;
+    Response::error(error_code(&e), e)
+}
+
+/// Components kept for chunked reads (`artifact_get`): a gateway reads one in chunks, and
+/// the store is not read once per chunk.
+const ARTIFACTS_KEPT: usize = 4;
+
+/// Executes requests against a registry and, when the server runs one, its plugin manager.
+/// Cheap to share (`Arc`).
+#[derive(Debug)]
+pub struct Executor<S> {
+    registry: Registry<S>,
+    plugins: Option<PluginManager<S>>,
+    counter: Option<Arc<dyn WriteCounter>>,
+    artifacts: Mutex<VecDeque<(String, Arc<Vec<u8>>)>>,
+}
+
+impl<S: Store + Clone> Executor<S> {
+    /// An executor over `registry`; without a plugin manager, picks and plugin requests are
+    /// answered `unavailable`.
+    #[must_use]
+    pub fn new(registry: Registry<S>, plugins: Option<PluginManager<S>>) -> Self {
+        Self { registry, plugins, counter: None, artifacts: Mutex::new(VecDeque::new()) }
+    }
+
+    /// Counts writes (every door's) with `counter`.
+    #[must_use]
+    pub fn with_counter(mut self, counter: Arc<dyn WriteCounter>) -> Self {
+        self.counter = Some(counter);
+        self
+    }
+
+    /// The registry.
+    #[must_use]
+    pub fn registry(&self) -> &Registry<S> {
+        &self.registry
+    }
+
+    /// The plugin manager, if the server runs one.
+    #[must_use]
+    pub fn plugins(&self) -> Option<&PluginManager<S>> {
+        self.plugins.as_ref()
+    }
+
+    /// Executes `request` (authenticated and permitted by the door) for `origin`.
+    /// `hello`, `ping` and `subscribe` are the session's and the door's, not commands:
+    /// answered `internal`.
+    pub async fn execute<O: Origin>(&self, origin: &O, request: Request) -> Response {
+        let kind = write_kind(&request);
+        let response = match sextant_proto::server::normalize(request) {
+            Ok(request) => self.run(origin, request).await.unwrap_or_else(store_error),
+            Err(message) => Response::error(ErrorCode::Invalid, message),
+        };
+        if let (Some(kind), Some(counter)) = (kind, &self.counter) {
+            match &response {
+                Response::Error { code: ErrorCode::Limited | ErrorCode::Forbidden | ErrorCode::Internal, .. } => {}
+                Response::Error { .. } => counter.count(kind, false),
+                _ => counter.count(kind, true),
+            }
+        }
+        response
+    }
+
+    async fn run<O: Origin>(&self, origin: &O, request: Request) -> Result<Response, RegistryError> {
+        let registry = &self.registry;
+        let written = |revision| Response::Written { revision, lease: None, version: None };
+        Ok(match request {
+            Request::Register { instance, binding } => return self.register(origin, instance, binding).await,
+            Request::Deregister { service, id } => {
+                let key = InstanceKey { service, id };
+                let revision = registry.delete(RecordKey::Instance(key.clone())).await?;
+                origin.deregistered(&key);
+                written(revision)
+            }
+            Request::GrantLease { ttl_ms } => {
+                Response::Lease { lease: registry.grant_lease(Duration::from_millis(ttl_ms)).await?, ttl_ms }
+            }
+            Request::Keepalive { lease } => {
+                let ttl = registry.keepalive(lease).await?;
+                Response::Lease { lease, ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX) }
+            }
+            Request::RevokeLease { lease } => written(registry.revoke_lease(lease).await?),
+            Request::PutService { spec } => written(registry.put(Record::Service(spec.into()), None).await?),
+            Request::GetService { service } => self.service(service),
+            Request::List { scope } => {
+                let snapshot = registry.list(&scope);
+                Response::Records { revision: snapshot.revision, records: snapshot.records, stale_ms: self.stale_ms() }
+            }
+            Request::ConfigGet { key } => Response::Config { entry: registry.config(&key) },
+            Request::ConfigPut { key, content } => match ConfigEntry::new(key, content) {
+                Ok(entry) => {
+                    let version = Some(entry.version.clone());
+                    let revision = registry.put(Record::Config(entry.into()), None).await?;
+                    Response::Written { revision, lease: None, version }
+                }
+                Err(e) => Response::error(ErrorCode::Invalid, e),
+            },
+            Request::ConfigDelete { key } => written(registry.delete(RecordKey::Config(key)).await?),
+            Request::Pick { service, hash_key, headers } => match &self.plugins {
+                None => no_plugins(),
+                Some(p) => {
+                    let picked = p.pick(&service, hash_key.as_deref(), headers);
+                    let protection_active = match &picked {
+                        Some(p) => p.protection_active,
+                        None => registry.snapshot(&service).is_some_and(|s| s.protection_active()),
+                    };
+                    Response::Picked { instance: picked.map(|p| p.instance), protection_active }
+                }
+            },
+            Request::ArtifactGet { sha256, offset } => self.artifact(sha256, offset).await,
+            Request::PluginList => Response::Plugins {
+                plugins: registry.plugins(),
+                slots: self.plugins.as_ref().map(PluginManager::status).unwrap_or_default(),
+                hosts: self.host_reports(),
+                failures: self.plugins.as_ref().map(PluginManager::failures).unwrap_or_default(),
+            },
+            Request::PluginLoad { name, kind, binding, config, component } => match &self.plugins {
+                None => no_plugins(),
+                Some(p) => match sextant_proto::decode_component(&component) {
+                    Err(e) => Response::error(ErrorCode::Invalid, e),
+                    Ok(bytes) => plugin_written(p.load(name.as_str(), &kind, &binding, &config, bytes, "api").await),
+                },
+            },
+            Request::PluginRollback { name, forward } => match &self.plugins {
+                None => no_plugins(),
+                Some(p) => plugin_written(if forward { p.roll_forward(&name).await } else { p.rollback(&name).await }),
+            },
+            Request::PluginDelete { name } => match &self.plugins {
+                None => no_plugins(),
+                Some(p) => match p.delete(&name).await {
+                    Ok(revision) => written(revision),
+                    Err(e) => manager_error(e),
+                },
+            },
+            Request::Hello { .. } | Request::Ping { .. } | Request::Subscribe { .. } => {
+                Response::error(ErrorCode::Internal, "hello, ping and subscribe are the session's, not commands")
+            }
+        })
+    }
+
+    /// A service exists once it has instances or a spec (`put_service`).
+    fn service(&self, service: sextant_core::ServiceKey) -> Response {
+        let registry = &self.registry;
+        let has_spec = || {
+            let scope = sextant_core::Scope::Service(service.clone());
+            registry.list(&scope).records.iter().any(|r| matches!(r, Record::Service(_)))
+        };
+        match registry.snapshot(&service).filter(|s| !s.instances.is_empty() || has_spec()) {
+            Some(s) => Response::Service(ServiceView {
+                revision: s.revision,
+                protect_threshold: s.protect_threshold,
+                protection_active: s.protection_active(),
+                healthy: s.healthy_count(),
+                routable: s.routable_count(),
+                selected: s.selected().map(|i| i.id.clone()).collect(),
+                instances: s.instances.clone(),
+                stale_ms: self.stale_ms(),
+                service,
+            }),
+            None => Response::error(ErrorCode::NotFound, format!("service {service} has no instances and no spec")),
+        }
+    }
+
+    /// How long the store has been unreachable, for answers built from the last known state.
+    fn stale_ms(&self) -> Option<u64> {
+        self.registry.stale_for().map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// What other hosts report running, from their registrations' metadata: read from the
+    /// services' snapshots (no copy of the registry).
+    #[must_use]
+    pub fn host_reports(&self) -> Vec<sextant_proto::HostReport> {
+        let registry = &self.registry;
+        let snapshots: Vec<_> = registry.services().iter().filter_map(|s| registry.snapshot(s)).collect();
+        sextant_proto::host_reports(snapshots.iter().flat_map(|s| s.instances.iter().map(|i| &**i)))
+    }
+
+    /// One chunk of a stored component.
+    async fn artifact(&self, sha256: String, offset: u64) -> Response {
+        if let Err(e) = sextant_core::check_sha256(&sha256) {
+            return Response::error(ErrorCode::Invalid, e);
+        }
+        let kept = self.artifacts.lock().iter().find(|(s, _)| *s == sha256).map(|(_, b)| Arc::clone(b));
+        let bytes = match kept {
+            Some(b) => b,
+            None => match self.registry.store().get_artifact(sha256.clone()).await {
+                Ok(Some(b)) => {
+                    let b = Arc::new(b);
+                    let mut kept = self.artifacts.lock();
+                    kept.push_back((sha256.clone(), Arc::clone(&b)));
+                    while kept.len() > ARTIFACTS_KEPT {
+                        kept.pop_front();
+                    }
+                    b
+                }
+                Ok(None) => return Response::error(ErrorCode::NotFound, format!("no component {sha256} in the store")),
+                Err(e) => return store_error(RegistryError::Store(e)),
+            },
+        };
+        let total = bytes.len() as u64;
+        if offset > total {
+            return Response::error(
+                ErrorCode::Invalid,
+                format!("offset {offset} is past the component's {total} bytes"),
+            );
+        }
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let end = bytes.len().min(start.saturating_add(sextant_proto::message::ARTIFACT_CHUNK));
+        Response::Artifact { sha256, offset, total, data: sextant_proto::encode_component(&bytes[start..end]) }
+    }
+
+    async fn register<O: Origin>(
+        &self,
+        origin: &O,
+        instance: Instance,
+        binding: Binding,
+    ) -> Result<Response, RegistryError> {
+        let registry = &self.registry;
+        if let Err(message) = origin.admit_registration(&instance.key()) {
+            return Ok(Response::error(ErrorCode::Limited, message));
+        }
+        let (lease, fresh) = match binding {
+            Binding::Persistent => (None, false),
+            Binding::Connection => match origin.connection_lease().await {
+                Some(lease) => (Some(lease?), false),
+                None => {
+                    return Ok(Response::error(
+                        ErrorCode::Invalid,
+                        "the connection binding needs a protocol connection; use a lease or a TTL here",
+                    ));
+                }
+            },
+            Binding::Lease { lease } => (Some(lease), false),
+            Binding::Ttl { ttl_ms } => (Some(registry.grant_lease(Duration::from_millis(ttl_ms)).await?), true),
+        };
+        let instance = Arc::new(instance);
+        let mut result = registry.put(Record::Instance(instance.clone()), lease).await;
+        if binding == Binding::Connection
+            && let Err(RegistryError::Store(StoreError::Rejected(CoreError::LeaseNotFound(old)))) = &result
+        {
+            // The connection's lease was lost under this registration: once more on its
+            // replacement.
+            let renewed = origin.renew_connection_lease(*old).await?;
+            result = registry.put(Record::Instance(instance.clone()), Some(renewed)).await;
+        }
+        match result {
+            Ok(revision) => {
+                origin.registered(&instance, binding == Binding::Connection);
+                let lease = if matches!(binding, Binding::Ttl { .. } | Binding::Lease { .. }) { lease } else { None };
+                Ok(Response::Written { revision, lease, version: None })
+            }
+            Err(e) => {
+                // A lease granted for this registration alone must not outlive its failure.
+                if let (true, Some(id)) = (fresh, lease) {
+                    let _ = registry.revoke_lease(id).await;
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+fn no_plugins() -> Response {
+    Response::error(ErrorCode::Unavailable, "this server runs no plugin host")
+}
+
+fn plugin_written(result: Result<(Arc<PluginRecord>, Revision), ManagerError>) -> Response {
+    match result {
+        Ok((record, revision)) => Response::PluginWritten { record, revision },
+        Err(e) => manager_error(e),
+    }
+}
+
+fn manager_error(e: ManagerError) -> Response {
+    match e {
+        ManagerError::Rejected { .. } | ManagerError::MarkedBad { .. } => Response::error(ErrorCode::PluginRejected, e),
+        ManagerError::Invalid(_)
+        | ManagerError::BadConfig(_)
+        | ManagerError::NoPrevious(_)
+        | ManagerError::NoForward(_) => Response::error(ErrorCode::Invalid, e),
+        ManagerError::NotFound(_) => Response::error(ErrorCode::NotFound, e),
+        ManagerError::Store(e) => store_error(e),
+    }
+}

@@ -1,0 +1,20 @@
+//! The control plane of a sextant server, the same whichever door a request came through.
+//!
+//! This crate owns:
+//! - [`Executor`]: the one command path. The QUIC server and the admin HTTP API both hand it
+//!   a protocol [`Request`](sextant_proto::Request) (after authentication and the right
+//!   check, which stay with each door) and send back the [`Response`](sextant_proto::Response)
+//!   it gives: the same validation, the same answers, the same error codes
+//!   ([`error_code`] is the one store-error → code mapping; the HTTP API maps codes to
+//!   statuses), the same write counters. What depends on the door (a connection's lease and
+//!   its registration limit) comes in through [`Origin`].
+//! - [`PluginManager`]: plugins in a running server, driven by the plugin records in the
+//!   store (validate before writing, activate by binding on every server, rollback from
+//!   history). The slots and the wasm host it drives are `sextant-plugin`'s.
+//!
+//! It does no IO of its own beyond the registry's: no sockets, no HTTP, no QUIC.
+mod execute;
+mod manager;
+
+pub use execute::{Detached, Executor, Origin, WriteCounter, error_code, write_kind};
+pub use manager::{LIVE_VALIDATION_SAMPLE, ManagerError, PickedInstance, PluginManager, ServiceSlots};

@@ -1,0 +1,165 @@
+//! # sextant, embedded in your gateway
+//!
+//! The one crate a gateway author depends on: service discovery (a registry of your own, or
+//! one or more remote sextant servers followed over QUIC) and per-service balancing, health
+//! and scheduling, each a native built-in or a WebAssembly component swapped while traffic
+//! flows. [`prelude`] has what an embedding names; the modules below re-export the crates
+//! sextant is built from, for everything else.
+//!
+//! ## Embed it: pick, forward, finish
+//!
+//! A [`Router`](prelude::Router) reads a [`Discovery`](prelude::Discovery) (here a local
+//! registry on the embedded store). [`Router::pick`](prelude::Router::pick) chooses an
+//! endpoint of a service through the service's balancer and returns a guard; forward the
+//! request to [`PickGuard::addr`](prelude::PickGuard::addr), then hand the guard the
+//! [`Outcome`](prelude::Outcome). The outcome feeds live load (in-flight, PeakEWMA), the
+//! per-endpoint circuit breaker, passive health (outlier ejection, never more than
+//! `max_ejected_percent` of the endpoints) and the scheduler's statistics. A guard dropped
+//! without an outcome releases its in-flight place and reports nothing.
+//!
+//! ```
+//! use std::sync::Arc;
+//!
+//! use sextant::prelude::*;
+//!
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! // A registry of your own, durable in `dir` (or follow remote servers: see below).
+//! let registry = Registry::start(EmbeddedStore::open(dir.path(), EmbeddedOptions::default())?, 1024).await?;
+//! let orders = ServiceKey::parse("shop/web/orders")?;
+//! for port in [8081, 8082] {
+//!     let mut backend = Instance::new(orders.clone(), "127.0.0.1".parse()?, port);
+//!     backend.ephemeral = false;
+//!     registry.put(Record::Instance(Arc::new(backend)), None).await?;
+//! }
+//!
+//! // One plugin host per process (wasmtime's engine, the compile cache); the router's
+//! // defaults apply to every service it routes.
+//! let host = PluginHost::new(HostConfig::default())?;
+//! let router = Router::new(host, Arc::new(registry.clone()), RouteConfig::default());
+//!
+//! // Per request: pick, forward to guard.addr(), finish with how it went.
+//! let guard = router.pick(&orders, &mut PickRequest::default())?;
+//! assert!([8081, 8082].contains(&guard.addr().port()));
+//! guard.finish(Outcome::http(200));
+//!
+//! // Sticky routing: the same affinity key lands on the same endpoint with a hash balancer.
+//! router.load(&orders, PluginKind::Balancer, PluginSpec::builtin("ring-hash"))?;
+//! let first = router.pick(&orders, &mut PickRequest::with_affinity("user-42"))?;
+//! let again = router.pick(&orders, &mut PickRequest::with_affinity("user-42"))?;
+//! assert_eq!(first.addr(), again.addr());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Load and swap a WebAssembly balancer
+//!
+//! [`PluginSpec::wasm`](prelude::PluginSpec::wasm) compiles and checks a component (any
+//! language, built against sextant's `wit/` contract); [`Router::load`](prelude::Router::load)
+//! swaps it into one service's slot after a self-test on a synthetic snapshot. In-flight
+//! picks finish on the old version; no request is dropped. A component that is not wasm, a
+//! core module, another world or contract version, a configuration its `init` refuses, or a
+//! failed self-test is a typed [`LoadError`](prelude::LoadError) and changes nothing: the
+//! active plugin keeps serving. A plugin that traps, spins past its CPU deadline or exceeds
+//! its memory while serving is answered by the native default for that pick, and rolled back
+//! after repeated faults.
+//!
+//! Costs: compiling blocks the calling thread (about 0.2 s for a built-in-sized component in
+//! a release build, seconds in a debug one; the host caches by sha256, so a second compile
+//! of the same bytes is free), so compile on a blocking thread
+//! (`tokio::task::spawn_blocking`), not on a worker that serves requests. A swap is an atomic
+//! pointer swap after the self-test (well under a millisecond). A pick through a wasm
+//! balancer costs about a microsecond more than a native one.
+//!
+//! ```
+//! # use std::sync::Arc;
+//! # use sextant::prelude::*;
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # let registry = Registry::start(EmbeddedStore::open(dir.path(), EmbeddedOptions::default())?, 1024).await?;
+//! # let orders = ServiceKey::parse("shop/web/orders")?;
+//! # let mut backend = Instance::new(orders.clone(), "127.0.0.1".parse()?, 8081);
+//! # backend.ephemeral = false;
+//! # registry.put(Record::Instance(Arc::new(backend)), None).await?;
+//! # let router = Router::new(PluginHost::new(HostConfig::default())?, Arc::new(registry), RouteConfig::default());
+//! # let component = std::fs::read(sextant_plugin_artifacts::path("ring-hash").expect("built"))?;
+//! // `component`: the bytes of a `.wasm` balancer component.
+//! let host = router.host().clone();
+//! let spec = tokio::task::spawn_blocking(move || PluginSpec::wasm(&host, "ring-hash", &component)).await??;
+//! let version = router.load(&orders, PluginKind::Balancer, spec.with_config(r#"{"ring_size": 1024}"#))?;
+//! assert_eq!(version.name, "ring-hash");
+//!
+//! // Not a component: a typed error, and the active balancer keeps serving.
+//! let refused = PluginSpec::wasm(router.host(), "junk", b"not wasm at all");
+//! assert!(matches!(refused, Err(LoadError::NotWasm)));
+//! assert!(router.pick(&orders, &mut PickRequest::default()).is_ok());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Follow remote sextant servers
+//!
+//! [`RemoteDiscovery::follow`](prelude::RemoteDiscovery::follow) keeps a scope of a remote
+//! registry in local snapshots through the client library: failover between the servers
+//! given, resume from the last revision after a reconnect, empty-push protection, and (with
+//! `cache_dir` in [`ClientOptions`](prelude::ClientOptions)) an on-disk copy served, marked stale,
+//! while no server answers. [`PluginFollower`](gateway::PluginFollower) then runs the plugins
+//! bound to your services in the store (`sextant plugin load --bind`), fetched by sha256 and
+//! swapped under traffic. A pick on a service outside the followed scope finds no instances:
+//! [`RouteError::NoEndpoints`](prelude::RouteError::NoEndpoints).
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # use sextant::prelude::*;
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let servers = vec!["10.0.0.1:7600".parse()?, "10.0.0.2:7600".parse()?];
+//! // The CA that signed the servers' certificates (`sextant tls init`, or the data
+//! // directory's `tls/ca.pem` of a development server).
+//! let client = Client::new(ClientOptions::new(servers, "ca.pem".into()))?;
+//! let shop = Scope::Namespace("shop".parse()?);
+//! let discovery = RemoteDiscovery::follow(client.clone(), shop);
+//! let router = Router::new(PluginHost::new(HostConfig::default())?, Arc::new(discovery), RouteConfig::default());
+//! # let _ = router;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Defaults
+//!
+//! [`RouteConfig::default`](prelude::RouteConfig): native `peak-ewma` balancer, native
+//! `standard` health policy (consecutive thresholds on probes, outlier detection on
+//! traffic), no scheduler (registered weights), 1 s statistics windows, no active health
+//! checks, a breaker per endpoint, retries (for callers that retry) 3 attempts within a
+//! budget of 20% of the requests, no rate limit, at most 50% of the endpoints ejected.
+//! [`ClientOptions::new`](prelude::ClientOptions::new): server name `localhost` in the
+//! servers' certificates, no client certificate, no token, no cache, 3 s to connect. Each field's documentation gives its own default;
+//! the built-ins' names and JSON configurations are in `plugins/builtins` (the
+//! [`builtins`](plugin::builtins) module lists them: `BALANCERS`, `HEALTH_POLICIES`,
+//! `SCHEDULERS`).
+
+/// What an embedding names, in one import.
+pub mod prelude {
+    pub use sextant_core::{Instance, InstanceKey, Record, Scope, ServiceKey};
+    pub use sextant_gateway::{
+        Discovery, HealthCheck, Outcome, PickGuard, PickRequest, RemoteDiscovery, RouteConfig, RouteError, Router,
+        SwapError, pick_request,
+    };
+    pub use sextant_plugin::{HostConfig, HostError, LoadError, PluginHost, PluginKind, PluginSpec, affinity_hash};
+    pub use sextant_quic::client::{Client, ClientError, ClientOptions};
+    pub use sextant_store::{EmbeddedOptions, EmbeddedStore, Registry};
+}
+
+/// The model: services, instances, revisions, snapshots (`sextant-core`).
+pub use sextant_core as core;
+/// The router, health checks, resilience, the HTTP proxy, remote discovery, plugin
+/// following (`sextant-gateway`).
+pub use sextant_gateway as gateway;
+/// The plugin host: wasmtime, slots, built-ins (`sextant-plugin`).
+pub use sextant_plugin as plugin;
+/// The QUIC client library and TLS (`sextant-quic`).
+pub use sextant_quic as quic;
+/// The stores and the registry (`sextant-store`).
+pub use sextant_store as store;
