@@ -9,6 +9,7 @@
 //! sides share ([`SplitMix64`], [`hash_str`]), and the built-ins themselves. It does no IO and
 //! has no dependency on wasmtime or wit-bindgen, so the same code runs in both places and a
 //! native pick and a wasm pick with the same seed give the same answer.
+#![deny(missing_docs)]
 
 mod balancers;
 mod health;

@@ -13,6 +13,7 @@
 //!   history). The slots and the wasm host it drives are `sextant-plugin`'s.
 //!
 //! It does no IO of its own beyond the registry's: no sockets, no HTTP, no QUIC.
+#![deny(missing_docs)]
 mod execute;
 mod manager;
 

@@ -16,7 +16,7 @@
 //! - [`view::RegistryView`] mirrors any store's change stream into per-service
 //!   [`ServiceSnapshot`]s (with the protection threshold applied) and a history window that
 //!   subscribers resume from.
-
+#![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod engine;

@@ -57,7 +57,7 @@ pub enum Change {
 ///
 /// On the wire: `{"revision": R, "type": "upsert", "record": …}`, `{…, "type": "remove",
 /// "key": …}` or `{…, "type": "reset", "snapshot": …}`. Decoded in one pass through
-/// [`EventWire`] (a flattened, internally tagged enum would make serde buffer the whole
+/// `EventWire` (a flattened, internally tagged enum would make serde buffer the whole
 /// object first: the cost that dominates a client following many subscriptions).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "EventWire")]

@@ -24,6 +24,7 @@
 //! - plugins that follow the store ([`follow`]): the plugin records bound to the routed
 //!   services, components fetched by sha256 and cached on disk, swapped into the routes, with
 //!   a per-plugin report a gateway publishes in its registration.
+#![deny(missing_docs)]
 mod health;
 mod rotation;
 mod router;

@@ -626,7 +626,9 @@ struct Inner {
     host: PluginHost,
     discovery: Arc<dyn Discovery>,
     sink: Option<Arc<dyn HealthSink>>,
-    defaults: RouteConfig,
+    /// The configuration of services without one of their own ([`Router::set_default`]
+    /// changes its plugins).
+    defaults: RwLock<RouteConfig>,
     overrides: RwLock<HashMap<ServiceKey, RouteConfig>>,
     routes: RwLock<HashMap<ServiceKey, Arc<Route>>>,
     probe: Probe,
@@ -672,7 +674,7 @@ impl Router {
             host,
             discovery,
             sink,
-            defaults,
+            defaults: RwLock::new(defaults),
             overrides: RwLock::default(),
             routes: RwLock::default(),
             probe: Probe::new(),
@@ -701,7 +703,7 @@ impl Router {
         if let Some(r) = routes.get(service) {
             return Ok(Arc::clone(r));
         }
-        let config = self.0.overrides.read().get(service).cloned().unwrap_or_else(|| self.0.defaults.clone());
+        let config = self.0.overrides.read().get(service).cloned().unwrap_or_else(|| self.0.defaults.read().clone());
         let handle = self.0.discovery.handle(service);
         let route = Route::new(&self.0.host, service.clone(), config, handle, self.0.sink.clone())
             .map_err(|e| RouteError::Setup { service: service.to_string(), reason: e.to_string() })?;
@@ -822,6 +824,79 @@ impl Router {
                 None => return Err(SwapError::NoScheduler(service.to_string())),
             },
         })
+    }
+
+    /// Compiles a wasm component on a blocking thread (never on the async worker that calls
+    /// it), then loads it as [`Router::load`] does.
+    ///
+    /// # Errors
+    /// What is wrong with the component or its configuration; a scheduler slot on a route
+    /// configured without one. Nothing changes when it fails.
+    pub async fn load_component(
+        &self,
+        service: &ServiceKey,
+        kind: PluginKind,
+        name: &str,
+        component: Vec<u8>,
+        config: &str,
+    ) -> Result<VersionStatus, SwapError> {
+        let (host, name) = (self.0.host.clone(), name.to_owned());
+        let spec = tokio::task::spawn_blocking(move || PluginSpec::wasm(&host, &name, &component))
+            .await
+            .map_err(|e| LoadError::Compile(format!("the compile thread failed: {e}")))??;
+        self.load(service, kind, spec.with_config(config))
+    }
+
+    /// Makes `spec` the `kind` plugin of every service without a configuration of its own
+    /// ([`Router::configure`]): services routed from now on start with it, and it is loaded
+    /// into the routes that exist (a scheduler into a route that ran none restarts that route,
+    /// so its live state starts over). It is checked first (a self-test on a synthetic
+    /// snapshot): a plugin that fails changes nothing. Returns the routes that refused it;
+    /// they keep the plugin they ran.
+    ///
+    /// # Errors
+    /// What is wrong with the plugin.
+    pub fn set_default(&self, kind: PluginKind, spec: &PluginSpec) -> Result<Vec<(ServiceKey, SwapError)>, LoadError> {
+        let probe = "default/default/probe";
+        match kind {
+            PluginKind::Balancer => {
+                BalancerSlot::new(&self.0.host, probe, PluginSpec::builtin("round-robin"))?.load(spec.clone())?;
+            }
+            PluginKind::Health => {
+                PolicySlot::health(&self.0.host, probe, PluginSpec::builtin("standard"))?.load(spec.clone())?;
+            }
+            PluginKind::Scheduler => {
+                PolicySlot::scheduler(&self.0.host, probe, PluginSpec::builtin("adaptive"))?.load(spec.clone())?;
+            }
+        }
+        {
+            let mut defaults = self.0.defaults.write();
+            match kind {
+                PluginKind::Balancer => defaults.balancer = spec.clone(),
+                PluginKind::Health => defaults.health = spec.clone(),
+                PluginKind::Scheduler => defaults.scheduler = Some(spec.clone()),
+            }
+        }
+        let overrides = self.0.overrides.read().keys().cloned().collect::<std::collections::HashSet<_>>();
+        let routes: Vec<(ServiceKey, Arc<Route>)> = self
+            .0
+            .routes
+            .read()
+            .iter()
+            .filter(|(s, _)| !overrides.contains(*s))
+            .map(|(s, r)| (s.clone(), Arc::clone(r)))
+            .collect();
+        let mut refused = Vec::new();
+        for (service, route) in routes {
+            if kind == PluginKind::Scheduler && route.scheduler.is_none() {
+                self.0.routes.write().remove(&service);
+                continue;
+            }
+            if let Err(e) = self.load(&service, kind, spec.clone()) {
+                refused.push((service, e));
+            }
+        }
+        Ok(refused)
     }
 
     /// Runs the time-driven work now (the maintenance task does it every 25 ms).

@@ -502,3 +502,57 @@ async fn the_embedding_api_picks_avoids_and_accounts_every_guard() {
         sextant_gateway::Outcome::Http { status: 503, retry_after: Some(Duration::from_secs(2)) }
     );
 }
+
+/// A router-wide default reaches the routes that exist and those routed later, not a service
+/// configured on its own; a bad default changes nothing; a component is compiled off the
+/// async workers and a bad one changes nothing either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_wide_default_applies_to_routes_now_and_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry =
+        Registry::start(EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap(), 1024).await.unwrap();
+    let key = |name: &str| ServiceKey::parse(&format!("shop/web/{name}")).unwrap();
+    let add = |name: &'static str, port: u16| {
+        let registry = registry.clone();
+        async move {
+            let mut i = Instance::new(key(name), "127.0.0.1".parse().unwrap(), port);
+            i.ephemeral = false;
+            registry.put(Record::Instance(Arc::new(i)), None).await.unwrap();
+        }
+    };
+    add("own", 9201).await;
+    add("shared", 9202).await;
+    let router = Router::new(host(), Arc::new(registry.clone()), RouteConfig::default());
+    router.configure(key("own"), RouteConfig::default());
+    let balancer = |router: &Router, name: &str| {
+        let _ = router.pick(&key(name), &mut sextant_plugin::PickRequest::default());
+        router.status(&key(name)).unwrap().balancer.active.name
+    };
+    assert_eq!(balancer(&router, "shared"), "peak-ewma");
+    assert_eq!(balancer(&router, "own"), "peak-ewma");
+
+    let refused = router.set_default(PluginKind::Balancer, &PluginSpec::builtin("round-robin")).unwrap();
+    assert!(refused.is_empty(), "{refused:?}");
+    assert_eq!(balancer(&router, "shared"), "round-robin", "an existing route takes it");
+    assert_eq!(balancer(&router, "own"), "peak-ewma", "a service with its own configuration keeps it");
+    add("later", 9203).await;
+    assert_eq!(balancer(&router, "later"), "round-robin", "a service routed later starts on it");
+
+    let bad = router.set_default(PluginKind::Balancer, &PluginSpec::builtin("no-such-balancer"));
+    assert!(matches!(bad, Err(sextant_plugin::LoadError::UnknownBuiltin(_))), "{bad:?}");
+    assert_eq!(balancer(&router, "shared"), "round-robin", "a refused default changes nothing");
+
+    let bytes = std::fs::read(sextant_plugin_artifacts::path("ring-hash").expect("artifact")).unwrap();
+    let version = router.load_component(&key("shared"), PluginKind::Balancer, "ring-hash", bytes, "{}").await.unwrap();
+    assert_eq!((version.name.as_str(), version.source), ("ring-hash", "wasm"));
+    let junk = router.load_component(&key("shared"), PluginKind::Balancer, "junk", b"junk".to_vec(), "{}").await;
+    assert!(matches!(junk, Err(sextant_gateway::SwapError::Plugin(sextant_plugin::LoadError::NotWasm))), "{junk:?}");
+    assert_eq!(balancer(&router, "shared"), "ring-hash");
+
+    // A scheduler default restarts the routes that ran none, with one.
+    assert!(router.status(&key("shared")).unwrap().scheduler.is_none());
+    router.set_default(PluginKind::Scheduler, &PluginSpec::builtin("adaptive")).unwrap();
+    let _ = router.pick(&key("shared"), &mut sextant_plugin::PickRequest::default());
+    let scheduler = router.status(&key("shared")).unwrap().scheduler.map(|s| s.active.name);
+    assert_eq!(scheduler.as_deref(), Some("adaptive"));
+}

@@ -21,6 +21,7 @@
 //!
 //! Deadlines are CPU-time budgets checked at epoch ticks (see `HostConfig::pick_deadline`):
 //! a plugin that spins is interrupted; a thread the OS merely descheduled is not.
+#![deny(missing_docs)]
 mod balancer;
 mod binding;
 mod bindings;

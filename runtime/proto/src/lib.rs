@@ -11,7 +11,7 @@
 //!
 //! Does not own: QUIC, TLS, tasks and timers (`sextant-quic`), the registry (`sextant-store`).
 //! `docs/protocol.md` is the specification; this crate is its reference implementation.
-
+#![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod acl;

@@ -16,7 +16,7 @@
 //! The server half (`server`, `access`) is the default feature `server`; without it
 //! (`default-features = false`) the crate is the client library alone, which builds without
 //! wasmtime, redb or etcd-client.
-
+#![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "server")]

@@ -71,6 +71,10 @@
 //! (`tokio::task::spawn_blocking`), not on a worker that serves requests. A swap is an atomic
 //! pointer swap after the self-test (well under a millisecond). A pick through a wasm
 //! balancer costs about a microsecond more than a native one.
+//! [`Router::load_component`](prelude::Router::load_component) does both steps from async
+//! code (the compile on a blocking thread), and
+//! [`Router::set_default`](prelude::Router::set_default) makes a plugin the default of every
+//! service without a configuration of its own, those routed later included.
 //!
 //! ```
 //! # use std::sync::Arc;
@@ -139,6 +143,7 @@
 //! the built-ins' names and JSON configurations are in `plugins/builtins` (the
 //! [`builtins`](plugin::builtins) module lists them: `BALANCERS`, `HEALTH_POLICIES`,
 //! `SCHEDULERS`).
+#![deny(missing_docs)]
 
 /// What an embedding names, in one import.
 pub mod prelude {

@@ -11,6 +11,7 @@
 //!
 //! Does not own: the balancers themselves (`sextant-builtins`, `plugins/wasm`) or the host
 //! (`sextant-plugin`).
+#![deny(missing_docs)]
 
 pub mod engine;
 pub mod plot;

@@ -12,7 +12,7 @@
 //!   per-service snapshots and fans its changes out to subscribers, who resume from a revision.
 //!
 //! Does not own: the model and its rules (`sextant-core`), the network protocol, plugins.
-
+#![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 mod any;
