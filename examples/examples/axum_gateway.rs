@@ -76,10 +76,11 @@ async fn forward(State(p): State<Proxy>, request: Request) -> Response {
     };
     match p.client.request(upstream).await {
         Ok(response) => {
-            // Finished at the headers: for a balancer weighing whole responses, finish when
-            // the body ends instead.
-            guard.finish(Outcome::from_response(&response));
-            response.map(Body::new)
+            // The pick is finished when the body ends (the latency the balancer weighs is
+            // the whole response's), as a failure if it breaks, unrecorded if the client
+            // goes away first.
+            let outcome = Outcome::from_response(&response);
+            response.map(|body| Body::new(FinishOnEnd::new(body, guard, outcome)))
         }
         Err(e) => {
             guard.finish(Outcome::Failed(e.to_string()));

@@ -25,6 +25,7 @@
 //!   services, components fetched by sha256 and cached on disk, swapped into the routes, with
 //!   a per-plugin report a gateway publishes in its registration.
 #![deny(missing_docs)]
+mod body;
 mod health;
 mod rotation;
 mod router;
@@ -37,6 +38,7 @@ pub mod proxy;
 pub mod remote;
 pub mod resilience;
 
+pub use body::FinishOnEnd;
 pub use follow::{Activation, FollowOptions, PluginFollower};
 pub use health::{CheckKind, HEALTH_PORT_KEY, HealthCheck, MAX_PROBE_BODY, probe};
 pub use proxy::pick_request;

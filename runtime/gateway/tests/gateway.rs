@@ -556,3 +556,64 @@ async fn a_router_wide_default_applies_to_routes_now_and_later() {
     let scheduler = router.status(&key("shared")).unwrap().scheduler.map(|s| s.active.name);
     assert_eq!(scheduler.as_deref(), Some("adaptive"));
 }
+
+/// A body that fails at its first frame.
+struct FailingBody;
+
+impl http_body::Body for FailingBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        std::task::Poll::Ready(Some(Err(std::io::Error::other("reset by the upstream"))))
+    }
+}
+
+/// `FinishOnEnd`: the pick is finished when the body ends (in flight until then), as a
+/// failure when the body fails (the breaker, set to open at the first failure, opens), and
+/// released unrecorded when the body is dropped before its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_body_finishes_its_pick_at_its_end_on_error_or_when_dropped() {
+    use sextant_gateway::resilience::BreakerState;
+    use sextant_gateway::{FinishOnEnd, Outcome};
+
+    let dir = tempfile::tempdir().unwrap();
+    let registry =
+        Registry::start(EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap(), 1024).await.unwrap();
+    let mut i = Instance::new(service(), "127.0.0.1".parse().unwrap(), 9301);
+    i.ephemeral = false;
+    registry.put(Record::Instance(Arc::new(i)), None).await.unwrap();
+    let config =
+        RouteConfig { breaker: BreakerConfig { failures: 1, ..BreakerConfig::default() }, ..RouteConfig::default() };
+    let router = Router::new(host(), Arc::new(registry.clone()), config);
+    let endpoint = |router: &Router| router.status(&service()).unwrap().endpoints.remove(0);
+    let pick = |router: &Router| router.pick(&service(), &mut sextant_plugin::PickRequest::default()).unwrap();
+
+    // Ends: in flight until the last frame is read, then finished with its outcome.
+    let body =
+        FinishOnEnd::new(http_body_util::Full::new(Bytes::from_static(b"hello")), pick(&router), Outcome::http(200));
+    assert_eq!(endpoint(&router).in_flight, 1);
+    assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
+    assert_eq!(endpoint(&router).in_flight, 0);
+    assert_eq!(endpoint(&router).breaker, BreakerState::Closed, "a 200 is a success");
+
+    // Dropped before its end: released, nothing recorded (the breaker stays closed).
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, std::io::Error>>(1);
+    let stream = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let mut body = FinishOnEnd::new(stream, pick(&router), Outcome::http(500));
+    tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"part")))).await.unwrap();
+    assert!(body.frame().await.is_some());
+    assert_eq!(endpoint(&router).in_flight, 1);
+    drop(body);
+    assert_eq!(endpoint(&router).in_flight, 0);
+    assert_eq!(endpoint(&router).breaker, BreakerState::Closed, "a dropped body records no outcome, not its 500");
+
+    // Fails: finished as a failure, which opens a breaker set to open at the first one.
+    let body = FinishOnEnd::new(FailingBody, pick(&router), Outcome::http(200));
+    assert!(body.collect().await.is_err());
+    assert_eq!(endpoint(&router).in_flight, 0);
+    assert_eq!(endpoint(&router).breaker, BreakerState::Open, "a failed body is a failure, whatever its status");
+}

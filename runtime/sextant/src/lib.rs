@@ -15,7 +15,12 @@
 //! [`Outcome`](prelude::Outcome). The outcome feeds live load (in-flight, PeakEWMA), the
 //! per-endpoint circuit breaker, passive health (outlier ejection, never more than
 //! `max_ejected_percent` of the endpoints) and the scheduler's statistics. A guard dropped
-//! without an outcome releases its in-flight place and reports nothing.
+//! without an outcome releases its in-flight place and reports nothing. To weigh whole
+//! responses rather than their headers, wrap the upstream body in
+//! [`FinishOnEnd`](prelude::FinishOnEnd): the guard finishes when the body ends (as a failure
+//! if it fails; unrecorded if the client goes away first);
+//! [`PickGuard::finish_with_latency`](prelude::PickGuard::finish_with_latency) takes a latency
+//! you measured.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -149,8 +154,8 @@
 pub mod prelude {
     pub use sextant_core::{Instance, InstanceKey, Record, Scope, ServiceKey};
     pub use sextant_gateway::{
-        Discovery, HealthCheck, Outcome, PickGuard, PickRequest, RemoteDiscovery, RouteConfig, RouteError, Router,
-        SwapError, pick_request,
+        Discovery, FinishOnEnd, HealthCheck, Outcome, PickGuard, PickRequest, RemoteDiscovery, RouteConfig, RouteError,
+        Router, SwapError, pick_request,
     };
     pub use sextant_plugin::{HostConfig, HostError, LoadError, PluginHost, PluginKind, PluginSpec, affinity_hash};
     pub use sextant_quic::client::{Client, ClientError, ClientOptions};
