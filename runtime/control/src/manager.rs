@@ -32,8 +32,8 @@ use sextant_store::{Registry, RegistryError};
 use tokio::sync::mpsc;
 
 use sextant_plugin::{
-    AutoRollback, BalancerSlot, Compiled, Defaults, LoadError, PickRequest, PluginHost, PluginKind, PluginSpec,
-    PolicySlot, SlotStatus, Totals, VersionKey, bound_record, snapshot_of,
+    AutoRollback, BalancerSlot, Compiled, Defaults, HealthSlot, LoadError, PickRequest, PluginHost, PluginKind,
+    PluginSpec, SchedulerSlot, SlotStatus, Totals, VersionKey, bound_record, snapshot_of,
 };
 
 /// Failures kept for `plugin list`.
@@ -117,8 +117,8 @@ pub struct ServiceSlots {
     /// Serializes snapshot application and activations.
     update: Mutex<[Option<Desired>; 3]>,
     balancer: BalancerSlot,
-    health: PolicySlot,
-    scheduler: PolicySlot,
+    health: HealthSlot,
+    scheduler: SchedulerSlot,
 }
 
 impl ServiceSlots {
@@ -130,13 +130,13 @@ impl ServiceSlots {
 
     /// The health slot.
     #[must_use]
-    pub fn health(&self) -> &PolicySlot {
+    pub fn health(&self) -> &HealthSlot {
         &self.health
     }
 
     /// The scheduler slot.
     #[must_use]
-    pub fn scheduler(&self) -> &PolicySlot {
+    pub fn scheduler(&self) -> &SchedulerSlot {
         &self.scheduler
     }
 
@@ -276,8 +276,8 @@ impl<S: Store + Clone> PluginManager<S> {
         // Fail now, not on the first pick, if a default does not build.
         let probe = ServiceKey::parse("default/default/probe").map_err(|e| LoadError::UnknownBuiltin(e.to_string()))?;
         BalancerSlot::new(&host, &probe.to_string(), defaults.balancer.clone())?;
-        PolicySlot::health(&host, &probe.to_string(), defaults.health.clone())?;
-        PolicySlot::scheduler(&host, &probe.to_string(), defaults.scheduler.clone())?;
+        HealthSlot::new(&host, &probe.to_string(), defaults.health.clone())?;
+        SchedulerSlot::new(&host, &probe.to_string(), defaults.scheduler.clone())?;
         let (tx, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             host,
@@ -606,8 +606,8 @@ impl<S: Store + Clone> Inner<S> {
                 applied: AtomicU64::new(u64::MAX),
                 update: Mutex::new([None, None, None]),
                 balancer: BalancerSlot::new(&self.host, &name, self.defaults.balancer.clone())?,
-                health: PolicySlot::health(&self.host, &name, self.defaults.health.clone())?,
-                scheduler: PolicySlot::scheduler(&self.host, &name, self.defaults.scheduler.clone())?,
+                health: HealthSlot::new(&self.host, &name, self.defaults.health.clone())?,
+                scheduler: SchedulerSlot::new(&self.host, &name, self.defaults.scheduler.clone())?,
             })
         };
         // The defaults were checked in `start`; this cannot fail short of a host bug.
@@ -647,12 +647,15 @@ impl<S: Store + Clone> Inner<S> {
                 }
                 slot.load(spec)
             }
-            PluginKind::Health | PluginKind::Scheduler => {
-                let slot = if kind == PluginKind::Health {
-                    PolicySlot::health(&self.host, &scratch, self.defaults.health.clone())?
-                } else {
-                    PolicySlot::scheduler(&self.host, &scratch, self.defaults.scheduler.clone())?
-                };
+            PluginKind::Health => {
+                let slot = HealthSlot::new(&self.host, &scratch, self.defaults.health.clone())?;
+                if let Some(s) = live {
+                    slot.set_snapshot(s);
+                }
+                slot.load(spec)
+            }
+            PluginKind::Scheduler => {
+                let slot = SchedulerSlot::new(&self.host, &scratch, self.defaults.scheduler.clone())?;
                 if let Some(s) = live {
                     slot.set_snapshot(s);
                 }

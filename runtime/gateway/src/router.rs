@@ -25,8 +25,8 @@ use sextant_plugin::builtins::{
     Endpoint, EndpointStats, Outcome as PolicyOutcome, ProbeResult, Snapshot, Status, Verdict,
 };
 use sextant_plugin::{
-    BalancerSlot, Histogram, InFlight, LoadError, PickRequest, PluginHost, PluginKind, PluginSpec, PolicySlot,
-    SlotStatus, VersionStatus,
+    BalancerSlot, HealthSlot, Histogram, InFlight, LoadError, PickRequest, PluginHost, PluginKind, PluginSpec,
+    SchedulerSlot, SlotStatus, VersionStatus,
 };
 
 use crate::health::{HealthCheck, Probe};
@@ -290,8 +290,8 @@ pub(crate) struct Route {
     config: RouteConfig,
     handle: SnapshotHandle,
     balancer: BalancerSlot,
-    health: PolicySlot,
-    scheduler: Option<PolicySlot>,
+    health: HealthSlot,
+    scheduler: Option<SchedulerSlot>,
     rate: Option<TokenBucket>,
     budget: RetryBudget,
     applied: AtomicU64,
@@ -336,14 +336,14 @@ impl Route {
             balancer.load(spec)?;
         }
         let (default, over) = first(&config.health, "standard");
-        let health = PolicySlot::health(host, &name, default)?;
+        let health = HealthSlot::new(host, &name, default)?;
         if let Some(spec) = over {
             health.load(spec)?;
         }
         let scheduler = match &config.scheduler {
             Some(spec) => {
                 let (default, over) = first(spec, "adaptive");
-                let slot = PolicySlot::scheduler(host, &name, default)?;
+                let slot = SchedulerSlot::new(host, &name, default)?;
                 if let Some(spec) = over {
                     slot.load(spec)?;
                 }
@@ -863,10 +863,10 @@ impl Router {
                 BalancerSlot::new(&self.0.host, probe, PluginSpec::builtin("round-robin"))?.load(spec.clone())?;
             }
             PluginKind::Health => {
-                PolicySlot::health(&self.0.host, probe, PluginSpec::builtin("standard"))?.load(spec.clone())?;
+                HealthSlot::new(&self.0.host, probe, PluginSpec::builtin("standard"))?.load(spec.clone())?;
             }
             PluginKind::Scheduler => {
-                PolicySlot::scheduler(&self.0.host, probe, PluginSpec::builtin("adaptive"))?.load(spec.clone())?;
+                SchedulerSlot::new(&self.0.host, probe, PluginSpec::builtin("adaptive"))?.load(spec.clone())?;
             }
         }
         {
@@ -967,7 +967,7 @@ impl Router {
             protection: published.protection,
             balancer: route.balancer.status(),
             health: route.health.status(),
-            scheduler: route.scheduler.as_ref().map(PolicySlot::status),
+            scheduler: route.scheduler.as_ref().map(SchedulerSlot::status),
             endpoints,
         })
     }

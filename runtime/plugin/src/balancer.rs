@@ -15,7 +15,6 @@
 //! instead (no pick fails), the faulty instance is replaced, and more than `max_faults`
 //! faults within `fault_window` roll the slot back to the previous version.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Instant, SystemTime};
@@ -29,6 +28,7 @@ use wasmtime::Store;
 use crate::bindings::balancer::BalancerPlugin;
 use crate::bindings::balancer::exports::sextant::plugin::balancer as wit;
 use crate::host::{KindPre, arm, fault};
+use crate::lifecycle::{self, FaultWindow, History, rollback_reason};
 use crate::load::{LoadTracker, RouteSnapshot};
 use crate::stats::Counters;
 use crate::{CallFault, Compiled, CountersSnapshot, HostState, LoadError, PluginHost, PluginKind, SlotError};
@@ -276,7 +276,7 @@ pub struct Version {
     loaded_at: SystemTime,
     workers: Box<[Mutex<Worker>]>,
     counters: Counters,
-    faults: Mutex<VecDeque<Instant>>,
+    faults: Mutex<FaultWindow>,
 }
 
 impl Drop for Version {
@@ -388,7 +388,7 @@ impl Version {
             loaded_at: SystemTime::now(),
             workers: workers.into_boxed_slice(),
             counters: Counters::default(),
-            faults: Mutex::new(VecDeque::new()),
+            faults: Mutex::new(FaultWindow::default()),
         })
     }
 
@@ -403,17 +403,11 @@ impl Version {
         self.workers[start].lock()
     }
 
-    /// Records a fault; true when the version has now faulted too often.
-    fn record_fault(&self, f: &CallFault, host: &PluginHost) -> bool {
+    /// Records a fault; the faults within the window when the version has now faulted too
+    /// often.
+    fn record_fault(&self, f: &CallFault, host: &PluginHost) -> Option<usize> {
         self.counters.fault(f);
-        let now = Instant::now();
-        let window = host.config().fault_window;
-        let mut faults = self.faults.lock();
-        faults.push_back(now);
-        while faults.front().is_some_and(|t| now.duration_since(*t) > window) {
-            faults.pop_front();
-        }
-        faults.len() > host.config().max_faults as usize
+        self.faults.lock().record(Instant::now(), host.config().fault_window, host.config().max_faults)
     }
 
     /// Status.
@@ -607,10 +601,8 @@ struct SlotInner {
     epoch: AtomicU64,
     active: ArcSwap<Version>,
     default: PluginSpec,
-    /// Specs of earlier versions, newest last (rollback targets; rebuilt from the compile
-    /// cache when needed, so they hold no instances).
-    previous: Mutex<Vec<PluginSpec>>,
-    events: Mutex<VecDeque<SlotEvent>>,
+    /// Rollback targets and recent events.
+    history: Mutex<History>,
     next_id: AtomicU64,
     /// Serialises loads and rollbacks.
     admin: Mutex<()>,
@@ -649,13 +641,6 @@ impl std::fmt::Debug for BalancerSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BalancerSlot").field("service", &self.0.service).finish_non_exhaustive()
     }
-}
-
-const MAX_PREVIOUS: usize = 4;
-pub(crate) const MAX_EVENTS: usize = 32;
-
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// The synthetic snapshot of the self-test: 8 endpoints with assorted weights, zones,
@@ -716,8 +701,7 @@ impl BalancerSlot {
             epoch: AtomicU64::new(0),
             active: ArcSwap::from_pointee(version),
             default,
-            previous: Mutex::new(Vec::new()),
-            events: Mutex::new(VecDeque::new()),
+            history: Mutex::new(History::default()),
             next_id: AtomicU64::new(2),
             admin: Mutex::new(()),
             update_fault_noted: AtomicU64::new(u64::MAX),
@@ -825,12 +809,8 @@ impl BalancerSlot {
 
     fn fault(&self, version: &Arc<Version>, fault: &CallFault, route: &Arc<RouteSnapshot>) {
         tracing::warn!(service = %self.0.service, plugin = %version.spec.name(), version = version.id, %fault, "plugin fault");
-        if version.record_fault(fault, &self.0.host) {
-            let reason = format!(
-                "{} faults within {:?}, last: {fault}",
-                version.faults.lock().len(),
-                self.0.host.config().fault_window
-            );
+        if let Some(faults) = version.record_fault(fault, &self.0.host) {
+            let reason = rollback_reason(faults, self.0.host.config().fault_window, fault);
             self.auto_rollback(version.id, &reason, route);
         }
     }
@@ -855,7 +835,7 @@ impl BalancerSlot {
             return;
         }
         let faulty_spec = Some(active.spec.clone());
-        let target = self.0.previous.lock().pop().unwrap_or_else(|| self.0.default.clone());
+        let target = self.0.history.lock().take_for_auto_rollback(&self.0.default);
         let id = self.0.next_id.fetch_add(1, Relaxed);
         let version = Version::build(&self.0.host, id, target, &self.0.default, route)
             .or_else(|_| Version::build(&self.0.host, id, self.0.default.clone(), &self.0.default, route));
@@ -864,16 +844,7 @@ impl BalancerSlot {
             self.publish(v, format!("auto-rollback: {reason}"));
         }
         if let (Some(observe), Some(faulty)) = (self.0.observer.get(), faulty_spec) {
-            observe(AutoRollback {
-                service: self.0.service.clone(),
-                kind: PluginKind::Balancer,
-                plugin: faulty.name().to_owned(),
-                sha256: match &faulty {
-                    PluginSpec::Wasm { compiled, .. } => Some(compiled.sha256.clone()),
-                    PluginSpec::Builtin { .. } => None,
-                },
-                reason: reason.to_owned(),
-            });
+            observe(lifecycle::auto_rollback(&self.0.service, PluginKind::Balancer, &faulty, reason.to_owned()));
         }
     }
 
@@ -884,11 +855,7 @@ impl BalancerSlot {
     }
 
     fn note(&self, version: u64, what: String) {
-        let mut events = self.0.events.lock();
-        events.push_back(SlotEvent { at: unix_now(), version, what });
-        while events.len() > MAX_EVENTS {
-            events.pop_front();
-        }
+        self.0.history.lock().note(version, what);
     }
 
     /// Loads a new version: self-test, build, atomic swap. Nothing changes when it fails.
@@ -905,13 +872,7 @@ impl BalancerSlot {
         let version = Version::build(&self.0.host, id, spec, &self.0.default, &route)?;
         let status = version.status();
         let old = self.0.active.load_full();
-        {
-            let mut previous = self.0.previous.lock();
-            previous.push(old.spec.clone());
-            if previous.len() > MAX_PREVIOUS {
-                previous.remove(0);
-            }
-        }
+        self.0.history.lock().replaced(old.spec.clone());
         self.publish(version, "load".into());
         Ok(status)
     }
@@ -922,10 +883,10 @@ impl BalancerSlot {
     /// Nothing to roll back to, or the previous version no longer builds.
     pub fn rollback(&self) -> Result<VersionStatus, SlotError> {
         let _admin = self.0.admin.lock();
-        let target = self.0.previous.lock().last().cloned().ok_or(SlotError::NoPrevious)?;
+        let target = self.0.history.lock().rollback_target().cloned().ok_or(SlotError::NoPrevious)?;
         let id = self.0.next_id.fetch_add(1, Relaxed);
         let version = Version::build(&self.0.host, id, target, &self.0.default, &self.route())?;
-        self.0.previous.lock().pop();
+        self.0.history.lock().rolled_back();
         let status = version.status();
         self.publish(version, "rollback".into());
         Ok(status)
@@ -934,11 +895,12 @@ impl BalancerSlot {
     /// The active version's status and the slot's history.
     #[must_use]
     pub fn status(&self) -> SlotStatus {
+        let history = self.0.history.lock();
         SlotStatus {
             service: self.0.service.clone(),
             active: self.0.active.load().status(),
-            previous: self.0.previous.lock().iter().rev().map(|s| s.name().to_owned()).collect(),
-            events: self.0.events.lock().iter().cloned().collect(),
+            previous: history.previous_names(),
+            events: history.events(),
         }
     }
 

@@ -10,7 +10,9 @@
 //! - [`BalancerSlot`]: one per service, the active balancer version behind an `ArcSwap`,
 //!   several instances per version so picks scale with threads, self-test before publish,
 //!   per-pick fallback to the native default, automatic rollback after repeated faults;
-//! - [`PolicySlot`]: the same for health policies and schedulers;
+//! - [`HealthSlot`] and [`SchedulerSlot`]: the same for health policies and schedulers (the
+//!   lifecycle every slot has, its history, events, fault window and rollback report, is
+//!   written once in `lifecycle`);
 //! - [`LoadTracker`]: live load per endpoint (in-flight, peak EWMA, recent errors) that the
 //!   `load` interface reads;
 //! - [`bound_record`] and [`Defaults`]: which plugin a slot runs, the one rule every host
@@ -27,6 +29,7 @@ mod binding;
 mod bindings;
 mod error;
 mod host;
+mod lifecycle;
 mod load;
 mod policy;
 mod stats;
@@ -39,6 +42,6 @@ pub use binding::{Defaults, bound_record};
 pub use error::{CallFault, HostError, LoadError, SlotError};
 pub use host::{CONTRACT_VERSION, Compiled, HostConfig, HostState, PluginHost, PluginKind};
 pub use load::{EndpointLoad, InFlight, LoadTracker, RouteSnapshot, endpoint_of, snapshot_of};
-pub use policy::PolicySlot;
+pub use policy::{HealthSlot, SchedulerSlot};
 pub use sextant_builtins as builtins;
 pub use stats::{Counters, CountersSnapshot, Histogram, Totals, VersionKey};

@@ -1,22 +1,26 @@
-//! Health and scheduler slots. They are called per probe, per request outcome and per
-//! scheduling interval, not per pick, so one instance behind a mutex serves each slot; the
-//! load path (compile, kind and version checks, self-test, swap), the fallback to the
-//! native default on a fault, and the automatic rollback are the same as for balancers.
+//! Health and scheduler slots ([`HealthSlot`], [`SchedulerSlot`]: distinct types over one
+//! core). A policy keeps one state for its service (consecutive failures, outlier
+//! statistics), so one instance behind a mutex serves each slot: a scheduler is called once
+//! per window and a health policy per probe, but also once per finished request
+//! (`on_outcome`), where that mutex is taken on the request path. The load path (compile,
+//! kind and version checks, self-test, swap), the fallback to the native default on a fault,
+//! and the automatic rollback are the same as for balancers, and so is what a slot keeps
+//! about its versions (`crate::lifecycle`).
 
-use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use parking_lot::Mutex;
 use sextant_builtins::{EndpointStats, HealthPolicy, Outcome, ProbeResult, Scheduler, Snapshot, Status, Verdict};
 use wasmtime::Store;
 
-use crate::balancer::{AutoRollback, MAX_EVENTS, Observer, SlotEvent, SlotStatus, VersionStatus, synthetic, unix_now};
+use crate::balancer::{Observer, SlotStatus, VersionStatus, synthetic};
 use crate::bindings::health::HealthPlugin;
 use crate::bindings::health::exports::sextant::plugin::health as wh;
 use crate::bindings::scheduler::SchedulerPlugin;
 use crate::bindings::scheduler::exports::sextant::plugin::scheduler as ws;
 use crate::host::{KindPre, arm, fault};
+use crate::lifecycle::{self, FaultWindow, History, rollback_reason};
 use crate::load::{LoadTracker, RouteSnapshot};
 use crate::stats::Counters;
 use crate::{CallFault, HostState, LoadError, PluginHost, PluginKind, PluginSpec, SlotError};
@@ -219,16 +223,16 @@ struct State {
     fallback: Runner,
     route: Arc<RouteSnapshot>,
     counters: Arc<Counters>,
-    faults: VecDeque<Instant>,
-    previous: Vec<PluginSpec>,
-    events: VecDeque<SlotEvent>,
+    faults: FaultWindow,
+    history: History,
     /// The active policy failed on the current snapshot: the native default answers (each
     /// call counted as a fallback) until a snapshot update succeeds.
     degraded: bool,
 }
 
-/// A health or scheduler slot of one service.
-pub struct PolicySlot {
+/// What a health and a scheduler slot share (the kind decides which calls the policy
+/// takes); used through [`HealthSlot`] and [`SchedulerSlot`].
+pub(crate) struct PolicySlot {
     kind: PluginKind,
     host: PluginHost,
     service: String,
@@ -252,22 +256,6 @@ impl std::fmt::Debug for PolicySlot {
 }
 
 impl PolicySlot {
-    /// A health slot running the built-in `default` (`consecutive`, `outlier`).
-    ///
-    /// # Errors
-    /// An unknown built-in or an invalid configuration.
-    pub fn health(host: &PluginHost, service: &str, default: PluginSpec) -> Result<Self, LoadError> {
-        Self::new(PluginKind::Health, host, service, default)
-    }
-
-    /// A scheduler slot running the built-in `default` (`adaptive`, `slow-start`, `gray-split`).
-    ///
-    /// # Errors
-    /// An unknown built-in or an invalid configuration.
-    pub fn scheduler(host: &PluginHost, service: &str, default: PluginSpec) -> Result<Self, LoadError> {
-        Self::new(PluginKind::Scheduler, host, service, default)
-    }
-
     fn new(kind: PluginKind, host: &PluginHost, service: &str, default: PluginSpec) -> Result<Self, LoadError> {
         if !matches!(default, PluginSpec::Builtin { .. }) {
             return Err(LoadError::UnknownBuiltin("a slot's default must be a built-in".into()));
@@ -293,9 +281,8 @@ impl PolicySlot {
                 fallback,
                 route,
                 counters: Arc::new(Counters::default()),
-                faults: VecDeque::new(),
-                previous: Vec::new(),
-                events: VecDeque::new(),
+                faults: FaultWindow::default(),
+                history: History::default(),
                 degraded: false,
             }),
             default,
@@ -304,7 +291,7 @@ impl PolicySlot {
     }
 
     /// Publishes a new snapshot to the policy.
-    pub fn set_snapshot(&self, snapshot: Snapshot) {
+    pub(crate) fn set_snapshot(&self, snapshot: Snapshot) {
         let mut state = self.state.lock();
         let epoch = state.route.epoch + 1;
         let route = Arc::new(RouteSnapshot::new(epoch, snapshot, Arc::clone(&self.tracker)));
@@ -313,7 +300,7 @@ impl PolicySlot {
     }
 
     /// Hands a probe result to the health policy.
-    pub fn on_probe(&self, result: &ProbeResult) -> Verdict {
+    pub(crate) fn on_probe(&self, result: &ProbeResult) -> Verdict {
         match self.call(&mut self.state.lock(), &Call::Probe(result)) {
             Answer::Verdict(v) => v,
             _ => Verdict::Unchanged,
@@ -321,7 +308,7 @@ impl PolicySlot {
     }
 
     /// Hands a request outcome to the health policy.
-    pub fn on_outcome(&self, outcome: &Outcome) -> Verdict {
+    pub(crate) fn on_outcome(&self, outcome: &Outcome) -> Verdict {
         match self.call(&mut self.state.lock(), &Call::Outcome(outcome)) {
             Answer::Verdict(v) => v,
             _ => Verdict::Unchanged,
@@ -329,7 +316,7 @@ impl PolicySlot {
     }
 
     /// Asks the scheduler for effective weights; the registered weights when it fails.
-    pub fn schedule(&self, stats: &[EndpointStats]) -> Vec<u32> {
+    pub(crate) fn schedule(&self, stats: &[EndpointStats]) -> Vec<u32> {
         let mut state = self.state.lock();
         let registered: Vec<u32> = state.route.model.endpoints.iter().map(|e| e.weight).collect();
         match self.call(&mut state, &Call::Schedule(stats)) {
@@ -361,31 +348,17 @@ impl PolicySlot {
                 tracing::warn!(service = %self.service, kind = %self.kind, version = state.version, fault = %f, "plugin fault");
                 state.counters.fault(&f);
                 state.counters.fallbacks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let now = Instant::now();
-                state.faults.push_back(now);
-                let window: Duration = self.host.config().fault_window;
-                while state.faults.front().is_some_and(|t| now.duration_since(*t) > window) {
-                    state.faults.pop_front();
-                }
-                if state.faults.len() > self.host.config().max_faults as usize {
-                    let reason = format!("{} faults within {window:?}, last: {f}", state.faults.len());
-                    let target = state.previous.pop().unwrap_or_else(|| self.default.clone());
+                let config = self.host.config();
+                if let Some(faults) = state.faults.record(Instant::now(), config.fault_window, config.max_faults) {
+                    let reason = rollback_reason(faults, config.fault_window, &f);
+                    let target = state.history.take_for_auto_rollback(&self.default);
                     tracing::error!(service = %self.service, kind = %self.kind, %reason, "rolled back automatically");
                     let faulty = state.spec.clone();
                     if self.install(state, target, format!("auto-rollback: {reason}")).is_err() {
                         let _ = self.install(state, self.default.clone(), format!("auto-rollback: {reason}"));
                     }
                     if let Some(observe) = self.observer.get() {
-                        observe(AutoRollback {
-                            service: self.service.clone(),
-                            kind: self.kind,
-                            plugin: faulty.name().to_owned(),
-                            sha256: match &faulty {
-                                PluginSpec::Wasm { compiled, .. } => Some(compiled.sha256.clone()),
-                                PluginSpec::Builtin { .. } => None,
-                            },
-                            reason,
-                        });
+                        observe(lifecycle::auto_rollback(&self.service, self.kind, &faulty, reason));
                     }
                 } else {
                     let route = Arc::clone(&state.route);
@@ -403,10 +376,7 @@ impl PolicySlot {
                                     "update fault on revision {}: {e}; the native default serves",
                                     route.model.revision
                                 );
-                                state.events.push_back(SlotEvent { at: unix_now(), version: state.version, what });
-                                while state.events.len() > MAX_EVENTS {
-                                    state.events.pop_front();
-                                }
+                                state.history.note(state.version, what);
                             }
                             state.degraded = true;
                         }
@@ -420,7 +390,7 @@ impl PolicySlot {
     }
 
     /// Sets who is told of automatic rollbacks (once; later calls are ignored).
-    pub fn observe(&self, observer: Observer) {
+    pub(crate) fn observe(&self, observer: Observer) {
         let _ = self.observer.set(observer);
     }
 
@@ -469,10 +439,7 @@ impl PolicySlot {
         state.counters = Arc::new(Counters::default());
         state.faults.clear();
         state.degraded = false;
-        state.events.push_back(SlotEvent { at: unix_now(), version: state.version, what });
-        while state.events.len() > MAX_EVENTS {
-            state.events.pop_front();
-        }
+        state.history.note(state.version, what);
         Ok(Self::version_status(state))
     }
 
@@ -480,7 +447,7 @@ impl PolicySlot {
     ///
     /// # Errors
     /// What was wrong with the plugin.
-    pub fn load(&self, spec: PluginSpec) -> Result<VersionStatus, LoadError> {
+    pub(crate) fn load(&self, spec: PluginSpec) -> Result<VersionStatus, LoadError> {
         if let PluginSpec::Wasm { compiled, .. } = &spec {
             if compiled.kind != self.kind {
                 return Err(LoadError::WrongKind { expected: self.kind, found: compiled.kind });
@@ -490,10 +457,7 @@ impl PolicySlot {
         let mut state = self.state.lock();
         let old = state.spec.clone();
         let status = self.install(&mut state, spec, "load".into())?;
-        state.previous.push(old);
-        if state.previous.len() > 4 {
-            state.previous.remove(0);
-        }
+        state.history.replaced(old);
         Ok(status)
     }
 
@@ -501,11 +465,11 @@ impl PolicySlot {
     ///
     /// # Errors
     /// Nothing to roll back to, or it no longer builds.
-    pub fn rollback(&self) -> Result<VersionStatus, SlotError> {
+    pub(crate) fn rollback(&self) -> Result<VersionStatus, SlotError> {
         let mut state = self.state.lock();
-        let target = state.previous.last().cloned().ok_or(SlotError::NoPrevious)?;
+        let target = state.history.rollback_target().cloned().ok_or(SlotError::NoPrevious)?;
         let status = self.install(&mut state, target, "rollback".into())?;
-        state.previous.pop();
+        state.history.rolled_back();
         Ok(status)
     }
 
@@ -515,13 +479,127 @@ impl PolicySlot {
 
     /// Status of the active policy and the slot's history.
     #[must_use]
-    pub fn status(&self) -> SlotStatus {
+    pub(crate) fn status(&self) -> SlotStatus {
         let state = self.state.lock();
         SlotStatus {
             service: self.service.clone(),
             active: Self::version_status(&state),
-            previous: state.previous.iter().rev().map(|s| s.name().to_owned()).collect(),
-            events: state.events.iter().cloned().collect(),
+            previous: state.history.previous_names(),
+            events: state.history.events(),
         }
+    }
+}
+
+/// The health slot of one service: the health policy's verdicts on probes and on request
+/// outcomes, with the lifecycle every slot has (self-test before a swap, fallback to the
+/// native default per call, automatic rollback, history).
+#[derive(Debug)]
+pub struct HealthSlot(PolicySlot);
+
+impl HealthSlot {
+    /// A health slot running the built-in `default` (`standard`, `consecutive`, `outlier`),
+    /// also the native answer behind any plugin loaded later.
+    ///
+    /// # Errors
+    /// An unknown built-in or an invalid configuration.
+    pub fn new(host: &PluginHost, service: &str, default: PluginSpec) -> Result<Self, LoadError> {
+        PolicySlot::new(PluginKind::Health, host, service, default).map(Self)
+    }
+
+    /// Publishes a new snapshot to the policy.
+    pub fn set_snapshot(&self, snapshot: Snapshot) {
+        self.0.set_snapshot(snapshot);
+    }
+
+    /// The policy's verdict on a probe result.
+    pub fn on_probe(&self, result: &ProbeResult) -> Verdict {
+        self.0.on_probe(result)
+    }
+
+    /// The policy's verdict on a request outcome.
+    pub fn on_outcome(&self, outcome: &Outcome) -> Verdict {
+        self.0.on_outcome(outcome)
+    }
+
+    /// Loads a new health policy (a component of another kind is refused). Nothing changes
+    /// when it fails.
+    ///
+    /// # Errors
+    /// What was wrong with the plugin.
+    pub fn load(&self, spec: PluginSpec) -> Result<VersionStatus, LoadError> {
+        self.0.load(spec)
+    }
+
+    /// Goes back to the previous policy.
+    ///
+    /// # Errors
+    /// Nothing to roll back to, or it no longer builds.
+    pub fn rollback(&self) -> Result<VersionStatus, SlotError> {
+        self.0.rollback()
+    }
+
+    /// Status of the active policy and the slot's history.
+    #[must_use]
+    pub fn status(&self) -> SlotStatus {
+        self.0.status()
+    }
+
+    /// Sets who is told of automatic rollbacks (once; later calls are ignored).
+    pub fn observe(&self, observer: Observer) {
+        self.0.observe(observer);
+    }
+}
+
+/// The scheduler slot of one service: weights per endpoint from each window's statistics,
+/// with the lifecycle every slot has.
+#[derive(Debug)]
+pub struct SchedulerSlot(PolicySlot);
+
+impl SchedulerSlot {
+    /// A scheduler slot running the built-in `default` (`adaptive`, `slow-start`,
+    /// `gray-split`), also the native answer behind any plugin loaded later.
+    ///
+    /// # Errors
+    /// An unknown built-in or an invalid configuration.
+    pub fn new(host: &PluginHost, service: &str, default: PluginSpec) -> Result<Self, LoadError> {
+        PolicySlot::new(PluginKind::Scheduler, host, service, default).map(Self)
+    }
+
+    /// Publishes a new snapshot to the scheduler.
+    pub fn set_snapshot(&self, snapshot: Snapshot) {
+        self.0.set_snapshot(snapshot);
+    }
+
+    /// Weights for the snapshot's endpoints from their statistics (in the snapshot's order).
+    pub fn schedule(&self, stats: &[EndpointStats]) -> Vec<u32> {
+        self.0.schedule(stats)
+    }
+
+    /// Loads a new scheduler (a component of another kind is refused). Nothing changes when
+    /// it fails.
+    ///
+    /// # Errors
+    /// What was wrong with the plugin.
+    pub fn load(&self, spec: PluginSpec) -> Result<VersionStatus, LoadError> {
+        self.0.load(spec)
+    }
+
+    /// Goes back to the previous scheduler.
+    ///
+    /// # Errors
+    /// Nothing to roll back to, or it no longer builds.
+    pub fn rollback(&self) -> Result<VersionStatus, SlotError> {
+        self.0.rollback()
+    }
+
+    /// Status of the active scheduler and the slot's history.
+    #[must_use]
+    pub fn status(&self) -> SlotStatus {
+        self.0.status()
+    }
+
+    /// Sets who is told of automatic rollbacks (once; later calls are ignored).
+    pub fn observe(&self, observer: Observer) {
+        self.0.observe(observer);
     }
 }

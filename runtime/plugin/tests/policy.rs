@@ -1,7 +1,7 @@
 //! Health and scheduler slots with the wasm built-ins.
 
 use sextant_builtins::{Endpoint, EndpointStats, Outcome, ProbeResult, Snapshot, Status, Verdict};
-use sextant_plugin::{HostConfig, PluginHost, PluginSpec, PolicySlot};
+use sextant_plugin::{HealthSlot, HostConfig, PluginHost, PluginSpec, SchedulerSlot};
 
 fn spec(host: &PluginHost, name: &str, config: &str) -> PluginSpec {
     let bytes = std::fs::read(sextant_plugin_artifacts::path(name).expect("artifact")).expect("readable");
@@ -30,9 +30,9 @@ fn wasm_health_policies_decide_like_the_native_ones() {
     let host = PluginHost::new(HostConfig { workers: 1, max_instances: 50, ..HostConfig::default() }).unwrap();
     let config = r#"{"unhealthy_threshold": 3, "healthy_threshold": 2}"#;
     let native =
-        PolicySlot::health(&host, "svc", PluginSpec::Builtin { name: "consecutive".into(), config: config.into() })
+        HealthSlot::new(&host, "svc", PluginSpec::Builtin { name: "consecutive".into(), config: config.into() })
             .unwrap();
-    let wasm = PolicySlot::health(&host, "svc", PluginSpec::builtin("consecutive")).unwrap();
+    let wasm = HealthSlot::new(&host, "svc", PluginSpec::builtin("consecutive")).unwrap();
     wasm.load(spec(&host, "consecutive", config)).unwrap();
     let script = [
         Status::Timeout,
@@ -45,7 +45,7 @@ fn wasm_health_policies_decide_like_the_native_ones() {
     for slot in [&native, &wasm] {
         slot.set_snapshot(snapshot(&["v1", "v1"]));
     }
-    let verdicts = |slot: &PolicySlot| -> Vec<Verdict> {
+    let verdicts = |slot: &HealthSlot| -> Vec<Verdict> {
         script
             .iter()
             .map(|s| slot.on_probe(&ProbeResult { endpoint: 1, status: s.clone(), latency: 1, body: Vec::new() }))
@@ -56,7 +56,7 @@ fn wasm_health_policies_decide_like_the_native_ones() {
     assert_eq!(a[2], Verdict::Unhealthy);
     assert_eq!(a[4], Verdict::Healthy);
 
-    let outlier = PolicySlot::health(&host, "svc", PluginSpec::builtin("consecutive")).unwrap();
+    let outlier = HealthSlot::new(&host, "svc", PluginSpec::builtin("consecutive")).unwrap();
     outlier.load(spec(&host, "outlier", r#"{"consecutive_5xx": 2, "base_ejection_ms": 1000}"#)).unwrap();
     outlier.set_snapshot(snapshot(&["v1"]));
     let o = Outcome { endpoint: 0, status: Status::Http(502), latency: 1 };
@@ -68,7 +68,7 @@ fn wasm_health_policies_decide_like_the_native_ones() {
 #[test]
 fn wasm_gray_split_and_slot_errors() {
     let host = PluginHost::new(HostConfig { workers: 1, max_instances: 50, ..HostConfig::default() }).unwrap();
-    let slot = PolicySlot::scheduler(&host, "svc", PluginSpec::builtin("slow-start")).unwrap();
+    let slot = SchedulerSlot::new(&host, "svc", PluginSpec::builtin("slow-start")).unwrap();
     slot.set_snapshot(snapshot(&["v1", "v1", "v2"]));
     let err = slot.load(spec(&host, "maglev", "{}")).unwrap_err().to_string();
     assert!(err.contains("a balancer plugin cannot go into a scheduler slot"), "{err}");

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sextant_plugin::builtins::{Endpoint, EndpointStats, Snapshot, mix64};
-use sextant_plugin::{BalancerSlot, InFlight, LoadError, LoadTracker, PickRequest, PluginHost, PluginSpec, PolicySlot};
+use sextant_plugin::{
+    BalancerSlot, InFlight, LoadError, LoadTracker, PickRequest, PluginHost, PluginSpec, SchedulerSlot,
+};
 
 pub use crate::rng::Rng;
 use crate::scenario::{Fault, Keys, Scenario};
@@ -152,10 +154,10 @@ pub fn run(
     }
     let scheduler = match &strategy.scheduler {
         None => None,
-        Some(spec @ PluginSpec::Builtin { .. }) => Some(PolicySlot::scheduler(host, &service, spec.clone())?),
+        Some(spec @ PluginSpec::Builtin { .. }) => Some(SchedulerSlot::new(host, &service, spec.clone())?),
         Some(spec @ PluginSpec::Wasm { name, .. }) => {
             let native = name.strip_prefix("wasm:").unwrap_or("adaptive");
-            let s = PolicySlot::scheduler(host, &service, PluginSpec::builtin(native))?;
+            let s = SchedulerSlot::new(host, &service, PluginSpec::builtin(native))?;
             s.load(spec.clone())?;
             Some(s)
         }
