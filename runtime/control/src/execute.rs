@@ -18,6 +18,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use sextant_core::store::{Store, StoreError};
 use sextant_core::{ConfigEntry, CoreError, Instance, InstanceKey, LeaseId, PluginRecord, Record, RecordKey, Revision};
+use sextant_proto::acl::write_kind;
 use sextant_proto::message::ServiceView;
 use sextant_proto::{Binding, ErrorCode, Request, Response};
 use sextant_store::{Registry, RegistryError};
@@ -73,28 +74,6 @@ impl Origin for Detached {
 pub trait WriteCounter: Send + Sync + std::fmt::Debug {
     /// One write of `kind`, `accepted` or not.
     fn count(&self, kind: &'static str, accepted: bool);
-}
-
-/// The kind a write request is counted under; `None` for reads (and keepalives).
-#[must_use]
-pub fn write_kind(request: &Request) -> Option<&'static str> {
-    match request {
-        Request::Register { .. } | Request::Deregister { .. } => Some("instance"),
-        Request::GrantLease { .. } | Request::RevokeLease { .. } => Some("lease"),
-        Request::PutService { .. } => Some("service"),
-        Request::ConfigPut { .. } | Request::ConfigDelete { .. } => Some("config"),
-        Request::PluginLoad { .. } | Request::PluginRollback { .. } | Request::PluginDelete { .. } => Some("plugin"),
-        Request::Hello { .. }
-        | Request::Ping { .. }
-        | Request::Keepalive { .. }
-        | Request::GetService { .. }
-        | Request::List { .. }
-        | Request::Subscribe { .. }
-        | Request::ConfigGet { .. }
-        | Request::Pick { .. }
-        | Request::ArtifactGet { .. }
-        | Request::PluginList => None,
-    }
 }
 
 /// The error code of a store error: the one mapping every door answers with.

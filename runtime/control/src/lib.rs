@@ -17,5 +17,5 @@
 mod execute;
 mod manager;
 
-pub use execute::{Detached, Executor, Origin, WriteCounter, error_code, write_kind};
+pub use execute::{Detached, Executor, Origin, WriteCounter, error_code};
 pub use manager::{LIVE_VALIDATION_SAMPLE, ManagerError, PickedInstance, PluginManager, ServiceSlots};

@@ -237,17 +237,19 @@ pub fn permits(principal: &Principal, request: &Request) -> bool {
 /// Keepalives renew a lease and change no record: they are not writes here.
 #[must_use]
 pub fn is_write(request: &Request) -> bool {
+    write_kind(request).is_some()
+}
+
+/// The kind a write is counted and audited under (`service`, `instance`, `lease`, `config`,
+/// `plugin`); `None` for reads and keepalives.
+#[must_use]
+pub fn write_kind(request: &Request) -> Option<&'static str> {
     match request {
-        Request::Register { .. }
-        | Request::Deregister { .. }
-        | Request::GrantLease { .. }
-        | Request::RevokeLease { .. }
-        | Request::PutService { .. }
-        | Request::ConfigPut { .. }
-        | Request::ConfigDelete { .. }
-        | Request::PluginLoad { .. }
-        | Request::PluginRollback { .. }
-        | Request::PluginDelete { .. } => true,
+        Request::Register { .. } | Request::Deregister { .. } => Some("instance"),
+        Request::GrantLease { .. } | Request::RevokeLease { .. } => Some("lease"),
+        Request::PutService { .. } => Some("service"),
+        Request::ConfigPut { .. } | Request::ConfigDelete { .. } => Some("config"),
+        Request::PluginLoad { .. } | Request::PluginRollback { .. } | Request::PluginDelete { .. } => Some("plugin"),
         Request::Hello { .. }
         | Request::Ping { .. }
         | Request::Keepalive { .. }
@@ -257,7 +259,7 @@ pub fn is_write(request: &Request) -> bool {
         | Request::ConfigGet { .. }
         | Request::Pick { .. }
         | Request::ArtifactGet { .. }
-        | Request::PluginList => false,
+        | Request::PluginList => None,
     }
 }
 

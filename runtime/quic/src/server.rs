@@ -78,12 +78,17 @@ impl Default for ServerOptions {
 
 #[derive(Debug)]
 struct Shared<S> {
-    registry: Registry<S>,
-    /// The one command path (shared with the admin HTTP API).
+    /// The one command path (shared with the admin HTTP API), and the registry it runs on.
     executor: Arc<Executor<S>>,
     options: ServerOptions,
     /// Event frames shared by every subscriber of a change.
     frames: Arc<FrameCache>,
+}
+
+impl<S: Store + Clone> Shared<S> {
+    fn registry(&self) -> &Registry<S> {
+        self.executor.registry()
+    }
 }
 
 /// A bound QUIC server.
@@ -117,28 +122,23 @@ impl<S: Store + Clone> QuicServer<S> {
         options: ServerOptions,
     ) -> std::io::Result<Self> {
         let endpoint = Endpoint::server(config, addr)?;
-        let executor = Arc::new(Executor::new(registry.clone(), None));
-        let shared = Arc::new(Shared { registry, executor, options, frames: Arc::default() });
+        let executor = Arc::new(Executor::new(registry, None));
+        let shared = Arc::new(Shared { executor, options, frames: Arc::default() });
         Ok(Self { endpoint, shared })
     }
 
     /// Serves `pick` and the plugin requests through `plugins`.
     #[must_use]
     pub fn with_plugins(self, plugins: PluginManager<S>) -> Self {
-        let executor = Arc::new(Executor::new(self.shared.registry.clone(), Some(plugins)));
+        let executor = Arc::new(Executor::new(self.shared.registry().clone(), Some(plugins)));
         self.with_executor(executor)
     }
 
     /// Executes requests with `executor` (the one the admin HTTP API uses too, so both doors
-    /// share its counters and caches). It must run over the same registry.
+    /// share its counters and caches).
     #[must_use]
     pub fn with_executor(self, executor: Arc<Executor<S>>) -> Self {
-        let shared = Shared {
-            registry: executor.registry().clone(),
-            executor,
-            options: self.shared.options.clone(),
-            frames: Arc::default(),
-        };
+        let shared = Shared { executor, options: self.shared.options.clone(), frames: Arc::default() };
         Self { endpoint: self.endpoint, shared: Arc::new(shared) }
     }
 
@@ -362,7 +362,7 @@ async fn stream<S: Store + Clone>(c: &Arc<Conn<S>>, mut send: SendStream, mut re
         Step::Execute(Request::Subscribe { scope, from }) => {
             return match c.access().take_watch(&c.watches) {
                 Ok(slot) => {
-                    let feed = c.feed.get_or_init(|| FeedHandle::start(&c.shared.registry, c.shared.frames.clone()));
+                    let feed = c.feed.get_or_init(|| FeedHandle::start(c.shared.registry(), c.shared.frames.clone()));
                     feed.join(scope, from, send, slot);
                     true
                 }
@@ -435,7 +435,7 @@ impl<S: Store + Clone> Conn<S> {
         if let Some(id) = *slot {
             return Ok(id);
         }
-        let id = self.shared.registry.grant_lease(self.shared.options.grace).await?;
+        let id = self.shared.registry().grant_lease(self.shared.options.grace).await?;
         *slot = Some(id);
         tokio::spawn(keep_lease(Arc::downgrade(self), id, self.conn.clone(), self.shared.options.grace));
         Ok(id)
@@ -444,7 +444,7 @@ impl<S: Store + Clone> Conn<S> {
     /// Replaces the lost lease `old` with a new one and puts the connection's instances on it.
     /// Registrations wait meanwhile (they need the lease), so none is missed.
     async fn renew_lease(&self, old: LeaseId) -> Result<LeaseId, RegistryError> {
-        let registry = &self.shared.registry;
+        let registry = self.shared.registry();
         let mut slot = self.lease.lock().await;
         if *slot != Some(old) {
             // Renewed already.
@@ -484,7 +484,7 @@ async fn keep_lease<S: Store + Clone>(
             _ = closed.closed() => return,
         }
         let Some(c) = conn.upgrade() else { return };
-        let result = match c.shared.registry.keepalive(id).await {
+        let result = match c.shared.registry().keepalive(id).await {
             Err(RegistryError::Store(StoreError::Rejected(CoreError::LeaseNotFound(_)))) => c.renew_lease(id).await,
             other => other.map(|_| id),
         };
