@@ -60,7 +60,7 @@ struct Proxy {
 /// Pick, forward, finish.
 async fn forward(State(p): State<Proxy>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let mut pick = pick_request(&parts.headers, Some("x-user"), &[]);
+    let mut pick = PickRequest::from_headers(&parts.headers, Some("x-user"), &[]);
     let guard = match p.router.pick(&p.service, &mut pick) {
         Ok(guard) => guard,
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
@@ -151,7 +151,7 @@ async fn self_test(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let proxy = Proxy { router, service, client: client.clone() };
+    let proxy = Proxy { router: router.clone(), service, client: client.clone() };
     let served = tokio::spawn(async move {
         axum::serve(listener, app(proxy))
             .with_graceful_shutdown(async {
@@ -208,15 +208,20 @@ async fn self_test(
         .await?;
     let _ = stop.send(());
     served.await??;
+    // Every guard finished with its body or released: nothing left in flight.
+    let left = router.shutdown(Duration::from_secs(10)).await;
     let (ok, failed) = (ok.load(Relaxed), failed.load(Relaxed));
     let served_by: Vec<u64> = backends.iter().map(Backend::served).collect();
     println!(
-        "axum-gateway: {ok} requests answered 200, {failed} failed, {swaps} balancer swaps, per backend {served_by:?}"
+        "axum-gateway: {ok} requests answered 200, {failed} failed, {swaps} balancer swaps, {left} in flight after the \
+         shutdown, per backend {served_by:?}"
     );
-    if failed > 0 || ok != 2000 || swaps < 2 || refused.status() != StatusCode::UNPROCESSABLE_ENTITY {
-        return Err(
-            format!("expected 2000 answered, 0 failed, swaps, and junk refused (got {})", refused.status()).into()
-        );
+    if failed > 0 || ok != 2000 || swaps < 2 || left != 0 || refused.status() != StatusCode::UNPROCESSABLE_ENTITY {
+        return Err(format!(
+            "expected 2000 answered, 0 failed, swaps, nothing in flight, and junk refused (got {})",
+            refused.status()
+        )
+        .into());
     }
     Ok(())
 }

@@ -5,7 +5,8 @@ use std::task::{Context, Poll};
 
 use http_body::{Body, Frame, SizeHint};
 
-use crate::router::{Outcome, PickGuard};
+use crate::guard::PickGuard;
+use crate::outcome::Outcome;
 
 /// Wraps an upstream response body so the pick is finished when the body ends, not at the
 /// response's headers: the latency a balancer weighs is then the whole response's.

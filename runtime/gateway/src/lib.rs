@@ -26,9 +26,14 @@
 //!   a per-plugin report a gateway publishes in its registration.
 #![deny(missing_docs)]
 mod body;
+mod guard;
 mod health;
+mod outcome;
+mod request;
 mod rotation;
+mod route;
 mod router;
+mod status;
 
 pub mod backend;
 pub mod config;
@@ -40,11 +45,11 @@ pub mod resilience;
 
 pub use body::FinishOnEnd;
 pub use follow::{Activation, FollowOptions, PluginFollower};
+pub use guard::PickGuard;
 pub use health::{CheckKind, HEALTH_PORT_KEY, HealthCheck, MAX_PROBE_BODY, probe};
-pub use proxy::pick_request;
+pub use outcome::Outcome;
 pub use remote::RemoteDiscovery;
-pub use router::{
-    Discovery, EndpointStatus, HealthSink, Outcome, PickGuard, RouteConfig, RouteError, RouteStatus, Router, SwapError,
-    WindowSummary,
-};
+pub use request::FromHeaders;
+pub use router::{Discovery, HealthSink, RetryPlan, RouteConfig, RouteError, Router, RouterBuilder, SwapError};
 pub use sextant_plugin::PickRequest;
+pub use status::{EndpointStatus, RouteStatus, WindowSummary};

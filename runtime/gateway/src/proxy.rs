@@ -27,8 +27,10 @@ use sextant_plugin::PickRequest;
 use tokio::net::TcpListener;
 
 use crate::metrics::SharedMetrics;
+use crate::outcome::Outcome;
+use crate::request::FromHeaders;
 use crate::resilience::millis;
-use crate::router::{Outcome, RouteError, Router};
+use crate::router::{RetryPlan, RouteError, Router};
 
 /// The response body type.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -322,7 +324,8 @@ impl Gateway {
     }
 
     async fn handle_routed(&self, rule: &CompiledRule, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        let mut pick = pick_request(request.headers(), rule.rule.hash_header.as_deref(), &rule.rule.headers);
+        let mut pick =
+            PickRequest::from_headers(request.headers(), rule.rule.hash_header.as_deref(), &rule.rule.headers);
         let service = rule.service.clone();
         let (parts, body) = request.into_parts();
         let max_body = self.0.routing.load().config.max_body;
@@ -362,7 +365,7 @@ impl Gateway {
         let mut last_failure = (StatusCode::BAD_GATEWAY, "every attempt failed\n");
         loop {
             attempt += 1;
-            let (attempts, backoff) = router.retry_plan(service, attempt);
+            let RetryPlan { attempts, backoff } = router.retry_plan(service, attempt);
             let guard = match router.pick_avoiding(service, pick, &tried) {
                 Ok(g) => g,
                 Err(RouteError::RateLimited(_)) => {
@@ -489,23 +492,4 @@ fn text(status: StatusCode, body: &str) -> Response<Body> {
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response
-}
-
-/// A pick request from an HTTP request's headers: the affinity key is the value of the header
-/// named `affinity` ([`sextant_plugin::affinity_hash`] of it; none without that header), and
-/// the headers named in `visible` are handed to the balancer (names lowercased, values as
-/// text, in `visible`'s order; absent ones skipped).
-#[must_use]
-pub fn pick_request(headers: &http::HeaderMap, affinity: Option<&str>, visible: &[String]) -> PickRequest {
-    PickRequest {
-        hash_key: affinity
-            .and_then(|h| headers.get(h))
-            .map(|v| sextant_plugin::affinity_hash(&String::from_utf8_lossy(v.as_bytes()))),
-        headers: visible
-            .iter()
-            .filter_map(|h| {
-                headers.get(h).map(|v| (h.to_ascii_lowercase(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-            })
-            .collect(),
-    }
 }

@@ -92,6 +92,10 @@ impl Discovery for RemoteDiscovery {
     fn stale(&self) -> Option<Duration> {
         self.stale.lock().map(|(age, at)| age + at.elapsed())
     }
+
+    fn close(&self) {
+        self.task.abort();
+    }
 }
 
 impl Drop for RemoteDiscovery {

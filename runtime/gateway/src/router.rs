@@ -1,39 +1,29 @@
 //! The embedding API: [`Router::pick`] chooses an endpoint of a service through the
-//! service's balancer slot and returns a [`PickGuard`]; finishing the guard with an
-//! [`Outcome`] feeds live load (PeakEWMA, least-request), the circuit breaker, passive health
-//! (the health plugin's outlier verdicts) and the scheduler's statistics.
-//!
-//! What traffic may reach is rebuilt off the pick path, whenever the registry snapshot, a
-//! health verdict, an ejection, a breaker or the scheduler's weights change, by the rotation
-//! rule (`crate::rotation`): the registry's selected instances, minus those active health
-//! checks found down (unless the service's protection threshold would be crossed), minus
-//! ejected and open-breaker endpoints (at most `max_ejected_percent` of them), weighted by the
-//! scheduler.
+//! service's balancer slot and returns a [`PickGuard`](crate::PickGuard); finishing the guard
+//! with an [`Outcome`](crate::Outcome) feeds live load (PeakEWMA, least-request), the circuit
+//! breaker, passive health (the health plugin's outlier verdicts) and the scheduler's
+//! statistics. Here: the router (its configuration, builder, plugin loading, shutdown and
+//! maintenance task), the discovery and health-sink traits, route errors. Per service state
+//! lives in `crate::route`; what traffic may reach is the rotation rule (`crate::rotation`),
+//! applied by the route off the pick path.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
-use parking_lot::{Mutex, RwLock};
-use serde::Serialize;
-use sextant_core::{Instance, ServiceKey, ServiceSnapshot, SnapshotHandle};
-use sextant_plugin::builtins::{
-    Endpoint, EndpointStats, Outcome as PolicyOutcome, ProbeResult, Snapshot, Status, Verdict,
-};
+use parking_lot::RwLock;
+use sextant_core::{Instance, ServiceKey, SnapshotHandle};
 use sextant_plugin::{
-    BalancerSlot, HealthSlot, Histogram, InFlight, LoadError, PickRequest, PluginHost, PluginKind, PluginSpec,
-    SchedulerSlot, SlotStatus, VersionStatus,
+    BalancerSlot, HealthSlot, LoadError, PickRequest, PluginHost, PluginKind, PluginSpec, SchedulerSlot, VersionStatus,
 };
 
+use crate::guard::PickGuard;
 use crate::health::{HealthCheck, Probe};
-use crate::resilience::{
-    Admission, Breaker, BreakerConfig, BreakerState, RateLimit, RetryBudget, RetryConfig, TokenBucket,
-};
-use crate::rotation::{LocalHealth, rotation};
+use crate::resilience::{Admission, BreakerConfig, RateLimit, RetryConfig};
+use crate::route::Route;
 
 /// Where a router learns the instances of a service.
 pub trait Discovery: Send + Sync + 'static {
@@ -44,8 +34,13 @@ pub trait Discovery: Send + Sync + 'static {
     fn stale(&self) -> Option<Duration> {
         None
     }
+
+    /// Stops following (called by [`Router::shutdown`]); the snapshots handed out stay
+    /// readable. Nothing to stop for a local registry.
+    fn close(&self) {}
 }
 
+#[cfg(feature = "registry")]
 impl<S: sextant_core::store::Store + Clone + Send + Sync + 'static> Discovery for sextant_store::Registry<S> {
     fn handle(&self, service: &ServiceKey) -> SnapshotHandle {
         sextant_store::Registry::handle(self, service)
@@ -59,6 +54,7 @@ pub trait HealthSink: Send + Sync + 'static {
     fn set_healthy(&self, instance: &Arc<Instance>, healthy: bool);
 }
 
+#[cfg(feature = "registry")]
 impl<S: sextant_core::store::Store + Clone + Send + Sync + 'static> HealthSink for sextant_store::Registry<S> {
     fn set_healthy(&self, instance: &Arc<Instance>, healthy: bool) {
         let registry = self.clone();
@@ -126,6 +122,9 @@ pub enum RouteError {
     /// Every endpoint the balancer offered was full or had its breaker open.
     #[error("service {0}: every endpoint offered is at its limit or has its breaker open")]
     Overloaded(String),
+    /// The router was shut down ([`Router::shutdown`]): it picks no more.
+    #[error("the router is shut down")]
+    ShutDown,
     /// The route could not be set up (its plugins failed to start).
     #[error("service {service}: {reason}")]
     Setup {
@@ -150,474 +149,6 @@ pub enum SwapError {
     NoScheduler(String),
 }
 
-/// How a request ended, reported through [`PickGuard::finish`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// The endpoint answered with this HTTP status (and maybe a `Retry-After`).
-    Http {
-        /// Status code.
-        status: u16,
-        /// `Retry-After`, when present.
-        retry_after: Option<Duration>,
-    },
-    /// A non-HTTP request that succeeded.
-    Success,
-    /// No answer in time.
-    Timeout,
-    /// Connection refused or reset, or an invalid response.
-    Failed(String),
-}
-
-impl Outcome {
-    /// An HTTP status without `Retry-After`.
-    #[must_use]
-    pub fn http(status: u16) -> Self {
-        Self::Http { status, retry_after: None }
-    }
-
-    /// The outcome of an upstream HTTP response: its status, and its `Retry-After` when that
-    /// is a number of seconds (an HTTP-date `Retry-After` is ignored).
-    #[must_use]
-    pub fn from_response<B>(response: &http::Response<B>) -> Self {
-        let retry_after = response
-            .headers()
-            .get(http::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        Self::Http { status: response.status().as_u16(), retry_after }
-    }
-
-    /// A failure: 5xx, timeouts, broken connections (feeds PeakEWMA's penalty, the breaker
-    /// and outlier detection).
-    #[must_use]
-    pub fn failed(&self) -> bool {
-        matches!(self, Self::Http { status: 500..=599, .. } | Self::Timeout | Self::Failed(_))
-    }
-
-    /// An overload signal: 429, or 503 with `Retry-After` ("slow down", not "broken").
-    #[must_use]
-    pub fn overloaded(&self) -> bool {
-        matches!(self, Self::Http { status: 429, .. } | Self::Http { status: 503, retry_after: Some(_) })
-    }
-
-    fn into_status(self) -> Status {
-        match self {
-            Self::Http { status, .. } => Status::Http(status),
-            Self::Success => Status::Connected,
-            Self::Timeout => Status::Timeout,
-            Self::Failed(why) => Status::Failed(why),
-        }
-    }
-}
-
-/// Statistics of one window, per endpoint.
-#[derive(Debug, Default)]
-struct Window {
-    requests: AtomicU64,
-    errors: AtomicU64,
-    overloaded: AtomicU64,
-    retry_after_ms: AtomicU64,
-    latency: Histogram,
-}
-
-/// A closed window, as shown by [`Router::status`].
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct WindowSummary {
-    /// Requests per second.
-    pub rps: f64,
-    /// Median latency, ms.
-    pub p50_ms: f64,
-    /// 99th percentile latency, ms.
-    pub p99_ms: f64,
-    /// Requests completed.
-    pub requests: u64,
-    /// Failures.
-    pub errors: u64,
-    /// Overload signals.
-    pub overloaded: u64,
-}
-
-/// Live state of one endpoint, kept by instance id across snapshots.
-#[derive(Debug)]
-struct EndpointState {
-    breaker: Breaker,
-    window: ArcSwap<Window>,
-    last: ArcSwap<WindowSummary>,
-    joined: Instant,
-    probing: AtomicBool,
-    next_probe: Mutex<Instant>,
-}
-
-/// One endpoint of the published route.
-#[derive(Debug)]
-struct Target {
-    instance: Arc<Instance>,
-    addr: SocketAddr,
-    state: Arc<EndpointState>,
-    /// Index in the health slot's snapshot.
-    health_index: u32,
-}
-
-/// What picks read: the targets in the balancer's order, tagged with its epoch.
-#[derive(Debug, Default)]
-struct Published {
-    epoch: u64,
-    targets: Vec<Arc<Target>>,
-    protection: bool,
-}
-
-#[derive(Debug)]
-struct RouteState {
-    registry_revision: u64,
-    registry: Arc<ServiceSnapshot>,
-    endpoints: HashMap<String, Arc<EndpointState>>,
-    /// Health slot snapshot order (every routable instance).
-    health_ids: Vec<Arc<Instance>>,
-    /// id → index in `health_ids`.
-    health_pos: HashMap<String, u32>,
-    /// Scheduler snapshot order (the registry's selected instances).
-    scheduler_ids: Vec<String>,
-    /// Down, ejected, reweighted: what the rotation rule reads besides the registry.
-    local: LocalHealth,
-    window_started: Instant,
-    built: bool,
-}
-
-/// One service's route.
-pub(crate) struct Route {
-    service: ServiceKey,
-    config: RouteConfig,
-    handle: SnapshotHandle,
-    balancer: BalancerSlot,
-    health: HealthSlot,
-    scheduler: Option<SchedulerSlot>,
-    rate: Option<TokenBucket>,
-    budget: RetryBudget,
-    applied: AtomicU64,
-    dirty: AtomicBool,
-    published: ArcSwap<Published>,
-    state: Mutex<RouteState>,
-    sink: Option<Arc<dyn HealthSink>>,
-}
-
-impl std::fmt::Debug for Route {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Route").field("service", &self.service).finish_non_exhaustive()
-    }
-}
-
-fn endpoint_with_weight(i: &Instance, weight: u32) -> Endpoint {
-    Endpoint { weight, ..sextant_plugin::endpoint_of(i) }
-}
-
-impl Route {
-    fn new(
-        host: &PluginHost,
-        service: ServiceKey,
-        config: RouteConfig,
-        handle: SnapshotHandle,
-        sink: Option<Arc<dyn HealthSink>>,
-    ) -> Result<Self, LoadError> {
-        let name = service.to_string();
-        let now = Instant::now();
-        // A configured built-in is the slot's first version (and its native answer when a
-        // later plugin faults); a configured wasm plugin is loaded over a native default, so
-        // it always has a native answer behind it.
-        let first = |spec: &PluginSpec, native: &str| -> (PluginSpec, Option<PluginSpec>) {
-            match spec {
-                PluginSpec::Builtin { .. } => (spec.clone(), None),
-                PluginSpec::Wasm { .. } => (PluginSpec::builtin(native), Some(spec.clone())),
-            }
-        };
-        let (default, over) = first(&config.balancer, "round-robin");
-        let balancer = BalancerSlot::new(host, &name, default)?;
-        if let Some(spec) = over {
-            balancer.load(spec)?;
-        }
-        let (default, over) = first(&config.health, "standard");
-        let health = HealthSlot::new(host, &name, default)?;
-        if let Some(spec) = over {
-            health.load(spec)?;
-        }
-        let scheduler = match &config.scheduler {
-            Some(spec) => {
-                let (default, over) = first(spec, "adaptive");
-                let slot = SchedulerSlot::new(host, &name, default)?;
-                if let Some(spec) = over {
-                    slot.load(spec)?;
-                }
-                Some(slot)
-            }
-            None => None,
-        };
-        let registry = handle.load_full();
-        Ok(Self {
-            rate: config.rate_limit.map(|l| TokenBucket::new(l, now)),
-            budget: RetryBudget::new(config.retry, now),
-            service,
-            handle,
-            balancer,
-            health,
-            scheduler,
-            applied: AtomicU64::new(u64::MAX),
-            dirty: AtomicBool::new(true),
-            published: ArcSwap::from_pointee(Published::default()),
-            state: Mutex::new(RouteState {
-                registry_revision: u64::MAX,
-                registry,
-                endpoints: HashMap::new(),
-                health_ids: Vec::new(),
-                health_pos: HashMap::new(),
-                scheduler_ids: Vec::new(),
-                local: LocalHealth::default(),
-                window_started: now,
-                built: false,
-            }),
-            sink,
-            config,
-        })
-    }
-
-    /// Rebuilds when the registry moved or local state changed. Picks never wait for a
-    /// rebuild someone else is doing, except the very first.
-    fn refresh(&self) {
-        let revision = self.handle.load().revision.0;
-        if revision == self.applied.load(Relaxed) && !self.dirty.load(Relaxed) {
-            return;
-        }
-        let state =
-            if self.applied.load(Relaxed) == u64::MAX { Some(self.state.lock()) } else { self.state.try_lock() };
-        if let Some(mut state) = state {
-            self.rebuild(&mut state, Instant::now());
-        }
-    }
-
-    fn rebuild(&self, state: &mut RouteState, now: Instant) {
-        self.dirty.store(false, Relaxed);
-        let registry = self.handle.load_full();
-        if registry.revision.0 != state.registry_revision || !state.built {
-            self.apply_registry(state, &registry, now);
-        }
-        let open = |id: &str| state.endpoints.get(id).and_then(|e| e.breaker.open_until());
-        let next = rotation(&registry, &state.local, &open, self.config.max_ejected_percent, now);
-        let protection = next.protection;
-        let mut targets = Vec::with_capacity(next.members.len());
-        let mut endpoints = Vec::with_capacity(next.members.len());
-        for (i, weight) in next.members {
-            let Some(es) = state.endpoints.get(i.id.as_str()) else { continue };
-            let Some(&health_index) = state.health_pos.get(i.id.as_str()) else { continue };
-            endpoints.push(endpoint_with_weight(i, weight));
-            targets.push(Arc::new(Target {
-                instance: Arc::clone(i),
-                addr: SocketAddr::new(i.ip, i.port),
-                state: Arc::clone(es),
-                health_index,
-            }));
-        }
-        let snapshot = Snapshot {
-            service: self.service.to_string(),
-            revision: registry.revision.0,
-            endpoints,
-            protection_active: protection,
-        };
-        self.balancer.set_snapshot(snapshot);
-        let epoch = self.balancer.route().epoch;
-        self.published.store(Arc::new(Published { epoch, targets, protection }));
-        self.applied.store(registry.revision.0, Relaxed);
-        state.built = true;
-    }
-
-    /// A new registry snapshot: endpoint states by id, the health and scheduler snapshots.
-    fn apply_registry(&self, state: &mut RouteState, registry: &Arc<ServiceSnapshot>, now: Instant) {
-        let routable: Vec<Arc<Instance>> = registry.instances.iter().filter(|i| i.is_routable()).cloned().collect();
-        let mut endpoints = HashMap::with_capacity(routable.len());
-        for i in &routable {
-            let id = i.id.to_string();
-            let es = state.endpoints.remove(&id).unwrap_or_else(|| {
-                Arc::new(EndpointState {
-                    breaker: Breaker::new(self.config.breaker),
-                    window: ArcSwap::from_pointee(Window::default()),
-                    last: ArcSwap::from_pointee(WindowSummary::default()),
-                    joined: now,
-                    probing: AtomicBool::new(false),
-                    next_probe: Mutex::new(now),
-                })
-            });
-            endpoints.insert(id, es);
-        }
-        state.endpoints = endpoints;
-        let known = &state.endpoints;
-        state.local.down.retain(|id| known.contains_key(id));
-        state.local.ejected.retain(|id, _| known.contains_key(id));
-        state.local.weights.retain(|id, _| known.contains_key(id));
-        let model = |list: &mut dyn Iterator<Item = &Arc<Instance>>| Snapshot {
-            service: self.service.to_string(),
-            revision: registry.revision.0,
-            endpoints: list.map(|i| sextant_plugin::endpoint_of(i)).collect(),
-            protection_active: registry.protection_active(),
-        };
-        self.health.set_snapshot(model(&mut routable.iter()));
-        state.health_pos = routable
-            .iter()
-            .enumerate()
-            .map(|(n, i)| (i.id.to_string(), u32::try_from(n).unwrap_or(u32::MAX)))
-            .collect();
-        state.health_ids = routable;
-        let selected: Vec<&Arc<Instance>> = registry.selected().collect();
-        state.scheduler_ids = selected.iter().map(|i| i.id.to_string()).collect();
-        if let Some(s) = &self.scheduler {
-            s.set_snapshot(model(&mut selected.into_iter()));
-        }
-        state.registry = Arc::clone(registry);
-        state.registry_revision = registry.revision.0;
-    }
-
-    /// Before a new health policy is loaded: hands the health slot the endpoints as this route
-    /// sees them (down or ejected here: unhealthy), so the new policy starts from the verdicts
-    /// in force rather than from the registry's flags, and can bring an endpoint back.
-    fn carry_health(&self) {
-        let state = self.state.lock();
-        let snapshot = Snapshot {
-            service: self.service.to_string(),
-            revision: state.registry.revision.0,
-            endpoints: state
-                .health_ids
-                .iter()
-                .map(|i| {
-                    let mut e = sextant_plugin::endpoint_of(i);
-                    let id = i.id.as_str();
-                    if state.local.down.contains(id) || state.local.ejected.contains_key(id) {
-                        e.healthy = false;
-                    }
-                    e
-                })
-                .collect(),
-            protection_active: state.registry.protection_active(),
-        };
-        self.health.set_snapshot(snapshot);
-    }
-
-    /// Applies a health verdict about instance `id`.
-    fn verdict(&self, id: &str, verdict: Verdict, now: Instant) {
-        if verdict == Verdict::Unchanged {
-            return;
-        }
-        let mut state = self.state.lock();
-        let Some(&at) = state.health_pos.get(id) else { return };
-        let instance = Arc::clone(&state.health_ids[at as usize]);
-        tracing::info!(service = %self.service, endpoint = id, ?verdict, "health verdict");
-        let changed = match verdict {
-            Verdict::Unchanged => false,
-            Verdict::Healthy => {
-                let was = state.local.down.remove(id) | state.local.ejected.remove(id).is_some();
-                if !instance.ephemeral
-                    && !instance.healthy
-                    && let Some(sink) = &self.sink
-                {
-                    sink.set_healthy(&instance, true);
-                }
-                was
-            }
-            Verdict::Unhealthy => {
-                if !instance.ephemeral
-                    && instance.healthy
-                    && let Some(sink) = &self.sink
-                {
-                    sink.set_healthy(&instance, false);
-                }
-                state.local.down.insert(id.to_owned())
-            }
-            Verdict::Eject(ms) => {
-                state.local.ejected.insert(id.to_owned(), (now + Duration::from_millis(ms), now));
-                true
-            }
-        };
-        if changed {
-            self.rebuild(&mut state, now);
-        }
-    }
-
-    fn health_index(&self, id: &str) -> Option<u32> {
-        self.state.lock().health_pos.get(id).copied()
-    }
-
-    /// Time-driven work: ejections and open breakers that ended, windows to cut, probes due.
-    fn tick(self: &Arc<Self>, now: Instant, probe: &Probe) {
-        let mut state = self.state.lock();
-        let mut changed = false;
-        let before = state.local.ejected.len();
-        state.local.ejected.retain(|_, (until, _)| *until > now);
-        changed |= state.local.ejected.len() != before;
-        for es in state.endpoints.values() {
-            changed |= es.breaker.tick(now);
-        }
-        if now.saturating_duration_since(state.window_started) >= self.config.window {
-            changed |= self.cut_window(&mut state, now);
-        }
-        if changed || self.dirty.load(Relaxed) || self.handle.load().revision.0 != state.registry_revision {
-            self.rebuild(&mut state, now);
-        }
-        if let Some(check) = &self.config.health_check {
-            for instance in &state.health_ids {
-                let Some(es) = state.endpoints.get(instance.id.as_str()) else { continue };
-                let mut next = es.next_probe.lock();
-                if *next > now || es.probing.swap(true, Relaxed) {
-                    continue;
-                }
-                *next = now + check.next_interval();
-                let (route, target, state) = (Arc::downgrade(self), Arc::clone(instance), Arc::clone(es));
-                probe.spawn(instance, check.clone(), move |result| probe_done(&route, &target, &state, result));
-            }
-        }
-    }
-
-    /// Closes the statistics window; asks the scheduler for weights. True when they changed.
-    fn cut_window(&self, state: &mut RouteState, now: Instant) -> bool {
-        let secs = now.saturating_duration_since(state.window_started).as_secs_f64().max(1e-3);
-        state.window_started = now;
-        let mut stats = HashMap::with_capacity(state.endpoints.len());
-        for (id, es) in &state.endpoints {
-            let w = es.window.swap(Arc::new(Window::default()));
-            let requests = w.requests.load(Relaxed);
-            #[allow(clippy::cast_precision_loss)]
-            let summary = WindowSummary {
-                rps: requests as f64 / secs,
-                p50_ms: w.latency.quantile(0.5) as f64 / 1e6,
-                p99_ms: w.latency.quantile(0.99) as f64 / 1e6,
-                requests,
-                errors: w.errors.load(Relaxed),
-                overloaded: w.overloaded.load(Relaxed),
-            };
-            es.last.store(Arc::new(summary));
-            let retry_after = w.retry_after_ms.load(Relaxed);
-            stats.insert(
-                id.clone(),
-                EndpointStats {
-                    rps: summary.rps,
-                    latency_p50: w.latency.quantile(0.5),
-                    latency_p99: w.latency.quantile(0.99),
-                    requests,
-                    errors: summary.errors,
-                    overloaded: summary.overloaded,
-                    retry_after_ms: (retry_after > 0).then_some(retry_after),
-                    age_ms: u64::try_from(now.saturating_duration_since(es.joined).as_millis()).unwrap_or(u64::MAX),
-                },
-            );
-        }
-        let Some(scheduler) = &self.scheduler else { return false };
-        let ordered: Vec<EndpointStats> =
-            state.scheduler_ids.iter().map(|id| stats.remove(id).unwrap_or_default()).collect();
-        let weights = scheduler.schedule(&ordered);
-        let weights: HashMap<String, u32> = state.scheduler_ids.iter().cloned().zip(weights).collect();
-        if weights == state.local.weights {
-            return false;
-        }
-        state.local.weights = weights;
-        true
-    }
-}
-
 /// The router: one route per service, created on first use.
 #[derive(Clone)]
 pub struct Router(Arc<Inner>);
@@ -632,6 +163,10 @@ struct Inner {
     overrides: RwLock<HashMap<ServiceKey, RouteConfig>>,
     routes: RwLock<HashMap<ServiceKey, Arc<Route>>>,
     probe: Probe,
+    /// Set by [`Router::shutdown`]: no more picks, no more maintenance.
+    closed: AtomicBool,
+    /// Guards alive (picked, not yet finished or dropped), over every route.
+    open: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Router {
@@ -640,47 +175,90 @@ impl std::fmt::Debug for Router {
     }
 }
 
+/// Builds a [`Router`] ([`Router::builder`]).
+pub struct RouterBuilder {
+    host: PluginHost,
+    discovery: Arc<dyn Discovery>,
+    sink: Option<Arc<dyn HealthSink>>,
+    defaults: RouteConfig,
+    services: HashMap<ServiceKey, RouteConfig>,
+}
+
+impl std::fmt::Debug for RouterBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouterBuilder")
+            .field("defaults", &self.defaults)
+            .field("services", &self.services.keys().collect::<Vec<_>>())
+            .field("sink", &self.sink.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RouterBuilder {
+    /// The configuration of every service without one of its own (default:
+    /// [`RouteConfig::default`]).
+    #[must_use]
+    pub fn defaults(mut self, defaults: RouteConfig) -> Self {
+        self.defaults = defaults;
+        self
+    }
+
+    /// `service`'s own configuration (as [`Router::configure`] sets it later).
+    #[must_use]
+    pub fn service(mut self, service: ServiceKey, config: RouteConfig) -> Self {
+        self.services.insert(service, config);
+        self
+    }
+
+    /// Writes health verdicts about persistent instances to `sink` (the local registry):
+    /// they are marked unhealthy there, never deleted. Without a sink, verdicts only take
+    /// endpoints out of this router's rotation.
+    #[must_use]
+    pub fn health_sink(mut self, sink: Arc<dyn HealthSink>) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// The router. Spawns its maintenance task (ejections, breakers, windows, scheduler,
+    /// probes every 25 ms) on the current tokio runtime; it ends at [`Router::shutdown`] or
+    /// when the last clone of the router is dropped. Routes are set up on a service's first
+    /// pick (or [`Router::load`]).
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    #[must_use]
+    pub fn build(self) -> Router {
+        let inner = Arc::new(Inner {
+            host: self.host,
+            discovery: self.discovery,
+            sink: self.sink,
+            defaults: RwLock::new(self.defaults),
+            overrides: RwLock::new(self.services),
+            routes: RwLock::default(),
+            probe: Probe::new(),
+            closed: AtomicBool::new(false),
+            open: Arc::new(AtomicUsize::new(0)),
+        });
+        tokio::spawn(maintain(Arc::downgrade(&inner)));
+        Router(inner)
+    }
+}
+
 impl Router {
-    /// A router reading `discovery`, with `defaults` for every service. Spawns its
-    /// maintenance task (ejections, breakers, windows, scheduler, probes) on the current
-    /// tokio runtime; it ends when the last clone of the router is dropped.
+    /// A router reading `discovery`, with `defaults` for every service: shorthand for
+    /// `Router::builder(host, discovery).defaults(defaults).build()`.
     ///
     /// # Panics
     /// Outside a tokio runtime.
     #[must_use]
     pub fn new(host: PluginHost, discovery: Arc<dyn Discovery>, defaults: RouteConfig) -> Self {
-        Self::build(host, discovery, None, defaults)
+        Self::builder(host, discovery).defaults(defaults).build()
     }
 
-    /// Like [`Router::new`], also writing health verdicts about persistent instances to
-    /// `sink` (the local registry).
+    /// A router to configure: defaults, per-service configurations, a health sink.
     #[must_use]
-    pub fn with_sink(
-        host: PluginHost,
-        discovery: Arc<dyn Discovery>,
-        sink: Arc<dyn HealthSink>,
-        defaults: RouteConfig,
-    ) -> Self {
-        Self::build(host, discovery, Some(sink), defaults)
-    }
-
-    fn build(
-        host: PluginHost,
-        discovery: Arc<dyn Discovery>,
-        sink: Option<Arc<dyn HealthSink>>,
-        defaults: RouteConfig,
-    ) -> Self {
-        let inner = Arc::new(Inner {
-            host,
-            discovery,
-            sink,
-            defaults: RwLock::new(defaults),
-            overrides: RwLock::default(),
-            routes: RwLock::default(),
-            probe: Probe::new(),
-        });
-        tokio::spawn(maintain(Arc::downgrade(&inner)));
-        Self(inner)
+    pub fn builder(host: PluginHost, discovery: Arc<dyn Discovery>) -> RouterBuilder {
+        RouterBuilder { host, discovery, sink: None, defaults: RouteConfig::default(), services: HashMap::new() }
     }
 
     /// The plugin host (compile wasm plugins with it before [`Router::load`]).
@@ -695,7 +273,15 @@ impl Router {
         self.0.overrides.write().insert(service, config);
     }
 
+    /// `service`'s route if it has one (none is set up).
+    pub(crate) fn existing(&self, service: &ServiceKey) -> Option<Arc<Route>> {
+        self.0.routes.read().get(service).cloned()
+    }
+
     fn route(&self, service: &ServiceKey) -> Result<Arc<Route>, RouteError> {
+        if self.0.closed.load(Relaxed) {
+            return Err(RouteError::ShutDown);
+        }
         if let Some(r) = self.0.routes.read().get(service) {
             return Ok(Arc::clone(r));
         }
@@ -705,8 +291,9 @@ impl Router {
         }
         let config = self.0.overrides.read().get(service).cloned().unwrap_or_else(|| self.0.defaults.read().clone());
         let handle = self.0.discovery.handle(service);
-        let route = Route::new(&self.0.host, service.clone(), config, handle, self.0.sink.clone())
-            .map_err(|e| RouteError::Setup { service: service.to_string(), reason: e.to_string() })?;
+        let route =
+            Route::new(&self.0.host, service.clone(), config, handle, self.0.sink.clone(), Arc::clone(&self.0.open))
+                .map_err(|e| RouteError::Setup { service: service.to_string(), reason: e.to_string() })?;
         let route = Arc::new(route);
         routes.insert(service.clone(), Arc::clone(&route));
         Ok(route)
@@ -751,15 +338,7 @@ impl Router {
                 continue;
             }
             let in_flight = route.balancer.tracker().start(cell);
-            return Ok(PickGuard {
-                route: Arc::clone(&route),
-                target,
-                in_flight: Some(in_flight),
-                started: Instant::now(),
-                trial: admission == Admission::Trial,
-                version: picked.version,
-                fallback: picked.fallback,
-            });
+            return Ok(PickGuard::new(&route, target, in_flight, admission == Admission::Trial, &picked));
         }
         Err(RouteError::Overloaded(service.to_string()))
     }
@@ -793,10 +372,15 @@ impl Router {
         self.route(service).is_ok_and(|r| r.budget.withdraw(Instant::now()))
     }
 
-    /// The backoff before retry number `retry` of `service` and its configured attempts.
+    /// `service`'s configured attempts and the backoff before retry number `retry` (1 for
+    /// the first retry; full jitter). A service without a route (a router shut down) gets one
+    /// attempt.
     #[must_use]
-    pub fn retry_plan(&self, service: &ServiceKey, retry: u32) -> (u32, Duration) {
-        self.route(service).map_or((1, Duration::ZERO), |r| (r.budget.attempts(), r.budget.backoff(retry)))
+    pub fn retry_plan(&self, service: &ServiceKey, retry: u32) -> RetryPlan {
+        self.route(service).map_or(RetryPlan { attempts: 1, backoff: Duration::ZERO }, |r| RetryPlan {
+            attempts: r.budget.attempts(),
+            backoff: r.budget.backoff(retry),
+        })
     }
 
     /// Counts a request in `service`'s retry budget (call once per request, not per attempt).
@@ -904,6 +488,31 @@ impl Router {
         tick_all(&self.0, Instant::now());
     }
 
+    /// Shuts the router down: picks are refused from now on ([`RouteError::ShutDown`]), the
+    /// maintenance task and active health checks stop (a probe under way ends at its
+    /// timeout), remote discovery stops following ([`Discovery::close`]), then waits until
+    /// every request already picked has finished (its guard finished or dropped), at most
+    /// `grace`. Returns how many were still in flight when it stopped waiting (0: drained).
+    /// Clones of the router share the shutdown; calling it again waits again.
+    pub async fn shutdown(&self, grace: Duration) -> usize {
+        self.0.closed.store(true, Relaxed);
+        self.0.discovery.close();
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let open = self.0.open.load(Relaxed);
+            if open == 0 || tokio::time::Instant::now() >= deadline {
+                return open;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Requests picked and not yet finished, over every service.
+    #[must_use]
+    pub fn in_flight(&self) -> usize {
+        self.0.open.load(Relaxed)
+    }
+
     /// Services with a route, sorted.
     #[must_use]
     pub fn services(&self) -> Vec<ServiceKey> {
@@ -917,98 +526,15 @@ impl Router {
     pub fn stale(&self) -> Option<Duration> {
         self.0.discovery.stale()
     }
-
-    /// What `service`'s route looks like now.
-    #[must_use]
-    pub fn status(&self, service: &ServiceKey) -> Option<RouteStatus> {
-        let route = Arc::clone(self.0.routes.read().get(service)?);
-        route.refresh();
-        let published = route.published.load_full();
-        let snap = route.balancer.route();
-        let routed: HashMap<&str, usize> =
-            snap.model.endpoints.iter().enumerate().map(|(n, e)| (e.id.as_str(), n)).collect();
-        let state = route.state.lock();
-        let now = Instant::now();
-        let endpoints = state
-            .health_ids
-            .iter()
-            .map(|i| {
-                let id = i.id.as_str();
-                let es = state.endpoints.get(id);
-                let at = routed.get(id).copied();
-                let health = if at.is_some() {
-                    "up"
-                } else if state.local.down.contains(id) || !i.healthy {
-                    "down"
-                } else if state.local.ejected.get(id).is_some_and(|(u, _)| *u > now) {
-                    "ejected"
-                } else if es.is_some_and(|e| e.breaker.state() == BreakerState::Open) {
-                    "open"
-                } else {
-                    "out"
-                };
-                let cell = at.and_then(|n| snap.load(u32::try_from(n).ok()?));
-                #[allow(clippy::cast_precision_loss)]
-                let latency_ewma_ms = cell.map_or(0.0, |c| c.latency_ewma() as f64 / 1e6);
-                EndpointStatus {
-                    id: id.to_owned(),
-                    address: SocketAddr::new(i.ip, i.port).to_string(),
-                    weight: at.map_or(0, |n| snap.model.endpoints[n].weight),
-                    health,
-                    breaker: es.map_or(BreakerState::Closed, |e| e.breaker.state()),
-                    in_flight: cell.map_or(0, |c| c.in_flight()),
-                    latency_ewma_ms,
-                    last: es.map(|e| **e.last.load()).unwrap_or_default(),
-                }
-            })
-            .collect();
-        Some(RouteStatus {
-            service: service.to_string(),
-            protection: published.protection,
-            balancer: route.balancer.status(),
-            health: route.health.status(),
-            scheduler: route.scheduler.as_ref().map(SchedulerSlot::status),
-            endpoints,
-        })
-    }
 }
 
-/// A route as shown by [`Router::status`].
-#[derive(Debug, Clone, Serialize)]
-pub struct RouteStatus {
-    /// `namespace/group/name`.
-    pub service: String,
-    /// Whether protection (threshold or ejection cap) keeps endpoints in rotation.
-    pub protection: bool,
-    /// The balancer slot.
-    pub balancer: SlotStatus,
-    /// The health slot.
-    pub health: SlotStatus,
-    /// The scheduler slot, if any.
-    pub scheduler: Option<SlotStatus>,
-    /// Every routable instance.
-    pub endpoints: Vec<EndpointStatus>,
-}
-
-/// One endpoint as shown by [`Router::status`].
-#[derive(Debug, Clone, Serialize)]
-pub struct EndpointStatus {
-    /// Instance id.
-    pub id: String,
-    /// `ip:port`.
-    pub address: String,
-    /// Effective weight in rotation (0: out).
-    pub weight: u32,
-    /// `up`, `down` (active checks or registry), `ejected`, `open` (breaker), `out`.
-    pub health: &'static str,
-    /// Breaker state.
-    pub breaker: BreakerState,
-    /// Requests in flight.
-    pub in_flight: u32,
-    /// Peak EWMA latency, ms.
-    pub latency_ewma_ms: f64,
-    /// The last closed window.
-    pub last: WindowSummary,
+/// What a caller that retries does ([`Router::retry_plan`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPlan {
+    /// Attempts per request, the first included (1: no retries).
+    pub attempts: u32,
+    /// How long to wait before this retry.
+    pub backoff: Duration,
 }
 
 fn tick_all(inner: &Inner, now: Instant) {
@@ -1024,112 +550,9 @@ async fn maintain(inner: Weak<Inner>) {
     loop {
         interval.tick().await;
         let Some(inner) = inner.upgrade() else { return };
+        if inner.closed.load(Relaxed) {
+            return;
+        }
         tick_all(&inner, Instant::now());
     }
-}
-
-/// An endpoint picked for one request. Finish it with the outcome; dropping it unfinished
-/// counts as a cancelled request (in-flight released, nothing recorded).
-#[derive(Debug)]
-pub struct PickGuard {
-    route: Arc<Route>,
-    target: Arc<Target>,
-    in_flight: Option<InFlight>,
-    started: Instant,
-    trial: bool,
-    version: u64,
-    fallback: bool,
-}
-
-impl PickGuard {
-    /// The endpoint's address.
-    #[must_use]
-    pub fn addr(&self) -> SocketAddr {
-        self.target.addr
-    }
-
-    /// The instance picked.
-    #[must_use]
-    pub fn instance(&self) -> &Arc<Instance> {
-        &self.target.instance
-    }
-
-    /// The balancer version that answered.
-    #[must_use]
-    pub fn version(&self) -> u64 {
-        self.version
-    }
-
-    /// Whether the native fallback answered because the plugin faulted.
-    #[must_use]
-    pub fn fallback(&self) -> bool {
-        self.fallback
-    }
-
-    /// Reports how the request ended; its latency is the time since the pick (call it when
-    /// the response is complete: at the end of its body, not at its headers, when the body
-    /// is what the balancer should weigh). A guard dropped without `finish` releases its
-    /// in-flight place and reports nothing.
-    pub fn finish(self, outcome: Outcome) {
-        let latency = self.started.elapsed();
-        self.finish_with_latency(outcome, latency);
-    }
-
-    /// Reports how the request ended with a latency the caller measured (a gateway that times
-    /// its upstream exchange itself, or replays outcomes).
-    pub fn finish_with_latency(mut self, outcome: Outcome, latency: Duration) {
-        let now = Instant::now();
-        let failed = outcome.failed();
-        if let Some(f) = self.in_flight.take() {
-            f.finish_after(latency, failed);
-        }
-        let es = &self.target.state;
-        let w = es.window.load();
-        w.requests.fetch_add(1, Relaxed);
-        w.latency.record(latency);
-        let overloaded = outcome.overloaded();
-        if overloaded {
-            w.overloaded.fetch_add(1, Relaxed);
-            if let Outcome::Http { retry_after: Some(after), .. } = &outcome {
-                w.retry_after_ms.fetch_max(u64::try_from(after.as_millis()).unwrap_or(u64::MAX), Relaxed);
-            }
-        } else if failed {
-            w.errors.fetch_add(1, Relaxed);
-        }
-        drop(w);
-        let route = &self.route;
-        if es.breaker.record(!failed, self.trial, now) {
-            route.dirty.store(true, Relaxed);
-            route.refresh();
-        }
-        self.trial = false;
-        let verdict = route.health.on_outcome(&PolicyOutcome {
-            endpoint: self.target.health_index,
-            status: outcome.into_status(),
-            latency: u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX),
-        });
-        route.verdict(self.target.instance.id.as_str(), verdict, now);
-    }
-}
-
-impl Drop for PickGuard {
-    fn drop(&mut self) {
-        if let Some(f) = self.in_flight.take() {
-            f.finish_after(self.started.elapsed(), false);
-        }
-        if self.trial {
-            self.target.state.breaker.release_trial();
-        }
-    }
-}
-
-/// A probe's result, handed back by the prober.
-fn probe_done(route: &Weak<Route>, instance: &Instance, state: &EndpointState, mut result: ProbeResult) {
-    state.probing.store(false, Relaxed);
-    let Some(route) = route.upgrade() else { return };
-    let id = instance.id.as_str();
-    let Some(index) = route.health_index(id) else { return };
-    result.endpoint = index;
-    let verdict = route.health.on_probe(&result);
-    route.verdict(id, verdict, Instant::now());
 }

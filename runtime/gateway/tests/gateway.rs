@@ -50,7 +50,10 @@ async fn fixture(config: RouteConfig) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap();
     let registry = Registry::start(store, 1024).await.unwrap();
-    let router = Router::with_sink(host(), Arc::new(registry.clone()), Arc::new(registry.clone()), config);
+    let router = Router::builder(host(), Arc::new(registry.clone()))
+        .health_sink(Arc::new(registry.clone()))
+        .defaults(config)
+        .build();
     let gateway_config = GatewayConfig {
         routes: vec![Rule::prefix("/", SERVICE)],
         attempt_timeout: Duration::from_millis(300),
@@ -487,7 +490,8 @@ async fn the_embedding_api_picks_avoids_and_accounts_every_guard() {
     router.load(&service(), PluginKind::Balancer, PluginSpec::builtin("ring-hash")).unwrap();
     let mut headers = http::HeaderMap::new();
     headers.insert("x-user", "user-42".parse().unwrap());
-    let from_headers = sextant_gateway::pick_request(&headers, Some("x-user"), &[]);
+    let from_headers =
+        <sextant_gateway::PickRequest as sextant_gateway::FromHeaders>::from_headers(&headers, Some("x-user"), &[]);
     assert_eq!(from_headers.hash_key, sextant_plugin::PickRequest::with_affinity("user-42").hash_key);
     let first = router.pick(&service(), &mut from_headers.clone()).unwrap().addr();
     for _ in 0..10 {
@@ -501,6 +505,47 @@ async fn the_embedding_api_picks_avoids_and_accounts_every_guard() {
         sextant_gateway::Outcome::from_response(&response),
         sextant_gateway::Outcome::Http { status: 503, retry_after: Some(Duration::from_secs(2)) }
     );
+}
+
+/// Shutting a router down: picks are refused with a typed error, the picks under way finish
+/// (the shutdown waits for them, and for no more than its grace), clones share it. A router
+/// built with a per-service configuration runs it for that service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_refuses_picks_and_waits_for_those_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry =
+        Registry::start(EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap(), 1024).await.unwrap();
+    let other = ServiceKey::parse("shop/web/other").unwrap();
+    for (key, port) in [(service(), 9301), (other.clone(), 9302)] {
+        let mut i = Instance::new(key, "127.0.0.1".parse().unwrap(), port);
+        i.ephemeral = false;
+        registry.put(Record::Instance(Arc::new(i)), None).await.unwrap();
+    }
+    let own = RouteConfig { balancer: PluginSpec::builtin("round-robin"), ..RouteConfig::default() };
+    let router = Router::builder(host(), Arc::new(registry.clone())).service(other.clone(), own).build();
+    let pick = |router: &Router, key: &ServiceKey| router.pick(key, &mut sextant_gateway::PickRequest::default());
+    let held = pick(&router, &service()).unwrap();
+    let _ = pick(&router, &other).unwrap();
+    assert_eq!(router.status(&other).unwrap().balancer.active.name, "round-robin", "the builder's own configuration");
+    assert_eq!(router.status(&service()).unwrap().balancer.active.name, "peak-ewma", "the defaults");
+    assert_eq!(router.in_flight(), 1, "the dropped guard is not in flight, the held one is");
+
+    // With a request in flight, the shutdown waits its grace and reports it.
+    let clone = router.clone();
+    assert_eq!(clone.shutdown(Duration::from_millis(50)).await, 1);
+    assert!(matches!(pick(&router, &service()), Err(sextant_gateway::RouteError::ShutDown)), "the clone shut both");
+    assert!(matches!(pick(&router, &other), Err(sextant_gateway::RouteError::ShutDown)));
+
+    // The request finishing ends the wait.
+    let waiting = tokio::spawn({
+        let router = router.clone();
+        async move { router.shutdown(Duration::from_secs(120)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!waiting.is_finished(), "the shutdown waits for the request in flight");
+    held.finish(sextant_gateway::Outcome::http(200));
+    assert_eq!(waiting.await.unwrap(), 0, "drained");
+    assert_eq!(router.in_flight(), 0);
 }
 
 /// A router-wide default reaches the routes that exist and those routed later, not a service

@@ -153,7 +153,10 @@ pub async fn run(
         health_check: Some(HealthCheck::http("/health", Duration::from_millis(500))),
         ..RouteConfig::default()
     };
-    let router = Router::with_sink(host.clone(), Arc::new(registry.clone()), Arc::new(registry.clone()), config);
+    let router = Router::builder(host.clone(), Arc::new(registry.clone()))
+        .health_sink(Arc::new(registry.clone()))
+        .defaults(config)
+        .build();
     let gateway_config = GatewayConfig {
         routes: vec![Rule::prefix("/", SERVICE)],
         attempt_timeout: Duration::from_secs(2),

@@ -1,0 +1,131 @@
+//! The guard a pick returns: the endpoint, and the in-flight place held until the request
+//! is finished (its outcome recorded) or the guard dropped (released unrecorded).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use sextant_core::Instance;
+use sextant_plugin::builtins::Outcome as PolicyOutcome;
+use sextant_plugin::{InFlight, Picked};
+
+use crate::outcome::Outcome;
+use crate::route::{Route, Target};
+
+/// An endpoint picked for one request. Finish it with the outcome; dropping it unfinished
+/// counts as a cancelled request (in-flight released, nothing recorded).
+#[derive(Debug)]
+pub struct PickGuard {
+    route: Arc<Route>,
+    target: Arc<Target>,
+    in_flight: Option<InFlight>,
+    started: Instant,
+    trial: bool,
+    version: u64,
+    fallback: bool,
+}
+
+impl PickGuard {
+    /// A guard holding `in_flight` on `target` (counted in the router's requests in flight
+    /// until it is finished or dropped).
+    pub(crate) fn new(
+        route: &Arc<Route>,
+        target: Arc<Target>,
+        in_flight: InFlight,
+        trial: bool,
+        picked: &Picked,
+    ) -> Self {
+        route.open.fetch_add(1, Relaxed);
+        Self {
+            route: Arc::clone(route),
+            target,
+            in_flight: Some(in_flight),
+            started: Instant::now(),
+            trial,
+            version: picked.version,
+            fallback: picked.fallback,
+        }
+    }
+
+    /// The endpoint's address.
+    #[must_use]
+    pub fn addr(&self) -> SocketAddr {
+        self.target.addr
+    }
+
+    /// The instance picked.
+    #[must_use]
+    pub fn instance(&self) -> &Arc<Instance> {
+        &self.target.instance
+    }
+
+    /// The balancer version that answered.
+    #[must_use]
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Whether the native fallback answered because the plugin faulted.
+    #[must_use]
+    pub fn fallback(&self) -> bool {
+        self.fallback
+    }
+
+    /// Reports how the request ended; its latency is the time since the pick (call it when
+    /// the response is complete: at the end of its body, not at its headers, when the body
+    /// is what the balancer should weigh). A guard dropped without `finish` releases its
+    /// in-flight place and reports nothing.
+    pub fn finish(self, outcome: Outcome) {
+        let latency = self.started.elapsed();
+        self.finish_with_latency(outcome, latency);
+    }
+
+    /// Reports how the request ended with a latency the caller measured (a gateway that times
+    /// its upstream exchange itself, or replays outcomes).
+    pub fn finish_with_latency(mut self, outcome: Outcome, latency: Duration) {
+        let now = Instant::now();
+        let failed = outcome.failed();
+        if let Some(f) = self.in_flight.take() {
+            f.finish_after(latency, failed);
+        }
+        let es = &self.target.state;
+        let w = es.window.load();
+        w.requests.fetch_add(1, Relaxed);
+        w.latency.record(latency);
+        let overloaded = outcome.overloaded();
+        if overloaded {
+            w.overloaded.fetch_add(1, Relaxed);
+            if let Outcome::Http { retry_after: Some(after), .. } = &outcome {
+                w.retry_after_ms.fetch_max(u64::try_from(after.as_millis()).unwrap_or(u64::MAX), Relaxed);
+            }
+        } else if failed {
+            w.errors.fetch_add(1, Relaxed);
+        }
+        drop(w);
+        let route = &self.route;
+        if es.breaker.record(!failed, self.trial, now) {
+            route.dirty.store(true, Relaxed);
+            route.refresh();
+        }
+        self.trial = false;
+        let verdict = route.health.on_outcome(&PolicyOutcome {
+            endpoint: self.target.health_index,
+            status: outcome.into_status(),
+            latency: u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX),
+        });
+        route.verdict(self.target.instance.id.as_str(), verdict, now);
+    }
+}
+
+impl Drop for PickGuard {
+    fn drop(&mut self) {
+        self.route.open.fetch_sub(1, Relaxed);
+        if let Some(f) = self.in_flight.take() {
+            f.finish_after(self.started.elapsed(), false);
+        }
+        if self.trial {
+            self.target.state.breaker.release_trial();
+        }
+    }
+}

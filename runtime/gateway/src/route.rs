@@ -1,0 +1,428 @@
+//! One service's route: what a [`Router`](crate::Router) keeps per service (its slots, the
+//! live state of each endpoint, the statistics windows) and how it is rebuilt off the pick
+//! path when the registry, a health verdict, an ejection, a breaker or the scheduler's
+//! weights change.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use sextant_core::{Instance, ServiceKey, ServiceSnapshot, SnapshotHandle};
+use sextant_plugin::builtins::{Endpoint, EndpointStats, ProbeResult, Snapshot, Verdict};
+use sextant_plugin::{BalancerSlot, HealthSlot, Histogram, LoadError, PluginHost, PluginSpec, SchedulerSlot};
+
+use crate::health::Probe;
+use crate::resilience::{Breaker, RetryBudget, TokenBucket};
+use crate::rotation::{LocalHealth, rotation};
+use crate::router::{HealthSink, RouteConfig};
+use crate::status::WindowSummary;
+
+/// Statistics of one window, per endpoint.
+#[derive(Debug, Default)]
+pub(crate) struct Window {
+    pub(crate) requests: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) overloaded: AtomicU64,
+    pub(crate) retry_after_ms: AtomicU64,
+    pub(crate) latency: Histogram,
+}
+
+/// Live state of one endpoint, kept by instance id across snapshots.
+#[derive(Debug)]
+pub(crate) struct EndpointState {
+    pub(crate) breaker: Breaker,
+    pub(crate) window: ArcSwap<Window>,
+    pub(crate) last: ArcSwap<WindowSummary>,
+    pub(crate) joined: Instant,
+    pub(crate) probing: AtomicBool,
+    pub(crate) next_probe: Mutex<Instant>,
+}
+
+/// One endpoint of the published route.
+#[derive(Debug)]
+pub(crate) struct Target {
+    pub(crate) instance: Arc<Instance>,
+    pub(crate) addr: SocketAddr,
+    pub(crate) state: Arc<EndpointState>,
+    /// Index in the health slot's snapshot.
+    pub(crate) health_index: u32,
+}
+
+/// What picks read: the targets in the balancer's order, tagged with its epoch.
+#[derive(Debug, Default)]
+pub(crate) struct Published {
+    pub(crate) epoch: u64,
+    pub(crate) targets: Vec<Arc<Target>>,
+    pub(crate) protection: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct RouteState {
+    registry_revision: u64,
+    registry: Arc<ServiceSnapshot>,
+    pub(crate) endpoints: HashMap<String, Arc<EndpointState>>,
+    /// Health slot snapshot order (every routable instance).
+    pub(crate) health_ids: Vec<Arc<Instance>>,
+    /// id → index in `health_ids`.
+    health_pos: HashMap<String, u32>,
+    /// Scheduler snapshot order (the registry's selected instances).
+    pub(crate) scheduler_ids: Vec<String>,
+    /// Down, ejected, reweighted: what the rotation rule reads besides the registry.
+    pub(crate) local: LocalHealth,
+    window_started: Instant,
+    built: bool,
+}
+
+/// One service's route.
+pub(crate) struct Route {
+    pub(crate) service: ServiceKey,
+    pub(crate) config: RouteConfig,
+    handle: SnapshotHandle,
+    pub(crate) balancer: BalancerSlot,
+    pub(crate) health: HealthSlot,
+    pub(crate) scheduler: Option<SchedulerSlot>,
+    pub(crate) rate: Option<TokenBucket>,
+    pub(crate) budget: RetryBudget,
+    applied: AtomicU64,
+    pub(crate) dirty: AtomicBool,
+    pub(crate) published: ArcSwap<Published>,
+    pub(crate) state: Mutex<RouteState>,
+    sink: Option<Arc<dyn HealthSink>>,
+    /// The router's count of guards alive ([`Router::in_flight`]).
+    pub(crate) open: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route").field("service", &self.service).finish_non_exhaustive()
+    }
+}
+
+fn endpoint_with_weight(i: &Instance, weight: u32) -> Endpoint {
+    Endpoint { weight, ..sextant_plugin::endpoint_of(i) }
+}
+
+impl Route {
+    pub(crate) fn new(
+        host: &PluginHost,
+        service: ServiceKey,
+        config: RouteConfig,
+        handle: SnapshotHandle,
+        sink: Option<Arc<dyn HealthSink>>,
+        open: Arc<AtomicUsize>,
+    ) -> Result<Self, LoadError> {
+        let name = service.to_string();
+        let now = Instant::now();
+        // A configured built-in is the slot's first version (and its native answer when a
+        // later plugin faults); a configured wasm plugin is loaded over a native default, so
+        // it always has a native answer behind it.
+        let first = |spec: &PluginSpec, native: &str| -> (PluginSpec, Option<PluginSpec>) {
+            match spec {
+                PluginSpec::Builtin { .. } => (spec.clone(), None),
+                PluginSpec::Wasm { .. } => (PluginSpec::builtin(native), Some(spec.clone())),
+            }
+        };
+        let (default, over) = first(&config.balancer, "round-robin");
+        let balancer = BalancerSlot::new(host, &name, default)?;
+        if let Some(spec) = over {
+            balancer.load(spec)?;
+        }
+        let (default, over) = first(&config.health, "standard");
+        let health = HealthSlot::new(host, &name, default)?;
+        if let Some(spec) = over {
+            health.load(spec)?;
+        }
+        let scheduler = match &config.scheduler {
+            Some(spec) => {
+                let (default, over) = first(spec, "adaptive");
+                let slot = SchedulerSlot::new(host, &name, default)?;
+                if let Some(spec) = over {
+                    slot.load(spec)?;
+                }
+                Some(slot)
+            }
+            None => None,
+        };
+        let registry = handle.load_full();
+        Ok(Self {
+            rate: config.rate_limit.map(|l| TokenBucket::new(l, now)),
+            budget: RetryBudget::new(config.retry, now),
+            service,
+            handle,
+            balancer,
+            health,
+            scheduler,
+            applied: AtomicU64::new(u64::MAX),
+            dirty: AtomicBool::new(true),
+            published: ArcSwap::from_pointee(Published::default()),
+            state: Mutex::new(RouteState {
+                registry_revision: u64::MAX,
+                registry,
+                endpoints: HashMap::new(),
+                health_ids: Vec::new(),
+                health_pos: HashMap::new(),
+                scheduler_ids: Vec::new(),
+                local: LocalHealth::default(),
+                window_started: now,
+                built: false,
+            }),
+            sink,
+            open,
+            config,
+        })
+    }
+
+    /// Rebuilds when the registry moved or local state changed. Picks never wait for a
+    /// rebuild someone else is doing, except the very first.
+    pub(crate) fn refresh(&self) {
+        let revision = self.handle.load().revision.0;
+        if revision == self.applied.load(Relaxed) && !self.dirty.load(Relaxed) {
+            return;
+        }
+        let state =
+            if self.applied.load(Relaxed) == u64::MAX { Some(self.state.lock()) } else { self.state.try_lock() };
+        if let Some(mut state) = state {
+            self.rebuild(&mut state, Instant::now());
+        }
+    }
+
+    fn rebuild(&self, state: &mut RouteState, now: Instant) {
+        self.dirty.store(false, Relaxed);
+        let registry = self.handle.load_full();
+        if registry.revision.0 != state.registry_revision || !state.built {
+            self.apply_registry(state, &registry, now);
+        }
+        let open = |id: &str| state.endpoints.get(id).and_then(|e| e.breaker.open_until());
+        let next = rotation(&registry, &state.local, &open, self.config.max_ejected_percent, now);
+        let protection = next.protection;
+        let mut targets = Vec::with_capacity(next.members.len());
+        let mut endpoints = Vec::with_capacity(next.members.len());
+        for (i, weight) in next.members {
+            let Some(es) = state.endpoints.get(i.id.as_str()) else { continue };
+            let Some(&health_index) = state.health_pos.get(i.id.as_str()) else { continue };
+            endpoints.push(endpoint_with_weight(i, weight));
+            targets.push(Arc::new(Target {
+                instance: Arc::clone(i),
+                addr: SocketAddr::new(i.ip, i.port),
+                state: Arc::clone(es),
+                health_index,
+            }));
+        }
+        let snapshot = Snapshot {
+            service: self.service.to_string(),
+            revision: registry.revision.0,
+            endpoints,
+            protection_active: protection,
+        };
+        self.balancer.set_snapshot(snapshot);
+        let epoch = self.balancer.route().epoch;
+        self.published.store(Arc::new(Published { epoch, targets, protection }));
+        self.applied.store(registry.revision.0, Relaxed);
+        state.built = true;
+    }
+
+    /// A new registry snapshot: endpoint states by id, the health and scheduler snapshots.
+    fn apply_registry(&self, state: &mut RouteState, registry: &Arc<ServiceSnapshot>, now: Instant) {
+        let routable: Vec<Arc<Instance>> = registry.instances.iter().filter(|i| i.is_routable()).cloned().collect();
+        let mut endpoints = HashMap::with_capacity(routable.len());
+        for i in &routable {
+            let id = i.id.to_string();
+            let es = state.endpoints.remove(&id).unwrap_or_else(|| {
+                Arc::new(EndpointState {
+                    breaker: Breaker::new(self.config.breaker),
+                    window: ArcSwap::from_pointee(Window::default()),
+                    last: ArcSwap::from_pointee(WindowSummary::default()),
+                    joined: now,
+                    probing: AtomicBool::new(false),
+                    next_probe: Mutex::new(now),
+                })
+            });
+            endpoints.insert(id, es);
+        }
+        state.endpoints = endpoints;
+        let known = &state.endpoints;
+        state.local.down.retain(|id| known.contains_key(id));
+        state.local.ejected.retain(|id, _| known.contains_key(id));
+        state.local.weights.retain(|id, _| known.contains_key(id));
+        let model = |list: &mut dyn Iterator<Item = &Arc<Instance>>| Snapshot {
+            service: self.service.to_string(),
+            revision: registry.revision.0,
+            endpoints: list.map(|i| sextant_plugin::endpoint_of(i)).collect(),
+            protection_active: registry.protection_active(),
+        };
+        self.health.set_snapshot(model(&mut routable.iter()));
+        state.health_pos = routable
+            .iter()
+            .enumerate()
+            .map(|(n, i)| (i.id.to_string(), u32::try_from(n).unwrap_or(u32::MAX)))
+            .collect();
+        state.health_ids = routable;
+        let selected: Vec<&Arc<Instance>> = registry.selected().collect();
+        state.scheduler_ids = selected.iter().map(|i| i.id.to_string()).collect();
+        if let Some(s) = &self.scheduler {
+            s.set_snapshot(model(&mut selected.into_iter()));
+        }
+        state.registry = Arc::clone(registry);
+        state.registry_revision = registry.revision.0;
+    }
+
+    /// Before a new health policy is loaded: hands the health slot the endpoints as this route
+    /// sees them (down or ejected here: unhealthy), so the new policy starts from the verdicts
+    /// in force rather than from the registry's flags, and can bring an endpoint back.
+    pub(crate) fn carry_health(&self) {
+        let state = self.state.lock();
+        let snapshot = Snapshot {
+            service: self.service.to_string(),
+            revision: state.registry.revision.0,
+            endpoints: state
+                .health_ids
+                .iter()
+                .map(|i| {
+                    let mut e = sextant_plugin::endpoint_of(i);
+                    let id = i.id.as_str();
+                    if state.local.down.contains(id) || state.local.ejected.contains_key(id) {
+                        e.healthy = false;
+                    }
+                    e
+                })
+                .collect(),
+            protection_active: state.registry.protection_active(),
+        };
+        self.health.set_snapshot(snapshot);
+    }
+
+    /// Applies a health verdict about instance `id`.
+    pub(crate) fn verdict(&self, id: &str, verdict: Verdict, now: Instant) {
+        if verdict == Verdict::Unchanged {
+            return;
+        }
+        let mut state = self.state.lock();
+        let Some(&at) = state.health_pos.get(id) else { return };
+        let instance = Arc::clone(&state.health_ids[at as usize]);
+        tracing::info!(service = %self.service, endpoint = id, ?verdict, "health verdict");
+        let changed = match verdict {
+            Verdict::Unchanged => false,
+            Verdict::Healthy => {
+                let was = state.local.down.remove(id) | state.local.ejected.remove(id).is_some();
+                if !instance.ephemeral
+                    && !instance.healthy
+                    && let Some(sink) = &self.sink
+                {
+                    sink.set_healthy(&instance, true);
+                }
+                was
+            }
+            Verdict::Unhealthy => {
+                if !instance.ephemeral
+                    && instance.healthy
+                    && let Some(sink) = &self.sink
+                {
+                    sink.set_healthy(&instance, false);
+                }
+                state.local.down.insert(id.to_owned())
+            }
+            Verdict::Eject(ms) => {
+                state.local.ejected.insert(id.to_owned(), (now + Duration::from_millis(ms), now));
+                true
+            }
+        };
+        if changed {
+            self.rebuild(&mut state, now);
+        }
+    }
+
+    fn health_index(&self, id: &str) -> Option<u32> {
+        self.state.lock().health_pos.get(id).copied()
+    }
+
+    /// Time-driven work: ejections and open breakers that ended, windows to cut, probes due.
+    pub(crate) fn tick(self: &Arc<Self>, now: Instant, probe: &Probe) {
+        let mut state = self.state.lock();
+        let mut changed = false;
+        let before = state.local.ejected.len();
+        state.local.ejected.retain(|_, (until, _)| *until > now);
+        changed |= state.local.ejected.len() != before;
+        for es in state.endpoints.values() {
+            changed |= es.breaker.tick(now);
+        }
+        if now.saturating_duration_since(state.window_started) >= self.config.window {
+            changed |= self.cut_window(&mut state, now);
+        }
+        if changed || self.dirty.load(Relaxed) || self.handle.load().revision.0 != state.registry_revision {
+            self.rebuild(&mut state, now);
+        }
+        if let Some(check) = &self.config.health_check {
+            for instance in &state.health_ids {
+                let Some(es) = state.endpoints.get(instance.id.as_str()) else { continue };
+                let mut next = es.next_probe.lock();
+                if *next > now || es.probing.swap(true, Relaxed) {
+                    continue;
+                }
+                *next = now + check.next_interval();
+                let (route, target, state) = (Arc::downgrade(self), Arc::clone(instance), Arc::clone(es));
+                probe.spawn(instance, check.clone(), move |result| probe_done(&route, &target, &state, result));
+            }
+        }
+    }
+
+    /// Closes the statistics window; asks the scheduler for weights. True when they changed.
+    fn cut_window(&self, state: &mut RouteState, now: Instant) -> bool {
+        let secs = now.saturating_duration_since(state.window_started).as_secs_f64().max(1e-3);
+        state.window_started = now;
+        let mut stats = HashMap::with_capacity(state.endpoints.len());
+        for (id, es) in &state.endpoints {
+            let w = es.window.swap(Arc::new(Window::default()));
+            let requests = w.requests.load(Relaxed);
+            #[allow(clippy::cast_precision_loss)]
+            let summary = WindowSummary {
+                rps: requests as f64 / secs,
+                p50_ms: w.latency.quantile(0.5) as f64 / 1e6,
+                p99_ms: w.latency.quantile(0.99) as f64 / 1e6,
+                requests,
+                errors: w.errors.load(Relaxed),
+                overloaded: w.overloaded.load(Relaxed),
+            };
+            es.last.store(Arc::new(summary));
+            let retry_after = w.retry_after_ms.load(Relaxed);
+            stats.insert(
+                id.clone(),
+                EndpointStats {
+                    rps: summary.rps,
+                    latency_p50: w.latency.quantile(0.5),
+                    latency_p99: w.latency.quantile(0.99),
+                    requests,
+                    errors: summary.errors,
+                    overloaded: summary.overloaded,
+                    retry_after_ms: (retry_after > 0).then_some(retry_after),
+                    age_ms: u64::try_from(now.saturating_duration_since(es.joined).as_millis()).unwrap_or(u64::MAX),
+                },
+            );
+        }
+        let Some(scheduler) = &self.scheduler else { return false };
+        let ordered: Vec<EndpointStats> =
+            state.scheduler_ids.iter().map(|id| stats.remove(id).unwrap_or_default()).collect();
+        let weights = scheduler.schedule(&ordered);
+        let weights: HashMap<String, u32> = state.scheduler_ids.iter().cloned().zip(weights).collect();
+        if weights == state.local.weights {
+            return false;
+        }
+        state.local.weights = weights;
+        true
+    }
+}
+
+/// A probe's result, handed back by the prober.
+fn probe_done(route: &Weak<Route>, instance: &Instance, state: &EndpointState, mut result: ProbeResult) {
+    state.probing.store(false, Relaxed);
+    let Some(route) = route.upgrade() else { return };
+    let id = instance.id.as_str();
+    let Some(index) = route.health_index(id) else { return };
+    result.endpoint = index;
+    let verdict = route.health.on_probe(&result);
+    route.verdict(id, verdict, Instant::now());
+}

@@ -1,0 +1,124 @@
+//! What [`Router::status`] shows: a route's slots and endpoints, each endpoint's health,
+//! breaker, load and last statistics window.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use serde::Serialize;
+use sextant_core::ServiceKey;
+use sextant_plugin::{SchedulerSlot, SlotStatus};
+
+use crate::resilience::BreakerState;
+use crate::router::Router;
+
+/// A closed window, as shown by [`Router::status`].
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct WindowSummary {
+    /// Requests per second.
+    pub rps: f64,
+    /// Median latency, ms.
+    pub p50_ms: f64,
+    /// 99th percentile latency, ms.
+    pub p99_ms: f64,
+    /// Requests completed.
+    pub requests: u64,
+    /// Failures.
+    pub errors: u64,
+    /// Overload signals.
+    pub overloaded: u64,
+}
+
+/// A route as shown by [`Router::status`].
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteStatus {
+    /// `namespace/group/name`.
+    pub service: String,
+    /// Whether protection (threshold or ejection cap) keeps endpoints in rotation.
+    pub protection: bool,
+    /// The balancer slot.
+    pub balancer: SlotStatus,
+    /// The health slot.
+    pub health: SlotStatus,
+    /// The scheduler slot, if any.
+    pub scheduler: Option<SlotStatus>,
+    /// Every routable instance.
+    pub endpoints: Vec<EndpointStatus>,
+}
+
+/// One endpoint as shown by [`Router::status`].
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointStatus {
+    /// Instance id.
+    pub id: String,
+    /// `ip:port`.
+    pub address: String,
+    /// Effective weight in rotation (0: out).
+    pub weight: u32,
+    /// `up`, `down` (active checks or registry), `ejected`, `open` (breaker), `out`.
+    pub health: &'static str,
+    /// Breaker state.
+    pub breaker: BreakerState,
+    /// Requests in flight.
+    pub in_flight: u32,
+    /// Peak EWMA latency, ms.
+    pub latency_ewma_ms: f64,
+    /// The last closed window.
+    pub last: WindowSummary,
+}
+
+impl Router {
+    /// What `service`'s route looks like now.
+    #[must_use]
+    pub fn status(&self, service: &ServiceKey) -> Option<RouteStatus> {
+        let route = self.existing(service)?;
+        route.refresh();
+        let published = route.published.load_full();
+        let snap = route.balancer.route();
+        let routed: HashMap<&str, usize> =
+            snap.model.endpoints.iter().enumerate().map(|(n, e)| (e.id.as_str(), n)).collect();
+        let state = route.state.lock();
+        let now = Instant::now();
+        let endpoints = state
+            .health_ids
+            .iter()
+            .map(|i| {
+                let id = i.id.as_str();
+                let es = state.endpoints.get(id);
+                let at = routed.get(id).copied();
+                let health = if at.is_some() {
+                    "up"
+                } else if state.local.down.contains(id) || !i.healthy {
+                    "down"
+                } else if state.local.ejected.get(id).is_some_and(|(u, _)| *u > now) {
+                    "ejected"
+                } else if es.is_some_and(|e| e.breaker.state() == BreakerState::Open) {
+                    "open"
+                } else {
+                    "out"
+                };
+                let cell = at.and_then(|n| snap.load(u32::try_from(n).ok()?));
+                #[allow(clippy::cast_precision_loss)]
+                let latency_ewma_ms = cell.map_or(0.0, |c| c.latency_ewma() as f64 / 1e6);
+                EndpointStatus {
+                    id: id.to_owned(),
+                    address: SocketAddr::new(i.ip, i.port).to_string(),
+                    weight: at.map_or(0, |n| snap.model.endpoints[n].weight),
+                    health,
+                    breaker: es.map_or(BreakerState::Closed, |e| e.breaker.state()),
+                    in_flight: cell.map_or(0, |c| c.in_flight()),
+                    latency_ewma_ms,
+                    last: es.map(|e| **e.last.load()).unwrap_or_default(),
+                }
+            })
+            .collect();
+        Some(RouteStatus {
+            service: service.to_string(),
+            protection: published.protection,
+            balancer: route.balancer.status(),
+            health: route.health.status(),
+            scheduler: route.scheduler.as_ref().map(SchedulerSlot::status),
+            endpoints,
+        })
+    }
+}
