@@ -158,7 +158,8 @@ impl ServiceSlots {
             return;
         }
         let model = snapshot_of(&current);
-        self.balancer.set_snapshot(model.clone());
+        // The balancer's route carries the instances (the model's order: the selected ones).
+        self.balancer.set_snapshot_with(model.clone(), current.selected().cloned().collect::<Vec<_>>());
         self.health.set_snapshot(model.clone());
         self.scheduler.set_snapshot(model);
         self.applied.store(current.revision.0, Relaxed);
@@ -348,19 +349,13 @@ impl<S: Store + Clone> PluginManager<S> {
     ) -> Option<PickedInstance> {
         let slots = self.slots(service)?;
         slots.refresh();
-        let snapshot = slots.handle.load_full();
         let mut request = PickRequest { hash_key: hash_key.map(sextant_plugin::builtins::hash_str), headers };
-        // The route's endpoints and the snapshot's instances are both sorted by id.
-        let (instance, picked) = slots.balancer.pick_with(&mut request, |route, p| {
-            let id = route.model.endpoints.get(p.index as usize)?.id.as_str();
-            let at = snapshot.instances.binary_search_by(|i| i.id.as_str().cmp(id)).ok()?;
-            Some((Arc::clone(&snapshot.instances[at]), p))
-        })??;
+        let (instance, _, picked) = slots.balancer.pick_target::<Arc<Instance>>(&mut request)?;
         Some(PickedInstance {
             instance,
             version: picked.version,
             fallback: picked.fallback,
-            protection_active: snapshot.protection_active(),
+            protection_active: slots.balancer.route().model.protection_active,
         })
     }
 

@@ -90,31 +90,27 @@ impl PickGuard {
             f.finish_after(latency, failed);
         }
         let es = &self.target.state;
-        let w = es.window.load();
-        w.requests.fetch_add(1, Relaxed);
-        w.latency.record(latency);
-        let overloaded = outcome.overloaded();
-        if overloaded {
-            w.overloaded.fetch_add(1, Relaxed);
-            if let Outcome::Http { retry_after: Some(after), .. } = &outcome {
-                w.retry_after_ms.fetch_max(u64::try_from(after.as_millis()).unwrap_or(u64::MAX), Relaxed);
-            }
-        } else if failed {
-            w.errors.fetch_add(1, Relaxed);
-        }
-        drop(w);
+        es.window.load().record(latency, outcome.ended());
         let route = &self.route;
-        if es.breaker.record(!failed, self.trial, now) {
-            route.dirty.store(true, Relaxed);
-            route.refresh();
-        }
+        let breaker_moved = es.breaker.record(!failed, self.trial, now);
         self.trial = false;
-        let verdict = route.health.on_outcome(&PolicyOutcome {
-            endpoint: self.target.health_index,
-            status: outcome.into_status(),
-            latency: u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX),
-        });
-        route.verdict(self.target.instance.id.as_str(), verdict, now);
+        // To the health policy through its queue: the maintenance task hands the queue over
+        // and applies the verdicts, so no request waits on the policy.
+        route.health.report(
+            self.target.health_epoch,
+            PolicyOutcome {
+                endpoint: self.target.health_index,
+                status: outcome.into_status(),
+                latency: u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX),
+            },
+        );
+        if breaker_moved {
+            route.dirty.store(true, Relaxed);
+        }
+        if breaker_moved || failed {
+            // A failure may eject or open a breaker: have it applied now, not at the next tick.
+            route.wake.notify_one();
+        }
     }
 }
 

@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
+use sextant_plugin::Ended;
 use sextant_plugin::builtins::Status;
 
-/// How a request ended, reported through [`PickGuard::finish`].
+/// How a request ended, reported through [`PickGuard::finish`](crate::PickGuard::finish).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// The endpoint answered with this HTTP status (and maybe a `Retry-After`).
@@ -60,6 +61,22 @@ impl Outcome {
     #[must_use]
     pub fn overloaded(&self) -> bool {
         matches!(self, Self::Http { status: 429, .. } | Self::Http { status: 503, retry_after: Some(_) })
+    }
+
+    /// How a statistics window counts it: an overload signal first (it is also a 503), then
+    /// a failure.
+    pub(crate) fn ended(&self) -> Ended {
+        if self.overloaded() {
+            let retry_after = match self {
+                Self::Http { retry_after, .. } => *retry_after,
+                _ => None,
+            };
+            Ended::Overloaded { retry_after }
+        } else if self.failed() {
+            Ended::Failed
+        } else {
+            Ended::Ok
+        }
     }
 
     pub(crate) fn into_status(self) -> Status {

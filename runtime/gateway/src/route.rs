@@ -8,13 +8,15 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Weak};
+
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use sextant_core::{Instance, ServiceKey, ServiceSnapshot, SnapshotHandle};
 use sextant_plugin::builtins::{Endpoint, EndpointStats, ProbeResult, Snapshot, Verdict};
-use sextant_plugin::{BalancerSlot, HealthSlot, Histogram, LoadError, PluginHost, PluginSpec, SchedulerSlot};
+use sextant_plugin::{BalancerSlot, HealthSlot, LoadError, PluginHost, PluginSpec, SchedulerSlot, StatsWindow};
 
 use crate::health::Probe;
 use crate::resilience::{Breaker, RetryBudget, TokenBucket};
@@ -22,43 +24,27 @@ use crate::rotation::{LocalHealth, rotation};
 use crate::router::{HealthSink, RouteConfig};
 use crate::status::WindowSummary;
 
-/// Statistics of one window, per endpoint.
-#[derive(Debug, Default)]
-pub(crate) struct Window {
-    pub(crate) requests: AtomicU64,
-    pub(crate) errors: AtomicU64,
-    pub(crate) overloaded: AtomicU64,
-    pub(crate) retry_after_ms: AtomicU64,
-    pub(crate) latency: Histogram,
-}
-
 /// Live state of one endpoint, kept by instance id across snapshots.
 #[derive(Debug)]
 pub(crate) struct EndpointState {
     pub(crate) breaker: Breaker,
-    pub(crate) window: ArcSwap<Window>,
+    pub(crate) window: ArcSwap<StatsWindow>,
     pub(crate) last: ArcSwap<WindowSummary>,
     pub(crate) joined: Instant,
     pub(crate) probing: AtomicBool,
     pub(crate) next_probe: Mutex<Instant>,
 }
 
-/// One endpoint of the published route.
+/// One endpoint in rotation: what a pick returns (carried by the balancer slot's route).
 #[derive(Debug)]
 pub(crate) struct Target {
     pub(crate) instance: Arc<Instance>,
     pub(crate) addr: SocketAddr,
     pub(crate) state: Arc<EndpointState>,
-    /// Index in the health slot's snapshot.
+    /// Index in the health slot's snapshot...
     pub(crate) health_index: u32,
-}
-
-/// What picks read: the targets in the balancer's order, tagged with its epoch.
-#[derive(Debug, Default)]
-pub(crate) struct Published {
-    pub(crate) epoch: u64,
-    pub(crate) targets: Vec<Arc<Target>>,
-    pub(crate) protection: bool,
+    /// ...of this epoch (outcomes of an older one are discarded).
+    pub(crate) health_epoch: u64,
 }
 
 #[derive(Debug)]
@@ -90,11 +76,12 @@ pub(crate) struct Route {
     pub(crate) budget: RetryBudget,
     applied: AtomicU64,
     pub(crate) dirty: AtomicBool,
-    pub(crate) published: ArcSwap<Published>,
     pub(crate) state: Mutex<RouteState>,
     sink: Option<Arc<dyn HealthSink>>,
-    /// The router's count of guards alive ([`Router::in_flight`]).
+    /// The router's count of guards alive ([`Router::in_flight`](crate::Router::in_flight)).
     pub(crate) open: Arc<AtomicUsize>,
+    /// Wakes the router's maintenance task (a rebuild or health verdicts are due).
+    pub(crate) wake: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Route {
@@ -115,6 +102,7 @@ impl Route {
         handle: SnapshotHandle,
         sink: Option<Arc<dyn HealthSink>>,
         open: Arc<AtomicUsize>,
+        wake: Arc<Notify>,
     ) -> Result<Self, LoadError> {
         let name = service.to_string();
         let now = Instant::now();
@@ -159,7 +147,6 @@ impl Route {
             scheduler,
             applied: AtomicU64::new(u64::MAX),
             dirty: AtomicBool::new(true),
-            published: ArcSwap::from_pointee(Published::default()),
             state: Mutex::new(RouteState {
                 registry_revision: u64::MAX,
                 registry,
@@ -173,22 +160,45 @@ impl Route {
             }),
             sink,
             open,
+            wake,
             config,
         })
     }
 
-    /// Rebuilds when the registry moved or local state changed. Picks never wait for a
-    /// rebuild someone else is doing, except the very first.
+    /// On the request path: builds the route the first time (the first pick waits for it);
+    /// afterwards, when the registry moved or local state changed, wakes the maintenance task
+    /// to rebuild, and picks go on with the rotation they have until it is published.
     pub(crate) fn refresh(&self) {
-        let revision = self.handle.load().revision.0;
-        if revision == self.applied.load(Relaxed) && !self.dirty.load(Relaxed) {
-            return;
+        if self.applied.load(Relaxed) == u64::MAX {
+            self.refresh_now();
+        } else if self.stale() {
+            self.wake.notify_one();
         }
-        let state =
-            if self.applied.load(Relaxed) == u64::MAX { Some(self.state.lock()) } else { self.state.try_lock() };
-        if let Some(mut state) = state {
+    }
+
+    /// Rebuilds now when the registry moved or local state changed (off the request path:
+    /// the maintenance task, a status read).
+    pub(crate) fn refresh_now(&self) {
+        if self.applied.load(Relaxed) == u64::MAX || self.stale() {
+            let mut state = self.state.lock();
+            self.drain_health(&mut state, Instant::now());
             self.rebuild(&mut state, Instant::now());
         }
+    }
+
+    fn stale(&self) -> bool {
+        self.handle.load().revision.0 != self.applied.load(Relaxed) || self.dirty.load(Relaxed)
+    }
+
+    /// Hands the outcomes the requests reported to the health policy and applies its verdicts.
+    /// True when one changed what may take traffic.
+    fn drain_health(&self, state: &mut RouteState, now: Instant) -> bool {
+        let mut changed = false;
+        for (index, verdict) in self.health.drain() {
+            let Some(instance) = state.health_ids.get(index as usize).cloned() else { continue };
+            changed |= self.apply_verdict(state, &instance, verdict, now);
+        }
+        changed
     }
 
     fn rebuild(&self, state: &mut RouteState, now: Instant) {
@@ -200,6 +210,7 @@ impl Route {
         let open = |id: &str| state.endpoints.get(id).and_then(|e| e.breaker.open_until());
         let next = rotation(&registry, &state.local, &open, self.config.max_ejected_percent, now);
         let protection = next.protection;
+        let health_epoch = self.health.epoch();
         let mut targets = Vec::with_capacity(next.members.len());
         let mut endpoints = Vec::with_capacity(next.members.len());
         for (i, weight) in next.members {
@@ -211,6 +222,7 @@ impl Route {
                 addr: SocketAddr::new(i.ip, i.port),
                 state: Arc::clone(es),
                 health_index,
+                health_epoch,
             }));
         }
         let snapshot = Snapshot {
@@ -219,9 +231,7 @@ impl Route {
             endpoints,
             protection_active: protection,
         };
-        self.balancer.set_snapshot(snapshot);
-        let epoch = self.balancer.route().epoch;
-        self.published.store(Arc::new(Published { epoch, targets, protection }));
+        self.balancer.set_snapshot_with(snapshot, targets);
         self.applied.store(registry.revision.0, Relaxed);
         state.built = true;
     }
@@ -235,7 +245,7 @@ impl Route {
             let es = state.endpoints.remove(&id).unwrap_or_else(|| {
                 Arc::new(EndpointState {
                     breaker: Breaker::new(self.config.breaker),
-                    window: ArcSwap::from_pointee(Window::default()),
+                    window: ArcSwap::from_pointee(StatsWindow::default()),
                     last: ArcSwap::from_pointee(WindowSummary::default()),
                     joined: now,
                     probing: AtomicBool::new(false),
@@ -296,7 +306,7 @@ impl Route {
         self.health.set_snapshot(snapshot);
     }
 
-    /// Applies a health verdict about instance `id`.
+    /// Applies a health verdict about instance `id` (a probe's).
     pub(crate) fn verdict(&self, id: &str, verdict: Verdict, now: Instant) {
         if verdict == Verdict::Unchanged {
             return;
@@ -304,8 +314,17 @@ impl Route {
         let mut state = self.state.lock();
         let Some(&at) = state.health_pos.get(id) else { return };
         let instance = Arc::clone(&state.health_ids[at as usize]);
+        if self.apply_verdict(&mut state, &instance, verdict, now) {
+            self.rebuild(&mut state, now);
+        }
+    }
+
+    /// Records a verdict in the local health state (and the sink); true when the rotation
+    /// must be rebuilt.
+    fn apply_verdict(&self, state: &mut RouteState, instance: &Arc<Instance>, verdict: Verdict, now: Instant) -> bool {
+        let id = instance.id.as_str();
         tracing::info!(service = %self.service, endpoint = id, ?verdict, "health verdict");
-        let changed = match verdict {
+        match verdict {
             Verdict::Unchanged => false,
             Verdict::Healthy => {
                 let was = state.local.down.remove(id) | state.local.ejected.remove(id).is_some();
@@ -313,7 +332,7 @@ impl Route {
                     && !instance.healthy
                     && let Some(sink) = &self.sink
                 {
-                    sink.set_healthy(&instance, true);
+                    sink.set_healthy(instance, true);
                 }
                 was
             }
@@ -322,7 +341,7 @@ impl Route {
                     && instance.healthy
                     && let Some(sink) = &self.sink
                 {
-                    sink.set_healthy(&instance, false);
+                    sink.set_healthy(instance, false);
                 }
                 state.local.down.insert(id.to_owned())
             }
@@ -330,9 +349,6 @@ impl Route {
                 state.local.ejected.insert(id.to_owned(), (now + Duration::from_millis(ms), now));
                 true
             }
-        };
-        if changed {
-            self.rebuild(&mut state, now);
         }
     }
 
@@ -343,7 +359,7 @@ impl Route {
     /// Time-driven work: ejections and open breakers that ended, windows to cut, probes due.
     pub(crate) fn tick(self: &Arc<Self>, now: Instant, probe: &Probe) {
         let mut state = self.state.lock();
-        let mut changed = false;
+        let mut changed = self.drain_health(&mut state, now);
         let before = state.local.ejected.len();
         state.local.ejected.retain(|_, (until, _)| *until > now);
         changed |= state.local.ejected.len() != before;
@@ -372,36 +388,22 @@ impl Route {
 
     /// Closes the statistics window; asks the scheduler for weights. True when they changed.
     fn cut_window(&self, state: &mut RouteState, now: Instant) -> bool {
-        let secs = now.saturating_duration_since(state.window_started).as_secs_f64().max(1e-3);
+        let elapsed = now.saturating_duration_since(state.window_started);
         state.window_started = now;
         let mut stats = HashMap::with_capacity(state.endpoints.len());
         for (id, es) in &state.endpoints {
-            let w = es.window.swap(Arc::new(Window::default()));
-            let requests = w.requests.load(Relaxed);
+            let closed = es.window.swap(Arc::new(StatsWindow::default()));
+            let s = closed.close(elapsed, now.saturating_duration_since(es.joined));
             #[allow(clippy::cast_precision_loss)]
-            let summary = WindowSummary {
-                rps: requests as f64 / secs,
-                p50_ms: w.latency.quantile(0.5) as f64 / 1e6,
-                p99_ms: w.latency.quantile(0.99) as f64 / 1e6,
-                requests,
-                errors: w.errors.load(Relaxed),
-                overloaded: w.overloaded.load(Relaxed),
-            };
-            es.last.store(Arc::new(summary));
-            let retry_after = w.retry_after_ms.load(Relaxed);
-            stats.insert(
-                id.clone(),
-                EndpointStats {
-                    rps: summary.rps,
-                    latency_p50: w.latency.quantile(0.5),
-                    latency_p99: w.latency.quantile(0.99),
-                    requests,
-                    errors: summary.errors,
-                    overloaded: summary.overloaded,
-                    retry_after_ms: (retry_after > 0).then_some(retry_after),
-                    age_ms: u64::try_from(now.saturating_duration_since(es.joined).as_millis()).unwrap_or(u64::MAX),
-                },
-            );
+            es.last.store(Arc::new(WindowSummary {
+                rps: s.rps,
+                p50_ms: s.latency_p50 as f64 / 1e6,
+                p99_ms: s.latency_p99 as f64 / 1e6,
+                requests: s.requests,
+                errors: s.errors,
+                overloaded: s.overloaded,
+            }));
+            stats.insert(id.clone(), s);
         }
         let Some(scheduler) = &self.scheduler else { return false };
         let ordered: Vec<EndpointStats> =

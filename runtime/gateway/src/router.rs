@@ -19,11 +19,12 @@ use sextant_core::{Instance, ServiceKey, SnapshotHandle};
 use sextant_plugin::{
     BalancerSlot, HealthSlot, LoadError, PickRequest, PluginHost, PluginKind, PluginSpec, SchedulerSlot, VersionStatus,
 };
+use tokio::sync::Notify;
 
 use crate::guard::PickGuard;
 use crate::health::{HealthCheck, Probe};
 use crate::resilience::{Admission, BreakerConfig, RateLimit, RetryConfig};
-use crate::route::Route;
+use crate::route::{Route, Target};
 
 /// Where a router learns the instances of a service.
 pub trait Discovery: Send + Sync + 'static {
@@ -167,6 +168,8 @@ struct Inner {
     closed: AtomicBool,
     /// Guards alive (picked, not yet finished or dropped), over every route.
     open: Arc<AtomicUsize>,
+    /// Wakes the maintenance task before its next tick (rebuilds, health verdicts due).
+    wake: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Router {
@@ -238,6 +241,7 @@ impl RouterBuilder {
             probe: Probe::new(),
             closed: AtomicBool::new(false),
             open: Arc::new(AtomicUsize::new(0)),
+            wake: Arc::new(Notify::new()),
         });
         tokio::spawn(maintain(Arc::downgrade(&inner)));
         Router(inner)
@@ -291,9 +295,16 @@ impl Router {
         }
         let config = self.0.overrides.read().get(service).cloned().unwrap_or_else(|| self.0.defaults.read().clone());
         let handle = self.0.discovery.handle(service);
-        let route =
-            Route::new(&self.0.host, service.clone(), config, handle, self.0.sink.clone(), Arc::clone(&self.0.open))
-                .map_err(|e| RouteError::Setup { service: service.to_string(), reason: e.to_string() })?;
+        let route = Route::new(
+            &self.0.host,
+            service.clone(),
+            config,
+            handle,
+            self.0.sink.clone(),
+            Arc::clone(&self.0.open),
+            Arc::clone(&self.0.wake),
+        )
+        .map_err(|e| RouteError::Setup { service: service.to_string(), reason: e.to_string() })?;
         let route = Arc::new(route);
         routes.insert(service.clone(), Arc::clone(&route));
         Ok(route)
@@ -313,26 +324,10 @@ impl Router {
             return Err(RouteError::RateLimited(service.to_string()));
         }
         for _ in 0..3 {
-            let picked = route.balancer.pick_with(request, |snap, p| {
-                let published = route.published.load();
-                let target = if published.epoch == snap.epoch {
-                    published.targets.get(p.index as usize).cloned()
-                } else {
-                    let id = snap.model.endpoints.get(p.index as usize).map(|e| e.id.as_str());
-                    id.and_then(|id| {
-                        published
-                            .targets
-                            .binary_search_by(|t| t.instance.id.as_str().cmp(id))
-                            .ok()
-                            .map(|at| Arc::clone(&published.targets[at]))
-                    })
-                };
-                (target, snap.load(p.index).cloned(), p)
-            });
-            let Some((target, cell, picked)) = picked else {
+            // The target comes with the route the balancer picked in: nothing to reconcile.
+            let Some((target, cell, picked)) = route.balancer.pick_target::<Arc<Target>>(request) else {
                 return Err(RouteError::NoEndpoints(service.to_string()));
             };
-            let (Some(target), Some(cell)) = (target, cell) else { continue };
             let admission = target.state.breaker.admit(cell.in_flight());
             if !admission.admitted() {
                 continue;
@@ -547,8 +542,12 @@ fn tick_all(inner: &Inner, now: Instant) {
 async fn maintain(inner: Weak<Inner>) {
     let mut interval = tokio::time::interval(Duration::from_millis(25));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let Some(wake) = inner.upgrade().map(|i| Arc::clone(&i.wake)) else { return };
     loop {
-        interval.tick().await;
+        tokio::select! {
+            _ = interval.tick() => {}
+            () = wake.notified() => {}
+        }
         let Some(inner) = inner.upgrade() else { return };
         if inner.closed.load(Relaxed) {
             return;

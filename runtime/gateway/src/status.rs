@@ -72,8 +72,7 @@ impl Router {
     #[must_use]
     pub fn status(&self, service: &ServiceKey) -> Option<RouteStatus> {
         let route = self.existing(service)?;
-        route.refresh();
-        let published = route.published.load_full();
+        route.refresh_now();
         let snap = route.balancer.route();
         let routed: HashMap<&str, usize> =
             snap.model.endpoints.iter().enumerate().map(|(n, e)| (e.id.as_str(), n)).collect();
@@ -114,7 +113,7 @@ impl Router {
             .collect();
         Some(RouteStatus {
             service: service.to_string(),
-            protection: published.protection,
+            protection: snap.model.protection_active,
             balancer: route.balancer.status(),
             health: route.health.status(),
             scheduler: route.scheduler.as_ref().map(SchedulerSlot::status),

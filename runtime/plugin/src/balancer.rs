@@ -29,7 +29,7 @@ use crate::bindings::balancer::BalancerPlugin;
 use crate::bindings::balancer::exports::sextant::plugin::balancer as wit;
 use crate::host::{KindPre, arm, fault};
 use crate::lifecycle::{self, FaultWindow, History, rollback_reason};
-use crate::load::{LoadTracker, RouteSnapshot};
+use crate::load::{EndpointLoad, LoadTracker, RouteSnapshot};
 use crate::stats::Counters;
 use crate::{CallFault, Compiled, CountersSnapshot, HostState, LoadError, PluginHost, PluginKind, SlotError};
 
@@ -725,7 +725,25 @@ impl BalancerSlot {
     /// (off the hot path: call it from the registry watcher).
     pub fn set_snapshot(&self, snapshot: Snapshot) {
         let epoch = self.0.epoch.fetch_add(1, Relaxed) + 1;
-        let route = Arc::new(RouteSnapshot::new(epoch, snapshot, Arc::clone(&self.0.tracker)));
+        self.publish_route(RouteSnapshot::new(epoch, snapshot, Arc::clone(&self.0.tracker)));
+    }
+
+    /// Publishes a new snapshot with a target per endpoint (in the snapshot's order: what the
+    /// caller forwards to, an instance, a backend index), as [`BalancerSlot::set_snapshot`]
+    /// does; [`BalancerSlot::pick_target`] then returns the target of the endpoint picked,
+    /// from the same publication as the balancer's answer, so the two always agree.
+    ///
+    /// # Panics
+    /// When `targets` and `snapshot.endpoints` differ in number.
+    pub fn set_snapshot_with<T: Send + Sync + 'static>(&self, snapshot: Snapshot, targets: Vec<T>) {
+        let epoch = self.0.epoch.fetch_add(1, Relaxed) + 1;
+        self.publish_route(RouteSnapshot::new(epoch, snapshot, Arc::clone(&self.0.tracker)).with_targets(targets));
+    }
+
+    /// Makes `route` the one picks are made on, and applies it to every worker of the
+    /// active version.
+    fn publish_route(&self, route: RouteSnapshot) {
+        let route = Arc::new(route);
         self.0.route.store(Arc::clone(&route));
         let version = self.0.active.load_full();
         for w in &version.workers {
@@ -738,6 +756,18 @@ impl BalancerSlot {
                 self.update_fault(&version, &f, &route, kept);
             }
         }
+    }
+
+    /// Picks an endpoint and returns its target ([`BalancerSlot::set_snapshot_with`]) and its
+    /// load cell (start the request's in-flight count on it with
+    /// [`LoadTracker::start`](crate::LoadTracker::start)). None when the service has no
+    /// endpoint, or its snapshot was published without targets of type `T`. Never fails
+    /// because of a plugin, as [`BalancerSlot::pick_with`].
+    pub fn pick_target<T: Clone + 'static>(&self, request: &mut PickRequest) -> Option<(T, Arc<EndpointLoad>, Picked)> {
+        self.pick_with(request, |route, p| {
+            Some((route.target::<T>(p.index)?.clone(), Arc::clone(route.load(p.index)?), p))
+        })
+        .flatten()
     }
 
     /// Picks an endpoint and hands it, with the route it indexes, to `f`. None when the

@@ -33,6 +33,7 @@ mod lifecycle;
 mod load;
 mod policy;
 mod stats;
+mod window;
 
 pub use balancer::{
     AutoRollback, BalancerSlot, Observer, PickRequest, Picked, PluginSpec, SlotEvent, SlotStatus, Version,
@@ -42,6 +43,7 @@ pub use binding::{Defaults, bound_record};
 pub use error::{CallFault, HostError, LoadError, SlotError};
 pub use host::{CONTRACT_VERSION, Compiled, HostConfig, HostState, PluginHost, PluginKind};
 pub use load::{EndpointLoad, InFlight, LoadTracker, RouteSnapshot, endpoint_of, snapshot_of};
-pub use policy::{HealthSlot, SchedulerSlot};
+pub use policy::{HealthSlot, OUTCOME_QUEUE, SchedulerSlot};
 pub use sextant_builtins as builtins;
 pub use stats::{Counters, CountersSnapshot, Histogram, Totals, VersionKey};
+pub use window::{Ended, StatsWindow};

@@ -202,6 +202,10 @@ pub struct RouteSnapshot {
     /// Load cells, by snapshot index.
     pub(crate) loads: Vec<Arc<EndpointLoad>>,
     pub(crate) tracker: Arc<LoadTracker>,
+    /// What the slot's user attached to each endpoint, in snapshot order (a `Vec<T>`, see
+    /// [`BalancerSlot::set_snapshot_with`](crate::BalancerSlot::set_snapshot_with)): published
+    /// with the model, so an index a balancer chose always names the right one.
+    targets: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl RouteSnapshot {
@@ -227,7 +231,26 @@ impl RouteSnapshot {
                 })
                 .collect(),
         };
-        Self { epoch, model, wit, loads, tracker }
+        Self { epoch, model, wit, loads, tracker, targets: None }
+    }
+
+    /// The same route carrying `targets`, one per endpoint in the model's order.
+    ///
+    /// # Panics
+    /// When `targets` and the model's endpoints differ in number (a caller's bug).
+    #[must_use]
+    pub(crate) fn with_targets<T: Send + Sync + 'static>(mut self, targets: Vec<T>) -> Self {
+        assert_eq!(targets.len(), self.model.endpoints.len(), "one target per endpoint, in the snapshot's order");
+        self.targets = Some(Arc::new(targets));
+        self
+    }
+
+    /// What was attached to endpoint `index` when the route was published
+    /// ([`BalancerSlot::set_snapshot_with`](crate::BalancerSlot::set_snapshot_with)); none
+    /// without targets, or targets of another type.
+    #[must_use]
+    pub fn target<T: 'static>(&self, index: u32) -> Option<&T> {
+        self.targets.as_deref()?.downcast_ref::<Vec<T>>()?.get(index as usize)
     }
 
     /// Number of endpoints.

@@ -8,8 +8,10 @@
 //! about its versions (`crate::lifecycle`).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Instant, SystemTime};
 
+use crossbeam_queue::ArrayQueue;
 use parking_lot::Mutex;
 use sextant_builtins::{EndpointStats, HealthPolicy, Outcome, ProbeResult, Scheduler, Snapshot, Status, Verdict};
 use wasmtime::Store;
@@ -290,13 +292,14 @@ impl PolicySlot {
         })
     }
 
-    /// Publishes a new snapshot to the policy.
-    pub(crate) fn set_snapshot(&self, snapshot: Snapshot) {
+    /// Publishes a new snapshot to the policy; returns its epoch.
+    pub(crate) fn set_snapshot(&self, snapshot: Snapshot) -> u64 {
         let mut state = self.state.lock();
         let epoch = state.route.epoch + 1;
         let route = Arc::new(RouteSnapshot::new(epoch, snapshot, Arc::clone(&self.tracker)));
         state.route = Arc::clone(&route);
         self.call(&mut state, &Call::Update(&route));
+        epoch
     }
 
     /// Hands a probe result to the health policy.
@@ -494,7 +497,19 @@ impl PolicySlot {
 /// outcomes, with the lifecycle every slot has (self-test before a swap, fallback to the
 /// native default per call, automatic rollback, history).
 #[derive(Debug)]
-pub struct HealthSlot(PolicySlot);
+pub struct HealthSlot {
+    slot: PolicySlot,
+    /// Outcomes reported and not yet drained, each with the epoch of the snapshot its
+    /// endpoint index refers to.
+    outcomes: ArrayQueue<(u64, Outcome)>,
+    /// The epoch of the snapshot the policy has (mirrored for [`HealthSlot::epoch`]).
+    epoch: AtomicU64,
+    /// Outcomes not queued because the queue was full.
+    dropped: AtomicU64,
+}
+
+/// How many outcomes wait for [`HealthSlot::drain`] at most; more are dropped (counted).
+pub const OUTCOME_QUEUE: usize = 16_384;
 
 impl HealthSlot {
     /// A health slot running the built-in `default` (`standard`, `consecutive`, `outlier`),
@@ -503,22 +518,78 @@ impl HealthSlot {
     /// # Errors
     /// An unknown built-in or an invalid configuration.
     pub fn new(host: &PluginHost, service: &str, default: PluginSpec) -> Result<Self, LoadError> {
-        PolicySlot::new(PluginKind::Health, host, service, default).map(Self)
+        Ok(Self {
+            slot: PolicySlot::new(PluginKind::Health, host, service, default)?,
+            outcomes: ArrayQueue::new(OUTCOME_QUEUE),
+            epoch: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        })
     }
 
-    /// Publishes a new snapshot to the policy.
+    /// Publishes a new snapshot to the policy. Outcomes reported against an older one are
+    /// discarded when drained (their endpoint indices may name other endpoints now).
     pub fn set_snapshot(&self, snapshot: Snapshot) {
-        self.0.set_snapshot(snapshot);
+        let epoch = self.slot.set_snapshot(snapshot);
+        self.epoch.store(epoch, Relaxed);
+    }
+
+    /// The epoch of the snapshot the policy has: endpoint indices are valid for it. A caller
+    /// that reports outcomes later keeps the epoch its indices came from.
+    #[must_use]
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Relaxed)
+    }
+
+    /// Queues a request outcome for the policy, without a lock and without calling it (the
+    /// request path): [`HealthSlot::drain`] hands the queue to the policy and returns its
+    /// verdicts. `epoch` is the snapshot epoch `outcome.endpoint` indexes. False when the
+    /// queue is full ([`OUTCOME_QUEUE`]): the outcome is dropped and counted.
+    pub fn report(&self, epoch: u64, outcome: Outcome) -> bool {
+        let queued = self.outcomes.push((epoch, outcome)).is_ok();
+        if !queued {
+            self.dropped.fetch_add(1, Relaxed);
+        }
+        queued
+    }
+
+    /// Hands the queued outcomes to the policy, in the order they were reported (one lock for
+    /// the batch), and returns the verdicts that change something, with the endpoint index
+    /// each is about (of the current snapshot). Outcomes of an older snapshot are discarded.
+    pub fn drain(&self) -> Vec<(u32, Verdict)> {
+        let mut verdicts = Vec::new();
+        if self.outcomes.is_empty() {
+            return verdicts;
+        }
+        let mut state = self.slot.state.lock();
+        let current = state.route.epoch;
+        while let Some((epoch, outcome)) = self.outcomes.pop() {
+            if epoch != current {
+                continue;
+            }
+            if let Answer::Verdict(v) = self.slot.call(&mut state, &Call::Outcome(&outcome))
+                && v != Verdict::Unchanged
+            {
+                verdicts.push((outcome.endpoint, v));
+            }
+        }
+        verdicts
+    }
+
+    /// Outcomes dropped because the queue was full.
+    #[must_use]
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Relaxed)
     }
 
     /// The policy's verdict on a probe result.
     pub fn on_probe(&self, result: &ProbeResult) -> Verdict {
-        self.0.on_probe(result)
+        self.slot.on_probe(result)
     }
 
-    /// The policy's verdict on a request outcome.
+    /// The policy's verdict on a request outcome, now (the call holds the slot's lock: off
+    /// the request path, prefer [`HealthSlot::report`] and [`HealthSlot::drain`]).
     pub fn on_outcome(&self, outcome: &Outcome) -> Verdict {
-        self.0.on_outcome(outcome)
+        self.slot.on_outcome(outcome)
     }
 
     /// Loads a new health policy (a component of another kind is refused). Nothing changes
@@ -527,7 +598,7 @@ impl HealthSlot {
     /// # Errors
     /// What was wrong with the plugin.
     pub fn load(&self, spec: PluginSpec) -> Result<VersionStatus, LoadError> {
-        self.0.load(spec)
+        self.slot.load(spec)
     }
 
     /// Goes back to the previous policy.
@@ -535,18 +606,18 @@ impl HealthSlot {
     /// # Errors
     /// Nothing to roll back to, or it no longer builds.
     pub fn rollback(&self) -> Result<VersionStatus, SlotError> {
-        self.0.rollback()
+        self.slot.rollback()
     }
 
     /// Status of the active policy and the slot's history.
     #[must_use]
     pub fn status(&self) -> SlotStatus {
-        self.0.status()
+        self.slot.status()
     }
 
     /// Sets who is told of automatic rollbacks (once; later calls are ignored).
     pub fn observe(&self, observer: Observer) {
-        self.0.observe(observer);
+        self.slot.observe(observer);
     }
 }
 

@@ -380,3 +380,40 @@ fn an_update_fault_while_serving_keeps_the_plugins_previous_state_counted_as_fal
         assert_eq!(slot.active_version(), v.id);
     }
 }
+
+/// A route published with targets hands back, with each pick, the target of the endpoint
+/// picked: from the same publication, through native and wasm balancers and across swaps and
+/// republications; a route without targets (or with another type) hands back none.
+#[test]
+fn a_pick_returns_the_target_published_with_its_endpoint() {
+    let host = host(2);
+    let slot = BalancerSlot::new(&host, "shop", PluginSpec::builtin("round-robin")).expect("slot");
+    let targets = |s: &Snapshot| -> Vec<String> { s.endpoints.iter().map(|e| format!("target of {}", e.id)).collect() };
+    for (n, spec) in [(4, None), (7, Some(wasm(&host, "round-robin", "{}").expect("wasm"))), (2, None)] {
+        if let Some(spec) = spec {
+            slot.load(spec).expect("load");
+        }
+        let s = snapshot(n);
+        slot.set_snapshot_with(s.clone(), targets(&s));
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..(n * 3) {
+            let (target, load, picked) = slot.pick_target::<String>(&mut PickRequest::default()).expect("a target");
+            let route = slot.route();
+            assert_eq!(target, format!("target of {}", route.model.endpoints[picked.index as usize].id));
+            assert!(Arc::ptr_eq(&load, route.load(picked.index).expect("a load cell")));
+            seen.insert(target);
+        }
+        assert_eq!(seen.len(), n, "round robin reaches every target");
+    }
+    assert!(slot.pick_target::<u64>(&mut PickRequest::default()).is_none(), "targets of another type");
+    slot.set_snapshot(snapshot(3));
+    assert!(slot.pick_target::<String>(&mut PickRequest::default()).is_none(), "published without targets");
+    assert!(slot.pick(&mut PickRequest::default()).is_some(), "the slot still picks indices");
+}
+
+#[test]
+#[should_panic(expected = "one target per endpoint")]
+fn targets_must_match_the_endpoints() {
+    let slot = BalancerSlot::new(&host(1), "shop", PluginSpec::builtin("round-robin")).expect("slot");
+    slot.set_snapshot_with(snapshot(3), vec![1u32, 2]);
+}

@@ -82,3 +82,41 @@ fn wasm_gray_split_and_slot_errors() {
     assert_eq!(slot.rollback().unwrap().name, "slow-start");
     assert!(slot.rollback().is_err());
 }
+
+/// Outcomes reported on the request path reach the policy when drained, in order, with their
+/// verdicts; those reported against an older snapshot are discarded (their indices may name
+/// other endpoints now); a full queue drops and counts.
+#[test]
+fn reported_outcomes_are_drained_in_order_and_an_old_snapshot_s_are_discarded() {
+    let host = PluginHost::new(HostConfig { workers: 1, max_instances: 50, ..HostConfig::default() }).unwrap();
+    let config = r#"{"consecutive_5xx": 3, "base_ejection_ms": 1000}"#;
+    let slot = HealthSlot::new(&host, "svc", PluginSpec::Builtin { name: "outlier".into(), config: config.into() })
+        .unwrap();
+    slot.set_snapshot(snapshot(&["v1", "v1"]));
+    let epoch = slot.epoch();
+    let failed = |endpoint| Outcome { endpoint, status: Status::Http(502), latency: 1 };
+    assert!(slot.drain().is_empty(), "nothing reported");
+    // Two failures on endpoint 1, one success in between on endpoint 0, then the third.
+    for o in [failed(1), Outcome { endpoint: 0, status: Status::Http(200), latency: 1 }, failed(1)] {
+        assert!(slot.report(epoch, o));
+    }
+    assert!(slot.drain().is_empty(), "two failures eject no one");
+    assert!(slot.report(epoch, failed(1)));
+    assert_eq!(slot.drain(), vec![(1, Verdict::Eject(1000))], "the third, in order, ejects");
+
+    // Reported against the snapshot before this one: discarded.
+    assert!(slot.report(epoch, failed(0)));
+    assert!(slot.report(epoch, failed(0)));
+    slot.set_snapshot(snapshot(&["v1", "v1"]));
+    assert_ne!(slot.epoch(), epoch);
+    assert!(slot.report(epoch, failed(0)));
+    assert!(slot.drain().is_empty(), "three failures, all of an old snapshot");
+
+    for _ in 0..sextant_plugin::OUTCOME_QUEUE {
+        assert!(slot.report(slot.epoch(), Outcome { endpoint: 0, status: Status::Http(200), latency: 1 }));
+    }
+    assert!(!slot.report(slot.epoch(), failed(0)), "the queue is full");
+    assert_eq!(slot.dropped(), 1);
+    assert!(slot.drain().is_empty());
+    assert!(slot.report(slot.epoch(), failed(0)), "drained, it takes outcomes again");
+}

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use sextant_plugin::builtins::{Endpoint, EndpointStats, Snapshot, mix64};
 use sextant_plugin::{
-    BalancerSlot, InFlight, LoadError, LoadTracker, PickRequest, PluginHost, PluginSpec, SchedulerSlot,
+    BalancerSlot, Ended, InFlight, LoadError, LoadTracker, PickRequest, Picked, PluginHost, PluginSpec, SchedulerSlot,
+    StatsWindow,
 };
 
 pub use crate::rng::Rng;
@@ -103,20 +104,12 @@ struct Req {
     inflight: Option<InFlight>,
 }
 
-#[derive(Default)]
-struct Window {
-    requests: u64,
-    errors: u64,
-    overloaded: u64,
-    latencies: Vec<u64>,
-}
-
 struct Backend {
     busy: u32,
     queue: VecDeque<usize>,
     present: bool,
     weight: u32,
-    window: Window,
+    window: StatsWindow,
     joined: u64,
 }
 
@@ -181,7 +174,7 @@ pub fn run(
             queue: VecDeque::new(),
             present: true,
             weight: b.weight,
-            window: Window::default(),
+            window: StatsWindow::default(),
             joined: 0,
         })
         .collect();
@@ -231,7 +224,10 @@ pub fn run(
             })
             .collect(),
     };
-    slot.set_snapshot(snapshot(&backends, revision, true));
+    // The balancer's route carries each endpoint's backend index (the snapshot's order).
+    let in_rotation =
+        |backends: &[Backend]| -> Vec<usize> { (0..backends.len()).filter(|b| backends[*b].present).collect() };
+    slot.set_snapshot_with(snapshot(&backends, revision, true), in_rotation(&backends));
     if let Some(s) = &scheduler {
         s.set_snapshot(snapshot(&backends, revision, false));
     }
@@ -253,15 +249,11 @@ pub fn run(
                 let key = Keys::draw(&zipf_cdf, &mut rng);
                 request.hash_key = key.map(|k| mix64(k as u64 + 1));
                 let started = Instant::now();
-                let picked = slot.pick_with(&mut request, |route, p| {
-                    let backend =
-                        route.model.endpoints.get(p.index as usize).and_then(|e| index.get(e.id.as_str()).copied());
-                    (route.load(p.index).cloned(), backend, p.fallback)
-                });
+                let picked = slot.pick_target::<usize>(&mut request);
                 result.pick_ns += u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 result.picks += 1;
                 result.requests += 1;
-                let Some((Some(cell), Some(b), fallback)) = picked else {
+                let Some((b, cell, Picked { fallback, .. })) = picked else {
                     result.latencies_us.push(0);
                     schedule_next(scenario, &mut rng, t, &mut |t, ev| push(&mut events, t, ev));
                     continue;
@@ -318,15 +310,17 @@ pub fn run(
                     let latency = t - r.arrival;
                     let ok = r.outcome == Outcome::Ok;
                     inflight.finish_after(Duration::from_nanos(latency), !ok);
-                    let w = &mut backends[r.backend].window;
-                    w.requests += 1;
-                    w.latencies.push(latency);
                     result.latencies_us.push(u32::try_from(latency / 1000).unwrap_or(u32::MAX));
-                    match r.outcome {
-                        Outcome::Ok => result.ok += 1,
-                        Outcome::Unavailable => w.errors += 1,
-                        Outcome::Overloaded => w.overloaded += 1,
-                    }
+                    let ended = match r.outcome {
+                        Outcome::Ok => {
+                            result.ok += 1;
+                            Ended::Ok
+                        }
+                        Outcome::Unavailable => Ended::Failed,
+                        // The simulated backends ask for a second.
+                        Outcome::Overloaded => Ended::Overloaded { retry_after: Some(Duration::from_secs(1)) },
+                    };
+                    backends[r.backend].window.record(Duration::from_nanos(latency), ended);
                 }
             }
             Ev::Timeout { req } => {
@@ -334,10 +328,7 @@ pub fn run(
                 if let Some(inflight) = r.inflight.take() {
                     inflight.finish_after(Duration::from_nanos(timeout), true);
                     result.latencies_us.push(u32::try_from(timeout / 1000).unwrap_or(u32::MAX));
-                    let w = &mut backends[r.backend].window;
-                    w.requests += 1;
-                    w.errors += 1;
-                    w.latencies.push(timeout);
+                    backends[r.backend].window.record(Duration::from_nanos(timeout), Ended::Failed);
                 }
             }
             Ev::Membership => {
@@ -349,7 +340,7 @@ pub fn run(
                     backend.present = now;
                 }
                 revision += 1;
-                slot.set_snapshot(snapshot(&backends, revision, true));
+                slot.set_snapshot_with(snapshot(&backends, revision, true), in_rotation(&backends));
                 if let Some(s) = &scheduler {
                     s.set_snapshot(snapshot(&backends, revision, false));
                 }
@@ -357,32 +348,13 @@ pub fn run(
             Ev::Tick => {
                 let Some(s) = &scheduler else { continue };
                 let present: Vec<usize> = (0..n).filter(|b| backends[*b].present).collect();
+                // The gateway's window code: the scheduler reads the same numbers here as
+                // behind a real gateway (a window of one simulated second).
                 let stats: Vec<EndpointStats> = present
                     .iter()
                     .map(|b| {
-                        let w = std::mem::take(&mut backends[*b].window);
-                        let mut lat = w.latencies;
-                        lat.sort_unstable();
-                        let q = |q: f64| {
-                            #[allow(
-                                clippy::cast_precision_loss,
-                                clippy::cast_possible_truncation,
-                                clippy::cast_sign_loss
-                            )]
-                            let i = ((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1));
-                            lat.get(i).copied().unwrap_or(0)
-                        };
-                        #[allow(clippy::cast_precision_loss)]
-                        EndpointStats {
-                            rps: w.requests as f64,
-                            latency_p50: q(0.5),
-                            latency_p99: q(0.99),
-                            requests: w.requests,
-                            errors: w.errors,
-                            overloaded: w.overloaded,
-                            retry_after_ms: (w.overloaded > 0).then_some(1000),
-                            age_ms: (t - backends[*b].joined) / 1_000_000,
-                        }
+                        let closed = std::mem::take(&mut backends[*b].window);
+                        closed.close(Duration::from_secs(1), Duration::from_nanos(t - backends[*b].joined))
                     })
                     .collect();
                 let weights = s.schedule(&stats);
@@ -393,7 +365,7 @@ pub fn run(
                 }
                 if changed {
                     revision += 1;
-                    slot.set_snapshot(snapshot(&backends, revision, true));
+                    slot.set_snapshot_with(snapshot(&backends, revision, true), in_rotation(&backends));
                 }
                 if t + ms(1000.0) < end {
                     push(&mut events, t + ms(1000.0), Ev::Tick);
