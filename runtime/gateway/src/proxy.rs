@@ -95,14 +95,30 @@ impl Default for GatewayConfig {
     }
 }
 
-/// A configuration the gateway cannot run.
+/// A configuration the gateway cannot run: which route, and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
-#[error("route {index}: {reason}")]
+#[error("route {index}: {problem}")]
 pub struct ConfigError {
     /// Which rule.
     pub index: usize,
     /// What is wrong.
-    pub reason: String,
+    pub problem: RuleProblem,
+}
+
+/// What is wrong with a route rule.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleProblem {
+    /// Its service is not a valid `namespace/group/name`.
+    #[error("service {service:?}: {source}")]
+    Service {
+        /// The name given.
+        service: String,
+        /// Why it is invalid.
+        source: sextant_core::ValidationError,
+    },
+    /// Its path prefix does not start with `/`.
+    #[error("path_prefix {0:?} must start with /")]
+    PathPrefix(String),
 }
 
 /// Where requests go.
@@ -146,13 +162,12 @@ impl Routing {
     fn compile(config: GatewayConfig) -> Result<Self, ConfigError> {
         let mut rules = Vec::with_capacity(config.routes.len());
         for (index, rule) in config.routes.iter().enumerate() {
-            let service = ServiceKey::parse(&rule.service)
-                .map_err(|e| ConfigError { index, reason: format!("service {:?}: {e}", rule.service) })?;
+            let service = ServiceKey::parse(&rule.service).map_err(|source| ConfigError {
+                index,
+                problem: RuleProblem::Service { service: rule.service.clone(), source },
+            })?;
             if !rule.path_prefix.starts_with('/') {
-                return Err(ConfigError {
-                    index,
-                    reason: format!("path_prefix {:?} must start with /", rule.path_prefix),
-                });
+                return Err(ConfigError { index, problem: RuleProblem::PathPrefix(rule.path_prefix.clone()) });
             }
             let label = format!("{}{}", rule.host.as_deref().unwrap_or(""), rule.path_prefix);
             let service_label = service.to_string();

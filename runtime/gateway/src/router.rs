@@ -112,7 +112,7 @@ impl Default for RouteConfig {
 }
 
 /// Why no endpoint was picked.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RouteError {
     /// The service has no endpoint traffic may go to.
     #[error("service {0} has no endpoint traffic may go to")]
@@ -126,13 +126,14 @@ pub enum RouteError {
     /// The router was shut down ([`Router::shutdown`]): it picks no more.
     #[error("the router is shut down")]
     ShutDown,
-    /// The route could not be set up (its plugins failed to start).
-    #[error("service {service}: {reason}")]
+    /// The route could not be set up: a configured plugin failed to start (every pick of
+    /// the service gets this until its configuration changes).
+    #[error("service {service}: {source}")]
     Setup {
         /// The service.
         service: String,
-        /// What failed.
-        reason: String,
+        /// Why the plugin failed (shared: the error is handed to every caller).
+        source: Arc<LoadError>,
     },
 }
 
@@ -304,7 +305,7 @@ impl Router {
             Arc::clone(&self.0.open),
             Arc::clone(&self.0.wake),
         )
-        .map_err(|e| RouteError::Setup { service: service.to_string(), reason: e.to_string() })?;
+        .map_err(|e| RouteError::Setup { service: service.to_string(), source: Arc::new(e) })?;
         let route = Arc::new(route);
         routes.insert(service.clone(), Arc::clone(&route));
         Ok(route)

@@ -90,8 +90,8 @@ fn wasm_gray_split_and_slot_errors() {
 fn reported_outcomes_are_drained_in_order_and_an_old_snapshot_s_are_discarded() {
     let host = PluginHost::new(HostConfig { workers: 1, max_instances: 50, ..HostConfig::default() }).unwrap();
     let config = r#"{"consecutive_5xx": 3, "base_ejection_ms": 1000}"#;
-    let slot = HealthSlot::new(&host, "svc", PluginSpec::Builtin { name: "outlier".into(), config: config.into() })
-        .unwrap();
+    let slot =
+        HealthSlot::new(&host, "svc", PluginSpec::Builtin { name: "outlier".into(), config: config.into() }).unwrap();
     slot.set_snapshot(snapshot(&["v1", "v1"]));
     let epoch = slot.epoch();
     let failed = |endpoint| Outcome { endpoint, status: Status::Http(502), latency: 1 };

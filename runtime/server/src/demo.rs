@@ -51,9 +51,24 @@ pub enum DemoError {
         /// The error.
         source: std::io::Error,
     },
-    /// Anything else while setting up.
-    #[error("{0}")]
-    Setup(String),
+    /// The demo's data directory could not be opened.
+    #[error(transparent)]
+    Open(#[from] sextant_store::OpenError),
+    /// The registry refused a write.
+    #[error(transparent)]
+    Registry(#[from] sextant_store::RegistryError),
+    /// The plugin host could not start.
+    #[error(transparent)]
+    Host(#[from] sextant_plugin::HostError),
+    /// A built-in component is missing from the build.
+    #[error("no built-in component {0}")]
+    MissingComponent(String),
+    /// A built-in component did not compile.
+    #[error(transparent)]
+    Plugin(#[from] sextant_plugin::LoadError),
+    /// The gateway's configuration was refused.
+    #[error(transparent)]
+    Gateway(#[from] sextant_gateway::proxy::ConfigError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DemoError {
@@ -123,9 +138,9 @@ pub async fn run(
         None => Some(tempfile::tempdir().map_err(io("temporary data dir"))?),
     };
     let dir = options.data_dir.clone().or_else(|| temp.as_ref().map(|t| t.path().to_path_buf())).unwrap_or_default();
-    let store = EmbeddedStore::open(&dir, EmbeddedOptions::default()).map_err(|e| DemoError::Setup(e.to_string()))?;
-    let registry = Registry::start(store, 1024).await.map_err(|e| DemoError::Setup(e.to_string()))?;
-    let service = ServiceKey::parse(SERVICE).map_err(|e| DemoError::Setup(e.to_string()))?;
+    let store = EmbeddedStore::open(&dir, EmbeddedOptions::default())?;
+    let registry = Registry::start(store, 1024).await?;
+    let service = ServiceKey::parse(SERVICE).expect("the demo's service name is valid");
 
     let normal = Behavior { latency: Duration::from_millis(5), ..Behavior::default() };
     let mut backends = Vec::new();
@@ -138,10 +153,10 @@ pub async fn run(
         let mut i = Instance::new(service.clone(), b.addr().ip(), b.addr().port());
         i.ephemeral = false;
         i.metadata.insert("name".into(), b.name().into());
-        registry.put(Record::Instance(Arc::new(i)), None).await.map_err(|e| DemoError::Setup(e.to_string()))?;
+        registry.put(Record::Instance(Arc::new(i)), None).await?;
     }
 
-    let host = PluginHost::new(HostConfig::default()).map_err(|e| DemoError::Setup(e.to_string()))?;
+    let host = PluginHost::new(HostConfig::default())?;
     let config = RouteConfig {
         balancer: PluginSpec::builtin("peak-ewma"),
         health: PluginSpec::Builtin {
@@ -162,8 +177,7 @@ pub async fn run(
         attempt_timeout: Duration::from_secs(2),
         ..GatewayConfig::default()
     };
-    let gateway =
-        Gateway::new(gateway_config, Upstream::Router(router.clone())).map_err(|e| DemoError::Setup(e.to_string()))?;
+    let gateway = Gateway::new(gateway_config, Upstream::Router(router.clone()))?;
     let listener =
         tokio::net::TcpListener::bind(options.listen).await.map_err(io(format!("gateway on {}", options.listen)))?;
     let gateway_addr = listener.local_addr().map_err(io("gateway address"))?;
@@ -188,8 +202,8 @@ pub async fn run(
 
     let compile = |name: &str| -> Result<PluginSpec, DemoError> {
         let bytes = sextant_plugin_artifacts::builtin_bytes(name)
-            .ok_or_else(|| DemoError::Setup(format!("no built-in component {name}")))?;
-        let compiled = host.compile(bytes).map_err(|e| DemoError::Setup(e.to_string()))?;
+            .ok_or_else(|| DemoError::MissingComponent(name.to_owned()))?;
+        let compiled = host.compile(bytes)?;
         Ok(PluginSpec::Wasm { name: format!("wasm:{name}"), compiled, config: "{}".into() })
     };
     let (wasm_rr, wasm_ewma) = (compile("round-robin")?, compile("peak-ewma")?);
