@@ -14,8 +14,12 @@
 //!
 //! It does no IO of its own beyond the registry's: no sockets, no HTTP, no QUIC.
 #![deny(missing_docs)]
+mod activate;
 mod execute;
 mod manager;
+mod slots;
+mod state;
 
 pub use execute::{Detached, Executor, Origin, WriteCounter, error_code};
-pub use manager::{LIVE_VALIDATION_SAMPLE, ManagerError, PickedInstance, PluginManager, ServiceSlots};
+pub use manager::{LIVE_VALIDATION_SAMPLE, ManagerError, PickedInstance, PluginManager};
+pub use slots::ServiceSlots;

@@ -18,26 +18,26 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::AtomicU64;
 
 use parking_lot::{Mutex, RwLock};
 use sextant_core::store::{Store, StoreError};
 use sextant_core::{
-    BadVersion, Change, CoreError, Instance, PLUGIN_HISTORY, PluginBinding, PluginName, PluginRecord, PluginVersion,
-    Record, RecordKey, Revision, Scope, ServiceKey, ServiceSnapshot, SnapshotHandle, ValidationError,
+    CoreError, Instance, PLUGIN_HISTORY, PluginBinding, PluginName, PluginRecord, Record, RecordKey, Revision,
+    ServiceKey, ServiceSnapshot, ValidationError,
 };
 use sextant_proto::{PluginFailure, SlotView};
 use sextant_store::{Registry, RegistryError};
 use tokio::sync::mpsc;
 
-use sextant_plugin::{
-    AutoRollback, BalancerSlot, Compiled, Defaults, HealthSlot, LoadError, PickRequest, PluginHost, PluginKind,
-    PluginSpec, SchedulerSlot, SlotStatus, Totals, VersionKey, bound_record, snapshot_of,
-};
+use crate::activate::{reconcile_all, watch};
+use crate::slots::{KINDS, ServiceSlots, parse_kind, pop_good, push_history, resolve, unix_ms};
+use crate::state::{Inner, Work};
 
-/// Failures kept for `plugin list`.
-const MAX_FAILURES: usize = 32;
+use sextant_plugin::{
+    BalancerSlot, Compiled, Defaults, HealthSlot, LoadError, PickRequest, PluginHost, PluginKind, PluginSpec,
+    SchedulerSlot, Totals, VersionKey, snapshot_of,
+};
 
 /// Covered services whose live snapshot a load is validated on (a namespace or `*` binding
 /// may cover thousands; the rest are checked when their slots activate it).
@@ -97,159 +97,6 @@ pub struct PickedInstance {
     pub fallback: bool,
     /// Whether the protection threshold was in force.
     pub protection_active: bool,
-}
-
-/// Which record a slot runs (none: the default built-in).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Desired {
-    name: PluginName,
-    sha256: String,
-    config: String,
-}
-
-/// The three slots of one service.
-#[derive(Debug)]
-pub struct ServiceSlots {
-    service: ServiceKey,
-    handle: SnapshotHandle,
-    /// Revision of the snapshot the slots run (`u64::MAX`: none yet).
-    applied: AtomicU64,
-    /// Serializes snapshot application and activations.
-    update: Mutex<[Option<Desired>; 3]>,
-    balancer: BalancerSlot,
-    health: HealthSlot,
-    scheduler: SchedulerSlot,
-}
-
-impl ServiceSlots {
-    /// The balancer slot.
-    #[must_use]
-    pub fn balancer(&self) -> &BalancerSlot {
-        &self.balancer
-    }
-
-    /// The health slot.
-    #[must_use]
-    pub fn health(&self) -> &HealthSlot {
-        &self.health
-    }
-
-    /// The scheduler slot.
-    #[must_use]
-    pub fn scheduler(&self) -> &SchedulerSlot {
-        &self.scheduler
-    }
-
-    /// The registry snapshot the slots follow.
-    #[must_use]
-    pub fn snapshot(&self) -> Arc<ServiceSnapshot> {
-        self.handle.load_full()
-    }
-
-    /// Applies the service's current snapshot if the slots run an older one.
-    pub fn refresh(&self) {
-        let current = self.handle.load();
-        if current.revision.0 == self.applied.load(Relaxed) {
-            return;
-        }
-        let _guard = self.update.lock();
-        let current = self.handle.load_full();
-        if current.revision.0 == self.applied.load(Relaxed) {
-            return;
-        }
-        let model = snapshot_of(&current);
-        // The balancer's route carries the instances (the model's order: the selected ones).
-        self.balancer.set_snapshot_with(model.clone(), current.selected().cloned().collect::<Vec<_>>());
-        self.health.set_snapshot(model.clone());
-        self.scheduler.set_snapshot(model);
-        self.applied.store(current.revision.0, Relaxed);
-    }
-
-    fn status(&self) -> [(PluginKind, SlotStatus); 3] {
-        [
-            (PluginKind::Balancer, self.balancer.status()),
-            (PluginKind::Health, self.health.status()),
-            (PluginKind::Scheduler, self.scheduler.status()),
-        ]
-    }
-}
-
-const KINDS: [PluginKind; 3] = [PluginKind::Balancer, PluginKind::Health, PluginKind::Scheduler];
-
-fn kind_index(kind: PluginKind) -> usize {
-    match kind {
-        PluginKind::Balancer => 0,
-        PluginKind::Health => 1,
-        PluginKind::Scheduler => 2,
-    }
-}
-
-fn parse_kind(kind: &str) -> Result<PluginKind, ValidationError> {
-    match kind {
-        "balancer" => Ok(PluginKind::Balancer),
-        "health" => Ok(PluginKind::Health),
-        "scheduler" => Ok(PluginKind::Scheduler),
-        other => Err(ValidationError::BadPluginKind(other.into())),
-    }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn resolve(records: &[Arc<PluginRecord>], service: &ServiceKey, kind: PluginKind) -> Option<Desired> {
-    bound_record(records, service, kind).map(|r| Desired {
-        name: r.name.clone(),
-        sha256: r.sha256.clone(),
-        config: r.config.clone(),
-    })
-}
-
-/// `text` cut to at most `max` bytes, on a character boundary.
-fn truncate(text: &str, max: usize) -> String {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_owned()
-}
-
-/// Takes the newest version not marked bad off `versions` (dropping bad ones on the way).
-fn pop_good(versions: &mut Vec<PluginVersion>, bad: &[BadVersion]) -> Option<PluginVersion> {
-    while let Some(v) = versions.pop() {
-        if !bad.iter().any(|b| b.sha256 == v.sha256) {
-            return Some(v);
-        }
-    }
-    None
-}
-
-fn push_history(history: &mut Vec<PluginVersion>, version: PluginVersion) {
-    history.push(version);
-    let excess = history.len().saturating_sub(PLUGIN_HISTORY);
-    history.drain(..excess);
-}
-
-/// What the watcher does besides following the registry.
-enum Work {
-    /// Activate the bound plugins of one service (its slots were just created).
-    Service(ServiceKey),
-    /// A slot rolled back on its own: mark the version bad in its record.
-    Bad(AutoRollback),
-}
-
-struct Inner<S> {
-    host: PluginHost,
-    registry: Registry<S>,
-    defaults: Defaults,
-    services: RwLock<HashMap<ServiceKey, Arc<ServiceSlots>>>,
-    failures: Mutex<VecDeque<PluginFailure>>,
-    /// Compiled components of the bound records, by sha256, so a slot created on a pick
-    /// starts on its plugin at once.
-    compiled: Mutex<HashMap<String, Arc<Compiled>>>,
-    dirty: mpsc::UnboundedSender<Work>,
-    /// One activation pass at a time (the watcher, and loads waiting for their own).
-    reconcile: tokio::sync::Mutex<()>,
 }
 
 /// The plugin side of a server. Cheap to clone.
@@ -355,7 +202,7 @@ impl<S: Store + Clone> PluginManager<S> {
             instance,
             version: picked.version,
             fallback: picked.fallback,
-            protection_active: slots.balancer.route().model.protection_active,
+            protection_active: slots.balancer.published().model.protection_active,
         })
     }
 
@@ -658,198 +505,5 @@ impl<S: Store + Clone> Inner<S> {
             }
         }
         .map(drop)
-    }
-
-    fn failed(&self, plugin: &str, source: &str, error: &dyn std::fmt::Display) {
-        tracing::warn!(plugin, source, %error, "plugin not loaded");
-        let mut failures = self.failures.lock();
-        failures.push_back(PluginFailure {
-            plugin: plugin.into(),
-            source: source.into(),
-            error: error.to_string(),
-            at: unix_ms() / 1000,
-        });
-        while failures.len() > MAX_FAILURES {
-            failures.pop_front();
-        }
-    }
-
-    /// Makes `slots` run what the records say.
-    async fn reconcile(&self, slots: &ServiceSlots, records: &[Arc<PluginRecord>]) {
-        slots.refresh();
-        for kind in KINDS {
-            let desired = resolve(records, &slots.service, kind);
-            if slots.update.lock()[kind_index(kind)] == desired {
-                continue;
-            }
-            let compiled = match &desired {
-                None => Ok(None),
-                Some(d) => self.fetch(&d.sha256).await.map(Some),
-            };
-            self.install(slots, kind, desired, compiled);
-        }
-    }
-
-    /// Loads `desired` (none: the default) into `slots`' `kind` slot.
-    fn install(
-        &self,
-        slots: &ServiceSlots,
-        kind: PluginKind,
-        desired: Option<Desired>,
-        compiled: Result<Option<Arc<Compiled>>, String>,
-    ) {
-        let mut applied = slots.update.lock();
-        if applied[kind_index(kind)] == desired {
-            return;
-        }
-        let spec = compiled.map(|c| match (c, &desired) {
-            (Some(compiled), Some(d)) => PluginSpec::Wasm {
-                name: d.name.to_string(),
-                compiled,
-                config: if d.config.is_empty() { "{}".into() } else { d.config.clone() },
-            },
-            _ => match kind {
-                PluginKind::Balancer => self.defaults.balancer.clone(),
-                PluginKind::Health => self.defaults.health.clone(),
-                PluginKind::Scheduler => self.defaults.scheduler.clone(),
-            },
-        });
-        let loaded = spec.and_then(|spec| {
-            match kind {
-                PluginKind::Balancer => slots.balancer.load(spec),
-                PluginKind::Health => slots.health.load(spec),
-                PluginKind::Scheduler => slots.scheduler.load(spec),
-            }
-            .map_err(|e| e.to_string())
-        });
-        match loaded {
-            Ok(v) => tracing::info!(service = %slots.service, %kind, plugin = %v.name, version = v.id, "plugin active"),
-            Err(e) => {
-                let plugin = desired.as_ref().map_or_else(|| "default".to_owned(), |d| d.name.to_string());
-                self.failed(&plugin, "store", &format!("{} {kind}: {e}", slots.service));
-            }
-        }
-        // Recorded even when it failed, so the same record is not retried on every change;
-        // the next write of the record tries again.
-        applied[kind_index(kind)] = desired;
-    }
-
-    /// A slot rolled back on its own: the record naming that version marks it bad and goes
-    /// back to its newest good earlier version (none: the record binds nothing until a new
-    /// load), so no host activates it again, after a restart either.
-    async fn mark_bad(&self, rollback: AutoRollback) {
-        let Some(sha256) = rollback.sha256 else { return };
-        let kind = rollback.kind.to_string();
-        let Some(old) = self.registry.plugins().into_iter().find(|r| {
-            r.name.as_str() == rollback.plugin
-                && r.kind == kind
-                && r.sha256 == sha256
-                && r.bad_reason(&sha256).is_none()
-        }) else {
-            return;
-        };
-        let mut record = (*old).clone();
-        record.bad.push(BadVersion {
-            sha256: sha256.clone(),
-            reason: truncate(&format!("{} {kind}: {}", rollback.service, rollback.reason), 1024),
-            at_unix_ms: unix_ms(),
-        });
-        let excess = record.bad.len().saturating_sub(PLUGIN_HISTORY);
-        record.bad.drain(..excess);
-        if let Some(target) = pop_good(&mut record.history, &record.bad) {
-            record.switch_to(target);
-            record.loaded_at_unix_ms = unix_ms();
-        }
-        match self.registry.put(Record::Plugin(Arc::new(record)), None).await {
-            Ok(revision) => {
-                tracing::error!(plugin = %old.name, %sha256, %revision, "version marked bad after an automatic rollback");
-            }
-            Err(e) => self.failed(old.name.as_str(), "auto-rollback", &format!("marking {sha256} bad: {e}")),
-        }
-    }
-
-    /// The compiled component with this sha256, from the cache or the store.
-    async fn fetch(&self, sha256: &str) -> Result<Arc<Compiled>, String> {
-        if let Some(c) = self.compiled.lock().get(sha256) {
-            return Ok(Arc::clone(c));
-        }
-        let bytes =
-            tokio::time::timeout(Duration::from_secs(10), self.registry.store().get_artifact(sha256.to_owned()))
-                .await
-                .map_err(|_| format!("reading artifact {sha256} timed out"))?
-                .map_err(|e| format!("reading artifact {sha256}: {e}"))?
-                .ok_or_else(|| format!("artifact {sha256} is not in the store"))?;
-        let host = self.host.clone();
-        let compiled = tokio::task::spawn_blocking(move || host.compile(&bytes))
-            .await
-            .map_err(|e| format!("compiling artifact {sha256}: {e}"))?
-            .map_err(|e| e.to_string())?;
-        self.compiled.lock().insert(sha256.to_owned(), Arc::clone(&compiled));
-        Ok(compiled)
-    }
-}
-
-async fn reconcile_all<S: Store + Clone>(inner: &Inner<S>) {
-    let _pass = inner.reconcile.lock().await;
-    let records = inner.registry.plugins();
-    // Keep the components of bound records compiled (slots created later start on them at
-    // once); drop the rest.
-    inner.compiled.lock().retain(|sha, _| records.iter().any(|r| &r.sha256 == sha));
-    for r in records.iter().filter(|r| r.bound() != PluginBinding::None) {
-        if let Err(e) = inner.fetch(&r.sha256).await {
-            inner.failed(r.name.as_str(), "store", &e);
-        }
-    }
-    let services: Vec<Arc<ServiceSlots>> = inner.services.read().values().cloned().collect();
-    for slots in services {
-        inner.reconcile(&slots, &records).await;
-    }
-}
-
-async fn reconcile_one<S: Store + Clone>(inner: &Inner<S>, service: &ServiceKey) {
-    let Some(slots) = inner.services.read().get(service).cloned() else { return };
-    let _pass = inner.reconcile.lock().await;
-    inner.reconcile(&slots, &inner.registry.plugins()).await;
-}
-
-/// Follows the registry: plugin records re-resolve every slot, a service change refreshes
-/// that service's slots, an automatic rollback marks its version bad.
-async fn watch<S: Store + Clone>(inner: std::sync::Weak<Inner<S>>, mut work: mpsc::UnboundedReceiver<Work>) {
-    let mut sub = {
-        let Some(i) = inner.upgrade() else { return };
-        i.registry.subscribe(Scope::All, i.registry.revision())
-    };
-    loop {
-        let service = tokio::select! {
-            event = sub.next() => match event {
-                None => return,
-                Some(event) => match &event.change {
-                    Change::Upsert { record: Record::Plugin(_) } | Change::Remove { key: RecordKey::Plugin(_) }
-                    | Change::Reset { .. } => None,
-                    Change::Upsert { record } => match record.key().service() {
-                        Some(s) => Some(s.clone()),
-                        None => continue,
-                    },
-                    Change::Remove { key } => match key.service() {
-                        Some(s) => Some(s.clone()),
-                        None => continue,
-                    },
-                },
-            },
-            job = work.recv() => match job {
-                None => return,
-                Some(Work::Service(s)) => Some(s),
-                Some(Work::Bad(rollback)) => {
-                    let Some(inner) = inner.upgrade() else { return };
-                    inner.mark_bad(rollback).await;
-                    continue;
-                }
-            },
-        };
-        let Some(inner) = inner.upgrade() else { return };
-        match service {
-            Some(s) => reconcile_one(&inner, &s).await,
-            None => reconcile_all(&inner).await,
-        }
     }
 }

@@ -26,6 +26,7 @@
 //!   a per-plugin report a gateway publishes in its registration.
 #![deny(missing_docs)]
 mod body;
+mod discovery;
 mod guard;
 mod health;
 mod outcome;
@@ -44,12 +45,14 @@ pub mod remote;
 pub mod resilience;
 
 pub use body::FinishOnEnd;
+pub use discovery::{Discovery, HealthSink};
 pub use follow::{Activation, FollowOptions, PluginFollower};
 pub use guard::PickGuard;
 pub use health::{CheckKind, HEALTH_PORT_KEY, HealthCheck, MAX_PROBE_BODY, probe};
 pub use outcome::Outcome;
 pub use remote::RemoteDiscovery;
 pub use request::FromHeaders;
-pub use router::{Discovery, HealthSink, RetryPlan, RouteConfig, RouteError, Router, RouterBuilder, SwapError};
+pub use route::{RouteConfig, WindowSummary};
+pub use router::{RetryPlan, RouteError, Router, RouterBuilder, SwapError};
 pub use sextant_plugin::PickRequest;
-pub use status::{EndpointStatus, RouteStatus, WindowSummary};
+pub use status::{EndpointStatus, RouteStatus};

@@ -17,7 +17,7 @@ use sextant_core::{Change, Event, Scope, ServiceKey, SnapshotHandle};
 use sextant_proto::client::Applied;
 use sextant_quic::client::Client;
 
-use crate::router::Discovery;
+use crate::discovery::Discovery;
 
 /// A [`Discovery`] that follows a scope of a remote sextant.
 #[derive(Debug)]

@@ -1,9 +1,9 @@
 //! Resilience primitives, time passed in so they test without sleeping: a per-endpoint
 //! circuit breaker, a retry budget, exponential backoff with jitter, and a token bucket.
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicBool, AtomicU32};
+use std::sync::atomic::Ordering::{AcqRel, Acquire};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -252,60 +252,80 @@ impl Default for RetryConfig {
 }
 
 /// Counts requests and retries per second over a window; a retry is allowed while retries
-/// stay under `min_per_second × window + ratio × requests`.
+/// stay under `min_per_second × window + ratio × requests`. Lock-free: one slot per second of
+/// the window, reused in turn (counting is on the request path). Concurrent callers at a
+/// second's boundary or on the last retry of the budget may miscount by one each; a budget
+/// needs no more.
 #[derive(Debug)]
 pub struct RetryBudget {
     config: RetryConfig,
-    /// (second, requests, retries), oldest first.
-    buckets: Mutex<VecDeque<(u64, u64, u64)>>,
+    slots: Box<[Second]>,
     origin: Instant,
+}
+
+/// One second of a [`RetryBudget`]'s window.
+#[derive(Debug)]
+struct Second {
+    /// Which second (since the budget's origin) the counts are of; `u64::MAX`: none yet.
+    second: AtomicU64,
+    requests: AtomicU64,
+    retries: AtomicU64,
 }
 
 impl RetryBudget {
     /// An empty budget.
     #[must_use]
     pub fn new(config: RetryConfig, origin: Instant) -> Self {
-        Self { config, buckets: Mutex::new(VecDeque::new()), origin }
+        let len = usize::try_from(config.window.as_secs().max(1)).unwrap_or(usize::MAX).min(3600);
+        let slots = (0..len)
+            .map(|_| Second {
+                second: AtomicU64::new(u64::MAX),
+                requests: AtomicU64::new(0),
+                retries: AtomicU64::new(0),
+            })
+            .collect();
+        Self { config, slots, origin }
     }
 
-    fn with_bucket<R>(&self, now: Instant, f: impl FnOnce(&mut VecDeque<(u64, u64, u64)>) -> R) -> R {
-        let second = now.saturating_duration_since(self.origin).as_secs();
-        let window = self.config.window.as_secs().max(1);
-        let mut buckets = self.buckets.lock();
-        while buckets.front().is_some_and(|b| b.0 + window <= second) {
-            buckets.pop_front();
+    fn second(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.origin).as_secs()
+    }
+
+    /// The slot of `second`, emptied first when it still counts an older second.
+    fn slot(&self, second: u64) -> &Second {
+        let len = self.slots.len() as u64;
+        let slot = &self.slots[usize::try_from(second % len).unwrap_or(0)];
+        let seen = slot.second.load(Acquire);
+        if seen != second && slot.second.compare_exchange(seen, second, AcqRel, Acquire).is_ok() {
+            slot.requests.store(0, Relaxed);
+            slot.retries.store(0, Relaxed);
         }
-        if buckets.back().is_none_or(|b| b.0 != second) {
-            buckets.push_back((second, 0, 0));
-        }
-        f(&mut buckets)
+        slot
     }
 
     /// Counts a request (its first attempt).
     pub fn deposit(&self, now: Instant) {
-        self.with_bucket(now, |b| {
-            if let Some(last) = b.back_mut() {
-                last.1 += 1;
-            }
-        });
+        self.slot(self.second(now)).requests.fetch_add(1, Relaxed);
     }
 
     /// Takes a retry from the budget; false when it is spent.
     pub fn withdraw(&self, now: Instant) -> bool {
-        let window = self.config.window.as_secs().max(1);
-        let (ratio, floor) = (self.config.budget_ratio, u64::from(self.config.min_per_second) * window);
-        self.with_bucket(now, |b| {
-            let (requests, retries) = b.iter().fold((0, 0), |(q, r), x| (q + x.1, r + x.2));
-            #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-            let allowed = floor + (requests as f64 * ratio.max(0.0)) as u64;
-            if retries >= allowed {
-                return false;
-            }
-            if let Some(last) = b.back_mut() {
-                last.2 += 1;
-            }
-            true
-        })
+        let second = self.second(now);
+        let window = self.slots.len() as u64;
+        let current = self.slot(second);
+        let (requests, retries) = self
+            .slots
+            .iter()
+            .filter(|s| s.second.load(Acquire).checked_add(window).is_some_and(|end| end > second))
+            .fold((0, 0), |(q, r), s| (q + s.requests.load(Relaxed), r + s.retries.load(Relaxed)));
+        let floor = u64::from(self.config.min_per_second) * window;
+        #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let allowed = floor + (requests as f64 * self.config.budget_ratio.max(0.0)) as u64;
+        if retries >= allowed {
+            return false;
+        }
+        current.retries.fetch_add(1, Relaxed);
+        true
     }
 
     /// The backoff before retry number `retry` (1 for the first retry): a uniform draw in

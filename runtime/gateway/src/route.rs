@@ -14,15 +14,74 @@ use tokio::sync::Notify;
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
+use serde::Serialize;
 use sextant_core::{Instance, ServiceKey, ServiceSnapshot, SnapshotHandle};
 use sextant_plugin::builtins::{Endpoint, EndpointStats, ProbeResult, Snapshot, Verdict};
 use sextant_plugin::{BalancerSlot, HealthSlot, LoadError, PluginHost, PluginSpec, SchedulerSlot, StatsWindow};
 
+use crate::discovery::HealthSink;
+use crate::health::HealthCheck;
 use crate::health::Probe;
 use crate::resilience::{Breaker, RetryBudget, TokenBucket};
+use crate::resilience::{BreakerConfig, RateLimit, RetryConfig};
 use crate::rotation::{LocalHealth, rotation};
-use crate::router::{HealthSink, RouteConfig};
-use crate::status::WindowSummary;
+
+/// How traffic to one service is handled.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// The balancer (default: native `peak-ewma`).
+    pub balancer: PluginSpec,
+    /// The health policy (default: native `standard`: consecutive thresholds on probes,
+    /// outlier detection on traffic).
+    pub health: PluginSpec,
+    /// The scheduler; none keeps the registered weights.
+    pub scheduler: Option<PluginSpec>,
+    /// How often statistics are cut (and the scheduler called).
+    pub window: Duration,
+    /// Active health checks; none: passive only.
+    pub health_check: Option<HealthCheck>,
+    /// Per-endpoint circuit breaker.
+    pub breaker: BreakerConfig,
+    /// Retries (used by callers that retry, such as the HTTP gateway).
+    pub retry: RetryConfig,
+    /// Per-service rate limit.
+    pub rate_limit: Option<RateLimit>,
+    /// Ejected and open-breaker endpoints never exceed this share of the candidates.
+    pub max_ejected_percent: u32,
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        Self {
+            balancer: PluginSpec::builtin("peak-ewma"),
+            health: PluginSpec::builtin("standard"),
+            scheduler: None,
+            window: Duration::from_secs(1),
+            health_check: None,
+            breaker: BreakerConfig::default(),
+            retry: RetryConfig::default(),
+            rate_limit: None,
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+/// A closed window, as shown by [`Router::status`](crate::Router::status).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct WindowSummary {
+    /// Requests per second.
+    pub rps: f64,
+    /// Median latency, ms.
+    pub p50_ms: f64,
+    /// 99th percentile latency, ms.
+    pub p99_ms: f64,
+    /// Requests completed.
+    pub requests: u64,
+    /// Failures.
+    pub errors: u64,
+    /// Overload signals.
+    pub overloaded: u64,
+}
 
 /// Live state of one endpoint, kept by instance id across snapshots.
 #[derive(Debug)]

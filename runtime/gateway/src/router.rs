@@ -15,101 +15,18 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
-use sextant_core::{Instance, ServiceKey, SnapshotHandle};
+use sextant_core::ServiceKey;
 use sextant_plugin::{
     BalancerSlot, HealthSlot, LoadError, PickRequest, PluginHost, PluginKind, PluginSpec, SchedulerSlot, VersionStatus,
 };
 use tokio::sync::Notify;
 
+use crate::discovery::{Discovery, HealthSink};
 use crate::guard::PickGuard;
-use crate::health::{HealthCheck, Probe};
-use crate::resilience::{Admission, BreakerConfig, RateLimit, RetryConfig};
-use crate::route::{Route, Target};
-
-/// Where a router learns the instances of a service.
-pub trait Discovery: Send + Sync + 'static {
-    /// The snapshot handle of `service` (empty until instances arrive).
-    fn handle(&self, service: &ServiceKey) -> SnapshotHandle;
-
-    /// `Some(age)` while the view is served from a cache because no server answers.
-    fn stale(&self) -> Option<Duration> {
-        None
-    }
-
-    /// Stops following (called by [`Router::shutdown`]); the snapshots handed out stay
-    /// readable. Nothing to stop for a local registry.
-    fn close(&self) {}
-}
-
-#[cfg(feature = "registry")]
-impl<S: sextant_core::store::Store + Clone + Send + Sync + 'static> Discovery for sextant_store::Registry<S> {
-    fn handle(&self, service: &ServiceKey) -> SnapshotHandle {
-        sextant_store::Registry::handle(self, service)
-    }
-}
-
-/// Where health verdicts about persistent instances are written (they are marked
-/// unhealthy, never deleted). Ephemeral instances are only taken out of local rotation.
-pub trait HealthSink: Send + Sync + 'static {
-    /// Marks `instance` healthy or unhealthy in the registry.
-    fn set_healthy(&self, instance: &Arc<Instance>, healthy: bool);
-}
-
-#[cfg(feature = "registry")]
-impl<S: sextant_core::store::Store + Clone + Send + Sync + 'static> HealthSink for sextant_store::Registry<S> {
-    fn set_healthy(&self, instance: &Arc<Instance>, healthy: bool) {
-        let registry = self.clone();
-        let mut updated = Instance::clone(instance);
-        updated.healthy = healthy;
-        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
-        handle.spawn(async move {
-            let id = updated.id.clone();
-            if let Err(e) = registry.put(sextant_core::Record::Instance(Arc::new(updated)), None).await {
-                tracing::warn!(%id, error = %e, "cannot write health verdict");
-            }
-        });
-    }
-}
-
-/// How traffic to one service is handled.
-#[derive(Debug, Clone)]
-pub struct RouteConfig {
-    /// The balancer (default: native `peak-ewma`).
-    pub balancer: PluginSpec,
-    /// The health policy (default: native `standard`: consecutive thresholds on probes,
-    /// outlier detection on traffic).
-    pub health: PluginSpec,
-    /// The scheduler; none keeps the registered weights.
-    pub scheduler: Option<PluginSpec>,
-    /// How often statistics are cut (and the scheduler called).
-    pub window: Duration,
-    /// Active health checks; none: passive only.
-    pub health_check: Option<HealthCheck>,
-    /// Per-endpoint circuit breaker.
-    pub breaker: BreakerConfig,
-    /// Retries (used by callers that retry, such as the HTTP gateway).
-    pub retry: RetryConfig,
-    /// Per-service rate limit.
-    pub rate_limit: Option<RateLimit>,
-    /// Ejected and open-breaker endpoints never exceed this share of the candidates.
-    pub max_ejected_percent: u32,
-}
-
-impl Default for RouteConfig {
-    fn default() -> Self {
-        Self {
-            balancer: PluginSpec::builtin("peak-ewma"),
-            health: PluginSpec::builtin("standard"),
-            scheduler: None,
-            window: Duration::from_secs(1),
-            health_check: None,
-            breaker: BreakerConfig::default(),
-            retry: RetryConfig::default(),
-            rate_limit: None,
-            max_ejected_percent: 50,
-        }
-    }
-}
+use crate::health::Probe;
+use crate::resilience::Admission;
+use crate::route::{Route, RouteConfig, Target};
+use crate::status::RouteStatus;
 
 /// Why no endpoint was picked.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -276,6 +193,12 @@ impl Router {
     pub fn configure(&self, service: ServiceKey, config: RouteConfig) {
         self.0.routes.write().remove(&service);
         self.0.overrides.write().insert(service, config);
+    }
+
+    /// What `service`'s route looks like now (none before its first pick or load).
+    #[must_use]
+    pub fn status(&self, service: &ServiceKey) -> Option<RouteStatus> {
+        self.existing(service).map(|route| route.status())
     }
 
     /// `service`'s route if it has one (none is set up).

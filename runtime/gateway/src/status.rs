@@ -1,4 +1,4 @@
-//! What [`Router::status`] shows: a route's slots and endpoints, each endpoint's health,
+//! What [`Router::status`](crate::Router::status) shows: a route's slots and endpoints, each endpoint's health,
 //! breaker, load and last statistics window.
 
 use std::collections::HashMap;
@@ -6,30 +6,12 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use serde::Serialize;
-use sextant_core::ServiceKey;
 use sextant_plugin::{SchedulerSlot, SlotStatus};
 
 use crate::resilience::BreakerState;
-use crate::router::Router;
+use crate::route::{Route, WindowSummary};
 
-/// A closed window, as shown by [`Router::status`].
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct WindowSummary {
-    /// Requests per second.
-    pub rps: f64,
-    /// Median latency, ms.
-    pub p50_ms: f64,
-    /// 99th percentile latency, ms.
-    pub p99_ms: f64,
-    /// Requests completed.
-    pub requests: u64,
-    /// Failures.
-    pub errors: u64,
-    /// Overload signals.
-    pub overloaded: u64,
-}
-
-/// A route as shown by [`Router::status`].
+/// A route as shown by [`Router::status`](crate::Router::status).
 #[derive(Debug, Clone, Serialize)]
 pub struct RouteStatus {
     /// `namespace/group/name`.
@@ -46,7 +28,7 @@ pub struct RouteStatus {
     pub endpoints: Vec<EndpointStatus>,
 }
 
-/// One endpoint as shown by [`Router::status`].
+/// One endpoint as shown by [`Router::status`](crate::Router::status).
 #[derive(Debug, Clone, Serialize)]
 pub struct EndpointStatus {
     /// Instance id.
@@ -67,13 +49,12 @@ pub struct EndpointStatus {
     pub last: WindowSummary,
 }
 
-impl Router {
-    /// What `service`'s route looks like now.
-    #[must_use]
-    pub fn status(&self, service: &ServiceKey) -> Option<RouteStatus> {
-        let route = self.existing(service)?;
+impl Route {
+    /// What the route looks like now (rebuilt first if it is behind).
+    pub(crate) fn status(&self) -> RouteStatus {
+        let route = self;
         route.refresh_now();
-        let snap = route.balancer.route();
+        let snap = route.balancer.published();
         let routed: HashMap<&str, usize> =
             snap.model.endpoints.iter().enumerate().map(|(n, e)| (e.id.as_str(), n)).collect();
         let state = route.state.lock();
@@ -111,13 +92,13 @@ impl Router {
                 }
             })
             .collect();
-        Some(RouteStatus {
-            service: service.to_string(),
+        RouteStatus {
+            service: route.service.to_string(),
             protection: snap.model.protection_active,
             balancer: route.balancer.status(),
             health: route.health.status(),
             scheduler: route.scheduler.as_ref().map(SchedulerSlot::status),
             endpoints,
-        })
+        }
     }
 }

@@ -22,7 +22,7 @@ use crate::bindings::balancer::sextant::plugin::{host as wit_host, load as wit_l
 use crate::bindings::balancer::{BalancerPlugin, BalancerPluginPre};
 use crate::bindings::health::HealthPluginPre;
 use crate::bindings::scheduler::SchedulerPluginPre;
-use crate::load::RouteSnapshot;
+use crate::load::Published;
 use crate::stats::{CountersSnapshot, Totals, VersionKey};
 use crate::{CallFault, LoadError};
 
@@ -348,13 +348,13 @@ impl PluginHost {
     }
 
     /// A fresh store for one plugin instance, with its own seeded generator.
-    pub(crate) fn store(&self, label: Arc<str>, route: Arc<RouteSnapshot>) -> Store<HostState> {
+    pub(crate) fn store(&self, label: Arc<str>, route: Arc<Published>) -> Store<HostState> {
         let seed = self.0.next_seed.fetch_add(1, Relaxed);
         self.store_seeded(label, route, seed)
     }
 
     /// A store with a given seed (the self-test, which must not shift other instances' seeds).
-    pub(crate) fn store_seeded(&self, label: Arc<str>, route: Arc<RouteSnapshot>, seed: u64) -> Store<HostState> {
+    pub(crate) fn store_seeded(&self, label: Arc<str>, route: Arc<Published>, seed: u64) -> Store<HostState> {
         let state = self.state_seeded(label, route, seed);
         let mut store = Store::new(&self.0.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -379,12 +379,12 @@ impl PluginHost {
     }
 
     /// Host state for a native policy or a wasm store.
-    pub(crate) fn state(&self, label: Arc<str>, route: Arc<RouteSnapshot>) -> HostState {
+    pub(crate) fn state(&self, label: Arc<str>, route: Arc<Published>) -> HostState {
         let seed = self.0.next_seed.fetch_add(1, Relaxed);
         self.state_seeded(label, route, seed)
     }
 
-    fn state_seeded(&self, label: Arc<str>, route: Arc<RouteSnapshot>, seed: u64) -> HostState {
+    fn state_seeded(&self, label: Arc<str>, route: Arc<Published>, seed: u64) -> HostState {
         HostState {
             rng: SplitMix64::new(seed),
             local: LocalRandom::default(),
@@ -446,7 +446,7 @@ pub struct HostState {
     /// The instance's numbers (native policies); wasm guests keep theirs in the SDK.
     local: LocalRandom,
     pub(crate) label: Arc<str>,
-    pub(crate) route: Arc<RouteSnapshot>,
+    pub(crate) route: Arc<Published>,
     pub(crate) headers: Vec<(String, String)>,
     clock: Instant,
     limits: StoreLimits,

@@ -32,18 +32,20 @@ mod host;
 mod lifecycle;
 mod load;
 mod policy;
+mod spec;
 mod stats;
+mod version;
 mod window;
 
-pub use balancer::{
-    AutoRollback, BalancerSlot, Observer, PickRequest, Picked, PluginSpec, SlotEvent, SlotStatus, Version,
-    VersionStatus, affinity_hash,
-};
+pub use balancer::BalancerSlot;
 pub use binding::{Defaults, bound_record};
 pub use error::{CallFault, HostError, LoadError, SlotError};
 pub use host::{CONTRACT_VERSION, Compiled, HostConfig, HostState, PluginHost, PluginKind};
-pub use load::{EndpointLoad, InFlight, LoadTracker, RouteSnapshot, endpoint_of, snapshot_of};
+pub use lifecycle::{AutoRollback, Observer, SlotEvent, SlotStatus, VersionStatus};
+pub use load::{EndpointLoad, InFlight, LoadTracker, Published, endpoint_of, snapshot_of};
 pub use policy::{HealthSlot, OUTCOME_QUEUE, SchedulerSlot};
 pub use sextant_builtins as builtins;
+pub use spec::{PickRequest, Picked, PluginSpec, affinity_hash};
 pub use stats::{Counters, CountersSnapshot, Histogram, Totals, VersionKey};
+pub use version::Version;
 pub use window::{Ended, StatsWindow};

@@ -5,7 +5,12 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::{AutoRollback, PluginKind, PluginSpec, SlotEvent};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::{CountersSnapshot, PluginKind, PluginSpec};
 
 /// Earlier versions kept as rollback targets.
 pub(crate) const MAX_PREVIOUS: usize = 4;
@@ -152,3 +157,81 @@ mod tests {
         assert_eq!(w.record(t0 + Duration::from_secs(12), window, 0), Some(1));
     }
 }
+
+/// A version's status, for `plugin list` and `/metrics`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct VersionStatus {
+    /// Version number inside the slot (rises with every load).
+    pub id: u64,
+    /// Plugin name.
+    pub name: String,
+    /// `builtin` or `wasm`.
+    pub source: &'static str,
+    /// sha256 of the component (wasm only).
+    pub sha256: Option<String>,
+    /// When it was published (Unix seconds).
+    pub loaded_at: u64,
+    /// Calls, faults and call times.
+    #[serde(flatten)]
+    pub counters: CountersSnapshot,
+}
+
+impl VersionStatus {
+    pub(crate) fn of(id: u64, spec: &PluginSpec, loaded_at: SystemTime, counters: CountersSnapshot) -> Self {
+        let (name, source, sha256) = match spec {
+            PluginSpec::Builtin { name, .. } => (name.clone(), "builtin", None),
+            PluginSpec::Wasm { name, compiled, .. } => (name.clone(), "wasm", Some(compiled.sha256.clone())),
+        };
+        Self {
+            id,
+            name,
+            source,
+            sha256,
+            loaded_at: loaded_at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            counters,
+        }
+    }
+}
+
+/// A change of a slot's active version, kept for status.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SlotEvent {
+    /// Unix seconds.
+    pub at: u64,
+    /// The version that became active.
+    pub version: u64,
+    /// What happened: `load`, `rollback`, `auto-rollback: REASON`.
+    pub what: String,
+}
+
+/// A slot's status.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SlotStatus {
+    /// The service.
+    pub service: String,
+    /// The active version.
+    pub active: VersionStatus,
+    /// Versions that can be rolled back to, newest first.
+    pub previous: Vec<String>,
+    /// Recent changes, newest last.
+    pub events: Vec<SlotEvent>,
+}
+
+/// What a slot tells its owner when it rolled back on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoRollback {
+    /// The service.
+    pub service: String,
+    /// The slot's kind.
+    pub kind: PluginKind,
+    /// The faulty plugin's name.
+    pub plugin: String,
+    /// Its sha256 (wasm only).
+    pub sha256: Option<String>,
+    /// Why (`N faults within ..., last: ...`).
+    pub reason: String,
+}
+
+/// Receives a slot's automatic rollbacks (called on the thread that saw the last fault:
+/// keep it short, e.g. send on a channel).
+pub type Observer = Arc<dyn Fn(AutoRollback) + Send + Sync>;

@@ -190,9 +190,11 @@ impl Drop for InFlight {
     }
 }
 
-/// What a slot serves between two registry changes.
+/// What a slot publishes to its workers between two registry changes: the endpoints (plain
+/// for native policies, as WIT records for wasm ones), their load cells, and the targets a
+/// pick hands back ([`BalancerSlot::set_snapshot_with`](crate::BalancerSlot::set_snapshot_with)).
 #[derive(Debug)]
-pub struct RouteSnapshot {
+pub struct Published {
     /// Bumped by every change; workers compare it to what they applied.
     pub epoch: u64,
     /// The plain model (native policies).
@@ -208,7 +210,7 @@ pub struct RouteSnapshot {
     targets: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
-impl RouteSnapshot {
+impl Published {
     /// Builds the route from a plain snapshot, reusing the tracker's load cells.
     #[must_use]
     pub fn new(epoch: u64, model: Snapshot, tracker: Arc<LoadTracker>) -> Self {

@@ -16,14 +16,15 @@ use parking_lot::Mutex;
 use sextant_builtins::{EndpointStats, HealthPolicy, Outcome, ProbeResult, Scheduler, Snapshot, Status, Verdict};
 use wasmtime::Store;
 
-use crate::balancer::{Observer, SlotStatus, VersionStatus, synthetic};
+use crate::balancer::synthetic;
 use crate::bindings::health::HealthPlugin;
 use crate::bindings::health::exports::sextant::plugin::health as wh;
 use crate::bindings::scheduler::SchedulerPlugin;
 use crate::bindings::scheduler::exports::sextant::plugin::scheduler as ws;
 use crate::host::{KindPre, arm, fault};
 use crate::lifecycle::{self, FaultWindow, History, rollback_reason};
-use crate::load::{LoadTracker, RouteSnapshot};
+use crate::lifecycle::{Observer, SlotStatus, VersionStatus};
+use crate::load::{LoadTracker, Published};
 use crate::stats::Counters;
 use crate::{CallFault, HostState, LoadError, PluginHost, PluginKind, PluginSpec, SlotError};
 
@@ -62,7 +63,7 @@ fn verdict(v: wh::Verdict) -> Verdict {
 
 /// One call into a policy.
 enum Call<'a> {
-    Update(&'a Arc<RouteSnapshot>),
+    Update(&'a Arc<Published>),
     Probe(&'a ProbeResult),
     Outcome(&'a Outcome),
     Schedule(&'a [EndpointStats]),
@@ -93,7 +94,7 @@ impl Runner {
         host: &PluginHost,
         kind: PluginKind,
         spec: &PluginSpec,
-        route: &Arc<RouteSnapshot>,
+        route: &Arc<Published>,
     ) -> Result<Self, LoadError> {
         match spec {
             PluginSpec::Builtin { name, config } => {
@@ -223,7 +224,7 @@ struct State {
     loaded_at: SystemTime,
     runner: Runner,
     fallback: Runner,
-    route: Arc<RouteSnapshot>,
+    route: Arc<Published>,
     counters: Arc<Counters>,
     faults: FaultWindow,
     history: History,
@@ -263,7 +264,7 @@ impl PolicySlot {
             return Err(LoadError::UnknownBuiltin("a slot's default must be a built-in".into()));
         }
         let tracker = Arc::new(LoadTracker::new(host.config().ewma_decay));
-        let route = Arc::new(RouteSnapshot::new(
+        let route = Arc::new(Published::new(
             0,
             Snapshot { service: service.into(), ..Snapshot::default() },
             Arc::clone(&tracker),
@@ -296,7 +297,7 @@ impl PolicySlot {
     pub(crate) fn set_snapshot(&self, snapshot: Snapshot) -> u64 {
         let mut state = self.state.lock();
         let epoch = state.route.epoch + 1;
-        let route = Arc::new(RouteSnapshot::new(epoch, snapshot, Arc::clone(&self.tracker)));
+        let route = Arc::new(Published::new(epoch, snapshot, Arc::clone(&self.tracker)));
         state.route = Arc::clone(&route);
         self.call(&mut state, &Call::Update(&route));
         epoch
@@ -399,7 +400,7 @@ impl PolicySlot {
 
     fn self_test(&self, spec: &PluginSpec) -> Result<(), LoadError> {
         let tracker = Arc::new(LoadTracker::new(self.host.config().ewma_decay));
-        let route = Arc::new(RouteSnapshot::new(1, synthetic(), tracker));
+        let route = Arc::new(Published::new(1, synthetic(), tracker));
         let mut runner = Runner::build(&self.host, self.kind, spec, &route)?;
         let fail = |what: &str, f: CallFault| LoadError::SelfTest(format!("{what} {f}"));
         runner.call(&self.host, &Call::Update(&route)).map_err(|f| fail("update", f))?;

@@ -78,7 +78,7 @@ fn native_and_wasm_pick_the_same_for_the_same_seed() {
         for s in [&native, &slot] {
             s.set_snapshot(snapshot(10));
             // The same load on both: a few requests in flight at endpoints 1 and 4.
-            let route = s.route();
+            let route = s.published();
             let guards: Vec<_> =
                 [1u32, 1, 4].iter().map(|&i| s.tracker().start(Arc::clone(route.load(i).unwrap()))).collect();
             std::mem::forget(guards);
@@ -398,7 +398,7 @@ fn a_pick_returns_the_target_published_with_its_endpoint() {
         let mut seen = std::collections::HashSet::new();
         for _ in 0..(n * 3) {
             let (target, load, picked) = slot.pick_target::<String>(&mut PickRequest::default()).expect("a target");
-            let route = slot.route();
+            let route = slot.published();
             assert_eq!(target, format!("target of {}", route.model.endpoints[picked.index as usize].id));
             assert!(Arc::ptr_eq(&load, route.load(picked.index).expect("a load cell")));
             seen.insert(target);

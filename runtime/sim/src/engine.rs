@@ -91,7 +91,7 @@ enum Ev {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
+enum Served {
     Ok,
     Unavailable,
     Overloaded,
@@ -100,7 +100,7 @@ enum Outcome {
 struct Req {
     arrival: u64,
     backend: usize,
-    outcome: Outcome,
+    outcome: Served,
     inflight: Option<InFlight>,
 }
 
@@ -261,12 +261,7 @@ pub fn run(
                 {
                     result.fallbacks += u64::from(fallback);
                     let id = reqs.len();
-                    reqs.push(Req {
-                        arrival: t,
-                        backend: b,
-                        outcome: Outcome::Ok,
-                        inflight: Some(tracker.start(cell)),
-                    });
+                    reqs.push(Req { arrival: t, backend: b, outcome: Served::Ok, inflight: Some(tracker.start(cell)) });
                     result.per_backend[b] += 1;
                     #[allow(clippy::cast_possible_truncation)]
                     let bucket = ((u128::from(t) * BUCKETS as u128) / u128::from(end.max(1))) as usize;
@@ -308,17 +303,17 @@ pub fn run(
                 let r = &mut reqs[req];
                 if let Some(inflight) = r.inflight.take() {
                     let latency = t - r.arrival;
-                    let ok = r.outcome == Outcome::Ok;
+                    let ok = r.outcome == Served::Ok;
                     inflight.finish_after(Duration::from_nanos(latency), !ok);
                     result.latencies_us.push(u32::try_from(latency / 1000).unwrap_or(u32::MAX));
                     let ended = match r.outcome {
-                        Outcome::Ok => {
+                        Served::Ok => {
                             result.ok += 1;
                             Ended::Ok
                         }
-                        Outcome::Unavailable => Ended::Failed,
+                        Served::Unavailable => Ended::Failed,
                         // The simulated backends ask for a second.
-                        Outcome::Overloaded => Ended::Overloaded { retry_after: Some(Duration::from_secs(1)) },
+                        Served::Overloaded => Ended::Overloaded { retry_after: Some(Duration::from_secs(1)) },
                     };
                     backends[r.backend].window.record(Duration::from_nanos(latency), ended);
                 }
@@ -408,7 +403,7 @@ fn start(
     backends[b].busy += 1;
     let spec = &scenario.backends[b];
     let mut service = rng.lognormal(spec.mean_ms, spec.sigma);
-    let mut outcome = Outcome::Ok;
+    let mut outcome = Served::Ok;
     for f in &scenario.faults {
         match f {
             Fault::Slow { backend, from, to, factor } if *backend == b && t >= frac(*from) && t < frac(*to) => {
@@ -419,10 +414,10 @@ fn start(
             {
                 let u = rng.unit();
                 if u < *p503 {
-                    outcome = Outcome::Unavailable;
+                    outcome = Served::Unavailable;
                     service = *latency_ms;
                 } else if u < p503 + p429 {
-                    outcome = Outcome::Overloaded;
+                    outcome = Served::Overloaded;
                     service = *latency_ms;
                 }
             }

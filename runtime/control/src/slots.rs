@@ -1,0 +1,146 @@
+//! A service's three slots (balancer, health, scheduler) and which plugin record each runs:
+//! the most specific binding that covers the service, the newest load among equals, no
+//! binding the native default; and the record history rules (bad versions skipped, the
+//! history capped).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use sextant_core::{
+    BadVersion, PLUGIN_HISTORY, PluginName, PluginRecord, PluginVersion, ServiceKey, ServiceSnapshot, SnapshotHandle,
+    ValidationError,
+};
+use sextant_plugin::{BalancerSlot, HealthSlot, PluginKind, SchedulerSlot, SlotStatus, bound_record, snapshot_of};
+
+/// Which record a slot runs (none: the default built-in).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Desired {
+    pub(crate) name: PluginName,
+    pub(crate) sha256: String,
+    pub(crate) config: String,
+}
+
+/// The three slots of one service.
+#[derive(Debug)]
+pub struct ServiceSlots {
+    pub(crate) service: ServiceKey,
+    pub(crate) handle: SnapshotHandle,
+    /// Revision of the snapshot the slots run (`u64::MAX`: none yet).
+    pub(crate) applied: AtomicU64,
+    /// Serializes snapshot application and activations.
+    pub(crate) update: Mutex<[Option<Desired>; 3]>,
+    pub(crate) balancer: BalancerSlot,
+    pub(crate) health: HealthSlot,
+    pub(crate) scheduler: SchedulerSlot,
+}
+
+impl ServiceSlots {
+    /// The balancer slot.
+    #[must_use]
+    pub fn balancer(&self) -> &BalancerSlot {
+        &self.balancer
+    }
+
+    /// The health slot.
+    #[must_use]
+    pub fn health(&self) -> &HealthSlot {
+        &self.health
+    }
+
+    /// The scheduler slot.
+    #[must_use]
+    pub fn scheduler(&self) -> &SchedulerSlot {
+        &self.scheduler
+    }
+
+    /// The registry snapshot the slots follow.
+    #[must_use]
+    pub fn snapshot(&self) -> Arc<ServiceSnapshot> {
+        self.handle.load_full()
+    }
+
+    /// Applies the service's current snapshot if the slots run an older one.
+    pub fn refresh(&self) {
+        let current = self.handle.load();
+        if current.revision.0 == self.applied.load(Relaxed) {
+            return;
+        }
+        let _guard = self.update.lock();
+        let current = self.handle.load_full();
+        if current.revision.0 == self.applied.load(Relaxed) {
+            return;
+        }
+        let model = snapshot_of(&current);
+        // The balancer's route carries the instances (the model's order: the selected ones).
+        self.balancer.set_snapshot_with(model.clone(), current.selected().cloned().collect::<Vec<_>>());
+        self.health.set_snapshot(model.clone());
+        self.scheduler.set_snapshot(model);
+        self.applied.store(current.revision.0, Relaxed);
+    }
+
+    pub(crate) fn status(&self) -> [(PluginKind, SlotStatus); 3] {
+        [
+            (PluginKind::Balancer, self.balancer.status()),
+            (PluginKind::Health, self.health.status()),
+            (PluginKind::Scheduler, self.scheduler.status()),
+        ]
+    }
+}
+
+pub(crate) const KINDS: [PluginKind; 3] = [PluginKind::Balancer, PluginKind::Health, PluginKind::Scheduler];
+
+pub(crate) fn kind_index(kind: PluginKind) -> usize {
+    match kind {
+        PluginKind::Balancer => 0,
+        PluginKind::Health => 1,
+        PluginKind::Scheduler => 2,
+    }
+}
+
+pub(crate) fn parse_kind(kind: &str) -> Result<PluginKind, ValidationError> {
+    match kind {
+        "balancer" => Ok(PluginKind::Balancer),
+        "health" => Ok(PluginKind::Health),
+        "scheduler" => Ok(PluginKind::Scheduler),
+        other => Err(ValidationError::BadPluginKind(other.into())),
+    }
+}
+
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+pub(crate) fn resolve(records: &[Arc<PluginRecord>], service: &ServiceKey, kind: PluginKind) -> Option<Desired> {
+    bound_record(records, service, kind).map(|r| Desired {
+        name: r.name.clone(),
+        sha256: r.sha256.clone(),
+        config: r.config.clone(),
+    })
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+pub(crate) fn truncate(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+/// Takes the newest version not marked bad off `versions` (dropping bad ones on the way).
+pub(crate) fn pop_good(versions: &mut Vec<PluginVersion>, bad: &[BadVersion]) -> Option<PluginVersion> {
+    while let Some(v) = versions.pop() {
+        if !bad.iter().any(|b| b.sha256 == v.sha256) {
+            return Some(v);
+        }
+    }
+    None
+}
+
+pub(crate) fn push_history(history: &mut Vec<PluginVersion>, version: PluginVersion) {
+    history.push(version);
+    let excess = history.len().saturating_sub(PLUGIN_HISTORY);
+    history.drain(..excess);
+}

@@ -1,0 +1,53 @@
+//! Where a router learns the instances of a service ([`Discovery`]) and where it writes its
+//! health verdicts ([`HealthSink`]); a local `sextant_store::Registry` is both (feature
+//! `registry`), `RemoteDiscovery` follows remote servers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sextant_core::{Instance, ServiceKey, SnapshotHandle};
+
+/// Where a router learns the instances of a service.
+pub trait Discovery: Send + Sync + 'static {
+    /// The snapshot handle of `service` (empty until instances arrive).
+    fn handle(&self, service: &ServiceKey) -> SnapshotHandle;
+
+    /// `Some(age)` while the view is served from a cache because no server answers.
+    fn stale(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Stops following (called by [`Router::shutdown`](crate::Router::shutdown)); the snapshots handed out stay
+    /// readable. Nothing to stop for a local registry.
+    fn close(&self) {}
+}
+
+#[cfg(feature = "registry")]
+impl<S: sextant_core::store::Store + Clone + Send + Sync + 'static> Discovery for sextant_store::Registry<S> {
+    fn handle(&self, service: &ServiceKey) -> SnapshotHandle {
+        sextant_store::Registry::handle(self, service)
+    }
+}
+
+/// Where health verdicts about persistent instances are written (they are marked
+/// unhealthy, never deleted). Ephemeral instances are only taken out of local rotation.
+pub trait HealthSink: Send + Sync + 'static {
+    /// Marks `instance` healthy or unhealthy in the registry.
+    fn set_healthy(&self, instance: &Arc<Instance>, healthy: bool);
+}
+
+#[cfg(feature = "registry")]
+impl<S: sextant_core::store::Store + Clone + Send + Sync + 'static> HealthSink for sextant_store::Registry<S> {
+    fn set_healthy(&self, instance: &Arc<Instance>, healthy: bool) {
+        let registry = self.clone();
+        let mut updated = Instance::clone(instance);
+        updated.healthy = healthy;
+        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+        handle.spawn(async move {
+            let id = updated.id.clone();
+            if let Err(e) = registry.put(sextant_core::Record::Instance(Arc::new(updated)), None).await {
+                tracing::warn!(%id, error = %e, "cannot write health verdict");
+            }
+        });
+    }
+}

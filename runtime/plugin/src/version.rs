@@ -1,0 +1,438 @@
+//! One balancer version: its workers (a native policy or a wasm instance each, with its
+//! own store) and how a pick, a snapshot update and a fault are handled on one of them.
+//!
+//! A pick locks the worker of its thread's shard (falling over to any free one), so picks on
+//! different threads run in parallel on different workers, each given the same snapshot. A
+//! worker that missed a snapshot catches up on its next pick; one whose plugin faulted is
+//! replaced, and the slot's native default answers for it meanwhile.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::time::{Instant, SystemTime};
+
+use parking_lot::{Mutex, MutexGuard};
+use sextant_builtins::{Balancer, EdfWeights, Mode, Request, RingPoint, Table, mix64};
+use wasmtime::Store;
+
+use crate::bindings::balancer::BalancerPlugin;
+use crate::bindings::balancer::exports::sextant::plugin::balancer as wit;
+use crate::host::{KindPre, arm, fault};
+use crate::lifecycle::FaultWindow;
+use crate::load::Published;
+use crate::stats::Counters;
+use crate::{
+    CallFault, Compiled, HostState, LoadError, PickRequest, PluginHost, PluginKind, PluginSpec, VersionStatus,
+};
+
+pub(crate) enum Exec {
+    PerRequest,
+    Weighted(EdfWeights),
+    Ring(Vec<RingPoint>),
+    Maglev(Vec<u32>),
+    /// The plugin failed on this snapshot: the fallback answers until the next one.
+    Fallback,
+}
+
+pub(crate) struct WasmRunner {
+    pub(crate) store: Store<HostState>,
+    pub(crate) guest: BalancerPlugin,
+}
+
+pub(crate) enum Runner {
+    Native(Box<dyn Balancer>, HostState),
+    Wasm(Box<WasmRunner>),
+    /// A wasm instance that could not be rebuilt: the fallback serves.
+    Gone,
+}
+
+pub(crate) struct Worker {
+    /// Epoch of the newest route given to this instance.
+    pub(crate) seen: u64,
+    /// The route `exec` and the runner index: `seen`'s, or, after the plugin failed on
+    /// `seen`'s, the older one it last accepted (see `stale`).
+    pub(crate) route: Arc<Published>,
+    /// While the plugin serves an older route than `seen`'s: its endpoint indices mapped to
+    /// the newest route's (`None`: no longer there, the native default answers instead).
+    pub(crate) stale: Option<Vec<Option<u32>>>,
+    pub(crate) exec: Exec,
+    pub(crate) runner: Runner,
+    pub(crate) fallback: Box<dyn Balancer>,
+    pub(crate) fallback_env: HostState,
+    pub(crate) calls: u64,
+}
+
+/// Built by `update` → validated table or per-request.
+pub(crate) fn validate_mode(mode: Mode, len: usize) -> Result<Exec, CallFault> {
+    let in_range = |i: u32| (i as usize) < len;
+    Ok(match mode {
+        Mode::PerRequest => Exec::PerRequest,
+        Mode::Table(Table::Weighted(w)) => {
+            if w.len() != len {
+                return Err(CallFault::Contract(format!("weighted table of {} entries for {len} endpoints", w.len())));
+            }
+            Exec::Weighted(EdfWeights::new(&w))
+        }
+        Mode::Table(Table::Ring(mut ring)) => {
+            if ring.iter().any(|p| !in_range(p.endpoint)) || (ring.is_empty() && len > 0) {
+                return Err(CallFault::Contract("ring refers to endpoints out of range, or is empty".into()));
+            }
+            ring.sort_unstable_by_key(|p| (p.hash, p.endpoint));
+            Exec::Ring(ring)
+        }
+        Mode::Table(Table::Maglev(t)) => {
+            if t.iter().any(|&i| !in_range(i)) || (t.is_empty() && len > 0) {
+                return Err(CallFault::Contract("maglev table refers to endpoints out of range, or is empty".into()));
+            }
+            Exec::Maglev(t)
+        }
+    })
+}
+
+pub(crate) fn mode_from_wit(m: wit::Mode) -> Mode {
+    match m {
+        wit::Mode::PerRequest => Mode::PerRequest,
+        wit::Mode::Table(wit::Table::Weighted(w)) => Mode::Table(Table::Weighted(w)),
+        wit::Mode::Table(wit::Table::Maglev(t)) => Mode::Table(Table::Maglev(t)),
+        wit::Mode::Table(wit::Table::Ring(r)) => {
+            Mode::Table(Table::Ring(r.into_iter().map(|p| RingPoint { hash: p.hash, endpoint: p.endpoint }).collect()))
+        }
+    }
+}
+
+pub(crate) fn check_pick(answer: Option<u32>, len: usize) -> Result<Option<u32>, CallFault> {
+    match answer {
+        Some(i) if (i as usize) < len => Ok(Some(i)),
+        None if len == 0 => Ok(None),
+        Some(i) => Err(CallFault::Contract(format!("picked endpoint {i} of {len}"))),
+        None => Err(CallFault::Contract(format!("picked nothing while {len} endpoints exist"))),
+    }
+}
+
+impl WasmRunner {
+    pub(crate) fn new(
+        host: &PluginHost,
+        compiled: &Compiled,
+        label: Arc<str>,
+        route: Arc<Published>,
+        config: &str,
+    ) -> Result<Self, LoadError> {
+        Self::with_store(compiled, config, host, host.store(label, route))
+    }
+
+    pub(crate) fn with_store(
+        compiled: &Compiled,
+        config: &str,
+        host: &PluginHost,
+        mut store: Store<HostState>,
+    ) -> Result<Self, LoadError> {
+        let KindPre::Balancer(pre) = &compiled.pre else {
+            return Err(LoadError::WrongKind { expected: PluginKind::Balancer, found: compiled.kind });
+        };
+        let deadline = host.config().update_deadline;
+        arm(&mut store, host.ticks(deadline), deadline);
+        let guest = pre.instantiate(&mut store).map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
+        match guest.sextant_plugin_balancer().call_init(&mut store, config) {
+            Ok(Ok(())) => Ok(Self { store, guest }),
+            Ok(Err(reason)) => Err(LoadError::Config(reason)),
+            Err(e) => Err(LoadError::SelfTest(format!("init {}", fault(&e)))),
+        }
+    }
+
+    pub(crate) fn update(&mut self, host: &PluginHost, route: &Arc<Published>) -> Result<Mode, CallFault> {
+        self.store.data_mut().route = Arc::clone(route);
+        let deadline = host.config().update_deadline;
+        arm(&mut self.store, host.ticks(deadline), deadline);
+        match self.guest.sextant_plugin_balancer().call_update(&mut self.store, &route.wit) {
+            Ok(Ok(mode)) => Ok(mode_from_wit(mode)),
+            Ok(Err(reason)) => Err(CallFault::Refused(reason)),
+            Err(e) => Err(fault(&e)),
+        }
+    }
+
+    pub(crate) fn pick(
+        &mut self,
+        host: &PluginHost,
+        ticks: u64,
+        request: &mut PickRequest,
+    ) -> Result<Option<u32>, CallFault> {
+        arm(&mut self.store, ticks, host.config().pick_deadline);
+        std::mem::swap(&mut self.store.data_mut().headers, &mut request.headers);
+        let r = self
+            .guest
+            .sextant_plugin_balancer()
+            .call_pick(&mut self.store, wit::Request { hash_key: request.hash_key });
+        std::mem::swap(&mut self.store.data_mut().headers, &mut request.headers);
+        r.map_err(|e| fault(&e))
+    }
+}
+
+/// One balancer version in a slot.
+pub struct Version {
+    pub(crate) host: PluginHost,
+    pub(crate) id: u64,
+    pub(crate) spec: PluginSpec,
+    pub(crate) loaded_at: SystemTime,
+    pub(crate) workers: Box<[Mutex<Worker>]>,
+    pub(crate) counters: Counters,
+    pub(crate) faults: Mutex<FaultWindow>,
+}
+
+impl Drop for Version {
+    fn drop(&mut self) {
+        let mut counters = self.counters.snapshot();
+        counters.calls = self.workers.iter_mut().map(|w| w.get_mut().calls).sum();
+        self.host.retire(PluginKind::Balancer, &self.spec, &counters);
+    }
+}
+
+impl std::fmt::Debug for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Version").field("id", &self.id).field("spec", &self.spec).finish_non_exhaustive()
+    }
+}
+
+thread_local! {
+    static SHARD: usize = {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        NEXT.fetch_add(1, Relaxed)
+    };
+}
+
+/// How often a call is timed (1 in N), to keep the clock off most picks.
+pub(crate) const SAMPLE_EVERY: u64 = 64;
+
+impl Version {
+    pub(crate) fn build(
+        host: &PluginHost,
+        id: u64,
+        spec: PluginSpec,
+        default: &PluginSpec,
+        route: &Arc<Published>,
+    ) -> Result<Self, LoadError> {
+        let label: Arc<str> = Arc::from(format!("{}#{id}", spec.name()));
+        let mut workers = Vec::new();
+        for _ in 0..host.config().workers.max(1) {
+            let runner = match &spec {
+                PluginSpec::Builtin { name, config } => Runner::Native(
+                    sextant_builtins::balancer(name, config).map_err(LoadError::UnknownBuiltin)?,
+                    host.state(Arc::clone(&label), Arc::clone(route)),
+                ),
+                PluginSpec::Wasm { compiled, config, .. } => Runner::Wasm(Box::new(WasmRunner::new(
+                    host,
+                    compiled,
+                    Arc::clone(&label),
+                    Arc::clone(route),
+                    config,
+                )?)),
+            };
+            let PluginSpec::Builtin { name, config } = default else {
+                unreachable!("a slot's default is a built-in");
+            };
+            let fallback = sextant_builtins::balancer(name, config).map_err(LoadError::UnknownBuiltin)?;
+            let mut worker = Worker {
+                seen: u64::MAX,
+                route: Arc::clone(route),
+                stale: None,
+                exec: Exec::Fallback,
+                runner,
+                fallback,
+                fallback_env: host.state(Arc::clone(&label), Arc::clone(route)),
+                calls: 0,
+            };
+            worker
+                .apply(host, &spec, route)
+                .map_err(|f| LoadError::SelfTest(format!("update with the current snapshot {f}")))?;
+            workers.push(Mutex::new(worker));
+        }
+        Ok(Self {
+            host: host.clone(),
+            id,
+            spec,
+            loaded_at: SystemTime::now(),
+            workers: workers.into_boxed_slice(),
+            counters: Counters::default(),
+            faults: Mutex::new(FaultWindow::default()),
+        })
+    }
+
+    pub(crate) fn worker(&self) -> MutexGuard<'_, Worker> {
+        let n = self.workers.len();
+        let start = SHARD.with(|s| *s) % n;
+        for k in 0..n {
+            if let Some(g) = self.workers[(start + k) % n].try_lock() {
+                return g;
+            }
+        }
+        self.workers[start].lock()
+    }
+
+    /// Records a fault; the faults within the window when the version has now faulted too
+    /// often.
+    pub(crate) fn record_fault(&self, f: &CallFault, host: &PluginHost) -> Option<usize> {
+        self.counters.fault(f);
+        self.faults.lock().record(Instant::now(), host.config().fault_window, host.config().max_faults)
+    }
+
+    /// Status.
+    #[must_use]
+    pub fn status(&self) -> VersionStatus {
+        let mut counters = self.counters.snapshot();
+        counters.calls = self.workers.iter().map(|w| w.lock().calls).sum();
+        VersionStatus::of(self.id, &self.spec, self.loaded_at, counters)
+    }
+}
+
+impl Worker {
+    /// Applies a route to the plugin and the fallback. When the plugin fails on it, the
+    /// plugin's own previous state keeps serving (its answers mapped to the new route, an
+    /// endpoint no longer there answered by the native default); with no previous state to
+    /// keep, the native default serves this route. Either way the error is returned.
+    pub(crate) fn apply(
+        &mut self,
+        host: &PluginHost,
+        spec: &PluginSpec,
+        route: &Arc<Published>,
+    ) -> Result<(), CallFault> {
+        self.seen = route.epoch;
+        self.fallback_env.route = Arc::clone(route);
+        // The native default cannot fail on a valid snapshot; if it ever refused, picks
+        // would find no endpoint, which the caller sees as "none".
+        let _ = self.fallback.update(&route.model, &mut self.fallback_env);
+        let result = match &mut self.runner {
+            Runner::Native(b, env) => {
+                env.route = Arc::clone(route);
+                b.update(&route.model, env).map_err(CallFault::Refused)
+            }
+            Runner::Wasm(w) => w.update(host, route),
+            Runner::Gone => Err(CallFault::Trap("instance lost".into())),
+        };
+        let fault = match result.and_then(|mode| validate_mode(mode, route.len())) {
+            Ok(exec) => {
+                self.exec = exec;
+                self.route = Arc::clone(route);
+                self.stale = None;
+                return Ok(());
+            }
+            Err(f) => f,
+        };
+        if !self.keep_previous(host, spec) {
+            self.exec = Exec::Fallback;
+            self.route = Arc::clone(route);
+            self.stale = None;
+            return Err(fault);
+        }
+        let now: std::collections::HashMap<&str, u32> =
+            route.model.endpoints.iter().zip(0u32..).map(|(e, i)| (e.id.as_str(), i)).collect();
+        self.stale =
+            Some(self.route.model.endpoints.iter().map(|e| now.get(e.id.as_str()).copied()).collect::<Vec<_>>());
+        Err(fault)
+    }
+
+    /// After a failed update: whether the state that served `self.route` still can. A
+    /// table stands on its own; a per-request wasm instance (which may have trapped, or
+    /// half-applied the new route) is rebuilt on `self.route`; a native policy that refused
+    /// is not trusted further.
+    pub(crate) fn keep_previous(&mut self, host: &PluginHost, spec: &PluginSpec) -> bool {
+        match (&self.exec, &self.runner) {
+            (Exec::Fallback, _) | (_, Runner::Native(..) | Runner::Gone) => false,
+            (Exec::Weighted(_) | Exec::Ring(_) | Exec::Maglev(_), Runner::Wasm(_)) => true,
+            (Exec::PerRequest, Runner::Wasm(_)) => {
+                let PluginSpec::Wasm { compiled, config, name } = spec else { return false };
+                let previous = Arc::clone(&self.route);
+                let Ok(mut fresh) =
+                    WasmRunner::new(host, compiled, Arc::from(name.as_str()), Arc::clone(&previous), config)
+                else {
+                    return false;
+                };
+                let restored = fresh.update(host, &previous).and_then(|mode| validate_mode(mode, previous.len()));
+                match restored {
+                    Ok(exec @ Exec::PerRequest) => {
+                        self.runner = Runner::Wasm(Box::new(fresh));
+                        self.exec = exec;
+                        true
+                    }
+                    _ => false,
+                }
+            }
+        }
+    }
+
+    pub(crate) fn fallback_pick(&mut self, request: &PickRequest) -> Option<u32> {
+        let r = Request { hash_key: request.hash_key };
+        self.fallback.pick(&r, &mut self.fallback_env)
+    }
+
+    pub(crate) fn pick(
+        &mut self,
+        host: &PluginHost,
+        ticks: u64,
+        request: &mut PickRequest,
+        len: usize,
+    ) -> Result<Option<u32>, CallFault> {
+        self.calls += 1;
+        // Tables draw keys for key-less requests from the instance's own generator, so a
+        // native and a wasm instance with the same seed agree.
+        let hash_key = request.hash_key;
+        let key = |runner: &mut Runner, fallback_env: &mut HostState| {
+            hash_key.unwrap_or_else(|| {
+                let env = match runner {
+                    Runner::Native(_, env) => env,
+                    Runner::Wasm(w) => w.store.data_mut(),
+                    Runner::Gone => fallback_env,
+                };
+                mix64(sextant_builtins::Env::random(env))
+            })
+        };
+        match &mut self.exec {
+            Exec::Fallback => Ok(self.fallback_pick(request)),
+            Exec::Weighted(edf) => Ok(edf.pick()),
+            Exec::Ring(ring) => {
+                if ring.is_empty() {
+                    return Ok(None);
+                }
+                let k = key(&mut self.runner, &mut self.fallback_env);
+                let p = ring.partition_point(|p| p.hash < k);
+                Ok(Some(ring[if p == ring.len() { 0 } else { p }].endpoint))
+            }
+            Exec::Maglev(table) => {
+                if table.is_empty() {
+                    return Ok(None);
+                }
+                let k = key(&mut self.runner, &mut self.fallback_env);
+                Ok(Some(table[(k % table.len() as u64) as usize]))
+            }
+            Exec::PerRequest => {
+                let answer = match &mut self.runner {
+                    Runner::Native(b, env) => {
+                        std::mem::swap(&mut env.headers, &mut request.headers);
+                        let a = b.pick(&Request { hash_key: request.hash_key }, env);
+                        std::mem::swap(&mut env.headers, &mut request.headers);
+                        a
+                    }
+                    Runner::Wasm(w) => w.pick(host, ticks, request)?,
+                    Runner::Gone => return Ok(self.fallback_pick(request)),
+                };
+                check_pick(answer, len)
+            }
+        }
+    }
+
+    /// After a fault the wasm instance may be poisoned (a trapped component cannot be
+    /// entered again): replace it with a fresh one, initialised and given the route.
+    pub(crate) fn replace_instance(&mut self, host: &PluginHost, spec: &PluginSpec, route: &Arc<Published>) {
+        let PluginSpec::Wasm { compiled, config, name } = spec else { return };
+        if !matches!(self.runner, Runner::Wasm(_)) {
+            return;
+        }
+        self.runner = match WasmRunner::new(host, compiled, Arc::from(name.as_str()), Arc::clone(route), config) {
+            Ok(w) => Runner::Wasm(Box::new(w)),
+            Err(e) => {
+                tracing::warn!(plugin = %name, error = %e, "could not replace a faulted instance; the fallback serves");
+                Runner::Gone
+            }
+        };
+        self.stale = None;
+        self.exec = Exec::Fallback;
+        let _ = self.apply(host, spec, route);
+    }
+}
