@@ -321,7 +321,7 @@ async fn stream<S: Store + Clone>(c: &Arc<Conn<S>>, mut send: SendStream, mut re
     let payload = match tokio::time::timeout(timeout, wire::read_payload(&mut recv)).await {
         Ok(Ok(payload)) => payload,
         // The client reset the stream or the connection went: nothing to answer.
-        Ok(Err(WireError::Stream(_))) => return true,
+        Ok(Err(WireError::Read(_) | WireError::Write(_))) => return true,
         Ok(Err(e)) => return refuse(c, send, ErrorCode::ProtocolError, &e.to_string()).await,
         Err(_) => return refuse(c, send, ErrorCode::Timeout, "request stream did not finish in time").await,
     };

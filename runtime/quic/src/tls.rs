@@ -45,7 +45,10 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     /// The client verifier could not be built.
     #[error("client certificate verifier: {0}")]
-    Verifier(String),
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// The TLS configuration offers no cipher suite QUIC can start with.
+    #[error("QUIC needs a TLS 1.3 cipher suite: {0}")]
+    CipherSuite(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
     /// A host or client name that cannot name its files.
     #[error("{0:?} is not a usable name: letters, digits, '.', '-', '_', not starting with '.'")]
     BadName(String),
@@ -266,9 +269,7 @@ fn rustls_server(files: &TlsFiles, client_ca: Option<&Path>, alpn: &[u8]) -> Res
     let builder = match client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
-                .build()
-                .map_err(|e| TlsError::Verifier(e.to_string()))?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider()).build()?;
             builder.with_client_cert_verifier(verifier)
         }
     };
@@ -291,7 +292,7 @@ pub fn server_config(
     max_streams: u32,
 ) -> Result<quinn::ServerConfig, TlsError> {
     let tls = rustls_server(files, client_ca, ALPN)?;
-    let crypto = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let crypto = QuicServerConfig::try_from(tls)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport(max_streams));
     Ok(config)
@@ -307,7 +308,7 @@ pub fn client_config(ca: &Path, client_cert: Option<(&Path, &Path)>) -> Result<q
         Some((cert, k)) => builder.with_client_auth_cert(certs(cert)?, key(k)?)?,
     };
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let crypto = QuicClientConfig::try_from(tls)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport(0));
     Ok(config)

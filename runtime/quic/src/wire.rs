@@ -14,16 +14,19 @@ pub enum WireError {
     /// More than one frame, or bytes after the frame, where one request was expected.
     #[error("expected exactly one frame on the request stream")]
     TrailingData,
-    /// The stream or connection failed.
+    /// The stream or connection failed while reading.
     #[error("stream: {0}")]
-    Stream(String),
+    Read(#[from] quinn::ReadError),
+    /// The stream or connection failed while writing.
+    #[error("stream: {0}")]
+    Write(#[from] quinn::WriteError),
 }
 
 /// Reads the single frame a request stream holds (the client finishes the stream after it)
 /// and returns its payload. A length over the limit fails as soon as its 4 bytes are in;
 /// bytes after the frame, or an end inside it, fail too.
 pub async fn read_payload(recv: &mut RecvStream) -> Result<Vec<u8>, WireError> {
-    let stream = |e: quinn::ReadError| WireError::Stream(e.to_string());
+    let stream = WireError::Read;
     let mut decoder = FrameDecoder::new();
     let mut received = 0;
     let payload = loop {
@@ -75,7 +78,7 @@ impl FrameReader {
             // Never more than the frame still needs, so nothing past it is consumed; the
             // chunk is quinn's own buffer, not a copy into a scratch one.
             let want = self.decoder.wanted()?.max(1);
-            match self.recv.read_chunk(want, true).await.map_err(|e| WireError::Stream(e.to_string()))? {
+            match self.recv.read_chunk(want, true).await.map_err(WireError::Read)? {
                 Some(chunk) => self.decoder.push(&chunk.bytes),
                 None => {
                     self.decoder.finish()?;
@@ -89,5 +92,5 @@ impl FrameReader {
 /// Writes one frame.
 pub async fn write<T: Serialize>(send: &mut SendStream, message: &T) -> Result<(), WireError> {
     let frame = encode(message)?;
-    send.write_all(&frame).await.map_err(|e| WireError::Stream(e.to_string()))
+    send.write_all(&frame).await.map_err(WireError::Write)
 }
