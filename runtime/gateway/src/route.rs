@@ -224,13 +224,20 @@ impl Route {
         })
     }
 
-    /// On the request path: builds the route the first time (the first pick waits for it);
-    /// afterwards, when the registry moved or local state changed, wakes the maintenance task
-    /// to rebuild, and picks go on with the rotation they have until it is published.
+    /// On the request path. The first pick builds the route (and waits for it). A registry
+    /// change is applied by the first pick that sees it, unless a rebuild is already under
+    /// way (no pick waits for another's rebuild), so an instance registered is picked by the
+    /// next request. Local changes (verdicts, breakers, weights) are left to the maintenance
+    /// task, woken here: picks go on with the rotation they have until it publishes.
     pub(crate) fn refresh(&self) {
-        if self.applied.load(Relaxed) == u64::MAX {
+        let applied = self.applied.load(Relaxed);
+        if applied == u64::MAX {
             self.refresh_now();
-        } else if self.stale() {
+        } else if self.handle.load().revision.0 != applied {
+            if let Some(mut state) = self.state.try_lock() {
+                self.rebuild(&mut state, Instant::now());
+            }
+        } else if self.dirty.load(Relaxed) {
             self.wake.notify_one();
         }
     }

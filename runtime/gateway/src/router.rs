@@ -3,9 +3,11 @@
 //! with an [`Outcome`](crate::Outcome) feeds live load (PeakEWMA, least-request), the circuit
 //! breaker, passive health (the health plugin's outlier verdicts) and the scheduler's
 //! statistics. Here: the router (its configuration, builder, plugin loading, shutdown and
-//! maintenance task), the discovery and health-sink traits, route errors. Per service state
+//! maintenance task) and route errors; where it learns instances is `crate::discovery`. Per
+//! service state
 //! lives in `crate::route`; what traffic may reach is the rotation rule (`crate::rotation`),
-//! applied by the route off the pick path.
+//! applied by the route when the registry changes (by the first pick that sees the change)
+//! or local state does (by the maintenance task).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
