@@ -2,8 +2,10 @@
 //! health verdicts ([`HealthSink`]); a local `sextant_store::Registry` is both (feature
 //! `registry`), `RemoteDiscovery` follows remote servers.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use sextant_core::{Instance, ServiceKey, SnapshotHandle};
 
@@ -17,6 +19,14 @@ pub trait Discovery: Send + Sync + 'static {
         None
     }
 
+    /// Arranges for `wake` to be notified whenever a snapshot changes, for as long as it
+    /// lives: the router rebuilds its routes then, off the request path. Without it (the
+    /// default), a change is applied by the router's periodic maintenance or the first pick
+    /// that sees it.
+    fn on_change(&self, wake: Weak<Notify>) {
+        let _ = wake;
+    }
+
     /// Stops following (called by [`Router::shutdown`](crate::Router::shutdown)); the snapshots handed out stay
     /// readable. Nothing to stop for a local registry.
     fn close(&self) {}
@@ -26,6 +36,18 @@ pub trait Discovery: Send + Sync + 'static {
 impl<S: sextant_core::store::Store + Clone + Send + Sync + 'static> Discovery for sextant_store::Registry<S> {
     fn handle(&self, service: &ServiceKey) -> SnapshotHandle {
         sextant_store::Registry::handle(self, service)
+    }
+
+    fn on_change(&self, wake: Weak<Notify>) {
+        let mut revisions = self.revisions();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        // Ends with the router (its `Notify` gone) or the registry (the sender dropped).
+        runtime.spawn(async move {
+            while revisions.changed().await.is_ok() {
+                let Some(wake) = wake.upgrade() else { return };
+                wake.notify_one();
+            }
+        });
     }
 }
 

@@ -7,7 +7,7 @@
 //! for a `Reset`, for an event empty-push protection held back, and for the cached view
 //! served while no server answers.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -16,6 +16,7 @@ use sextant_core::view::RegistryView;
 use sextant_core::{Change, Event, Scope, ServiceKey, SnapshotHandle};
 use sextant_proto::client::Applied;
 use sextant_quic::client::Client;
+use tokio::sync::Notify;
 
 use crate::discovery::Discovery;
 
@@ -25,6 +26,8 @@ pub struct RemoteDiscovery {
     directory: Arc<Directory>,
     /// (age when served, when) while the view comes from the cache.
     stale: Arc<Mutex<Option<(Duration, Instant)>>>,
+    /// Told after each published change ([`Discovery::on_change`]).
+    wakers: Arc<Mutex<Vec<Weak<Notify>>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -36,6 +39,8 @@ impl RemoteDiscovery {
         let directory = Arc::clone(view.directory());
         let stale = Arc::new(Mutex::new(None));
         let stale_w = Arc::clone(&stale);
+        let wakers: Arc<Mutex<Vec<Weak<Notify>>>> = Arc::default();
+        let wakers_w = Arc::clone(&wakers);
         let task = tokio::spawn(async move {
             let mut watch = client.watch(scope);
             let mut held: std::collections::HashSet<ServiceKey> = std::collections::HashSet::new();
@@ -72,6 +77,12 @@ impl RemoteDiscovery {
                             }
                         }
                         view.publish();
+                        wakers_w.lock().retain(|w| {
+                            w.upgrade().is_some_and(|w| {
+                                w.notify_one();
+                                true
+                            })
+                        });
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "remote discovery watch ended");
@@ -80,7 +91,7 @@ impl RemoteDiscovery {
                 }
             }
         });
-        Self { directory, stale, task }
+        Self { directory, stale, wakers, task }
     }
 }
 
@@ -91,6 +102,10 @@ impl Discovery for RemoteDiscovery {
 
     fn stale(&self) -> Option<Duration> {
         self.stale.lock().map(|(age, at)| age + at.elapsed())
+    }
+
+    fn on_change(&self, wake: Weak<Notify>) {
+        self.wakers.lock().push(wake);
     }
 
     fn close(&self) {

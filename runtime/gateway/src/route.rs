@@ -224,17 +224,24 @@ impl Route {
         })
     }
 
-    /// On the request path. The first pick builds the route (and waits for it). A registry
-    /// change is applied by the first pick that sees it, unless a rebuild is already under
-    /// way (no pick waits for another's rebuild), so an instance registered is picked by the
-    /// next request. Local changes (verdicts, breakers, weights) are left to the maintenance
-    /// task, woken here: picks go on with the rotation they have until it publishes.
+    /// On the request path; rebuilds happen off it, on the router's maintenance task, which
+    /// the discovery wakes on every registry change ([`Discovery::on_change`]) and requests
+    /// wake on local ones (verdicts, breakers, weights: picks go on with the rotation they
+    /// have until it publishes). Two exceptions keep a registration visible to the next
+    /// request: the first pick builds the route, and a pick that finds a registry change the
+    /// task has not applied yet (it was woken, it has not run) applies it, or waits for the
+    /// rebuild under way.
+    ///
+    /// [`Discovery::on_change`]: crate::Discovery::on_change
     pub(crate) fn refresh(&self) {
-        let applied = self.applied.load(Relaxed);
-        if applied == u64::MAX {
-            self.refresh_now();
-        } else if self.handle.load().revision.0 != applied {
-            if let Some(mut state) = self.state.try_lock() {
+        let behind = || {
+            let applied = self.applied.load(Relaxed);
+            applied == u64::MAX || self.handle.load().revision.0 != applied
+        };
+        if behind() {
+            let mut state = self.state.lock();
+            // The maintenance task may have applied it while this pick waited.
+            if behind() {
                 self.rebuild(&mut state, Instant::now());
             }
         } else if self.dirty.load(Relaxed) {
@@ -247,6 +254,9 @@ impl Route {
     pub(crate) fn refresh_now(&self) {
         if self.applied.load(Relaxed) == u64::MAX || self.stale() {
             let mut state = self.state.lock();
+            if self.applied.load(Relaxed) != u64::MAX && !self.stale() {
+                return;
+            }
             self.drain_health(&mut state, Instant::now());
             self.rebuild(&mut state, Instant::now());
         }

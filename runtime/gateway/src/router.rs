@@ -3,11 +3,10 @@
 //! with an [`Outcome`](crate::Outcome) feeds live load (PeakEWMA, least-request), the circuit
 //! breaker, passive health (the health plugin's outlier verdicts) and the scheduler's
 //! statistics. Here: the router (its configuration, builder, plugin loading, shutdown and
-//! maintenance task) and route errors; where it learns instances is `crate::discovery`. Per
-//! service state
-//! lives in `crate::route`; what traffic may reach is the rotation rule (`crate::rotation`),
-//! applied by the route when the registry changes (by the first pick that sees the change)
-//! or local state does (by the maintenance task).
+//! maintenance task) and route errors; where it learns instances is `crate::discovery`.
+//! Per-service state lives in `crate::route`; what traffic may reach is the rotation rule
+//! (`crate::rotation`), applied by the route when the registry changes (by the first pick
+//! that sees the change) or local state does (by the maintenance task).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -163,6 +162,7 @@ impl RouterBuilder {
             open: Arc::new(AtomicUsize::new(0)),
             wake: Arc::new(Notify::new()),
         });
+        inner.discovery.on_change(Arc::downgrade(&inner.wake));
         tokio::spawn(maintain(Arc::downgrade(&inner)));
         Router(inner)
     }

@@ -177,6 +177,14 @@ impl<S: Store + Clone> Registry<S> {
 }
 
 impl<S> Registry<S> {
+    /// Changes each time the view applies a revision (the value is the view's revision): a
+    /// reader that keeps something derived from the snapshots rebuilds it on this, off its
+    /// own request path.
+    #[must_use]
+    pub fn revisions(&self) -> watch::Receiver<Revision> {
+        self.hub.revision.subscribe()
+    }
+
     /// The view's revision.
     #[must_use]
     pub fn revision(&self) -> Revision {
