@@ -5,9 +5,8 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use tokio::sync::Notify;
-
 use sextant_core::{Instance, ServiceKey, SnapshotHandle};
+use tokio::sync::Notify;
 
 /// Where a router learns the instances of a service.
 pub trait Discovery: Send + Sync + 'static {
@@ -27,8 +26,8 @@ pub trait Discovery: Send + Sync + 'static {
         let _ = wake;
     }
 
-    /// Stops following (called by [`Router::shutdown`](crate::Router::shutdown)); the snapshots handed out stay
-    /// readable. Nothing to stop for a local registry.
+    /// Stops following (called by [`Router::shutdown`](crate::Router::shutdown)); the
+    /// snapshots handed out stay readable. Nothing to stop for a local registry.
     fn close(&self) {}
 }
 
