@@ -8,10 +8,10 @@
 //! about its versions (`crate::lifecycle`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Instant, SystemTime};
 
-use crossbeam_queue::ArrayQueue;
+use crossbeam_queue::SegQueue;
 use parking_lot::Mutex;
 use sextant_builtins::{EndpointStats, HealthPolicy, Outcome, ProbeResult, Scheduler, Snapshot, Status, Verdict};
 use wasmtime::Store;
@@ -502,7 +502,10 @@ pub struct HealthSlot {
     slot: PolicySlot,
     /// Outcomes reported and not yet drained, each with the epoch of the snapshot its
     /// endpoint index refers to.
-    outcomes: ArrayQueue<(u64, Outcome)>,
+    /// (Grows in small blocks as outcomes arrive: an idle service's slot holds none.)
+    outcomes: SegQueue<(u64, Outcome)>,
+    /// How many are queued (the bound is kept with it).
+    queued: AtomicUsize,
     /// The epoch of the snapshot the policy has (mirrored for [`HealthSlot::epoch`]).
     epoch: AtomicU64,
     /// Outcomes not queued because the queue was full.
@@ -521,7 +524,8 @@ impl HealthSlot {
     pub fn new(host: &PluginHost, service: &str, default: PluginSpec) -> Result<Self, LoadError> {
         Ok(Self {
             slot: PolicySlot::new(PluginKind::Health, host, service, default)?,
-            outcomes: ArrayQueue::new(OUTCOME_QUEUE),
+            outcomes: SegQueue::new(),
+            queued: AtomicUsize::new(0),
             epoch: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
         })
@@ -546,11 +550,13 @@ impl HealthSlot {
     /// verdicts. `epoch` is the snapshot epoch `outcome.endpoint` indexes. False when the
     /// queue is full ([`OUTCOME_QUEUE`]): the outcome is dropped and counted.
     pub fn report(&self, epoch: u64, outcome: Outcome) -> bool {
-        let queued = self.outcomes.push((epoch, outcome)).is_ok();
-        if !queued {
+        if self.queued.fetch_add(1, Relaxed) >= OUTCOME_QUEUE {
+            self.queued.fetch_sub(1, Relaxed);
             self.dropped.fetch_add(1, Relaxed);
+            return false;
         }
-        queued
+        self.outcomes.push((epoch, outcome));
+        true
     }
 
     /// Hands the queued outcomes to the policy, in the order they were reported (one lock for
@@ -564,6 +570,7 @@ impl HealthSlot {
         let mut state = self.slot.state.lock();
         let current = state.route.epoch;
         while let Some((epoch, outcome)) = self.outcomes.pop() {
+            self.queued.fetch_sub(1, Relaxed);
             if epoch != current {
                 continue;
             }
