@@ -6,7 +6,8 @@
 //! file (or sidecar) is loaded through the plugin manager exactly like `sextant plugin load`:
 //! validated first, and a file that fails leaves the active plugin alone, is reported in
 //! `plugin list` and the log, and is not retried until it changes again. Removing the file
-//! deletes the record it loaded (unless the record was since replaced through the API).
+//! deletes the record it loaded (unless the record was since replaced through the API); a
+//! delete the store refuses is tried again at the next scan.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
-use sextant_control::PluginManager;
+use sextant_control::{ManagerError, PluginManager};
 use sextant_core::store::Store;
 use sextant_core::{PluginName, sha256_hex};
 
@@ -92,15 +93,27 @@ async fn scan<S: Store + Clone>(dir: &Path, manager: &PluginManager<S>, seen: &m
     }
     let gone: Vec<String> = seen.keys().filter(|n| !present.contains(n)).cloned().collect();
     for name in gone {
-        let Some(Seen { loaded: Some(sha), .. }) = seen.remove(&name) else { continue };
-        let Ok(plugin) = PluginName::new(name.as_str()) else { continue };
-        let ours = manager.records().iter().any(|r| r.name == plugin && r.sha256 == sha);
+        let Some(Seen { loaded: Some(sha), .. }) = seen.get(&name) else {
+            seen.remove(&name);
+            continue;
+        };
+        let Ok(plugin) = PluginName::new(name.as_str()) else {
+            seen.remove(&name);
+            continue;
+        };
+        let ours = manager.records().iter().any(|r| r.name == plugin && &r.sha256 == sha);
         if ours {
             match manager.delete(&plugin).await {
                 Ok(revision) => tracing::info!(plugin = %name, %revision, "plugin file removed: unloaded"),
-                Err(e) => tracing::warn!(plugin = %name, error = %e, "cannot unload removed plugin"),
+                Err(ManagerError::NotFound(_)) => {}
+                Err(e) => {
+                    // Kept: the next scan tries again (a store that did not answer in time).
+                    tracing::warn!(plugin = %name, error = %e, "cannot unload removed plugin; retrying");
+                    continue;
+                }
             }
         }
+        seen.remove(&name);
     }
 }
 
