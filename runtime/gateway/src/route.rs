@@ -249,16 +249,20 @@ impl Route {
         }
     }
 
-    /// Rebuilds now when the registry moved or local state changed (off the request path:
-    /// the maintenance task, a status read).
-    pub(crate) fn refresh_now(&self) {
-        if self.applied.load(Relaxed) == u64::MAX || self.stale() {
-            let mut state = self.state.lock();
-            if self.applied.load(Relaxed) != u64::MAX && !self.stale() {
-                return;
-            }
-            self.drain_health(&mut state, Instant::now());
-            self.rebuild(&mut state, Instant::now());
+    /// Brings the route up to date off the request path (a wake-up of the maintenance task,
+    /// a status read): the outcomes queued go to the health policy, and the rotation is
+    /// rebuilt when the registry moved or local state changed. Nothing is locked when there is
+    /// nothing to do, so a wake-up costs the routes it does not concern next to nothing.
+    pub(crate) fn settle(&self) {
+        let unbuilt = || self.applied.load(Relaxed) == u64::MAX;
+        if !unbuilt() && !self.stale() && self.health.pending() == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut state = self.state.lock();
+        let changed = self.drain_health(&mut state, now);
+        if changed || unbuilt() || self.stale() {
+            self.rebuild(&mut state, now);
         }
     }
 

@@ -465,19 +465,32 @@ fn tick_all(inner: &Inner, now: Instant) {
     }
 }
 
+/// A wake-up between ticks (a registry change, a failed request): only what it asks for,
+/// not the time-driven work of a tick.
+fn settle_all(inner: &Inner) {
+    let routes: Vec<Arc<Route>> = inner.routes.read().values().cloned().collect();
+    for r in routes {
+        r.settle();
+    }
+}
+
 async fn maintain(inner: Weak<Inner>) {
     let mut interval = tokio::time::interval(Duration::from_millis(25));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let Some(wake) = inner.upgrade().map(|i| Arc::clone(&i.wake)) else { return };
     loop {
-        tokio::select! {
-            _ = interval.tick() => {}
-            () = wake.notified() => {}
-        }
+        let ticked = tokio::select! {
+            _ = interval.tick() => true,
+            () = wake.notified() => false,
+        };
         let Some(inner) = inner.upgrade() else { return };
         if inner.closed.load(Relaxed) {
             return;
         }
-        tick_all(&inner, Instant::now());
+        if ticked {
+            tick_all(&inner, Instant::now());
+        } else {
+            settle_all(&inner);
+        }
     }
 }

@@ -53,7 +53,7 @@ impl Route {
     /// What the route looks like now (rebuilt first if it is behind).
     pub(crate) fn status(&self) -> RouteStatus {
         let route = self;
-        route.refresh_now();
+        route.settle();
         let snap = route.balancer.published();
         let routed: HashMap<&str, usize> =
             snap.model.endpoints.iter().enumerate().map(|(n, e)| (e.id.as_str(), n)).collect();

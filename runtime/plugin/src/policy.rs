@@ -583,6 +583,12 @@ impl HealthSlot {
         verdicts
     }
 
+    /// Outcomes waiting for [`HealthSlot::drain`].
+    #[must_use]
+    pub fn pending(&self) -> usize {
+        self.queued.load(Relaxed)
+    }
+
     /// Outcomes dropped because the queue was full.
     #[must_use]
     pub fn dropped(&self) -> u64 {
