@@ -92,7 +92,7 @@ fn two_hosts_on_one_etcd_share_registrations_watches_and_plugins() {
     // A plugin loaded through A becomes active on B (artifact and record come through etcd)
     // and replaces the built-in that B's slot runs.
     assert!(run(&b, &["pick", "--service", SERVICE]).status.success());
-    assert_eq!(balancer(&b).unwrap().0, "ring-hash");
+    assert_eq!(balancer(&b).unwrap().0, sextant_plugin::DEFAULT_BALANCER, "the default every host starts on");
     let rr = sextant_plugin_artifacts::path("round-robin").expect("artifact built");
     let out = run(&a, &["plugin", "load", rr, "--name", "rr", "--bind", SERVICE]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -67,7 +67,7 @@ fn plugins_from_a_directory_and_the_cli_swap_in_and_bad_ones_change_nothing() {
     std::fs::create_dir(&plugins).unwrap();
     let server = Server::try_start_with(
         &dir.path().join("data"),
-        &["--plugins", plugins.to_str().unwrap(), "--plugins-poll-ms", "100"],
+        &["--plugins", plugins.to_str().unwrap(), "--plugins-poll-ms", "100", "--balancer", "ring-hash"],
     )
     .unwrap_or_else(|f| panic!("{:?}\n{}", f.status, f.log));
     for (id, port) in [("a", 9001), ("b", 9002), ("c", 9003)] {
@@ -78,8 +78,8 @@ fn plugins_from_a_directory_and_the_cli_swap_in_and_bad_ones_change_nothing() {
     }
     let everyone: BTreeSet<String> = ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"].map(String::from).into();
 
-    // Before any plugin: the default built-in, ring hash: one key, one instance, every time;
-    // many keys, every instance.
+    // Before any plugin: the built-in `--balancer` names, ring hash: one key, one instance,
+    // every time; many keys, every instance.
     let one = picks_for_key(&server, 5, "user-7");
     assert!(one.len() == 1 && one.is_subset(&everyone), "{one:?}");
     let spread: BTreeSet<String> = (0..40).flat_map(|k| picks_for_key(&server, 1, &format!("user-{k}"))).collect();

@@ -21,7 +21,7 @@ impl<S: Store + Clone> Inner<S> {
     /// Makes `slots` run what the records say.
     pub(crate) async fn reconcile(&self, slots: &ServiceSlots, records: &[Arc<PluginRecord>]) {
         slots.refresh();
-        for kind in KINDS {
+        for kind in KINDS.into_iter().filter(|k| slots.slots.has(*k)) {
             let desired = resolve(records, &slots.service, kind);
             if slots.update.lock()[kind_index(kind)] == desired {
                 continue;
@@ -52,20 +52,14 @@ impl<S: Store + Clone> Inner<S> {
                 compiled,
                 config: if d.config.is_empty() { "{}".into() } else { d.config.clone() },
             },
-            _ => match kind {
-                PluginKind::Balancer => self.defaults.balancer.clone(),
-                PluginKind::Health => self.defaults.health.clone(),
-                PluginKind::Scheduler => self.defaults.scheduler.clone(),
-            },
+            _ => self.defaults.native(kind),
         });
-        let loaded = spec.and_then(|spec| {
-            match kind {
-                PluginKind::Balancer => slots.balancer.load(spec),
-                PluginKind::Health => slots.health.load(spec),
-                PluginKind::Scheduler => slots.scheduler.load(spec),
-            }
-            .map_err(|e| e.to_string())
-        });
+        let Some(loaded) = spec
+            .map_or_else(|e| Some(Err(e)), |spec| slots.slots.load(kind, spec).map(|r| r.map_err(|e| e.to_string())))
+        else {
+            // No such slot here (a server keeps the balancer alone): nothing runs it.
+            return;
+        };
         match loaded {
             Ok(v) => tracing::info!(service = %slots.service, %kind, plugin = %v.name, version = v.id, "plugin active"),
             Err(e) => {

@@ -9,8 +9,9 @@
 //! so a load through one server becomes active on all of them. Rollback rewrites the record
 //! from its history; deleting it sends the services back to their next binding.
 //!
-//! Slots are per service and kind (balancer, health, scheduler), created on first use (a
-//! pick, or a gateway asking for the service's slots), so idle services cost nothing. Which
+//! Slots are per service, created on first use (a pick), so idle services cost nothing. A
+//! server carries no traffic, so it keeps a balancer slot alone (it answers `sextant pick`);
+//! health policies and schedulers are validated here and run where traffic is. Which
 //! record a slot runs: the most specific binding that covers the service (the service itself,
 //! then its namespace, then `*`), the newest load among equals; no binding means the native
 //! default built-in. A slot follows its service's registry snapshot: the watcher applies each
@@ -35,8 +36,8 @@ use crate::slots::{KINDS, ServiceSlots, parse_kind, pop_good, push_history, reso
 use crate::state::{Inner, Work};
 
 use sextant_plugin::{
-    BalancerSlot, Compiled, Defaults, HealthSlot, LoadError, PickRequest, PluginHost, PluginKind, PluginSpec,
-    SchedulerSlot, Totals, VersionKey, snapshot_of,
+    Compiled, Defaults, LoadError, PickRequest, PluginHost, PluginKind, PluginSpec, SlotPlan, Slots, Totals,
+    VersionKey, snapshot_of,
 };
 
 /// Covered services whose live snapshot a load is validated on (a namespace or `*` binding
@@ -122,10 +123,7 @@ impl<S: Store + Clone> PluginManager<S> {
     /// A default that is not a valid built-in.
     pub fn start(host: PluginHost, registry: Registry<S>, defaults: Defaults) -> Result<Self, LoadError> {
         // Fail now, not on the first pick, if a default does not build.
-        let probe = ServiceKey::parse("default/default/probe").map_err(|e| LoadError::UnknownBuiltin(e.to_string()))?;
-        BalancerSlot::new(&host, &probe.to_string(), defaults.balancer.clone())?;
-        HealthSlot::new(&host, &probe.to_string(), defaults.health.clone())?;
-        SchedulerSlot::new(&host, &probe.to_string(), defaults.scheduler.clone())?;
+        Slots::new(&host, "default/default/probe", &defaults, &SlotPlan::routing(&defaults))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             host,
@@ -197,12 +195,12 @@ impl<S: Store + Clone> PluginManager<S> {
         let slots = self.slots(service)?;
         slots.refresh();
         let mut request = PickRequest { hash_key: hash_key.map(sextant_plugin::builtins::hash_str), headers };
-        let (instance, _, picked) = slots.balancer.pick_target::<Arc<Instance>>(&mut request)?;
+        let (instance, _, picked) = slots.balancer().pick_target::<Arc<Instance>>(&mut request)?;
         Some(PickedInstance {
             instance,
             version: picked.version,
             fallback: picked.fallback,
-            protection_active: slots.balancer.published().model.protection_active,
+            protection_active: slots.balancer().published().model.protection_active,
         })
     }
 
@@ -447,9 +445,7 @@ impl<S: Store + Clone> Inner<S> {
                 handle: self.registry.handle(service),
                 applied: AtomicU64::new(u64::MAX),
                 update: Mutex::new([None, None, None]),
-                balancer: BalancerSlot::new(&self.host, &name, self.defaults.balancer.clone())?,
-                health: HealthSlot::new(&self.host, &name, self.defaults.health.clone())?,
-                scheduler: SchedulerSlot::new(&self.host, &name, self.defaults.scheduler.clone())?,
+                slots: Slots::new(&self.host, &name, &self.defaults, &SlotPlan::picks_only(&self.defaults))?,
             })
         };
         // The defaults were checked in `start`; this cannot fail short of a host bug.
@@ -458,9 +454,7 @@ impl<S: Store + Clone> Inner<S> {
         let observer: sextant_plugin::Observer = Arc::new(move |rollback| {
             let _ = dirty.send(Work::Bad(rollback));
         });
-        slots.balancer.observe(Arc::clone(&observer));
-        slots.health.observe(Arc::clone(&observer));
-        slots.scheduler.observe(observer);
+        slots.slots.observe(&observer);
         Some(slots)
     }
 
@@ -479,31 +473,6 @@ impl<S: Store + Clone> Inner<S> {
         }
         let spec =
             PluginSpec::Wasm { name: name.to_string(), compiled: Arc::clone(compiled), config: config.to_owned() };
-        let scratch = format!("validate/{name}");
-        let live = live.map(snapshot_of);
-        match kind {
-            PluginKind::Balancer => {
-                let slot = BalancerSlot::new(&self.host, &scratch, self.defaults.balancer.clone())?;
-                if let Some(s) = live {
-                    slot.set_snapshot(s);
-                }
-                slot.load(spec)
-            }
-            PluginKind::Health => {
-                let slot = HealthSlot::new(&self.host, &scratch, self.defaults.health.clone())?;
-                if let Some(s) = live {
-                    slot.set_snapshot(s);
-                }
-                slot.load(spec)
-            }
-            PluginKind::Scheduler => {
-                let slot = SchedulerSlot::new(&self.host, &scratch, self.defaults.scheduler.clone())?;
-                if let Some(s) = live {
-                    slot.set_snapshot(s);
-                }
-                slot.load(spec)
-            }
-        }
-        .map(drop)
+        self.defaults.validate(&self.host, kind, spec, live.map(snapshot_of)).map(drop)
     }
 }

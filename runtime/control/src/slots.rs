@@ -1,7 +1,10 @@
-//! A service's three slots (balancer, health, scheduler) and which plugin record each runs:
-//! the most specific binding that covers the service, the newest load among equals, no
-//! binding the native default; and the record history rules (bad versions skipped, the
-//! history capped).
+//! A service's slots on a server and which plugin record each runs: the most specific
+//! binding that covers the service, the newest load among equals, no binding the native
+//! default; and the record history rules (bad versions skipped, the history capped).
+//!
+//! A server answers picks (`sextant pick`) but carries no traffic, so it keeps the balancer
+//! alone ([`SlotPlan::picks_only`]): health policies and schedulers run where traffic is (a
+//! gateway's router, the same [`Slots`] bundle), and a server validates them at load only.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -12,7 +15,9 @@ use sextant_core::{
     BadVersion, PLUGIN_HISTORY, PluginName, PluginRecord, PluginVersion, ServiceKey, ServiceSnapshot, SnapshotHandle,
     ValidationError,
 };
-use sextant_plugin::{BalancerSlot, HealthSlot, PluginKind, SchedulerSlot, SlotStatus, bound_record, snapshot_of};
+#[cfg(doc)]
+use sextant_plugin::SlotPlan;
+use sextant_plugin::{BalancerSlot, PluginKind, SlotStatus, Slots, bound_record, snapshot_of};
 
 /// Which record a slot runs (none: the default built-in).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,7 +27,7 @@ pub(crate) struct Desired {
     pub(crate) config: String,
 }
 
-/// The three slots of one service.
+/// The slots of one service on a server.
 #[derive(Debug)]
 pub struct ServiceSlots {
     pub(crate) service: ServiceKey,
@@ -31,28 +36,20 @@ pub struct ServiceSlots {
     pub(crate) applied: AtomicU64,
     /// Serializes snapshot application and activations.
     pub(crate) update: Mutex<[Option<Desired>; 3]>,
-    pub(crate) balancer: BalancerSlot,
-    pub(crate) health: HealthSlot,
-    pub(crate) scheduler: SchedulerSlot,
+    pub(crate) slots: Slots,
 }
 
 impl ServiceSlots {
     /// The balancer slot.
     #[must_use]
     pub fn balancer(&self) -> &BalancerSlot {
-        &self.balancer
+        self.slots.balancer()
     }
 
-    /// The health slot.
+    /// The bundle (a server's holds the balancer alone).
     #[must_use]
-    pub fn health(&self) -> &HealthSlot {
-        &self.health
-    }
-
-    /// The scheduler slot.
-    #[must_use]
-    pub fn scheduler(&self) -> &SchedulerSlot {
-        &self.scheduler
+    pub fn slots(&self) -> &Slots {
+        &self.slots
     }
 
     /// The registry snapshot the slots follow.
@@ -74,18 +71,12 @@ impl ServiceSlots {
         }
         let model = snapshot_of(&current);
         // The balancer's route carries the instances (the model's order: the selected ones).
-        self.balancer.set_snapshot_with(model.clone(), current.selected().cloned().collect::<Vec<_>>());
-        self.health.set_snapshot(model.clone());
-        self.scheduler.set_snapshot(model);
+        self.slots.balancer().set_snapshot_with(model, current.selected().cloned().collect::<Vec<_>>());
         self.applied.store(current.revision.0, Relaxed);
     }
 
-    pub(crate) fn status(&self) -> [(PluginKind, SlotStatus); 3] {
-        [
-            (PluginKind::Balancer, self.balancer.status()),
-            (PluginKind::Health, self.health.status()),
-            (PluginKind::Scheduler, self.scheduler.status()),
-        ]
+    pub(crate) fn status(&self) -> Vec<(PluginKind, SlotStatus)> {
+        self.slots.status()
     }
 }
 

@@ -80,8 +80,8 @@ impl Default for GatewayFile {
         let route = RouteConfig::default();
         Self {
             gateway: GatewayConfig::default(),
-            balancer: "peak-ewma".into(),
-            health: "standard".into(),
+            balancer: sextant_plugin::DEFAULT_BALANCER.into(),
+            health: sextant_plugin::DEFAULT_HEALTH.into(),
             scheduler: None,
             window: route.window,
             health_check: route.health_check,

@@ -311,7 +311,9 @@ impl Follow {
         match kind {
             PluginKind::Balancer => d.balancer.clone(),
             PluginKind::Health => d.health.clone(),
-            PluginKind::Scheduler => d.scheduler.clone().unwrap_or_else(|| PluginSpec::builtin("adaptive")),
+            PluginKind::Scheduler => {
+                d.scheduler.clone().unwrap_or_else(|| PluginSpec::builtin(sextant_plugin::DEFAULT_SCHEDULER))
+            }
         }
     }
 

@@ -96,7 +96,7 @@ impl PickGuard {
         self.trial = false;
         // To the health policy through its queue: the maintenance task hands the queue over
         // and applies the verdicts, so no request waits on the policy.
-        route.health.report(
+        route.health().report(
             self.target.health_epoch,
             PolicyOutcome {
                 endpoint: self.target.health_index,

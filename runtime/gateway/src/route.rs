@@ -17,7 +17,8 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use sextant_core::{Instance, ServiceKey, ServiceSnapshot, SnapshotHandle};
 use sextant_plugin::builtins::{Endpoint, EndpointStats, ProbeResult, Snapshot, Verdict};
-use sextant_plugin::{BalancerSlot, HealthSlot, LoadError, PluginHost, PluginSpec, SchedulerSlot, StatsWindow};
+use sextant_plugin::{BalancerSlot, Defaults, HealthSlot, LoadError, PluginHost, PluginSpec, SchedulerSlot, SlotPlan};
+use sextant_plugin::{Slots, StatsWindow};
 
 use crate::discovery::HealthSink;
 use crate::health::HealthCheck;
@@ -29,12 +30,12 @@ use crate::rotation::{LocalHealth, rotation};
 /// How traffic to one service is handled.
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
-    /// The balancer (default: native `peak-ewma`).
+    /// The balancer (default: [`Defaults`]' native `peak-ewma`, as on every host).
     pub balancer: PluginSpec,
-    /// The health policy (default: native `standard`: consecutive thresholds on probes,
-    /// outlier detection on traffic).
+    /// The health policy (default: [`Defaults`]' native `standard`: consecutive thresholds
+    /// on probes, outlier detection on traffic).
     pub health: PluginSpec,
-    /// The scheduler; none keeps the registered weights.
+    /// The scheduler; none (the default) keeps the registered weights.
     pub scheduler: Option<PluginSpec>,
     /// How often statistics are cut (and the scheduler called).
     pub window: Duration,
@@ -52,10 +53,11 @@ pub struct RouteConfig {
 
 impl Default for RouteConfig {
     fn default() -> Self {
+        let Defaults { balancer, health, scheduler } = Defaults::default();
         Self {
-            balancer: PluginSpec::builtin("peak-ewma"),
-            health: PluginSpec::builtin("standard"),
-            scheduler: None,
+            balancer,
+            health,
+            scheduler,
             window: Duration::from_secs(1),
             health_check: None,
             breaker: BreakerConfig::default(),
@@ -128,9 +130,8 @@ pub(crate) struct Route {
     pub(crate) service: ServiceKey,
     pub(crate) config: RouteConfig,
     handle: SnapshotHandle,
-    pub(crate) balancer: BalancerSlot,
-    pub(crate) health: HealthSlot,
-    pub(crate) scheduler: Option<SchedulerSlot>,
+    /// The bundle every host keeps (here with a health slot, and a scheduler when configured).
+    slots: Slots,
     pub(crate) rate: Option<TokenBucket>,
     pub(crate) budget: RetryBudget,
     applied: AtomicU64,
@@ -163,47 +164,20 @@ impl Route {
         open: Arc<AtomicUsize>,
         wake: Arc<Notify>,
     ) -> Result<Self, LoadError> {
-        let name = service.to_string();
         let now = Instant::now();
-        // A configured built-in is the slot's first version (and its native answer when a
-        // later plugin faults); a configured wasm plugin is loaded over a native default, so
-        // it always has a native answer behind it.
-        let first = |spec: &PluginSpec, native: &str| -> (PluginSpec, Option<PluginSpec>) {
-            match spec {
-                PluginSpec::Builtin { .. } => (spec.clone(), None),
-                PluginSpec::Wasm { .. } => (PluginSpec::builtin(native), Some(spec.clone())),
-            }
+        let plan = SlotPlan {
+            balancer: config.balancer.clone(),
+            health: Some(config.health.clone()),
+            scheduler: config.scheduler.clone(),
         };
-        let (default, over) = first(&config.balancer, "round-robin");
-        let balancer = BalancerSlot::new(host, &name, default)?;
-        if let Some(spec) = over {
-            balancer.load(spec)?;
-        }
-        let (default, over) = first(&config.health, "standard");
-        let health = HealthSlot::new(host, &name, default)?;
-        if let Some(spec) = over {
-            health.load(spec)?;
-        }
-        let scheduler = match &config.scheduler {
-            Some(spec) => {
-                let (default, over) = first(spec, "adaptive");
-                let slot = SchedulerSlot::new(host, &name, default)?;
-                if let Some(spec) = over {
-                    slot.load(spec)?;
-                }
-                Some(slot)
-            }
-            None => None,
-        };
+        let slots = Slots::new(host, &service.to_string(), &Defaults::default(), &plan)?;
         let registry = handle.load_full();
         Ok(Self {
             rate: config.rate_limit.map(|l| TokenBucket::new(l, now)),
             budget: RetryBudget::new(config.retry, now),
             service,
             handle,
-            balancer,
-            health,
-            scheduler,
+            slots,
             applied: AtomicU64::new(u64::MAX),
             dirty: AtomicBool::new(true),
             state: Mutex::new(RouteState {
@@ -222,6 +196,22 @@ impl Route {
             wake,
             config,
         })
+    }
+
+    pub(crate) fn slots(&self) -> &Slots {
+        &self.slots
+    }
+
+    pub(crate) fn balancer(&self) -> &BalancerSlot {
+        self.slots.balancer()
+    }
+
+    pub(crate) fn health(&self) -> &HealthSlot {
+        self.slots.health().unwrap_or_else(|| unreachable!("a route is built with a health slot (Route::new)"))
+    }
+
+    pub(crate) fn scheduler(&self) -> Option<&SchedulerSlot> {
+        self.slots.scheduler()
     }
 
     /// On the request path; rebuilds happen off it, on the router's maintenance task, which
@@ -255,7 +245,7 @@ impl Route {
     /// nothing to do, so a wake-up costs the routes it does not concern next to nothing.
     pub(crate) fn settle(&self) {
         let unbuilt = || self.applied.load(Relaxed) == u64::MAX;
-        if !unbuilt() && !self.stale() && self.health.pending() == 0 {
+        if !unbuilt() && !self.stale() && self.health().pending() == 0 {
             return;
         }
         let now = Instant::now();
@@ -274,7 +264,7 @@ impl Route {
     /// True when one changed what may take traffic.
     fn drain_health(&self, state: &mut RouteState, now: Instant) -> bool {
         let mut changed = false;
-        for (index, verdict) in self.health.drain() {
+        for (index, verdict) in self.health().drain() {
             let Some(instance) = state.health_ids.get(index as usize).cloned() else { continue };
             changed |= self.apply_verdict(state, &instance, verdict, now);
         }
@@ -290,7 +280,7 @@ impl Route {
         let open = |id: &str| state.endpoints.get(id).and_then(|e| e.breaker.open_until());
         let next = rotation(&registry, &state.local, &open, self.config.max_ejected_percent, now);
         let protection = next.protection;
-        let health_epoch = self.health.epoch();
+        let health_epoch = self.health().epoch();
         let mut targets = Vec::with_capacity(next.members.len());
         let mut endpoints = Vec::with_capacity(next.members.len());
         for (i, weight) in next.members {
@@ -311,7 +301,7 @@ impl Route {
             endpoints,
             protection_active: protection,
         };
-        self.balancer.set_snapshot_with(snapshot, targets);
+        self.balancer().set_snapshot_with(snapshot, targets);
         self.applied.store(registry.revision.0, Relaxed);
         state.built = true;
     }
@@ -345,7 +335,7 @@ impl Route {
             endpoints: list.map(|i| sextant_plugin::endpoint_of(i)).collect(),
             protection_active: registry.protection_active(),
         };
-        self.health.set_snapshot(model(&mut routable.iter()));
+        self.health().set_snapshot(model(&mut routable.iter()));
         state.health_pos = routable
             .iter()
             .enumerate()
@@ -354,7 +344,7 @@ impl Route {
         state.health_ids = routable;
         let selected: Vec<&Arc<Instance>> = registry.selected().collect();
         state.scheduler_ids = selected.iter().map(|i| i.id.to_string()).collect();
-        if let Some(s) = &self.scheduler {
+        if let Some(s) = self.scheduler() {
             s.set_snapshot(model(&mut selected.into_iter()));
         }
         state.registry = Arc::clone(registry);
@@ -383,7 +373,7 @@ impl Route {
                 .collect(),
             protection_active: state.registry.protection_active(),
         };
-        self.health.set_snapshot(snapshot);
+        self.health().set_snapshot(snapshot);
     }
 
     /// Applies a health verdict about instance `id` (a probe's).
@@ -485,7 +475,7 @@ impl Route {
             }));
             stats.insert(id.clone(), s);
         }
-        let Some(scheduler) = &self.scheduler else { return false };
+        let Some(scheduler) = self.scheduler() else { return false };
         let ordered: Vec<EndpointStats> =
             state.scheduler_ids.iter().map(|id| stats.remove(id).unwrap_or_default()).collect();
         let weights = scheduler.schedule(&ordered);
@@ -505,6 +495,6 @@ fn probe_done(route: &Weak<Route>, instance: &Instance, state: &EndpointState, m
     let id = instance.id.as_str();
     let Some(index) = route.health_index(id) else { return };
     result.endpoint = index;
-    let verdict = route.health.on_probe(&result);
+    let verdict = route.health().on_probe(&result);
     route.verdict(id, verdict, Instant::now());
 }

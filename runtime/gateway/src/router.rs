@@ -17,9 +17,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use sextant_core::ServiceKey;
-use sextant_plugin::{
-    BalancerSlot, HealthSlot, LoadError, PickRequest, PluginHost, PluginKind, PluginSpec, SchedulerSlot, VersionStatus,
-};
+use sextant_plugin::{Defaults, LoadError, PickRequest, PluginHost, PluginKind, PluginSpec, VersionStatus};
 use tokio::sync::Notify;
 
 use crate::discovery::{Discovery, HealthSink};
@@ -251,14 +249,14 @@ impl Router {
         }
         for _ in 0..3 {
             // The target comes with the route the balancer picked in: nothing to reconcile.
-            let Some((target, cell, picked)) = route.balancer.pick_target::<Arc<Target>>(request) else {
+            let Some((target, cell, picked)) = route.balancer().pick_target::<Arc<Target>>(request) else {
                 return Err(RouteError::NoEndpoints(service.to_string()));
             };
             let admission = target.state.breaker.admit(cell.in_flight());
             if !admission.admitted() {
                 continue;
             }
-            let in_flight = route.balancer.tracker().start(cell);
+            let in_flight = route.balancer().tracker().start(cell);
             return Ok(PickGuard::new(&route, target, in_flight, admission == Admission::Trial, &picked));
         }
         Err(RouteError::Overloaded(service.to_string()))
@@ -318,17 +316,13 @@ impl Router {
     /// What is wrong with the plugin; a scheduler slot on a route configured without one.
     pub fn load(&self, service: &ServiceKey, kind: PluginKind, spec: PluginSpec) -> Result<VersionStatus, SwapError> {
         let route = self.route(service)?;
-        Ok(match kind {
-            PluginKind::Balancer => route.balancer.load(spec)?,
-            PluginKind::Health => {
-                route.carry_health();
-                route.health.load(spec)?
-            }
-            PluginKind::Scheduler => match &route.scheduler {
-                Some(s) => s.load(spec)?,
-                None => return Err(SwapError::NoScheduler(service.to_string())),
-            },
-        })
+        if kind == PluginKind::Health {
+            route.carry_health();
+        }
+        match route.slots().load(kind, spec) {
+            Some(loaded) => Ok(loaded?),
+            None => Err(SwapError::NoScheduler(service.to_string())),
+        }
     }
 
     /// Compiles a wasm component on a blocking thread (never on the async worker that calls
@@ -362,18 +356,7 @@ impl Router {
     /// # Errors
     /// What is wrong with the plugin.
     pub fn set_default(&self, kind: PluginKind, spec: &PluginSpec) -> Result<Vec<(ServiceKey, SwapError)>, LoadError> {
-        let probe = "default/default/probe";
-        match kind {
-            PluginKind::Balancer => {
-                BalancerSlot::new(&self.0.host, probe, PluginSpec::builtin("round-robin"))?.load(spec.clone())?;
-            }
-            PluginKind::Health => {
-                HealthSlot::new(&self.0.host, probe, PluginSpec::builtin("standard"))?.load(spec.clone())?;
-            }
-            PluginKind::Scheduler => {
-                SchedulerSlot::new(&self.0.host, probe, PluginSpec::builtin("adaptive"))?.load(spec.clone())?;
-            }
-        }
+        Defaults::default().validate(&self.0.host, kind, spec.clone(), None)?;
         {
             let mut defaults = self.0.defaults.write();
             match kind {
@@ -393,7 +376,7 @@ impl Router {
             .collect();
         let mut refused = Vec::new();
         for (service, route) in routes {
-            if kind == PluginKind::Scheduler && route.scheduler.is_none() {
+            if !route.slots().has(kind) {
                 self.0.routes.write().remove(&service);
                 continue;
             }

@@ -54,7 +54,7 @@ impl Route {
     pub(crate) fn status(&self) -> RouteStatus {
         let route = self;
         route.settle();
-        let snap = route.balancer.published();
+        let snap = route.balancer().published();
         let routed: HashMap<&str, usize> =
             snap.model.endpoints.iter().enumerate().map(|(n, e)| (e.id.as_str(), n)).collect();
         let state = route.state.lock();
@@ -95,9 +95,9 @@ impl Route {
         RouteStatus {
             service: route.service.to_string(),
             protection: snap.model.protection_active,
-            balancer: route.balancer.status(),
-            health: route.health.status(),
-            scheduler: route.scheduler.as_ref().map(SchedulerSlot::status),
+            balancer: route.balancer().status(),
+            health: route.health().status(),
+            scheduler: route.scheduler().map(SchedulerSlot::status),
             endpoints,
         }
     }

@@ -1,32 +1,10 @@
-//! Which plugin a slot runs: the binding rule every host (server or gateway) applies, and the
-//! built-ins that run when nothing is bound.
+//! Which plugin a slot runs: the binding rule every host (server or gateway) applies.
 
 use std::sync::Arc;
 
 use sextant_core::{PluginRecord, ServiceKey};
 
-use crate::{PluginKind, PluginSpec};
-
-/// The built-ins slots run when no plugin is bound.
-#[derive(Debug, Clone)]
-pub struct Defaults {
-    /// Balancer (`ring-hash` follows a request's hash key and spreads the rest by weight).
-    pub balancer: PluginSpec,
-    /// Health policy.
-    pub health: PluginSpec,
-    /// Scheduler.
-    pub scheduler: PluginSpec,
-}
-
-impl Default for Defaults {
-    fn default() -> Self {
-        Self {
-            balancer: PluginSpec::builtin("ring-hash"),
-            health: PluginSpec::builtin("consecutive"),
-            scheduler: PluginSpec::builtin("adaptive"),
-        }
-    }
-}
+use crate::PluginKind;
 
 /// The record `service`'s `kind` slot should run: the most specific binding (the service,
 /// then its namespace, then `*`), the newest load among equals (then the name); a record

@@ -15,8 +15,9 @@
 //!   written once in `lifecycle`);
 //! - [`LoadTracker`]: live load per endpoint (in-flight, peak EWMA, recent errors) that the
 //!   `load` interface reads;
-//! - [`bound_record`] and [`Defaults`]: which plugin a slot runs, the one rule every host
-//!   applies.
+//! - [`Slots`], [`SlotPlan`] and [`Defaults`]: what every host (server or gateway) keeps
+//!   per service and the one set of built-ins it starts on; [`bound_record`]: which plugin a
+//!   slot runs, the one rule every host applies.
 //!
 //! It knows nothing of the store or the protocol: the plugin records that drive a running
 //! server are `sextant-control`'s, and a gateway follows them through `sextant-gateway`.
@@ -32,19 +33,21 @@ mod host;
 mod lifecycle;
 mod load;
 mod policy;
+mod slots;
 mod spec;
 mod stats;
 mod version;
 mod window;
 
 pub use balancer::BalancerSlot;
-pub use binding::{Defaults, bound_record};
+pub use binding::bound_record;
 pub use error::{CallFault, HostError, LoadError, SlotError};
 pub use host::{CONTRACT_VERSION, Compiled, HostConfig, HostState, PluginHost, PluginKind};
 pub use lifecycle::{AutoRollback, Observer, SlotEvent, SlotStatus, VersionStatus};
 pub use load::{EndpointLoad, InFlight, LoadTracker, Published, endpoint_of, snapshot_of};
 pub use policy::{HealthSlot, OUTCOME_QUEUE, SchedulerSlot};
 pub use sextant_builtins as builtins;
+pub use slots::{DEFAULT_BALANCER, DEFAULT_HEALTH, DEFAULT_SCHEDULER, Defaults, SlotPlan, Slots};
 pub use spec::{PickRequest, Picked, PluginSpec, affinity_hash};
 pub use stats::{Counters, CountersSnapshot, Histogram, Totals, VersionKey};
 pub use version::Version;

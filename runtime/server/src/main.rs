@@ -126,8 +126,9 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         plugins_poll_ms: u64,
         /// Balancer of services no plugin is bound to (a built-in: round-robin, weighted,
-        /// random, least-request, peak-ewma, ring-hash, maglev, header-route).
-        #[arg(long, default_value = "ring-hash")]
+        /// random, least-request, peak-ewma, ring-hash, maglev, header-route); the default is
+        /// the one every host (server and gateway) starts on.
+        #[arg(long, default_value = sextant_plugin::DEFAULT_BALANCER)]
         balancer: String,
     },
     /// Register an instance. Ephemeral (the default) runs until SIGTERM/SIGINT, then

@@ -75,7 +75,8 @@ pub struct ServeConfig {
     pub plugins_dir: Option<PathBuf>,
     /// How often it is scanned.
     pub plugins_poll: Duration,
-    /// The built-in balancer of services without a bound plugin.
+    /// The built-in balancer of services without a bound plugin (default
+    /// [`sextant_plugin::DEFAULT_BALANCER`], as on every gateway).
     pub default_balancer: String,
 }
 
@@ -100,7 +101,7 @@ impl ServeConfig {
             cert: None,
             plugins_dir: None,
             plugins_poll: Duration::from_secs(1),
-            default_balancer: "ring-hash".into(),
+            default_balancer: sextant_plugin::DEFAULT_BALANCER.into(),
         }
     }
 }
