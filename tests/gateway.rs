@@ -405,3 +405,58 @@ fn a_plugin_that_fails_only_on_a_gateway_is_reported_for_that_host_and_changes_n
     let spread = send(&gateway, &backends, 20);
     assert!(spread_out(&spread), "{spread:?}\n{}", gateway.log());
 }
+
+/// The weight each backend carries in the gateway's rotation, from its `/metrics`.
+fn weights(gateway: &Gateway, backends: &[Backend]) -> Vec<Option<u64>> {
+    let metrics = gateway.metrics();
+    backends
+        .iter()
+        .map(|b| {
+            let series = format!(r#"sextant_gateway_endpoint_weight{{service="{SERVICE}",endpoint="{}"}} "#, b.addr());
+            metrics.lines().find_map(|l| l.strip_prefix(&series)?.parse().ok())
+        })
+        .collect()
+}
+
+#[test]
+fn a_scheduler_bound_through_the_control_plane_sets_the_gateways_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let backends: Vec<Backend> =
+        ["v1", "v2"].iter().map(|n| runtime.block_on(Backend::start(n, Behavior::default())).unwrap()).collect();
+    let server = Server::start(&dir.path().join("data"));
+    for (version, b) in ["v1", "v2"].iter().zip(&backends) {
+        let mut body = instance(SERVICE, version, b.addr().port(), false);
+        body["version"] = serde_json::json!(version);
+        let (status, answer) = server.post("/v1/instances", &body);
+        assert_eq!(status, 200, "{answer}");
+    }
+    let gw_dir = dir.path().join("gw");
+    std::fs::create_dir(&gw_dir).unwrap();
+    let gateway = Gateway::start(&server, &gw_dir, free_port());
+    wait_until("the gateway routes", || gateway.get("u") == 200);
+    until_spread(&gateway, &backends, 20, "round robin over both", spread_out);
+    let registered = weights(&gateway, &backends);
+    assert!(registered.iter().all(|w| w.is_some_and(|w| w > 0)), "{registered:?}");
+
+    // The gateway's route runs no scheduler; one bound to the service gets a slot there and
+    // its weights apply: the gray split sends nothing to v2.
+    let split = sextant_plugin_artifacts::path("gray-split").expect("artifact built");
+    let config = r#"{"split": {"v1": 100, "v2": 0}}"#;
+    let out = run(
+        &server,
+        &["plugin", "load", split, "--name", "canary", "--kind", "scheduler", "--bind", SERVICE, "--config", config],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until("v2's weight is 0 on the gateway", || weights(&gateway, &backends)[1] == Some(0));
+    assert_eq!(send(&gateway, &backends, 10), vec![10, 0], "v2 takes no traffic");
+    wait_until("the gateway reports the scheduler", || {
+        reported(&server, "canary").first().is_some_and(|s| s.starts_with("active "))
+    });
+
+    // Unbound: the slot goes, the registered weights stand again.
+    let out = run(&server, &["plugin", "delete", "canary"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until("the registered weights again", || weights(&gateway, &backends) == registered);
+    until_spread(&gateway, &backends, 20, "both backends again", spread_out);
+}

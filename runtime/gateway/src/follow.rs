@@ -246,10 +246,6 @@ impl Follow {
         let mut retry = false;
         for service in self.options.services.clone() {
             for kind in KINDS {
-                if kind == PluginKind::Scheduler && self.options.defaults.scheduler.is_none() {
-                    // The route keeps registered weights: there is no scheduler slot.
-                    continue;
-                }
                 let desired = bound_record(records, &service, kind).map(|r| Desired {
                     name: r.name.to_string(),
                     sha256: r.sha256.clone(),
@@ -264,11 +260,12 @@ impl Follow {
                     self.applied.insert(key, None);
                     continue;
                 }
+                // None: back to what the route is configured with.
                 let spec = match &desired {
-                    None => Ok(self.default_spec(kind)),
+                    None => Ok(None),
                     Some(d) => match self.component(&d.sha256).await {
                         Ok(compiled) => {
-                            Ok(PluginSpec::Wasm { name: d.name.clone(), compiled, config: d.config.clone() })
+                            Ok(Some(PluginSpec::Wasm { name: d.name.clone(), compiled, config: d.config.clone() }))
                         }
                         Err(Fetch::Retry(e)) => {
                             tracing::warn!(%service, plugin = %d.name, error = %e, "component not fetched; trying again");
@@ -283,10 +280,16 @@ impl Follow {
                     Err(e) => Err(e),
                     Ok(spec) => {
                         let (router, s) = (self.router.clone(), service.clone());
-                        tokio::task::spawn_blocking(move || router.load(&s, kind, spec).map_err(|e| e.to_string()))
-                            .await
-                            .unwrap_or_else(|e| Err(format!("the load task failed: {e}")))
-                            .map(drop)
+                        tokio::task::spawn_blocking(move || {
+                            match spec {
+                                Some(spec) => router.load(&s, kind, spec).map(drop),
+                                None => router.reset(&s, kind).map(drop),
+                            }
+                            .map_err(|e| e.to_string())
+                        })
+                        .await
+                        .unwrap_or_else(|e| Err(format!("the load task failed: {e}")))
+                        .map(drop)
                     }
                 };
                 match &result {
@@ -304,17 +307,6 @@ impl Follow {
         // Keep only the components still bound.
         self.compiled.retain(|sha, _| records.iter().any(|r| &r.sha256 == sha));
         retry
-    }
-
-    fn default_spec(&self, kind: PluginKind) -> PluginSpec {
-        let d = &self.options.defaults;
-        match kind {
-            PluginKind::Balancer => d.balancer.clone(),
-            PluginKind::Health => d.health.clone(),
-            PluginKind::Scheduler => {
-                d.scheduler.clone().unwrap_or_else(|| PluginSpec::builtin(sextant_plugin::DEFAULT_SCHEDULER))
-            }
-        }
     }
 
     fn note(&self, service: &ServiceKey, kind: PluginKind, desired: Option<&Desired>, error: Option<String>) {

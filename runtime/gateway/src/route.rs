@@ -18,7 +18,7 @@ use serde::Serialize;
 use sextant_core::{Instance, ServiceKey, ServiceSnapshot, SnapshotHandle};
 use sextant_plugin::builtins::{Endpoint, EndpointStats, ProbeResult, Snapshot, Verdict};
 use sextant_plugin::{BalancerSlot, Defaults, HealthSlot, LoadError, PluginHost, PluginSpec, SchedulerSlot, SlotPlan};
-use sextant_plugin::{Slots, StatsWindow};
+use sextant_plugin::{Slots, StatsWindow, VersionStatus};
 
 use crate::discovery::HealthSink;
 use crate::health::HealthCheck;
@@ -198,10 +198,6 @@ impl Route {
         })
     }
 
-    pub(crate) fn slots(&self) -> &Slots {
-        &self.slots
-    }
-
     pub(crate) fn balancer(&self) -> &BalancerSlot {
         self.slots.balancer()
     }
@@ -210,8 +206,34 @@ impl Route {
         self.slots.health().unwrap_or_else(|| unreachable!("a route is built with a health slot (Route::new)"))
     }
 
-    pub(crate) fn scheduler(&self) -> Option<&SchedulerSlot> {
+    pub(crate) fn scheduler(&self) -> Option<Arc<SchedulerSlot>> {
         self.slots.scheduler()
+    }
+
+    /// Runs `spec` as the scheduler, in a slot created for it when the route runs none (on
+    /// the route's selected endpoints); its weights apply from the next window.
+    pub(crate) fn attach_scheduler(&self, spec: PluginSpec) -> Result<VersionStatus, LoadError> {
+        let state = self.state.lock();
+        let registry = &state.registry;
+        let snapshot = Snapshot {
+            service: self.service.to_string(),
+            revision: registry.revision.0,
+            endpoints: registry.selected().map(|i| sextant_plugin::endpoint_of(i)).collect(),
+            protection_active: registry.protection_active(),
+        };
+        self.slots.attach_scheduler(spec, snapshot)
+    }
+
+    /// Drops the scheduler slot: the registered weights stand again from the next rebuild.
+    pub(crate) fn detach_scheduler(&self) -> bool {
+        let mut state = self.state.lock();
+        if !self.slots.detach_scheduler() {
+            return false;
+        }
+        state.local.weights.clear();
+        self.dirty.store(true, Relaxed);
+        self.wake.notify_one();
+        true
     }
 
     /// On the request path; rebuilds happen off it, on the router's maintenance task, which

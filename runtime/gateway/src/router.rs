@@ -62,9 +62,6 @@ pub enum SwapError {
     /// The plugin was rejected; the active one keeps serving.
     #[error(transparent)]
     Plugin(#[from] LoadError),
-    /// The route runs no scheduler to swap.
-    #[error("service {0} runs no scheduler")]
-    NoScheduler(String),
 }
 
 /// The router: one route per service, created on first use.
@@ -313,15 +310,42 @@ impl Router {
     /// the old version, nothing is dropped). Nothing changes when it fails.
     ///
     /// # Errors
-    /// What is wrong with the plugin; a scheduler slot on a route configured without one.
+    /// What is wrong with the plugin. A scheduler loaded into a route that runs none gets a
+    /// slot of its own (its weights apply from the next window); [`Router::reset`] takes it
+    /// away again.
     pub fn load(&self, service: &ServiceKey, kind: PluginKind, spec: PluginSpec) -> Result<VersionStatus, SwapError> {
         let route = self.route(service)?;
-        if kind == PluginKind::Health {
-            route.carry_health();
-        }
-        match route.slots().load(kind, spec) {
-            Some(loaded) => Ok(loaded?),
-            None => Err(SwapError::NoScheduler(service.to_string())),
+        Ok(match kind {
+            PluginKind::Health => {
+                route.carry_health();
+                route.health().load(spec)?
+            }
+            PluginKind::Balancer => route.balancer().load(spec)?,
+            PluginKind::Scheduler => route.attach_scheduler(spec)?,
+        })
+    }
+
+    /// Puts `service`'s `kind` slot back on what its route is configured with (its own
+    /// configuration, else the router's defaults): a plugin bound and then unbound leaves
+    /// nothing behind. A scheduler the route is configured without goes away, and the
+    /// registered weights stand again. Returns the version now active (none: no scheduler).
+    ///
+    /// # Errors
+    /// The route could not be set up; the configured plugin no longer loads.
+    pub fn reset(&self, service: &ServiceKey, kind: PluginKind) -> Result<Option<VersionStatus>, SwapError> {
+        let route = self.route(service)?;
+        let config = self.0.overrides.read().get(service).cloned().unwrap_or_else(|| self.0.defaults.read().clone());
+        let spec = match kind {
+            PluginKind::Balancer => Some(config.balancer),
+            PluginKind::Health => Some(config.health),
+            PluginKind::Scheduler => config.scheduler,
+        };
+        match spec {
+            Some(spec) => self.load(service, kind, spec).map(Some),
+            None => {
+                route.detach_scheduler();
+                Ok(None)
+            }
         }
     }
 
@@ -329,8 +353,7 @@ impl Router {
     /// it), then loads it as [`Router::load`] does.
     ///
     /// # Errors
-    /// What is wrong with the component or its configuration; a scheduler slot on a route
-    /// configured without one. Nothing changes when it fails.
+    /// What is wrong with the component or its configuration. Nothing changes when it fails.
     pub async fn load_component(
         &self,
         service: &ServiceKey,
@@ -348,9 +371,9 @@ impl Router {
 
     /// Makes `spec` the `kind` plugin of every service without a configuration of its own
     /// ([`Router::configure`]): services routed from now on start with it, and it is loaded
-    /// into the routes that exist (a scheduler into a route that ran none restarts that route,
-    /// so its live state starts over). It is checked first (a self-test on a synthetic
-    /// snapshot): a plugin that fails changes nothing. Returns the routes that refused it;
+    /// into the routes that exist (a scheduler into a route that ran none gets a slot of its
+    /// own). It is checked first (a self-test on a synthetic snapshot): a plugin that fails
+    /// changes nothing. Returns the routes that refused it;
     /// they keep the plugin they ran.
     ///
     /// # Errors
@@ -366,20 +389,10 @@ impl Router {
             }
         }
         let overrides = self.0.overrides.read().keys().cloned().collect::<std::collections::HashSet<_>>();
-        let routes: Vec<(ServiceKey, Arc<Route>)> = self
-            .0
-            .routes
-            .read()
-            .iter()
-            .filter(|(s, _)| !overrides.contains(*s))
-            .map(|(s, r)| (s.clone(), Arc::clone(r)))
-            .collect();
+        let routes: Vec<ServiceKey> =
+            self.0.routes.read().keys().filter(|s| !overrides.contains(*s)).cloned().collect();
         let mut refused = Vec::new();
-        for (service, route) in routes {
-            if !route.slots().has(kind) {
-                self.0.routes.write().remove(&service);
-                continue;
-            }
+        for service in routes {
             if let Err(e) = self.load(&service, kind, spec.clone()) {
                 refused.push((service, e));
             }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use serde::Serialize;
-use sextant_plugin::{SchedulerSlot, SlotStatus};
+use sextant_plugin::SlotStatus;
 
 use crate::resilience::BreakerState;
 use crate::route::{Route, WindowSummary};
@@ -97,7 +97,7 @@ impl Route {
             protection: snap.model.protection_active,
             balancer: route.balancer().status(),
             health: route.health().status(),
-            scheduler: route.scheduler().map(SchedulerSlot::status),
+            scheduler: route.scheduler().map(|s| s.status()),
             endpoints,
         }
     }

@@ -594,7 +594,7 @@ async fn a_router_wide_default_applies_to_routes_now_and_later() {
     assert!(matches!(junk, Err(sextant_gateway::SwapError::Plugin(sextant_plugin::LoadError::NotWasm))), "{junk:?}");
     assert_eq!(balancer(&router, "shared"), "ring-hash");
 
-    // A scheduler default restarts the routes that ran none, with one.
+    // A scheduler default gives the routes that ran none a scheduler slot.
     assert!(router.status(&key("shared")).unwrap().scheduler.is_none());
     router.set_default(PluginKind::Scheduler, &PluginSpec::builtin("adaptive")).unwrap();
     let _ = router.pick(&key("shared"), &mut sextant_plugin::PickRequest::default());
@@ -661,4 +661,57 @@ async fn a_response_body_finishes_its_pick_at_its_end_on_error_or_when_dropped()
     assert!(body.collect().await.is_err());
     assert_eq!(endpoint(&router).in_flight, 0);
     assert_eq!(endpoint(&router).breaker, BreakerState::Open, "a failed body is a failure, whatever its status");
+}
+
+/// A scheduler loaded into a route that runs none gets a slot of its own and its weights
+/// apply (gray split: v2 takes no traffic); `reset` takes it away and the registered weights
+/// stand again. A scheduler that refuses its configuration changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduler_loaded_into_a_route_without_one_sets_its_weights_and_reset_takes_it_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry =
+        Registry::start(EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap(), 1024).await.unwrap();
+    for (port, version) in [(9301, "v1"), (9302, "v2")] {
+        let mut i = Instance::new(service(), "127.0.0.1".parse().unwrap(), port);
+        i.ephemeral = false;
+        i.version = version.into();
+        registry.put(Record::Instance(Arc::new(i)), None).await.unwrap();
+    }
+    let config = RouteConfig { window: Duration::from_millis(50), ..RouteConfig::default() };
+    let router = Router::new(host(), Arc::new(registry.clone()), config);
+    let weights = |router: &Router| -> BTreeMap<u16, u32> {
+        let _ = router.pick(&service(), &mut sextant_plugin::PickRequest::default());
+        let status = router.status(&service()).unwrap();
+        status.endpoints.iter().map(|e| (e.address.rsplit(':').next().unwrap().parse().unwrap(), e.weight)).collect()
+    };
+    let registered = weights(&router);
+    assert_eq!(registered.len(), 2);
+    assert!(registered.values().all(|w| *w > 0), "{registered:?}");
+    assert!(router.status(&service()).unwrap().scheduler.is_none());
+
+    let refused = router.load(&service(), PluginKind::Scheduler, PluginSpec::builtin("gray-split").with_config("{}"));
+    assert!(refused.is_err(), "a split with no version is refused: {refused:?}");
+    assert!(router.status(&service()).unwrap().scheduler.is_none(), "and leaves no slot behind");
+
+    let split = PluginSpec::builtin("gray-split").with_config(r#"{"split": {"v1": 100, "v2": 0}}"#);
+    router.load(&service(), PluginKind::Scheduler, split).unwrap();
+    let started = Instant::now();
+    while weights(&router).get(&9302) != Some(&0) {
+        assert!(started.elapsed() < Duration::from_secs(20), "v2 still weighted: {:?}", weights(&router));
+        router.tick();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(weights(&router)[&9301] > 0);
+    for _ in 0..20 {
+        let picked = router.pick(&service(), &mut sextant_plugin::PickRequest::default()).unwrap();
+        assert_eq!(picked.addr().port(), 9301, "v2 takes no traffic");
+    }
+
+    assert!(router.reset(&service(), PluginKind::Scheduler).unwrap().is_none());
+    let started = Instant::now();
+    while weights(&router) != registered {
+        assert!(started.elapsed() < Duration::from_secs(20), "still {:?}", weights(&router));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(router.status(&service()).unwrap().scheduler.is_none());
 }

@@ -2,6 +2,10 @@
 //! where traffic is) and the one set of [`Defaults`] they start on, so a server and a gateway
 //! answer alike when nothing is bound.
 
+use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwapOption;
+
 use crate::{BalancerSlot, HealthSlot, LoadError, Observer, PluginHost, PluginKind, PluginSpec, SchedulerSlot};
 use crate::{SlotStatus, VersionStatus, builtins::Snapshot};
 
@@ -127,11 +131,22 @@ impl SlotPlan {
 }
 
 /// A service's plugin slots: the one bundle a server and a gateway both keep per service.
-#[derive(Debug)]
 pub struct Slots {
+    host: PluginHost,
+    service: String,
     balancer: BalancerSlot,
     health: Option<HealthSlot>,
-    scheduler: Option<SchedulerSlot>,
+    /// Comes and goes with a scheduler binding ([`Slots::attach_scheduler`]).
+    scheduler: ArcSwapOption<SchedulerSlot>,
+    /// The native default of a scheduler slot attached later.
+    native_scheduler: PluginSpec,
+    observer: OnceLock<Observer>,
+}
+
+impl std::fmt::Debug for Slots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slots").field("service", &self.service).finish_non_exhaustive()
+    }
 }
 
 impl Slots {
@@ -172,11 +187,52 @@ impl Slots {
                 if let Some(spec) = over {
                     slot.load(spec)?;
                 }
-                Some(slot)
+                Some(Arc::new(slot))
             }
             None => None,
         };
-        Ok(Self { balancer, health, scheduler })
+        Ok(Self {
+            host: host.clone(),
+            service: service.to_owned(),
+            balancer,
+            health,
+            scheduler: ArcSwapOption::new(scheduler),
+            native_scheduler: defaults.native(PluginKind::Scheduler),
+            observer: OnceLock::new(),
+        })
+    }
+
+    /// Runs `spec` as the service's scheduler: loaded into the scheduler slot, or, when the
+    /// bundle has none, in a new one (on the native default, given `snapshot` before `spec`
+    /// is loaded, so the plugin starts on the service's real endpoints). Nothing changes when
+    /// it fails.
+    ///
+    /// # Errors
+    /// What is wrong with the plugin.
+    pub fn attach_scheduler(&self, spec: PluginSpec, snapshot: Snapshot) -> Result<VersionStatus, LoadError> {
+        if let Some(slot) = self.scheduler.load_full() {
+            return slot.load(spec);
+        }
+        let (native, over) = match spec {
+            PluginSpec::Builtin { .. } => (spec, None),
+            PluginSpec::Wasm { .. } => (self.native_scheduler.clone(), Some(spec)),
+        };
+        let slot = SchedulerSlot::new(&self.host, &self.service, native)?;
+        slot.set_snapshot(snapshot);
+        let version = match over {
+            Some(spec) => slot.load(spec)?,
+            None => slot.status().active,
+        };
+        if let Some(observer) = self.observer.get() {
+            slot.observe(Observer::clone(observer));
+        }
+        self.scheduler.store(Some(Arc::new(slot)));
+        Ok(version)
+    }
+
+    /// Drops the scheduler slot (the registered weights stand again). False when there was none.
+    pub fn detach_scheduler(&self) -> bool {
+        self.scheduler.swap(None).is_some()
     }
 
     /// The balancer slot.
@@ -193,8 +249,8 @@ impl Slots {
 
     /// The scheduler slot, when the service runs one.
     #[must_use]
-    pub fn scheduler(&self) -> Option<&SchedulerSlot> {
-        self.scheduler.as_ref()
+    pub fn scheduler(&self) -> Option<Arc<SchedulerSlot>> {
+        self.scheduler.load_full()
     }
 
     /// Whether this bundle has a `kind` slot.
@@ -203,7 +259,7 @@ impl Slots {
         match kind {
             PluginKind::Balancer => true,
             PluginKind::Health => self.health.is_some(),
-            PluginKind::Scheduler => self.scheduler.is_some(),
+            PluginKind::Scheduler => self.scheduler.load().is_some(),
         }
     }
 
@@ -216,7 +272,7 @@ impl Slots {
         match kind {
             PluginKind::Balancer => Some(self.balancer.load(spec)),
             PluginKind::Health => self.health.as_ref().map(|s| s.load(spec)),
-            PluginKind::Scheduler => self.scheduler.as_ref().map(|s| s.load(spec)),
+            PluginKind::Scheduler => self.scheduler.load().as_ref().map(|s| s.load(spec)),
         }
     }
 
@@ -225,17 +281,21 @@ impl Slots {
     pub fn status(&self) -> Vec<(PluginKind, SlotStatus)> {
         let mut all = vec![(PluginKind::Balancer, self.balancer.status())];
         all.extend(self.health.as_ref().map(|s| (PluginKind::Health, s.status())));
-        all.extend(self.scheduler.as_ref().map(|s| (PluginKind::Scheduler, s.status())));
+        all.extend(self.scheduler.load().as_ref().map(|s| (PluginKind::Scheduler, s.status())));
         all
     }
 
-    /// Reports every slot's automatic rollbacks to `observer`.
+    /// Reports every slot's automatic rollbacks to `observer` (a scheduler slot attached
+    /// later included). Only the first observer counts.
     pub fn observe(&self, observer: &Observer) {
+        if self.observer.set(Observer::clone(observer)).is_err() {
+            return;
+        }
         self.balancer.observe(Observer::clone(observer));
         if let Some(s) = &self.health {
             s.observe(Observer::clone(observer));
         }
-        if let Some(s) = &self.scheduler {
+        if let Some(s) = self.scheduler.load().as_ref() {
             s.observe(Observer::clone(observer));
         }
     }
