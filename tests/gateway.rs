@@ -392,6 +392,13 @@ fn a_plugin_that_fails_only_on_a_gateway_is_reported_for_that_host_and_changes_n
     assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("refused small") && stderr.contains("refuse-below: 2 endpoints"), "{stderr}");
+    // The server says where it validated: a sample of 16 of the namespace's 17 services.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let sample = (0..16).map(|s| format!("many/g/s{s:02}")).collect::<Vec<_>>().join(", ");
+    assert!(
+        stdout.contains(&format!("validated on the live snapshots of 16 of the 17 services the binding covers on this server (a sample: the others are checked as each host activates it): {sample}\n")),
+        "{stdout}"
+    );
     wait_until("the gateway reports the refusal", || {
         reported(&server, "small").iter().any(|s| s.starts_with("failed ") && s.contains("refuse-below: 2 endpoints"))
     });

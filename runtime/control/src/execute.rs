@@ -209,7 +209,12 @@ impl<S: Store + Clone> Executor<S> {
                 None => no_plugins(),
                 Some(p) => match sextant_proto::decode_component(&component) {
                     Err(e) => Response::error(ErrorCode::Invalid, e),
-                    Ok(bytes) => plugin_written(p.load(name.as_str(), &kind, &binding, &config, bytes, "api").await),
+                    Ok(bytes) => match p.load(name.as_str(), &kind, &binding, &config, bytes, "api").await {
+                        Ok(l) => {
+                            Response::PluginWritten { record: l.record, revision: l.revision, validated: l.validated }
+                        }
+                        Err(e) => manager_error(e),
+                    },
                 },
             },
             Request::PluginRollback { name, forward } => match &self.plugins {
@@ -357,7 +362,7 @@ fn no_plugins() -> Response {
 
 fn plugin_written(result: Result<(Arc<PluginRecord>, Revision), ManagerError>) -> Response {
     match result {
-        Ok((record, revision)) => Response::PluginWritten { record, revision },
+        Ok((record, revision)) => Response::PluginWritten { record, revision, validated: None },
         Err(e) => manager_error(e),
     }
 }

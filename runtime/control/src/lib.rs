@@ -21,5 +21,5 @@ mod slots;
 mod state;
 
 pub use execute::{Detached, Executor, Origin, WriteCounter, error_code};
-pub use manager::{LIVE_VALIDATION_SAMPLE, ManagerError, PickedInstance, PluginManager};
+pub use manager::{LIVE_VALIDATION_SAMPLE, Loaded, ManagerError, PickedInstance, PluginManager};
 pub use slots::ServiceSlots;

@@ -27,7 +27,7 @@ use sextant_core::{
     CoreError, Instance, PLUGIN_HISTORY, PluginBinding, PluginName, PluginRecord, Record, RecordKey, Revision,
     ServiceKey, ServiceSnapshot, ValidationError,
 };
-use sextant_proto::{PluginFailure, SlotView};
+use sextant_proto::{PluginFailure, SlotView, Validation};
 use sextant_store::{Registry, RegistryError};
 use tokio::sync::mpsc;
 
@@ -85,6 +85,17 @@ pub enum ManagerError {
     /// The store refused or could not take the write.
     #[error(transparent)]
     Store(#[from] RegistryError),
+}
+
+/// What [`PluginManager::load`] wrote, and where it validated the component.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The record as stored.
+    pub record: Arc<PluginRecord>,
+    /// The revision of the write.
+    pub revision: Revision,
+    /// The live snapshots it was validated on (none: the same load again, nothing written).
+    pub validated: Option<Validation>,
 }
 
 /// A pick's answer.
@@ -205,7 +216,9 @@ impl<S: Store + Clone> PluginManager<S> {
     }
 
     /// Validates a component, stores it, and writes its record; returns once this server
-    /// runs it where its binding says. Nothing is written when validation fails.
+    /// runs it where its binding says, with the services whose live snapshots it was
+    /// validated on (the first [`LIVE_VALIDATION_SAMPLE`] the binding covers, in name order).
+    /// Nothing is written when validation fails.
     ///
     /// # Errors
     /// [`ManagerError::Rejected`] with what is wrong with the component; invalid name, kind,
@@ -218,7 +231,7 @@ impl<S: Store + Clone> PluginManager<S> {
         config: &str,
         bytes: Vec<u8>,
         source: &str,
-    ) -> Result<(Arc<PluginRecord>, Revision), ManagerError> {
+    ) -> Result<Loaded, ManagerError> {
         let result = async {
             let plugin = PluginName::new(name)?;
             let plugin_kind = parse_kind(kind)?;
@@ -238,7 +251,7 @@ impl<S: Store + Clone> PluginManager<S> {
             {
                 // The same load again (a restart rescanning its plugin directory): nothing to do.
                 self.settle(self.0.registry.revision()).await;
-                return Ok((Arc::clone(o), self.0.registry.revision()));
+                return Ok(Loaded { record: Arc::clone(o), revision: self.0.registry.revision(), validated: None });
             }
             if let Some(reason) = old.as_ref().and_then(|o| o.bad_reason(&sha)) {
                 return Err(ManagerError::MarkedBad { name: name.to_string(), sha256: sha, reason: reason.to_owned() });
@@ -250,21 +263,28 @@ impl<S: Store + Clone> PluginManager<S> {
             let inner = Arc::clone(&self.0);
             let init = if config.is_empty() { "{}".to_owned() } else { config.clone() };
             let checked = plugin.clone();
-            let (compiled, bytes) = tokio::task::spawn_blocking(move || {
+            let (compiled, bytes, validated) = tokio::task::spawn_blocking(move || {
                 let compiled = inner.host.compile(&bytes)?;
                 inner.validate(&checked, plugin_kind, &compiled, &init, None)?;
                 // Then on the live snapshots of the services the binding covers here (a
                 // bounded sample): a component that passes the synthetic self-test but
                 // refuses a real service is refused now, not after its record is written.
-                let covered: Vec<ServiceKey> =
-                    inner.registry.services().into_iter().filter(|s| bound.covers(s).is_some()).collect();
-                for service in covered.iter().take(LIVE_VALIDATION_SAMPLE) {
-                    let Some(snapshot) = inner.registry.snapshot(service) else { continue };
+                let mut covered: Vec<(ServiceKey, Arc<ServiceSnapshot>)> = inner
+                    .registry
+                    .services()
+                    .into_iter()
+                    .filter(|s| bound.covers(s).is_some())
+                    .filter_map(|s| inner.registry.snapshot(&s).map(|snapshot| (s, snapshot)))
+                    .collect();
+                covered.sort_by(|a, b| a.0.cmp(&b.0));
+                let mut validated = Validation { services: Vec::new(), covered: covered.len() as u64 };
+                for (service, snapshot) in covered.iter().take(LIVE_VALIDATION_SAMPLE) {
                     inner
-                        .validate(&checked, plugin_kind, &compiled, &init, Some(&snapshot))
+                        .validate(&checked, plugin_kind, &compiled, &init, Some(snapshot))
                         .map_err(|e| LoadError::SelfTest(format!("on the live snapshot of {service}: {e}")))?;
+                    validated.services.push(service.to_string());
                 }
-                Ok::<_, LoadError>((compiled, bytes))
+                Ok::<_, LoadError>((compiled, bytes, validated))
             })
             .await
             .map_err(|e| rejected(LoadError::SelfTest(format!("the validation task failed: {e}"))))?
@@ -289,7 +309,8 @@ impl<S: Store + Clone> PluginManager<S> {
                 forward: Vec::new(),
                 bad: old.as_ref().map(|o| o.bad.clone()).unwrap_or_default(),
             };
-            self.write(record).await
+            let (record, revision) = self.write(record).await?;
+            Ok(Loaded { record, revision, validated: Some(validated) })
         }
         .await;
         if let Err(e) = &result {

@@ -62,7 +62,9 @@ async fn bindings_choose_the_most_specific_record_and_rollback_and_delete_follow
     assert_eq!(kinds, ["balancer"]);
 
     // A namespace binding covers both services; round robin spreads exactly evenly.
-    m.load("rr", "balancer", "shop", "", wasm("round-robin"), "api").await.unwrap();
+    let loaded = m.load("rr", "balancer", "shop", "", wasm("round-robin"), "api").await.unwrap();
+    let validated = loaded.validated.expect("a load that writes says where it validated");
+    assert_eq!((validated.services, validated.covered), (vec!["shop/web/carts".into(), "shop/web/orders".into()], 2));
     let (active, ports) = spread(&m, "shop/web/orders", 300);
     assert_eq!(active, "rr");
     assert_eq!(ports.values().copied().collect::<Vec<_>>(), vec![100, 100, 100]);
@@ -75,8 +77,8 @@ async fn bindings_choose_the_most_specific_record_and_rollback_and_delete_follow
 
     // Reloading "rr" with another component keeps the old one in its history; rollback
     // brings it back (and the record's sha256 with it).
-    let (first, _) = m.load("rr", "balancer", "shop", "", wasm("round-robin"), "api").await.unwrap();
-    let (second, _) = m.load("rr", "balancer", "shop", "", wasm("random"), "api").await.unwrap();
+    let first = m.load("rr", "balancer", "shop", "", wasm("round-robin"), "api").await.unwrap().record;
+    let second = m.load("rr", "balancer", "shop", "", wasm("random"), "api").await.unwrap().record;
     assert_ne!(first.sha256, second.sha256);
     assert_eq!(second.history.last().unwrap().sha256, first.sha256);
     let slot = |m: &PluginManager<EmbeddedStore>| {
@@ -89,8 +91,9 @@ async fn bindings_choose_the_most_specific_record_and_rollback_and_delete_follow
 
     // The same load twice writes nothing.
     let before = registry.revision();
-    m.load("rr", "balancer", "shop", "", wasm("round-robin"), "api").await.unwrap();
+    let again = m.load("rr", "balancer", "shop", "", wasm("round-robin"), "api").await.unwrap();
     assert_eq!(registry.revision(), before);
+    assert!(again.validated.is_none(), "nothing validated, nothing written");
 
     // Deleting the namespace record sends orders back to the default; carts keeps its own.
     m.delete(&PluginName::new("rr").unwrap()).await.unwrap();
@@ -176,7 +179,7 @@ async fn the_newest_of_equal_bindings_wins_and_a_rollback_is_read_back_after_a_r
         m.load("b", "balancer", "shop", "", wasm("random"), "api").await.unwrap();
         assert_eq!(spread(&m, "shop/web/orders", 3).0, "b");
         // Loading "a" again (another component) makes it the newest.
-        let (a2, _) = m.load("a", "balancer", "shop", "", wasm("peak-ewma"), "api").await.unwrap();
+        let a2 = m.load("a", "balancer", "shop", "", wasm("peak-ewma"), "api").await.unwrap().record;
         assert_eq!(spread(&m, "shop/web/orders", 3).0, "a");
         // Rolled back: "a" runs round robin again; the record says so.
         let (back, _) = m.rollback(&PluginName::new("a").unwrap()).await.unwrap();
@@ -235,11 +238,11 @@ async fn an_automatic_rollback_marks_the_version_bad_in_the_record_for_every_hos
         for port in [9001, 9002, 9003] {
             add(&registry, "shop/web/orders", port).await;
         }
-        let (good, _) = m.load("lb", "balancer", "shop", "", wasm("round-robin"), "api").await.unwrap();
+        let good = m.load("lb", "balancer", "shop", "", wasm("round-robin"), "api").await.unwrap().record;
         // Traps on every 101st pick of an instance: the slot falls back per pick, then rolls
         // back on its own after the sixth fault within the window.
         let config = r#"{"fault": "trap-pick", "after": 100}"#;
-        let (faulty, _) = m.load("lb", "balancer", "shop", config, wasm("misbehave"), "api").await.unwrap();
+        let faulty = m.load("lb", "balancer", "shop", config, wasm("misbehave"), "api").await.unwrap().record;
         let key = ServiceKey::parse("shop/web/orders").unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
@@ -306,9 +309,9 @@ async fn a_rollback_keeps_the_version_it_left_for_a_roll_forward() {
         add(&registry, "shop/web/orders", port).await;
     }
     let name = PluginName::new("lb").unwrap();
-    let (first, _) = m.load("lb", "balancer", "shop", "", wasm("round-robin"), "api").await.unwrap();
+    let first = m.load("lb", "balancer", "shop", "", wasm("round-robin"), "api").await.unwrap().record;
     assert_eq!(spread(&m, "shop/web/orders", 2).0, "lb", "the service's slots exist from here on");
-    let (second, _) = m.load("lb", "balancer", "shop", "", wasm("random"), "api").await.unwrap();
+    let second = m.load("lb", "balancer", "shop", "", wasm("random"), "api").await.unwrap().record;
     assert!(matches!(m.roll_forward(&name).await, Err(ManagerError::NoForward(_))), "nothing rolled back yet");
     let (back, _) = m.rollback(&name).await.unwrap();
     assert_eq!(back.sha256, first.sha256);
@@ -325,6 +328,6 @@ async fn a_rollback_keeps_the_version_it_left_for_a_roll_forward() {
     assert!(matches!(m.roll_forward(&name).await, Err(ManagerError::NoForward(_))));
     // A new load clears what a rollback left.
     m.rollback(&name).await.unwrap();
-    let (third, _) = m.load("lb", "balancer", "shop", "", wasm("peak-ewma"), "api").await.unwrap();
+    let third = m.load("lb", "balancer", "shop", "", wasm("peak-ewma"), "api").await.unwrap().record;
     assert!(third.forward.is_empty());
 }

@@ -397,6 +397,17 @@ pub struct HostReport {
     pub state: String,
 }
 
+/// Where `plugin_load` validated a component on the server that answered: the live
+/// snapshots of the services its binding covers there (a bounded sample of them).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Validation {
+    /// The services whose live snapshot the component passed on, in name order (at most
+    /// the server's sample size, 16).
+    pub services: Vec<String>,
+    /// How many services with instances the binding covers on that server.
+    pub covered: u64,
+}
+
 /// Metadata key prefix of a host's plugin reports.
 pub const PLUGIN_REPORT_PREFIX: &str = "sextant.plugin.";
 
@@ -516,6 +527,10 @@ pub enum Response {
         record: Arc<PluginRecord>,
         /// The store revision of the write.
         revision: Revision,
+        /// For a `plugin_load` that validated the component: where. Absent for a rollback,
+        /// and for a load identical to the record (nothing written).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        validated: Option<Validation>,
     },
     /// The request failed; nothing changed.
     Error {

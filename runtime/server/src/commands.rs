@@ -13,7 +13,7 @@ use sextant_core::{
     ConfigKey, Instance, InstanceId, InstanceKey, Namespace, PluginName, PluginRecord, Record, Revision, Scope,
     ServiceKey,
 };
-use sextant_proto::{Binding, ErrorCode, Request, Response};
+use sextant_proto::{Binding, ErrorCode, Request, Response, Validation};
 use sextant_quic::client::{Client, ClientError, ClientOptions};
 
 /// How to reach the servers (every client command takes these).
@@ -490,11 +490,11 @@ pub(crate) async fn plugin(args: &ClientArgs, command: PluginCommand) -> Result 
                 config,
                 component: sextant_proto::encode_component(&bytes),
             };
-            let (record, revision) = match client.request(request).await? {
-                Response::PluginWritten { record, revision } => (record, revision),
+            let (record, revision, validated) = match client.request(request).await? {
+                Response::PluginWritten { record, revision, validated } => (record, revision, validated),
                 other => return unexpected(other),
             };
-            plugin_written(args, &record, revision)?;
+            plugin_written(args, &record, revision, validated.as_ref())?;
             if wait > 0 {
                 wait_for_hosts(&client, &record, wait, Duration::from_secs(wait_secs)).await?;
             }
@@ -502,7 +502,7 @@ pub(crate) async fn plugin(args: &ClientArgs, command: PluginCommand) -> Result 
         }
         PluginCommand::Rollback { name, forward } => {
             match client.request(Request::PluginRollback { name: PluginName::new(name)?, forward }).await? {
-                Response::PluginWritten { record, revision } => plugin_written(args, &record, revision),
+                Response::PluginWritten { record, revision, .. } => plugin_written(args, &record, revision, None),
                 other => unexpected(other),
             }
         }
@@ -546,12 +546,35 @@ async fn wait_for_hosts(client: &Client, record: &PluginRecord, n: usize, limit:
     }
 }
 
-fn plugin_written(args: &ClientArgs, record: &PluginRecord, revision: Revision) -> Result {
+fn plugin_written(
+    args: &ClientArgs,
+    record: &PluginRecord,
+    revision: Revision,
+    validated: Option<&Validation>,
+) -> Result {
     if args.json {
-        return out(&json!({ "record": record, "revision": revision }).to_string());
+        return out(&json!({ "record": record, "revision": revision, "validated": validated }).to_string());
     }
     out(&format!(
         "{} {} sha256={} bound to {:?} at revision {revision}",
         record.name, record.kind, record.sha256, record.binding
-    ))
+    ))?;
+    match validated {
+        None => Ok(()),
+        Some(v) if v.services.is_empty() => {
+            out("validated on a synthetic snapshot only: the binding covers no service with instances on this server")
+        }
+        Some(v) => {
+            let sample = if (v.services.len() as u64) < v.covered {
+                format!(
+                    "{} of the {} services the binding covers on this server (a sample: the others are checked as each host activates it)",
+                    v.services.len(),
+                    v.covered
+                )
+            } else {
+                format!("the {} services the binding covers on this server", v.covered)
+            };
+            out(&format!("validated on the live snapshots of {sample}: {}", v.services.join(", ")))
+        }
+    }
 }

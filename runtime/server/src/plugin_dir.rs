@@ -145,8 +145,10 @@ async fn load<S: Store + Clone>(manager: &PluginManager<S>, name: &str, path: &P
     let config = side.config.map(|c| c.to_string()).unwrap_or_default();
     let sha = sha256_hex(&bytes);
     match manager.load(name, &kind, &binding, &config, bytes, "dir").await {
-        Ok((record, revision)) => {
-            tracing::info!(plugin = name, %kind, %binding, sha256 = %record.sha256, %revision, "plugin loaded from directory");
+        Ok(loaded) => {
+            let (sha256, revision) = (&loaded.record.sha256, loaded.revision);
+            let validated_on = loaded.validated.map(|v| format!("{} of {} services", v.services.len(), v.covered));
+            tracing::info!(plugin = name, %kind, %binding, %sha256, %revision, ?validated_on, "plugin loaded from directory");
             Some(sha)
         }
         Err(_) => None,
