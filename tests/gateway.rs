@@ -467,3 +467,84 @@ fn a_scheduler_bound_through_the_control_plane_sets_the_gateways_weights() {
     wait_until("the registered weights again", || weights(&gateway, &backends) == registered);
     until_spread(&gateway, &backends, 20, "both backends again", spread_out);
 }
+
+/// The run ids of the gateway registrations the server holds.
+fn registered_runs(server: &Server) -> Vec<String> {
+    let (status, body) = server.get("/v1/services/shop/edge/gateway");
+    if status != 200 {
+        return Vec::new();
+    }
+    body["instances"]
+        .as_array()
+        .map(|all| {
+            all.iter().filter_map(|i| i["metadata"]["sextant.gateway.run"].as_str().map(str::to_owned)).collect()
+        })
+        .unwrap_or_default()
+}
+
+fn conflict_gauge(gateway: &Gateway) -> Option<u64> {
+    gateway.metrics().lines().find_map(|l| l.strip_prefix("sextant_gateway_identity_conflict ")?.parse().ok())
+}
+
+#[test]
+fn two_gateways_of_one_identity_are_told_apart_and_neither_deregisters_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let backend = runtime.block_on(Backend::start("a", Behavior::default())).unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    assert_eq!(server.post("/v1/instances", &instance(SERVICE, "a", backend.addr().port(), false)).0, 200);
+
+    // Listening on every interface registers no reachable address: refused, with the fix.
+    let out = Command::new(sextant_bin())
+        .args(["gateway", "--server", &server.quic.to_string()])
+        .args(["--ca", server.data_dir.join("tls/ca.pem").to_str().unwrap()])
+        .args(["--listen", &format!("0.0.0.0:{}", free_port()), "--route", &format!("/={SERVICE}")])
+        .args(["--cache", dir.path().join("c0").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("give --advertise"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Two gateways advertising one address under one service: one identity.
+    let advertise = format!("127.0.0.1:{}", free_port());
+    let start = |name: &str| {
+        let gw_dir = dir.path().join(name);
+        std::fs::create_dir(&gw_dir).unwrap();
+        let config = gw_dir.join("gateway.json");
+        let document = serde_json::json!({"gateway": {"routes": [{"path_prefix": "/", "service": SERVICE}]}});
+        std::fs::write(&config, document.to_string()).unwrap();
+        Gateway::spawn(
+            &server,
+            &gw_dir,
+            free_port(),
+            &["--config", config.to_str().unwrap(), "--advertise", &advertise],
+        )
+    };
+    let first = start("gw1");
+    wait_until("the first gateway registered", || registered_runs(&server).len() == 1);
+    let first_run = registered_runs(&server)[0].clone();
+    let second = start("gw2");
+    wait_until("the second gateway's registration replaces the first's", || {
+        registered_runs(&server).first().is_some_and(|r| *r != first_run)
+    });
+    // The first sees the takeover: it stops registering (no tug of war), says so, and
+    // serves on.
+    wait_until("the first gateway reports the conflict", || conflict_gauge(&first) == Some(1));
+    assert_eq!(conflict_gauge(&second), Some(0));
+    assert!(first.log().contains("another gateway registered with this gateway's identity"), "{}", first.log());
+    let second_run = registered_runs(&server)[0].clone();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(registered_runs(&server), vec![second_run.clone()], "the first does not take it back");
+    wait_until("both gateways route", || first.get("u") == 200 && second.get("u") == 200);
+
+    // The first stops: the registration is the second's, so it stays.
+    let mut first = first;
+    let _ = Command::new("kill").args(["-TERM", &first.child.id().to_string()]).status();
+    let _ = first.child.wait();
+    assert!(first.log().contains("not deregistering"), "{}", first.log());
+    assert_eq!(registered_runs(&server), vec![second_run], "the second gateway is still registered");
+}

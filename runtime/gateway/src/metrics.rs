@@ -148,6 +148,7 @@ pub struct GatewayMetrics {
     in_flight: Family<EndpointLabels, Gauge>,
     weight: Family<EndpointLabels, Gauge>,
     plugin: [Family<VersionLabels, Counter>; 6],
+    identity_conflict: Gauge,
 }
 
 impl Default for GatewayMetrics {
@@ -169,6 +170,11 @@ pub fn class(status: u16) -> &'static str {
 }
 
 impl GatewayMetrics {
+    /// Marks (or clears) a registration taken over by another gateway of the same identity.
+    pub fn set_identity_conflict(&self, conflict: bool) {
+        self.identity_conflict.set(i64::from(conflict));
+    }
+
     /// Registers every metric.
     #[must_use]
     pub fn new() -> Self {
@@ -185,7 +191,13 @@ impl GatewayMetrics {
             in_flight: Family::default(),
             weight: Family::default(),
             plugin: std::array::from_fn(|_| Family::default()),
+            identity_conflict: Gauge::default(),
         };
+        registry.register(
+            "identity_conflict",
+            "1 when another gateway took over this gateway's registration (same service and id); it stopped registering",
+            m.identity_conflict.clone(),
+        );
         registry.register("requests", "Requests by route, service and status class", m.requests.clone());
         registry.register(
             "request_duration_seconds",

@@ -4,10 +4,18 @@
 //! services in the store (fetched, cached on disk, swapped in under traffic), registers
 //! itself with its zone, version and plugin reports, and on SIGTERM deregisters, stops
 //! accepting and drains.
+//!
+//! Its identity is its registration: `--register-as` and the address it advertises (the
+//! instance id). Two gateways of one identity would overwrite each other's registration, and
+//! the first to stop would deregister the other; so each registration carries a run id, and a
+//! gateway that sees its registration taken over by another run stops registering (it never
+//! deregisters what is no longer its own), says so in its log and in `/metrics`
+//! (`sextant_gateway_identity_conflict`), and goes on serving its traffic.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use clap::Args;
@@ -62,6 +70,11 @@ pub(crate) struct GatewayArgs {
     /// Register the gateway itself under this service (deregistered on SIGTERM).
     #[arg(long, default_value = "default/default/gateway")]
     register_as: String,
+    /// The address registered for the gateway (default: the --listen address, which must
+    /// then name an interface, not 0.0.0.0 or ::). Gateways registered under one
+    /// --register-as need addresses of their own: the address is the registration's id.
+    #[arg(long)]
+    advertise: Option<SocketAddr>,
     /// Zone label of the gateway's registration.
     #[arg(long, default_value = "")]
     zone: String,
@@ -153,6 +166,69 @@ fn fit_report(metadata: &mut BTreeMap<String, String>, report: &BTreeMap<String,
     }
 }
 
+/// Metadata key of the run id each registration carries.
+const RUN_KEY: &str = "sextant.gateway.run";
+
+/// The address the gateway registers: --advertise, else the one it listens on (which must
+/// be an address others can reach).
+fn advertised(args: &GatewayArgs, listening: SocketAddr) -> Result<SocketAddr, Failure> {
+    match args.advertise {
+        Some(addr) if addr.ip().is_unspecified() || addr.port() == 0 => {
+            Err(Failure::usage(format!("--advertise {addr}: give an address and port others can reach")))
+        }
+        Some(addr) => Ok(addr),
+        None if listening.ip().is_unspecified() => Err(Failure::usage(format!(
+            "listening on {listening} registers no address others can reach: give --advertise IP:PORT"
+        ))),
+        None => Ok(listening),
+    }
+}
+
+/// A run id, unique to this process.
+fn run_id() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{:x}-{nanos:x}", std::process::id())
+}
+
+/// Watches the gateway's own registration. `written` is the revision of this run's newest
+/// registration (0: none yet); a view at or past it that shows the registration written by
+/// another run is a takeover (an older version, say of a previous run still within its
+/// grace period, can only show in views before it): `conflict` is set and the task ends.
+async fn watch_identity(
+    client: Client,
+    me: Instance,
+    run: String,
+    written: Arc<AtomicU64>,
+    conflict: tokio::sync::watch::Sender<Option<String>>,
+    metrics: Arc<GatewayMetrics>,
+) {
+    let mut watch = client.watch(Scope::Service(me.service.clone()));
+    while let Some(item) = watch.next().await {
+        if item.is_err() {
+            continue;
+        }
+        let view = client.view(&watch);
+        let mine = written.load(Ordering::Acquire);
+        if mine == 0 || view.revision.0 < mine {
+            continue;
+        }
+        let theirs = view.records.into_iter().find_map(|r| match r {
+            Record::Instance(i) if i.id == me.id => Some(i.metadata.get(RUN_KEY).cloned().unwrap_or_default()),
+            _ => None,
+        });
+        if let Some(other) = theirs.filter(|r| *r != run) {
+            tracing::error!(
+                service = %me.service, id = %me.id, run = %run, other = %other,
+                "another gateway registered with this gateway's identity (same --register-as and address); \
+                 this one stops registering and goes on serving: give each gateway its own --advertise or --register-as"
+            );
+            metrics.set_identity_conflict(true);
+            conflict.send_replace(Some(other));
+            return;
+        }
+    }
+}
+
 /// Runs the gateway until `shutdown`.
 #[allow(clippy::too_many_lines)]
 pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Failure> {
@@ -211,7 +287,7 @@ pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Ou
     let metrics_server = match args.metrics {
         None => None,
         Some(at) => {
-            let router = router.clone();
+            let (router, metrics) = (router.clone(), Arc::clone(&metrics));
             let listener = tokio::net::TcpListener::bind(at)
                 .await
                 .map_err(|e| Failure::other(format!("listening on {at} (--metrics): {e}")))?;
@@ -230,16 +306,29 @@ pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Ou
         .await
         .map_err(|e| Failure::other(format!("listening on {}: {e}", args.listen)))?;
     let addr = listener.local_addr().map_err(|e| Failure::other(e.to_string()))?;
+    let registered = advertised(&args, addr)?;
     let mut me = Instance::new(
         ServiceKey::parse(&args.register_as).map_err(|e| Failure::usage(format!("--register-as: {e}")))?,
-        addr.ip(),
-        addr.port(),
+        registered.ip(),
+        registered.port(),
     );
     me.zone.clone_from(&args.zone);
     me.version = env!("CARGO_PKG_VERSION").into();
     me.metadata.insert("sextant.role".into(), "gateway".into());
+    let run = run_id();
+    me.metadata.insert(RUN_KEY.into(), run.clone());
     let key = me.key();
-    tracing::info!(%addr, "gateway serving");
+    tracing::info!(%addr, %registered, %run, "gateway serving");
+    let (conflict, mut conflicts) = tokio::sync::watch::channel(None::<String>);
+    let written = Arc::new(AtomicU64::new(0));
+    let identity = tokio::spawn(watch_identity(
+        client.clone(),
+        me.clone(),
+        run,
+        Arc::clone(&written),
+        conflict,
+        Arc::clone(&metrics),
+    ));
 
     // Register, then publish what the plugins do here in the registration as it changes. A
     // gateway that starts while no server answers serves from its caches and registers
@@ -252,16 +341,24 @@ pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Ou
     }
     let reporter = {
         let (client, mut changes, follower) = (client.clone(), follower.changes(), Arc::clone(&follower));
+        let mut conflicts = conflicts.clone();
         tokio::spawn(async move {
             let mut published = None;
             loop {
+                if conflicts.borrow_and_update().is_some() {
+                    // Another gateway holds this identity: writing again would take it back.
+                    return;
+                }
                 let mut report = follower.report();
                 report.extend(status_changes.borrow_and_update().clone());
                 if published.as_ref() != Some(&report) {
                     let mut instance = me.clone();
                     fit_report(&mut instance.metadata, &report);
                     match client.register(instance, Binding::Connection).await {
-                        Ok(_) => published = Some(report),
+                        Ok((revision, _)) => {
+                            written.fetch_max(revision.0, Ordering::AcqRel);
+                            published = Some(report);
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, "cannot register the gateway; trying again");
                             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -272,6 +369,7 @@ pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Ou
                 tokio::select! {
                     changed = changes.changed() => if changed.is_err() { return },
                     changed = status_changes.changed() => if changed.is_err() { return },
+                    changed = conflicts.changed() => if changed.is_err() { return },
                 }
             }
         })
@@ -333,9 +431,14 @@ pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Ou
         if let Some(task) = &config_follower {
             task.abort();
         }
-        tracing::info!("shutting down: deregistering");
-        if let Err(e) = client.deregister(&key).await {
-            tracing::warn!(error = %e, "deregister failed; the connection's end removes the instance");
+        identity.abort();
+        if conflicts.borrow_and_update().is_some() {
+            tracing::info!("shutting down: the registration belongs to another gateway now; not deregistering");
+        } else {
+            tracing::info!("shutting down: deregistering");
+            if let Err(e) = client.deregister(&key).await {
+                tracing::warn!(error = %e, "deregister failed; the connection's end removes the instance");
+            }
         }
     };
     let served = gateway.serve(listener, shutdown, Duration::from_secs(args.drain_secs)).await;
