@@ -370,7 +370,22 @@ class Subscription:
             self._done = True
             self._stream.forget()
             raise SextantError(frame.get("code", "?"), frame.get("message", ""))
+        # A reset too large for one frame: reset_chunk frames, then the reset with the rest.
+        chunks: list[dict] = []
+        chunk_revision = None
+        while frame["type"] == "reset_chunk":
+            if chunk_revision not in (None, frame["revision"]):
+                raise FrameError(f"reset_chunk of revision {frame['revision']} after {chunk_revision}")
+            chunk_revision = frame["revision"]
+            chunks.extend(frame["records"])
+            frame = await self._stream.read_frame()
+            if frame is None:
+                raise FrameError("stream finished inside a chunked reset")
         event = Event.from_frame(frame)
+        if chunk_revision is not None:
+            if event.type != "reset" or event.revision != chunk_revision:
+                raise FrameError(f"reset_chunk of revision {chunk_revision} followed by {event.type} {event.revision}")
+            event.snapshot["records"] = chunks + event.snapshot["records"]
         self.last_revision = event.revision
         return event
 

@@ -8,9 +8,11 @@ use std::fmt;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+use crate::frame::{FrameError, MAX_FRAME_LEN};
 use sextant_core::{
-    ConfigEntry, ConfigKey, Event, Instance, InstanceId, LeaseId, PluginName, PluginRecord, Record, Revision, Scope,
-    ServiceKey, ServiceSpec,
+    Change, ConfigEntry, ConfigKey, Event, Instance, InstanceId, LeaseId, PluginName, PluginRecord, Record, Revision,
+    Scope, ServiceKey, ServiceSpec, StoreSnapshot,
 };
 
 /// The QUIC ALPN of protocol version 1.
@@ -483,6 +485,14 @@ pub enum Response {
         /// The event.
         event: Event,
     },
+    /// Part of a `Reset` too large for one frame ([`event_frames`]): records that come
+    /// before those of the `Reset` event that follows, in order.
+    ResetChunk {
+        /// The revision of the `Reset` it belongs to.
+        revision: Revision,
+        /// Consecutive records of the snapshot (sorted by key).
+        records: Vec<Record>,
+    },
     /// Answer to `config_get`.
     Config {
         /// The entry, if it exists.
@@ -557,6 +567,14 @@ impl Response {
 pub enum SubscriptionFrame {
     /// `{"type": "event", "event": EVENT}`.
     Event(Event),
+    /// `{"type": "reset_chunk", "revision": R, "records": [RECORD…]}`: the first records of
+    /// the `Reset` at `revision` that follows (see [`event_frames`]).
+    ResetChunk {
+        /// The revision of that `Reset`.
+        revision: Revision,
+        /// Its records, in order.
+        records: Vec<Record>,
+    },
     /// `{"type": "error", "code": CODE, "message": TEXT}`.
     Error {
         /// What failed.
@@ -566,6 +584,82 @@ pub enum SubscriptionFrame {
     },
 }
 
+/// The frames that carry `event` on a subscription stream: one `event` frame; or, for a
+/// `Reset` too large for one frame ([`MAX_FRAME_LEN`]), `reset_chunk` frames of consecutive
+/// records (about half a frame each) followed by the `Reset` event carrying the rest. A
+/// client joins them in order ([`ResetAssembler`]).
+///
+/// # Errors
+/// An event other than a `Reset` that does not fit a frame, or a single record that does not
+/// (neither can come from the registry, which caps record sizes).
+pub fn event_frames(event: &Event) -> Result<Vec<Vec<u8>>, FrameError> {
+    let err = match crate::encode(&Response::Event { event: event.clone() }) {
+        Ok(frame) => return Ok(vec![frame]),
+        Err(e) => e,
+    };
+    let (FrameError::TooLarge { .. }, Change::Reset { snapshot }) = (&err, &event.change) else { return Err(err) };
+    let budget = MAX_FRAME_LEN / 2;
+    let records = &snapshot.records;
+    let mut groups: Vec<&[Record]> = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, record) in records.iter().enumerate() {
+        let len = serde_json::to_vec(record).map_or(budget, |v| v.len() + 1);
+        if size + len > budget && i > start {
+            groups.push(&records[start..i]);
+            (start, size) = (i, 0);
+        }
+        size += len;
+    }
+    groups.push(&records[start..]);
+    let Some((last, chunks)) = groups.split_last() else { return Err(err) };
+    let mut frames = Vec::with_capacity(groups.len());
+    for chunk in chunks {
+        frames.push(crate::encode(&Response::ResetChunk { revision: event.revision, records: chunk.to_vec() })?);
+    }
+    let rest = StoreSnapshot { revision: snapshot.revision, records: last.to_vec() };
+    let reset = Event { revision: event.revision, change: Change::Reset { snapshot: Arc::new(rest) } };
+    frames.push(crate::encode(&Response::Event { event: reset })?);
+    Ok(frames)
+}
+
+/// Joins the `reset_chunk` frames of a subscription to the `Reset` they precede.
+#[derive(Debug, Default)]
+pub struct ResetAssembler {
+    pending: Option<(Revision, Vec<Record>)>,
+}
+
+impl ResetAssembler {
+    /// Keeps a chunk's records. Chunks of another revision than those kept replace them (a
+    /// `Reset` that never came).
+    pub fn chunk(&mut self, revision: Revision, records: Vec<Record>) {
+        match &mut self.pending {
+            Some((r, kept)) if *r == revision => kept.extend(records),
+            _ => self.pending = Some((revision, records)),
+        }
+    }
+
+    /// The event whole: a `Reset` with the records of the chunks before its own.
+    ///
+    /// # Errors
+    /// Chunks that belong to no `Reset` of their revision (a peer that breaks the protocol):
+    /// they are dropped.
+    pub fn event(&mut self, event: Event) -> Result<Event, String> {
+        let Some((revision, mut records)) = self.pending.take() else { return Ok(event) };
+        match &event.change {
+            Change::Reset { snapshot } if revision == event.revision => {
+                records.extend(snapshot.records.iter().cloned());
+                let whole = StoreSnapshot { revision: snapshot.revision, records };
+                Ok(Event { revision: event.revision, change: Change::Reset { snapshot: Arc::new(whole) } })
+            }
+            _ => Err(format!(
+                "{} reset_chunk records of revision {revision} not followed by their reset (got an event of revision {})",
+                records.len(),
+                event.revision
+            )),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct SubscriptionWire {
     #[serde(rename = "type")]
@@ -573,6 +667,8 @@ struct SubscriptionWire {
     event: Option<Event>,
     code: Option<ErrorCode>,
     message: Option<String>,
+    revision: Option<Revision>,
+    records: Option<Vec<Record>>,
 }
 
 impl TryFrom<SubscriptionWire> for SubscriptionFrame {
@@ -581,6 +677,11 @@ impl TryFrom<SubscriptionWire> for SubscriptionFrame {
     fn try_from(w: SubscriptionWire) -> Result<Self, String> {
         match (w.kind.as_str(), w.event, w.code) {
             ("event", Some(event), _) => Ok(Self::Event(event)),
+            ("reset_chunk", ..) => match (w.revision, w.records) {
+                (Some(revision), Some(records)) => Ok(Self::ResetChunk { revision, records }),
+                (None, _) => Err("missing field `revision`".into()),
+                (_, None) => Err("missing field `records`".into()),
+            },
             ("error", _, Some(code)) => Ok(Self::Error { code, message: w.message.unwrap_or_default() }),
             ("event", None, _) => Err("missing field `event`".into()),
             ("error", _, None) => Err("missing field `code`".into()),
@@ -780,5 +881,65 @@ mod tests {
         assert_eq!(rows, known, "every code has a row, every row a code");
         assert_eq!(rows, 12);
         assert_eq!(ErrorCode::from_u32(0), None, "0 is a normal close");
+    }
+
+    fn big_reset(n: u16) -> Event {
+        let records: Vec<Record> = (1..=n)
+            .map(|port| {
+                let mut i = Instance::new(ServiceKey::parse("big/g/svc").unwrap(), "10.0.0.1".parse().unwrap(), port);
+                i.metadata.insert("blob".into(), "x".repeat(3900));
+                Record::Instance(Arc::new(i))
+            })
+            .collect();
+        let snapshot = StoreSnapshot { revision: Revision(9), records };
+        Event { revision: Revision(9), change: Change::Reset { snapshot: Arc::new(snapshot) } }
+    }
+
+    fn decode_all(frames: &[Vec<u8>]) -> Vec<SubscriptionFrame> {
+        let mut decoder = crate::FrameDecoder::new();
+        let mut out = Vec::new();
+        for f in frames {
+            assert!(f.len() <= MAX_FRAME_LEN + 4, "every frame fits: {}", f.len());
+            decoder.push(f);
+            while let Some(frame) = decoder.decode::<SubscriptionFrame>().unwrap() {
+                out.push(frame);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_reset_too_large_for_a_frame_goes_in_chunks_and_is_joined_whole() {
+        let small = big_reset(10);
+        assert_eq!(event_frames(&small).unwrap().len(), 1, "a reset that fits is one event frame");
+
+        let event = big_reset(2500);
+        let frames = event_frames(&event).unwrap();
+        assert!(frames.len() >= 3, "about 10 MB in half-frame chunks: {}", frames.len());
+        let decoded = decode_all(&frames);
+        let mut assembler = ResetAssembler::default();
+        let mut whole = None;
+        for (n, frame) in decoded.into_iter().enumerate() {
+            match frame {
+                SubscriptionFrame::ResetChunk { revision, records } => {
+                    assert!(n + 1 < frames.len(), "chunks come first");
+                    assembler.chunk(revision, records);
+                }
+                SubscriptionFrame::Event(e) => whole = Some(assembler.event(e).unwrap()),
+                SubscriptionFrame::Error { .. } => panic!("no error frame"),
+            }
+        }
+        assert_eq!(whole, Some(event), "the records joined in order: the reset as it was");
+
+        // Chunks not followed by their reset: an error, and they are dropped.
+        let mut assembler = ResetAssembler::default();
+        assembler.chunk(Revision(3), Vec::new());
+        let upsert = Event {
+            revision: Revision(4),
+            change: Change::Remove { key: sextant_core::RecordKey::Service(ServiceKey::parse("a/b/c").unwrap()) },
+        };
+        assert!(assembler.event(upsert.clone()).is_err());
+        assert_eq!(assembler.event(upsert.clone()).unwrap(), upsert, "nothing left over");
+        assert!(serde_json::from_str::<SubscriptionFrame>(r#"{"type":"reset_chunk","revision":3}"#).is_err());
     }
 }

@@ -21,7 +21,7 @@ use quinn::{Connection, Endpoint};
 use serde::{Deserialize, Serialize};
 use sextant_core::{Change, Event, Instance, InstanceKey, LeaseId, Revision, Scope, StoreSnapshot};
 use sextant_proto::client::{Applied, ClientSession, SubId, SubState};
-use sextant_proto::{Binding, ErrorCode, Request, Response, SubscriptionFrame};
+use sextant_proto::{Binding, ErrorCode, Request, ResetAssembler, Response, SubscriptionFrame};
 use tokio::sync::{mpsc, watch};
 
 use crate::tls::{self, TlsError};
@@ -697,9 +697,19 @@ async fn run_watch(
             }
         };
         drop(client);
+        let mut chunks = ResetAssembler::default();
         loop {
             match reader.next::<SubscriptionFrame>().await {
+                Ok(Some(SubscriptionFrame::ResetChunk { revision, records })) => chunks.chunk(revision, records),
                 Ok(Some(SubscriptionFrame::Event(event))) => {
+                    let event = match chunks.event(event) {
+                        Ok(event) => event,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "bad reset chunks on a subscription; resubscribing");
+                            tokio::time::sleep(backoff).await;
+                            break;
+                        }
+                    };
                     let Some(client) = inner.upgrade() else { return };
                     let applied = client.session.lock().on_event(id, &event);
                     if applied == Applied::Duplicate {

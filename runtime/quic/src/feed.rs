@@ -8,7 +8,7 @@
 //! multi-threaded runtime: the connection driver ran between the writes).
 //!
 //! Writes never wait: each member keeps a queue of frames (shared `Arc`s; a `Reset` is its
-//! own) written as its stream accepts them. A member whose queue is full (a client that does
+//! own, in `reset_chunk` frames when it does not fit one) written as its stream accepts them. A member whose queue is full (a client that does
 //! not read) stops taking events and, once its queue has drained, catches up from the
 //! revision it had reached: the missed events of its scope, or a `Reset` if the history no
 //! longer holds them. Nothing is skipped and nothing is sent twice.
@@ -128,6 +128,20 @@ impl Member {
         }
     }
 
+    /// Queues the frames of one event (a `Reset` in chunks) whole, or none of them, as
+    /// [`Member::push`] does for one.
+    fn push_all(&mut self, frames: Vec<Arc<[u8]>>, reached: Revision) {
+        let len: usize = frames.iter().map(|f| f.len()).sum();
+        let full = self.queue.len() >= MAX_QUEUED || self.queued + len > MAX_QUEUED_BYTES;
+        if full && !self.queue.is_empty() {
+            self.behind = Some(reached);
+        } else {
+            for frame in frames {
+                self.queue_frame(frame);
+            }
+        }
+    }
+
     fn queue_frame(&mut self, frame: Arc<[u8]>) {
         self.queued += frame.len();
         self.queue.push_back(frame);
@@ -173,8 +187,8 @@ impl State {
                         revision: event.revision,
                         change: Change::Reset { snapshot: Arc::new(snapshot.filtered(&m.scope)) },
                     };
-                    match encode(&own) {
-                        Some(frame) => m.push(frame, reached),
+                    match frames(&own) {
+                        Some(frames) => m.push_all(frames, reached),
                         None => m.behind = Some(reached),
                     }
                 }
@@ -221,8 +235,10 @@ impl State {
             let m = &mut self.members[i];
             m.behind = None;
             for event in events {
-                let Some(frame) = encode(&event) else { break };
-                m.queue_frame(frame);
+                let Some(frames) = frames(&event) else { break };
+                for frame in frames {
+                    m.queue_frame(frame);
+                }
             }
         }
         true
@@ -239,6 +255,18 @@ impl State {
     /// Writes what every stream accepts; drops the members whose stream is gone.
     fn flush(&mut self, cx: &mut Context<'_>) {
         self.members.retain_mut(|m| m.flush(cx));
+    }
+}
+
+/// The frames of one event: one, or a `Reset` too large for a frame in chunks
+/// ([`sextant_proto::event_frames`]).
+fn frames(event: &Event) -> Option<Vec<Arc<[u8]>>> {
+    match sextant_proto::event_frames(event) {
+        Ok(frames) => Some(frames.into_iter().map(Arc::from).collect()),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode an event");
+            None
+        }
     }
 }
 

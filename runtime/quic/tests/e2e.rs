@@ -783,3 +783,66 @@ async fn components_are_fetched_in_chunks_checked_against_their_hash_and_plugin_
     }
     node.stop().await;
 }
+
+/// A `Reset` larger than a frame (1,200 instances of ~3.9 KB metadata: about 5 MB) reaches a
+/// watcher whole, in `reset_chunk` frames and the final `Reset`, and the stream goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_larger_than_a_frame_arrives_whole_and_the_stream_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tls::ensure_dev_certs(dir.path()).unwrap();
+    let reg = registry(&dir.path().join("data")).await;
+    let node = start(&reg, &files, "127.0.0.1:0".parse().unwrap(), options(400));
+    const N: u16 = 1200;
+    let mut writes = tokio::task::JoinSet::new();
+    for worker in 0..8u16 {
+        let reg = reg.clone();
+        writes.spawn(async move {
+            for port in (1..=N).filter(|p| p % 8 == worker) {
+                let mut i = persistent("big/g/svc", port);
+                i.metadata.insert("blob".into(), "x".repeat(3900));
+                reg.put(Record::Instance(Arc::new(i)), None).await.unwrap();
+            }
+        });
+    }
+    while let Some(done) = writes.join_next().await {
+        done.unwrap();
+    }
+    let snapshot = reg.snapshot(&ServiceKey::parse("big/g/svc").unwrap()).unwrap();
+    let whole = sextant_proto::encode(&Response::Event {
+        event: sextant_core::Event {
+            revision: snapshot.revision,
+            change: Change::Reset {
+                snapshot: Arc::new(sextant_core::StoreSnapshot {
+                    revision: snapshot.revision,
+                    records: snapshot.instances.iter().map(|i| Record::Instance(Arc::clone(i))).collect(),
+                }),
+            },
+        },
+    });
+    assert!(whole.is_err(), "the test needs a reset larger than one frame");
+
+    let watcher = client(&files, vec![node.addr]);
+    let mut watch = watcher.watch(Scope::Service(ServiceKey::parse("big/g/svc").unwrap()));
+    match next_change(&mut watch).await {
+        Change::Reset { snapshot } => {
+            let ports: std::collections::BTreeSet<u16> = snapshot
+                .records
+                .iter()
+                .filter_map(|r| match r {
+                    Record::Instance(i) => Some(i.port),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(ports.len(), usize::from(N), "every instance, once");
+            assert_eq!(ports.first().copied(), Some(1));
+            assert_eq!(ports.last().copied(), Some(N));
+        }
+        other => panic!("expected the reset, got {other:?}"),
+    }
+    reg.put(Record::Instance(Arc::new(persistent("big/g/svc", N + 1))), None).await.unwrap();
+    match next_change(&mut watch).await {
+        Change::Upsert { record: Record::Instance(i) } => assert_eq!(i.port, N + 1),
+        other => panic!("expected the upsert after the reset, got {other:?}"),
+    }
+    node.stop().await;
+}
