@@ -614,6 +614,10 @@ struct Faults {
     lose: std::sync::atomic::AtomicBool,
     /// Keepalives that succeeded.
     kept: std::sync::atomic::AtomicUsize,
+    /// The next artifact read hangs (a server stuck, then gone, in the middle of a fetch)...
+    hold_artifact: std::sync::atomic::AtomicBool,
+    /// ...and says so here.
+    held: tokio::sync::Notify,
 }
 
 impl sextant_core::store::Store for FaultyStore {
@@ -651,6 +655,10 @@ impl sextant_core::store::Store for FaultyStore {
         self.inner.put_artifact(bytes).await
     }
     async fn get_artifact(&self, sha256: String) -> Result<Option<Vec<u8>>, StoreError> {
+        if self.faults.hold_artifact.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.faults.held.notify_one();
+            tokio::time::sleep(Duration::from_secs(120)).await;
+        }
         self.inner.get_artifact(sha256).await
     }
 }
@@ -845,4 +853,65 @@ async fn a_reset_larger_than_a_frame_arrives_whole_and_the_stream_goes_on() {
         other => panic!("expected the upsert after the reset, got {other:?}"),
     }
     node.stop().await;
+}
+
+/// A server that goes away in the middle of a component fetch (stuck reading it, then
+/// killed): the fetch ends, with an error or with the whole component resent by the other
+/// server, never with part of it; fetching again from the other server gets it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_gone_mid_fetch_ends_the_fetch_and_another_server_serves_it_whole() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let files = tls::ensure_dev_certs(dir.path()).unwrap();
+    let faults = Arc::new(Faults::default());
+    let store = FaultyStore {
+        inner: EmbeddedStore::open(&dir.path().join("data"), EmbeddedOptions::default()).unwrap(),
+        faults: faults.clone(),
+    };
+    let reg = Registry::start(store, 4096).await.unwrap();
+    let serve = |reg: &Registry<FaultyStore>| {
+        let config = tls::server_config(&files, None, 64).unwrap();
+        let server = QuicServer::bind("127.0.0.1:0".parse().unwrap(), config, reg.clone(), options(400)).unwrap();
+        let addr = server.local_addr().unwrap();
+        (addr, server)
+    };
+    // a runs on a runtime of its own, so that shutting that runtime down is a kill: every
+    // task of a, its connections and its socket gone at once.
+    let a_runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let (a, server_a) = {
+        let _entered = a_runtime.enter();
+        serve(&reg)
+    };
+    a_runtime.spawn(server_a.run(std::future::pending::<()>()));
+    let (b, server_b) = serve(&reg);
+    let b_task = tokio::spawn(server_b.run(std::future::pending::<()>()));
+    // 2.5 MiB: three chunks.
+    let bytes: Vec<u8> = (0..(5u32 << 19)).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let sha = reg.store().put_artifact(bytes.clone()).await.unwrap();
+
+    let c = client(&files, vec![a, b]);
+    c.ping().await.unwrap();
+    assert_eq!(c.server(), Some(a));
+    // a's read of the component from its store hangs (a server stuck under a fetch), then a
+    // is killed. (A server keeps the components it reads, so later chunks never wait on the
+    // store: the fetch is stuck at its first chunk.)
+    faults.hold_artifact.store(true, SeqCst);
+    let fetch = {
+        let (c, sha) = (c.clone(), sha.clone());
+        tokio::spawn(async move { c.fetch_artifact(&sha, 64 << 20).await })
+    };
+    tokio::time::timeout(Duration::from_secs(20), faults.held.notified()).await.expect("the fetch reached the store");
+    a_runtime.shutdown_background();
+    let fetched = tokio::time::timeout(Duration::from_secs(60), fetch).await.expect("the fetch ends").unwrap();
+    match fetched {
+        // Resent to b after the connection to a was lost: whole, checked against its hash.
+        Ok(got) => assert_eq!(got, bytes),
+        Err(e) => {
+            assert!(e.code().is_none() || e.code() == Some(ErrorCode::Unavailable), "{e}");
+            let again = tokio::time::timeout(Duration::from_secs(30), c.fetch_artifact(&sha, 64 << 20)).await;
+            assert_eq!(again.expect("in time").expect("from b"), bytes);
+        }
+    }
+    assert_eq!(c.server(), Some(b));
+    b_task.abort();
 }
