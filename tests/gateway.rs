@@ -41,12 +41,18 @@ impl Gateway {
     }
 
     fn spawn(server: &Server, dir: &Path, port: u16, extra: &[&str]) -> Self {
+        Self::spawn_on(&[server], dir, port, extra)
+    }
+
+    /// Follows `servers` (in that order; they share one CA, the first's).
+    fn spawn_on(servers: &[&Server], dir: &Path, port: u16, extra: &[&str]) -> Self {
         let log = dir.join(format!("gateway-{port}.log"));
         let addr = format!("127.0.0.1:{port}");
         let metrics = format!("127.0.0.1:{}", free_port());
-        let ca = server.data_dir.join("tls/ca.pem");
+        let ca = servers[0].data_dir.join("tls/ca.pem");
+        let list = servers.iter().map(|s| s.quic.to_string()).collect::<Vec<_>>().join(",");
         let child = Command::new(sextant_bin())
-            .args(["gateway", "--server", &server.quic.to_string(), "--ca", ca.to_str().unwrap()])
+            .args(["gateway", "--server", &list, "--ca", ca.to_str().unwrap()])
             .args(["--listen", &addr])
             .args(extra)
             .args(["--cache", dir.join("cache").to_str().unwrap(), "--register-as", "shop/edge/gateway"])
@@ -547,4 +553,103 @@ fn two_gateways_of_one_identity_are_told_apart_and_neither_deregisters_the_other
     let _ = first.child.wait();
     assert!(first.log().contains("not deregistering"), "{}", first.log());
     assert_eq!(registered_runs(&server), vec![second_run], "the second gateway is still registered");
+}
+
+/// The same flow with two servers on one etcd: gateways following both (A first), a plugin
+/// loaded, replaced and rolled back through B reaches both gateways; A killed, the gateways
+/// go on through B and follow a delete made there.
+#[test]
+fn two_servers_on_one_etcd_drive_the_gateways_and_one_going_away_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let etcd = runtime
+        .block_on(sextant_store::local_etcd::LocalEtcd::start(&dir.path().join("etcd"), 1))
+        .expect("start a local etcd (bash scripts/setup installs etcd-server)");
+    let endpoints = etcd.endpoints().join(",");
+    // One CA for both servers, so a gateway trusts either.
+    let fleet = dir.path().join("fleet");
+    let out = Command::new(sextant_bin())
+        .args(["tls", "init", "--dir", fleet.to_str().unwrap()])
+        .args(["--host", "a=localhost,127.0.0.1", "--host", "b=localhost,127.0.0.1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let start = |name: &str| {
+        let data = dir.path().join(name);
+        std::fs::create_dir_all(data.join("tls")).unwrap();
+        std::fs::copy(fleet.join("ca.pem"), data.join("tls/ca.pem")).unwrap();
+        let (cert, key) = (fleet.join(format!("{name}.pem")), fleet.join(format!("{name}.key")));
+        let args = [
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            &endpoints,
+            "--etcd-timeout-ms",
+            "3000",
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ];
+        Server::try_start_with(&data, &args).unwrap_or_else(|f| panic!("{:?}\n{}", f.status, f.log))
+    };
+    let (a, b) = (start("a"), start("b"));
+    let backends: Vec<Backend> =
+        (0..3).map(|i| runtime.block_on(Backend::start(&format!("b{i}"), Behavior::default())).unwrap()).collect();
+    for (i, backend) in backends.iter().enumerate() {
+        let (status, body) =
+            a.post("/v1/instances", &instance(SERVICE, &format!("b{i}"), backend.addr().port(), false));
+        assert_eq!(status, 200, "{body}");
+    }
+    let gateway = |name: &str| {
+        let gw_dir = dir.path().join(name);
+        std::fs::create_dir(&gw_dir).unwrap();
+        let config = gw_dir.join("gateway.json");
+        let document = serde_json::json!({
+            "gateway": {"routes": [{"path_prefix": "/", "service": SERVICE, "hash_header": "x-user"}]},
+            "balancer": "round-robin",
+        });
+        std::fs::write(&config, document.to_string()).unwrap();
+        Gateway::spawn_on(&[&a, &b], &gw_dir, free_port(), &["--config", config.to_str().unwrap()])
+    };
+    let (one, two) = (gateway("gw1"), gateway("gw2"));
+    wait_until("both gateways route", || one.get("u") == 200 && two.get("u") == 200);
+    // Counted from here: answers before the first view came are not failures.
+    one.answered.borrow_mut().clear();
+    two.answered.borrow_mut().clear();
+    until_spread(&one, &backends, 30, "round robin", spread_out);
+    until_spread(&two, &backends, 30, "round robin on the second", spread_out);
+
+    // Through B: ring hash reaches both gateways (reported per host, through etcd).
+    let loaded = Instant::now();
+    let ring = sextant_plugin_artifacts::path("ring-hash").expect("artifact built");
+    let out = run(&b, &["plugin", "load", ring, "--name", "sticky", "--bind", SERVICE, "--wait", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("etcd: plugin load through B --wait 2: {:.2} s", loaded.elapsed().as_secs_f64());
+    until_spread(&one, &backends, 6, "ring hash on the first", sticky);
+    until_spread(&two, &backends, 6, "ring hash on the second", sticky);
+    // A new version through B, then a rollback through A: both gateways follow each.
+    load(&b, "round-robin", "sticky");
+    until_spread(&one, &backends, 30, "the new version on the first", spread_out);
+    until_spread(&two, &backends, 30, "the new version on the second", spread_out);
+    let out = run(&a, &["plugin", "rollback", "sticky"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    until_spread(&one, &backends, 6, "the rollback on the first", sticky);
+    until_spread(&two, &backends, 6, "the rollback on the second", sticky);
+
+    // A goes away: the gateways keep routing (through B now) and follow what B is told.
+    let (status, _) = a.terminate();
+    assert!(status.success());
+    let spread = send(&one, &backends, 12);
+    assert!(sticky(&spread), "still ring hash with A gone: {spread:?}");
+    let out = run(&b, &["plugin", "delete", "sticky"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    until_spread(&one, &backends, 30, "the delete through B on the first", spread_out);
+    until_spread(&two, &backends, 30, "the delete through B on the second", spread_out);
+    let failed: u64 = [&one, &two]
+        .iter()
+        .flat_map(|g| g.answered.borrow().iter().filter(|(s, _)| **s != 200).map(|(_, n)| *n).collect::<Vec<_>>())
+        .sum();
+    assert_eq!(failed, 0, "no request failed through the swaps and A's exit");
+    drop(etcd);
 }
