@@ -259,6 +259,10 @@ fn the_gateway_follows_plugin_loads_rollbacks_and_deletes_and_keeps_routing_with
     let fallbacks =
         format!(r#"sextant_gateway_plugin_fallbacks_total{{kind="balancer",plugin="sticky",sha256="{ring_sha}"}} "#);
     assert_eq!(value(&fallbacks), Some(0), "{metrics}");
+    let sampled = format!(
+        r#"sextant_gateway_plugin_call_duration_seconds_count{{kind="balancer",plugin="sticky",sha256="{ring_sha}"}} "#
+    );
+    assert!(value(&sampled).is_some_and(|n| n >= 1), "{sampled}\n{metrics}");
     assert!(metrics.contains("sextant_gateway_request_duration_seconds_bucket{"), "{metrics}");
     crate::support::promtool_check(&metrics);
 

@@ -146,6 +146,18 @@ fn plugins_from_a_directory_and_the_cli_swap_in_and_bad_ones_change_nothing() {
     };
     assert_eq!(total(&sha256_of(rr)), 15);
     assert_eq!(total(&sha256_of(random)), 4, "the version rolled back from keeps its count");
+    // Pick times: a histogram in seconds per version (a sample of the calls).
+    let sampled = format!(
+        r#"sextant_plugin_call_duration_seconds_count{{kind="balancer",plugin="rr",sha256="{}"}} "#,
+        sha256_of(rr)
+    );
+    let count: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&sampled)?.parse().ok())
+        .unwrap_or_else(|| panic!("no {sampled} in\n{metrics}"));
+    assert!((1..=15).contains(&count), "{count}");
+    assert!(metrics.contains("# TYPE sextant_plugin_call_duration_seconds histogram"), "{metrics}");
+    assert!(!metrics.contains("call_p50_seconds"), "durations are histograms, not quantile gauges");
     crate::support::promtool_check(&metrics);
 
     // Roll forward to random, and back again; nothing left to roll forward to is `invalid`.

@@ -15,12 +15,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
-use sextant_plugin::{Totals, VersionKey};
+use sextant_plugin::{CALL_TIME_BOUNDS_NS, CallTimes, Totals, VersionKey};
 
 use crate::Router;
 use crate::resilience::BreakerState;
@@ -129,6 +131,46 @@ pub struct VersionLabels {
     pub sha256: String,
 }
 
+/// A histogram whose samples are counted elsewhere (a plugin version's sampled call times,
+/// kept by the plugin host across swaps): set from those counts, exported as a Prometheus
+/// histogram in seconds.
+#[derive(Debug, Default)]
+pub struct CallTimeHistogram(parking_lot::Mutex<CallTimes>);
+
+impl CallTimeHistogram {
+    /// Takes the counts (they only grow).
+    pub fn set(&self, times: CallTimes) {
+        *self.0.lock() = times;
+    }
+}
+
+impl TypedMetric for CallTimeHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for CallTimeHistogram {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let t = *self.0.lock();
+        // The encoder takes counts per bucket (it adds them up); +Inf last.
+        let mut below = 0;
+        let mut buckets: Vec<(f64, u64)> = CALL_TIME_BOUNDS_NS
+            .iter()
+            .zip(t.at_most)
+            .map(|(&bound, at_most)| {
+                let n = at_most.saturating_sub(below);
+                below = at_most;
+                (bound as f64 / 1e9, n)
+            })
+            .collect();
+        buckets.push((f64::MAX, t.count.saturating_sub(below)));
+        encoder.encode_histogram::<NoLabelSet>(t.sum_ns as f64 / 1e9, t.count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
 fn latency_histogram() -> Histogram {
     // 0.5 ms … ~16 s.
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -148,6 +190,7 @@ pub struct GatewayMetrics {
     in_flight: Family<EndpointLabels, Gauge>,
     weight: Family<EndpointLabels, Gauge>,
     plugin: [Family<VersionLabels, Counter>; 6],
+    call_time: Family<VersionLabels, CallTimeHistogram>,
     identity_conflict: Gauge,
 }
 
@@ -191,8 +234,14 @@ impl GatewayMetrics {
             in_flight: Family::default(),
             weight: Family::default(),
             plugin: std::array::from_fn(|_| Family::default()),
+            call_time: Family::default(),
             identity_conflict: Gauge::default(),
         };
+        registry.register(
+            "plugin_call_duration_seconds",
+            "Sampled call times of a plugin version's picks, all routes, kept across swaps",
+            m.call_time.clone(),
+        );
         registry.register(
             "identity_conflict",
             "1 when another gateway took over this gateway's registration (same service and id); it stopped registering",
@@ -308,6 +357,9 @@ impl GatewayMetrics {
             if total > seen {
                 counter.inc_by(total - seen);
             }
+        }
+        if t.call_times.count > 0 {
+            self.call_time.get_or_create(&labels).set(t.call_times);
         }
     }
 }

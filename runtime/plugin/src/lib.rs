@@ -49,6 +49,6 @@ pub use policy::{HealthSlot, OUTCOME_QUEUE, SchedulerSlot};
 pub use sextant_builtins as builtins;
 pub use slots::{DEFAULT_BALANCER, DEFAULT_HEALTH, DEFAULT_SCHEDULER, Defaults, SlotPlan, Slots};
 pub use spec::{PickRequest, Picked, PluginSpec, affinity_hash};
-pub use stats::{Counters, CountersSnapshot, Histogram, Totals, VersionKey};
+pub use stats::{CALL_TIME_BOUNDS_NS, CallTimes, Counters, CountersSnapshot, Histogram, Totals, VersionKey};
 pub use version::Version;
 pub use window::{Ended, StatsWindow};

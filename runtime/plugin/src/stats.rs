@@ -8,16 +8,52 @@ use serde::Serialize;
 /// Quarter-octave buckets from 1 ns to ~4 s.
 const BUCKETS: usize = 128;
 
-/// A histogram of call times with quarter-octave buckets (about ±10% resolution), updated
-/// with relaxed atomic adds so any thread can record.
+/// Upper bounds (ns) of the call-time buckets exported to Prometheus (`le`, in seconds
+/// there), +Inf besides.
+pub const CALL_TIME_BOUNDS_NS: [u64; 12] =
+    [1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000, 2_000_000, 5_000_000];
+
+/// Sampled call times as a Prometheus histogram has them: cumulative counts per bound of
+/// [`CALL_TIME_BOUNDS_NS`], the count and the sum. Adds up across versions and services.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallTimes {
+    /// Calls at most `CALL_TIME_BOUNDS_NS[i]` long (cumulative).
+    pub at_most: [u64; CALL_TIME_BOUNDS_NS.len()],
+    /// Calls sampled.
+    pub count: u64,
+    /// Their total time, ns.
+    pub sum_ns: u64,
+}
+
+impl CallTimes {
+    /// Adds another's samples.
+    pub fn add(&mut self, other: &Self) {
+        for (a, b) in self.at_most.iter_mut().zip(other.at_most) {
+            *a += b;
+        }
+        self.count += other.count;
+        self.sum_ns = self.sum_ns.saturating_add(other.sum_ns);
+    }
+}
+
+/// A histogram of call times with quarter-octave buckets (about ±10% resolution) for
+/// quantiles, and the fixed buckets of [`CallTimes`] for export, updated with relaxed atomic
+/// adds so any thread can record.
 #[derive(Debug)]
 pub struct Histogram {
     counts: [AtomicU64; BUCKETS],
+    /// Per bound of `CALL_TIME_BOUNDS_NS` (not cumulative), +Inf last.
+    exported: [AtomicU64; CALL_TIME_BOUNDS_NS.len() + 1],
+    sum_ns: AtomicU64,
 }
 
 impl Default for Histogram {
     fn default() -> Self {
-        Self { counts: std::array::from_fn(|_| AtomicU64::new(0)) }
+        Self {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            exported: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_ns: AtomicU64::new(0),
+        }
     }
 }
 
@@ -41,6 +77,24 @@ impl Histogram {
     pub fn record(&self, d: Duration) {
         let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         self.counts[bucket(nanos)].fetch_add(1, Relaxed);
+        let slot = CALL_TIME_BOUNDS_NS.iter().position(|&b| nanos <= b).unwrap_or(CALL_TIME_BOUNDS_NS.len());
+        self.exported[slot].fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(nanos, Relaxed);
+    }
+
+    /// The samples in the exported buckets.
+    #[must_use]
+    pub fn call_times(&self) -> CallTimes {
+        let mut out = CallTimes { sum_ns: self.sum_ns.load(Relaxed), ..CallTimes::default() };
+        let mut seen = 0;
+        for (i, c) in self.exported.iter().enumerate() {
+            seen += c.load(Relaxed);
+            if let Some(at) = out.at_most.get_mut(i) {
+                *at = seen;
+            }
+        }
+        out.count = seen;
+        out
     }
 
     /// The q-quantile (0..=1) in nanoseconds (the lower edge of its bucket), or 0 when empty.
@@ -102,6 +156,9 @@ pub struct CountersSnapshot {
     pub call_p50_ns: u64,
     /// Sampled call time p99, ns.
     pub call_p99_ns: u64,
+    /// Sampled call times, for export.
+    #[serde(skip)]
+    pub call_times: CallTimes,
 }
 
 /// Which plugin version counters add up under: the slot kind, the plugin's name and its
@@ -132,6 +189,9 @@ pub struct Totals {
     pub contract_violations: u64,
     /// Fallback picks.
     pub fallbacks: u64,
+    /// Sampled call times.
+    #[serde(skip)]
+    pub call_times: CallTimes,
 }
 
 impl Totals {
@@ -143,6 +203,7 @@ impl Totals {
         self.memory_hits += c.memory_hits;
         self.contract_violations += c.contract_violations;
         self.fallbacks += c.fallbacks;
+        self.call_times.add(&c.call_times);
     }
 
     /// Whether nothing was counted.
@@ -165,6 +226,7 @@ impl Counters {
             fallbacks: self.fallbacks.load(Relaxed),
             call_p50_ns: self.call_time.quantile(0.5),
             call_p99_ns: self.call_time.quantile(0.99),
+            call_times: self.call_time.call_times(),
         }
     }
 
@@ -202,5 +264,22 @@ mod tests {
         assert!((160..=200).contains(&p50), "{p50}");
         assert!(h.quantile(1.0) > 40_000);
         assert_eq!(Histogram::default().quantile(0.5), 0);
+    }
+
+    #[test]
+    fn exported_call_times_are_cumulative_per_bound_and_add_up() {
+        let h = Histogram::default();
+        for nanos in [500, 1_000, 1_500, 40_000, 10_000_000] {
+            h.record(Duration::from_nanos(nanos));
+        }
+        let t = h.call_times();
+        assert_eq!(t.count, 5);
+        assert_eq!(t.sum_ns, 500 + 1_000 + 1_500 + 40_000 + 10_000_000);
+        // ≤1 µs: 2; ≤2 µs: 3; ≤50 µs: 4; the 10 ms call only in +Inf (count).
+        assert_eq!(t.at_most, [2, 3, 3, 3, 3, 4, 4, 4, 4, 4, 4, 4]);
+        let mut total = Totals::default();
+        total.add(&CountersSnapshot { call_times: t, ..CountersSnapshot::default() });
+        total.add(&CountersSnapshot { call_times: t, ..CountersSnapshot::default() });
+        assert_eq!((total.call_times.count, total.call_times.at_most[0]), (10, 4));
     }
 }

@@ -8,6 +8,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use sextant_gateway::metrics::CallTimeHistogram;
 
 /// Labels of write counters: what was written.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -82,10 +83,8 @@ pub struct Metrics {
     pub plugin_version: Family<SlotLabels, Gauge>,
     /// When the active version was published (Unix seconds).
     pub plugin_loaded_at: Family<SlotLabels, Gauge>,
-    /// Sampled call time p50 of the active version, in seconds.
-    pub plugin_call_p50_seconds: Family<SlotLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
-    /// Sampled call time p99 of the active version, in seconds.
-    pub plugin_call_p99_seconds: Family<SlotLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Per plugin version, over every service and every swap: sampled pick times (seconds).
+    pub plugin_call_duration_seconds: Family<VersionLabels, CallTimeHistogram>,
     /// Per plugin version (kind, name, sha256), over every service and every swap: calls.
     pub plugin_calls: Family<VersionLabels, Counter>,
     /// Calls that trapped.
@@ -140,8 +139,7 @@ impl Metrics {
             plugin_contract_violations: Family::default(),
             plugin_fallbacks: Family::default(),
             plugin_loaded_at: Family::default(),
-            plugin_call_p50_seconds: Family::default(),
-            plugin_call_p99_seconds: Family::default(),
+            plugin_call_duration_seconds: Family::default(),
             plugin_failures: Gauge::default(),
             store_reachable: Gauge::default(),
             store_stale_seconds: Gauge::default(),
@@ -202,14 +200,9 @@ impl Metrics {
             m.plugin_loaded_at.clone(),
         );
         registry.register(
-            "plugin_call_p50_seconds",
-            "Sampled call time p50 of a slot's active plugin",
-            m.plugin_call_p50_seconds.clone(),
-        );
-        registry.register(
-            "plugin_call_p99_seconds",
-            "Sampled call time p99 of a slot's active plugin",
-            m.plugin_call_p99_seconds.clone(),
+            "plugin_call_duration_seconds",
+            "Sampled pick times of a plugin version, all services, kept across swaps",
+            m.plugin_call_duration_seconds.clone(),
         );
         registry.register(
             "plugin_failures",
@@ -239,11 +232,7 @@ impl Metrics {
     /// Replaces the plugin slot series with `slots`.
     pub fn set_slots(&self, slots: &[sextant_proto::SlotView]) {
         let gauges = [&self.plugin_version, &self.plugin_loaded_at];
-        let times = [&self.plugin_call_p50_seconds, &self.plugin_call_p99_seconds];
         for f in gauges {
-            f.clear();
-        }
-        for f in times {
             f.clear();
         }
         let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
@@ -257,9 +246,6 @@ impl Metrics {
             };
             for (f, v) in gauges.iter().zip([s.version, s.loaded_at]) {
                 f.get_or_create(&labels).set(g(v));
-            }
-            for (f, ns) in times.iter().zip([s.call_p50_ns, s.call_p99_ns]) {
-                f.get_or_create(&labels).set(ns as f64 / 1e9);
             }
         }
     }
@@ -280,6 +266,9 @@ impl Metrics {
             ];
             for (family, total) in values {
                 Self::catch_up(&family.get_or_create(&labels), total);
+            }
+            if t.call_times.count > 0 {
+                self.plugin_call_duration_seconds.get_or_create(&labels).set(t.call_times);
             }
         }
     }
