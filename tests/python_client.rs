@@ -1,5 +1,6 @@
 //! The Python client (`clients/python`), written from docs/protocol.md alone, runs its
-//! conformance checks against the real server: with and without access control.
+//! conformance checks against the real server: with and without access control. The server
+//! runs `--balancer ring-hash`, which the `pick` check needs (a `hash_key` sticks).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -51,7 +52,8 @@ fn conformance(server: &Server, extra: &[&str]) {
 #[test]
 fn the_python_client_passes_the_conformance_checks() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::try_start_with(&dir.path().join("data"), &["--grace-ms", "500"]).expect("server starts");
+    let server = Server::try_start_with(&dir.path().join("data"), &["--grace-ms", "500", "--balancer", "ring-hash"])
+        .expect("server starts");
     conformance(&server, &[]);
 }
 
@@ -68,7 +70,10 @@ fn the_python_client_passes_them_under_access_control() {
     )
     .unwrap();
     let acl = acl.to_string_lossy().into_owned();
-    let server =
-        Server::try_start_with(&dir.path().join("data"), &["--grace-ms", "500", "--acl", &acl]).expect("server starts");
+    let server = Server::try_start_with(
+        &dir.path().join("data"),
+        &["--grace-ms", "500", "--balancer", "ring-hash", "--acl", &acl],
+    )
+    .expect("server starts");
     conformance(&server, &["--acl-token-read", "read-secret", "--acl-token-write", "write-secret"]);
 }

@@ -458,6 +458,7 @@ async def check_config(ctx: Ctx) -> None:
 
 
 async def check_pick(ctx: Ctx) -> None:
+    # The server under test runs `--balancer ring-hash` (protocol.md: a hash_key sticks).
     conn = await ctx.connect()
     svc = ctx.svc()
     ids = set()
