@@ -63,9 +63,14 @@ pub enum LoadError {
     },
     /// It imports something the host does not provide.
     #[error(
-        "the component imports {0}, which the host does not provide (plugins get sextant:plugin/host and /load only)"
+        "the component imports {0}, which the host does not provide (plugins get sextant:plugin/host and /load, and a WASI subset)"
     )]
     UnknownImport(String),
+    /// It imports a WASI interface plugins may not use (files, sockets, HTTP, ...).
+    #[error(
+        "the component imports {0}, which plugins may not use: they get wasi:cli (empty environment, output to the host log), wasi:io streams, wasi:clocks and wasi:random, and no files, sockets or HTTP"
+    )]
+    DeniedImport(String),
     /// The export's functions do not have the contract's types.
     #[error("the component's {kind} export does not match the contract: {reason}")]
     Mismatch {

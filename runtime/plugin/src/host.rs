@@ -278,8 +278,9 @@ impl PluginHost {
         let kind = self.check_exports(&component)?;
         self.check_imports(&component)?;
         let mut linker = self.0.linker.clone();
-        // Rust's std pulls in WASI imports (stderr for panic messages and the like); plugins
-        // get no WASI, so those imports exist but trap when called.
+        // The WASI subset plugins get (`wasi.rs`), under the names this component imports it
+        // by; what else of those interfaces it imports traps when called.
+        crate::wasi::define(&mut linker, &self.0.engine, &component)?;
         linker.define_unknown_imports_as_traps(&component).map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
         let instance_pre = linker.instantiate_pre(&component).map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
         let mismatch = |e: wasmtime::Error| LoadError::Mismatch { kind, reason: format!("{e:#}") };
@@ -330,6 +331,9 @@ impl PluginHost {
 
     fn check_imports(&self, component: &Component) -> Result<(), LoadError> {
         for (name, _) in component.component_type().imports(&self.0.engine) {
+            if crate::wasi::refused(name) {
+                return Err(LoadError::DeniedImport(name.to_owned()));
+            }
             if name.starts_with("wasi:") {
                 continue;
             }
@@ -392,6 +396,7 @@ impl PluginHost {
             route,
             headers: Vec::new(),
             clock: Instant::now(),
+            output: None,
             budget: Duration::ZERO,
             probe: None,
             limits: StoreLimitsBuilder::new()
@@ -425,6 +430,27 @@ fn ticks(config: &HostConfig, deadline: Duration) -> u64 {
     u64::try_from(deadline.as_nanos().div_ceil(tick)).unwrap_or(u64::MAX).saturating_add(1)
 }
 
+/// Classifies an error out of a guest call on `store`; a trap's reason carries what the
+/// plugin wrote just before (a Rust panic's message, an exception's traceback).
+pub(crate) fn fault_in(store: &mut Store<HostState>, e: &wasmtime::Error) -> CallFault {
+    match fault(e) {
+        CallFault::Trap(text) => {
+            let wrote = store.data_mut().output.as_mut().map(|o| o.take_tail()).unwrap_or_default();
+            if wrote.is_empty() {
+                CallFault::Trap(text)
+            } else {
+                CallFault::Trap(format!("{text}; the plugin wrote: {wrote}"))
+            }
+        }
+        other => {
+            if let Some(o) = store.data_mut().output.as_mut() {
+                o.take_tail();
+            }
+            other
+        }
+    }
+}
+
 /// Classifies an error out of a guest call.
 pub(crate) fn fault(e: &wasmtime::Error) -> CallFault {
     if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
@@ -448,7 +474,9 @@ pub struct HostState {
     pub(crate) label: Arc<str>,
     pub(crate) route: Arc<Published>,
     pub(crate) headers: Vec<(String, String)>,
-    clock: Instant,
+    pub(crate) clock: Instant,
+    /// What the instance wrote to stdout and stderr (`wasi.rs`), once it writes.
+    pub(crate) output: Option<Box<crate::wasi::Output>>,
     limits: StoreLimits,
     budget: Duration,
     /// The thread's CPU time when the wall-clock deadline passed.

@@ -22,6 +22,11 @@
 //! It knows nothing of the store or the protocol: the plugin records that drive a running
 //! server are `sextant-control`'s, and a gateway follows them through `sextant-gateway`.
 //!
+//! Plugins get a deterministic WASI subset (`wasi.rs`): an empty environment, the instance's
+//! seeded generator, the host's clocks, stdout and stderr to the log (and into the reason of
+//! a trap); a component importing files, sockets or HTTP is refused at load
+//! ([`LoadError::DeniedImport`]).
+//!
 //! Deadlines are CPU-time budgets checked at epoch ticks (see `HostConfig::pick_deadline`):
 //! a plugin that spins is interrupted; a thread the OS merely descheduled is not.
 #![deny(missing_docs)]
@@ -37,6 +42,7 @@ mod slots;
 mod spec;
 mod stats;
 mod version;
+mod wasi;
 mod window;
 
 pub use balancer::BalancerSlot;

@@ -21,12 +21,12 @@ use crate::bindings::health::HealthPlugin;
 use crate::bindings::health::exports::sextant::plugin::health as wh;
 use crate::bindings::scheduler::SchedulerPlugin;
 use crate::bindings::scheduler::exports::sextant::plugin::scheduler as ws;
-use crate::host::{KindPre, arm, fault};
+use crate::host::{HostState, KindPre, arm, fault_in};
 use crate::lifecycle::{self, FaultWindow, History, rollback_reason};
 use crate::lifecycle::{Observer, SlotStatus, VersionStatus};
 use crate::load::{LoadTracker, Published};
 use crate::stats::Counters;
-use crate::{CallFault, HostState, LoadError, PluginHost, PluginKind, PluginSpec, SlotError};
+use crate::{CallFault, LoadError, PluginHost, PluginKind, PluginSpec, SlotError};
 
 enum Native {
     Health(Box<dyn HealthPolicy>),
@@ -39,7 +39,7 @@ enum Guest {
 }
 
 enum Runner {
-    Native(Native, HostState),
+    Native(Native, Box<HostState>),
     Wasm(Box<(Store<HostState>, Guest)>),
 }
 
@@ -87,7 +87,7 @@ impl Runner {
             }
             PluginKind::Balancer => return Err(LoadError::UnknownBuiltin("balancers go into balancer slots".into())),
         };
-        Ok(Self::Native(native, env))
+        Ok(Self::Native(native, Box::new(env)))
     }
 
     fn build(
@@ -105,20 +105,22 @@ impl Runner {
                 let deadline = host.config().update_deadline;
                 arm(&mut store, host.ticks(deadline), deadline);
                 let inst = |e: wasmtime::Error| LoadError::Instantiate(format!("{e:#}"));
-                let init = |r: wasmtime::Result<Result<(), String>>| match r {
+                let init = |store: &mut Store<HostState>, r: wasmtime::Result<Result<(), String>>| match r {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(reason)) => Err(LoadError::Config(reason)),
-                    Err(e) => Err(LoadError::SelfTest(format!("init {}", fault(&e)))),
+                    Err(e) => Err(LoadError::SelfTest(format!("init {}", fault_in(store, &e)))),
                 };
                 let guest = match (&compiled.pre, kind) {
                     (KindPre::Health(pre), PluginKind::Health) => {
                         let g = pre.instantiate(&mut store).map_err(inst)?;
-                        init(g.sextant_plugin_health().call_init(&mut store, config))?;
+                        let r = g.sextant_plugin_health().call_init(&mut store, config);
+                        init(&mut store, r)?;
                         Guest::Health(g)
                     }
                     (KindPre::Scheduler(pre), PluginKind::Scheduler) => {
                         let g = pre.instantiate(&mut store).map_err(inst)?;
-                        init(g.sextant_plugin_scheduler().call_init(&mut store, config))?;
+                        let r = g.sextant_plugin_scheduler().call_init(&mut store, config);
+                        init(&mut store, r)?;
                         Guest::Scheduler(g)
                     }
                     _ => return Err(LoadError::WrongKind { expected: kind, found: compiled.kind }),
@@ -130,22 +132,25 @@ impl Runner {
 
     fn call(&mut self, host: &PluginHost, call: &Call<'_>) -> Result<Answer, CallFault> {
         match self {
-            Self::Native(native, env) => Ok(match (native, call) {
-                (Native::Health(p), Call::Update(r)) => {
-                    env.route = Arc::clone(r);
-                    p.update(&r.model, env).map_err(CallFault::Refused)?;
-                    Answer::Updated
-                }
-                (Native::Scheduler(p), Call::Update(r)) => {
-                    env.route = Arc::clone(r);
-                    p.update(&r.model, env).map_err(CallFault::Refused)?;
-                    Answer::Updated
-                }
-                (Native::Health(p), Call::Probe(r)) => Answer::Verdict(p.on_probe(r, env)),
-                (Native::Health(p), Call::Outcome(o)) => Answer::Verdict(p.on_outcome(o, env)),
-                (Native::Scheduler(p), Call::Schedule(s)) => Answer::Weights(p.schedule(s, env)),
-                _ => Answer::Verdict(Verdict::Unchanged),
-            }),
+            Self::Native(native, env) => {
+                let env: &mut HostState = env;
+                Ok(match (native, call) {
+                    (Native::Health(p), Call::Update(r)) => {
+                        env.route = Arc::clone(r);
+                        p.update(&r.model, env).map_err(CallFault::Refused)?;
+                        Answer::Updated
+                    }
+                    (Native::Scheduler(p), Call::Update(r)) => {
+                        env.route = Arc::clone(r);
+                        p.update(&r.model, env).map_err(CallFault::Refused)?;
+                        Answer::Updated
+                    }
+                    (Native::Health(p), Call::Probe(r)) => Answer::Verdict(p.on_probe(r, env)),
+                    (Native::Health(p), Call::Outcome(o)) => Answer::Verdict(p.on_outcome(o, env)),
+                    (Native::Scheduler(p), Call::Schedule(s)) => Answer::Weights(p.schedule(s, env)),
+                    _ => Answer::Verdict(Verdict::Unchanged),
+                })
+            }
             Self::Wasm(boxed) => {
                 let (store, guest) = &mut **boxed;
                 let deadline = match call {
@@ -199,7 +204,7 @@ impl Runner {
                     }
                     _ => Ok(Ok(Answer::Verdict(Verdict::Unchanged))),
                 };
-                result.map_err(|e| fault(&e))?
+                result.map_err(|e| fault_in(store, &e))?
             }
         }
     }

@@ -16,7 +16,7 @@ use wasmtime::Store;
 
 use crate::bindings::balancer::BalancerPlugin;
 use crate::bindings::balancer::exports::sextant::plugin::balancer as wit;
-use crate::host::{KindPre, arm, fault};
+use crate::host::{KindPre, arm, fault_in};
 use crate::lifecycle::FaultWindow;
 use crate::load::Published;
 use crate::stats::Counters;
@@ -134,7 +134,7 @@ impl WasmRunner {
         match guest.sextant_plugin_balancer().call_init(&mut store, config) {
             Ok(Ok(())) => Ok(Self { store, guest }),
             Ok(Err(reason)) => Err(LoadError::Config(reason)),
-            Err(e) => Err(LoadError::SelfTest(format!("init {}", fault(&e)))),
+            Err(e) => Err(LoadError::SelfTest(format!("init {}", fault_in(&mut store, &e)))),
         }
     }
 
@@ -145,7 +145,7 @@ impl WasmRunner {
         match self.guest.sextant_plugin_balancer().call_update(&mut self.store, &route.wit) {
             Ok(Ok(mode)) => Ok(mode_from_wit(mode)),
             Ok(Err(reason)) => Err(CallFault::Refused(reason)),
-            Err(e) => Err(fault(&e)),
+            Err(e) => Err(fault_in(&mut self.store, &e)),
         }
     }
 
@@ -162,7 +162,7 @@ impl WasmRunner {
             .sextant_plugin_balancer()
             .call_pick(&mut self.store, wit::Request { hash_key: request.hash_key });
         std::mem::swap(&mut self.store.data_mut().headers, &mut request.headers);
-        r.map_err(|e| fault(&e))
+        r.map_err(|e| fault_in(&mut self.store, &e))
     }
 }
 

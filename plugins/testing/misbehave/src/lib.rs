@@ -1,7 +1,8 @@
 //! A balancer that misbehaves as its configuration says, for the plugin host's bad-input
 //! tests: `{"fault": F, "after": N}` where F is one of `trap-init`, `trap-update`,
 //! `trap-pick`, `loop-pick`, `loop-update`, `grow-update`, `grow-pick`, `out-of-range`,
-//! `none`, `refuse-update`, and the fault starts with the N-th call of that function
+//! `none`, `refuse-update`, `use-wasi` (not a fault: at `init` it uses the WASI the host
+//! provides, see `use_wasi`), and the fault starts with the N-th call of that function
 //! (default 0: the first). Before that it balances round robin. `refuse-below` with
 //! `"endpoints": N` refuses every snapshot with 1 to N-1 endpoints (it passes the host's
 //! self-test, whose snapshots have 8 and 0, and fails on a small real service).
@@ -79,6 +80,24 @@ impl Balancer for Misbehave {
     }
 }
 
+/// What real toolchains do as they start (CPython, JavaScript engines, Rust's std): read the
+/// environment and arguments, both clocks and random numbers (a `HashMap`'s keys), print.
+#[allow(clippy::print_stdout)] // Printing is what is tested: stdout goes to the host log.
+fn use_wasi() -> Result<(), String> {
+    let vars = std::env::vars().count();
+    let args = std::env::args().count();
+    let started = std::time::Instant::now();
+    let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_err(|e| e.to_string())?;
+    let mut keys = std::collections::HashMap::new();
+    keys.insert("seeded", 1);
+    println!("use-wasi: {vars} variables, {args} arguments, {} keys", keys.len());
+    eprintln!("use-wasi: the wall clock says {} s, {:?} since start", wall.as_secs(), started.elapsed());
+    if vars != 0 || args != 0 || wall.as_secs() < 1_600_000_000 {
+        return Err(format!("use-wasi: unexpected environment ({vars} variables, {args} arguments, {wall:?})"));
+    }
+    Ok(())
+}
+
 fn make(config: &str) -> Result<Misbehave, String> {
     let text = config.to_owned();
     let field = |name: &str| -> Option<String> {
@@ -91,6 +110,9 @@ fn make(config: &str) -> Result<Misbehave, String> {
     let fault = field("fault").unwrap_or_default();
     if fault == "trap-init" {
         panic!("trap-init: as configured");
+    }
+    if fault == "use-wasi" {
+        use_wasi()?;
     }
     let after = field("after").map_or(Ok(0), |a| a.parse::<u64>().map_err(|e| e.to_string()))?;
     let min_endpoints = field("endpoints").map_or(Ok(0), |a| a.parse::<usize>().map_err(|e| e.to_string()))?;
