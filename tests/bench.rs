@@ -84,3 +84,25 @@ fn live_mode_runs_the_scenario_through_the_real_gateway_beside_the_simulation() 
     assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("ring-hash"));
 }
+
+/// A requested plugin that cannot run: the others run and their results are written, and the
+/// command exits 5 naming it (it used to exit 0).
+#[test]
+fn bench_strategies_fails_when_a_requested_plugin_does_not_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"not a component").unwrap();
+    let out = Command::new(sextant_bin())
+        .args(["bench", "strategies", "--scenarios", "slow-node", "--strategies", "round-robin"])
+        .args(["--seeds", "1", "--scale", "0.2", "--no-plots", "--plugin"])
+        .arg(&junk)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("did not run") && stderr.contains("junk"), "{stderr}");
+    let csv = std::fs::read_to_string(dir.path().join("out/results.csv")).unwrap();
+    assert!(csv.lines().any(|l| l.contains("round-robin")), "what ran is written: {csv}");
+}

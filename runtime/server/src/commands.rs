@@ -153,6 +153,11 @@ impl Failure {
         Self::new(1, message)
     }
 
+    /// A plugin refused or that did not run (exit code 5).
+    pub(crate) fn plugin(message: impl Into<String>) -> Self {
+        Self::new(5, message)
+    }
+
     pub(crate) fn exit_code(&self) -> u8 {
         self.code
     }

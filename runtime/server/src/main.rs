@@ -389,13 +389,23 @@ async fn bench(command: BenchCommand) -> Result<(), commands::Failure> {
     }
     commands::out(&std::fs::read_to_string(out.join("results.md")).unwrap_or_default())?;
     let mut files = report.files.len();
+    let mut not_run = report.not_run.clone();
     if live {
-        files += bench_live(&report.rows, &scenarios, &plugins, &live_strategies, seed, scale, &out).await?;
+        let (written, failed) =
+            bench_live(&report.rows, &scenarios, &plugins, &live_strategies, seed, scale, &out).await?;
+        files += written;
+        not_run.extend(failed.into_iter().map(|f| format!("live: {f}")));
     }
-    commands::out(&format!("{files} files in {}", out.display()))
+    commands::out(&format!("{files} files in {}", out.display()))?;
+    if not_run.is_empty() {
+        return Ok(());
+    }
+    // The results of what ran are written; what was asked for and did not run fails the command.
+    Err(commands::Failure::plugin(format!("{} asked for did not run: {}", not_run.len(), not_run.join("; "))))
 }
 
 /// Live mode: the same scenarios through the real gateway; writes live.md, live.csv, live.json.
+/// Returns the files written and the plugins or strategies that did not run.
 async fn bench_live(
     sim: &[sextant_sim::Row],
     scenarios: &[String],
@@ -404,7 +414,8 @@ async fn bench_live(
     seed: u64,
     scale: f64,
     out: &std::path::Path,
-) -> Result<usize, commands::Failure> {
+) -> Result<(usize, Vec<String>), commands::Failure> {
+    let mut failed = Vec::new();
     let scenarios: Vec<_> = if scenarios.is_empty() {
         sextant_sim::scenario::all()
     } else {
@@ -417,14 +428,20 @@ async fn bench_live(
     for path in plugins {
         match sextant_sim::strategy::load_plugin(&host, path) {
             Ok(p) => loaded.push(p),
-            Err(e) => eprintln!("sextant: live: not run: {e}"),
+            Err(e) => {
+                eprintln!("sextant: live: not run: {e}");
+                failed.push(e.to_string());
+            }
         }
     }
     let mut built = Vec::new();
     for name in strategies {
         match sextant_sim::strategy::build(&host, name, &loaded) {
             Ok(s) => built.push(s),
-            Err(e) if name.starts_with("plugin:") => eprintln!("sextant: live: not run: {e}"),
+            Err(e) if name.starts_with("plugin:") => {
+                eprintln!("sextant: live: not run: {e}");
+                failed.push(e.to_string());
+            }
             Err(e) => return Err(commands::Failure::usage(format!("--live-strategies: {e}"))),
         }
     }
@@ -446,7 +463,7 @@ async fn bench_live(
     write("live.csv", sextant_sim::report::csv(&rows))?;
     write("live.json", serde_json::to_string_pretty(&rows).unwrap_or_default())?;
     commands::out(&table)?;
-    Ok(3)
+    Ok((3, failed))
 }
 
 async fn demo(options: sextant_server::demo::DemoOptions, json: bool) -> Result<(), commands::Failure> {

@@ -99,8 +99,10 @@ pub enum BenchError {
 pub struct BenchReport {
     /// One row per (scenario, strategy).
     pub rows: Vec<Row>,
-    /// Plugins or strategies that could not run, by name, with the reason.
+    /// What went wrong, with the reason: plugins or strategies that could not run, plots.
     pub failures: Vec<String>,
+    /// The plugins and strategies asked for that did not run (a subset of `failures`).
+    pub not_run: Vec<String>,
     /// Files written.
     pub files: Vec<PathBuf>,
 }
@@ -109,8 +111,9 @@ pub struct BenchReport {
 ///
 /// # Errors
 /// Unknown scenario or strategy names (the message lists the valid ones), bad options, or
-/// output that cannot be written. A `--plugin` that fails to load is not an error: it is
-/// reported in [`BenchReport::failures`] and the other strategies run.
+/// output that cannot be written. A `--plugin` that fails to load is not an error here: it is
+/// reported in [`BenchReport::not_run`] and the other strategies run (the command line
+/// then exits non-zero).
 #[allow(clippy::too_many_lines)]
 pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
     if options.seeds == 0 || !(options.scale > 0.0 && options.scale <= 100.0) {
@@ -130,11 +133,15 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
     };
     let host = PluginHost::new(HostConfig { workers: 1, ..HostConfig::default() })?;
     let mut failures = Vec::new();
+    let mut not_run = Vec::new();
     let mut plugins = Vec::new();
     for path in &options.plugins {
         match strategy::load_plugin(&host, path) {
             Ok(p) => plugins.push(p),
-            Err(e) => failures.push(e.to_string()),
+            Err(e) => {
+                failures.push(e.to_string());
+                not_run.push(e.to_string());
+            }
         }
     }
     let names: Vec<String> = if options.strategies.is_empty() {
@@ -184,6 +191,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
                     Ok(r) => runs.push(r),
                     Err(e) => {
                         failures.push(format!("{} in {}: {e}", st.name, sc.name));
+                        not_run.push(format!("{} in {}: {e}", st.name, sc.name));
                         break;
                     }
                 }
@@ -225,5 +233,5 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
             files.push(out.join(f));
         }
     }
-    Ok(BenchReport { rows, failures, files })
+    Ok(BenchReport { rows, failures, not_run, files })
 }
