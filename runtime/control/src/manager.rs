@@ -179,7 +179,7 @@ impl<S: Store + Clone> PluginManager<S> {
         // fetched them.
         let records = self.0.registry.plugins();
         let mut pending = false;
-        for kind in KINDS {
+        for kind in KINDS.into_iter().filter(|k| created.slots().has(*k)) {
             let desired = resolve(&records, service, kind);
             let compiled = desired.as_ref().and_then(|d| self.0.compiled.lock().get(&d.sha256).cloned());
             match (&desired, compiled) {

@@ -506,6 +506,19 @@ fn log_line(label: &str, level: Level, message: &str) {
     }
 }
 
+impl crate::wasi::WasiState for HostState {
+    fn next_random(&mut self) -> u64 {
+        self.rng.next_u64()
+    }
+    fn started(&self) -> Instant {
+        self.clock
+    }
+    fn write_output(&mut self, stream: u32, bytes: &[u8]) {
+        let label = Arc::clone(&self.label);
+        self.output.get_or_insert_with(Box::default).write(&label, stream, bytes);
+    }
+}
+
 impl Env for HostState {
     fn random(&mut self) -> u64 {
         let rng = &mut self.rng;

@@ -21,14 +21,13 @@
 //! `wasi:sockets`, `wasi:http` or another package is refused at load, naming the import.
 
 use std::collections::VecDeque;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use wasmtime::Engine;
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker, LinkerInstance, Resource, ResourceAny, ResourceType, Val};
 
 use crate::LoadError;
-use crate::host::HostState;
 
 /// Bytes of stdout and stderr one instance may put in the log; the rest is counted, not logged.
 pub(crate) const LOG_CAP: usize = 64 * 1024;
@@ -52,6 +51,16 @@ struct IoError;
 const STDOUT: u32 = 1;
 const STDERR: u32 = 2;
 
+/// What the subset needs of a store's state (the plugin host's `HostState`).
+pub(crate) trait WasiState: Send + 'static {
+    /// The next number of the instance's seeded generator.
+    fn next_random(&mut self) -> u64;
+    /// When the instance started (the monotonic clock's zero).
+    fn started(&self) -> Instant;
+    /// Takes what the plugin wrote to `stream` (1: stdout, 2: stderr).
+    fn write_output(&mut self, stream: u32, bytes: &[u8]);
+}
+
 /// Whether a WASI import is refused: its package is not one the host provides.
 pub(crate) fn refused(import: &str) -> bool {
     import.starts_with("wasi:") && !PROVIDED.iter().any(|p| import.starts_with(p))
@@ -68,7 +77,7 @@ pub(crate) struct Output {
 }
 
 impl Output {
-    fn write(&mut self, label: &str, stream: u32, bytes: &[u8]) {
+    pub(crate) fn write(&mut self, label: &str, stream: u32, bytes: &[u8]) {
         let index = usize::from(stream == STDERR);
         for &b in bytes {
             if self.tail.len() == TAIL {
@@ -128,7 +137,11 @@ fn resource_type(name: &str) -> ResourceType {
 }
 
 /// Defines the provided subset in `linker` under every name `component` imports it by.
-pub(crate) fn define(linker: &mut Linker<HostState>, engine: &Engine, component: &Component) -> Result<(), LoadError> {
+pub(crate) fn define<T: WasiState>(
+    linker: &mut Linker<T>,
+    engine: &Engine,
+    component: &Component,
+) -> Result<(), LoadError> {
     let imports: Vec<(String, ComponentItem)> =
         component.component_type().imports(engine).map(|(name, item)| (name.to_owned(), item.ty)).collect();
     // The resources first, in every WASI instance that has them.
@@ -165,8 +178,8 @@ pub(crate) fn define(linker: &mut Linker<HostState>, engine: &Engine, component:
             }
             "wasi:random/insecure-seed" => linker.instance(&name).and_then(|mut i| {
                 i.func_wrap("insecure-seed", |mut cx, (): ()| {
-                    let rng = &mut cx.data_mut().rng;
-                    Ok(((rng.next_u64(), rng.next_u64()),))
+                    let state = cx.data_mut();
+                    Ok(((state.next_random(), state.next_random()),))
                 })
             }),
             "wasi:clocks/monotonic-clock" => monotonic(linker.instance(&name)),
@@ -178,16 +191,16 @@ pub(crate) fn define(linker: &mut Linker<HostState>, engine: &Engine, component:
     Ok(())
 }
 
-type Instance<'a> = wasmtime::Result<LinkerInstance<'a, HostState>>;
+type Instance<'a, T> = wasmtime::Result<LinkerInstance<'a, T>>;
 
-fn environment(i: Instance<'_>) -> wasmtime::Result<()> {
+fn environment<T: WasiState>(i: Instance<'_, T>) -> wasmtime::Result<()> {
     let mut i = i?;
     i.func_wrap("get-environment", |_, (): ()| Ok((Vec::<(String, String)>::new(),)))?;
     i.func_wrap("get-arguments", |_, (): ()| Ok((Vec::<String>::new(),)))?;
     i.func_wrap("initial-cwd", |_, (): ()| Ok((None::<String>,)))
 }
 
-fn exit(i: Instance<'_>) -> wasmtime::Result<()> {
+fn exit<T: WasiState>(i: Instance<'_, T>) -> wasmtime::Result<()> {
     let mut i = i?;
     i.func_wrap("exit", |_, (status,): (Result<(), ()>,)| -> wasmtime::Result<()> {
         let how = if status.is_ok() { "success" } else { "failure" };
@@ -195,19 +208,19 @@ fn exit(i: Instance<'_>) -> wasmtime::Result<()> {
     })
 }
 
-fn std_stream(i: Instance<'_>, function: &str, rep: u32) -> wasmtime::Result<()> {
+fn std_stream<T: WasiState>(i: Instance<'_, T>, function: &str, rep: u32) -> wasmtime::Result<()> {
     i?.func_wrap(function, move |_, (): ()| Ok((Resource::<OutputStream>::new_own(rep),)))
 }
 
 /// The stream a method was called on.
-fn stream_of(cx: &mut wasmtime::StoreContextMut<'_, HostState>, params: &[Val]) -> wasmtime::Result<u32> {
+fn stream_of<T: WasiState>(cx: &mut wasmtime::StoreContextMut<'_, T>, params: &[Val]) -> wasmtime::Result<u32> {
     match params.first() {
         Some(Val::Resource(r)) => Ok(ResourceAny::try_into_resource::<OutputStream>(*r, cx)?.rep()),
         _ => wasmtime::bail!("expected an output-stream"),
     }
 }
 
-fn streams(i: Instance<'_>) -> wasmtime::Result<()> {
+fn streams<T: WasiState>(i: Instance<'_, T>) -> wasmtime::Result<()> {
     let mut i = i?;
     let ok = || Val::Result(Ok(None));
     i.func_new("[method]output-stream.check-write", |mut cx, _, params, results| {
@@ -222,9 +235,7 @@ fn streams(i: Instance<'_>) -> wasmtime::Result<()> {
                 Some(Val::List(items)) => items.iter().map(|v| if let Val::U8(b) = v { *b } else { 0 }).collect(),
                 _ => wasmtime::bail!("expected the bytes to write"),
             };
-            let state = cx.data_mut();
-            let label = std::sync::Arc::clone(&state.label);
-            state.output.get_or_insert_with(Box::default).write(&label, stream, &bytes);
+            cx.data_mut().write_output(stream, &bytes);
             results[0] = ok();
             Ok(())
         })?;
@@ -244,7 +255,7 @@ fn streams(i: Instance<'_>) -> wasmtime::Result<()> {
 }
 
 /// Pollables come from output streams only, which are always ready.
-fn poll(i: Instance<'_>) -> wasmtime::Result<()> {
+fn poll<T: WasiState>(i: Instance<'_, T>) -> wasmtime::Result<()> {
     let mut i = i?;
     i.func_wrap("[method]pollable.ready", |_, (_p,): (Resource<Pollable>,)| Ok((true,)))?;
     i.func_wrap("[method]pollable.block", |_, (_p,): (Resource<Pollable>,)| Ok(()))?;
@@ -253,26 +264,28 @@ fn poll(i: Instance<'_>) -> wasmtime::Result<()> {
     })
 }
 
-fn random(i: Instance<'_>, bytes: &str, number: &str) -> wasmtime::Result<()> {
+fn random<T: WasiState>(i: Instance<'_, T>, bytes: &str, number: &str) -> wasmtime::Result<()> {
     let mut i = i?;
     i.func_wrap(bytes, |mut cx, (len,): (u64,)| {
         if len > RANDOM_MAX {
             wasmtime::bail!("{len} random bytes asked for; at most {RANDOM_MAX} per call");
         }
-        let rng = &mut cx.data_mut().rng;
+        let state = cx.data_mut();
         let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
         while (out.len() as u64) < len {
-            out.extend_from_slice(&rng.next_u64().to_le_bytes());
+            out.extend_from_slice(&state.next_random().to_le_bytes());
         }
         out.truncate(usize::try_from(len).unwrap_or(0));
         Ok((out,))
     })?;
-    i.func_wrap(number, |mut cx, (): ()| Ok((cx.data_mut().rng.next_u64(),)))
+    i.func_wrap(number, |mut cx, (): ()| Ok((cx.data_mut().next_random(),)))
 }
 
-fn monotonic(i: Instance<'_>) -> wasmtime::Result<()> {
+fn monotonic<T: WasiState>(i: Instance<'_, T>) -> wasmtime::Result<()> {
     let mut i = i?;
-    i.func_wrap("now", |cx, (): ()| Ok((u64::try_from(cx.data().clock.elapsed().as_nanos()).unwrap_or(u64::MAX),)))?;
+    i.func_wrap("now", |cx, (): ()| {
+        Ok((u64::try_from(cx.data().started().elapsed().as_nanos()).unwrap_or(u64::MAX),))
+    })?;
     i.func_wrap("resolution", |_, (): ()| Ok((1u64,)))
 }
 
@@ -280,7 +293,7 @@ fn datetime(seconds: u64, nanoseconds: u32) -> Val {
     Val::Record(vec![("seconds".into(), Val::U64(seconds)), ("nanoseconds".into(), Val::U32(nanoseconds))])
 }
 
-fn wall(i: Instance<'_>) -> wasmtime::Result<()> {
+fn wall<T: WasiState>(i: Instance<'_, T>) -> wasmtime::Result<()> {
     let mut i = i?;
     i.func_new("now", |_, _, _, results| {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
