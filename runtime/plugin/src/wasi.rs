@@ -25,7 +25,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use wasmtime::Engine;
 use wasmtime::component::types::ComponentItem;
-use wasmtime::component::{Component, Linker, LinkerInstance, Resource, ResourceAny, ResourceType, Val};
+use wasmtime::component::{Component, Linker, LinkerInstance, Resource, ResourceType, Val};
 
 use crate::LoadError;
 
@@ -212,32 +212,43 @@ fn std_stream<T: WasiState>(i: Instance<'_, T>, function: &str, rep: u32) -> was
     i?.func_wrap(function, move |_, (): ()| Ok((Resource::<OutputStream>::new_own(rep),)))
 }
 
-/// The stream a method was called on.
-fn stream_of<T: WasiState>(cx: &mut wasmtime::StoreContextMut<'_, T>, params: &[Val]) -> wasmtime::Result<u32> {
-    match params.first() {
-        Some(Val::Resource(r)) => Ok(ResourceAny::try_into_resource::<OutputStream>(*r, cx)?.rep()),
-        _ => wasmtime::bail!("expected an output-stream"),
+/// `wasi:io/streams`' `stream-error`, as the typed stream functions answer (never an error:
+/// the host's streams do not fail).
+mod stream_error {
+    // The component model's derives implement unsafe traits.
+    #![allow(unsafe_code)]
+    use wasmtime::component::{ComponentType, Lift, Lower, Resource};
+
+    #[derive(ComponentType, Lift, Lower)]
+    #[component(variant)]
+    #[allow(dead_code)] // The type the contract names; the host's streams never fail.
+    pub(super) enum StreamError {
+        #[component(name = "last-operation-failed")]
+        LastOperationFailed(Resource<super::IoError>),
+        #[component(name = "closed")]
+        Closed,
     }
 }
+use stream_error::StreamError;
+
+/// The permit `check-write` gives (bytes a write may carry)...
+const PERMIT: u64 = 4096;
+/// ...and the most a write is allowed before it traps (toolchains that write without asking).
+const WRITE_MAX: usize = 64 * 1024;
 
 fn streams<T: WasiState>(i: Instance<'_, T>) -> wasmtime::Result<()> {
     let mut i = i?;
-    let ok = || Val::Result(Ok(None));
-    i.func_new("[method]output-stream.check-write", |mut cx, _, params, results| {
-        stream_of(&mut cx, params)?;
-        results[0] = Val::Result(Ok(Some(Box::new(Val::U64(LINE_MAX as u64 * 4)))));
-        Ok(())
+    type Answer<R> = wasmtime::Result<(Result<R, StreamError>,)>;
+    i.func_wrap("[method]output-stream.check-write", |_, (_s,): (Resource<OutputStream>,)| -> Answer<u64> {
+        Ok((Ok(PERMIT),))
     })?;
     for method in ["[method]output-stream.write", "[method]output-stream.blocking-write-and-flush"] {
-        i.func_new(method, move |mut cx, _, params, results| {
-            let stream = stream_of(&mut cx, params)?;
-            let bytes: Vec<u8> = match params.get(1) {
-                Some(Val::List(items)) => items.iter().map(|v| if let Val::U8(b) = v { *b } else { 0 }).collect(),
-                _ => wasmtime::bail!("expected the bytes to write"),
-            };
-            cx.data_mut().write_output(stream, &bytes);
-            results[0] = ok();
-            Ok(())
+        i.func_wrap(method, |mut cx, (s, bytes): (Resource<OutputStream>, Vec<u8>)| -> Answer<()> {
+            if bytes.len() > WRITE_MAX {
+                wasmtime::bail!("wrote {} bytes at once to a stream; check-write allows {PERMIT}", bytes.len());
+            }
+            cx.data_mut().write_output(s.rep(), &bytes);
+            Ok((Ok(()),))
         })?;
     }
     // Writers wait for readiness before they write: a stream is always ready.
@@ -245,11 +256,7 @@ fn streams<T: WasiState>(i: Instance<'_, T>) -> wasmtime::Result<()> {
         Ok((Resource::<Pollable>::new_own(0),))
     })?;
     for method in ["[method]output-stream.flush", "[method]output-stream.blocking-flush"] {
-        i.func_new(method, move |mut cx, _, params, results| {
-            stream_of(&mut cx, params)?;
-            results[0] = ok();
-            Ok(())
-        })?;
+        i.func_wrap(method, |_, (_s,): (Resource<OutputStream>,)| -> Answer<()> { Ok((Ok(()),)) })?;
     }
     Ok(())
 }

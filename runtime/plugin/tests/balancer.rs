@@ -232,6 +232,10 @@ fn a_plugin_using_the_provided_wasi_loads_and_serves() {
         let p = slot.pick(&mut PickRequest::default()).expect("a pick");
         assert!(!p.fallback && p.index < 4);
     }
+    // 2 MiB to stdout: logged up to the cap, nothing else happens.
+    let flood = slot.load(wasm(&host, "misbehave", r#"{"fault": "flood-init"}"#).unwrap()).unwrap();
+    assert_eq!(slot.active_version(), flood.id);
+    assert!(!slot.pick(&mut PickRequest::default()).expect("a pick").fallback);
     let refused = wasm(&host, "sockets", "{}").expect_err("refused at compile");
     assert!(matches!(&refused, LoadError::DeniedImport(i) if i.starts_with("wasi:sockets/")), "{refused}");
 }

@@ -2,7 +2,7 @@
 //! tests: `{"fault": F, "after": N}` where F is one of `trap-init`, `trap-update`,
 //! `trap-pick`, `loop-pick`, `loop-update`, `grow-update`, `grow-pick`, `out-of-range`,
 //! `none`, `refuse-update`, `use-wasi` (not a fault: at `init` it uses the WASI the host
-//! provides, see `use_wasi`), and the fault starts with the N-th call of that function
+//! provides, see `use_wasi`), `flood-init` (2 MiB to stdout at `init`), and the fault starts with the N-th call of that function
 //! (default 0: the first). Before that it balances round robin. `refuse-below` with
 //! `"endpoints": N` refuses every snapshot with 1 to N-1 endpoints (it passes the host's
 //! self-test, whose snapshots have 8 and 0, and fails on a small real service).
@@ -98,6 +98,15 @@ fn use_wasi() -> Result<(), String> {
     Ok(())
 }
 
+/// Writes 2 MiB to stdout (the host logs a capped share of it).
+#[allow(clippy::print_stdout)]
+fn flood() {
+    let line = "x".repeat(1023);
+    for _ in 0..2048 {
+        println!("{line}");
+    }
+}
+
 fn make(config: &str) -> Result<Misbehave, String> {
     let text = config.to_owned();
     let field = |name: &str| -> Option<String> {
@@ -113,6 +122,9 @@ fn make(config: &str) -> Result<Misbehave, String> {
     }
     if fault == "use-wasi" {
         use_wasi()?;
+    }
+    if fault == "flood-init" {
+        flood();
     }
     let after = field("after").map_or(Ok(0), |a| a.parse::<u64>().map_err(|e| e.to_string()))?;
     let min_endpoints = field("endpoints").map_or(Ok(0), |a| a.parse::<usize>().map_err(|e| e.to_string()))?;
