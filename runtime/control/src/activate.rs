@@ -130,10 +130,11 @@ impl<S: Store + Clone> Inner<S> {
 pub(crate) async fn reconcile_all<S: Store + Clone>(inner: &Inner<S>) {
     let _pass = inner.reconcile.lock().await;
     let records = inner.registry.plugins();
-    // Keep the components of bound records compiled (slots created later start on them at
-    // once); drop the rest.
+    // Keep the components of bound balancer records compiled (slots created later start on
+    // them at once; a server hosts no other kind); drop the rest.
     inner.compiled.lock().retain(|sha, _| records.iter().any(|r| &r.sha256 == sha));
-    for r in records.iter().filter(|r| r.bound() != PluginBinding::None) {
+    let balancer = PluginKind::Balancer.to_string();
+    for r in records.iter().filter(|r| r.bound() != PluginBinding::None && r.kind == balancer) {
         if let Err(e) = inner.fetch(&r.sha256).await {
             inner.failed(r.name.as_str(), "store", &e);
         }
