@@ -8,6 +8,7 @@ mod demo;
 mod durability;
 mod etcd;
 mod gateway;
+mod languages;
 mod plugins;
 mod python_client;
 mod security;

@@ -201,3 +201,142 @@ fn plugins_from_a_directory_and_the_cli_swap_in_and_bad_ones_change_nothing() {
     let out = run(&server, &["plugin", "delete", "tmp"]);
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A component with a custom section of `padding` bytes appended: the same plugin, larger.
+fn padded(component: &[u8], padding: usize) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            out.push(if n == 0 { byte } else { byte | 0x80 });
+            if n == 0 {
+                return;
+            }
+        }
+    }
+    let name = b"padding";
+    let mut payload = Vec::new();
+    leb(name.len(), &mut payload);
+    payload.extend_from_slice(name);
+    payload.resize(payload.len() + padding, 0x5a);
+    let mut out = component.to_vec();
+    out.push(0);
+    leb(payload.len(), &mut out);
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Components larger than a frame go up in chunks (`plugin_upload`), then load by sha256;
+/// chunks out of order or missing, a hash that does not match, an incomplete or unknown
+/// upload and a component above the limit are refused, naming what is wrong, and nothing
+/// is stored or changed.
+#[test]
+fn large_components_upload_in_chunks_and_bad_uploads_change_nothing() {
+    use sextant_proto::{ARTIFACT_CHUNK, ErrorCode, MAX_COMPONENT_LEN, Request, Response, encode_component};
+    use sextant_quic::client::{Client, ClientError, ClientOptions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    for (id, port) in [("a", 9001), ("b", 9002)] {
+        let mut i = instance("orders", id, port, false);
+        i["service"] = serde_json::json!({"namespace": "shop", "group": "web", "service": "orders"});
+        assert_eq!(server.post("/v1/instances", &i).0, 200);
+    }
+    // Three chunks and a bit: through the CLI, which uploads it, then loads it by hash.
+    let big = padded(&std::fs::read(artifact("round-robin")).unwrap(), 3 * ARTIFACT_CHUNK);
+    let file = dir.path().join("big-rr.wasm");
+    std::fs::write(&file, &big).unwrap();
+    let out = load(&server, &[file.to_str().unwrap(), "--bind", SERVICE]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(picks(&server, 4).len(), 2, "the padded round robin serves both");
+    assert_eq!(active(&server).unwrap(), ("big-rr".into(), sextant_core::sha256_hex(&big)));
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let options = ClientOptions::new(vec![server.quic], server.data_dir.join("tls/ca.pem"));
+    let client = rt.block_on(Client::connect(options)).unwrap();
+    let refused = |request: Request| match rt.block_on(client.request(request)) {
+        Err(ClientError::Server { code, message }) => (code, message),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let other = padded(&std::fs::read(artifact("random")).unwrap(), 2 * ARTIFACT_CHUNK);
+    let sha = sextant_core::sha256_hex(&other);
+    let size = other.len() as u64;
+    let chunk = |offset: usize| {
+        let end = other.len().min(offset + ARTIFACT_CHUNK);
+        Request::PluginUpload {
+            sha256: sha.clone(),
+            size,
+            offset: offset as u64,
+            data: encode_component(&other[offset..end]),
+        }
+    };
+    let (code, message) = refused(chunk(ARTIFACT_CHUNK));
+    assert_eq!(code, ErrorCode::Invalid);
+    assert!(message.contains("start at offset 0"), "{message}");
+    match rt.block_on(client.request(chunk(0))).unwrap() {
+        Response::Uploaded { received, .. } => assert_eq!(received, ARTIFACT_CHUNK as u64),
+        other => panic!("{other:?}"),
+    }
+    let (_, message) = refused(chunk(2 * ARTIFACT_CHUNK));
+    assert!(message.contains("a chunk is missing"), "{message}");
+    let load_by_hash = |sha: &str| Request::PluginLoad {
+        name: "partial".parse().unwrap(),
+        kind: "balancer".into(),
+        binding: SERVICE.into(),
+        config: String::new(),
+        component: String::new(),
+        component_sha256: Some(sha.to_owned()),
+    };
+    let (code, message) = refused(load_by_hash(&sha));
+    assert_eq!(code, ErrorCode::Invalid);
+    assert!(message.contains("incomplete"), "{message}");
+    // The same bytes announced under another hash: dropped once complete, nothing stored.
+    let wrong = sextant_core::sha256_hex(b"another component");
+    for offset in (0..other.len()).step_by(ARTIFACT_CHUNK) {
+        let end = other.len().min(offset + ARTIFACT_CHUNK);
+        let request = Request::PluginUpload {
+            sha256: wrong.clone(),
+            size,
+            offset: offset as u64,
+            data: encode_component(&other[offset..end]),
+        };
+        let answer = rt.block_on(client.request(request));
+        if end == other.len() {
+            let Err(ClientError::Server { code, message }) = answer else { panic!("{answer:?}") };
+            assert_eq!(code, ErrorCode::Invalid);
+            assert!(message.contains("hash to") && message.contains("nothing stored"), "{message}");
+        } else {
+            answer.unwrap();
+        }
+    }
+    let (code, message) = refused(load_by_hash(&wrong));
+    assert_eq!(code, ErrorCode::NotFound, "{message}");
+    let (code, message) = refused(Request::PluginUpload {
+        sha256: sha.clone(),
+        size: MAX_COMPONENT_LEN as u64 + 1,
+        offset: 0,
+        data: encode_component(b"x"),
+    });
+    assert_eq!(code, ErrorCode::Invalid);
+    assert!(message.contains(&MAX_COMPONENT_LEN.to_string()), "{message}");
+    // Above the limit: the CLI refuses before sending anything.
+    let huge = dir.path().join("huge.wasm");
+    std::fs::write(&huge, padded(&big, MAX_COMPONENT_LEN)).unwrap();
+    let out = load(&server, &[huge.to_str().unwrap(), "--bind", SERVICE]);
+    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the limit is"));
+    // None of that changed the plugins: the first upload still serves, alone.
+    assert_eq!(active(&server).unwrap(), ("big-rr".into(), sextant_core::sha256_hex(&big)));
+    let records = plugin_list(&server)["plugins"].as_array().unwrap().len();
+    assert_eq!(records, 1);
+    // A component already stored loads by hash with no upload (another name, same bytes).
+    let again = rt.block_on(client.request(Request::PluginLoad {
+        name: "same-bytes".parse().unwrap(),
+        kind: "balancer".into(),
+        binding: String::new(),
+        config: String::new(),
+        component: String::new(),
+        component_sha256: Some(sextant_core::sha256_hex(&big)),
+    }));
+    assert!(matches!(again, Ok(Response::PluginWritten { .. })), "{again:?}");
+}

@@ -23,6 +23,8 @@ use sextant_proto::message::ServiceView;
 use sextant_proto::{Binding, ErrorCode, Request, Response};
 use sextant_store::{Registry, RegistryError};
 
+use crate::upload::Uploads;
+
 use crate::{ManagerError, PluginManager};
 
 /// What the executor needs from the door a request came through.
@@ -104,6 +106,7 @@ pub struct Executor<S> {
     plugins: Option<PluginManager<S>>,
     counter: Option<Arc<dyn WriteCounter>>,
     artifacts: Mutex<VecDeque<(String, Arc<Vec<u8>>)>>,
+    uploads: Uploads,
 }
 
 impl<S: Store + Clone> Executor<S> {
@@ -111,7 +114,7 @@ impl<S: Store + Clone> Executor<S> {
     /// answered `unavailable`.
     #[must_use]
     pub fn new(registry: Registry<S>, plugins: Option<PluginManager<S>>) -> Self {
-        Self { registry, plugins, counter: None, artifacts: Mutex::new(VecDeque::new()) }
+        Self { registry, plugins, counter: None, artifacts: Mutex::new(VecDeque::new()), uploads: Uploads::default() }
     }
 
     /// Counts writes (every door's) with `counter`.
@@ -205,17 +208,45 @@ impl<S: Store + Clone> Executor<S> {
                 hosts: self.host_reports(),
                 failures: self.plugins.as_ref().map(PluginManager::failures).unwrap_or_default(),
             },
-            Request::PluginLoad { name, kind, binding, config, component } => match &self.plugins {
+            Request::PluginLoad { name, kind, binding, config, component, component_sha256 } => match &self.plugins {
                 None => no_plugins(),
-                Some(p) => match sextant_proto::decode_component(&component) {
-                    Err(e) => Response::error(ErrorCode::Invalid, e),
-                    Ok(bytes) => match p.load(name.as_str(), &kind, &binding, &config, bytes, "api").await {
+                Some(p) => {
+                    let (bytes, uploaded) = match self.component(component, component_sha256).await {
+                        Ok(c) => c,
+                        Err(refused) => return Ok(refused),
+                    };
+                    let sha = uploaded.then(|| sextant_core::sha256_hex(&bytes));
+                    let kept = sha.as_ref().map(|_| bytes.clone());
+                    match p.load(name.as_str(), &kind, &binding, &config, bytes, "api").await {
                         Ok(l) => {
                             Response::PluginWritten { record: l.record, revision: l.revision, validated: l.validated }
                         }
-                        Err(e) => manager_error(e),
-                    },
-                },
+                        Err(e) => {
+                            // Refused: the upload stays, for a corrected load (another kind,
+                            // config or binding) without sending it again.
+                            if let (Some(sha), Some(bytes)) = (sha, kept) {
+                                self.uploads.put_back(&sha, bytes);
+                            }
+                            manager_error(e)
+                        }
+                    }
+                }
+            },
+            Request::PluginUpload { sha256, size, offset, data } => match &self.plugins {
+                None => no_plugins(),
+                Some(_) => {
+                    if let Err(e) = sextant_core::check_sha256(&sha256) {
+                        return Ok(Response::error(ErrorCode::Invalid, e));
+                    }
+                    let chunk = match sextant_proto::decode_chunk(&data) {
+                        Ok(c) => c,
+                        Err(e) => return Ok(Response::error(ErrorCode::Invalid, e)),
+                    };
+                    match self.uploads.chunk(&sha256, size, offset, &chunk) {
+                        Ok(received) => Response::Uploaded { sha256, received, size },
+                        Err((code, message)) => Response::error(code, message),
+                    }
+                }
             },
             Request::PluginRollback { name, forward } => match &self.plugins {
                 None => no_plugins(),
@@ -269,6 +300,39 @@ impl<S: Store + Clone> Executor<S> {
         let registry = &self.registry;
         let snapshots: Vec<_> = registry.services().iter().filter_map(|s| registry.snapshot(s)).collect();
         sextant_proto::host_reports(snapshots.iter().flat_map(|s| s.instances.iter().map(|i| &**i)))
+    }
+
+    /// The component a `plugin_load` names: its own bytes, or an upload (`true`) or a stored
+    /// component by sha256; `Err` is the answer when there is none.
+    async fn component(&self, inline: String, sha256: Option<String>) -> Result<(Vec<u8>, bool), Response> {
+        let sha256 = match (inline.is_empty(), sha256) {
+            (false, None) => {
+                return sextant_proto::decode_component(&inline)
+                    .map(|b| (b, false))
+                    .map_err(|e| Response::error(ErrorCode::Invalid, e));
+            }
+            (true, Some(sha)) => sha,
+            (false, Some(_)) => {
+                return Err(Response::error(ErrorCode::Invalid, "give component or component_sha256, not both"));
+            }
+            (true, None) => return Err(Response::error(ErrorCode::Invalid, "no component and no component_sha256")),
+        };
+        if let Err(e) = sextant_core::check_sha256(&sha256) {
+            return Err(Response::error(ErrorCode::Invalid, e));
+        }
+        match self.uploads.take(&sha256) {
+            Ok(Some(bytes)) => return Ok((bytes, true)),
+            Ok(None) => {}
+            Err(incomplete) => return Err(Response::error(ErrorCode::Invalid, incomplete)),
+        }
+        match self.registry.store().get_artifact(sha256.clone()).await {
+            Ok(Some(bytes)) => Ok((bytes, false)),
+            Ok(None) => Err(Response::error(
+                ErrorCode::NotFound,
+                format!("no component {sha256} was uploaded or is stored: send it with plugin_upload first"),
+            )),
+            Err(e) => Err(store_error(RegistryError::Store(e))),
+        }
     }
 
     /// One chunk of a stored component.

@@ -19,6 +19,7 @@ mod execute;
 mod manager;
 mod slots;
 mod state;
+mod upload;
 
 pub use execute::{Detached, Executor, Origin, WriteCounter, error_code};
 pub use manager::{LIVE_VALIDATION_SAMPLE, Loaded, ManagerError, PickedInstance, PluginManager};

@@ -68,7 +68,7 @@ pub enum LoadError {
     UnknownImport(String),
     /// It imports a WASI interface plugins may not use (files, sockets, HTTP, ...).
     #[error(
-        "the component imports {0}, which plugins may not use: they get wasi:cli (empty environment, output to the host log), wasi:io streams, wasi:clocks and wasi:random, and no files, sockets or HTTP"
+        "the component imports {0}, which plugins may not use: they get wasi:cli (empty environment, output to the host log), wasi:io streams, wasi:clocks, wasi:random and wasi:filesystem without directories, and no sockets or HTTP"
     )]
     DeniedImport(String),
     /// The export's functions do not have the contract's types.

@@ -167,15 +167,24 @@ impl std::fmt::Debug for PluginHost {
     }
 }
 
+/// Core instances (and tables) one plugin component may create: componentize-py's CPython
+/// links 38 (its --stub-wasi build), a Rust component 4 to 6.
+pub(crate) const CORE_INSTANCES_PER_COMPONENT: u32 = 64;
+/// Instances a plugin's store may hold (the component and its core instances).
+const INSTANCES_PER_STORE: usize = 1 + CORE_INSTANCES_PER_COMPONENT as usize;
+
 fn engine(config: &HostConfig) -> wasmtime::Result<Engine> {
     let mut pool = PoolingAllocationConfig::default();
     // A component built by Rust for wasm32-wasip2 holds one main module (one memory, one
-    // table) plus small shim modules for its imports, hence more core instances and tables
-    // than components.
+    // table) plus small shim modules for its imports; componentize-py links CPython from
+    // shared libraries (17 core instances, one memory); componentize-js adds its own shims.
     pool.total_component_instances(config.max_instances)
-        .total_core_instances(config.max_instances.saturating_mul(4))
-        .total_memories(config.max_instances)
-        .total_tables(config.max_instances.saturating_mul(4))
+        .total_core_instances(config.max_instances.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
+        .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+        .total_memories(config.max_instances.saturating_mul(2))
+        .max_memories_per_component(4)
+        .total_tables(config.max_instances.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
+        .max_tables_per_component(CORE_INSTANCES_PER_COMPONENT)
         .max_memory_size(config.memory_limit)
         .max_unused_warm_slots(config.max_instances / 10);
     let mut c = Config::new();
@@ -402,7 +411,7 @@ impl PluginHost {
             limits: StoreLimitsBuilder::new()
                 .memory_size(self.0.config.memory_limit)
                 .trap_on_grow_failure(true)
-                .instances(16)
+                .instances(INSTANCES_PER_STORE)
                 .build(),
         }
     }
@@ -460,7 +469,12 @@ pub(crate) fn fault(e: &wasmtime::Error) -> CallFault {
     if text.contains("forcing trap when growing memory") || text.contains("memory minimum size") {
         return CallFault::Memory;
     }
-    CallFault::Trap(text)
+    // The cause, without the wasm backtrace wasmtime adds as context (dozens of frames for
+    // an interpreter such as CPython: noise in a reason).
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => CallFault::Trap(trap.to_string()),
+        None => CallFault::Trap(e.root_cause().to_string()),
+    }
 }
 
 /// What each plugin instance can reach: its generator, its clock, the route it serves (for
@@ -560,6 +574,11 @@ impl wit_host::Host for HostState {
             wit_host::Level::Error => Level::Error,
         };
         log_line(&self.label, level, &message);
+        // Warnings and errors are what a plugin says before it fails (the Python template
+        // logs an exception's traceback and re-raises): a trap's reason carries them.
+        if matches!(level, Level::Warn | Level::Error) {
+            self.output.get_or_insert_with(Box::default).remember(&message);
+        }
     }
     fn monotonic_now(&mut self) -> u64 {
         Env::now(self)

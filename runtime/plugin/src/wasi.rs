@@ -5,6 +5,9 @@
 //! Provided (every `0.2.x` version a component imports):
 //! - `wasi:cli/environment`: no variables, no arguments, no working directory;
 //! - `wasi:cli/exit`: a fault (the call traps, saying so);
+//! - `wasi:cli/stdin` and the `input-stream` of `wasi:io/streams` (`read`, `blocking-read`,
+//!   `skip`, `blocking-skip`, `subscribe`): an empty stream, closed at once (StarlingMonkey
+//!   opens stdin before it prints an exception);
 //! - `wasi:cli/stdout`, `wasi:cli/stderr` and the `output-stream` of `wasi:io/streams`
 //!   (`check-write`, `write`, `blocking-write-and-flush`, `flush`, `blocking-flush`,
 //!   `subscribe`, and `wasi:io/poll` on what it returns: always ready): to the
@@ -16,9 +19,14 @@
 //! - `wasi:clocks/monotonic-clock` (`now`, `resolution`: nanoseconds since the instance
 //!   started) and `wasi:clocks/wall-clock` (`now`, `resolution`: the host's clock).
 //!
-//! The other functions of those interfaces (reading stdin, subscribing to a clock, terminals)
-//! trap when called. A component that imports anything of `wasi:filesystem`,
-//! `wasi:sockets`, `wasi:http` or another package is refused at load, naming the import.
+//! - `wasi:filesystem/preopens`: no directories. Without a directory no file can be named,
+//!   so `wasi:filesystem/types` may be imported (CPython and StarlingMonkey import it for
+//!   their standard streams) but none of its functions can be reached with a descriptor:
+//!   they trap if called.
+//!
+//! The other functions of those interfaces (subscribing to a clock, terminals)
+//! trap when called. A component that imports anything of `wasi:sockets`, `wasi:http` or
+//! another package is refused at load, naming the import.
 
 use std::collections::VecDeque;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -39,11 +47,11 @@ const LINE_MAX: usize = 1024;
 const RANDOM_MAX: u64 = 1 << 20;
 
 /// WASI packages a plugin may import; anything else is refused at load.
-const PROVIDED: [&str; 4] = ["wasi:cli/", "wasi:io/", "wasi:clocks/", "wasi:random/"];
+const PROVIDED: [&str; 5] = ["wasi:cli/", "wasi:io/", "wasi:clocks/", "wasi:random/", "wasi:filesystem/"];
 
 /// `wasi:io/streams`' `output-stream` (rep 1: stdout, 2: stderr).
 struct OutputStream;
-/// `wasi:io/streams`' `input-stream` (never handed out: `get-stdin` traps).
+/// `wasi:io/streams`' `input-stream`: stdin, empty (every read answers `closed`).
 struct InputStream;
 /// `wasi:io/error`'s `error` (never handed out: streams do not fail).
 struct IoError;
@@ -114,6 +122,17 @@ impl Output {
         tracing::info!(plugin = label, stream, "{text}");
     }
 
+    /// Keeps `message` (a warning or error the plugin logged through the host) for the
+    /// reason of a trap, as if it had been written.
+    pub(crate) fn remember(&mut self, message: &str) {
+        for &b in message.as_bytes().iter().chain(b"\n") {
+            if self.tail.len() == TAIL {
+                self.tail.pop_front();
+            }
+            self.tail.push_back(b);
+        }
+    }
+
     /// The recent output (for the reason of a trap), emptied.
     pub(crate) fn take_tail(&mut self) -> String {
         let bytes: Vec<u8> = self.tail.drain(..).collect();
@@ -123,6 +142,8 @@ impl Output {
 
 /// `wasi:io/poll`'s `pollable` (an output stream's: always ready).
 struct Pollable;
+/// `wasi:filesystem/types`' `descriptor` (never handed out: there are no directories).
+struct Descriptor;
 
 /// The host type of a WASI resource, by name: the same in every instance that names it (an
 /// interface that `use`s a resource re-exports it, and the types must agree).
@@ -132,6 +153,7 @@ fn resource_type(name: &str) -> ResourceType {
         "input-stream" => ResourceType::host::<InputStream>(),
         "error" => ResourceType::host::<IoError>(),
         "pollable" => ResourceType::host::<Pollable>(),
+        "descriptor" => ResourceType::host::<Descriptor>(),
         _ => ResourceType::host::<()>(),
     }
 }
@@ -170,6 +192,9 @@ pub(crate) fn define<T: WasiState>(
             "wasi:cli/exit" => exit(linker.instance(&name)),
             "wasi:cli/stdout" => std_stream(linker.instance(&name), "get-stdout", STDOUT),
             "wasi:cli/stderr" => std_stream(linker.instance(&name), "get-stderr", STDERR),
+            "wasi:cli/stdin" => linker
+                .instance(&name)
+                .and_then(|mut i| i.func_wrap("get-stdin", |_, (): ()| Ok((Resource::<InputStream>::new_own(0),)))),
             "wasi:io/streams" => streams(linker.instance(&name)),
             "wasi:io/poll" => poll(linker.instance(&name)),
             "wasi:random/random" => random(linker.instance(&name), "get-random-bytes", "get-random-u64"),
@@ -181,6 +206,10 @@ pub(crate) fn define<T: WasiState>(
                     let state = cx.data_mut();
                     Ok(((state.next_random(), state.next_random()),))
                 })
+            }),
+            "wasi:filesystem/preopens" => linker.instance(&name).and_then(|mut i| {
+                // No directories: the plugin can open no file.
+                i.func_wrap("get-directories", |_, (): ()| Ok((Vec::<(Resource<Descriptor>, String)>::new(),)))
             }),
             "wasi:clocks/monotonic-clock" => monotonic(linker.instance(&name)),
             "wasi:clocks/wall-clock" => wall(linker.instance(&name)),
@@ -258,10 +287,24 @@ fn streams<T: WasiState>(i: Instance<'_, T>) -> wasmtime::Result<()> {
     for method in ["[method]output-stream.flush", "[method]output-stream.blocking-flush"] {
         i.func_wrap(method, |_, (_s,): (Resource<OutputStream>,)| -> Answer<()> { Ok((Ok(()),)) })?;
     }
+    // Stdin is empty: closed at once.
+    for method in ["[method]input-stream.read", "[method]input-stream.blocking-read"] {
+        i.func_wrap(method, |_, (_s, _len): (Resource<InputStream>, u64)| -> Answer<Vec<u8>> {
+            Ok((Err(StreamError::Closed),))
+        })?;
+    }
+    for method in ["[method]input-stream.skip", "[method]input-stream.blocking-skip"] {
+        i.func_wrap(method, |_, (_s, _len): (Resource<InputStream>, u64)| -> Answer<u64> {
+            Ok((Err(StreamError::Closed),))
+        })?;
+    }
+    i.func_wrap("[method]input-stream.subscribe", |_, (_stream,): (Resource<InputStream>,)| {
+        Ok((Resource::<Pollable>::new_own(0),))
+    })?;
     Ok(())
 }
 
-/// Pollables come from output streams only, which are always ready.
+/// Pollables come from streams only, which are always ready.
 fn poll<T: WasiState>(i: Instance<'_, T>) -> wasmtime::Result<()> {
     let mut i = i?;
     i.func_wrap("[method]pollable.ready", |_, (_p,): (Resource<Pollable>,)| Ok((true,)))?;

@@ -250,6 +250,7 @@ pub fn write_kind(request: &Request) -> Option<&'static str> {
         Request::PutService { .. } => Some("service"),
         Request::ConfigPut { .. } | Request::ConfigDelete { .. } => Some("config"),
         Request::PluginLoad { .. } | Request::PluginRollback { .. } | Request::PluginDelete { .. } => Some("plugin"),
+        // Staged in memory: a write only once `plugin_load` names it.
         Request::Hello { .. }
         | Request::Ping { .. }
         | Request::Keepalive { .. }
@@ -259,6 +260,7 @@ pub fn write_kind(request: &Request) -> Option<&'static str> {
         | Request::ConfigGet { .. }
         | Request::Pick { .. }
         | Request::ArtifactGet { .. }
+        | Request::PluginUpload { .. }
         | Request::PluginList => None,
     }
 }
@@ -285,6 +287,7 @@ pub fn required(request: &Request) -> Option<(Option<&Namespace>, Right)> {
         Request::List { scope } | Request::Subscribe { scope, .. } => (scope_namespace(scope), Right::Read),
         Request::PluginList
         | Request::PluginLoad { .. }
+        | Request::PluginUpload { .. }
         | Request::PluginRollback { .. }
         | Request::PluginDelete { .. } => (None, Right::Admin),
     })

@@ -156,8 +156,31 @@ pub enum Request {
         #[serde(default)]
         config: String,
         /// The component bytes, base64 (standard alphabet, padded), at most
-        /// [`MAX_COMPONENT_LEN`] bytes once decoded.
+        /// [`MAX_INLINE_COMPONENT_LEN`] bytes once decoded; empty when `component_sha256`
+        /// names it instead.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
         component: String,
+        /// The sha256 (lowercase hex) of a component sent before with `plugin_upload` (or
+        /// already in the store), instead of `component`: how components larger than a frame
+        /// are loaded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        component_sha256: Option<String>,
+    },
+    /// One chunk of a component for a later `plugin_load` by `component_sha256` (admin).
+    /// Chunks go in order: the first at offset 0, each at the end of the previous one (a
+    /// chunk resent at an offset already received must carry the same bytes). When the last
+    /// byte arrives the server checks the whole against `sha256`.
+    PluginUpload {
+        /// The whole component's sha256 (lowercase hex): names the upload.
+        sha256: String,
+        /// The whole component's size in bytes, at most [`MAX_COMPONENT_LEN`]; the same in
+        /// every chunk.
+        size: u64,
+        /// Where this chunk starts.
+        #[serde(default)]
+        offset: u64,
+        /// The chunk, base64 (standard alphabet, padded): 1 to [`ARTIFACT_CHUNK`] bytes.
+        data: String,
     },
     /// Goes back to the version a plugin record replaced, keeping the current one for a
     /// roll forward; with `forward`, returns to the version the last rollback left (admin).
@@ -188,8 +211,13 @@ pub enum Request {
 /// Largest chunk an `artifact` answer carries (bytes, before base64).
 pub const ARTIFACT_CHUNK: usize = 1024 * 1024;
 
-/// Largest plugin component `plugin_load` carries (bytes, before base64).
-pub const MAX_COMPONENT_LEN: usize = 3_000_000;
+/// Largest plugin component (bytes): uploaded in chunks with `plugin_upload`, stored, fetched
+/// with `artifact_get` (64 MiB).
+pub const MAX_COMPONENT_LEN: usize = 64 << 20;
+
+/// Largest component `plugin_load` carries itself, in its `component` member (bytes, before
+/// base64: the frame limit holds its base64 text); larger ones go through `plugin_upload`.
+pub const MAX_INLINE_COMPONENT_LEN: usize = 3_000_000;
 
 /// Encodes component bytes for `plugin_load`.
 #[must_use]
@@ -201,17 +229,34 @@ pub fn encode_component(bytes: &[u8]) -> String {
 /// Decodes `plugin_load`'s component field.
 ///
 /// # Errors
-/// Not base64, or larger than [`MAX_COMPONENT_LEN`].
+/// Not base64, or larger than [`MAX_INLINE_COMPONENT_LEN`].
 pub fn decode_component(text: &str) -> Result<Vec<u8>, String> {
+    decode_limited(text, MAX_INLINE_COMPONENT_LEN, "the component")
+        .map_err(|e| format!("{e} (larger components go through plugin_upload)"))
+}
+
+/// Decodes `plugin_upload`'s data field.
+///
+/// # Errors
+/// Not base64, empty, or larger than [`ARTIFACT_CHUNK`].
+pub fn decode_chunk(text: &str) -> Result<Vec<u8>, String> {
+    let bytes = decode_limited(text, ARTIFACT_CHUNK, "the chunk")?;
+    if bytes.is_empty() {
+        return Err("the chunk is empty".into());
+    }
+    Ok(bytes)
+}
+
+fn decode_limited(text: &str, limit: usize, what: &str) -> Result<Vec<u8>, String> {
     use base64::Engine as _;
-    if text.len() / 4 * 3 > MAX_COMPONENT_LEN + 3 {
-        return Err(format!("the component is larger than {MAX_COMPONENT_LEN} bytes"));
+    if text.len() / 4 * 3 > limit + 3 {
+        return Err(format!("{what} is larger than {limit} bytes"));
     }
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(text)
-        .map_err(|e| format!("the component is not valid base64: {e}"))?;
-    if bytes.len() > MAX_COMPONENT_LEN {
-        return Err(format!("the component is {} bytes, the limit is {MAX_COMPONENT_LEN}", bytes.len()));
+        .map_err(|e| format!("{what} is not valid base64: {e}"))?;
+    if bytes.len() > limit {
+        return Err(format!("{what} is {} bytes, the limit is {limit}", bytes.len()));
     }
     Ok(bytes)
 }
@@ -235,6 +280,7 @@ pub const REQUEST_TYPES: &[&str] = &[
     "pick",
     "plugin_list",
     "plugin_load",
+    "plugin_upload",
     "plugin_rollback",
     "plugin_delete",
     "artifact_get",
@@ -298,6 +344,7 @@ impl Request {
             Self::Pick { .. } => "pick",
             Self::PluginList => "plugin_list",
             Self::PluginLoad { .. } => "plugin_load",
+            Self::PluginUpload { .. } => "plugin_upload",
             Self::PluginRollback { .. } => "plugin_rollback",
             Self::PluginDelete { .. } => "plugin_delete",
             Self::ArtifactGet { .. } => "artifact_get",
@@ -530,6 +577,15 @@ pub enum Response {
         total: u64,
         /// The chunk, base64 (standard alphabet, padded).
         data: String,
+    },
+    /// Answer to `plugin_upload`: how much of the component the server holds.
+    Uploaded {
+        /// The component's sha256.
+        sha256: String,
+        /// Bytes received so far (from offset 0, without gaps).
+        received: u64,
+        /// The component's whole size.
+        size: u64,
     },
     /// Answer to `plugin_load` and `plugin_rollback`: the record as stored.
     PluginWritten {
@@ -854,10 +910,18 @@ mod tests {
         let bytes: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
         assert_eq!(decode_component(&encode_component(&bytes)).unwrap(), bytes);
         assert!(decode_component("not base64!").unwrap_err().contains("base64"));
-        let big = encode_component(&vec![0u8; MAX_COMPONENT_LEN + 1]);
-        assert!(decode_component(&big).unwrap_err().contains("limit"));
-        let huge = "A".repeat(MAX_COMPONENT_LEN * 2);
+        let big = encode_component(&vec![0u8; MAX_INLINE_COMPONENT_LEN + 1]);
+        let e = decode_component(&big).unwrap_err();
+        assert!(e.contains("limit") && e.contains("plugin_upload"), "{e}");
+        let huge = "A".repeat(MAX_INLINE_COMPONENT_LEN * 2);
         assert!(decode_component(&huge).unwrap_err().contains("larger"), "refused before decoding");
+        // An upload chunk: 1 to ARTIFACT_CHUNK bytes.
+        assert_eq!(decode_chunk(&encode_component(&bytes)).unwrap(), bytes);
+        assert!(decode_chunk("").unwrap_err().contains("empty"));
+        let e = decode_chunk(&encode_component(&vec![1u8; ARTIFACT_CHUNK + 1])).unwrap_err();
+        assert!(e.contains("limit"), "{e}");
+        // The largest inline component's base64 fits a frame, with room for the rest.
+        assert!(MAX_INLINE_COMPONENT_LEN.div_ceil(3) * 4 + 64 * 1024 < MAX_FRAME_LEN);
     }
 
     /// The numbers and names are the ones docs/protocol.md's table gives, every row of it,

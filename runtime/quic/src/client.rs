@@ -243,6 +243,38 @@ impl Client {
         Ok(bytes)
     }
 
+    /// Sends a plugin component to the server in chunks (`plugin_upload`, at most
+    /// [`ARTIFACT_CHUNK`](sextant_proto::ARTIFACT_CHUNK) bytes each), for a `plugin_load` that
+    /// names it by the sha256 this returns. Each chunk starts where the server's last answer
+    /// says it holds the upload, so an upload interrupted by a reconnect resumes.
+    ///
+    /// # Errors
+    /// The server's refusal (`invalid` names the chunk or the hash, `limited` when the
+    /// server holds too many uploads), no server, or a [`ClientError::Protocol`] when the
+    /// answers do not add up.
+    pub async fn upload_component(&self, bytes: &[u8]) -> Result<String, ClientError> {
+        let sha256 = sextant_core::sha256_hex(bytes);
+        let size = bytes.len() as u64;
+        let mut offset = 0u64;
+        while offset < size {
+            let start = usize::try_from(offset).unwrap_or(usize::MAX);
+            let end = bytes.len().min(start + sextant_proto::ARTIFACT_CHUNK);
+            let data = sextant_proto::encode_component(&bytes[start..end]);
+            let request = Request::PluginUpload { sha256: sha256.clone(), size, offset, data };
+            let received = match self.request(request).await? {
+                Response::Uploaded { received, .. } => received,
+                other => return Err(unexpected(&other)),
+            };
+            if received <= offset || received > size {
+                return Err(ClientError::Protocol(format!(
+                    "component {sha256}: the server holds {received} bytes after a chunk at {offset} of {size}"
+                )));
+            }
+            offset = received;
+        }
+        Ok(sha256)
+    }
+
     /// Follows `scope`: the current state (a `Reset` or the events since the cached view),
     /// then every change, across reconnects.
     pub fn watch(&self, scope: Scope) -> Watch {

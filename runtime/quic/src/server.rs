@@ -422,7 +422,7 @@ fn target_of(request: &Request) -> Option<String> {
         Request::Keepalive { lease } | Request::RevokeLease { lease } => Some(format!("lease {}", lease.0)),
         Request::PluginLoad { name, binding, .. } => Some(format!("{name} -> {binding}")),
         Request::PluginRollback { name, .. } | Request::PluginDelete { name } => Some(name.to_string()),
-        Request::ArtifactGet { sha256, .. } => Some(sha256.clone()),
+        Request::ArtifactGet { sha256, .. } | Request::PluginUpload { sha256, .. } => Some(sha256.clone()),
         Request::Hello { .. } | Request::Ping { .. } | Request::GrantLease { .. } | Request::PluginList => None,
     }
 }

@@ -131,6 +131,22 @@ pub(crate) enum PluginCommand {
         /// Record name.
         name: String,
     },
+    /// Write a plugin project that builds with one command (its README says which) and
+    /// loads as it is. Needs no server.
+    New {
+        /// The plugin's name: lowercase letters, digits and `-` (also the crate or package
+        /// name and the component's file name).
+        name: String,
+        /// The language.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: sextant_server::template::Lang,
+        /// The plugin kind.
+        #[arg(long, value_enum, default_value = "balancer")]
+        kind: sextant_server::template::Kind,
+        /// Where to write it (default: ./NAME); must not exist or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// A failed command: what to print and the exit code.
@@ -418,6 +434,17 @@ pub(crate) async fn config(args: &ClientArgs, command: ConfigCommand) -> Result 
 }
 
 pub(crate) async fn plugin(args: &ClientArgs, command: PluginCommand) -> Result {
+    if let PluginCommand::New { name, lang, kind, dir } = command {
+        let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+        let files =
+            sextant_server::template::write(&dir, &name, lang, kind).map_err(|e| Failure::new(2, e.to_string()))?;
+        return out(&format!(
+            "wrote {} files into {}; build it as {} says",
+            files.len(),
+            dir.display(),
+            dir.join("README.md").display()
+        ));
+    }
     let client = connect(args).await?;
     let unexpected = |other: Response| Err(Failure::new(1, format!("unexpected answer {other:?}")));
     match command {
@@ -488,13 +515,14 @@ pub(crate) async fn plugin(args: &ClientArgs, command: PluginCommand) -> Result 
                     ),
                 ));
             }
-            let request = Request::PluginLoad {
-                name: PluginName::new(name)?,
-                kind,
-                binding,
-                config,
-                component: sextant_proto::encode_component(&bytes),
+            let name = PluginName::new(name)?;
+            // Small components travel in the request; larger ones in chunks first.
+            let (component, component_sha256) = if bytes.len() <= sextant_proto::ARTIFACT_CHUNK {
+                (sextant_proto::encode_component(&bytes), None)
+            } else {
+                (String::new(), Some(client.upload_component(&bytes).await?))
             };
+            let request = Request::PluginLoad { name, kind, binding, config, component, component_sha256 };
             let (record, revision, validated) = match client.request(request).await? {
                 Response::PluginWritten { record, revision, validated } => (record, revision, validated),
                 other => return unexpected(other),
@@ -517,6 +545,7 @@ pub(crate) async fn plugin(args: &ClientArgs, command: PluginCommand) -> Result 
                 other => unexpected(other),
             }
         }
+        PluginCommand::New { .. } => unreachable!("answered before connecting"),
     }
 }
 

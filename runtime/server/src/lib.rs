@@ -23,5 +23,6 @@ pub mod live;
 pub mod metrics;
 mod plugin_dir;
 pub mod serve;
+pub mod template;
 
 pub use serve::{ServeConfig, ServeError, StoreConfig, run};

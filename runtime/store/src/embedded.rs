@@ -31,7 +31,14 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
 const RECORDS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("records");
+/// Plugin components written whole (before components were stored in chunks); read only.
 const ARTIFACTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("artifacts");
+/// A stored component's size by sha256, written with its chunks (in one transaction).
+const ARTIFACT_SIZES: TableDefinition<'_, &str, u64> = TableDefinition::new("artifact_sizes");
+/// A stored component's chunks: (sha256, index) → at most [`ARTIFACT_CHUNK`] bytes.
+const ARTIFACT_CHUNKS: TableDefinition<'_, (&str, u32), &[u8]> = TableDefinition::new("artifact_chunks");
+/// Chunk size of stored components (no value is larger than this, whatever the component).
+const ARTIFACT_CHUNK: usize = 1024 * 1024;
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const FORMAT: u64 = 1;
 /// Revisions reserved per durable ceiling bump.
@@ -192,6 +199,8 @@ fn load(db: &Database, path: &Path) -> Result<(u64, Vec<Record>), OpenError> {
         let mut meta = txn.open_table(META).map_err(|e| db_err(e.into()))?;
         txn.open_table(RECORDS).map_err(|e| db_err(e.into()))?;
         txn.open_table(ARTIFACTS).map_err(|e| db_err(e.into()))?;
+        txn.open_table(ARTIFACT_SIZES).map_err(|e| db_err(e.into()))?;
+        txn.open_table(ARTIFACT_CHUNKS).map_err(|e| db_err(e.into()))?;
         let format = meta.get("format").map_err(|e| db_err(e.into()))?.map(|v| v.value());
         let ceiling = meta.get("revision_ceiling").map_err(|e| db_err(e.into()))?.map_or(0, |v| v.value());
         if format.is_none() {
@@ -391,10 +400,17 @@ impl Store for EmbeddedStore {
         tokio::task::spawn_blocking(move || {
             let sha = sha256_hex(&bytes);
             let txn = shared.db.begin_write().map_err(unavailable)?;
-            txn.open_table(ARTIFACTS)
-                .map_err(unavailable)?
-                .insert(sha.as_str(), bytes.as_slice())
-                .map_err(unavailable)?;
+            {
+                let mut sizes = txn.open_table(ARTIFACT_SIZES).map_err(unavailable)?;
+                if sizes.get(sha.as_str()).map_err(unavailable)?.is_some() {
+                    return Ok(sha);
+                }
+                let mut chunks = txn.open_table(ARTIFACT_CHUNKS).map_err(unavailable)?;
+                for (i, chunk) in (0u32..).zip(bytes.chunks(ARTIFACT_CHUNK)) {
+                    chunks.insert((sha.as_str(), i), chunk).map_err(unavailable)?;
+                }
+                sizes.insert(sha.as_str(), bytes.len() as u64).map_err(unavailable)?;
+            }
             txn.commit().map_err(unavailable)?;
             Ok(sha)
         })
@@ -406,8 +422,30 @@ impl Store for EmbeddedStore {
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             let read = shared.db.begin_read().map_err(unavailable)?;
-            let table = read.open_table(ARTIFACTS).map_err(unavailable)?;
-            Ok(table.get(sha256.as_str()).map_err(unavailable)?.map(|v| v.value().to_vec()))
+            let size =
+                read.open_table(ARTIFACT_SIZES).map_err(unavailable)?.get(sha256.as_str()).map_err(unavailable)?;
+            let bytes = if let Some(size) = size.map(|v| v.value()) {
+                let chunks = read.open_table(ARTIFACT_CHUNKS).map_err(unavailable)?;
+                let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+                for i in 0..u32::try_from(size.div_ceil(ARTIFACT_CHUNK as u64)).unwrap_or(u32::MAX) {
+                    let chunk = chunks
+                        .get((sha256.as_str(), i))
+                        .map_err(unavailable)?
+                        .ok_or_else(|| StoreError::Unavailable(format!("component {sha256}: chunk {i} is missing")))?;
+                    bytes.extend_from_slice(chunk.value());
+                }
+                bytes
+            } else {
+                let whole = read.open_table(ARTIFACTS).map_err(unavailable)?;
+                match whole.get(sha256.as_str()).map_err(unavailable)? {
+                    Some(v) => v.value().to_vec(),
+                    None => return Ok(None),
+                }
+            };
+            if sha256_hex(&bytes) != sha256 {
+                return Err(StoreError::Unavailable(format!("component {sha256}: the stored bytes do not match it")));
+            }
+            Ok(Some(bytes))
         })
         .await
         .map_err(|_| StoreError::Closed)?

@@ -1,0 +1,73 @@
+// {{name}}: a sextant balancer.
+//
+// It sends each request to the endpoint with the fewest requests in flight per unit of
+// weight (per-request mode: the host calls `pick` for every request), or, with the
+// configuration {"mode": "table"}, returns the registered weights as a table the host
+// executes natively (table mode: no JavaScript runs per request, native pick speed).
+//
+// State lives in the module: the host runs several instances of a plugin (one per worker
+// thread) and calls `init` and `update` on each.
+import { log } from 'sextant:plugin/host@0.1.0';
+import { inFlight } from 'sextant:plugin/load@0.1.0';
+
+let mode = 'per-request';
+let weights = [];
+
+// An exception as the plugin's failure (a string is what the contract's `failure` is),
+// its stack logged by the host.
+function failure(what, e) {
+  const text = `${what}: ${e}${e && e.stack ? `\n${e.stack}` : ''}`;
+  log('error', text);
+  return text;
+}
+
+export const balancer = {
+  init(config) {
+    let wanted;
+    try {
+      wanted = JSON.parse(config).mode ?? 'per-request';
+    } catch (e) {
+      throw failure('init', e);
+    }
+    if (wanted !== 'per-request' && wanted !== 'table') {
+      throw `mode must be per-request or table, not ${wanted}`;
+    }
+    mode = wanted;
+    log('info', `{{name}} starts in ${mode} mode`);
+  },
+
+  update(snapshot) {
+    try {
+      weights = snapshot.endpoints.map((e) => Math.max(e.weight, 1));
+      if (mode === 'table') {
+        // A list<u32> goes out as a Uint32Array: componentize-js lowers a plain array of
+        // numbers inside a variant wrongly.
+        return { tag: 'table', val: { tag: 'weighted', val: new Uint32Array(weights) } };
+      }
+      return { tag: 'per-request' };
+    } catch (e) {
+      throw failure('update', e);
+    }
+  },
+
+  pick(_request) {
+    try {
+      if (weights.length === 0) return undefined;
+      let best = 0;
+      let bestScore = Infinity;
+      for (let i = 0; i < weights.length; i++) {
+        const score = (inFlight(i) + 1) / weights[i];
+        if (score < bestScore) {
+          best = i;
+          bestScore = score;
+        }
+      }
+      return best;
+    } catch (e) {
+      // A pick has no error to return: log the stack (it goes into the reason of the
+      // fault) and fail; the host answers with its native default.
+      failure('pick', e);
+      throw e;
+    }
+  },
+};
