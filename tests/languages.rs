@@ -3,7 +3,8 @@
 //! installs), `sextant plugin load` over QUIC into a running server (the Python and
 //! JavaScript components are larger than a frame: they go up in chunks), picks checked
 //! against the template's policy, then swapped Rust → Python → JavaScript → Rust while 8
-//! threads pick. And what goes wrong: an exception in `init` is refused with its message.
+//! threads pick. And what goes wrong: an exception in `init` is refused with its message, an
+//! endless `init` at its deadline; the active plugin keeps serving.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -272,11 +273,22 @@ fn python_javascript_and_rust_balancers_from_the_templates_load_and_swap_under_p
         );
         std::fs::write(p.join("plugin.js"), source).unwrap();
     });
-    for (file, exception) in [(&raising_python, "ValueError"), (&raising_js, "RangeError")] {
+    // A JavaScript init that never returns: stopped at its deadline.
+    let looping_js = build(root, "looping-js", "js", |p| {
+        let source = std::fs::read_to_string(p.join("plugin.js")).unwrap();
+        let source = source.replace("    mode = wanted;\n", "    mode = wanted;\n    for (;;) {}\n");
+        std::fs::write(p.join("plugin.js"), source).unwrap();
+    });
+    let free_pick = ["no such thing as a free pick"].as_slice();
+    for (file, expected) in [
+        (&raising_python, [free_pick, &["ValueError"]].concat()),
+        (&raising_js, [free_pick, &["RangeError"]].concat()),
+        (&looping_js, vec!["init", "deadline"]),
+    ] {
         let out = load(&server, file, "lb", "{}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(5), "refused: {stderr}");
-        assert!(stderr.contains(exception) && stderr.contains("no such thing as a free pick"), "{stderr}");
+        assert!(expected.iter().all(|e| stderr.contains(e)), "{stderr}");
         assert_eq!(slot(&server).1, sha256(&rust), "the active plugin stays");
         assert_eq!(spread(&client, &rt, 5), BTreeMap::from([(9002, 5)]), "and serves");
     }

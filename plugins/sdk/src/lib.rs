@@ -14,14 +14,17 @@
 //! Build it with `cargo build --release --target wasm32-wasip2` (crate type `cdylib`) and
 //! load the `.wasm` with `sextant plugin load`.
 //!
-//! Plugins get no WASI: no files, sockets, clocks or OS randomness. Use [`Env`] for time
-//! and random numbers. In particular `std::collections::HashMap::new()` seeds itself from
-//! WASI randomness and traps inside a plugin; use `BTreeMap`, or a `HashMap` with a fixed
-//! hasher. The SDK owns the `wit-bindgen` bindings of the
+//! Plugins get a deterministic WASI subset (docs/plugins.md §5): no environment, output to
+//! the host log, the host's clocks, and random numbers from the instance's seeded generator
+//! (so `std::collections::HashMap::new()` works, and a seeded run repeats); no files,
+//! sockets or HTTP. [`Env`] reaches the same time and random numbers without WASI, plus the
+//! live load of the endpoints. The guide for plugin authors, in every language, is
+//! `docs/plugins.md`. The SDK owns the `wit-bindgen` bindings of the
 //! three worlds in `wit/` (balancer, health, scheduler), the conversions between the WIT
 //! records and the plain Rust model of `sextant-builtins`, and the [`Env`] that reaches the
 //! host imports. The policy traits are the same ones the host runs natively, so a built-in is
 //! written once and runs in both places.
+#![deny(missing_docs)]
 
 pub use sextant_builtins::{
     Balancer, Endpoint, EndpointStats, Env, HealthPolicy, Level, Mode, Outcome, ProbeResult, Request, RingPoint,

@@ -33,8 +33,8 @@ use crate::{RouteConfig, Router};
 
 use sextant_proto::PLUGIN_REPORT_PREFIX as REPORT_PREFIX;
 
-/// Largest component a gateway fetches (bytes).
-pub const MAX_FETCHED_COMPONENT: u64 = 64 * 1024 * 1024;
+/// Largest component a gateway fetches (bytes): the largest a server stores.
+pub const MAX_FETCHED_COMPONENT: u64 = sextant_proto::MAX_COMPONENT_LEN as u64;
 
 /// How long a component that could not be fetched waits before the next try.
 const FETCH_RETRY: Duration = Duration::from_secs(2);
