@@ -29,6 +29,15 @@ fn tools() -> PathBuf {
     dir
 }
 
+/// The channel `rust-toolchain.toml` pins.
+fn pinned_toolchain() -> &'static str {
+    include_str!("../rust-toolchain.toml")
+        .lines()
+        .find_map(|l| l.strip_prefix("channel = "))
+        .map(|c| c.trim().trim_matches('"'))
+        .expect("a channel in rust-toolchain.toml")
+}
+
 /// The shell command in the first ```sh block of a README that mentions `needle`.
 fn readme_command(project: &Path, needle: &str) -> String {
     let readme = std::fs::read_to_string(project.join("README.md")).unwrap();
@@ -83,6 +92,9 @@ fn build(root: &Path, name: &str, lang: &str, edit: impl FnOnce(&Path)) -> PathB
                 .args(["-c", &command])
                 .current_dir(&project)
                 .env("CARGO_TARGET_DIR", &target)
+                // The repository's pinned compiler: the one `scripts/setup` gave the
+                // wasm32-wasip2 target (a project outside the repository would get the default).
+                .env("RUSTUP_TOOLCHAIN", pinned_toolchain())
                 .output()
                 .expect("cargo");
             assert!(out.status.success(), "`{command}` failed:\n{}", String::from_utf8_lossy(&out.stderr));

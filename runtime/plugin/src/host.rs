@@ -177,7 +177,7 @@ fn engine(config: &HostConfig) -> wasmtime::Result<Engine> {
     let mut pool = PoolingAllocationConfig::default();
     // A component built by Rust for wasm32-wasip2 holds one main module (one memory, one
     // table) plus small shim modules for its imports; componentize-py links CPython from
-    // shared libraries (17 core instances, one memory); componentize-js adds its own shims.
+    // shared libraries (38 core instances, one memory); componentize-js adds its own shims.
     pool.total_component_instances(config.max_instances)
         .total_core_instances(config.max_instances.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
         .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)

@@ -17,8 +17,7 @@
 //! - `wasi:random/random`, `insecure`, `insecure-seed`: the instance's seeded generator (the
 //!   one behind `host.random`), so a seeded run repeats;
 //! - `wasi:clocks/monotonic-clock` (`now`, `resolution`: nanoseconds since the instance
-//!   started) and `wasi:clocks/wall-clock` (`now`, `resolution`: the host's clock).
-//!
+//!   started) and `wasi:clocks/wall-clock` (`now`, `resolution`: the host's clock);
 //! - `wasi:filesystem/preopens`: no directories. Without a directory no file can be named,
 //!   so `wasi:filesystem/types` may be imported (CPython and StarlingMonkey import it for
 //!   their standard streams) but none of its functions can be reached with a descriptor:
@@ -241,8 +240,8 @@ fn std_stream<T: WasiState>(i: Instance<'_, T>, function: &str, rep: u32) -> was
     i?.func_wrap(function, move |_, (): ()| Ok((Resource::<OutputStream>::new_own(rep),)))
 }
 
-/// `wasi:io/streams`' `stream-error`, as the typed stream functions answer (never an error:
-/// the host's streams do not fail).
+/// `wasi:io/streams`' `stream-error`, as the typed stream functions answer (`closed` for
+/// stdin; the output streams never fail).
 mod stream_error {
     // The component model's derives implement unsafe traits.
     #![allow(unsafe_code)]
@@ -250,7 +249,7 @@ mod stream_error {
 
     #[derive(ComponentType, Lift, Lower)]
     #[component(variant)]
-    #[allow(dead_code)] // The type the contract names; the host's streams never fail.
+    #[allow(dead_code)] // The type the contract names; the host never answers `last-operation-failed`.
     pub(super) enum StreamError {
         #[component(name = "last-operation-failed")]
         LastOperationFailed(Resource<super::IoError>),

@@ -217,10 +217,10 @@ fn bad_plugins_are_refused_with_a_reason_and_change_nothing() {
     assert_eq!(slot.status().active.name, "weighted", "the plugin loaded first is still active");
 }
 
-/// A component that reads its environment, both clocks and random numbers and prints as it
-/// starts (what CPython, JavaScript engines and Rust's std do) loads and serves: the host's
-/// WASI subset answers (an empty environment, the host's clocks, the seeded generator) where
-/// those imports used to trap.
+/// A component that reads its environment, both clocks, random numbers and stdin, looks for
+/// files and prints as it starts (what CPython, JavaScript engines and Rust's std do) loads
+/// and serves: the host's WASI subset answers (an empty environment, the host's clocks, the
+/// seeded generator, an empty stdin, no directory) where those imports used to trap.
 #[test]
 fn a_plugin_using_the_provided_wasi_loads_and_serves() {
     let host = host(2);

@@ -81,9 +81,19 @@ impl Balancer for Misbehave {
 }
 
 /// What real toolchains do as they start (CPython, JavaScript engines, Rust's std): read the
-/// environment and arguments, both clocks and random numbers (a `HashMap`'s keys), print.
+/// environment and arguments, both clocks and random numbers (a `HashMap`'s keys), stdin,
+/// look for files, print.
 #[allow(clippy::print_stdout)] // Printing is what is tested: stdout goes to the host log.
 fn use_wasi() -> Result<(), String> {
+    // Stdin is empty; there is no directory, so no file.
+    let mut line = String::new();
+    let read = std::io::stdin().read_line(&mut line).map_err(|e| format!("use-wasi: stdin: {e}"))?;
+    if read != 0 {
+        return Err(format!("use-wasi: stdin gave {read} bytes"));
+    }
+    if std::fs::read_dir("/").is_ok() || std::fs::read("/etc/passwd").is_ok() {
+        return Err("use-wasi: a file system is visible".into());
+    }
     let vars = std::env::vars().count();
     let args = std::env::args().count();
     let started = std::time::Instant::now();
