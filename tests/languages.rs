@@ -74,9 +74,14 @@ fn sh(dir: &Path, command: &str, path: &Path) {
 /// Writes a project with `sextant plugin new`, lets `edit` change its source, builds it as
 /// its README says, and returns the component.
 fn build(root: &Path, name: &str, lang: &str, edit: impl FnOnce(&Path)) -> PathBuf {
+    build_kind(root, name, lang, "balancer", edit)
+}
+
+/// [`build`] for a plugin of `kind`.
+fn build_kind(root: &Path, name: &str, lang: &str, kind: &str, edit: impl FnOnce(&Path)) -> PathBuf {
     let project = root.join(name);
     let out = Command::new(sextant_bin())
-        .args(["plugin", "new", name, "--lang", lang, "--dir"])
+        .args(["plugin", "new", name, "--lang", lang, "--kind", kind, "--dir"])
         .arg(&project)
         .output()
         .expect("sextant plugin new");
@@ -304,4 +309,41 @@ fn python_javascript_and_rust_balancers_from_the_templates_load_and_swap_under_p
         assert_eq!(slot(&server).1, sha256(&rust), "the active plugin stays");
         assert_eq!(spread(&client, &rt, 5), BTreeMap::from([(9002, 5)]), "and serves");
     }
+}
+
+/// The health and scheduler templates of every language build with their README's command
+/// and load as they are; each checks its configuration (a bad one is refused, naming it).
+#[test]
+fn health_and_scheduler_templates_of_every_language_load_as_they_are() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let server = Server::start(&root.join("data"));
+    register(&server, 9001, 100);
+    register(&server, 9002, 100);
+    let mut names = Vec::new();
+    for lang in ["rust", "python", "js"] {
+        for (kind, bad_config, complaint) in [
+            ("health", r#"{"unhealthy_after": 0}"#, "unhealthy_after must be a positive integer"),
+            ("scheduler", r#"{"max_error_share": 2}"#, "max_error_share must be a number from 0 to 1"),
+        ] {
+            let name = format!("{kind}-{lang}");
+            let file = build_kind(root, &name, lang, kind, |_| {});
+            let path = file.to_str().unwrap();
+            let args = ["plugin", "load", path, "--name", &name, "--kind", kind, "--bind", SERVICE];
+            let bad = run(&server, &[&args[..], &["--config", bad_config]].concat());
+            let stderr = String::from_utf8_lossy(&bad.stderr);
+            assert_eq!(bad.status.code(), Some(5), "{name} with {bad_config}: {stderr}");
+            assert!(stderr.contains(complaint), "{name}: {stderr}");
+            let out = run(&server, &args);
+            assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+            names.push(name);
+        }
+    }
+    let out = run(&server, &["plugin", "list", "--json"]);
+    let list: Value = serde_json::from_slice(&out.stdout).expect("plugin list --json");
+    let mut stored: Vec<String> =
+        list["plugins"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_owned()).collect();
+    stored.sort();
+    names.sort();
+    assert_eq!(stored, names);
 }
