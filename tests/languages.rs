@@ -122,6 +122,13 @@ fn build_kind(root: &Path, name: &str, lang: &str, kind: &str, edit: impl FnOnce
     }
 }
 
+/// Adds `added` after `line` in a template's source (which must have that line).
+fn insert_after(file: &Path, line: &str, added: &str) {
+    let source = std::fs::read_to_string(file).unwrap();
+    assert!(source.contains(line), "{} has no line {line:?}", file.display());
+    std::fs::write(file, source.replacen(line, &format!("{line}{added}"), 1)).unwrap();
+}
+
 fn load(server: &Server, file: &Path, name: &str, config: &str) -> std::process::Output {
     let file = file.to_str().unwrap();
     run(server, &["plugin", "load", file, "--name", name, "--bind", SERVICE, "--config", config])
@@ -275,26 +282,16 @@ fn python_javascript_and_rust_balancers_from_the_templates_load_and_swap_under_p
 
     // An exception in init: refused, naming it; the active plugin keeps serving.
     let raising_python = build(root, "raising-python", "python", |p| {
-        let app = std::fs::read_to_string(p.join("app.py")).unwrap();
-        let app = app.replace(
-            "            mode = json.loads(config).get(\"mode\", \"per-request\")",
-            "            mode = json.loads(config).get(\"mode\", \"per-request\")\n            raise ValueError(\"no such thing as a free pick\")",
-        );
-        std::fs::write(p.join("app.py"), app).unwrap();
+        let line = "            mode = json.loads(config).get(\"mode\", \"per-request\")\n";
+        insert_after(&p.join("app.py"), line, "            raise ValueError(\"no such thing as a free pick\")\n");
     });
     let raising_js = build(root, "raising-js", "js", |p| {
-        let source = std::fs::read_to_string(p.join("plugin.js")).unwrap();
-        let source = source.replace(
-            "      wanted = JSON.parse(config).mode ?? 'per-request';",
-            "      wanted = JSON.parse(config).mode ?? 'per-request';\n      throw new RangeError('no such thing as a free pick');",
-        );
-        std::fs::write(p.join("plugin.js"), source).unwrap();
+        let line = "      wanted = JSON.parse(config).mode ?? 'per-request';\n";
+        insert_after(&p.join("plugin.js"), line, "      throw new RangeError('no such thing as a free pick');\n");
     });
     // A JavaScript init that never returns: stopped at its deadline.
     let looping_js = build(root, "looping-js", "js", |p| {
-        let source = std::fs::read_to_string(p.join("plugin.js")).unwrap();
-        let source = source.replace("    mode = wanted;\n", "    mode = wanted;\n    for (;;) {}\n");
-        std::fs::write(p.join("plugin.js"), source).unwrap();
+        insert_after(&p.join("plugin.js"), "    mode = wanted;\n", "    for (;;) {}\n");
     });
     let free_pick = ["no such thing as a free pick"].as_slice();
     for (file, expected) in [

@@ -15,6 +15,7 @@ use sextant_core::{
 };
 use sextant_proto::{Binding, ErrorCode, Request, Response, Validation};
 use sextant_quic::client::{Client, ClientError, ClientOptions};
+use sextant_server::template::{Kind, Lang};
 
 /// How to reach the servers (every client command takes these).
 #[derive(Debug, Args)]
@@ -139,10 +140,10 @@ pub(crate) enum PluginCommand {
         name: String,
         /// The language.
         #[arg(long, value_enum, default_value = "rust")]
-        lang: sextant_server::template::Lang,
+        lang: Lang,
         /// The plugin kind.
         #[arg(long, value_enum, default_value = "balancer")]
-        kind: sextant_server::template::Kind,
+        kind: Kind,
         /// Where to write it (default: ./NAME); must not exist or be empty.
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -433,17 +434,21 @@ pub(crate) async fn config(args: &ClientArgs, command: ConfigCommand) -> Result 
     }
 }
 
+/// `sextant plugin new`: needs no server.
+fn new_project(name: &str, lang: Lang, kind: Kind, dir: Option<PathBuf>) -> Result {
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name));
+    let files = sextant_server::template::write(&dir, name, lang, kind).map_err(|e| Failure::new(2, e.to_string()))?;
+    out(&format!(
+        "wrote {} files into {}; build it as {} says",
+        files.len(),
+        dir.display(),
+        dir.join("README.md").display()
+    ))
+}
+
 pub(crate) async fn plugin(args: &ClientArgs, command: PluginCommand) -> Result {
     if let PluginCommand::New { name, lang, kind, dir } = command {
-        let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
-        let files =
-            sextant_server::template::write(&dir, &name, lang, kind).map_err(|e| Failure::new(2, e.to_string()))?;
-        return out(&format!(
-            "wrote {} files into {}; build it as {} says",
-            files.len(),
-            dir.display(),
-            dir.join("README.md").display()
-        ));
+        return new_project(&name, lang, kind, dir);
     }
     let client = connect(args).await?;
     let unexpected = |other: Response| Err(Failure::new(1, format!("unexpected answer {other:?}")));
@@ -545,7 +550,7 @@ pub(crate) async fn plugin(args: &ClientArgs, command: PluginCommand) -> Result 
                 other => unexpected(other),
             }
         }
-        PluginCommand::New { .. } => unreachable!("answered before connecting"),
+        PluginCommand::New { name, lang, kind, dir } => new_project(&name, lang, kind, dir),
     }
 }
 
