@@ -340,3 +340,86 @@ fn large_components_upload_in_chunks_and_bad_uploads_change_nothing() {
     }));
     assert!(matches!(again, Ok(Response::PluginWritten { .. })), "{again:?}");
 }
+
+/// The summary of one binding in `plugin list --json`.
+fn binding(server: &Server, plugin: &str) -> Option<Value> {
+    plugin_list(server)["bindings"].as_array()?.iter().find(|b| b["plugin"] == plugin).cloned()
+}
+
+/// Eight services bound with `*` on a server whose plugin pool holds 6 instances: a 0.1.0
+/// component (an instance per service and worker thread) runs on a few of them and fails on
+/// the rest, which `plugin list` sums up in one line per binding with the failures grouped by
+/// reason (the pool, and the flag that raises it), and the log says once; the same services
+/// bound to a 0.2.0 component all run it, on one instance per worker thread, and `/metrics`
+/// shows the limits and what is in use.
+#[test]
+fn a_binding_over_many_services_is_summed_up_with_its_failures_grouped() {
+    let dir = tempfile::tempdir().unwrap();
+    let server =
+        Server::try_start_with(dir.path(), &["--plugin-instances", "6"]).unwrap_or_else(|f| panic!("{}", f.log));
+    let services: Vec<String> = (0..8).map(|i| format!("fleet/web/s{i}")).collect();
+    for (i, service) in services.iter().enumerate() {
+        for k in 0..2u16 {
+            let port = 9300 + u16::try_from(i).unwrap() * 2 + k;
+            assert_eq!(server.post("/v1/instances", &instance(service, &format!("i{k}"), port, false)).0, 200);
+        }
+        // A server keeps a balancer slot per service it was asked to pick for.
+        assert!(run(&server, &["pick", "--service", service]).status.success());
+    }
+
+    let out = load(&server, &[artifact("legacy"), "--name", "old", "--bind", "*"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until("every covered service activated", || {
+        binding(&server, "old").is_some_and(|b| {
+            let failed: u64 =
+                b["failed"].as_array().map_or(0, |f| f.iter().filter_map(|g| g["services"].as_u64()).sum());
+            b["running"].as_u64().unwrap_or(0) + failed == 8
+        })
+    });
+    let old = binding(&server, "old").unwrap();
+    assert_eq!((old["services"].as_u64(), old["contract"].as_str()), (Some(8), Some("0.1.0")), "{old}");
+    let running = old["running"].as_u64().unwrap();
+    let groups = old["failed"].as_array().unwrap();
+    assert!(running >= 1 && groups.len() == 1, "one reason for every failed service: {old}");
+    let failed = groups[0]["services"].as_u64().unwrap();
+    let reason = groups[0]["reason"].as_str().unwrap();
+    assert!(failed >= 1 && running + failed == 8, "{old}");
+    assert!(reason.contains("plugin instances (the pool)") && reason.contains("--plugin-instances"), "{reason}");
+    assert!(!groups[0]["examples"].as_array().unwrap().is_empty(), "{old}");
+    let text = String::from_utf8_lossy(&run(&server, &["plugin", "list"]).stdout).into_owned();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&format!("binding old balancer *: 8 services, {running} running, {failed} failed"))),
+        "{text}"
+    );
+    assert!(text.lines().any(|l| l.starts_with(&format!("  failed on {failed} services (e.g. "))), "{text}");
+    // One log line for the failures of one pass, not one per service.
+    let lines = server.log().lines().filter(|l| l.contains("plugin not loaded") && l.contains("old")).count();
+    assert!(lines >= 1 && (failed < 2 || lines < usize::try_from(failed).unwrap()), "{lines} lines:\n{}", server.log());
+
+    // The same services on a 0.2.0 component: all run it, on one instance per worker thread.
+    assert!(run(&server, &["plugin", "delete", "old"]).status.success());
+    let out = load(&server, &[artifact("round-robin"), "--name", "new", "--bind", "*"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until("every covered service runs the 0.2.0 plugin", || {
+        binding(&server, "new").is_some_and(|b| b["running"].as_u64() == Some(8))
+    });
+    let new = binding(&server, "new").unwrap();
+    assert_eq!(new["contract"].as_str(), Some("0.2.0"), "{new}");
+    assert!(new["failed"].as_array().unwrap().is_empty(), "{new}");
+    let instances = new["instances"].as_u64().unwrap();
+    assert!((1..=6).contains(&instances) && new["resources"].as_u64().unwrap() >= 8, "{new}");
+    for service in &services {
+        assert!(run(&server, &["pick", "--service", service]).status.success());
+    }
+    let metrics = server.text("/metrics");
+    for line in ["sextant_plugin_instances_limit 6", "sextant_plugin_plugins_running 1"] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
+    let shared = format!(
+        "sextant_plugin_shared_instances{{kind=\"balancer\",plugin=\"new\",sha256=\"{}\"}} {instances}",
+        sha256_of(artifact("round-robin"))
+    );
+    assert!(metrics.lines().any(|l| l == shared), "{shared} in:\n{metrics}");
+    crate::support::promtool_check(&metrics);
+}

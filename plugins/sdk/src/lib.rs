@@ -14,6 +14,10 @@
 //! Build it with `cargo build --release --target wasm32-wasip2` (crate type `cdylib`) and
 //! load the `.wasm` with `sextant plugin load`.
 //!
+//! The component speaks `sextant:plugin@0.2.0`: one instance per worker thread of the host
+//! serves every service the plugin is bound to, each service as a resource holding its own
+//! `First` (made by the factory, from the configuration `init` checked).
+//!
 //! Plugins get a deterministic WASI subset (docs/plugins.md §5): no environment, output to
 //! the host log, the host's clocks, and random numbers from the instance's seeded generator
 //! (so `std::collections::HashMap::new()` works, and a seeded run repeats); no files,
@@ -211,38 +215,80 @@ macro_rules! policy_env {
 policy_env!(HealthEnv, health_world);
 policy_env!(SchedulerEnv, scheduler_world);
 
+/// A policy from a plugin's configuration (what the export macros are given, boxed).
+type Make<T> = fn(&str) -> Result<Box<T>, String>;
+
+/// What a plugin's `init` received and the factory its resources are made with (a component
+/// instance is single-threaded: thread-locals are per instance).
+struct Factory<T: ?Sized> {
+    make: Option<Make<T>>,
+    config: String,
+}
+
+impl<T: ?Sized> Factory<T> {
+    const fn new() -> Self {
+        Self { make: None, config: String::new() }
+    }
+
+    /// `init`: checks the configuration by building one policy from it, and keeps both.
+    fn init(&mut self, make: Make<T>, config: String) -> Result<(), String> {
+        make(&config)?;
+        self.make = Some(make);
+        self.config = config;
+        Ok(())
+    }
+
+    /// A resource's policy, made from the configuration `init` accepted.
+    fn build(&self, service: &str) -> Box<T> {
+        let Some(make) = self.make else { panic!("{service}: a resource was created before init") };
+        match make(&self.config) {
+            Ok(policy) => policy,
+            Err(e) => panic!("{service}: the configuration init accepted was refused: {e}"),
+        }
+    }
+}
+
 /// Glue between the generated `balancer` export and a [`Balancer`]; used by
 /// [`export_balancer!`].
 pub mod balancer_glue {
     use std::cell::RefCell;
 
     use super::balancer_world::exports::sextant::plugin::balancer as wit;
-    use super::{Balancer, BalancerEnv, Mode, Request, Table};
+    use super::{Balancer, BalancerEnv, Factory, Mode, Request, Table};
 
     thread_local! {
-        static STATE: RefCell<Option<Box<dyn Balancer>>> = const { RefCell::new(None) };
+        static FACTORY: RefCell<Factory<dyn Balancer>> = const { RefCell::new(Factory::new()) };
     }
 
-    /// `init`: builds the balancer.
+    /// `init`: checks the configuration (the factory builds one balancer from it) and keeps
+    /// the factory for the services' resources.
     ///
     /// # Errors
     /// The factory's error.
-    pub fn init(make: impl FnOnce(&str) -> Result<Box<dyn Balancer>, String>, config: &str) -> Result<(), String> {
-        let b = make(config)?;
-        STATE.with(|s| *s.borrow_mut() = Some(b));
-        Ok(())
+    pub fn init(make: fn(&str) -> Result<Box<dyn Balancer>, String>, config: String) -> Result<(), String> {
+        FACTORY.with(|f| f.borrow_mut().init(make, config))
     }
 
-    /// `update`.
-    ///
-    /// # Errors
-    /// The balancer's error, or "update before init".
-    pub fn update(snapshot: super::balancer_world::sextant::plugin::types::Snapshot) -> Result<wit::Mode, String> {
-        let snapshot = snapshot.into_model();
-        STATE.with(|s| {
-            let mut s = s.borrow_mut();
-            let b = s.as_mut().ok_or("update before init")?;
-            Ok(match b.update(&snapshot, &mut BalancerEnv)? {
+    /// One service's balancer: the `balancer` resource.
+    pub struct Resource(RefCell<Box<dyn Balancer>>);
+
+    impl std::fmt::Debug for Resource {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("balancer resource")
+        }
+    }
+
+    impl wit::GuestBalancer for Resource {
+        fn new(service: String) -> Self {
+            Self(RefCell::new(FACTORY.with(|f| f.borrow().build(&service))))
+        }
+
+        fn update(
+            &self,
+            snapshot: super::balancer_world::sextant::plugin::types::Snapshot,
+        ) -> Result<wit::Mode, String> {
+            let snapshot = snapshot.into_model();
+            Ok(match self.0.borrow_mut().update(&snapshot, &mut BalancerEnv)? {
                 Mode::PerRequest => wit::Mode::PerRequest,
                 Mode::Table(Table::Weighted(w)) => wit::Mode::Table(wit::Table::Weighted(w)),
                 Mode::Table(Table::Maglev(t)) => wit::Mode::Table(wit::Table::Maglev(t)),
@@ -250,14 +296,11 @@ pub mod balancer_glue {
                     r.into_iter().map(|p| wit::RingPoint { hash: p.hash, endpoint: p.endpoint }).collect(),
                 )),
             })
-        })
-    }
+        }
 
-    /// `pick`.
-    #[must_use]
-    pub fn pick(request: wit::Request) -> Option<u32> {
-        let request = Request { hash_key: request.hash_key };
-        STATE.with(|s| s.borrow_mut().as_mut()?.pick(&request, &mut BalancerEnv))
+        fn pick(&self, request: wit::Request) -> Option<u32> {
+            self.0.borrow_mut().pick(&Request { hash_key: request.hash_key }, &mut BalancerEnv)
+        }
     }
 }
 
@@ -266,10 +309,10 @@ pub mod health_glue {
     use std::cell::RefCell;
 
     use super::health_world::exports::sextant::plugin::health as wit;
-    use super::{HealthEnv, HealthPolicy, Outcome, ProbeResult, Status, Verdict};
+    use super::{Factory, HealthEnv, HealthPolicy, Outcome, ProbeResult, Status, Verdict};
 
     thread_local! {
-        static STATE: RefCell<Option<Box<dyn HealthPolicy>>> = const { RefCell::new(None) };
+        static FACTORY: RefCell<Factory<dyn HealthPolicy>> = const { RefCell::new(Factory::new()) };
     }
 
     fn status(s: wit::Status) -> Status {
@@ -290,38 +333,41 @@ pub mod health_glue {
         }
     }
 
-    /// `init`.
+    /// `init`: checks the configuration and keeps the factory.
     ///
     /// # Errors
     /// The factory's error.
-    pub fn init(make: impl FnOnce(&str) -> Result<Box<dyn HealthPolicy>, String>, config: &str) -> Result<(), String> {
-        let p = make(config)?;
-        STATE.with(|s| *s.borrow_mut() = Some(p));
-        Ok(())
+    pub fn init(make: fn(&str) -> Result<Box<dyn HealthPolicy>, String>, config: String) -> Result<(), String> {
+        FACTORY.with(|f| f.borrow_mut().init(make, config))
     }
 
-    /// `update`.
-    ///
-    /// # Errors
-    /// The policy's error, or "update before init".
-    pub fn update(snapshot: super::health_world::sextant::plugin::types::Snapshot) -> Result<(), String> {
-        let snapshot = snapshot.into_model();
-        STATE.with(|s| s.borrow_mut().as_mut().ok_or("update before init")?.update(&snapshot, &mut HealthEnv))
+    /// One service's health policy: the `health` resource.
+    pub struct Resource(RefCell<Box<dyn HealthPolicy>>);
+
+    impl std::fmt::Debug for Resource {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("health resource")
+        }
     }
 
-    /// `on-probe`.
-    #[must_use]
-    pub fn on_probe(r: wit::ProbeResult) -> wit::Verdict {
-        let r = ProbeResult { endpoint: r.endpoint, status: status(r.status), latency: r.latency, body: r.body };
-        STATE.with(|s| verdict(s.borrow_mut().as_mut().map_or(Verdict::Unchanged, |p| p.on_probe(&r, &mut HealthEnv))))
-    }
+    impl wit::GuestHealth for Resource {
+        fn new(service: String) -> Self {
+            Self(RefCell::new(FACTORY.with(|f| f.borrow().build(&service))))
+        }
 
-    /// `on-outcome`.
-    #[must_use]
-    pub fn on_outcome(o: wit::Outcome) -> wit::Verdict {
-        let o = Outcome { endpoint: o.endpoint, status: status(o.status), latency: o.latency };
-        STATE
-            .with(|s| verdict(s.borrow_mut().as_mut().map_or(Verdict::Unchanged, |p| p.on_outcome(&o, &mut HealthEnv))))
+        fn update(&self, snapshot: super::health_world::sextant::plugin::types::Snapshot) -> Result<(), String> {
+            self.0.borrow_mut().update(&snapshot.into_model(), &mut HealthEnv)
+        }
+
+        fn on_probe(&self, r: wit::ProbeResult) -> wit::Verdict {
+            let r = ProbeResult { endpoint: r.endpoint, status: status(r.status), latency: r.latency, body: r.body };
+            verdict(self.0.borrow_mut().on_probe(&r, &mut HealthEnv))
+        }
+
+        fn on_outcome(&self, o: wit::Outcome) -> wit::Verdict {
+            let o = Outcome { endpoint: o.endpoint, status: status(o.status), latency: o.latency };
+            verdict(self.0.borrow_mut().on_outcome(&o, &mut HealthEnv))
+        }
     }
 }
 
@@ -330,53 +376,61 @@ pub mod scheduler_glue {
     use std::cell::RefCell;
 
     use super::scheduler_world::exports::sextant::plugin::scheduler as wit;
-    use super::{EndpointStats, Scheduler, SchedulerEnv};
+    use super::{EndpointStats, Factory, Scheduler, SchedulerEnv};
 
     thread_local! {
-        static STATE: RefCell<Option<Box<dyn Scheduler>>> = const { RefCell::new(None) };
+        static FACTORY: RefCell<Factory<dyn Scheduler>> = const { RefCell::new(Factory::new()) };
     }
 
-    /// `init`.
+    /// `init`: checks the configuration and keeps the factory.
     ///
     /// # Errors
     /// The factory's error.
-    pub fn init(make: impl FnOnce(&str) -> Result<Box<dyn Scheduler>, String>, config: &str) -> Result<(), String> {
-        let p = make(config)?;
-        STATE.with(|s| *s.borrow_mut() = Some(p));
-        Ok(())
+    pub fn init(make: fn(&str) -> Result<Box<dyn Scheduler>, String>, config: String) -> Result<(), String> {
+        FACTORY.with(|f| f.borrow_mut().init(make, config))
     }
 
-    /// `update`.
-    ///
-    /// # Errors
-    /// The scheduler's error, or "update before init".
-    pub fn update(snapshot: super::scheduler_world::sextant::plugin::types::Snapshot) -> Result<(), String> {
-        let snapshot = snapshot.into_model();
-        STATE.with(|s| s.borrow_mut().as_mut().ok_or("update before init")?.update(&snapshot, &mut SchedulerEnv))
+    /// One service's scheduler: the `scheduler` resource.
+    pub struct Resource(RefCell<Box<dyn Scheduler>>);
+
+    impl std::fmt::Debug for Resource {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("scheduler resource")
+        }
     }
 
-    /// `schedule`.
-    #[must_use]
-    pub fn schedule(stats: Vec<wit::EndpointStats>) -> Vec<u32> {
-        let stats: Vec<EndpointStats> = stats
-            .into_iter()
-            .map(|s| EndpointStats {
-                rps: s.rps,
-                latency_p50: s.latency_p50,
-                latency_p99: s.latency_p99,
-                requests: s.requests,
-                errors: s.errors,
-                overloaded: s.overloaded,
-                retry_after_ms: s.retry_after_ms,
-                age_ms: s.age_ms,
-            })
-            .collect();
-        STATE.with(|s| s.borrow_mut().as_mut().map_or_else(Vec::new, |p| p.schedule(&stats, &mut SchedulerEnv)))
+    impl wit::GuestScheduler for Resource {
+        fn new(service: String) -> Self {
+            Self(RefCell::new(FACTORY.with(|f| f.borrow().build(&service))))
+        }
+
+        fn update(&self, snapshot: super::scheduler_world::sextant::plugin::types::Snapshot) -> Result<(), String> {
+            self.0.borrow_mut().update(&snapshot.into_model(), &mut SchedulerEnv)
+        }
+
+        fn schedule(&self, stats: Vec<wit::EndpointStats>) -> Vec<u32> {
+            let stats: Vec<EndpointStats> = stats
+                .into_iter()
+                .map(|s| EndpointStats {
+                    rps: s.rps,
+                    latency_p50: s.latency_p50,
+                    latency_p99: s.latency_p99,
+                    requests: s.requests,
+                    errors: s.errors,
+                    overloaded: s.overloaded,
+                    retry_after_ms: s.retry_after_ms,
+                    age_ms: s.age_ms,
+                })
+                .collect();
+            self.0.borrow_mut().schedule(&stats, &mut SchedulerEnv)
+        }
     }
 }
 
-/// Exports a balancer plugin. The argument is a factory `Fn(&str) -> Result<T, String>`
-/// called by `init` with the plugin's JSON configuration; `T` implements [`Balancer`].
+/// Exports a balancer plugin. The argument is a factory `Fn(&str) -> Result<T, String>` (a
+/// closure that captures nothing, or a function) given the plugin's JSON configuration; `T`
+/// implements [`Balancer`]. `init` calls it once to check the configuration, and every
+/// service's `balancer` resource gets its own `T` from it.
 #[macro_export]
 macro_rules! export_balancer {
     ($make:expr) => {
@@ -384,19 +438,13 @@ macro_rules! export_balancer {
         pub struct __SextantBalancer;
 
         impl $crate::balancer_world::exports::sextant::plugin::balancer::Guest for __SextantBalancer {
+            type Balancer = $crate::balancer_glue::Resource;
+
             fn init(config: String) -> Result<(), String> {
                 $crate::balancer_glue::init(
                     |c| ($make)(c).map(|b| Box::new(b) as Box<dyn $crate::Balancer>),
-                    &config,
+                    config,
                 )
-            }
-            fn update(
-                snapshot: $crate::balancer_world::sextant::plugin::types::Snapshot,
-            ) -> Result<$crate::balancer_world::exports::sextant::plugin::balancer::Mode, String> {
-                $crate::balancer_glue::update(snapshot)
-            }
-            fn pick(request: $crate::balancer_world::exports::sextant::plugin::balancer::Request) -> Option<u32> {
-                $crate::balancer_glue::pick(request)
             }
         }
 
@@ -407,7 +455,8 @@ macro_rules! export_balancer {
     };
 }
 
-/// Exports a health-policy plugin; the factory returns a [`HealthPolicy`].
+/// Exports a health-policy plugin; the factory returns a [`HealthPolicy`] (one per service's
+/// `health` resource).
 #[macro_export]
 macro_rules! export_health {
     ($make:expr) => {
@@ -415,21 +464,10 @@ macro_rules! export_health {
         pub struct __SextantHealth;
 
         impl $crate::health_world::exports::sextant::plugin::health::Guest for __SextantHealth {
+            type Health = $crate::health_glue::Resource;
+
             fn init(config: String) -> Result<(), String> {
-                $crate::health_glue::init(|c| ($make)(c).map(|p| Box::new(p) as Box<dyn $crate::HealthPolicy>), &config)
-            }
-            fn update(snapshot: $crate::health_world::sextant::plugin::types::Snapshot) -> Result<(), String> {
-                $crate::health_glue::update(snapshot)
-            }
-            fn on_probe(
-                result: $crate::health_world::exports::sextant::plugin::health::ProbeResult,
-            ) -> $crate::health_world::exports::sextant::plugin::health::Verdict {
-                $crate::health_glue::on_probe(result)
-            }
-            fn on_outcome(
-                outcome: $crate::health_world::exports::sextant::plugin::health::Outcome,
-            ) -> $crate::health_world::exports::sextant::plugin::health::Verdict {
-                $crate::health_glue::on_outcome(outcome)
+                $crate::health_glue::init(|c| ($make)(c).map(|p| Box::new(p) as Box<dyn $crate::HealthPolicy>), config)
             }
         }
 
@@ -440,7 +478,8 @@ macro_rules! export_health {
     };
 }
 
-/// Exports a scheduler plugin; the factory returns a [`Scheduler`].
+/// Exports a scheduler plugin; the factory returns a [`Scheduler`] (one per service's
+/// `scheduler` resource).
 #[macro_export]
 macro_rules! export_scheduler {
     ($make:expr) => {
@@ -448,19 +487,13 @@ macro_rules! export_scheduler {
         pub struct __SextantScheduler;
 
         impl $crate::scheduler_world::exports::sextant::plugin::scheduler::Guest for __SextantScheduler {
+            type Scheduler = $crate::scheduler_glue::Resource;
+
             fn init(config: String) -> Result<(), String> {
                 $crate::scheduler_glue::init(
                     |c| ($make)(c).map(|p| Box::new(p) as Box<dyn $crate::Scheduler>),
-                    &config,
+                    config,
                 )
-            }
-            fn update(snapshot: $crate::scheduler_world::sextant::plugin::types::Snapshot) -> Result<(), String> {
-                $crate::scheduler_glue::update(snapshot)
-            }
-            fn schedule(
-                stats: Vec<$crate::scheduler_world::exports::sextant::plugin::scheduler::EndpointStats>,
-            ) -> Vec<u32> {
-                $crate::scheduler_glue::schedule(stats)
             }
         }
 

@@ -5,13 +5,16 @@
 // configuration {"mode": "table"}, returns the registered weights as a table the host
 // executes natively (table mode: no JavaScript runs per request, native pick speed).
 //
-// State lives in the module: the host runs several instances of a plugin (one per worker
-// thread) and calls `init` and `update` on each.
-import { log } from 'sextant:plugin/host@0.1.0';
-import { inFlight } from 'sextant:plugin/load@0.1.0';
+// Contract sextant:plugin@0.2.0: the host runs one instance of the plugin per worker thread
+// and calls `init` once in each; every service the plugin is bound to gets its own
+// `Balancer` (the resource) in that instance, created when the service first needs it,
+// given a snapshot before its first pick, dropped when the service goes away or idles. What
+// every service shares (the configuration) lives in the module; a service's state in its
+// object.
+import { log } from 'sextant:plugin/host@0.2.0';
+import { inFlight } from 'sextant:plugin/load@0.2.0';
 
 let mode = 'per-request';
-let weights = [];
 
 // An exception as the plugin's failure (a string is what the contract's `failure` is),
 // its stack logged by the host.
@@ -36,38 +39,47 @@ export const balancer = {
     log('info', `{{name}} starts in ${mode} mode`);
   },
 
-  update(snapshot) {
-    try {
-      weights = snapshot.endpoints.map((e) => Math.max(e.weight, 1));
-      if (mode === 'table') {
-        // A list<u32> goes out as a Uint32Array: componentize-js lowers a plain array of
-        // numbers inside a variant wrongly.
-        return { tag: 'table', val: { tag: 'weighted', val: new Uint32Array(weights) } };
-      }
-      return { tag: 'per-request' };
-    } catch (e) {
-      throw failure('update', e);
+  // One service's balancer.
+  Balancer: class {
+    constructor(service) {
+      this.service = service;
+      this.weights = [];
     }
-  },
 
-  pick(_request) {
-    try {
-      if (weights.length === 0) return undefined;
-      let best = 0;
-      let bestScore = Infinity;
-      for (let i = 0; i < weights.length; i++) {
-        const score = (inFlight(i) + 1) / weights[i];
-        if (score < bestScore) {
-          best = i;
-          bestScore = score;
+    update(snapshot) {
+      try {
+        this.weights = snapshot.endpoints.map((e) => Math.max(e.weight, 1));
+        if (mode === 'table') {
+          // A list<u32> goes out as a Uint32Array: componentize-js lowers a plain array of
+          // numbers inside a variant wrongly.
+          return { tag: 'table', val: { tag: 'weighted', val: new Uint32Array(this.weights) } };
         }
+        return { tag: 'per-request' };
+      } catch (e) {
+        throw failure('update', e);
       }
-      return best;
-    } catch (e) {
-      // A pick has no error to return: log the stack (it goes into the reason of the
-      // fault) and fail; the host answers with its native default.
-      failure('pick', e);
-      throw e;
+    }
+
+    pick(_request) {
+      try {
+        const weights = this.weights;
+        if (weights.length === 0) return undefined;
+        let best = 0;
+        let bestScore = Infinity;
+        for (let i = 0; i < weights.length; i++) {
+          const score = (inFlight(i) + 1) / weights[i];
+          if (score < bestScore) {
+            best = i;
+            bestScore = score;
+          }
+        }
+        return best;
+      } catch (e) {
+        // A pick has no error to return: log the stack (it goes into the reason of the
+        // fault) and fail; the host answers with its native default.
+        failure('pick', e);
+        throw e;
+      }
     }
   },
 };

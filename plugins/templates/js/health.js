@@ -4,12 +4,11 @@
 // requests in a row (a timeout, a refused connection or a 5xx), and healthy again after
 // one success.
 //
-// State lives in the module: the host runs several instances of a plugin and calls `init`
-// and `update` on each.
-import { log } from 'sextant:plugin/host@0.1.0';
+// Contract sextant:plugin@0.2.0: one instance per worker thread, `init` once in each; every
+// service gets its own `Health` object (the resource): its failure counts.
+import { log } from 'sextant:plugin/host@0.2.0';
 
 let unhealthyAfter = 3;
-let failures = [];
 
 function failure(what, e) {
   const text = `${what}: ${e}${e && e.stack ? `\n${e.stack}` : ''}`;
@@ -17,7 +16,7 @@ function failure(what, e) {
   return text;
 }
 
-function judge(endpoint, status) {
+function judge(failures, endpoint, status) {
   const failed = status.tag === 'http' ? status.val >= 500 : status.tag === 'timeout' || status.tag === 'failed';
   if (endpoint >= failures.length) return { tag: 'unchanged' };
   if (!failed) {
@@ -43,25 +42,33 @@ export const health = {
     unhealthyAfter = n;
   },
 
-  update(snapshot) {
-    failures = snapshot.endpoints.map(() => 0);
-  },
-
-  onProbe(probe) {
-    try {
-      return judge(probe.endpoint, probe.status);
-    } catch (e) {
-      failure('on-probe', e);
-      throw e;
+  // One service's health policy.
+  Health: class {
+    constructor(service) {
+      this.service = service;
+      this.failures = [];
     }
-  },
 
-  onOutcome(outcome) {
-    try {
-      return judge(outcome.endpoint, outcome.status);
-    } catch (e) {
-      failure('on-outcome', e);
-      throw e;
+    update(snapshot) {
+      this.failures = snapshot.endpoints.map(() => 0);
+    }
+
+    onProbe(probe) {
+      try {
+        return judge(this.failures, probe.endpoint, probe.status);
+      } catch (e) {
+        failure('on-probe', e);
+        throw e;
+      }
+    }
+
+    onOutcome(outcome) {
+      try {
+        return judge(this.failures, outcome.endpoint, outcome.status);
+      } catch (e) {
+        failure('on-outcome', e);
+        throw e;
+      }
     }
   },
 };

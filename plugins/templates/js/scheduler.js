@@ -5,12 +5,11 @@
 // 0.05) or that signalled overload (429, 503 with Retry-After), and gives every endpoint
 // at least weight 1.
 //
-// State lives in the module: the host runs several instances of a plugin and calls `init`
-// and `update` on each.
-import { log } from 'sextant:plugin/host@0.1.0';
+// Contract sextant:plugin@0.2.0: one instance per worker thread, `init` once in each; every
+// service gets its own `Scheduler` object (the resource): its registered weights.
+import { log } from 'sextant:plugin/host@0.2.0';
 
 let maxErrorShare = 0.05;
-let weights = [];
 
 function failure(what, e) {
   const text = `${what}: ${e}${e && e.stack ? `\n${e.stack}` : ''}`;
@@ -32,24 +31,32 @@ export const scheduler = {
     maxErrorShare = share;
   },
 
-  update(snapshot) {
-    weights = snapshot.endpoints.map((e) => e.weight);
-  },
+  // One service's scheduler.
+  Scheduler: class {
+    constructor(service) {
+      this.service = service;
+      this.weights = [];
+    }
 
-  schedule(stats) {
-    try {
-      // A list<u32> goes out as a Uint32Array (see the balancer template).
-      return Uint32Array.from(weights.slice(0, stats.length), (weight, i) => {
-        const st = stats[i];
-        // u64 counters arrive as BigInt.
-        const requests = Number(st.requests);
-        const errors = requests === 0 ? 0 : Number(st.errors) / requests;
-        const troubled = errors > maxErrorShare || Number(st.overloaded) > 0;
-        return troubled ? Math.max(Math.floor(weight / 2), 1) : Math.max(weight, 1);
-      });
-    } catch (e) {
-      failure('schedule', e);
-      throw e;
+    update(snapshot) {
+      this.weights = snapshot.endpoints.map((e) => e.weight);
+    }
+
+    schedule(stats) {
+      try {
+        // A list<u32> goes out as a Uint32Array (see the balancer template).
+        return Uint32Array.from(this.weights.slice(0, stats.length), (weight, i) => {
+          const st = stats[i];
+          // u64 counters arrive as BigInt.
+          const requests = Number(st.requests);
+          const errors = requests === 0 ? 0 : Number(st.errors) / requests;
+          const troubled = errors > maxErrorShare || Number(st.overloaded) > 0;
+          return troubled ? Math.max(Math.floor(weight / 2), 1) : Math.max(weight, 1);
+        });
+      } catch (e) {
+        failure('schedule', e);
+        throw e;
+      }
     }
   },
 };

@@ -3,31 +3,32 @@
 //! request), or, with the configuration `{"mode": "table"}`, returns the registered weights
 //! as a table the host executes natively (table mode: no plugin call per request).
 //!
-//! State lives in the instance: the host runs several instances of a plugin (one per worker
-//! thread) and calls `init` and `update` on each.
+//! Contract `sextant:plugin@0.2.0`: the host runs one instance of the plugin per worker
+//! thread and calls `init` once in each; every service the plugin is bound to gets its own
+//! `Balancer` resource in that instance (created when the service first needs it, given a
+//! snapshot before its first pick, dropped when the service goes or idles). What a service
+//! needs lives in its resource; what every service shares (the configuration) in the
+//! instance.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 wit_bindgen::generate!({ path: "wit", world: "balancer-plugin" });
 
-use exports::sextant::plugin::balancer::{Guest, Mode, Request, Table};
+use exports::sextant::plugin::balancer::{Guest, GuestBalancer, Mode, Request, Table};
 use sextant::plugin::host::{Level, log};
 use sextant::plugin::load;
 use sextant::plugin::types::Snapshot;
 
-#[derive(Default)]
-struct State {
-    table: bool,
-    weights: Vec<u32>,
-}
-
 thread_local! {
-    static STATE: RefCell<State> = RefCell::default();
+    /// The configuration `init` accepted: table mode or not.
+    static TABLE: Cell<bool> = const { Cell::new(false) };
 }
 
 struct Plugin;
 
 impl Guest for Plugin {
+    type Balancer = Balancer;
+
     fn init(config: String) -> Result<(), String> {
         let config: serde_json::Value =
             serde_json::from_str(&config).map_err(|e| format!("the configuration is not JSON: {e}"))?;
@@ -36,25 +37,35 @@ impl Guest for Plugin {
             Some("table") => true,
             Some(other) => return Err(format!("mode must be per-request or table, not {other}")),
         };
-        STATE.with_borrow_mut(|s| s.table = table);
+        TABLE.set(table);
         log(Level::Info, &format!("{{name}} starts in {} mode", if table { "table" } else { "per-request" }));
         Ok(())
     }
+}
 
-    fn update(snapshot: Snapshot) -> Result<Mode, String> {
-        STATE.with_borrow_mut(|s| {
-            s.weights = snapshot.endpoints.iter().map(|e| e.weight.max(1)).collect();
-            Ok(if s.table { Mode::Table(Table::Weighted(s.weights.clone())) } else { Mode::PerRequest })
-        })
+/// One service's balancer.
+struct Balancer {
+    weights: RefCell<Vec<u32>>,
+}
+
+impl GuestBalancer for Balancer {
+    fn new(_service: String) -> Self {
+        Self { weights: RefCell::new(Vec::new()) }
     }
 
-    fn pick(_request: Request) -> Option<u32> {
-        STATE.with_borrow(|s| {
-            // Fewest in flight per unit of weight: (in_flight + 1) / weight, in integers.
-            (0..s.weights.len() as u32).min_by_key(|&i| {
-                let load = u64::from(load::in_flight(i)) + 1;
-                (load * 1_000_000) / u64::from(s.weights[i as usize])
-            })
+    fn update(&self, snapshot: Snapshot) -> Result<Mode, String> {
+        let weights: Vec<u32> = snapshot.endpoints.iter().map(|e| e.weight.max(1)).collect();
+        let mode = if TABLE.get() { Mode::Table(Table::Weighted(weights.clone())) } else { Mode::PerRequest };
+        *self.weights.borrow_mut() = weights;
+        Ok(mode)
+    }
+
+    fn pick(&self, _request: Request) -> Option<u32> {
+        let weights = self.weights.borrow();
+        // Fewest in flight per unit of weight: (in_flight + 1) / weight, in integers.
+        (0..weights.len() as u32).min_by_key(|&i| {
+            let load = u64::from(load::in_flight(i)) + 1;
+            (load * 1_000_000) / u64::from(weights[i as usize])
         })
     }
 }

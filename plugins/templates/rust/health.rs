@@ -2,49 +2,27 @@
 //! `unhealthy_after` (default 3) failed probes or requests in a row (a timeout, a refused
 //! connection or a 5xx), and healthy again after one success.
 //!
-//! State lives in the instance: the host runs several instances of a plugin and calls
-//! `init` and `update` on each.
+//! Contract `sextant:plugin@0.2.0`: one instance per worker thread, `init` once in each;
+//! every service gets its own `Health` resource (its failure counts), created when first
+//! needed and given the service's snapshot before any probe or outcome.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 wit_bindgen::generate!({ path: "wit", world: "health-plugin" });
 
-use exports::sextant::plugin::health::{Guest, Outcome, ProbeResult, Status, Verdict};
+use exports::sextant::plugin::health::{Guest, GuestHealth, Outcome, ProbeResult, Status, Verdict};
 use sextant::plugin::types::Snapshot;
 
-#[derive(Default)]
-struct State {
-    unhealthy_after: u32,
-    /// Failures in a row, per endpoint of the last snapshot.
-    failures: Vec<u32>,
-}
-
 thread_local! {
-    static STATE: RefCell<State> = RefCell::default();
-}
-
-fn judge(endpoint: u32, status: &Status) -> Verdict {
-    let failed = match status {
-        Status::Http(code) => *code >= 500,
-        Status::Connected => false,
-        Status::Timeout | Status::Failed(_) => true,
-    };
-    STATE.with_borrow_mut(|s| {
-        let limit = s.unhealthy_after;
-        let Some(count) = s.failures.get_mut(endpoint as usize) else { return Verdict::Unchanged };
-        if !failed {
-            let was = *count;
-            *count = 0;
-            return if was >= limit { Verdict::Healthy } else { Verdict::Unchanged };
-        }
-        *count += 1;
-        if *count == limit { Verdict::Unhealthy } else { Verdict::Unchanged }
-    })
+    /// The configuration `init` accepted.
+    static UNHEALTHY_AFTER: Cell<u32> = const { Cell::new(3) };
 }
 
 struct Plugin;
 
 impl Guest for Plugin {
+    type Health = Health;
+
     fn init(config: String) -> Result<(), String> {
         let config: serde_json::Value =
             serde_json::from_str(&config).map_err(|e| format!("the configuration is not JSON: {e}"))?;
@@ -56,21 +34,52 @@ impl Guest for Plugin {
                 .filter(|n| *n > 0)
                 .ok_or_else(|| format!("unhealthy_after must be a positive integer, not {v}"))?,
         };
-        STATE.with_borrow_mut(|s| s.unhealthy_after = unhealthy_after);
+        UNHEALTHY_AFTER.set(unhealthy_after);
+        Ok(())
+    }
+}
+
+/// One service's health policy: failures in a row, per endpoint of the last snapshot.
+struct Health {
+    failures: RefCell<Vec<u32>>,
+}
+
+impl Health {
+    fn judge(&self, endpoint: u32, status: &Status) -> Verdict {
+        let failed = match status {
+            Status::Http(code) => *code >= 500,
+            Status::Connected => false,
+            Status::Timeout | Status::Failed(_) => true,
+        };
+        let limit = UNHEALTHY_AFTER.get();
+        let mut failures = self.failures.borrow_mut();
+        let Some(count) = failures.get_mut(endpoint as usize) else { return Verdict::Unchanged };
+        if !failed {
+            let was = *count;
+            *count = 0;
+            return if was >= limit { Verdict::Healthy } else { Verdict::Unchanged };
+        }
+        *count += 1;
+        if *count == limit { Verdict::Unhealthy } else { Verdict::Unchanged }
+    }
+}
+
+impl GuestHealth for Health {
+    fn new(_service: String) -> Self {
+        Self { failures: RefCell::new(Vec::new()) }
+    }
+
+    fn update(&self, snapshot: Snapshot) -> Result<(), String> {
+        *self.failures.borrow_mut() = vec![0; snapshot.endpoints.len()];
         Ok(())
     }
 
-    fn update(snapshot: Snapshot) -> Result<(), String> {
-        STATE.with_borrow_mut(|s| s.failures = vec![0; snapshot.endpoints.len()]);
-        Ok(())
+    fn on_probe(&self, probe: ProbeResult) -> Verdict {
+        self.judge(probe.endpoint, &probe.status)
     }
 
-    fn on_probe(probe: ProbeResult) -> Verdict {
-        judge(probe.endpoint, &probe.status)
-    }
-
-    fn on_outcome(outcome: Outcome) -> Verdict {
-        judge(outcome.endpoint, &outcome.status)
+    fn on_outcome(&self, outcome: Outcome) -> Verdict {
+        self.judge(outcome.endpoint, &outcome.status)
     }
 }
 

@@ -17,10 +17,19 @@ use tokio::sync::mpsc;
 use crate::slots::{Desired, KINDS, ServiceSlots, kind_index, pop_good, resolve, truncate, unix_ms};
 use crate::state::{Inner, Work};
 
+/// An activation that failed on one service.
+pub(crate) struct Failed {
+    pub(crate) plugin: String,
+    pub(crate) kind: PluginKind,
+    pub(crate) service: String,
+    pub(crate) error: String,
+}
+
 impl<S: Store + Clone> Inner<S> {
-    /// Makes `slots` run what the records say.
-    pub(crate) async fn reconcile(&self, slots: &ServiceSlots, records: &[Arc<PluginRecord>]) {
+    /// Makes `slots` run what the records say; returns the activations that failed.
+    pub(crate) async fn reconcile(&self, slots: &ServiceSlots, records: &[Arc<PluginRecord>]) -> Vec<Failed> {
         slots.refresh();
+        let mut failed = Vec::new();
         for kind in KINDS.into_iter().filter(|k| slots.slots.has(*k)) {
             let desired = resolve(records, &slots.service, kind);
             if slots.update.lock()[kind_index(kind)] == desired {
@@ -30,21 +39,23 @@ impl<S: Store + Clone> Inner<S> {
                 None => Ok(None),
                 Some(d) => self.fetch(&d.sha256).await.map(Some),
             };
-            self.install(slots, kind, desired, compiled);
+            failed.extend(self.install(slots, kind, desired, compiled));
         }
+        failed
     }
 
-    /// Loads `desired` (none: the default) into `slots`' `kind` slot.
+    /// Loads `desired` (none: the default) into `slots`' `kind` slot; what failed, if it did
+    /// (the caller reports it: once per plugin and reason when many services fail alike).
     pub(crate) fn install(
         &self,
         slots: &ServiceSlots,
         kind: PluginKind,
         desired: Option<Desired>,
         compiled: Result<Option<Arc<Compiled>>, String>,
-    ) {
+    ) -> Option<Failed> {
         let mut applied = slots.update.lock();
         if applied[kind_index(kind)] == desired {
-            return;
+            return None;
         }
         let spec = compiled.map(|c| match (c, &desired) {
             (Some(compiled), Some(d)) => PluginSpec::Wasm {
@@ -58,18 +69,42 @@ impl<S: Store + Clone> Inner<S> {
             .map_or_else(|e| Some(Err(e)), |spec| slots.slots.load(kind, spec).map(|r| r.map_err(|e| e.to_string())))
         else {
             // No such slot here (a server keeps the balancer alone): nothing runs it.
-            return;
+            return None;
         };
-        match loaded {
-            Ok(v) => tracing::info!(service = %slots.service, %kind, plugin = %v.name, version = v.id, "plugin active"),
-            Err(e) => {
-                let plugin = desired.as_ref().map_or_else(|| "default".to_owned(), |d| d.name.to_string());
-                self.failed(&plugin, "store", &format!("{} {kind}: {e}", slots.service));
+        let failed = match loaded {
+            Ok(v) => {
+                tracing::debug!(service = %slots.service, %kind, plugin = %v.name, version = v.id, "plugin active");
+                slots.errors.lock()[kind_index(kind)] = None;
+                None
             }
-        }
+            Err(error) => {
+                slots.errors.lock()[kind_index(kind)] = Some(error.clone());
+                let plugin = desired.as_ref().map_or_else(|| "default".to_owned(), |d| d.name.to_string());
+                Some(Failed { plugin, kind, service: slots.service.to_string(), error })
+            }
+        };
         // Recorded even when it failed, so the same record is not retried on every change;
         // the next write of the record tries again.
         applied[kind_index(kind)] = desired;
+        failed
+    }
+
+    /// Reports failed activations: one line (and one `plugin list` failure) per plugin, kind
+    /// and reason, however many services failed alike.
+    pub(crate) fn report_failed(&self, failed: Vec<Failed>) {
+        let mut groups: std::collections::BTreeMap<(String, PluginKind, String), Vec<String>> =
+            std::collections::BTreeMap::new();
+        for f in failed {
+            groups.entry((f.plugin, f.kind, f.error)).or_default().push(f.service);
+        }
+        for ((plugin, kind, error), services) in groups {
+            let first = services.first().cloned().unwrap_or_default();
+            let text = match services.len() {
+                1 => format!("{first} {kind}: {error}"),
+                n => format!("{kind} on {n} services ({first} and {} more): {error}", n - 1),
+            };
+            self.failed(&plugin, "store", &text);
+        }
     }
 
     /// A slot rolled back on its own: the record naming that version marks it bad and goes
@@ -140,15 +175,24 @@ pub(crate) async fn reconcile_all<S: Store + Clone>(inner: &Inner<S>) {
         }
     }
     let services: Vec<Arc<ServiceSlots>> = inner.services.read().values().cloned().collect();
+    let mut failed = Vec::new();
+    let mut activated = 0usize;
     for slots in services {
-        inner.reconcile(&slots, &records).await;
+        let before = failed.len();
+        failed.extend(inner.reconcile(&slots, &records).await);
+        activated += usize::from(failed.len() == before);
     }
+    if !failed.is_empty() {
+        tracing::warn!(failed = failed.len(), services = activated, "plugin activations failed");
+    }
+    inner.report_failed(failed);
 }
 
 pub(crate) async fn reconcile_one<S: Store + Clone>(inner: &Inner<S>, service: &ServiceKey) {
     let Some(slots) = inner.services.read().get(service).cloned() else { return };
     let _pass = inner.reconcile.lock().await;
-    inner.reconcile(&slots, &inner.registry.plugins()).await;
+    let failed = inner.reconcile(&slots, &inner.registry.plugins()).await;
+    inner.report_failed(failed);
 }
 
 /// Follows the registry: plugin records re-resolve every slot, a service change refreshes

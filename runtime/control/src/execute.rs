@@ -207,6 +207,7 @@ impl<S: Store + Clone> Executor<S> {
                 slots: self.plugins.as_ref().map(PluginManager::status).unwrap_or_default(),
                 hosts: self.host_reports(),
                 failures: self.plugins.as_ref().map(PluginManager::failures).unwrap_or_default(),
+                bindings: self.plugins.as_ref().map(PluginManager::bindings).unwrap_or_default(),
             },
             Request::PluginLoad { name, kind, binding, config, component, component_sha256 } => match &self.plugins {
                 None => no_plugins(),

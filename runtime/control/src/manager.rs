@@ -32,7 +32,7 @@ use sextant_store::{Registry, RegistryError};
 use tokio::sync::mpsc;
 
 use crate::activate::{reconcile_all, watch};
-use crate::slots::{KINDS, ServiceSlots, parse_kind, pop_good, push_history, resolve, unix_ms};
+use crate::slots::{KINDS, ServiceSlots, kind_index, parse_kind, pop_good, push_history, resolve, unix_ms};
 use crate::state::{Inner, Work};
 
 use sextant_plugin::{
@@ -184,7 +184,10 @@ impl<S: Store + Clone> PluginManager<S> {
             let compiled = desired.as_ref().and_then(|d| self.0.compiled.lock().get(&d.sha256).cloned());
             match (&desired, compiled) {
                 (None, _) => {}
-                (Some(_), Some(c)) => self.0.install(&created, kind, desired.clone(), Ok(Some(c))),
+                (Some(_), Some(c)) => {
+                    let failed = self.0.install(&created, kind, desired.clone(), Ok(Some(c)));
+                    self.0.report_failed(failed.into_iter().collect());
+                }
                 (Some(_), None) => pending = true,
             }
         }
@@ -421,6 +424,70 @@ impl<S: Store + Clone> PluginManager<S> {
             .collect()
     }
 
+    /// Per bound record: the services it covers here, how many run it, the others grouped by
+    /// why (the load error, else the slot's last event), and what its instances hold.
+    #[must_use]
+    pub fn bindings(&self) -> Vec<sextant_proto::BindingSummary> {
+        let records = self.0.registry.plugins();
+        let services: Vec<Arc<ServiceSlots>> = self.0.services.read().values().cloned().collect();
+        let shared = self.0.host.shared_status();
+        let mut out = Vec::new();
+        for record in records.iter().filter(|r| r.bound() != sextant_core::PluginBinding::None) {
+            let Ok(kind) = crate::slots::parse_kind(&record.kind) else { continue };
+            let mut summary = sextant_proto::BindingSummary {
+                plugin: record.name.to_string(),
+                kind: record.kind.clone(),
+                binding: record.binding.clone(),
+                sha256: record.sha256.clone(),
+                ..Default::default()
+            };
+            let mut groups: std::collections::BTreeMap<String, sextant_proto::FailedGroup> =
+                std::collections::BTreeMap::new();
+            for slots in services.iter().filter(|s| s.slots.has(kind)) {
+                if resolve(&records, &slots.service, kind).is_none_or(|d| d.name != record.name) {
+                    continue;
+                }
+                summary.services += 1;
+                let Some(status) = slots.status().into_iter().find(|(k, _)| *k == kind).map(|(_, s)| s) else {
+                    continue;
+                };
+                let active = &status.active;
+                if active.name == record.name.as_str() && active.sha256.as_deref() == Some(record.sha256.as_str()) {
+                    summary.running += 1;
+                    continue;
+                }
+                let reason = slots.errors.lock()[kind_index(kind)]
+                    .clone()
+                    .or_else(|| status.events.last().map(|e| e.what.clone()))
+                    .unwrap_or_else(|| "not activated yet".into());
+                let group = groups
+                    .entry(reason.clone())
+                    .or_insert_with(|| sextant_proto::FailedGroup { reason, ..Default::default() });
+                group.services += 1;
+                if group.examples.len() < 3 {
+                    group.examples.push(slots.service.to_string());
+                }
+            }
+            summary.failed = groups.into_values().collect();
+            summary.failed.sort_by_key(|g| std::cmp::Reverse(g.services));
+            if let Some(c) = self.0.compiled.lock().get(&record.sha256) {
+                summary.contract = Some(c.contract.as_str().to_owned());
+                summary.instances = match c.contract {
+                    sextant_plugin::Contract::V0_1 => summary.running * self.0.host.config().workers as u64,
+                    sextant_plugin::Contract::V0_2 => 0,
+                };
+            }
+            for s in shared.iter().filter(|s| s.sha256 == record.sha256) {
+                summary.instances += s.instances;
+                summary.resources += s.resources;
+                summary.replaced += s.replaced;
+                summary.lost += s.lost;
+            }
+            out.push(summary);
+        }
+        out
+    }
+
     /// Monotonic totals per plugin version (kind, name, sha256) over every service, the
     /// versions swapped out included: what `/metrics` exports as `_total` counters.
     #[must_use]
@@ -466,6 +533,7 @@ impl<S: Store + Clone> Inner<S> {
                 handle: self.registry.handle(service),
                 applied: AtomicU64::new(u64::MAX),
                 update: Mutex::new([None, None, None]),
+                errors: Mutex::new([None, None, None]),
                 slots: Slots::new(&self.host, &name, &self.defaults, &SlotPlan::picks_only(&self.defaults))?,
             })
         };

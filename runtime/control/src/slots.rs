@@ -36,6 +36,8 @@ pub struct ServiceSlots {
     pub(crate) applied: AtomicU64,
     /// Serializes snapshot application and activations.
     pub(crate) update: Mutex<[Option<Desired>; 3]>,
+    /// Why the last activation of each kind failed (none: it succeeded, or none was tried).
+    pub(crate) errors: Mutex<[Option<String>; 3]>,
     pub(crate) slots: Slots,
 }
 

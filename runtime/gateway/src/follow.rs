@@ -149,25 +149,32 @@ fn short(sha: &str) -> &str {
     &sha[..12.min(sha.len())]
 }
 
+/// Services a plugin version covers, and the failed ones by reason.
+type Tally = (usize, BTreeMap<String, usize>);
+
 fn report(activations: &BTreeMap<(String, String), Activation>) -> BTreeMap<String, String> {
-    let mut by_plugin: BTreeMap<(&str, &str), (usize, Option<&str>)> = BTreeMap::new();
+    // Per (plugin, sha256): the services, and the failed ones grouped by reason (one line
+    // however many services failed alike).
+    let mut by_plugin: BTreeMap<(&str, &str), Tally> = BTreeMap::new();
     for a in activations.values().filter(|a| !a.plugin.is_empty()) {
-        let entry = by_plugin.entry((a.plugin.as_str(), a.sha256.as_str())).or_insert((0, None));
+        let entry = by_plugin.entry((a.plugin.as_str(), a.sha256.as_str())).or_default();
         entry.0 += 1;
-        if entry.1.is_none() {
-            entry.1 = a.error.as_deref();
+        if let Some(e) = &a.error {
+            *entry.1.entry(e.chars().take(160).collect()).or_default() += 1;
         }
     }
     let mut out: BTreeMap<String, String> = BTreeMap::new();
-    for ((plugin, sha), (services, error)) in by_plugin {
-        let failed =
-            activations.values().filter(|a| a.plugin == plugin && a.sha256 == sha && a.error.is_some()).count();
-        let value = match error {
-            None => format!("active {}", short(sha)),
-            Some(e) => {
-                let reason: String = e.chars().take(160).collect();
-                format!("failed {}: {reason} ({failed} of {services} services)", short(sha))
-            }
+    for ((plugin, sha), (services, failed)) in by_plugin {
+        let value = if failed.is_empty() {
+            format!("active {}", short(sha))
+        } else {
+            let mut groups: Vec<(String, usize)> = failed.into_iter().collect();
+            groups.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            let reasons: Vec<String> =
+                groups.iter().take(3).map(|(reason, n)| format!("{reason} ({n} of {services} services)")).collect();
+            let more = groups.len().saturating_sub(3);
+            let more = if more > 0 { format!("; and {more} other reasons") } else { String::new() };
+            format!("failed {}: {}{more}", short(sha), reasons.join("; "))
         };
         // One line per plugin: when two versions are reported (a swap in progress), a
         // refusal wins.

@@ -176,9 +176,114 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
+/// Labels of a running 0.2.0 plugin (a component with one configuration).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SharedLabels {
+    /// `balancer`, `health`, `scheduler`.
+    pub kind: String,
+    /// The plugin's name (the first record that started it).
+    pub plugin: String,
+    /// sha256 of the component.
+    pub sha256: String,
+}
+
+/// The plugin host's limits and what its shared (0.2.0) plugins hold: exported by servers and
+/// gateways alike, so an operator sees how close the host is to a limit before a load is
+/// refused for it.
+#[derive(Debug, Default)]
+pub struct PluginHostMetrics {
+    /// The pool's size (`--plugin-instances`).
+    instances_limit: Gauge,
+    /// Distinct 0.2.0 plugins allowed at once (`--max-plugins`).
+    plugins_limit: Gauge,
+    /// 0.2.0 plugins running.
+    plugins: Gauge,
+    /// Worker threads (instances per 0.2.0 plugin).
+    workers: Gauge,
+    /// Memory cap per instance, bytes.
+    memory_limit: Gauge,
+    instances: Family<SharedLabels, Gauge>,
+    resources: Family<SharedLabels, Gauge>,
+    counters: [Family<SharedLabels, Counter>; 5],
+}
+
+impl PluginHostMetrics {
+    /// Registers the series in `registry` (under its prefix).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "plugin_instances_limit",
+            "Plugin instances the pool holds (--plugin-instances)",
+            self.instances_limit.clone(),
+        );
+        registry.register(
+            "plugin_plugins_limit",
+            "Distinct 0.2.0 plugins allowed at once (--max-plugins)",
+            self.plugins_limit.clone(),
+        );
+        registry.register(
+            "plugin_plugins_running",
+            "0.2.0 plugins running (component and configuration)",
+            self.plugins.clone(),
+        );
+        registry.register("plugin_workers", "Worker threads: instances per 0.2.0 plugin", self.workers.clone());
+        registry.register(
+            "plugin_memory_limit_bytes",
+            "Linear memory cap per plugin instance",
+            self.memory_limit.clone(),
+        );
+        registry.register("plugin_shared_instances", "Instances a 0.2.0 plugin runs now", self.instances.clone());
+        registry.register(
+            "plugin_resources",
+            "Per-service resources alive in a 0.2.0 plugin's instances",
+            self.resources.clone(),
+        );
+        let names = [
+            ("plugin_resources_created", "Per-service resources a 0.2.0 plugin created"),
+            ("plugin_resources_dropped_idle", "Resources dropped after their service made no call for the idle time"),
+            ("plugin_instances_replaced", "0.2.0 plugin instances replaced after a trap, a deadline or the memory cap"),
+            (
+                "plugin_resources_lost",
+                "Resources lost with a replaced instance (their services fell back on that call)",
+            ),
+            ("plugin_constructor_faults", "Resource constructors that trapped"),
+        ];
+        for ((name, help), family) in names.into_iter().zip(&self.counters) {
+            registry.register(name, help, family.clone());
+        }
+    }
+
+    /// Reads the host's limits and its shared plugins.
+    pub fn read(&self, host: &sextant_plugin::PluginHost) {
+        let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let config = host.config();
+        self.instances_limit.set(i64::from(config.max_instances));
+        self.plugins_limit.set(i64::from(config.max_plugins));
+        self.workers.set(g(config.workers as u64));
+        self.memory_limit.set(g(config.memory_limit as u64));
+        let shared = host.shared_status();
+        self.plugins.set(g(shared.len() as u64));
+        self.instances.clear();
+        self.resources.clear();
+        for s in shared {
+            let labels = SharedLabels { kind: s.kind.to_string(), plugin: s.name.clone(), sha256: s.sha256.clone() };
+            self.instances.get_or_create(&labels).set(g(s.instances));
+            self.resources.get_or_create(&labels).set(g(s.resources));
+            let totals = [s.created, s.dropped_idle, s.replaced, s.lost, s.constructor_faults];
+            for (family, total) in self.counters.iter().zip(totals) {
+                let counter = family.get_or_create(&labels);
+                let seen = counter.get();
+                if total > seen {
+                    counter.inc_by(total - seen);
+                }
+            }
+        }
+    }
+}
+
 /// Every metric the gateway exports.
 #[derive(Debug)]
 pub struct GatewayMetrics {
+    host: PluginHostMetrics,
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
@@ -223,6 +328,7 @@ impl GatewayMetrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("sextant_gateway");
         let m = Self {
+            host: PluginHostMetrics::default(),
             registry: Registry::default(),
             requests: Family::default(),
             duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
@@ -271,6 +377,7 @@ impl GatewayMetrics {
         for ((name, help), family) in names.into_iter().zip(&m.plugin) {
             registry.register(name, help, family.clone());
         }
+        m.host.register(&mut registry);
         Self { registry, ..m }
     }
 
@@ -315,6 +422,7 @@ impl GatewayMetrics {
             family.clear();
         }
         self.health.clear();
+        self.host.read(router.host());
         let mut totals = router.host().retired();
         for service in router.services() {
             let Some(status) = router.status(&service) else { continue };

@@ -18,9 +18,13 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use sextant_builtins::{Endpoint, Snapshot, mix64};
 
+use crate::bindings::v2::balancer::exports::sextant::plugin::balancer as wit2;
+use crate::host::Contract;
 use crate::lifecycle::{self, History, rollback_reason};
 use crate::load::{EndpointLoad, LoadTracker, Published};
-use crate::version::{Exec, SAMPLE_EVERY, Version, WasmRunner, check_pick, validate_mode};
+use crate::shared::{self, Guest};
+use crate::state::{arm, fault_in};
+use crate::version::{Exec, SAMPLE_EVERY, Version, WasmRunner, check_pick, mode_from_wit2, validate_mode};
 use crate::{
     CallFault, Compiled, LoadError, Observer, PickRequest, Picked, PluginHost, PluginKind, PluginSpec, SlotError,
     SlotStatus, VersionStatus,
@@ -309,11 +313,19 @@ impl BalancerSlot {
     pub fn load(&self, spec: PluginSpec) -> Result<VersionStatus, LoadError> {
         let _admin = self.0.admin.lock();
         if let PluginSpec::Wasm { compiled, config, .. } = &spec {
-            self.self_test(compiled, config)?;
+            let host = &self.0.host;
+            host.self_test_once(compiled, config, || match compiled.contract {
+                Contract::V0_1 => self.self_test(compiled, config),
+                Contract::V0_2 => self_test_shared(host, compiled, config),
+            })?;
         }
         let id = self.0.next_id.fetch_add(1, Relaxed);
         let route = self.published();
         let version = Version::build(&self.0.host, id, spec, &self.0.default, &route)?;
+        // A 0.2.0 plugin creates a service's resources lazily; one is created now and given
+        // the current snapshot, so a plugin that refuses this service is refused here, as a
+        // 0.1.0 one is when its instances are built.
+        version.warm()?;
         let status = version.status();
         let old = self.0.active.load_full();
         self.0.history.lock().replaced(old.spec.clone());
@@ -359,7 +371,7 @@ impl BalancerSlot {
         self.0.active.load().id
     }
 
-    /// Runs a plugin on the synthetic snapshot: every pick in range, none on an empty
+    /// Runs a 0.1.0 plugin on the synthetic snapshot: every pick in range, none on an empty
     /// snapshot, no trap, no deadline.
     fn self_test(&self, compiled: &Arc<Compiled>, config: &str) -> Result<(), LoadError> {
         let host = &self.0.host;
@@ -385,4 +397,52 @@ impl BalancerSlot {
         }
         Ok(())
     }
+}
+
+/// The self-test of a 0.2.0 balancer, in an instance of its own: two services' resources side
+/// by side, one given the synthetic snapshot (every pick in range), the other an empty one
+/// (none), then both dropped; no trap, no deadline.
+fn self_test_shared(host: &PluginHost, compiled: &Compiled, config: &str) -> Result<(), LoadError> {
+    let tracker = Arc::new(LoadTracker::new(host.config().ewma_decay));
+    let full = Arc::new(Published::new(1, synthetic(), Arc::clone(&tracker)));
+    let empty = Arc::new(Published::new(2, Snapshot::default(), tracker));
+    let store = host.store_seeded(Arc::from("self-test"), Arc::clone(&full), 0);
+    let mut live = shared::instantiate(host, compiled, config, store)?;
+    let fail = |what: &str, f: CallFault| LoadError::SelfTest(format!("{what} {f}"));
+    let Guest::Balancer(guest) = &live.guest else {
+        return Err(LoadError::WrongKind { expected: PluginKind::Balancer, found: compiled.kind });
+    };
+    let guest = guest.sextant_plugin_balancer().balancer();
+    let store = &mut live.store;
+    let update_ticks = host.ticks(host.config().update_deadline);
+    let mut resources = Vec::new();
+    for (service, route) in [("sextant/self-test/synthetic", &full), ("sextant/self-test/empty", &empty)] {
+        arm(store, update_ticks, host.config().update_deadline);
+        store.data_mut().route = Arc::clone(route);
+        let handle =
+            guest.call_constructor(&mut *store, service).map_err(|e| fail("constructor", fault_in(store, &e)))?;
+        let mode = match guest.call_update(&mut *store, handle, &route.wit) {
+            Ok(Ok(mode)) => mode_from_wit2(mode),
+            Ok(Err(reason)) => return Err(fail("update", CallFault::Refused(reason))),
+            Err(e) => return Err(fail("update", fault_in(store, &e))),
+        };
+        let exec = validate_mode(mode, route.len()).map_err(|f| fail("update", f))?;
+        if matches!(exec, Exec::PerRequest) {
+            let ticks = host.pick_ticks();
+            for k in 0..if route.is_empty() { 1 } else { 64u64 } {
+                arm(store, ticks, host.config().pick_deadline);
+                let request = wit2::Request { hash_key: (k % 2 == 0).then(|| mix64(k)) };
+                let answer =
+                    guest.call_pick(&mut *store, handle, request).map_err(|e| fail("pick", fault_in(store, &e)))?;
+                let what = if route.is_empty() { "pick with no endpoints" } else { "pick" };
+                check_pick(answer, route.len()).map_err(|f| fail(what, f))?;
+            }
+        }
+        resources.push(handle);
+    }
+    for handle in resources {
+        arm(store, update_ticks, host.config().update_deadline);
+        handle.resource_drop(&mut *store).map_err(|e| fail("drop", fault_in(store, &e)))?;
+    }
+    Ok(())
 }

@@ -53,6 +53,26 @@ pub enum LoadError {
         /// This host's contract version.
         host: &'static str,
     },
+    /// It exports (or imports) interfaces of two contract versions: a component speaks one.
+    #[error("the component speaks two contract versions ({first} and {second}): build it against one of them")]
+    BothContracts {
+        /// The first version found.
+        first: String,
+        /// The other.
+        second: String,
+    },
+    /// Starting it would pass one of the host's limits.
+    #[error("{what}: {used} of {limit} in use; {raise}")]
+    Limit {
+        /// The limit, named.
+        what: &'static str,
+        /// How many are in use.
+        used: u64,
+        /// The limit.
+        limit: u64,
+        /// How to raise it.
+        raise: &'static str,
+    },
     /// A plugin of another kind than the slot needs.
     #[error("a {found} plugin cannot go into a {expected} slot")]
     WrongKind {

@@ -1,6 +1,8 @@
-//! The wasmtime engine: configuration (pooling allocator, epoch interruption, memory cap),
-//! the compile cache keyed by sha256, validation of what a component exports and imports,
-//! and the store data every plugin instance gets ([`HostState`]).
+//! The wasmtime engine: configuration (pooling allocator sized from threads × plugins, epoch
+//! interruption, memory cap), the compile cache keyed by sha256, validation of what a
+//! component exports and imports (kind, contract version: [`Contract`]), the running 0.2.0
+//! plugins by component and configuration (`crate::shared`), and the stores every plugin
+//! instance gets (their data is `crate::state`'s [`HostState`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -9,26 +11,71 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use sextant_builtins::{EndpointState, Env, Level, LocalRandom, SplitMix64};
+use sextant_builtins::{LocalRandom, SplitMix64};
 use sha2::{Digest, Sha256};
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder,
-    UpdateDeadline,
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder, UpdateDeadline,
 };
 
-use crate::bindings::balancer::sextant::plugin::{host as wit_host, load as wit_load, types as wit_types};
-use crate::bindings::balancer::{BalancerPlugin, BalancerPluginPre};
-use crate::bindings::health::HealthPluginPre;
-use crate::bindings::scheduler::SchedulerPluginPre;
-use crate::load::Published;
+use crate::LoadError;
+use crate::bindings::{v1, v2};
+use crate::load::{LoadTracker, Published};
+use crate::shared::{SharedPlugin, SharedStatus};
+use crate::state::{HostState, KindPre, SharedPre};
 use crate::stats::{CountersSnapshot, Totals, VersionKey};
-use crate::{CallFault, LoadError};
 
-/// The contract version this host speaks (`wit/`).
-pub const CONTRACT_VERSION: &str = "0.1.0";
+/// The contract version this host speaks (`wit/`): `sextant:plugin@0.2.0`, where one
+/// component instance per worker thread serves every service as resources.
+pub const CONTRACT_VERSION: &str = "0.2.0";
+/// The legacy contract version the host still serves (`wit/legacy/0.1.0/`): one instance
+/// per service and worker.
+pub const LEGACY_CONTRACT_VERSION: &str = "0.1.0";
 const PACKAGE: &str = "sextant:plugin";
+
+/// A version of the plugin contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub enum Contract {
+    /// `sextant:plugin@0.1.0`: one instance per service (legacy).
+    #[serde(rename = "0.1.0")]
+    V0_1,
+    /// `sextant:plugin@0.2.0`: resources per service inside shared instances.
+    #[serde(rename = "0.2.0")]
+    V0_2,
+}
+
+impl Contract {
+    /// Every version this build knows, oldest first.
+    pub const ALL: [Self; 2] = [Self::V0_1, Self::V0_2];
+
+    /// `0.1.0`, `0.2.0`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::V0_1 => LEGACY_CONTRACT_VERSION,
+            Self::V0_2 => CONTRACT_VERSION,
+        }
+    }
+
+    /// The version named `text` (`0.1.0`, `0.2.0`).
+    ///
+    /// # Errors
+    /// Another text: the message lists the versions this build knows.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        Self::ALL.into_iter().find(|c| c.as_str() == text).ok_or_else(|| {
+            format!(
+                "unknown plugin contract {text:?}: this build speaks {LEGACY_CONTRACT_VERSION} and {CONTRACT_VERSION}"
+            )
+        })
+    }
+}
+
+impl std::fmt::Display for Contract {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{PACKAGE}@{}", self.as_str())
+    }
+}
 
 /// Limits and sizes of the plugin host.
 #[derive(Debug, Clone)]
@@ -41,8 +88,20 @@ pub struct HostConfig {
     pub update_deadline: Duration,
     /// Epoch tick: the resolution of deadlines.
     pub tick: Duration,
-    /// Plugin instances alive at once (pool size), over all slots and versions.
+    /// Plugin instances alive at once (pool size), over all slots and versions. A 0.2.0
+    /// plugin takes `workers` instances however many services it serves (plus as many more
+    /// while a replacement is being loaded); a 0.1.0 plugin takes `workers` per service.
+    /// [`HostConfig::sized`] derives it from the workers and `max_plugins`.
     pub max_instances: u32,
+    /// Distinct 0.2.0 plugins (component and configuration) running at once; a load that
+    /// would start one more is refused, naming this limit.
+    pub max_plugins: u32,
+    /// The newest contract version the host accepts: a host pinned to
+    /// [`Contract::V0_1`] refuses 0.2.0 components.
+    pub contract: Contract,
+    /// A service's plugin resource that made no call for this long is dropped (it is created
+    /// again, with the current snapshot, when next needed).
+    pub idle_resource: Duration,
     /// Instances per balancer version: picks on different threads run on different
     /// instances, so they scale with threads.
     pub workers: usize,
@@ -67,6 +126,9 @@ impl Default for HostConfig {
             update_deadline: Duration::from_secs(1),
             tick: Duration::from_millis(1),
             max_instances: 1000,
+            max_plugins: 64,
+            contract: Contract::V0_2,
+            idle_resource: Duration::from_secs(300),
             workers: std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
             seed: 0x5e7_a47,
             cache_capacity: 64,
@@ -77,8 +139,21 @@ impl Default for HostConfig {
     }
 }
 
+impl HostConfig {
+    /// The configuration with the pool sized from the work, not the services: every 0.2.0
+    /// plugin's instances twice (the running version and a replacement being loaded), plus
+    /// `legacy_instances` for 0.1.0 components (which take `workers` instances per service).
+    #[must_use]
+    pub fn sized(mut self, legacy_instances: u32) -> Self {
+        let workers = u32::try_from(self.workers.max(1)).unwrap_or(u32::MAX);
+        self.max_instances =
+            workers.saturating_mul(self.max_plugins).saturating_mul(2).saturating_add(legacy_instances);
+        self
+    }
+}
+
 /// What kind of plugin a component is, by the interface it exports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PluginKind {
     /// Exports `balancer`.
@@ -99,12 +174,6 @@ impl std::fmt::Display for PluginKind {
     }
 }
 
-pub(crate) enum KindPre {
-    Balancer(BalancerPluginPre<HostState>),
-    Health(HealthPluginPre<HostState>),
-    Scheduler(SchedulerPluginPre<HostState>),
-}
-
 /// A validated, compiled component: what the cache holds.
 pub struct Compiled {
     /// sha256 of the bytes, hex.
@@ -113,6 +182,8 @@ pub struct Compiled {
     pub kind: PluginKind,
     /// Size of the bytes.
     pub size: usize,
+    /// The contract version it was built for.
+    pub contract: Contract,
     pub(crate) pre: KindPre,
 }
 
@@ -122,6 +193,7 @@ impl std::fmt::Debug for Compiled {
             .field("sha256", &self.sha256)
             .field("kind", &self.kind)
             .field("size", &self.size)
+            .field("contract", &self.contract)
             .finish()
     }
 }
@@ -154,12 +226,22 @@ struct Inner {
     pick_ticks: u64,
     /// What versions no longer running counted, so totals survive swaps.
     retired: Mutex<HashMap<VersionKey, Totals>>,
+    /// The 0.2.0 plugins running, by sha256 and configuration.
+    shared: Mutex<HashMap<(String, String), std::sync::Weak<SharedPlugin>>>,
+    /// Keys of the resources slots hold in shared plugins.
+    next_key: AtomicU64,
+    /// Components and configurations whose self-test passed (it is not repeated per service).
+    self_tested: Mutex<std::collections::HashSet<(String, String)>>,
     _ticker: Ticker,
 }
 
 /// The wasmtime plugin host, shared by every slot. Cheap to clone.
 #[derive(Clone)]
 pub struct PluginHost(Arc<Inner>);
+
+/// A [`PluginHost`] that does not keep it alive (a housekeeping task's).
+#[derive(Clone, Debug)]
+pub struct WeakHost(std::sync::Weak<Inner>);
 
 impl std::fmt::Debug for PluginHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -211,7 +293,8 @@ impl PluginHost {
     pub fn new(config: HostConfig) -> Result<Self, crate::HostError> {
         let engine = engine(&config)?;
         let mut linker = Linker::new(&engine);
-        BalancerPlugin::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+        v1::balancer::BalancerPlugin::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+        v2::balancer::BalancerPlugin::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (engine, stop, tick) = (engine.clone(), Arc::clone(&stop), config.tick);
@@ -232,8 +315,23 @@ impl PluginHost {
             cache: Mutex::new((HashMap::new(), VecDeque::new())),
             compiles: AtomicU64::new(0),
             retired: Mutex::new(HashMap::new()),
+            shared: Mutex::new(HashMap::new()),
+            next_key: AtomicU64::new(1),
+            self_tested: Mutex::new(std::collections::HashSet::new()),
             _ticker: Ticker { stop, thread: Some(thread) },
         })))
+    }
+
+    /// A handle that does not keep the host alive.
+    #[must_use]
+    pub fn downgrade(&self) -> WeakHost {
+        WeakHost(Arc::downgrade(&self.0))
+    }
+
+    /// The host, while something else keeps it alive.
+    #[must_use]
+    pub fn upgrade(weak: &WeakHost) -> Option<Self> {
+        weak.0.upgrade().map(Self)
     }
 
     /// The configuration.
@@ -261,6 +359,107 @@ impl PluginHost {
         self.0.retired.lock().clone()
     }
 
+    /// The running 0.2.0 plugin for `compiled` with `config`, started (its instances given
+    /// `init`) when none runs.
+    ///
+    /// # Errors
+    /// Starting it would pass `max_plugins` or the instance pool, or `init` refused.
+    pub(crate) fn shared(
+        &self,
+        name: &str,
+        compiled: &Arc<Compiled>,
+        config: &str,
+    ) -> Result<Arc<SharedPlugin>, LoadError> {
+        let key = (compiled.sha256.clone(), config.to_owned());
+        let mut shared = self.0.shared.lock();
+        if let Some(running) = shared.get(&key).and_then(std::sync::Weak::upgrade) {
+            return Ok(running);
+        }
+        shared.retain(|_, w| w.strong_count() > 0);
+        let limit = self.0.config.max_plugins;
+        if shared.len() as u64 >= u64::from(limit) {
+            return Err(LoadError::Limit {
+                what: "distinct 0.2.0 plugins (component and configuration) running",
+                used: shared.len() as u64,
+                limit: u64::from(limit),
+                raise: "raise --max-plugins, or bind fewer distinct plugins",
+            });
+        }
+        let plugin = Arc::new(SharedPlugin::start(self, name, compiled, config, self.0.config.workers)?);
+        shared.insert(key, Arc::downgrade(&plugin));
+        Ok(plugin)
+    }
+
+    /// What each running 0.2.0 plugin is doing.
+    #[must_use]
+    pub fn shared_status(&self) -> Vec<SharedStatus> {
+        let running: Vec<Arc<SharedPlugin>> =
+            self.0.shared.lock().values().filter_map(std::sync::Weak::upgrade).collect();
+        let mut status: Vec<SharedStatus> = running.iter().map(|p| p.status()).collect();
+        status.sort_by(|a, b| (&a.name, &a.sha256).cmp(&(&b.name, &b.sha256)));
+        status
+    }
+
+    /// Drops the resources of services idle for longer than `idle_resource` in every running
+    /// 0.2.0 plugin (calls also do it as they pass; call this periodically so a plugin no
+    /// service calls any more gives its memory back too).
+    pub fn sweep_idle(&self) {
+        let running: Vec<Arc<SharedPlugin>> =
+            self.0.shared.lock().values().filter_map(std::sync::Weak::upgrade).collect();
+        for p in running {
+            p.sweep_all();
+        }
+    }
+
+    /// A fresh key for a slot's resource in a shared plugin.
+    pub(crate) fn next_key(&self) -> u64 {
+        self.0.next_key.fetch_add(1, Relaxed)
+    }
+
+    /// Whether `compiled` with `config` passed its self-test already; `test` runs it when not.
+    pub(crate) fn self_test_once(
+        &self,
+        compiled: &Compiled,
+        config: &str,
+        test: impl FnOnce() -> Result<(), LoadError>,
+    ) -> Result<(), LoadError> {
+        let key = (compiled.sha256.clone(), config.to_owned());
+        if self.0.self_tested.lock().contains(&key) {
+            return Ok(());
+        }
+        test()?;
+        let mut tested = self.0.self_tested.lock();
+        if tested.len() >= 4 * self.0.config.cache_capacity {
+            tested.clear();
+        }
+        tested.insert(key);
+        Ok(())
+    }
+
+    /// A route with no endpoints (what an instance sees before its first call).
+    pub(crate) fn empty_route(&self) -> Arc<Published> {
+        Arc::new(Published::new(
+            0,
+            sextant_builtins::Snapshot::default(),
+            Arc::new(LoadTracker::new(self.0.config.ewma_decay)),
+        ))
+    }
+
+    /// Why instantiating failed, naming the pool's limit when that is what stopped it.
+    pub(crate) fn instantiate_error(&self, e: &wasmtime::Error) -> LoadError {
+        let text = format!("{e:#}");
+        if text.contains("maximum concurrent limit") || text.contains("concurrent") && text.contains("limit") {
+            let limit = u64::from(self.0.config.max_instances);
+            return LoadError::Limit {
+                what: "plugin instances (the pool)",
+                used: limit,
+                limit,
+                raise: "raise --plugin-instances; a 0.2.0 plugin takes one instance per worker thread, a 0.1.0 one per service and worker thread",
+            };
+        }
+        LoadError::Instantiate(text)
+    }
+
     /// How many components were compiled (cache misses) since start.
     #[must_use]
     pub fn compiles(&self) -> u64 {
@@ -284,8 +483,8 @@ impl PluginHost {
         }
         self.0.compiles.fetch_add(1, Relaxed);
         let component = Component::new(&self.0.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-        let kind = self.check_exports(&component)?;
-        self.check_imports(&component)?;
+        let (kind, contract) = self.check_exports(&component)?;
+        self.check_imports(&component, contract)?;
         let mut linker = self.0.linker.clone();
         // The WASI subset plugins get (`wasi.rs`), under the names this component imports it
         // by; what else of those interfaces it imports traps when called.
@@ -293,12 +492,27 @@ impl PluginHost {
         linker.define_unknown_imports_as_traps(&component).map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
         let instance_pre = linker.instantiate_pre(&component).map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
         let mismatch = |e: wasmtime::Error| LoadError::Mismatch { kind, reason: format!("{e:#}") };
-        let pre = match kind {
-            PluginKind::Balancer => KindPre::Balancer(BalancerPluginPre::new(instance_pre).map_err(mismatch)?),
-            PluginKind::Health => KindPre::Health(HealthPluginPre::new(instance_pre).map_err(mismatch)?),
-            PluginKind::Scheduler => KindPre::Scheduler(SchedulerPluginPre::new(instance_pre).map_err(mismatch)?),
+        let pre = match (contract, kind) {
+            (Contract::V0_1, PluginKind::Balancer) => {
+                KindPre::Balancer(v1::balancer::BalancerPluginPre::new(instance_pre).map_err(mismatch)?)
+            }
+            (Contract::V0_1, PluginKind::Health) => {
+                KindPre::Health(v1::health::HealthPluginPre::new(instance_pre).map_err(mismatch)?)
+            }
+            (Contract::V0_1, PluginKind::Scheduler) => {
+                KindPre::Scheduler(v1::scheduler::SchedulerPluginPre::new(instance_pre).map_err(mismatch)?)
+            }
+            (Contract::V0_2, PluginKind::Balancer) => KindPre::Shared(SharedPre::Balancer(
+                v2::balancer::BalancerPluginPre::new(instance_pre).map_err(mismatch)?,
+            )),
+            (Contract::V0_2, PluginKind::Health) => {
+                KindPre::Shared(SharedPre::Health(v2::health::HealthPluginPre::new(instance_pre).map_err(mismatch)?))
+            }
+            (Contract::V0_2, PluginKind::Scheduler) => KindPre::Shared(SharedPre::Scheduler(
+                v2::scheduler::SchedulerPluginPre::new(instance_pre).map_err(mismatch)?,
+            )),
         };
-        let compiled = Arc::new(Compiled { sha256: sha256.clone(), kind, size: bytes.len(), pre });
+        let compiled = Arc::new(Compiled { sha256: sha256.clone(), kind, size: bytes.len(), contract, pre });
         let mut cache = self.0.cache.lock();
         let (map, order) = &mut *cache;
         if map.insert(sha256.clone(), Arc::clone(&compiled)).is_none() {
@@ -312,10 +526,12 @@ impl PluginHost {
         Ok(compiled)
     }
 
-    fn check_exports(&self, component: &Component) -> Result<PluginKind, LoadError> {
+    /// The plugin kind and contract version of a component, from its exports: exactly one
+    /// plugin interface of one contract version this host accepts.
+    fn check_exports(&self, component: &Component) -> Result<(PluginKind, Contract), LoadError> {
         let ty = component.component_type();
         let mut names = Vec::new();
-        let mut found = None;
+        let mut found: Option<(PluginKind, Contract, String)> = None;
         for (name, item) in ty.exports(&self.0.engine) {
             names.push(name.to_owned());
             if !matches!(item.ty, ComponentItem::ComponentInstance(_)) {
@@ -323,22 +539,42 @@ impl PluginHost {
             }
             let Some(rest) = name.strip_prefix(PACKAGE).and_then(|r| r.strip_prefix('/')) else { continue };
             let (iface, version) = rest.split_once('@').unwrap_or((rest, ""));
-            if version != CONTRACT_VERSION {
-                return Err(LoadError::VersionMismatch { export: name.to_owned(), host: CONTRACT_VERSION });
-            }
-            found = Some(match iface {
+            let contract = self.accepted(name, version)?;
+            let kind = match iface {
                 "balancer" => PluginKind::Balancer,
                 "health" => PluginKind::Health,
                 "scheduler" => PluginKind::Scheduler,
                 _ => continue,
-            });
+            };
+            if let Some((_, other, first)) = &found
+                && *other != contract
+            {
+                return Err(LoadError::BothContracts { first: first.clone(), second: name.to_owned() });
+            }
+            found = Some((kind, contract, name.to_owned()));
         }
-        found.ok_or_else(|| LoadError::NoPluginExport {
+        found.map(|(kind, contract, _)| (kind, contract)).ok_or_else(|| LoadError::NoPluginExport {
             exports: if names.is_empty() { "nothing".into() } else { names.join(", ") },
         })
     }
 
-    fn check_imports(&self, component: &Component) -> Result<(), LoadError> {
+    /// The contract `version` (of `name`, an export or import) names, when this host accepts it.
+    fn accepted(&self, name: &str, version: &str) -> Result<Contract, LoadError> {
+        let pinned = self.0.config.contract;
+        match Contract::parse(version) {
+            Ok(c) if c <= pinned => Ok(c),
+            _ => Err(LoadError::VersionMismatch {
+                export: name.to_owned(),
+                host: if pinned == Contract::V0_1 {
+                    "0.1.0 (pinned: it refuses newer versions)"
+                } else {
+                    "0.2.0 and the legacy 0.1.0"
+                },
+            }),
+        }
+    }
+
+    fn check_imports(&self, component: &Component, contract: Contract) -> Result<(), LoadError> {
         for (name, _) in component.component_type().imports(&self.0.engine) {
             if crate::wasi::refused(name) {
                 return Err(LoadError::DeniedImport(name.to_owned()));
@@ -350,14 +586,19 @@ impl PluginHost {
                 return Err(LoadError::UnknownImport(name.to_owned()));
             };
             let (iface, version) = rest.split_once('@').unwrap_or((rest, ""));
-            if version != CONTRACT_VERSION {
-                return Err(LoadError::VersionMismatch { export: name.to_owned(), host: CONTRACT_VERSION });
+            if self.accepted(name, version)? != contract {
+                return Err(LoadError::BothContracts { first: contract.to_string(), second: name.to_owned() });
             }
             if !matches!(iface, "host" | "load" | "types") {
                 return Err(LoadError::UnknownImport(name.to_owned()));
             }
         }
         Ok(())
+    }
+
+    /// The next instance's seed.
+    pub(crate) fn take_seed(&self) -> u64 {
+        self.0.next_seed.fetch_add(1, Relaxed)
     }
 
     /// A fresh store for one plugin instance, with its own seeded generator.
@@ -397,7 +638,7 @@ impl PluginHost {
         self.state_seeded(label, route, seed)
     }
 
-    fn state_seeded(&self, label: Arc<str>, route: Arc<Published>, seed: u64) -> HostState {
+    pub(crate) fn state_seeded(&self, label: Arc<str>, route: Arc<Published>, seed: u64) -> HostState {
         HostState {
             rng: SplitMix64::new(seed),
             local: LocalRandom::default(),
@@ -437,183 +678,4 @@ impl PluginHost {
 fn ticks(config: &HostConfig, deadline: Duration) -> u64 {
     let tick = config.tick.as_nanos().max(1);
     u64::try_from(deadline.as_nanos().div_ceil(tick)).unwrap_or(u64::MAX).saturating_add(1)
-}
-
-/// Classifies an error out of a guest call on `store`; a trap's reason carries what the
-/// plugin wrote just before (a Rust panic's message, an exception's traceback).
-pub(crate) fn fault_in(store: &mut Store<HostState>, e: &wasmtime::Error) -> CallFault {
-    match fault(e) {
-        CallFault::Trap(text) => {
-            let wrote = store.data_mut().output.as_mut().map(|o| o.take_tail()).unwrap_or_default();
-            if wrote.is_empty() {
-                CallFault::Trap(text)
-            } else {
-                CallFault::Trap(format!("{text}; the plugin wrote: {wrote}"))
-            }
-        }
-        other => {
-            if let Some(o) = store.data_mut().output.as_mut() {
-                o.take_tail();
-            }
-            other
-        }
-    }
-}
-
-/// Classifies an error out of a guest call.
-pub(crate) fn fault(e: &wasmtime::Error) -> CallFault {
-    if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
-        return CallFault::Deadline;
-    }
-    let text = format!("{e:#}");
-    if text.contains("forcing trap when growing memory") || text.contains("memory minimum size") {
-        return CallFault::Memory;
-    }
-    // The cause, without the wasm backtrace wasmtime adds as context (dozens of frames for
-    // an interpreter such as CPython: noise in a reason).
-    match e.downcast_ref::<wasmtime::Trap>() {
-        Some(trap) => CallFault::Trap(trap.to_string()),
-        None => CallFault::Trap(e.root_cause().to_string()),
-    }
-}
-
-/// What each plugin instance can reach: its generator, its clock, the route it serves (for
-/// the `load` interface) and the current request's headers. Native policies get the same
-/// state through [`Env`].
-#[derive(Debug)]
-pub struct HostState {
-    pub(crate) rng: SplitMix64,
-    /// The instance's numbers (native policies); wasm guests keep theirs in the SDK.
-    local: LocalRandom,
-    pub(crate) label: Arc<str>,
-    pub(crate) route: Arc<Published>,
-    pub(crate) headers: Vec<(String, String)>,
-    pub(crate) clock: Instant,
-    /// What the instance wrote to stdout and stderr (`wasi.rs`), once it writes.
-    pub(crate) output: Option<Box<crate::wasi::Output>>,
-    limits: StoreLimits,
-    budget: Duration,
-    /// The thread's CPU time when the wall-clock deadline passed.
-    probe: Option<Duration>,
-}
-
-/// Arms a store for one call: the wall-clock deadline in ticks, then `budget` of CPU time.
-pub(crate) fn arm(store: &mut Store<HostState>, ticks: u64, budget: Duration) {
-    let state = store.data_mut();
-    state.budget = budget;
-    state.probe = None;
-    store.set_epoch_deadline(ticks);
-}
-
-fn log_line(label: &str, level: Level, message: &str) {
-    let mut end = message.len().min(1024);
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    let message = &message[..end];
-    match level {
-        Level::Trace => tracing::trace!(plugin = label, "{message}"),
-        Level::Debug => tracing::debug!(plugin = label, "{message}"),
-        Level::Info => tracing::info!(plugin = label, "{message}"),
-        Level::Warn => tracing::warn!(plugin = label, "{message}"),
-        Level::Error => tracing::error!(plugin = label, "{message}"),
-    }
-}
-
-impl crate::wasi::WasiState for HostState {
-    fn next_random(&mut self) -> u64 {
-        self.rng.next_u64()
-    }
-    fn started(&self) -> Instant {
-        self.clock
-    }
-    fn write_output(&mut self, stream: u32, bytes: &[u8]) {
-        let label = Arc::clone(&self.label);
-        self.output.get_or_insert_with(Box::default).write(&label, stream, bytes);
-    }
-}
-
-impl Env for HostState {
-    fn random(&mut self) -> u64 {
-        let rng = &mut self.rng;
-        self.local.next(|| rng.next_u64())
-    }
-    fn now(&self) -> u64 {
-        u64::try_from(self.clock.elapsed().as_nanos()).unwrap_or(u64::MAX)
-    }
-    fn log(&self, level: Level, message: &str) {
-        log_line(&self.label, level, message);
-    }
-    fn in_flight(&self, endpoint: u32) -> u32 {
-        self.route.in_flight(endpoint)
-    }
-    fn latency_ewma(&self, endpoint: u32) -> u64 {
-        self.route.latency_ewma(endpoint)
-    }
-    fn recent_errors(&self, endpoint: u32) -> u32 {
-        self.route.recent_errors(endpoint)
-    }
-    fn total_in_flight(&self) -> u64 {
-        self.route.tracker.total_in_flight()
-    }
-    fn request_header(&self, name: &str) -> Option<String> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())
-    }
-    fn state(&self, endpoint: u32) -> EndpointState {
-        self.route.state(endpoint)
-    }
-}
-
-impl wit_host::Host for HostState {
-    fn log(&mut self, level: wit_host::Level, message: String) {
-        let level = match level {
-            wit_host::Level::Trace => Level::Trace,
-            wit_host::Level::Debug => Level::Debug,
-            wit_host::Level::Info => Level::Info,
-            wit_host::Level::Warn => Level::Warn,
-            wit_host::Level::Error => Level::Error,
-        };
-        log_line(&self.label, level, &message);
-        // Warnings and errors are what a plugin says before it fails (the Python template
-        // logs an exception's traceback and re-raises): a trap's reason carries them.
-        if matches!(level, Level::Warn | Level::Error) {
-            self.output.get_or_insert_with(Box::default).remember(&message);
-        }
-    }
-    fn monotonic_now(&mut self) -> u64 {
-        Env::now(self)
-    }
-    fn random(&mut self) -> u64 {
-        self.rng.next_u64()
-    }
-}
-
-impl wit_load::Host for HostState {
-    fn in_flight(&mut self, endpoint: u32) -> u32 {
-        self.route.in_flight(endpoint)
-    }
-    fn latency_ewma(&mut self, endpoint: u32) -> u64 {
-        self.route.latency_ewma(endpoint)
-    }
-    fn recent_errors(&mut self, endpoint: u32) -> u32 {
-        self.route.recent_errors(endpoint)
-    }
-    fn total_in_flight(&mut self) -> u64 {
-        self.route.tracker.total_in_flight()
-    }
-    fn state(&mut self, endpoint: u32) -> wit_load::EndpointState {
-        wit_state(self.route.state(endpoint))
-    }
-    fn pair(&mut self, a: u32, b: u32) -> (wit_load::EndpointState, wit_load::EndpointState) {
-        (wit_state(self.route.state(a)), wit_state(self.route.state(b)))
-    }
-    fn request_header(&mut self, name: String) -> Option<String> {
-        Env::request_header(self, &name)
-    }
-}
-
-impl wit_types::Host for HostState {}
-
-fn wit_state(s: EndpointState) -> wit_load::EndpointState {
-    wit_load::EndpointState { in_flight: s.in_flight, latency_ewma: s.latency_ewma, recent_errors: s.recent_errors }
 }

@@ -5,10 +5,15 @@
 //! This crate owns:
 //! - [`PluginHost`]: the wasmtime engine (pooling allocator, epoch interruption, a memory cap
 //!   per instance), the compile cache keyed by sha256, and validation of what a component
-//!   exports and imports (kind, contract version) with a typed [`LoadError`] for each way a
-//!   file can be wrong;
+//!   exports and imports (kind, contract version: [`Contract`]) with a typed [`LoadError`]
+//!   for each way a file can be wrong;
+//! - the two contract versions: `sextant:plugin@0.2.0` (`wit/`), where one instance per
+//!   worker thread serves every service a plugin is bound to, each service a resource
+//!   created when first needed and dropped after idling (`shared.rs`, [`SharedStatus`]: so
+//!   instances follow threads × plugins, not services), and the legacy
+//!   `sextant:plugin@0.1.0` (`wit/legacy/0.1.0/`), one instance per service and worker;
 //! - [`BalancerSlot`]: one per service, the active balancer version behind an `ArcSwap`,
-//!   several instances per version so picks scale with threads, self-test before publish,
+//!   one worker per thread so picks scale with threads, self-test before publish,
 //!   per-pick fallback to the native default, automatic rollback after repeated faults;
 //! - [`HealthSlot`] and [`SchedulerSlot`]: the same for health policies and schedulers (the
 //!   lifecycle every slot has, its history, events, fault window and rollback report, is
@@ -38,8 +43,10 @@ mod host;
 mod lifecycle;
 mod load;
 mod policy;
+mod shared;
 mod slots;
 mod spec;
+mod state;
 mod stats;
 mod version;
 mod wasi;
@@ -48,13 +55,17 @@ mod window;
 pub use balancer::BalancerSlot;
 pub use binding::bound_record;
 pub use error::{CallFault, HostError, LoadError, SlotError};
-pub use host::{CONTRACT_VERSION, Compiled, HostConfig, HostState, PluginHost, PluginKind};
+pub use host::{
+    CONTRACT_VERSION, Compiled, Contract, HostConfig, LEGACY_CONTRACT_VERSION, PluginHost, PluginKind, WeakHost,
+};
 pub use lifecycle::{AutoRollback, Observer, SlotEvent, SlotStatus, VersionStatus};
 pub use load::{EndpointLoad, InFlight, LoadTracker, Published, endpoint_of, snapshot_of};
 pub use policy::{HealthSlot, OUTCOME_QUEUE, SchedulerSlot};
 pub use sextant_builtins as builtins;
+pub use shared::SharedStatus;
 pub use slots::{DEFAULT_BALANCER, DEFAULT_HEALTH, DEFAULT_SCHEDULER, Defaults, SlotPlan, Slots};
 pub use spec::{PickRequest, Picked, PluginSpec, affinity_hash};
+pub use state::HostState;
 pub use stats::{CALL_TIME_BOUNDS_NS, CallTimes, Counters, CountersSnapshot, Histogram, Totals, VersionKey};
 pub use version::Version;
 pub use window::{Ended, StatsWindow};

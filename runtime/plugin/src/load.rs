@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use sextant_builtins::{Endpoint, EndpointState, Snapshot};
 use sextant_core::{Instance, ServiceSnapshot};
 
-use crate::bindings::balancer::sextant::plugin::types as wit;
+use crate::bindings::v1::balancer::sextant::plugin::types as wit;
 
 /// How long failures count as "recent".
 const ERROR_WINDOW: Duration = Duration::from_secs(10);

@@ -17,16 +17,21 @@ use sextant_builtins::{EndpointStats, HealthPolicy, Outcome, ProbeResult, Schedu
 use wasmtime::Store;
 
 use crate::balancer::synthetic;
-use crate::bindings::health::HealthPlugin;
-use crate::bindings::health::exports::sextant::plugin::health as wh;
-use crate::bindings::scheduler::SchedulerPlugin;
-use crate::bindings::scheduler::exports::sextant::plugin::scheduler as ws;
-use crate::host::{HostState, KindPre, arm, fault_in};
+use crate::bindings::v1::health::HealthPlugin;
+use crate::bindings::v1::health::exports::sextant::plugin::health as wh;
+use crate::bindings::v1::scheduler::SchedulerPlugin;
+use crate::bindings::v1::scheduler::exports::sextant::plugin::scheduler as ws;
+use crate::bindings::v2::health::exports::sextant::plugin::health as wh2;
+use crate::bindings::v2::scheduler::exports::sextant::plugin::scheduler as ws2;
+use crate::host::Contract;
 use crate::lifecycle::{self, FaultWindow, History, rollback_reason};
 use crate::lifecycle::{Observer, SlotStatus, VersionStatus};
 use crate::load::{LoadTracker, Published};
+use crate::shared::{Guest as SharedGuest, Live, Missing, SharedRunner};
+use crate::state::{HostState, KindPre, arm, fault_in};
 use crate::stats::Counters;
 use crate::{CallFault, LoadError, PluginHost, PluginKind, PluginSpec, SlotError};
+use wasmtime::component::ResourceAny;
 
 enum Native {
     Health(Box<dyn HealthPolicy>),
@@ -41,25 +46,36 @@ enum Guest {
 enum Runner {
     Native(Native, Box<HostState>),
     Wasm(Box<(Store<HostState>, Guest)>),
+    /// A 0.2.0 plugin: the service's resource in a shared instance, and the last snapshot
+    /// given to it (a resource created anew gets it before its first call).
+    Shared(SharedRunner, Arc<Published>),
 }
 
-fn wit_status(s: &Status) -> wh::Status {
-    match s {
-        Status::Http(c) => wh::Status::Http(*c),
-        Status::Connected => wh::Status::Connected,
-        Status::Timeout => wh::Status::Timeout,
-        Status::Failed(m) => wh::Status::Failed(m.clone()),
-    }
+/// Status and verdict conversions for one contract version's `health` interface.
+macro_rules! health_conversions {
+    ($status:ident, $verdict:ident, $wh:ident) => {
+        fn $status(s: &Status) -> $wh::Status {
+            match s {
+                Status::Http(c) => $wh::Status::Http(*c),
+                Status::Connected => $wh::Status::Connected,
+                Status::Timeout => $wh::Status::Timeout,
+                Status::Failed(m) => $wh::Status::Failed(m.clone()),
+            }
+        }
+
+        fn $verdict(v: $wh::Verdict) -> Verdict {
+            match v {
+                $wh::Verdict::Unchanged => Verdict::Unchanged,
+                $wh::Verdict::Healthy => Verdict::Healthy,
+                $wh::Verdict::Unhealthy => Verdict::Unhealthy,
+                $wh::Verdict::Eject(ms) => Verdict::Eject(ms),
+            }
+        }
+    };
 }
 
-fn verdict(v: wh::Verdict) -> Verdict {
-    match v {
-        wh::Verdict::Unchanged => Verdict::Unchanged,
-        wh::Verdict::Healthy => Verdict::Healthy,
-        wh::Verdict::Unhealthy => Verdict::Unhealthy,
-        wh::Verdict::Eject(ms) => Verdict::Eject(ms),
-    }
-}
+health_conversions!(wit_status, verdict, wh);
+health_conversions!(wit_status2, verdict2, wh2);
 
 /// One call into a policy.
 enum Call<'a> {
@@ -100,11 +116,21 @@ impl Runner {
             PluginSpec::Builtin { name, config } => {
                 Self::native(kind, name, config, host.state(Arc::from(name.as_str()), Arc::clone(route)))
             }
+            PluginSpec::Wasm { name, compiled, config } if compiled.contract == Contract::V0_2 => {
+                if compiled.kind != kind {
+                    return Err(LoadError::WrongKind { expected: kind, found: compiled.kind });
+                }
+                let plugin = host.shared(name, compiled, config)?;
+                let key = host.next_key();
+                let service: Arc<str> = Arc::from(route.model.service.as_str());
+                let index = usize::try_from(key).unwrap_or(0);
+                Ok(Self::Shared(SharedRunner::new(&plugin, key, index, &service), Arc::clone(route)))
+            }
             PluginSpec::Wasm { name, compiled, config } => {
                 let mut store = host.store(Arc::from(name.as_str()), Arc::clone(route));
                 let deadline = host.config().update_deadline;
                 arm(&mut store, host.ticks(deadline), deadline);
-                let inst = |e: wasmtime::Error| LoadError::Instantiate(format!("{e:#}"));
+                let inst = |e: wasmtime::Error| host.instantiate_error(&e);
                 let init = |store: &mut Store<HostState>, r: wasmtime::Result<Result<(), String>>| match r {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(reason)) => Err(LoadError::Config(reason)),
@@ -206,8 +232,96 @@ impl Runner {
                 };
                 result.map_err(|e| fault_in(store, &e))?
             }
+            Self::Shared(shared, last) => {
+                if let Call::Update(r) = call {
+                    *last = Arc::clone(r);
+                }
+                let route = Arc::clone(last);
+                let answer = shared.call(&route, Missing::Create, |live, handle, fresh| {
+                    shared_call(host, live, handle, fresh, &route, call)
+                })?;
+                answer.ok_or_else(|| CallFault::Trap("the resource could not be created".into()))
+            }
         }
     }
+}
+
+/// One call on a service's 0.2.0 resource; a fresh one is given `route` first.
+fn shared_call(
+    host: &PluginHost,
+    live: &mut Live,
+    handle: ResourceAny,
+    fresh: bool,
+    route: &Arc<Published>,
+    call: &Call<'_>,
+) -> Result<Answer, CallFault> {
+    let Live { store, guest } = live;
+    let refused = |r: Result<(), String>| r.map(|()| Answer::Updated).map_err(CallFault::Refused);
+    let config = host.config();
+    let deadline = match call {
+        Call::Update(_) | Call::Schedule(_) => config.update_deadline,
+        Call::Probe(_) | Call::Outcome(_) => config.pick_deadline,
+    };
+    let result = match guest {
+        SharedGuest::Health(g) => {
+            let g = g.sextant_plugin_health().health();
+            if fresh && !matches!(call, Call::Update(_)) {
+                arm(store, host.ticks(config.update_deadline), config.update_deadline);
+                let r = g.call_update(&mut *store, handle, &route.wit).map_err(|e| fault_in(store, &e))?;
+                refused(r)?;
+            }
+            arm(store, host.ticks(deadline), deadline);
+            match call {
+                Call::Update(r) => g.call_update(&mut *store, handle, &r.wit).map(refused),
+                Call::Probe(p) => {
+                    let probe = wh2::ProbeResult {
+                        endpoint: p.endpoint,
+                        status: wit_status2(&p.status),
+                        latency: p.latency,
+                        body: p.body.clone(),
+                    };
+                    g.call_on_probe(&mut *store, handle, &probe).map(|v| Ok(Answer::Verdict(verdict2(v))))
+                }
+                Call::Outcome(o) => {
+                    let outcome =
+                        wh2::Outcome { endpoint: o.endpoint, status: wit_status2(&o.status), latency: o.latency };
+                    g.call_on_outcome(&mut *store, handle, &outcome).map(|v| Ok(Answer::Verdict(verdict2(v))))
+                }
+                Call::Schedule(_) => Ok(Ok(Answer::Verdict(Verdict::Unchanged))),
+            }
+        }
+        SharedGuest::Scheduler(g) => {
+            let g = g.sextant_plugin_scheduler().scheduler();
+            if fresh && !matches!(call, Call::Update(_)) {
+                arm(store, host.ticks(config.update_deadline), config.update_deadline);
+                let r = g.call_update(&mut *store, handle, &route.wit).map_err(|e| fault_in(store, &e))?;
+                refused(r)?;
+            }
+            arm(store, host.ticks(deadline), deadline);
+            match call {
+                Call::Update(r) => g.call_update(&mut *store, handle, &r.wit).map(refused),
+                Call::Schedule(stats) => {
+                    let stats: Vec<ws2::EndpointStats> = stats
+                        .iter()
+                        .map(|s| ws2::EndpointStats {
+                            rps: s.rps,
+                            latency_p50: s.latency_p50,
+                            latency_p99: s.latency_p99,
+                            requests: s.requests,
+                            errors: s.errors,
+                            overloaded: s.overloaded,
+                            retry_after_ms: s.retry_after_ms,
+                            age_ms: s.age_ms,
+                        })
+                        .collect();
+                    g.call_schedule(&mut *store, handle, &stats).map(|w| Ok(Answer::Weights(w)))
+                }
+                Call::Probe(_) | Call::Outcome(_) => Ok(Ok(Answer::Verdict(Verdict::Unchanged))),
+            }
+        }
+        SharedGuest::Balancer(_) => return Err(CallFault::Contract("a balancer in a policy slot".into())),
+    };
+    result.map_err(|e| fault_in(store, &e))?
 }
 
 /// Checks an answer against the contract.

@@ -14,11 +14,14 @@ use parking_lot::{Mutex, MutexGuard};
 use sextant_builtins::{Balancer, EdfWeights, Mode, Request, RingPoint, Table, mix64};
 use wasmtime::Store;
 
-use crate::bindings::balancer::BalancerPlugin;
-use crate::bindings::balancer::exports::sextant::plugin::balancer as wit;
-use crate::host::{KindPre, arm, fault_in};
+use crate::bindings::v1::balancer::BalancerPlugin;
+use crate::bindings::v1::balancer::exports::sextant::plugin::balancer as wit;
+use crate::bindings::v2::balancer::exports::sextant::plugin::balancer as wit2;
+use crate::host::Contract;
 use crate::lifecycle::FaultWindow;
 use crate::load::Published;
+use crate::shared::{Guest, Missing, SharedRunner};
+use crate::state::{KindPre, arm, fault_in};
 use crate::stats::Counters;
 use crate::{
     CallFault, Compiled, HostState, LoadError, PickRequest, PluginHost, PluginKind, PluginSpec, VersionStatus,
@@ -31,6 +34,9 @@ pub(crate) enum Exec {
     Maglev(Vec<u32>),
     /// The plugin failed on this snapshot: the fallback answers until the next one.
     Fallback,
+    /// A 0.2.0 plugin whose resource for this service does not exist yet (or was dropped):
+    /// the next pick creates it and gives it `route`.
+    Lazy,
 }
 
 pub(crate) struct WasmRunner {
@@ -41,6 +47,9 @@ pub(crate) struct WasmRunner {
 pub(crate) enum Runner {
     Native(Box<dyn Balancer>, HostState),
     Wasm(Box<WasmRunner>),
+    /// A 0.2.0 plugin: this service's resource in one of its shared instances, and the
+    /// generator its tables draw keys from.
+    Shared(SharedRunner, Box<HostState>),
     /// A wasm instance that could not be rebuilt: the fallback serves.
     Gone,
 }
@@ -88,15 +97,80 @@ pub(crate) fn validate_mode(mode: Mode, len: usize) -> Result<Exec, CallFault> {
     })
 }
 
-pub(crate) fn mode_from_wit(m: wit::Mode) -> Mode {
-    match m {
-        wit::Mode::PerRequest => Mode::PerRequest,
-        wit::Mode::Table(wit::Table::Weighted(w)) => Mode::Table(Table::Weighted(w)),
-        wit::Mode::Table(wit::Table::Maglev(t)) => Mode::Table(Table::Maglev(t)),
-        wit::Mode::Table(wit::Table::Ring(r)) => {
-            Mode::Table(Table::Ring(r.into_iter().map(|p| RingPoint { hash: p.hash, endpoint: p.endpoint }).collect()))
+/// A WIT `mode` (of either contract version) as the plain model.
+macro_rules! mode_from {
+    ($name:ident, $wit:ident) => {
+        pub(crate) fn $name(m: $wit::Mode) -> Mode {
+            match m {
+                $wit::Mode::PerRequest => Mode::PerRequest,
+                $wit::Mode::Table($wit::Table::Weighted(w)) => Mode::Table(Table::Weighted(w)),
+                $wit::Mode::Table($wit::Table::Maglev(t)) => Mode::Table(Table::Maglev(t)),
+                $wit::Mode::Table($wit::Table::Ring(r)) => Mode::Table(Table::Ring(
+                    r.into_iter().map(|p| RingPoint { hash: p.hash, endpoint: p.endpoint }).collect(),
+                )),
+            }
         }
-    }
+    };
+}
+
+mode_from!(mode_from_wit, wit);
+mode_from!(mode_from_wit2, wit2);
+
+/// What a pick on a 0.2.0 resource gave: an answer, or (when the resource had to be created
+/// first) the table its first update returned.
+pub(crate) enum SharedPick {
+    Answer(Option<u32>),
+    Table(Mode),
+}
+
+/// `update` of this service's 0.2.0 resource (created first with `Missing::Create`); None
+/// when it has none and `missing` is `Skip`.
+pub(crate) fn shared_update(
+    s: &SharedRunner,
+    host: &PluginHost,
+    route: &Arc<Published>,
+    missing: Missing,
+) -> Result<Option<Mode>, CallFault> {
+    s.call(route, missing, |live, handle, _fresh| {
+        arm(&mut live.store, host.ticks(host.config().update_deadline), host.config().update_deadline);
+        let Guest::Balancer(g) = &live.guest else { return Err(CallFault::Contract("not a balancer".into())) };
+        match g.sextant_plugin_balancer().balancer().call_update(&mut live.store, handle, &route.wit) {
+            Ok(Ok(mode)) => Ok(mode_from_wit2(mode)),
+            Ok(Err(reason)) => Err(CallFault::Refused(reason)),
+            Err(e) => Err(fault_in(&mut live.store, &e)),
+        }
+    })
+}
+
+/// `pick` on this service's 0.2.0 resource; one created now is given `route` first.
+fn shared_pick(
+    s: &SharedRunner,
+    host: &PluginHost,
+    ticks: u64,
+    route: &Arc<Published>,
+    request: &mut PickRequest,
+) -> Result<SharedPick, CallFault> {
+    let picked = s.call(route, Missing::Create, |live, handle, fresh| {
+        let Guest::Balancer(g) = &live.guest else { return Err(CallFault::Contract("not a balancer".into())) };
+        let g = g.sextant_plugin_balancer().balancer();
+        if fresh {
+            arm(&mut live.store, host.ticks(host.config().update_deadline), host.config().update_deadline);
+            let mode = match g.call_update(&mut live.store, handle, &route.wit) {
+                Ok(Ok(mode)) => mode_from_wit2(mode),
+                Ok(Err(reason)) => return Err(CallFault::Refused(reason)),
+                Err(e) => return Err(fault_in(&mut live.store, &e)),
+            };
+            if !matches!(mode, Mode::PerRequest) {
+                return Ok(SharedPick::Table(mode));
+            }
+        }
+        arm(&mut live.store, ticks, host.config().pick_deadline);
+        std::mem::swap(&mut live.store.data_mut().headers, &mut request.headers);
+        let r = g.call_pick(&mut live.store, handle, wit2::Request { hash_key: request.hash_key });
+        std::mem::swap(&mut live.store.data_mut().headers, &mut request.headers);
+        r.map(SharedPick::Answer).map_err(|e| fault_in(&mut live.store, &e))
+    })?;
+    picked.ok_or_else(|| CallFault::Trap("the resource could not be created".into()))
 }
 
 pub(crate) fn check_pick(answer: Option<u32>, len: usize) -> Result<Option<u32>, CallFault> {
@@ -130,7 +204,7 @@ impl WasmRunner {
         };
         let deadline = host.config().update_deadline;
         arm(&mut store, host.ticks(deadline), deadline);
-        let guest = pre.instantiate(&mut store).map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
+        let guest = pre.instantiate(&mut store).map_err(|e| host.instantiate_error(&e))?;
         match guest.sextant_plugin_balancer().call_init(&mut store, config) {
             Ok(Ok(())) => Ok(Self { store, guest }),
             Ok(Err(reason)) => Err(LoadError::Config(reason)),
@@ -210,9 +284,21 @@ impl Version {
         route: &Arc<Published>,
     ) -> Result<Self, LoadError> {
         let label: Arc<str> = Arc::from(format!("{}#{id}", spec.name()));
+        let shared = match &spec {
+            PluginSpec::Wasm { name, compiled, config } if compiled.contract == Contract::V0_2 => Some((
+                host.shared(name, compiled, config)?,
+                host.next_key(),
+                Arc::<str>::from(route.model.service.as_str()),
+            )),
+            _ => None,
+        };
         let mut workers = Vec::new();
-        for _ in 0..host.config().workers.max(1) {
+        for index in 0..host.config().workers.max(1) {
             let runner = match &spec {
+                PluginSpec::Wasm { .. } if let Some((plugin, key, service)) = &shared => {
+                    let env = host.state_seeded(Arc::clone(&label), Arc::clone(route), plugin.seed(index));
+                    Runner::Shared(SharedRunner::new(plugin, *key, index, service), Box::new(env))
+                }
                 PluginSpec::Builtin { name, config } => Runner::Native(
                     sextant_builtins::balancer(name, config).map_err(LoadError::UnknownBuiltin)?,
                     host.state(Arc::clone(&label), Arc::clone(route)),
@@ -253,6 +339,14 @@ impl Version {
             counters: Counters::default(),
             faults: Mutex::new(FaultWindow::default()),
         })
+    }
+
+    /// Creates this service's resource in the first worker's instance now and gives it the
+    /// current snapshot, if the version runs a 0.2.0 plugin (see [`Worker::materialize`]).
+    pub(crate) fn warm(&self) -> Result<(), LoadError> {
+        let Some(worker) = self.workers.first() else { return Ok(()) };
+        let result = worker.lock().materialize(&self.host);
+        result.map_err(|f| LoadError::SelfTest(format!("update with the current snapshot {f}")))
     }
 
     pub(crate) fn worker(&self) -> MutexGuard<'_, Worker> {
@@ -304,6 +398,17 @@ impl Worker {
                 b.update(&route.model, env).map_err(CallFault::Refused)
             }
             Runner::Wasm(w) => w.update(host, route),
+            Runner::Shared(shared, _) => match shared_update(shared, host, route, Missing::Skip) {
+                Ok(Some(mode)) => Ok(mode),
+                Ok(None) => {
+                    // No resource for this service here: the next pick creates one.
+                    self.exec = Exec::Lazy;
+                    self.route = Arc::clone(route);
+                    self.stale = None;
+                    return Ok(());
+                }
+                Err(f) => Err(f),
+            },
             Runner::Gone => Err(CallFault::Trap("instance lost".into())),
         };
         let fault = match result.and_then(|mode| validate_mode(mode, route.len())) {
@@ -335,7 +440,15 @@ impl Worker {
     pub(crate) fn keep_previous(&mut self, host: &PluginHost, spec: &PluginSpec) -> bool {
         match (&self.exec, &self.runner) {
             (Exec::Fallback, _) | (_, Runner::Native(..) | Runner::Gone) => false,
-            (Exec::Weighted(_) | Exec::Ring(_) | Exec::Maglev(_), Runner::Wasm(_)) => true,
+            (Exec::Weighted(_) | Exec::Ring(_) | Exec::Maglev(_), Runner::Wasm(_) | Runner::Shared(..)) => true,
+            // The resource may have half-applied the new route (or gone with its instance):
+            // a new one is created on `self.route` by the next pick.
+            (Exec::PerRequest | Exec::Lazy, Runner::Shared(shared, _)) => {
+                shared.release();
+                self.exec = Exec::Lazy;
+                true
+            }
+            (Exec::Lazy, Runner::Wasm(_)) => false,
             (Exec::PerRequest, Runner::Wasm(_)) => {
                 let PluginSpec::Wasm { compiled, config, name } = spec else { return false };
                 let previous = Arc::clone(&self.route);
@@ -353,6 +466,25 @@ impl Worker {
                     }
                     _ => false,
                 }
+            }
+        }
+    }
+
+    /// Creates this service's resource now, if it waits for its first pick (`Exec::Lazy`),
+    /// and gives it the route: what the first pick would do, without the pick.
+    pub(crate) fn materialize(&mut self, host: &PluginHost) -> Result<(), CallFault> {
+        let (Exec::Lazy, Runner::Shared(shared, _)) = (&self.exec, &self.runner) else { return Ok(()) };
+        let result = shared_update(shared, host, &self.route, Missing::Create)
+            .and_then(|mode| mode.ok_or_else(|| CallFault::Trap("the resource could not be created".into())))
+            .and_then(|mode| validate_mode(mode, self.route.len()));
+        match result {
+            Ok(exec) => {
+                self.exec = exec;
+                Ok(())
+            }
+            Err(f) => {
+                self.exec = Exec::Fallback;
+                Err(f)
             }
         }
     }
@@ -378,13 +510,39 @@ impl Worker {
                 let env = match runner {
                     Runner::Native(_, env) => env,
                     Runner::Wasm(w) => w.store.data_mut(),
+                    Runner::Shared(_, env) => env,
                     Runner::Gone => fallback_env,
                 };
                 mix64(sextant_builtins::Env::random(env))
             })
         };
+        if matches!(self.exec, Exec::Lazy) {
+            let Runner::Shared(shared, _) = &self.runner else {
+                self.exec = Exec::Fallback;
+                return Ok(self.fallback_pick(request));
+            };
+            // Created and given the route it serves; a per-request answer comes from the
+            // same call, a table is executed below.
+            match shared_pick(shared, host, ticks, &self.route, request) {
+                Ok(SharedPick::Answer(answer)) => {
+                    self.exec = Exec::PerRequest;
+                    return check_pick(answer, len);
+                }
+                Ok(SharedPick::Table(mode)) => match validate_mode(mode, self.route.len()) {
+                    Ok(exec) => self.exec = exec,
+                    Err(f) => {
+                        self.exec = Exec::Fallback;
+                        return Err(f);
+                    }
+                },
+                Err(f) => {
+                    self.exec = Exec::Fallback;
+                    return Err(f);
+                }
+            }
+        }
         match &mut self.exec {
-            Exec::Fallback => Ok(self.fallback_pick(request)),
+            Exec::Fallback | Exec::Lazy => Ok(self.fallback_pick(request)),
             Exec::Weighted(edf) => Ok(edf.pick()),
             Exec::Ring(ring) => {
                 if ring.is_empty() {
@@ -410,6 +568,15 @@ impl Worker {
                         a
                     }
                     Runner::Wasm(w) => w.pick(host, ticks, request)?,
+                    Runner::Shared(shared, _) => match shared_pick(shared, host, ticks, &self.route, request)? {
+                        SharedPick::Answer(answer) => answer,
+                        // The resource was dropped (idle, or its instance replaced) and its
+                        // new one answers with a table: executed from now on.
+                        SharedPick::Table(mode) => {
+                            self.exec = validate_mode(mode, self.route.len())?;
+                            return self.pick(host, ticks, request, len);
+                        }
+                    },
                     Runner::Gone => return Ok(self.fallback_pick(request)),
                 };
                 check_pick(answer, len)
@@ -420,6 +587,21 @@ impl Worker {
     /// After a fault the wasm instance may be poisoned (a trapped component cannot be
     /// entered again): replace it with a fresh one, initialised and given the route.
     pub(crate) fn replace_instance(&mut self, host: &PluginHost, spec: &PluginSpec, route: &Arc<Published>) {
+        if let Runner::Shared(shared, _) = &self.runner {
+            // The shared instance replaced itself if the fault poisoned it; this service's
+            // resource is dropped either way and created again by a later pick, unless it
+            // could not be created on this route (then the fallback serves until the next).
+            shared.release();
+            self.stale = None;
+            if matches!(self.exec, Exec::Fallback) {
+                self.seen = route.epoch;
+                self.route = Arc::clone(route);
+            } else {
+                self.exec = Exec::Lazy;
+                let _ = self.apply(host, spec, route);
+            }
+            return;
+        }
         let PluginSpec::Wasm { compiled, config, name } = spec else { return };
         if !matches!(self.runner, Runner::Wasm(_)) {
             return;

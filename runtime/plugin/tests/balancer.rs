@@ -95,9 +95,13 @@ fn hot_swap_under_eight_threads_drops_no_pick() {
     let host = host(4);
     let slot = BalancerSlot::new(&host, "svc", PluginSpec::builtin("round-robin")).unwrap();
     slot.set_snapshot(snapshot(16));
-    // Odd loads: ring hash (a fixed key always lands on one endpoint); even: round robin.
+    // Loads 0, 3, 6, ...: ring hash (a fixed key always lands on one endpoint); the others:
+    // round robin (0.2.0, one resource per service in shared instances) and a least-in-flight
+    // round robin built against the legacy contract 0.1.0 (an instance per worker), so the
+    // swaps go both ways between the two contract versions.
     let ring = wasm(&host, "ring-hash", r#"{"balance_factor": 0}"#).unwrap();
     let rr = wasm(&host, "round-robin", "{}").unwrap();
+    let legacy = wasm(&host, "legacy", "{}").unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let threads: Vec<_> = (0..8)
         .map(|_| {
@@ -126,10 +130,10 @@ fn hot_swap_under_eight_threads_drops_no_pick() {
         })
         .collect();
     let mut kinds = HashMap::new();
-    for i in 0..100 {
-        let spec = if i % 2 == 0 { ring.clone() } else { rr.clone() };
+    for i in 0..101 {
+        let spec = [&ring, &rr, &legacy][i % 3].clone();
         let status = slot.load(spec).expect("swap");
-        kinds.insert(status.id, i % 2 == 0);
+        kinds.insert(status.id, i % 3 == 0);
         // Let the pickers run on this version before the next swap (a synchronisation, not a
         // timing assertion).
         std::thread::sleep(Duration::from_millis(1));
@@ -142,7 +146,8 @@ fn hot_swap_under_eight_threads_drops_no_pick() {
         for (version, indices) in seen {
             versions.insert(version);
             // Each pick is consistent with the one version that answered it: a ring-hash
-            // version sends the fixed key to one endpoint; a round-robin one spreads.
+            // version sends the fixed key to one endpoint; a round-robin one spreads (the
+            // legacy one too: the first of the least loaded after its previous pick).
             match kinds.get(&version) {
                 Some(true) => {
                     assert!(
@@ -191,7 +196,18 @@ fn bad_plugins_are_refused_with_a_reason_and_change_nothing() {
         ("not wasm", host.compile(b"#!/bin/sh\necho hello\n").map(|_| unreachable!()), "not a WebAssembly file"),
         ("core module", host.compile(b"\0asm\x01\0\0\0").map(|_| unreachable!()), "core WebAssembly module"),
         ("garbage component", host.compile(b"\0asm\x0d\0\x01\0\xff\xff").map(|_| unreachable!()), "does not compile"),
-        ("other version", wasm(&host, "wrong-version", "{}"), "sextant:plugin/balancer@0.2.0"),
+        ("other version", wasm(&host, "wrong-version", "{}"), "sextant:plugin/balancer@0.3.0"),
+        (
+            "both versions",
+            wasm(&host, "both-versions", "{}"),
+            "two contract versions (sextant:plugin/balancer@0.1.0 and sextant:plugin/balancer@0.2.0)",
+        ),
+        // A resource constructor that traps (in the self-test's first service).
+        (
+            "trap in the constructor",
+            wasm(&host, "misbehave", r#"{"fault": "trap-new"}"#),
+            "self-test failed: constructor trapped",
+        ),
         ("other world", wasm(&host, "consecutive", "{}"), "a health plugin cannot go into a balancer slot"),
         ("bad config", wasm(&host, "ring-hash", r#"{"ring_size": 0}"#), "refused its configuration"),
         // A Rust panic: its message (written to stderr) is in the reason.
@@ -348,8 +364,9 @@ fn an_update_fault_while_serving_keeps_the_plugins_previous_state_counted_as_fal
         let host = host(1);
         let slot = BalancerSlot::new(&host, "svc", PluginSpec::builtin("random")).unwrap();
         slot.set_snapshot(snapshot(4));
-        // The self-test's instance makes two updates and the version's instance one at
-        // load: with "after": 2 the second live snapshot is the first to fail.
+        // The self-test runs in an instance of its own; the load creates the service's
+        // resource and gives it the current snapshot (its first update): with "after": 2 the
+        // second live snapshot is the first to fail.
         let config = format!(r#"{{"fault": "{fault}", "after": 2}}"#);
         let v = slot.load(wasm(&host, "misbehave", &config).unwrap()).unwrap();
         slot.set_snapshot(snapshot(4));

@@ -431,6 +431,56 @@ pub struct PluginFailure {
     pub at: u64,
 }
 
+/// What one plugin record's binding runs on the server that answered `plugin_list`: how many
+/// of the services it covers there run it, why the others do not (grouped by reason), and,
+/// for a 0.2.0 component, what its shared instances hold.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct BindingSummary {
+    /// The plugin record's name.
+    pub plugin: String,
+    /// `balancer`, `health` or `scheduler`.
+    pub kind: String,
+    /// The record's binding (`*`, a namespace, `NS/GROUP/NAME`).
+    pub binding: String,
+    /// sha256 of the record's current component.
+    pub sha256: String,
+    /// The slots on this server the binding covers (services it is the most specific
+    /// binding for).
+    pub services: u64,
+    /// How many of them run the record's component.
+    pub running: u64,
+    /// The others, grouped by why.
+    #[serde(default)]
+    pub failed: Vec<FailedGroup>,
+    /// The contract version of the running component (`0.1.0`, `0.2.0`), when it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract: Option<String>,
+    /// Component instances the plugin runs (0.2.0: one per worker thread however many
+    /// services; 0.1.0: per service and worker thread).
+    #[serde(default)]
+    pub instances: u64,
+    /// Per-service resources alive in those instances (0.2.0).
+    #[serde(default)]
+    pub resources: u64,
+    /// Instances replaced after a trap, a missed deadline or the memory cap (0.2.0).
+    #[serde(default)]
+    pub replaced: u64,
+    /// Resources lost with them: their services fell back on that call (0.2.0).
+    #[serde(default)]
+    pub lost: u64,
+}
+
+/// Services of a binding that do not run it, for one reason.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct FailedGroup {
+    /// Why (the load error, or the slot's last event).
+    pub reason: String,
+    /// How many services.
+    pub services: u64,
+    /// Up to three of them.
+    pub examples: Vec<String>,
+}
+
 /// What another host (a gateway) reports about a plugin: read from the
 /// `sextant.plugin.NAME` metadata of its registration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -566,6 +616,10 @@ pub enum Response {
         /// Recent plugin loads or activations that failed on this server, newest last.
         #[serde(default)]
         failures: Vec<PluginFailure>,
+        /// Per bound record: how many of the services it covers here run it, the others
+        /// grouped by reason.
+        #[serde(default)]
+        bindings: Vec<BindingSummary>,
     },
     /// Answer to `artifact_get`: at most [`ARTIFACT_CHUNK`] bytes from `offset`.
     Artifact {

@@ -358,6 +358,7 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
         s.metrics.set_slots(&plugins.status());
         s.metrics.set_totals(&plugins.totals());
         s.metrics.plugin_failures.set(gauge(plugins.failures().len()));
+        s.metrics.plugin_host.read(plugins.host());
     }
     s.metrics.set_access(&s.access);
     ([("content-type", sextant_gateway::metrics::CONTENT_TYPE)], s.metrics.encode())
@@ -579,9 +580,9 @@ async fn delete_config(
 
 async fn plugins(State(s): State<AppState>, Extension(caller): Extension<Caller>) -> ApiResult<serde_json::Value> {
     match s.execute(&caller, Request::PluginList, "plugins".into()).await? {
-        Answer::Plugins { plugins, slots, hosts, failures } => {
-            Ok(Json(json!({ "plugins": plugins, "slots": slots, "hosts": hosts, "failures": failures })))
-        }
+        Answer::Plugins { plugins, slots, hosts, failures, bindings } => Ok(Json(json!({
+            "plugins": plugins, "slots": slots, "hosts": hosts, "failures": failures, "bindings": bindings,
+        }))),
         other => Err(unexpected(&other)),
     }
 }

@@ -17,6 +17,47 @@ use sextant_proto::{Binding, ErrorCode, Request, Response, Validation};
 use sextant_quic::client::{Client, ClientError, ClientOptions};
 use sextant_server::template::{Kind, Lang};
 
+/// The plugin host's limits (`serve` and `gateway`).
+#[derive(Debug, Clone, Args)]
+pub(crate) struct PluginHostArgs {
+    /// Component instances the plugin pool holds. 0: sized from the work, 2 per worker thread
+    /// and --max-plugins (a 0.2.0 plugin runs one instance per worker thread however many
+    /// services it serves) plus 1000 for 0.1.0 components (one per service and worker).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) plugin_instances: u32,
+    /// Distinct 0.2.0 plugins (component and configuration) running at once.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) max_plugins: u32,
+    /// The newest plugin contract accepted: 0.2.0 (which also serves legacy 0.1.0
+    /// components), or 0.1.0 to refuse components built for 0.2.0.
+    #[arg(long, default_value = sextant_plugin::CONTRACT_VERSION, value_parser = sextant_plugin::Contract::parse)]
+    pub(crate) plugin_contract: sextant_plugin::Contract,
+    /// Seconds after which a service's plugin resource (0.2.0) that made no call is dropped;
+    /// it is created again, with the current snapshot, when next needed.
+    #[arg(long, default_value_t = 300)]
+    pub(crate) plugin_idle_secs: u64,
+}
+
+impl PluginHostArgs {
+    /// The plugin host's configuration.
+    pub(crate) fn config(&self) -> sextant_plugin::HostConfig {
+        let config = sextant_plugin::HostConfig {
+            max_plugins: self.max_plugins.max(1),
+            contract: self.plugin_contract,
+            idle_resource: std::time::Duration::from_secs(self.plugin_idle_secs.max(1)),
+            ..sextant_plugin::HostConfig::default()
+        };
+        if self.plugin_instances == 0 {
+            config.sized(LEGACY_INSTANCES)
+        } else {
+            sextant_plugin::HostConfig { max_instances: self.plugin_instances, ..config }
+        }
+    }
+}
+
+/// Instances the sized pool keeps for 0.1.0 components.
+const LEGACY_INSTANCES: u32 = 1000;
+
 /// How to reach the servers (every client command takes these).
 #[derive(Debug, Args)]
 pub(crate) struct ClientArgs {
@@ -446,6 +487,9 @@ fn new_project(name: &str, lang: Lang, kind: Kind, dir: Option<PathBuf>) -> Resu
     ))
 }
 
+/// Slots `plugin list` prints one by one; more are summed up per binding.
+const SLOTS_LISTED: usize = 50;
+
 pub(crate) async fn plugin(args: &ClientArgs, command: PluginCommand) -> Result {
     if let PluginCommand::New { name, lang, kind, dir } = command {
         return new_project(&name, lang, kind, dir);
@@ -454,10 +498,12 @@ pub(crate) async fn plugin(args: &ClientArgs, command: PluginCommand) -> Result 
     let unexpected = |other: Response| Err(Failure::new(1, format!("unexpected answer {other:?}")));
     match command {
         PluginCommand::List => match client.request(Request::PluginList).await? {
-            Response::Plugins { plugins, slots, hosts, failures } => {
+            Response::Plugins { plugins, slots, hosts, failures, bindings } => {
                 if args.json {
-                    return out(&json!({ "plugins": plugins, "slots": slots, "hosts": hosts, "failures": failures })
-                        .to_string());
+                    return out(&json!({
+                        "plugins": plugins, "slots": slots, "hosts": hosts, "failures": failures, "bindings": bindings,
+                    })
+                    .to_string());
                 }
                 for p in &plugins {
                     let mut line = describe(&Record::Plugin(p.clone()));
@@ -475,7 +521,37 @@ pub(crate) async fn plugin(args: &ClientArgs, command: PluginCommand) -> Result 
                         out(&format!("  bad {}: {}", &b.sha256[..12.min(b.sha256.len())], b.reason))?;
                     }
                 }
-                for s in &slots {
+                for b in &bindings {
+                    let failed: u64 = b.failed.iter().map(|f| f.services).sum();
+                    let contract = b.contract.as_deref().map_or(String::new(), |c| format!(" contract={c}"));
+                    out(&format!(
+                        "binding {} {} {}: {} services, {} running, {failed} failed{contract} instances={} resources={} replaced={} lost={}",
+                        b.plugin,
+                        b.kind,
+                        b.binding,
+                        b.services,
+                        b.running,
+                        b.instances,
+                        b.resources,
+                        b.replaced,
+                        b.lost
+                    ))?;
+                    for f in &b.failed {
+                        out(&format!(
+                            "  failed on {} services (e.g. {}): {}",
+                            f.services,
+                            f.examples.join(", "),
+                            f.reason
+                        ))?;
+                    }
+                }
+                // Every slot at a glance while there are few; beyond that the summaries above
+                // say it (`--json` lists them all).
+                let shown = if slots.len() <= SLOTS_LISTED { slots.len() } else { 0 };
+                if shown < slots.len() {
+                    out(&format!("{} slots (listed with --json)", slots.len()))?;
+                }
+                for s in &slots[..shown] {
                     let sha =
                         s.sha256.as_deref().map_or(String::new(), |h| format!(" sha256={}", &h[..12.min(h.len())]));
                     out(&format!(

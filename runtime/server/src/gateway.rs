@@ -26,7 +26,7 @@ use sextant_gateway::config::GatewayFile;
 use sextant_gateway::metrics::{CONTENT_TYPE, GatewayMetrics};
 use sextant_gateway::proxy::{Gateway, GatewayConfig, Rule, Upstream};
 use sextant_gateway::{FollowOptions, HealthCheck, PluginFollower, RemoteDiscovery, RouteConfig, Router};
-use sextant_plugin::{HostConfig, PluginHost};
+use sextant_plugin::PluginHost;
 use sextant_proto::Binding;
 use sextant_quic::client::{Client, Watch};
 
@@ -85,6 +85,8 @@ pub(crate) struct GatewayArgs {
     /// Seconds to drain requests in flight on SIGTERM.
     #[arg(long, default_value_t = 10)]
     drain_secs: u64,
+    #[command(flatten)]
+    plugin_host: crate::commands::PluginHostArgs,
 }
 
 fn parse_route(text: &str) -> Result<Rule, Failure> {
@@ -273,7 +275,8 @@ pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Ou
     };
     let discovery = RemoteDiscovery::follow(client.clone(), scope);
 
-    let host = PluginHost::new(HostConfig::default()).map_err(|e| Failure::other(format!("plugin host: {e:#}")))?;
+    let host = PluginHost::new(args.plugin_host.config()).map_err(|e| Failure::other(format!("plugin host: {e:#}")))?;
+    let _sweeper = sextant_server::serve::sweep_idle_plugins(&host);
     let router = Router::new(host, Arc::new(discovery), first.route.clone());
     let follower = Arc::new(PluginFollower::start(
         router.clone(),

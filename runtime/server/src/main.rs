@@ -130,6 +130,8 @@ enum Command {
         /// the one every host (server and gateway) starts on.
         #[arg(long, default_value = sextant_plugin::DEFAULT_BALANCER)]
         balancer: String,
+        #[command(flatten)]
+        plugin_host: commands::PluginHostArgs,
     },
     /// Register an instance. Ephemeral (the default) runs until SIGTERM/SIGINT, then
     /// deregisters; --persistent registers and exits.
@@ -562,6 +564,7 @@ async fn main() -> ExitCode {
             plugins,
             plugins_poll_ms,
             balancer,
+            plugin_host,
         } => {
             let store = match store {
                 StoreKind::Embedded => StoreConfig::Embedded,
@@ -595,6 +598,7 @@ async fn main() -> ExitCode {
                 plugins_dir: plugins,
                 plugins_poll: Duration::from_millis(plugins_poll_ms.max(10)),
                 default_balancer: balancer,
+                plugin_host: plugin_host.config(),
             };
             run(config, shutdown_signal()).await.map_err(commands::Failure::from)
         }

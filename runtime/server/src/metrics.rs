@@ -109,6 +109,8 @@ pub struct Metrics {
     pub audit_events: Family<AuditLabels, Counter>,
     /// Reloads of the access file by outcome.
     pub acl_reloads: Family<OutcomeLabel, Counter>,
+    /// The plugin host's limits and its shared (0.2.0) plugins.
+    pub plugin_host: sextant_gateway::metrics::PluginHostMetrics,
 }
 
 impl Default for Metrics {
@@ -146,6 +148,7 @@ impl Metrics {
             store_invalid_values: Counter::default(),
             audit_events: Family::default(),
             acl_reloads: Family::default(),
+            plugin_host: sextant_gateway::metrics::PluginHostMetrics::default(),
             registry: Registry::default(),
         };
         registry.register("services", "Services with at least one instance", m.services.clone());
@@ -215,6 +218,7 @@ impl Metrics {
             m.audit_events.clone(),
         );
         registry.register("acl_reloads", "Reloads of the access file, by outcome", m.acl_reloads.clone());
+        m.plugin_host.register(&mut registry);
         Self { registry, ..m }
     }
 

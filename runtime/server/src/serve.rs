@@ -78,6 +78,9 @@ pub struct ServeConfig {
     /// The built-in balancer of services without a bound plugin (default
     /// [`sextant_plugin::DEFAULT_BALANCER`], as on every gateway).
     pub default_balancer: String,
+    /// The plugin host's limits and contract (`--plugin-instances`, `--max-plugins`,
+    /// `--plugin-contract`, `--plugin-idle-secs`).
+    pub plugin_host: HostConfig,
 }
 
 impl ServeConfig {
@@ -102,6 +105,7 @@ impl ServeConfig {
             plugins_dir: None,
             plugins_poll: Duration::from_secs(1),
             default_balancer: sextant_plugin::DEFAULT_BALANCER.into(),
+            plugin_host: HostConfig::default(),
         }
     }
 }
@@ -252,7 +256,8 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()> + Send 
         server_id: format!("sextant@{}", config.listen),
         ..ServerOptions::default()
     };
-    let host = PluginHost::new(HostConfig::default())?;
+    let host = PluginHost::new(config.plugin_host.clone())?;
+    let _sweeper = sweep_idle_plugins(&host);
     let defaults = Defaults { balancer: PluginSpec::builtin(&config.default_balancer), ..Defaults::default() };
     let plugins = PluginManager::start(host, registry.clone(), defaults)?;
     let metrics = Arc::new(Metrics::new());
@@ -307,4 +312,22 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()> + Send 
     http.map_err(ServeError::Http)?;
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// Drops idle plugin resources every quarter of the idle time, until the host goes.
+pub fn sweep_idle_plugins(host: &sextant_plugin::PluginHost) -> tokio::task::JoinHandle<()> {
+    let period = (host.config().idle_resource / 4).max(std::time::Duration::from_millis(250));
+    let host = host.downgrade();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(host) = sextant_plugin::PluginHost::upgrade(&host) else { return };
+            if tokio::task::spawn_blocking(move || host.sweep_idle()).await.is_err() {
+                return;
+            }
+        }
+    })
 }

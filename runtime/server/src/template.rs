@@ -79,9 +79,9 @@ fn files(lang: Lang, kind: Kind) -> Vec<(&'static str, &'static str)> {
         (Lang::Rust, Kind::Balancer) => template!("rust/balancer.rs"),
         (Lang::Rust, Kind::Health) => template!("rust/health.rs"),
         (Lang::Rust, Kind::Scheduler) => template!("rust/scheduler.rs"),
-        (Lang::Python, Kind::Balancer) => template!("python/balancer.py"),
-        (Lang::Python, Kind::Health) => template!("python/health.py"),
-        (Lang::Python, Kind::Scheduler) => template!("python/scheduler.py"),
+        (Lang::Python, Kind::Balancer) => template!("python/balancer_app.py"),
+        (Lang::Python, Kind::Health) => template!("python/health_app.py"),
+        (Lang::Python, Kind::Scheduler) => template!("python/scheduler_app.py"),
         (Lang::Js, Kind::Balancer) => template!("js/balancer.js"),
         (Lang::Js, Kind::Health) => template!("js/health.js"),
         (Lang::Js, Kind::Scheduler) => template!("js/scheduler.js"),
@@ -92,7 +92,16 @@ fn files(lang: Lang, kind: Kind) -> Vec<(&'static str, &'static str)> {
             ("src/lib.rs", source),
             ("README.md", template!("rust/README.md")),
         ],
-        Lang::Python => vec![("app.py", source), ("README.md", template!("python/README.md"))],
+        // componentize-py takes a resource's class from the module named after its interface.
+        Lang::Python => vec![
+            ("app.py", source),
+            match kind {
+                Kind::Balancer => ("balancer.py", template!("python/balancer.py")),
+                Kind::Health => ("health.py", template!("python/health.py")),
+                Kind::Scheduler => ("scheduler.py", template!("python/scheduler.py")),
+            },
+            ("README.md", template!("python/README.md")),
+        ],
         Lang::Js => vec![
             ("plugin.js", source),
             ("package.json", template!("js/package.json")),
@@ -156,6 +165,11 @@ mod tests {
                 for f in &files {
                     let text = std::fs::read_to_string(f).unwrap();
                     assert!(!text.contains("{{"), "{} keeps a placeholder", f.display());
+                }
+                if lang == Lang::Python {
+                    // The resource's class, in the module named after its interface.
+                    let resource = std::fs::read_to_string(root.join(format!("{}.py", kind.as_str()))).unwrap();
+                    assert!(resource.contains("def __init__(self, service: str)"), "{resource}");
                 }
                 let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
                 assert!(readme.contains(&format!("--kind {}", kind.as_str())), "{readme}");

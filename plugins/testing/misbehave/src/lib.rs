@@ -1,7 +1,9 @@
 //! A balancer that misbehaves as its configuration says, for the plugin host's bad-input
 //! tests: `{"fault": F, "after": N}` where F is one of `trap-init`, `trap-update`,
 //! `trap-pick`, `loop-pick`, `loop-update`, `grow-update`, `grow-pick`, `out-of-range`,
-//! `none`, `refuse-update`, `use-wasi` (not a fault: at `init` it uses the WASI the host
+//! `none`, `refuse-update`, `trap-new` (the resource constructor panics), `leak-new` (every
+//! resource created keeps `leak_kib` KiB, default 1024, for the life of the instance: a
+//! plugin that leaks per service), `use-wasi` (not a fault: at `init` it uses the WASI the host
 //! provides, see `use_wasi`), `flood-init` (2 MiB to stdout at `init`), and the fault starts with the N-th call of that function
 //! (default 0: the first). Before that it balances round robin. `refuse-below` with
 //! `"endpoints": N` refuses every snapshot with 1 to N-1 endpoints (it passes the host's
@@ -117,7 +119,17 @@ fn flood() {
     }
 }
 
+thread_local! {
+    /// How many times the factory ran in this instance: `init` once, then once per service's
+    /// resource.
+    static MADE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// What `leak-new` keeps.
+    static LEAKED: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 fn make(config: &str) -> Result<Misbehave, String> {
+    let made = MADE.get();
+    MADE.set(made + 1);
     let text = config.to_owned();
     let field = |name: &str| -> Option<String> {
         // A tiny reader for {"fault": "x", "after": 3}; the SDK user would use serde.
@@ -137,6 +149,14 @@ fn make(config: &str) -> Result<Misbehave, String> {
         flood();
     }
     let after = field("after").map_or(Ok(0), |a| a.parse::<u64>().map_err(|e| e.to_string()))?;
+    // `init` made the first (made == 0): constructors are the later ones.
+    if fault == "trap-new" && made > after {
+        panic!("trap-new: as configured (resource {made})");
+    }
+    if fault == "leak-new" && made > 0 {
+        let kib = field("leak_kib").map_or(Ok(1024), |a| a.parse::<usize>().map_err(|e| e.to_string()))?;
+        LEAKED.with(|l| l.borrow_mut().push(vec![1u8; kib << 10]));
+    }
     let min_endpoints = field("endpoints").map_or(Ok(0), |a| a.parse::<usize>().map_err(|e| e.to_string()))?;
     Ok(Misbehave { fault, after, updates: 0, picks: 0, len: 0, next: 0, min_endpoints, hoard: Vec::new() })
 }

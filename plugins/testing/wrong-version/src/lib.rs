@@ -1,4 +1,4 @@
-//! Exports `sextant:plugin/balancer@0.2.0`: the host must refuse it, naming the version.
+//! Exports `sextant:plugin/balancer@0.3.0`: the host must refuse it, naming the version.
 #![allow(missing_docs, missing_debug_implementations, unsafe_code)]
 
 wit_bindgen::generate!({ world: "balancer-plugin", path: "wit" });

@@ -1,0 +1,414 @@
+//! Shared instances of 0.2.0 plugins: one component instance per worker thread serves every
+//! service a plugin is bound to, each service as a resource inside it (`wit/`: `resource
+//! balancer`, `resource health`, `resource scheduler`).
+//!
+//! A [`SharedPlugin`] is one component with one configuration, started once however many
+//! slots run it (the host keeps them by sha256 and configuration, [`PluginHost::shared`]);
+//! its instances are created and given `init(config)` when it starts. A slot reaches its
+//! service's resource through a [`SharedRunner`] (plugin, resource key, instance index). A
+//! resource is created on the first call that needs one (a pick, or a snapshot update of a
+//! service that had one), dropped when its runner goes (the slot swapped versions or went
+//! away), and dropped after `HostConfig::idle_resource` without a call; the next call
+//! creates it again and the caller gives it the current snapshot.
+//!
+//! A trap, a missed deadline or the memory cap poisons an instance: it is dropped with every
+//! resource in it (counted in `lost`) and started again on its next call, so a plugin that
+//! leaks per service is bounded by the memory cap of one instance, and its services fall
+//! back to the native default on the call that hit the cap, then get fresh resources.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use wasmtime::Store;
+use wasmtime::component::ResourceAny;
+
+use crate::bindings::v2;
+use crate::load::Published;
+use crate::state::{HostState, KindPre, SharedPre, arm, fault_in};
+use crate::{CallFault, Compiled, LoadError, PluginHost, PluginKind};
+
+/// The guest side of one shared instance.
+pub(crate) enum Guest {
+    Balancer(v2::balancer::BalancerPlugin),
+    Health(v2::health::HealthPlugin),
+    Scheduler(v2::scheduler::SchedulerPlugin),
+}
+
+/// A running instance: its store and its exports.
+pub(crate) struct Live {
+    pub(crate) store: Store<HostState>,
+    pub(crate) guest: Guest,
+}
+
+struct Held {
+    handle: ResourceAny,
+    used: Instant,
+}
+
+struct Instance {
+    /// None after a poisoning fault, until the next call starts it again.
+    live: Option<Live>,
+    /// The seed its store's generator started from.
+    seed: u64,
+    /// The services' resources in `live`, by runner key.
+    resources: HashMap<u64, Held>,
+    last_sweep: Instant,
+}
+
+/// What a shared plugin counted since it started.
+#[derive(Debug, Default)]
+pub(crate) struct SharedCounters {
+    created: AtomicU64,
+    dropped_idle: AtomicU64,
+    released: AtomicU64,
+    replaced: AtomicU64,
+    lost: AtomicU64,
+    constructor_faults: AtomicU64,
+    live: AtomicU64,
+}
+
+/// One 0.2.0 plugin (component and configuration) and its instances.
+pub(crate) struct SharedPlugin {
+    host: PluginHost,
+    pub(crate) name: Arc<str>,
+    pub(crate) compiled: Arc<Compiled>,
+    pub(crate) config: String,
+    instances: Box<[Mutex<Instance>]>,
+    counters: SharedCounters,
+}
+
+impl std::fmt::Debug for SharedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedPlugin").field("name", &self.name).field("sha256", &self.compiled.sha256).finish()
+    }
+}
+
+/// What a shared plugin is doing, for `/metrics` and `plugin list`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SharedStatus {
+    /// The plugin's name (the first binding that started it).
+    pub name: String,
+    /// Its kind.
+    pub kind: PluginKind,
+    /// sha256 of the component.
+    pub sha256: String,
+    /// Component instances it runs (one per worker thread), running now.
+    pub instances: u64,
+    /// Per-service resources alive now.
+    pub resources: u64,
+    /// Resources created since it started.
+    pub created: u64,
+    /// Resources dropped after idling.
+    pub dropped_idle: u64,
+    /// Resources dropped because their slot moved on (another version, the service gone).
+    pub released: u64,
+    /// Instances replaced after a trap, a missed deadline or the memory cap.
+    pub replaced: u64,
+    /// Resources lost with a replaced instance (their services fell back on that call and
+    /// got new resources on their next).
+    pub lost: u64,
+    /// Constructors that trapped.
+    pub constructor_faults: u64,
+}
+
+/// Whether a call may create the service's resource when it has none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Missing {
+    Create,
+    Skip,
+}
+
+/// A fault that leaves the instance unusable (wasmtime does not enter a component instance
+/// again after a trap).
+fn poisons(f: &CallFault) -> bool {
+    matches!(f, CallFault::Trap(_) | CallFault::Deadline | CallFault::Memory)
+}
+
+impl SharedPlugin {
+    /// Starts `instances` instances of a 0.2.0 component, each given `init(config)`.
+    pub(crate) fn start(
+        host: &PluginHost,
+        name: &str,
+        compiled: &Arc<Compiled>,
+        config: &str,
+        instances: usize,
+    ) -> Result<Self, LoadError> {
+        let plugin = Self {
+            host: host.clone(),
+            name: Arc::from(name),
+            compiled: Arc::clone(compiled),
+            config: config.to_owned(),
+            instances: (0..instances.max(1))
+                .map(|_| {
+                    Mutex::new(Instance { live: None, seed: 0, resources: HashMap::new(), last_sweep: Instant::now() })
+                })
+                .collect(),
+            counters: SharedCounters::default(),
+        };
+        for i in plugin.instances.iter() {
+            let mut i = i.lock();
+            i.seed = host.take_seed();
+            i.live = Some(plugin.instantiate(host.empty_route(), i.seed)?);
+        }
+        Ok(plugin)
+    }
+
+    /// A fresh instance, given `init(config)`.
+    fn instantiate(&self, route: Arc<Published>, seed: u64) -> Result<Live, LoadError> {
+        let store = self.host.store_seeded(Arc::clone(&self.name), route, seed);
+        instantiate(&self.host, &self.compiled, &self.config, store)
+    }
+
+    /// The seed instance `index` started from: a slot's worker on that instance draws the
+    /// keys of its tables from a generator with the same seed (as a native policy and a
+    /// 0.1.0 instance draw both from one), so a seeded run repeats.
+    pub(crate) fn seed(&self, index: usize) -> u64 {
+        self.instances[index % self.instances.len()].lock().seed
+    }
+
+    /// How many instances it runs.
+    pub(crate) fn len(&self) -> usize {
+        self.instances.len()
+    }
+
+    /// Runs `f` on the resource `key` of instance `index` (creating the resource for `service`
+    /// with `Missing::Create` when there is none; `f` learns it is fresh and must give it a
+    /// snapshot first), with `route` as what the `load` interface reads. None when there is
+    /// no resource and `missing` is `Skip`. A fault that poisons the instance drops it and
+    /// every resource in it.
+    pub(crate) fn call<R>(
+        &self,
+        index: usize,
+        key: u64,
+        service: &str,
+        route: &Arc<Published>,
+        missing: Missing,
+        f: impl FnOnce(&mut Live, ResourceAny, bool) -> Result<R, CallFault>,
+    ) -> Result<Option<R>, CallFault> {
+        let mut guard = self.instances[index % self.instances.len()].lock();
+        let inst = &mut *guard;
+        let now = Instant::now();
+        if inst.live.is_none() {
+            if missing == Missing::Skip {
+                return Ok(None);
+            }
+            inst.seed = self.host.take_seed();
+            match self.instantiate(Arc::clone(route), inst.seed) {
+                Ok(live) => inst.live = Some(live),
+                Err(e) => return Err(CallFault::Trap(format!("the instance could not be started again: {e}"))),
+            }
+        }
+        self.sweep(inst, now);
+        let Some(live) = inst.live.as_mut() else { return Ok(None) };
+        live.store.data_mut().route = Arc::clone(route);
+        let (handle, fresh) = match inst.resources.get_mut(&key) {
+            Some(held) => {
+                held.used = now;
+                (held.handle, false)
+            }
+            None if missing == Missing::Skip => return Ok(None),
+            None => {
+                let deadline = self.host.config().update_deadline;
+                arm(&mut live.store, self.host.ticks(deadline), deadline);
+                match construct(live, service) {
+                    Ok(handle) => {
+                        inst.resources.insert(key, Held { handle, used: now });
+                        self.counters.created.fetch_add(1, Relaxed);
+                        self.counters.live.fetch_add(1, Relaxed);
+                        (handle, true)
+                    }
+                    Err(fault) => {
+                        self.counters.constructor_faults.fetch_add(1, Relaxed);
+                        if poisons(&fault) {
+                            self.poison(inst);
+                        }
+                        return Err(fault);
+                    }
+                }
+            }
+        };
+        match f(live, handle, fresh) {
+            Ok(r) => Ok(Some(r)),
+            Err(fault) => {
+                if poisons(&fault) {
+                    self.poison(inst);
+                }
+                Err(fault)
+            }
+        }
+    }
+
+    /// Drops the resource `key` of instance `index`, if it has one (its guest destructor runs).
+    pub(crate) fn release(&self, index: usize, key: u64) {
+        let mut guard = self.instances[index % self.instances.len()].lock();
+        let inst = &mut *guard;
+        if let Some(held) = inst.resources.remove(&key) {
+            self.counters.live.fetch_sub(1, Relaxed);
+            self.counters.released.fetch_add(1, Relaxed);
+            self.drop_resource(inst, held.handle);
+        }
+    }
+
+    fn drop_resource(&self, inst: &mut Instance, handle: ResourceAny) {
+        let Some(live) = inst.live.as_mut() else { return };
+        let deadline = self.host.config().update_deadline;
+        arm(&mut live.store, self.host.ticks(deadline), deadline);
+        if let Err(e) = handle.resource_drop(&mut live.store) {
+            let fault = fault_in(&mut live.store, &e);
+            tracing::warn!(plugin = %self.name, %fault, "a resource's destructor failed; the instance is replaced");
+            self.poison(inst);
+        }
+    }
+
+    /// Drops the resources of `inst` idle for longer than the host's `idle_resource`
+    /// (checked at most every quarter of it).
+    fn sweep(&self, inst: &mut Instance, now: Instant) {
+        let idle = self.host.config().idle_resource;
+        if now.saturating_duration_since(inst.last_sweep) < idle / 4 {
+            return;
+        }
+        inst.last_sweep = now;
+        let stale: Vec<u64> = inst
+            .resources
+            .iter()
+            .filter(|(_, h)| now.saturating_duration_since(h.used) >= idle)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in stale {
+            if let Some(held) = inst.resources.remove(&key) {
+                self.counters.live.fetch_sub(1, Relaxed);
+                self.counters.dropped_idle.fetch_add(1, Relaxed);
+                self.drop_resource(inst, held.handle);
+            }
+        }
+    }
+
+    /// Drops every resource of idle services now, in every instance not busy (the host's
+    /// housekeeping; calls also sweep as they pass).
+    pub(crate) fn sweep_all(&self) {
+        let now = Instant::now();
+        for i in self.instances.iter() {
+            if let Some(mut inst) = i.try_lock() {
+                self.sweep(&mut inst, now);
+            }
+        }
+    }
+
+    fn poison(&self, inst: &mut Instance) {
+        let lost = inst.resources.len() as u64;
+        inst.live = None;
+        inst.resources.clear();
+        self.counters.live.fetch_sub(lost, Relaxed);
+        self.counters.lost.fetch_add(lost, Relaxed);
+        self.counters.replaced.fetch_add(1, Relaxed);
+        tracing::warn!(plugin = %self.name, lost, "a plugin instance faulted: replaced, with its services' resources");
+    }
+
+    /// What it is doing.
+    pub(crate) fn status(&self) -> SharedStatus {
+        let c = &self.counters;
+        SharedStatus {
+            name: self.name.to_string(),
+            kind: self.compiled.kind,
+            sha256: self.compiled.sha256.clone(),
+            instances: self.instances.iter().filter(|i| i.lock().live.is_some()).count() as u64,
+            resources: c.live.load(Relaxed),
+            created: c.created.load(Relaxed),
+            dropped_idle: c.dropped_idle.load(Relaxed),
+            released: c.released.load(Relaxed),
+            replaced: c.replaced.load(Relaxed),
+            lost: c.lost.load(Relaxed),
+            constructor_faults: c.constructor_faults.load(Relaxed),
+        }
+    }
+}
+
+/// Instantiates a 0.2.0 component in `store` and gives it `init(config)`.
+pub(crate) fn instantiate(
+    host: &PluginHost,
+    compiled: &Compiled,
+    config: &str,
+    mut store: Store<HostState>,
+) -> Result<Live, LoadError> {
+    let KindPre::Shared(pre) = &compiled.pre else {
+        return Err(LoadError::Instantiate("not a 0.2.0 component".into()));
+    };
+    let deadline = host.config().update_deadline;
+    arm(&mut store, host.ticks(deadline), deadline);
+    let inst = |e: wasmtime::Error| host.instantiate_error(&e);
+    let (guest, init) = match pre {
+        SharedPre::Balancer(pre) => {
+            let g = pre.instantiate(&mut store).map_err(inst)?;
+            let r = g.sextant_plugin_balancer().call_init(&mut store, config);
+            (Guest::Balancer(g), r)
+        }
+        SharedPre::Health(pre) => {
+            let g = pre.instantiate(&mut store).map_err(inst)?;
+            let r = g.sextant_plugin_health().call_init(&mut store, config);
+            (Guest::Health(g), r)
+        }
+        SharedPre::Scheduler(pre) => {
+            let g = pre.instantiate(&mut store).map_err(inst)?;
+            let r = g.sextant_plugin_scheduler().call_init(&mut store, config);
+            (Guest::Scheduler(g), r)
+        }
+    };
+    match init {
+        Ok(Ok(())) => Ok(Live { store, guest }),
+        Ok(Err(reason)) => Err(LoadError::Config(reason)),
+        Err(e) => Err(LoadError::SelfTest(format!("init {}", fault_in(&mut store, &e)))),
+    }
+}
+
+/// Calls the resource constructor of `live`'s kind for `service`.
+pub(crate) fn construct(live: &mut Live, service: &str) -> Result<ResourceAny, CallFault> {
+    let store = &mut live.store;
+    let r = match &live.guest {
+        Guest::Balancer(g) => g.sextant_plugin_balancer().balancer().call_constructor(&mut *store, service),
+        Guest::Health(g) => g.sextant_plugin_health().health().call_constructor(&mut *store, service),
+        Guest::Scheduler(g) => g.sextant_plugin_scheduler().scheduler().call_constructor(&mut *store, service),
+    };
+    r.map_err(|e| match fault_in(store, &e) {
+        CallFault::Trap(t) => CallFault::Trap(format!("in the constructor: {t}")),
+        other => other,
+    })
+}
+
+/// How a slot reaches its service's resource in a shared plugin. Dropping it releases the
+/// resource.
+pub(crate) struct SharedRunner {
+    pub(crate) plugin: Arc<SharedPlugin>,
+    pub(crate) key: u64,
+    pub(crate) index: usize,
+    pub(crate) service: Arc<str>,
+}
+
+impl SharedRunner {
+    pub(crate) fn new(plugin: &Arc<SharedPlugin>, key: u64, index: usize, service: &Arc<str>) -> Self {
+        Self { plugin: Arc::clone(plugin), key, index: index % plugin.len(), service: Arc::clone(service) }
+    }
+
+    /// See [`SharedPlugin::call`].
+    pub(crate) fn call<R>(
+        &self,
+        route: &Arc<Published>,
+        missing: Missing,
+        f: impl FnOnce(&mut Live, ResourceAny, bool) -> Result<R, CallFault>,
+    ) -> Result<Option<R>, CallFault> {
+        self.plugin.call(self.index, self.key, &self.service, route, missing, f)
+    }
+
+    /// Drops the resource (the next call creates another).
+    pub(crate) fn release(&self) {
+        self.plugin.release(self.index, self.key);
+    }
+}
+
+impl Drop for SharedRunner {
+    fn drop(&mut self) {
+        self.plugin.release(self.index, self.key);
+    }
+}

@@ -1,0 +1,260 @@
+//! What a plugin instance's store holds ([`HostState`]: its generator, clock, route, the
+//! request's headers, its output and limits) and what the host implements on it (the
+//! contract's `host` and `load` imports in both versions, the WASI subset's state, the native
+//! [`Env`]); arming a store for one call and classifying what a call's error was; the
+//! pre-instantiated exports of a compiled component ([`KindPre`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sextant_builtins::{EndpointState, Env, Level, LocalRandom, SplitMix64};
+use wasmtime::{Store, StoreLimits};
+
+use crate::CallFault;
+use crate::bindings::v1::balancer::sextant::plugin::{host as wit_host, load as wit_load, types as wit_types};
+use crate::bindings::v2::balancer::sextant::plugin::{host as wit_host2, load as wit_load2};
+use crate::bindings::{v1, v2};
+use crate::load::Published;
+
+pub(crate) enum KindPre {
+    Balancer(v1::balancer::BalancerPluginPre<HostState>),
+    Health(v1::health::HealthPluginPre<HostState>),
+    Scheduler(v1::scheduler::SchedulerPluginPre<HostState>),
+    /// A 0.2.0 component of any kind (its instances are shared: `crate::shared`).
+    Shared(SharedPre),
+}
+
+pub(crate) enum SharedPre {
+    Balancer(v2::balancer::BalancerPluginPre<HostState>),
+    Health(v2::health::HealthPluginPre<HostState>),
+    Scheduler(v2::scheduler::SchedulerPluginPre<HostState>),
+}
+
+/// Classifies an error out of a guest call on `store`; a trap's reason carries what the
+/// plugin wrote just before (a Rust panic's message, an exception's traceback).
+pub(crate) fn fault_in(store: &mut Store<HostState>, e: &wasmtime::Error) -> CallFault {
+    match fault(e) {
+        CallFault::Trap(text) => {
+            let wrote = store.data_mut().output.as_mut().map(|o| o.take_tail()).unwrap_or_default();
+            if wrote.is_empty() {
+                CallFault::Trap(text)
+            } else {
+                CallFault::Trap(format!("{text}; the plugin wrote: {wrote}"))
+            }
+        }
+        other => {
+            if let Some(o) = store.data_mut().output.as_mut() {
+                o.take_tail();
+            }
+            other
+        }
+    }
+}
+
+/// Classifies an error out of a guest call.
+pub(crate) fn fault(e: &wasmtime::Error) -> CallFault {
+    if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
+        return CallFault::Deadline;
+    }
+    let text = format!("{e:#}");
+    if text.contains("forcing trap when growing memory") || text.contains("memory minimum size") {
+        return CallFault::Memory;
+    }
+    // The cause, without the wasm backtrace wasmtime adds as context (dozens of frames for
+    // an interpreter such as CPython: noise in a reason).
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => CallFault::Trap(trap.to_string()),
+        None => CallFault::Trap(e.root_cause().to_string()),
+    }
+}
+
+/// What each plugin instance can reach: its generator, its clock, the route it serves (for
+/// the `load` interface) and the current request's headers. Native policies get the same
+/// state through [`Env`].
+#[derive(Debug)]
+pub struct HostState {
+    pub(crate) rng: SplitMix64,
+    /// The instance's numbers (native policies); wasm guests keep theirs in the SDK.
+    pub(crate) local: LocalRandom,
+    pub(crate) label: Arc<str>,
+    pub(crate) route: Arc<Published>,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) clock: Instant,
+    /// What the instance wrote to stdout and stderr (`wasi.rs`), once it writes.
+    pub(crate) output: Option<Box<crate::wasi::Output>>,
+    pub(crate) limits: StoreLimits,
+    pub(crate) budget: Duration,
+    /// The thread's CPU time when the wall-clock deadline passed.
+    pub(crate) probe: Option<Duration>,
+}
+
+/// Arms a store for one call: the wall-clock deadline in ticks, then `budget` of CPU time.
+pub(crate) fn arm(store: &mut Store<HostState>, ticks: u64, budget: Duration) {
+    let state = store.data_mut();
+    state.budget = budget;
+    state.probe = None;
+    store.set_epoch_deadline(ticks);
+}
+
+fn log_line(label: &str, level: Level, message: &str) {
+    let mut end = message.len().min(1024);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    let message = &message[..end];
+    match level {
+        Level::Trace => tracing::trace!(plugin = label, "{message}"),
+        Level::Debug => tracing::debug!(plugin = label, "{message}"),
+        Level::Info => tracing::info!(plugin = label, "{message}"),
+        Level::Warn => tracing::warn!(plugin = label, "{message}"),
+        Level::Error => tracing::error!(plugin = label, "{message}"),
+    }
+}
+
+impl crate::wasi::WasiState for HostState {
+    fn next_random(&mut self) -> u64 {
+        self.rng.next_u64()
+    }
+    fn started(&self) -> Instant {
+        self.clock
+    }
+    fn write_output(&mut self, stream: u32, bytes: &[u8]) {
+        let label = Arc::clone(&self.label);
+        self.output.get_or_insert_with(Box::default).write(&label, stream, bytes);
+    }
+}
+
+impl Env for HostState {
+    fn random(&mut self) -> u64 {
+        let rng = &mut self.rng;
+        self.local.next(|| rng.next_u64())
+    }
+    fn now(&self) -> u64 {
+        u64::try_from(self.clock.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+    fn log(&self, level: Level, message: &str) {
+        log_line(&self.label, level, message);
+    }
+    fn in_flight(&self, endpoint: u32) -> u32 {
+        self.route.in_flight(endpoint)
+    }
+    fn latency_ewma(&self, endpoint: u32) -> u64 {
+        self.route.latency_ewma(endpoint)
+    }
+    fn recent_errors(&self, endpoint: u32) -> u32 {
+        self.route.recent_errors(endpoint)
+    }
+    fn total_in_flight(&self) -> u64 {
+        self.route.tracker.total_in_flight()
+    }
+    fn request_header(&self, name: &str) -> Option<String> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())
+    }
+    fn state(&self, endpoint: u32) -> EndpointState {
+        self.route.state(endpoint)
+    }
+}
+
+impl wit_host::Host for HostState {
+    fn log(&mut self, level: wit_host::Level, message: String) {
+        let level = match level {
+            wit_host::Level::Trace => Level::Trace,
+            wit_host::Level::Debug => Level::Debug,
+            wit_host::Level::Info => Level::Info,
+            wit_host::Level::Warn => Level::Warn,
+            wit_host::Level::Error => Level::Error,
+        };
+        log_line(&self.label, level, &message);
+        // Warnings and errors are what a plugin says before it fails (the Python template
+        // logs an exception's traceback and re-raises): a trap's reason carries them.
+        if matches!(level, Level::Warn | Level::Error) {
+            self.output.get_or_insert_with(Box::default).remember(&message);
+        }
+    }
+    fn monotonic_now(&mut self) -> u64 {
+        Env::now(self)
+    }
+    fn random(&mut self) -> u64 {
+        self.rng.next_u64()
+    }
+}
+
+impl wit_load::Host for HostState {
+    fn in_flight(&mut self, endpoint: u32) -> u32 {
+        self.route.in_flight(endpoint)
+    }
+    fn latency_ewma(&mut self, endpoint: u32) -> u64 {
+        self.route.latency_ewma(endpoint)
+    }
+    fn recent_errors(&mut self, endpoint: u32) -> u32 {
+        self.route.recent_errors(endpoint)
+    }
+    fn total_in_flight(&mut self) -> u64 {
+        self.route.tracker.total_in_flight()
+    }
+    fn state(&mut self, endpoint: u32) -> wit_load::EndpointState {
+        wit_state(self.route.state(endpoint))
+    }
+    fn pair(&mut self, a: u32, b: u32) -> (wit_load::EndpointState, wit_load::EndpointState) {
+        (wit_state(self.route.state(a)), wit_state(self.route.state(b)))
+    }
+    fn request_header(&mut self, name: String) -> Option<String> {
+        Env::request_header(self, &name)
+    }
+}
+
+impl wit_types::Host for HostState {}
+
+fn wit_state(s: EndpointState) -> wit_load::EndpointState {
+    wit_load::EndpointState { in_flight: s.in_flight, latency_ewma: s.latency_ewma, recent_errors: s.recent_errors }
+}
+
+// Version 0.2.0 of `host` and `load`: the same functions as 0.1.0.
+
+impl wit_host2::Host for HostState {
+    fn log(&mut self, level: wit_host2::Level, message: String) {
+        let level = match level {
+            wit_host2::Level::Trace => wit_host::Level::Trace,
+            wit_host2::Level::Debug => wit_host::Level::Debug,
+            wit_host2::Level::Info => wit_host::Level::Info,
+            wit_host2::Level::Warn => wit_host::Level::Warn,
+            wit_host2::Level::Error => wit_host::Level::Error,
+        };
+        wit_host::Host::log(self, level, message);
+    }
+    fn monotonic_now(&mut self) -> u64 {
+        Env::now(self)
+    }
+    fn random(&mut self) -> u64 {
+        self.rng.next_u64()
+    }
+}
+
+impl wit_load2::Host for HostState {
+    fn in_flight(&mut self, endpoint: u32) -> u32 {
+        self.route.in_flight(endpoint)
+    }
+    fn latency_ewma(&mut self, endpoint: u32) -> u64 {
+        self.route.latency_ewma(endpoint)
+    }
+    fn recent_errors(&mut self, endpoint: u32) -> u32 {
+        self.route.recent_errors(endpoint)
+    }
+    fn total_in_flight(&mut self) -> u64 {
+        self.route.tracker.total_in_flight()
+    }
+    fn state(&mut self, endpoint: u32) -> wit_load2::EndpointState {
+        let s = self.route.state(endpoint);
+        wit_load2::EndpointState {
+            in_flight: s.in_flight,
+            latency_ewma: s.latency_ewma,
+            recent_errors: s.recent_errors,
+        }
+    }
+    fn pair(&mut self, a: u32, b: u32) -> (wit_load2::EndpointState, wit_load2::EndpointState) {
+        (wit_load2::Host::state(self, a), wit_load2::Host::state(self, b))
+    }
+    fn request_header(&mut self, name: String) -> Option<String> {
+        Env::request_header(self, &name)
+    }
+}
