@@ -23,14 +23,19 @@ const WORKERS: usize = 2;
 const ROUNDS: usize = 5;
 
 /// One pick on every service from each of `WORKERS` threads, `ROUNDS` times; the median
-/// round's time per pick, and the fallbacks seen.
+/// round's time per pick (per thread), and the fallbacks seen.
 fn pick_all(slots: &[BalancerSlot]) -> (f64, u64) {
+    pick_all_on(slots, WORKERS)
+}
+
+/// [`pick_all`] on `threads` threads.
+fn pick_all_on(slots: &[BalancerSlot], threads: usize) -> (f64, u64) {
     let mut per_pick = Vec::new();
     let mut fallbacks = 0;
     for _ in 0..ROUNDS {
         let started = Instant::now();
         let fell_back: u64 = std::thread::scope(|scope| {
-            let threads: Vec<_> = (0..WORKERS)
+            let threads: Vec<_> = (0..threads)
                 .map(|t| {
                     scope.spawn(move || {
                         let mut fell_back = 0u64;
@@ -38,7 +43,7 @@ fn pick_all(slots: &[BalancerSlot]) -> (f64, u64) {
                         // Each thread walks the services from another start.
                         let n = slots.len();
                         for k in 0..n {
-                            let slot = &slots[(k + t * n / WORKERS) % n];
+                            let slot = &slots[(k + t * n / threads) % n];
                             match slot.pick(&mut req) {
                                 Some(p) if !p.fallback => {}
                                 _ => fell_back += 1,
@@ -51,10 +56,10 @@ fn pick_all(slots: &[BalancerSlot]) -> (f64, u64) {
             threads.into_iter().map(|t| t.join().expect("picker")).sum()
         });
         fallbacks += fell_back;
-        per_pick.push(started.elapsed().as_nanos() as f64 / (slots.len() * WORKERS) as f64);
+        per_pick.push(started.elapsed().as_nanos() as f64 / (slots.len() * threads) as f64);
     }
     per_pick.sort_by(f64::total_cmp);
-    (per_pick[ROUNDS / 2] * WORKERS as f64, fallbacks)
+    (per_pick[ROUNDS / 2] * threads as f64, fallbacks)
 }
 
 /// Loads `spec` into every slot; the time it took.
@@ -110,6 +115,19 @@ fn main() {
         bind(&slots, &PluginSpec::builtin("least-request"));
     }
     let empty_ns = rows.iter().find(|r| r.0.starts_with("empty")).map_or(f64::NAN, |r| r.2);
+    // The same three on one service (one slot picked over and over by one thread, caches
+    // warm): what the contract costs per call without the fleet's memory traffic.
+    let one = |spec: PluginSpec| {
+        let slot = BalancerSlot::new(&host, "bench/g/one", PluginSpec::builtin("least-request")).expect("slot");
+        slot.set_snapshot(endpoints(2));
+        slot.load(spec).expect("loads");
+        pick_all_on(&vec![slot; 20_000], 1).0
+    };
+    let single = [
+        one(PluginSpec::builtin("least-request")),
+        one(wasm_spec(&host, "least-request", "{}")),
+        one(wasm_spec(&host, "noop", "{}")),
+    ];
 
     println!();
     println!(
@@ -146,6 +164,13 @@ fn main() {
         mib(rss.saturating_sub(before))
     );
     println!();
+    println!(
+        "fleet: one service picked 20000 times by one thread: native least-request {:.0} ns, least-request (0.2.0) {:.0} ns, the empty call {:.0} ns: {:.2}× the empty call",
+        single[0],
+        single[1],
+        single[2],
+        single[1] / single[2]
+    );
     println!(
         "fleet: RSS over native, per service: least-request 0.2.0 {:.2} KiB; legacy 0.1.0 {:.1} KiB",
         rows.first().and_then(|r| r.4).map_or(f64::NAN, |r| r * 1024.0 / services as f64),

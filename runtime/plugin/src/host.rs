@@ -224,6 +224,8 @@ struct Inner {
     compiles: AtomicU64,
     /// `pick_deadline` in ticks, computed once (it is needed on every pick).
     pick_ticks: u64,
+    /// `idle_resource` in ticks, computed once (a shared plugin's calls check it).
+    idle_ticks: u64,
     /// What versions no longer running counted, so totals survive swaps.
     retired: Mutex<HashMap<VersionKey, Totals>>,
     /// The 0.2.0 plugins running, by sha256 and configuration.
@@ -232,6 +234,8 @@ struct Inner {
     next_key: AtomicU64,
     /// Components and configurations whose self-test passed (it is not repeated per service).
     self_tested: Mutex<std::collections::HashSet<(String, String)>>,
+    /// Epoch ticks since start: a clock for idleness that costs one load to read.
+    tick_count: Arc<AtomicU64>,
     _ticker: Ticker,
 }
 
@@ -296,20 +300,24 @@ impl PluginHost {
         v1::balancer::BalancerPlugin::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
         v2::balancer::BalancerPlugin::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
         let stop = Arc::new(AtomicBool::new(false));
+        let tick_count = Arc::new(AtomicU64::new(0));
         let thread = {
-            let (engine, stop, tick) = (engine.clone(), Arc::clone(&stop), config.tick);
+            let (engine, stop, tick, count) = (engine.clone(), Arc::clone(&stop), config.tick, Arc::clone(&tick_count));
             std::thread::Builder::new().name("sextant-epoch".into()).spawn(move || {
                 while !stop.load(Relaxed) {
                     std::thread::sleep(tick);
                     engine.increment_epoch();
+                    count.fetch_add(1, Relaxed);
                 }
             })?
         };
         let pick_ticks = ticks(&config, config.pick_deadline);
+        let idle_ticks = ticks(&config, config.idle_resource);
         Ok(Self(Arc::new(Inner {
             engine,
             linker,
             pick_ticks,
+            idle_ticks,
             next_seed: AtomicU64::new(config.seed),
             config,
             cache: Mutex::new((HashMap::new(), VecDeque::new())),
@@ -318,6 +326,7 @@ impl PluginHost {
             shared: Mutex::new(HashMap::new()),
             next_key: AtomicU64::new(1),
             self_tested: Mutex::new(std::collections::HashSet::new()),
+            tick_count,
             _ticker: Ticker { stop, thread: Some(thread) },
         })))
     }
@@ -409,6 +418,12 @@ impl PluginHost {
         for p in running {
             p.sweep_all();
         }
+    }
+
+    /// Epoch ticks since the host started (`HostConfig::tick` each, at least; a busy machine
+    /// may tick late): the clock of resource idleness, read on every call without a syscall.
+    pub(crate) fn tick_count(&self) -> u64 {
+        self.0.tick_count.load(Relaxed)
     }
 
     /// A fresh key for a slot's resource in a shared plugin.
@@ -660,6 +675,11 @@ impl PluginHost {
     /// Epoch ticks for a deadline (rounded up, plus the tick in progress).
     pub(crate) fn ticks(&self, deadline: Duration) -> u64 {
         ticks(&self.0.config, deadline)
+    }
+
+    /// [`HostConfig::idle_resource`] in ticks.
+    pub(crate) fn idle_ticks(&self) -> u64 {
+        self.0.idle_ticks
     }
 
     /// [`HostConfig::pick_deadline`] in ticks.

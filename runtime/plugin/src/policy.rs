@@ -237,7 +237,7 @@ impl Runner {
                     *last = Arc::clone(r);
                 }
                 let route = Arc::clone(last);
-                let answer = shared.call(&route, Missing::Create, |live, handle, fresh| {
+                let answer = shared.call(&mut Arc::clone(last), Missing::Create, |live, handle, fresh| {
                     shared_call(host, live, handle, fresh, &route, call)
                 })?;
                 answer.ok_or_else(|| CallFault::Trap("the resource could not be created".into()))

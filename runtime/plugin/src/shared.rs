@@ -19,7 +19,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Instant;
 
 use parking_lot::Mutex;
 use wasmtime::Store;
@@ -45,7 +44,8 @@ pub(crate) struct Live {
 
 struct Held {
     handle: ResourceAny,
-    used: Instant,
+    /// The host's tick count when it was last called.
+    used: u64,
 }
 
 struct Instance {
@@ -54,8 +54,9 @@ struct Instance {
     /// The seed its store's generator started from.
     seed: u64,
     /// The services' resources in `live`, by runner key.
-    resources: HashMap<u64, Held>,
-    last_sweep: Instant,
+    resources: Resources,
+    /// The host's tick count at the last sweep.
+    last_sweep: u64,
 }
 
 /// What a shared plugin counted since it started.
@@ -114,6 +115,34 @@ pub struct SharedStatus {
     pub constructor_faults: u64,
 }
 
+/// What happened inside one call, sorted out once the route is back with its owner.
+enum Called<R> {
+    Ran(Result<R, CallFault>),
+    Created(ResourceAny, Result<R, CallFault>),
+    NotCreated(CallFault),
+}
+
+/// Hashes a resource key (a counter) with one multiplication: the keys are the host's own,
+/// not chosen by anyone who could make them collide, and this map is read on every pick.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type Resources = HashMap<u64, Held, std::hash::BuildHasherDefault<KeyHasher>>;
+
 /// Whether a call may create the service's resource when it has none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Missing {
@@ -143,7 +172,12 @@ impl SharedPlugin {
             config: config.to_owned(),
             instances: (0..instances.max(1))
                 .map(|_| {
-                    Mutex::new(Instance { live: None, seed: 0, resources: HashMap::new(), last_sweep: Instant::now() })
+                    Mutex::new(Instance {
+                        live: None,
+                        seed: 0,
+                        resources: Resources::default(),
+                        last_sweep: host.tick_count(),
+                    })
                 })
                 .collect(),
             counters: SharedCounters::default(),
@@ -176,21 +210,22 @@ impl SharedPlugin {
 
     /// Runs `f` on the resource `key` of instance `index` (creating the resource for `service`
     /// with `Missing::Create` when there is none; `f` learns it is fresh and must give it a
-    /// snapshot first), with `route` as what the `load` interface reads. None when there is
-    /// no resource and `missing` is `Skip`. A fault that poisons the instance drops it and
-    /// every resource in it.
+    /// snapshot first). `route` is what the `load` interface reads meanwhile: it is moved into
+    /// the store for the call and back (no reference count touched on the pick path; `f`
+    /// finds it in the store's data). None when there is no resource and `missing` is
+    /// `Skip`. A fault that poisons the instance drops it and every resource in it.
     pub(crate) fn call<R>(
         &self,
         index: usize,
         key: u64,
         service: &str,
-        route: &Arc<Published>,
+        route: &mut Arc<Published>,
         missing: Missing,
         f: impl FnOnce(&mut Live, ResourceAny, bool) -> Result<R, CallFault>,
     ) -> Result<Option<R>, CallFault> {
         let mut guard = self.instances[index % self.instances.len()].lock();
         let inst = &mut *guard;
-        let now = Instant::now();
+        let now = self.host.tick_count();
         if inst.live.is_none() {
             if missing == Missing::Skip {
                 return Ok(None);
@@ -202,35 +237,43 @@ impl SharedPlugin {
             }
         }
         self.sweep(inst, now);
-        let Some(live) = inst.live.as_mut() else { return Ok(None) };
-        live.store.data_mut().route = Arc::clone(route);
-        let (handle, fresh) = match inst.resources.get_mut(&key) {
+        let existing = match inst.resources.get_mut(&key) {
             Some(held) => {
                 held.used = now;
-                (held.handle, false)
+                Some(held.handle)
             }
             None if missing == Missing::Skip => return Ok(None),
+            None => None,
+        };
+        let Some(live) = inst.live.as_mut() else { return Ok(None) };
+        std::mem::swap(&mut live.store.data_mut().route, route);
+        let called = match existing {
+            Some(handle) => Called::Ran(f(live, handle, false)),
             None => {
                 let deadline = self.host.config().update_deadline;
                 arm(&mut live.store, self.host.ticks(deadline), deadline);
                 match construct(live, service) {
-                    Ok(handle) => {
-                        inst.resources.insert(key, Held { handle, used: now });
-                        self.counters.created.fetch_add(1, Relaxed);
-                        self.counters.live.fetch_add(1, Relaxed);
-                        (handle, true)
-                    }
-                    Err(fault) => {
-                        self.counters.constructor_faults.fetch_add(1, Relaxed);
-                        if poisons(&fault) {
-                            self.poison(inst);
-                        }
-                        return Err(fault);
-                    }
+                    Ok(handle) => Called::Created(handle, f(live, handle, true)),
+                    Err(fault) => Called::NotCreated(fault),
                 }
             }
         };
-        match f(live, handle, fresh) {
+        // Back before anything else: a poisoned instance's store is dropped below.
+        std::mem::swap(&mut live.store.data_mut().route, route);
+        let result = match called {
+            Called::Ran(result) => result,
+            Called::Created(handle, result) => {
+                inst.resources.insert(key, Held { handle, used: now });
+                self.counters.created.fetch_add(1, Relaxed);
+                self.counters.live.fetch_add(1, Relaxed);
+                result
+            }
+            Called::NotCreated(fault) => {
+                self.counters.constructor_faults.fetch_add(1, Relaxed);
+                Err(fault)
+            }
+        };
+        match result {
             Ok(r) => Ok(Some(r)),
             Err(fault) => {
                 if poisons(&fault) {
@@ -264,19 +307,15 @@ impl SharedPlugin {
     }
 
     /// Drops the resources of `inst` idle for longer than the host's `idle_resource`
-    /// (checked at most every quarter of it).
-    fn sweep(&self, inst: &mut Instance, now: Instant) {
-        let idle = self.host.config().idle_resource;
-        if now.saturating_duration_since(inst.last_sweep) < idle / 4 {
+    /// (checked at most every quarter of it), on the host's tick count.
+    fn sweep(&self, inst: &mut Instance, now: u64) {
+        let idle = self.host.idle_ticks();
+        if now.saturating_sub(inst.last_sweep) < idle / 4 {
             return;
         }
         inst.last_sweep = now;
-        let stale: Vec<u64> = inst
-            .resources
-            .iter()
-            .filter(|(_, h)| now.saturating_duration_since(h.used) >= idle)
-            .map(|(k, _)| *k)
-            .collect();
+        let stale: Vec<u64> =
+            inst.resources.iter().filter(|(_, h)| now.saturating_sub(h.used) >= idle).map(|(k, _)| *k).collect();
         for key in stale {
             if let Some(held) = inst.resources.remove(&key) {
                 self.counters.live.fetch_sub(1, Relaxed);
@@ -289,7 +328,7 @@ impl SharedPlugin {
     /// Drops every resource of idle services now, in every instance not busy (the host's
     /// housekeeping; calls also sweep as they pass).
     pub(crate) fn sweep_all(&self) {
-        let now = Instant::now();
+        let now = self.host.tick_count();
         for i in self.instances.iter() {
             if let Some(mut inst) = i.try_lock() {
                 self.sweep(&mut inst, now);
@@ -394,7 +433,7 @@ impl SharedRunner {
     /// See [`SharedPlugin::call`].
     pub(crate) fn call<R>(
         &self,
-        route: &Arc<Published>,
+        route: &mut Arc<Published>,
         missing: Missing,
         f: impl FnOnce(&mut Live, ResourceAny, bool) -> Result<R, CallFault>,
     ) -> Result<Option<R>, CallFault> {

@@ -131,7 +131,8 @@ pub(crate) fn shared_update(
     route: &Arc<Published>,
     missing: Missing,
 ) -> Result<Option<Mode>, CallFault> {
-    s.call(route, missing, |live, handle, _fresh| {
+    // An update is rare next to picks: a clone of the route to move into the store is cheap.
+    s.call(&mut Arc::clone(route), missing, |live, handle, _fresh| {
         arm(&mut live.store, host.ticks(host.config().update_deadline), host.config().update_deadline);
         let Guest::Balancer(g) = &live.guest else { return Err(CallFault::Contract("not a balancer".into())) };
         match g.sextant_plugin_balancer().balancer().call_update(&mut live.store, handle, &route.wit) {
@@ -142,12 +143,13 @@ pub(crate) fn shared_update(
     })
 }
 
-/// `pick` on this service's 0.2.0 resource; one created now is given `route` first.
+/// `pick` on this service's 0.2.0 resource (`route` moved into the store for the call and
+/// back); one created now is given `route` first.
 fn shared_pick(
     s: &SharedRunner,
     host: &PluginHost,
     ticks: u64,
-    route: &Arc<Published>,
+    route: &mut Arc<Published>,
     request: &mut PickRequest,
 ) -> Result<SharedPick, CallFault> {
     let picked = s.call(route, Missing::Create, |live, handle, fresh| {
@@ -155,6 +157,7 @@ fn shared_pick(
         let g = g.sextant_plugin_balancer().balancer();
         if fresh {
             arm(&mut live.store, host.ticks(host.config().update_deadline), host.config().update_deadline);
+            let route = Arc::clone(&live.store.data().route);
             let mode = match g.call_update(&mut live.store, handle, &route.wit) {
                 Ok(Ok(mode)) => mode_from_wit2(mode),
                 Ok(Err(reason)) => return Err(CallFault::Refused(reason)),
@@ -523,7 +526,7 @@ impl Worker {
             };
             // Created and given the route it serves; a per-request answer comes from the
             // same call, a table is executed below.
-            match shared_pick(shared, host, ticks, &self.route, request) {
+            match shared_pick(shared, host, ticks, &mut self.route, request) {
                 Ok(SharedPick::Answer(answer)) => {
                     self.exec = Exec::PerRequest;
                     return check_pick(answer, len);
@@ -568,7 +571,7 @@ impl Worker {
                         a
                     }
                     Runner::Wasm(w) => w.pick(host, ticks, request)?,
-                    Runner::Shared(shared, _) => match shared_pick(shared, host, ticks, &self.route, request)? {
+                    Runner::Shared(shared, _) => match shared_pick(shared, host, ticks, &mut self.route, request)? {
                         SharedPick::Answer(answer) => answer,
                         // The resource was dropped (idle, or its instance replaced) and its
                         // new one answers with a table: executed from now on.

@@ -130,8 +130,14 @@ fn idle_resources_are_dropped_and_created_again_when_needed() {
     }
     let status = shared(&host, "least-request");
     assert_eq!((status.resources, status.created), (3, 3), "made at load, used by the picks: {status:?}");
-    std::thread::sleep(Duration::from_millis(120));
-    host.sweep_idle();
+    // Idleness is counted in the host's epoch ticks (1 ms each, or later on a busy machine):
+    // sweep until it has passed, bounded.
+    let started = std::time::Instant::now();
+    while shared(&host, "least-request").resources > 0 {
+        assert!(started.elapsed() < Duration::from_secs(30), "never swept: {:?}", shared(&host, "least-request"));
+        std::thread::sleep(Duration::from_millis(20));
+        host.sweep_idle();
+    }
     let status = shared(&host, "least-request");
     assert_eq!((status.resources, status.dropped_idle), (0, 3), "{status:?}");
     for slot in &slots {
