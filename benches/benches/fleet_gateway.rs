@@ -1,6 +1,8 @@
 //! Plugins at fleet scale through the gateway: the gateway's proxy and router (what `sextant
-//! gateway` runs) over a registry of 10,000 services of 2 instances each (two loopback
-//! backends), one route per service, every route requested over HTTP. Measured in one run:
+//! gateway` runs) following a namespace of 10,000 services of 2 instances each (two loopback
+//! backends) over QUIC from a server on an embedded store, in this process (`RemoteDiscovery`
+//! with its on-disk cache, as `sextant gateway` runs it), one route per service, every route
+//! requested over HTTP. Measured in one run:
 //! the native `least-request` on every route (the baseline), then the same built-in as a
 //! 0.2.0 component bound to every route (a load per route, as the gateway's plugin follower
 //! does for a `*` binding). Reported: bind time, failed requests, fallbacks, RSS over the
@@ -19,11 +21,14 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use sextant_benches::{rss_bytes, wasm_spec};
-use sextant_core::{Instance, Record, ServiceKey};
+use sextant_core::{Instance, Record, Scope, ServiceKey};
 use sextant_gateway::backend::{Backend, Behavior};
 use sextant_gateway::proxy::{Gateway, GatewayConfig, Rule, Upstream};
-use sextant_gateway::{RouteConfig, Router};
+use sextant_gateway::{Discovery, RemoteDiscovery, RouteConfig, Router};
 use sextant_plugin::{HostConfig, PluginHost, PluginKind, PluginSpec};
+use sextant_quic::client::{Client, ClientOptions};
+use sextant_quic::server::{QuicServer, ServerOptions};
+use sextant_quic::tls;
 use sextant_store::{EmbeddedOptions, EmbeddedStore, Registry};
 
 /// Keep-alive connections sending requests at once.
@@ -90,9 +95,9 @@ async fn main() {
         Backend::start("b", Behavior::default()).await.expect("backend"),
     ];
     let dir = tempfile::tempdir().expect("tempdir");
-    let registry = Registry::start(EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).expect("store"), 1024)
-        .await
-        .expect("registry");
+    let files = tls::ensure_dev_certs(dir.path()).expect("certificates");
+    let store = EmbeddedStore::open(&dir.path().join("data"), EmbeddedOptions::default()).expect("store");
+    let registry = Registry::start(store, 64 * 1024).await.expect("registry");
     let started = Instant::now();
     let mut writes = tokio::task::JoinSet::new();
     for i in 0..services {
@@ -111,6 +116,25 @@ async fn main() {
         w.expect("joined").expect("written");
     }
     println!("fleet_gateway: {services} services × 2 instances registered in {:.1?}", started.elapsed());
+
+    // The server, and the gateway's discovery following the namespace from it.
+    let config = tls::server_config(&files, None, 256).expect("tls");
+    let server =
+        QuicServer::bind("127.0.0.1:0".parse().expect("address"), config, registry.clone(), ServerOptions::default())
+            .expect("bind");
+    let quic = server.local_addr().expect("address");
+    tokio::spawn(server.run(std::future::pending()));
+    let mut options = ClientOptions::new(vec![quic], files.ca.clone());
+    options.cache_dir = Some(dir.path().join("cache"));
+    let client = Client::new(options).expect("client");
+    let started = Instant::now();
+    let discovery = RemoteDiscovery::follow(client, Scope::Namespace("bench".parse().expect("namespace")));
+    let last = discovery.handle(&ServiceKey::parse(&service(services - 1)).expect("key"));
+    while last.load().instances.len() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(120), "the namespace never arrived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    println!("fleet_gateway: the gateway's view of the namespace in {:.2?}", started.elapsed());
 
     let host = PluginHost::new(HostConfig { workers: 2, ..HostConfig::default() }.sized(1000)).expect("engine");
     let native = PluginSpec::builtin("least-request");
