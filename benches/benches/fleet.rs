@@ -127,6 +127,7 @@ fn main() {
         one(PluginSpec::builtin("least-request")),
         one(wasm_spec(&host, "least-request", "{}")),
         one(wasm_spec(&host, "noop", "{}")),
+        one(wasm_spec(&host, "legacy", r#"{"empty": true}"#)),
     ];
 
     println!();
@@ -165,11 +166,12 @@ fn main() {
     );
     println!();
     println!(
-        "fleet: one service picked 20000 times by one thread: native least-request {:.0} ns, least-request (0.2.0) {:.0} ns, the empty call {:.0} ns: {:.2}× the empty call",
+        "fleet: one service picked 20000 times by one thread: native least-request {:.0} ns, least-request (0.2.0) {:.0} ns, the empty call {:.0} ns: {:.2}× the empty call; the empty call of a 0.1.0 component {:.0} ns",
         single[0],
         single[1],
         single[2],
-        single[1] / single[2]
+        single[1] / single[2],
+        single[3]
     );
     println!(
         "fleet: RSS over native, per service: least-request 0.2.0 {:.2} KiB; legacy 0.1.0 {:.1} KiB",

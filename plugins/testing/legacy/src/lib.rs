@@ -15,17 +15,18 @@ use sextant::plugin::types::Snapshot;
 thread_local! {
     static LEN: Cell<u32> = const { Cell::new(0) };
     static NEXT: Cell<u32> = const { Cell::new(0) };
+    static EMPTY: Cell<bool> = const { Cell::new(false) };
 }
 
 struct Legacy;
 
 impl Guest for Legacy {
     fn init(config: String) -> Result<(), String> {
-        if config.trim().starts_with('{') {
-            Ok(())
-        } else {
-            Err(format!("legacy: the configuration is not a JSON object: {config}"))
+        if !config.trim().starts_with('{') {
+            return Err(format!("legacy: the configuration is not a JSON object: {config}"));
         }
+        EMPTY.set(config.replace(' ', "").contains("\"empty\":true"));
+        Ok(())
     }
 
     fn update(snapshot: Snapshot) -> Result<Mode, String> {
@@ -37,6 +38,9 @@ impl Guest for Legacy {
         let len = LEN.get();
         if len == 0 {
             return None;
+        }
+        if EMPTY.get() {
+            return Some(0);
         }
         let start = NEXT.get() % len;
         let best = (0..len).map(|k| (start + k) % len).min_by_key(|&i| in_flight(i))?;
