@@ -75,6 +75,25 @@ macro_rules! health_conversions {
 }
 
 health_conversions!(wit_status, verdict, wh);
+
+/// Per-endpoint statistics as one contract version's `endpoint-stats` records.
+macro_rules! wit_stats {
+    ($ws:ident, $stats:expr) => {
+        $stats
+            .iter()
+            .map(|s| $ws::EndpointStats {
+                rps: s.rps,
+                latency_p50: s.latency_p50,
+                latency_p99: s.latency_p99,
+                requests: s.requests,
+                errors: s.errors,
+                overloaded: s.overloaded,
+                retry_after_ms: s.retry_after_ms,
+                age_ms: s.age_ms,
+            })
+            .collect::<Vec<_>>()
+    };
+}
 health_conversions!(wit_status2, verdict2, wh2);
 
 /// One call into a policy.
@@ -213,19 +232,7 @@ impl Runner {
                             .map(|v| Ok(Answer::Verdict(verdict(v))))
                     }
                     (Guest::Scheduler(g), Call::Schedule(stats)) => {
-                        let stats: Vec<ws::EndpointStats> = stats
-                            .iter()
-                            .map(|s| ws::EndpointStats {
-                                rps: s.rps,
-                                latency_p50: s.latency_p50,
-                                latency_p99: s.latency_p99,
-                                requests: s.requests,
-                                errors: s.errors,
-                                overloaded: s.overloaded,
-                                retry_after_ms: s.retry_after_ms,
-                                age_ms: s.age_ms,
-                            })
-                            .collect();
+                        let stats = wit_stats!(ws, stats);
                         g.sextant_plugin_scheduler().call_schedule(&mut *store, &stats).map(|w| Ok(Answer::Weights(w)))
                     }
                     _ => Ok(Ok(Answer::Verdict(Verdict::Unchanged))),
@@ -301,19 +308,7 @@ fn shared_call(
             match call {
                 Call::Update(r) => g.call_update(&mut *store, handle, &r.wit).map(refused),
                 Call::Schedule(stats) => {
-                    let stats: Vec<ws2::EndpointStats> = stats
-                        .iter()
-                        .map(|s| ws2::EndpointStats {
-                            rps: s.rps,
-                            latency_p50: s.latency_p50,
-                            latency_p99: s.latency_p99,
-                            requests: s.requests,
-                            errors: s.errors,
-                            overloaded: s.overloaded,
-                            retry_after_ms: s.retry_after_ms,
-                            age_ms: s.age_ms,
-                        })
-                        .collect();
+                    let stats = wit_stats!(ws2, stats);
                     g.call_schedule(&mut *store, handle, &stats).map(|w| Ok(Answer::Weights(w)))
                 }
                 Call::Probe(_) | Call::Outcome(_) => Ok(Ok(Answer::Verdict(Verdict::Unchanged))),

@@ -223,7 +223,8 @@ impl SharedPlugin {
         missing: Missing,
         f: impl FnOnce(&mut Live, ResourceAny, bool) -> Result<R, CallFault>,
     ) -> Result<Option<R>, CallFault> {
-        let mut guard = self.instances[index % self.instances.len()].lock();
+        // `index` is in range: a `SharedRunner` reduced it once (no division per pick).
+        let mut guard = self.instances[index].lock();
         let inst = &mut *guard;
         let now = self.host.tick_count();
         if inst.live.is_none() {

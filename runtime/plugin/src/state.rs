@@ -155,106 +155,73 @@ impl Env for HostState {
     }
 }
 
-impl wit_host::Host for HostState {
-    fn log(&mut self, level: wit_host::Level, message: String) {
-        let level = match level {
-            wit_host::Level::Trace => Level::Trace,
-            wit_host::Level::Debug => Level::Debug,
-            wit_host::Level::Info => Level::Info,
-            wit_host::Level::Warn => Level::Warn,
-            wit_host::Level::Error => Level::Error,
-        };
-        log_line(&self.label, level, &message);
+impl HostState {
+    /// `host.log` of either contract version.
+    fn plugin_log(&mut self, level: Level, message: &str) {
+        log_line(&self.label, level, message);
         // Warnings and errors are what a plugin says before it fails (the Python template
         // logs an exception's traceback and re-raises): a trap's reason carries them.
         if matches!(level, Level::Warn | Level::Error) {
-            self.output.get_or_insert_with(Box::default).remember(&message);
+            self.output.get_or_insert_with(Box::default).remember(message);
         }
-    }
-    fn monotonic_now(&mut self) -> u64 {
-        Env::now(self)
-    }
-    fn random(&mut self) -> u64 {
-        self.rng.next_u64()
     }
 }
 
-impl wit_load::Host for HostState {
-    fn in_flight(&mut self, endpoint: u32) -> u32 {
-        self.route.in_flight(endpoint)
-    }
-    fn latency_ewma(&mut self, endpoint: u32) -> u64 {
-        self.route.latency_ewma(endpoint)
-    }
-    fn recent_errors(&mut self, endpoint: u32) -> u32 {
-        self.route.recent_errors(endpoint)
-    }
-    fn total_in_flight(&mut self) -> u64 {
-        self.route.tracker.total_in_flight()
-    }
-    fn state(&mut self, endpoint: u32) -> wit_load::EndpointState {
-        wit_state(self.route.state(endpoint))
-    }
-    fn pair(&mut self, a: u32, b: u32) -> (wit_load::EndpointState, wit_load::EndpointState) {
-        (wit_state(self.route.state(a)), wit_state(self.route.state(b)))
-    }
-    fn request_header(&mut self, name: String) -> Option<String> {
-        Env::request_header(self, &name)
-    }
+/// The `host` and `load` imports of one contract version: the same functions in 0.1.0 and
+/// 0.2.0, whose generated types differ only by module.
+macro_rules! host_imports {
+    ($host:ident, $load:ident) => {
+        impl $host::Host for HostState {
+            fn log(&mut self, level: $host::Level, message: String) {
+                let level = match level {
+                    $host::Level::Trace => Level::Trace,
+                    $host::Level::Debug => Level::Debug,
+                    $host::Level::Info => Level::Info,
+                    $host::Level::Warn => Level::Warn,
+                    $host::Level::Error => Level::Error,
+                };
+                self.plugin_log(level, &message);
+            }
+            fn monotonic_now(&mut self) -> u64 {
+                Env::now(self)
+            }
+            fn random(&mut self) -> u64 {
+                self.rng.next_u64()
+            }
+        }
+
+        impl $load::Host for HostState {
+            fn in_flight(&mut self, endpoint: u32) -> u32 {
+                self.route.in_flight(endpoint)
+            }
+            fn latency_ewma(&mut self, endpoint: u32) -> u64 {
+                self.route.latency_ewma(endpoint)
+            }
+            fn recent_errors(&mut self, endpoint: u32) -> u32 {
+                self.route.recent_errors(endpoint)
+            }
+            fn total_in_flight(&mut self) -> u64 {
+                self.route.tracker.total_in_flight()
+            }
+            fn state(&mut self, endpoint: u32) -> $load::EndpointState {
+                let s: EndpointState = self.route.state(endpoint);
+                $load::EndpointState {
+                    in_flight: s.in_flight,
+                    latency_ewma: s.latency_ewma,
+                    recent_errors: s.recent_errors,
+                }
+            }
+            fn pair(&mut self, a: u32, b: u32) -> ($load::EndpointState, $load::EndpointState) {
+                ($load::Host::state(self, a), $load::Host::state(self, b))
+            }
+            fn request_header(&mut self, name: String) -> Option<String> {
+                Env::request_header(self, &name)
+            }
+        }
+    };
 }
+
+host_imports!(wit_host, wit_load);
+host_imports!(wit_host2, wit_load2);
 
 impl wit_types::Host for HostState {}
-
-fn wit_state(s: EndpointState) -> wit_load::EndpointState {
-    wit_load::EndpointState { in_flight: s.in_flight, latency_ewma: s.latency_ewma, recent_errors: s.recent_errors }
-}
-
-// Version 0.2.0 of `host` and `load`: the same functions as 0.1.0.
-
-impl wit_host2::Host for HostState {
-    fn log(&mut self, level: wit_host2::Level, message: String) {
-        let level = match level {
-            wit_host2::Level::Trace => wit_host::Level::Trace,
-            wit_host2::Level::Debug => wit_host::Level::Debug,
-            wit_host2::Level::Info => wit_host::Level::Info,
-            wit_host2::Level::Warn => wit_host::Level::Warn,
-            wit_host2::Level::Error => wit_host::Level::Error,
-        };
-        wit_host::Host::log(self, level, message);
-    }
-    fn monotonic_now(&mut self) -> u64 {
-        Env::now(self)
-    }
-    fn random(&mut self) -> u64 {
-        self.rng.next_u64()
-    }
-}
-
-impl wit_load2::Host for HostState {
-    fn in_flight(&mut self, endpoint: u32) -> u32 {
-        self.route.in_flight(endpoint)
-    }
-    fn latency_ewma(&mut self, endpoint: u32) -> u64 {
-        self.route.latency_ewma(endpoint)
-    }
-    fn recent_errors(&mut self, endpoint: u32) -> u32 {
-        self.route.recent_errors(endpoint)
-    }
-    fn total_in_flight(&mut self) -> u64 {
-        self.route.tracker.total_in_flight()
-    }
-    fn state(&mut self, endpoint: u32) -> wit_load2::EndpointState {
-        let s = self.route.state(endpoint);
-        wit_load2::EndpointState {
-            in_flight: s.in_flight,
-            latency_ewma: s.latency_ewma,
-            recent_errors: s.recent_errors,
-        }
-    }
-    fn pair(&mut self, a: u32, b: u32) -> (wit_load2::EndpointState, wit_load2::EndpointState) {
-        (wit_load2::Host::state(self, a), wit_load2::Host::state(self, b))
-    }
-    fn request_header(&mut self, name: String) -> Option<String> {
-        Env::request_header(self, &name)
-    }
-}

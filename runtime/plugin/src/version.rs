@@ -123,6 +123,20 @@ pub(crate) enum SharedPick {
     Table(Mode),
 }
 
+/// `update` on a 0.2.0 balancer resource with `route` (the store armed by the caller).
+fn update_resource(
+    g: &wit2::GuestBalancer<'_>,
+    store: &mut Store<HostState>,
+    handle: wasmtime::component::ResourceAny,
+    route: &Published,
+) -> Result<Mode, CallFault> {
+    match g.call_update(&mut *store, handle, &route.wit) {
+        Ok(Ok(mode)) => Ok(mode_from_wit2(mode)),
+        Ok(Err(reason)) => Err(CallFault::Refused(reason)),
+        Err(e) => Err(fault_in(store, &e)),
+    }
+}
+
 /// `update` of this service's 0.2.0 resource (created first with `Missing::Create`); None
 /// when it has none and `missing` is `Skip`.
 pub(crate) fn shared_update(
@@ -135,11 +149,7 @@ pub(crate) fn shared_update(
     s.call(&mut Arc::clone(route), missing, |live, handle, _fresh| {
         arm(&mut live.store, host.ticks(host.config().update_deadline), host.config().update_deadline);
         let Guest::Balancer(g) = &live.guest else { return Err(CallFault::Contract("not a balancer".into())) };
-        match g.sextant_plugin_balancer().balancer().call_update(&mut live.store, handle, &route.wit) {
-            Ok(Ok(mode)) => Ok(mode_from_wit2(mode)),
-            Ok(Err(reason)) => Err(CallFault::Refused(reason)),
-            Err(e) => Err(fault_in(&mut live.store, &e)),
-        }
+        update_resource(&g.sextant_plugin_balancer().balancer(), &mut live.store, handle, route)
     })
 }
 
@@ -158,11 +168,7 @@ fn shared_pick(
         if fresh {
             arm(&mut live.store, host.ticks(host.config().update_deadline), host.config().update_deadline);
             let route = Arc::clone(&live.store.data().route);
-            let mode = match g.call_update(&mut live.store, handle, &route.wit) {
-                Ok(Ok(mode)) => mode_from_wit2(mode),
-                Ok(Err(reason)) => return Err(CallFault::Refused(reason)),
-                Err(e) => return Err(fault_in(&mut live.store, &e)),
-            };
+            let mode = update_resource(&g, &mut live.store, handle, &route)?;
             if !matches!(mode, Mode::PerRequest) {
                 return Ok(SharedPick::Table(mode));
             }
