@@ -657,3 +657,129 @@ fn two_servers_on_one_etcd_drive_the_gateways_and_one_going_away_changes_nothing
     assert_eq!(failed, 0, "no request failed through the swaps and A's exit");
     drop(etcd);
 }
+
+/// Requests from `clients` threads to `addr` until `stop`: answers by status (0: no answer,
+/// the gateway's port closed while it restarts), with keep-alive connections and no retry
+/// (the gateway's own retries are off in the route's configuration).
+fn load_until(
+    addr: &str,
+    clients: usize,
+    stop: &std::sync::atomic::AtomicBool,
+) -> std::collections::BTreeMap<u16, u64> {
+    use std::sync::atomic::Ordering::Relaxed;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..clients)
+            .map(|c| {
+                s.spawn(move || {
+                    let agent = http();
+                    let mut answers = std::collections::BTreeMap::new();
+                    let mut k = 0u64;
+                    while !stop.load(Relaxed) {
+                        k += 1;
+                        let status = agent
+                            .get(&format!("http://{addr}/orders"))
+                            .header("x-user", &format!("user-{c}-{k}"))
+                            .call()
+                            .map_or(0, |r| r.status().as_u16());
+                        *answers.entry(status).or_insert(0u64) += 1;
+                        if status == 0 {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                    }
+                    answers
+                })
+            })
+            .collect();
+        let mut all = std::collections::BTreeMap::new();
+        for h in handles {
+            for (status, n) in h.join().expect("client thread") {
+                *all.entry(status).or_insert(0) += n;
+            }
+        }
+        all
+    })
+}
+
+/// A gateway killed (SIGKILL, then SIGTERM) and restarted on its cache while its server is up
+/// and nothing changed: the server has nothing to send it (it resumes from the cached
+/// revision), and the gateway routes on the cached view from its first request. Before the
+/// fix it answered 503 ("no endpoint traffic may go to") on every request, for good.
+#[test]
+fn a_gateway_restarted_on_its_cache_with_its_server_up_answers_no_503() {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let backends: Vec<Backend> =
+        (0..3).map(|i| runtime.block_on(Backend::start(&format!("b{i}"), Behavior::default())).unwrap()).collect();
+    let server = Server::start(&dir.path().join("data"));
+    for (i, b) in backends.iter().enumerate() {
+        let (status, body) = server.post("/v1/instances", &instance(SERVICE, &format!("b{i}"), b.addr().port(), false));
+        assert_eq!(status, 200, "{body}");
+    }
+    let gw_dir = dir.path().join("gw");
+    std::fs::create_dir(&gw_dir).unwrap();
+    let config = gw_dir.join("gateway.json");
+    let document = serde_json::json!({
+        "gateway": {"routes": [{"path_prefix": "/", "service": SERVICE}]},
+        "balancer": "round-robin",
+        "retry": {"attempts": 1},
+    });
+    std::fs::write(&config, document.to_string()).unwrap();
+    let start = || Gateway::spawn(&server, &gw_dir, port_of(&gw_dir), &["--config", config.to_str().unwrap()]);
+    let mut gateway = start();
+    wait_until("the gateway routes", || gateway.get("u") == 200);
+    wait_until("the gateway's cache is on disk", || {
+        std::fs::read_dir(gw_dir.join("cache")).is_ok_and(|d| d.filter_map(Result::ok).count() > 0)
+    });
+    // The cache is written at most every 500 ms after a change.
+    std::thread::sleep(Duration::from_secs(1));
+
+    /// Stops the load when dropped, so a failed wait does not leave the clients running.
+    struct Stop<'a>(&'a AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Relaxed);
+        }
+    }
+    let stop = AtomicBool::new(false);
+    let served_before: u64 = backends.iter().map(Backend::served).sum();
+    let addr = gateway.addr.clone();
+    let answers = std::thread::scope(|s| {
+        let load = s.spawn(|| load_until(&addr, 4, &stop));
+        let _stop = Stop(&stop);
+        for signal in ["-KILL", "-TERM"] {
+            let before = backends.iter().map(Backend::served).sum::<u64>();
+            wait_until("traffic through the running gateway", || {
+                backends.iter().map(Backend::served).sum::<u64>() > before + 50
+            });
+            let _ = Command::new("kill").args([signal, &gateway.child.id().to_string()]).status();
+            let _ = gateway.child.wait();
+            gateway = start();
+            let restarted = backends.iter().map(Backend::served).sum::<u64>();
+            // The load overlapped the restart: the new process served it.
+            wait_until("traffic through the restarted gateway", || {
+                backends.iter().map(Backend::served).sum::<u64>() > restarted + 50
+            });
+        }
+        stop.store(true, Relaxed);
+        load.join().expect("load")
+    });
+    let served = backends.iter().map(Backend::served).sum::<u64>() - served_before;
+    eprintln!("restarts on the cache under load, server up: answers {answers:?}, backends served {served}");
+    let failed: u64 = answers.iter().filter(|(s, _)| **s != 200 && **s != 0).map(|(_, n)| n).sum();
+    assert_eq!(failed, 0, "answers other than 200 (0: port closed while restarting): {answers:?}\n{}", gateway.log());
+    assert!(answers.get(&200).copied().unwrap_or(0) > 100, "{answers:?}");
+    // Every backend serves again: the cached endpoints, not only those the server re-sent.
+    until_spread(&gateway, &backends, 30, "all three cached backends", spread_out);
+}
+
+/// The listen port a test's gateway keeps across restarts (one per directory).
+fn port_of(dir: &Path) -> u16 {
+    let file = dir.join("port");
+    if let Ok(text) = std::fs::read_to_string(&file) {
+        return text.trim().parse().expect("a port");
+    }
+    let port = free_port();
+    std::fs::write(&file, port.to_string()).unwrap();
+    port
+}

@@ -71,6 +71,7 @@ ERROR_NUMBERS = {
     "internal": 15,
     "plugin_rejected": 16,
     "limited": 17,
+    "conflict": 18,
 }
 FATAL_CODES = {"protocol_error", "unsupported_version", "unauthenticated", "timeout"}
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sextant_core::store::Store;
 use sextant_core::{
-    BadVersion, Change, PLUGIN_HISTORY, PluginBinding, PluginRecord, Record, RecordKey, Scope, ServiceKey,
+    BadVersion, Change, PLUGIN_HISTORY, PluginBinding, PluginName, PluginRecord, Record, RecordKey, Scope, ServiceKey,
 };
 use sextant_plugin::{AutoRollback, Compiled, PluginKind, PluginSpec};
 use tokio::sync::mpsc;
@@ -113,31 +113,32 @@ impl<S: Store + Clone> Inner<S> {
     pub(crate) async fn mark_bad(&self, rollback: AutoRollback) {
         let Some(sha256) = rollback.sha256 else { return };
         let kind = rollback.kind.to_string();
-        let Some(old) = self.registry.plugins().into_iter().find(|r| {
-            r.name.as_str() == rollback.plugin
-                && r.kind == kind
-                && r.sha256 == sha256
-                && r.bad_reason(&sha256).is_none()
-        }) else {
-            return;
-        };
-        let mut record = (*old).clone();
-        record.bad.push(BadVersion {
-            sha256: sha256.clone(),
-            reason: truncate(&format!("{} {kind}: {}", rollback.service, rollback.reason), 1024),
-            at_unix_ms: unix_ms(),
-        });
-        let excess = record.bad.len().saturating_sub(PLUGIN_HISTORY);
-        record.bad.drain(..excess);
-        if let Some(target) = pop_good(&mut record.history, &record.bad) {
-            record.switch_to(target);
-            record.loaded_at_unix_ms = unix_ms();
-        }
-        match self.registry.put(Record::Plugin(Arc::new(record)), None).await {
-            Ok(revision) => {
-                tracing::error!(plugin = %old.name, %sha256, %revision, "version marked bad after an automatic rollback");
+        let Ok(name) = PluginName::new(&rollback.plugin) else { return };
+        let reason = truncate(&format!("{} {kind}: {}", rollback.service, rollback.reason), 1024);
+        // On the record as the store holds it: marked once, whichever servers saw the fault.
+        let written = self
+            .write_record(&name, |old| {
+                let Some(old) = old.filter(|r| r.kind == kind && r.sha256 == sha256 && r.bad_reason(&sha256).is_none())
+                else {
+                    return Ok(None);
+                };
+                let mut record = old.clone();
+                record.bad.push(BadVersion { sha256: sha256.clone(), reason: reason.clone(), at_unix_ms: unix_ms() });
+                let excess = record.bad.len().saturating_sub(PLUGIN_HISTORY);
+                record.bad.drain(..excess);
+                if let Some(target) = pop_good(&mut record.history, &record.bad) {
+                    record.switch_to(target);
+                    record.loaded_at_unix_ms = unix_ms();
+                }
+                Ok(Some(record))
+            })
+            .await;
+        match written {
+            Ok(Some((_, revision))) => {
+                tracing::error!(plugin = %name, %sha256, %revision, "version marked bad after an automatic rollback");
             }
-            Err(e) => self.failed(old.name.as_str(), "auto-rollback", &format!("marking {sha256} bad: {e}")),
+            Ok(None) => {}
+            Err(e) => self.failed(name.as_str(), "auto-rollback", &format!("marking {sha256} bad: {e}")),
         }
     }
 

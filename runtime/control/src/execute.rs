@@ -86,6 +86,7 @@ pub fn error_code(e: &StoreError) -> ErrorCode {
         StoreError::Rejected(CoreError::LeaseNotFound(_)) => ErrorCode::LeaseNotFound,
         StoreError::Rejected(CoreError::KeyNotFound(_)) => ErrorCode::NotFound,
         StoreError::Unavailable(_) | StoreError::Lagged | StoreError::Closed => ErrorCode::Unavailable,
+        StoreError::Conflict { .. } => ErrorCode::Conflict,
     }
 }
 

@@ -17,6 +17,7 @@
 mod activate;
 mod execute;
 mod manager;
+mod record;
 mod slots;
 mod state;
 mod upload;

@@ -24,8 +24,8 @@ use std::sync::atomic::AtomicU64;
 use parking_lot::{Mutex, RwLock};
 use sextant_core::store::{Store, StoreError};
 use sextant_core::{
-    CoreError, Instance, PLUGIN_HISTORY, PluginBinding, PluginName, PluginRecord, Record, RecordKey, Revision,
-    ServiceKey, ServiceSnapshot, ValidationError,
+    CoreError, Instance, PLUGIN_HISTORY, PluginBinding, PluginName, PluginRecord, RecordKey, Revision, ServiceKey,
+    ServiceSnapshot, ValidationError,
 };
 use sextant_proto::{PluginFailure, SlotView, Validation};
 use sextant_store::{Registry, RegistryError};
@@ -145,6 +145,7 @@ impl<S: Store + Clone> PluginManager<S> {
             compiled: Mutex::new(HashMap::new()),
             dirty: tx,
             reconcile: tokio::sync::Mutex::new(()),
+            writes: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(watch(Arc::downgrade(&inner), rx));
         Ok(Self(inner))
@@ -296,24 +297,58 @@ impl<S: Store + Clone> PluginManager<S> {
 
             let size = bytes.len() as u64;
             let sha256 = self.0.registry.store().put_artifact(bytes).await.map_err(RegistryError::Store)?;
-            let mut history = old.as_ref().map(|o| o.history.clone()).unwrap_or_default();
-            if let Some(o) = old.as_ref().filter(|o| o.bad_reason(&o.sha256).is_none()) {
-                push_history(&mut history, o.current());
+            // The record as the store holds it now (another load may have written it since
+            // the check above): this load becomes its next version.
+            let mut unchanged = None;
+            let written = self
+                .0
+                .write_record(&plugin, |old| {
+                    if let Some(o) = old
+                        && o.kind == kind
+                        && o.binding == binding
+                        && o.config == config
+                        && o.sha256 == sha256
+                    {
+                        unchanged = Some(Arc::new(o.clone()));
+                        return Ok(None);
+                    }
+                    if let Some(reason) = old.and_then(|o| o.bad_reason(&sha256)) {
+                        return Err(ManagerError::MarkedBad {
+                            name: name.to_string(),
+                            sha256: sha256.clone(),
+                            reason: reason.to_owned(),
+                        });
+                    }
+                    let mut history = old.map(|o| o.history.clone()).unwrap_or_default();
+                    if let Some(o) = old.filter(|o| o.bad_reason(&o.sha256).is_none()) {
+                        push_history(&mut history, o.current());
+                    }
+                    Ok(Some(PluginRecord {
+                        name: plugin.clone(),
+                        kind: kind.to_owned(),
+                        sha256: sha256.clone(),
+                        size,
+                        binding: binding.to_owned(),
+                        config: config.clone(),
+                        loaded_at_unix_ms: unix_ms(),
+                        history,
+                        forward: Vec::new(),
+                        bad: old.map(|o| o.bad.clone()).unwrap_or_default(),
+                    }))
+                })
+                .await?;
+            match (written, unchanged) {
+                (Some((record, revision)), _) => {
+                    self.settle(revision).await;
+                    Ok(Loaded { record, revision, validated: Some(validated) })
+                }
+                (None, Some(record)) => {
+                    let revision = self.0.registry.revision();
+                    self.settle(revision).await;
+                    Ok(Loaded { record, revision, validated: None })
+                }
+                (None, None) => unreachable!("a load either writes its record or finds it written"),
             }
-            let record = PluginRecord {
-                name: plugin,
-                kind: kind.to_owned(),
-                sha256,
-                size,
-                binding: binding.to_owned(),
-                config,
-                loaded_at_unix_ms: unix_ms(),
-                history,
-                forward: Vec::new(),
-                bad: old.as_ref().map(|o| o.bad.clone()).unwrap_or_default(),
-            };
-            let (record, revision) = self.write(record).await?;
-            Ok(Loaded { record, revision, validated: Some(validated) })
         }
         .await;
         if let Err(e) = &result {
@@ -328,17 +363,19 @@ impl<S: Store + Clone> PluginManager<S> {
     /// # Errors
     /// No such record, no earlier version, or the store's refusal.
     pub async fn rollback(&self, name: &PluginName) -> Result<(Arc<PluginRecord>, Revision), ManagerError> {
-        let mut record = self.record(name)?;
-        let target =
-            pop_good(&mut record.history, &record.bad).ok_or_else(|| ManagerError::NoPrevious(name.clone()))?;
-        let left = record.switch_to(target);
-        record.loaded_at_unix_ms = unix_ms();
-        if record.bad_reason(&left.sha256).is_none() {
-            record.forward.push(left);
-            let excess = record.forward.len().saturating_sub(PLUGIN_HISTORY);
-            record.forward.drain(..excess);
-        }
-        self.write(record).await
+        self.rewrite(name, |record| {
+            let target =
+                pop_good(&mut record.history, &record.bad).ok_or_else(|| ManagerError::NoPrevious(name.clone()))?;
+            let left = record.switch_to(target);
+            record.loaded_at_unix_ms = unix_ms();
+            if record.bad_reason(&left.sha256).is_none() {
+                record.forward.push(left);
+                let excess = record.forward.len().saturating_sub(PLUGIN_HISTORY);
+                record.forward.drain(..excess);
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Returns `name`'s record to the version the last rollback left.
@@ -346,22 +383,35 @@ impl<S: Store + Clone> PluginManager<S> {
     /// # Errors
     /// No such record, nothing to roll forward to, or the store's refusal.
     pub async fn roll_forward(&self, name: &PluginName) -> Result<(Arc<PluginRecord>, Revision), ManagerError> {
-        let mut record = self.record(name)?;
-        let target = pop_good(&mut record.forward, &record.bad).ok_or_else(|| ManagerError::NoForward(name.clone()))?;
-        let left = record.switch_to(target);
-        record.loaded_at_unix_ms = unix_ms();
-        push_history(&mut record.history, left);
-        self.write(record).await
+        self.rewrite(name, |record| {
+            let target =
+                pop_good(&mut record.forward, &record.bad).ok_or_else(|| ManagerError::NoForward(name.clone()))?;
+            let left = record.switch_to(target);
+            record.loaded_at_unix_ms = unix_ms();
+            push_history(&mut record.history, left);
+            Ok(())
+        })
+        .await
     }
 
-    fn record(&self, name: &PluginName) -> Result<PluginRecord, ManagerError> {
-        self.0
-            .registry
-            .plugins()
-            .into_iter()
-            .find(|p| &p.name == name)
-            .map(|r| (*r).clone())
-            .ok_or_else(|| ManagerError::NotFound(name.clone()))
+    /// Changes `name`'s existing record with `change` (on the record as the store holds it,
+    /// retried when another write came first) and waits until this server runs it.
+    async fn rewrite(
+        &self,
+        name: &PluginName,
+        change: impl Fn(&mut PluginRecord) -> Result<(), ManagerError>,
+    ) -> Result<(Arc<PluginRecord>, Revision), ManagerError> {
+        let written = self
+            .0
+            .write_record(name, |old| {
+                let mut record = old.cloned().ok_or_else(|| ManagerError::NotFound(name.clone()))?;
+                change(&mut record)?;
+                Ok(Some(record))
+            })
+            .await?;
+        let (record, revision) = written.ok_or_else(|| ManagerError::NotFound(name.clone()))?;
+        self.settle(revision).await;
+        Ok((record, revision))
     }
 
     /// Deletes `name`'s record.
@@ -377,13 +427,6 @@ impl<S: Store + Clone> PluginManager<S> {
         })?;
         self.settle(revision).await;
         Ok(revision)
-    }
-
-    async fn write(&self, record: PluginRecord) -> Result<(Arc<PluginRecord>, Revision), ManagerError> {
-        let record = Arc::new(record);
-        let revision = self.0.registry.put(Record::Plugin(Arc::clone(&record)), None).await?;
-        self.settle(revision).await;
-        Ok((record, revision))
     }
 
     /// Waits until this server has seen `revision` and activated what it says.

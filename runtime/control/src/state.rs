@@ -37,6 +37,8 @@ pub(crate) struct Inner<S> {
     pub(crate) dirty: mpsc::UnboundedSender<Work>,
     /// One activation pass at a time (the watcher, and loads waiting for their own).
     pub(crate) reconcile: tokio::sync::Mutex<()>,
+    /// One plugin record write at a time on this server (`record.rs`).
+    pub(crate) writes: tokio::sync::Mutex<()>,
 }
 
 impl<S> Inner<S> {

@@ -331,3 +331,49 @@ async fn a_rollback_keeps_the_version_it_left_for_a_roll_forward() {
     let third = m.load("lb", "balancer", "shop", "", wasm("peak-ewma"), "api").await.unwrap().record;
     assert!(third.forward.is_empty());
 }
+
+/// Two servers on one store (two registries and managers over one embedded store, so neither
+/// server's lock serializes them: only the store's compare-and-swap does) load different
+/// components under one name at the same moment: both loads succeed, each becomes a version,
+/// and the history holds both. Before, both read the same record, both wrote a history without
+/// the other's version, and one load vanished; a rollback skipped it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_loads_of_one_name_through_two_servers_both_enter_the_history() {
+    use sextant_core::RecordKey;
+    use sextant_core::store::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap();
+    let start = || async {
+        let registry = Registry::start(store.clone(), 1024).await.unwrap();
+        let host = PluginHost::new(HostConfig { workers: 1, ..HostConfig::default() }).unwrap();
+        let manager = PluginManager::start(host, registry.clone(), Defaults::default()).unwrap();
+        (registry, manager)
+    };
+    let (r1, m1) = start().await;
+    let (r2, m2) = start().await;
+    add(&r1, "shop/web/orders", 9001).await;
+    add(&r1, "shop/web/orders", 9002).await;
+    let v0 = m1.load("rr", "balancer", "shop", "", wasm("round-robin"), "api").await.unwrap();
+    r2.wait_for(v0.revision).await;
+    let (a, b) = tokio::join!(
+        m1.load("rr", "balancer", "shop", "", wasm("random"), "api"),
+        m2.load("rr", "balancer", "shop", "", wasm("peak-ewma"), "api"),
+    );
+    let (a, b) = (a.expect("the first load"), b.expect("the second load"));
+    assert_ne!(a.revision, b.revision);
+    let (first, last) = if a.revision < b.revision { (a, b) } else { (b, a) };
+    let name = PluginName::new("rr").unwrap();
+    let Some((Record::Plugin(stored), _)) = store.get(RecordKey::Plugin(name.clone())).await.unwrap() else {
+        panic!("no record")
+    };
+    assert_eq!(stored.sha256, last.record.sha256, "the later load is the current version");
+    let history: Vec<&str> = stored.history.iter().map(|v| v.sha256.as_str()).collect();
+    assert_eq!(
+        history,
+        [v0.record.sha256.as_str(), first.record.sha256.as_str()],
+        "both loads are versions, in the order they were written"
+    );
+    r1.wait_for(last.revision).await;
+    assert_eq!(m1.rollback(&name).await.unwrap().0.sha256, first.record.sha256, "a rollback reaches the first load");
+    assert_eq!(m2.rollback(&name).await.unwrap().0.sha256, v0.record.sha256);
+}

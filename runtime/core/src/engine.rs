@@ -80,6 +80,9 @@ impl Prepared {
 struct Entry {
     record: Record,
     lease: Option<LeaseId>,
+    /// The revision of its last write (for records loaded from disk, the revision the engine
+    /// started at: a conditional write compares it as read from this engine).
+    revision: Revision,
 }
 
 /// The key space, its revision, its leases and its recent history.
@@ -96,7 +99,7 @@ impl Engine {
     /// of `history_capacity` events. Watchers from before `revision` get a `Reset`.
     #[must_use]
     pub fn new(revision: Revision, records: Vec<Record>, history_capacity: usize) -> Self {
-        let records = records.into_iter().map(|r| (r.key(), Entry { record: r, lease: None })).collect();
+        let records = records.into_iter().map(|r| (r.key(), Entry { record: r, lease: None, revision })).collect();
         Self { revision, records, leases: LeaseTable::default(), history: History::new(history_capacity, revision) }
     }
 
@@ -128,6 +131,12 @@ impl Engine {
     #[must_use]
     pub fn get(&self, key: &RecordKey) -> Option<&Record> {
         self.records.get(key).map(|e| &e.record)
+    }
+
+    /// The record under `key` and the revision of its last write.
+    #[must_use]
+    pub fn get_with_revision(&self, key: &RecordKey) -> Option<(&Record, Revision)> {
+        self.records.get(key).map(|e| (&e.record, e.revision))
     }
 
     /// Validates `op` at `now` and works out what to persist. Changes nothing.
@@ -183,7 +192,7 @@ impl Engine {
                     // Checked live in prepare, at the same `now`, under the same lock.
                     let _ = self.leases.attach(now, id, key.clone());
                 }
-                self.records.insert(key, Entry { record: record.clone(), lease });
+                self.records.insert(key, Entry { record: record.clone(), lease, revision: prepared.revision });
                 Change::Upsert { record }
             }
             Op::Delete { key } => {

@@ -35,12 +35,41 @@ pub enum StoreError {
     /// The store was closed.
     #[error("store is closed")]
     Closed,
+    /// A conditional write ([`Store::put_if`]) whose record was written since it was read:
+    /// nothing was written.
+    #[error(
+        "{key} was written at revision {} since it was read at {}: this write lost to that one",
+        current.map_or_else(|| "none (it is gone)".to_owned(), |r| r.0.to_string()),
+        expected.map_or_else(|| "none (it was absent)".to_owned(), |r| r.0.to_string())
+    )]
+    Conflict {
+        /// The record's key (boxed: the error stays small on every other path).
+        key: Box<RecordKey>,
+        /// The revision the writer read it at (None: it read no record).
+        expected: Option<Revision>,
+        /// The revision of the write it lost to (None: the record is gone).
+        current: Option<Revision>,
+    },
 }
 
 /// A registry backend.
 pub trait Store: Send + Sync + 'static {
     /// Creates or replaces `record`; ephemeral instances name their `lease`.
     fn put(&self, record: Record, lease: Option<LeaseId>) -> impl Future<Output = Result<Revision, StoreError>> + Send;
+
+    /// The record under `key` as the store holds it now (not a mirror that may trail it), with
+    /// the revision of its last write: what [`Store::put_if`] compares.
+    fn get(&self, key: RecordKey) -> impl Future<Output = Result<Option<(Record, Revision)>, StoreError>> + Send;
+
+    /// Creates or replaces `record` (a durable record: no lease) only if its key was last
+    /// written at `expected` (None: only if no record is there); otherwise fails with
+    /// [`StoreError::Conflict`] naming the revision it lost to, and changes nothing. The
+    /// read-modify-write of several writers (servers on one etcd) is serialized by it.
+    fn put_if(
+        &self,
+        record: Record,
+        expected: Option<Revision>,
+    ) -> impl Future<Output = Result<Revision, StoreError>> + Send;
 
     /// Deletes the record under `key`.
     fn delete(&self, key: RecordKey) -> impl Future<Output = Result<Revision, StoreError>> + Send;

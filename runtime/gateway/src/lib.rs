@@ -40,6 +40,7 @@ pub mod backend;
 pub mod config;
 pub mod follow;
 pub mod metrics;
+pub mod plugin_metrics;
 pub mod proxy;
 pub mod remote;
 pub mod resilience;

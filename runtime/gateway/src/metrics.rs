@@ -15,16 +15,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
-use sextant_plugin::{CALL_TIME_BOUNDS_NS, CallTimes, Totals, VersionKey};
+use sextant_plugin::VersionKey;
 
 use crate::Router;
+use crate::plugin_metrics::{ActiveSlot, PluginMetrics, SlotLabels};
 use crate::resilience::BreakerState;
 
 /// The content type of [`GatewayMetrics::encode`]'s text (and of the server's `/metrics`):
@@ -120,170 +119,15 @@ pub struct HealthLabels {
     pub health: &'static str,
 }
 
-/// Labels of a plugin version.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct VersionLabels {
-    /// `balancer`, `health` or `scheduler`.
-    pub kind: String,
-    /// The plugin record's name, or the built-in's.
-    pub plugin: String,
-    /// sha256 of the component; empty for a built-in.
-    pub sha256: String,
-}
-
-/// A histogram whose samples are counted elsewhere (a plugin version's sampled call times,
-/// kept by the plugin host across swaps): set from those counts, exported as a Prometheus
-/// histogram in seconds.
-#[derive(Debug, Default)]
-pub struct CallTimeHistogram(parking_lot::Mutex<CallTimes>);
-
-impl CallTimeHistogram {
-    /// Takes the counts (they only grow).
-    pub fn set(&self, times: CallTimes) {
-        *self.0.lock() = times;
-    }
-}
-
-impl TypedMetric for CallTimeHistogram {
-    const TYPE: MetricType = MetricType::Histogram;
-}
-
-impl EncodeMetric for CallTimeHistogram {
-    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let t = *self.0.lock();
-        // The encoder takes counts per bucket (it adds them up); +Inf last.
-        let mut below = 0;
-        let mut buckets: Vec<(f64, u64)> = CALL_TIME_BOUNDS_NS
-            .iter()
-            .zip(t.at_most)
-            .map(|(&bound, at_most)| {
-                let n = at_most.saturating_sub(below);
-                below = at_most;
-                (bound as f64 / 1e9, n)
-            })
-            .collect();
-        buckets.push((f64::MAX, t.count.saturating_sub(below)));
-        encoder.encode_histogram::<NoLabelSet>(t.sum_ns as f64 / 1e9, t.count, &buckets, None)
-    }
-
-    fn metric_type(&self) -> MetricType {
-        Self::TYPE
-    }
-}
-
 fn latency_histogram() -> Histogram {
     // 0.5 ms … ~16 s.
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
-/// Labels of a running 0.2.0 plugin (a component with one configuration).
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SharedLabels {
-    /// `balancer`, `health`, `scheduler`.
-    pub kind: String,
-    /// The plugin's name (the first record that started it).
-    pub plugin: String,
-    /// sha256 of the component.
-    pub sha256: String,
-}
-
-/// The plugin host's limits and what its shared (0.2.0) plugins hold: exported by servers and
-/// gateways alike, so an operator sees how close the host is to a limit before a load is
-/// refused for it.
-#[derive(Debug, Default)]
-pub struct PluginHostMetrics {
-    /// The pool's size (`--plugin-instances`).
-    instances_limit: Gauge,
-    /// Distinct 0.2.0 plugins allowed at once (`--max-plugins`).
-    plugins_limit: Gauge,
-    /// 0.2.0 plugins running.
-    plugins: Gauge,
-    /// Worker threads (instances per 0.2.0 plugin).
-    workers: Gauge,
-    /// Memory cap per instance, bytes.
-    memory_limit: Gauge,
-    instances: Family<SharedLabels, Gauge>,
-    resources: Family<SharedLabels, Gauge>,
-    counters: [Family<SharedLabels, Counter>; 5],
-}
-
-impl PluginHostMetrics {
-    /// Registers the series in `registry` (under its prefix).
-    pub fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "plugin_instances_limit",
-            "Plugin instances the pool holds (--plugin-instances)",
-            self.instances_limit.clone(),
-        );
-        registry.register(
-            "plugin_plugins_limit",
-            "Distinct 0.2.0 plugins allowed at once (--max-plugins)",
-            self.plugins_limit.clone(),
-        );
-        registry.register(
-            "plugin_plugins_running",
-            "0.2.0 plugins running (component and configuration)",
-            self.plugins.clone(),
-        );
-        registry.register("plugin_workers", "Worker threads: instances per 0.2.0 plugin", self.workers.clone());
-        registry.register(
-            "plugin_memory_limit_bytes",
-            "Linear memory cap per plugin instance",
-            self.memory_limit.clone(),
-        );
-        registry.register("plugin_shared_instances", "Instances a 0.2.0 plugin runs now", self.instances.clone());
-        registry.register(
-            "plugin_resources",
-            "Per-service resources alive in a 0.2.0 plugin's instances",
-            self.resources.clone(),
-        );
-        let names = [
-            ("plugin_resources_created", "Per-service resources a 0.2.0 plugin created"),
-            ("plugin_resources_dropped_idle", "Resources dropped after their service made no call for the idle time"),
-            ("plugin_instances_replaced", "0.2.0 plugin instances replaced after a trap, a deadline or the memory cap"),
-            (
-                "plugin_resources_lost",
-                "Resources lost with a replaced instance (their services fell back on that call)",
-            ),
-            ("plugin_constructor_faults", "Resource constructors that trapped"),
-        ];
-        for ((name, help), family) in names.into_iter().zip(&self.counters) {
-            registry.register(name, help, family.clone());
-        }
-    }
-
-    /// Reads the host's limits and its shared plugins.
-    pub fn read(&self, host: &sextant_plugin::PluginHost) {
-        let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        let config = host.config();
-        self.instances_limit.set(i64::from(config.max_instances));
-        self.plugins_limit.set(i64::from(config.max_plugins));
-        self.workers.set(g(config.workers as u64));
-        self.memory_limit.set(g(config.memory_limit as u64));
-        let shared = host.shared_status();
-        self.plugins.set(g(shared.len() as u64));
-        self.instances.clear();
-        self.resources.clear();
-        for s in shared {
-            let labels = SharedLabels { kind: s.kind.to_string(), plugin: s.name.clone(), sha256: s.sha256.clone() };
-            self.instances.get_or_create(&labels).set(g(s.instances));
-            self.resources.get_or_create(&labels).set(g(s.resources));
-            let totals = [s.created, s.dropped_idle, s.replaced, s.lost, s.constructor_faults];
-            for (family, total) in self.counters.iter().zip(totals) {
-                let counter = family.get_or_create(&labels);
-                let seen = counter.get();
-                if total > seen {
-                    counter.inc_by(total - seen);
-                }
-            }
-        }
-    }
-}
-
 /// Every metric the gateway exports.
 #[derive(Debug)]
 pub struct GatewayMetrics {
-    host: PluginHostMetrics,
+    plugins: PluginMetrics,
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
@@ -294,8 +138,6 @@ pub struct GatewayMetrics {
     breaker_open: Family<EndpointLabels, Gauge>,
     in_flight: Family<EndpointLabels, Gauge>,
     weight: Family<EndpointLabels, Gauge>,
-    plugin: [Family<VersionLabels, Counter>; 6],
-    call_time: Family<VersionLabels, CallTimeHistogram>,
     identity_conflict: Gauge,
 }
 
@@ -328,7 +170,7 @@ impl GatewayMetrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("sextant_gateway");
         let m = Self {
-            host: PluginHostMetrics::default(),
+            plugins: PluginMetrics::default(),
             registry: Registry::default(),
             requests: Family::default(),
             duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
@@ -339,15 +181,8 @@ impl GatewayMetrics {
             breaker_open: Family::default(),
             in_flight: Family::default(),
             weight: Family::default(),
-            plugin: std::array::from_fn(|_| Family::default()),
-            call_time: Family::default(),
             identity_conflict: Gauge::default(),
         };
-        registry.register(
-            "plugin_call_duration_seconds",
-            "Sampled call times of a plugin version's picks, all routes, kept across swaps",
-            m.call_time.clone(),
-        );
         registry.register(
             "identity_conflict",
             "1 when another gateway took over this gateway's registration (same service and id); it stopped registering",
@@ -366,18 +201,7 @@ impl GatewayMetrics {
         registry.register("endpoint_breaker_open", "1 while the endpoint's breaker is open", m.breaker_open.clone());
         registry.register("endpoint_in_flight", "Requests in flight to the endpoint", m.in_flight.clone());
         registry.register("endpoint_weight", "Effective weight in rotation (0: out)", m.weight.clone());
-        let names = [
-            ("plugin_calls", "Calls into a plugin version, all routes"),
-            ("plugin_traps", "Calls into a plugin version that trapped"),
-            ("plugin_deadline_hits", "Calls into a plugin version stopped at their deadline"),
-            ("plugin_memory_hits", "Calls into a plugin version stopped at the memory cap"),
-            ("plugin_contract_violations", "Answers of a plugin version outside the contract"),
-            ("plugin_fallbacks", "Calls the native default answered for a plugin version"),
-        ];
-        for ((name, help), family) in names.into_iter().zip(&m.plugin) {
-            registry.register(name, help, family.clone());
-        }
-        m.host.register(&mut registry);
+        m.plugins.register(&mut registry);
         Self { registry, ..m }
     }
 
@@ -422,8 +246,9 @@ impl GatewayMetrics {
             family.clear();
         }
         self.health.clear();
-        self.host.read(router.host());
+        self.plugins.host.read(router.host());
         let mut totals = router.host().retired();
+        let mut active = Vec::new();
         for service in router.services() {
             let Some(status) = router.status(&service) else { continue };
             for e in &status.endpoints {
@@ -443,32 +268,24 @@ impl GatewayMetrics {
             for (kind, slot) in slots {
                 let Some(slot) = slot else { continue };
                 let a = &slot.active;
-                let key = VersionKey {
-                    kind: kind.to_string(),
-                    plugin: a.name.clone(),
-                    sha256: a.sha256.clone().unwrap_or_default(),
-                };
+                let sha256 = a.sha256.clone().unwrap_or_default();
+                active.push(ActiveSlot {
+                    labels: SlotLabels {
+                        service: status.service.clone(),
+                        kind: kind.to_string(),
+                        plugin: a.name.clone(),
+                        source: a.source.to_owned(),
+                        sha256: sha256.clone(),
+                    },
+                    version: a.id,
+                    loaded_at: a.loaded_at,
+                });
+                let key = VersionKey { kind: kind.to_string(), plugin: a.name.clone(), sha256 };
                 totals.entry(key).or_default().add(&a.counters);
             }
         }
-        for (key, t) in totals {
-            self.set_totals(&key, &t);
-        }
-    }
-
-    fn set_totals(&self, key: &VersionKey, t: &Totals) {
-        let labels = VersionLabels { kind: key.kind.clone(), plugin: key.plugin.clone(), sha256: key.sha256.clone() };
-        let values = [t.calls, t.traps, t.deadline_hits, t.memory_hits, t.contract_violations, t.fallbacks];
-        for (family, total) in self.plugin.iter().zip(values) {
-            let counter = family.get_or_create(&labels);
-            let seen = counter.get();
-            if total > seen {
-                counter.inc_by(total - seen);
-            }
-        }
-        if t.call_times.count > 0 {
-            self.call_time.get_or_create(&labels).set(t.call_times);
-        }
+        self.plugins.set_slots(active);
+        self.plugins.set_totals(&totals);
     }
 }
 

@@ -381,7 +381,7 @@ impl BalancerSlot {
         let mut runner = WasmRunner::with_store(compiled, config, host, store)?;
         let fail = |what: &str, f: CallFault| LoadError::SelfTest(format!("{what} {f}"));
         let mode = runner.update(host, &route).map_err(|f| fail("update", f))?;
-        let exec = validate_mode(mode, route.len()).map_err(|f| fail("update", f))?;
+        let exec = validate_mode(mode, route.len(), host.config()).map_err(|f| fail("update", f))?;
         if matches!(exec, Exec::PerRequest) {
             let ticks = host.pick_ticks();
             for k in 0..64u64 {
@@ -426,7 +426,7 @@ fn self_test_shared(host: &PluginHost, compiled: &Compiled, config: &str) -> Res
             Ok(Err(reason)) => return Err(fail("update", CallFault::Refused(reason))),
             Err(e) => return Err(fail("update", fault_in(store, &e))),
         };
-        let exec = validate_mode(mode, route.len()).map_err(|f| fail("update", f))?;
+        let exec = validate_mode(mode, route.len(), host.config()).map_err(|f| fail("update", f))?;
         if matches!(exec, Exec::PerRequest) {
             let ticks = host.pick_ticks();
             for k in 0..if route.is_empty() { 1 } else { 64u64 } {

@@ -22,6 +22,7 @@ use wasmtime::{
 use crate::LoadError;
 use crate::bindings::{v1, v2};
 use crate::load::{LoadTracker, Published};
+use crate::log::{LogBudget, LogDrops};
 use crate::shared::{SharedPlugin, SharedStatus};
 use crate::state::{HostState, KindPre, SharedPre};
 use crate::stats::{CountersSnapshot, Totals, VersionKey};
@@ -116,6 +117,19 @@ pub struct HostConfig {
     pub fault_window: Duration,
     /// Decay time of the latency EWMA the `load` interface reports.
     pub ewma_decay: Duration,
+    /// Lines a plugin may write through `host.log` per second on this host (all its
+    /// instances together); the excess is dropped and counted.
+    pub log_lines_per_sec: u32,
+    /// Bytes a plugin may write through `host.log` per second on this host; see
+    /// `log_lines_per_sec`.
+    pub log_bytes_per_sec: u32,
+    /// Entries a balancer's table (weights, ring, Maglev) may have in all; a larger one is
+    /// refused at load, or at the update that returned it (the previous table keeps serving).
+    /// The host keeps a copy per worker, counted against `memory_limit` too.
+    pub max_table_entries: usize,
+    /// Entries per endpoint a ring or Maglev table may have (a single-endpoint service may
+    /// still have the usual 65,537-entry Maglev table).
+    pub max_table_entries_per_endpoint: usize,
 }
 
 impl Default for HostConfig {
@@ -135,6 +149,10 @@ impl Default for HostConfig {
             max_faults: 5,
             fault_window: Duration::from_secs(10),
             ewma_decay: Duration::from_secs(10),
+            log_lines_per_sec: 100,
+            log_bytes_per_sec: 64 << 10,
+            max_table_entries: 1 << 20,
+            max_table_entries_per_endpoint: 65_537,
         }
     }
 }
@@ -236,6 +254,8 @@ struct Inner {
     self_tested: Mutex<std::collections::HashSet<(String, String)>>,
     /// Epoch ticks since start: a clock for idleness that costs one load to read.
     tick_count: Arc<AtomicU64>,
+    /// Each plugin's log budget, by name (`log.rs`).
+    logs: Mutex<HashMap<String, Arc<LogBudget>>>,
     _ticker: Ticker,
 }
 
@@ -327,6 +347,7 @@ impl PluginHost {
             next_key: AtomicU64::new(1),
             self_tested: Mutex::new(std::collections::HashSet::new()),
             tick_count,
+            logs: Mutex::new(HashMap::new()),
             _ticker: Ticker { stop, thread: Some(thread) },
         })))
     }
@@ -397,6 +418,36 @@ impl PluginHost {
         let plugin = Arc::new(SharedPlugin::start(self, name, compiled, config, self.0.config.workers)?);
         shared.insert(key, Arc::downgrade(&plugin));
         Ok(plugin)
+    }
+
+    /// The log budget of the plugin named `plugin` (one per name on this host).
+    fn log_budget(&self, plugin: &str) -> Arc<LogBudget> {
+        let mut logs = self.0.logs.lock();
+        if let Some(b) = logs.get(plugin) {
+            return Arc::clone(b);
+        }
+        let c = &self.0.config;
+        let b = Arc::new(LogBudget::new(c.log_lines_per_sec, c.log_bytes_per_sec, Instant::now()));
+        logs.insert(plugin.to_owned(), Arc::clone(&b));
+        b
+    }
+
+    /// What each plugin's log budget dropped on this host, by plugin name (those that
+    /// dropped nothing are left out).
+    #[must_use]
+    pub fn log_drops(&self) -> Vec<LogDrops> {
+        let mut drops: Vec<LogDrops> = self
+            .0
+            .logs
+            .lock()
+            .iter()
+            .filter_map(|(name, b)| {
+                let (lines, bytes) = b.dropped();
+                (lines > 0).then(|| LogDrops { plugin: name.clone(), lines, bytes })
+            })
+            .collect();
+        drops.sort_by(|a, b| a.plugin.cmp(&b.plugin));
+        drops
     }
 
     /// What each running 0.2.0 plugin is doing.
@@ -654,7 +705,9 @@ impl PluginHost {
     }
 
     pub(crate) fn state_seeded(&self, label: Arc<str>, route: Arc<Published>, seed: u64) -> HostState {
+        let log = self.log_budget(crate::log::plugin_of(&label));
         HostState {
+            log,
             rng: SplitMix64::new(seed),
             local: LocalRandom::default(),
             label,

@@ -42,6 +42,7 @@ mod error;
 mod host;
 mod lifecycle;
 mod load;
+mod log;
 mod policy;
 mod shared;
 mod slots;
@@ -60,6 +61,7 @@ pub use host::{
 };
 pub use lifecycle::{AutoRollback, Observer, SlotEvent, SlotStatus, VersionStatus};
 pub use load::{EndpointLoad, InFlight, LoadTracker, Published, endpoint_of, snapshot_of};
+pub use log::LogDrops;
 pub use policy::{HealthSlot, OUTCOME_QUEUE, SchedulerSlot};
 pub use sextant_builtins as builtins;
 pub use shared::SharedStatus;

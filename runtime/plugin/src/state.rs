@@ -15,6 +15,7 @@ use crate::bindings::v1::balancer::sextant::plugin::{host as wit_host, load as w
 use crate::bindings::v2::balancer::sextant::plugin::{host as wit_host2, load as wit_load2};
 use crate::bindings::{v1, v2};
 use crate::load::Published;
+use crate::log::LogBudget;
 
 pub(crate) enum KindPre {
     Balancer(v1::balancer::BalancerPluginPre<HostState>),
@@ -77,6 +78,8 @@ pub struct HostState {
     /// The instance's numbers (native policies); wasm guests keep theirs in the SDK.
     pub(crate) local: LocalRandom,
     pub(crate) label: Arc<str>,
+    /// The plugin's log budget on this host (shared by its instances).
+    pub(crate) log: Arc<LogBudget>,
     pub(crate) route: Arc<Published>,
     pub(crate) headers: Vec<(String, String)>,
     pub(crate) clock: Instant,
@@ -94,21 +97,6 @@ pub(crate) fn arm(store: &mut Store<HostState>, ticks: u64, budget: Duration) {
     state.budget = budget;
     state.probe = None;
     store.set_epoch_deadline(ticks);
-}
-
-fn log_line(label: &str, level: Level, message: &str) {
-    let mut end = message.len().min(1024);
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    let message = &message[..end];
-    match level {
-        Level::Trace => tracing::trace!(plugin = label, "{message}"),
-        Level::Debug => tracing::debug!(plugin = label, "{message}"),
-        Level::Info => tracing::info!(plugin = label, "{message}"),
-        Level::Warn => tracing::warn!(plugin = label, "{message}"),
-        Level::Error => tracing::error!(plugin = label, "{message}"),
-    }
 }
 
 impl crate::wasi::WasiState for HostState {
@@ -133,7 +121,7 @@ impl Env for HostState {
         u64::try_from(self.clock.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
     fn log(&self, level: Level, message: &str) {
-        log_line(&self.label, level, message);
+        self.log.write(&self.label, level, message);
     }
     fn in_flight(&self, endpoint: u32) -> u32 {
         self.route.in_flight(endpoint)
@@ -158,7 +146,7 @@ impl Env for HostState {
 impl HostState {
     /// `host.log` of either contract version.
     fn plugin_log(&mut self, level: Level, message: &str) {
-        log_line(&self.label, level, message);
+        self.log.write(&self.label, level, message);
         // Warnings and errors are what a plugin says before it fails (the Python template
         // logs an exception's traceback and re-raises): a trap's reason carries them.
         if matches!(level, Level::Warn | Level::Error) {

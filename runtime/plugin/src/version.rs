@@ -24,7 +24,8 @@ use crate::shared::{Guest, Missing, SharedRunner};
 use crate::state::{KindPre, arm, fault_in};
 use crate::stats::Counters;
 use crate::{
-    CallFault, Compiled, HostState, LoadError, PickRequest, PluginHost, PluginKind, PluginSpec, VersionStatus,
+    CallFault, Compiled, HostConfig, HostState, LoadError, PickRequest, PluginHost, PluginKind, PluginSpec,
+    VersionStatus,
 };
 
 pub(crate) enum Exec {
@@ -70,9 +71,29 @@ pub(crate) struct Worker {
     pub(crate) calls: u64,
 }
 
-/// Built by `update` → validated table or per-request.
-pub(crate) fn validate_mode(mode: Mode, len: usize) -> Result<Exec, CallFault> {
+/// Built by `update` → validated table or per-request. A table must refer to endpoints in
+/// range and stay within the host's table limits (`HostConfig::max_table_entries`,
+/// `max_table_entries_per_endpoint`, and in bytes the instance memory cap): the host keeps a
+/// copy per worker, memory spent on the plugin's behalf.
+pub(crate) fn validate_mode(mode: Mode, len: usize, config: &HostConfig) -> Result<Exec, CallFault> {
     let in_range = |i: u32| (i as usize) < len;
+    let within = |what: &str, entries: usize, entry_bytes: usize| -> Result<(), CallFault> {
+        let per_endpoint = config.max_table_entries_per_endpoint.saturating_mul(len.max(1));
+        let bytes = entries.saturating_mul(entry_bytes);
+        let over = if entries > config.max_table_entries {
+            Some(format!("the host's limit of {} entries (--plugin-max-table-entries)", config.max_table_entries))
+        } else if entries > per_endpoint {
+            Some(format!(
+                "{} entries per endpoint × {len} endpoints (--plugin-max-table-entries-per-endpoint)",
+                config.max_table_entries_per_endpoint
+            ))
+        } else if bytes > config.memory_limit {
+            Some(format!("the plugin memory cap of {} bytes", config.memory_limit))
+        } else {
+            None
+        };
+        over.map_or(Ok(()), |limit| Err(CallFault::Contract(format!("{what} of {entries} entries passes {limit}"))))
+    };
     Ok(match mode {
         Mode::PerRequest => Exec::PerRequest,
         Mode::Table(Table::Weighted(w)) => {
@@ -82,6 +103,7 @@ pub(crate) fn validate_mode(mode: Mode, len: usize) -> Result<Exec, CallFault> {
             Exec::Weighted(EdfWeights::new(&w))
         }
         Mode::Table(Table::Ring(mut ring)) => {
+            within("ring", ring.len(), std::mem::size_of::<RingPoint>())?;
             if ring.iter().any(|p| !in_range(p.endpoint)) || (ring.is_empty() && len > 0) {
                 return Err(CallFault::Contract("ring refers to endpoints out of range, or is empty".into()));
             }
@@ -89,6 +111,7 @@ pub(crate) fn validate_mode(mode: Mode, len: usize) -> Result<Exec, CallFault> {
             Exec::Ring(ring)
         }
         Mode::Table(Table::Maglev(t)) => {
+            within("maglev table", t.len(), std::mem::size_of::<u32>())?;
             if t.iter().any(|&i| !in_range(i)) || (t.is_empty() && len > 0) {
                 return Err(CallFault::Contract("maglev table refers to endpoints out of range, or is empty".into()));
             }
@@ -420,7 +443,7 @@ impl Worker {
             },
             Runner::Gone => Err(CallFault::Trap("instance lost".into())),
         };
-        let fault = match result.and_then(|mode| validate_mode(mode, route.len())) {
+        let fault = match result.and_then(|mode| validate_mode(mode, route.len(), host.config())) {
             Ok(exec) => {
                 self.exec = exec;
                 self.route = Arc::clone(route);
@@ -466,7 +489,8 @@ impl Worker {
                 else {
                     return false;
                 };
-                let restored = fresh.update(host, &previous).and_then(|mode| validate_mode(mode, previous.len()));
+                let restored =
+                    fresh.update(host, &previous).and_then(|mode| validate_mode(mode, previous.len(), host.config()));
                 match restored {
                     Ok(exec @ Exec::PerRequest) => {
                         self.runner = Runner::Wasm(Box::new(fresh));
@@ -485,7 +509,7 @@ impl Worker {
         let (Exec::Lazy, Runner::Shared(shared, _)) = (&self.exec, &self.runner) else { return Ok(()) };
         let result = shared_update(shared, host, &self.route, Missing::Create)
             .and_then(|mode| mode.ok_or_else(|| CallFault::Trap("the resource could not be created".into())))
-            .and_then(|mode| validate_mode(mode, self.route.len()));
+            .and_then(|mode| validate_mode(mode, self.route.len(), host.config()));
         match result {
             Ok(exec) => {
                 self.exec = exec;
@@ -537,7 +561,7 @@ impl Worker {
                     self.exec = Exec::PerRequest;
                     return check_pick(answer, len);
                 }
-                Ok(SharedPick::Table(mode)) => match validate_mode(mode, self.route.len()) {
+                Ok(SharedPick::Table(mode)) => match validate_mode(mode, self.route.len(), host.config()) {
                     Ok(exec) => self.exec = exec,
                     Err(f) => {
                         self.exec = Exec::Fallback;
@@ -582,7 +606,7 @@ impl Worker {
                         // The resource was dropped (idle, or its instance replaced) and its
                         // new one answers with a table: executed from now on.
                         SharedPick::Table(mode) => {
-                            self.exec = validate_mode(mode, self.route.len())?;
+                            self.exec = validate_mode(mode, self.route.len(), host.config())?;
                             return self.pick(host, ticks, request, len);
                         }
                     },

@@ -831,6 +831,10 @@ pub enum ErrorCode {
     /// An abuse limit was reached (request rate, registrations or watches per connection);
     /// the message names the limit and the server option that raises it. Nothing changed.
     Limited,
+    /// A write that lost to another write of the same record made at the same time (two
+    /// loads of one plugin name through different servers, which kept retrying); the message
+    /// names the revision it lost to. Nothing changed: read again and retry.
+    Conflict,
 }
 
 impl ErrorCode {
@@ -850,6 +854,7 @@ impl ErrorCode {
             Self::Internal => 15,
             Self::PluginRejected => 16,
             Self::Limited => 17,
+            Self::Conflict => 18,
         }
     }
 
@@ -869,6 +874,7 @@ impl ErrorCode {
             Self::Internal,
             Self::PluginRejected,
             Self::Limited,
+            Self::Conflict,
         ]
         .into_iter()
         .find(|c| c.as_u32() == n)

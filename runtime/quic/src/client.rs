@@ -683,24 +683,30 @@ async fn run_watch(
         tokio::spawn(write_cache_when_dirty(inner.clone(), id, writer.clone(), rx));
         (dirty, writer.pending)
     });
+    // A cached view is served at once, marked stale with its age: a gateway restarted on its
+    // cache routes from its first request, server up or not. Once a server answers, the
+    // session (which starts from the cached records and asks only for what changed since
+    // their revision, maybe nothing) is handed on as a fresh `Reset`, so a consumer that
+    // copies the view on a reset holds the cached records, with the server's changes applied
+    // on top as they arrive.
+    let mut served_stale = false;
+    if let Some(c) = cached.take() {
+        let age = Duration::from_millis(now_unix_ms().saturating_sub(c.saved_at_unix_ms));
+        tracing::info!(age_ms = age.as_millis() as u64, "serving the cached view until a server answers");
+        let event = Event { revision: c.snapshot.revision, change: Change::Reset { snapshot: Arc::new(c.snapshot) } };
+        if tx.send(Ok(WatchItem { event, applied: Applied::Changed, stale: Some(age) })).await.is_err() {
+            return;
+        }
+        served_stale = true;
+    }
     let mut backoff = Duration::from_millis(100);
     loop {
         let Some(client) = inner.upgrade() else { return };
         let conn = match client.connection().await {
             Ok(c) => c,
             Err(ClientError::Unreachable(why)) => {
-                // Serve the cached view once, marked stale, while no server answers.
-                if let Some(c) = cached.take() {
-                    let age = Duration::from_millis(now_unix_ms().saturating_sub(c.saved_at_unix_ms));
-                    tracing::warn!(%why, age_ms = age.as_millis() as u64, "no server reachable; serving the cached view");
-                    let event = Event {
-                        revision: c.snapshot.revision,
-                        change: Change::Reset { snapshot: Arc::new(c.snapshot) },
-                    };
-                    let item = WatchItem { event, applied: Applied::Changed, stale: Some(age) };
-                    if tx.send(Ok(item)).await.is_err() {
-                        return;
-                    }
+                if served_stale {
+                    tracing::warn!(%why, "no server reachable; still serving the cached view");
                 }
                 drop(client);
                 tokio::time::sleep(backoff).await;
@@ -713,7 +719,6 @@ async fn run_watch(
             }
         };
         backoff = Duration::from_millis(100);
-        cached = None;
         let Some(request) = client.session.lock().resubscribe(id) else { return };
         let opened = async {
             let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
@@ -728,6 +733,18 @@ async fn run_watch(
                 continue;
             }
         };
+        if std::mem::take(&mut served_stale) {
+            // Before any frame is read: the session is still at the cached revision, and
+            // what the server sends next applies on top of it.
+            let view = client.session.lock().state(id).map(SubState::snapshot);
+            if let Some(snapshot) = view {
+                let event =
+                    Event { revision: snapshot.revision, change: Change::Reset { snapshot: Arc::new(snapshot) } };
+                if tx.send(Ok(WatchItem { event, applied: Applied::Changed, stale: None })).await.is_err() {
+                    return;
+                }
+            }
+        }
         drop(client);
         let mut chunks = ResetAssembler::default();
         loop {

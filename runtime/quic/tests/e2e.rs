@@ -247,6 +247,52 @@ async fn the_cache_is_served_stale_when_no_server_answers() {
     }
 }
 
+/// A client restarted on its cache while the server is up and nothing changed since: the
+/// server has nothing to send (it resumes from the cached revision), yet the watch hands on
+/// the cached records at once (stale), then fresh once the server answered, and the server's
+/// later changes apply on top. Before the fix, such a watch said nothing at all: a gateway
+/// restarted on its cache served 503 on every route with its server up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_is_handed_on_when_the_server_answers_with_nothing_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tls::ensure_dev_certs(dir.path()).unwrap();
+    let reg = registry(&dir.path().join("data")).await;
+    let node = start(&reg, &files, "127.0.0.1:0".parse().unwrap(), options(5000));
+    let mut opts = ClientOptions::new(vec![node.addr], files.ca.clone());
+    opts.cache_dir = Some(dir.path().join("cache"));
+    let writer = Client::new(opts.clone()).unwrap();
+    {
+        let c = Client::new(opts.clone()).unwrap();
+        let mut p = instance("cached", 1);
+        p.ephemeral = false;
+        c.register(p, Binding::Persistent).await.unwrap();
+        let mut w = c.watch(Scope::All);
+        let _ = next_change(&mut w).await;
+    }
+    let c = Client::new(opts).unwrap();
+    let mut w = c.watch(Scope::All);
+    let first = tokio::time::timeout(Duration::from_secs(10), w.next()).await.unwrap().unwrap().unwrap();
+    assert!(first.stale.is_some(), "the cache first, marked stale: {first:?}");
+    let fresh = tokio::time::timeout(Duration::from_secs(10), w.next())
+        .await
+        .expect("the server answered with nothing new: the cached view is handed on fresh")
+        .unwrap()
+        .unwrap();
+    assert!(fresh.stale.is_none(), "{fresh:?}");
+    match &fresh.event.change {
+        Change::Reset { snapshot } => assert_eq!(snapshot.records.len(), 1, "the cached record"),
+        other => panic!("expected the view as a reset, got {other:?}"),
+    }
+    // The server's changes apply on top of the cached records.
+    let mut later = instance("later", 2);
+    later.ephemeral = false;
+    writer.register(later, Binding::Persistent).await.unwrap();
+    let change = tokio::time::timeout(Duration::from_secs(10), w.next()).await.unwrap().unwrap().unwrap();
+    assert!(matches!(change.event.change, Change::Upsert { .. }), "{change:?}");
+    assert_eq!(c.view(&w).records.len(), 2, "the cached record and the new one");
+    node.stop().await;
+}
+
 /// Raw QUIC: a connection that says `hello`, then does `f` with it.
 async fn raw(files: &TlsFiles, addr: SocketAddr) -> quinn::Connection {
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -623,6 +669,12 @@ struct Faults {
 impl sextant_core::store::Store for FaultyStore {
     async fn put(&self, r: Record, l: Option<sextant_core::LeaseId>) -> Result<Revision, StoreError> {
         self.inner.put(r, l).await
+    }
+    async fn get(&self, k: sextant_core::RecordKey) -> Result<Option<(Record, Revision)>, StoreError> {
+        self.inner.get(k).await
+    }
+    async fn put_if(&self, r: Record, expected: Option<Revision>) -> Result<Revision, StoreError> {
+        self.inner.put_if(r, expected).await
     }
     async fn delete(&self, k: sextant_core::RecordKey) -> Result<Revision, StoreError> {
         self.inner.delete(k).await

@@ -116,6 +116,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::Timeout => StatusCode::REQUEST_TIMEOUT,
         ErrorCode::PluginRejected => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::Limited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::Conflict => StatusCode::CONFLICT,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -356,9 +357,9 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     s.metrics.store_stale_seconds.set(stale.map_or(0.0, |d| d.as_secs_f64()));
     if let Some(plugins) = s.executor.plugins() {
         s.metrics.set_slots(&plugins.status());
-        s.metrics.set_totals(&plugins.totals());
+        s.metrics.plugins.set_totals(plugins.totals().iter().map(|(k, t)| (k, t)));
         s.metrics.plugin_failures.set(gauge(plugins.failures().len()));
-        s.metrics.plugin_host.read(plugins.host());
+        s.metrics.plugins.host.read(plugins.host());
     }
     s.metrics.set_access(&s.access);
     ([("content-type", sextant_gateway::metrics::CONTENT_TYPE)], s.metrics.encode())

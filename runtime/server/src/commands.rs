@@ -36,6 +36,20 @@ pub(crate) struct PluginHostArgs {
     /// it is created again, with the current snapshot, when next needed.
     #[arg(long, default_value_t = 300)]
     pub(crate) plugin_idle_secs: u64,
+    /// Entries a balancer's table (weights, ring, Maglev) may have; a larger one is refused at
+    /// load, or at the update that returned it.
+    #[arg(long, default_value_t = sextant_plugin::HostConfig::default().max_table_entries)]
+    pub(crate) plugin_max_table_entries: usize,
+    /// Entries per endpoint a ring or Maglev table may have.
+    #[arg(long, default_value_t = sextant_plugin::HostConfig::default().max_table_entries_per_endpoint)]
+    pub(crate) plugin_max_table_entries_per_endpoint: usize,
+    /// Lines per second one plugin may write through host.log on this host; the excess is
+    /// dropped and counted (plugin_log_dropped_lines_total).
+    #[arg(long, default_value_t = sextant_plugin::HostConfig::default().log_lines_per_sec)]
+    pub(crate) plugin_log_lines_per_sec: u32,
+    /// Bytes per second one plugin may write through host.log on this host.
+    #[arg(long, default_value_t = sextant_plugin::HostConfig::default().log_bytes_per_sec)]
+    pub(crate) plugin_log_bytes_per_sec: u32,
 }
 
 impl PluginHostArgs {
@@ -45,6 +59,10 @@ impl PluginHostArgs {
             max_plugins: self.max_plugins.max(1),
             contract: self.plugin_contract,
             idle_resource: std::time::Duration::from_secs(self.plugin_idle_secs.max(1)),
+            max_table_entries: self.plugin_max_table_entries,
+            max_table_entries_per_endpoint: self.plugin_max_table_entries_per_endpoint,
+            log_lines_per_sec: self.plugin_log_lines_per_sec,
+            log_bytes_per_sec: self.plugin_log_bytes_per_sec,
             ..sextant_plugin::HostConfig::default()
         };
         if self.plugin_instances == 0 {

@@ -79,6 +79,14 @@ impl Store for AnyStore {
         each!(self, s => s.put(record, lease).await)
     }
 
+    async fn get(&self, key: RecordKey) -> Result<Option<(Record, Revision)>, StoreError> {
+        each!(self, s => s.get(key).await)
+    }
+
+    async fn put_if(&self, record: Record, expected: Option<Revision>) -> Result<Revision, StoreError> {
+        each!(self, s => s.put_if(record, expected).await)
+    }
+
     async fn delete(&self, key: RecordKey) -> Result<Revision, StoreError> {
         each!(self, s => s.delete(key).await)
     }

@@ -260,7 +260,20 @@ impl Shared {
     }
 
     fn write(&self, op: Op) -> Result<Revision, StoreError> {
+        self.write_if(op, None)
+    }
+
+    /// Writes `op`, when `expect` is given only if its key was last written at that revision
+    /// (`Some(None)`: only if absent), checked under the same lock as the write.
+    fn write_if(&self, op: Op, expect: Option<Option<Revision>>) -> Result<Revision, StoreError> {
         let mut state = self.state.lock();
+        if let (Some(expected), Op::Put { record, .. }) = (expect, &op) {
+            let key = record.key();
+            let current = state.engine.get_with_revision(&key).map(|(_, at)| at);
+            if current != expected {
+                return Err(StoreError::Conflict { key: Box::new(key), expected, current });
+            }
+        }
         let now = self.now();
         let prepared = state.engine.prepare(now, op)?;
         let ceiling = Self::ceiling_for(&state, 1);
@@ -331,6 +344,19 @@ impl Store for EmbeddedStore {
             // Ephemeral: memory only (plus a rare ceiling bump), no need to leave the thread.
             self.write(op)
         }
+    }
+
+    async fn get(&self, key: RecordKey) -> Result<Option<(Record, Revision)>, StoreError> {
+        let state = self.shared.state.lock();
+        Ok(state.engine.get_with_revision(&key).map(|(r, at)| (r.clone(), at)))
+    }
+
+    async fn put_if(&self, record: Record, expected: Option<Revision>) -> Result<Revision, StoreError> {
+        let this = self.clone();
+        let op = Op::Put { record, lease: None };
+        tokio::task::spawn_blocking(move || this.shared.write_if(op, Some(expected)))
+            .await
+            .map_err(|_| StoreError::Closed)?
     }
 
     async fn delete(&self, key: RecordKey) -> Result<Revision, StoreError> {

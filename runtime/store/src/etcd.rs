@@ -43,7 +43,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, WatchOptions, WatchResponse};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
+    WatchOptions, WatchResponse,
+};
 use parking_lot::Mutex;
 use sextant_core::model::sha256_hex;
 use sextant_core::store::{Store, StoreError, WatchStream};
@@ -531,6 +534,62 @@ impl Store for EtcdStore {
             held.records.insert(key, record);
         }
         Ok(event_revision(rev, 0))
+    }
+
+    async fn get(&self, key: RecordKey) -> Result<Option<(Record, Revision)>, StoreError> {
+        let inner = &self.inner;
+        let path = inner.key(&key);
+        let resp = inner
+            .retry(|| {
+                let (mut kv, path) = (inner.client.kv_client(), path.clone());
+                async move { kv.get(path, None).await }
+            })
+            .await?;
+        // A put is the only event of its etcd revision: index 0, as `put` answers.
+        Ok(resp.kvs().first().and_then(|kv| inner.decode(kv).map(|r| (r, event_revision(kv.mod_revision(), 0)))))
+    }
+
+    async fn put_if(&self, record: Record, expected: Option<Revision>) -> Result<Revision, StoreError> {
+        record.validate().map_err(CoreError::from)?;
+        if matches!(&record, Record::Instance(i) if i.ephemeral) {
+            return Err(CoreError::from(ValidationError::LeaseMismatch).into());
+        }
+        let inner = &self.inner;
+        let key = record.key();
+        let path = inner.key(&key);
+        // One transaction: the put when the key's last write is the one read (or it is
+        // absent), else the key as it is now, to name the write this one lost to.
+        let compare = match expected {
+            None => Compare::version(path.clone(), CompareOp::Equal, 0),
+            Some(r) => Compare::mod_revision(
+                path.clone(),
+                CompareOp::Equal,
+                i64::try_from(r.0 >> EVENT_BITS).unwrap_or(i64::MAX),
+            ),
+        };
+        let txn = Txn::new()
+            .when([compare])
+            .and_then([TxnOp::put(path.clone(), record.to_value(), None)])
+            .or_else([TxnOp::get(path.clone(), None)]);
+        // Not sent twice: a lost answer to an applied put would come back as a conflict with
+        // itself.
+        let resp = inner
+            .retry_unsent(|| {
+                let (mut kv, txn) = (inner.client.kv_client(), txn.clone());
+                async move { kv.txn(txn).await }
+            })
+            .await?;
+        if !resp.succeeded() {
+            let current = resp.op_responses().into_iter().find_map(|r| match r {
+                TxnOpResponse::Get(g) => g.kvs().first().map(|kv| event_revision(kv.mod_revision(), 0)),
+                _ => None,
+            });
+            return Err(StoreError::Conflict { key: Box::new(key), expected, current });
+        }
+        for held in inner.leases.lock().values_mut() {
+            held.records.remove(&key);
+        }
+        Ok(event_revision(resp.header().map_or(0, |h| h.revision()), 0))
     }
 
     async fn delete(&self, key: RecordKey) -> Result<Revision, StoreError> {

@@ -136,6 +136,14 @@ impl<S: Store + Clone> Registry<S> {
         Ok(revision)
     }
 
+    /// Writes `record` only if its key was last written at `expected` (None: only if absent;
+    /// see [`Store::put_if`]), and waits until this registry's view shows it.
+    pub async fn put_if(&self, record: Record, expected: Option<Revision>) -> Result<Revision, RegistryError> {
+        let revision = self.store.put_if(record, expected).await?;
+        self.wait_for(revision).await;
+        Ok(revision)
+    }
+
     /// Deletes `key` and waits until this registry's view shows it.
     pub async fn delete(&self, key: RecordKey) -> Result<Revision, RegistryError> {
         let revision = self.store.delete(key).await?;

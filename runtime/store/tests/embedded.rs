@@ -1,5 +1,7 @@
 //! The embedded store and the registry over it, in process.
 
+mod conformance;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -256,4 +258,25 @@ async fn a_feed_that_lags_catches_up_with_exactly_what_it_missed() {
     assert!(!live.lagged);
     assert_eq!(live.events.len(), 1);
     assert!(matches!(&live.events[0].change, Change::Upsert { record: Record::Instance(i) } if i.port == 11));
+}
+
+#[tokio::test]
+async fn conditional_writes_compare_the_revision_read_and_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        conformance::conditional_writes(&store).await;
+    }
+    // Reopened: records read from disk carry the revision the store starts at, and a write
+    // over that revision (as `get` answers it) goes through.
+    let store = open(dir.path());
+    let entry = Record::Config(Arc::new(ConfigEntry::new(ConfigKey::parse("a").unwrap(), "1").unwrap()));
+    let at = store.put_if(entry.clone(), None).await.unwrap();
+    drop(store);
+    let store = open(dir.path());
+    let (read, loaded_at) = store.get(entry.key()).await.unwrap().expect("durable");
+    assert_eq!(read, entry);
+    assert!(loaded_at >= at);
+    let next = Record::Config(Arc::new(ConfigEntry::new(ConfigKey::parse("a").unwrap(), "2").unwrap()));
+    store.put_if(next, Some(loaded_at)).await.expect("over the revision read after the reopen");
 }

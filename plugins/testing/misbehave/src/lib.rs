@@ -1,7 +1,9 @@
 //! A balancer that misbehaves as its configuration says, for the plugin host's bad-input
 //! tests: `{"fault": F, "after": N}` where F is one of `trap-init`, `trap-update`,
 //! `trap-pick`, `loop-pick`, `loop-update`, `grow-update`, `grow-pick`, `out-of-range`,
-//! `none`, `refuse-update`, `trap-new` (the resource constructor panics), `leak-new` (every
+//! `none`, `refuse-update`, `log-pick` (a 200-byte line through `host.log` at every pick),
+//! `ring` and `maglev` (update answers a table of `"entries": N` entries, default 65536,
+//! spread over the endpoints), `trap-new` (the resource constructor panics), `leak-new` (every
 //! resource created keeps `leak_kib` KiB, default 1024, for the life of the instance: a
 //! plugin that leaks per service), `use-wasi` (not a fault: at `init` it uses the WASI the host
 //! provides, see `use_wasi`), `flood-init` (2 MiB to stdout at `init`), and the fault starts with the N-th call of that function
@@ -10,7 +12,7 @@
 //! self-test, whose snapshots have 8 and 0, and fails on a small real service).
 use std::hint::black_box;
 
-use sextant_plugin_sdk::{Balancer, Env, Mode, Request, Snapshot};
+use sextant_plugin_sdk::{Balancer, Env, Level, Mode, Request, RingPoint, Snapshot, Table};
 
 struct Misbehave {
     fault: String,
@@ -20,6 +22,7 @@ struct Misbehave {
     len: u32,
     next: u32,
     min_endpoints: usize,
+    entries: u32,
     hoard: Vec<Vec<u8>>,
 }
 
@@ -59,13 +62,25 @@ impl Balancer for Misbehave {
             }
         }
         self.len = u32::try_from(snapshot.endpoints.len()).unwrap_or(u32::MAX);
-        Ok(Mode::PerRequest)
+        let len = self.len;
+        // No endpoints: an empty table.
+        let entries = if len == 0 { 0 } else { self.entries };
+        match self.fault.as_str() {
+            "ring" => Ok(Mode::Table(Table::Ring(
+                (0..entries)
+                    .map(|i| RingPoint { hash: u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15), endpoint: i % len })
+                    .collect(),
+            ))),
+            "maglev" => Ok(Mode::Table(Table::Maglev((0..entries).map(|i| i % len).collect()))),
+            _ => Ok(Mode::PerRequest),
+        }
     }
 
-    fn pick(&mut self, _request: &Request, _env: &mut dyn Env) -> Option<u32> {
+    fn pick(&mut self, _request: &Request, env: &mut dyn Env) -> Option<u32> {
         self.picks += 1;
         if self.picks > self.after {
             match self.fault.as_str() {
+                "log-pick" => env.log(Level::Info, &format!("log-pick {:>191}", self.picks)),
                 "trap-pick" => panic!("trap-pick: as configured"),
                 "loop-pick" => spin(),
                 "grow-pick" => self.grow(),
@@ -158,7 +173,8 @@ fn make(config: &str) -> Result<Misbehave, String> {
         LEAKED.with(|l| l.borrow_mut().push(vec![1u8; kib << 10]));
     }
     let min_endpoints = field("endpoints").map_or(Ok(0), |a| a.parse::<usize>().map_err(|e| e.to_string()))?;
-    Ok(Misbehave { fault, after, updates: 0, picks: 0, len: 0, next: 0, min_endpoints, hoard: Vec::new() })
+    let entries = field("entries").map_or(Ok(65_536), |a| a.parse::<u32>().map_err(|e| e.to_string()))?;
+    Ok(Misbehave { fault, after, updates: 0, picks: 0, len: 0, next: 0, min_endpoints, entries, hoard: Vec::new() })
 }
 
 sextant_plugin_sdk::export_balancer!(make);
