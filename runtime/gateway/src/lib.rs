@@ -20,7 +20,9 @@
 //! - the configuration file ([`config`]): routes, policies and resilience in one JSON
 //!   document, checked before anything starts;
 //! - the gateway's Prometheus metrics ([`metrics`]): requests, latency histograms,
-//!   attempts, retries, rate limits, endpoint health and breakers, plugin versions;
+//!   attempts, retries, rate limits, endpoint health and breakers; and the plugin series
+//!   every host exports, servers included ([`plugin_metrics`]: versions and load times per
+//!   slot, calls and faults per version, the plugin host's limits and log drops);
 //! - plugins that follow the store ([`follow`]): the plugin records bound to the routed
 //!   services, components fetched by sha256 and cached on disk, swapped into the routes, with
 //!   a per-plugin report a gateway publishes in its registration.

@@ -32,6 +32,11 @@
 //! a trap); a component importing files, sockets or HTTP is refused at load
 //! ([`LoadError::DeniedImport`]).
 //!
+//! What a plugin can make the host keep is bounded: `host.log` lines and bytes per plugin and
+//! second (`log.rs`, the excess dropped and counted: [`LogDrops`]), and a balancer's table in
+//! entries, entries per endpoint and bytes (`HostConfig::max_table_entries`, refused at load or
+//! at the update that returned it).
+//!
 //! Deadlines are CPU-time budgets checked at epoch ticks (see `HostConfig::pick_deadline`):
 //! a plugin that spins is interrupted; a thread the OS merely descheduled is not.
 #![deny(missing_docs)]
