@@ -208,7 +208,7 @@ pub struct PluginLabel {
 }
 
 /// Brings a counter up to a total kept elsewhere.
-pub(crate) fn catch_up(counter: &Counter, total: u64) {
+pub fn catch_up(counter: &Counter, total: u64) {
     let seen = counter.get();
     if total > seen {
         counter.inc_by(total - seen);

@@ -164,10 +164,7 @@ impl Metrics {
 
     /// Sets a counter that mirrors a monotonic total kept elsewhere.
     pub fn catch_up(counter: &Counter, total: u64) {
-        let seen = counter.get();
-        if total > seen {
-            counter.inc_by(total - seen);
-        }
+        sextant_gateway::plugin_metrics::catch_up(counter, total);
     }
 
     /// The text exposition.
