@@ -783,3 +783,155 @@ fn port_of(dir: &Path) -> u16 {
     std::fs::write(&file, port.to_string()).unwrap();
     port
 }
+
+/// The plugin record `name` as `plugin list` shows it.
+fn record(server: &Server, name: &str) -> Value {
+    plugin_list(server)["plugins"]
+        .as_array()
+        .and_then(|all| all.iter().find(|p| p["name"] == name).cloned())
+        .unwrap_or(Value::Null)
+}
+
+fn sha(artifact: &str) -> String {
+    sextant_core::sha256_hex(&std::fs::read(sextant_plugin_artifacts::path(artifact).unwrap()).unwrap())
+}
+
+#[test]
+fn a_gateway_that_rolls_a_faulty_version_back_rolls_the_fleet_back_and_a_restarted_gateway_never_runs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let backends: Vec<Backend> =
+        (0..3).map(|i| runtime.block_on(Backend::start(&format!("b{i}"), Behavior::default())).unwrap()).collect();
+    let server = Server::start(&dir.path().join("data"));
+    for (i, b) in backends.iter().enumerate() {
+        let (status, body) = server.post("/v1/instances", &instance(SERVICE, &format!("b{i}"), b.addr().port(), false));
+        assert_eq!(status, 200, "{body}");
+    }
+    let dirs: Vec<std::path::PathBuf> = (0..2)
+        .map(|i| {
+            let d = dir.path().join(format!("gw{i}"));
+            std::fs::create_dir(&d).unwrap();
+            d
+        })
+        .collect();
+    let port = free_port();
+    let mut busy = Gateway::start(&server, &dirs[0], port);
+    let idle = Gateway::start(&server, &dirs[1], free_port());
+    wait_until("the gateways route", || busy.get("u") == 200 && idle.get("u") == 200);
+    let ready = http().get(&format!("http://{}/ready", busy.metrics)).call().unwrap();
+    assert_eq!(ready.status(), 200, "a gateway that routes is ready");
+
+    // A good version, then a faulty one under the same name: it traps on every 101st pick of
+    // an instance, so the busy gateway falls back per pick and then rolls back on its own.
+    load(&server, "round-robin", "lb");
+    let active = |artifact: &str| vec![format!("active {}", sha12(artifact)); 2];
+    wait_until("both gateways run the good version", || reported(&server, "lb") == active("round-robin"));
+    let path = sextant_plugin_artifacts::path("misbehave").unwrap();
+    let out = run(
+        &server,
+        &[
+            "plugin",
+            "load",
+            path,
+            "--name",
+            "lb",
+            "--bind",
+            SERVICE,
+            "--config",
+            r#"{"fault":"trap-pick","after":100}"#,
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until("both gateways run the faulty version", || reported(&server, "lb") == active("misbehave"));
+
+    // Traffic through the busy gateway only, until the fleet has marked the version bad.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut sent = 0;
+    let marked = loop {
+        for _ in 0..50 {
+            let status = busy.get("u");
+            assert_eq!(status, 200, "request {sent}: a fallback pick still answers\n{}", busy.log());
+            sent += 1;
+        }
+        let r = record(&server, "lb");
+        if r["bad"].as_array().is_some_and(|b| !b.is_empty()) {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "the busy gateway's rollback never reached the record: {r}\n{}", busy.log());
+    };
+    eprintln!("{sent} requests through the busy gateway before the fleet marked the version bad");
+    assert_eq!(marked["bad"][0]["sha256"], sha("misbehave"), "{marked}");
+    let reason = marked["bad"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with(&format!("{SERVICE} balancer: 6 faults within"))
+            && reason.contains("(reported by shop/edge/gateway/"),
+        "the evidence and who gave it: {reason}"
+    );
+    assert_eq!(marked["sha256"], sha("round-robin"), "the record went back to the good version: {marked}");
+
+    // Every gateway runs the same good version, the one that never saw a fault included.
+    wait_until("both gateways report the good version again", || reported(&server, "lb") == active("round-robin"));
+    until_spread(&idle, &backends, 30, "round robin on the idle gateway", spread_out);
+    until_spread(&busy, &backends, 30, "round robin on the busy gateway", spread_out);
+
+    // A restarted gateway comes up on the good version and never runs the bad one.
+    let _ = Command::new("kill").args(["-TERM", &busy.child.id().to_string()]).status();
+    let _ = busy.child.wait();
+    busy = Gateway::start(&server, &dirs[0], port);
+    wait_until("the restarted gateway routes", || busy.get("u") == 200);
+    wait_until("the restarted gateway reports the good version", || reported(&server, "lb") == active("round-robin"));
+    until_spread(&busy, &backends, 30, "round robin after the restart", spread_out);
+    let metrics = busy.metrics();
+    assert!(!metrics.contains(&sha("misbehave")), "the restarted gateway loaded the bad version:\n{metrics}");
+    let server_metrics = server.text("/metrics");
+    assert!(
+        server_metrics.contains(r#"sextant_plugin_faults_total{decision="marked_bad",reason=""} 1"#),
+        "{server_metrics}"
+    );
+}
+
+#[test]
+fn an_embedded_router_tells_not_synced_from_empty_from_not_followed_and_says_when_it_is_ready() {
+    use sextant_gateway::{RemoteDiscovery, RouteConfig, RouteError, Router};
+    use sextant_plugin::{HostConfig, PickRequest, PluginHost};
+    use sextant_quic::client::{Client, ClientOptions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let (status, body) = server.post("/v1/instances", &instance(SERVICE, "b0", free_port(), false));
+    assert_eq!(status, 200, "{body}");
+    let ca = server.data_dir.join("tls/ca.pem");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let shop = sextant_core::Scope::Namespace("shop".parse().unwrap());
+        let router = |servers: Vec<std::net::SocketAddr>| {
+            let mut options = ClientOptions::new(servers, ca.clone());
+            options.connect_timeout = Duration::from_millis(300);
+            let discovery = RemoteDiscovery::follow(Client::new(options).unwrap(), shop.clone());
+            let host = PluginHost::new(HostConfig { workers: 1, ..HostConfig::default() }).unwrap();
+            Router::new(host, std::sync::Arc::new(discovery), RouteConfig::default())
+        };
+        let orders = sextant_core::ServiceKey::parse(SERVICE).unwrap();
+        let empty = sextant_core::ServiceKey::parse("shop/web/nothing").unwrap();
+        let elsewhere = sextant_core::ServiceKey::parse("billing/web/orders").unwrap();
+        let pick = |r: &Router, s: &sextant_core::ServiceKey| r.pick(s, &mut PickRequest::default()).map(drop);
+
+        // No server answers and nothing is cached: not "no endpoints", but "not synced".
+        let dark = router(vec![format!("127.0.0.1:{}", free_port()).parse().unwrap()]);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!dark.ready());
+        assert!(matches!(pick(&dark, &orders), Err(RouteError::NotSynced(_))), "{:?}", pick(&dark, &orders));
+        assert!(tokio::time::timeout(Duration::from_millis(200), dark.wait_ready()).await.is_err());
+        assert!(matches!(pick(&dark, &elsewhere), Err(RouteError::NotFollowed(_))));
+
+        // A server answers: ready, then each case says what it is.
+        let live = router(vec![server.quic]);
+        tokio::time::timeout(Duration::from_secs(20), live.wait_ready()).await.expect("the first view arrives");
+        assert!(live.ready());
+        pick(&live, &orders).expect("a registered instance is picked once ready");
+        assert!(matches!(pick(&live, &empty), Err(RouteError::NoEndpoints(_))), "{:?}", pick(&live, &empty));
+        let outside = pick(&live, &elsewhere).unwrap_err();
+        assert!(matches!(outside, RouteError::NotFollowed(_)), "{outside:?}");
+        assert_eq!(outside.to_string(), "service billing/web/orders is outside what this router's discovery follows");
+    });
+}

@@ -55,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
     let _plugins = PluginFollower::start(
         router.clone(),
         client,
-        FollowOptions { services: vec![service.clone()], defaults, cache_dir: None },
+        FollowOptions { services: vec![service.clone()], defaults, cache_dir: None, host: "example-gateway".into() },
     );
 
     for _ in 0..args.picks {

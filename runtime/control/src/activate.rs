@@ -1,20 +1,18 @@
 //! Activation: what every server does when plugin records change. The watcher follows the
 //! registry; each record change (or a service's slots being created) reconciles the slots the
 //! record's binding covers: the component is fetched by sha256 (compiled once, cached), loaded
-//! into the slot, and a load that fails is reported, never fatal. An automatic rollback marks
-//! the faulty version bad in its record, so no server activates it again.
+//! into the slot, and a load that fails is reported, never fatal. An automatic rollback is a
+//! fault for the fleet's verdict (`verdict.rs`), like a gateway's.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use sextant_core::store::Store;
-use sextant_core::{
-    BadVersion, Change, PLUGIN_HISTORY, PluginBinding, PluginName, PluginRecord, Record, RecordKey, Scope, ServiceKey,
-};
-use sextant_plugin::{AutoRollback, Compiled, PluginKind, PluginSpec};
+use sextant_core::{Change, PluginBinding, PluginRecord, Record, RecordKey, Scope, ServiceKey};
+use sextant_plugin::{Compiled, PluginKind, PluginSpec};
 use tokio::sync::mpsc;
 
-use crate::slots::{Desired, KINDS, ServiceSlots, kind_index, pop_good, resolve, truncate, unix_ms};
+use crate::slots::{Desired, KINDS, ServiceSlots, kind_index, resolve};
 use crate::state::{Inner, Work};
 
 /// An activation that failed on one service.
@@ -107,41 +105,6 @@ impl<S: Store + Clone> Inner<S> {
         }
     }
 
-    /// A slot rolled back on its own: the record naming that version marks it bad and goes
-    /// back to its newest good earlier version (none: the record binds nothing until a new
-    /// load), so no host activates it again, after a restart either.
-    pub(crate) async fn mark_bad(&self, rollback: AutoRollback) {
-        let Some(sha256) = rollback.sha256 else { return };
-        let kind = rollback.kind.to_string();
-        let Ok(name) = PluginName::new(&rollback.plugin) else { return };
-        let reason = truncate(&format!("{} {kind}: {}", rollback.service, rollback.reason), 1024);
-        // On the record as the store holds it: marked once, whichever servers saw the fault.
-        let written = self
-            .write_record(&name, |old| {
-                let Some(old) = old.filter(|r| r.kind == kind && r.sha256 == sha256 && r.bad_reason(&sha256).is_none())
-                else {
-                    return Ok(None);
-                };
-                let mut record = old.clone();
-                record.bad.push(BadVersion { sha256: sha256.clone(), reason: reason.clone(), at_unix_ms: unix_ms() });
-                let excess = record.bad.len().saturating_sub(PLUGIN_HISTORY);
-                record.bad.drain(..excess);
-                if let Some(target) = pop_good(&mut record.history, &record.bad) {
-                    record.switch_to(target);
-                    record.loaded_at_unix_ms = unix_ms();
-                }
-                Ok(Some(record))
-            })
-            .await;
-        match written {
-            Ok(Some((_, revision))) => {
-                tracing::error!(plugin = %name, %sha256, %revision, "version marked bad after an automatic rollback");
-            }
-            Ok(None) => {}
-            Err(e) => self.failed(name.as_str(), "auto-rollback", &format!("marking {sha256} bad: {e}")),
-        }
-    }
-
     /// The compiled component with this sha256, from the cache or the store.
     pub(crate) async fn fetch(&self, sha256: &str) -> Result<Arc<Compiled>, String> {
         if let Some(c) = self.compiled.lock().get(sha256) {
@@ -197,7 +160,7 @@ pub(crate) async fn reconcile_one<S: Store + Clone>(inner: &Inner<S>, service: &
 }
 
 /// Follows the registry: plugin records re-resolve every slot, a service change refreshes
-/// that service's slots, an automatic rollback marks its version bad.
+/// that service's slots, an automatic rollback goes to the fleet's verdict.
 pub(crate) async fn watch<S: Store + Clone>(inner: std::sync::Weak<Inner<S>>, mut work: mpsc::UnboundedReceiver<Work>) {
     let mut sub = {
         let Some(i) = inner.upgrade() else { return };
@@ -225,7 +188,7 @@ pub(crate) async fn watch<S: Store + Clone>(inner: std::sync::Weak<Inner<S>>, mu
                 Some(Work::Service(s)) => Some(s),
                 Some(Work::Bad(rollback)) => {
                     let Some(inner) = inner.upgrade() else { return };
-                    inner.mark_bad(rollback).await;
+                    inner.own_rollback(rollback).await;
                     continue;
                 }
             },

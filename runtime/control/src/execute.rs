@@ -261,6 +261,22 @@ impl<S: Store + Clone> Executor<S> {
                     Err(e) => manager_error(e),
                 },
             },
+            Request::PluginFault { name, kind, sha256, service, host, reason } => match &self.plugins {
+                None => no_plugins(),
+                Some(p) => {
+                    let fault = crate::Fault { plugin: name, kind, sha256, service: service.to_string(), host, reason };
+                    match p.take_fault(fault).await {
+                        Ok(t) => Response::PluginFaultTaken {
+                            decision: t.decision,
+                            ignored: t.ignored,
+                            hosts: t.hosts,
+                            needed: t.needed,
+                            revision: t.revision,
+                        },
+                        Err(e) => manager_error(e),
+                    }
+                }
+            },
             Request::Hello { .. } | Request::Ping { .. } | Request::Subscribe { .. } => {
                 Response::error(ErrorCode::Internal, "hello, ping and subscribe are the session's, not commands")
             }

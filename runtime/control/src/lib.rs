@@ -21,7 +21,9 @@ mod record;
 mod slots;
 mod state;
 mod upload;
+mod verdict;
 
 pub use execute::{Detached, Executor, Origin, WriteCounter, error_code};
 pub use manager::{LIVE_VALIDATION_SAMPLE, Loaded, ManagerError, PickedInstance, PluginManager};
 pub use slots::ServiceSlots;
+pub use verdict::{Fault, FaultTaken, FleetRule};

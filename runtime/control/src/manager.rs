@@ -27,13 +27,14 @@ use sextant_core::{
     CoreError, Instance, PLUGIN_HISTORY, PluginBinding, PluginName, PluginRecord, RecordKey, Revision, ServiceKey,
     ServiceSnapshot, ValidationError,
 };
-use sextant_proto::{PluginFailure, SlotView, Validation};
+use sextant_proto::{FaultDecision, IgnoredFault, PluginFailure, SlotView, Validation};
 use sextant_store::{Registry, RegistryError};
 use tokio::sync::mpsc;
 
 use crate::activate::{reconcile_all, watch};
 use crate::slots::{KINDS, ServiceSlots, kind_index, parse_kind, pop_good, push_history, resolve, unix_ms};
 use crate::state::{Inner, Work};
+use crate::verdict::{Fault, FaultCounts, FaultTaken, FleetRule};
 
 use sextant_plugin::{
     Compiled, Defaults, LoadError, PickRequest, PluginHost, PluginKind, PluginSpec, SlotPlan, Slots, Totals,
@@ -146,6 +147,9 @@ impl<S: Store + Clone> PluginManager<S> {
             dirty: tx,
             reconcile: tokio::sync::Mutex::new(()),
             writes: tokio::sync::Mutex::new(()),
+            fleet: Mutex::new(FleetRule::default()),
+            identity: Mutex::new(format!("server {}", std::process::id())),
+            fault_counts: Mutex::new(FaultCounts::new()),
         });
         tokio::spawn(watch(Arc::downgrade(&inner), rx));
         Ok(Self(inner))
@@ -334,6 +338,8 @@ impl<S: Store + Clone> PluginManager<S> {
                         history,
                         forward: Vec::new(),
                         bad: old.map(|o| o.bad.clone()).unwrap_or_default(),
+                        // Faults were about the version this load replaces.
+                        faults: Vec::new(),
                     }))
                 })
                 .await?;
@@ -558,6 +564,39 @@ impl<S: Store + Clone> PluginManager<S> {
     /// Reports a failure found before the manager saw the plugin (an unreadable file).
     pub fn report(&self, plugin: &str, source: &str, error: &str) {
         self.0.failed(plugin, source, &error);
+    }
+
+    /// Sets the fleet rule: how many hosts' automatic rollbacks of a version, within what
+    /// window, mark it bad for every host.
+    ///
+    /// # Errors
+    /// A rule out of bounds ([`FleetRule::validate`]); the rule in force stays.
+    pub fn set_fleet_rule(&self, rule: FleetRule) -> Result<(), String> {
+        rule.validate()?;
+        *self.0.fleet.lock() = rule;
+        Ok(())
+    }
+
+    /// Names this server in the faults it reports about its own slots (default
+    /// `server PID`).
+    pub fn set_identity(&self, identity: impl Into<String>) {
+        *self.0.identity.lock() = identity.into();
+    }
+
+    /// Takes a host's word that it rolled a version back on its own (`plugin_fault`): kept
+    /// in the record, the version marked bad for the fleet once the rule is met, or ignored
+    /// with a counted reason.
+    ///
+    /// # Errors
+    /// The store could not take the write.
+    pub async fn take_fault(&self, fault: Fault) -> Result<FaultTaken, ManagerError> {
+        self.0.take_fault(fault).await
+    }
+
+    /// Faults taken so far: `(decision, ignored reason, count)`.
+    #[must_use]
+    pub fn fault_counts(&self) -> Vec<(FaultDecision, Option<IgnoredFault>, u64)> {
+        self.0.fault_counts.lock().iter().map(|((d, i), n)| (*d, *i, *n)).collect()
     }
 
     /// Recent failed loads and activations, oldest first.

@@ -12,6 +12,7 @@ use sextant_store::Registry;
 use tokio::sync::mpsc;
 
 use crate::slots::{ServiceSlots, unix_ms};
+use crate::verdict::{FaultCounts, FleetRule};
 
 /// Failures kept for `plugin list`.
 const MAX_FAILURES: usize = 32;
@@ -20,7 +21,7 @@ const MAX_FAILURES: usize = 32;
 pub(crate) enum Work {
     /// Activate the bound plugins of one service (its slots were just created).
     Service(ServiceKey),
-    /// A slot rolled back on its own: mark the version bad in its record.
+    /// A slot rolled back on its own: a fault for the fleet's verdict (`verdict.rs`).
     Bad(AutoRollback),
 }
 
@@ -39,6 +40,12 @@ pub(crate) struct Inner<S> {
     pub(crate) reconcile: tokio::sync::Mutex<()>,
     /// One plugin record write at a time on this server (`record.rs`).
     pub(crate) writes: tokio::sync::Mutex<()>,
+    /// How many hosts' faults mark a version bad (`verdict.rs`).
+    pub(crate) fleet: Mutex<FleetRule>,
+    /// Who this server is in the faults it reports about its own slots.
+    pub(crate) identity: Mutex<String>,
+    /// Faults taken, by decision and reason.
+    pub(crate) fault_counts: Mutex<FaultCounts>,
 }
 
 impl<S> Inner<S> {

@@ -377,3 +377,76 @@ async fn concurrent_loads_of_one_name_through_two_servers_both_enter_the_history
     assert_eq!(m1.rollback(&name).await.unwrap().0.sha256, first.record.sha256, "a rollback reaches the first load");
     assert_eq!(m2.rollback(&name).await.unwrap().0.sha256, v0.record.sha256);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_faults_mark_a_version_bad_once_the_fleet_rule_is_met_and_the_rest_are_ignored_with_a_reason() {
+    use sextant_control::{Fault, FleetRule};
+    use sextant_proto::{FaultDecision as D, IgnoredFault as I};
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, m) = setup(dir.path()).await;
+    add(&registry, "shop/web/orders", 9001).await;
+    assert!(m.set_fleet_rule(FleetRule { hosts: 0, ..FleetRule::default() }).is_err());
+    assert!(m.set_fleet_rule(FleetRule { hosts: 17, ..FleetRule::default() }).is_err());
+    m.set_fleet_rule(FleetRule { hosts: 2, window: std::time::Duration::from_secs(60) }).unwrap();
+    let good = m.load("lb", "balancer", "shop", "", wasm("round-robin"), "api").await.unwrap().record;
+    let next = m.load("lb", "balancer", "shop", "", wasm("ring-hash"), "api").await.unwrap().record;
+    let fault = |host: &str, sha256: &str| Fault {
+        plugin: PluginName::new("lb").unwrap(),
+        kind: "balancer".into(),
+        sha256: sha256.into(),
+        service: "shop/web/orders".into(),
+        host: host.into(),
+        reason: "6 faults within 10s, last: trap".into(),
+    };
+    let record = || registry.plugins().into_iter().find(|p| p.name.as_str() == "lb").unwrap();
+    let taken = |t: &sextant_control::FaultTaken| (t.decision, t.ignored, t.hosts, t.needed);
+
+    // Nothing to decide: no record, another kind, a version the record does not run.
+    let mut none = fault("gw-1", &next.sha256);
+    none.plugin = PluginName::new("nope").unwrap();
+    assert_eq!(taken(&m.take_fault(none).await.unwrap()), (D::Ignored, Some(I::NoRecord), 0, 2));
+    let mut kind = fault("gw-1", &next.sha256);
+    kind.kind = "health".into();
+    assert_eq!(taken(&m.take_fault(kind).await.unwrap()), (D::Ignored, Some(I::WrongKind), 0, 2));
+    let old = m.take_fault(fault("gw-1", &good.sha256)).await.unwrap();
+    assert_eq!(taken(&old), (D::Ignored, Some(I::NotCurrent), 0, 2));
+    assert_eq!(record().sha256, next.sha256, "ignored faults change nothing");
+    assert!(record().faults.is_empty());
+
+    // One host of the two the rule asks for: kept in the record, nothing marked.
+    let first = m.take_fault(fault("gw-1", &next.sha256)).await.unwrap();
+    assert_eq!(taken(&first), (D::Pending, None, 1, 2));
+    assert!(first.revision.is_some());
+    assert_eq!(record().faults.len(), 1);
+    assert!(record().bad.is_empty());
+    // The same host again counts once.
+    let again = m.take_fault(fault("gw-1", &next.sha256)).await.unwrap();
+    assert_eq!(taken(&again), (D::Ignored, Some(I::Repeated), 1, 2));
+    assert_eq!(again.revision, None);
+
+    // A second host meets the rule: marked bad once, the record back on the good version.
+    let second = m.take_fault(fault("gw-2", &next.sha256)).await.unwrap();
+    assert_eq!(taken(&second), (D::MarkedBad, None, 2, 2));
+    let r = record();
+    assert_eq!(r.sha256, good.sha256);
+    assert_eq!(r.bad.len(), 1);
+    assert_eq!(r.bad[0].sha256, next.sha256);
+    assert!(
+        r.bad[0].reason.starts_with("shop/web/orders balancer: 6 faults within 10s")
+            && r.bad[0].reason.contains("reported by 2 hosts: gw-1, gw-2"),
+        "{}",
+        r.bad[0].reason
+    );
+    assert!(r.faults.is_empty());
+    // A host that keeps reporting the version the fleet rolled back changes nothing.
+    let late = m.take_fault(fault("gw-3", &next.sha256)).await.unwrap();
+    assert_eq!(taken(&late), (D::Ignored, Some(I::AlreadyBad), 0, 2));
+    assert_eq!(record(), r);
+
+    let counts: BTreeMap<_, _> = m.fault_counts().into_iter().map(|(d, i, n)| ((d, i), n)).collect();
+    assert_eq!(counts[&(D::MarkedBad, None)], 1);
+    assert_eq!(counts[&(D::Pending, None)], 1);
+    for why in [I::NoRecord, I::WrongKind, I::NotCurrent, I::Repeated, I::AlreadyBad] {
+        assert_eq!(counts[&(D::Ignored, Some(why))], 1, "{why:?}");
+    }
+}

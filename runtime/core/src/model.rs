@@ -224,7 +224,30 @@ pub struct PluginRecord {
     /// [`PLUGIN_HISTORY`]: no host activates them again, and loading one is refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bad: Vec<BadVersion>,
+    /// Faults of the active version from hosts that rolled it back on their own, waiting
+    /// for the fleet rule (how many hosts within what window) to mark it bad; at most
+    /// [`MAX_PENDING_FAULTS`], one per host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<HostFault>,
 }
+
+/// A host's word that it rolled a plugin version back on its own (too many faults).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostFault {
+    /// sha256 of the component.
+    pub sha256: String,
+    /// Who reported (a gateway's registration, `NS/GROUP/NAME/ID`, or a server).
+    pub host: String,
+    /// What went wrong, where (`SERVICE KIND: N faults within ..., last: ...`).
+    pub reason: String,
+    /// When the report arrived, milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+}
+
+/// Host faults a plugin record keeps while they wait for the fleet rule.
+pub const MAX_PENDING_FAULTS: usize = 16;
+/// Longest host name or reason in a host fault (bytes).
+pub const MAX_FAULT_FIELD: usize = 1024;
 
 /// A plugin version a host found faulty.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -319,8 +342,27 @@ impl PluginRecord {
         }
         for b in &self.bad {
             check_sha256(&b.sha256)?;
-            if b.reason.len() > 1024 {
-                return Err(ValidationError::FieldTooLong { field: "reason", len: b.reason.len(), max: 1024 });
+            if b.reason.len() > MAX_FAULT_FIELD {
+                return Err(ValidationError::FieldTooLong {
+                    field: "reason",
+                    len: b.reason.len(),
+                    max: MAX_FAULT_FIELD,
+                });
+            }
+        }
+        if self.faults.len() > MAX_PENDING_FAULTS {
+            return Err(ValidationError::FieldTooLong {
+                field: "faults",
+                len: self.faults.len(),
+                max: MAX_PENDING_FAULTS,
+            });
+        }
+        for r in &self.faults {
+            check_sha256(&r.sha256)?;
+            for (field, len) in [("host", r.host.len()), ("reason", r.reason.len())] {
+                if len > MAX_FAULT_FIELD {
+                    return Err(ValidationError::FieldTooLong { field, len, max: MAX_FAULT_FIELD });
+                }
             }
         }
         for v in self.history.iter().chain(&self.forward) {
@@ -358,6 +400,8 @@ impl PluginRecord {
     /// version it replaced.
     pub fn switch_to(&mut self, version: PluginVersion) -> PluginVersion {
         let left = self.current();
+        // Faults are about the version that leaves.
+        self.faults.clear();
         self.sha256 = version.sha256;
         self.size = version.size;
         self.config = version.config;
@@ -651,6 +695,7 @@ mod tests {
             history: Vec::new(),
             forward: Vec::new(),
             bad: Vec::new(),
+            faults: Vec::new(),
         };
         assert!(p.validate().is_ok());
         assert_eq!(p.config_or_default(), "{}");

@@ -6,7 +6,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use sextant_core::{Instance, ServiceKey, SnapshotHandle};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 /// Where a router learns the instances of a service.
 pub trait Discovery: Send + Sync + 'static {
@@ -16,6 +16,20 @@ pub trait Discovery: Send + Sync + 'static {
     /// `Some(age)` while the view is served from a cache because no server answers.
     fn stale(&self) -> Option<Duration> {
         None
+    }
+
+    /// Whether `service` lies in what this discovery follows (a remote scope); a service
+    /// outside it never has instances here. A local registry holds every service.
+    fn follows(&self, service: &ServiceKey) -> bool {
+        let _ = service;
+        true
+    }
+
+    /// True once the first view has arrived (from a server, or from the cache while none
+    /// answers): before, an empty service means "not known yet", not "no instances". A local
+    /// registry is synced from the start.
+    fn synced(&self) -> watch::Receiver<bool> {
+        watch::channel(true).1
     }
 
     /// Arranges for `wake` to be notified whenever a snapshot changes, for as long as it

@@ -17,6 +17,12 @@
 //! cannot be fetched is tried again every few seconds; one that fails to load is not tried
 //! again until its record changes. Nothing half-applied: a failed load leaves the route on
 //! what it ran.
+//!
+//! A bound version this host rolls back on its own (too many faults within its window) is
+//! reported to the control plane with its evidence (`plugin_fault`, sent until a server takes
+//! it), and the activation says so. The control plane decides for the fleet (by default one
+//! host's rollback is enough): it marks the version bad in the record and returns the record
+//! to its newest good version, which every follower then loads, this one included.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -24,8 +30,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use sextant_core::{PluginRecord, Record, Scope, ServiceKey};
-use sextant_plugin::{Compiled, PluginKind, PluginSpec, bound_record};
+use sextant_core::{PluginName, PluginRecord, Record, Scope, ServiceKey};
+use sextant_plugin::{AutoRollback, Compiled, PluginKind, PluginSpec, bound_record};
+use sextant_proto::{ErrorCode, Request, Response};
 use sextant_quic::client::Client;
 use tokio::sync::watch;
 
@@ -49,6 +56,9 @@ pub struct FollowOptions {
     /// Where fetched components are kept by sha256 (a restart with no server reachable
     /// comes up on them). None: memory only.
     pub cache_dir: Option<PathBuf>,
+    /// Who this host is in the faults it reports (a gateway's registration,
+    /// `NS/GROUP/NAME/ID`): the control plane counts faults per host.
+    pub host: String,
 }
 
 /// The state of one (service, kind) on this host.
@@ -99,6 +109,10 @@ impl PluginFollower {
         let activations = Arc::new(Mutex::new(BTreeMap::new()));
         let (tx, changed) = watch::channel(0);
         let (control, control_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (rolled_back, rollbacks) = tokio::sync::mpsc::unbounded_channel();
+        router.observe_rollbacks(Arc::new(move |rollback| {
+            let _ = rolled_back.send(rollback);
+        }));
         let state = Follow {
             router,
             client,
@@ -108,7 +122,7 @@ impl PluginFollower {
             activations: Arc::clone(&activations),
             changed: tx,
         };
-        let task = tokio::spawn(state.run(control_rx));
+        let task = tokio::spawn(state.run(control_rx, rollbacks));
         Self { activations, changed, control, task }
     }
 
@@ -204,7 +218,11 @@ struct Follow {
 const KINDS: [PluginKind; 3] = [PluginKind::Balancer, PluginKind::Health, PluginKind::Scheduler];
 
 impl Follow {
-    async fn run(mut self, mut control: tokio::sync::mpsc::UnboundedReceiver<Control>) {
+    async fn run(
+        mut self,
+        mut control: tokio::sync::mpsc::UnboundedReceiver<Control>,
+        mut rollbacks: tokio::sync::mpsc::UnboundedReceiver<AutoRollback>,
+    ) {
         let mut watch = self.client.watch(Scope::Plugins);
         let mut records: Vec<Arc<PluginRecord>> = Vec::new();
         let mut retry = false;
@@ -213,6 +231,10 @@ impl Follow {
             let item = tokio::select! {
                 item = watch.next() => Some(item),
                 () = tokio::time::sleep(retry_in) => None,
+                Some(rollback) = rollbacks.recv() => {
+                    self.rolled_back(rollback);
+                    continue;
+                }
                 change = control.recv() => {
                     let Some(c) = change else { return };
                     self.activations.lock().retain(|(s, _), _| c.services.iter().any(|k| k.to_string() == *s));
@@ -316,6 +338,37 @@ impl Follow {
         retry
     }
 
+    /// A slot rolled a version back on its own: when it is the version a record bound here,
+    /// the activation says so and the fault goes to the control plane. The slot runs the
+    /// version before it meanwhile; the record's next change (the fleet's verdict) is loaded
+    /// as usual.
+    fn rolled_back(&self, rollback: AutoRollback) {
+        let Ok(service) = ServiceKey::parse(&rollback.service) else { return };
+        let Some(Some(desired)) = self.applied.get(&(service.clone(), rollback.kind)) else {
+            // The route's own configuration, not a record: nothing for the fleet to decide.
+            return;
+        };
+        if rollback.sha256.as_deref() != Some(desired.sha256.as_str()) {
+            return;
+        }
+        let Ok(name) = PluginName::new(&desired.name) else { return };
+        self.note(
+            &service,
+            rollback.kind,
+            Some(desired),
+            Some(format!("rolled back on this host: {}", rollback.reason)),
+        );
+        let fault = Request::PluginFault {
+            name,
+            kind: rollback.kind.to_string(),
+            sha256: desired.sha256.clone(),
+            service,
+            host: self.options.host.clone(),
+            reason: rollback.reason,
+        };
+        tokio::spawn(send_fault(self.client.clone(), fault));
+    }
+
     fn note(&self, service: &ServiceKey, kind: PluginKind, desired: Option<&Desired>, error: Option<String>) {
         let activation = Activation {
             service: service.to_string(),
@@ -362,6 +415,38 @@ impl Follow {
         self.compiled.insert(sha256.to_owned(), Arc::clone(&compiled));
         Ok(compiled)
     }
+}
+
+/// How many times a fault is sent before this host gives up on it (about ten minutes of
+/// tries with the backoff below).
+const FAULT_TRIES: u32 = 25;
+
+/// Sends a fault until a server takes it (whatever it decides), or refuses it for good.
+async fn send_fault(client: Client, fault: Request) {
+    let mut backoff = Duration::from_millis(500);
+    for _ in 0..FAULT_TRIES {
+        match client.request(fault.clone()).await {
+            Ok(Response::PluginFaultTaken { decision, ignored, hosts, needed, .. }) => {
+                tracing::warn!(?decision, ?ignored, hosts, needed, "the control plane took this host's plugin fault");
+                return;
+            }
+            Ok(Response::Error { code, message })
+            | Err(sextant_quic::client::ClientError::Server { code, message })
+                if !matches!(
+                    code,
+                    ErrorCode::Unavailable | ErrorCode::Timeout | ErrorCode::Limited | ErrorCode::Conflict
+                ) =>
+            {
+                tracing::error!(%code, %message, "the control plane refused this host's plugin fault");
+                return;
+            }
+            Ok(other) => tracing::warn!(answer = ?other, "unexpected answer to a plugin fault; sending it again"),
+            Err(e) => tracing::warn!(error = %e, "plugin fault not sent; trying again"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+    tracing::error!("a plugin fault could not be sent to any server; the fleet does not know of it");
 }
 
 enum Fetch {

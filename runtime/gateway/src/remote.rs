@@ -16,7 +16,7 @@ use sextant_core::view::RegistryView;
 use sextant_core::{Change, Event, Scope, ServiceKey, SnapshotHandle};
 use sextant_proto::client::Applied;
 use sextant_quic::client::Client;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use crate::discovery::Discovery;
 
@@ -28,6 +28,10 @@ pub struct RemoteDiscovery {
     stale: Arc<Mutex<Option<(Duration, Instant)>>>,
     /// Told after each published change ([`Discovery::on_change`]).
     wakers: Arc<Mutex<Vec<Weak<Notify>>>>,
+    /// What it follows.
+    scope: Scope,
+    /// Set once the first view is published.
+    synced: watch::Receiver<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -41,6 +45,8 @@ impl RemoteDiscovery {
         let stale_w = Arc::clone(&stale);
         let wakers: Arc<Mutex<Vec<Weak<Notify>>>> = Arc::default();
         let wakers_w = Arc::clone(&wakers);
+        let (synced_tx, synced) = watch::channel(false);
+        let followed = scope.clone();
         let task = tokio::spawn(async move {
             let mut watch = client.watch(scope);
             let mut held: std::collections::HashSet<ServiceKey> = std::collections::HashSet::new();
@@ -77,6 +83,7 @@ impl RemoteDiscovery {
                             }
                         }
                         view.publish();
+                        synced_tx.send_if_modified(|s| !std::mem::replace(s, true));
                         wakers_w.lock().retain(|w| {
                             w.upgrade().is_some_and(|w| {
                                 w.notify_one();
@@ -91,7 +98,7 @@ impl RemoteDiscovery {
                 }
             }
         });
-        Self { directory, stale, wakers, task }
+        Self { directory, stale, wakers, scope: followed, synced, task }
     }
 }
 
@@ -102,6 +109,19 @@ impl Discovery for RemoteDiscovery {
 
     fn stale(&self) -> Option<Duration> {
         self.stale.lock().map(|(age, at)| age + at.elapsed())
+    }
+
+    fn follows(&self, service: &ServiceKey) -> bool {
+        match &self.scope {
+            Scope::All => true,
+            Scope::Namespace(ns) => service.namespace == *ns,
+            Scope::Service(s) => s == service,
+            Scope::Config(_) | Scope::Plugins => false,
+        }
+    }
+
+    fn synced(&self) -> watch::Receiver<bool> {
+        self.synced.clone()
     }
 
     fn on_change(&self, wake: Weak<Notify>) {

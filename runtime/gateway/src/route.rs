@@ -198,6 +198,11 @@ impl Route {
         })
     }
 
+    /// Reports the route's automatic rollbacks to `observer` (the router's fan-out).
+    pub(crate) fn observe(&self, observer: &sextant_plugin::Observer) {
+        self.slots.observe(observer);
+    }
+
     pub(crate) fn balancer(&self) -> &BalancerSlot {
         self.slots.balancer()
     }

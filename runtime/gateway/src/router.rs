@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use sextant_core::ServiceKey;
-use sextant_plugin::{Defaults, LoadError, PickRequest, PluginHost, PluginKind, PluginSpec, VersionStatus};
+use sextant_plugin::{
+    AutoRollback, Defaults, LoadError, Observer, PickRequest, PluginHost, PluginKind, PluginSpec, VersionStatus,
+};
 use tokio::sync::Notify;
 
 use crate::discovery::{Discovery, HealthSink};
@@ -30,9 +32,17 @@ use crate::status::RouteStatus;
 /// Why no endpoint was picked.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RouteError {
-    /// The service has no endpoint traffic may go to.
+    /// The service has no endpoint traffic may go to (its view has arrived).
     #[error("service {0} has no endpoint traffic may go to")]
     NoEndpoints(String),
+    /// No view has arrived yet (a remote discovery waiting for its first answer, with no
+    /// cache): the service's instances are not known yet. [`Router::ready`] says when.
+    #[error("service {0}: no view of the registry yet (discovery has not synced)")]
+    NotSynced(String),
+    /// The service lies outside what the router's discovery follows (another namespace
+    /// than a remote scope's): it never has instances here.
+    #[error("service {0} is outside what this router's discovery follows")]
+    NotFollowed(String),
     /// The service's rate limit is spent.
     #[error("service {0} is over its rate limit")]
     RateLimited(String),
@@ -84,6 +94,10 @@ struct Inner {
     open: Arc<AtomicUsize>,
     /// Wakes the maintenance task before its next tick (rebuilds, health verdicts due).
     wake: Arc<Notify>,
+    /// Who hears of automatic rollbacks ([`Router::observe_rollbacks`]).
+    observers: Arc<RwLock<Vec<Observer>>>,
+    /// What every route reports its automatic rollbacks to: the observers, in turn.
+    fan_out: Observer,
 }
 
 impl std::fmt::Debug for Router {
@@ -145,6 +159,15 @@ impl RouterBuilder {
     /// Outside a tokio runtime.
     #[must_use]
     pub fn build(self) -> Router {
+        let observers: Arc<RwLock<Vec<Observer>>> = Arc::default();
+        let fan_out: Observer = {
+            let observers = Arc::clone(&observers);
+            Arc::new(move |rollback: AutoRollback| {
+                for o in observers.read().iter() {
+                    o(rollback.clone());
+                }
+            })
+        };
         let inner = Arc::new(Inner {
             host: self.host,
             discovery: self.discovery,
@@ -156,6 +179,8 @@ impl RouterBuilder {
             closed: AtomicBool::new(false),
             open: Arc::new(AtomicUsize::new(0)),
             wake: Arc::new(Notify::new()),
+            observers,
+            fan_out,
         });
         inner.discovery.on_change(Arc::downgrade(&inner.wake));
         tokio::spawn(maintain(Arc::downgrade(&inner)));
@@ -192,6 +217,14 @@ impl Router {
         self.0.overrides.write().insert(service, config);
     }
 
+    /// Tells `observer` of every automatic rollback on this router's routes (a plugin that
+    /// faulted too often within its window and was replaced by the version before it), on
+    /// the thread that saw the last fault: keep it short (send on a channel). How a host
+    /// reports them to the fleet: a [`PluginFollower`](crate::PluginFollower) does.
+    pub fn observe_rollbacks(&self, observer: Observer) {
+        self.0.observers.write().push(observer);
+    }
+
     /// What `service`'s route looks like now (none before its first pick or load).
     #[must_use]
     pub fn status(&self, service: &ServiceKey) -> Option<RouteStatus> {
@@ -226,6 +259,7 @@ impl Router {
             Arc::clone(&self.0.wake),
         )
         .map_err(|e| RouteError::Setup { service: service.to_string(), source: Arc::new(e) })?;
+        route.observe(&self.0.fan_out);
         let route = Arc::new(route);
         routes.insert(service.clone(), Arc::clone(&route));
         Ok(route)
@@ -247,7 +281,7 @@ impl Router {
         for _ in 0..3 {
             // The target comes with the route the balancer picked in: nothing to reconcile.
             let Some((target, cell, picked)) = route.balancer().pick_target::<Arc<Target>>(request) else {
-                return Err(RouteError::NoEndpoints(service.to_string()));
+                return Err(self.why_empty(service));
             };
             let admission = target.state.breaker.admit(cell.in_flight());
             if !admission.admitted() {
@@ -257,6 +291,33 @@ impl Router {
             return Ok(PickGuard::new(&route, target, in_flight, admission == Admission::Trial, &picked));
         }
         Err(RouteError::Overloaded(service.to_string()))
+    }
+
+    /// Why `service` offered no endpoint: outside the followed scope, no view yet, or
+    /// really empty.
+    fn why_empty(&self, service: &ServiceKey) -> RouteError {
+        if !self.0.discovery.follows(service) {
+            RouteError::NotFollowed(service.to_string())
+        } else if !*self.0.discovery.synced().borrow() {
+            RouteError::NotSynced(service.to_string())
+        } else {
+            RouteError::NoEndpoints(service.to_string())
+        }
+    }
+
+    /// Whether the discovery's first view has arrived (always, on a local registry): what a
+    /// gateway's readiness probe reports. Before it, picks answer
+    /// [`RouteError::NotSynced`].
+    #[must_use]
+    pub fn ready(&self) -> bool {
+        *self.0.discovery.synced().borrow()
+    }
+
+    /// Waits until [`Router::ready`] (at once when it is). Bound it with a timeout: a
+    /// discovery that never reaches a server and has no cache never syncs.
+    pub async fn wait_ready(&self) {
+        let mut synced = self.0.discovery.synced();
+        let _ = synced.wait_for(|s| *s).await;
     }
 
     /// Like [`Router::pick`], preferring an endpoint not in `avoid` (those a retry already

@@ -12,6 +12,12 @@
 //! right needed for whole-registry requests (listing everything, plugins need `admin`).
 //! With no file, the server is open: every connection has `admin` everywhere (development).
 //!
+//! One right stands apart: `"report_faults": true` on an entry lets it send `plugin_fault`
+//! (a host's word that it rolled a plugin version back, which can roll the whole fleet
+//! back). It is what a gateway's token carries beside `read`; `admin` on `*` implies it, no
+//! namespace right does, so a client that may only register instances cannot forge a
+//! verdict.
+//!
 //! One table for every door: [`permits`] decides for a [`Request`], whether it came over QUIC
 //! or as its admin HTTP equivalent. Tokens are kept as SHA-256 digests and compared in constant
 //! time against every entry (no early exit), so neither the table nor response timing tells an
@@ -48,6 +54,9 @@ pub struct TokenRule {
     pub token: String,
     /// Namespace (or `*`) → right.
     pub namespaces: BTreeMap<String, Right>,
+    /// May send `plugin_fault` (a gateway's token).
+    #[serde(default)]
+    pub report_faults: bool,
 }
 
 /// The file's shape.
@@ -81,6 +90,8 @@ pub struct Principal {
     /// Name from the file (`anonymous` on an open server).
     pub name: String,
     rights: BTreeMap<String, Right>,
+    /// May send `plugin_fault`.
+    report_faults: bool,
     /// SHA-256 of the token it authenticated with (zero for `anonymous`): how a reloaded
     /// table finds it again.
     digest: [u8; 32],
@@ -89,13 +100,22 @@ pub struct Principal {
 impl std::fmt::Debug for Principal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the digest: logs are not a place for token material.
-        f.debug_struct("Principal").field("name", &self.name).field("rights", &self.rights).finish()
+        f.debug_struct("Principal")
+            .field("name", &self.name)
+            .field("rights", &self.rights)
+            .field("report_faults", &self.report_faults)
+            .finish()
     }
 }
 
 impl Principal {
     fn anonymous_admin() -> Self {
-        Self { name: "anonymous".into(), rights: BTreeMap::from([("*".into(), Right::Admin)]), digest: [0; 32] }
+        Self {
+            name: "anonymous".into(),
+            rights: BTreeMap::from([("*".into(), Right::Admin)]),
+            report_faults: true,
+            digest: [0; 32],
+        }
     }
 
     /// Whether this is the open server's anonymous principal (no token involved).
@@ -122,6 +142,13 @@ impl Principal {
     #[must_use]
     pub fn writes_somewhere(&self) -> bool {
         self.rights.values().any(|r| *r >= Right::Write)
+    }
+
+    /// Whether the principal may send `plugin_fault`: its entry says `report_faults`, or it
+    /// is `admin` on `*`.
+    #[must_use]
+    pub fn reports_faults(&self) -> bool {
+        self.report_faults || self.allows(None, Right::Admin)
     }
 
     /// Whether the principal may read anywhere (plugin records and components are what any
@@ -163,7 +190,12 @@ impl Acl {
                     return Err(AclError::BadNamespace(ns.clone()));
                 }
             }
-            let principal = Principal { name: rule.name.clone(), rights: rule.namespaces, digest: digest(&rule.token) };
+            let principal = Principal {
+                name: rule.name.clone(),
+                rights: rule.namespaces,
+                report_faults: rule.report_faults,
+                digest: digest(&rule.token),
+            };
             if tokens.iter().any(|p| p.digest == principal.digest) {
                 return Err(AclError::DuplicateToken(rule.name));
             }
@@ -228,6 +260,7 @@ pub fn permits(principal: &Principal, request: &Request) -> bool {
             Request::List { scope: Scope::Plugins }
             | Request::Subscribe { scope: Scope::Plugins, .. }
             | Request::ArtifactGet { .. } => principal.reads_somewhere(),
+            Request::PluginFault { .. } => principal.reports_faults(),
             _ => principal.writes_somewhere(),
         },
     }
@@ -250,6 +283,7 @@ pub fn write_kind(request: &Request) -> Option<&'static str> {
         Request::PutService { .. } => Some("service"),
         Request::ConfigPut { .. } | Request::ConfigDelete { .. } => Some("config"),
         Request::PluginLoad { .. } | Request::PluginRollback { .. } | Request::PluginDelete { .. } => Some("plugin"),
+        Request::PluginFault { .. } => Some("plugin_fault"),
         // Staged in memory: a write only once `plugin_load` names it.
         Request::Hello { .. }
         | Request::Ping { .. }
@@ -267,8 +301,9 @@ pub fn write_kind(request: &Request) -> Option<&'static str> {
 
 /// The right a request needs and where: `(namespace or whole registry, right)`; `None` for
 /// requests anyone may send (`hello`, `ping`), for leases (see
-/// [`Principal::writes_somewhere`]) and for plugin records and components (see
-/// [`Principal::reads_somewhere`]); [`permits`] applies it.
+/// [`Principal::writes_somewhere`]), for plugin records and components (see
+/// [`Principal::reads_somewhere`]) and for `plugin_fault` (see
+/// [`Principal::reports_faults`]); [`permits`] applies it.
 #[must_use]
 pub fn required(request: &Request) -> Option<(Option<&Namespace>, Right)> {
     Some(match request {
@@ -278,6 +313,8 @@ pub fn required(request: &Request) -> Option<(Option<&Namespace>, Right)> {
         Request::List { scope: Scope::Plugins }
         | Request::Subscribe { scope: Scope::Plugins, .. }
         | Request::ArtifactGet { .. } => return None,
+        // Its own right (see the module docs).
+        Request::PluginFault { .. } => return None,
         Request::Register { instance, .. } => (Some(&instance.service.namespace), Right::Write),
         Request::Deregister { service, .. } => (Some(&service.namespace), Right::Write),
         Request::PutService { spec } => (Some(&spec.service.namespace), Right::Write),
@@ -366,6 +403,36 @@ mod tests {
         assert_eq!(next.reauthenticate(&Acl::open().authenticate(None).unwrap()), None);
         assert_eq!(next.token_count(), Some(2));
         assert!(!format!("{gw:?}").contains("digest"), "no token material in Debug");
+    }
+
+    #[test]
+    fn only_a_token_given_the_fault_right_or_admin_everywhere_may_report_a_plugin_fault() {
+        let acl = Acl::from_json(
+            r#"{ "tokens": [
+            { "name": "edge", "token": "e", "namespaces": { "prod": "read" }, "report_faults": true },
+            { "name": "app", "token": "a", "namespaces": { "prod": "write" } },
+            { "name": "prod-admin", "token": "p", "namespaces": { "prod": "admin" } },
+            { "name": "ops", "token": "o", "namespaces": { "*": "admin" } }
+        ] }"#,
+        )
+        .unwrap();
+        let fault = Request::PluginFault {
+            name: "lb".parse().unwrap(),
+            kind: "balancer".into(),
+            sha256: "a".repeat(64),
+            service: sextant_core::ServiceKey::parse("prod/g/s").unwrap(),
+            host: "prod/edge/gw/1".into(),
+            reason: "6 faults".into(),
+        };
+        let who = |token| acl.authenticate(Some(token)).unwrap();
+        assert!(permits(&who("e"), &fault), "a gateway's token");
+        assert!(!permits(&who("e"), &Request::PluginList), "the fault right is not admin");
+        assert!(!permits(&who("a"), &fault), "registering instances is not enough");
+        assert!(!permits(&who("p"), &fault), "a namespace's admin is not enough");
+        assert!(permits(&who("o"), &fault));
+        assert!(Acl::open().authenticate(None).unwrap().reports_faults());
+        assert_eq!(write_kind(&fault), Some("plugin_fault"), "audited like any write");
+        assert!(format!("{:?}", who("e")).contains("report_faults: true"));
     }
 
     #[test]

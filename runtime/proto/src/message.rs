@@ -206,6 +206,84 @@ pub enum Request {
         /// The record.
         name: PluginName,
     },
+    /// A host rolled a plugin record's version back on its own (too many faults within its
+    /// window): the evidence, for the fleet's verdict. The server keeps it in the record with
+    /// the other hosts' faults; once the fleet rule is met (by default one host) the version
+    /// is marked bad and the record returns to its newest good version, on every host. Needs
+    /// the `report_faults` right (or `admin` on `*`).
+    PluginFault {
+        /// The record.
+        name: PluginName,
+        /// The slot's kind: `balancer`, `health` or `scheduler`.
+        kind: String,
+        /// sha256 of the version that was rolled back.
+        sha256: String,
+        /// The service whose slot rolled it back.
+        service: ServiceKey,
+        /// Who reports (a gateway's registration `NS/GROUP/NAME/ID`): faults are counted
+        /// per host. 1 to [`MAX_FAULT_FIELD`](sextant_core::MAX_FAULT_FIELD) bytes.
+        host: String,
+        /// Why (`N faults within ..., last: ...`), at most
+        /// [`MAX_FAULT_FIELD`](sextant_core::MAX_FAULT_FIELD) bytes.
+        reason: String,
+    },
+}
+
+/// What the server made of a `plugin_fault`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultDecision {
+    /// Kept in the record; not enough hosts have reported a fault yet.
+    Pending,
+    /// This report met the fleet rule: the version is marked bad and the record went back
+    /// to its newest good version.
+    MarkedBad,
+    /// Changed nothing, for the reason given.
+    Ignored,
+}
+
+/// Why a `plugin_fault` changed nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IgnoredFault {
+    /// No record by that name.
+    NoRecord,
+    /// The record is of another kind.
+    WrongKind,
+    /// The version is already marked bad (a host that kept reporting after the fleet
+    /// rolled it back).
+    AlreadyBad,
+    /// The record's active version is another one (a fault about a version it no longer,
+    /// or never, ran).
+    NotCurrent,
+    /// This host's fault about this version is already counted.
+    Repeated,
+}
+
+impl FaultDecision {
+    /// The snake-case name, as on the wire and in metrics.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::MarkedBad => "marked_bad",
+            Self::Ignored => "ignored",
+        }
+    }
+}
+
+impl IgnoredFault {
+    /// The snake-case name, as on the wire and in metrics.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoRecord => "no_record",
+            Self::WrongKind => "wrong_kind",
+            Self::AlreadyBad => "already_bad",
+            Self::NotCurrent => "not_current",
+            Self::Repeated => "repeated",
+        }
+    }
 }
 
 /// Largest chunk an `artifact` answer carries (bytes, before base64).
@@ -284,6 +362,7 @@ pub const REQUEST_TYPES: &[&str] = &[
     "plugin_rollback",
     "plugin_delete",
     "artifact_get",
+    "plugin_fault",
 ];
 
 /// Why a request payload is not a request.
@@ -348,6 +427,7 @@ impl Request {
             Self::PluginRollback { .. } => "plugin_rollback",
             Self::PluginDelete { .. } => "plugin_delete",
             Self::ArtifactGet { .. } => "artifact_get",
+            Self::PluginFault { .. } => "plugin_report",
         }
     }
 }
@@ -651,6 +731,24 @@ pub enum Response {
         /// and for a load identical to the record (nothing written).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         validated: Option<Validation>,
+    },
+    /// Answer to `plugin_fault`.
+    PluginFaultTaken {
+        /// What the report did.
+        decision: FaultDecision,
+        /// Why it changed nothing (with `ignored`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ignored: Option<IgnoredFault>,
+        /// Hosts whose faults about this version are counted now (with `pending` and
+        /// `marked_bad`).
+        #[serde(default)]
+        hosts: u32,
+        /// Hosts the fleet rule asks for.
+        #[serde(default)]
+        needed: u32,
+        /// The store revision of the record's write (none when nothing was written).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        revision: Option<Revision>,
     },
     /// The request failed; nothing changed.
     Error {

@@ -148,6 +148,22 @@ pub fn normalize(request: Request) -> Result<Request, String> {
             check_ttl(std::time::Duration::from_millis(ttl_ms)).map_err(|e| e.to_string())?;
             Ok(request)
         }
+        Request::PluginFault { ref kind, ref sha256, ref host, ref reason, .. } => {
+            if !sextant_core::PLUGIN_KINDS.contains(&kind.as_str()) {
+                return Err(format!("plugin_fault: {kind:?} is not a plugin kind"));
+            }
+            sextant_core::check_sha256(sha256).map_err(|e| format!("plugin_fault: {e}"))?;
+            for (field, text) in [("host", host), ("reason", reason)] {
+                if text.trim().is_empty() || text.len() > sextant_core::MAX_FAULT_FIELD {
+                    return Err(format!(
+                        "plugin_fault: {field} must be 1 to {} bytes, not {}",
+                        sextant_core::MAX_FAULT_FIELD,
+                        text.len()
+                    ));
+                }
+            }
+            Ok(request)
+        }
         other => Ok(other),
     }
 }

@@ -382,6 +382,9 @@ async fn stream<S: Store + Clone>(c: &Arc<Conn<S>>, mut send: SendStream, mut re
                     c.audit(Verdict::Accepted, kind, target, Some(revision.0), None);
                 }
                 Response::Lease { .. } if write => c.audit(Verdict::Accepted, kind, target, None, None),
+                Response::PluginFaultTaken { revision, .. } => {
+                    c.audit(Verdict::Accepted, kind, target, revision.map(|r| r.0), None);
+                }
                 _ => {}
             }
             response
@@ -423,6 +426,9 @@ fn target_of(request: &Request) -> Option<String> {
         Request::PluginLoad { name, binding, .. } => Some(format!("{name} -> {binding}")),
         Request::PluginRollback { name, .. } | Request::PluginDelete { name } => Some(name.to_string()),
         Request::ArtifactGet { sha256, .. } | Request::PluginUpload { sha256, .. } => Some(sha256.clone()),
+        Request::PluginFault { name, sha256, host, .. } => {
+            Some(format!("{name} {} from {host}", &sha256[..sha256.len().min(12)]))
+        }
         Request::Hello { .. } | Request::Ping { .. } | Request::GrantLease { .. } | Request::PluginList => None,
     }
 }

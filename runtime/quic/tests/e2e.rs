@@ -408,7 +408,8 @@ async fn tokens_and_rights_are_enforced() {
     let reg = registry(&dir.path().join("data")).await;
     let acl = Acl::from_json(
         r#"{"tokens":[{"name":"gw","token":"read-prod","namespaces":{"prod":"read"}},
-                      {"name":"dep","token":"write-prod","namespaces":{"prod":"write"}}]}"#,
+                      {"name":"dep","token":"write-prod","namespaces":{"prod":"write"}},
+                      {"name":"edge","token":"edge","namespaces":{"prod":"read"},"report_faults":true}]}"#,
     )
     .unwrap();
     let node = start(
@@ -441,6 +442,29 @@ async fn tokens_and_rights_are_enforced() {
         panic!("expected the service")
     };
     assert_eq!(view.instances.len(), 1);
+
+    // A verdict that can roll the fleet back is a right of its own: writing instances is not
+    // enough, and garbage from a host that has the right is refused as invalid.
+    let fault = |sha256: &str| Request::PluginFault {
+        name: "lb".parse().unwrap(),
+        kind: "balancer".into(),
+        sha256: sha256.into(),
+        service: ServiceKey::parse("prod/g/api").unwrap(),
+        host: "prod/edge/gw/1".into(),
+        reason: "6 faults within 10s".into(),
+    };
+    let before = reg.revision();
+    let forged = writer.request(fault(&"a".repeat(64))).await.unwrap_err();
+    assert_eq!(forged.code(), Some(ErrorCode::Forbidden), "{forged}");
+    let edge = with(Some("edge"));
+    let garbage = edge.request(fault("not-a-sha")).await.unwrap_err();
+    assert_eq!(garbage.code(), Some(ErrorCode::Invalid), "{garbage}");
+    let mut empty = fault(&"a".repeat(64));
+    if let Request::PluginFault { host, .. } = &mut empty {
+        host.clear();
+    }
+    assert_eq!(edge.request(empty).await.unwrap_err().code(), Some(ErrorCode::Invalid));
+    assert_eq!(reg.revision(), before, "refused faults change nothing");
     node.stop().await;
 }
 
@@ -835,6 +859,7 @@ async fn components_are_fetched_in_chunks_checked_against_their_hash_and_plugin_
         history: Vec::new(),
         forward: Vec::new(),
         bad: Vec::new(),
+        faults: Vec::new(),
     };
     reg.put(Record::Plugin(Arc::new(record)), None).await.unwrap();
     match next_change(&mut watch).await {

@@ -359,6 +359,7 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
         s.metrics.set_slots(&plugins.status());
         s.metrics.plugins.set_totals(plugins.totals().iter().map(|(k, t)| (k, t)));
         s.metrics.plugin_failures.set(gauge(plugins.failures().len()));
+        s.metrics.set_faults(&plugins.fault_counts());
         s.metrics.plugins.host.read(plugins.host());
     }
     s.metrics.set_access(&s.access);

@@ -278,11 +278,6 @@ pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Ou
     let host = PluginHost::new(args.plugin_host.config()).map_err(|e| Failure::other(format!("plugin host: {e:#}")))?;
     let _sweeper = sextant_server::serve::sweep_idle_plugins(&host);
     let router = Router::new(host, Arc::new(discovery), first.route.clone());
-    let follower = Arc::new(PluginFollower::start(
-        router.clone(),
-        client.clone(),
-        FollowOptions { services, defaults: first.route.clone(), cache_dir: Some(args.cache.join("plugins")) },
-    ));
     let gateway_config = first.gateway.clone();
     let metrics = Arc::new(GatewayMetrics::new());
     let gateway = Gateway::with_metrics(gateway_config, Upstream::Router(router.clone()), Some(Arc::clone(&metrics)))
@@ -294,13 +289,29 @@ pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Ou
             let listener = tokio::net::TcpListener::bind(at)
                 .await
                 .map_err(|e| Failure::other(format!("listening on {at} (--metrics): {e}")))?;
-            let app = axum::Router::new().route(
-                "/metrics",
-                axum::routing::get(move || {
-                    let (metrics, router) = (Arc::clone(&metrics), router.clone());
-                    async move { ([("content-type", CONTENT_TYPE)], metrics.encode(Some(&router))) }
-                }),
-            );
+            let ready = router.clone();
+            let app = axum::Router::new()
+                .route(
+                    "/metrics",
+                    axum::routing::get(move || {
+                        let (metrics, router) = (Arc::clone(&metrics), router.clone());
+                        async move { ([("content-type", CONTENT_TYPE)], metrics.encode(Some(&router))) }
+                    }),
+                )
+                // 200 once the first view of the registry is in (from a server or the cache).
+                .route(
+                    "/ready",
+                    axum::routing::get(move || {
+                        let ready = ready.ready();
+                        async move {
+                            if ready {
+                                (axum::http::StatusCode::OK, "ready\n")
+                            } else {
+                                (axum::http::StatusCode::SERVICE_UNAVAILABLE, "no view of the registry yet\n")
+                            }
+                        }
+                    }),
+                );
             Some(tokio::spawn(async move { axum::serve(listener, app).await }))
         }
     };
@@ -321,6 +332,16 @@ pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Ou
     let run = run_id();
     me.metadata.insert(RUN_KEY.into(), run.clone());
     let key = me.key();
+    let follower = Arc::new(PluginFollower::start(
+        router.clone(),
+        client.clone(),
+        FollowOptions {
+            services,
+            defaults: first.route.clone(),
+            cache_dir: Some(args.cache.join("plugins")),
+            host: key.to_string(),
+        },
+    ));
     tracing::info!(%addr, %registered, %run, "gateway serving");
     let (conflict, mut conflicts) = tokio::sync::watch::channel(None::<String>);
     let written = Arc::new(AtomicU64::new(0));

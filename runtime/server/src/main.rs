@@ -130,6 +130,14 @@ enum Command {
         /// the one every host (server and gateway) starts on.
         #[arg(long, default_value = sextant_plugin::DEFAULT_BALANCER)]
         balancer: String,
+        /// The fleet rule: how many hosts (gateways, servers) must report rolling a plugin
+        /// version back on its own before it is marked bad for every host (1 to 16). Give
+        /// every server on one store the same rule.
+        #[arg(long, default_value_t = 1)]
+        rollback_hosts: u32,
+        /// How long a host's report of a rollback counts toward the fleet rule, in seconds.
+        #[arg(long, default_value_t = 600)]
+        rollback_window_secs: u64,
         #[command(flatten)]
         plugin_host: commands::PluginHostArgs,
     },
@@ -564,6 +572,8 @@ async fn main() -> ExitCode {
             plugins,
             plugins_poll_ms,
             balancer,
+            rollback_hosts,
+            rollback_window_secs,
             plugin_host,
         } => {
             let store = match store {
@@ -598,6 +608,10 @@ async fn main() -> ExitCode {
                 plugins_dir: plugins,
                 plugins_poll: Duration::from_millis(plugins_poll_ms.max(10)),
                 default_balancer: balancer,
+                fleet_rule: sextant_control::FleetRule {
+                    hosts: rollback_hosts,
+                    window: Duration::from_secs(rollback_window_secs),
+                },
                 plugin_host: plugin_host.config(),
             };
             run(config, shutdown_signal()).await.map_err(commands::Failure::from)

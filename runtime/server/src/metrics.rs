@@ -9,6 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use sextant_gateway::plugin_metrics::{ActiveSlot, PluginMetrics, SlotLabels};
+use sextant_proto::{FaultDecision, IgnoredFault};
 
 /// Labels of write counters: what was written.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -24,6 +25,16 @@ pub struct AuditLabels {
     pub door: &'static str,
     /// `accepted`, `unauthenticated`, `forbidden`, `limited`.
     pub verdict: &'static str,
+}
+
+/// Labels of the plugin fault counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FaultLabels {
+    /// `pending`, `marked_bad` or `ignored`.
+    pub decision: &'static str,
+    /// Why an ignored fault changed nothing (`no_record`, `wrong_kind`, `already_bad`,
+    /// `not_current`, `repeated`); empty otherwise.
+    pub reason: &'static str,
 }
 
 /// Labels of the access file reload counter.
@@ -57,6 +68,8 @@ pub struct Metrics {
     pub plugins: PluginMetrics,
     /// Plugin loads and activations that failed.
     pub plugin_failures: Gauge,
+    /// Hosts' automatic rollbacks taken (`plugin_fault`), by decision and reason.
+    pub plugin_faults: Family<FaultLabels, Counter>,
     /// 1 while the store answers, 0 while it cannot be reached (answers are then stale).
     pub store_reachable: Gauge,
     /// For how long the store has been unreachable (0 while it answers).
@@ -91,6 +104,7 @@ impl Metrics {
             writes_rejected: Family::default(),
             plugins: PluginMetrics::default(),
             plugin_failures: Gauge::default(),
+            plugin_faults: Family::default(),
             store_reachable: Gauge::default(),
             store_stale_seconds: Gauge::default(),
             store_invalid_values: Counter::default(),
@@ -128,6 +142,11 @@ impl Metrics {
             m.plugin_failures.clone(),
         );
         registry.register(
+            "plugin_faults",
+            "Hosts' automatic rollbacks of plugin versions taken, by decision (pending, marked_bad, ignored) and reason",
+            m.plugin_faults.clone(),
+        );
+        registry.register(
             "audit_events",
             "Accepted writes and refused requests (unauthenticated, forbidden, limited), by door",
             m.audit_events.clone(),
@@ -145,6 +164,14 @@ impl Metrics {
         let (ok, failed) = access.reloads();
         Self::catch_up(&self.acl_reloads.get_or_create(&OutcomeLabel { outcome: "ok" }), ok);
         Self::catch_up(&self.acl_reloads.get_or_create(&OutcomeLabel { outcome: "failed" }), failed);
+    }
+
+    /// Brings the plugin fault counters (kept by the plugin manager) into the exposition.
+    pub fn set_faults(&self, counts: &[(FaultDecision, Option<IgnoredFault>, u64)]) {
+        for (decision, reason, n) in counts {
+            let labels = FaultLabels { decision: decision.as_str(), reason: reason.map_or("", IgnoredFault::as_str) };
+            Self::catch_up(&self.plugin_faults.get_or_create(&labels), *n);
+        }
     }
 
     /// Replaces the plugin slot series with `slots`.

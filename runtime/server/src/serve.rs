@@ -78,6 +78,9 @@ pub struct ServeConfig {
     /// The built-in balancer of services without a bound plugin (default
     /// [`sextant_plugin::DEFAULT_BALANCER`], as on every gateway).
     pub default_balancer: String,
+    /// How many hosts' automatic rollbacks of a plugin version, within what window, mark it
+    /// bad for the fleet (`--rollback-hosts`, `--rollback-window-secs`).
+    pub fleet_rule: sextant_control::FleetRule,
     /// The plugin host's limits and contract (`--plugin-instances`, `--max-plugins`,
     /// `--plugin-contract`, `--plugin-idle-secs`).
     pub plugin_host: HostConfig,
@@ -105,6 +108,7 @@ impl ServeConfig {
             plugins_dir: None,
             plugins_poll: Duration::from_secs(1),
             default_balancer: sextant_plugin::DEFAULT_BALANCER.into(),
+            fleet_rule: sextant_control::FleetRule::default(),
             plugin_host: HostConfig::default(),
         }
     }
@@ -113,6 +117,9 @@ impl ServeConfig {
 /// Why `serve` stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// The fleet rule is out of bounds.
+    #[error("--rollback-hosts/--rollback-window-secs: {0}")]
+    FleetRule(String),
     /// The data directory could not be opened.
     #[error(transparent)]
     Open(#[from] OpenError),
@@ -260,6 +267,8 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()> + Send 
     let _sweeper = sweep_idle_plugins(&host);
     let defaults = Defaults { balancer: PluginSpec::builtin(&config.default_balancer), ..Defaults::default() };
     let plugins = PluginManager::start(host, registry.clone(), defaults)?;
+    plugins.set_fleet_rule(config.fleet_rule).map_err(ServeError::FleetRule)?;
+    plugins.set_identity(format!("server sextant@{}", config.listen));
     let metrics = Arc::new(Metrics::new());
     // One command path for both doors, counting their writes together.
     let executor = Arc::new(Executor::new(registry.clone(), Some(plugins.clone())).with_counter(metrics.clone()));

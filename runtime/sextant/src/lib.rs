@@ -138,10 +138,20 @@
 //! registry in local snapshots through the client library: failover between the servers
 //! given, resume from the last revision after a reconnect, empty-push protection, and (with
 //! `cache_dir` in [`ClientOptions`](prelude::ClientOptions)) an on-disk copy served, marked stale,
-//! while no server answers. [`PluginFollower`](gateway::PluginFollower) then runs the plugins
-//! bound to your services in the store (`sextant plugin load --bind`), fetched by sha256 and
-//! swapped under traffic. A pick on a service outside the followed scope finds no instances:
-//! [`RouteError::NoEndpoints`](prelude::RouteError::NoEndpoints).
+//! while no server answers. Start a [`PluginFollower`](prelude::PluginFollower) beside it, or
+//! `sextant plugin load --bind` changes every `sextant gateway` and not yours: it runs the
+//! plugins bound to your services in the store, fetched by sha256 and swapped under traffic,
+//! reports what runs in [`PluginFollower::report`](prelude::PluginFollower::report) (publish it
+//! in your registration's metadata, as `sextant gateway` does, and `sextant plugin list`
+//! shows your host), and tells the control plane when a version faults often enough to be
+//! rolled back here, so the fleet rolls back with you.
+//!
+//! Until the first view arrives a pick answers
+//! [`RouteError::NotSynced`](prelude::RouteError::NotSynced) (not
+//! [`NoEndpoints`](prelude::RouteError::NoEndpoints), which means the service has no endpoint
+//! traffic may go to); [`Router::ready`](prelude::Router::ready) is your readiness probe and
+//! [`Router::wait_ready`](prelude::Router::wait_ready) waits for it. A service outside the
+//! followed scope answers [`RouteError::NotFollowed`](prelude::RouteError::NotFollowed).
 //!
 //! ```no_run
 //! # use std::sync::Arc;
@@ -154,8 +164,18 @@
 //! let client = Client::new(ClientOptions::new(servers, "ca.pem".into()))?;
 //! let shop = Scope::Namespace("shop".parse()?);
 //! let discovery = RemoteDiscovery::follow(client.clone(), shop);
-//! let router = Router::new(PluginHost::new(HostConfig::default())?, Arc::new(discovery), RouteConfig::default());
-//! # let _ = router;
+//! let defaults = RouteConfig::default();
+//! let router = Router::new(PluginHost::new(HostConfig::default())?, Arc::new(discovery), defaults.clone());
+//! // The plugins bound in the store to the services you route (kept for as long as you route).
+//! let orders = ServiceKey::parse("shop/web/orders")?;
+//! let plugins = PluginFollower::start(
+//!     router.clone(),
+//!     client,
+//!     FollowOptions { services: vec![orders], defaults, cache_dir: None, host: "shop/edge/my-proxy/10.0.0.9:8080".into() },
+//! );
+//! // Serve once the first view is in (bounded: no server and no cache never syncs).
+//! tokio::time::timeout(std::time::Duration::from_secs(10), router.wait_ready()).await?;
+//! # let _ = plugins;
 //! # Ok(())
 //! # }
 //! ```
@@ -186,8 +206,8 @@
 pub mod prelude {
     pub use sextant_core::{Instance, InstanceKey, Record, Scope, ServiceKey};
     pub use sextant_gateway::{
-        Discovery, FinishOnEnd, FromHeaders, HealthCheck, Outcome, PickGuard, PickRequest, RemoteDiscovery, RetryPlan,
-        RouteConfig, RouteError, Router, RouterBuilder, SwapError,
+        Discovery, FinishOnEnd, FollowOptions, FromHeaders, HealthCheck, Outcome, PickGuard, PickRequest,
+        PluginFollower, RemoteDiscovery, RetryPlan, RouteConfig, RouteError, Router, RouterBuilder, SwapError,
     };
     pub use sextant_plugin::{HostConfig, HostError, LoadError, PluginHost, PluginKind, PluginSpec, affinity_hash};
     pub use sextant_quic::client::{Client, ClientError, ClientOptions};

@@ -46,6 +46,7 @@ async fn durable_records_survive_a_reopen_and_ephemeral_ones_do_not() {
             history: Vec::new(),
             forward: Vec::new(),
             bad: Vec::new(),
+            faults: Vec::new(),
         };
         store.put(Record::Plugin(plugin.into()), None).await.unwrap();
         before = store.revision();
