@@ -289,6 +289,22 @@ fn the_gateway_follows_plugin_loads_rollbacks_and_deletes_and_keeps_routing_with
             .count()
     };
     wait_until("the health policy takes the endpoints down on the gateway", || health_of("up") == 0);
+    // What the operator is shown is what ran: the policy that ejected them counts its calls.
+    let bad_health = {
+        let bytes = std::fs::read(sextant_plugin_artifacts::path("bad-health").unwrap()).unwrap();
+        sextant_core::sha256_hex(&bytes)
+    };
+    let health_calls =
+        format!(r#"sextant_gateway_plugin_calls_total{{kind="health",plugin="strict",sha256="{bad_health}"}} "#);
+    let metrics = gateway.metrics();
+    assert!(
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&health_calls))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .is_some_and(|n| n >= 3),
+        "{health_calls}\n{metrics}"
+    );
     let out = run(&server, &["plugin", "delete", "strict"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     wait_until("the endpoints up again", || health_of("up") == 3);
@@ -827,22 +843,15 @@ fn a_gateway_that_rolls_a_faulty_version_back_rolls_the_fleet_back_and_a_restart
     let active = |artifact: &str| vec![format!("active {}", sha12(artifact)); 2];
     wait_until("both gateways run the good version", || reported(&server, "lb") == active("round-robin"));
     let path = sextant_plugin_artifacts::path("misbehave").unwrap();
-    let out = run(
-        &server,
-        &[
-            "plugin",
-            "load",
-            path,
-            "--name",
-            "lb",
-            "--bind",
-            SERVICE,
-            "--config",
-            r#"{"fault":"trap-pick","after":100}"#,
-        ],
-    );
+    let faulty = r#"{"fault":"trap-pick","after":100}"#;
+    let out = run(&server, &["plugin", "load", path, "--name", "lb", "--bind", SERVICE, "--config", faulty]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    wait_until("both gateways run the faulty version", || reported(&server, "lb") == active("misbehave"));
+    // Named with its configuration: the same component with another one reads apart.
+    let faulty_version = sextant_core::version_label(&sha("misbehave"), faulty);
+    assert!(faulty_version.starts_with(&format!("{}+", sha12("misbehave"))), "{faulty_version}");
+    wait_until("both gateways run the faulty version", || {
+        reported(&server, "lb") == vec![format!("active {faulty_version}"); 2]
+    });
 
     // Traffic through the busy gateway only, until the fleet has marked the version bad.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -871,6 +880,13 @@ fn a_gateway_that_rolls_a_faulty_version_back_rolls_the_fleet_back_and_a_restart
 
     // Every gateway runs the same good version, the one that never saw a fault included.
     wait_until("both gateways report the good version again", || reported(&server, "lb") == active("round-robin"));
+    // The binding's summary counts the hosts running it (the server itself carries none).
+    let list = plugin_list(&server);
+    let binding = list["bindings"].as_array().and_then(|b| b.iter().find(|b| b["plugin"] == "lb")).unwrap();
+    assert_eq!((binding["hosts_running"].as_u64(), binding["hosts_other"].as_u64()), (Some(2), Some(0)), "{binding}");
+    let text = String::from_utf8_lossy(&run(&server, &["plugin", "list"]).stdout).into_owned();
+    let line = format!("binding lb balancer {SERVICE} ({}): hosts 2 running, 0 other;", sha12("round-robin"));
+    assert!(text.lines().any(|l| l.starts_with(&line)), "{line}\n{text}");
     until_spread(&idle, &backends, 30, "round robin on the idle gateway", spread_out);
     until_spread(&busy, &backends, 30, "round robin on the busy gateway", spread_out);
 

@@ -203,13 +203,20 @@ impl<S: Store + Clone> Executor<S> {
                 }
             },
             Request::ArtifactGet { sha256, offset } => self.artifact(sha256, offset).await,
-            Request::PluginList => Response::Plugins {
-                plugins: registry.plugins(),
-                slots: self.plugins.as_ref().map(PluginManager::status).unwrap_or_default(),
-                hosts: self.host_reports(),
-                failures: self.plugins.as_ref().map(PluginManager::failures).unwrap_or_default(),
-                bindings: self.plugins.as_ref().map(PluginManager::bindings).unwrap_or_default(),
-            },
+            Request::PluginList => {
+                let hosts = self.host_reports();
+                let mut bindings = self.plugins.as_ref().map(PluginManager::bindings).unwrap_or_default();
+                for b in &mut bindings {
+                    b.count_hosts(&hosts);
+                }
+                Response::Plugins {
+                    plugins: registry.plugins(),
+                    slots: self.plugins.as_ref().map(PluginManager::status).unwrap_or_default(),
+                    hosts,
+                    failures: self.plugins.as_ref().map(PluginManager::failures).unwrap_or_default(),
+                    bindings,
+                }
+            }
             Request::PluginLoad { name, kind, binding, config, component, component_sha256 } => match &self.plugins {
                 None => no_plugins(),
                 Some(p) => {

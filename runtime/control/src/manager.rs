@@ -488,6 +488,7 @@ impl<S: Store + Clone> PluginManager<S> {
                 kind: record.kind.clone(),
                 binding: record.binding.clone(),
                 sha256: record.sha256.clone(),
+                version: record.version(),
                 ..Default::default()
             };
             let mut groups: std::collections::BTreeMap<String, sextant_proto::FailedGroup> =

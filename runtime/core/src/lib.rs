@@ -37,7 +37,7 @@ pub use lease::LeaseId;
 pub use model::{
     BadVersion, ConfigEntry, HostFault, Instance, MAX_FAULT_FIELD, MAX_PENDING_FAULTS, MAX_PLUGIN_CONFIG,
     PLUGIN_HISTORY, PLUGIN_KINDS, PluginBinding, PluginRecord, PluginVersion, Record, RecordKey, ServiceSpec,
-    check_sha256, sha256_hex,
+    check_sha256, sha256_hex, version_label,
 };
 pub use name::{ConfigKey, DataId, Group, InstanceId, InstanceKey, Namespace, PluginName, ServiceKey, ServiceName};
 pub use revision::{Change, Event, Revision, StoreSnapshot};

@@ -408,6 +408,12 @@ impl PluginRecord {
         left
     }
 
+    /// The active version's name for people ([`version_label`]).
+    #[must_use]
+    pub fn version(&self) -> String {
+        version_label(&self.sha256, &self.config)
+    }
+
     /// Why `sha256` was marked bad, if it was.
     #[must_use]
     pub fn bad_reason(&self, sha256: &str) -> Option<&str> {
@@ -418,6 +424,19 @@ impl PluginRecord {
     #[must_use]
     pub fn config_or_default(&self) -> &str {
         if self.config.is_empty() { "{}" } else { &self.config }
+    }
+}
+
+/// How a plugin version is named to people (`plugin list`, hosts' reports): the first 12 hex
+/// digits of its component's sha256, then `+` and the first 8 of its configuration's sha256
+/// when it has one (not empty, not `{}`), so two versions of one component that differ only
+/// in configuration read apart.
+#[must_use]
+pub fn version_label(sha256: &str, config: &str) -> String {
+    let sha12 = &sha256[..12.min(sha256.len())];
+    match config.trim() {
+        "" | "{}" => sha12.to_owned(),
+        c => format!("{sha12}+{}", &sha256_hex(c.as_bytes())[..8]),
     }
 }
 
@@ -699,6 +718,12 @@ mod tests {
         };
         assert!(p.validate().is_ok());
         assert_eq!(p.config_or_default(), "{}");
+        // Versions read apart by configuration; none (or `{}`) adds nothing.
+        assert_eq!(p.version(), sha[..12]);
+        assert_eq!(version_label(&sha, "{}"), sha[..12]);
+        let a = version_label(&sha, r#"{"share": 5}"#);
+        let b = version_label(&sha, r#"{"share": 6}"#);
+        assert!(a.starts_with(&format!("{}+", &sha[..12])) && a.len() == 21 && a != b, "{a} {b}");
         p.binding = "a/b".into();
         assert!(p.validate().is_err(), "a binding that parses as neither namespace nor service");
         p.binding = "*".into();

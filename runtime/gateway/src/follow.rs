@@ -72,6 +72,9 @@ pub struct Activation {
     pub plugin: String,
     /// The component's sha256 (empty for the default).
     pub sha256: String,
+    /// The version's name for people (`SHA12`, or `SHA12+CFG8` with a configuration:
+    /// [`sextant_core::version_label`]; empty for the default).
+    pub version: String,
     /// `None` when active, else why it is not.
     pub error: Option<String>,
 }
@@ -139,8 +142,9 @@ impl PluginFollower {
         self.activations.lock().values().cloned().collect()
     }
 
-    /// Per plugin record: `active SHA12` when every service it binds here runs it, else
-    /// `failed SHA12: REASON (N of M services)`; keyed `sextant.plugin.NAME`.
+    /// Per plugin record: `active VERSION` when every service it binds here runs it, else
+    /// `failed VERSION: REASON (N of M services)` (VERSION: `SHA12`, or `SHA12+CFG8` with a
+    /// configuration); keyed `sextant.plugin.NAME`.
     #[must_use]
     pub fn report(&self) -> BTreeMap<String, String> {
         report(&self.activations.lock())
@@ -171,16 +175,16 @@ fn report(activations: &BTreeMap<(String, String), Activation>) -> BTreeMap<Stri
     // however many services failed alike).
     let mut by_plugin: BTreeMap<(&str, &str), Tally> = BTreeMap::new();
     for a in activations.values().filter(|a| !a.plugin.is_empty()) {
-        let entry = by_plugin.entry((a.plugin.as_str(), a.sha256.as_str())).or_default();
+        let entry = by_plugin.entry((a.plugin.as_str(), a.version.as_str())).or_default();
         entry.0 += 1;
         if let Some(e) = &a.error {
             *entry.1.entry(e.chars().take(160).collect()).or_default() += 1;
         }
     }
     let mut out: BTreeMap<String, String> = BTreeMap::new();
-    for ((plugin, sha), (services, failed)) in by_plugin {
+    for ((plugin, version), (services, failed)) in by_plugin {
         let value = if failed.is_empty() {
-            format!("active {}", short(sha))
+            format!("active {version}")
         } else {
             let mut groups: Vec<(String, usize)> = failed.into_iter().collect();
             groups.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
@@ -188,7 +192,7 @@ fn report(activations: &BTreeMap<(String, String), Activation>) -> BTreeMap<Stri
                 groups.iter().take(3).map(|(reason, n)| format!("{reason} ({n} of {services} services)")).collect();
             let more = groups.len().saturating_sub(3);
             let more = if more > 0 { format!("; and {more} other reasons") } else { String::new() };
-            format!("failed {}: {}{more}", short(sha), reasons.join("; "))
+            format!("failed {version}: {}{more}", reasons.join("; "))
         };
         // One line per plugin: when two versions are reported (a swap in progress), a
         // refusal wins.
@@ -375,6 +379,7 @@ impl Follow {
             kind: kind.to_string(),
             plugin: desired.map(|d| d.name.clone()).unwrap_or_default(),
             sha256: desired.map(|d| d.sha256.clone()).unwrap_or_default(),
+            version: desired.map(|d| sextant_core::version_label(&d.sha256, &d.config)).unwrap_or_default(),
             error,
         };
         let mut all = self.activations.lock();
@@ -480,6 +485,7 @@ mod tests {
             kind: "balancer".into(),
             plugin: plugin.into(),
             sha256: sha.into(),
+            version: sextant_core::version_label(sha, if plugin == "canary" { r#"{"share": 5}"# } else { "{}" }),
             error: error.map(str::to_owned),
         };
         ((a.service.clone(), a.kind.clone()), a)
@@ -499,7 +505,12 @@ mod tests {
         .collect();
         let report = report(&all);
         assert_eq!(report.len(), 2, "{report:?}");
-        assert_eq!(report["sextant.plugin.canary"], "active bbbbbbbbbbbb");
+        let cfg8 = &sextant_core::sha256_hex(br#"{"share": 5}"#)[..8];
+        assert_eq!(
+            report["sextant.plugin.canary"],
+            format!("active bbbbbbbbbbbb+{cfg8}"),
+            "a configuration names the version"
+        );
         assert_eq!(report["sextant.plugin.lb"], "failed aaaaaaaaaaaa: self-test: update trapped (1 of 3 services)");
     }
 }

@@ -454,7 +454,13 @@ impl PolicySlot {
             return state.fallback.call(&self.host, call).unwrap_or(Answer::Verdict(Verdict::Unchanged));
         }
         let len = state.route.len();
+        // Counted and (one in SAMPLE_EVERY) timed as a balancer's picks are.
+        let calls = state.counters.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let started = calls.is_multiple_of(crate::version::SAMPLE_EVERY).then(Instant::now);
         let result = state.runner.call(&self.host, call).and_then(|a| validate(a, call, len));
+        if let Some(t) = started {
+            state.counters.call_time.record(t.elapsed());
+        }
         match result {
             Ok(answer) => {
                 if update {

@@ -524,6 +524,10 @@ pub struct BindingSummary {
     pub binding: String,
     /// sha256 of the record's current component.
     pub sha256: String,
+    /// The current version's name for people (`SHA12`, `SHA12+CFG8` with a configuration;
+    /// see `sextant_core::version_label`).
+    #[serde(default)]
+    pub version: String,
     /// The slots on this server the binding covers (services it is the most specific
     /// binding for).
     pub services: u64,
@@ -548,6 +552,28 @@ pub struct BindingSummary {
     /// Resources lost with them: their services fell back on that call (0.2.0).
     #[serde(default)]
     pub lost: u64,
+    /// Other hosts (gateways) whose registration reports running the record's current
+    /// version (`active VERSION`, see `hosts`).
+    #[serde(default)]
+    pub hosts_running: u64,
+    /// Other hosts reporting anything else for this record: a refusal, a rollback, or
+    /// another version (a swap under way).
+    #[serde(default)]
+    pub hosts_other: u64,
+}
+
+impl BindingSummary {
+    /// Counts the hosts of `reports` that run this record's current version and the others.
+    pub fn count_hosts(&mut self, reports: &[HostReport]) {
+        let active = format!("active {}", self.version);
+        for r in reports.iter().filter(|r| r.plugin == self.plugin) {
+            if r.state == active {
+                self.hosts_running += 1;
+            } else {
+                self.hosts_other += 1;
+            }
+        }
+    }
 }
 
 /// Services of a binding that do not run it, for one reason.

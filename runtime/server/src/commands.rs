@@ -377,7 +377,7 @@ fn describe(record: &Record) -> String {
         ),
         Record::Service(s) => format!("service {} protect_threshold={}", s.service, s.protect_threshold),
         Record::Config(c) => format!("config {} version={}", c.key, &c.version[..12]),
-        Record::Plugin(p) => format!("plugin {} kind={} sha256={}", p.name, p.kind, &p.sha256[..12]),
+        Record::Plugin(p) => format!("plugin {} kind={} version={} sha256={}", p.name, p.kind, p.version(), p.sha256),
     }
 }
 
@@ -543,10 +543,13 @@ pub(crate) async fn plugin(args: &ClientArgs, command: PluginCommand) -> Result 
                     let failed: u64 = b.failed.iter().map(|f| f.services).sum();
                     let contract = b.contract.as_deref().map_or(String::new(), |c| format!(" contract={c}"));
                     out(&format!(
-                        "binding {} {} {}: {} services, {} running, {failed} failed{contract} instances={} resources={} replaced={} lost={}",
+                        "binding {} {} {} ({}): hosts {} running, {} other; this server {} services, {} running, {failed} failed{contract} instances={} resources={} replaced={} lost={}",
                         b.plugin,
                         b.kind,
                         b.binding,
+                        b.version,
+                        b.hosts_running,
+                        b.hosts_other,
                         b.services,
                         b.running,
                         b.instances,
@@ -648,12 +651,12 @@ pub(crate) async fn plugin(args: &ClientArgs, command: PluginCommand) -> Result 
     }
 }
 
-/// Waits until `n` hosts report running `record`'s version (`active SHA12`); fails at once
+/// Waits until `n` hosts report running `record`'s version (`active VERSION`); fails at once
 /// when one reports refusing it.
 async fn wait_for_hosts(client: &Client, record: &PluginRecord, n: usize, limit: Duration) -> Result {
-    let sha12 = &record.sha256[..12.min(record.sha256.len())];
-    let active = format!("active {sha12}");
-    let failed = format!("failed {sha12}");
+    let version = record.version();
+    let active = format!("active {version}");
+    let failed = format!("failed {version}:");
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let hosts = match client.request(Request::PluginList).await? {
@@ -666,11 +669,11 @@ async fn wait_for_hosts(client: &Client, record: &PluginRecord, n: usize, limit:
         }
         let running = mine.iter().filter(|h| h.state == active).count();
         if running >= n {
-            return out(&format!("{running} hosts run {} {sha12}", record.name));
+            return out(&format!("{running} hosts run {} {version}", record.name));
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(Failure::other(format!(
-                "{running} of {n} hosts run {} {sha12} after {} s",
+                "{running} of {n} hosts run {} {version} after {} s",
                 record.name,
                 limit.as_secs()
             )));
