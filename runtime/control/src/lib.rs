@@ -15,7 +15,9 @@
 //! It does no IO of its own beyond the registry's: no sockets, no HTTP, no QUIC.
 #![deny(missing_docs)]
 mod activate;
+mod error;
 mod execute;
+mod fault;
 mod manager;
 mod record;
 mod slots;
@@ -23,7 +25,8 @@ mod state;
 mod upload;
 mod verdict;
 
+pub use error::ManagerError;
 pub use execute::{Detached, Executor, Origin, WriteCounter, error_code};
-pub use manager::{LIVE_VALIDATION_SAMPLE, Loaded, ManagerError, PickedInstance, PluginManager};
+pub use fault::{Fault, FaultTaken, FleetRule};
+pub use manager::{LIVE_VALIDATION_SAMPLE, Loaded, PickedInstance, PluginManager};
 pub use slots::ServiceSlots;
-pub use verdict::{Fault, FaultTaken, FleetRule};

@@ -25,16 +25,17 @@ use parking_lot::{Mutex, RwLock};
 use sextant_core::store::{Store, StoreError};
 use sextant_core::{
     CoreError, Instance, PLUGIN_HISTORY, PluginBinding, PluginName, PluginRecord, RecordKey, Revision, ServiceKey,
-    ServiceSnapshot, ValidationError,
+    ServiceSnapshot,
 };
 use sextant_proto::{FaultDecision, IgnoredFault, PluginFailure, SlotView, Validation};
 use sextant_store::{Registry, RegistryError};
 use tokio::sync::mpsc;
 
 use crate::activate::{reconcile_all, watch};
+use crate::error::ManagerError;
+use crate::fault::{Fault, FaultCounts, FaultTaken, FleetRule};
 use crate::slots::{KINDS, ServiceSlots, kind_index, parse_kind, pop_good, push_history, resolve, unix_ms};
 use crate::state::{Inner, Work};
-use crate::verdict::{Fault, FaultCounts, FaultTaken, FleetRule};
 
 use sextant_plugin::{
     Compiled, Defaults, LoadError, PickRequest, PluginHost, PluginKind, PluginSpec, SlotPlan, Slots, Totals,
@@ -44,49 +45,6 @@ use sextant_plugin::{
 /// Covered services whose live snapshot a load is validated on (a namespace or `*` binding
 /// may cover thousands; the rest are checked when their slots activate it).
 pub const LIVE_VALIDATION_SAMPLE: usize = 16;
-
-/// Why a plugin operation was refused. Nothing was written.
-#[derive(Debug, thiserror::Error)]
-pub enum ManagerError {
-    /// The component failed validation.
-    #[error("plugin {name} rejected: {source}")]
-    Rejected {
-        /// The plugin.
-        name: String,
-        /// What was wrong.
-        source: LoadError,
-    },
-    /// A name, kind, binding or configuration that is not valid.
-    #[error(transparent)]
-    Invalid(#[from] ValidationError),
-    /// The configuration is not JSON.
-    #[error("plugin configuration is not JSON: {0}")]
-    BadConfig(String),
-    /// No record by that name.
-    #[error("no plugin named {0}")]
-    NotFound(PluginName),
-    /// The record has no earlier version.
-    #[error("plugin {0} has no earlier version to roll back to")]
-    NoPrevious(PluginName),
-    /// The record has no version a rollback left.
-    #[error("plugin {0} has no version to roll forward to (a rollback keeps the version it left)")]
-    NoForward(PluginName),
-    /// The component is a version a host rolled back automatically.
-    #[error(
-        "plugin {name} rejected: version {sha256} was rolled back automatically ({reason}); load a fixed component, or delete the record to clear the mark"
-    )]
-    MarkedBad {
-        /// The plugin.
-        name: String,
-        /// The component's sha256.
-        sha256: String,
-        /// Why it was marked.
-        reason: String,
-    },
-    /// The store refused or could not take the write.
-    #[error(transparent)]
-    Store(#[from] RegistryError),
-}
 
 /// What [`PluginManager::load`] wrote, and where it validated the component.
 #[derive(Debug, Clone)]

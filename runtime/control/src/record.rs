@@ -14,7 +14,7 @@ use sextant_core::store::{Store, StoreError};
 use sextant_core::{PluginName, PluginRecord, Record, RecordKey, Revision};
 use sextant_store::RegistryError;
 
-use crate::manager::ManagerError;
+use crate::error::ManagerError;
 use crate::state::Inner;
 
 /// Rounds a write may lose to other servers' writes of the same record before it gives up

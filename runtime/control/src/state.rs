@@ -11,8 +11,8 @@ use sextant_proto::PluginFailure;
 use sextant_store::Registry;
 use tokio::sync::mpsc;
 
+use crate::fault::{FaultCounts, FleetRule};
 use crate::slots::{ServiceSlots, unix_ms};
-use crate::verdict::{FaultCounts, FleetRule};
 
 /// Failures kept for `plugin list`.
 const MAX_FAILURES: usize = 32;

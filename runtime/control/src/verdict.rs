@@ -10,86 +10,15 @@
 //! kind, a version already bad or no longer active, a host already counted) is ignored and
 //! counted by reason; the rest of the fleet sees nothing.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
-
 use sextant_core::store::Store;
-use sextant_core::{BadVersion, HostFault, MAX_FAULT_FIELD, MAX_PENDING_FAULTS, PLUGIN_HISTORY, PluginName, Revision};
+use sextant_core::{BadVersion, HostFault, MAX_FAULT_FIELD, MAX_PENDING_FAULTS, PLUGIN_HISTORY, PluginName};
 use sextant_plugin::AutoRollback;
 use sextant_proto::{FaultDecision, IgnoredFault};
 
-use crate::manager::ManagerError;
+use crate::error::ManagerError;
+use crate::fault::{Fault, FaultTaken};
 use crate::slots::{pop_good, truncate, unix_ms};
 use crate::state::Inner;
-
-/// How many hosts must report a version's automatic rollback, within what window, before the
-/// fleet marks it bad.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FleetRule {
-    /// Distinct hosts (1 to [`MAX_PENDING_FAULTS`]); default 1: one host with enough faults
-    /// to roll back is enough.
-    pub hosts: u32,
-    /// How long a host's fault counts; default ten minutes.
-    pub window: Duration,
-}
-
-impl Default for FleetRule {
-    fn default() -> Self {
-        Self { hosts: 1, window: Duration::from_secs(600) }
-    }
-}
-
-impl FleetRule {
-    /// Checks the bounds.
-    ///
-    /// # Errors
-    /// `hosts` outside 1 to [`MAX_PENDING_FAULTS`], or a zero window.
-    pub fn validate(&self) -> Result<(), String> {
-        let most = u32::try_from(MAX_PENDING_FAULTS).unwrap_or(u32::MAX);
-        if !(1..=most).contains(&self.hosts) {
-            return Err(format!("the fleet rule counts 1 to {most} hosts, not {}", self.hosts));
-        }
-        if self.window.is_zero() {
-            return Err("the fleet rule's window must be longer than zero".into());
-        }
-        Ok(())
-    }
-}
-
-/// A host's word that it rolled a plugin version back on its own.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fault {
-    /// The record.
-    pub plugin: PluginName,
-    /// The slot's kind.
-    pub kind: String,
-    /// The version rolled back.
-    pub sha256: String,
-    /// The service whose slot rolled it back.
-    pub service: String,
-    /// Who says so.
-    pub host: String,
-    /// Why (`N faults within ..., last: ...`).
-    pub reason: String,
-}
-
-/// What a [`Fault`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FaultTaken {
-    /// Kept, decided, or ignored.
-    pub decision: FaultDecision,
-    /// Why it was ignored.
-    pub ignored: Option<IgnoredFault>,
-    /// Hosts counted for this version now.
-    pub hosts: u32,
-    /// Hosts the fleet rule asks for.
-    pub needed: u32,
-    /// The record's write, if there was one.
-    pub revision: Option<Revision>,
-}
-
-/// Faults taken, by decision and (for ignored ones) reason: what `/metrics` shows.
-pub(crate) type FaultCounts = BTreeMap<(FaultDecision, Option<IgnoredFault>), u64>;
 
 impl<S: Store + Clone> Inner<S> {
     /// Takes a host's fault: kept in the record, the version marked bad once the fleet rule
