@@ -544,10 +544,18 @@ async fn maintain(inner: Weak<Inner>) {
         if inner.closed.load(Relaxed) {
             return;
         }
-        if ticked {
-            tick_all(&inner, Instant::now());
-        } else {
-            settle_all(&inner);
+        // Plugin calls (snapshot updates, health and scheduler calls) may take up to their
+        // deadline: they run on a blocking thread, never on the async workers that carry
+        // requests and `/metrics`.
+        let work = tokio::task::spawn_blocking(move || {
+            if ticked {
+                tick_all(&inner, Instant::now());
+            } else {
+                settle_all(&inner);
+            }
+        });
+        if work.await.is_err() {
+            tracing::error!("the router's maintenance failed; it goes on at the next tick");
         }
     }
 }

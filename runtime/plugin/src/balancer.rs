@@ -164,15 +164,23 @@ impl BalancerSlot {
         let route = Arc::new(route);
         self.0.route.store(Arc::clone(&route));
         let version = self.0.active.load_full();
+        let mut lazy = false;
         for w in &version.workers {
             let mut w = w.lock();
             if w.seen != route.epoch
                 && let Err(f) = w.apply(&self.0.host, &version.spec, &route)
             {
-                let kept = w.stale.is_some();
+                let (kept, waits) = (w.stale.is_some(), matches!(w.exec, Exec::Lazy));
                 drop(w);
                 self.update_fault(&version, &f, &route, kept);
+                lazy |= waits;
+                continue;
             }
+            lazy |= matches!(w.exec, Exec::Lazy);
+        }
+        // Not waiting for a pick to find them: prepared off the path now.
+        if lazy {
+            self.prepare(&version);
         }
     }
 
@@ -213,11 +221,25 @@ impl BalancerSlot {
         let sample = worker.calls.is_multiple_of(SAMPLE_EVERY);
         let started = sample.then(Instant::now);
         let len = worker.route.len();
-        let result = worker.pick(host, ticks, request, len);
+        // A lazy worker waits for its resource (prepared off the request path): the native
+        // default answers, on the newest route.
+        let result = if matches!(worker.exec, Exec::Lazy) {
+            Ok(worker.fallback_pick(request))
+        } else {
+            worker.pick(host, ticks, request, len)
+        };
         if let Some(t) = started {
             version.counters.call_time.record(t.elapsed());
         }
         let picked = match result {
+            // Lazy, or made lazy by this pick (its resource gone or its instance busy): the
+            // answer is the native default's.
+            Ok(answer) if matches!(worker.exec, Exec::Lazy) => {
+                version.counters.fallbacks.fetch_add(1, Relaxed);
+                drop(worker);
+                self.prepare(&version);
+                answer.map(|index| Picked { index, version: version.id, fallback: true })
+            }
             // The plugin answered for the route it last accepted, older than the newest:
             // map its answer; one that is no longer there goes to the native default.
             Ok(answer) if worker.stale.is_some() => {
@@ -248,6 +270,47 @@ impl BalancerSlot {
             }
         };
         picked.map(|p| f(&route, p))
+    }
+
+    /// Has `version`'s lazy workers given their resources on the host's off-path thread
+    /// (starting the plugin's instance again if a fault dropped it): `init`, the constructor
+    /// and the first `update` run there with their deadlines, never on a request's thread,
+    /// which the native default answers meanwhile. A fault there is counted as any call's
+    /// (automatic rollback included) and the next try waits a backoff.
+    fn prepare(&self, version: &Arc<Version>) {
+        if !version.prepare.claim(Instant::now()) {
+            return;
+        }
+        let (slot, id) = (Arc::downgrade(&self.0), version.id);
+        self.0.host.off_path(Box::new(move || {
+            let Some(slot) = slot.upgrade().map(BalancerSlot) else { return };
+            let version = slot.0.active.load_full();
+            if version.id == id {
+                slot.prepare_version(&version);
+            } else {
+                // Swapped meanwhile: the new version's own picks ask for theirs.
+                version.prepare.done(true, Instant::now());
+            }
+        }));
+    }
+
+    fn prepare_version(&self, version: &Arc<Version>) {
+        let result = version.prepare();
+        version.prepare.done(result.is_ok(), Instant::now());
+        if let Err(fault) = result {
+            let route = self.0.route.load_full();
+            self.fault(version, &fault, &route);
+        }
+    }
+
+    /// Gives the workers that wait for their resource (a 0.2.0 plugin's, dropped after a
+    /// fault, for idleness, or not created yet) their resource now, on the calling thread,
+    /// as the host's off-path thread otherwise does after a pick found one waiting: for a
+    /// caller off the request path that wants the plugin answering before traffic. A fault
+    /// is counted as any call's; the plugin's backoff is not waited for.
+    pub fn prepare_now(&self) {
+        let version = self.0.active.load_full();
+        self.prepare_version(&version);
     }
 
     /// Picks an endpoint index.

@@ -256,8 +256,14 @@ struct Inner {
     tick_count: Arc<AtomicU64>,
     /// Each plugin's log budget, by name (`log.rs`).
     logs: Mutex<HashMap<String, Arc<LogBudget>>>,
+    /// Work kept off the request path (starting instances, creating resources): one thread,
+    /// started on first use, ending when the host goes.
+    off_path: Mutex<Option<std::sync::mpsc::Sender<OffPathJob>>>,
     _ticker: Ticker,
 }
+
+/// A job for the host's off-path thread.
+pub(crate) type OffPathJob = Box<dyn FnOnce() + Send>;
 
 /// The wasmtime plugin host, shared by every slot. Cheap to clone.
 #[derive(Clone)]
@@ -348,6 +354,7 @@ impl PluginHost {
             self_tested: Mutex::new(std::collections::HashSet::new()),
             tick_count,
             logs: Mutex::new(HashMap::new()),
+            off_path: Mutex::new(None),
             _ticker: Ticker { stop, thread: Some(thread) },
         })))
     }
@@ -468,6 +475,39 @@ impl PluginHost {
             self.0.shared.lock().values().filter_map(std::sync::Weak::upgrade).collect();
         for p in running {
             p.sweep_all();
+        }
+    }
+
+    /// Runs `job` on the host's off-path thread (in order, one at a time): where plugin work
+    /// that may take up to a deadline runs instead of a request's thread (instances started
+    /// again, resources created and given their first snapshot).
+    pub(crate) fn off_path(&self, job: OffPathJob) {
+        let mut sender = self.0.off_path.lock();
+        let job = match sender.as_ref() {
+            None => job,
+            Some(s) => match s.send(job) {
+                Ok(()) => return,
+                Err(std::sync::mpsc::SendError(job)) => job,
+            },
+        };
+        let (tx, rx) = std::sync::mpsc::channel::<OffPathJob>();
+        let started = std::thread::Builder::new().name("sextant-plugin-prepare".into()).spawn(move || {
+            // Ends when the host (the sender) goes.
+            while let Ok(job) = rx.recv() {
+                job();
+            }
+        });
+        match started {
+            Ok(_) => {
+                let _ = tx.send(job);
+                *sender = Some(tx);
+            }
+            // No thread to be had: the work runs here rather than never.
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the plugin preparation thread; preparing inline");
+                drop(sender);
+                job();
+            }
         }
     }
 

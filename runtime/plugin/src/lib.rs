@@ -15,6 +15,9 @@
 //! - [`BalancerSlot`]: one per service, the active balancer version behind an `ArcSwap`,
 //!   one worker per thread so picks scale with threads, self-test before publish,
 //!   per-pick fallback to the native default, automatic rollback after repeated faults;
+//!   nothing that may run to a deadline on the picking thread: a resource or instance a pick
+//!   lacks is prepared on the host's off-path thread ([`BalancerSlot::prepare_now`] does it
+//!   on the caller's), with a backoff after a failure, while the native default answers;
 //! - [`HealthSlot`] and [`SchedulerSlot`]: the same for health policies and schedulers (the
 //!   lifecycle every slot has, its history, events, fault window and rollback report, is
 //!   written once in `lifecycle`);

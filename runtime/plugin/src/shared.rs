@@ -146,8 +146,15 @@ type Resources = HashMap<u64, Held, std::hash::BuildHasherDefault<KeyHasher>>;
 /// Whether a call may create the service's resource when it has none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Missing {
+    /// Starts the instance again if a fault dropped it, and creates the resource (off the
+    /// request path: `init` and the constructor run up to the update deadline).
     Create,
+    /// Calls the resource only if it exists (the instance may still be started again).
     Skip,
+    /// The request path: calls the resource only if it and its instance are there and the
+    /// instance is free within the pick deadline (another thread may be starting it, or
+    /// creating a resource in it); None otherwise, and the caller falls back.
+    Ready,
 }
 
 /// A fault that leaves the instance unusable (wasmtime does not enter a component instance
@@ -192,8 +199,11 @@ impl SharedPlugin {
 
     /// A fresh instance, given `init(config)`.
     fn instantiate(&self, route: Arc<Published>, seed: u64) -> Result<Live, LoadError> {
-        let store = self.host.store_seeded(Arc::clone(&self.name), route, seed);
-        instantiate(&self.host, &self.compiled, &self.config, store)
+        instantiate(&self.host, &self.compiled, &self.config, self.store(route, seed))
+    }
+
+    fn store(&self, route: Arc<Published>, seed: u64) -> Store<HostState> {
+        self.host.store_seeded(Arc::clone(&self.name), route, seed)
     }
 
     /// The seed instance `index` started from: a slot's worker on that instance draws the
@@ -224,17 +234,27 @@ impl SharedPlugin {
         f: impl FnOnce(&mut Live, ResourceAny, bool) -> Result<R, CallFault>,
     ) -> Result<Option<R>, CallFault> {
         // `index` is in range: a `SharedRunner` reduced it once (no division per pick).
-        let mut guard = self.instances[index].lock();
+        let mut guard = match missing {
+            Missing::Ready => match self.instances[index].try_lock_for(self.host.config().pick_deadline) {
+                Some(g) => g,
+                None => return Ok(None),
+            },
+            Missing::Create | Missing::Skip => self.instances[index].lock(),
+        };
         let inst = &mut *guard;
         let now = self.host.tick_count();
         if inst.live.is_none() {
-            if missing == Missing::Skip {
+            if missing != Missing::Create {
                 return Ok(None);
             }
             inst.seed = self.host.take_seed();
-            match self.instantiate(Arc::clone(route), inst.seed) {
+            match start_live(&self.host, &self.compiled, &self.config, self.store(Arc::clone(route), inst.seed)) {
                 Ok(live) => inst.live = Some(live),
-                Err(e) => return Err(CallFault::Trap(format!("the instance could not be started again: {e}"))),
+                // What `init` did, as any call's fault is counted (a deadline is a deadline).
+                Err(StartError::Init(fault)) => return Err(fault),
+                Err(StartError::Load(e)) => {
+                    return Err(CallFault::Trap(format!("the instance could not be started again: {e}")));
+                }
             }
         }
         self.sweep(inst, now);
@@ -243,7 +263,7 @@ impl SharedPlugin {
                 held.used = now;
                 Some(held.handle)
             }
-            None if missing == Missing::Skip => return Ok(None),
+            None if missing != Missing::Create => return Ok(None),
             None => None,
         };
         let Some(live) = inst.live.as_mut() else { return Ok(None) };
@@ -366,19 +386,40 @@ impl SharedPlugin {
     }
 }
 
+/// Why an instance did not start.
+pub(crate) enum StartError {
+    /// It could not be instantiated, or `init` refused its configuration.
+    Load(LoadError),
+    /// `init` faulted (a trap, its deadline, the memory cap).
+    Init(CallFault),
+}
+
 /// Instantiates a 0.2.0 component in `store` and gives it `init(config)`.
 pub(crate) fn instantiate(
     host: &PluginHost,
     compiled: &Compiled,
     config: &str,
-    mut store: Store<HostState>,
+    store: Store<HostState>,
 ) -> Result<Live, LoadError> {
+    start_live(host, compiled, config, store).map_err(|e| match e {
+        StartError::Load(e) => e,
+        StartError::Init(fault) => LoadError::SelfTest(format!("init {fault}")),
+    })
+}
+
+/// [`instantiate`], telling a fault of `init` from the rest.
+fn start_live(
+    host: &PluginHost,
+    compiled: &Compiled,
+    config: &str,
+    mut store: Store<HostState>,
+) -> Result<Live, StartError> {
     let KindPre::Shared(pre) = &compiled.pre else {
-        return Err(LoadError::Instantiate("not a 0.2.0 component".into()));
+        return Err(StartError::Load(LoadError::Instantiate("not a 0.2.0 component".into())));
     };
     let deadline = host.config().update_deadline;
     arm(&mut store, host.ticks(deadline), deadline);
-    let inst = |e: wasmtime::Error| host.instantiate_error(&e);
+    let inst = |e: wasmtime::Error| StartError::Load(host.instantiate_error(&e));
     let (guest, init) = match pre {
         SharedPre::Balancer(pre) => {
             let g = pre.instantiate(&mut store).map_err(inst)?;
@@ -398,8 +439,8 @@ pub(crate) fn instantiate(
     };
     match init {
         Ok(Ok(())) => Ok(Live { store, guest }),
-        Ok(Err(reason)) => Err(LoadError::Config(reason)),
-        Err(e) => Err(LoadError::SelfTest(format!("init {}", fault_in(&mut store, &e)))),
+        Ok(Err(reason)) => Err(StartError::Load(LoadError::Config(reason))),
+        Err(e) => Err(StartError::Init(fault_in(&mut store, &e))),
     }
 }
 

@@ -36,7 +36,8 @@ pub(crate) enum Exec {
     /// The plugin failed on this snapshot: the fallback answers until the next one.
     Fallback,
     /// A 0.2.0 plugin whose resource for this service does not exist yet (or was dropped):
-    /// the next pick creates it and gives it `route`.
+    /// created and given `route` off the request path (`Version::prepare`); the native
+    /// default answers meanwhile.
     Lazy,
 }
 
@@ -144,6 +145,9 @@ mode_from!(mode_from_wit2, wit2);
 pub(crate) enum SharedPick {
     Answer(Option<u32>),
     Table(Mode),
+    /// The resource (or its instance) is not there, or its instance is busy being
+    /// prepared: the caller falls back and has it prepared off the request path.
+    NotReady,
 }
 
 /// `update` on a 0.2.0 balancer resource with `route` (the store armed by the caller).
@@ -177,7 +181,9 @@ pub(crate) fn shared_update(
 }
 
 /// `pick` on this service's 0.2.0 resource (`route` moved into the store for the call and
-/// back); one created now is given `route` first.
+/// back). Never creates it nor starts its instance (that is off the request path:
+/// [`Worker::materialize`]); a resource created off the path is given `route` on its first
+/// pick.
 fn shared_pick(
     s: &SharedRunner,
     host: &PluginHost,
@@ -185,7 +191,7 @@ fn shared_pick(
     route: &mut Arc<Published>,
     request: &mut PickRequest,
 ) -> Result<SharedPick, CallFault> {
-    let picked = s.call(route, Missing::Create, |live, handle, fresh| {
+    let picked = s.call(route, Missing::Ready, |live, handle, fresh| {
         let Guest::Balancer(g) = &live.guest else { return Err(CallFault::Contract("not a balancer".into())) };
         let g = g.sextant_plugin_balancer().balancer();
         if fresh {
@@ -202,7 +208,7 @@ fn shared_pick(
         std::mem::swap(&mut live.store.data_mut().headers, &mut request.headers);
         r.map(SharedPick::Answer).map_err(|e| fault_in(&mut live.store, &e))
     })?;
-    picked.ok_or_else(|| CallFault::Trap("the resource could not be created".into()))
+    Ok(picked.unwrap_or(SharedPick::NotReady))
 }
 
 pub(crate) fn check_pick(answer: Option<u32>, len: usize) -> Result<Option<u32>, CallFault> {
@@ -281,6 +287,46 @@ pub struct Version {
     pub(crate) workers: Box<[Mutex<Worker>]>,
     pub(crate) counters: Counters,
     pub(crate) faults: Mutex<FaultWindow>,
+    /// Preparation of lazy workers off the request path (`balancer.rs`).
+    pub(crate) prepare: Prepare,
+}
+
+/// When a version's lazy workers may be prepared: one job at a time, and after a failed one
+/// not before a backoff (doubling from [`Prepare::FIRST`] to [`Prepare::MOST`]), so a
+/// constructor or `init` that keeps failing costs one off-path try per backoff, not one per
+/// pick or snapshot.
+#[derive(Debug, Default)]
+pub(crate) struct Prepare {
+    /// A job is queued or running.
+    pub(crate) queued: std::sync::atomic::AtomicBool,
+    /// Failed jobs in a row, and when the next may run.
+    pub(crate) backoff: Mutex<(u32, Option<Instant>)>,
+}
+
+impl Prepare {
+    const FIRST: std::time::Duration = std::time::Duration::from_millis(500);
+    const MOST: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// Whether a job should be queued now (and marks it queued).
+    pub(crate) fn claim(&self, now: Instant) -> bool {
+        if self.backoff.lock().1.is_some_and(|at| now < at) {
+            return false;
+        }
+        !self.queued.swap(true, Relaxed)
+    }
+
+    /// A job ended: on failure the next waits longer.
+    pub(crate) fn done(&self, ok: bool, now: Instant) {
+        let mut b = self.backoff.lock();
+        if ok {
+            *b = (0, None);
+        } else {
+            let wait = Self::FIRST.saturating_mul(1 << b.0.min(16)).min(Self::MOST);
+            *b = (b.0.saturating_add(1), Some(now + wait));
+        }
+        drop(b);
+        self.queued.store(false, Relaxed);
+    }
 }
 
 impl Drop for Version {
@@ -370,15 +416,27 @@ impl Version {
             workers: workers.into_boxed_slice(),
             counters: Counters::default(),
             faults: Mutex::new(FaultWindow::default()),
+            prepare: Prepare::default(),
         })
     }
 
     /// Creates this service's resource in the first worker's instance now and gives it the
     /// current snapshot, if the version runs a 0.2.0 plugin (see [`Worker::materialize`]).
     pub(crate) fn warm(&self) -> Result<(), LoadError> {
-        let Some(worker) = self.workers.first() else { return Ok(()) };
-        let result = worker.lock().materialize(&self.host);
-        result.map_err(|f| LoadError::SelfTest(format!("update with the current snapshot {f}")))
+        for worker in &self.workers {
+            let result = worker.lock().materialize(&self.host);
+            result.map_err(|f| LoadError::SelfTest(format!("update with the current snapshot {f}")))?;
+        }
+        Ok(())
+    }
+
+    /// Gives every lazy worker its resource (off the request path: the host's off-path
+    /// thread runs this); the first fault stops it.
+    pub(crate) fn prepare(&self) -> Result<(), CallFault> {
+        for worker in &self.workers {
+            worker.lock().materialize(&self.host)?;
+        }
+        Ok(())
     }
 
     pub(crate) fn worker(&self) -> MutexGuard<'_, Worker> {
@@ -516,7 +574,8 @@ impl Worker {
                 Ok(())
             }
             Err(f) => {
-                self.exec = Exec::Fallback;
+                // Still lazy: tried again off the path after a backoff (`Prepare`).
+                self.exec = Exec::Lazy;
                 Err(f)
             }
         }
@@ -549,31 +608,8 @@ impl Worker {
                 mix64(sextant_builtins::Env::random(env))
             })
         };
-        if matches!(self.exec, Exec::Lazy) {
-            let Runner::Shared(shared, _) = &self.runner else {
-                self.exec = Exec::Fallback;
-                return Ok(self.fallback_pick(request));
-            };
-            // Created and given the route it serves; a per-request answer comes from the
-            // same call, a table is executed below.
-            match shared_pick(shared, host, ticks, &mut self.route, request) {
-                Ok(SharedPick::Answer(answer)) => {
-                    self.exec = Exec::PerRequest;
-                    return check_pick(answer, len);
-                }
-                Ok(SharedPick::Table(mode)) => match validate_mode(mode, self.route.len(), host.config()) {
-                    Ok(exec) => self.exec = exec,
-                    Err(f) => {
-                        self.exec = Exec::Fallback;
-                        return Err(f);
-                    }
-                },
-                Err(f) => {
-                    self.exec = Exec::Fallback;
-                    return Err(f);
-                }
-            }
-        }
+        // Never called lazy: the slot answers those with the native default and has the
+        // resource prepared off the request path.
         match &mut self.exec {
             Exec::Fallback | Exec::Lazy => Ok(self.fallback_pick(request)),
             Exec::Weighted(edf) => Ok(edf.pick()),
@@ -603,11 +639,17 @@ impl Worker {
                     Runner::Wasm(w) => w.pick(host, ticks, request)?,
                     Runner::Shared(shared, _) => match shared_pick(shared, host, ticks, &mut self.route, request)? {
                         SharedPick::Answer(answer) => answer,
-                        // The resource was dropped (idle, or its instance replaced) and its
-                        // new one answers with a table: executed from now on.
+                        // A resource created off the path answers with a table: executed
+                        // from now on.
                         SharedPick::Table(mode) => {
                             self.exec = validate_mode(mode, self.route.len(), host.config())?;
                             return self.pick(host, ticks, request, len);
+                        }
+                        // Dropped (idle, or its instance replaced), or its instance busy:
+                        // prepared again off the path; the native default answers.
+                        SharedPick::NotReady => {
+                            self.exec = Exec::Lazy;
+                            return Ok(self.fallback_pick(request));
                         }
                     },
                     Runner::Gone => return Ok(self.fallback_pick(request)),

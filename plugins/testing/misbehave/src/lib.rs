@@ -3,7 +3,9 @@
 //! `trap-pick`, `loop-pick`, `loop-update`, `grow-update`, `grow-pick`, `out-of-range`,
 //! `none`, `refuse-update`, `log-pick` (a 200-byte line through `host.log` at every pick),
 //! `ring` and `maglev` (update answers a table of `"entries": N` entries, default 65536,
-//! spread over the endpoints), `trap-new` (the resource constructor panics), `leak-new` (every
+//! spread over the endpoints), `trap-new` (the resource constructor panics), `loop-new` (the
+//! resource constructor spins until its deadline; with `"after_ms": M` only once M ms have
+//! passed since the instance's `init`, so the constructors at load return), `leak-new` (every
 //! resource created keeps `leak_kib` KiB, default 1024, for the life of the instance: a
 //! plugin that leaks per service), `use-wasi` (not a fault: at `init` it uses the WASI the host
 //! provides, see `use_wasi`), `flood-init` (2 MiB to stdout at `init`), and the fault starts with the N-th call of that function
@@ -138,6 +140,8 @@ thread_local! {
     /// How many times the factory ran in this instance: `init` once, then once per service's
     /// resource.
     static MADE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// When this instance's `init` ran.
+    static STARTED: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
     /// What `leak-new` keeps.
     static LEAKED: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -145,6 +149,9 @@ thread_local! {
 fn make(config: &str) -> Result<Misbehave, String> {
     let made = MADE.get();
     MADE.set(made + 1);
+    if made == 0 {
+        STARTED.set(Some(std::time::Instant::now()));
+    }
     let text = config.to_owned();
     let field = |name: &str| -> Option<String> {
         // A tiny reader for {"fault": "x", "after": 3}; the SDK user would use serde.
@@ -167,6 +174,12 @@ fn make(config: &str) -> Result<Misbehave, String> {
     // `init` made the first (made == 0): constructors are the later ones.
     if fault == "trap-new" && made > after {
         panic!("trap-new: as configured (resource {made})");
+    }
+    if fault == "loop-new" && made > after {
+        let after_ms = field("after_ms").map_or(Ok(0), |a| a.parse::<u128>().map_err(|e| e.to_string()))?;
+        if STARTED.get().is_none_or(|t| t.elapsed().as_millis() >= after_ms) {
+            spin();
+        }
     }
     if fault == "leak-new" && made > 0 {
         let kib = field("leak_kib").map_or(Ok(1024), |a| a.parse::<usize>().map_err(|e| e.to_string()))?;
