@@ -5,59 +5,15 @@
 //! the keys attached to it so the caller can remove them. Time is passed in.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::fmt;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
+pub use crate::name::LeaseId;
 use crate::{CoreError, Millis, RecordKey, ValidationError};
 
 /// Shortest TTL a lease may have.
 pub const MIN_TTL: Duration = Duration::from_millis(100);
 /// Longest TTL a lease may have.
 pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
-
-/// A lease's id, chosen by the caller (random in production, fixed in tests; etcd's ids on
-/// etcd, which use all 64 bits).
-///
-/// In JSON it is a decimal string (`"7587869012"`), so clients that read numbers as doubles
-/// (JavaScript, many others) do not round ids above 2^53; a JSON number is accepted too.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct LeaseId(pub u64);
-
-impl Serialize for LeaseId {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for LeaseId {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = LeaseId;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a lease id: a decimal string or a non-negative integer")
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<LeaseId, E> {
-                Ok(LeaseId(v))
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<LeaseId, E> {
-                u64::try_from(v).map(LeaseId).map_err(|_| E::custom(format!("lease id {v} is negative")))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<LeaseId, E> {
-                v.parse().map(LeaseId).map_err(|_| E::custom(format!("lease id {v:?} is not a decimal number")))
-            }
-        }
-        deserializer.deserialize_any(Visitor)
-    }
-}
-
-impl fmt::Display for LeaseId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}", self.0)
-    }
-}
 
 #[derive(Debug)]
 struct Lease {

@@ -30,17 +30,20 @@ pub mod scope;
 pub mod snapshot;
 pub mod store;
 pub mod time;
+pub mod validation;
 pub mod view;
 
-pub use error::{CoreError, ValidationError};
-pub use lease::LeaseId;
+pub use error::CoreError;
 pub use model::{
     BadVersion, ConfigEntry, HostFault, Instance, MAX_FAULT_FIELD, MAX_PENDING_FAULTS, MAX_PLUGIN_CONFIG,
     PLUGIN_HISTORY, PLUGIN_KINDS, PluginBinding, PluginRecord, PluginVersion, Record, RecordKey, ServiceSpec,
     check_sha256, sha256_hex, version_label,
 };
-pub use name::{ConfigKey, DataId, Group, InstanceId, InstanceKey, Namespace, PluginName, ServiceKey, ServiceName};
+pub use name::{
+    ConfigKey, DataId, Group, InstanceId, InstanceKey, LeaseId, Namespace, PluginName, ServiceKey, ServiceName,
+};
 pub use revision::{Change, Event, Revision, StoreSnapshot};
 pub use scope::Scope;
 pub use snapshot::{ServiceSnapshot, SnapshotHandle};
 pub use time::Millis;
+pub use validation::ValidationError;

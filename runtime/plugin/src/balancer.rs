@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use sextant_builtins::{Endpoint, Snapshot, mix64};
 
 use crate::bindings::v2::balancer::exports::sextant::plugin::balancer as wit2;
-use crate::host::Contract;
+use crate::kind::Contract;
 use crate::lifecycle::{self, History, rollback_reason};
 use crate::load::{EndpointLoad, LoadTracker, Published};
 use crate::shared::{self, Guest};

@@ -1,6 +1,6 @@
 //! Typed errors of the plugin host.
 
-use crate::PluginKind;
+use crate::kind::PluginKind;
 
 /// Why the plugin host could not start (wasmtime could not set up its engine, for example the
 /// pooling allocator could not reserve memory, or the epoch thread could not start).

@@ -3,10 +3,11 @@
 //! traffic flows.
 //!
 //! This crate owns:
-//! - [`PluginHost`]: the wasmtime engine (pooling allocator, epoch interruption, a memory cap
-//!   per instance), the compile cache keyed by sha256, and validation of what a component
-//!   exports and imports (kind, contract version: [`Contract`]) with a typed [`LoadError`]
-//!   for each way a file can be wrong;
+//! - [`Runtime`] (`runtime.rs`): the wasmtime engine (pooling allocator, epoch interruption, a
+//!   memory cap per instance), the linker, the budgets ([`HostConfig`]) and the stores every
+//!   instance runs in; [`PluginHost`] (`host.rs`) adds the compile cache keyed by sha256 and
+//!   validation of what a component exports and imports (kind, contract version:
+//!   [`Contract`], `kind.rs`) with a typed [`LoadError`] for each way a file can be wrong;
 //! - the two contract versions: `sextant:plugin@0.2.0` (`wit/`), where one instance per
 //!   worker thread serves every service a plugin is bound to, each service a resource
 //!   created when first needed and dropped after idling (`shared.rs`, [`SharedStatus`]: so
@@ -46,12 +47,15 @@
 mod balancer;
 mod binding;
 mod bindings;
+mod compiled;
 mod error;
 mod host;
+mod kind;
 mod lifecycle;
 mod load;
 mod log;
 mod policy;
+mod runtime;
 mod shared;
 mod slots;
 mod spec;
@@ -63,14 +67,15 @@ mod window;
 
 pub use balancer::BalancerSlot;
 pub use binding::bound_record;
+pub use compiled::Compiled;
 pub use error::{CallFault, HostError, LoadError, SlotError};
-pub use host::{
-    CONTRACT_VERSION, Compiled, Contract, HostConfig, LEGACY_CONTRACT_VERSION, PluginHost, PluginKind, WeakHost,
-};
+pub use host::{PluginHost, WeakHost};
+pub use kind::{CONTRACT_VERSION, Contract, LEGACY_CONTRACT_VERSION, PluginKind};
 pub use lifecycle::{AutoRollback, Observer, SlotEvent, SlotStatus, VersionStatus};
 pub use load::{EndpointLoad, InFlight, LoadTracker, Published, endpoint_of, snapshot_of};
 pub use log::LogDrops;
 pub use policy::{HealthSlot, OUTCOME_QUEUE, SchedulerSlot};
+pub use runtime::{HostConfig, Runtime};
 pub use sextant_builtins as builtins;
 pub use shared::SharedStatus;
 pub use slots::{DEFAULT_BALANCER, DEFAULT_HEALTH, DEFAULT_SCHEDULER, Defaults, SlotPlan, Slots};

@@ -23,7 +23,7 @@ use crate::bindings::v1::scheduler::SchedulerPlugin;
 use crate::bindings::v1::scheduler::exports::sextant::plugin::scheduler as ws;
 use crate::bindings::v2::health::exports::sextant::plugin::health as wh2;
 use crate::bindings::v2::scheduler::exports::sextant::plugin::scheduler as ws2;
-use crate::host::Contract;
+use crate::kind::Contract;
 use crate::lifecycle::{self, FaultWindow, History, rollback_reason};
 use crate::lifecycle::{Observer, SlotStatus, VersionStatus};
 use crate::load::{LoadTracker, Published};
@@ -362,7 +362,7 @@ pub(crate) struct PolicySlot {
 impl Drop for PolicySlot {
     fn drop(&mut self) {
         let state = self.state.get_mut();
-        self.host.retire(self.kind, &state.spec, &state.counters.snapshot());
+        self.host.retire(state.spec.version_key(self.kind), &state.counters.snapshot());
     }
 }
 
@@ -556,7 +556,7 @@ impl PolicySlot {
             .call(&self.host, &Call::Update(&route))
             .map_err(|f| LoadError::SelfTest(format!("update with the current snapshot {f}")))?;
         state.runner = runner;
-        self.host.retire(self.kind, &state.spec, &state.counters.snapshot());
+        self.host.retire(state.spec.version_key(self.kind), &state.counters.snapshot());
         state.spec = spec;
         state.version += 1;
         state.loaded_at = SystemTime::now();

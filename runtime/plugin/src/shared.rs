@@ -3,7 +3,7 @@
 //! balancer`, `resource health`, `resource scheduler`).
 //!
 //! A [`SharedPlugin`] is one component with one configuration, started once however many
-//! slots run it (the host keeps them by sha256 and configuration, [`PluginHost::shared`]);
+//! slots run it (the host keeps them by sha256 and configuration, `PluginHost::shared`);
 //! its instances are created and given `init(config)` when it starts. A slot reaches its
 //! service's resource through a [`SharedRunner`] (plugin, resource key, instance index). A
 //! resource is created on the first call that needs one (a pick, or a snapshot update of a
@@ -25,9 +25,12 @@ use wasmtime::Store;
 use wasmtime::component::ResourceAny;
 
 use crate::bindings::v2;
+use crate::compiled::Compiled;
+use crate::kind::PluginKind;
 use crate::load::Published;
+use crate::runtime::Runtime;
 use crate::state::{HostState, KindPre, SharedPre, arm, fault_in};
-use crate::{CallFault, Compiled, LoadError, PluginHost, PluginKind};
+use crate::{CallFault, LoadError};
 
 /// The guest side of one shared instance.
 pub(crate) enum Guest {
@@ -73,7 +76,7 @@ pub(crate) struct SharedCounters {
 
 /// One 0.2.0 plugin (component and configuration) and its instances.
 pub(crate) struct SharedPlugin {
-    host: PluginHost,
+    host: Runtime,
     pub(crate) name: Arc<str>,
     pub(crate) compiled: Arc<Compiled>,
     pub(crate) config: String,
@@ -166,7 +169,7 @@ fn poisons(f: &CallFault) -> bool {
 impl SharedPlugin {
     /// Starts `instances` instances of a 0.2.0 component, each given `init(config)`.
     pub(crate) fn start(
-        host: &PluginHost,
+        host: &Runtime,
         name: &str,
         compiled: &Arc<Compiled>,
         config: &str,
@@ -396,7 +399,7 @@ pub(crate) enum StartError {
 
 /// Instantiates a 0.2.0 component in `store` and gives it `init(config)`.
 pub(crate) fn instantiate(
-    host: &PluginHost,
+    host: &Runtime,
     compiled: &Compiled,
     config: &str,
     store: Store<HostState>,
@@ -409,7 +412,7 @@ pub(crate) fn instantiate(
 
 /// [`instantiate`], telling a fault of `init` from the rest.
 fn start_live(
-    host: &PluginHost,
+    host: &Runtime,
     compiled: &Compiled,
     config: &str,
     mut store: Store<HostState>,

@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
-use crate::{Compiled, LoadError, PluginHost};
+use crate::compiled::Compiled;
+use crate::kind::PluginKind;
+use crate::stats::VersionKey;
+use crate::{LoadError, PluginHost};
 
 /// What to run in a slot.
 #[derive(Debug, Clone)]
@@ -27,6 +30,16 @@ pub enum PluginSpec {
 }
 
 impl PluginSpec {
+    /// The key this spec's counters add up under as a `kind` plugin.
+    #[must_use]
+    pub(crate) fn version_key(&self, kind: PluginKind) -> VersionKey {
+        let (plugin, sha256) = match self {
+            Self::Builtin { name, .. } => (name.clone(), String::new()),
+            Self::Wasm { name, compiled, .. } => (name.clone(), compiled.sha256.clone()),
+        };
+        VersionKey { kind: kind.to_string(), plugin, sha256 }
+    }
+
     /// A built-in with an empty configuration.
     #[must_use]
     pub fn builtin(name: &str) -> Self {

@@ -17,7 +17,7 @@ use wasmtime::Store;
 use crate::bindings::v1::balancer::BalancerPlugin;
 use crate::bindings::v1::balancer::exports::sextant::plugin::balancer as wit;
 use crate::bindings::v2::balancer::exports::sextant::plugin::balancer as wit2;
-use crate::host::Contract;
+use crate::kind::Contract;
 use crate::lifecycle::FaultWindow;
 use crate::load::Published;
 use crate::shared::{Guest, Missing, SharedRunner};
@@ -333,7 +333,7 @@ impl Drop for Version {
     fn drop(&mut self) {
         let mut counters = self.counters.snapshot();
         counters.calls = self.workers.iter_mut().map(|w| w.get_mut().calls).sum();
-        self.host.retire(PluginKind::Balancer, &self.spec, &counters);
+        self.host.retire(self.spec.version_key(PluginKind::Balancer), &counters);
     }
 }
 

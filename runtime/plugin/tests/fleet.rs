@@ -123,7 +123,13 @@ fn two_thousand_services_share_one_instance_per_worker() {
 /// is answered by the native default, the plugin answers once it is made.
 #[test]
 fn idle_resources_are_dropped_and_created_again_when_needed() {
-    let host = host_with(&HostConfig { workers: 1, idle_resource: Duration::from_millis(50), ..HostConfig::default() });
+    // Swept here only, so nothing drops the resources made again before the picks use them.
+    let host = host_with(&HostConfig {
+        workers: 1,
+        idle_resource: Duration::from_millis(50),
+        sweep_idle: false,
+        ..HostConfig::default()
+    });
     let spec = wasm(&host, "least-request", "{}").expect("least-request");
     let slots = services(&host, 3, &spec);
     for slot in &slots {
@@ -151,6 +157,34 @@ fn idle_resources_are_dropped_and_created_again_when_needed() {
     }
     let status = shared(&host, "least-request");
     assert_eq!((status.resources, status.created), (3, 6), "{status:?}");
+}
+
+/// The host sweeps by itself: resources of services that stopped calling are dropped with no
+/// call and no `sweep_idle` from its embedder (a router, a server), and the thread ends with
+/// the host.
+#[test]
+fn the_host_drops_idle_resources_by_itself() {
+    let host = host_with(&HostConfig { workers: 1, idle_resource: Duration::from_millis(50), ..HostConfig::default() });
+    let spec = wasm(&host, "least-request", "{}").expect("least-request");
+    let slots = services(&host, 3, &spec);
+    for slot in &slots {
+        assert!(!slot.pick(&mut PickRequest::default()).expect("a pick").fallback);
+    }
+    assert_eq!(shared(&host, "least-request").resources, 3);
+    let started = std::time::Instant::now();
+    while shared(&host, "least-request").resources > 0 {
+        assert!(started.elapsed() < Duration::from_secs(60), "never swept: {:?}", shared(&host, "least-request"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(shared(&host, "least-request").dropped_idle, 3);
+    let weak = host.downgrade();
+    drop((slots, host));
+    // A sweep under way holds the host until it ends, no longer.
+    let dropped = std::time::Instant::now();
+    while sextant_plugin::PluginHost::upgrade(&weak).is_some() {
+        assert!(dropped.elapsed() < Duration::from_secs(60), "the sweeping thread keeps the host alive");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// A plugin that keeps 1 MiB per service's resource hits its instance's memory cap (16 MiB)

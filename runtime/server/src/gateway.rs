@@ -276,7 +276,6 @@ pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Ou
     let discovery = RemoteDiscovery::follow(client.clone(), scope);
 
     let host = PluginHost::new(args.plugin_host.config()).map_err(|e| Failure::other(format!("plugin host: {e:#}")))?;
-    let _sweeper = sextant_server::serve::sweep_idle_plugins(&host);
     let router = Router::new(host, Arc::new(discovery), first.route.clone());
     let gateway_config = first.gateway.clone();
     let metrics = Arc::new(GatewayMetrics::new());

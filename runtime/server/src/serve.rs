@@ -264,7 +264,6 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()> + Send 
         ..ServerOptions::default()
     };
     let host = PluginHost::new(config.plugin_host.clone())?;
-    let _sweeper = sweep_idle_plugins(&host);
     let defaults = Defaults { balancer: PluginSpec::builtin(&config.default_balancer), ..Defaults::default() };
     let plugins = PluginManager::start(host, registry.clone(), defaults)?;
     plugins.set_fleet_rule(config.fleet_rule).map_err(ServeError::FleetRule)?;
@@ -321,22 +320,4 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()> + Send 
     http.map_err(ServeError::Http)?;
     tracing::info!("shut down cleanly");
     Ok(())
-}
-
-/// Drops idle plugin resources every quarter of the idle time, until the host goes.
-pub fn sweep_idle_plugins(host: &sextant_plugin::PluginHost) -> tokio::task::JoinHandle<()> {
-    let period = (host.config().idle_resource / 4).max(std::time::Duration::from_millis(250));
-    let host = host.downgrade();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            let Some(host) = sextant_plugin::PluginHost::upgrade(&host) else { return };
-            if tokio::task::spawn_blocking(move || host.sweep_idle()).await.is_err() {
-                return;
-            }
-        }
-    })
 }

@@ -1,0 +1,75 @@
+//! What a component is: its [`PluginKind`] (by the interface it exports) and the
+//! [`Contract`] version it was built for.
+
+/// The contract version this host speaks (`wit/`): `sextant:plugin@0.2.0`, where one
+/// component instance per worker thread serves every service as resources.
+pub const CONTRACT_VERSION: &str = "0.2.0";
+/// The legacy contract version the host still serves (`wit/legacy/0.1.0/`): one instance
+/// per service and worker.
+pub const LEGACY_CONTRACT_VERSION: &str = "0.1.0";
+pub(crate) const PACKAGE: &str = "sextant:plugin";
+
+/// A version of the plugin contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub enum Contract {
+    /// `sextant:plugin@0.1.0`: one instance per service (legacy).
+    #[serde(rename = "0.1.0")]
+    V0_1,
+    /// `sextant:plugin@0.2.0`: resources per service inside shared instances.
+    #[serde(rename = "0.2.0")]
+    V0_2,
+}
+
+impl Contract {
+    /// Every version this build knows, oldest first.
+    pub const ALL: [Self; 2] = [Self::V0_1, Self::V0_2];
+
+    /// `0.1.0`, `0.2.0`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::V0_1 => LEGACY_CONTRACT_VERSION,
+            Self::V0_2 => CONTRACT_VERSION,
+        }
+    }
+
+    /// The version named `text` (`0.1.0`, `0.2.0`).
+    ///
+    /// # Errors
+    /// Another text: the message lists the versions this build knows.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        Self::ALL.into_iter().find(|c| c.as_str() == text).ok_or_else(|| {
+            format!(
+                "unknown plugin contract {text:?}: this build speaks {LEGACY_CONTRACT_VERSION} and {CONTRACT_VERSION}"
+            )
+        })
+    }
+}
+
+impl std::fmt::Display for Contract {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{PACKAGE}@{}", self.as_str())
+    }
+}
+
+/// What kind of plugin a component is, by the interface it exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginKind {
+    /// Exports `balancer`.
+    Balancer,
+    /// Exports `health`.
+    Health,
+    /// Exports `scheduler`.
+    Scheduler,
+}
+
+impl std::fmt::Display for PluginKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Balancer => "balancer",
+            Self::Health => "health",
+            Self::Scheduler => "scheduler",
+        })
+    }
+}
