@@ -185,22 +185,46 @@ fn two_hosts_on_one_etcd_share_registrations_watches_and_plugins() {
     wait_until("the write after the outage on B", Duration::from_secs(20), || instance_ids(&b).len() == 4);
 }
 
-/// Instance ids a watch of `scope` holds, kept up to date by a task (resets, upserts,
-/// removes; revisions checked to increase).
+/// Instance ids a watch holds, kept by a task; what went wrong in that task (a revision that
+/// did not increase, the watch failing or ending) is kept too and fails the test at the next
+/// read, instead of dying with the task unseen.
+struct Followed {
+    ids: std::sync::Arc<parking_lot::Mutex<BTreeSet<String>>>,
+    fault: std::sync::Arc<parking_lot::Mutex<Option<String>>>,
+}
+
+impl Followed {
+    fn lock(&self) -> parking_lot::MutexGuard<'_, BTreeSet<String>> {
+        if let Some(fault) = self.fault.lock().as_ref() {
+            panic!("the watch on B: {fault}");
+        }
+        self.ids.lock()
+    }
+}
+
+/// Follows a watch of `scope` on `server` (resets, upserts, removes; revisions checked to
+/// increase).
 fn follow(
     runtime: &tokio::runtime::Runtime,
     server: &Server,
     scope: sextant_core::Scope,
-) -> (std::sync::Arc<parking_lot::Mutex<BTreeSet<String>>>, sextant_quic::client::Client) {
+) -> (Followed, sextant_quic::client::Client) {
     use sextant_core::{Change, Record};
     let client = quic_client(server);
-    let held = std::sync::Arc::new(parking_lot::Mutex::new(BTreeSet::new()));
+    let followed = Followed { ids: Default::default(), fault: Default::default() };
     let mut watch = client.watch(scope);
-    let view = held.clone();
+    let (view, fault) = (followed.ids.clone(), followed.fault.clone());
     runtime.spawn(async move {
         let mut last = sextant_core::Revision(0);
-        while let Some(Ok(item)) = watch.next().await {
-            assert!(item.event.revision > last, "revisions increase: {} after {last}", item.event.revision);
+        let ended = loop {
+            let item = match watch.next().await {
+                Some(Ok(item)) => item,
+                Some(Err(e)) => break format!("the watch failed: {e}"),
+                None => break "the watch ended".to_owned(),
+            };
+            if item.event.revision <= last {
+                break format!("revisions increase: {} after {last}", item.event.revision);
+            }
             last = item.event.revision;
             let mut v = view.lock();
             match item.event.change {
@@ -222,9 +246,10 @@ fn follow(
                 }
                 _ => {}
             }
-        }
+        };
+        *fault.lock() = Some(ended);
     });
-    (held, client)
+    (followed, client)
 }
 
 fn quic_client(server: &Server) -> sextant_quic::client::Client {

@@ -124,6 +124,11 @@ fn until_spread(gateway: &Gateway, backends: &[Backend], n: usize, what: &str, w
     }
 }
 
+/// Requests in a round that must all reach one backend to call a balancer sticky: round robin
+/// keeps one rotation per worker thread, so a few requests can land on one backend by chance;
+/// thirty over three backends cannot.
+const STICKY_ROUND: usize = 30;
+
 fn sticky(spread: &[u64]) -> bool {
     spread.iter().filter(|&&n| n > 0).count() == 1
 }
@@ -200,12 +205,12 @@ fn the_gateway_follows_plugin_loads_rollbacks_and_deletes_and_keeps_routing_with
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains(&format!("2 hosts run sticky {}", sha12("ring-hash"))), "{said}");
     eprintln!("plugin load --bind --wait 2 → both gateways report running it: {:.2} s", loaded.elapsed().as_secs_f64());
-    until_spread(&gateway, &backends, 6, "the bound ring hash on the gateway", sticky);
-    until_spread(&second, &backends, 6, "the bound ring hash on the second gateway", sticky);
+    until_spread(&gateway, &backends, STICKY_ROUND, "the bound ring hash on the gateway", sticky);
+    until_spread(&second, &backends, STICKY_ROUND, "the bound ring hash on the second gateway", sticky);
     eprintln!("plugin load --bind → both gateways run it: {:.2} s", loaded.elapsed().as_secs_f64());
     let active = |artifact: &str| vec![format!("active {}", sha12(artifact)); 2];
     wait_until("both gateways report the plugin", || reported(&server, "sticky") == active("ring-hash"));
-    let sticky_spread = send(&gateway, &backends, 12);
+    let sticky_spread = send(&gateway, &backends, STICKY_ROUND);
     assert!(sticky(&sticky_spread), "{sticky_spread:?}");
 
     // A new version (round robin as a wasm component), then a rollback to ring hash.
@@ -215,8 +220,8 @@ fn the_gateway_follows_plugin_loads_rollbacks_and_deletes_and_keeps_routing_with
     wait_until("both gateways report the new version", || reported(&server, "sticky") == active("round-robin"));
     let out = run(&server, &["plugin", "rollback", "sticky"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    until_spread(&gateway, &backends, 6, "the rollback on the gateway", sticky);
-    until_spread(&second, &backends, 6, "the rollback on the second gateway", sticky);
+    until_spread(&gateway, &backends, STICKY_ROUND, "the rollback on the gateway", sticky);
+    until_spread(&second, &backends, STICKY_ROUND, "the rollback on the second gateway", sticky);
     let both = second.answered.borrow().values().sum::<u64>() + gateway.answered.borrow().values().sum::<u64>();
     let failed: u64 = [&gateway, &second]
         .iter()
@@ -230,7 +235,7 @@ fn the_gateway_follows_plugin_loads_rollbacks_and_deletes_and_keeps_routing_with
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     until_spread(&gateway, &backends, 30, "the default after the delete", spread_out);
     load(&server, "ring-hash", "sticky");
-    until_spread(&gateway, &backends, 6, "bound again", sticky);
+    until_spread(&gateway, &backends, STICKY_ROUND, "bound again", sticky);
 
     // The gateway's metrics: every answer counted by class, the endpoints up, the bound
     // plugin's calls per version (ring hash: two versions' worth, kept across the swaps).
@@ -255,7 +260,7 @@ fn the_gateway_follows_plugin_loads_rollbacks_and_deletes_and_keeps_routing_with
     };
     let calls =
         format!(r#"sextant_gateway_plugin_calls_total{{kind="balancer",plugin="sticky",sha256="{ring_sha}"}} "#);
-    assert!(value(&calls).is_some_and(|n| n >= 6 + 12 + 6 + 6), "{calls}\n{metrics}");
+    assert!(value(&calls).is_some_and(|n| n >= 4 * STICKY_ROUND as u64), "{calls}\n{metrics}");
     let fallbacks =
         format!(r#"sextant_gateway_plugin_fallbacks_total{{kind="balancer",plugin="sticky",sha256="{ring_sha}"}} "#);
     assert_eq!(value(&fallbacks), Some(0), "{metrics}");
@@ -308,11 +313,11 @@ fn the_gateway_follows_plugin_loads_rollbacks_and_deletes_and_keeps_routing_with
     let out = run(&server, &["plugin", "delete", "strict"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     wait_until("the endpoints up again", || health_of("up") == 3);
-    until_spread(&gateway, &backends, 6, "ring hash after the health policy left", sticky);
+    until_spread(&gateway, &backends, STICKY_ROUND, "ring hash after the health policy left", sticky);
 
     // The server goes away: the gateway keeps routing with its plugin.
     drop(server);
-    let spread = send(&gateway, &backends, 12);
+    let spread = send(&gateway, &backends, STICKY_ROUND);
     assert!(sticky(&spread), "still ring hash with no server: {spread:?}");
 
     // Restarted with no server reachable: the cached view and the cached component.
@@ -321,7 +326,7 @@ fn the_gateway_follows_plugin_loads_rollbacks_and_deletes_and_keeps_routing_with
     let fake = Server::unreachable(&dir.path().join("data"));
     gateway = Gateway::start(&fake, &gw_dir, port);
     wait_until("the restarted gateway routes", || gateway.get("user-7") == 200);
-    until_spread(&gateway, &backends, 6, "the cached plugin after a restart with no server", sticky);
+    until_spread(&gateway, &backends, STICKY_ROUND, "the cached plugin after a restart with no server", sticky);
     let log = gateway.log();
     assert!(log.contains("plugin active"), "the cached component was swapped in:\n{log}");
 }
@@ -646,21 +651,21 @@ fn two_servers_on_one_etcd_drive_the_gateways_and_one_going_away_changes_nothing
     let out = run(&b, &["plugin", "load", ring, "--name", "sticky", "--bind", SERVICE, "--wait", "2"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     eprintln!("etcd: plugin load through B --wait 2: {:.2} s", loaded.elapsed().as_secs_f64());
-    until_spread(&one, &backends, 6, "ring hash on the first", sticky);
-    until_spread(&two, &backends, 6, "ring hash on the second", sticky);
+    until_spread(&one, &backends, STICKY_ROUND, "ring hash on the first", sticky);
+    until_spread(&two, &backends, STICKY_ROUND, "ring hash on the second", sticky);
     // A new version through B, then a rollback through A: both gateways follow each.
     load(&b, "round-robin", "sticky");
     until_spread(&one, &backends, 30, "the new version on the first", spread_out);
     until_spread(&two, &backends, 30, "the new version on the second", spread_out);
     let out = run(&a, &["plugin", "rollback", "sticky"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    until_spread(&one, &backends, 6, "the rollback on the first", sticky);
-    until_spread(&two, &backends, 6, "the rollback on the second", sticky);
+    until_spread(&one, &backends, STICKY_ROUND, "the rollback on the first", sticky);
+    until_spread(&two, &backends, STICKY_ROUND, "the rollback on the second", sticky);
 
     // A goes away: the gateways keep routing (through B now) and follow what B is told.
     let (status, _) = a.terminate();
     assert!(status.success());
-    let spread = send(&one, &backends, 12);
+    let spread = send(&one, &backends, STICKY_ROUND);
     assert!(sticky(&spread), "still ring hash with A gone: {spread:?}");
     let out = run(&b, &["plugin", "delete", "sticky"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -950,4 +955,299 @@ fn an_embedded_router_tells_not_synced_from_empty_from_not_followed_and_says_whe
         assert!(matches!(outside, RouteError::NotFollowed(_)), "{outside:?}");
         assert_eq!(outside.to_string(), "service billing/web/orders is outside what this router's discovery follows");
     });
+}
+
+/// One request as a client saw it: when it was sent, when it was answered, the status (0: no
+/// answer, the gateway's port closed while it restarted).
+#[derive(Clone, Copy)]
+struct Sent {
+    start: Instant,
+    end: Instant,
+    status: u16,
+}
+
+/// Clients that keep requests flowing through a gateway until stopped, and can be paused so
+/// that counters read while nothing is in flight add up exactly.
+struct Clients {
+    stop: std::sync::atomic::AtomicBool,
+    paused: std::sync::atomic::AtomicBool,
+    in_flight: std::sync::atomic::AtomicUsize,
+    answered: std::sync::atomic::AtomicU64,
+}
+
+impl Clients {
+    fn new() -> Self {
+        Self { stop: false.into(), paused: false.into(), in_flight: 0.into(), answered: 0.into() }
+    }
+
+    /// One client's loop: its requests, in order. Every request carries its own affinity key.
+    fn run(&self, addr: &str, client: usize) -> Vec<Sent> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let agent = http();
+        let mut sent = Vec::new();
+        while !self.stop.load(SeqCst) {
+            if self.paused.load(SeqCst) {
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
+            }
+            self.in_flight.fetch_add(1, SeqCst);
+            // Checked again once counted in flight, so `pause` never misses this request.
+            if self.paused.load(SeqCst) {
+                self.in_flight.fetch_sub(1, SeqCst);
+                continue;
+            }
+            let start = Instant::now();
+            let status = agent
+                .get(&format!("http://{addr}/orders"))
+                .header("x-user", &format!("user-{client}-{}", sent.len() % 50))
+                .call()
+                .map_or(0, |r| r.status().as_u16());
+            let end = Instant::now();
+            self.in_flight.fetch_sub(1, SeqCst);
+            self.answered.fetch_add(u64::from(status != 0), SeqCst);
+            sent.push(Sent { start, end, status });
+            if status == 0 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        sent
+    }
+
+    /// Waits until `n` more requests were answered.
+    fn wait_answers(&self, n: u64, what: &str) {
+        let from = self.answered.load(std::sync::atomic::Ordering::SeqCst);
+        wait_until(what, || self.answered.load(std::sync::atomic::Ordering::SeqCst) >= from + n);
+    }
+
+    /// Holds every client before its next request and waits until none is in flight.
+    fn pause(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.paused.store(true, SeqCst);
+        wait_until("no request in flight", || self.in_flight.load(SeqCst) == 0);
+    }
+
+    fn resume(&self) {
+        self.paused.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Sums the samples of `family` whose labels contain every one of `with`.
+fn sum_of(metrics: &str, family: &str, with: &[&str]) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")) && with.iter().all(|w| l.contains(w)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// A balancer as a gateway's metrics name it: (plugin, sha256, source).
+type Balancer = (String, String, String);
+
+/// The balancer a gateway's metrics say runs for the service.
+fn active_balancer(metrics: &str) -> Option<Balancer> {
+    let line = metrics.lines().find(|l| {
+        l.starts_with("sextant_gateway_plugin_version{")
+            && l.contains(&format!(r#"service="{SERVICE}""#))
+            && l.contains(r#"kind="balancer""#)
+    })?;
+    let label = |name: &str| -> String {
+        let value = || {
+            let from = line.find(&format!(r#"{name}=""#))? + name.len() + 2;
+            Some(line[from..].split('"').next()?.to_owned())
+        };
+        value().unwrap_or_default()
+    };
+    Some((label("plugin"), label("sha256"), label("source")))
+}
+
+/// The fleet's central promise, tested so that nothing can hide a fault: four clients keep
+/// requests flowing through the `sextant gateway` binary (its retries off: one attempt per
+/// request) while the control plane loads a balancer, replaces it, rolls it back, deletes it,
+/// the gateway restarts on its cache, and a balancer is loaded again. Every change must have
+/// requests in flight across it, every request must be answered 200 (the only other outcome
+/// allowed is no answer while the gateway's port is closed for its restart), the gateway
+/// retried nothing and no pick fell back to the native default, and its per-version call
+/// counters add up to the requests it answered, read while nothing was in flight.
+#[test]
+fn concurrent_clients_across_load_replace_rollback_delete_and_a_restart_all_answered_200() {
+    use std::sync::atomic::Ordering::SeqCst;
+    const CLIENTS: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let backends: Vec<Backend> =
+        (0..3).map(|i| runtime.block_on(Backend::start(&format!("b{i}"), Behavior::default())).unwrap()).collect();
+    let server = Server::start(&dir.path().join("data"));
+    for (i, b) in backends.iter().enumerate() {
+        let (status, body) = server.post("/v1/instances", &instance(SERVICE, &format!("b{i}"), b.addr().port(), false));
+        assert_eq!(status, 200, "{body}");
+    }
+    let gw_dir = dir.path().join("gw");
+    std::fs::create_dir(&gw_dir).unwrap();
+    let config = gw_dir.join("gateway.json");
+    let document = serde_json::json!({
+        "gateway": {"routes": [{"path_prefix": "/", "service": SERVICE, "hash_header": "x-user"}]},
+        "balancer": "round-robin",
+        "retry": {"attempts": 1},
+    });
+    std::fs::write(&config, document.to_string()).unwrap();
+    let port = port_of(&gw_dir);
+    let start = || Gateway::spawn(&server, &gw_dir, port, &["--config", config.to_str().unwrap()]);
+    let mut gateway = start();
+    let ready = |gateway: &Gateway| {
+        http().get(&format!("http://{}/ready", gateway.metrics)).call().is_ok_and(|r| r.status() == 200)
+    };
+    wait_until("the gateway is ready", || ready(&gateway));
+    // Ready, it answers at once; the first request makes the service's route (and its series).
+    assert_eq!(gateway.get("u"), 200, "{}", gateway.log());
+    let served_before: u64 = backends.iter().map(Backend::served).sum();
+    let default = ("round-robin".to_owned(), String::new(), "builtin".to_owned());
+    assert_eq!(active_balancer(&gateway.metrics()), Some(default.clone()), "{}", gateway.metrics());
+    let wasm = |artifact: &str| ("lb".to_owned(), sha(artifact), "wasm".to_owned());
+
+    let clients = Clients::new();
+    let addr = gateway.addr.clone();
+    // (what changed, when it was asked for, when the gateway was seen running it)
+    let mut changes: Vec<(&str, Instant, Instant)> = Vec::new();
+    let mut first_process = String::new();
+    let mut paused_at = None;
+    let sent: Vec<Sent> = std::thread::scope(|s| {
+        let loads: Vec<_> = (0..CLIENTS)
+            .map(|c| {
+                s.spawn({
+                    let (clients, addr) = (&clients, &addr);
+                    move || clients.run(addr, c)
+                })
+            })
+            .collect();
+        /// Stops the clients when dropped, so a failed assertion does not leave them running.
+        struct Stop<'a>(&'a Clients);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.resume();
+                self.0.stop.store(true, SeqCst);
+            }
+        }
+        let _stop = Stop(&clients);
+        let cli = |args: &[&str]| {
+            let out = run(&server, args);
+            assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let artifact = |name: &str| sextant_plugin_artifacts::path(name).expect("artifact built");
+        let (ring_hash, round_robin) = (artifact("ring-hash"), artifact("round-robin"));
+        let steps: [(&str, Vec<&str>, Balancer); 4] = [
+            ("load", vec!["plugin", "load", ring_hash, "--name", "lb", "--bind", SERVICE], wasm("ring-hash")),
+            ("replace", vec!["plugin", "load", round_robin, "--name", "lb", "--bind", SERVICE], wasm("round-robin")),
+            ("rollback", vec!["plugin", "rollback", "lb"], wasm("ring-hash")),
+            ("delete", vec!["plugin", "delete", "lb"], default.clone()),
+        ];
+        for (what, args, want) in &steps {
+            clients.wait_answers(40, &format!("traffic before the {what}"));
+            let asked = Instant::now();
+            cli(args);
+            wait_until(&format!("the gateway runs what the {what} asked for"), || {
+                active_balancer(&gateway.metrics()).as_ref() == Some(want)
+            });
+            changes.push((*what, asked, Instant::now()));
+            clients.wait_answers(40, &format!("traffic after the {what}"));
+        }
+
+        // Everything the first process answered, read while nothing is in flight.
+        clients.pause();
+        first_process = gateway.metrics();
+        paused_at = Some(Instant::now());
+        clients.resume();
+
+        // The gateway restarts on its cache (SIGTERM: it drains, then exits), server up.
+        clients.wait_answers(40, "traffic before the restart");
+        let asked = Instant::now();
+        let _ = Command::new("kill").args(["-TERM", &gateway.child.id().to_string()]).status();
+        let _ = gateway.child.wait();
+        gateway = start();
+        wait_until("the restarted gateway runs the route's default", || {
+            ready(&gateway) && active_balancer(&gateway.metrics()).as_ref() == Some(&default)
+        });
+        changes.push(("restart", asked, Instant::now()));
+        clients.wait_answers(40, "traffic through the restarted gateway");
+
+        // And the restarted gateway follows the control plane: a load, under the same traffic.
+        let asked = Instant::now();
+        cli(&["plugin", "load", artifact("ring-hash"), "--name", "lb", "--bind", SERVICE]);
+        wait_until("the restarted gateway runs the load", || {
+            active_balancer(&gateway.metrics()) == Some(wasm("ring-hash"))
+        });
+        changes.push(("load after the restart", asked, Instant::now()));
+        clients.wait_answers(40, "traffic after the last load");
+        clients.pause();
+        clients.stop.store(true, SeqCst);
+        clients.resume();
+        loads.into_iter().flat_map(|h| h.join().expect("client thread")).collect()
+    });
+    let second_process = gateway.metrics();
+
+    // Every answer was 200; no answer only while the port was closed for the restart.
+    let (_, killed, restarted) = *changes.iter().find(|c| c.0 == "restart").unwrap();
+    let mut answers = std::collections::BTreeMap::<u16, u64>::new();
+    for r in &sent {
+        *answers.entry(r.status).or_default() += 1;
+        assert!(
+            r.status == 200 || (r.status == 0 && r.start >= killed && r.start <= restarted),
+            "a request answered {} (0: no answer outside the restart), {:?} after the first change\n{}",
+            r.status,
+            r.start.saturating_duration_since(changes[0].1),
+            gateway.log()
+        );
+    }
+    // Every change overlapped the traffic: at least as many requests as there are clients were
+    // in flight at some point between asking for it and seeing it run.
+    for (what, asked, seen) in &changes {
+        let across = sent.iter().filter(|r| r.start <= *seen && r.end >= *asked).count();
+        assert!(across >= CLIENTS, "the {what} overlapped only {across} requests");
+    }
+    let ok = answers.get(&200).copied().unwrap_or(0);
+    let served: u64 = backends.iter().map(Backend::served).sum::<u64>() - served_before;
+    assert_eq!(served, ok, "every 200 came from a backend, once: {answers:?}");
+
+    // No retry, no fallback, one attempt per request: nothing hid a fault.
+    for metrics in [&first_process, &second_process] {
+        assert_eq!(sum_of(metrics, "sextant_gateway_retries_total", &[]), 0, "{metrics}");
+        assert_eq!(sum_of(metrics, "sextant_gateway_plugin_fallbacks_total", &[]), 0, "{metrics}");
+        let requests = sum_of(metrics, "sextant_gateway_requests_total", &[]);
+        let ok = sum_of(metrics, "sextant_gateway_requests_total", &[r#"class="2xx""#]);
+        assert_eq!(requests, ok, "{metrics}");
+        assert_eq!(sum_of(metrics, "sextant_gateway_upstream_attempts_total", &[]), requests, "{metrics}");
+    }
+    // What the first process had answered when its counters were read (nothing in flight) is
+    // what the clients had received, and its per-version balancer calls add up to it.
+    let paused_at = paused_at.expect("the first process was read");
+    // (and the test's own first request)
+    let before_pause = sent.iter().filter(|r| r.end <= paused_at).count() as u64 + 1;
+    let first_ok = sum_of(&first_process, "sextant_gateway_requests_total", &[]);
+    assert_eq!(first_ok, before_pause, "{first_process}");
+    let mut calls = std::collections::BTreeMap::new();
+    for line in first_process
+        .lines()
+        .filter(|l| l.starts_with("sextant_gateway_plugin_calls_total{") && l.contains(r#"kind="balancer""#))
+    {
+        let (series, n) = line.rsplit_once(' ').unwrap();
+        calls.insert(series.to_owned(), n.parse::<f64>().unwrap() as u64);
+    }
+    assert_eq!(calls.values().sum::<u64>(), first_ok, "per-version calls add up to the requests: {calls:#?}");
+    assert!(calls.values().filter(|n| **n > 0).count() >= 3, "the default and both versions answered: {calls:#?}");
+    let second_ok = sum_of(&second_process, "sextant_gateway_requests_total", &[]);
+    assert_eq!(
+        sum_of(&second_process, "sextant_gateway_plugin_calls_total", &[r#"kind="balancer""#]),
+        second_ok,
+        "{second_process}"
+    );
+    let names: Vec<&str> = changes.iter().map(|c| c.0).collect();
+    eprintln!(
+        "fleet: {} requests from {CLIENTS} clients, {} answered 200, {} unanswered while the port was closed; {} changes overlapped ({}); retries 0, fallbacks 0; balancer calls by version {:?} (first process), {second_ok} (second)",
+        sent.len(),
+        ok,
+        answers.get(&0).copied().unwrap_or(0),
+        changes.len(),
+        names.join(", "),
+        calls.values().collect::<Vec<_>>(),
+    );
 }

@@ -297,9 +297,18 @@ async fn a_slow_backend_gets_less_traffic_under_p2c_peak_ewma_than_round_robin()
     assert!(ewma < rr / 2.0, "peak-ewma sends the slow backend {ewma}, round robin {rr}");
 }
 
+/// Fifteen balancer swaps while eight clients keep requests flowing, the route's retries off
+/// (one attempt per request: a failed pick or attempt is a failed request). Between any two
+/// swaps, and before the first and after the last, requests were answered (so every swap
+/// overlapped traffic); every request was answered 200 by one of the backends; no pick fell
+/// back to the native default; and the calls the versions counted add up to the requests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swapping_the_balancer_under_load_drops_no_request() {
-    let f = fixture(RouteConfig::default()).await;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+    const BETWEEN: u64 = 40;
+    let retries_off =
+        RouteConfig { retry: RetryConfig { attempts: 1, ..RetryConfig::default() }, ..Default::default() };
+    let f = fixture(retries_off).await;
     let backends = [
         Backend::start("a", Behavior::default()).await.unwrap(),
         Backend::start("b", Behavior::default()).await.unwrap(),
@@ -312,25 +321,60 @@ async fn swapping_the_balancer_under_load_drops_no_request() {
     let host = f.router.host().clone();
     let specs =
         [wasm(&host, "round-robin", "{}"), wasm(&host, "peak-ewma", "{}"), PluginSpec::builtin("least-request")];
-    let swapper = {
-        let f = Arc::clone(&f);
-        tokio::spawn(async move {
-            let mut versions = Vec::new();
-            for n in 0..15 {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                let status = f.router.load(&service(), PluginKind::Balancer, specs[n % 3].clone()).unwrap();
-                versions.push(status.id);
+    let (stop, answered) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (f, stop, answered) = (Arc::clone(&f), Arc::clone(&stop), Arc::clone(&answered));
+        clients.spawn(async move {
+            let mut out = Vec::new();
+            while !stop.load(SeqCst) {
+                out.push(f.get("/work").await);
+                answered.fetch_add(1, SeqCst);
             }
-            versions
-        })
+            out
+        });
+    }
+    let traffic = |what: String| {
+        let answered = Arc::clone(&answered);
+        async move {
+            let from = answered.load(SeqCst);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while answered.load(SeqCst) < from + BETWEEN {
+                assert!(Instant::now() < deadline, "no traffic {what}");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
     };
-    let (statuses, upstreams) = drive(&f, 3000, 8).await;
-    let versions = swapper.await.unwrap();
-    assert_eq!(versions.len(), 15);
+    let mut versions = Vec::new();
+    for n in 0..15 {
+        traffic(format!("before swap {n}")).await;
+        let status = f.router.load(&service(), PluginKind::Balancer, specs[n % 3].clone()).unwrap();
+        versions.push(status.id);
+    }
+    traffic("after the last swap".to_owned()).await;
+    stop.store(true, SeqCst);
+    let (mut statuses, mut upstreams) = (BTreeMap::new(), BTreeMap::new());
+    while let Some(r) = clients.join_next().await {
+        for (status, upstream) in r.unwrap() {
+            *statuses.entry(status).or_insert(0u64) += 1;
+            *upstreams.entry(upstream.unwrap_or_default()).or_insert(0u64) += 1;
+        }
+    }
+    let sent = answered.load(SeqCst);
     assert!(versions.windows(2).all(|w| w[1] > w[0]), "{versions:?}");
-    assert_eq!(statuses.get(&200), Some(&3000), "no request dropped across 15 swaps: {statuses:?}");
-    assert_eq!(upstreams.len(), 3, "{upstreams:?}");
+    assert_eq!(statuses.get(&200), Some(&sent), "no request dropped across 15 swaps: {statuses:?}");
+    let ids: std::collections::BTreeSet<String> = backends.iter().map(id).collect();
+    assert_eq!(upstreams.keys().cloned().collect::<std::collections::BTreeSet<_>>(), ids, "{upstreams:?}");
     assert_eq!(f.gateway.stats().failed.load(std::sync::atomic::Ordering::Relaxed), 0);
+    // What the versions counted: the retired ones and the one active now.
+    let active = f.router.status(&service()).unwrap().balancer.active.counters;
+    let retired = host.retired();
+    let balancers = retired.iter().filter(|(k, _)| k.kind == "balancer").map(|(_, t)| t);
+    let (calls, fallbacks) =
+        balancers.fold((active.calls, active.fallbacks), |(c, f), t| (c + t.calls, f + t.fallbacks));
+    eprintln!("15 swaps under 8 clients: {sent} requests, all 200; balancer calls {calls}, fallbacks {fallbacks}");
+    assert_eq!(fallbacks, 0, "no pick fell back to the native default");
+    assert_eq!(calls, sent, "one balancer call per request, counted by the version that answered it");
     f.stop().await;
 }
 
@@ -435,7 +479,12 @@ async fn shutdown_drains_requests_in_flight() {
         let f = Arc::clone(&f);
         tokio::spawn(async move { f.get("/slow").await.0 })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // In flight: picked, and the slow backend has not answered yet.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while f.router.in_flight() == 0 {
+        assert!(Instant::now() < deadline, "the request never went out");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     f.stop().await;
     assert_eq!(in_flight.await.unwrap(), 200, "the request in flight finished");
     // Not accepting any more.

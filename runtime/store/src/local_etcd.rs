@@ -20,10 +20,36 @@ pub enum LocalEtcdError {
     /// Something else failed (ports, directories).
     #[error("local etcd: {0}")]
     Io(#[from] std::io::Error),
-    /// The members did not answer in time.
-    #[error("local etcd did not become ready within {0:?}; logs in {1}")]
-    NotReady(Duration, PathBuf),
+    /// A member did not answer a linearizable read in time (the limit is sized for a loaded
+    /// machine): what its log said last.
+    #[error("local etcd member {member} did not answer within {limit:?}; the end of its log:\n{log}")]
+    NotReady {
+        /// How long it was given.
+        limit: Duration,
+        /// The member.
+        member: String,
+        /// The last lines of its log.
+        log: String,
+    },
+    /// A member exited while starting: what its log said last.
+    #[error("local etcd member {member} exited ({status}); the end of its log:\n{log}")]
+    Exited {
+        /// The member.
+        member: String,
+        /// How it exited.
+        status: std::process::ExitStatus,
+        /// The last lines of its log.
+        log: String,
+    },
 }
+
+/// How long members get to answer: generous, so a busy 2-core machine running tests in
+/// parallel does not fail a test for being slow; a member that exits fails at once.
+pub const READY_LIMIT: Duration = Duration::from_secs(120);
+
+/// Starts tried when a member loses its port to another process between choosing it and
+/// binding it (ports are chosen free, then released for etcd to bind).
+const START_ATTEMPTS: usize = 3;
 
 #[derive(Debug)]
 struct Member {
@@ -31,7 +57,27 @@ struct Member {
     client: u16,
     peer: u16,
     dir: PathBuf,
-    child: Option<Child>,
+    /// Behind a lock so waiting (`&self`) can notice a member that exited.
+    child: std::sync::Mutex<Option<Child>>,
+}
+
+impl Member {
+    fn running(&self) -> bool {
+        self.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_some()
+    }
+
+    /// How the member exited, if it did.
+    fn exited(&self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        child.as_mut()?.try_wait().ok().flatten()
+    }
+
+    /// The last lines of the member's log.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
 }
 
 /// A local etcd cluster.
@@ -46,23 +92,38 @@ fn free_port() -> std::io::Result<u16> {
 }
 
 impl LocalEtcd {
-    /// Starts `members` members under `dir` and waits (up to 30 s) until all answer.
+    /// Starts `members` members under `dir` and waits until all answer (see [`READY_LIMIT`]).
+    /// A member that loses its port to another process is started again on new ports.
     pub async fn start(dir: &Path, members: usize) -> Result<Self, LocalEtcdError> {
-        let mut list = Vec::new();
-        for i in 0..members.max(1) {
-            let name = format!("m{i}");
-            let dir = dir.join(&name);
-            std::fs::create_dir_all(&dir)?;
-            list.push(Member { name, client: free_port()?, peer: free_port()?, dir, child: None });
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut list = Vec::new();
+            for i in 0..members.max(1) {
+                let name = format!("m{i}");
+                let dir = dir.join(&name);
+                // A failed attempt's data would make etcd refuse the new cluster.
+                let _ = std::fs::remove_dir_all(&dir);
+                std::fs::create_dir_all(&dir)?;
+                let (client, peer) = (free_port()?, free_port()?);
+                list.push(Member { name, client, peer, dir, child: std::sync::Mutex::new(None) });
+            }
+            let cluster =
+                list.iter().map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer)).collect::<Vec<_>>().join(",");
+            let mut etcd = Self { members: list, cluster };
+            for i in 0..etcd.members.len() {
+                etcd.spawn(i)?;
+            }
+            match etcd.wait_ready().await {
+                Ok(()) => return Ok(etcd),
+                Err(LocalEtcdError::Exited { log, .. })
+                    if attempt < START_ATTEMPTS && log.contains("address already in use") =>
+                {
+                    drop(etcd);
+                }
+                Err(e) => return Err(e),
+            }
         }
-        let cluster =
-            list.iter().map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer)).collect::<Vec<_>>().join(",");
-        let mut etcd = Self { members: list, cluster };
-        for i in 0..etcd.members.len() {
-            etcd.spawn(i)?;
-        }
-        etcd.wait_ready().await?;
-        Ok(etcd)
     }
 
     fn spawn(&mut self, i: usize) -> Result<(), LocalEtcdError> {
@@ -88,15 +149,15 @@ impl LocalEtcd {
                 std::io::ErrorKind::NotFound => LocalEtcdError::Missing(e),
                 _ => LocalEtcdError::Io(e),
             })?;
-        m.child = Some(child);
+        *m.child.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(child);
         Ok(())
     }
 
-    /// Waits until every running member answers a read (up to 30 s).
+    /// Waits until every running member answers a linearizable read (which needs a leader
+    /// and a quorum), up to [`READY_LIMIT`]; a member that exits meanwhile fails at once.
     pub async fn wait_ready(&self) -> Result<(), LocalEtcdError> {
-        let limit = Duration::from_secs(30);
         let start = Instant::now();
-        for m in self.members.iter().filter(|m| m.child.is_some()) {
+        for m in self.members.iter().filter(|m| m.running()) {
             let endpoint = format!("http://127.0.0.1:{}", m.client);
             loop {
                 let ready = async {
@@ -106,8 +167,16 @@ impl LocalEtcd {
                 if tokio::time::timeout(Duration::from_secs(2), ready).await.ok().flatten().is_some() {
                     break;
                 }
-                if start.elapsed() > limit {
-                    return Err(LocalEtcdError::NotReady(limit, m.dir.join("etcd.log")));
+                if let Some(status) = self.members.iter().find_map(|m| m.exited().map(|s| (m, s))) {
+                    let (m, status) = status;
+                    return Err(LocalEtcdError::Exited { member: m.name.clone(), status, log: m.log_tail() });
+                }
+                if start.elapsed() > READY_LIMIT {
+                    return Err(LocalEtcdError::NotReady {
+                        limit: READY_LIMIT,
+                        member: m.name.clone(),
+                        log: m.log_tail(),
+                    });
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -118,7 +187,7 @@ impl LocalEtcd {
     /// The index of the running member that leads the cluster, once one does (up to 10 s).
     pub async fn leader(&self) -> Option<usize> {
         for _ in 0..100 {
-            for (i, m) in self.members.iter().enumerate().filter(|(_, m)| m.child.is_some()) {
+            for (i, m) in self.members.iter().enumerate().filter(|(_, m)| m.running()) {
                 let endpoint = format!("http://127.0.0.1:{}", m.client);
                 let status = async {
                     let mut c = etcd_client::Client::connect([endpoint.as_str()], None).await.ok()?;
@@ -155,7 +224,9 @@ impl LocalEtcd {
 
     /// Kills member `i` (SIGKILL) and waits for it to exit.
     pub fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.members[i].child.take() {
+        if let Some(mut child) =
+            self.members[i].child.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+        {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -163,7 +234,7 @@ impl LocalEtcd {
 
     /// Starts member `i` again on its ports and data (does not wait for it).
     pub fn restart(&mut self, i: usize) -> Result<(), LocalEtcdError> {
-        if self.members[i].child.is_none() {
+        if !self.members[i].running() {
             self.spawn(i)?;
         }
         Ok(())
