@@ -461,20 +461,19 @@ pub(crate) fn construct(live: &mut Live, service: &str) -> Result<ResourceAny, C
     })
 }
 
-/// How a slot reaches its service's resource in a shared plugin. Dropping it releases the
-/// resource.
-pub(crate) struct SharedRunner {
-    pub(crate) plugin: Arc<SharedPlugin>,
-    pub(crate) key: u64,
-    pub(crate) index: usize,
-    pub(crate) service: Arc<str>,
+/// Where a service's resource lives in a shared plugin (plugin, resource key, instance
+/// index), without owning it: calls through it reach the resource, dropping it releases
+/// nothing. The host's off-path thread creates a resource through one with the worker that
+/// owns the [`SharedRunner`] left free for picks.
+#[derive(Clone)]
+pub(crate) struct SharedAddr {
+    plugin: Arc<SharedPlugin>,
+    key: u64,
+    index: usize,
+    service: Arc<str>,
 }
 
-impl SharedRunner {
-    pub(crate) fn new(plugin: &Arc<SharedPlugin>, key: u64, index: usize, service: &Arc<str>) -> Self {
-        Self { plugin: Arc::clone(plugin), key, index: index % plugin.len(), service: Arc::clone(service) }
-    }
-
+impl SharedAddr {
     /// See [`SharedPlugin::call`].
     pub(crate) fn call<R>(
         &self,
@@ -484,15 +483,38 @@ impl SharedRunner {
     ) -> Result<Option<R>, CallFault> {
         self.plugin.call(self.index, self.key, &self.service, route, missing, f)
     }
+}
+
+/// How a slot reaches its service's resource in a shared plugin. Dropping it releases the
+/// resource.
+pub(crate) struct SharedRunner(SharedAddr);
+
+impl SharedRunner {
+    pub(crate) fn new(plugin: &Arc<SharedPlugin>, key: u64, index: usize, service: &Arc<str>) -> Self {
+        Self(SharedAddr { plugin: Arc::clone(plugin), key, index: index % plugin.len(), service: Arc::clone(service) })
+    }
+
+    /// The resource's address, for a call made without holding this runner.
+    pub(crate) fn addr(&self) -> SharedAddr {
+        self.0.clone()
+    }
 
     /// Drops the resource (the next call creates another).
     pub(crate) fn release(&self) {
-        self.plugin.release(self.index, self.key);
+        self.0.plugin.release(self.0.index, self.0.key);
+    }
+}
+
+impl std::ops::Deref for SharedRunner {
+    type Target = SharedAddr;
+
+    fn deref(&self) -> &SharedAddr {
+        &self.0
     }
 }
 
 impl Drop for SharedRunner {
     fn drop(&mut self) {
-        self.plugin.release(self.index, self.key);
+        self.release();
     }
 }

@@ -20,7 +20,7 @@ use crate::bindings::v2::balancer::exports::sextant::plugin::balancer as wit2;
 use crate::kind::Contract;
 use crate::lifecycle::FaultWindow;
 use crate::load::Published;
-use crate::shared::{Guest, Missing, SharedRunner};
+use crate::shared::{Guest, Missing, SharedAddr, SharedRunner};
 use crate::state::{KindPre, arm, fault_in};
 use crate::stats::Counters;
 use crate::{
@@ -167,7 +167,7 @@ fn update_resource(
 /// `update` of this service's 0.2.0 resource (created first with `Missing::Create`); None
 /// when it has none and `missing` is `Skip`.
 pub(crate) fn shared_update(
-    s: &SharedRunner,
+    s: &SharedAddr,
     host: &PluginHost,
     route: &Arc<Published>,
     missing: Missing,
@@ -180,12 +180,20 @@ pub(crate) fn shared_update(
     })
 }
 
+/// Creates (if missing) and updates this service's 0.2.0 resource for `route`: what a lazy
+/// worker waits for (see [`Worker::materialize`]).
+fn create_resource(addr: &SharedAddr, host: &PluginHost, route: &Arc<Published>) -> Result<Exec, CallFault> {
+    shared_update(addr, host, route, Missing::Create)
+        .and_then(|mode| mode.ok_or_else(|| CallFault::Trap("the resource could not be created".into())))
+        .and_then(|mode| validate_mode(mode, route.len(), host.config()))
+}
+
 /// `pick` on this service's 0.2.0 resource (`route` moved into the store for the call and
 /// back). Never creates it nor starts its instance (that is off the request path:
 /// [`Worker::materialize`]); a resource created off the path is given `route` on its first
 /// pick.
 fn shared_pick(
-    s: &SharedRunner,
+    s: &SharedAddr,
     host: &PluginHost,
     ticks: u64,
     route: &mut Arc<Published>,
@@ -431,10 +439,14 @@ impl Version {
     }
 
     /// Gives every lazy worker its resource (off the request path: the host's off-path
-    /// thread runs this); the first fault stops it.
+    /// thread runs this); the first fault stops it. The plugin's constructor and first
+    /// `update` run with the worker unlocked, so picks that reach it meanwhile are answered
+    /// (by the native default) instead of waiting out the plugin's deadline.
     pub(crate) fn prepare(&self) -> Result<(), CallFault> {
         for worker in &self.workers {
-            worker.lock().materialize(&self.host)?;
+            let Some((addr, route)) = worker.lock().lazy_resource() else { continue };
+            let made = create_resource(&addr, &self.host, &route);
+            worker.lock().install(made, &route)?;
         }
         Ok(())
     }
@@ -564,20 +576,32 @@ impl Worker {
     /// Creates this service's resource now, if it waits for its first pick (`Exec::Lazy`),
     /// and gives it the route: what the first pick would do, without the pick.
     pub(crate) fn materialize(&mut self, host: &PluginHost) -> Result<(), CallFault> {
-        let (Exec::Lazy, Runner::Shared(shared, _)) = (&self.exec, &self.runner) else { return Ok(()) };
-        let result = shared_update(shared, host, &self.route, Missing::Create)
-            .and_then(|mode| mode.ok_or_else(|| CallFault::Trap("the resource could not be created".into())))
-            .and_then(|mode| validate_mode(mode, self.route.len(), host.config()));
-        match result {
-            Ok(exec) => {
+        let Some((addr, route)) = self.lazy_resource() else { return Ok(()) };
+        let made = create_resource(&addr, host, &route);
+        self.install(made, &route)
+    }
+
+    /// Where a lazy worker's resource is to be created, and for which route.
+    fn lazy_resource(&self) -> Option<(SharedAddr, Arc<Published>)> {
+        let (Exec::Lazy, Runner::Shared(shared, _)) = (&self.exec, &self.runner) else { return None };
+        Some((shared.addr(), Arc::clone(&self.route)))
+    }
+
+    /// Installs what [`create_resource`] made for `route`. When the worker moved to another
+    /// route meanwhile it stays lazy (its next pick asks again; the resource exists by then,
+    /// so that try is an `update`).
+    fn install(&mut self, made: Result<Exec, CallFault>, route: &Arc<Published>) -> Result<(), CallFault> {
+        if !matches!(self.exec, Exec::Lazy) {
+            return Ok(());
+        }
+        match made {
+            Ok(exec) if self.route.epoch == route.epoch => {
                 self.exec = exec;
                 Ok(())
             }
-            Err(f) => {
-                // Still lazy: tried again off the path after a backoff (`Prepare`).
-                self.exec = Exec::Lazy;
-                Err(f)
-            }
+            Ok(_) => Ok(()),
+            // Still lazy: tried again off the path after a backoff (`Prepare`).
+            Err(f) => Err(f),
         }
     }
 
