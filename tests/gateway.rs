@@ -1251,3 +1251,88 @@ fn concurrent_clients_across_load_replace_rollback_delete_and_a_restart_all_answ
         calls.values().collect::<Vec<_>>(),
     );
 }
+
+/// A version that loads (its constructors at load return) but then answers nothing (every
+/// resource made later spins to its deadline) is reported `fallback`, not `active`: the
+/// native default answers every request meanwhile (all 200), the gateway's report and
+/// `plugin list`'s binding line say the host does not run it. Before, such a version was
+/// reported active for as long as it ran.
+#[test]
+fn a_loaded_version_that_answers_nothing_is_reported_falling_back_not_active() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let backends: Vec<Backend> =
+        (0..3).map(|i| runtime.block_on(Backend::start(&format!("b{i}"), Behavior::default())).unwrap()).collect();
+    let server = Server::start(&dir.path().join("data"));
+    for (i, b) in backends.iter().enumerate() {
+        let (status, body) = server.post("/v1/instances", &instance(SERVICE, &format!("b{i}"), b.addr().port(), false));
+        assert_eq!(status, 200, "{body}");
+    }
+    let gw_dir = dir.path().join("gw");
+    std::fs::create_dir(&gw_dir).unwrap();
+    let config = gw_dir.join("gateway.json");
+    let document = serde_json::json!({
+        "gateway": {"routes": [{"path_prefix": "/", "service": SERVICE}]},
+        "balancer": "round-robin",
+        "retry": {"attempts": 1},
+    });
+    std::fs::write(&config, document.to_string()).unwrap();
+    // Resources idle for a second are dropped, so the next request needs a new one.
+    let gateway = Gateway::spawn(
+        &server,
+        &gw_dir,
+        free_port(),
+        &["--config", config.to_str().unwrap(), "--plugin-idle-secs", "1"],
+    );
+    wait_until("the gateway routes", || gateway.get("u") == 200);
+
+    // Its constructors return until a moment on the wall clock (the loads, on the server and
+    // the gateway, come before it), and spin after it, in any instance.
+    let unix_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    // 10 s: loading takes under half a second here; a busy machine has twenty times that.
+    let turns = unix_ms() + 10_000;
+    let path = sextant_plugin_artifacts::path("misbehave").unwrap();
+    let spinner = format!(r#"{{"fault":"loop-new","after_unix_ms":{turns}}}"#);
+    let out = run(&server, &["plugin", "load", path, "--name", "lb", "--bind", SERVICE, "--config", &spinner]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let version = sextant_core::version_label(&sha("misbehave"), &spinner);
+    wait_until("the gateway runs it, and it answers", || {
+        assert_eq!(gateway.get("u"), 200);
+        reported(&server, "lb") == vec![format!("active {version}")]
+    });
+    let left = turns.saturating_sub(unix_ms());
+    eprintln!("loaded and answering with {left} ms to spare before its constructors spin");
+    assert!(left > 0, "loaded after its constructors turned to spinning: a slower machine than planned");
+    std::thread::sleep(Duration::from_millis(u64::try_from(turns.saturating_sub(unix_ms())).unwrap_or(0) + 100));
+
+    // Idle past a second: its resources go; the next ones it makes spin.
+    let dropped = format!(r#"plugin="lb",sha256="{}""#, sha("misbehave"));
+    wait_until("the idle resources dropped", || {
+        sum_of(&gateway.metrics(), "sextant_gateway_plugin_resources_dropped_idle_total", &[&dropped]) > 0
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let state = loop {
+        for _ in 0..20 {
+            let status = gateway.get("u");
+            assert_eq!(status, 200, "the native default answers meanwhile\n{}", gateway.log());
+        }
+        let state = reported(&server, "lb");
+        if state.first().is_some_and(|s| !s.starts_with("active ")) {
+            break state;
+        }
+        assert!(Instant::now() < deadline, "still reported {state:?}\n{}", gateway.log());
+    };
+    assert_eq!(state.len(), 1, "{state:?}");
+    let prefix = format!("fallback {version}: the native default answered ");
+    assert!(
+        state[0].starts_with(&prefix) && state[0].ends_with(" calls and the plugin none (1 of 1 services)"),
+        "{state:?}"
+    );
+    let list = plugin_list(&server);
+    let binding = list["bindings"].as_array().and_then(|b| b.iter().find(|b| b["plugin"] == "lb")).unwrap();
+    assert_eq!((binding["hosts_running"].as_u64(), binding["hosts_other"].as_u64()), (Some(0), Some(1)), "{binding}");
+    let metrics = gateway.metrics();
+    let series = [r#"kind="balancer""#, r#"plugin="lb""#];
+    assert!(sum_of(&metrics, "sextant_gateway_plugin_fallbacks_total", &series) > 0, "{metrics}");
+    assert!(sum_of(&metrics, "sextant_gateway_plugin_deadline_hits_total", &series) > 0, "{metrics}");
+}

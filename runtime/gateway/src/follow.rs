@@ -12,8 +12,9 @@
 //!
 //! What happened is kept per (service, kind) as an [`Activation`] (active, or failed with the
 //! reason) and summarised per plugin record in [`PluginFollower::report`]: a short
-//! `active SHA` or `failed SHA: REASON` a gateway publishes in its own registration's
-//! metadata, so `sextant plugin list` shows which hosts run which version. A component that
+//! `active SHA`, `failed SHA: REASON` or `fallback SHA: …` (loaded, but the native default
+//! answers for it) a gateway publishes in its own registration's metadata, so `sextant
+//! plugin list` shows which hosts run which version. A component that
 //! cannot be fetched is tried again every few seconds; one that fails to load is not tried
 //! again until its record changes. Nothing half-applied: a failed load leaves the route on
 //! what it ran.
@@ -94,6 +95,51 @@ pub struct PluginFollower {
     changed: watch::Receiver<u64>,
     control: tokio::sync::mpsc::UnboundedSender<Control>,
     task: tokio::task::JoinHandle<()>,
+    router: Router,
+    /// What each (service, kind)'s active version had counted at the last report.
+    seen: Mutex<HashMap<(String, String), Seen>>,
+}
+
+/// A version's calls, faults and fallbacks as one report saw them, and whether the plugin
+/// answered: `Some(n)` when, since the report before, the native default answered `n` calls
+/// and the plugin none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    sha256: String,
+    counts: Counts,
+    silent: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    calls: u64,
+    faults: u64,
+    fallbacks: u64,
+}
+
+impl Counts {
+    fn of(c: &sextant_plugin::CountersSnapshot) -> Self {
+        Self {
+            calls: c.calls,
+            faults: c.traps + c.deadline_hits + c.memory_hits + c.contract_violations,
+            fallbacks: c.fallbacks,
+        }
+    }
+
+    /// Whether the plugin answered between `before` and now: `None` when nothing was asked
+    /// of it (the verdict stays what it was), else `Some(n)` with `n` the calls the native
+    /// default answered while the plugin answered none (0: the plugin answered).
+    fn silent_since(self, before: Self) -> Option<u64> {
+        if self == before {
+            return None;
+        }
+        let fallbacks = self.fallbacks.saturating_sub(before.fallbacks);
+        // A call that faulted was answered by the native default, not by the plugin; a pick
+        // on a worker still waiting for its resource counts no call, only a fallback.
+        let answered =
+            self.calls.saturating_sub(before.calls).saturating_sub(self.faults.saturating_sub(before.faults));
+        Some(if answered == 0 { fallbacks } else { 0 })
+    }
 }
 
 /// A change of what the follower covers.
@@ -117,7 +163,7 @@ impl PluginFollower {
             let _ = rolled_back.send(rollback);
         }));
         let state = Follow {
-            router,
+            router: router.clone(),
             client,
             options,
             applied: HashMap::new(),
@@ -126,7 +172,7 @@ impl PluginFollower {
             changed: tx,
         };
         let task = tokio::spawn(state.run(control_rx, rollbacks));
-        Self { activations, changed, control, task }
+        Self { activations, changed, control, task, router, seen: Mutex::new(HashMap::new()) }
     }
 
     /// Follows for `services` from now on, with `defaults` for services no record binds;
@@ -142,12 +188,50 @@ impl PluginFollower {
         self.activations.lock().values().cloned().collect()
     }
 
-    /// Per plugin record: `active VERSION` when every service it binds here runs it, else
-    /// `failed VERSION: REASON (N of M services)` (VERSION: `SHA12`, or `SHA12+CFG8` with a
-    /// configuration); keyed `sextant.plugin.NAME`.
+    /// Per plugin record: `active VERSION` when every service it binds here runs it and it
+    /// answers; `failed VERSION: REASON (N of M services)` when services refused it; else
+    /// `fallback VERSION: the native default answered N calls and the plugin none (K of M
+    /// services)` when, since the previous report, the version answered nothing that was
+    /// asked of it (its instances or resources cannot be made, or every call faulted).
+    /// VERSION is `SHA12`, or `SHA12+CFG8` with a configuration; keyed
+    /// `sextant.plugin.NAME`. Call it periodically: whether a version answers is judged
+    /// between two calls.
     #[must_use]
     pub fn report(&self) -> BTreeMap<String, String> {
-        report(&self.activations.lock())
+        let activations = self.activations.lock().clone();
+        let silent = self.silent(&activations);
+        report(&activations, &silent)
+    }
+
+    /// The (service, kind)s whose active version answered nothing since the last report, with
+    /// the calls the native default answered for them.
+    fn silent(&self, activations: &BTreeMap<(String, String), Activation>) -> BTreeMap<(String, String), u64> {
+        let mut seen = self.seen.lock();
+        let mut kept = HashMap::new();
+        let mut silent = BTreeMap::new();
+        for (key, a) in activations.iter().filter(|(_, a)| !a.plugin.is_empty() && a.error.is_none()) {
+            let Ok(service) = ServiceKey::parse(&a.service) else { continue };
+            let Some(status) = self.router.status(&service) else { continue };
+            let slot = match a.kind.as_str() {
+                "balancer" => Some(&status.balancer),
+                "health" => Some(&status.health),
+                _ => status.scheduler.as_ref(),
+            };
+            // A swap under way: judged at the next report.
+            let Some(slot) = slot.filter(|s| s.active.sha256.as_deref() == Some(a.sha256.as_str())) else { continue };
+            let counts = Counts::of(&slot.active.counters);
+            let before = seen.remove(key).filter(|b| b.sha256 == a.sha256);
+            let verdict = match &before {
+                Some(b) => counts.silent_since(b.counts).map_or(b.silent, |n| (n > 0).then_some(n)),
+                None => None,
+            };
+            if let Some(n) = verdict {
+                silent.insert(key.clone(), n);
+            }
+            kept.insert(key.clone(), Seen { sha256: a.sha256.clone(), counts, silent: verdict });
+        }
+        *seen = kept;
+        silent
     }
 
     /// Changes whenever an activation changed.
@@ -170,21 +254,35 @@ fn short(sha: &str) -> &str {
 /// Services a plugin version covers, and the failed ones by reason.
 type Tally = (usize, BTreeMap<String, usize>);
 
-fn report(activations: &BTreeMap<(String, String), Activation>) -> BTreeMap<String, String> {
+fn report(
+    activations: &BTreeMap<(String, String), Activation>,
+    silent: &BTreeMap<(String, String), u64>,
+) -> BTreeMap<String, String> {
     // Per (plugin, sha256): the services, and the failed ones grouped by reason (one line
     // however many services failed alike).
     let mut by_plugin: BTreeMap<(&str, &str), Tally> = BTreeMap::new();
-    for a in activations.values().filter(|a| !a.plugin.is_empty()) {
+    // Per (plugin, sha256): services whose version answered nothing, and the default's calls.
+    let mut silent_by_plugin: BTreeMap<(&str, &str), (usize, u64)> = BTreeMap::new();
+    for (key, a) in activations.iter().filter(|(_, a)| !a.plugin.is_empty()) {
         let entry = by_plugin.entry((a.plugin.as_str(), a.version.as_str())).or_default();
         entry.0 += 1;
         if let Some(e) = &a.error {
             *entry.1.entry(e.chars().take(160).collect()).or_default() += 1;
+        } else if let Some(n) = silent.get(key) {
+            let s = silent_by_plugin.entry((a.plugin.as_str(), a.version.as_str())).or_default();
+            s.0 += 1;
+            s.1 += n;
         }
     }
     let mut out: BTreeMap<String, String> = BTreeMap::new();
     for ((plugin, version), (services, failed)) in by_plugin {
         let value = if failed.is_empty() {
-            format!("active {version}")
+            match silent_by_plugin.get(&(plugin, version)) {
+                Some((quiet, calls)) => format!(
+                    "fallback {version}: the native default answered {calls} calls and the plugin none ({quiet} of {services} services)"
+                ),
+                None => format!("active {version}"),
+            }
         } else {
             let mut groups: Vec<(String, usize)> = failed.into_iter().collect();
             groups.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
@@ -503,7 +601,7 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let report = report(&all);
+        let report = report(&all, &BTreeMap::new());
         assert_eq!(report.len(), 2, "{report:?}");
         let cfg8 = &sextant_core::sha256_hex(br#"{"share": 5}"#)[..8];
         assert_eq!(
@@ -512,5 +610,28 @@ mod tests {
             "a configuration names the version"
         );
         assert_eq!(report["sextant.plugin.lb"], "failed aaaaaaaaaaaa: self-test: update trapped (1 of 3 services)");
+
+        // A version that answered nothing since the last report is not called active.
+        let quiet = BTreeMap::from([(("ns/g/e".to_owned(), "balancer".to_owned()), 40)]);
+        let report = super::report(&all, &quiet);
+        assert_eq!(
+            report["sextant.plugin.canary"],
+            format!(
+                "fallback bbbbbbbbbbbb+{cfg8}: the native default answered 40 calls and the plugin none (1 of 1 services)"
+            )
+        );
+        assert!(report["sextant.plugin.lb"].starts_with("failed "), "a refusal still wins: {report:?}");
+    }
+
+    #[test]
+    fn a_version_answers_when_a_call_since_the_last_report_did_not_fault() {
+        let at = |calls, faults, fallbacks| Counts { calls, faults, fallbacks };
+        let before = at(100, 0, 0);
+        assert_eq!(at(100, 0, 0).silent_since(before), None, "nothing asked: the verdict stays");
+        assert_eq!(at(150, 0, 0).silent_since(before), Some(0), "answered");
+        assert_eq!(at(150, 1, 1).silent_since(before), Some(0), "answered, one call faulted");
+        assert_eq!(at(100, 0, 30).silent_since(before), Some(30), "no resource yet: only the default answered");
+        assert_eq!(at(100, 1, 30).silent_since(before), Some(30), "its constructor missed its deadline");
+        assert_eq!(at(130, 30, 30).silent_since(before), Some(30), "every call faulted");
     }
 }

@@ -598,7 +598,8 @@ pub struct HostReport {
     pub zone: String,
     /// The plugin record's name.
     pub plugin: String,
-    /// `active SHA12`, or `failed SHA12: REASON (N of M services)`.
+    /// `active VERSION`, `failed VERSION: REASON (N of M services)`, or `fallback VERSION: …`
+    /// (loaded, but the native default answers for it); see docs/protocol.md.
     pub state: String,
 }
 

@@ -146,6 +146,10 @@ fn short(version: &str) -> &str {
     &version[..12.min(version.len())]
 }
 
+/// How often the gateway judges again whether the plugins it runs answer (a registration is
+/// written only when the report changed).
+const REPORT_EVERY: Duration = Duration::from_secs(2);
+
 /// Adds `report` to a registration's `metadata` within the registry's metadata limit: long
 /// reasons are shortened first, then the entries that do not fit are counted in
 /// `sextant.plugin.more` (a registration that does not fit would be refused, and the gateway
@@ -393,6 +397,8 @@ pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Ou
                     changed = changes.changed() => if changed.is_err() { return },
                     changed = status_changes.changed() => if changed.is_err() { return },
                     changed = conflicts.changed() => if changed.is_err() { return },
+                    // Whether a loaded version answers is judged between two reports.
+                    () = tokio::time::sleep(REPORT_EVERY) => {}
                 }
             }
         })

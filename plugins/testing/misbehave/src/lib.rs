@@ -5,7 +5,9 @@
 //! `ring` and `maglev` (update answers a table of `"entries": N` entries, default 65536,
 //! spread over the endpoints), `trap-new` (the resource constructor panics), `loop-new` (the
 //! resource constructor spins until its deadline; with `"after_ms": M` only once M ms have
-//! passed since the instance's `init`, so the constructors at load return), `leak-new` (every
+//! passed since the instance's `init`, so the constructors at load return; with
+//! `"after_unix_ms": T` only once the wall clock passed T, so an instance started again after
+//! a fault spins as well), `leak-new` (every
 //! resource created keeps `leak_kib` KiB, default 1024, for the life of the instance: a
 //! plugin that leaks per service), `use-wasi` (not a fault: at `init` it uses the WASI the host
 //! provides, see `use_wasi`), `flood-init` (2 MiB to stdout at `init`), and the fault starts with the N-th call of that function
@@ -177,7 +179,9 @@ fn make(config: &str) -> Result<Misbehave, String> {
     }
     if fault == "loop-new" && made > after {
         let after_ms = field("after_ms").map_or(Ok(0), |a| a.parse::<u128>().map_err(|e| e.to_string()))?;
-        if STARTED.get().is_none_or(|t| t.elapsed().as_millis() >= after_ms) {
+        let after_unix_ms = field("after_unix_ms").map_or(Ok(0), |a| a.parse::<u128>().map_err(|e| e.to_string()))?;
+        let unix_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        if STARTED.get().is_none_or(|t| t.elapsed().as_millis() >= after_ms) && unix_ms >= after_unix_ms {
             spin();
         }
     }
