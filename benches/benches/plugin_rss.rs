@@ -21,7 +21,7 @@ fn main() {
     let swap = |i: usize| {
         slot.load(specs[i % 2].clone()).expect("swap");
         for k in 0..100u64 {
-            let _ = slot.pick(&mut PickRequest { hash_key: Some(k), headers: Vec::new() });
+            let _ = slot.pick(&mut PickRequest { hash_key: Some(k), ..PickRequest::default() });
         }
     };
     // Warm both versions and the pool once, then measure.

@@ -304,7 +304,8 @@ fn build_ring(snapshot: &Snapshot, ring_size: u32) -> Vec<RingPoint> {
 
 /// Consistent hashing on a weighted ring (keys stay on their endpoint while membership
 /// changes move only the keys of the endpoints that changed), with bounded load: an
-/// endpoint at its share of the in-flight requests passes the key on along the ring.
+/// endpoint at its share of the in-flight requests passes the key on along the ring, and so
+/// does an endpoint the request already tried (a retry).
 #[derive(Debug)]
 pub struct RingHash {
     ring: Vec<RingPoint>,
@@ -352,18 +353,24 @@ impl Balancer for RingHash {
             None => env.random(),
         };
         let start = ring_position(&self.ring, key);
+        // A retry walks on past the endpoints the request tried (the same neighbour every
+        // time for one key); a first attempt reads nothing more.
+        let tried = if env.attempt() == 0 { Vec::new() } else { env.tried() };
+        let points = (0..self.ring.len()).map(|step| self.ring[(start + step) % self.ring.len()].endpoint);
+        let mut untried = points.filter(|e| !tried.contains(e));
         if self.factor == 0.0 {
-            return Some(self.ring[start].endpoint);
+            return untried.next().or(Some(self.ring[start].endpoint));
         }
         #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let capacity = ((self.factor * (env.total_in_flight() as f64 + 1.0)) / f64::from(self.len)).ceil() as u64;
-        for step in 0..self.ring.len() {
-            let point = self.ring[(start + step) % self.ring.len()];
-            if u64::from(env.in_flight(point.endpoint)) < capacity {
-                return Some(point.endpoint);
+        let mut first = None;
+        for endpoint in untried {
+            first = first.or(Some(endpoint));
+            if u64::from(env.in_flight(endpoint)) < capacity {
+                return Some(endpoint);
             }
         }
-        Some(self.ring[start].endpoint)
+        first.or(Some(self.ring[start].endpoint))
     }
 }
 

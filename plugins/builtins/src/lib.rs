@@ -135,6 +135,17 @@ pub trait Env {
     }
     /// A header of the current request.
     fn request_header(&self, name: &str) -> Option<String>;
+    /// Which attempt at the current request this pick is for: 0 the first, 1 the first
+    /// retry, … (`load.request-attempt`, contract 0.2.1).
+    fn attempt(&self) -> u32 {
+        0
+    }
+    /// The endpoints the current request already tried, as snapshot indices in the order
+    /// tried (`load.request-tried`, contract 0.2.1): a balancer answers another one when it
+    /// can.
+    fn tried(&self) -> Vec<u32> {
+        Vec::new()
+    }
 }
 
 /// One endpoint's live load (mirror of `load.endpoint-state`).

@@ -14,7 +14,7 @@
 //! Build it with `cargo build --release --target wasm32-wasip2` (crate type `cdylib`) and
 //! load the `.wasm` with `sextant plugin load`.
 //!
-//! The component speaks `sextant:plugin@0.2.0`: one instance per worker thread of the host
+//! The component speaks `sextant:plugin@0.2.1`: one instance per worker thread of the host
 //! serves every service the plugin is bound to, each service as a resource holding its own
 //! `First` (made by the factory, from the configuration `init` checked).
 //!
@@ -165,6 +165,12 @@ impl Env for BalancerEnv {
     }
     fn request_header(&self, name: &str) -> Option<String> {
         balancer_world::sextant::plugin::load::request_header(name)
+    }
+    fn attempt(&self) -> u32 {
+        balancer_world::sextant::plugin::load::request_attempt()
+    }
+    fn tried(&self) -> Vec<u32> {
+        balancer_world::sextant::plugin::load::request_tried()
     }
 }
 

@@ -5,14 +5,14 @@
 // configuration {"mode": "table"}, returns the registered weights as a table the host
 // executes natively (table mode: no JavaScript runs per request, native pick speed).
 //
-// Contract sextant:plugin@0.2.0: the host runs one instance of the plugin per worker thread
+// Contract sextant:plugin@0.2.1: the host runs one instance of the plugin per worker thread
 // and calls `init` once in each; every service the plugin is bound to gets its own
 // `Balancer` (the resource) in that instance, created when the service first needs it,
 // given a snapshot before its first pick, dropped when the service goes away or idles. What
 // every service shares (the configuration) lives in the module; a service's state in its
 // object.
-import { log } from 'sextant:plugin/host@0.2.0';
-import { inFlight } from 'sextant:plugin/load@0.2.0';
+import { log } from 'sextant:plugin/host@0.2.1';
+import { inFlight, requestAttempt, requestTried } from 'sextant:plugin/load@0.2.1';
 
 let mode = 'per-request';
 
@@ -64,9 +64,13 @@ export const balancer = {
       try {
         const weights = this.weights;
         if (weights.length === 0) return undefined;
+        // A retry avoids the endpoints this request already tried (unless it tried all).
+        const tried = requestAttempt() > 0 ? Array.from(requestTried()) : [];
+        const avoid = tried.length < weights.length ? tried : [];
         let best = 0;
         let bestScore = Infinity;
         for (let i = 0; i < weights.length; i++) {
+          if (avoid.includes(i)) continue;
           const score = (inFlight(i) + 1) / weights[i];
           if (score < bestScore) {
             best = i;

@@ -1,4 +1,4 @@
-"""{{name}}: one service's balancer (the `balancer` resource of sextant:plugin@0.2.0).
+"""{{name}}: one service's balancer (the `balancer` resource of sextant:plugin@0.2.1).
 
 The host creates one per service when the service first needs it, calls `update` before
 its first `pick`, and drops it when the service goes away or idles: its state is the
@@ -31,7 +31,10 @@ class Balancer(balancer.Balancer):
             weights = self.weights
             if not weights:
                 return None
-            return min(range(len(weights)), key=lambda i: (load.in_flight(i) + 1) / weights[i])
+            # A retry avoids the endpoints this request already tried (unless it tried all).
+            tried = load.request_tried() if load.request_attempt() > 0 else []
+            candidates = [i for i in range(len(weights)) if i not in tried] or range(len(weights))
+            return min(candidates, key=lambda i: (load.in_flight(i) + 1) / weights[i])
         except Exception as e:
             # A pick has no error to return: log the traceback (it goes into the reason of
             # the fault) and fail; the host answers with its native default.

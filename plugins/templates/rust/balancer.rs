@@ -3,7 +3,7 @@
 //! request), or, with the configuration `{"mode": "table"}`, returns the registered weights
 //! as a table the host executes natively (table mode: no plugin call per request).
 //!
-//! Contract `sextant:plugin@0.2.0`: the host runs one instance of the plugin per worker
+//! Contract `sextant:plugin@0.2.1`: the host runs one instance of the plugin per worker
 //! thread and calls `init` once in each; every service the plugin is bound to gets its own
 //! `Balancer` resource in that instance (created when the service first needs it, given a
 //! snapshot before its first pick, dropped when the service goes or idles). What a service
@@ -62,8 +62,13 @@ impl GuestBalancer for Balancer {
 
     fn pick(&self, _request: Request) -> Option<u32> {
         let weights = self.weights.borrow();
+        // A retry avoids the endpoints this request already tried (unless it tried them all).
+        let tried = if load::request_attempt() > 0 { load::request_tried() } else { Vec::new() };
+        let all = 0..weights.len() as u32;
+        let candidates: Vec<u32> = all.clone().filter(|i| !tried.contains(i)).collect();
+        let candidates = if candidates.is_empty() { all.collect() } else { candidates };
         // Fewest in flight per unit of weight: (in_flight + 1) / weight, in integers.
-        (0..weights.len() as u32).min_by_key(|&i| {
+        candidates.into_iter().min_by_key(|&i| {
             let load = u64::from(load::in_flight(i)) + 1;
             (load * 1_000_000) / u64::from(weights[i as usize])
         })

@@ -171,7 +171,11 @@ impl<S: Store + Clone> PluginManager<S> {
     ) -> Option<PickedInstance> {
         let slots = self.slots(service)?;
         slots.refresh();
-        let mut request = PickRequest { hash_key: hash_key.map(sextant_plugin::builtins::hash_str), headers };
+        let mut request = PickRequest {
+            hash_key: hash_key.map(sextant_plugin::builtins::hash_str),
+            headers,
+            ..PickRequest::default()
+        };
         let (instance, _, picked) = slots.balancer().pick_target::<Arc<Instance>>(&mut request)?;
         Some(PickedInstance {
             instance,
@@ -482,7 +486,7 @@ impl<S: Store + Clone> PluginManager<S> {
                 summary.contract = Some(c.contract.as_str().to_owned());
                 summary.instances = match c.contract {
                     sextant_plugin::Contract::V0_1 => summary.running * self.0.host.config().workers as u64,
-                    sextant_plugin::Contract::V0_2 => 0,
+                    sextant_plugin::Contract::V0_2 | sextant_plugin::Contract::V0_2_1 => 0,
                 };
             }
             for s in shared.iter().filter(|s| s.sha256 == record.sha256) {

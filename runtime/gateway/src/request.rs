@@ -24,6 +24,7 @@ impl FromHeaders for PickRequest {
                     headers.get(h).map(|v| (h.to_ascii_lowercase(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
                 })
                 .collect(),
+            ..Self::default()
         }
     }
 }

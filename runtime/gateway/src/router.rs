@@ -278,6 +278,7 @@ impl Router {
         {
             return Err(RouteError::RateLimited(service.to_string()));
         }
+        let mut refused = None;
         for _ in 0..3 {
             // The target comes with the route the balancer picked in: nothing to reconcile.
             let Some((target, cell, picked)) = route.balancer().pick_target::<Arc<Target>>(request) else {
@@ -285,10 +286,29 @@ impl Router {
             };
             let admission = target.state.breaker.admit(cell.in_flight());
             if !admission.admitted() {
+                refused = Some(picked);
                 continue;
             }
             let in_flight = route.balancer().tracker().start(cell);
             return Ok(PickGuard::new(&route, target, in_flight, admission == Admission::Trial, &picked));
+        }
+        // The balancer offered only endpoints whose breakers refused (they opened since the
+        // rotation was built): the next endpoint of the rotation, after its last offer, whose
+        // breaker admits. Overloaded only when none does.
+        if let Some(picked) = refused {
+            let published = route.balancer().published();
+            let n = u32::try_from(published.len()).unwrap_or(u32::MAX);
+            for i in (1..=n).map(|k| (picked.index.wrapping_add(k)) % n) {
+                let (Some(target), Some(cell)) = (published.target::<Arc<Target>>(i), published.load(i)) else {
+                    continue;
+                };
+                let admission = target.state.breaker.admit(cell.in_flight());
+                if admission.admitted() {
+                    let in_flight = route.balancer().tracker().start(Arc::clone(cell));
+                    let trial = admission == Admission::Trial;
+                    return Ok(PickGuard::new(&route, Arc::clone(target), in_flight, trial, &picked));
+                }
+            }
         }
         Err(RouteError::Overloaded(service.to_string()))
     }
@@ -320,10 +340,13 @@ impl Router {
         let _ = synced.wait_for(|s| *s).await;
     }
 
-    /// Like [`Router::pick`], preferring an endpoint not in `avoid` (those a retry already
-    /// tried): up to three more picks while the balancer offers one of them, then its last
-    /// offer (a service whose every endpoint was tried still answers). The balancer decides
-    /// each offer, so a random one may offer an avoided endpoint four times running.
+    /// Like [`Router::pick`], for a retry that already tried the endpoints in `avoid`: the
+    /// balancer is told them ([`PickRequest::tried`], and the attempt number as
+    /// [`PickRequest::attempt`], `avoid`'s length), so a sticky balancer moves on to the next
+    /// endpoint its key reaches (a table is walked on by the host; a wasm balancer reads
+    /// `load.request-tried`). A balancer that ignores them gets up to three more picks while it
+    /// offers a tried endpoint, then its last offer stands (a service whose every endpoint was
+    /// tried still answers).
     ///
     /// # Errors
     /// As [`Router::pick`].
@@ -333,6 +356,9 @@ impl Router {
         request: &mut PickRequest,
         avoid: &[SocketAddr],
     ) -> Result<PickGuard, RouteError> {
+        request.attempt = u32::try_from(avoid.len()).unwrap_or(u32::MAX);
+        request.tried.clear();
+        request.tried.extend(avoid.iter().map(ToString::to_string));
         let mut guard = self.pick(service, request)?;
         for _ in 0..3 {
             if !avoid.contains(&guard.addr()) {

@@ -556,6 +556,67 @@ async fn the_embedding_api_picks_avoids_and_accounts_every_guard() {
     );
 }
 
+/// A retry tells the balancer what the request already tried (contract 0.2.1): a sticky key
+/// whose endpoint failed moves on to the next endpoint it reaches, the same one at every
+/// retry: a table the host executes (ring, Maglev) is walked on by the host, a per-request
+/// balancer reads `load.request-tried`. A component built against 0.2.0 is still served by the
+/// 0.2.1 host, and shows what the case was before: it cannot know, so its retry lands on the
+/// endpoint that failed (`pick_avoiding`'s three extra picks get the same answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_tells_the_balancer_what_was_tried_so_a_sticky_key_moves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry =
+        Registry::start(EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap(), 1024).await.unwrap();
+    for port in [9201, 9202, 9203, 9204] {
+        let mut i = Instance::new(service(), "127.0.0.1".parse().unwrap(), port);
+        i.ephemeral = false;
+        registry.put(Record::Instance(Arc::new(i)), None).await.unwrap();
+    }
+    let host = host();
+    let router = Router::new(host.clone(), Arc::new(registry.clone()), RouteConfig::default());
+    let pick = |key: &str, tried: &[SocketAddr]| {
+        let g = router.pick_avoiding(&service(), &mut sextant_plugin::PickRequest::with_affinity(key), tried).unwrap();
+        let addr = g.addr();
+        g.finish(sextant_gateway::Outcome::http(200));
+        addr
+    };
+    let keys: Vec<String> = (0..40).map(|k| format!("user-{k}")).collect();
+    let cases = [
+        ("ring-hash (native)", PluginSpec::builtin("ring-hash"), "", true),
+        ("ring-hash (wasm, per request)", wasm(&host, "ring-hash", "{}"), "0.2.1", true),
+        ("maglev (wasm table)", wasm(&host, "maglev", "{}"), "0.2.1", true),
+        ("sticky (0.2.1, per request)", wasm(&host, "sticky", "{}"), "0.2.1", true),
+        ("sticky-v020 (0.2.0, per request)", wasm(&host, "sticky-v020", "{}"), "0.2.0", false),
+    ];
+    for (label, spec, contract, moves_on) in cases {
+        if let PluginSpec::Wasm { compiled, .. } = &spec {
+            assert_eq!(compiled.contract.as_str(), contract, "{label}");
+        }
+        router.load(&service(), PluginKind::Balancer, spec).unwrap();
+        let before = router.status(&service()).unwrap().balancer.active.counters;
+        let mut moved = 0;
+        for key in &keys {
+            let first = pick(key, &[]);
+            assert_eq!(pick(key, &[]), first, "{label}: {key} sticks");
+            let second = pick(key, &[first]);
+            if !moves_on {
+                // 0.2.0: the balancer cannot tell, the retry lands where the first failed.
+                assert_eq!(second, first, "{label}: {key}");
+                continue;
+            }
+            assert_ne!(second, first, "{label}: {key}'s retry went back to the endpoint it tried");
+            assert_eq!(pick(key, &[first]), second, "{label}: {key}'s retry goes to the same neighbour every time");
+            let third = pick(key, &[first, second]);
+            assert!(third != first && third != second, "{label}: {key}: {first} {second} {third}");
+            moved += 1;
+        }
+        let after = router.status(&service()).unwrap().balancer.active.counters;
+        assert_eq!(after.fallbacks, before.fallbacks, "{label}: answered by the plugin, not the native default");
+        assert_eq!(after.traps + after.contract_violations, 0, "{label}: {after:?}");
+        eprintln!("{label}: {moved} of {} keys moved on at their retry", keys.len());
+    }
+}
+
 /// Shutting a router down: picks are refused with a typed error, the picks under way finish
 /// (the shutdown waits for them, and for no more than its grace), clones share it. A router
 /// built with a per-service configuration runs it for that service.

@@ -379,7 +379,7 @@ impl BalancerSlot {
             let host = &self.0.host;
             host.self_test_once(compiled, config, || match compiled.contract {
                 Contract::V0_1 => self.self_test(compiled, config),
-                Contract::V0_2 => self_test_shared(host, compiled, config),
+                Contract::V0_2 | Contract::V0_2_1 => self_test_shared(host, compiled, config),
             })?;
         }
         let id = self.0.next_id.fetch_add(1, Relaxed);
@@ -448,7 +448,7 @@ impl BalancerSlot {
         if matches!(exec, Exec::PerRequest) {
             let ticks = host.pick_ticks();
             for k in 0..64u64 {
-                let mut request = PickRequest { hash_key: (k % 2 == 0).then(|| mix64(k)), headers: Vec::new() };
+                let mut request = PickRequest { hash_key: (k % 2 == 0).then(|| mix64(k)), ..PickRequest::default() };
                 let answer = runner.pick(host, ticks, &mut request).map_err(|f| fail("pick", f))?;
                 check_pick(answer, route.len()).map_err(|f| fail("pick", f))?;
             }

@@ -243,13 +243,13 @@ impl PluginHost {
             (Contract::V0_1, PluginKind::Scheduler) => {
                 KindPre::Scheduler(v1::scheduler::SchedulerPluginPre::new(instance_pre).map_err(mismatch)?)
             }
-            (Contract::V0_2, PluginKind::Balancer) => KindPre::Shared(SharedPre::Balancer(
+            (Contract::V0_2 | Contract::V0_2_1, PluginKind::Balancer) => KindPre::Shared(SharedPre::Balancer(
                 v2::balancer::BalancerPluginPre::new(instance_pre).map_err(mismatch)?,
             )),
-            (Contract::V0_2, PluginKind::Health) => {
+            (Contract::V0_2 | Contract::V0_2_1, PluginKind::Health) => {
                 KindPre::Shared(SharedPre::Health(v2::health::HealthPluginPre::new(instance_pre).map_err(mismatch)?))
             }
-            (Contract::V0_2, PluginKind::Scheduler) => KindPre::Shared(SharedPre::Scheduler(
+            (Contract::V0_2 | Contract::V0_2_1, PluginKind::Scheduler) => KindPre::Shared(SharedPre::Scheduler(
                 v2::scheduler::SchedulerPluginPre::new(instance_pre).map_err(mismatch)?,
             )),
         };
@@ -306,10 +306,10 @@ impl PluginHost {
             Ok(c) if c <= pinned => Ok(c),
             _ => Err(LoadError::VersionMismatch {
                 export: name.to_owned(),
-                host: if pinned == Contract::V0_1 {
-                    "0.1.0 (pinned: it refuses newer versions)"
-                } else {
-                    "0.2.0 and the legacy 0.1.0"
+                host: match pinned {
+                    Contract::V0_1 => "0.1.0 (pinned: it refuses newer versions)",
+                    Contract::V0_2 => "0.2.0 and the legacy 0.1.0 (pinned: it refuses newer versions)",
+                    Contract::V0_2_1 => Contract::known(),
                 },
             }),
         }

@@ -1,9 +1,10 @@
 //! What a component is: its [`PluginKind`] (by the interface it exports) and the
 //! [`Contract`] version it was built for.
 
-/// The contract version this host speaks (`wit/`): `sextant:plugin@0.2.0`, where one
-/// component instance per worker thread serves every service as resources.
-pub const CONTRACT_VERSION: &str = "0.2.0";
+/// The contract version this host speaks (`wit/`): `sextant:plugin@0.2.1`, where one
+/// component instance per worker thread serves every service as resources, and a balancer can
+/// read what the request already tried (`load.request-attempt`, `load.request-tried`).
+pub const CONTRACT_VERSION: &str = "0.2.1";
 /// The legacy contract version the host still serves (`wit/legacy/0.1.0/`): one instance
 /// per service and worker.
 pub const LEGACY_CONTRACT_VERSION: &str = "0.1.0";
@@ -15,34 +16,52 @@ pub enum Contract {
     /// `sextant:plugin@0.1.0`: one instance per service (legacy).
     #[serde(rename = "0.1.0")]
     V0_1,
-    /// `sextant:plugin@0.2.0`: resources per service inside shared instances.
+    /// `sextant:plugin@0.2.0`: resources per service inside shared instances
+    /// (`wit/legacy/0.2.0/`; served by the 0.2.1 bindings, a compatible revision).
     #[serde(rename = "0.2.0")]
     V0_2,
+    /// `sextant:plugin@0.2.1`: 0.2.0 plus what a request already tried.
+    #[serde(rename = "0.2.1")]
+    V0_2_1,
 }
 
 impl Contract {
     /// Every version this build knows, oldest first.
-    pub const ALL: [Self; 2] = [Self::V0_1, Self::V0_2];
+    pub const ALL: [Self; 3] = [Self::V0_1, Self::V0_2, Self::V0_2_1];
 
-    /// `0.1.0`, `0.2.0`.
+    /// `0.1.0`, `0.2.0`, `0.2.1`.
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             Self::V0_1 => LEGACY_CONTRACT_VERSION,
-            Self::V0_2 => CONTRACT_VERSION,
+            Self::V0_2 => "0.2.0",
+            Self::V0_2_1 => CONTRACT_VERSION,
         }
     }
 
-    /// The version named `text` (`0.1.0`, `0.2.0`).
+    /// Whether components of this version share their instances between services (one
+    /// resource per service): 0.2.x.
+    #[must_use]
+    pub fn shared(self) -> bool {
+        !matches!(self, Self::V0_1)
+    }
+
+    /// The version named `text` (`0.1.0`, `0.2.0`, `0.2.1`).
     ///
     /// # Errors
     /// Another text: the message lists the versions this build knows.
     pub fn parse(text: &str) -> Result<Self, String> {
-        Self::ALL.into_iter().find(|c| c.as_str() == text).ok_or_else(|| {
-            format!(
-                "unknown plugin contract {text:?}: this build speaks {LEGACY_CONTRACT_VERSION} and {CONTRACT_VERSION}"
-            )
-        })
+        Self::ALL
+            .into_iter()
+            .find(|c| c.as_str() == text)
+            .ok_or_else(|| format!("unknown plugin contract {text:?}: this build speaks {}", Self::known()))
+    }
+
+    /// The versions this build knows, newest first, for messages: `0.2.1, 0.2.0 and the
+    /// legacy 0.1.0`.
+    #[must_use]
+    pub fn known() -> &'static str {
+        "0.2.1, 0.2.0 and the legacy 0.1.0"
     }
 }
 

@@ -255,6 +255,16 @@ impl Published {
         self.targets.as_deref()?.downcast_ref::<Vec<T>>()?.get(index as usize)
     }
 
+    /// The indices of the endpoints at `addresses` (`Endpoint::address`), in that order;
+    /// one no longer in the route is left out. Empty (and no allocation) when `addresses` is.
+    pub(crate) fn indices_of(&self, addresses: &[String]) -> Vec<u32> {
+        addresses
+            .iter()
+            .filter_map(|a| self.model.endpoints.iter().position(|e| e.address == *a))
+            .filter_map(|i| u32::try_from(i).ok())
+            .collect()
+    }
+
     /// Number of endpoints.
     #[must_use]
     pub fn len(&self) -> usize {

@@ -23,7 +23,6 @@ use crate::bindings::v1::scheduler::SchedulerPlugin;
 use crate::bindings::v1::scheduler::exports::sextant::plugin::scheduler as ws;
 use crate::bindings::v2::health::exports::sextant::plugin::health as wh2;
 use crate::bindings::v2::scheduler::exports::sextant::plugin::scheduler as ws2;
-use crate::kind::Contract;
 use crate::lifecycle::{self, FaultWindow, History, rollback_reason};
 use crate::lifecycle::{Observer, SlotStatus, VersionStatus};
 use crate::load::{LoadTracker, Published};
@@ -135,7 +134,7 @@ impl Runner {
             PluginSpec::Builtin { name, config } => {
                 Self::native(kind, name, config, host.state(Arc::from(name.as_str()), Arc::clone(route)))
             }
-            PluginSpec::Wasm { name, compiled, config } if compiled.contract == Contract::V0_2 => {
+            PluginSpec::Wasm { name, compiled, config } if compiled.contract.shared() => {
                 if compiled.kind != kind {
                     return Err(LoadError::WrongKind { expected: kind, found: compiled.kind });
                 }

@@ -46,7 +46,8 @@ pub struct HostConfig {
     /// would start one more is refused, naming this limit.
     pub max_plugins: u32,
     /// The newest contract version the host accepts: a host pinned to
-    /// [`Contract::V0_1`] refuses 0.2.0 components.
+    /// [`Contract::V0_1`] refuses 0.2.x components, one pinned to [`Contract::V0_2`] 0.2.1
+    /// ones.
     pub contract: Contract,
     /// A service's plugin resource that made no call for this long is dropped (it is created
     /// again, with the current snapshot, when next needed).
@@ -94,7 +95,7 @@ impl Default for HostConfig {
             tick: Duration::from_millis(1),
             max_instances: 1000,
             max_plugins: 64,
-            contract: Contract::V0_2,
+            contract: Contract::V0_2_1,
             idle_resource: Duration::from_secs(300),
             sweep_idle: true,
             workers: std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
@@ -404,6 +405,8 @@ impl Runtime {
             label,
             route,
             headers: Vec::new(),
+            attempt: 0,
+            tried: Vec::new(),
             clock: Instant::now(),
             output: None,
             budget: Duration::ZERO,

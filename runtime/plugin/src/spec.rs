@@ -86,13 +86,21 @@ pub struct PickRequest {
     pub hash_key: Option<u64>,
     /// Request headers the plugin may read (moved in and out, never copied).
     pub headers: Vec<(String, String)>,
+    /// Which attempt at the request this pick is for: 0 the first, 1 the first retry, …
+    /// (`load.request-attempt`).
+    pub attempt: u32,
+    /// The endpoints this request already tried, by address (`Endpoint::address`), in
+    /// order: the balancer is told them as snapshot indices (`load.request-tried`), and a
+    /// table is walked past them (the next ring point, Maglev slot or weighted pick), so a
+    /// sticky balancer's retry goes to the next endpoint its key would reach.
+    pub tried: Vec<String>,
 }
 
 impl PickRequest {
     /// A request whose affinity key is `key` ([`affinity_hash`] of it), no headers.
     #[must_use]
     pub fn with_affinity(key: &str) -> Self {
-        Self { hash_key: Some(affinity_hash(key)), headers: Vec::new() }
+        Self { hash_key: Some(affinity_hash(key)), ..Self::default() }
     }
 }
 

@@ -82,6 +82,10 @@ pub struct HostState {
     pub(crate) log: Arc<LogBudget>,
     pub(crate) route: Arc<Published>,
     pub(crate) headers: Vec<(String, String)>,
+    /// The request's attempt number and the endpoints it tried (snapshot indices), during a
+    /// pick.
+    pub(crate) attempt: u32,
+    pub(crate) tried: Vec<u32>,
     pub(crate) clock: Instant,
     /// What the instance wrote to stdout and stderr (`wasi.rs`), once it writes.
     pub(crate) output: Option<Box<crate::wasi::Output>>,
@@ -138,12 +142,31 @@ impl Env for HostState {
     fn request_header(&self, name: &str) -> Option<String> {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())
     }
+    fn attempt(&self) -> u32 {
+        self.attempt
+    }
+    fn tried(&self) -> Vec<u32> {
+        self.tried.clone()
+    }
     fn state(&self, endpoint: u32) -> EndpointState {
         self.route.state(endpoint)
     }
 }
 
 impl HostState {
+    /// Moves what the request being picked for brings (headers, attempt, the endpoints it
+    /// tried as indices) into the store for a call; the same call after it moves them back.
+    pub(crate) fn swap_request(
+        &mut self,
+        headers: &mut Vec<(String, String)>,
+        attempt: &mut u32,
+        tried: &mut Vec<u32>,
+    ) {
+        std::mem::swap(&mut self.headers, headers);
+        std::mem::swap(&mut self.attempt, attempt);
+        std::mem::swap(&mut self.tried, tried);
+    }
+
     /// `host.log` of either contract version.
     fn plugin_log(&mut self, level: Level, message: &str) {
         self.log.write(&self.label, level, message);
@@ -156,9 +179,9 @@ impl HostState {
 }
 
 /// The `host` and `load` imports of one contract version: the same functions in 0.1.0 and
-/// 0.2.0, whose generated types differ only by module.
+/// 0.2.x, whose generated types differ only by module, and what a version adds.
 macro_rules! host_imports {
-    ($host:ident, $load:ident) => {
+    ($host:ident, $load:ident $(, { $($added:tt)* })?) => {
         impl $host::Host for HostState {
             fn log(&mut self, level: $host::Level, message: String) {
                 let level = match level {
@@ -205,11 +228,20 @@ macro_rules! host_imports {
             fn request_header(&mut self, name: String) -> Option<String> {
                 Env::request_header(self, &name)
             }
+            $($($added)*)?
         }
     };
 }
 
 host_imports!(wit_host, wit_load);
-host_imports!(wit_host2, wit_load2);
+// 0.2.1 adds what the request already tried.
+host_imports!(wit_host2, wit_load2, {
+    fn request_attempt(&mut self) -> u32 {
+        self.attempt
+    }
+    fn request_tried(&mut self) -> Vec<u32> {
+        self.tried.clone()
+    }
+});
 
 impl wit_types::Host for HostState {}

@@ -17,7 +17,6 @@ use wasmtime::Store;
 use crate::bindings::v1::balancer::BalancerPlugin;
 use crate::bindings::v1::balancer::exports::sextant::plugin::balancer as wit;
 use crate::bindings::v2::balancer::exports::sextant::plugin::balancer as wit2;
-use crate::kind::Contract;
 use crate::lifecycle::FaultWindow;
 use crate::load::Published;
 use crate::shared::{Guest, Missing, SharedAddr, SharedRunner};
@@ -198,6 +197,7 @@ fn shared_pick(
     ticks: u64,
     route: &mut Arc<Published>,
     request: &mut PickRequest,
+    tried: &mut Vec<u32>,
 ) -> Result<SharedPick, CallFault> {
     let picked = s.call(route, Missing::Ready, |live, handle, fresh| {
         let Guest::Balancer(g) = &live.guest else { return Err(CallFault::Contract("not a balancer".into())) };
@@ -211,12 +211,21 @@ fn shared_pick(
             }
         }
         arm(&mut live.store, ticks, host.config().pick_deadline);
-        std::mem::swap(&mut live.store.data_mut().headers, &mut request.headers);
+        live.store.data_mut().swap_request(&mut request.headers, &mut request.attempt, tried);
         let r = g.call_pick(&mut live.store, handle, wit2::Request { hash_key: request.hash_key });
-        std::mem::swap(&mut live.store.data_mut().headers, &mut request.headers);
+        live.store.data_mut().swap_request(&mut request.headers, &mut request.attempt, tried);
         r.map(SharedPick::Answer).map_err(|e| fault_in(&mut live.store, &e))
     })?;
     Ok(picked.unwrap_or(SharedPick::NotReady))
+}
+
+/// The first of `at(0)`, `at(1)`, … `at(n - 1)` that is not in `tried` (`at(0)` at once when
+/// nothing was tried); None when every one was tried.
+fn untried(tried: &[u32], n: usize, mut at: impl FnMut(usize) -> Option<u32>) -> Option<u32> {
+    if tried.is_empty() {
+        return at(0);
+    }
+    (0..n).map_while(&mut at).find(|e| !tried.contains(e))
 }
 
 pub(crate) fn check_pick(answer: Option<u32>, len: usize) -> Result<Option<u32>, CallFault> {
@@ -371,7 +380,7 @@ impl Version {
     ) -> Result<Self, LoadError> {
         let label: Arc<str> = Arc::from(format!("{}#{id}", spec.name()));
         let shared = match &spec {
-            PluginSpec::Wasm { name, compiled, config } if compiled.contract == Contract::V0_2 => Some((
+            PluginSpec::Wasm { name, compiled, config } if compiled.contract.shared() => Some((
                 host.shared(name, compiled, config)?,
                 host.next_key(),
                 Arc::<str>::from(route.model.service.as_str()),
@@ -632,50 +641,65 @@ impl Worker {
                 mix64(sextant_builtins::Env::random(env))
             })
         };
+        // What a retry already tried, as indices into the route the plugin answers for.
+        let mut tried = self.route.indices_of(&request.tried);
         // Never called lazy: the slot answers those with the native default and has the
         // resource prepared off the request path.
         match &mut self.exec {
             Exec::Fallback | Exec::Lazy => Ok(self.fallback_pick(request)),
-            Exec::Weighted(edf) => Ok(edf.pick()),
+            Exec::Weighted(edf) => {
+                let first = edf.pick();
+                // The next picks of the same table, until one was not tried (all tried: the
+                // first).
+                Ok(first.map(|f| untried(&tried, len, |i| if i == 0 { Some(f) } else { edf.pick() }).unwrap_or(f)))
+            }
             Exec::Ring(ring) => {
                 if ring.is_empty() {
                     return Ok(None);
                 }
                 let k = key(&mut self.runner, &mut self.fallback_env);
                 let p = ring.partition_point(|p| p.hash < k);
-                Ok(Some(ring[if p == ring.len() { 0 } else { p }].endpoint))
+                // On around the ring past the endpoints tried.
+                let n = ring.len();
+                let at = |i: usize| Some(ring[(p + i) % n].endpoint);
+                Ok(untried(&tried, n, at).or_else(|| at(0)))
             }
             Exec::Maglev(table) => {
                 if table.is_empty() {
                     return Ok(None);
                 }
                 let k = key(&mut self.runner, &mut self.fallback_env);
-                Ok(Some(table[(k % table.len() as u64) as usize]))
+                let (n, slot) = (table.len(), (k % table.len() as u64) as usize);
+                // The next slots of the table, past the endpoints tried.
+                let at = |i: usize| Some(table[(slot + i) % n]);
+                Ok(untried(&tried, n, at).or_else(|| at(0)))
             }
             Exec::PerRequest => {
                 let answer = match &mut self.runner {
                     Runner::Native(b, env) => {
-                        std::mem::swap(&mut env.headers, &mut request.headers);
+                        env.swap_request(&mut request.headers, &mut request.attempt, &mut tried);
                         let a = b.pick(&Request { hash_key: request.hash_key }, env);
-                        std::mem::swap(&mut env.headers, &mut request.headers);
+                        env.swap_request(&mut request.headers, &mut request.attempt, &mut tried);
                         a
                     }
                     Runner::Wasm(w) => w.pick(host, ticks, request)?,
-                    Runner::Shared(shared, _) => match shared_pick(shared, host, ticks, &mut self.route, request)? {
-                        SharedPick::Answer(answer) => answer,
-                        // A resource created off the path answers with a table: executed
-                        // from now on.
-                        SharedPick::Table(mode) => {
-                            self.exec = validate_mode(mode, self.route.len(), host.config())?;
-                            return self.pick(host, ticks, request, len);
+                    Runner::Shared(shared, _) => {
+                        match shared_pick(shared, host, ticks, &mut self.route, request, &mut tried)? {
+                            SharedPick::Answer(answer) => answer,
+                            // A resource created off the path answers with a table: executed
+                            // from now on.
+                            SharedPick::Table(mode) => {
+                                self.exec = validate_mode(mode, self.route.len(), host.config())?;
+                                return self.pick(host, ticks, request, len);
+                            }
+                            // Dropped (idle, or its instance replaced), or its instance busy:
+                            // prepared again off the path; the native default answers.
+                            SharedPick::NotReady => {
+                                self.exec = Exec::Lazy;
+                                return Ok(self.fallback_pick(request));
+                            }
                         }
-                        // Dropped (idle, or its instance replaced), or its instance busy:
-                        // prepared again off the path; the native default answers.
-                        SharedPick::NotReady => {
-                            self.exec = Exec::Lazy;
-                            return Ok(self.fallback_pick(request));
-                        }
-                    },
+                    }
                     Runner::Gone => return Ok(self.fallback_pick(request)),
                 };
                 check_pick(answer, len)

@@ -56,6 +56,7 @@ fn picks(slot: &BalancerSlot, n: u64) -> Vec<u32> {
             let mut req = PickRequest {
                 hash_key: (k % 3 != 0).then(|| mix64(k)),
                 headers: if k % 2 == 0 { vec![("x-version".into(), "v2".into())] } else { Vec::new() },
+                ..PickRequest::default()
             };
             let p = slot.pick(&mut req).expect("an endpoint");
             assert!(!p.fallback, "pick {k} needed the fallback");
@@ -110,7 +111,7 @@ fn hot_swap_under_eight_threads_drops_no_pick() {
                 let mut seen: HashMap<u64, Vec<u32>> = HashMap::new();
                 let (mut count, mut failed, mut last_version) = (0u64, 0u64, 0u64);
                 while !stop.load(Ordering::Relaxed) || count < 1000 {
-                    let mut req = PickRequest { hash_key: Some(0xfeed), headers: Vec::new() };
+                    let mut req = PickRequest { hash_key: Some(0xfeed), ..PickRequest::default() };
                     match slot.pick(&mut req) {
                         Some(p) if !p.fallback => {
                             assert!(

@@ -70,7 +70,7 @@ fn a_table_past_the_hosts_limit_is_refused_at_load_naming_it() {
     assert!(!picked.fallback);
     // The same plugin with the usual Maglev size is accepted, and picks from its table.
     slot.load(misbehave(&host, r#"{"fault": "maglev", "entries": 65537}"#)).expect("a usual table loads");
-    let picked = slot.pick(&mut PickRequest { hash_key: Some(7), headers: Vec::new() }).expect("a pick");
+    let picked = slot.pick(&mut PickRequest { hash_key: Some(7), ..PickRequest::default() }).expect("a pick");
     assert!(!picked.fallback, "{picked:?}");
 }
 
@@ -84,7 +84,7 @@ fn a_ring_past_its_share_per_endpoint_is_refused_at_the_update_and_the_previous_
     // The service shrinks to 2 endpoints: 5,000 points pass 2 × 1,000.
     slot.set_snapshot(snapshot(2));
     for _ in 0..50 {
-        let picked = slot.pick(&mut PickRequest { hash_key: Some(42), headers: Vec::new() }).expect("a pick");
+        let picked = slot.pick(&mut PickRequest { hash_key: Some(42), ..PickRequest::default() }).expect("a pick");
         assert!(picked.index < 2, "{picked:?}");
     }
     let after = slot.status().active.counters;

@@ -297,17 +297,39 @@ fn a_load_past_a_limit_names_the_limit_and_changes_nothing() {
     assert!(text.contains("plugin instances (the pool)") && text.contains("--plugin-instances"), "{text}");
 }
 
-/// A host pinned to contract 0.1.0 refuses a 0.2.0 component, naming the contract, and serves
-/// a legacy component; the default host serves both.
+/// A host pinned to contract 0.1.0 refuses a 0.2.x component, naming the contract, and serves
+/// a legacy component; one pinned to 0.2.0 refuses a 0.2.1 component and serves a 0.2.0 one;
+/// the default host serves all three.
 #[test]
 fn a_host_pinned_to_the_legacy_contract_refuses_the_new_one() {
     let pinned = host_with(&HostConfig { workers: 1, contract: Contract::V0_1, ..HostConfig::default() });
-    let text = wasm(&pinned, "round-robin", "{}").expect_err("0.2.0 on a 0.1.0 host").to_string();
+    let text = wasm(&pinned, "round-robin", "{}").expect_err("0.2.1 on a 0.1.0 host").to_string();
+    assert!(text.contains("sextant:plugin/balancer@0.2.1") && text.contains("0.1.0 (pinned"), "{text}");
+    let text = wasm(&pinned, "sticky-v020", "{}").expect_err("0.2.0 on a 0.1.0 host").to_string();
     assert!(text.contains("sextant:plugin/balancer@0.2.0") && text.contains("0.1.0 (pinned"), "{text}");
+    let pinned_02 = host_with(&HostConfig { workers: 1, contract: Contract::V0_2, ..HostConfig::default() });
+    let text = wasm(&pinned_02, "round-robin", "{}").expect_err("0.2.1 on a 0.2.0 host").to_string();
+    assert!(
+        text.contains("sextant:plugin/balancer@0.2.1") && text.contains("0.2.0 and the legacy 0.1.0 (pinned"),
+        "{text}"
+    );
+    let slot = BalancerSlot::new(&pinned_02, "svc", PluginSpec::builtin("round-robin")).unwrap();
+    slot.set_snapshot(snapshot("svc", 3));
+    slot.load(wasm(&pinned_02, "sticky-v020", "{}").expect("a 0.2.0 component")).expect("loads");
+    assert!(!slot.pick(&mut PickRequest::default()).expect("a pick").fallback);
+    let default = host_with(&HostConfig { workers: 1, ..HostConfig::default() });
+    for name in ["legacy", "sticky-v020", "sticky"] {
+        let slot = BalancerSlot::new(&default, "svc", PluginSpec::builtin("round-robin")).unwrap();
+        slot.set_snapshot(snapshot("svc", 3));
+        slot.load(wasm(&default, name, "{}").expect("a component the default host serves")).expect("loads");
+        assert!(!slot.pick(&mut PickRequest::default()).expect("a pick").fallback, "{name}");
+    }
     let slot = BalancerSlot::new(&pinned, "svc", PluginSpec::builtin("round-robin")).unwrap();
     slot.set_snapshot(snapshot("svc", 3));
     slot.load(wasm(&pinned, "legacy", "{}").expect("a legacy component")).expect("loads");
     assert!(!slot.pick(&mut PickRequest::default()).expect("a pick").fallback);
     assert_eq!(Contract::parse("0.1.0"), Ok(Contract::V0_1));
-    assert!(Contract::parse("0.3.0").unwrap_err().contains("0.1.0 and 0.2.0"));
+    assert_eq!(Contract::parse("0.2.0"), Ok(Contract::V0_2));
+    assert_eq!(Contract::parse("0.2.1"), Ok(Contract::V0_2_1));
+    assert!(Contract::parse("0.3.0").unwrap_err().contains("0.2.1, 0.2.0 and the legacy 0.1.0"));
 }

@@ -28,8 +28,8 @@ pub(crate) struct PluginHostArgs {
     /// Distinct 0.2.0 plugins (component and configuration) running at once.
     #[arg(long, default_value_t = 64)]
     pub(crate) max_plugins: u32,
-    /// The newest plugin contract accepted: 0.2.0 (which also serves legacy 0.1.0
-    /// components), or 0.1.0 to refuse components built for 0.2.0.
+    /// The newest plugin contract accepted: 0.2.1 (which also serves 0.2.0 and legacy 0.1.0
+    /// components), 0.2.0 to refuse components built for 0.2.1, or 0.1.0 to refuse both.
     #[arg(long, default_value = sextant_plugin::CONTRACT_VERSION, value_parser = sextant_plugin::Contract::parse)]
     pub(crate) plugin_contract: sextant_plugin::Contract,
     /// Seconds after which a service's plugin resource (0.2.0) that made no call is dropped;
