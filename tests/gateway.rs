@@ -721,12 +721,13 @@ fn load_until(
     })
 }
 
-/// A gateway killed (SIGKILL, then SIGTERM) and restarted on its cache while its server is up
-/// and nothing changed: the server has nothing to send it (it resumes from the cached
-/// revision), and the gateway routes on the cached view from its first request. Before the
-/// fix it answered 503 ("no endpoint traffic may go to") on every request, for good.
+/// A gateway killed (SIGKILL, then SIGTERM) and restarted on its cache under load, first while
+/// its server is up and nothing changed (the server has nothing to send it: it resumes from the
+/// cached revision), then with its server gone (nothing to resume from): either way it routes on
+/// the cached view from its first request. Before the fix it answered 503 ("no endpoint
+/// traffic may go to") on every request with its server up, for good.
 #[test]
-fn a_gateway_restarted_on_its_cache_with_its_server_up_answers_no_503() {
+fn a_gateway_restarted_on_its_cache_with_its_server_up_or_down_answers_no_503() {
     use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
     let dir = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -746,8 +747,9 @@ fn a_gateway_restarted_on_its_cache_with_its_server_up_answers_no_503() {
         "retry": {"attempts": 1},
     });
     std::fs::write(&config, document.to_string()).unwrap();
-    let start = || Gateway::spawn(&server, &gw_dir, port_of(&gw_dir), &["--config", config.to_str().unwrap()]);
-    let mut gateway = start();
+    let start =
+        |server: &Server| Gateway::spawn(server, &gw_dir, port_of(&gw_dir), &["--config", config.to_str().unwrap()]);
+    let mut gateway = start(&server);
     wait_until("the gateway routes", || gateway.get("u") == 200);
     wait_until("the gateway's cache is on disk", || {
         std::fs::read_dir(gw_dir.join("cache")).is_ok_and(|d| d.filter_map(Result::ok).count() > 0)
@@ -762,36 +764,51 @@ fn a_gateway_restarted_on_its_cache_with_its_server_up_answers_no_503() {
             self.0.store(true, Relaxed);
         }
     }
-    let stop = AtomicBool::new(false);
-    let served_before: u64 = backends.iter().map(Backend::served).sum();
-    let addr = gateway.addr.clone();
-    let answers = std::thread::scope(|s| {
-        let load = s.spawn(|| load_until(&addr, 4, &stop));
-        let _stop = Stop(&stop);
-        for signal in ["-KILL", "-TERM"] {
-            let before = backends.iter().map(Backend::served).sum::<u64>();
-            wait_until("traffic through the running gateway", || {
-                backends.iter().map(Backend::served).sum::<u64>() > before + 50
-            });
-            let _ = Command::new("kill").args([signal, &gateway.child.id().to_string()]).status();
-            let _ = gateway.child.wait();
-            gateway = start();
-            let restarted = backends.iter().map(Backend::served).sum::<u64>();
-            // The load overlapped the restart: the new process served it.
-            wait_until("traffic through the restarted gateway", || {
-                backends.iter().map(Backend::served).sum::<u64>() > restarted + 50
-            });
-        }
-        stop.store(true, Relaxed);
-        load.join().expect("load")
-    });
-    let served = backends.iter().map(Backend::served).sum::<u64>() - served_before;
-    eprintln!("restarts on the cache under load, server up: answers {answers:?}, backends served {served}");
-    let failed: u64 = answers.iter().filter(|(s, _)| **s != 200 && **s != 0).map(|(_, n)| n).sum();
-    assert_eq!(failed, 0, "answers other than 200 (0: port closed while restarting): {answers:?}\n{}", gateway.log());
-    assert!(answers.get(&200).copied().unwrap_or(0) > 100, "{answers:?}");
-    // Every backend serves again: the cached endpoints, not only those the server re-sent.
-    until_spread(&gateway, &backends, 30, "all three cached backends", spread_out);
+    let served = || backends.iter().map(Backend::served).sum::<u64>();
+    // Four clients while the gateway is killed and restarted twice; the answers by status.
+    let restarts = |gateway: &mut Gateway, server: &Server| {
+        let stop = AtomicBool::new(false);
+        let addr = gateway.addr.clone();
+        std::thread::scope(|s| {
+            let load = s.spawn(|| load_until(&addr, 4, &stop));
+            let _stop = Stop(&stop);
+            for signal in ["-KILL", "-TERM"] {
+                let before = served();
+                wait_until("traffic through the running gateway", || served() > before + 50);
+                let _ = Command::new("kill").args([signal, &gateway.child.id().to_string()]).status();
+                let _ = gateway.child.wait();
+                *gateway = start(server);
+                let restarted = served();
+                // The load overlapped the restart: the new process served it.
+                wait_until("traffic through the restarted gateway", || served() > restarted + 50);
+            }
+            stop.store(true, Relaxed);
+            load.join().expect("load")
+        })
+    };
+    let check = |phase: &str, answers: &std::collections::BTreeMap<u16, u64>, gateway: &Gateway| {
+        eprintln!("restarts on the cache under load, {phase}: answers {answers:?}");
+        let failed: u64 = answers.iter().filter(|(s, _)| **s != 200 && **s != 0).map(|(_, n)| n).sum();
+        assert_eq!(
+            failed,
+            0,
+            "{phase}: answers other than 200 (0: port closed while restarting): {answers:?}\n{}",
+            gateway.log()
+        );
+        assert!(answers.get(&200).copied().unwrap_or(0) > 100, "{phase}: {answers:?}");
+        // Every backend serves again: the cached endpoints, not only those a server re-sent.
+        until_spread(gateway, &backends, 30, "all three cached backends", spread_out);
+    };
+
+    let answers = restarts(&mut gateway, &server);
+    check("server up", &answers, &gateway);
+
+    // The server goes away; the gateway restarts with nothing to reach.
+    let data = server.data_dir.clone();
+    drop(server);
+    let gone = Server::unreachable(&data);
+    let answers = restarts(&mut gateway, &gone);
+    check("server down", &answers, &gateway);
 }
 
 /// The listen port a test's gateway keeps across restarts (one per directory).
