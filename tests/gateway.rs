@@ -721,14 +721,20 @@ fn load_until(
     })
 }
 
-/// A gateway killed (SIGKILL, then SIGTERM) and restarted on its cache under load, first while
-/// its server is up and nothing changed (the server has nothing to send it: it resumes from the
-/// cached revision), then with its server gone (nothing to resume from): either way it routes on
-/// the cached view from its first request. Before the fix it answered 503 ("no endpoint
-/// traffic may go to") on every request with its server up, for good.
-#[test]
-fn a_gateway_restarted_on_its_cache_with_its_server_up_or_down_answers_no_503() {
-    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+/// What the fleet tests start from: three backends registered (persistent) on a fresh
+/// server, and a gateway directory whose config routes `/` to them with round robin and
+/// retries off (one attempt per request), `hash_header` as the affinity key when given.
+struct Fleet {
+    dir: tempfile::TempDir,
+    /// The backends run on it.
+    runtime: tokio::runtime::Runtime,
+    backends: Vec<Backend>,
+    server: Server,
+    gw_dir: std::path::PathBuf,
+    config: std::path::PathBuf,
+}
+
+fn fleet(hash_header: Option<&str>) -> Fleet {
     let dir = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let backends: Vec<Backend> =
@@ -741,12 +747,28 @@ fn a_gateway_restarted_on_its_cache_with_its_server_up_or_down_answers_no_503() 
     let gw_dir = dir.path().join("gw");
     std::fs::create_dir(&gw_dir).unwrap();
     let config = gw_dir.join("gateway.json");
+    let mut route = serde_json::json!({"path_prefix": "/", "service": SERVICE});
+    if let Some(h) = hash_header {
+        route["hash_header"] = h.into();
+    }
     let document = serde_json::json!({
-        "gateway": {"routes": [{"path_prefix": "/", "service": SERVICE}]},
+        "gateway": {"routes": [route]},
         "balancer": "round-robin",
         "retry": {"attempts": 1},
     });
     std::fs::write(&config, document.to_string()).unwrap();
+    Fleet { dir, runtime, backends, server, gw_dir, config }
+}
+
+/// A gateway killed (SIGKILL, then SIGTERM) and restarted on its cache under load, first while
+/// its server is up and nothing changed (the server has nothing to send it: it resumes from the
+/// cached revision), then with its server gone (nothing to resume from): either way it routes on
+/// the cached view from its first request. Before the fix it answered 503 ("no endpoint
+/// traffic may go to") on every request with its server up, for good.
+#[test]
+fn a_gateway_restarted_on_its_cache_with_its_server_up_or_down_answers_no_503() {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    let Fleet { dir: _dir, runtime: _runtime, backends, server, gw_dir, config } = fleet(None);
     let start =
         |server: &Server| Gateway::spawn(server, &gw_dir, port_of(&gw_dir), &["--config", config.to_str().unwrap()]);
     let mut gateway = start(&server);
@@ -1090,24 +1112,7 @@ fn active_balancer(metrics: &str) -> Option<Balancer> {
 fn concurrent_clients_across_load_replace_rollback_delete_and_a_restart_all_answered_200() {
     use std::sync::atomic::Ordering::SeqCst;
     const CLIENTS: usize = 4;
-    let dir = tempfile::tempdir().unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let backends: Vec<Backend> =
-        (0..3).map(|i| runtime.block_on(Backend::start(&format!("b{i}"), Behavior::default())).unwrap()).collect();
-    let server = Server::start(&dir.path().join("data"));
-    for (i, b) in backends.iter().enumerate() {
-        let (status, body) = server.post("/v1/instances", &instance(SERVICE, &format!("b{i}"), b.addr().port(), false));
-        assert_eq!(status, 200, "{body}");
-    }
-    let gw_dir = dir.path().join("gw");
-    std::fs::create_dir(&gw_dir).unwrap();
-    let config = gw_dir.join("gateway.json");
-    let document = serde_json::json!({
-        "gateway": {"routes": [{"path_prefix": "/", "service": SERVICE, "hash_header": "x-user"}]},
-        "balancer": "round-robin",
-        "retry": {"attempts": 1},
-    });
-    std::fs::write(&config, document.to_string()).unwrap();
+    let Fleet { dir: _dir, runtime: _runtime, backends, server, gw_dir, config } = fleet(Some("x-user"));
     let port = port_of(&gw_dir);
     let start = || Gateway::spawn(&server, &gw_dir, port, &["--config", config.to_str().unwrap()]);
     let mut gateway = start();
@@ -1276,24 +1281,7 @@ fn concurrent_clients_across_load_replace_rollback_delete_and_a_restart_all_answ
 /// reported active for as long as it ran.
 #[test]
 fn a_loaded_version_that_answers_nothing_is_reported_falling_back_not_active() {
-    let dir = tempfile::tempdir().unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let backends: Vec<Backend> =
-        (0..3).map(|i| runtime.block_on(Backend::start(&format!("b{i}"), Behavior::default())).unwrap()).collect();
-    let server = Server::start(&dir.path().join("data"));
-    for (i, b) in backends.iter().enumerate() {
-        let (status, body) = server.post("/v1/instances", &instance(SERVICE, &format!("b{i}"), b.addr().port(), false));
-        assert_eq!(status, 200, "{body}");
-    }
-    let gw_dir = dir.path().join("gw");
-    std::fs::create_dir(&gw_dir).unwrap();
-    let config = gw_dir.join("gateway.json");
-    let document = serde_json::json!({
-        "gateway": {"routes": [{"path_prefix": "/", "service": SERVICE}]},
-        "balancer": "round-robin",
-        "retry": {"attempts": 1},
-    });
-    std::fs::write(&config, document.to_string()).unwrap();
+    let Fleet { dir: _dir, runtime: _runtime, backends: _backends, server, gw_dir, config } = fleet(None);
     // Resources idle for a second are dropped, so the next request needs a new one.
     let gateway = Gateway::spawn(
         &server,
