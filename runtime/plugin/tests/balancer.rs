@@ -419,8 +419,10 @@ fn an_update_fault_while_serving_keeps_the_plugins_previous_state_counted_as_fal
         assert_eq!(slot.status().active.counters.fallbacks, fallbacks_before + 12, "{fault}");
 
         // The next snapshot is accepted (the restored instance counts its updates afresh):
-        // the plugin serves it, no fallback.
+        // the plugin serves it, no fallback, once the off-path update is done (here, at once;
+        // a pick before then would get the native default's answer).
         slot.set_snapshot(snapshot(4));
+        slot.prepare_now();
         let after = slot.status().active.counters.fallbacks;
         for _ in 0..8 {
             assert!(!id_of(&slot).1, "{fault}: back on the current snapshot");
