@@ -170,6 +170,7 @@ fn pick(client: &sextant_quic::client::Client, rt: &tokio::runtime::Runtime) -> 
         service: sextant_core::ServiceKey::parse(SERVICE).unwrap(),
         hash_key: None,
         headers: Vec::new(),
+        tried: Vec::new(),
     };
     match rt.block_on(client.request(request)) {
         Ok(sextant_proto::Response::Picked { instance: Some(i), .. }) => Ok(i.port),

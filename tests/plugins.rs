@@ -60,6 +60,54 @@ fn load(server: &Server, args: &[&str]) -> std::process::Output {
     run(server, &all)
 }
 
+/// `pick` over QUIC names what a retry already tried: a sticky key whose instance failed
+/// goes to the next instance of its ring, the same one at every retry, and past that one
+/// too; an address not in the service changes nothing; more than 64 is refused.
+#[test]
+fn a_pick_that_names_what_it_tried_moves_a_sticky_key_on_to_the_same_next_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::try_start_with(&dir.path().join("data"), &["--balancer", "ring-hash"])
+        .unwrap_or_else(|f| panic!("{:?}\n{}", f.status, f.log));
+    for (id, port) in [("a", 9101), ("b", 9102), ("c", 9103), ("d", 9104)] {
+        let mut i = instance("orders", id, port, false);
+        i["service"] = serde_json::json!({"namespace": "shop", "group": "web", "service": "orders"});
+        let (status, body) = server.post("/v1/instances", &i);
+        assert_eq!(status, 200, "{body}");
+    }
+    let pick = |key: &str, tried: &[&str]| -> String {
+        let mut args = vec!["pick", "--service", SERVICE, "--hash-key", key];
+        for t in tried {
+            args.extend(["--tried", t]);
+        }
+        let out = run(&server, &args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let mut moved = 0;
+    for k in 0..8 {
+        let key = format!("user-{k}");
+        let first = pick(&key, &[]);
+        let second = pick(&key, &[&first]);
+        assert_ne!(first, second, "{key}: the retry avoids what it tried");
+        assert_eq!(pick(&key, &[&first]), second, "{key}: the same next instance at every retry");
+        let third = pick(&key, &[&first, &second]);
+        assert!(third != first && third != second, "{key}: past both tried: {third}");
+        assert_eq!(pick(&key, &["127.0.0.1:1"]), first, "{key}: an address not in the service is ignored");
+        moved += 1;
+    }
+    assert_eq!(moved, 8);
+
+    let many: Vec<String> = (0..65).map(|i| format!("10.0.0.{i}:80")).collect();
+    let mut args = vec!["pick", "--service", SERVICE, "--hash-key", "user-0"];
+    for t in &many {
+        args.extend(["--tried", t.as_str()]);
+    }
+    let out = run(&server, &args);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("65 addresses tried, at most 64"), "{stderr}");
+}
+
 #[test]
 fn plugins_from_a_directory_and_the_cli_swap_in_and_bad_ones_change_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -610,13 +610,19 @@ class Connection:
         return self._expect(await self.request({"type": "config_delete", "key": key}), "written")
 
     async def pick(self, service: dict, hash_key: str | None = None,
-                   headers: list[tuple[str, str]] | None = None) -> dict:
-        """-> ``{"type": "picked", "instance": INSTANCE or None, "protection_active": bool}``."""
+                   headers: list[tuple[str, str]] | None = None,
+                   tried: list[str] | None = None) -> dict:
+        """-> ``{"type": "picked", "instance": INSTANCE or None, "protection_active": bool}``.
+
+        ``tried``: the instances (``"IP:PORT"``) this request already tried, in order (a
+        retry); the balancer steers past them."""
         msg: dict[str, Any] = {"type": "pick", "service": service}
         if hash_key is not None:
             msg["hash_key"] = hash_key
         if headers is not None:
             msg["headers"] = [[k.lower(), v] for k, v in headers]
+        if tried:
+            msg["tried"] = list(tried)
         return self._expect(await self.request(msg), "picked")
 
     async def plugin_list(self) -> dict:

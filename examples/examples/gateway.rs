@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use sextant_core::{Scope, ServiceKey};
-use sextant_gateway::{FollowOptions, Outcome, PickRequest, PluginFollower, RemoteDiscovery, RouteConfig, Router};
+use sextant_core::{Instance, Scope, ServiceKey};
+use sextant_gateway::{Outcome, PickRequest, RemoteDiscovery, Router};
 use sextant_plugin::{HostConfig, PluginHost};
 use sextant_quic::client::{Client, ClientOptions};
 
@@ -46,17 +46,14 @@ async fn main() -> anyhow::Result<()> {
     let client = Client::new(ClientOptions::new(args.servers, args.ca))?;
     let discovery = RemoteDiscovery::follow(client.clone(), Scope::Service(service.clone()));
 
-    // The router: per-service balancer, health and breaker; native peak-ewma by default.
+    // The router: per-service balancer, health and breaker; native peak-ewma by default. It
+    // follows the servers' plugin records too: a plugin bound to the service in the store
+    // (`sextant plugin load --bind`) is swapped in, and this host, registered under
+    // `default/default/example-gateway`, shows in `sextant plugin list`.
     let host = PluginHost::new(HostConfig::default())?;
-    let defaults = RouteConfig::default();
-    let router = Router::new(host, Arc::new(discovery), defaults.clone());
-
-    // Plugins bound to the service in the store (`sextant plugin load --bind`) are swapped in.
-    let _plugins = PluginFollower::start(
-        router.clone(),
-        client,
-        FollowOptions { services: vec![service.clone()], defaults, cache_dir: None, host: "example-gateway".into() },
-    );
+    let me = Instance::new(ServiceKey::parse("default/default/example-gateway")?, "127.0.0.1".parse()?, 9);
+    let router = Router::builder(host, Arc::new(discovery)).register_as(me).build();
+    tokio::time::timeout(Duration::from_secs(10), router.wait_ready()).await?;
 
     for _ in 0..args.picks {
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -191,10 +191,14 @@ impl<S: Store + Clone> Executor<S> {
                 Err(e) => Response::error(ErrorCode::Invalid, e),
             },
             Request::ConfigDelete { key } => written(registry.delete(RecordKey::Config(key)).await?),
-            Request::Pick { service, hash_key, headers } => match &self.plugins {
+            Request::Pick { tried, .. } if tried.len() > sextant_proto::MAX_TRIED => Response::error(
+                ErrorCode::Invalid,
+                format!("pick: {} addresses tried, at most {} may be named", tried.len(), sextant_proto::MAX_TRIED),
+            ),
+            Request::Pick { service, hash_key, headers, tried } => match &self.plugins {
                 None => no_plugins(),
                 Some(p) => {
-                    let picked = p.pick(&service, hash_key.as_deref(), headers);
+                    let picked = p.pick(&service, hash_key.as_deref(), headers, tried);
                     let protection_active = match &picked {
                         Some(p) => p.protection_active,
                         None => registry.snapshot(&service).is_some_and(|s| s.protection_active()),

@@ -168,13 +168,16 @@ impl<S: Store + Clone> PluginManager<S> {
         service: &ServiceKey,
         hash_key: Option<&str>,
         headers: Vec<(String, String)>,
+        tried: Vec<String>,
     ) -> Option<PickedInstance> {
         let slots = self.slots(service)?;
         slots.refresh();
         let mut request = PickRequest {
             hash_key: hash_key.map(sextant_plugin::builtins::hash_str),
             headers,
-            ..PickRequest::default()
+            // A retry: its attempt number is how many were tried before it.
+            attempt: u32::try_from(tried.len()).unwrap_or(u32::MAX),
+            tried,
         };
         let (instance, _, picked) = slots.balancer().pick_target::<Arc<Instance>>(&mut request)?;
         Some(PickedInstance {

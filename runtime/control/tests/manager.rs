@@ -33,7 +33,7 @@ fn spread(m: &PluginManager<EmbeddedStore>, service: &str, n: usize) -> (String,
     let key = ServiceKey::parse(service).unwrap();
     let mut ports = BTreeMap::new();
     for _ in 0..n {
-        let p = m.pick(&key, None, Vec::new()).expect("a pick");
+        let p = m.pick(&key, None, Vec::new(), Vec::new()).expect("a pick");
         assert!(!p.fallback);
         *ports.entry(p.instance.port).or_insert(0) += 1;
     }
@@ -104,7 +104,7 @@ async fn bindings_choose_the_most_specific_record_and_rollback_and_delete_follow
     assert!(matches!(m.rollback(&PluginName::new("nope").unwrap()).await, Err(ManagerError::NotFound(_))));
     assert!(matches!(m.rollback(&PluginName::new("hdr").unwrap()).await, Err(ManagerError::NoPrevious(_))));
     // A service with no instances ever: no slot, no pick.
-    assert!(m.pick(&ServiceKey::parse("shop/web/ghost").unwrap(), None, Vec::new()).is_none());
+    assert!(m.pick(&ServiceKey::parse("shop/web/ghost").unwrap(), None, Vec::new(), Vec::new()).is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,7 +262,7 @@ async fn an_automatic_rollback_marks_the_version_bad_in_the_record_for_every_hos
             }
             assert!(std::time::Instant::now() < deadline, "the automatic rollback reaches the record");
             for _ in 0..200 {
-                assert!(m.pick(&key, None, Vec::new()).is_some(), "no pick fails");
+                assert!(m.pick(&key, None, Vec::new(), Vec::new()).is_some(), "no pick fails");
             }
             tokio::task::yield_now().await;
         }

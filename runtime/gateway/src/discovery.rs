@@ -40,6 +40,14 @@ pub trait Discovery: Send + Sync + 'static {
         let _ = wake;
     }
 
+    /// The remote servers whose plugin records a router on this discovery follows by default
+    /// ([`RouterBuilder::ignore_plugin_records`](crate::RouterBuilder::ignore_plugin_records)
+    /// opts out): a remote discovery's client. None for a local registry (its server runs
+    /// the records itself).
+    fn plugin_records(&self) -> Option<sextant_quic::client::Client> {
+        None
+    }
+
     /// Stops following (called by [`Router::shutdown`](crate::Router::shutdown)); the
     /// snapshots handed out stay readable. Nothing to stop for a local registry.
     fn close(&self) {}

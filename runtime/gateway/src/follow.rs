@@ -24,20 +24,28 @@
 //! it), and the activation says so. The control plane decides for the fleet (by default one
 //! host's rollback is enough): it marks the version bad in the record and returns the record
 //! to its newest good version, which every follower then loads, this one included.
+//!
+//! A [`Router`](crate::Router) built on a remote discovery starts its follower itself (unless told not to:
+//! [`RouterBuilder::ignore_plugin_records`](crate::RouterBuilder::ignore_plugin_records)),
+//! follows every service it routes, and with a registration
+//! ([`RouterBuilder::register_as`](crate::RouterBuilder::register_as)) publishes the report
+//! there ([`keep_reported`]), as `sextant gateway` does.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use sextant_core::{PluginName, PluginRecord, Record, Scope, ServiceKey};
+use sextant_core::{Instance, PluginName, PluginRecord, Record, Scope, ServiceKey};
 use sextant_plugin::{AutoRollback, Compiled, PluginKind, PluginSpec, bound_record};
-use sextant_proto::{ErrorCode, Request, Response};
+use sextant_proto::{Binding, ErrorCode, Request, Response};
 use sextant_quic::client::Client;
 use tokio::sync::watch;
 
-use crate::{RouteConfig, Router};
+use crate::RouteConfig;
+use crate::router::WeakRouter;
 
 use sextant_proto::PLUGIN_REPORT_PREFIX as REPORT_PREFIX;
 
@@ -46,6 +54,10 @@ pub const MAX_FETCHED_COMPONENT: u64 = sextant_proto::MAX_COMPONENT_LEN as u64;
 
 /// How long a component that could not be fetched waits before the next try.
 const FETCH_RETRY: Duration = Duration::from_secs(2);
+
+/// How often a host's registration is written again with its report when nothing changed:
+/// whether a loaded version answers is judged between two reports.
+pub const REPORT_EVERY: Duration = Duration::from_secs(2);
 
 /// What a follower does.
 #[derive(Debug, Clone)]
@@ -88,14 +100,15 @@ struct Desired {
     config: String,
 }
 
-/// Follows the plugin records of a remote sextant for a [`Router`].
+/// Follows the plugin records of a remote sextant for a [`Router`](crate::Router).
 #[derive(Debug)]
 pub struct PluginFollower {
     activations: Arc<Mutex<BTreeMap<(String, String), Activation>>>,
     changed: watch::Receiver<u64>,
     control: tokio::sync::mpsc::UnboundedSender<Control>,
     task: tokio::task::JoinHandle<()>,
-    router: Router,
+    /// Not owned: a router holds its own follower.
+    router: WeakRouter,
     /// What each (service, kind)'s active version had counted at the last report.
     seen: Mutex<HashMap<(String, String), Seen>>,
 }
@@ -144,17 +157,22 @@ impl Counts {
 
 /// A change of what the follower covers.
 #[derive(Debug)]
-struct Control {
-    services: Vec<ServiceKey>,
-    defaults: RouteConfig,
-    /// Services whose routes were rebuilt (their slots start on the defaults again).
-    reset: Vec<ServiceKey>,
+enum Control {
+    /// These services from now on.
+    Set {
+        services: Vec<ServiceKey>,
+        defaults: Box<RouteConfig>,
+        /// Services whose routes were rebuilt (their slots start on the defaults again).
+        reset: Vec<ServiceKey>,
+    },
+    /// One more service (its route was just set up, or rebuilt: `reset`).
+    Add { service: ServiceKey, reset: bool },
 }
 
 impl PluginFollower {
     /// Starts following (on the current tokio runtime).
     #[must_use]
-    pub fn start(router: Router, client: Client, options: FollowOptions) -> Self {
+    pub fn start(router: &crate::Router, client: Client, options: FollowOptions) -> Self {
         let activations = Arc::new(Mutex::new(BTreeMap::new()));
         let (tx, changed) = watch::channel(0);
         let (control, control_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -162,6 +180,7 @@ impl PluginFollower {
         router.observe_rollbacks(Arc::new(move |rollback| {
             let _ = rolled_back.send(rollback);
         }));
+        let router = router.downgrade();
         let state = Follow {
             router: router.clone(),
             client,
@@ -179,7 +198,18 @@ impl PluginFollower {
     /// `reset` names services whose routes were rebuilt (reconfigured), so their bound
     /// plugins are loaded again.
     pub fn set_services(&self, services: Vec<ServiceKey>, defaults: RouteConfig, reset: Vec<ServiceKey>) {
-        let _ = self.control.send(Control { services, defaults, reset });
+        let _ = self.control.send(Control::Set { services, defaults: Box::new(defaults), reset });
+    }
+
+    /// Follows `service` too (a router does this when it sets a route up; `reset` when it
+    /// rebuilt one, so its bound plugins are loaded again).
+    pub fn follow_service(&self, service: ServiceKey, reset: bool) {
+        let _ = self.control.send(Control::Add { service, reset });
+    }
+
+    /// Stops following: what is loaded stays loaded.
+    pub fn stop(&self) {
+        self.task.abort();
     }
 
     /// Every (service, kind) the follower has acted on.
@@ -211,7 +241,7 @@ impl PluginFollower {
         let mut silent = BTreeMap::new();
         for (key, a) in activations.iter().filter(|(_, a)| !a.plugin.is_empty() && a.error.is_none()) {
             let Ok(service) = ServiceKey::parse(&a.service) else { continue };
-            let Some(status) = self.router.status(&service) else { continue };
+            let Some(status) = self.router.upgrade().and_then(|r| r.status(&service)) else { continue };
             let slot = match a.kind.as_str() {
                 "balancer" => Some(&status.balancer),
                 "health" => Some(&status.health),
@@ -238,6 +268,20 @@ impl PluginFollower {
     #[must_use]
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changed.clone()
+    }
+}
+
+impl crate::router::RouteWatcher for PluginFollower {
+    fn route_set_up(&self, service: ServiceKey, rebuilt: bool) {
+        self.follow_service(service, rebuilt);
+    }
+
+    fn stop(&self) {
+        PluginFollower::stop(self);
+    }
+
+    fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
     }
 }
 
@@ -306,7 +350,7 @@ fn report(
 }
 
 struct Follow {
-    router: Router,
+    router: WeakRouter,
     client: Client,
     options: FollowOptions,
     /// What each (service, kind) was last given (also after a failed load: not retried
@@ -329,6 +373,9 @@ impl Follow {
         let mut records: Vec<Arc<PluginRecord>> = Vec::new();
         let mut retry = false;
         loop {
+            if self.router.upgrade().is_none() {
+                return;
+            }
             let retry_in = if retry { FETCH_RETRY } else { Duration::from_secs(3600) };
             let item = tokio::select! {
                 item = watch.next() => Some(item),
@@ -339,11 +386,7 @@ impl Follow {
                 }
                 change = control.recv() => {
                     let Some(c) = change else { return };
-                    self.activations.lock().retain(|(s, _), _| c.services.iter().any(|k| k.to_string() == *s));
-                    self.applied.retain(|(s, _), _| c.services.contains(s) && !c.reset.contains(s));
-                    self.options.services = c.services;
-                    self.options.defaults = c.defaults;
-                    self.changed.send_modify(|n| *n += 1);
+                    self.control(c);
                     None
                 }
             };
@@ -368,6 +411,26 @@ impl Follow {
                 }
             }
             retry = self.reconcile(&records).await;
+        }
+    }
+
+    fn control(&mut self, c: Control) {
+        match c {
+            Control::Set { services, defaults, reset } => {
+                self.activations.lock().retain(|(s, _), _| services.iter().any(|k| k.to_string() == *s));
+                self.applied.retain(|(s, _), _| services.contains(s) && !reset.contains(s));
+                self.options.services = services;
+                self.options.defaults = *defaults;
+                self.changed.send_modify(|n| *n += 1);
+            }
+            Control::Add { service, reset } => {
+                if reset {
+                    self.applied.retain(|(s, _), _| *s != service);
+                }
+                if !self.options.services.contains(&service) {
+                    self.options.services.push(service);
+                }
+            }
         }
     }
 
@@ -410,7 +473,9 @@ impl Follow {
                 let result = match spec {
                     Err(e) => Err(e),
                     Ok(spec) => {
-                        let (router, s) = (self.router.clone(), service.clone());
+                        // The router is gone: nothing left to follow for.
+                        let Some(router) = self.router.upgrade() else { return false };
+                        let s = service.clone();
                         tokio::task::spawn_blocking(move || {
                             match spec {
                                 Some(spec) => router.load(&s, kind, spec).map(drop),
@@ -510,7 +575,7 @@ impl Follow {
                 bytes
             }
         };
-        let host = self.router.host().clone();
+        let host = self.router.upgrade().ok_or_else(|| Fetch::Retry("the router is gone".into()))?.host().clone();
         let compiled = tokio::task::spawn_blocking(move || host.compile(&bytes))
             .await
             .map_err(|e| Fetch::Refused(format!("the compile task failed: {e}")))?
@@ -550,6 +615,99 @@ async fn send_fault(client: Client, fault: Request) {
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
     tracing::error!("a plugin fault could not be sent to any server; the fleet does not know of it");
+}
+
+/// What a host publishes beside its plugin report, and when it must stop writing its
+/// registration.
+#[derive(Debug, Default)]
+pub struct ReportExtras {
+    /// More metadata to publish (a gateway's config status); a change is published at once.
+    pub extra: Option<watch::Receiver<BTreeMap<String, String>>>,
+    /// Set (`Some(why)`) when another process holds this host's identity: writing again
+    /// would take the registration back, so the task ends.
+    pub stop: Option<watch::Receiver<Option<String>>>,
+    /// The revision of the last registration written, kept up to date (0: none yet).
+    pub written: Arc<AtomicU64>,
+}
+
+/// Registers `me` (bound to the client's connection) with `follower`'s report in its
+/// metadata (keys `sextant.plugin.NAME`, cut to fit the metadata limit), and writes it again
+/// whenever the report or the extras change, and every [`REPORT_EVERY`]: `sextant plugin
+/// list` shows per host what it runs. A registration refused (no server answers) is tried
+/// again every two seconds. Ends with the follower, or when `extras.stop` is set.
+pub async fn keep_reported(
+    follower: std::sync::Weak<PluginFollower>,
+    client: Client,
+    me: Instance,
+    extras: ReportExtras,
+) {
+    let ReportExtras { mut extra, mut stop, written } = extras;
+    let Some(mut changes) = follower.upgrade().map(|f| f.changes()) else { return };
+    let mut published = None;
+    loop {
+        if stop.as_mut().is_some_and(|s| s.borrow_and_update().is_some()) {
+            return;
+        }
+        let Some(mut report) = follower.upgrade().map(|f| f.report()) else { return };
+        if let Some(extra) = &mut extra {
+            report.extend(extra.borrow_and_update().clone());
+        }
+        if published.as_ref() != Some(&report) {
+            let mut instance = me.clone();
+            fit_report(&mut instance.metadata, &report);
+            match client.register(instance, Binding::Connection).await {
+                Ok((revision, _)) => {
+                    written.fetch_max(revision.0, Ordering::AcqRel);
+                    published = Some(report);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, host = %me.key(), "cannot register this host; trying again");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    continue;
+                }
+            }
+        }
+        let (extra_changed, stopped) = (changed_or_never(extra.as_mut()), changed_or_never(stop.as_mut()));
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            () = extra_changed => {}
+            () = stopped => {}
+            () = tokio::time::sleep(REPORT_EVERY) => {}
+        }
+    }
+}
+
+/// Resolves when `receiver` sees a new value; never when there is none or it closed (a
+/// closed channel never changes again).
+async fn changed_or_never<T>(receiver: Option<&mut watch::Receiver<T>>) {
+    if let Some(r) = receiver
+        && r.changed().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
+}
+
+/// Adds `report` to a registration's `metadata` within the registry's metadata limit: long
+/// reasons are shortened first, then the entries that do not fit are counted in
+/// `sextant.plugin.more` (a registration that does not fit would be refused, and the host
+/// would not be seen at all).
+pub fn fit_report(metadata: &mut BTreeMap<String, String>, report: &BTreeMap<String, String>) {
+    let budget = sextant_core::model::MAX_METADATA_BYTES - 256;
+    let size = |m: &BTreeMap<String, String>| m.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+    let whole = size(metadata) + size(report);
+    let mut more = 0;
+    for (k, v) in report {
+        let value: String = if whole > budget { v.chars().take(60).collect() } else { v.clone() };
+        if size(metadata) + k.len() + value.len() > budget {
+            more += 1;
+            continue;
+        }
+        metadata.insert(k.clone(), value);
+    }
+    if more > 0 {
+        metadata.insert(format!("{REPORT_PREFIX}more"), format!("{more} more plugins not shown"));
+    }
 }
 
 enum Fetch {
@@ -621,6 +779,23 @@ mod tests {
             )
         );
         assert!(report["sextant.plugin.lb"].starts_with("failed "), "a refusal still wins: {report:?}");
+    }
+
+    #[test]
+    fn a_report_too_large_for_a_registration_is_shortened_then_counted() {
+        let mut metadata = BTreeMap::from([("sextant.role".to_owned(), "gateway".to_owned())]);
+        let report: BTreeMap<String, String> =
+            (0..80).map(|i| (format!("sextant.plugin.p{i:02}"), format!("failed abc: {}", "x".repeat(150)))).collect();
+        fit_report(&mut metadata, &report);
+        let size: usize = metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+        assert!(size <= sextant_core::model::MAX_METADATA_BYTES, "{size}");
+        assert!(
+            metadata.iter().filter(|(k, _)| k.starts_with("sextant.plugin.p")).all(|(_, v)| v.len() == 60),
+            "every reason shortened: {metadata:?}"
+        );
+        let shown = metadata.keys().filter(|k| k.starts_with("sextant.plugin.p")).count();
+        assert!(shown > 0 && shown < 80, "{shown}");
+        assert_eq!(metadata["sextant.plugin.more"], format!("{} more plugins not shown", 80 - shown));
     }
 
     #[test]

@@ -28,6 +28,7 @@
 //!   a per-plugin report a gateway publishes in its registration.
 #![deny(missing_docs)]
 mod body;
+mod builder;
 mod discovery;
 mod guard;
 mod health;
@@ -48,6 +49,7 @@ pub mod remote;
 pub mod resilience;
 
 pub use body::FinishOnEnd;
+pub use builder::RouterBuilder;
 pub use discovery::{Discovery, HealthSink};
 pub use follow::{Activation, FollowOptions, PluginFollower};
 pub use guard::PickGuard;
@@ -56,6 +58,6 @@ pub use outcome::Outcome;
 pub use remote::RemoteDiscovery;
 pub use request::FromHeaders;
 pub use route::{RouteConfig, WindowSummary};
-pub use router::{RetryPlan, RouteError, Router, RouterBuilder, SwapError};
+pub use router::{RetryPlan, RouteError, Router, SwapError};
 pub use sextant_plugin::PickRequest;
 pub use status::{EndpointStatus, RouteStatus};

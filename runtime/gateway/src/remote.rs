@@ -33,6 +33,8 @@ pub struct RemoteDiscovery {
     /// Set once the first view is published.
     synced: watch::Receiver<bool>,
     task: tokio::task::JoinHandle<()>,
+    /// The client it follows through (what a router follows plugin records with).
+    client: Client,
 }
 
 impl RemoteDiscovery {
@@ -47,6 +49,7 @@ impl RemoteDiscovery {
         let wakers_w = Arc::clone(&wakers);
         let (synced_tx, synced) = watch::channel(false);
         let followed = scope.clone();
+        let own = client.clone();
         let task = tokio::spawn(async move {
             let mut watch = client.watch(scope);
             let mut held: std::collections::HashSet<ServiceKey> = std::collections::HashSet::new();
@@ -98,7 +101,7 @@ impl RemoteDiscovery {
                 }
             }
         });
-        Self { directory, stale, wakers, scope: followed, synced, task }
+        Self { directory, stale, wakers, scope: followed, synced, task, client: own }
     }
 }
 
@@ -126,6 +129,10 @@ impl Discovery for RemoteDiscovery {
 
     fn on_change(&self, wake: Weak<Notify>) {
         self.wakers.lock().push(wake);
+    }
+
+    fn plugin_records(&self) -> Option<Client> {
+        Some(self.client.clone())
     }
 
     fn close(&self) {

@@ -2,8 +2,9 @@
 //! service's balancer slot and returns a [`PickGuard`](crate::PickGuard); finishing the guard
 //! with an [`Outcome`](crate::Outcome) feeds live load (PeakEWMA, least-request), the circuit
 //! breaker, passive health (the health plugin's outlier verdicts) and the scheduler's
-//! statistics. Here: the router (its configuration, builder, plugin loading, shutdown and
-//! maintenance task) and route errors; where it learns instances is `crate::discovery`.
+//! statistics. Here: the router (its configuration, plugin loading, shutdown and maintenance
+//! task) and route errors; how one is built is `crate::builder`; where it learns instances
+//! is `crate::discovery`.
 //! Per-service state lives in `crate::route`; what traffic may reach is the rotation rule
 //! (`crate::rotation`), applied by the route when the registry changes (by the first pick
 //! that sees the change) or local state does (by the maintenance task).
@@ -12,7 +13,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
@@ -98,6 +99,35 @@ struct Inner {
     observers: Arc<RwLock<Vec<Observer>>>,
     /// What every route reports its automatic rollbacks to: the observers, in turn.
     fan_out: Observer,
+    /// The follower of the remote servers' plugin records (set once, by the builder).
+    plugins: OnceLock<Arc<dyn RouteWatcher>>,
+}
+
+/// What a router tells the follower of plugin records it runs (`crate::follow`): routes set
+/// up and rebuilt, and its shutdown.
+pub(crate) trait RouteWatcher: Send + Sync + 'static {
+    /// `service`'s route was set up (`rebuilt`: set up again with a new configuration).
+    fn route_set_up(&self, service: ServiceKey, rebuilt: bool);
+    /// The router shut down.
+    fn stop(&self);
+    /// The watcher itself (the router hands it back as what it is).
+    fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync>;
+}
+
+/// A router not kept alive (what a router's own follower holds).
+#[derive(Clone)]
+pub(crate) struct WeakRouter(Weak<Inner>);
+
+impl std::fmt::Debug for WeakRouter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.strong_count() > 0 { "WeakRouter" } else { "WeakRouter(gone)" })
+    }
+}
+
+impl WeakRouter {
+    pub(crate) fn upgrade(&self) -> Option<Router> {
+        self.0.upgrade().map(Router)
+    }
 }
 
 impl std::fmt::Debug for Router {
@@ -106,59 +136,15 @@ impl std::fmt::Debug for Router {
     }
 }
 
-/// Builds a [`Router`] ([`Router::builder`]).
-pub struct RouterBuilder {
-    host: PluginHost,
-    discovery: Arc<dyn Discovery>,
-    sink: Option<Arc<dyn HealthSink>>,
-    defaults: RouteConfig,
-    services: HashMap<ServiceKey, RouteConfig>,
-}
-
-impl std::fmt::Debug for RouterBuilder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RouterBuilder")
-            .field("defaults", &self.defaults)
-            .field("services", &self.services.keys().collect::<Vec<_>>())
-            .field("sink", &self.sink.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
-impl RouterBuilder {
-    /// The configuration of every service without one of its own (default:
-    /// [`RouteConfig::default`]).
-    #[must_use]
-    pub fn defaults(mut self, defaults: RouteConfig) -> Self {
-        self.defaults = defaults;
-        self
-    }
-
-    /// `service`'s own configuration (as [`Router::configure`] sets it later).
-    #[must_use]
-    pub fn service(mut self, service: ServiceKey, config: RouteConfig) -> Self {
-        self.services.insert(service, config);
-        self
-    }
-
-    /// Writes health verdicts about persistent instances to `sink` (the local registry):
-    /// they are marked unhealthy there, never deleted. Without a sink, verdicts only take
-    /// endpoints out of this router's rotation.
-    #[must_use]
-    pub fn health_sink(mut self, sink: Arc<dyn HealthSink>) -> Self {
-        self.sink = Some(sink);
-        self
-    }
-
-    /// The router. Spawns its maintenance task (ejections, breakers, windows, scheduler,
-    /// probes every 25 ms) on the current tokio runtime; it ends at [`Router::shutdown`] or
-    /// when the last clone of the router is dropped. Routes are set up on a service's first
-    /// pick (or [`Router::load`]).
-    ///
-    /// # Panics
-    /// Outside a tokio runtime.
-    #[must_use]
-    pub fn build(self) -> Router {
+impl Router {
+    /// The router's state and its maintenance task ([`RouterBuilder::build`](crate::RouterBuilder::build)).
+    pub(crate) fn assemble(
+        host: PluginHost,
+        discovery: Arc<dyn Discovery>,
+        sink: Option<Arc<dyn HealthSink>>,
+        defaults: RouteConfig,
+        services: HashMap<ServiceKey, RouteConfig>,
+    ) -> Self {
         let observers: Arc<RwLock<Vec<Observer>>> = Arc::default();
         let fan_out: Observer = {
             let observers = Arc::clone(&observers);
@@ -169,11 +155,11 @@ impl RouterBuilder {
             })
         };
         let inner = Arc::new(Inner {
-            host: self.host,
-            discovery: self.discovery,
-            sink: self.sink,
-            defaults: RwLock::new(self.defaults),
-            overrides: RwLock::new(self.services),
+            host,
+            discovery,
+            sink,
+            defaults: RwLock::new(defaults),
+            overrides: RwLock::new(services),
             routes: RwLock::default(),
             probe: Probe::new(),
             closed: AtomicBool::new(false),
@@ -181,28 +167,25 @@ impl RouterBuilder {
             wake: Arc::new(Notify::new()),
             observers,
             fan_out,
+            plugins: OnceLock::new(),
         });
         inner.discovery.on_change(Arc::downgrade(&inner.wake));
         tokio::spawn(maintain(Arc::downgrade(&inner)));
         Router(inner)
     }
-}
 
-impl Router {
-    /// A router reading `discovery`, with `defaults` for every service: shorthand for
-    /// `Router::builder(host, discovery).defaults(defaults).build()`.
-    ///
-    /// # Panics
-    /// Outside a tokio runtime.
-    #[must_use]
-    pub fn new(host: PluginHost, discovery: Arc<dyn Discovery>, defaults: RouteConfig) -> Self {
-        Self::builder(host, discovery).defaults(defaults).build()
+    /// The watcher of this router's routes, if one was set.
+    pub(crate) fn watcher(&self) -> Option<Arc<dyn RouteWatcher>> {
+        self.0.plugins.get().cloned()
     }
 
-    /// A router to configure: defaults, per-service configurations, a health sink.
-    #[must_use]
-    pub fn builder(host: PluginHost, discovery: Arc<dyn Discovery>) -> RouterBuilder {
-        RouterBuilder { host, discovery, sink: None, defaults: RouteConfig::default(), services: HashMap::new() }
+    /// Sets the watcher of this router's routes (once; later ones are ignored).
+    pub(crate) fn set_watcher(&self, watcher: Arc<dyn RouteWatcher>) {
+        let _ = self.0.plugins.set(watcher);
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakRouter {
+        WeakRouter(Arc::downgrade(&self.0))
     }
 
     /// The plugin host (compile wasm plugins with it before [`Router::load`]).
@@ -214,7 +197,11 @@ impl Router {
     /// Sets `service`'s configuration (replacing its route, so live state starts over).
     pub fn configure(&self, service: ServiceKey, config: RouteConfig) {
         self.0.routes.write().remove(&service);
-        self.0.overrides.write().insert(service, config);
+        self.0.overrides.write().insert(service.clone(), config);
+        // Its bound plugins are loaded again into the new route (set up with `config`).
+        if let Some(f) = self.0.plugins.get() {
+            f.route_set_up(service, true);
+        }
     }
 
     /// Tells `observer` of every automatic rollback on this router's routes (a plugin that
@@ -262,6 +249,10 @@ impl Router {
         route.observe(&self.0.fan_out);
         let route = Arc::new(route);
         routes.insert(service.clone(), Arc::clone(&route));
+        drop(routes);
+        if let Some(f) = self.0.plugins.get() {
+            f.route_set_up(service.clone(), false);
+        }
         Ok(route)
     }
 
@@ -501,6 +492,9 @@ impl Router {
     pub async fn shutdown(&self, grace: Duration) -> usize {
         self.0.closed.store(true, Relaxed);
         self.0.discovery.close();
+        if let Some(f) = self.0.plugins.get() {
+            f.stop();
+        }
         let deadline = tokio::time::Instant::now() + grace;
         loop {
             let open = self.0.open.load(Relaxed);

@@ -614,9 +614,19 @@ impl Worker {
         }
     }
 
+    /// The native default's answer on the newest route, told the request's attempt and what
+    /// it tried (a ring-hash default walks its ring past them, as the plugin's table would).
     pub(crate) fn fallback_pick(&mut self, request: &PickRequest) -> Option<u32> {
         let r = Request { hash_key: request.hash_key };
-        self.fallback.pick(&r, &mut self.fallback_env)
+        if request.tried.is_empty() && request.attempt == 0 {
+            return self.fallback.pick(&r, &mut self.fallback_env);
+        }
+        let (mut headers, mut attempt) = (Vec::new(), request.attempt);
+        let mut tried = self.fallback_env.route.indices_of(&request.tried);
+        self.fallback_env.swap_request(&mut headers, &mut attempt, &mut tried);
+        let answer = self.fallback.pick(&r, &mut self.fallback_env);
+        self.fallback_env.swap_request(&mut headers, &mut attempt, &mut tried);
+        answer
     }
 
     pub(crate) fn pick(

@@ -323,6 +323,47 @@ fn live_faults_fall_back_per_pick_then_roll_back() {
     }
 }
 
+/// The native default that answers for a plugin that faults is told what the request
+/// tried: a ring-hash default moves a key on to the endpoint its ring gives next, the one
+/// it gives when it is the balancer itself.
+#[test]
+fn the_native_default_answering_for_a_faulting_plugin_avoids_what_the_request_tried() {
+    let host = host(1);
+    let slot = BalancerSlot::new(&host, "svc", PluginSpec::builtin("ring-hash")).unwrap();
+    slot.set_snapshot(snapshot(8));
+    let ask = |key: u64, tried: &[String]| {
+        let attempt = u32::try_from(tried.len()).unwrap();
+        let mut request = PickRequest { hash_key: Some(key), attempt, tried: tried.to_vec(), ..PickRequest::default() };
+        slot.pick_with(&mut request, |route, p| (route.model.endpoints[p.index as usize].address.clone(), p.fallback))
+            .expect("a pick")
+    };
+    let keys: Vec<u64> = (0..16).map(mix64).collect();
+    // The built-in as the balancer: each key's endpoint, and where its retry goes.
+    let native: Vec<(String, String)> = keys
+        .iter()
+        .map(|&k| {
+            let (first, _) = ask(k, &[]);
+            let (next, _) = ask(k, std::slice::from_ref(&first));
+            assert_ne!(first, next);
+            (first, next)
+        })
+        .collect();
+
+    // A plugin that answers out of range from its 101st pick on: the default answers.
+    let config = r#"{"fault": "out-of-range", "after": 100}"#;
+    slot.load(wasm(&host, "misbehave", config).unwrap()).unwrap();
+    for _ in 0..100 {
+        assert!(!slot.pick(&mut PickRequest::default()).unwrap().fallback);
+    }
+    let mut by_default = 0;
+    for (&k, (first, next)) in keys.iter().zip(&native) {
+        let (answer, fallback) = ask(k, std::slice::from_ref(first));
+        by_default += u32::from(fallback);
+        assert_eq!(&answer, next, "key {k}: the retry goes where the ring sends it next (fallback: {fallback})");
+    }
+    assert!(by_default > 0, "the native default answered for the plugin");
+}
+
 #[test]
 fn rollback_and_compile_cache() {
     let host = host(1);

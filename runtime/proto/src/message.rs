@@ -138,6 +138,11 @@ pub enum Request {
         /// Request headers, for balancers that route on them (`header-route`).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         headers: Vec<(String, String)>,
+        /// The instances this request already tried, by address (`IP:PORT`), in order (at
+        /// most [`MAX_TRIED`]): a retry. The balancer is told them and steers past them (a
+        /// sticky key goes to the next instance it would reach).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tried: Vec<String>,
     },
     /// The plugin records, and the slots this server runs (admin).
     PluginList,
@@ -613,6 +618,9 @@ pub struct Validation {
     /// How many services with instances the binding covers on that server.
     pub covered: u64,
 }
+
+/// Most addresses a `pick` may name as already tried.
+pub const MAX_TRIED: usize = 64;
 
 /// Metadata key prefix of a host's plugin reports.
 pub const PLUGIN_REPORT_PREFIX: &str = "sextant.plugin.";

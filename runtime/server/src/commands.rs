@@ -427,7 +427,13 @@ pub(crate) async fn watch(args: &ClientArgs, scope_args: &ScopeArgs, cache: Opti
     }
 }
 
-pub(crate) async fn pick(args: &ClientArgs, service: &str, hash_key: Option<String>, headers: &[String]) -> Result {
+pub(crate) async fn pick(
+    args: &ClientArgs,
+    service: &str,
+    hash_key: Option<String>,
+    headers: &[String],
+    tried: Vec<String>,
+) -> Result {
     let service = ServiceKey::parse(service)?;
     let headers = headers
         .iter()
@@ -436,7 +442,7 @@ pub(crate) async fn pick(args: &ClientArgs, service: &str, hash_key: Option<Stri
             None => Err(Failure::new(2, format!("--header {h:?} is not NAME=VALUE"))),
         })
         .collect::<Result<Vec<_>>>()?;
-    match connect(args).await?.request(Request::Pick { service: service.clone(), hash_key, headers }).await? {
+    match connect(args).await?.request(Request::Pick { service: service.clone(), hash_key, headers, tried }).await? {
         Response::Picked { instance: Some(i), protection_active } => {
             if args.json {
                 out(&json!({ "instance": i, "protection_active": protection_active }).to_string())

@@ -23,11 +23,11 @@ use std::collections::BTreeMap;
 
 use sextant_core::{ConfigKey, Instance, Namespace, Record, Scope, ServiceKey};
 use sextant_gateway::config::GatewayFile;
+use sextant_gateway::follow::{ReportExtras, keep_reported};
 use sextant_gateway::metrics::{CONTENT_TYPE, GatewayMetrics};
 use sextant_gateway::proxy::{Gateway, GatewayConfig, Rule, Upstream};
-use sextant_gateway::{FollowOptions, HealthCheck, PluginFollower, RemoteDiscovery, RouteConfig, Router};
+use sextant_gateway::{HealthCheck, RemoteDiscovery, RouteConfig, Router};
 use sextant_plugin::PluginHost;
-use sextant_proto::Binding;
 use sextant_quic::client::{Client, Watch};
 
 /// Metadata key of the gateway's config entry status (`applied V` or `refused V: REASON`).
@@ -146,32 +146,6 @@ fn short(version: &str) -> &str {
     &version[..12.min(version.len())]
 }
 
-/// How often the gateway judges again whether the plugins it runs answer (a registration is
-/// written only when the report changed).
-const REPORT_EVERY: Duration = Duration::from_secs(2);
-
-/// Adds `report` to a registration's `metadata` within the registry's metadata limit: long
-/// reasons are shortened first, then the entries that do not fit are counted in
-/// `sextant.plugin.more` (a registration that does not fit would be refused, and the gateway
-/// would not be seen at all).
-fn fit_report(metadata: &mut BTreeMap<String, String>, report: &BTreeMap<String, String>) {
-    let budget = sextant_core::model::MAX_METADATA_BYTES - 256;
-    let size = |m: &BTreeMap<String, String>| m.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
-    let whole = size(metadata) + size(report);
-    let mut more = 0;
-    for (k, v) in report {
-        let value: String = if whole > budget { v.chars().take(60).collect() } else { v.clone() };
-        if size(metadata) + k.len() + value.len() > budget {
-            more += 1;
-            continue;
-        }
-        metadata.insert(k.clone(), value);
-    }
-    if more > 0 {
-        metadata.insert("sextant.plugin.more".into(), format!("{more} more plugins not shown"));
-    }
-}
-
 /// Metadata key of the run id each registration carries.
 const RUN_KEY: &str = "sextant.gateway.run";
 
@@ -279,8 +253,32 @@ pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Ou
     };
     let discovery = RemoteDiscovery::follow(client.clone(), scope);
 
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| Failure::other(format!("listening on {}: {e}", args.listen)))?;
+    let addr = listener.local_addr().map_err(|e| Failure::other(e.to_string()))?;
+    let registered = advertised(&args, addr)?;
+    let mut me = Instance::new(
+        ServiceKey::parse(&args.register_as).map_err(|e| Failure::usage(format!("--register-as: {e}")))?,
+        registered.ip(),
+        registered.port(),
+    );
+    me.zone.clone_from(&args.zone);
+    me.version = env!("CARGO_PKG_VERSION").into();
+    me.metadata.insert("sextant.role".into(), "gateway".into());
+    let run = run_id();
+    me.metadata.insert(RUN_KEY.into(), run.clone());
+    let key = me.key();
+    // The router follows the servers' plugin records for the routed services, reporting its
+    // faults as this registration, and publishes what it runs there (below).
     let host = PluginHost::new(args.plugin_host.config()).map_err(|e| Failure::other(format!("plugin host: {e:#}")))?;
-    let router = Router::new(host, Arc::new(discovery), first.route.clone());
+    let router = Router::builder(host, Arc::new(discovery))
+        .defaults(first.route.clone())
+        .plugin_cache(args.cache.join("plugins"))
+        .reporting_as(key.to_string())
+        .build();
+    let follower = router.plugins().ok_or_else(|| Failure::other("the router follows no plugin records"))?;
+    follower.set_services(services, first.route.clone(), Vec::new());
     let gateway_config = first.gateway.clone();
     let metrics = Arc::new(GatewayMetrics::new());
     let gateway = Gateway::with_metrics(gateway_config, Upstream::Router(router.clone()), Some(Arc::clone(&metrics)))
@@ -319,32 +317,6 @@ pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Ou
         }
     };
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| Failure::other(format!("listening on {}: {e}", args.listen)))?;
-    let addr = listener.local_addr().map_err(|e| Failure::other(e.to_string()))?;
-    let registered = advertised(&args, addr)?;
-    let mut me = Instance::new(
-        ServiceKey::parse(&args.register_as).map_err(|e| Failure::usage(format!("--register-as: {e}")))?,
-        registered.ip(),
-        registered.port(),
-    );
-    me.zone.clone_from(&args.zone);
-    me.version = env!("CARGO_PKG_VERSION").into();
-    me.metadata.insert("sextant.role".into(), "gateway".into());
-    let run = run_id();
-    me.metadata.insert(RUN_KEY.into(), run.clone());
-    let key = me.key();
-    let follower = Arc::new(PluginFollower::start(
-        router.clone(),
-        client.clone(),
-        FollowOptions {
-            services,
-            defaults: first.route.clone(),
-            cache_dir: Some(args.cache.join("plugins")),
-            host: key.to_string(),
-        },
-    ));
     tracing::info!(%addr, %registered, %run, "gateway serving");
     let (conflict, mut conflicts) = tokio::sync::watch::channel(None::<String>);
     let written = Arc::new(AtomicU64::new(0));
@@ -360,49 +332,18 @@ pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Ou
     // Register, then publish what the plugins do here in the registration as it changes. A
     // gateway that starts while no server answers serves from its caches and registers
     // once one does.
-    let (status, mut status_changes) = tokio::sync::watch::channel(BTreeMap::new());
+    let (status, status_changes) = tokio::sync::watch::channel(BTreeMap::new());
     // Held here for as long as the gateway runs, whatever the tasks below do.
     let status = Arc::new(status);
     if let Some(v) = &version {
         status.send_replace(BTreeMap::from([(CONFIG_STATUS.to_owned(), format!("applied {}", short(v)))]));
     }
-    let reporter = {
-        let (client, mut changes, follower) = (client.clone(), follower.changes(), Arc::clone(&follower));
-        let mut conflicts = conflicts.clone();
-        tokio::spawn(async move {
-            let mut published = None;
-            loop {
-                if conflicts.borrow_and_update().is_some() {
-                    // Another gateway holds this identity: writing again would take it back.
-                    return;
-                }
-                let mut report = follower.report();
-                report.extend(status_changes.borrow_and_update().clone());
-                if published.as_ref() != Some(&report) {
-                    let mut instance = me.clone();
-                    fit_report(&mut instance.metadata, &report);
-                    match client.register(instance, Binding::Connection).await {
-                        Ok((revision, _)) => {
-                            written.fetch_max(revision.0, Ordering::AcqRel);
-                            published = Some(report);
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot register the gateway; trying again");
-                            tokio::time::sleep(Duration::from_secs(2)).await;
-                            continue;
-                        }
-                    }
-                }
-                tokio::select! {
-                    changed = changes.changed() => if changed.is_err() { return },
-                    changed = status_changes.changed() => if changed.is_err() { return },
-                    changed = conflicts.changed() => if changed.is_err() { return },
-                    // Whether a loaded version answers is judged between two reports.
-                    () = tokio::time::sleep(REPORT_EVERY) => {}
-                }
-            }
-        })
-    };
+    let reporter = tokio::spawn(keep_reported(
+        Arc::downgrade(&follower),
+        client.clone(),
+        me.clone(),
+        ReportExtras { extra: Some(status_changes), stop: Some(conflicts.clone()), written: Arc::clone(&written) },
+    ));
 
     // A followed config entry: each new version applied, or refused with the reason.
     let config_follower = entry.map(|(key, mut watch)| {
@@ -477,26 +418,4 @@ pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Ou
     served.map_err(|e| Failure::other(format!("gateway: {e}")))?;
     tracing::info!("drained");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_report_too_large_for_a_registration_is_shortened_then_counted() {
-        let mut metadata = BTreeMap::from([("sextant.role".to_owned(), "gateway".to_owned())]);
-        let report: BTreeMap<String, String> =
-            (0..80).map(|i| (format!("sextant.plugin.p{i:02}"), format!("failed abc: {}", "x".repeat(150)))).collect();
-        fit_report(&mut metadata, &report);
-        let size: usize = metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
-        assert!(size <= sextant_core::model::MAX_METADATA_BYTES, "{size}");
-        assert!(
-            metadata.iter().filter(|(k, _)| k.starts_with("sextant.plugin.p")).all(|(_, v)| v.len() == 60),
-            "every reason shortened: {metadata:?}"
-        );
-        let shown = metadata.keys().filter(|k| k.starts_with("sextant.plugin.p")).count();
-        assert!(shown > 0 && shown < 80, "{shown}");
-        assert_eq!(metadata["sextant.plugin.more"], format!("{} more plugins not shown", 80 - shown));
-    }
 }

@@ -215,6 +215,10 @@ enum Command {
         /// A request header for header-routing balancers, repeatable.
         #[arg(long = "header", value_name = "NAME=VALUE")]
         headers: Vec<String>,
+        /// An instance this request already tried (a retry), repeatable, in order: the
+        /// balancer steers past it.
+        #[arg(long = "tried", value_name = "IP:PORT")]
+        tried: Vec<String>,
     },
     /// Config entries.
     Config {
@@ -633,8 +637,8 @@ async fn main() -> ExitCode {
         Command::Deregister { client, service, id } => commands::deregister(&client, &service, &id).await,
         Command::List { client, scope } => commands::list(&client, &scope).await,
         Command::Watch { client, scope, cache } => commands::watch(&client, &scope, cache).await,
-        Command::Pick { client, service, hash_key, headers } => {
-            commands::pick(&client, &service, hash_key, &headers).await
+        Command::Pick { client, service, hash_key, headers, tried } => {
+            commands::pick(&client, &service, hash_key, &headers, tried).await
         }
         Command::Config { client, command } => commands::config(&client, command).await,
         Command::Plugin { client, command } => commands::plugin(&client, command).await,

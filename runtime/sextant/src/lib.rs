@@ -138,13 +138,18 @@
 //! registry in local snapshots through the client library: failover between the servers
 //! given, resume from the last revision after a reconnect, empty-push protection, and (with
 //! `cache_dir` in [`ClientOptions`](prelude::ClientOptions)) an on-disk copy served, marked stale,
-//! while no server answers. Start a [`PluginFollower`](prelude::PluginFollower) beside it, or
-//! `sextant plugin load --bind` changes every `sextant gateway` and not yours: it runs the
-//! plugins bound to your services in the store, fetched by sha256 and swapped under traffic,
-//! reports what runs in [`PluginFollower::report`](prelude::PluginFollower::report) (publish it
-//! in your registration's metadata, as `sextant gateway` does, and `sextant plugin list`
-//! shows your host), and tells the control plane when a version faults often enough to be
-//! rolled back here, so the fleet rolls back with you.
+//! while no server answers. A [`Router`](prelude::Router) on it also follows the servers'
+//! plugin records, with nothing more to start: what `sextant plugin load --bind` binds to a
+//! service you route is fetched by sha256, compiled and swapped in under traffic, a rollback
+//! or a delete follows, and a version that faults often enough to be rolled back here is
+//! reported to the control plane, so the fleet rolls back with you.
+//! [`RouterBuilder::register_as`](prelude::RouterBuilder::register_as) registers your host and
+//! keeps what it runs in the registration's metadata, as `sextant gateway` does (`sextant
+//! plugin list` then shows your host); [`Router::plugins`](prelude::Router::plugins) is the
+//! follower ([`PluginFollower::report`](prelude::PluginFollower::report),
+//! [`activations`](prelude::PluginFollower::activations));
+//! [`RouterBuilder::ignore_plugin_records`](prelude::RouterBuilder::ignore_plugin_records)
+//! keeps your router on the plugins you configure.
 //!
 //! Until the first view arrives a pick answers
 //! [`RouteError::NotSynced`](prelude::RouteError::NotSynced) (not
@@ -164,18 +169,13 @@
 //! let client = Client::new(ClientOptions::new(servers, "ca.pem".into()))?;
 //! let shop = Scope::Namespace("shop".parse()?);
 //! let discovery = RemoteDiscovery::follow(client.clone(), shop);
-//! let defaults = RouteConfig::default();
-//! let router = Router::new(PluginHost::new(HostConfig::default())?, Arc::new(discovery), defaults.clone());
-//! // The plugins bound in the store to the services you route (kept for as long as you route).
-//! let orders = ServiceKey::parse("shop/web/orders")?;
-//! let plugins = PluginFollower::start(
-//!     router.clone(),
-//!     client,
-//!     FollowOptions { services: vec![orders], defaults, cache_dir: None, host: "shop/edge/my-proxy/10.0.0.9:8080".into() },
-//! );
+//! // This host in the registry: `sextant plugin list` shows what it runs.
+//! let me = Instance::new(ServiceKey::parse("shop/edge/my-proxy")?, "10.0.0.9".parse()?, 8080);
+//! let router = Router::builder(PluginHost::new(HostConfig::default())?, Arc::new(discovery))
+//!     .register_as(me)
+//!     .build();
 //! // Serve once the first view is in (bounded: no server and no cache never syncs).
 //! tokio::time::timeout(std::time::Duration::from_secs(10), router.wait_ready()).await?;
-//! # let _ = plugins;
 //! # Ok(())
 //! # }
 //! ```
