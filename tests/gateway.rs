@@ -952,7 +952,7 @@ fn a_gateway_that_rolls_a_faulty_version_back_rolls_the_fleet_back_and_a_restart
 
 #[test]
 fn an_embedded_router_tells_not_synced_from_empty_from_not_followed_and_says_when_it_is_ready() {
-    use sextant_gateway::{RemoteDiscovery, RouteConfig, RouteError, Router};
+    use sextant_gateway::{PickError, RemoteDiscovery, Router, ServicePolicy};
     use sextant_plugin::{HostConfig, PickRequest, PluginHost};
     use sextant_quic::client::{Client, ClientOptions};
 
@@ -969,7 +969,7 @@ fn an_embedded_router_tells_not_synced_from_empty_from_not_followed_and_says_whe
             options.connect_timeout = Duration::from_millis(300);
             let discovery = RemoteDiscovery::follow(Client::new(options).unwrap(), shop.clone());
             let host = PluginHost::new(HostConfig { workers: 1, ..HostConfig::default() }).unwrap();
-            Router::new(host, std::sync::Arc::new(discovery), RouteConfig::default())
+            Router::new(host, std::sync::Arc::new(discovery), ServicePolicy::default())
         };
         let orders = sextant_core::ServiceKey::parse(SERVICE).unwrap();
         let empty = sextant_core::ServiceKey::parse("shop/web/nothing").unwrap();
@@ -980,18 +980,18 @@ fn an_embedded_router_tells_not_synced_from_empty_from_not_followed_and_says_whe
         let dark = router(vec![format!("127.0.0.1:{}", free_port()).parse().unwrap()]);
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(!dark.ready());
-        assert!(matches!(pick(&dark, &orders), Err(RouteError::NotSynced(_))), "{:?}", pick(&dark, &orders));
+        assert!(matches!(pick(&dark, &orders), Err(PickError::NotSynced(_))), "{:?}", pick(&dark, &orders));
         assert!(tokio::time::timeout(Duration::from_millis(200), dark.wait_ready()).await.is_err());
-        assert!(matches!(pick(&dark, &elsewhere), Err(RouteError::NotFollowed(_))));
+        assert!(matches!(pick(&dark, &elsewhere), Err(PickError::NotFollowed(_))));
 
         // A server answers: ready, then each case says what it is.
         let live = router(vec![server.quic]);
         tokio::time::timeout(Duration::from_secs(20), live.wait_ready()).await.expect("the first view arrives");
         assert!(live.ready());
         pick(&live, &orders).expect("a registered instance is picked once ready");
-        assert!(matches!(pick(&live, &empty), Err(RouteError::NoEndpoints(_))), "{:?}", pick(&live, &empty));
+        assert!(matches!(pick(&live, &empty), Err(PickError::NoEndpoints(_))), "{:?}", pick(&live, &empty));
         let outside = pick(&live, &elsewhere).unwrap_err();
-        assert!(matches!(outside, RouteError::NotFollowed(_)), "{outside:?}");
+        assert!(matches!(outside, PickError::NotFollowed(_)), "{outside:?}");
         assert_eq!(outside.to_string(), "service billing/web/orders is outside what this router's discovery follows");
     });
 }

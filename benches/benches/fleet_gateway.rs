@@ -24,7 +24,7 @@ use sextant_benches::{rss_bytes, wasm_spec};
 use sextant_core::{Instance, Record, Scope, ServiceKey};
 use sextant_gateway::backend::{Backend, Behavior};
 use sextant_gateway::proxy::{Gateway, GatewayConfig, Rule, Upstream};
-use sextant_gateway::{Discovery, RemoteDiscovery, RouteConfig, Router};
+use sextant_gateway::{Discovery, RemoteDiscovery, Router, ServicePolicy};
 use sextant_plugin::{HostConfig, PluginHost, PluginKind, PluginSpec};
 use sextant_quic::client::{Client, ClientOptions};
 use sextant_quic::server::{QuicServer, ServerOptions};
@@ -141,7 +141,7 @@ async fn main() {
     let router = Router::new(
         host.clone(),
         Arc::new(registry.clone()),
-        RouteConfig { balancer: native.clone(), ..RouteConfig::default() },
+        ServicePolicy { balancer: native.clone(), ..ServicePolicy::default() },
     );
     let rules = (0..services).map(|i| Rule::prefix(&format!("/s{i}/"), &service(i))).collect();
     let gateway =

@@ -29,7 +29,7 @@ use parking_lot::Mutex;
 use sextant_core::{Instance, Record, ServiceKey};
 use sextant_gateway::backend::{Backend, Behavior};
 use sextant_gateway::proxy::{Gateway, GatewayConfig, Rule, Upstream};
-use sextant_gateway::{RouteConfig, Router};
+use sextant_gateway::{Router, ServicePolicy};
 use sextant_plugin::{HostConfig, PluginHost, PluginKind, PluginSpec};
 use sextant_store::{EmbeddedOptions, EmbeddedStore, Registry};
 
@@ -65,7 +65,7 @@ async fn discovery(backends: &[Backend], balancer: PluginSpec) -> Discovery {
         registry.put(Record::Instance(Arc::new(i)), None).await.unwrap();
     }
     let host = PluginHost::new(HostConfig::default()).unwrap();
-    let router = Router::new(host, Arc::new(registry), RouteConfig { balancer, ..RouteConfig::default() });
+    let router = Router::new(host, Arc::new(registry), ServicePolicy { balancer, ..ServicePolicy::default() });
     Discovery { _dir: dir, router }
 }
 

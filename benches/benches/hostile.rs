@@ -33,7 +33,7 @@ use sextant_benches::wasm_spec;
 use sextant_core::{Instance, Record, ServiceKey};
 use sextant_gateway::backend::{Backend, Behavior};
 use sextant_gateway::proxy::{Gateway, GatewayConfig, Rule, Upstream};
-use sextant_gateway::{RouteConfig, Router};
+use sextant_gateway::{Router, ServicePolicy};
 use sextant_plugin::{HostConfig, PluginHost, PluginKind, PluginSpec};
 use sextant_store::{EmbeddedOptions, EmbeddedStore, Registry};
 
@@ -139,7 +139,7 @@ async fn main() {
         registry.put(Record::Instance(Arc::new(instance)), None).await.expect("registered");
     }
     let host = PluginHost::new(HostConfig { workers: 2, idle_resource: IDLE, ..HostConfig::default() }).expect("host");
-    let defaults = RouteConfig { balancer: PluginSpec::builtin("round-robin"), ..RouteConfig::default() };
+    let defaults = ServicePolicy { balancer: PluginSpec::builtin("round-robin"), ..ServicePolicy::default() };
     let router = Router::new(host.clone(), Arc::new(registry.clone()), defaults);
     let rules = vec![Rule::prefix("/", SERVICE)];
     let gateway =

@@ -123,7 +123,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ca = args.ca.ok_or("--ca is needed to follow servers")?;
     let discovery =
         RemoteDiscovery::follow(Client::new(ClientOptions::new(args.servers, ca))?, Scope::Service(service.clone()));
-    let router = Router::new(PluginHost::new(HostConfig::default())?, Arc::new(discovery), RouteConfig::default());
+    let router = Router::new(PluginHost::new(HostConfig::default())?, Arc::new(discovery), ServicePolicy::default());
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     axum::serve(listener, app(Proxy { router, service, client })).await?;
     Ok(())
@@ -147,7 +147,7 @@ async fn self_test(
         registry.put(Record::Instance(Arc::new(instance)), None).await?;
         backends.push(backend);
     }
-    let router = Router::new(PluginHost::new(HostConfig::default())?, Arc::new(registry), RouteConfig::default());
+    let router = Router::new(PluginHost::new(HostConfig::default())?, Arc::new(registry), ServicePolicy::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

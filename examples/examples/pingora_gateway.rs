@@ -149,7 +149,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok::<_, Box<dyn std::error::Error>>(Router::new(
             PluginHost::new(HostConfig::default())?,
             Arc::new(discovery),
-            RouteConfig::default(),
+            ServicePolicy::default(),
         ))
     })?;
     let mut server = Server::new(None)?;
@@ -178,7 +178,7 @@ fn self_test(runtime: &tokio::runtime::Runtime, service: ServiceKey) -> Result<(
             backends.push(backend);
         }
         let router =
-            Router::new(PluginHost::new(HostConfig::default())?, Arc::new(registry.clone()), RouteConfig::default());
+            Router::new(PluginHost::new(HostConfig::default())?, Arc::new(registry.clone()), ServicePolicy::default());
         Ok::<_, Box<dyn std::error::Error>>((router, registry, backends))
     })?;
     // pingora binds the address itself: take a free loopback port.

@@ -11,16 +11,16 @@ use sextant_plugin::PluginHost;
 
 use crate::discovery::{Discovery, HealthSink};
 use crate::follow::{FollowOptions, PluginFollower, ReportExtras, keep_reported};
-use crate::route::RouteConfig;
 use crate::router::Router;
+use crate::service::ServicePolicy;
 
 /// Builds a [`Router`] ([`Router::builder`]).
 pub struct RouterBuilder {
     host: PluginHost,
     discovery: Arc<dyn Discovery>,
     sink: Option<Arc<dyn HealthSink>>,
-    defaults: RouteConfig,
-    services: HashMap<ServiceKey, RouteConfig>,
+    defaults: ServicePolicy,
+    services: HashMap<ServiceKey, ServicePolicy>,
     follow_records: bool,
     plugin_cache: Option<PathBuf>,
     reporting_as: Option<String>,
@@ -41,16 +41,16 @@ impl std::fmt::Debug for RouterBuilder {
 
 impl RouterBuilder {
     /// The configuration of every service without one of its own (default:
-    /// [`RouteConfig::default`]).
+    /// [`ServicePolicy::default`]).
     #[must_use]
-    pub fn defaults(mut self, defaults: RouteConfig) -> Self {
+    pub fn defaults(mut self, defaults: ServicePolicy) -> Self {
         self.defaults = defaults;
         self
     }
 
     /// `service`'s own configuration (as [`Router::configure`] sets it later).
     #[must_use]
-    pub fn service(mut self, service: ServiceKey, config: RouteConfig) -> Self {
+    pub fn service(mut self, service: ServiceKey, config: ServicePolicy) -> Self {
         self.services.insert(service, config);
         self
     }
@@ -68,7 +68,7 @@ impl RouterBuilder {
     /// bind. By default a router whose discovery follows remote servers
     /// ([`Discovery::plugin_records`]: a [`RemoteDiscovery`](crate::RemoteDiscovery)) follows
     /// their plugin records too, as `sextant gateway` does: what `sextant plugin load --bind`
-    /// binds to a service this router routes is fetched, compiled and swapped in, a rollback
+    /// binds to a service this router serves is fetched, compiled and swapped in, a rollback
     /// or a delete follows, and a version this router rolls back on its own is reported to
     /// the control plane ([`PluginFollower`]).
     #[must_use]
@@ -110,8 +110,8 @@ impl RouterBuilder {
     /// when the last clone of the router is dropped. Routes are set up on a service's first
     /// pick (or [`Router::load`]). With a discovery that follows remote servers, also starts
     /// following their plugin records (unless [`RouterBuilder::ignore_plugin_records`]) for
-    /// the services configured here and every service a route is set up for; a pick before
-    /// a bound plugin arrives is answered by the route's configured balancer.
+    /// the services configured here and every service a service state is set up for; a pick before
+    /// a bound plugin arrives is answered by the service state's configured balancer.
     ///
     /// # Panics
     /// Outside a tokio runtime.
@@ -144,7 +144,7 @@ impl Router {
     /// # Panics
     /// Outside a tokio runtime.
     #[must_use]
-    pub fn new(host: PluginHost, discovery: Arc<dyn Discovery>, defaults: RouteConfig) -> Self {
+    pub fn new(host: PluginHost, discovery: Arc<dyn Discovery>, defaults: ServicePolicy) -> Self {
         Self::builder(host, discovery).defaults(defaults).build()
     }
 
@@ -155,7 +155,7 @@ impl Router {
             host,
             discovery,
             sink: None,
-            defaults: RouteConfig::default(),
+            defaults: ServicePolicy::default(),
             services: HashMap::new(),
             follow_records: true,
             plugin_cache: None,

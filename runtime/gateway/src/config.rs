@@ -14,7 +14,7 @@
 //! }
 //! ```
 //!
-//! Durations are milliseconds. Every field may be left out (the defaults of [`RouteConfig`]
+//! Durations are milliseconds. Every field may be left out (the defaults of [`ServicePolicy`]
 //! and [`GatewayConfig`]); an unknown field, an unknown built-in or an impossible value is
 //! refused with what is wrong, before anything starts.
 
@@ -27,7 +27,7 @@ use sextant_plugin::builtins::{BALANCERS, HEALTH_POLICIES, SCHEDULERS};
 
 use crate::proxy::GatewayConfig;
 use crate::resilience::{BreakerConfig, RateLimit, RetryConfig, millis};
-use crate::{HealthCheck, RouteConfig};
+use crate::{HealthCheck, ServicePolicy};
 
 /// Why a configuration file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +77,7 @@ pub struct GatewayFile {
 
 impl Default for GatewayFile {
     fn default() -> Self {
-        let route = RouteConfig::default();
+        let route = ServicePolicy::default();
         Self {
             gateway: GatewayConfig::default(),
             balancer: sextant_plugin::DEFAULT_BALANCER.into(),
@@ -178,8 +178,8 @@ impl GatewayFile {
 
     /// The router's defaults this file describes.
     #[must_use]
-    pub fn route_config(&self) -> RouteConfig {
-        RouteConfig {
+    pub fn route_config(&self) -> ServicePolicy {
+        ServicePolicy {
             balancer: PluginSpec::builtin(&self.balancer),
             health: PluginSpec::builtin(&self.health),
             scheduler: self.scheduler.as_deref().map(PluginSpec::builtin),
@@ -221,7 +221,7 @@ mod tests {
     #[test]
     fn an_empty_document_is_the_defaults() {
         let file = GatewayFile::from_json("{}").unwrap();
-        let (ours, defaults) = (file.route_config(), RouteConfig::default());
+        let (ours, defaults) = (file.route_config(), ServicePolicy::default());
         assert_eq!(ours.breaker, defaults.breaker);
         assert_eq!(ours.retry, defaults.retry);
         assert_eq!(ours.max_ejected_percent, defaults.max_ejected_percent);

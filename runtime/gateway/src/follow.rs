@@ -44,7 +44,7 @@ use sextant_proto::{Binding, ErrorCode, Request, Response};
 use sextant_quic::client::Client;
 use tokio::sync::watch;
 
-use crate::RouteConfig;
+use crate::ServicePolicy;
 use crate::router::WeakRouter;
 
 use sextant_proto::PLUGIN_REPORT_PREFIX as REPORT_PREFIX;
@@ -65,7 +65,7 @@ pub struct FollowOptions {
     /// The services the gateway routes: bindings are resolved for these.
     pub services: Vec<ServiceKey>,
     /// The route defaults: what a service returns to when no record binds it.
-    pub defaults: RouteConfig,
+    pub defaults: ServicePolicy,
     /// Where fetched components are kept by sha256 (a restart with no server reachable
     /// comes up on them). None: memory only.
     pub cache_dir: Option<PathBuf>,
@@ -161,7 +161,7 @@ enum Control {
     /// These services from now on.
     Set {
         services: Vec<ServiceKey>,
-        defaults: Box<RouteConfig>,
+        defaults: Box<ServicePolicy>,
         /// Services whose routes were rebuilt (their slots start on the defaults again).
         reset: Vec<ServiceKey>,
     },
@@ -197,7 +197,7 @@ impl PluginFollower {
     /// Follows for `services` from now on, with `defaults` for services no record binds;
     /// `reset` names services whose routes were rebuilt (reconfigured), so their bound
     /// plugins are loaded again.
-    pub fn set_services(&self, services: Vec<ServiceKey>, defaults: RouteConfig, reset: Vec<ServiceKey>) {
+    pub fn set_services(&self, services: Vec<ServiceKey>, defaults: ServicePolicy, reset: Vec<ServiceKey>) {
         let _ = self.control.send(Control::Set { services, defaults: Box::new(defaults), reset });
     }
 
@@ -272,7 +272,7 @@ impl PluginFollower {
 }
 
 impl crate::router::RouteWatcher for PluginFollower {
-    fn route_set_up(&self, service: ServiceKey, rebuilt: bool) {
+    fn service_set_up(&self, service: ServiceKey, rebuilt: bool) {
         self.follow_service(service, rebuilt);
     }
 
@@ -493,7 +493,7 @@ impl Follow {
                         tracing::info!(%service, %kind, plugin = ?desired.as_ref().map(|d| &d.name), "plugin active")
                     }
                     Err(e) => {
-                        tracing::warn!(%service, %kind, error = %e, "plugin refused; the route keeps what it ran")
+                        tracing::warn!(%service, %kind, error = %e, "plugin refused; the service keeps what it ran")
                     }
                 }
                 self.note(&service, kind, desired.as_ref(), result.err());

@@ -11,13 +11,13 @@ use sextant_plugin::builtins::Outcome as PolicyOutcome;
 use sextant_plugin::{InFlight, Picked};
 
 use crate::outcome::Outcome;
-use crate::route::{Route, Target};
+use crate::service::{ServiceState, Target};
 
 /// An endpoint picked for one request. Finish it with the outcome; dropping it unfinished
 /// counts as a cancelled request (in-flight released, nothing recorded).
 #[derive(Debug)]
 pub struct PickGuard {
-    route: Arc<Route>,
+    svc: Arc<ServiceState>,
     target: Arc<Target>,
     in_flight: Option<InFlight>,
     started: Instant,
@@ -30,15 +30,15 @@ impl PickGuard {
     /// A guard holding `in_flight` on `target` (counted in the router's requests in flight
     /// until it is finished or dropped).
     pub(crate) fn new(
-        route: &Arc<Route>,
+        svc: &Arc<ServiceState>,
         target: Arc<Target>,
         in_flight: InFlight,
         trial: bool,
         picked: &Picked,
     ) -> Self {
-        route.open.fetch_add(1, Relaxed);
+        svc.open.fetch_add(1, Relaxed);
         Self {
-            route: Arc::clone(route),
+            svc: Arc::clone(svc),
             target,
             in_flight: Some(in_flight),
             started: Instant::now(),
@@ -91,12 +91,12 @@ impl PickGuard {
         }
         let es = &self.target.state;
         es.window.load().record(latency, outcome.ended());
-        let route = &self.route;
+        let svc = &self.svc;
         let breaker_moved = es.breaker.record(!failed, self.trial, now);
         self.trial = false;
         // To the health policy through its queue: the maintenance task hands the queue over
         // and applies the verdicts, so no request waits on the policy.
-        route.health().report(
+        svc.health().report(
             self.target.health_epoch,
             PolicyOutcome {
                 endpoint: self.target.health_index,
@@ -105,18 +105,18 @@ impl PickGuard {
             },
         );
         if breaker_moved {
-            route.dirty.store(true, Relaxed);
+            svc.dirty.store(true, Relaxed);
         }
         if breaker_moved || failed {
             // A failure may eject or open a breaker: have it applied now, not at the next tick.
-            route.wake.notify_one();
+            svc.wake.notify_one();
         }
     }
 }
 
 impl Drop for PickGuard {
     fn drop(&mut self) {
-        self.route.open.fetch_sub(1, Relaxed);
+        self.svc.open.fetch_sub(1, Relaxed);
         if let Some(f) = self.in_flight.take() {
             f.finish_after(self.started.elapsed(), false);
         }

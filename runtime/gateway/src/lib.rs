@@ -24,7 +24,7 @@
 //!   every host exports, servers included ([`plugin_metrics`]: versions and load times per
 //!   slot, calls and faults per version, the plugin host's limits and log drops);
 //! - plugins that follow the store ([`follow`]): the plugin records bound to the routed
-//!   services, components fetched by sha256 and cached on disk, swapped into the routes, with
+//!   services, components fetched by sha256 and cached on disk, swapped into the services, with
 //!   a per-plugin report a gateway publishes in its registration.
 #![deny(missing_docs)]
 mod body;
@@ -35,8 +35,8 @@ mod health;
 mod outcome;
 mod request;
 mod rotation;
-mod route;
 mod router;
+mod service;
 mod status;
 
 pub mod backend;
@@ -57,7 +57,18 @@ pub use health::{CheckKind, HEALTH_PORT_KEY, HealthCheck, MAX_PROBE_BODY, probe}
 pub use outcome::Outcome;
 pub use remote::RemoteDiscovery;
 pub use request::FromHeaders;
-pub use route::{RouteConfig, WindowSummary};
-pub use router::{RetryPlan, RouteError, Router, SwapError};
+pub use router::{PickError, RetryPlan, Router, SwapError};
+pub use service::{ServicePolicy, WindowSummary};
 pub use sextant_plugin::PickRequest;
-pub use status::{EndpointStatus, RouteStatus};
+pub use status::{EndpointStatus, ServiceStatus};
+
+/// The former name of [`ServicePolicy`] (a service's policy: balancer, health, scheduler,
+/// resilience).
+#[deprecated(since = "0.1.0", note = "renamed ServicePolicy: \"route\" is kept for the gateway's HTTP rules")]
+pub type RouteConfig = ServicePolicy;
+/// The former name of [`PickError`].
+#[deprecated(since = "0.1.0", note = "renamed PickError")]
+pub type RouteError = PickError;
+/// The former name of [`ServiceStatus`].
+#[deprecated(since = "0.1.0", note = "renamed ServiceStatus")]
+pub type RouteStatus = ServiceStatus;

@@ -30,7 +30,7 @@ use crate::metrics::SharedMetrics;
 use crate::outcome::Outcome;
 use crate::request::FromHeaders;
 use crate::resilience::millis;
-use crate::router::{RetryPlan, RouteError, Router};
+use crate::router::{PickError, RetryPlan, Router};
 
 /// The response body type.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -383,7 +383,7 @@ impl Gateway {
             let RetryPlan { attempts, backoff } = router.retry_plan(service, attempt);
             let guard = match router.pick_avoiding(service, pick, &tried) {
                 Ok(g) => g,
-                Err(RouteError::RateLimited(_)) => {
+                Err(PickError::RateLimited(_)) => {
                     self.0.stats.rate_limited.fetch_add(1, Relaxed);
                     if let Some(m) = &self.0.metrics {
                         m.rate_limited(&service.to_string());

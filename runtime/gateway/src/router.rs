@@ -3,10 +3,10 @@
 //! with an [`Outcome`](crate::Outcome) feeds live load (PeakEWMA, least-request), the circuit
 //! breaker, passive health (the health plugin's outlier verdicts) and the scheduler's
 //! statistics. Here: the router (its configuration, plugin loading, shutdown and maintenance
-//! task) and route errors; how one is built is `crate::builder`; where it learns instances
+//! task) and pick errors; how one is built is `crate::builder`; where it learns instances
 //! is `crate::discovery`.
-//! Per-service state lives in `crate::route`; what traffic may reach is the rotation rule
-//! (`crate::rotation`), applied by the route when the registry changes (by the first pick
+//! Per-service state lives in `crate::service`; what traffic may reach is the rotation rule
+//! (`crate::rotation`), applied by the service state when the registry changes (by the first pick
 //! that sees the change) or local state does (by the maintenance task).
 
 use std::collections::HashMap;
@@ -27,12 +27,12 @@ use crate::discovery::{Discovery, HealthSink};
 use crate::guard::PickGuard;
 use crate::health::Probe;
 use crate::resilience::Admission;
-use crate::route::{Route, RouteConfig, Target};
-use crate::status::RouteStatus;
+use crate::service::{ServicePolicy, ServiceState, Target};
+use crate::status::ServiceStatus;
 
 /// Why no endpoint was picked.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum RouteError {
+pub enum PickError {
     /// The service has no endpoint traffic may go to (its view has arrived).
     #[error("service {0} has no endpoint traffic may go to")]
     NoEndpoints(String),
@@ -53,7 +53,7 @@ pub enum RouteError {
     /// The router was shut down ([`Router::shutdown`]): it picks no more.
     #[error("the router is shut down")]
     ShutDown,
-    /// The route could not be set up: a configured plugin failed to start (every pick of
+    /// The service state could not be set up: a configured plugin failed to start (every pick of
     /// the service gets this until its configuration changes).
     #[error("service {service}: {source}")]
     Setup {
@@ -67,15 +67,15 @@ pub enum RouteError {
 /// Why [`Router::load`] changed nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum SwapError {
-    /// The route could not be set up.
+    /// The service could not be set up (its configured plugins failed to start).
     #[error(transparent)]
-    Route(#[from] RouteError),
+    Service(#[from] PickError),
     /// The plugin was rejected; the active one keeps serving.
     #[error(transparent)]
     Plugin(#[from] LoadError),
 }
 
-/// The router: one route per service, created on first use.
+/// The router: one state per service, created on first use.
 #[derive(Clone)]
 pub struct Router(Arc<Inner>);
 
@@ -85,29 +85,29 @@ struct Inner {
     sink: Option<Arc<dyn HealthSink>>,
     /// The configuration of services without one of their own ([`Router::set_default`]
     /// changes its plugins).
-    defaults: RwLock<RouteConfig>,
-    overrides: RwLock<HashMap<ServiceKey, RouteConfig>>,
-    routes: RwLock<HashMap<ServiceKey, Arc<Route>>>,
+    defaults: RwLock<ServicePolicy>,
+    overrides: RwLock<HashMap<ServiceKey, ServicePolicy>>,
+    states: RwLock<HashMap<ServiceKey, Arc<ServiceState>>>,
     probe: Probe,
     /// Set by [`Router::shutdown`]: no more picks, no more maintenance.
     closed: AtomicBool,
-    /// Guards alive (picked, not yet finished or dropped), over every route.
+    /// Guards alive (picked, not yet finished or dropped), over every service state.
     open: Arc<AtomicUsize>,
     /// Wakes the maintenance task before its next tick (rebuilds, health verdicts due).
     wake: Arc<Notify>,
     /// Who hears of automatic rollbacks ([`Router::observe_rollbacks`]).
     observers: Arc<RwLock<Vec<Observer>>>,
-    /// What every route reports its automatic rollbacks to: the observers, in turn.
+    /// What every service state reports its automatic rollbacks to: the observers, in turn.
     fan_out: Observer,
     /// The follower of the remote servers' plugin records (set once, by the builder).
     plugins: OnceLock<Arc<dyn RouteWatcher>>,
 }
 
-/// What a router tells the follower of plugin records it runs (`crate::follow`): routes set
+/// What a router tells the follower of plugin records it runs (`crate::follow`): service states set
 /// up and rebuilt, and its shutdown.
 pub(crate) trait RouteWatcher: Send + Sync + 'static {
-    /// `service`'s route was set up (`rebuilt`: set up again with a new configuration).
-    fn route_set_up(&self, service: ServiceKey, rebuilt: bool);
+    /// `service`'s state was set up (`rebuilt`: set up again with a new configuration).
+    fn service_set_up(&self, service: ServiceKey, rebuilt: bool);
     /// The router shut down.
     fn stop(&self);
     /// The watcher itself (the router hands it back as what it is).
@@ -132,7 +132,7 @@ impl WeakRouter {
 
 impl std::fmt::Debug for Router {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Router").field("routes", &self.0.routes.read().len()).finish_non_exhaustive()
+        f.debug_struct("Router").field("states", &self.0.states.read().len()).finish_non_exhaustive()
     }
 }
 
@@ -142,8 +142,8 @@ impl Router {
         host: PluginHost,
         discovery: Arc<dyn Discovery>,
         sink: Option<Arc<dyn HealthSink>>,
-        defaults: RouteConfig,
-        services: HashMap<ServiceKey, RouteConfig>,
+        defaults: ServicePolicy,
+        services: HashMap<ServiceKey, ServicePolicy>,
     ) -> Self {
         let observers: Arc<RwLock<Vec<Observer>>> = Arc::default();
         let fan_out: Observer = {
@@ -160,7 +160,7 @@ impl Router {
             sink,
             defaults: RwLock::new(defaults),
             overrides: RwLock::new(services),
-            routes: RwLock::default(),
+            states: RwLock::default(),
             probe: Probe::new(),
             closed: AtomicBool::new(false),
             open: Arc::new(AtomicUsize::new(0)),
@@ -174,12 +174,12 @@ impl Router {
         Router(inner)
     }
 
-    /// The watcher of this router's routes, if one was set.
+    /// The watcher of this router's service states, if one was set.
     pub(crate) fn watcher(&self) -> Option<Arc<dyn RouteWatcher>> {
         self.0.plugins.get().cloned()
     }
 
-    /// Sets the watcher of this router's routes (once; later ones are ignored).
+    /// Sets the watcher of this router's service states (once; later ones are ignored).
     pub(crate) fn set_watcher(&self, watcher: Arc<dyn RouteWatcher>) {
         let _ = self.0.plugins.set(watcher);
     }
@@ -194,17 +194,17 @@ impl Router {
         &self.0.host
     }
 
-    /// Sets `service`'s configuration (replacing its route, so live state starts over).
-    pub fn configure(&self, service: ServiceKey, config: RouteConfig) {
-        self.0.routes.write().remove(&service);
+    /// Sets `service`'s configuration (replacing its service state, so live state starts over).
+    pub fn configure(&self, service: ServiceKey, config: ServicePolicy) {
+        self.0.states.write().remove(&service);
         self.0.overrides.write().insert(service.clone(), config);
-        // Its bound plugins are loaded again into the new route (set up with `config`).
+        // Its bound plugins are loaded again into the new service state (set up with `config`).
         if let Some(f) = self.0.plugins.get() {
-            f.route_set_up(service, true);
+            f.service_set_up(service, true);
         }
     }
 
-    /// Tells `observer` of every automatic rollback on this router's routes (a plugin that
+    /// Tells `observer` of every automatic rollback on this router's service states (a plugin that
     /// faulted too often within its window and was replaced by the version before it), on
     /// the thread that saw the last fault: keep it short (send on a channel). How a host
     /// reports them to the fleet: a [`PluginFollower`](crate::PluginFollower) does.
@@ -212,31 +212,31 @@ impl Router {
         self.0.observers.write().push(observer);
     }
 
-    /// What `service`'s route looks like now (none before its first pick or load).
+    /// What `service`'s state looks like now (none before its first pick or load).
     #[must_use]
-    pub fn status(&self, service: &ServiceKey) -> Option<RouteStatus> {
-        self.existing(service).map(|route| route.status())
+    pub fn status(&self, service: &ServiceKey) -> Option<ServiceStatus> {
+        self.existing(service).map(|state| state.status())
     }
 
-    /// `service`'s route if it has one (none is set up).
-    pub(crate) fn existing(&self, service: &ServiceKey) -> Option<Arc<Route>> {
-        self.0.routes.read().get(service).cloned()
+    /// `service`'s state if it has one (none is set up).
+    pub(crate) fn existing(&self, service: &ServiceKey) -> Option<Arc<ServiceState>> {
+        self.0.states.read().get(service).cloned()
     }
 
-    fn route(&self, service: &ServiceKey) -> Result<Arc<Route>, RouteError> {
+    fn state(&self, service: &ServiceKey) -> Result<Arc<ServiceState>, PickError> {
         if self.0.closed.load(Relaxed) {
-            return Err(RouteError::ShutDown);
+            return Err(PickError::ShutDown);
         }
-        if let Some(r) = self.0.routes.read().get(service) {
+        if let Some(r) = self.0.states.read().get(service) {
             return Ok(Arc::clone(r));
         }
-        let mut routes = self.0.routes.write();
-        if let Some(r) = routes.get(service) {
+        let mut states = self.0.states.write();
+        if let Some(r) = states.get(service) {
             return Ok(Arc::clone(r));
         }
         let config = self.0.overrides.read().get(service).cloned().unwrap_or_else(|| self.0.defaults.read().clone());
         let handle = self.0.discovery.handle(service);
-        let route = Route::new(
+        let state = ServiceState::new(
             &self.0.host,
             service.clone(),
             config,
@@ -245,34 +245,34 @@ impl Router {
             Arc::clone(&self.0.open),
             Arc::clone(&self.0.wake),
         )
-        .map_err(|e| RouteError::Setup { service: service.to_string(), source: Arc::new(e) })?;
-        route.observe(&self.0.fan_out);
-        let route = Arc::new(route);
-        routes.insert(service.clone(), Arc::clone(&route));
-        drop(routes);
+        .map_err(|e| PickError::Setup { service: service.to_string(), source: Arc::new(e) })?;
+        state.observe(&self.0.fan_out);
+        let state = Arc::new(state);
+        states.insert(service.clone(), Arc::clone(&state));
+        drop(states);
         if let Some(f) = self.0.plugins.get() {
-            f.route_set_up(service.clone(), false);
+            f.service_set_up(service.clone(), false);
         }
-        Ok(route)
+        Ok(state)
     }
 
     /// Picks an endpoint of `service` for a request. Endpoints that are full or whose
     /// breaker refuses are skipped (three tries).
     ///
     /// # Errors
-    /// No endpoint, rate limit spent, every offered endpoint refused, route set-up failed.
-    pub fn pick(&self, service: &ServiceKey, request: &mut PickRequest) -> Result<PickGuard, RouteError> {
-        let route = self.route(service)?;
-        route.refresh();
-        if let Some(rate) = &route.rate
+    /// No endpoint, rate limit spent, every offered endpoint refused, service set-up failed.
+    pub fn pick(&self, service: &ServiceKey, request: &mut PickRequest) -> Result<PickGuard, PickError> {
+        let state = self.state(service)?;
+        state.refresh();
+        if let Some(rate) = &state.rate
             && !rate.try_acquire(Instant::now())
         {
-            return Err(RouteError::RateLimited(service.to_string()));
+            return Err(PickError::RateLimited(service.to_string()));
         }
         let mut refused = None;
         for _ in 0..3 {
-            // The target comes with the route the balancer picked in: nothing to reconcile.
-            let Some((target, cell, picked)) = route.balancer().pick_target::<Arc<Target>>(request) else {
+            // The target comes with the endpoint list the balancer picked in: nothing to reconcile.
+            let Some((target, cell, picked)) = state.balancer().pick_target::<Arc<Target>>(request) else {
                 return Err(self.why_empty(service));
             };
             let admission = target.state.breaker.admit(cell.in_flight());
@@ -280,14 +280,14 @@ impl Router {
                 refused = Some(picked);
                 continue;
             }
-            let in_flight = route.balancer().tracker().start(cell);
-            return Ok(PickGuard::new(&route, target, in_flight, admission == Admission::Trial, &picked));
+            let in_flight = state.balancer().tracker().start(cell);
+            return Ok(PickGuard::new(&state, target, in_flight, admission == Admission::Trial, &picked));
         }
         // The balancer offered only endpoints whose breakers refused (they opened since the
         // rotation was built): the next endpoint of the rotation, after its last offer, whose
         // breaker admits. Overloaded only when none does.
         if let Some(picked) = refused {
-            let published = route.balancer().published();
+            let published = state.balancer().published();
             let n = u32::try_from(published.len()).unwrap_or(u32::MAX);
             for i in (1..=n).map(|k| (picked.index.wrapping_add(k)) % n) {
                 let (Some(target), Some(cell)) = (published.target::<Arc<Target>>(i), published.load(i)) else {
@@ -295,30 +295,30 @@ impl Router {
                 };
                 let admission = target.state.breaker.admit(cell.in_flight());
                 if admission.admitted() {
-                    let in_flight = route.balancer().tracker().start(Arc::clone(cell));
+                    let in_flight = state.balancer().tracker().start(Arc::clone(cell));
                     let trial = admission == Admission::Trial;
-                    return Ok(PickGuard::new(&route, Arc::clone(target), in_flight, trial, &picked));
+                    return Ok(PickGuard::new(&state, Arc::clone(target), in_flight, trial, &picked));
                 }
             }
         }
-        Err(RouteError::Overloaded(service.to_string()))
+        Err(PickError::Overloaded(service.to_string()))
     }
 
     /// Why `service` offered no endpoint: outside the followed scope, no view yet, or
     /// really empty.
-    fn why_empty(&self, service: &ServiceKey) -> RouteError {
+    fn why_empty(&self, service: &ServiceKey) -> PickError {
         if !self.0.discovery.follows(service) {
-            RouteError::NotFollowed(service.to_string())
+            PickError::NotFollowed(service.to_string())
         } else if !*self.0.discovery.synced().borrow() {
-            RouteError::NotSynced(service.to_string())
+            PickError::NotSynced(service.to_string())
         } else {
-            RouteError::NoEndpoints(service.to_string())
+            PickError::NoEndpoints(service.to_string())
         }
     }
 
     /// Whether the discovery's first view has arrived (always, on a local registry): what a
     /// gateway's readiness probe reports. Before it, picks answer
-    /// [`RouteError::NotSynced`].
+    /// [`PickError::NotSynced`].
     #[must_use]
     pub fn ready(&self) -> bool {
         *self.0.discovery.synced().borrow()
@@ -346,7 +346,7 @@ impl Router {
         service: &ServiceKey,
         request: &mut PickRequest,
         avoid: &[SocketAddr],
-    ) -> Result<PickGuard, RouteError> {
+    ) -> Result<PickGuard, PickError> {
         request.attempt = u32::try_from(avoid.len()).unwrap_or(u32::MAX);
         request.tried.clear();
         request.tried.extend(avoid.iter().map(ToString::to_string));
@@ -363,15 +363,15 @@ impl Router {
     /// Takes a retry from `service`'s budget; false when it is spent.
     #[must_use]
     pub fn retry_allowed(&self, service: &ServiceKey) -> bool {
-        self.route(service).is_ok_and(|r| r.budget.withdraw(Instant::now()))
+        self.state(service).is_ok_and(|r| r.budget.withdraw(Instant::now()))
     }
 
     /// `service`'s configured attempts and the backoff before retry number `retry` (1 for
-    /// the first retry; full jitter). A service without a route (a router shut down) gets one
+    /// the first retry; full jitter). A service without a service state (a router shut down) gets one
     /// attempt.
     #[must_use]
     pub fn retry_plan(&self, service: &ServiceKey, retry: u32) -> RetryPlan {
-        self.route(service).map_or(RetryPlan { attempts: 1, backoff: Duration::ZERO }, |r| RetryPlan {
+        self.state(service).map_or(RetryPlan { attempts: 1, backoff: Duration::ZERO }, |r| RetryPlan {
             attempts: r.budget.attempts(),
             backoff: r.budget.backoff(retry),
         })
@@ -379,7 +379,7 @@ impl Router {
 
     /// Counts a request in `service`'s retry budget (call once per request, not per attempt).
     pub fn count_request(&self, service: &ServiceKey) {
-        if let Ok(r) = self.route(service) {
+        if let Ok(r) = self.state(service) {
             r.budget.deposit(Instant::now());
         }
     }
@@ -388,30 +388,30 @@ impl Router {
     /// the old version, nothing is dropped). Nothing changes when it fails.
     ///
     /// # Errors
-    /// What is wrong with the plugin. A scheduler loaded into a route that runs none gets a
+    /// What is wrong with the plugin. A scheduler loaded into a service state that runs none gets a
     /// slot of its own (its weights apply from the next window); [`Router::reset`] takes it
     /// away again.
     pub fn load(&self, service: &ServiceKey, kind: PluginKind, spec: PluginSpec) -> Result<VersionStatus, SwapError> {
-        let route = self.route(service)?;
+        let state = self.state(service)?;
         Ok(match kind {
             PluginKind::Health => {
-                route.carry_health();
-                route.health().load(spec)?
+                state.carry_health();
+                state.health().load(spec)?
             }
-            PluginKind::Balancer => route.balancer().load(spec)?,
-            PluginKind::Scheduler => route.attach_scheduler(spec)?,
+            PluginKind::Balancer => state.balancer().load(spec)?,
+            PluginKind::Scheduler => state.attach_scheduler(spec)?,
         })
     }
 
-    /// Puts `service`'s `kind` slot back on what its route is configured with (its own
+    /// Puts `service`'s `kind` slot back on what its service state is configured with (its own
     /// configuration, else the router's defaults): a plugin bound and then unbound leaves
-    /// nothing behind. A scheduler the route is configured without goes away, and the
+    /// nothing behind. A scheduler the service state is configured without goes away, and the
     /// registered weights stand again. Returns the version now active (none: no scheduler).
     ///
     /// # Errors
-    /// The route could not be set up; the configured plugin no longer loads.
+    /// The service state could not be set up; the configured plugin no longer loads.
     pub fn reset(&self, service: &ServiceKey, kind: PluginKind) -> Result<Option<VersionStatus>, SwapError> {
-        let route = self.route(service)?;
+        let state = self.state(service)?;
         let config = self.0.overrides.read().get(service).cloned().unwrap_or_else(|| self.0.defaults.read().clone());
         let spec = match kind {
             PluginKind::Balancer => Some(config.balancer),
@@ -421,7 +421,7 @@ impl Router {
         match spec {
             Some(spec) => self.load(service, kind, spec).map(Some),
             None => {
-                route.detach_scheduler();
+                state.detach_scheduler();
                 Ok(None)
             }
         }
@@ -449,9 +449,9 @@ impl Router {
 
     /// Makes `spec` the `kind` plugin of every service without a configuration of its own
     /// ([`Router::configure`]): services routed from now on start with it, and it is loaded
-    /// into the routes that exist (a scheduler into a route that ran none gets a slot of its
+    /// into the service states that exist (a scheduler into a service state that ran none gets a slot of its
     /// own). It is checked first (a self-test on a synthetic snapshot): a plugin that fails
-    /// changes nothing. Returns the routes that refused it;
+    /// changes nothing. Returns the service states that refused it;
     /// they keep the plugin they ran.
     ///
     /// # Errors
@@ -467,10 +467,10 @@ impl Router {
             }
         }
         let overrides = self.0.overrides.read().keys().cloned().collect::<std::collections::HashSet<_>>();
-        let routes: Vec<ServiceKey> =
-            self.0.routes.read().keys().filter(|s| !overrides.contains(*s)).cloned().collect();
+        let states: Vec<ServiceKey> =
+            self.0.states.read().keys().filter(|s| !overrides.contains(*s)).cloned().collect();
         let mut refused = Vec::new();
-        for service in routes {
+        for service in states {
             if let Err(e) = self.load(&service, kind, spec.clone()) {
                 refused.push((service, e));
             }
@@ -483,7 +483,7 @@ impl Router {
         tick_all(&self.0, Instant::now());
     }
 
-    /// Shuts the router down: picks are refused from now on ([`RouteError::ShutDown`]), the
+    /// Shuts the router down: picks are refused from now on ([`PickError::ShutDown`]), the
     /// maintenance task and active health checks stop (a probe under way ends at its
     /// timeout), remote discovery stops following ([`Discovery::close`]), then waits until
     /// every request already picked has finished (its guard finished or dropped), at most
@@ -511,10 +511,10 @@ impl Router {
         self.0.open.load(Relaxed)
     }
 
-    /// Services with a route, sorted.
+    /// Services with a service state, sorted.
     #[must_use]
     pub fn services(&self) -> Vec<ServiceKey> {
-        let mut v: Vec<ServiceKey> = self.0.routes.read().keys().cloned().collect();
+        let mut v: Vec<ServiceKey> = self.0.states.read().keys().cloned().collect();
         v.sort();
         v
     }
@@ -536,8 +536,8 @@ pub struct RetryPlan {
 }
 
 fn tick_all(inner: &Inner, now: Instant) {
-    let routes: Vec<Arc<Route>> = inner.routes.read().values().cloned().collect();
-    for r in routes {
+    let states: Vec<Arc<ServiceState>> = inner.states.read().values().cloned().collect();
+    for r in states {
         r.tick(now, &inner.probe);
     }
 }
@@ -545,8 +545,8 @@ fn tick_all(inner: &Inner, now: Instant) {
 /// A wake-up between ticks (a registry change, a failed request): only what it asks for,
 /// not the time-driven work of a tick.
 fn settle_all(inner: &Inner) {
-    let routes: Vec<Arc<Route>> = inner.routes.read().values().cloned().collect();
-    for r in routes {
+    let states: Vec<Arc<ServiceState>> = inner.states.read().values().cloned().collect();
+    for r in states {
         r.settle();
     }
 }

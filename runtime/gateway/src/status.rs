@@ -1,4 +1,4 @@
-//! What [`Router::status`](crate::Router::status) shows: a route's slots and endpoints, each endpoint's health,
+//! What [`Router::status`](crate::Router::status) shows: a service state's slots and endpoints, each endpoint's health,
 //! breaker, load and last statistics window.
 
 use std::collections::HashMap;
@@ -9,11 +9,11 @@ use serde::Serialize;
 use sextant_plugin::SlotStatus;
 
 use crate::resilience::BreakerState;
-use crate::route::{Route, WindowSummary};
+use crate::service::{ServiceState, WindowSummary};
 
-/// A route as shown by [`Router::status`](crate::Router::status).
+/// A service as shown by [`Router::status`](crate::Router::status).
 #[derive(Debug, Clone, Serialize)]
-pub struct RouteStatus {
+pub struct ServiceStatus {
     /// `namespace/group/name`.
     pub service: String,
     /// Whether protection (threshold or ejection cap) keeps endpoints in rotation.
@@ -49,15 +49,15 @@ pub struct EndpointStatus {
     pub last: WindowSummary,
 }
 
-impl Route {
-    /// What the route looks like now (rebuilt first if it is behind).
-    pub(crate) fn status(&self) -> RouteStatus {
-        let route = self;
-        route.settle();
-        let snap = route.balancer().published();
+impl ServiceState {
+    /// What the service state looks like now (rebuilt first if it is behind).
+    pub(crate) fn status(&self) -> ServiceStatus {
+        let svc = self;
+        svc.settle();
+        let snap = svc.balancer().published();
         let routed: HashMap<&str, usize> =
             snap.model.endpoints.iter().enumerate().map(|(n, e)| (e.id.as_str(), n)).collect();
-        let state = route.state.lock();
+        let state = svc.state.lock();
         let now = Instant::now();
         let endpoints = state
             .health_ids
@@ -92,12 +92,12 @@ impl Route {
                 }
             })
             .collect();
-        RouteStatus {
-            service: route.service.to_string(),
+        ServiceStatus {
+            service: svc.service.to_string(),
             protection: snap.model.protection_active,
-            balancer: route.balancer().status(),
-            health: route.health().status(),
-            scheduler: route.scheduler().map(|s| s.status()),
+            balancer: svc.balancer().status(),
+            health: svc.health().status(),
+            scheduler: svc.scheduler().map(|s| s.status()),
             endpoints,
         }
     }

@@ -15,7 +15,7 @@ use sextant_core::{Instance, Record, ServiceKey, ServiceSpec};
 use sextant_gateway::backend::{Backend, Behavior, Mode};
 use sextant_gateway::proxy::{Gateway, GatewayConfig, Rule, UPSTREAM_HEADER, Upstream};
 use sextant_gateway::resilience::{BreakerConfig, RetryConfig};
-use sextant_gateway::{HealthCheck, RouteConfig, Router};
+use sextant_gateway::{HealthCheck, Router, ServicePolicy};
 use sextant_plugin::{HostConfig, PluginHost, PluginKind, PluginSpec};
 use sextant_store::{EmbeddedOptions, EmbeddedStore, Registry};
 use tokio::sync::oneshot;
@@ -46,7 +46,7 @@ struct Fixture {
     client: Client<HttpConnector, Empty<Bytes>>,
 }
 
-async fn fixture(config: RouteConfig) -> Fixture {
+async fn fixture(config: ServicePolicy) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap();
     let registry = Registry::start(store, 1024).await.unwrap();
@@ -170,13 +170,13 @@ async fn drive(f: &Arc<Fixture>, n: usize, concurrency: usize) -> (BTreeMap<u16,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_backend_leaves_rotation_and_comes_back_healthy() {
     let interval = Duration::from_millis(200);
-    let config = RouteConfig {
+    let config = ServicePolicy {
         health: PluginSpec::Builtin {
             name: "standard".into(),
             config: r#"{"active": {"unhealthy_threshold": 2, "healthy_threshold": 1}}"#.into(),
         },
         health_check: Some(HealthCheck { jitter: 0.0, ..HealthCheck::http("/health", interval) }),
-        ..RouteConfig::default()
+        ..ServicePolicy::default()
     };
     let f = fixture(config).await;
     let a = Backend::start("a", Behavior::default()).await.unwrap();
@@ -230,13 +230,13 @@ async fn a_killed_backend_leaves_rotation_and_comes_back_healthy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_protection_threshold_keeps_endpoints_in_rotation_when_too_many_fail_checks() {
-    let config = RouteConfig {
+    let config = ServicePolicy {
         health: PluginSpec::Builtin {
             name: "standard".into(),
             config: r#"{"active": {"unhealthy_threshold": 1}}"#.into(),
         },
         health_check: Some(HealthCheck::tcp(Duration::from_millis(100))),
-        ..RouteConfig::default()
+        ..ServicePolicy::default()
     };
     let f = fixture(config).await;
     let spec = ServiceSpec { service: service(), protect_threshold: 0.6, metadata: BTreeMap::new() };
@@ -266,7 +266,7 @@ async fn the_protection_threshold_keeps_endpoints_in_rotation_when_too_many_fail
 }
 
 async fn slow_share(balancer: PluginSpec) -> f64 {
-    let f = fixture(RouteConfig { balancer, ..RouteConfig::default() }).await;
+    let f = fixture(ServicePolicy { balancer, ..ServicePolicy::default() }).await;
     let fast = Behavior { latency: Duration::from_millis(2), ..Behavior::default() };
     // 150 ms: far above what a busy debug build adds to the fast ones, so the difference
     // PeakEWMA sees is the backend's, not the machine's.
@@ -307,7 +307,7 @@ async fn swapping_the_balancer_under_load_drops_no_request() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
     const BETWEEN: u64 = 40;
     let retries_off =
-        RouteConfig { retry: RetryConfig { attempts: 1, ..RetryConfig::default() }, ..Default::default() };
+        ServicePolicy { retry: RetryConfig { attempts: 1, ..RetryConfig::default() }, ..Default::default() };
     let f = fixture(retries_off).await;
     let backends = [
         Backend::start("a", Behavior::default()).await.unwrap(),
@@ -380,12 +380,12 @@ async fn swapping_the_balancer_under_load_drops_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_backends_are_ejected_a_trapping_health_plugin_falls_back_and_no_good_request_fails() {
-    let config = RouteConfig {
+    let config = ServicePolicy {
         health_check: Some(HealthCheck { jitter: 0.0, ..HealthCheck::http("/health", Duration::from_millis(200)) }),
         retry: RetryConfig { attempts: 5, budget_ratio: 1.0, min_per_second: 1000, ..RetryConfig::default() },
         breaker: BreakerConfig { failures: 3, ..BreakerConfig::default() },
         max_ejected_percent: 80,
-        ..RouteConfig::default()
+        ..ServicePolicy::default()
     };
     let f = fixture(config).await;
     let good = Backend::start("good", Behavior::default()).await.unwrap();
@@ -438,9 +438,9 @@ async fn bad_backends_are_ejected_a_trapping_health_plugin_falls_back_and_no_goo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_endpoints_rate_limits_and_unknown_routes_get_clear_answers() {
-    let config = RouteConfig {
+    let config = ServicePolicy {
         rate_limit: Some(sextant_gateway::resilience::RateLimit { per_second: 1.0, burst: 3 }),
-        ..RouteConfig::default()
+        ..ServicePolicy::default()
     };
     let f = fixture(config).await;
     assert_eq!(f.get("/x").await.0, 503, "no instance registered");
@@ -470,7 +470,7 @@ async fn no_endpoints_rate_limits_and_unknown_routes_get_clear_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_requests_in_flight() {
-    let f = fixture(RouteConfig::default()).await;
+    let f = fixture(ServicePolicy::default()).await;
     let slow =
         Backend::start("slow", Behavior { latency: Duration::from_millis(200), ..Behavior::default() }).await.unwrap();
     f.register(&slow, true).await;
@@ -504,7 +504,7 @@ async fn the_embedding_api_picks_avoids_and_accounts_every_guard() {
         i.ephemeral = false;
         registry.put(Record::Instance(Arc::new(i)), None).await.unwrap();
     }
-    let router = Router::new(host(), Arc::new(registry.clone()), RouteConfig::default());
+    let router = Router::new(host(), Arc::new(registry.clone()), ServicePolicy::default());
 
     // The configured default is the route's first version, not a load over another one.
     let guard = router.pick(&service(), &mut sextant_plugin::PickRequest::default()).unwrap();
@@ -573,7 +573,7 @@ async fn a_retry_tells_the_balancer_what_was_tried_so_a_sticky_key_moves_on() {
         registry.put(Record::Instance(Arc::new(i)), None).await.unwrap();
     }
     let host = host();
-    let router = Router::new(host.clone(), Arc::new(registry.clone()), RouteConfig::default());
+    let router = Router::new(host.clone(), Arc::new(registry.clone()), ServicePolicy::default());
     let pick = |key: &str, tried: &[SocketAddr]| {
         let g = router.pick_avoiding(&service(), &mut sextant_plugin::PickRequest::with_affinity(key), tried).unwrap();
         let addr = g.addr();
@@ -631,7 +631,7 @@ async fn shutdown_refuses_picks_and_waits_for_those_in_flight() {
         i.ephemeral = false;
         registry.put(Record::Instance(Arc::new(i)), None).await.unwrap();
     }
-    let own = RouteConfig { balancer: PluginSpec::builtin("round-robin"), ..RouteConfig::default() };
+    let own = ServicePolicy { balancer: PluginSpec::builtin("round-robin"), ..ServicePolicy::default() };
     let router = Router::builder(host(), Arc::new(registry.clone())).service(other.clone(), own).build();
     let pick = |router: &Router, key: &ServiceKey| router.pick(key, &mut sextant_gateway::PickRequest::default());
     let held = pick(&router, &service()).unwrap();
@@ -643,8 +643,8 @@ async fn shutdown_refuses_picks_and_waits_for_those_in_flight() {
     // With a request in flight, the shutdown waits its grace and reports it.
     let clone = router.clone();
     assert_eq!(clone.shutdown(Duration::from_millis(50)).await, 1);
-    assert!(matches!(pick(&router, &service()), Err(sextant_gateway::RouteError::ShutDown)), "the clone shut both");
-    assert!(matches!(pick(&router, &other), Err(sextant_gateway::RouteError::ShutDown)));
+    assert!(matches!(pick(&router, &service()), Err(sextant_gateway::PickError::ShutDown)), "the clone shut both");
+    assert!(matches!(pick(&router, &other), Err(sextant_gateway::PickError::ShutDown)));
 
     // The request finishing ends the wait.
     let waiting = tokio::spawn({
@@ -677,8 +677,8 @@ async fn a_router_wide_default_applies_to_routes_now_and_later() {
     };
     add("own", 9201).await;
     add("shared", 9202).await;
-    let router = Router::new(host(), Arc::new(registry.clone()), RouteConfig::default());
-    router.configure(key("own"), RouteConfig::default());
+    let router = Router::new(host(), Arc::new(registry.clone()), ServicePolicy::default());
+    router.configure(key("own"), ServicePolicy::default());
     let balancer = |router: &Router, name: &str| {
         let _ = router.pick(&key(name), &mut sextant_plugin::PickRequest::default());
         router.status(&key(name)).unwrap().balancer.active.name
@@ -741,8 +741,10 @@ async fn a_response_body_finishes_its_pick_at_its_end_on_error_or_when_dropped()
     let mut i = Instance::new(service(), "127.0.0.1".parse().unwrap(), 9301);
     i.ephemeral = false;
     registry.put(Record::Instance(Arc::new(i)), None).await.unwrap();
-    let config =
-        RouteConfig { breaker: BreakerConfig { failures: 1, ..BreakerConfig::default() }, ..RouteConfig::default() };
+    let config = ServicePolicy {
+        breaker: BreakerConfig { failures: 1, ..BreakerConfig::default() },
+        ..ServicePolicy::default()
+    };
     let router = Router::new(host(), Arc::new(registry.clone()), config);
     let endpoint = |router: &Router| router.status(&service()).unwrap().endpoints.remove(0);
     let pick = |router: &Router| router.pick(&service(), &mut sextant_plugin::PickRequest::default()).unwrap();
@@ -787,7 +789,7 @@ async fn a_scheduler_loaded_into_a_route_without_one_sets_its_weights_and_reset_
         i.version = version.into();
         registry.put(Record::Instance(Arc::new(i)), None).await.unwrap();
     }
-    let config = RouteConfig { window: Duration::from_millis(50), ..RouteConfig::default() };
+    let config = ServicePolicy { window: Duration::from_millis(50), ..ServicePolicy::default() };
     let router = Router::new(host(), Arc::new(registry.clone()), config);
     let weights = |router: &Router| -> BTreeMap<u16, u32> {
         let _ = router.pick(&service(), &mut sextant_plugin::PickRequest::default());

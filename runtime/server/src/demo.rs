@@ -20,7 +20,7 @@ use serde::Serialize;
 use sextant_core::{Instance, Record, ServiceKey};
 use sextant_gateway::backend::{Backend, Behavior};
 use sextant_gateway::proxy::{Gateway, GatewayConfig, Rule, Upstream};
-use sextant_gateway::{EndpointStatus, HealthCheck, RouteConfig, Router};
+use sextant_gateway::{EndpointStatus, HealthCheck, Router, ServicePolicy};
 use sextant_plugin::{HostConfig, PluginHost, PluginKind, PluginSpec};
 use sextant_store::{EmbeddedOptions, EmbeddedStore, Registry};
 
@@ -157,7 +157,7 @@ pub async fn run(
     }
 
     let host = PluginHost::new(HostConfig::default())?;
-    let config = RouteConfig {
+    let config = ServicePolicy {
         balancer: PluginSpec::builtin("peak-ewma"),
         health: PluginSpec::Builtin {
             name: "standard".into(),
@@ -166,7 +166,7 @@ pub async fn run(
                 .into(),
         },
         health_check: Some(HealthCheck::http("/health", Duration::from_millis(500))),
-        ..RouteConfig::default()
+        ..ServicePolicy::default()
     };
     let router = Router::builder(host.clone(), Arc::new(registry.clone()))
         .health_sink(Arc::new(registry.clone()))

@@ -26,7 +26,7 @@ use sextant_gateway::config::GatewayFile;
 use sextant_gateway::follow::{ReportExtras, keep_reported};
 use sextant_gateway::metrics::{CONTENT_TYPE, GatewayMetrics};
 use sextant_gateway::proxy::{Gateway, GatewayConfig, Rule, Upstream};
-use sextant_gateway::{HealthCheck, RemoteDiscovery, RouteConfig, Router};
+use sextant_gateway::{HealthCheck, RemoteDiscovery, Router, ServicePolicy};
 use sextant_plugin::PluginHost;
 use sextant_quic::client::{Client, Watch};
 
@@ -107,7 +107,7 @@ struct Effective {
     gateway: GatewayConfig,
     /// The document without its `gateway` part: what the routes' policies come from.
     policies: GatewayFile,
-    route: RouteConfig,
+    route: ServicePolicy,
     services: Vec<ServiceKey>,
 }
 

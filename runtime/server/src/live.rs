@@ -32,7 +32,7 @@ use parking_lot::Mutex;
 use sextant_core::{Instance, InstanceId, Record, ServiceKey};
 use sextant_gateway::proxy::{Gateway, GatewayConfig, Rule, Upstream};
 use sextant_gateway::resilience::{BreakerConfig, RetryConfig};
-use sextant_gateway::{RouteConfig, Router};
+use sextant_gateway::{Router, ServicePolicy};
 use sextant_plugin::{PluginHost, PluginSpec};
 use sextant_sim::engine::{BUCKETS, Rng, RunResult};
 use sextant_sim::scenario::{BackendSpec, Fault, Keys, Scenario};
@@ -142,8 +142,8 @@ fn instance(spec: &BackendSpec, addr: SocketAddr) -> Result<Record, String> {
 }
 
 /// What the gateway does in live mode: the strategy and nothing the simulation lacks.
-fn route_config(strategy: &Strategy) -> RouteConfig {
-    RouteConfig {
+fn route_config(strategy: &Strategy) -> ServicePolicy {
+    ServicePolicy {
         balancer: strategy.balancer.clone(),
         scheduler: strategy.scheduler.clone(),
         health: PluginSpec::builtin("consecutive"),
@@ -152,7 +152,7 @@ fn route_config(strategy: &Strategy) -> RouteConfig {
         retry: RetryConfig { attempts: 1, ..RetryConfig::default() },
         rate_limit: None,
         max_ejected_percent: 0,
-        ..RouteConfig::default()
+        ..ServicePolicy::default()
     }
 }
 

@@ -42,7 +42,7 @@
 //! // One plugin host per process (wasmtime's engine, the compile cache); the router's
 //! // defaults apply to every service it routes.
 //! let host = PluginHost::new(HostConfig::default())?;
-//! let router = Router::new(host, Arc::new(registry.clone()), RouteConfig::default());
+//! let router = Router::new(host, Arc::new(registry.clone()), ServicePolicy::default());
 //!
 //! // Per request: pick, forward to guard.addr(), finish with how it went.
 //! let guard = router.pick(&orders, &mut PickRequest::default())?;
@@ -59,7 +59,7 @@
 //! // On exit: refuse new picks, stop the background work, wait for the requests in flight.
 //! let left = router.shutdown(std::time::Duration::from_secs(5)).await;
 //! assert_eq!(left, 0);
-//! assert!(matches!(router.pick(&orders, &mut PickRequest::default()), Err(RouteError::ShutDown)));
+//! assert!(matches!(router.pick(&orders, &mut PickRequest::default()), Err(PickError::ShutDown)));
 //! # Ok(())
 //! # }
 //! ```
@@ -116,7 +116,7 @@
 //! # let mut backend = Instance::new(orders.clone(), "127.0.0.1".parse()?, 8081);
 //! # backend.ephemeral = false;
 //! # registry.put(Record::Instance(Arc::new(backend)), None).await?;
-//! # let router = Router::new(PluginHost::new(HostConfig::default())?, Arc::new(registry), RouteConfig::default());
+//! # let router = Router::new(PluginHost::new(HostConfig::default())?, Arc::new(registry), ServicePolicy::default());
 //! # let component = std::fs::read(sextant_plugin_artifacts::path("ring-hash").expect("built"))?;
 //! // `component`: the bytes of a `.wasm` balancer component.
 //! let host = router.host().clone();
@@ -152,11 +152,11 @@
 //! keeps your router on the plugins you configure.
 //!
 //! Until the first view arrives a pick answers
-//! [`RouteError::NotSynced`](prelude::RouteError::NotSynced) (not
-//! [`NoEndpoints`](prelude::RouteError::NoEndpoints), which means the service has no endpoint
+//! [`PickError::NotSynced`](prelude::PickError::NotSynced) (not
+//! [`NoEndpoints`](prelude::PickError::NoEndpoints), which means the service has no endpoint
 //! traffic may go to); [`Router::ready`](prelude::Router::ready) is your readiness probe and
 //! [`Router::wait_ready`](prelude::Router::wait_ready) waits for it. A service outside the
-//! followed scope answers [`RouteError::NotFollowed`](prelude::RouteError::NotFollowed).
+//! followed scope answers [`PickError::NotFollowed`](prelude::PickError::NotFollowed).
 //!
 //! ```no_run
 //! # use std::sync::Arc;
@@ -182,7 +182,7 @@
 //!
 //! ## Defaults
 //!
-//! [`RouteConfig::default`](prelude::RouteConfig): native `peak-ewma` balancer, native
+//! [`ServicePolicy::default`](prelude::ServicePolicy): native `peak-ewma` balancer, native
 //! `standard` health policy (consecutive thresholds on probes, outlier detection on
 //! traffic), no scheduler (registered weights), 1 s statistics windows, no active health
 //! checks, a breaker per endpoint, retries (for callers that retry) 3 attempts within a
@@ -206,8 +206,8 @@
 pub mod prelude {
     pub use sextant_core::{Instance, InstanceKey, Record, Scope, ServiceKey};
     pub use sextant_gateway::{
-        Discovery, FinishOnEnd, FollowOptions, FromHeaders, HealthCheck, Outcome, PickGuard, PickRequest,
-        PluginFollower, RemoteDiscovery, RetryPlan, RouteConfig, RouteError, Router, RouterBuilder, SwapError,
+        Discovery, FinishOnEnd, FollowOptions, FromHeaders, HealthCheck, Outcome, PickError, PickGuard, PickRequest,
+        PluginFollower, RemoteDiscovery, RetryPlan, Router, RouterBuilder, ServicePolicy, SwapError,
     };
     pub use sextant_plugin::{HostConfig, HostError, LoadError, PluginHost, PluginKind, PluginSpec, affinity_hash};
     pub use sextant_quic::client::{Client, ClientError, ClientOptions};

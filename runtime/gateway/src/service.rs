@@ -1,4 +1,4 @@
-//! One service's route: what a [`Router`](crate::Router) keeps per service (its slots, the
+//! One service's state: what a [`Router`](crate::Router) keeps per service (its slots, the
 //! live state of each endpoint, the statistics windows) and how it is rebuilt off the pick
 //! path when the registry, a health verdict, an ejection, a breaker or the scheduler's
 //! weights change.
@@ -29,7 +29,7 @@ use crate::rotation::{LocalHealth, rotation};
 
 /// How traffic to one service is handled.
 #[derive(Debug, Clone)]
-pub struct RouteConfig {
+pub struct ServicePolicy {
     /// The balancer (default: [`Defaults`]' native `peak-ewma`, as on every host).
     pub balancer: PluginSpec,
     /// The health policy (default: [`Defaults`]' native `standard`: consecutive thresholds
@@ -51,7 +51,7 @@ pub struct RouteConfig {
     pub max_ejected_percent: u32,
 }
 
-impl Default for RouteConfig {
+impl Default for ServicePolicy {
     fn default() -> Self {
         let Defaults { balancer, health, scheduler } = Defaults::default();
         Self {
@@ -96,7 +96,7 @@ pub(crate) struct EndpointState {
     pub(crate) next_probe: Mutex<Instant>,
 }
 
-/// One endpoint in rotation: what a pick returns (carried by the balancer slot's route).
+/// One endpoint in rotation: what a pick returns (carried by the balancer slot's published list).
 #[derive(Debug)]
 pub(crate) struct Target {
     pub(crate) instance: Arc<Instance>,
@@ -109,7 +109,7 @@ pub(crate) struct Target {
 }
 
 #[derive(Debug)]
-pub(crate) struct RouteState {
+pub(crate) struct LiveState {
     registry_revision: u64,
     registry: Arc<ServiceSnapshot>,
     pub(crate) endpoints: HashMap<String, Arc<EndpointState>>,
@@ -125,10 +125,10 @@ pub(crate) struct RouteState {
     built: bool,
 }
 
-/// One service's route.
-pub(crate) struct Route {
+/// One service's state.
+pub(crate) struct ServiceState {
     pub(crate) service: ServiceKey,
-    pub(crate) config: RouteConfig,
+    pub(crate) config: ServicePolicy,
     handle: SnapshotHandle,
     /// The bundle every host keeps (here with a health slot, and a scheduler when configured).
     slots: Slots,
@@ -136,7 +136,7 @@ pub(crate) struct Route {
     pub(crate) budget: RetryBudget,
     applied: AtomicU64,
     pub(crate) dirty: AtomicBool,
-    pub(crate) state: Mutex<RouteState>,
+    pub(crate) state: Mutex<LiveState>,
     sink: Option<Arc<dyn HealthSink>>,
     /// The router's count of guards alive ([`Router::in_flight`](crate::Router::in_flight)).
     pub(crate) open: Arc<AtomicUsize>,
@@ -144,9 +144,9 @@ pub(crate) struct Route {
     pub(crate) wake: Arc<Notify>,
 }
 
-impl std::fmt::Debug for Route {
+impl std::fmt::Debug for ServiceState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Route").field("service", &self.service).finish_non_exhaustive()
+        f.debug_struct("ServiceState").field("service", &self.service).finish_non_exhaustive()
     }
 }
 
@@ -154,11 +154,11 @@ fn endpoint_with_weight(i: &Instance, weight: u32) -> Endpoint {
     Endpoint { weight, ..sextant_plugin::endpoint_of(i) }
 }
 
-impl Route {
+impl ServiceState {
     pub(crate) fn new(
         host: &PluginHost,
         service: ServiceKey,
-        config: RouteConfig,
+        config: ServicePolicy,
         handle: SnapshotHandle,
         sink: Option<Arc<dyn HealthSink>>,
         open: Arc<AtomicUsize>,
@@ -180,7 +180,7 @@ impl Route {
             slots,
             applied: AtomicU64::new(u64::MAX),
             dirty: AtomicBool::new(true),
-            state: Mutex::new(RouteState {
+            state: Mutex::new(LiveState {
                 registry_revision: u64::MAX,
                 registry,
                 endpoints: HashMap::new(),
@@ -198,7 +198,7 @@ impl Route {
         })
     }
 
-    /// Reports the route's automatic rollbacks to `observer` (the router's fan-out).
+    /// Reports the service state's automatic rollbacks to `observer` (the router's fan-out).
     pub(crate) fn observe(&self, observer: &sextant_plugin::Observer) {
         self.slots.observe(observer);
     }
@@ -208,15 +208,17 @@ impl Route {
     }
 
     pub(crate) fn health(&self) -> &HealthSlot {
-        self.slots.health().unwrap_or_else(|| unreachable!("a route is built with a health slot (Route::new)"))
+        self.slots
+            .health()
+            .unwrap_or_else(|| unreachable!("a service's state is built with a health slot (ServiceState::new)"))
     }
 
     pub(crate) fn scheduler(&self) -> Option<Arc<SchedulerSlot>> {
         self.slots.scheduler()
     }
 
-    /// Runs `spec` as the scheduler, in a slot created for it when the route runs none (on
-    /// the route's selected endpoints); its weights apply from the next window.
+    /// Runs `spec` as the scheduler, in a slot created for it when the service state runs none (on
+    /// the service state's selected endpoints); its weights apply from the next window.
     pub(crate) fn attach_scheduler(&self, spec: PluginSpec) -> Result<VersionStatus, LoadError> {
         let state = self.state.lock();
         let registry = &state.registry;
@@ -245,7 +247,7 @@ impl Route {
     /// the discovery wakes on every registry change ([`Discovery::on_change`]) and requests
     /// wake on local ones (verdicts, breakers, weights: picks go on with the rotation they
     /// have until it publishes). Two exceptions keep a registration visible to the next
-    /// request: the first pick builds the route, and a pick that finds a registry change the
+    /// request: the first pick builds the service state, and a pick that finds a registry change the
     /// task has not applied yet (it was woken, it has not run) applies it, or waits for the
     /// rebuild under way.
     ///
@@ -266,10 +268,10 @@ impl Route {
         }
     }
 
-    /// Brings the route up to date off the request path (a wake-up of the maintenance task,
+    /// Brings the service state up to date off the request path (a wake-up of the maintenance task,
     /// a status read): the outcomes queued go to the health policy, and the rotation is
     /// rebuilt when the registry moved or local state changed. Nothing is locked when there is
-    /// nothing to do, so a wake-up costs the routes it does not concern next to nothing.
+    /// nothing to do, so a wake-up costs the service states it does not concern next to nothing.
     pub(crate) fn settle(&self) {
         let unbuilt = || self.applied.load(Relaxed) == u64::MAX;
         if !unbuilt() && !self.stale() && self.health().pending() == 0 {
@@ -289,7 +291,7 @@ impl Route {
 
     /// Hands the outcomes the requests reported to the health policy and applies its verdicts.
     /// True when one changed what may take traffic.
-    fn drain_health(&self, state: &mut RouteState, now: Instant) -> bool {
+    fn drain_health(&self, state: &mut LiveState, now: Instant) -> bool {
         let mut changed = false;
         for (index, verdict) in self.health().drain() {
             let Some(instance) = state.health_ids.get(index as usize).cloned() else { continue };
@@ -298,7 +300,7 @@ impl Route {
         changed
     }
 
-    fn rebuild(&self, state: &mut RouteState, now: Instant) {
+    fn rebuild(&self, state: &mut LiveState, now: Instant) {
         self.dirty.store(false, Relaxed);
         let registry = self.handle.load_full();
         if registry.revision.0 != state.registry_revision || !state.built {
@@ -334,7 +336,7 @@ impl Route {
     }
 
     /// A new registry snapshot: endpoint states by id, the health and scheduler snapshots.
-    fn apply_registry(&self, state: &mut RouteState, registry: &Arc<ServiceSnapshot>, now: Instant) {
+    fn apply_registry(&self, state: &mut LiveState, registry: &Arc<ServiceSnapshot>, now: Instant) {
         let routable: Vec<Arc<Instance>> = registry.instances.iter().filter(|i| i.is_routable()).cloned().collect();
         let mut endpoints = HashMap::with_capacity(routable.len());
         for i in &routable {
@@ -378,7 +380,7 @@ impl Route {
         state.registry_revision = registry.revision.0;
     }
 
-    /// Before a new health policy is loaded: hands the health slot the endpoints as this route
+    /// Before a new health policy is loaded: hands the health slot the endpoints as this service state
     /// sees them (down or ejected here: unhealthy), so the new policy starts from the verdicts
     /// in force rather than from the registry's flags, and can bring an endpoint back.
     pub(crate) fn carry_health(&self) {
@@ -418,7 +420,7 @@ impl Route {
 
     /// Records a verdict in the local health state (and the sink); true when the rotation
     /// must be rebuilt.
-    fn apply_verdict(&self, state: &mut RouteState, instance: &Arc<Instance>, verdict: Verdict, now: Instant) -> bool {
+    fn apply_verdict(&self, state: &mut LiveState, instance: &Arc<Instance>, verdict: Verdict, now: Instant) -> bool {
         let id = instance.id.as_str();
         tracing::info!(service = %self.service, endpoint = id, ?verdict, "health verdict");
         match verdict {
@@ -477,14 +479,14 @@ impl Route {
                     continue;
                 }
                 *next = now + check.next_interval();
-                let (route, target, state) = (Arc::downgrade(self), Arc::clone(instance), Arc::clone(es));
-                probe.spawn(instance, check.clone(), move |result| probe_done(&route, &target, &state, result));
+                let (svc, target, state) = (Arc::downgrade(self), Arc::clone(instance), Arc::clone(es));
+                probe.spawn(instance, check.clone(), move |result| probe_done(&svc, &target, &state, result));
             }
         }
     }
 
     /// Closes the statistics window; asks the scheduler for weights. True when they changed.
-    fn cut_window(&self, state: &mut RouteState, now: Instant) -> bool {
+    fn cut_window(&self, state: &mut LiveState, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(state.window_started);
         state.window_started = now;
         let mut stats = HashMap::with_capacity(state.endpoints.len());
@@ -516,12 +518,12 @@ impl Route {
 }
 
 /// A probe's result, handed back by the prober.
-fn probe_done(route: &Weak<Route>, instance: &Instance, state: &EndpointState, mut result: ProbeResult) {
+fn probe_done(svc: &Weak<ServiceState>, instance: &Instance, state: &EndpointState, mut result: ProbeResult) {
     state.probing.store(false, Relaxed);
-    let Some(route) = route.upgrade() else { return };
+    let Some(svc) = svc.upgrade() else { return };
     let id = instance.id.as_str();
-    let Some(index) = route.health_index(id) else { return };
+    let Some(index) = svc.health_index(id) else { return };
     result.endpoint = index;
-    let verdict = route.health().on_probe(&result);
-    route.verdict(id, verdict, Instant::now());
+    let verdict = svc.health().on_probe(&result);
+    svc.verdict(id, verdict, Instant::now());
 }
