@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use sextant_core::store::Store;
 use sextant_core::{Change, PluginBinding, PluginRecord, Record, RecordKey, Scope, ServiceKey};
-use sextant_plugin::{Compiled, PluginKind, PluginSpec};
+use sextant_plugin::{Compiled, Desired, PluginKind};
 use tokio::sync::mpsc;
 
-use crate::slots::{Desired, KINDS, ServiceSlots, kind_index, resolve};
+use crate::slots::ServiceSlots;
 use crate::state::{Inner, Work};
 
 /// An activation that failed on one service.
@@ -28,9 +28,9 @@ impl<S: Store + Clone> Inner<S> {
     pub(crate) async fn reconcile(&self, slots: &ServiceSlots, records: &[Arc<PluginRecord>]) -> Vec<Failed> {
         slots.refresh();
         let mut failed = Vec::new();
-        for kind in KINDS.into_iter().filter(|k| slots.slots.has(*k)) {
-            let desired = resolve(records, &slots.service, kind);
-            if slots.update.lock()[kind_index(kind)] == desired {
+        for kind in PluginKind::ALL.into_iter().filter(|k| slots.slots.has(*k)) {
+            let desired = sextant_plugin::desired(records, &slots.service, kind);
+            if slots.update.lock()[kind.index()] == desired {
                 continue;
             }
             let compiled = match &desired {
@@ -52,15 +52,11 @@ impl<S: Store + Clone> Inner<S> {
         compiled: Result<Option<Arc<Compiled>>, String>,
     ) -> Option<Failed> {
         let mut applied = slots.update.lock();
-        if applied[kind_index(kind)] == desired {
+        if applied[kind.index()] == desired {
             return None;
         }
         let spec = compiled.map(|c| match (c, &desired) {
-            (Some(compiled), Some(d)) => PluginSpec::Wasm {
-                name: d.name.to_string(),
-                compiled,
-                config: if d.config.is_empty() { "{}".into() } else { d.config.clone() },
-            },
+            (Some(compiled), Some(d)) => d.spec(compiled),
             _ => self.defaults.native(kind),
         });
         let Some(loaded) = spec
@@ -72,18 +68,18 @@ impl<S: Store + Clone> Inner<S> {
         let failed = match loaded {
             Ok(v) => {
                 tracing::debug!(service = %slots.service, %kind, plugin = %v.name, version = v.id, "plugin active");
-                slots.errors.lock()[kind_index(kind)] = None;
+                slots.errors.lock()[kind.index()] = None;
                 None
             }
             Err(error) => {
-                slots.errors.lock()[kind_index(kind)] = Some(error.clone());
+                slots.errors.lock()[kind.index()] = Some(error.clone());
                 let plugin = desired.as_ref().map_or_else(|| "default".to_owned(), |d| d.name.to_string());
                 Some(Failed { plugin, kind, service: slots.service.to_string(), error })
             }
         };
         // Recorded even when it failed, so the same record is not retried on every change;
         // the next write of the record tries again.
-        applied[kind_index(kind)] = desired;
+        applied[kind.index()] = desired;
         failed
     }
 

@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 use crate::activate::{reconcile_all, watch};
 use crate::error::ManagerError;
 use crate::fault::{Fault, FaultCounts, FaultTaken, FleetRule};
-use crate::slots::{KINDS, ServiceSlots, kind_index, parse_kind, pop_good, push_history, resolve, unix_ms};
+use crate::slots::{ServiceSlots, parse_kind, pop_good, push_history, unix_ms};
 use crate::state::{Inner, Work};
 
 use sextant_plugin::{
@@ -142,8 +142,8 @@ impl<S: Store + Clone> PluginManager<S> {
         // fetched them.
         let records = self.0.registry.plugins();
         let mut pending = false;
-        for kind in KINDS.into_iter().filter(|k| created.slots().has(*k)) {
-            let desired = resolve(&records, service, kind);
+        for kind in PluginKind::ALL.into_iter().filter(|k| created.slots().has(*k)) {
+            let desired = sextant_plugin::desired(&records, service, kind);
             let compiled = desired.as_ref().and_then(|d| self.0.compiled.lock().get(&d.sha256).cloned());
             match (&desired, compiled) {
                 (None, _) => {}
@@ -459,7 +459,7 @@ impl<S: Store + Clone> PluginManager<S> {
             let mut groups: std::collections::BTreeMap<String, sextant_proto::FailedGroup> =
                 std::collections::BTreeMap::new();
             for slots in services.iter().filter(|s| s.slots.has(kind)) {
-                if resolve(&records, &slots.service, kind).is_none_or(|d| d.name != record.name) {
+                if sextant_plugin::desired(&records, &slots.service, kind).is_none_or(|d| d.name != record.name) {
                     continue;
                 }
                 summary.services += 1;
@@ -471,7 +471,7 @@ impl<S: Store + Clone> PluginManager<S> {
                     summary.running += 1;
                     continue;
                 }
-                let reason = slots.errors.lock()[kind_index(kind)]
+                let reason = slots.errors.lock()[kind.index()]
                     .clone()
                     .or_else(|| status.events.last().map(|e| e.what.clone()))
                     .unwrap_or_else(|| "not activated yet".into());

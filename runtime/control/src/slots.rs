@@ -12,20 +12,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use sextant_core::{
-    BadVersion, PLUGIN_HISTORY, PluginName, PluginRecord, PluginVersion, ServiceKey, ServiceSnapshot, SnapshotHandle,
-    ValidationError,
+    BadVersion, PLUGIN_HISTORY, PluginVersion, ServiceKey, ServiceSnapshot, SnapshotHandle, ValidationError,
 };
 #[cfg(doc)]
 use sextant_plugin::SlotPlan;
-use sextant_plugin::{BalancerSlot, PluginKind, SlotStatus, Slots, bound_record, snapshot_of};
-
-/// Which record a slot runs (none: the default built-in).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Desired {
-    pub(crate) name: PluginName,
-    pub(crate) sha256: String,
-    pub(crate) config: String,
-}
+use sextant_plugin::{BalancerSlot, Desired, PluginKind, SlotStatus, Slots, snapshot_of};
 
 /// The slots of one service on a server.
 #[derive(Debug)]
@@ -82,16 +73,6 @@ impl ServiceSlots {
     }
 }
 
-pub(crate) const KINDS: [PluginKind; 3] = [PluginKind::Balancer, PluginKind::Health, PluginKind::Scheduler];
-
-pub(crate) fn kind_index(kind: PluginKind) -> usize {
-    match kind {
-        PluginKind::Balancer => 0,
-        PluginKind::Health => 1,
-        PluginKind::Scheduler => 2,
-    }
-}
-
 pub(crate) fn parse_kind(kind: &str) -> Result<PluginKind, ValidationError> {
     match kind {
         "balancer" => Ok(PluginKind::Balancer),
@@ -103,14 +84,6 @@ pub(crate) fn parse_kind(kind: &str) -> Result<PluginKind, ValidationError> {
 
 pub(crate) fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-pub(crate) fn resolve(records: &[Arc<PluginRecord>], service: &ServiceKey, kind: PluginKind) -> Option<Desired> {
-    bound_record(records, service, kind).map(|r| Desired {
-        name: r.name.clone(),
-        sha256: r.sha256.clone(),
-        config: r.config.clone(),
-    })
 }
 
 /// `text` cut to at most `max` bytes, on a character boundary.

@@ -38,8 +38,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use sextant_core::{Instance, PluginName, PluginRecord, Record, Scope, ServiceKey};
-use sextant_plugin::{AutoRollback, Compiled, PluginKind, PluginSpec, bound_record};
+use sextant_core::{Instance, PluginRecord, Record, Scope, ServiceKey};
+use sextant_plugin::{AutoRollback, Compiled, Desired, PluginKind, desired};
 use sextant_proto::{Binding, ErrorCode, Request, Response};
 use sextant_quic::client::Client;
 use tokio::sync::watch;
@@ -90,14 +90,6 @@ pub struct Activation {
     pub version: String,
     /// `None` when active, else why it is not.
     pub error: Option<String>,
-}
-
-/// What one (service, kind) runs, as far as the follower knows.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Desired {
-    name: String,
-    sha256: String,
-    config: String,
 }
 
 /// Follows the plugin records of a remote sextant for a [`Router`](crate::Router).
@@ -361,8 +353,6 @@ struct Follow {
     changed: watch::Sender<u64>,
 }
 
-const KINDS: [PluginKind; 3] = [PluginKind::Balancer, PluginKind::Health, PluginKind::Scheduler];
-
 impl Follow {
     async fn run(
         mut self,
@@ -439,12 +429,8 @@ impl Follow {
     async fn reconcile(&mut self, records: &[Arc<PluginRecord>]) -> bool {
         let mut retry = false;
         for service in self.options.services.clone() {
-            for kind in KINDS {
-                let desired = bound_record(records, &service, kind).map(|r| Desired {
-                    name: r.name.to_string(),
-                    sha256: r.sha256.clone(),
-                    config: r.config_or_default().to_owned(),
-                });
+            for kind in PluginKind::ALL {
+                let desired = desired(records, &service, kind);
                 let key = (service.clone(), kind);
                 if self.applied.get(&key).is_some_and(|d| *d == desired) {
                     continue;
@@ -458,9 +444,7 @@ impl Follow {
                 let spec = match &desired {
                     None => Ok(None),
                     Some(d) => match self.component(&d.sha256).await {
-                        Ok(compiled) => {
-                            Ok(Some(PluginSpec::Wasm { name: d.name.clone(), compiled, config: d.config.clone() }))
-                        }
+                        Ok(compiled) => Ok(Some(d.spec(compiled))),
                         Err(Fetch::Retry(e)) => {
                             tracing::warn!(%service, plugin = %d.name, error = %e, "component not fetched; trying again");
                             self.note(&service, kind, desired.as_ref(), Some(e));
@@ -518,7 +502,7 @@ impl Follow {
         if rollback.sha256.as_deref() != Some(desired.sha256.as_str()) {
             return;
         }
-        let Ok(name) = PluginName::new(&desired.name) else { return };
+        let name = desired.name.clone();
         self.note(
             &service,
             rollback.kind,
@@ -540,9 +524,9 @@ impl Follow {
         let activation = Activation {
             service: service.to_string(),
             kind: kind.to_string(),
-            plugin: desired.map(|d| d.name.clone()).unwrap_or_default(),
+            plugin: desired.map(|d| d.name.to_string()).unwrap_or_default(),
             sha256: desired.map(|d| d.sha256.clone()).unwrap_or_default(),
-            version: desired.map(|d| sextant_core::version_label(&d.sha256, &d.config)).unwrap_or_default(),
+            version: desired.map(Desired::version).unwrap_or_default(),
             error,
         };
         let mut all = self.activations.lock();

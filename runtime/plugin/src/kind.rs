@@ -83,6 +83,21 @@ pub enum PluginKind {
     Scheduler,
 }
 
+impl PluginKind {
+    /// Every kind, in the order hosts walk a service's slots.
+    pub const ALL: [Self; 3] = [Self::Balancer, Self::Health, Self::Scheduler];
+
+    /// This kind's place in [`PluginKind::ALL`] (for per-kind arrays).
+    #[must_use]
+    pub const fn index(self) -> usize {
+        match self {
+            Self::Balancer => 0,
+            Self::Health => 1,
+            Self::Scheduler => 2,
+        }
+    }
+}
+
 impl std::fmt::Display for PluginKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

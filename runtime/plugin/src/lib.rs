@@ -66,7 +66,7 @@ mod wasi;
 mod window;
 
 pub use balancer::BalancerSlot;
-pub use binding::bound_record;
+pub use binding::{Desired, bound_record, desired};
 pub use compiled::Compiled;
 pub use error::{CallFault, HostError, LoadError, SlotError};
 pub use host::{PluginHost, WeakHost};
