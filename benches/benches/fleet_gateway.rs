@@ -80,7 +80,7 @@ async fn request_all(addr: SocketAddr, services: usize) -> (u64, f64) {
 fn fallbacks(router: &Router, services: usize) -> u64 {
     (0..services)
         .filter_map(|i| router.status(&ServiceKey::parse(&service(i)).ok()?))
-        .map(|s| s.balancer.active.counters.fallbacks)
+        .map(|s| s.balancer.active.counters.counts.fallbacks)
         .sum()
 }
 

@@ -182,8 +182,7 @@ async fn main() {
         let status = router.status(&key).expect("route").balancer;
         // The version may have been rolled back by now: count from its own status.
         let counters = if status.active.id == version.id { status.active.counters } else { before };
-        let faults = counters.traps + counters.deadline_hits + counters.contract_violations + counters.memory_hits;
-        let faults = faults - (before.traps + before.deadline_hits + before.contract_violations + before.memory_hits);
+        let faults = counters.counts.faults() - before.counts.faults();
         let p99 = quantile(&latencies, 0.99);
         let base = *baseline.get_or_insert(p99);
         let rolled = if status.active.id == version.id { "" } else { " (rolled back)" };
@@ -195,7 +194,7 @@ async fn main() {
             quantile(&latencies, 1.0),
             p99 / base,
             bytes as f64 / run.as_secs_f64(),
-            counters.fallbacks.saturating_sub(before.fallbacks),
+            counters.counts.fallbacks.saturating_sub(before.counts.fallbacks),
         );
     }
     drop(backends);

@@ -38,7 +38,7 @@ use crate::slots::{ServiceSlots, parse_kind, pop_good, push_history, unix_ms};
 use crate::state::{Inner, Work};
 
 use sextant_plugin::{
-    Compiled, Defaults, LoadError, PickRequest, PluginHost, PluginKind, PluginSpec, SlotPlan, Slots, Totals,
+    Compiled, CountersSnapshot, Defaults, LoadError, PickRequest, PluginHost, PluginKind, PluginSpec, SlotPlan, Slots,
     VersionKey, snapshot_of,
 };
 
@@ -424,12 +424,7 @@ impl<S: Store + Clone> PluginManager<S> {
                     sha256: a.sha256,
                     version: a.id,
                     loaded_at: a.loaded_at,
-                    calls: a.counters.calls,
-                    traps: a.counters.traps,
-                    deadline_hits: a.counters.deadline_hits,
-                    memory_hits: a.counters.memory_hits,
-                    contract_violations: a.counters.contract_violations,
-                    fallbacks: a.counters.fallbacks,
+                    counts: a.counters.counts,
                     call_p50_ns: a.counters.call_p50_ns,
                     call_p99_ns: a.counters.call_p99_ns,
                     events: st.events.into_iter().map(|e| format!("v{} {}", e.version, e.what)).collect(),
@@ -506,7 +501,7 @@ impl<S: Store + Clone> PluginManager<S> {
     /// Monotonic totals per plugin version (kind, name, sha256) over every service, the
     /// versions swapped out included: what `/metrics` exports as `_total` counters.
     #[must_use]
-    pub fn totals(&self) -> Vec<(VersionKey, Totals)> {
+    pub fn totals(&self) -> Vec<(VersionKey, CountersSnapshot)> {
         let mut totals = self.0.host.retired();
         let services: Vec<Arc<ServiceSlots>> = self.0.services.read().values().cloned().collect();
         for slots in services {

@@ -19,6 +19,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod counts;
 pub mod engine;
 pub mod error;
 pub mod history;
@@ -33,6 +34,7 @@ pub mod time;
 pub mod validation;
 pub mod view;
 
+pub use counts::PluginCounts;
 pub use error::CoreError;
 pub use model::{
     BadVersion, ConfigEntry, HostFault, Instance, MAX_FAULT_FIELD, MAX_PENDING_FAULTS, MAX_PLUGIN_CONFIG,

@@ -124,11 +124,7 @@ struct Counts {
 
 impl Counts {
     fn of(c: &sextant_plugin::CountersSnapshot) -> Self {
-        Self {
-            calls: c.calls,
-            faults: c.traps + c.deadline_hits + c.memory_hits + c.contract_violations,
-            fallbacks: c.fallbacks,
-        }
+        Self { calls: c.counts.calls, faults: c.counts.faults(), fallbacks: c.counts.fallbacks }
     }
 
     /// Whether the plugin answered between `before` and now: `None` when nothing was asked

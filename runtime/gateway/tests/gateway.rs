@@ -370,8 +370,8 @@ async fn swapping_the_balancer_under_load_drops_no_request() {
     let active = f.router.status(&service()).unwrap().balancer.active.counters;
     let retired = host.retired();
     let balancers = retired.iter().filter(|(k, _)| k.kind == "balancer").map(|(_, t)| t);
-    let (calls, fallbacks) =
-        balancers.fold((active.calls, active.fallbacks), |(c, f), t| (c + t.calls, f + t.fallbacks));
+    let (calls, fallbacks) = balancers
+        .fold((active.counts.calls, active.counts.fallbacks), |(c, f), t| (c + t.counts.calls, f + t.counts.fallbacks));
     eprintln!("15 swaps under 8 clients: {sent} requests, all 200; balancer calls {calls}, fallbacks {fallbacks}");
     assert_eq!(fallbacks, 0, "no pick fell back to the native default");
     assert_eq!(calls, sent, "one balancer call per request, counted by the version that answered it");
@@ -611,8 +611,11 @@ async fn a_retry_tells_the_balancer_what_was_tried_so_a_sticky_key_moves_on() {
             moved += 1;
         }
         let after = router.status(&service()).unwrap().balancer.active.counters;
-        assert_eq!(after.fallbacks, before.fallbacks, "{label}: answered by the plugin, not the native default");
-        assert_eq!(after.traps + after.contract_violations, 0, "{label}: {after:?}");
+        assert_eq!(
+            after.counts.fallbacks, before.counts.fallbacks,
+            "{label}: answered by the plugin, not the native default"
+        );
+        assert_eq!(after.counts.traps + after.counts.contract_violations, 0, "{label}: {after:?}");
         eprintln!("{label}: {moved} of {} keys moved on at their retry", keys.len());
     }
 }

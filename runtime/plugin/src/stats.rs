@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use serde::Serialize;
+use sextant_core::PluginCounts;
 
 /// Quarter-octave buckets from 1 ns to ~4 s.
 const BUCKETS: usize = 128;
@@ -137,21 +138,14 @@ pub struct Counters {
     pub call_time: Histogram,
 }
 
-/// A point-in-time copy of [`Counters`].
+/// A point-in-time copy of [`Counters`]; also what a version counted in all (the
+/// `_total` counters of `/metrics`), added up across services and swaps
+/// ([`CountersSnapshot::add`]).
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 pub struct CountersSnapshot {
-    /// Calls.
-    pub calls: u64,
-    /// Traps.
-    pub traps: u64,
-    /// Deadline hits.
-    pub deadline_hits: u64,
-    /// Memory-cap hits.
-    pub memory_hits: u64,
-    /// Contract violations.
-    pub contract_violations: u64,
-    /// Fallback picks.
-    pub fallbacks: u64,
+    /// Calls, faults by cause, fallbacks.
+    #[serde(flatten)]
+    pub counts: PluginCounts,
     /// Sampled call time p50, ns.
     pub call_p50_ns: u64,
     /// Sampled call time p99, ns.
@@ -159,6 +153,20 @@ pub struct CountersSnapshot {
     /// Sampled call times, for export.
     #[serde(skip)]
     pub call_times: CallTimes,
+}
+
+impl CountersSnapshot {
+    /// Adds a version's counters (the quantiles stay those of `self`; the call times add).
+    pub fn add(&mut self, c: &Self) {
+        self.counts.add(&c.counts);
+        self.call_times.add(&c.call_times);
+    }
+
+    /// Whether nothing was counted.
+    #[must_use]
+    pub fn is_zero(&self) -> bool {
+        self.counts == PluginCounts::default() && self.call_times.count == 0
+    }
 }
 
 /// Which plugin version counters add up under: the slot kind, the plugin's name and its
@@ -173,57 +181,19 @@ pub struct VersionKey {
     pub sha256: String,
 }
 
-/// Monotonic totals of a plugin version across services and swaps (the `_total` counters
-/// of `/metrics`): what the versions no longer active counted, plus the live ones.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
-pub struct Totals {
-    /// Calls.
-    pub calls: u64,
-    /// Traps.
-    pub traps: u64,
-    /// Deadline hits.
-    pub deadline_hits: u64,
-    /// Memory-cap hits.
-    pub memory_hits: u64,
-    /// Contract violations.
-    pub contract_violations: u64,
-    /// Fallback picks.
-    pub fallbacks: u64,
-    /// Sampled call times.
-    #[serde(skip)]
-    pub call_times: CallTimes,
-}
-
-impl Totals {
-    /// Adds a version's counters.
-    pub fn add(&mut self, c: &CountersSnapshot) {
-        self.calls += c.calls;
-        self.traps += c.traps;
-        self.deadline_hits += c.deadline_hits;
-        self.memory_hits += c.memory_hits;
-        self.contract_violations += c.contract_violations;
-        self.fallbacks += c.fallbacks;
-        self.call_times.add(&c.call_times);
-    }
-
-    /// Whether nothing was counted.
-    #[must_use]
-    pub fn is_zero(&self) -> bool {
-        *self == Self::default()
-    }
-}
-
 impl Counters {
     /// Reads every counter.
     #[must_use]
     pub fn snapshot(&self) -> CountersSnapshot {
         CountersSnapshot {
-            calls: self.calls.load(Relaxed),
-            traps: self.traps.load(Relaxed),
-            deadline_hits: self.deadlines.load(Relaxed),
-            memory_hits: self.memory.load(Relaxed),
-            contract_violations: self.contract.load(Relaxed),
-            fallbacks: self.fallbacks.load(Relaxed),
+            counts: PluginCounts {
+                calls: self.calls.load(Relaxed),
+                traps: self.traps.load(Relaxed),
+                deadline_hits: self.deadlines.load(Relaxed),
+                memory_hits: self.memory.load(Relaxed),
+                contract_violations: self.contract.load(Relaxed),
+                fallbacks: self.fallbacks.load(Relaxed),
+            },
             call_p50_ns: self.call_time.quantile(0.5),
             call_p99_ns: self.call_time.quantile(0.99),
             call_times: self.call_time.call_times(),
@@ -277,7 +247,7 @@ mod tests {
         assert_eq!(t.sum_ns, 500 + 1_000 + 1_500 + 40_000 + 10_000_000);
         // ≤1 µs: 2; ≤2 µs: 3; ≤50 µs: 4; the 10 ms call only in +Inf (count).
         assert_eq!(t.at_most, [2, 3, 3, 3, 3, 4, 4, 4, 4, 4, 4, 4]);
-        let mut total = Totals::default();
+        let mut total = CountersSnapshot::default();
         total.add(&CountersSnapshot { call_times: t, ..CountersSnapshot::default() });
         total.add(&CountersSnapshot { call_times: t, ..CountersSnapshot::default() });
         assert_eq!((total.call_times.count, total.call_times.at_most[0]), (10, 4));

@@ -349,7 +349,7 @@ impl Prepare {
 impl Drop for Version {
     fn drop(&mut self) {
         let mut counters = self.counters.snapshot();
-        counters.calls = self.workers.iter_mut().map(|w| w.get_mut().calls).sum();
+        counters.counts.calls = self.workers.iter_mut().map(|w| w.get_mut().calls).sum();
         self.host.retire(self.spec.version_key(PluginKind::Balancer), &counters);
     }
 }
@@ -482,7 +482,7 @@ impl Version {
     #[must_use]
     pub fn status(&self) -> VersionStatus {
         let mut counters = self.counters.snapshot();
-        counters.calls = self.workers.iter().map(|w| w.lock().calls).sum();
+        counters.counts.calls = self.workers.iter().map(|w| w.lock().calls).sum();
         VersionStatus::of(self.id, &self.spec, self.loaded_at, counters)
     }
 }

@@ -289,16 +289,16 @@ fn live_faults_fall_back_per_pick_then_roll_back() {
                 let c = slot.status().active.counters;
                 assert_eq!(slot.active_version(), bad.id, "{fault}: one fault does not roll back");
                 let kinds = [
-                    ("traps", c.traps),
-                    ("deadline_hits", c.deadline_hits),
-                    ("memory_hits", c.memory_hits),
-                    ("contract_violations", c.contract_violations),
+                    ("traps", c.counts.traps),
+                    ("deadline_hits", c.counts.deadline_hits),
+                    ("memory_hits", c.counts.memory_hits),
+                    ("contract_violations", c.counts.contract_violations),
                 ];
                 for (name, value) in kinds {
                     assert_eq!(value, u64::from(name == counter), "{fault}: {name} after one fault: {c:?}");
                 }
-                assert_eq!(c.fallbacks, 1, "{fault}: {c:?}");
-                assert!(c.calls >= 101, "{fault}: 100 good picks and the faulty one were counted: {c:?}");
+                assert_eq!(c.counts.fallbacks, 1, "{fault}: {c:?}");
+                assert!(c.counts.calls >= 101, "{fault}: 100 good picks and the faulty one were counted: {c:?}");
             }
             if slot.active_version() != bad.id {
                 break;
@@ -431,8 +431,11 @@ fn an_update_fault_while_serving_keeps_the_plugins_previous_state_counted_as_fal
         let status = slot.status();
         assert_eq!(status.active.id, v.id, "{fault}: one fault does not roll back");
         let c = status.active.counters;
-        let kinds =
-            [("traps", c.traps), ("contract_violations", c.contract_violations), ("deadline_hits", c.deadline_hits)];
+        let kinds = [
+            ("traps", c.counts.traps),
+            ("contract_violations", c.counts.contract_violations),
+            ("deadline_hits", c.counts.deadline_hits),
+        ];
         for (name, value) in kinds {
             assert_eq!(value, u64::from(name == counter), "{fault}: {name}: {c:?}");
         }
@@ -445,7 +448,7 @@ fn an_update_fault_while_serving_keeps_the_plugins_previous_state_counted_as_fal
         // mapped to the new snapshot; its answer 3 is gone, so the native default answers
         // that one, from the new snapshot. Every pick is a fallback, and counted.
         let current: Vec<String> = snapshot_with_one_replaced().endpoints.into_iter().map(|e| e.id).collect();
-        let fallbacks_before = slot.status().active.counters.fallbacks;
+        let fallbacks_before = slot.status().active.counters.counts.fallbacks;
         for k in 0..12 {
             let (id, fallback) = id_of(&slot);
             assert!(fallback, "{fault}: pick {k} is served while the plugin is behind");
@@ -457,18 +460,18 @@ fn an_update_fault_while_serving_keeps_the_plugins_previous_state_counted_as_fal
                 _ => {}
             }
         }
-        assert_eq!(slot.status().active.counters.fallbacks, fallbacks_before + 12, "{fault}");
+        assert_eq!(slot.status().active.counters.counts.fallbacks, fallbacks_before + 12, "{fault}");
 
         // The next snapshot is accepted (the restored instance counts its updates afresh):
         // the plugin serves it, no fallback, once the off-path update is done (here, at once;
         // a pick before then would get the native default's answer).
         slot.set_snapshot(snapshot(4));
         slot.prepare_now();
-        let after = slot.status().active.counters.fallbacks;
+        let after = slot.status().active.counters.counts.fallbacks;
         for _ in 0..8 {
             assert!(!id_of(&slot).1, "{fault}: back on the current snapshot");
         }
-        assert_eq!(slot.status().active.counters.fallbacks, after, "{fault}");
+        assert_eq!(slot.status().active.counters.counts.fallbacks, after, "{fault}");
         assert_eq!(slot.active_version(), v.id);
     }
 }

@@ -89,7 +89,7 @@ fn a_ring_past_its_share_per_endpoint_is_refused_at_the_update_and_the_previous_
     }
     let after = slot.status().active.counters;
     assert!(
-        after.contract_violations > before.contract_violations,
+        after.counts.contract_violations > before.counts.contract_violations,
         "the refused table is a contract violation: {after:?}"
     );
 }

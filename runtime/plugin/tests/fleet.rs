@@ -102,7 +102,7 @@ fn two_thousand_services_share_one_instance_per_worker() {
     assert!(status.resources >= 2000 && status.resources <= 4000, "one per service and worker used: {status:?}");
     assert_eq!((status.replaced, status.lost, status.constructor_faults), (0, 0, 0), "{status:?}");
     for slot in &slots {
-        assert_eq!(slot.status().active.counters.fallbacks, 0);
+        assert_eq!(slot.status().active.counters.counts.fallbacks, 0);
     }
     let created = status.created;
     // Another version of the same plugin on every service: the old resources go with it,
@@ -153,7 +153,7 @@ fn idle_resources_are_dropped_and_created_again_when_needed() {
         slot.prepare_now();
         let p = slot.pick(&mut PickRequest::default()).expect("a pick");
         assert!(!p.fallback, "the resource made again answers");
-        assert_eq!(slot.status().active.counters.fallbacks, 1);
+        assert_eq!(slot.status().active.counters.counts.fallbacks, 1);
     }
     let status = shared(&host, "least-request");
     assert_eq!((status.resources, status.created), (3, 6), "{status:?}");
@@ -210,7 +210,7 @@ fn a_plugin_leaking_per_service_is_held_by_the_memory_cap_and_counted() {
     let status = shared(&host, "misbehave");
     assert!(status.replaced >= 3, "the cap replaced the instance: {status:?}");
     assert!(status.lost >= 10, "resources went with it: {status:?}");
-    let memory_hits: u64 = loaded.iter().map(|(s, _)| s.status().active.counters.memory_hits).sum();
+    let memory_hits: u64 = loaded.iter().map(|(s, _)| s.status().active.counters.counts.memory_hits).sum();
     assert_eq!(
         memory_hits + refused.len() as u64,
         status.replaced,
@@ -252,7 +252,7 @@ fn a_constructor_trapping_for_some_services_falls_back_for_those_and_is_counted(
     for (slot, _) in &loaded {
         slot.prepare_now();
     }
-    let traps: u64 = loaded.iter().map(|(s, _)| s.status().active.counters.traps).sum();
+    let traps: u64 = loaded.iter().map(|(s, _)| s.status().active.counters.counts.traps).sum();
     assert!(traps >= 1, "the 4th resource of an instance traps");
     let status = shared(&host, "misbehave");
     assert_eq!(status.constructor_faults, 2 + traps, "each constructor trap counted on its service: {status:?}");

@@ -62,7 +62,7 @@ fn a_constructor_that_spins_at_run_time_costs_fallback_picks_not_a_stalled_threa
         picks += 1;
         fallbacks += u64::from(picked.fallback);
         let status = slot.status();
-        if status.active.counters.deadline_hits >= 1 {
+        if status.active.counters.counts.deadline_hits >= 1 {
             break status;
         }
         assert!(Instant::now() < limit, "the constructor's deadline hit was never counted");
@@ -75,12 +75,12 @@ fn a_constructor_that_spins_at_run_time_costs_fallback_picks_not_a_stalled_threa
     // for the whole second (hundreds of thousands here, a fallback pick costing microseconds).
     assert!(picks >= 2_000, "picks went on while the constructor spun: {picks}");
     assert_eq!(fallbacks, picks, "the native default answered each");
-    assert_eq!(status.active.counters.traps, 0, "a deadline hit is counted as one, not as a trap");
+    assert_eq!(status.active.counters.counts.traps, 0, "a deadline hit is counted as one, not as a trap");
     assert_eq!(status.active.name, "spinner", "one fault is not a rollback: {status:?}");
 
     // The next try waits a backoff: picks go on, answered, without a new deadline hit at once.
     for _ in 0..200 {
         assert!(slot.pick(&mut PickRequest::default()).expect("answered").fallback);
     }
-    assert_eq!(slot.status().active.counters.deadline_hits, 1, "not tried again at every pick");
+    assert_eq!(slot.status().active.counters.counts.deadline_hits, 1, "not tried again at every pick");
 }

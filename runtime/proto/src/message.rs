@@ -482,18 +482,10 @@ pub struct SlotView {
     pub version: u64,
     /// When the active version was published, Unix seconds.
     pub loaded_at: u64,
-    /// Calls into the active version.
-    pub calls: u64,
-    /// Calls that trapped.
-    pub traps: u64,
-    /// Calls stopped at their deadline.
-    pub deadline_hits: u64,
-    /// Calls stopped at the memory cap.
-    pub memory_hits: u64,
-    /// Answers outside the contract (index out of range, none while endpoints exist).
-    pub contract_violations: u64,
-    /// Picks answered by the native default instead.
-    pub fallbacks: u64,
+    /// Calls into the active version, its faults by cause and the calls the native default
+    /// answered for it (each a field of its own in the JSON form).
+    #[serde(flatten)]
+    pub counts: sextant_core::PluginCounts,
     /// Sampled call time p50, nanoseconds.
     pub call_p50_ns: u64,
     /// Sampled call time p99, nanoseconds.

@@ -588,10 +588,10 @@ pub(crate) async fn plugin(args: &ClientArgs, command: PluginCommand) -> Result 
                         s.plugin,
                         s.source,
                         s.version,
-                        s.calls,
-                        s.traps,
-                        s.deadline_hits,
-                        s.fallbacks,
+                        s.counts.calls,
+                        s.counts.traps,
+                        s.counts.deadline_hits,
+                        s.counts.fallbacks,
                         s.call_p50_ns,
                         s.call_p99_ns
                     ))?;
