@@ -77,18 +77,18 @@ pub struct GatewayFile {
 
 impl Default for GatewayFile {
     fn default() -> Self {
-        let route = ServicePolicy::default();
+        let defaults = ServicePolicy::default();
         Self {
             gateway: GatewayConfig::default(),
             balancer: sextant_plugin::DEFAULT_BALANCER.into(),
             health: sextant_plugin::DEFAULT_HEALTH.into(),
             scheduler: None,
-            window: route.window,
-            health_check: route.health_check,
-            breaker: route.breaker,
-            retry: route.retry,
-            rate_limit: route.rate_limit,
-            max_ejected_percent: route.max_ejected_percent,
+            window: defaults.window,
+            health_check: defaults.health_check,
+            breaker: defaults.breaker,
+            retry: defaults.retry,
+            rate_limit: defaults.rate_limit,
+            max_ejected_percent: defaults.max_ejected_percent,
         }
     }
 }
@@ -178,7 +178,7 @@ impl GatewayFile {
 
     /// The router's defaults this file describes.
     #[must_use]
-    pub fn route_config(&self) -> ServicePolicy {
+    pub fn policy(&self) -> ServicePolicy {
         ServicePolicy {
             balancer: PluginSpec::builtin(&self.balancer),
             health: PluginSpec::builtin(&self.health),
@@ -211,17 +211,17 @@ mod tests {
         assert_eq!(file.gateway.routes[0].service, "shop/web/orders");
         assert_eq!(file.gateway.routes[0].hash_header.as_deref(), Some("x-user"));
         assert_eq!(file.gateway.attempt_timeout, Duration::from_secs(2));
-        let route = file.route_config();
-        assert_eq!(route.scheduler.map(|s| s.name().to_owned()).as_deref(), Some("adaptive"));
-        assert_eq!(route.retry.attempts, 3);
-        assert_eq!(route.rate_limit.map(|r| r.burst), Some(200));
-        assert_eq!(route.health_check.map(|h| h.timeout), Some(Duration::from_millis(500)));
+        let policy = file.policy();
+        assert_eq!(policy.scheduler.map(|s| s.name().to_owned()).as_deref(), Some("adaptive"));
+        assert_eq!(policy.retry.attempts, 3);
+        assert_eq!(policy.rate_limit.map(|r| r.burst), Some(200));
+        assert_eq!(policy.health_check.map(|h| h.timeout), Some(Duration::from_millis(500)));
     }
 
     #[test]
     fn an_empty_document_is_the_defaults() {
         let file = GatewayFile::from_json("{}").unwrap();
-        let (ours, defaults) = (file.route_config(), ServicePolicy::default());
+        let (ours, defaults) = (file.policy(), ServicePolicy::default());
         assert_eq!(ours.breaker, defaults.breaker);
         assert_eq!(ours.retry, defaults.retry);
         assert_eq!(ours.max_ejected_percent, defaults.max_ejected_percent);

@@ -107,7 +107,7 @@ struct Effective {
     gateway: GatewayConfig,
     /// The document without its `gateway` part: what the routes' policies come from.
     policies: GatewayFile,
-    route: ServicePolicy,
+    policy: ServicePolicy,
     services: Vec<ServiceKey>,
 }
 
@@ -124,14 +124,14 @@ fn effective(file: &GatewayFile, args: &GatewayArgs) -> Result<Effective, Failur
     let mut services: Vec<ServiceKey> = gateway.routes.iter().map(service_of).collect::<Result<_, _>>()?;
     services.sort();
     services.dedup();
-    let mut route = file.route_config();
-    route.health_check = match (&args.health_path, route.health_check.take()) {
+    let mut policy = file.policy();
+    policy.health_check = match (&args.health_path, policy.health_check.take()) {
         (Some(path), _) => Some(HealthCheck::http(path, Duration::from_secs(2))),
         (None, Some(from_file)) => Some(from_file),
         (None, None) => Some(HealthCheck::tcp(Duration::from_secs(2))),
     };
     let policies = GatewayFile { gateway: GatewayConfig::default(), ..file.clone() };
-    Ok(Effective { gateway, policies, route, services })
+    Ok(Effective { gateway, policies, policy, services })
 }
 
 /// The config entry `key` as `watch` holds it: (version, content).
@@ -273,12 +273,12 @@ pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Ou
     // faults as this registration, and publishes what it runs there (below).
     let host = PluginHost::new(args.plugin_host.config()).map_err(|e| Failure::other(format!("plugin host: {e:#}")))?;
     let router = Router::builder(host, Arc::new(discovery))
-        .defaults(first.route.clone())
+        .defaults(first.policy.clone())
         .plugin_cache(args.cache.join("plugins"))
         .reporting_as(key.to_string())
         .build();
     let follower = router.plugins().ok_or_else(|| Failure::other("the router follows no plugin records"))?;
-    follower.set_services(services, first.route.clone(), Vec::new());
+    follower.set_services(services, first.policy.clone(), Vec::new());
     let gateway_config = first.gateway.clone();
     let metrics = Arc::new(GatewayMetrics::new());
     let gateway = Gateway::with_metrics(gateway_config, Upstream::Router(router.clone()), Some(Arc::clone(&metrics)))
@@ -380,9 +380,9 @@ pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Ou
                             .cloned()
                             .collect();
                         for s in &reset {
-                            router.configure(s.clone(), next.route.clone());
+                            router.configure(s.clone(), next.policy.clone());
                         }
-                        follower.set_services(next.services.clone(), next.route.clone(), reset);
+                        follower.set_services(next.services.clone(), next.policy.clone(), reset);
                         tracing::info!(%key, version = short(&version), "config entry applied");
                         current.1 = next;
                         format!("applied {}", short(&version))

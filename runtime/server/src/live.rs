@@ -142,7 +142,7 @@ fn instance(spec: &BackendSpec, addr: SocketAddr) -> Result<Record, String> {
 }
 
 /// What the gateway does in live mode: the strategy and nothing the simulation lacks.
-fn route_config(strategy: &Strategy) -> ServicePolicy {
+fn policy(strategy: &Strategy) -> ServicePolicy {
     ServicePolicy {
         balancer: strategy.balancer.clone(),
         scheduler: strategy.scheduler.clone(),
@@ -201,7 +201,7 @@ pub async fn run(
         backends.push(backend);
     }
 
-    let router = Router::new(host.clone(), Arc::new(registry.clone()), route_config(strategy));
+    let router = Router::new(host.clone(), Arc::new(registry.clone()), policy(strategy));
     let mut rule = Rule::prefix("/", SERVICE);
     rule.hash_header = Some(KEY_HEADER.into());
     let config = GatewayConfig { routes: vec![rule], attempt_timeout: timeout, ..GatewayConfig::default() };
