@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use sextant_core::engine::{Engine, Op, Persist};
 use sextant_core::history::DEFAULT_CAPACITY;
@@ -29,6 +29,8 @@ use sextant_core::{Event, LeaseId, Millis, Record, RecordKey, Revision, Scope, S
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
+
+use crate::disk::{DiskFaults, FaultyFile};
 
 const RECORDS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("records");
 /// Plugin components written whole (before components were stored in chunks); read only.
@@ -111,7 +113,10 @@ pub struct EmbeddedStore {
 #[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
-    db: Database,
+    /// The database; none while it is being opened again after a failed write.
+    db: RwLock<Option<Database>>,
+    /// How it is opened (again).
+    file: DbFile,
     path: PathBuf,
     events: broadcast::Sender<Event>,
     origin: Instant,
@@ -128,10 +133,50 @@ fn unavailable(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Unavailable(e.into().to_string())
 }
 
+fn closed() -> StoreError {
+    StoreError::Unavailable("the store's file is closed".into())
+}
+
+/// How the database file is opened.
+#[derive(Debug, Clone)]
+enum DbFile {
+    /// redb's own file, locked against a second process.
+    Plain(PathBuf),
+    /// Through a switch that can make the disk full ([`EmbeddedStore::open_on`]).
+    Faulty(PathBuf, DiskFaults),
+}
+
+impl DbFile {
+    fn open(&self) -> Result<Database, redb::Error> {
+        Ok(match self {
+            Self::Plain(path) if path.exists() => Database::open(path)?,
+            Self::Plain(path) => Database::create(path)?,
+            Self::Faulty(path, faults) => {
+                Database::builder().create_with_backend(FaultyFile::open(path, faults.clone())?)?
+            }
+        })
+    }
+}
+
 impl EmbeddedStore {
     /// Opens (or creates) the store in `dir` and starts its lease reaper. Must be called
     /// inside a tokio runtime.
     pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<Self, OpenError> {
+        Self::open_file(dir, options, DbFile::Plain)
+    }
+
+    /// [`EmbeddedStore::open`] with the database written through `disk`, a switch that can
+    /// make the disk full: what a full disk does to registrations can be tried without
+    /// filling one (the file is not locked against a second process).
+    pub fn open_on(dir: &Path, options: EmbeddedOptions, disk: DiskFaults) -> Result<Self, OpenError> {
+        Self::open_file(dir, options, |path| DbFile::Faulty(path, disk))
+    }
+
+    fn open_file(
+        dir: &Path,
+        options: EmbeddedOptions,
+        file: impl FnOnce(PathBuf) -> DbFile,
+    ) -> Result<Self, OpenError> {
         let dir_err = |source| OpenError::Dir { path: dir.to_owned(), source };
         std::fs::create_dir_all(dir).map_err(dir_err)?;
         if !dir.is_dir() {
@@ -139,8 +184,8 @@ impl EmbeddedStore {
         }
         let path = dir.join(DB_FILE);
         let db_err = |source: redb::Error| OpenError::Database { path: path.clone(), source };
-        let db = if path.exists() { Database::open(&path) } else { Database::create(&path) }
-            .map_err(|e| db_err(e.into()))?;
+        let file = file(path.clone());
+        let db = file.open().map_err(db_err)?;
         let (start, records) = load(&db, &path)?;
         let ceiling = start + REVISION_BLOCK;
         write_txn(&db, &Persist::Nothing, Some(ceiling)).map_err(db_err)?;
@@ -152,7 +197,8 @@ impl EmbeddedStore {
                 ceiling,
                 leases_expired: 0,
             }),
-            db,
+            db: RwLock::new(Some(db)),
+            file,
             path,
             events,
             origin: Instant::now(),
@@ -263,6 +309,42 @@ impl Shared {
         self.write_if(op, None)
     }
 
+    /// Runs `f` on the database. A database that failed a write (a full disk, an I/O error:
+    /// redb refuses every later transaction then) is closed, and opened again before the
+    /// next use ([`Shared::database`]), so the store takes writes again once the cause is
+    /// gone, without a restart.
+    fn with_db<T>(&self, f: impl FnOnce(&Database) -> Result<T, redb::Error>) -> Result<T, StoreError> {
+        let db = self.database()?;
+        let result = f(db.as_ref().ok_or_else(closed)?);
+        drop(db);
+        result.map_err(|e| {
+            tracing::error!(path = %self.path.display(), error = %e, "the embedded store could not write; its file is opened again before the next use");
+            // Each transaction is dropped when it fails: none of ours is open.
+            self.db.write().take();
+            unavailable(e)
+        })
+    }
+
+    /// The database, opened again first if a failed write closed it (`Unavailable` with the
+    /// reason while it does not open).
+    fn database(&self) -> Result<RwLockReadGuard<'_, Option<Database>>, StoreError> {
+        {
+            let db = self.db.read();
+            if db.is_some() {
+                return Ok(db);
+            }
+        }
+        let mut slot = self.db.write();
+        if slot.is_none() {
+            let db = self.file.open().map_err(|e| {
+                StoreError::Unavailable(format!("{e} (opening {} again after a failed write)", self.path.display()))
+            })?;
+            tracing::info!(path = %self.path.display(), "the embedded store opened its file again");
+            *slot = Some(db);
+        }
+        Ok(RwLockWriteGuard::downgrade(slot))
+    }
+
     /// Writes `op`, when `expect` is given only if its key was last written at that revision
     /// (`Some(None)`: only if absent), checked under the same lock as the write.
     fn write_if(&self, op: Op, expect: Option<Option<Revision>>) -> Result<Revision, StoreError> {
@@ -277,7 +359,7 @@ impl Shared {
         let now = self.now();
         let prepared = state.engine.prepare(now, op)?;
         let ceiling = Self::ceiling_for(&state, 1);
-        write_txn(&self.db, prepared.persist(), ceiling).map_err(unavailable)?;
+        self.with_db(|db| write_txn(db, prepared.persist(), ceiling))?;
         if let Some(c) = ceiling {
             state.ceiling = c;
         }
@@ -296,7 +378,7 @@ impl Shared {
         take: impl FnOnce(&mut Engine) -> Vec<Event>,
     ) -> Result<Revision, StoreError> {
         if let Some(c) = Self::ceiling_for(state, removals) {
-            write_txn(&self.db, &Persist::Nothing, Some(c)).map_err(unavailable)?;
+            self.with_db(|db| write_txn(db, &Persist::Nothing, Some(c)))?;
             state.ceiling = c;
         }
         for event in take(&mut state.engine) {
@@ -425,19 +507,21 @@ impl Store for EmbeddedStore {
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             let sha = sha256_hex(&bytes);
-            let txn = shared.db.begin_write().map_err(unavailable)?;
-            {
-                let mut sizes = txn.open_table(ARTIFACT_SIZES).map_err(unavailable)?;
-                if sizes.get(sha.as_str()).map_err(unavailable)?.is_some() {
-                    return Ok(sha);
+            shared.with_db(|db| {
+                let txn = db.begin_write()?;
+                {
+                    let mut sizes = txn.open_table(ARTIFACT_SIZES)?;
+                    if sizes.get(sha.as_str())?.is_some() {
+                        return Ok(());
+                    }
+                    let mut chunks = txn.open_table(ARTIFACT_CHUNKS)?;
+                    for (i, chunk) in (0u32..).zip(bytes.chunks(ARTIFACT_CHUNK)) {
+                        chunks.insert((sha.as_str(), i), chunk)?;
+                    }
+                    sizes.insert(sha.as_str(), bytes.len() as u64)?;
                 }
-                let mut chunks = txn.open_table(ARTIFACT_CHUNKS).map_err(unavailable)?;
-                for (i, chunk) in (0u32..).zip(bytes.chunks(ARTIFACT_CHUNK)) {
-                    chunks.insert((sha.as_str(), i), chunk).map_err(unavailable)?;
-                }
-                sizes.insert(sha.as_str(), bytes.len() as u64).map_err(unavailable)?;
-            }
-            txn.commit().map_err(unavailable)?;
+                Ok(txn.commit()?)
+            })?;
             Ok(sha)
         })
         .await
@@ -447,7 +531,8 @@ impl Store for EmbeddedStore {
     async fn get_artifact(&self, sha256: String) -> Result<Option<Vec<u8>>, StoreError> {
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
-            let read = shared.db.begin_read().map_err(unavailable)?;
+            let db = shared.database()?;
+            let read = db.as_ref().ok_or_else(closed)?.begin_read().map_err(unavailable)?;
             let size =
                 read.open_table(ARTIFACT_SIZES).map_err(unavailable)?.get(sha256.as_str()).map_err(unavailable)?;
             let bytes = if let Some(size) = size.map(|v| v.value()) {

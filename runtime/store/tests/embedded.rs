@@ -9,7 +9,7 @@ use sextant_core::store::{Store, StoreError};
 use sextant_core::{
     Change, ConfigEntry, ConfigKey, CoreError, Instance, PluginRecord, Record, Revision, Scope, ServiceKey,
 };
-use sextant_store::{DB_FILE, EmbeddedOptions, EmbeddedStore, OpenError, Registry};
+use sextant_store::{DB_FILE, DiskFaults, EmbeddedOptions, EmbeddedStore, OpenError, Registry};
 use tokio_stream::StreamExt;
 
 fn instance(service: &str, port: u16, ephemeral: bool) -> Record {
@@ -280,4 +280,62 @@ async fn conditional_writes_compare_the_revision_read_and_survive_a_reopen() {
     assert!(loaded_at >= at);
     let next = Record::Config(Arc::new(ConfigEntry::new(ConfigKey::parse("a").unwrap(), "2").unwrap()));
     store.put_if(next, Some(loaded_at)).await.expect("over the revision read after the reopen");
+}
+
+/// A disk that fills up during registrations: every write refused while it is full gets a
+/// typed error (`Unavailable`, naming the cause) and changes nothing, reads go on, and once
+/// space returns the same store takes writes again, without a restart. After a reopen the
+/// store holds exactly what was acknowledged.
+#[tokio::test]
+async fn a_full_disk_refuses_writes_with_a_typed_error_loses_nothing_acknowledged_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DiskFaults::default();
+    let store = EmbeddedStore::open_on(dir.path(), EmbeddedOptions::default(), disk.clone()).unwrap();
+    let mut acknowledged = std::collections::BTreeSet::new();
+    for port in 1..=20 {
+        store.put(instance("shop/web/orders", port, false), None).await.expect("a write with room");
+        acknowledged.insert(port);
+    }
+
+    disk.fill();
+    let mut refused = 0;
+    for port in 21..=40 {
+        match store.put(instance("shop/web/orders", port, false), None).await {
+            Ok(_) => {
+                acknowledged.insert(port);
+            }
+            Err(StoreError::Unavailable(reason)) => {
+                assert!(reason.contains("No space left on device"), "the cause is named: {reason}");
+                refused += 1;
+            }
+            Err(other) => panic!("a full disk is `unavailable`, not {other:?}"),
+        }
+    }
+    assert!(refused > 0, "the full disk refused writes");
+    // A delete is a write too.
+    let key = instance("shop/web/orders", 1, false).key();
+    assert!(matches!(store.delete(key).await, Err(StoreError::Unavailable(_))));
+    let listed = store.list(Scope::All).await.unwrap().records.len();
+    assert_eq!(listed, acknowledged.len(), "a refused write changed nothing, and reads go on");
+
+    disk.free();
+    for port in 41..=60 {
+        store.put(instance("shop/web/orders", port, false), None).await.expect("writes resume once space returns");
+        acknowledged.insert(port);
+    }
+    drop(store);
+
+    let store = open(dir.path());
+    let ports: std::collections::BTreeSet<u16> = store
+        .list(Scope::All)
+        .await
+        .unwrap()
+        .records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Instance(i) => Some(i.port),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ports, acknowledged, "exactly what was acknowledged, after a reopen");
 }
