@@ -10,7 +10,8 @@
 //! across all services against the empty call and against native.
 //!
 //! Run: `cargo bench -p sextant-benches --bench fleet` (`SEXTANT_FLEET_SERVICES=N` for another
-//! size). Prints a table; asserts nothing.
+//! size). Prints a table; asserts nothing. `cargo test` runs it on a few services and
+//! asserts what docs/plugins.md claims of it (0 fallbacks, one instance per worker).
 
 #![allow(clippy::print_stdout, clippy::cast_precision_loss)]
 
@@ -79,7 +80,11 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let services: usize = std::env::var("SEXTANT_FLEET_SERVICES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let smoke = sextant_benches::smoke();
+    let services: usize = std::env::var("SEXTANT_FLEET_SERVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if smoke { 200 } else { 10_000 });
     let host = PluginHost::new(HostConfig { workers: WORKERS, ..HostConfig::default() }.sized(1000)).expect("engine");
     let start_rss = rss_bytes();
     let slots: Vec<BalancerSlot> = (0..services)
@@ -113,6 +118,16 @@ fn main() {
         rows.push((plugin, bind_time, ns, fallbacks, rss, status.instances, status.resources));
         // Back to native between the two, so each starts from the same state.
         bind(&slots, &PluginSpec::builtin("least-request"));
+    }
+    if smoke {
+        // What docs/plugins.md claims of this run.
+        assert_eq!(native_fallbacks, 0, "native least-request fell back");
+        for (plugin, _, _, fallbacks, _, instances, _) in &rows {
+            assert_eq!(*fallbacks, 0, "{plugin}: 0 fallbacks");
+            assert_eq!(*instances, WORKERS as u64, "{plugin}: one instance per worker thread, whatever the services");
+        }
+        println!("fleet (test): {services} services, 0 fallbacks native and wasm, {WORKERS} instances");
+        return;
     }
     let empty_ns = rows.iter().find(|r| r.0.starts_with("empty")).map_or(f64::NAN, |r| r.2);
     // The same three on one service (one slot picked over and over by one thread, caches

@@ -9,7 +9,8 @@
 //! native run, and the time per request.
 //!
 //! Run: `cargo bench -p sextant-benches --bench fleet_gateway` (`SEXTANT_FLEET_SERVICES=N` for
-//! another size). Loopback only; prints a table; asserts nothing.
+//! another size). Loopback only; prints a table; asserts nothing. `cargo test` runs it on a few services and
+//! asserts what docs/plugins.md claims of it (0 fallbacks, 0 failed requests).
 
 #![allow(clippy::print_stdout, clippy::cast_precision_loss)]
 
@@ -89,7 +90,11 @@ async fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let services: usize = std::env::var("SEXTANT_FLEET_SERVICES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let smoke = sextant_benches::smoke();
+    let services: usize = std::env::var("SEXTANT_FLEET_SERVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if smoke { 100 } else { 10_000 });
     let backends = [
         Backend::start("a", Behavior::default()).await.expect("backend"),
         Backend::start("b", Behavior::default()).await.expect("backend"),
@@ -192,5 +197,10 @@ async fn main() {
         ns / 1e3,
         (rss.saturating_sub(native_rss)) as f64 / (1024.0 * 1024.0)
     );
+    if smoke {
+        // What docs/plugins.md claims of this run.
+        assert_eq!((native_failed, failed, refused), (0, 0, 0), "failed requests (native, wasm), refused binds");
+        assert_eq!(fallbacks(&router, services), 0, "0 fallbacks");
+    }
     drop(backends);
 }

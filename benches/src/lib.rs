@@ -8,6 +8,15 @@ use std::sync::Arc;
 
 use sextant_core::{Instance, Record, ServiceKey};
 
+/// Whether a measurement program runs as a test: `cargo test` runs the bench targets marked
+/// `test = true` without `--bench` (a short run that asserts the claims the docs make of
+/// it, so a claim cannot rot unseen), `cargo bench` with it (the full run, asserting
+/// nothing).
+#[must_use]
+pub fn smoke() -> bool {
+    !std::env::args().any(|a| a == "--bench")
+}
+
 /// The service `bench/g/svc-{n}`.
 #[must_use]
 pub fn service(n: usize) -> ServiceKey {
