@@ -4,6 +4,7 @@
 //! the service's retry budget with backoff and jitter, avoiding endpoints already tried.
 //! On shutdown it stops accepting and drains the requests in flight.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -156,6 +157,38 @@ struct CompiledRule {
 struct Routing {
     config: GatewayConfig,
     rules: Vec<CompiledRule>,
+    /// The rules for one host, by host (lowercase), each a prefix index.
+    by_host: HashMap<String, PrefixIndex>,
+    /// The rules for any host.
+    any_host: PrefixIndex,
+}
+
+/// The rules of one host by path prefix: which rule a prefix selects (the first of the
+/// sorted rules with that prefix), and the prefix lengths present, longest first. A lookup
+/// tries each length once: a hash lookup per distinct length, whatever the number of rules.
+#[derive(Default)]
+struct PrefixIndex {
+    by_prefix: HashMap<String, usize>,
+    lengths: Vec<usize>,
+}
+
+impl PrefixIndex {
+    fn insert(&mut self, prefix: &str, rule: usize) {
+        if !self.by_prefix.contains_key(prefix) {
+            self.by_prefix.insert(prefix.to_owned(), rule);
+            if let Err(at) = self.lengths.binary_search_by(|l| prefix.len().cmp(l)) {
+                self.lengths.insert(at, prefix.len());
+            }
+        }
+    }
+
+    /// The rule of the longest prefix `path` starts with.
+    fn longest(&self, path: &str) -> Option<usize> {
+        self.lengths
+            .iter()
+            .filter(|&&l| l <= path.len() && path.is_char_boundary(l))
+            .find_map(|&l| self.by_prefix.get(&path[..l]).copied())
+    }
 }
 
 impl Routing {
@@ -173,9 +206,31 @@ impl Routing {
             let service_label = service.to_string();
             rules.push(CompiledRule { rule: rule.clone(), service, label, service_label });
         }
-        // Host rules first, then longer prefixes.
+        // Host rules first, then longer prefixes; among equals, the configured order.
         rules.sort_by_key(|r| (r.rule.host.is_none(), std::cmp::Reverse(r.rule.path_prefix.len())));
-        Ok(Self { config, rules })
+        let (mut by_host, mut any_host) = (HashMap::<String, PrefixIndex>::new(), PrefixIndex::default());
+        for (i, r) in rules.iter().enumerate() {
+            match &r.rule.host {
+                Some(h) => by_host.entry(h.to_ascii_lowercase()).or_default().insert(&r.rule.path_prefix, i),
+                None => any_host.insert(&r.rule.path_prefix, i),
+            }
+        }
+        Ok(Self { config, rules, by_host, any_host })
+    }
+
+    /// The rule for `host` (port stripped) and `path`: the longest prefix among the rules
+    /// for that host, else the longest among the rules for any host.
+    fn find(&self, host: Option<&str>, path: &str) -> Option<&CompiledRule> {
+        let for_host = host.filter(|_| !self.by_host.is_empty()).and_then(|h| {
+            // No allocation for the usual lowercase host.
+            let index = if h.bytes().any(|b| b.is_ascii_uppercase()) {
+                self.by_host.get(&h.to_ascii_lowercase())
+            } else {
+                self.by_host.get(h)
+            };
+            index?.longest(path)
+        });
+        self.rules.get(for_host.or_else(|| self.any_host.longest(path))?)
     }
 
     fn rule(&self, request: &Request<Incoming>) -> Option<&CompiledRule> {
@@ -186,11 +241,7 @@ impl Routing {
                         .map_or(h, |(name, port)| if port.chars().all(|c| c.is_ascii_digit()) { name } else { h })
                 },
             );
-        let path = request.uri().path();
-        self.rules.iter().find(|r| {
-            r.rule.host.as_deref().is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)))
-                && path.starts_with(&r.rule.path_prefix)
-        })
+        self.find(host, request.uri().path())
     }
 }
 
@@ -507,4 +558,83 @@ fn text(status: StatusCode, body: &str) -> Response<Body> {
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rule by the documented meaning, by a scan of the sorted rules (what the index
+    /// must agree with).
+    fn scan<'a>(routing: &'a Routing, host: Option<&str>, path: &str) -> Option<&'a CompiledRule> {
+        routing.rules.iter().find(|r| {
+            r.rule.host.as_deref().is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)))
+                && path.starts_with(&r.rule.path_prefix)
+        })
+    }
+
+    #[test]
+    fn the_index_picks_what_the_rules_say_host_rules_first_then_the_longest_prefix() {
+        let rule = |host: Option<&str>, prefix: &str, service: &str| Rule {
+            host: host.map(str::to_owned),
+            path_prefix: prefix.to_owned(),
+            service: service.to_owned(),
+            hash_header: None,
+            headers: Vec::new(),
+        };
+        let routes = vec![
+            rule(None, "/", "root"),
+            rule(None, "/api", "api"),
+            rule(None, "/api/v2", "v2"),
+            rule(Some("Shop.Example"), "/", "shop"),
+            rule(Some("shop.example"), "/api", "shop-api"),
+            rule(None, "/api", "api-second"),
+            rule(None, "/é", "accent"),
+        ];
+        let routing = Routing::compile(GatewayConfig { routes, ..GatewayConfig::default() }).unwrap();
+        let service = |host: Option<&str>, path: &str| routing.find(host, path).map(|r| r.rule.service.as_str());
+        assert_eq!(service(None, "/api/v2/x"), Some("v2"));
+        assert_eq!(service(None, "/api/v1"), Some("api"), "the first of two equal prefixes");
+        assert_eq!(service(None, "/other"), Some("root"));
+        assert_eq!(service(Some("SHOP.example"), "/api/v2"), Some("shop-api"), "a host rule wins, any case");
+        assert_eq!(service(Some("shop.example"), "/x"), Some("shop"));
+        assert_eq!(service(Some("elsewhere"), "/api"), Some("api"));
+        assert_eq!(service(None, "/é/x"), Some("accent"));
+        assert_eq!(service(None, "/\u{e9}"), Some("accent"));
+
+        // Against the scan, on many rules and paths (a fixed pseudo-random sequence).
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let segments = ["a", "b", "ab", "api", "v1", "é"];
+        let path = |next: &mut dyn FnMut(u64) -> u64| {
+            let mut p = String::from("/");
+            for _ in 0..next(4) {
+                p.push_str(segments[usize::try_from(next(6)).unwrap()]);
+                if next(2) == 0 {
+                    p.push('/');
+                }
+            }
+            p
+        };
+        let hosts = [None, Some("a.example"), Some("B.example")];
+        let routes: Vec<Rule> = (0..300)
+            .map(|i| rule(hosts[usize::try_from(next(3)).unwrap()], &path(&mut next), &format!("s{i}")))
+            .collect();
+        let routing = Routing::compile(GatewayConfig { routes, ..GatewayConfig::default() }).unwrap();
+        for _ in 0..5_000 {
+            let host =
+                [None, Some("a.example"), Some("b.EXAMPLE"), Some("c.example")][usize::try_from(next(4)).unwrap()];
+            let p = path(&mut next);
+            assert_eq!(
+                routing.find(host, &p).map(|r| &r.rule.service),
+                scan(&routing, host, &p).map(|r| &r.rule.service),
+                "{host:?} {p}"
+            );
+        }
+    }
 }
