@@ -107,11 +107,12 @@ impl RouterBuilder {
 
     /// The router. Spawns its maintenance task (ejections, breakers, windows, scheduler,
     /// probes every 25 ms) on the current tokio runtime; it ends at [`Router::shutdown`] or
-    /// when the last clone of the router is dropped. Routes are set up on a service's first
-    /// pick (or [`Router::load`]). With a discovery that follows remote servers, also starts
-    /// following their plugin records (unless [`RouterBuilder::ignore_plugin_records`]) for
-    /// the services configured here and every service a service state is set up for; a pick before
-    /// a bound plugin arrives is answered by the service state's configured balancer.
+    /// when the last clone of the router is dropped. A service's state is set up on its
+    /// first pick (or [`Router::load`]). With a discovery that follows remote servers, also
+    /// starts following their plugin records (unless
+    /// [`RouterBuilder::ignore_plugin_records`]) for the services configured here and every
+    /// service whose state is set up later; a pick before a bound plugin arrives is answered
+    /// by the service's configured balancer.
     ///
     /// # Panics
     /// Outside a tokio runtime.

@@ -379,10 +379,12 @@ pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Ou
                             .filter(|s| policies_changed || !current.1.services.contains(s))
                             .cloned()
                             .collect();
-                        for s in &reset {
-                            router.configure(s.clone(), next.policy.clone());
+                        // Each service set up again tells the follower itself (its bound
+                        // plugins are loaded into the new state once).
+                        for s in reset {
+                            router.configure(s, next.policy.clone());
                         }
-                        follower.set_services(next.services.clone(), next.policy.clone(), reset);
+                        follower.set_services(next.services.clone(), next.policy.clone(), Vec::new());
                         tracing::info!(%key, version = short(&version), "config entry applied");
                         current.1 = next;
                         format!("applied {}", short(&version))
