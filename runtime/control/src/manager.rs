@@ -38,7 +38,7 @@ use crate::slots::{ServiceSlots, parse_kind, pop_good, push_history, unix_ms};
 use crate::state::{Inner, Work};
 
 use sextant_plugin::{
-    Compiled, CountersSnapshot, Defaults, LoadError, PickRequest, PluginHost, PluginKind, PluginSpec, SlotPlan, Slots,
+    Compiled, Defaults, LoadError, PickRequest, PluginHost, PluginKind, PluginSpec, SlotPlan, Slots, VersionCounts,
     VersionKey, snapshot_of,
 };
 
@@ -501,7 +501,7 @@ impl<S: Store + Clone> PluginManager<S> {
     /// Monotonic totals per plugin version (kind, name, sha256) over every service, the
     /// versions swapped out included: what `/metrics` exports as `_total` counters.
     #[must_use]
-    pub fn totals(&self) -> Vec<(VersionKey, CountersSnapshot)> {
+    pub fn totals(&self) -> Vec<(VersionKey, VersionCounts)> {
         let mut totals = self.0.host.retired();
         let services: Vec<Arc<ServiceSlots>> = self.0.services.read().values().cloned().collect();
         for slots in services {

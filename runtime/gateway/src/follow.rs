@@ -123,7 +123,7 @@ struct Counts {
 }
 
 impl Counts {
-    fn of(c: &sextant_plugin::CountersSnapshot) -> Self {
+    fn of(c: &sextant_plugin::VersionCounts) -> Self {
         Self { calls: c.counts.calls, faults: c.counts.faults(), fallbacks: c.counts.fallbacks }
     }
 

@@ -4,7 +4,7 @@
 //! - per slot (service and kind), the active version's number and when it was published
 //!   (`plugin_version`, `plugin_loaded_at`);
 //! - per version (kind, name, sha256), over every service and across swaps, the calls, the
-//!   faults by cause and the fallbacks (the plugin host's [`CountersSnapshot`]s), and the sampled
+//!   faults by cause and the fallbacks (the plugin host's [`VersionCounts`]s), and the sampled
 //!   call times as a histogram in seconds;
 //! - the plugin host's limits, its shared (0.2.0) plugins and the lines their log budget
 //!   dropped ([`PluginHostMetrics`]).
@@ -15,7 +15,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
-use sextant_plugin::{CALL_TIME_BOUNDS_NS, CallTimes, CountersSnapshot, VersionKey};
+use sextant_plugin::{CALL_TIME_BOUNDS_NS, CallTimes, VersionCounts, VersionKey};
 
 /// Labels of a plugin slot (one service's balancer, health policy or scheduler).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -114,7 +114,7 @@ impl PluginMetrics {
     }
 
     /// Brings the per-version totals (kept across swaps by their owner) into the exposition.
-    pub fn set_totals<'a>(&self, totals: impl IntoIterator<Item = (&'a VersionKey, &'a CountersSnapshot)>) {
+    pub fn set_totals<'a>(&self, totals: impl IntoIterator<Item = (&'a VersionKey, &'a VersionCounts)>) {
         for (key, t) in totals {
             let labels = VersionLabels::from(key);
             let values = t.counts.values();

@@ -19,7 +19,7 @@ use crate::kind::{Contract, PACKAGE, PluginKind};
 use crate::runtime::{HostConfig, Runtime};
 use crate::shared::{SharedPlugin, SharedStatus};
 use crate::state::{KindPre, SharedPre};
-use crate::stats::{CountersSnapshot, VersionKey};
+use crate::stats::{VersionCounts, VersionKey};
 
 type Cache = (HashMap<String, Arc<Compiled>>, VecDeque<String>);
 
@@ -29,7 +29,7 @@ struct Inner {
     cache: Mutex<Cache>,
     compiles: AtomicU64,
     /// What versions no longer running counted, so totals survive swaps.
-    retired: Mutex<HashMap<VersionKey, CountersSnapshot>>,
+    retired: Mutex<HashMap<VersionKey, VersionCounts>>,
     /// The 0.2.0 plugins running, by sha256 and configuration.
     shared: Mutex<HashMap<(String, String), std::sync::Weak<SharedPlugin>>>,
     /// Components and configurations whose self-test passed (it is not repeated per service).
@@ -112,7 +112,7 @@ impl PluginHost {
     }
 
     /// Keeps what a version that stops running counted (its slot swapped it out or went away).
-    pub(crate) fn retire(&self, key: VersionKey, counters: &CountersSnapshot) {
+    pub(crate) fn retire(&self, key: VersionKey, counters: &VersionCounts) {
         if counters.is_zero() {
             return;
         }
@@ -123,7 +123,7 @@ impl PluginHost {
 
     /// What the versions no longer running counted, by version.
     #[must_use]
-    pub fn retired(&self) -> HashMap<VersionKey, CountersSnapshot> {
+    pub fn retired(&self) -> HashMap<VersionKey, VersionCounts> {
         self.0.retired.lock().clone()
     }
 

@@ -81,6 +81,6 @@ pub use shared::SharedStatus;
 pub use slots::{DEFAULT_BALANCER, DEFAULT_HEALTH, DEFAULT_SCHEDULER, Defaults, SlotPlan, Slots};
 pub use spec::{PickRequest, Picked, PluginSpec, affinity_hash};
 pub use state::HostState;
-pub use stats::{CALL_TIME_BOUNDS_NS, CallTimes, Counters, CountersSnapshot, Histogram, VersionKey};
+pub use stats::{CALL_TIME_BOUNDS_NS, CallTimes, Counters, Histogram, VersionCounts, VersionKey};
 pub use version::Version;
 pub use window::{Ended, StatsWindow};

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::{CountersSnapshot, PluginKind, PluginSpec};
+use crate::{PluginKind, PluginSpec, VersionCounts};
 
 /// Earlier versions kept as rollback targets.
 pub(crate) const MAX_PREVIOUS: usize = 4;
@@ -173,11 +173,11 @@ pub struct VersionStatus {
     pub loaded_at: u64,
     /// Calls, faults and call times.
     #[serde(flatten)]
-    pub counters: CountersSnapshot,
+    pub counters: VersionCounts,
 }
 
 impl VersionStatus {
-    pub(crate) fn of(id: u64, spec: &PluginSpec, loaded_at: SystemTime, counters: CountersSnapshot) -> Self {
+    pub(crate) fn of(id: u64, spec: &PluginSpec, loaded_at: SystemTime, counters: VersionCounts) -> Self {
         let (name, source, sha256) = match spec {
             PluginSpec::Builtin { name, .. } => (name.clone(), "builtin", None),
             PluginSpec::Wasm { name, compiled, .. } => (name.clone(), "wasm", Some(compiled.sha256.clone())),

@@ -140,9 +140,9 @@ pub struct Counters {
 
 /// A point-in-time copy of [`Counters`]; also what a version counted in all (the
 /// `_total` counters of `/metrics`), added up across services and swaps
-/// ([`CountersSnapshot::add`]).
+/// ([`VersionCounts::add`]).
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
-pub struct CountersSnapshot {
+pub struct VersionCounts {
     /// Calls, faults by cause, fallbacks.
     #[serde(flatten)]
     pub counts: PluginCounts,
@@ -155,7 +155,7 @@ pub struct CountersSnapshot {
     pub call_times: CallTimes,
 }
 
-impl CountersSnapshot {
+impl VersionCounts {
     /// Adds a version's counters (the quantiles stay those of `self`; the call times add).
     pub fn add(&mut self, c: &Self) {
         self.counts.add(&c.counts);
@@ -184,8 +184,8 @@ pub struct VersionKey {
 impl Counters {
     /// Reads every counter.
     #[must_use]
-    pub fn snapshot(&self) -> CountersSnapshot {
-        CountersSnapshot {
+    pub fn snapshot(&self) -> VersionCounts {
+        VersionCounts {
             counts: PluginCounts {
                 calls: self.calls.load(Relaxed),
                 traps: self.traps.load(Relaxed),
@@ -247,9 +247,9 @@ mod tests {
         assert_eq!(t.sum_ns, 500 + 1_000 + 1_500 + 40_000 + 10_000_000);
         // ≤1 µs: 2; ≤2 µs: 3; ≤50 µs: 4; the 10 ms call only in +Inf (count).
         assert_eq!(t.at_most, [2, 3, 3, 3, 3, 4, 4, 4, 4, 4, 4, 4]);
-        let mut total = CountersSnapshot::default();
-        total.add(&CountersSnapshot { call_times: t, ..CountersSnapshot::default() });
-        total.add(&CountersSnapshot { call_times: t, ..CountersSnapshot::default() });
+        let mut total = VersionCounts::default();
+        total.add(&VersionCounts { call_times: t, ..VersionCounts::default() });
+        total.add(&VersionCounts { call_times: t, ..VersionCounts::default() });
         assert_eq!((total.call_times.count, total.call_times.at_most[0]), (10, 4));
     }
 }

@@ -39,7 +39,7 @@ pub struct FaultLabels {
 
 /// Labels of the access file reload counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabel {
+pub struct AclReloadLabel {
     /// `ok` or `failed`.
     pub outcome: &'static str,
 }
@@ -79,7 +79,7 @@ pub struct Metrics {
     /// Audited requests: accepted writes and refusals, by door and verdict.
     pub audit_events: Family<AuditLabels, Counter>,
     /// Reloads of the access file by outcome.
-    pub acl_reloads: Family<OutcomeLabel, Counter>,
+    pub acl_reloads: Family<AclReloadLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -162,8 +162,8 @@ impl Metrics {
             Self::catch_up(&self.audit_events.get_or_create(&labels), n);
         }
         let (ok, failed) = access.reloads();
-        Self::catch_up(&self.acl_reloads.get_or_create(&OutcomeLabel { outcome: "ok" }), ok);
-        Self::catch_up(&self.acl_reloads.get_or_create(&OutcomeLabel { outcome: "failed" }), failed);
+        Self::catch_up(&self.acl_reloads.get_or_create(&AclReloadLabel { outcome: "ok" }), ok);
+        Self::catch_up(&self.acl_reloads.get_or_create(&AclReloadLabel { outcome: "failed" }), failed);
     }
 
     /// Brings the plugin fault counters (kept by the plugin manager) into the exposition.
