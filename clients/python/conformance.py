@@ -472,6 +472,15 @@ async def check_pick(ctx: Ctx) -> None:
     for _ in range(5):
         again = (await conn.pick(svc, hash_key="user-42"))["instance"]["id"]
         expect(again == first, f"hash_key not sticky: {first} then {again}")
+    # A retry names what it tried: the key moves on, to the same instance every time.
+    tried = (await conn.pick(svc, hash_key="user-42"))["instance"]
+    addr = f"{tried['ip']}:{tried['port']}"
+    moved = (await conn.pick(svc, hash_key="user-42", tried=[addr]))["instance"]["id"]
+    expect(moved != first and moved in ids, f"a retry stayed on what it tried: {moved}")
+    for _ in range(3):
+        again = (await conn.pick(svc, hash_key="user-42", tried=[addr]))["instance"]["id"]
+        expect(again == moved, f"a retry moved to {moved} then {again}")
+    await expect_error(conn.pick(svc, tried=[f"10.0.0.{n}:80" for n in range(65)]), "invalid")
     p = await conn.pick(svc, headers=[("x-user", "a")])
     expect(p["instance"]["id"] in ids, f"pick with headers {p}")
     # disabled / zero-weight instances are not routable
