@@ -1,39 +1,61 @@
 //! The file the embedded store writes through when a test (or an operator's drill) wants to
-//! see what a full disk does: a plain file whose writes, growth and syncs fail with
-//! `ENOSPC` while [`DiskFaults::fill`] holds, and work again after [`DiskFaults::free`].
+//! see what a failing disk does: a plain file whose writes, growth and syncs fail with
+//! `ENOSPC` while [`DiskFaults::fill`] holds and work again after [`DiskFaults::free`], and
+//! whose chosen sync fails once with `EIO` ([`DiskFaults::fail_sync`]).
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 
 use redb::StorageBackend;
 
 /// A switch that makes the store's disk full or free again (cheap to clone; the clones share
 /// it). Give it to [`EmbeddedStore::open_on`](crate::EmbeddedStore::open_on).
 #[derive(Debug, Clone, Default)]
-pub struct DiskFaults(Arc<AtomicBool>);
+pub struct DiskFaults(Arc<Switch>);
+
+#[derive(Debug, Default)]
+struct Switch {
+    full: AtomicBool,
+    /// The sync (counting from 1) that fails once; 0: none.
+    failing_sync: AtomicU64,
+}
 
 impl DiskFaults {
     /// From now on the disk is full: writes, growth and syncs fail with `ENOSPC`.
     pub fn fill(&self) {
-        self.0.store(true, SeqCst);
+        self.0.full.store(true, SeqCst);
     }
 
     /// Space returns.
     pub fn free(&self) {
-        self.0.store(false, SeqCst);
+        self.0.full.store(false, SeqCst);
+    }
+
+    /// The `n`-th sync from now (1: the next) fails once with `EIO`, after the data it was to
+    /// sync was written: a commit whose last step fails may still be on disk.
+    pub fn fail_sync(&self, n: u64) {
+        self.0.failing_sync.store(n, SeqCst);
     }
 
     fn check(&self) -> io::Result<()> {
-        if self.0.load(SeqCst) { Err(io::Error::from_raw_os_error(ENOSPC)) } else { Ok(()) }
+        if self.0.full.load(SeqCst) { Err(io::Error::from_raw_os_error(ENOSPC)) } else { Ok(()) }
+    }
+
+    fn check_sync(&self) -> io::Result<()> {
+        self.check()?;
+        let due = self.0.failing_sync.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).unwrap_or(0);
+        if due == 1 { Err(io::Error::from_raw_os_error(EIO)) } else { Ok(()) }
     }
 }
 
 /// `ENOSPC` ("No space left on device") on Linux.
 const ENOSPC: i32 = 28;
+/// `EIO` ("Input/output error") on Linux.
+const EIO: i32 = 5;
 
 /// The database file, behind the switch.
 #[derive(Debug)]
@@ -66,7 +88,7 @@ impl StorageBackend for FaultyFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        self.faults.check()?;
+        self.faults.check_sync()?;
         self.file.sync_data()
     }
 

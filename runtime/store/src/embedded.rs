@@ -117,6 +117,9 @@ struct Shared {
     db: RwLock<Option<Database>>,
     /// How it is opened (again).
     file: DbFile,
+    /// Set when a write failed: the durable records on disk are compared with memory (and
+    /// made to match it) before the next write, in case the failed commit reached the disk.
+    resync: std::sync::atomic::AtomicBool,
     path: PathBuf,
     events: broadcast::Sender<Event>,
     origin: Instant,
@@ -199,6 +202,7 @@ impl EmbeddedStore {
             }),
             db: RwLock::new(Some(db)),
             file,
+            resync: std::sync::atomic::AtomicBool::new(false),
             path,
             events,
             origin: Instant::now(),
@@ -321,6 +325,7 @@ impl Shared {
             tracing::error!(path = %self.path.display(), error = %e, "the embedded store could not write; its file is opened again before the next use");
             // Each transaction is dropped when it fails: none of ours is open.
             self.db.write().take();
+            self.resync.store(true, std::sync::atomic::Ordering::SeqCst);
             unavailable(e)
         })
     }
@@ -356,6 +361,9 @@ impl Shared {
                 return Err(StoreError::Conflict { key: Box::new(key), expected, current });
             }
         }
+        if self.resync.load(std::sync::atomic::Ordering::SeqCst) {
+            self.resync_disk(&state)?;
+        }
         let now = self.now();
         let prepared = state.engine.prepare(now, op)?;
         let ceiling = Self::ceiling_for(&state, 1);
@@ -368,6 +376,55 @@ impl Shared {
         // No receivers is fine: nobody watches yet.
         let _ = self.events.send(event);
         Ok(revision)
+    }
+
+    /// Makes the durable records on disk what memory holds (the acknowledged writes): a
+    /// commit that failed may still have reached the disk, and its client was told it did
+    /// not. Called with the state lock held, before the next write after a failed one.
+    fn resync_disk(&self, state: &State) -> Result<(), StoreError> {
+        let memory: std::collections::HashMap<String, Vec<u8>> = state
+            .engine
+            .snapshot(&Scope::All)
+            .records
+            .iter()
+            .filter(|r| r.is_durable())
+            .map(|r| (r.key().path(), r.to_value()))
+            .collect();
+        let fixed = self.with_db(|db| {
+            let txn = db.begin_write()?;
+            let mut fixed = 0usize;
+            {
+                let mut table = txn.open_table(RECORDS)?;
+                let mut on_disk = std::collections::HashSet::new();
+                let mut stray = Vec::new();
+                for item in table.iter()? {
+                    let (k, v) = item?;
+                    let path = k.value().to_owned();
+                    if memory.get(&path).is_none_or(|m| m.as_slice() != v.value()) {
+                        stray.push(path.clone());
+                    }
+                    on_disk.insert(path);
+                }
+                for path in stray {
+                    fixed += 1;
+                    match memory.get(&path) {
+                        Some(value) => table.insert(path.as_str(), value.as_slice())?,
+                        None => table.remove(path.as_str())?,
+                    };
+                }
+                for (path, value) in memory.iter().filter(|(p, _)| !on_disk.contains(*p)) {
+                    fixed += 1;
+                    table.insert(path.as_str(), value.as_slice())?;
+                }
+            }
+            txn.commit()?;
+            Ok(fixed)
+        })?;
+        self.resync.store(false, std::sync::atomic::Ordering::SeqCst);
+        if fixed > 0 {
+            tracing::warn!(path = %self.path.display(), records = fixed, "records on disk differed from the acknowledged ones after a failed write; written as acknowledged");
+        }
+        Ok(())
     }
 
     /// Removes what hangs on expired leases (or on `revoke`), reserving revisions first.

@@ -339,3 +339,50 @@ async fn a_full_disk_refuses_writes_with_a_typed_error_loses_nothing_acknowledge
         .collect();
     assert_eq!(ports, acknowledged, "exactly what was acknowledged, after a reopen");
 }
+
+/// A commit whose last sync fails may be on disk although its client was told it failed:
+/// before its next write the store makes the disk hold exactly what was acknowledged, so a
+/// restart never brings back a write that was refused.
+#[tokio::test]
+async fn a_write_refused_at_its_last_sync_does_not_come_back_after_a_restart() {
+    // The commit's own sync (redb syncs once per durable commit), and the one after it.
+    for nth in 1..=2 {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = DiskFaults::default();
+        let store = EmbeddedStore::open_on(dir.path(), EmbeddedOptions::default(), disk.clone()).unwrap();
+        for port in 1..=5 {
+            store.put(instance("shop/web/orders", port, false), None).await.unwrap();
+        }
+        disk.fail_sync(nth);
+        let refused = store.put(instance("shop/web/orders", 6, false), None).await;
+        let mut acknowledged: std::collections::BTreeSet<u16> = (1..=5).collect();
+        match refused {
+            Ok(_) => {
+                acknowledged.insert(6);
+            }
+            Err(StoreError::Unavailable(reason)) => assert!(reason.contains("Input/output error"), "{reason}"),
+            Err(other) => panic!("{other:?}"),
+        }
+        // The next write, tried until the disk takes it (a failing sync refuses it too).
+        let mut next = 0;
+        while store.put(instance("shop/web/orders", 7, false), None).await.is_err() {
+            next += 1;
+            assert!(next < 3, "sync {nth} failed: the disk never takes a write again");
+        }
+        acknowledged.insert(7);
+        drop(store);
+        let store = open(dir.path());
+        let ports: std::collections::BTreeSet<u16> = store
+            .list(Scope::All)
+            .await
+            .unwrap()
+            .records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Instance(i) => Some(i.port),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ports, acknowledged, "sync {nth} failed: exactly what was acknowledged after a restart");
+    }
+}
