@@ -9,6 +9,7 @@ use std::sync::Arc;
 use sextant_core::{Instance, ServiceKey};
 use sextant_plugin::PluginHost;
 
+use crate::clock::{Clock, SystemClock};
 use crate::discovery::{Discovery, HealthSink};
 use crate::follow::{FollowOptions, PluginFollower, ReportExtras, keep_reported};
 use crate::router::Router;
@@ -25,6 +26,7 @@ pub struct RouterBuilder {
     plugin_cache: Option<PathBuf>,
     reporting_as: Option<String>,
     register: Option<Instance>,
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for RouterBuilder {
@@ -105,6 +107,16 @@ impl RouterBuilder {
         self
     }
 
+    /// Runs the router on `clock` (default: the system's). With a [`ManualClock`](crate::ManualClock)
+    /// time moves only when the clock is advanced, and the time-driven work (ejections
+    /// ending, breakers half-opening, windows, the scheduler) happens at
+    /// [`Router::tick`]: a test or a simulator drives the real router without waiting.
+    #[must_use]
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// The router. Spawns its maintenance task (ejections, breakers, windows, scheduler,
     /// probes every 25 ms) on the current tokio runtime; it ends at [`Router::shutdown`] or
     /// when the last clone of the router is dropped. A service's state is set up on its
@@ -119,7 +131,8 @@ impl RouterBuilder {
     #[must_use]
     pub fn build(self) -> Router {
         let (discovery, configured) = (Arc::clone(&self.discovery), self.services.keys().cloned().collect());
-        let router = Router::assemble(self.host, self.discovery, self.sink, self.defaults.clone(), self.services);
+        let router =
+            Router::assemble(self.host, self.discovery, self.sink, self.defaults.clone(), self.services, self.clock);
         if let Some(client) = self.follow_records.then(|| discovery.plugin_records()).flatten() {
             let host = self
                 .reporting_as
@@ -162,6 +175,7 @@ impl Router {
             plugin_cache: None,
             reporting_as: None,
             register: None,
+            clock: Arc::new(SystemClock),
         }
     }
 

@@ -41,7 +41,7 @@ impl PickGuard {
             svc: Arc::clone(svc),
             target,
             in_flight: Some(in_flight),
-            started: Instant::now(),
+            started: svc.clock.now(),
             trial,
             version: picked.version,
             fallback: picked.fallback,
@@ -77,14 +77,14 @@ impl PickGuard {
     /// is what the balancer should weigh). A guard dropped without `finish` releases its
     /// in-flight place and reports nothing.
     pub fn finish(self, outcome: Outcome) {
-        let latency = self.started.elapsed();
+        let latency = self.svc.clock.now().saturating_duration_since(self.started);
         self.finish_with_latency(outcome, latency);
     }
 
     /// Reports how the request ended with a latency the caller measured (a gateway that times
     /// its upstream exchange itself, or replays outcomes).
     pub fn finish_with_latency(mut self, outcome: Outcome, latency: Duration) {
-        let now = Instant::now();
+        let now = self.svc.clock.now();
         let failed = outcome.failed();
         if let Some(f) = self.in_flight.take() {
             f.finish_after(latency, failed);
@@ -118,7 +118,7 @@ impl Drop for PickGuard {
     fn drop(&mut self) {
         self.svc.open.fetch_sub(1, Relaxed);
         if let Some(f) = self.in_flight.take() {
-            f.finish_after(self.started.elapsed(), false);
+            f.finish_after(self.svc.clock.now().saturating_duration_since(self.started), false);
         }
         if self.trial {
             self.target.state.breaker.release_trial();

@@ -7,7 +7,8 @@
 //!   circuit breaker, passive health (the health plugin's outlier verdicts, ejections capped
 //!   to a share of the endpoints) and the scheduler's statistics. The view comes from a local
 //!   registry or a remote sextant ([`RemoteDiscovery`], through the client library and its
-//!   failover cache);
+//!   failover cache); every time-driven decision reads the router's [`Clock`] (the system's,
+//!   or a [`ManualClock`] a test or simulator moves);
 //! - active health checks run by the host ([`HealthCheck`]: HTTP with a bounded body excerpt,
 //!   TCP connect; interval, jitter, timeout), decided by the health plugin; persistent
 //!   instances are marked unhealthy in the registry, never deleted; the protection
@@ -29,6 +30,7 @@
 #![deny(missing_docs)]
 mod body;
 mod builder;
+mod clock;
 mod discovery;
 mod guard;
 mod health;
@@ -50,6 +52,7 @@ pub mod resilience;
 
 pub use body::FinishOnEnd;
 pub use builder::RouterBuilder;
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use discovery::{Discovery, HealthSink};
 pub use follow::{Activation, FollowOptions, PluginFollower};
 pub use guard::PickGuard;

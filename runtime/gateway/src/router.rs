@@ -23,11 +23,12 @@ use sextant_plugin::{
 };
 use tokio::sync::Notify;
 
+use crate::clock::Clock;
 use crate::discovery::{Discovery, HealthSink};
 use crate::guard::PickGuard;
 use crate::health::Probe;
 use crate::resilience::Admission;
-use crate::service::{ServicePolicy, ServiceState, Target};
+use crate::service::{ServicePolicy, ServiceState, Shared, Target};
 use crate::status::ServiceStatus;
 
 /// Why no endpoint was picked.
@@ -88,6 +89,8 @@ struct Inner {
     defaults: RwLock<ServicePolicy>,
     overrides: RwLock<HashMap<ServiceKey, ServicePolicy>>,
     states: RwLock<HashMap<ServiceKey, Arc<ServiceState>>>,
+    /// The time every decision is made on.
+    clock: Arc<dyn Clock>,
     probe: Probe,
     /// Set by [`Router::shutdown`]: no more picks, no more maintenance.
     closed: AtomicBool,
@@ -144,6 +147,7 @@ impl Router {
         sink: Option<Arc<dyn HealthSink>>,
         defaults: ServicePolicy,
         services: HashMap<ServiceKey, ServicePolicy>,
+        clock: Arc<dyn Clock>,
     ) -> Self {
         let observers: Arc<RwLock<Vec<Observer>>> = Arc::default();
         let fan_out: Observer = {
@@ -165,6 +169,7 @@ impl Router {
             closed: AtomicBool::new(false),
             open: Arc::new(AtomicUsize::new(0)),
             wake: Arc::new(Notify::new()),
+            clock,
             observers,
             fan_out,
             plugins: OnceLock::new(),
@@ -241,9 +246,12 @@ impl Router {
             service.clone(),
             config,
             handle,
-            self.0.sink.clone(),
-            Arc::clone(&self.0.open),
-            Arc::clone(&self.0.wake),
+            &Shared {
+                sink: self.0.sink.clone(),
+                open: Arc::clone(&self.0.open),
+                wake: Arc::clone(&self.0.wake),
+                clock: Arc::clone(&self.0.clock),
+            },
         )
         .map_err(|e| PickError::Setup { service: service.to_string(), source: Arc::new(e) })?;
         state.observe(&self.0.fan_out);
@@ -265,7 +273,7 @@ impl Router {
         let state = self.state(service)?;
         state.refresh();
         if let Some(rate) = &state.rate
-            && !rate.try_acquire(Instant::now())
+            && !rate.try_acquire(self.0.clock.now())
         {
             return Err(PickError::RateLimited(service.to_string()));
         }
@@ -363,7 +371,7 @@ impl Router {
     /// Takes a retry from `service`'s budget; false when it is spent.
     #[must_use]
     pub fn retry_allowed(&self, service: &ServiceKey) -> bool {
-        self.state(service).is_ok_and(|r| r.budget.withdraw(Instant::now()))
+        self.state(service).is_ok_and(|r| r.budget.withdraw(self.0.clock.now()))
     }
 
     /// `service`'s configured attempts and the backoff before retry number `retry` (1 for
@@ -380,7 +388,7 @@ impl Router {
     /// Counts a request in `service`'s retry budget (call once per request, not per attempt).
     pub fn count_request(&self, service: &ServiceKey) {
         if let Ok(r) = self.state(service) {
-            r.budget.deposit(Instant::now());
+            r.budget.deposit(self.0.clock.now());
         }
     }
 
@@ -480,7 +488,7 @@ impl Router {
 
     /// Runs the time-driven work now (the maintenance task does it every 25 ms).
     pub fn tick(&self) {
-        tick_all(&self.0, Instant::now());
+        tick_all(&self.0, self.0.clock.now());
     }
 
     /// Shuts the router down: picks are refused from now on ([`PickError::ShutDown`]), the
@@ -569,7 +577,7 @@ async fn maintain(inner: Weak<Inner>) {
         // requests and `/metrics`.
         let work = tokio::task::spawn_blocking(move || {
             if ticked {
-                tick_all(&inner, Instant::now());
+                tick_all(&inner, inner.clock.now());
             } else {
                 settle_all(&inner);
             }

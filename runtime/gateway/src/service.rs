@@ -20,6 +20,7 @@ use sextant_plugin::builtins::{Endpoint, EndpointStats, ProbeResult, Snapshot, V
 use sextant_plugin::{BalancerSlot, Defaults, HealthSlot, LoadError, PluginHost, PluginSpec, SchedulerSlot, SlotPlan};
 use sextant_plugin::{Slots, StatsWindow, VersionStatus};
 
+use crate::clock::Clock;
 use crate::discovery::HealthSink;
 use crate::health::HealthCheck;
 use crate::health::Probe;
@@ -142,6 +143,8 @@ pub(crate) struct ServiceState {
     pub(crate) open: Arc<AtomicUsize>,
     /// Wakes the router's maintenance task (a rebuild or health verdicts are due).
     pub(crate) wake: Arc<Notify>,
+    /// The router's clock.
+    pub(crate) clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for ServiceState {
@@ -154,17 +157,29 @@ fn endpoint_with_weight(i: &Instance, weight: u32) -> Endpoint {
     Endpoint { weight, ..sextant_plugin::endpoint_of(i) }
 }
 
+/// What every service state of one router shares with it.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    /// Where health verdicts about persistent instances are written.
+    pub(crate) sink: Option<Arc<dyn HealthSink>>,
+    /// Guards alive over the router.
+    pub(crate) open: Arc<AtomicUsize>,
+    /// Wakes the router's maintenance task.
+    pub(crate) wake: Arc<Notify>,
+    /// The router's clock.
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
 impl ServiceState {
     pub(crate) fn new(
         host: &PluginHost,
         service: ServiceKey,
         config: ServicePolicy,
         handle: SnapshotHandle,
-        sink: Option<Arc<dyn HealthSink>>,
-        open: Arc<AtomicUsize>,
-        wake: Arc<Notify>,
+        shared: &Shared,
     ) -> Result<Self, LoadError> {
-        let now = Instant::now();
+        let Shared { sink, open, wake, clock } = shared.clone();
+        let now = clock.now();
         let plan = SlotPlan {
             balancer: config.balancer.clone(),
             health: Some(config.health.clone()),
@@ -194,6 +209,7 @@ impl ServiceState {
             sink,
             open,
             wake,
+            clock,
             config,
         })
     }
@@ -261,7 +277,7 @@ impl ServiceState {
             let mut state = self.state.lock();
             // The maintenance task may have applied it while this pick waited.
             if behind() {
-                self.rebuild(&mut state, Instant::now());
+                self.rebuild(&mut state, self.clock.now());
             }
         } else if self.dirty.load(Relaxed) {
             self.wake.notify_one();
@@ -277,7 +293,7 @@ impl ServiceState {
         if !unbuilt() && !self.stale() && self.health().pending() == 0 {
             return;
         }
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut state = self.state.lock();
         let changed = self.drain_health(&mut state, now);
         if changed || unbuilt() || self.stale() {
@@ -525,5 +541,5 @@ fn probe_done(svc: &Weak<ServiceState>, instance: &Instance, state: &EndpointSta
     let Some(index) = svc.health_index(id) else { return };
     result.endpoint = index;
     let verdict = svc.health().on_probe(&result);
-    svc.verdict(id, verdict, Instant::now());
+    svc.verdict(id, verdict, svc.clock.now());
 }

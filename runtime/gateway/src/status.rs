@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Instant;
 
 use serde::Serialize;
 use sextant_plugin::SlotStatus;
@@ -58,7 +57,7 @@ impl ServiceState {
         let routed: HashMap<&str, usize> =
             snap.model.endpoints.iter().enumerate().map(|(n, e)| (e.id.as_str(), n)).collect();
         let state = svc.state.lock();
-        let now = Instant::now();
+        let now = self.clock.now();
         let endpoints = state
             .health_ids
             .iter()

@@ -830,3 +830,72 @@ async fn a_scheduler_loaded_into_a_route_without_one_sets_its_weights_and_reset_
     }
     assert!(router.status(&service()).unwrap().scheduler.is_none());
 }
+
+/// A router on a manual clock makes its time-driven decisions when that clock moves and
+/// nowhere else: a breaker opened by failures stays open for as long as the clock says,
+/// however long the test really takes, and half-opens (one trial) once the clock passes its
+/// open period. Minutes of a router's life, run in milliseconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_on_a_manual_clock_keeps_a_breaker_open_until_that_clock_says_otherwise() {
+    use sextant_gateway::{ManualClock, Outcome};
+    use sextant_plugin::PickRequest;
+
+    let dir = tempfile::tempdir().unwrap();
+    let registry =
+        Registry::start(EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap(), 1024).await.unwrap();
+    for port in [9201, 9202] {
+        let mut i = Instance::new(service(), "127.0.0.1".parse().unwrap(), port);
+        i.ephemeral = false;
+        registry.put(Record::Instance(Arc::new(i)), None).await.unwrap();
+    }
+    let clock = ManualClock::new();
+    let policy = ServicePolicy {
+        balancer: PluginSpec::builtin("round-robin"),
+        breaker: BreakerConfig {
+            failures: 3,
+            open: Duration::from_secs(30),
+            max_open: Duration::from_secs(300),
+            ..BreakerConfig::default()
+        },
+        // The health policy ejects nothing: the breaker alone decides.
+        max_ejected_percent: 0,
+        ..ServicePolicy::default()
+    };
+    let router =
+        Router::builder(host(), Arc::new(registry.clone())).defaults(policy).clock(Arc::new(clock.clone())).build();
+    let ports = |router: &Router, n: usize| -> Vec<u16> {
+        (0..n)
+            .map(|_| {
+                let g = router.pick(&service(), &mut PickRequest::default()).expect("a pick");
+                let port = g.addr().port();
+                g.finish(Outcome::http(200));
+                port
+            })
+            .collect()
+    };
+    assert!(ports(&router, 10).contains(&9201));
+
+    // 9201 fails three times in a row: its breaker opens.
+    let mut failed = 0;
+    while failed < 3 {
+        let g = router.pick(&service(), &mut PickRequest::default()).expect("a pick");
+        if g.addr().port() == 9201 {
+            g.finish(Outcome::Timeout);
+            failed += 1;
+        } else {
+            g.finish(Outcome::http(200));
+        }
+    }
+    router.tick();
+    assert!(ports(&router, 20).iter().all(|&p| p == 9202), "the breaker is open");
+
+    // Real time passes (the maintenance task ticks every 25 ms meanwhile); the clock does not.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    clock.advance(Duration::from_secs(29));
+    router.tick();
+    assert!(ports(&router, 20).iter().all(|&p| p == 9202), "29 s on the router's clock: still open");
+
+    clock.advance(Duration::from_secs(2));
+    router.tick();
+    assert!(ports(&router, 20).contains(&9201), "31 s on the router's clock: half-open, a trial goes through");
+}
