@@ -146,6 +146,9 @@ fn short(version: &str) -> &str {
     &version[..12.min(version.len())]
 }
 
+/// How long a starting gateway waits for its first view of the registry before it serves.
+const READY_WAIT: Duration = Duration::from_secs(5);
+
 /// Metadata key of the run id each registration carries.
 const RUN_KEY: &str = "sextant.gateway.run";
 
@@ -413,6 +416,13 @@ pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Ou
             }
         }
     };
+    // Requests are answered once the first view is in (from a server, or the cache at once):
+    // until then every pick would be `not synced`. Connections made meanwhile wait in the
+    // listener's backlog rather than being refused; with no server and no cache the gateway
+    // serves after READY_WAIT anyway, answering 503 until a view arrives.
+    if tokio::time::timeout(READY_WAIT, router.wait_ready()).await.is_err() {
+        tracing::warn!(wait = ?READY_WAIT, "no view of the registry yet (no server answers, nothing cached): serving, 503 until one arrives");
+    }
     let served = gateway.serve(listener, shutdown, Duration::from_secs(args.drain_secs)).await;
     if let Some(task) = metrics_server {
         task.abort();
