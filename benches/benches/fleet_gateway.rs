@@ -152,9 +152,7 @@ async fn main() {
     let gateway =
         Gateway::new(GatewayConfig { routes: rules, ..GatewayConfig::default() }, Upstream::Router(router.clone()))
             .expect("gateway");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("listen");
-    let addr = listener.local_addr().expect("address");
-    tokio::spawn(async move { gateway.serve(listener, std::future::pending(), Duration::from_secs(1)).await });
+    let addr = sextant_benches::serve(gateway).await;
 
     let empty_rss = rss_bytes();
     // Twice: the first creates every route.

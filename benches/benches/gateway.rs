@@ -26,6 +26,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
+use sextant_benches::serve;
 use sextant_core::{Instance, Record, ServiceKey};
 use sextant_gateway::backend::{Backend, Behavior};
 use sextant_gateway::proxy::{Gateway, GatewayConfig, Rule, Upstream};
@@ -37,13 +38,6 @@ const SERVICE: &str = "bench/gw/api";
 
 fn env_secs(name: &str, default: u64) -> Duration {
     Duration::from_secs(std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default))
-}
-
-async fn serve(gateway: Gateway) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { gateway.serve(listener, std::future::pending(), Duration::from_secs(1)).await });
-    addr
 }
 
 fn rules() -> GatewayConfig {

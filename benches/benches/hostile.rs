@@ -149,9 +149,7 @@ async fn main() {
     let gateway =
         Gateway::new(GatewayConfig { routes: rules, ..GatewayConfig::default() }, Upstream::Router(router.clone()))
             .expect("gateway");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("listen");
-    let addr = listener.local_addr().expect("address");
-    tokio::spawn(async move { gateway.serve(listener, std::future::pending(), Duration::from_secs(1)).await });
+    let addr = sextant_benches::serve(gateway).await;
 
     println!(
         "| phase | requests | failed | p50 ms | p99 ms | max ms | p99 / well-behaved | log bytes | log bytes/s | fallbacks | faults |"

@@ -3,7 +3,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use sextant_core::{Instance, Record, ServiceKey};
@@ -88,4 +88,18 @@ pub fn wasm_spec(host: &sextant_plugin::PluginHost, name: &str, config: &str) ->
         compiled: host.compile(&bytes).expect("artifact compiles"),
         config: config.into(),
     }
+}
+
+/// Serves `gateway` on a loopback port of its own (on the current tokio runtime, for as long
+/// as the process runs): its address.
+///
+/// # Panics
+/// When no loopback port can be bound.
+pub async fn serve(gateway: sextant_gateway::proxy::Gateway) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("listen on loopback");
+    let addr = listener.local_addr().expect("a bound address");
+    tokio::spawn(
+        async move { gateway.serve(listener, std::future::pending(), std::time::Duration::from_secs(1)).await },
+    );
+    addr
 }

@@ -282,6 +282,18 @@ async fn conditional_writes_compare_the_revision_read_and_survive_a_reopen() {
     store.put_if(next, Some(loaded_at)).await.expect("over the revision read after the reopen");
 }
 
+/// The ports of the instances `store` holds.
+async fn instance_ports(store: &EmbeddedStore) -> std::collections::BTreeSet<u16> {
+    let all = store.list(Scope::All).await.unwrap();
+    all.records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Instance(i) => Some(i.port),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A disk that fills up during registrations: every write refused while it is full gets a
 /// typed error (`Unavailable`, naming the cause) and changes nothing, reads go on, and once
 /// space returns the same store takes writes again, without a restart. After a reopen the
@@ -325,18 +337,7 @@ async fn a_full_disk_refuses_writes_with_a_typed_error_loses_nothing_acknowledge
     }
     drop(store);
 
-    let store = open(dir.path());
-    let ports: std::collections::BTreeSet<u16> = store
-        .list(Scope::All)
-        .await
-        .unwrap()
-        .records
-        .iter()
-        .filter_map(|r| match r {
-            Record::Instance(i) => Some(i.port),
-            _ => None,
-        })
-        .collect();
+    let ports = instance_ports(&open(dir.path())).await;
     assert_eq!(ports, acknowledged, "exactly what was acknowledged, after a reopen");
 }
 
@@ -371,18 +372,7 @@ async fn a_write_refused_at_its_last_sync_does_not_come_back_after_a_restart() {
         }
         acknowledged.insert(7);
         drop(store);
-        let store = open(dir.path());
-        let ports: std::collections::BTreeSet<u16> = store
-            .list(Scope::All)
-            .await
-            .unwrap()
-            .records
-            .iter()
-            .filter_map(|r| match r {
-                Record::Instance(i) => Some(i.port),
-                _ => None,
-            })
-            .collect();
+        let ports = instance_ports(&open(dir.path())).await;
         assert_eq!(ports, acknowledged, "sync {nth} failed: exactly what was acknowledged after a restart");
     }
 }
