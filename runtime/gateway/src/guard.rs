@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use sextant_core::Instance;
-use sextant_plugin::builtins::Outcome as PolicyOutcome;
+use sextant_plugin::builtins;
 use sextant_plugin::{InFlight, Picked};
 
 use crate::outcome::Outcome;
@@ -90,7 +90,7 @@ impl PickGuard {
             f.finish_after(latency, failed);
         }
         let es = &self.target.state;
-        es.window.load().record(latency, outcome.ended());
+        es.window.load().record(latency, outcome.class());
         let svc = &self.svc;
         let breaker_moved = es.breaker.record(!failed, self.trial, now);
         self.trial = false;
@@ -98,7 +98,7 @@ impl PickGuard {
         // and applies the verdicts, so no request waits on the policy.
         svc.health().report(
             self.target.health_epoch,
-            PolicyOutcome {
+            builtins::Outcome {
                 endpoint: self.target.health_index,
                 status: outcome.into_status(),
                 latency: u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX),

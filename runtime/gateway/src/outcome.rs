@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use sextant_plugin::Ended;
+use sextant_plugin::OutcomeClass;
 use sextant_plugin::builtins::Status;
 
 /// How a request ended, reported through [`PickGuard::finish`](crate::PickGuard::finish).
@@ -65,17 +65,17 @@ impl Outcome {
 
     /// How a statistics window counts it: an overload signal first (it is also a 503), then
     /// a failure.
-    pub(crate) fn ended(&self) -> Ended {
+    pub(crate) fn class(&self) -> OutcomeClass {
         if self.overloaded() {
             let retry_after = match self {
                 Self::Http { retry_after, .. } => *retry_after,
                 _ => None,
             };
-            Ended::Overloaded { retry_after }
+            OutcomeClass::Overloaded { retry_after }
         } else if self.failed() {
-            Ended::Failed
+            OutcomeClass::Failed
         } else {
-            Ended::Ok
+            OutcomeClass::Ok
         }
     }
 

@@ -86,9 +86,11 @@ pub struct WindowSummary {
     pub overloaded: u64,
 }
 
-/// Live state of one endpoint, kept by instance id across snapshots.
+/// What the gateway tracks about one endpoint across snapshots: its breaker, its statistics
+/// window and last closed summary, when it joined, and its active-probe schedule (its live
+/// load is the plugin host's [`EndpointLoad`](sextant_plugin::EndpointLoad)).
 #[derive(Debug)]
-pub(crate) struct EndpointState {
+pub(crate) struct EndpointTracker {
     pub(crate) breaker: Breaker,
     pub(crate) window: ArcSwap<StatsWindow>,
     pub(crate) last: ArcSwap<WindowSummary>,
@@ -102,7 +104,7 @@ pub(crate) struct EndpointState {
 pub(crate) struct Target {
     pub(crate) instance: Arc<Instance>,
     pub(crate) addr: SocketAddr,
-    pub(crate) state: Arc<EndpointState>,
+    pub(crate) state: Arc<EndpointTracker>,
     /// Index in the health slot's snapshot...
     pub(crate) health_index: u32,
     /// ...of this epoch (outcomes of an older one are discarded).
@@ -113,7 +115,7 @@ pub(crate) struct Target {
 pub(crate) struct LiveState {
     registry_revision: u64,
     registry: Arc<ServiceSnapshot>,
-    pub(crate) endpoints: HashMap<String, Arc<EndpointState>>,
+    pub(crate) endpoints: HashMap<String, Arc<EndpointTracker>>,
     /// Health slot snapshot order (every routable instance).
     pub(crate) health_ids: Vec<Arc<Instance>>,
     /// id → index in `health_ids`.
@@ -358,7 +360,7 @@ impl ServiceState {
         for i in &routable {
             let id = i.id.to_string();
             let es = state.endpoints.remove(&id).unwrap_or_else(|| {
-                Arc::new(EndpointState {
+                Arc::new(EndpointTracker {
                     breaker: Breaker::new(self.config.breaker),
                     window: ArcSwap::from_pointee(StatsWindow::default()),
                     last: ArcSwap::from_pointee(WindowSummary::default()),
@@ -534,7 +536,7 @@ impl ServiceState {
 }
 
 /// A probe's result, handed back by the prober.
-fn probe_done(svc: &Weak<ServiceState>, instance: &Instance, state: &EndpointState, mut result: ProbeResult) {
+fn probe_done(svc: &Weak<ServiceState>, instance: &Instance, state: &EndpointTracker, mut result: ProbeResult) {
     state.probing.store(false, Relaxed);
     let Some(svc) = svc.upgrade() else { return };
     let id = instance.id.as_str();

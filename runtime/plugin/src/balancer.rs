@@ -21,9 +21,10 @@ use sextant_builtins::{Endpoint, Snapshot, mix64};
 use crate::bindings::v2::balancer::exports::sextant::plugin::balancer as wit2;
 use crate::kind::Contract;
 use crate::lifecycle::{self, History, rollback_reason};
-use crate::load::{EndpointLoad, LoadTracker, Published};
+use crate::published::Published;
 use crate::shared::{self, Guest};
 use crate::state::{arm, fault_in};
+use crate::tracker::{EndpointLoad, LoadTracker};
 use crate::version::{Exec, SAMPLE_EVERY, Version, WasmRunner, check_pick, mode_from_wit2, validate_mode};
 use crate::{
     CallFault, Compiled, LoadError, Observer, PickRequest, Picked, PluginHost, PluginKind, PluginSpec, SlotError,
@@ -34,7 +35,7 @@ struct SlotInner {
     host: PluginHost,
     service: String,
     tracker: Arc<LoadTracker>,
-    route: ArcSwap<Published>,
+    published: ArcSwap<Published>,
     epoch: AtomicU64,
     active: ArcSwap<Version>,
     default: PluginSpec,
@@ -43,7 +44,7 @@ struct SlotInner {
     next_id: AtomicU64,
     /// Serialises loads and rollbacks.
     admin: Mutex<()>,
-    /// Epoch of the last route whose update fault was put in `events` (one line per route,
+    /// Epoch of the last published list whose update fault was put in `events` (one line per published list,
     /// not one per instance).
     update_fault_noted: AtomicU64,
     /// Told of every automatic rollback (the plugin manager marks the version bad).
@@ -105,17 +106,17 @@ impl BalancerSlot {
         if let PluginSpec::Wasm { name, .. } = &default {
             return Err(LoadError::UnknownBuiltin(format!("a slot's default must be a built-in, not {name}")));
         }
-        let route = Arc::new(Published::new(
+        let published = Arc::new(Published::new(
             0,
             Snapshot { service: service.into(), ..Snapshot::default() },
             Arc::clone(&tracker),
         ));
-        let version = Version::build(host, 1, default.clone(), &default, &route)?;
+        let version = Version::build(host, 1, default.clone(), &default, &published)?;
         Ok(Self(Arc::new(SlotInner {
             host: host.clone(),
             service: service.into(),
             tracker,
-            route: ArcSwap::new(route),
+            published: ArcSwap::new(published),
             epoch: AtomicU64::new(0),
             active: ArcSwap::from_pointee(version),
             default,
@@ -136,14 +137,14 @@ impl BalancerSlot {
     /// What picks are made on now.
     #[must_use]
     pub fn published(&self) -> Arc<Published> {
-        self.0.route.load_full()
+        self.0.published.load_full()
     }
 
     /// Publishes a new snapshot and applies it to every instance of the active version
     /// (off the hot path: call it from the registry watcher).
     pub fn set_snapshot(&self, snapshot: Snapshot) {
         let epoch = self.0.epoch.fetch_add(1, Relaxed) + 1;
-        self.publish_route(Published::new(epoch, snapshot, Arc::clone(&self.0.tracker)));
+        self.publish_list(Published::new(epoch, snapshot, Arc::clone(&self.0.tracker)));
     }
 
     /// Publishes a new snapshot with a target per endpoint (in the snapshot's order: what the
@@ -155,24 +156,24 @@ impl BalancerSlot {
     /// When `targets` and `snapshot.endpoints` differ in number.
     pub fn set_snapshot_with<T: Send + Sync + 'static>(&self, snapshot: Snapshot, targets: Vec<T>) {
         let epoch = self.0.epoch.fetch_add(1, Relaxed) + 1;
-        self.publish_route(Published::new(epoch, snapshot, Arc::clone(&self.0.tracker)).with_targets(targets));
+        self.publish_list(Published::new(epoch, snapshot, Arc::clone(&self.0.tracker)).with_targets(targets));
     }
 
-    /// Makes `route` the one picks are made on, and applies it to every worker of the
+    /// Makes `published` the one picks are made on, and applies it to every worker of the
     /// active version.
-    fn publish_route(&self, route: Published) {
-        let route = Arc::new(route);
-        self.0.route.store(Arc::clone(&route));
+    fn publish_list(&self, published: Published) {
+        let published = Arc::new(published);
+        self.0.published.store(Arc::clone(&published));
         let version = self.0.active.load_full();
         let mut lazy = false;
         for w in &version.workers {
             let mut w = w.lock();
-            if w.seen != route.epoch
-                && let Err(f) = w.apply(&self.0.host, &version.spec, &route)
+            if w.seen != published.epoch
+                && let Err(f) = w.apply(&self.0.host, &version.spec, &published)
             {
                 let (kept, waits) = (w.stale.is_some(), matches!(w.exec, Exec::Lazy));
                 drop(w);
-                self.update_fault(&version, &f, &route, kept);
+                self.update_fault(&version, &f, &published, kept);
                 lazy |= waits;
                 continue;
             }
@@ -190,39 +191,39 @@ impl BalancerSlot {
     /// endpoint, or its snapshot was published without targets of type `T`. Never fails
     /// because of a plugin, as [`BalancerSlot::pick_with`].
     pub fn pick_target<T: Clone + 'static>(&self, request: &mut PickRequest) -> Option<(T, Arc<EndpointLoad>, Picked)> {
-        self.pick_with(request, |route, p| {
-            Some((route.target::<T>(p.index)?.clone(), Arc::clone(route.load(p.index)?), p))
+        self.pick_with(request, |published, p| {
+            Some((published.target::<T>(p.index)?.clone(), Arc::clone(published.load(p.index)?), p))
         })
         .flatten()
     }
 
-    /// Picks an endpoint and hands it, with the route it indexes, to `f`. None when the
+    /// Picks an endpoint and hands it, with the published list it indexes, to `f`. None when the
     /// service has no endpoint. Never fails because of a plugin: a faulty answer is
     /// replaced by the native default's.
     pub fn pick_with<R>(&self, request: &mut PickRequest, f: impl FnOnce(&Published, Picked) -> R) -> Option<R> {
         let version = self.0.active.load();
-        let mut route = self.0.route.load();
+        let mut published = self.0.published.load();
         let host = &self.0.host;
         let mut worker = version.worker();
-        if worker.seen != route.epoch {
-            if worker.seen > route.epoch {
-                // `set_snapshot` published and applied a newer route after our load.
-                route = self.0.route.load();
+        if worker.seen != published.epoch {
+            if worker.seen > published.epoch {
+                // `set_snapshot` published and applied a newer published list after our load.
+                published = self.0.published.load();
             }
-            if worker.seen != route.epoch
-                && let Err(fault) = worker.apply(host, &version.spec, &Arc::clone(&route))
+            if worker.seen != published.epoch
+                && let Err(fault) = worker.apply(host, &version.spec, &Arc::clone(&published))
             {
-                // Counted with the worker held: it now serves `route` (stale or by the
+                // Counted with the worker held: it now serves `published` (stale or by the
                 // default), and another worker may not have applied it yet.
-                self.update_fault(&version, &fault, &Arc::clone(&route), worker.stale.is_some());
+                self.update_fault(&version, &fault, &Arc::clone(&published), worker.stale.is_some());
             }
         }
         let ticks = host.pick_ticks();
         let sample = worker.calls.is_multiple_of(SAMPLE_EVERY);
         let started = sample.then(Instant::now);
-        let len = worker.route.len();
+        let len = worker.published.len();
         // A lazy worker waits for its resource (prepared off the request path): the native
-        // default answers, on the newest route.
+        // default answers, on the newest published list.
         let result = if matches!(worker.exec, Exec::Lazy) {
             Ok(worker.fallback_pick(request))
         } else {
@@ -240,7 +241,7 @@ impl BalancerSlot {
                 self.prepare(&version);
                 answer.map(|index| Picked { index, version: version.id, fallback: true })
             }
-            // The plugin answered for the route it last accepted, older than the newest:
+            // The plugin answered for the published list it last accepted, older than the newest:
             // map its answer; one that is no longer there goes to the native default.
             Ok(answer) if worker.stale.is_some() => {
                 let mapped =
@@ -259,7 +260,7 @@ impl BalancerSlot {
             Err(fault) => {
                 let answer = worker.fallback_pick(request);
                 version.counters.fallbacks.fetch_add(1, Relaxed);
-                let full = Arc::clone(&route);
+                let full = Arc::clone(&published);
                 worker.replace_instance(host, &version.spec, &full);
                 drop(worker);
                 let full_version = arc_swap::Guard::into_inner(self.0.active.load());
@@ -269,7 +270,7 @@ impl BalancerSlot {
                 answer.map(|index| Picked { index, version: version.id, fallback: true })
             }
         };
-        picked.map(|p| f(&route, p))
+        picked.map(|p| f(&published, p))
     }
 
     /// Has `version`'s lazy workers given their resources on the host's off-path thread
@@ -298,8 +299,8 @@ impl BalancerSlot {
         let result = version.prepare();
         version.prepare.done(result.is_ok(), Instant::now());
         if let Err(fault) = result {
-            let route = self.0.route.load_full();
-            self.fault(version, &fault, &route);
+            let published = self.0.published.load_full();
+            self.fault(version, &fault, &published);
         }
     }
 
@@ -318,11 +319,11 @@ impl BalancerSlot {
         self.pick_with(request, |_, p| p)
     }
 
-    fn fault(&self, version: &Arc<Version>, fault: &CallFault, route: &Arc<Published>) {
+    fn fault(&self, version: &Arc<Version>, fault: &CallFault, published: &Arc<Published>) {
         tracing::warn!(service = %self.0.service, plugin = %version.spec.name(), version = version.id, %fault, "plugin fault");
         if let Some(faults) = version.record_fault(fault, &self.0.host) {
             let reason = rollback_reason(faults, self.0.host.config().fault_window, fault);
-            self.auto_rollback(version.id, &reason, route);
+            self.auto_rollback(version.id, &reason, published);
         }
     }
 
@@ -330,16 +331,16 @@ impl BalancerSlot {
     /// there were too many) and shown in the slot's events, once per snapshot however many
     /// instances the version runs (so the rollback threshold does not depend on the core
     /// count).
-    fn update_fault(&self, version: &Arc<Version>, fault: &CallFault, route: &Arc<Published>, kept: bool) {
-        if self.0.update_fault_noted.swap(route.epoch, Relaxed) == route.epoch {
+    fn update_fault(&self, version: &Arc<Version>, fault: &CallFault, published: &Arc<Published>, kept: bool) {
+        if self.0.update_fault_noted.swap(published.epoch, Relaxed) == published.epoch {
             return;
         }
         let serving = if kept { "its previous snapshot serves" } else { "the native default serves" };
-        self.note(version.id, format!("update fault on revision {}: {fault}; {serving}", route.model.revision));
-        self.fault(version, fault, route);
+        self.note(version.id, format!("update fault on revision {}: {fault}; {serving}", published.model.revision));
+        self.fault(version, fault, published);
     }
 
-    fn auto_rollback(&self, faulty: u64, reason: &str, route: &Arc<Published>) {
+    fn auto_rollback(&self, faulty: u64, reason: &str, published: &Arc<Published>) {
         let Some(_admin) = self.0.admin.try_lock() else { return };
         let active = self.0.active.load_full();
         if active.id != faulty {
@@ -348,8 +349,8 @@ impl BalancerSlot {
         let faulty_spec = Some(active.spec.clone());
         let target = self.0.history.lock().take_for_auto_rollback(&self.0.default);
         let id = self.0.next_id.fetch_add(1, Relaxed);
-        let version = Version::build(&self.0.host, id, target, &self.0.default, route)
-            .or_else(|_| Version::build(&self.0.host, id, self.0.default.clone(), &self.0.default, route));
+        let version = Version::build(&self.0.host, id, target, &self.0.default, published)
+            .or_else(|_| Version::build(&self.0.host, id, self.0.default.clone(), &self.0.default, published));
         if let Ok(v) = version {
             tracing::error!(service = %self.0.service, version = id, plugin = %v.spec.name(), %reason, "rolled back automatically");
             self.publish(v, format!("auto-rollback: {reason}"));
@@ -383,8 +384,8 @@ impl BalancerSlot {
             })?;
         }
         let id = self.0.next_id.fetch_add(1, Relaxed);
-        let route = self.published();
-        let version = Version::build(&self.0.host, id, spec, &self.0.default, &route)?;
+        let published = self.published();
+        let version = Version::build(&self.0.host, id, spec, &self.0.default, &published)?;
         // A 0.2.0 plugin creates a service's resources lazily; one is created now and given
         // the current snapshot, so a plugin that refuses this service is refused here, as a
         // 0.1.0 one is when its instances are built.
@@ -439,18 +440,18 @@ impl BalancerSlot {
     fn self_test(&self, compiled: &Arc<Compiled>, config: &str) -> Result<(), LoadError> {
         let host = &self.0.host;
         let tracker = Arc::new(LoadTracker::new(host.config().ewma_decay));
-        let route = Arc::new(Published::new(1, synthetic(), Arc::clone(&tracker)));
-        let store = host.store_seeded(Arc::from("self-test"), Arc::clone(&route), 0);
+        let published = Arc::new(Published::new(1, synthetic(), Arc::clone(&tracker)));
+        let store = host.store_seeded(Arc::from("self-test"), Arc::clone(&published), 0);
         let mut runner = WasmRunner::with_store(compiled, config, host, store)?;
         let fail = |what: &str, f: CallFault| LoadError::SelfTest(format!("{what} {f}"));
-        let mode = runner.update(host, &route).map_err(|f| fail("update", f))?;
-        let exec = validate_mode(mode, route.len(), host.config()).map_err(|f| fail("update", f))?;
+        let mode = runner.update(host, &published).map_err(|f| fail("update", f))?;
+        let exec = validate_mode(mode, published.len(), host.config()).map_err(|f| fail("update", f))?;
         if matches!(exec, Exec::PerRequest) {
             let ticks = host.pick_ticks();
             for k in 0..64u64 {
                 let mut request = PickRequest { hash_key: (k % 2 == 0).then(|| mix64(k)), ..PickRequest::default() };
                 let answer = runner.pick(host, ticks, &mut request).map_err(|f| fail("pick", f))?;
-                check_pick(answer, route.len()).map_err(|f| fail("pick", f))?;
+                check_pick(answer, published.len()).map_err(|f| fail("pick", f))?;
             }
             let empty = Arc::new(Published::new(2, Snapshot::default(), tracker));
             runner.update(host, &empty).map_err(|f| fail("update with no endpoints", f))?;
@@ -479,26 +480,26 @@ fn self_test_shared(host: &PluginHost, compiled: &Compiled, config: &str) -> Res
     let store = &mut live.store;
     let update_ticks = host.ticks(host.config().update_deadline);
     let mut resources = Vec::new();
-    for (service, route) in [("sextant/self-test/synthetic", &full), ("sextant/self-test/empty", &empty)] {
+    for (service, published) in [("sextant/self-test/synthetic", &full), ("sextant/self-test/empty", &empty)] {
         arm(store, update_ticks, host.config().update_deadline);
-        store.data_mut().route = Arc::clone(route);
+        store.data_mut().published = Arc::clone(published);
         let handle =
             guest.call_constructor(&mut *store, service).map_err(|e| fail("constructor", fault_in(store, &e)))?;
-        let mode = match guest.call_update(&mut *store, handle, &route.wit) {
+        let mode = match guest.call_update(&mut *store, handle, &published.wit) {
             Ok(Ok(mode)) => mode_from_wit2(mode),
             Ok(Err(reason)) => return Err(fail("update", CallFault::Refused(reason))),
             Err(e) => return Err(fail("update", fault_in(store, &e))),
         };
-        let exec = validate_mode(mode, route.len(), host.config()).map_err(|f| fail("update", f))?;
+        let exec = validate_mode(mode, published.len(), host.config()).map_err(|f| fail("update", f))?;
         if matches!(exec, Exec::PerRequest) {
             let ticks = host.pick_ticks();
-            for k in 0..if route.is_empty() { 1 } else { 64u64 } {
+            for k in 0..if published.is_empty() { 1 } else { 64u64 } {
                 arm(store, ticks, host.config().pick_deadline);
                 let request = wit2::Request { hash_key: (k % 2 == 0).then(|| mix64(k)) };
                 let answer =
                     guest.call_pick(&mut *store, handle, request).map_err(|e| fail("pick", fault_in(store, &e)))?;
-                let what = if route.is_empty() { "pick with no endpoints" } else { "pick" };
-                check_pick(answer, route.len()).map_err(|f| fail(what, f))?;
+                let what = if published.is_empty() { "pick with no endpoints" } else { "pick" };
+                check_pick(answer, published.len()).map_err(|f| fail(what, f))?;
             }
         }
         resources.push(handle);

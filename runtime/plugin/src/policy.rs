@@ -25,10 +25,11 @@ use crate::bindings::v2::health::exports::sextant::plugin::health as wh2;
 use crate::bindings::v2::scheduler::exports::sextant::plugin::scheduler as ws2;
 use crate::lifecycle::{self, FaultWindow, History, rollback_reason};
 use crate::lifecycle::{Observer, SlotStatus, VersionStatus};
-use crate::load::{LoadTracker, Published};
+use crate::published::Published;
 use crate::shared::{Guest as SharedGuest, Live, Missing, SharedRunner};
 use crate::state::{HostState, KindPre, arm, fault_in};
 use crate::stats::Counters;
+use crate::tracker::LoadTracker;
 use crate::{CallFault, LoadError, PluginHost, PluginKind, PluginSpec, SlotError};
 use wasmtime::component::ResourceAny;
 
@@ -128,11 +129,11 @@ impl Runner {
         host: &PluginHost,
         kind: PluginKind,
         spec: &PluginSpec,
-        route: &Arc<Published>,
+        published: &Arc<Published>,
     ) -> Result<Self, LoadError> {
         match spec {
             PluginSpec::Builtin { name, config } => {
-                Self::native(kind, name, config, host.state(Arc::from(name.as_str()), Arc::clone(route)))
+                Self::native(kind, name, config, host.state(Arc::from(name.as_str()), Arc::clone(published)))
             }
             PluginSpec::Wasm { name, compiled, config } if compiled.contract.shared() => {
                 if compiled.kind != kind {
@@ -140,12 +141,12 @@ impl Runner {
                 }
                 let plugin = host.shared(name, compiled, config)?;
                 let key = host.next_key();
-                let service: Arc<str> = Arc::from(route.model.service.as_str());
+                let service: Arc<str> = Arc::from(published.model.service.as_str());
                 let index = usize::try_from(key).unwrap_or(0);
-                Ok(Self::Shared(SharedRunner::new(&plugin, key, index, &service), Arc::clone(route)))
+                Ok(Self::Shared(SharedRunner::new(&plugin, key, index, &service), Arc::clone(published)))
             }
             PluginSpec::Wasm { name, compiled, config } => {
-                let mut store = host.store(Arc::from(name.as_str()), Arc::clone(route));
+                let mut store = host.store(Arc::from(name.as_str()), Arc::clone(published));
                 let deadline = host.config().update_deadline;
                 arm(&mut store, host.ticks(deadline), deadline);
                 let inst = |e: wasmtime::Error| host.instantiate_error(&e);
@@ -180,12 +181,12 @@ impl Runner {
                 let env: &mut HostState = env;
                 Ok(match (native, call) {
                     (Native::Health(p), Call::Update(r)) => {
-                        env.route = Arc::clone(r);
+                        env.published = Arc::clone(r);
                         p.update(&r.model, env).map_err(CallFault::Refused)?;
                         Answer::Updated
                     }
                     (Native::Scheduler(p), Call::Update(r)) => {
-                        env.route = Arc::clone(r);
+                        env.published = Arc::clone(r);
                         p.update(&r.model, env).map_err(CallFault::Refused)?;
                         Answer::Updated
                     }
@@ -205,11 +206,11 @@ impl Runner {
                 let refused = |r: Result<(), String>| r.map(|()| Answer::Updated).map_err(CallFault::Refused);
                 let result = match (guest, call) {
                     (Guest::Health(g), Call::Update(r)) => {
-                        store.data_mut().route = Arc::clone(r);
+                        store.data_mut().published = Arc::clone(r);
                         g.sextant_plugin_health().call_update(&mut *store, &r.wit).map(refused)
                     }
                     (Guest::Scheduler(g), Call::Update(r)) => {
-                        store.data_mut().route = Arc::clone(r);
+                        store.data_mut().published = Arc::clone(r);
                         g.sextant_plugin_scheduler().call_update(&mut *store, &r.wit).map(refused)
                     }
                     (Guest::Health(g), Call::Probe(p)) => {
@@ -242,9 +243,9 @@ impl Runner {
                 if let Call::Update(r) = call {
                     *last = Arc::clone(r);
                 }
-                let route = Arc::clone(last);
+                let published = Arc::clone(last);
                 let answer = shared.call(&mut Arc::clone(last), Missing::Create, |live, handle, fresh| {
-                    shared_call(host, live, handle, fresh, &route, call)
+                    shared_call(host, live, handle, fresh, &published, call)
                 })?;
                 answer.ok_or_else(|| CallFault::Trap("the resource could not be created".into()))
             }
@@ -252,13 +253,13 @@ impl Runner {
     }
 }
 
-/// One call on a service's 0.2.0 resource; a fresh one is given `route` first.
+/// One call on a service's 0.2.0 resource; a fresh one is given `published` first.
 fn shared_call(
     host: &PluginHost,
     live: &mut Live,
     handle: ResourceAny,
     fresh: bool,
-    route: &Arc<Published>,
+    published: &Arc<Published>,
     call: &Call<'_>,
 ) -> Result<Answer, CallFault> {
     let Live { store, guest } = live;
@@ -273,7 +274,7 @@ fn shared_call(
             let g = g.sextant_plugin_health().health();
             if fresh && !matches!(call, Call::Update(_)) {
                 arm(store, host.ticks(config.update_deadline), config.update_deadline);
-                let r = g.call_update(&mut *store, handle, &route.wit).map_err(|e| fault_in(store, &e))?;
+                let r = g.call_update(&mut *store, handle, &published.wit).map_err(|e| fault_in(store, &e))?;
                 refused(r)?;
             }
             arm(store, host.ticks(deadline), deadline);
@@ -300,7 +301,7 @@ fn shared_call(
             let g = g.sextant_plugin_scheduler().scheduler();
             if fresh && !matches!(call, Call::Update(_)) {
                 arm(store, host.ticks(config.update_deadline), config.update_deadline);
-                let r = g.call_update(&mut *store, handle, &route.wit).map_err(|e| fault_in(store, &e))?;
+                let r = g.call_update(&mut *store, handle, &published.wit).map_err(|e| fault_in(store, &e))?;
                 refused(r)?;
             }
             arm(store, host.ticks(deadline), deadline);
@@ -337,7 +338,7 @@ struct State {
     loaded_at: SystemTime,
     runner: Runner,
     fallback: Runner,
-    route: Arc<Published>,
+    published: Arc<Published>,
     counters: Arc<Counters>,
     faults: FaultWindow,
     history: History,
@@ -377,13 +378,13 @@ impl PolicySlot {
             return Err(LoadError::UnknownBuiltin("a slot's default must be a built-in".into()));
         }
         let tracker = Arc::new(LoadTracker::new(host.config().ewma_decay));
-        let route = Arc::new(Published::new(
+        let published = Arc::new(Published::new(
             0,
             Snapshot { service: service.into(), ..Snapshot::default() },
             Arc::clone(&tracker),
         ));
-        let runner = Runner::build(host, kind, &default, &route)?;
-        let fallback = Runner::build(host, kind, &default, &route)?;
+        let runner = Runner::build(host, kind, &default, &published)?;
+        let fallback = Runner::build(host, kind, &default, &published)?;
         Ok(Self {
             kind,
             host: host.clone(),
@@ -395,7 +396,7 @@ impl PolicySlot {
                 loaded_at: SystemTime::now(),
                 runner,
                 fallback,
-                route,
+                published,
                 counters: Arc::new(Counters::default()),
                 faults: FaultWindow::default(),
                 history: History::default(),
@@ -409,10 +410,10 @@ impl PolicySlot {
     /// Publishes a new snapshot to the policy; returns its epoch.
     pub(crate) fn set_snapshot(&self, snapshot: Snapshot) -> u64 {
         let mut state = self.state.lock();
-        let epoch = state.route.epoch + 1;
-        let route = Arc::new(Published::new(epoch, snapshot, Arc::clone(&self.tracker)));
-        state.route = Arc::clone(&route);
-        self.call(&mut state, &Call::Update(&route));
+        let epoch = state.published.epoch + 1;
+        let published = Arc::new(Published::new(epoch, snapshot, Arc::clone(&self.tracker)));
+        state.published = Arc::clone(&published);
+        self.call(&mut state, &Call::Update(&published));
         epoch
     }
 
@@ -435,7 +436,7 @@ impl PolicySlot {
     /// Asks the scheduler for effective weights; the registered weights when it fails.
     pub(crate) fn schedule(&self, stats: &[EndpointStats]) -> Vec<u32> {
         let mut state = self.state.lock();
-        let registered: Vec<u32> = state.route.model.endpoints.iter().map(|e| e.weight).collect();
+        let registered: Vec<u32> = state.published.model.endpoints.iter().map(|e| e.weight).collect();
         match self.call(&mut state, &Call::Schedule(stats)) {
             Answer::Weights(w) => w,
             _ => registered,
@@ -452,7 +453,7 @@ impl PolicySlot {
             state.counters.fallbacks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return state.fallback.call(&self.host, call).unwrap_or(Answer::Verdict(Verdict::Unchanged));
         }
-        let len = state.route.len();
+        let len = state.published.len();
         // Counted and (one in SAMPLE_EVERY) timed as a balancer's picks are.
         let calls = state.counters.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let started = calls.is_multiple_of(crate::version::SAMPLE_EVERY).then(Instant::now);
@@ -484,20 +485,21 @@ impl PolicySlot {
                         observe(lifecycle::auto_rollback(&self.service, self.kind, &faulty, reason));
                     }
                 } else {
-                    let route = Arc::clone(&state.route);
-                    let restored = Runner::build(&self.host, self.kind, &state.spec, &route).and_then(|mut fresh| {
-                        fresh
-                            .call(&self.host, &Call::Update(&route))
-                            .map_err(|f| LoadError::SelfTest(f.to_string()))?;
-                        Ok(fresh)
-                    });
+                    let published = Arc::clone(&state.published);
+                    let restored =
+                        Runner::build(&self.host, self.kind, &state.spec, &published).and_then(|mut fresh| {
+                            fresh
+                                .call(&self.host, &Call::Update(&published))
+                                .map_err(|f| LoadError::SelfTest(f.to_string()))?;
+                            Ok(fresh)
+                        });
                     match restored {
                         Ok(fresh) => state.runner = fresh,
                         Err(e) => {
                             if !state.degraded {
                                 let what = format!(
                                     "update fault on revision {}: {e}; the native default serves",
-                                    route.model.revision
+                                    published.model.revision
                                 );
                                 state.history.note(state.version, what);
                             }
@@ -505,8 +507,8 @@ impl PolicySlot {
                         }
                     }
                 }
-                let route = Arc::clone(&state.route);
-                let _ = state.fallback.call(&self.host, &Call::Update(&route));
+                let published = Arc::clone(&state.published);
+                let _ = state.fallback.call(&self.host, &Call::Update(&published));
                 state.fallback.call(&self.host, call).unwrap_or(Answer::Verdict(Verdict::Unchanged))
             }
         }
@@ -519,11 +521,11 @@ impl PolicySlot {
 
     fn self_test(&self, spec: &PluginSpec) -> Result<(), LoadError> {
         let tracker = Arc::new(LoadTracker::new(self.host.config().ewma_decay));
-        let route = Arc::new(Published::new(1, synthetic(), tracker));
-        let mut runner = Runner::build(&self.host, self.kind, spec, &route)?;
+        let published = Arc::new(Published::new(1, synthetic(), tracker));
+        let mut runner = Runner::build(&self.host, self.kind, spec, &published)?;
         let fail = |what: &str, f: CallFault| LoadError::SelfTest(format!("{what} {f}"));
-        runner.call(&self.host, &Call::Update(&route)).map_err(|f| fail("update", f))?;
-        let n = route.len();
+        runner.call(&self.host, &Call::Update(&published)).map_err(|f| fail("update", f))?;
+        let n = published.len();
         match self.kind {
             PluginKind::Health => {
                 for (i, status) in
@@ -549,10 +551,10 @@ impl PolicySlot {
     }
 
     fn install(&self, state: &mut State, spec: PluginSpec, what: String) -> Result<VersionStatus, LoadError> {
-        let mut runner = Runner::build(&self.host, self.kind, &spec, &state.route)?;
-        let route = Arc::clone(&state.route);
+        let mut runner = Runner::build(&self.host, self.kind, &spec, &state.published)?;
+        let published = Arc::clone(&state.published);
         runner
-            .call(&self.host, &Call::Update(&route))
+            .call(&self.host, &Call::Update(&published))
             .map_err(|f| LoadError::SelfTest(format!("update with the current snapshot {f}")))?;
         state.runner = runner;
         self.host.retire(state.spec.version_key(self.kind), &state.counters.snapshot());
@@ -687,7 +689,7 @@ impl HealthSlot {
             return verdicts;
         }
         let mut state = self.slot.state.lock();
-        let current = state.route.epoch;
+        let current = state.published.epoch;
         while let Some((epoch, outcome)) = self.outcomes.pop() {
             self.queued.fetch_sub(1, Relaxed);
             if epoch != current {

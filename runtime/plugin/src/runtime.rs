@@ -22,9 +22,10 @@ use wasmtime::{
 use crate::LoadError;
 use crate::bindings::{v1, v2};
 use crate::kind::Contract;
-use crate::load::{LoadTracker, Published};
 use crate::log::{LogBudget, LogDrops};
+use crate::published::Published;
 use crate::state::HostState;
+use crate::tracker::LoadTracker;
 
 /// Limits and sizes of the plugin host.
 #[derive(Debug, Clone)]
@@ -330,8 +331,8 @@ impl Runtime {
         self.0.next_key.fetch_add(1, Relaxed)
     }
 
-    /// A route with no endpoints (what an instance sees before its first call).
-    pub(crate) fn empty_route(&self) -> Arc<Published> {
+    /// A published list with no endpoints (what an instance sees before its first call).
+    pub(crate) fn empty_published(&self) -> Arc<Published> {
         Arc::new(Published::new(
             0,
             sextant_builtins::Snapshot::default(),
@@ -360,14 +361,14 @@ impl Runtime {
     }
 
     /// A fresh store for one plugin instance, with its own seeded generator.
-    pub(crate) fn store(&self, label: Arc<str>, route: Arc<Published>) -> Store<HostState> {
+    pub(crate) fn store(&self, label: Arc<str>, published: Arc<Published>) -> Store<HostState> {
         let seed = self.0.next_seed.fetch_add(1, Relaxed);
-        self.store_seeded(label, route, seed)
+        self.store_seeded(label, published, seed)
     }
 
     /// A store with a given seed (the self-test, which must not shift other instances' seeds).
-    pub(crate) fn store_seeded(&self, label: Arc<str>, route: Arc<Published>, seed: u64) -> Store<HostState> {
-        let state = self.state_seeded(label, route, seed);
+    pub(crate) fn store_seeded(&self, label: Arc<str>, published: Arc<Published>, seed: u64) -> Store<HostState> {
+        let state = self.state_seeded(label, published, seed);
         let mut store = Store::new(&self.0.engine, state);
         store.limiter(|s| &mut s.limits);
         // Deadlines count CPU time, not wall time: when the wall-clock deadline passes, the
@@ -391,19 +392,19 @@ impl Runtime {
     }
 
     /// Host state for a native policy or a wasm store.
-    pub(crate) fn state(&self, label: Arc<str>, route: Arc<Published>) -> HostState {
+    pub(crate) fn state(&self, label: Arc<str>, published: Arc<Published>) -> HostState {
         let seed = self.0.next_seed.fetch_add(1, Relaxed);
-        self.state_seeded(label, route, seed)
+        self.state_seeded(label, published, seed)
     }
 
-    pub(crate) fn state_seeded(&self, label: Arc<str>, route: Arc<Published>, seed: u64) -> HostState {
+    pub(crate) fn state_seeded(&self, label: Arc<str>, published: Arc<Published>, seed: u64) -> HostState {
         let log = self.log_budget(crate::log::plugin_of(&label));
         HostState {
             log,
             rng: SplitMix64::new(seed),
             local: LocalRandom::default(),
             label,
-            route,
+            published,
             headers: Vec::new(),
             attempt: 0,
             tried: Vec::new(),

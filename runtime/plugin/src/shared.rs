@@ -27,7 +27,7 @@ use wasmtime::component::ResourceAny;
 use crate::bindings::v2;
 use crate::compiled::Compiled;
 use crate::kind::PluginKind;
-use crate::load::Published;
+use crate::published::Published;
 use crate::runtime::Runtime;
 use crate::state::{HostState, KindPre, SharedPre, arm, fault_in};
 use crate::{CallFault, LoadError};
@@ -118,7 +118,7 @@ pub struct SharedStatus {
     pub constructor_faults: u64,
 }
 
-/// What happened inside one call, sorted out once the route is back with its owner.
+/// What happened inside one call, sorted out once the published list is back with its owner.
 enum Called<R> {
     Ran(Result<R, CallFault>),
     Created(ResourceAny, Result<R, CallFault>),
@@ -195,18 +195,18 @@ impl SharedPlugin {
         for i in plugin.instances.iter() {
             let mut i = i.lock();
             i.seed = host.take_seed();
-            i.live = Some(plugin.instantiate(host.empty_route(), i.seed)?);
+            i.live = Some(plugin.instantiate(host.empty_published(), i.seed)?);
         }
         Ok(plugin)
     }
 
     /// A fresh instance, given `init(config)`.
-    fn instantiate(&self, route: Arc<Published>, seed: u64) -> Result<Live, LoadError> {
-        instantiate(&self.host, &self.compiled, &self.config, self.store(route, seed))
+    fn instantiate(&self, published: Arc<Published>, seed: u64) -> Result<Live, LoadError> {
+        instantiate(&self.host, &self.compiled, &self.config, self.store(published, seed))
     }
 
-    fn store(&self, route: Arc<Published>, seed: u64) -> Store<HostState> {
-        self.host.store_seeded(Arc::clone(&self.name), route, seed)
+    fn store(&self, published: Arc<Published>, seed: u64) -> Store<HostState> {
+        self.host.store_seeded(Arc::clone(&self.name), published, seed)
     }
 
     /// The seed instance `index` started from: a slot's worker on that instance draws the
@@ -223,7 +223,7 @@ impl SharedPlugin {
 
     /// Runs `f` on the resource `key` of instance `index` (creating the resource for `service`
     /// with `Missing::Create` when there is none; `f` learns it is fresh and must give it a
-    /// snapshot first). `route` is what the `load` interface reads meanwhile: it is moved into
+    /// snapshot first). `published` is what the `load` interface reads meanwhile: it is moved into
     /// the store for the call and back (no reference count touched on the pick path; `f`
     /// finds it in the store's data). None when there is no resource and `missing` is
     /// `Skip`. A fault that poisons the instance drops it and every resource in it.
@@ -232,7 +232,7 @@ impl SharedPlugin {
         index: usize,
         key: u64,
         service: &str,
-        route: &mut Arc<Published>,
+        published: &mut Arc<Published>,
         missing: Missing,
         f: impl FnOnce(&mut Live, ResourceAny, bool) -> Result<R, CallFault>,
     ) -> Result<Option<R>, CallFault> {
@@ -251,7 +251,7 @@ impl SharedPlugin {
                 return Ok(None);
             }
             inst.seed = self.host.take_seed();
-            match start_live(&self.host, &self.compiled, &self.config, self.store(Arc::clone(route), inst.seed)) {
+            match start_live(&self.host, &self.compiled, &self.config, self.store(Arc::clone(published), inst.seed)) {
                 Ok(live) => inst.live = Some(live),
                 // What `init` did, as any call's fault is counted (a deadline is a deadline).
                 Err(StartError::Init(fault)) => return Err(fault),
@@ -270,7 +270,7 @@ impl SharedPlugin {
             None => None,
         };
         let Some(live) = inst.live.as_mut() else { return Ok(None) };
-        std::mem::swap(&mut live.store.data_mut().route, route);
+        std::mem::swap(&mut live.store.data_mut().published, published);
         let called = match existing {
             Some(handle) => Called::Ran(f(live, handle, false)),
             None => {
@@ -283,7 +283,7 @@ impl SharedPlugin {
             }
         };
         // Back before anything else: a poisoned instance's store is dropped below.
-        std::mem::swap(&mut live.store.data_mut().route, route);
+        std::mem::swap(&mut live.store.data_mut().published, published);
         let result = match called {
             Called::Ran(result) => result,
             Called::Created(handle, result) => {
@@ -477,11 +477,11 @@ impl SharedAddr {
     /// See [`SharedPlugin::call`].
     pub(crate) fn call<R>(
         &self,
-        route: &mut Arc<Published>,
+        published: &mut Arc<Published>,
         missing: Missing,
         f: impl FnOnce(&mut Live, ResourceAny, bool) -> Result<R, CallFault>,
     ) -> Result<Option<R>, CallFault> {
-        self.plugin.call(self.index, self.key, &self.service, route, missing, f)
+        self.plugin.call(self.index, self.key, &self.service, published, missing, f)
     }
 }
 

@@ -1,4 +1,4 @@
-//! What a plugin instance's store holds ([`HostState`]: its generator, clock, route, the
+//! What a plugin instance's store holds ([`HostState`]: its generator, clock, published list, the
 //! request's headers, its output and limits) and what the host implements on it (the
 //! contract's `host` and `load` imports in both versions, the WASI subset's state, the native
 //! [`Env`]); arming a store for one call and classifying what a call's error was; the
@@ -14,8 +14,8 @@ use crate::CallFault;
 use crate::bindings::v1::balancer::sextant::plugin::{host as wit_host, load as wit_load, types as wit_types};
 use crate::bindings::v2::balancer::sextant::plugin::{host as wit_host2, load as wit_load2};
 use crate::bindings::{v1, v2};
-use crate::load::Published;
 use crate::log::LogBudget;
+use crate::published::Published;
 
 pub(crate) enum KindPre {
     Balancer(v1::balancer::BalancerPluginPre<HostState>),
@@ -69,7 +69,7 @@ pub(crate) fn fault(e: &wasmtime::Error) -> CallFault {
     }
 }
 
-/// What each plugin instance can reach: its generator, its clock, the route it serves (for
+/// What each plugin instance can reach: its generator, its clock, the published list it serves (for
 /// the `load` interface) and the current request's headers. Native policies get the same
 /// state through [`Env`].
 #[derive(Debug)]
@@ -80,7 +80,7 @@ pub struct HostState {
     pub(crate) label: Arc<str>,
     /// The plugin's log budget on this host (shared by its instances).
     pub(crate) log: Arc<LogBudget>,
-    pub(crate) route: Arc<Published>,
+    pub(crate) published: Arc<Published>,
     pub(crate) headers: Vec<(String, String)>,
     /// The request's attempt number and the endpoints it tried (snapshot indices), during a
     /// pick.
@@ -128,16 +128,16 @@ impl Env for HostState {
         self.log.write(&self.label, level, message);
     }
     fn in_flight(&self, endpoint: u32) -> u32 {
-        self.route.in_flight(endpoint)
+        self.published.in_flight(endpoint)
     }
     fn latency_ewma(&self, endpoint: u32) -> u64 {
-        self.route.latency_ewma(endpoint)
+        self.published.latency_ewma(endpoint)
     }
     fn recent_errors(&self, endpoint: u32) -> u32 {
-        self.route.recent_errors(endpoint)
+        self.published.recent_errors(endpoint)
     }
     fn total_in_flight(&self) -> u64 {
-        self.route.tracker.total_in_flight()
+        self.published.tracker.total_in_flight()
     }
     fn request_header(&self, name: &str) -> Option<String> {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())
@@ -149,7 +149,7 @@ impl Env for HostState {
         self.tried.clone()
     }
     fn state(&self, endpoint: u32) -> EndpointState {
-        self.route.state(endpoint)
+        self.published.state(endpoint)
     }
 }
 
@@ -203,19 +203,19 @@ macro_rules! host_imports {
 
         impl $load::Host for HostState {
             fn in_flight(&mut self, endpoint: u32) -> u32 {
-                self.route.in_flight(endpoint)
+                self.published.in_flight(endpoint)
             }
             fn latency_ewma(&mut self, endpoint: u32) -> u64 {
-                self.route.latency_ewma(endpoint)
+                self.published.latency_ewma(endpoint)
             }
             fn recent_errors(&mut self, endpoint: u32) -> u32 {
-                self.route.recent_errors(endpoint)
+                self.published.recent_errors(endpoint)
             }
             fn total_in_flight(&mut self) -> u64 {
-                self.route.tracker.total_in_flight()
+                self.published.tracker.total_in_flight()
             }
             fn state(&mut self, endpoint: u32) -> $load::EndpointState {
-                let s: EndpointState = self.route.state(endpoint);
+                let s: EndpointState = self.published.state(endpoint);
                 $load::EndpointState {
                     in_flight: s.in_flight,
                     latency_ewma: s.latency_ewma,

@@ -18,7 +18,7 @@ use crate::bindings::v1::balancer::BalancerPlugin;
 use crate::bindings::v1::balancer::exports::sextant::plugin::balancer as wit;
 use crate::bindings::v2::balancer::exports::sextant::plugin::balancer as wit2;
 use crate::lifecycle::FaultWindow;
-use crate::load::Published;
+use crate::published::Published;
 use crate::shared::{Guest, Missing, SharedAddr, SharedRunner};
 use crate::state::{KindPre, arm, fault_in};
 use crate::stats::Counters;
@@ -35,7 +35,7 @@ pub(crate) enum Exec {
     /// The plugin failed on this snapshot: the fallback answers until the next one.
     Fallback,
     /// A 0.2.0 plugin whose resource for this service does not exist yet (or was dropped):
-    /// created and given `route` off the request path (`Version::prepare`); the native
+    /// created and given `published` off the request path (`Version::prepare`); the native
     /// default answers meanwhile.
     Lazy,
 }
@@ -56,13 +56,13 @@ pub(crate) enum Runner {
 }
 
 pub(crate) struct Worker {
-    /// Epoch of the newest route given to this instance.
+    /// Epoch of the newest published list given to this instance.
     pub(crate) seen: u64,
-    /// The route `exec` and the runner index: `seen`'s, or, after the plugin failed on
+    /// The published list `exec` and the runner index: `seen`'s, or, after the plugin failed on
     /// `seen`'s, the older one it last accepted (see `stale`).
-    pub(crate) route: Arc<Published>,
-    /// While the plugin serves an older route than `seen`'s: its endpoint indices mapped to
-    /// the newest route's (`None`: no longer there, the native default answers instead).
+    pub(crate) published: Arc<Published>,
+    /// While the plugin serves an older published list than `seen`'s: its endpoint indices mapped to
+    /// the newest published list's (`None`: no longer there, the native default answers instead).
     pub(crate) stale: Option<Vec<Option<u32>>>,
     pub(crate) exec: Exec,
     pub(crate) runner: Runner,
@@ -149,14 +149,14 @@ pub(crate) enum SharedPick {
     NotReady,
 }
 
-/// `update` on a 0.2.0 balancer resource with `route` (the store armed by the caller).
+/// `update` on a 0.2.0 balancer resource with `published` (the store armed by the caller).
 fn update_resource(
     g: &wit2::GuestBalancer<'_>,
     store: &mut Store<HostState>,
     handle: wasmtime::component::ResourceAny,
-    route: &Published,
+    published: &Published,
 ) -> Result<Mode, CallFault> {
-    match g.call_update(&mut *store, handle, &route.wit) {
+    match g.call_update(&mut *store, handle, &published.wit) {
         Ok(Ok(mode)) => Ok(mode_from_wit2(mode)),
         Ok(Err(reason)) => Err(CallFault::Refused(reason)),
         Err(e) => Err(fault_in(store, &e)),
@@ -168,44 +168,44 @@ fn update_resource(
 pub(crate) fn shared_update(
     s: &SharedAddr,
     host: &PluginHost,
-    route: &Arc<Published>,
+    published: &Arc<Published>,
     missing: Missing,
 ) -> Result<Option<Mode>, CallFault> {
-    // An update is rare next to picks: a clone of the route to move into the store is cheap.
-    s.call(&mut Arc::clone(route), missing, |live, handle, _fresh| {
+    // An update is rare next to picks: a clone of the published list to move into the store is cheap.
+    s.call(&mut Arc::clone(published), missing, |live, handle, _fresh| {
         arm(&mut live.store, host.ticks(host.config().update_deadline), host.config().update_deadline);
         let Guest::Balancer(g) = &live.guest else { return Err(CallFault::Contract("not a balancer".into())) };
-        update_resource(&g.sextant_plugin_balancer().balancer(), &mut live.store, handle, route)
+        update_resource(&g.sextant_plugin_balancer().balancer(), &mut live.store, handle, published)
     })
 }
 
-/// Creates (if missing) and updates this service's 0.2.0 resource for `route`: what a lazy
+/// Creates (if missing) and updates this service's 0.2.0 resource for `published`: what a lazy
 /// worker waits for (see [`Worker::materialize`]).
-fn create_resource(addr: &SharedAddr, host: &PluginHost, route: &Arc<Published>) -> Result<Exec, CallFault> {
-    shared_update(addr, host, route, Missing::Create)
+fn create_resource(addr: &SharedAddr, host: &PluginHost, published: &Arc<Published>) -> Result<Exec, CallFault> {
+    shared_update(addr, host, published, Missing::Create)
         .and_then(|mode| mode.ok_or_else(|| CallFault::Trap("the resource could not be created".into())))
-        .and_then(|mode| validate_mode(mode, route.len(), host.config()))
+        .and_then(|mode| validate_mode(mode, published.len(), host.config()))
 }
 
-/// `pick` on this service's 0.2.0 resource (`route` moved into the store for the call and
+/// `pick` on this service's 0.2.0 resource (`published` moved into the store for the call and
 /// back). Never creates it nor starts its instance (that is off the request path:
-/// [`Worker::materialize`]); a resource created off the path is given `route` on its first
+/// [`Worker::materialize`]); a resource created off the path is given `published` on its first
 /// pick.
 fn shared_pick(
     s: &SharedAddr,
     host: &PluginHost,
     ticks: u64,
-    route: &mut Arc<Published>,
+    published: &mut Arc<Published>,
     request: &mut PickRequest,
     tried: &mut Vec<u32>,
 ) -> Result<SharedPick, CallFault> {
-    let picked = s.call(route, Missing::Ready, |live, handle, fresh| {
+    let picked = s.call(published, Missing::Ready, |live, handle, fresh| {
         let Guest::Balancer(g) = &live.guest else { return Err(CallFault::Contract("not a balancer".into())) };
         let g = g.sextant_plugin_balancer().balancer();
         if fresh {
             arm(&mut live.store, host.ticks(host.config().update_deadline), host.config().update_deadline);
-            let route = Arc::clone(&live.store.data().route);
-            let mode = update_resource(&g, &mut live.store, handle, &route)?;
+            let published = Arc::clone(&live.store.data().published);
+            let mode = update_resource(&g, &mut live.store, handle, &published)?;
             if !matches!(mode, Mode::PerRequest) {
                 return Ok(SharedPick::Table(mode));
             }
@@ -242,10 +242,10 @@ impl WasmRunner {
         host: &PluginHost,
         compiled: &Compiled,
         label: Arc<str>,
-        route: Arc<Published>,
+        published: Arc<Published>,
         config: &str,
     ) -> Result<Self, LoadError> {
-        Self::with_store(compiled, config, host, host.store(label, route))
+        Self::with_store(compiled, config, host, host.store(label, published))
     }
 
     pub(crate) fn with_store(
@@ -267,11 +267,11 @@ impl WasmRunner {
         }
     }
 
-    pub(crate) fn update(&mut self, host: &PluginHost, route: &Arc<Published>) -> Result<Mode, CallFault> {
-        self.store.data_mut().route = Arc::clone(route);
+    pub(crate) fn update(&mut self, host: &PluginHost, published: &Arc<Published>) -> Result<Mode, CallFault> {
+        self.store.data_mut().published = Arc::clone(published);
         let deadline = host.config().update_deadline;
         arm(&mut self.store, host.ticks(deadline), deadline);
-        match self.guest.sextant_plugin_balancer().call_update(&mut self.store, &route.wit) {
+        match self.guest.sextant_plugin_balancer().call_update(&mut self.store, &published.wit) {
             Ok(Ok(mode)) => Ok(mode_from_wit(mode)),
             Ok(Err(reason)) => Err(CallFault::Refused(reason)),
             Err(e) => Err(fault_in(&mut self.store, &e)),
@@ -376,14 +376,14 @@ impl Version {
         id: u64,
         spec: PluginSpec,
         default: &PluginSpec,
-        route: &Arc<Published>,
+        published: &Arc<Published>,
     ) -> Result<Self, LoadError> {
         let label: Arc<str> = Arc::from(format!("{}#{id}", spec.name()));
         let shared = match &spec {
             PluginSpec::Wasm { name, compiled, config } if compiled.contract.shared() => Some((
                 host.shared(name, compiled, config)?,
                 host.next_key(),
-                Arc::<str>::from(route.model.service.as_str()),
+                Arc::<str>::from(published.model.service.as_str()),
             )),
             _ => None,
         };
@@ -391,18 +391,18 @@ impl Version {
         for index in 0..host.config().workers.max(1) {
             let runner = match &spec {
                 PluginSpec::Wasm { .. } if let Some((plugin, key, service)) = &shared => {
-                    let env = host.state_seeded(Arc::clone(&label), Arc::clone(route), plugin.seed(index));
+                    let env = host.state_seeded(Arc::clone(&label), Arc::clone(published), plugin.seed(index));
                     Runner::Shared(SharedRunner::new(plugin, *key, index, service), Box::new(env))
                 }
                 PluginSpec::Builtin { name, config } => Runner::Native(
                     sextant_builtins::balancer(name, config).map_err(LoadError::UnknownBuiltin)?,
-                    host.state(Arc::clone(&label), Arc::clone(route)),
+                    host.state(Arc::clone(&label), Arc::clone(published)),
                 ),
                 PluginSpec::Wasm { compiled, config, .. } => Runner::Wasm(Box::new(WasmRunner::new(
                     host,
                     compiled,
                     Arc::clone(&label),
-                    Arc::clone(route),
+                    Arc::clone(published),
                     config,
                 )?)),
             };
@@ -412,16 +412,16 @@ impl Version {
             let fallback = sextant_builtins::balancer(name, config).map_err(LoadError::UnknownBuiltin)?;
             let mut worker = Worker {
                 seen: u64::MAX,
-                route: Arc::clone(route),
+                published: Arc::clone(published),
                 stale: None,
                 exec: Exec::Fallback,
                 runner,
                 fallback,
-                fallback_env: host.state(Arc::clone(&label), Arc::clone(route)),
+                fallback_env: host.state(Arc::clone(&label), Arc::clone(published)),
                 calls: 0,
             };
             worker
-                .apply(host, &spec, route)
+                .apply(host, &spec, published)
                 .map_err(|f| LoadError::SelfTest(format!("update with the current snapshot {f}")))?;
             workers.push(Mutex::new(worker));
         }
@@ -453,9 +453,9 @@ impl Version {
     /// (by the native default) instead of waiting out the plugin's deadline.
     pub(crate) fn prepare(&self) -> Result<(), CallFault> {
         for worker in &self.workers {
-            let Some((addr, route)) = worker.lock().lazy_resource() else { continue };
-            let made = create_resource(&addr, &self.host, &route);
-            worker.lock().install(made, &route)?;
+            let Some((addr, published)) = worker.lock().lazy_resource() else { continue };
+            let made = create_resource(&addr, &self.host, &published);
+            worker.lock().install(made, &published)?;
         }
         Ok(())
     }
@@ -488,33 +488,33 @@ impl Version {
 }
 
 impl Worker {
-    /// Applies a route to the plugin and the fallback. When the plugin fails on it, the
-    /// plugin's own previous state keeps serving (its answers mapped to the new route, an
+    /// Applies a published list to the plugin and the fallback. When the plugin fails on it, the
+    /// plugin's own previous state keeps serving (its answers mapped to the new published list, an
     /// endpoint no longer there answered by the native default); with no previous state to
-    /// keep, the native default serves this route. Either way the error is returned.
+    /// keep, the native default serves this published list. Either way the error is returned.
     pub(crate) fn apply(
         &mut self,
         host: &PluginHost,
         spec: &PluginSpec,
-        route: &Arc<Published>,
+        published: &Arc<Published>,
     ) -> Result<(), CallFault> {
-        self.seen = route.epoch;
-        self.fallback_env.route = Arc::clone(route);
+        self.seen = published.epoch;
+        self.fallback_env.published = Arc::clone(published);
         // The native default cannot fail on a valid snapshot; if it ever refused, picks
         // would find no endpoint, which the caller sees as "none".
-        let _ = self.fallback.update(&route.model, &mut self.fallback_env);
+        let _ = self.fallback.update(&published.model, &mut self.fallback_env);
         let result = match &mut self.runner {
             Runner::Native(b, env) => {
-                env.route = Arc::clone(route);
-                b.update(&route.model, env).map_err(CallFault::Refused)
+                env.published = Arc::clone(published);
+                b.update(&published.model, env).map_err(CallFault::Refused)
             }
-            Runner::Wasm(w) => w.update(host, route),
-            Runner::Shared(shared, _) => match shared_update(shared, host, route, Missing::Skip) {
+            Runner::Wasm(w) => w.update(host, published),
+            Runner::Shared(shared, _) => match shared_update(shared, host, published, Missing::Skip) {
                 Ok(Some(mode)) => Ok(mode),
                 Ok(None) => {
                     // No resource for this service here: the next pick creates one.
                     self.exec = Exec::Lazy;
-                    self.route = Arc::clone(route);
+                    self.published = Arc::clone(published);
                     self.stale = None;
                     return Ok(());
                 }
@@ -522,10 +522,10 @@ impl Worker {
             },
             Runner::Gone => Err(CallFault::Trap("instance lost".into())),
         };
-        let fault = match result.and_then(|mode| validate_mode(mode, route.len(), host.config())) {
+        let fault = match result.and_then(|mode| validate_mode(mode, published.len(), host.config())) {
             Ok(exec) => {
                 self.exec = exec;
-                self.route = Arc::clone(route);
+                self.published = Arc::clone(published);
                 self.stale = None;
                 return Ok(());
             }
@@ -533,27 +533,27 @@ impl Worker {
         };
         if !self.keep_previous(host, spec) {
             self.exec = Exec::Fallback;
-            self.route = Arc::clone(route);
+            self.published = Arc::clone(published);
             self.stale = None;
             return Err(fault);
         }
         let now: std::collections::HashMap<&str, u32> =
-            route.model.endpoints.iter().zip(0u32..).map(|(e, i)| (e.id.as_str(), i)).collect();
+            published.model.endpoints.iter().zip(0u32..).map(|(e, i)| (e.id.as_str(), i)).collect();
         self.stale =
-            Some(self.route.model.endpoints.iter().map(|e| now.get(e.id.as_str()).copied()).collect::<Vec<_>>());
+            Some(self.published.model.endpoints.iter().map(|e| now.get(e.id.as_str()).copied()).collect::<Vec<_>>());
         Err(fault)
     }
 
-    /// After a failed update: whether the state that served `self.route` still can. A
+    /// After a failed update: whether the state that served `self.published list` still can. A
     /// table stands on its own; a per-request wasm instance (which may have trapped, or
-    /// half-applied the new route) is rebuilt on `self.route`; a native policy that refused
+    /// half-applied the new published list) is rebuilt on `self.published list`; a native policy that refused
     /// is not trusted further.
     pub(crate) fn keep_previous(&mut self, host: &PluginHost, spec: &PluginSpec) -> bool {
         match (&self.exec, &self.runner) {
             (Exec::Fallback, _) | (_, Runner::Native(..) | Runner::Gone) => false,
             (Exec::Weighted(_) | Exec::Ring(_) | Exec::Maglev(_), Runner::Wasm(_) | Runner::Shared(..)) => true,
-            // The resource may have half-applied the new route (or gone with its instance):
-            // a new one is created on `self.route` by the next pick.
+            // The resource may have half-applied the new published list (or gone with its instance):
+            // a new one is created on `self.published list` by the next pick.
             (Exec::PerRequest | Exec::Lazy, Runner::Shared(shared, _)) => {
                 shared.release();
                 self.exec = Exec::Lazy;
@@ -562,7 +562,7 @@ impl Worker {
             (Exec::Lazy, Runner::Wasm(_)) => false,
             (Exec::PerRequest, Runner::Wasm(_)) => {
                 let PluginSpec::Wasm { compiled, config, name } = spec else { return false };
-                let previous = Arc::clone(&self.route);
+                let previous = Arc::clone(&self.published);
                 let Ok(mut fresh) =
                     WasmRunner::new(host, compiled, Arc::from(name.as_str()), Arc::clone(&previous), config)
                 else {
@@ -583,28 +583,28 @@ impl Worker {
     }
 
     /// Creates this service's resource now, if it waits for its first pick (`Exec::Lazy`),
-    /// and gives it the route: what the first pick would do, without the pick.
+    /// and gives it the published list: what the first pick would do, without the pick.
     pub(crate) fn materialize(&mut self, host: &PluginHost) -> Result<(), CallFault> {
-        let Some((addr, route)) = self.lazy_resource() else { return Ok(()) };
-        let made = create_resource(&addr, host, &route);
-        self.install(made, &route)
+        let Some((addr, published)) = self.lazy_resource() else { return Ok(()) };
+        let made = create_resource(&addr, host, &published);
+        self.install(made, &published)
     }
 
-    /// Where a lazy worker's resource is to be created, and for which route.
+    /// Where a lazy worker's resource is to be created, and for which published list.
     fn lazy_resource(&self) -> Option<(SharedAddr, Arc<Published>)> {
         let (Exec::Lazy, Runner::Shared(shared, _)) = (&self.exec, &self.runner) else { return None };
-        Some((shared.addr(), Arc::clone(&self.route)))
+        Some((shared.addr(), Arc::clone(&self.published)))
     }
 
-    /// Installs what [`create_resource`] made for `route`. When the worker moved to another
-    /// route meanwhile it stays lazy (its next pick asks again; the resource exists by then,
+    /// Installs what [`create_resource`] made for `published`. When the worker moved to another
+    /// published list meanwhile it stays lazy (its next pick asks again; the resource exists by then,
     /// so that try is an `update`).
-    fn install(&mut self, made: Result<Exec, CallFault>, route: &Arc<Published>) -> Result<(), CallFault> {
+    fn install(&mut self, made: Result<Exec, CallFault>, published: &Arc<Published>) -> Result<(), CallFault> {
         if !matches!(self.exec, Exec::Lazy) {
             return Ok(());
         }
         match made {
-            Ok(exec) if self.route.epoch == route.epoch => {
+            Ok(exec) if self.published.epoch == published.epoch => {
                 self.exec = exec;
                 Ok(())
             }
@@ -614,7 +614,7 @@ impl Worker {
         }
     }
 
-    /// The native default's answer on the newest route, told the request's attempt and what
+    /// The native default's answer on the newest published list, told the request's attempt and what
     /// it tried (a ring-hash default walks its ring past them, as the plugin's table would).
     pub(crate) fn fallback_pick(&mut self, request: &PickRequest) -> Option<u32> {
         let r = Request { hash_key: request.hash_key };
@@ -622,7 +622,7 @@ impl Worker {
             return self.fallback.pick(&r, &mut self.fallback_env);
         }
         let (mut headers, mut attempt) = (Vec::new(), request.attempt);
-        let mut tried = self.fallback_env.route.indices_of(&request.tried);
+        let mut tried = self.fallback_env.published.indices_of(&request.tried);
         self.fallback_env.swap_request(&mut headers, &mut attempt, &mut tried);
         let answer = self.fallback.pick(&r, &mut self.fallback_env);
         self.fallback_env.swap_request(&mut headers, &mut attempt, &mut tried);
@@ -651,8 +651,8 @@ impl Worker {
                 mix64(sextant_builtins::Env::random(env))
             })
         };
-        // What a retry already tried, as indices into the route the plugin answers for.
-        let mut tried = self.route.indices_of(&request.tried);
+        // What a retry already tried, as indices into the published list the plugin answers for.
+        let mut tried = self.published.indices_of(&request.tried);
         // Never called lazy: the slot answers those with the native default and has the
         // resource prepared off the request path.
         match &mut self.exec {
@@ -694,12 +694,12 @@ impl Worker {
                     }
                     Runner::Wasm(w) => w.pick(host, ticks, request)?,
                     Runner::Shared(shared, _) => {
-                        match shared_pick(shared, host, ticks, &mut self.route, request, &mut tried)? {
+                        match shared_pick(shared, host, ticks, &mut self.published, request, &mut tried)? {
                             SharedPick::Answer(answer) => answer,
                             // A resource created off the path answers with a table: executed
                             // from now on.
                             SharedPick::Table(mode) => {
-                                self.exec = validate_mode(mode, self.route.len(), host.config())?;
+                                self.exec = validate_mode(mode, self.published.len(), host.config())?;
                                 return self.pick(host, ticks, request, len);
                             }
                             // Dropped (idle, or its instance replaced), or its instance busy:
@@ -718,20 +718,20 @@ impl Worker {
     }
 
     /// After a fault the wasm instance may be poisoned (a trapped component cannot be
-    /// entered again): replace it with a fresh one, initialised and given the route.
-    pub(crate) fn replace_instance(&mut self, host: &PluginHost, spec: &PluginSpec, route: &Arc<Published>) {
+    /// entered again): replace it with a fresh one, initialised and given the published list.
+    pub(crate) fn replace_instance(&mut self, host: &PluginHost, spec: &PluginSpec, published: &Arc<Published>) {
         if let Runner::Shared(shared, _) = &self.runner {
             // The shared instance replaced itself if the fault poisoned it; this service's
             // resource is dropped either way and created again by a later pick, unless it
-            // could not be created on this route (then the fallback serves until the next).
+            // could not be created on this published list (then the fallback serves until the next).
             shared.release();
             self.stale = None;
             if matches!(self.exec, Exec::Fallback) {
-                self.seen = route.epoch;
-                self.route = Arc::clone(route);
+                self.seen = published.epoch;
+                self.published = Arc::clone(published);
             } else {
                 self.exec = Exec::Lazy;
-                let _ = self.apply(host, spec, route);
+                let _ = self.apply(host, spec, published);
             }
             return;
         }
@@ -739,7 +739,7 @@ impl Worker {
         if !matches!(self.runner, Runner::Wasm(_)) {
             return;
         }
-        self.runner = match WasmRunner::new(host, compiled, Arc::from(name.as_str()), Arc::clone(route), config) {
+        self.runner = match WasmRunner::new(host, compiled, Arc::from(name.as_str()), Arc::clone(published), config) {
             Ok(w) => Runner::Wasm(Box::new(w)),
             Err(e) => {
                 tracing::warn!(plugin = %name, error = %e, "could not replace a faulted instance; the fallback serves");
@@ -748,6 +748,6 @@ impl Worker {
         };
         self.stale = None;
         self.exec = Exec::Fallback;
-        let _ = self.apply(host, spec, route);
+        let _ = self.apply(host, spec, published);
     }
 }

@@ -7,9 +7,10 @@ use sextant_builtins::EndpointStats;
 
 use crate::Histogram;
 
-/// How a request ended, as a window counts it.
+/// The class of a request's outcome, as a window counts it (the gateway's `Outcome` reduced
+/// to what a scheduler reads).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ended {
+pub enum OutcomeClass {
     /// Answered.
     Ok,
     /// A failure: 5xx, a timeout, a broken connection.
@@ -20,6 +21,10 @@ pub enum Ended {
         retry_after: Option<Duration>,
     },
 }
+
+/// The former name of [`OutcomeClass`].
+#[deprecated(note = "renamed `OutcomeClass`: \"outcome\" is how one request ended, in every layer")]
+pub type Ended = OutcomeClass;
 
 /// Requests to one endpoint over one statistics window: counts, overload signals, the longest
 /// `Retry-After`, a latency histogram (quarter-octave buckets, about ±10%). Recorded from any
@@ -36,16 +41,16 @@ pub struct StatsWindow {
 }
 
 impl StatsWindow {
-    /// Counts one request that took `latency` and ended as `ended`.
-    pub fn record(&self, latency: Duration, ended: Ended) {
+    /// Counts one request that took `latency` and whose outcome is of `class`.
+    pub fn record(&self, latency: Duration, class: OutcomeClass) {
         self.requests.fetch_add(1, Relaxed);
         self.latency.record(latency);
-        match ended {
-            Ended::Ok => {}
-            Ended::Failed => {
+        match class {
+            OutcomeClass::Ok => {}
+            OutcomeClass::Failed => {
                 self.errors.fetch_add(1, Relaxed);
             }
-            Ended::Overloaded { retry_after } => {
+            OutcomeClass::Overloaded { retry_after } => {
                 self.overloaded.fetch_add(1, Relaxed);
                 if let Some(after) = retry_after {
                     self.retry_after_ms.fetch_max(u64::try_from(after.as_millis()).unwrap_or(u64::MAX), Relaxed);
@@ -83,11 +88,11 @@ mod tests {
     fn a_window_counts_what_a_scheduler_reads() {
         let w = StatsWindow::default();
         for ms in 1..=100 {
-            w.record(Duration::from_millis(ms), Ended::Ok);
+            w.record(Duration::from_millis(ms), OutcomeClass::Ok);
         }
-        w.record(Duration::from_millis(5), Ended::Failed);
-        w.record(Duration::from_millis(5), Ended::Overloaded { retry_after: Some(Duration::from_secs(2)) });
-        w.record(Duration::from_millis(5), Ended::Overloaded { retry_after: Some(Duration::from_millis(500)) });
+        w.record(Duration::from_millis(5), OutcomeClass::Failed);
+        w.record(Duration::from_millis(5), OutcomeClass::Overloaded { retry_after: Some(Duration::from_secs(2)) });
+        w.record(Duration::from_millis(5), OutcomeClass::Overloaded { retry_after: Some(Duration::from_millis(500)) });
         let s = w.close(Duration::from_millis(500), Duration::from_secs(3));
         assert_eq!((s.requests, s.errors, s.overloaded), (103, 1, 2));
         assert!((s.rps - 206.0).abs() < 1e-9, "per second of the window: {}", s.rps);

@@ -79,9 +79,9 @@ fn native_and_wasm_pick_the_same_for_the_same_seed() {
         for s in [&native, &slot] {
             s.set_snapshot(snapshot(10));
             // The same load on both: a few requests in flight at endpoints 1 and 4.
-            let route = s.published();
+            let published = s.published();
             let guards: Vec<_> =
-                [1u32, 1, 4].iter().map(|&i| s.tracker().start(Arc::clone(route.load(i).unwrap()))).collect();
+                [1u32, 1, 4].iter().map(|&i| s.tracker().start(Arc::clone(published.load(i).unwrap()))).collect();
             std::mem::forget(guards);
         }
         let (a, b) = (picks(&native, 500), picks(&slot, 500));
@@ -343,8 +343,10 @@ fn the_native_default_answering_for_a_faulting_plugin_avoids_what_the_request_tr
     let ask = |key: u64, tried: &[String]| {
         let attempt = u32::try_from(tried.len()).unwrap();
         let mut request = PickRequest { hash_key: Some(key), attempt, tried: tried.to_vec(), ..PickRequest::default() };
-        slot.pick_with(&mut request, |route, p| (route.model.endpoints[p.index as usize].address.clone(), p.fallback))
-            .expect("a pick")
+        slot.pick_with(&mut request, |published, p| {
+            (published.model.endpoints[p.index as usize].address.clone(), p.fallback)
+        })
+        .expect("a pick")
     };
     let keys: Vec<u64> = (0..16).map(mix64).collect();
     // The built-in as the balancer: each key's endpoint, and where its retry goes.
@@ -425,8 +427,8 @@ fn an_update_fault_while_serving_keeps_the_plugins_previous_state_counted_as_fal
         let v = slot.load(wasm(&host, "misbehave", &config).unwrap()).unwrap();
         slot.set_snapshot(snapshot(4));
         let id_of = |slot: &BalancerSlot| {
-            slot.pick_with(&mut PickRequest::default(), |route, p| {
-                (route.model.endpoints[p.index as usize].id.clone(), p.fallback)
+            slot.pick_with(&mut PickRequest::default(), |published, p| {
+                (published.model.endpoints[p.index as usize].id.clone(), p.fallback)
             })
             .expect("a pick")
         };
@@ -485,9 +487,9 @@ fn an_update_fault_while_serving_keeps_the_plugins_previous_state_counted_as_fal
     }
 }
 
-/// A route published with targets hands back, with each pick, the target of the endpoint
+/// A published list published with targets hands back, with each pick, the target of the endpoint
 /// picked: from the same publication, through native and wasm balancers and across swaps and
-/// republications; a route without targets (or with another type) hands back none.
+/// republications; a published list without targets (or with another type) hands back none.
 #[test]
 fn a_pick_returns_the_target_published_with_its_endpoint() {
     let host = host(2);
@@ -502,9 +504,9 @@ fn a_pick_returns_the_target_published_with_its_endpoint() {
         let mut seen = std::collections::HashSet::new();
         for _ in 0..(n * 3) {
             let (target, load, picked) = slot.pick_target::<String>(&mut PickRequest::default()).expect("a target");
-            let route = slot.published();
-            assert_eq!(target, format!("target of {}", route.model.endpoints[picked.index as usize].id));
-            assert!(Arc::ptr_eq(&load, route.load(picked.index).expect("a load cell")));
+            let published = slot.published();
+            assert_eq!(target, format!("target of {}", published.model.endpoints[picked.index as usize].id));
+            assert!(Arc::ptr_eq(&load, published.load(picked.index).expect("a load cell")));
             seen.insert(target);
         }
         assert_eq!(seen.len(), n, "round robin reaches every target");

@@ -326,10 +326,10 @@ impl Access {
     }
 
     /// Takes one of a connection's watch places from `held`, or refuses at the limit.
-    pub fn take_watch(&self, held: &Arc<AtomicUsize>) -> Result<WatchSlot, LimitError> {
+    pub fn take_watch(&self, held: &Arc<AtomicUsize>) -> Result<WatchPermit, LimitError> {
         let limit = self.limits.watches_per_connection;
         held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1))
-            .map(|_| WatchSlot(held.clone()))
+            .map(|_| WatchPermit(held.clone()))
             .map_err(|_| LimitError::Watches { limit })
     }
 
@@ -365,9 +365,9 @@ impl Access {
 
 /// One open watch of a connection; gives its place back when dropped.
 #[derive(Debug)]
-pub struct WatchSlot(Arc<AtomicUsize>);
+pub struct WatchPermit(Arc<AtomicUsize>);
 
-impl Drop for WatchSlot {
+impl Drop for WatchPermit {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }

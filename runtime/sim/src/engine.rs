@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use sextant_plugin::builtins::{Endpoint, EndpointStats, Snapshot, mix64};
 use sextant_plugin::{
-    BalancerSlot, Ended, InFlight, LoadError, LoadTracker, PickRequest, Picked, PluginHost, PluginSpec, SchedulerSlot,
-    StatsWindow,
+    BalancerSlot, InFlight, LoadError, LoadTracker, OutcomeClass, PickRequest, Picked, PluginHost, PluginSpec,
+    SchedulerSlot, StatsWindow,
 };
 
 pub use crate::rng::Rng;
@@ -309,11 +309,11 @@ pub fn run(
                     let ended = match r.outcome {
                         Served::Ok => {
                             result.ok += 1;
-                            Ended::Ok
+                            OutcomeClass::Ok
                         }
-                        Served::Unavailable => Ended::Failed,
+                        Served::Unavailable => OutcomeClass::Failed,
                         // The simulated backends ask for a second.
-                        Served::Overloaded => Ended::Overloaded { retry_after: Some(Duration::from_secs(1)) },
+                        Served::Overloaded => OutcomeClass::Overloaded { retry_after: Some(Duration::from_secs(1)) },
                     };
                     backends[r.backend].window.record(Duration::from_nanos(latency), ended);
                 }
@@ -323,7 +323,7 @@ pub fn run(
                 if let Some(inflight) = r.inflight.take() {
                     inflight.finish_after(Duration::from_nanos(timeout), true);
                     result.latencies_us.push(u32::try_from(timeout / 1000).unwrap_or(u32::MAX));
-                    backends[r.backend].window.record(Duration::from_nanos(timeout), Ended::Failed);
+                    backends[r.backend].window.record(Duration::from_nanos(timeout), OutcomeClass::Failed);
                 }
             }
             Ev::Membership => {
