@@ -14,20 +14,15 @@
 //! }
 //! ```
 //!
-//! Durations are milliseconds. Every field may be left out (the defaults of [`ServicePolicy`]
-//! and [`GatewayConfig`]); an unknown field, an unknown built-in or an impossible value is
+//! Beside `gateway`, the fields are [`ServicePolicy`]'s, defined once there. Durations are
+//! milliseconds. Every field may be left out (the defaults of [`ServicePolicy`] and
+//! [`GatewayConfig`]); an unknown field, an unknown built-in or an impossible value is
 //! refused with what is wrong, before anything starts.
 
 use std::path::Path;
-use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use sextant_plugin::PluginSpec;
-use sextant_plugin::builtins::{BALANCERS, HEALTH_POLICIES, SCHEDULERS};
-
+use crate::ServicePolicy;
 use crate::proxy::GatewayConfig;
-use crate::resilience::{BreakerConfig, RateLimit, RetryConfig, millis};
-use crate::{HealthCheck, ServicePolicy};
 
 /// Why a configuration file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -48,57 +43,15 @@ pub enum ConfigFileError {
     Invalid(String),
 }
 
-/// The document.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// The document: the `gateway` part ([`GatewayConfig`]) and, beside it, the policy every
+/// service gets ([`ServicePolicy`], its fields at the top level: the one definition of each
+/// field and its default).
+#[derive(Debug, Clone, Default)]
 pub struct GatewayFile {
     /// Routes, attempt timeout, body limit.
     pub gateway: GatewayConfig,
-    /// A built-in balancer for every service.
-    pub balancer: String,
-    /// A built-in health policy.
-    pub health: String,
-    /// A built-in scheduler; none keeps the registered weights.
-    pub scheduler: Option<String>,
-    /// How often statistics are cut and the scheduler runs.
-    #[serde(with = "millis")]
-    pub window: Duration,
-    /// Active health checks; none: passive only.
-    pub health_check: Option<HealthCheck>,
-    /// Per-endpoint circuit breaker.
-    pub breaker: BreakerConfig,
-    /// Retries.
-    pub retry: RetryConfig,
-    /// Per-service rate limit.
-    pub rate_limit: Option<RateLimit>,
-    /// Cap on the share of endpoints ejected or with an open breaker.
-    pub max_ejected_percent: u32,
-}
-
-impl Default for GatewayFile {
-    fn default() -> Self {
-        let defaults = ServicePolicy::default();
-        Self {
-            gateway: GatewayConfig::default(),
-            balancer: sextant_plugin::DEFAULT_BALANCER.into(),
-            health: sextant_plugin::DEFAULT_HEALTH.into(),
-            scheduler: None,
-            window: defaults.window,
-            health_check: defaults.health_check,
-            breaker: defaults.breaker,
-            retry: defaults.retry,
-            rate_limit: defaults.rate_limit,
-            max_ejected_percent: defaults.max_ejected_percent,
-        }
-    }
-}
-
-fn known(what: &str, name: &str, valid: &[&str]) -> Result<(), ConfigFileError> {
-    if valid.contains(&name) {
-        Ok(())
-    } else {
-        Err(ConfigFileError::Invalid(format!("unknown {what} {name:?}; built-ins: {}", valid.join(", "))))
-    }
+    /// The router's defaults: balancer, health policy, scheduler, checks, resilience.
+    pub policy: ServicePolicy,
 }
 
 impl GatewayFile {
@@ -108,10 +61,10 @@ impl GatewayFile {
     /// Bad JSON, unknown fields, unknown built-ins, impossible values.
     pub fn from_json(text: &str) -> Result<Self, ConfigFileError> {
         let value: serde_json::Value = serde_json::from_str(text)?;
-        if !value.is_object() {
+        let serde_json::Value::Object(mut fields) = value else {
             return Err(ConfigFileError::Invalid("the document must be a JSON object".into()));
-        }
-        if let Some(check) = value.get("health_check").and_then(serde_json::Value::as_object) {
+        };
+        if let Some(check) = fields.get("health_check").and_then(serde_json::Value::as_object) {
             let allowed = ["kind", "path", "interval", "jitter", "timeout"];
             if let Some(field) = check.keys().find(|k| !allowed.contains(&k.as_str())) {
                 return Err(ConfigFileError::Invalid(format!(
@@ -120,9 +73,26 @@ impl GatewayFile {
                 )));
             }
         }
-        let file: Self = serde_json::from_value(value)?;
+        // serde cannot refuse unknown fields next to a flattened struct: the `gateway` part
+        // is taken out, and the rest is the policy (which refuses what it does not know).
+        let gateway = match fields.remove("gateway") {
+            Some(gateway) => serde_json::from_value(gateway)?,
+            None => GatewayConfig::default(),
+        };
+        let policy = serde_json::from_value(serde_json::Value::Object(fields))?;
+        let file = Self { gateway, policy };
         file.check()?;
         Ok(file)
+    }
+
+    /// The document as JSON: `from_json` of it is this file again.
+    #[must_use]
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut doc = serde_json::to_value(&self.policy).unwrap_or_default();
+        if let serde_json::Value::Object(fields) = &mut doc {
+            fields.insert("gateway".into(), serde_json::to_value(&self.gateway).unwrap_or_default());
+        }
+        doc
     }
 
     /// Reads, parses and checks `path`.
@@ -137,37 +107,33 @@ impl GatewayFile {
 
     fn check(&self) -> Result<(), ConfigFileError> {
         let invalid = |m: &str| Err(ConfigFileError::Invalid(m.into()));
-        known("balancer", &self.balancer, BALANCERS)?;
-        known("health policy", &self.health, HEALTH_POLICIES)?;
-        if let Some(s) = &self.scheduler {
-            known("scheduler", s, SCHEDULERS)?;
-        }
-        if self.window.is_zero() {
+        let p = &self.policy;
+        if p.window.is_zero() {
             return invalid("window must be at least 1 ms");
         }
-        if self.retry.attempts == 0 {
+        if p.retry.attempts == 0 {
             return invalid("retry.attempts counts the first attempt: at least 1");
         }
-        if !(0.0..=10.0).contains(&self.retry.budget_ratio) {
+        if !(0.0..=10.0).contains(&p.retry.budget_ratio) {
             return invalid("retry.budget_ratio must be within 0..=10");
         }
-        if self.retry.backoff > self.retry.max_backoff {
+        if p.retry.backoff > p.retry.max_backoff {
             return invalid("retry.backoff must not exceed retry.max_backoff");
         }
-        if self.breaker.open > self.breaker.max_open {
+        if p.breaker.open > p.breaker.max_open {
             return invalid("breaker.open must not exceed breaker.max_open");
         }
-        if let Some(r) = &self.rate_limit
+        if let Some(r) = &p.rate_limit
             && (r.per_second.is_nan() || r.per_second <= 0.0 || r.burst == 0)
         {
             return invalid("rate_limit needs per_second > 0 and burst >= 1");
         }
-        if let Some(h) = &self.health_check
+        if let Some(h) = &p.health_check
             && (h.interval.is_zero() || h.timeout.is_zero() || !(0.0..=1.0).contains(&h.jitter))
         {
             return invalid("health_check needs interval and timeout of at least 1 ms and jitter within 0..=1");
         }
-        if self.max_ejected_percent > 100 {
+        if p.max_ejected_percent > 100 {
             return invalid("max_ejected_percent is a percentage: 0..=100");
         }
         if self.gateway.attempt_timeout.is_zero() {
@@ -175,26 +141,12 @@ impl GatewayFile {
         }
         Ok(())
     }
-
-    /// The router's defaults this file describes.
-    #[must_use]
-    pub fn policy(&self) -> ServicePolicy {
-        ServicePolicy {
-            balancer: PluginSpec::builtin(&self.balancer),
-            health: PluginSpec::builtin(&self.health),
-            scheduler: self.scheduler.as_deref().map(PluginSpec::builtin),
-            window: self.window,
-            health_check: self.health_check.clone(),
-            breaker: self.breaker,
-            retry: self.retry,
-            rate_limit: self.rate_limit,
-            max_ejected_percent: self.max_ejected_percent,
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -211,7 +163,7 @@ mod tests {
         assert_eq!(file.gateway.routes[0].service, "shop/web/orders");
         assert_eq!(file.gateway.routes[0].hash_header.as_deref(), Some("x-user"));
         assert_eq!(file.gateway.attempt_timeout, Duration::from_secs(2));
-        let policy = file.policy();
+        let policy = file.policy.clone();
         assert_eq!(policy.scheduler.map(|s| s.name().to_owned()).as_deref(), Some("adaptive"));
         assert_eq!(policy.retry.attempts, 3);
         assert_eq!(policy.rate_limit.map(|r| r.burst), Some(200));
@@ -221,12 +173,27 @@ mod tests {
     #[test]
     fn an_empty_document_is_the_defaults() {
         let file = GatewayFile::from_json("{}").unwrap();
-        let (ours, defaults) = (file.policy(), ServicePolicy::default());
+        let (ours, defaults) = (file.policy.clone(), ServicePolicy::default());
         assert_eq!(ours.breaker, defaults.breaker);
         assert_eq!(ours.retry, defaults.retry);
         assert_eq!(ours.max_ejected_percent, defaults.max_ejected_percent);
         assert_eq!(ours.balancer.name(), defaults.balancer.name());
         assert_eq!(file.gateway, GatewayConfig::default());
+    }
+
+    #[test]
+    fn a_document_written_back_reads_the_same() {
+        let doc = r#"{"gateway": {"routes": [{"path_prefix": "/", "service": "a/b/c"}]},
+                      "balancer": "least-request", "scheduler": "adaptive", "window": 250,
+                      "health_check": {"kind": "tcp", "interval": 1000, "timeout": 100, "jitter": 0.0},
+                      "max_ejected_percent": 30}"#;
+        let file = GatewayFile::from_json(doc).unwrap();
+        let again = GatewayFile::from_json(&file.to_json().to_string()).unwrap();
+        assert_eq!(again.to_json(), file.to_json());
+        assert_eq!(again.policy.balancer.name(), "least-request");
+        assert_eq!(again.policy.window, Duration::from_millis(250));
+        assert_eq!(again.policy.max_ejected_percent, 30);
+        assert_eq!(again.gateway, file.gateway);
     }
 
     #[test]

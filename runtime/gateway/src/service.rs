@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sextant_core::{Instance, ServiceKey, ServiceSnapshot, SnapshotHandle};
 use sextant_plugin::builtins::{Endpoint, EndpointStats, ProbeResult, Snapshot, Verdict};
 use sextant_plugin::{BalancerSlot, Defaults, HealthSlot, LoadError, PluginHost, PluginSpec, SchedulerSlot, SlotPlan};
@@ -24,21 +24,31 @@ use crate::clock::Clock;
 use crate::discovery::HealthSink;
 use crate::health::HealthCheck;
 use crate::health::Probe;
-use crate::resilience::{Breaker, RetryBudget, TokenBucket};
+use crate::resilience::{Breaker, RetryBudget, TokenBucket, millis};
 use crate::resilience::{BreakerConfig, RateLimit, RetryConfig};
 use crate::rotation::{LocalHealth, rotation};
 
 /// How traffic to one service is handled.
-#[derive(Debug, Clone)]
+///
+/// It is also the policy part of a gateway's configuration file
+/// ([`GatewayFile`](crate::config::GatewayFile)): serialized, a plugin is its built-in's name
+/// (a name that is not a built-in of its kind is refused), durations are milliseconds, every
+/// field may be left out (its default) and an unknown field is refused.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ServicePolicy {
     /// The balancer (default: [`Defaults`]' native `peak-ewma`, as on every host).
+    #[serde(serialize_with = "builtin::name", deserialize_with = "builtin::balancer")]
     pub balancer: PluginSpec,
     /// The health policy (default: [`Defaults`]' native `standard`: consecutive thresholds
     /// on probes, outlier detection on traffic).
+    #[serde(serialize_with = "builtin::name", deserialize_with = "builtin::health")]
     pub health: PluginSpec,
     /// The scheduler; none (the default) keeps the registered weights.
+    #[serde(serialize_with = "builtin::optional_name", deserialize_with = "builtin::scheduler")]
     pub scheduler: Option<PluginSpec>,
     /// How often statistics are cut (and the scheduler called).
+    #[serde(with = "millis")]
     pub window: Duration,
     /// Active health checks; none: passive only.
     pub health_check: Option<HealthCheck>,
@@ -66,6 +76,51 @@ impl Default for ServicePolicy {
             rate_limit: None,
             max_ejected_percent: 50,
         }
+    }
+}
+
+/// A policy's plugins as a configuration document names them: built-ins, by name.
+mod builtin {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+    use sextant_plugin::PluginSpec;
+    use sextant_plugin::builtins::{BALANCERS, HEALTH_POLICIES, SCHEDULERS};
+
+    pub(super) fn name<S: Serializer>(spec: &PluginSpec, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(spec.name())
+    }
+
+    #[allow(clippy::ref_option)]
+    pub(super) fn optional_name<S: Serializer>(spec: &Option<PluginSpec>, s: S) -> Result<S::Ok, S::Error> {
+        match spec {
+            Some(spec) => s.serialize_some(spec.name()),
+            None => s.serialize_none(),
+        }
+    }
+
+    fn known<'de, D: Deserializer<'de>>(d: D, what: &str, valid: &[&str]) -> Result<PluginSpec, D::Error> {
+        let name = String::deserialize(d)?;
+        if valid.contains(&name.as_str()) {
+            Ok(PluginSpec::builtin(&name))
+        } else {
+            Err(D::Error::custom(format!("unknown {what} {name:?}; built-ins: {}", valid.join(", "))))
+        }
+    }
+
+    pub(super) fn balancer<'de, D: Deserializer<'de>>(d: D) -> Result<PluginSpec, D::Error> {
+        known(d, "balancer", BALANCERS)
+    }
+
+    pub(super) fn health<'de, D: Deserializer<'de>>(d: D) -> Result<PluginSpec, D::Error> {
+        known(d, "health policy", HEALTH_POLICIES)
+    }
+
+    pub(super) fn scheduler<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PluginSpec>, D::Error> {
+        #[derive(Deserialize)]
+        struct Named(#[serde(deserialize_with = "scheduler_name")] PluginSpec);
+        fn scheduler_name<'de, D: Deserializer<'de>>(d: D) -> Result<PluginSpec, D::Error> {
+            known(d, "scheduler", SCHEDULERS)
+        }
+        Ok(Option::<Named>::deserialize(d)?.map(|n| n.0))
     }
 }
 

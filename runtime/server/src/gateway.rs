@@ -105,8 +105,9 @@ fn service_of(rule: &Rule) -> Result<ServiceKey, Failure> {
 /// What a configuration document (plus the command line) makes the gateway do.
 struct Effective {
     gateway: GatewayConfig,
-    /// The document without its `gateway` part: what the routes' policies come from.
-    policies: GatewayFile,
+    /// The document's policy as written (before the command line's health path): what the
+    /// routes' policies come from, compared when the document changes.
+    policies: serde_json::Value,
     policy: ServicePolicy,
     services: Vec<ServiceKey>,
 }
@@ -124,13 +125,13 @@ fn effective(file: &GatewayFile, args: &GatewayArgs) -> Result<Effective, Failur
     let mut services: Vec<ServiceKey> = gateway.routes.iter().map(service_of).collect::<Result<_, _>>()?;
     services.sort();
     services.dedup();
-    let mut policy = file.policy();
+    let mut policy = file.policy.clone();
     policy.health_check = match (&args.health_path, policy.health_check.take()) {
         (Some(path), _) => Some(HealthCheck::http(path, Duration::from_secs(2))),
         (None, Some(from_file)) => Some(from_file),
         (None, None) => Some(HealthCheck::tcp(Duration::from_secs(2))),
     };
-    let policies = GatewayFile { gateway: GatewayConfig::default(), ..file.clone() };
+    let policies = serde_json::to_value(&file.policy).unwrap_or_default();
     Ok(Effective { gateway, policies, policy, services })
 }
 
