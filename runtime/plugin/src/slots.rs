@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use arc_swap::ArcSwapOption;
 
 use crate::{BalancerSlot, HealthSlot, LoadError, Observer, PluginHost, PluginKind, PluginSpec, SchedulerSlot};
-use crate::{SlotStatus, VersionStatus, builtins::Snapshot};
+use crate::{SlotError, SlotStatus, VersionStatus, builtins::Snapshot};
 
 /// The balancer every host runs when nothing else is configured or bound: peak EWMA (two
 /// random choices by weight, the one with the lower latency × load wins).
@@ -72,32 +72,118 @@ impl Defaults {
         live: Option<Snapshot>,
     ) -> Result<VersionStatus, LoadError> {
         let scratch = "validate/scratch/slot";
-        let native = self.native(kind);
         match kind {
-            PluginKind::Balancer => {
-                let slot = BalancerSlot::new(host, scratch, native)?;
-                if let Some(s) = live {
-                    slot.set_snapshot(s);
-                }
-                slot.load(spec)
-            }
-            PluginKind::Health => {
-                let slot = HealthSlot::new(host, scratch, native)?;
-                if let Some(s) = live {
-                    slot.set_snapshot(s);
-                }
-                slot.load(spec)
-            }
-            PluginKind::Scheduler => {
-                let slot = SchedulerSlot::new(host, scratch, native)?;
-                if let Some(s) = live {
-                    slot.set_snapshot(s);
-                }
-                slot.load(spec)
-            }
+            PluginKind::Balancer => self.try_in::<BalancerSlot>(host, scratch, spec, live),
+            PluginKind::Health => self.try_in::<HealthSlot>(host, scratch, spec, live),
+            PluginKind::Scheduler => self.try_in::<SchedulerSlot>(host, scratch, spec, live),
         }
     }
+
+    /// `spec` loaded into a new `S` slot of `service` on the native default, given `live`
+    /// first; the slot is dropped after.
+    fn try_in<S: Slot>(
+        &self,
+        host: &PluginHost,
+        service: &str,
+        spec: PluginSpec,
+        live: Option<Snapshot>,
+    ) -> Result<VersionStatus, LoadError> {
+        let slot = S::new(host, service, self.native(S::KIND))?;
+        if let Some(s) = live {
+            slot.set_snapshot(s);
+        }
+        slot.load(spec)
+    }
+
+    /// A new `S` slot of `service` running `spec`: a built-in as its first version, a wasm
+    /// plugin loaded over the native default (given `snapshot` first, when there is one, so
+    /// the plugin starts on the service's real endpoints), so a fault always has a native
+    /// answer behind it.
+    fn start<S: Slot>(
+        &self,
+        host: &PluginHost,
+        service: &str,
+        spec: PluginSpec,
+        snapshot: Option<Snapshot>,
+    ) -> Result<(S, VersionStatus), LoadError> {
+        let (first, over) = match spec {
+            PluginSpec::Builtin { .. } => (spec, None),
+            PluginSpec::Wasm { .. } => (self.native(S::KIND), Some(spec)),
+        };
+        let slot = S::new(host, service, first)?;
+        if let Some(s) = snapshot {
+            slot.set_snapshot(s);
+        }
+        let version = match over {
+            Some(spec) => slot.load(spec)?,
+            None => slot.status().active,
+        };
+        Ok((slot, version))
+    }
 }
+
+/// What every slot kind offers (a balancer, health or scheduler slot): it starts on a
+/// built-in, is given snapshots, loads a new version (a hot swap that changes nothing when
+/// it fails), rolls back, shows its status and reports automatic rollbacks.
+pub trait Slot: Sized + Send + Sync + 'static {
+    /// The kind of plugin the slot runs.
+    const KIND: PluginKind;
+
+    /// A slot of `service` running the built-in `default`, also the native answer behind
+    /// any plugin loaded later.
+    ///
+    /// # Errors
+    /// An unknown built-in or an invalid configuration.
+    fn new(host: &PluginHost, service: &str, default: PluginSpec) -> Result<Self, LoadError>;
+    /// Publishes a new snapshot of the service.
+    fn set_snapshot(&self, snapshot: Snapshot);
+    /// Loads a new version (a component of another kind is refused).
+    ///
+    /// # Errors
+    /// What was wrong with the plugin; nothing changed.
+    fn load(&self, spec: PluginSpec) -> Result<VersionStatus, LoadError>;
+    /// Goes back to the previous version.
+    ///
+    /// # Errors
+    /// Nothing to roll back to, or it no longer builds.
+    fn rollback(&self) -> Result<VersionStatus, SlotError>;
+    /// The active version and the slot's history.
+    fn status(&self) -> SlotStatus;
+    /// Sets who is told of automatic rollbacks (once; later calls are ignored).
+    fn observe(&self, observer: Observer);
+}
+
+/// The [`Slot`] of a slot type, by its inherent methods.
+macro_rules! slot {
+    ($slot:ident, $kind:ident) => {
+        impl Slot for $slot {
+            const KIND: PluginKind = PluginKind::$kind;
+
+            fn new(host: &PluginHost, service: &str, default: PluginSpec) -> Result<Self, LoadError> {
+                $slot::new(host, service, default)
+            }
+            fn set_snapshot(&self, snapshot: Snapshot) {
+                $slot::set_snapshot(self, snapshot);
+            }
+            fn load(&self, spec: PluginSpec) -> Result<VersionStatus, LoadError> {
+                $slot::load(self, spec)
+            }
+            fn rollback(&self) -> Result<VersionStatus, SlotError> {
+                $slot::rollback(self)
+            }
+            fn status(&self) -> SlotStatus {
+                $slot::status(self)
+            }
+            fn observe(&self, observer: Observer) {
+                $slot::observe(self, observer);
+            }
+        }
+    };
+}
+
+slot!(BalancerSlot, Balancer);
+slot!(HealthSlot, Health);
+slot!(SchedulerSlot, Scheduler);
 
 /// Which slots a host keeps for a service, and what each starts with.
 #[derive(Debug, Clone)]
@@ -138,8 +224,8 @@ pub struct Slots {
     health: Option<HealthSlot>,
     /// Comes and goes with a scheduler binding ([`Slots::attach_scheduler`]).
     scheduler: ArcSwapOption<SchedulerSlot>,
-    /// The native default of a scheduler slot attached later.
-    native_scheduler: PluginSpec,
+    /// What a scheduler slot attached later starts on.
+    defaults: Defaults,
     observer: OnceLock<Observer>,
 }
 
@@ -157,38 +243,13 @@ impl Slots {
     /// # Errors
     /// A plugin of the plan that does not load.
     pub fn new(host: &PluginHost, service: &str, defaults: &Defaults, plan: &SlotPlan) -> Result<Self, LoadError> {
-        // The first version and, for a wasm plugin, what is loaded over it.
-        let first = |spec: &PluginSpec, kind: PluginKind| -> (PluginSpec, Option<PluginSpec>) {
-            match spec {
-                PluginSpec::Builtin { .. } => (spec.clone(), None),
-                PluginSpec::Wasm { .. } => (defaults.native(kind), Some(spec.clone())),
-            }
-        };
-        let (default, over) = first(&plan.balancer, PluginKind::Balancer);
-        let balancer = BalancerSlot::new(host, service, default)?;
-        if let Some(spec) = over {
-            balancer.load(spec)?;
-        }
+        let (balancer, _) = defaults.start::<BalancerSlot>(host, service, plan.balancer.clone(), None)?;
         let health = match &plan.health {
-            Some(spec) => {
-                let (default, over) = first(spec, PluginKind::Health);
-                let slot = HealthSlot::new(host, service, default)?;
-                if let Some(spec) = over {
-                    slot.load(spec)?;
-                }
-                Some(slot)
-            }
+            Some(spec) => Some(defaults.start::<HealthSlot>(host, service, spec.clone(), None)?.0),
             None => None,
         };
         let scheduler = match &plan.scheduler {
-            Some(spec) => {
-                let (default, over) = first(spec, PluginKind::Scheduler);
-                let slot = SchedulerSlot::new(host, service, default)?;
-                if let Some(spec) = over {
-                    slot.load(spec)?;
-                }
-                Some(Arc::new(slot))
-            }
+            Some(spec) => Some(Arc::new(defaults.start::<SchedulerSlot>(host, service, spec.clone(), None)?.0)),
             None => None,
         };
         Ok(Self {
@@ -197,7 +258,7 @@ impl Slots {
             balancer,
             health,
             scheduler: ArcSwapOption::new(scheduler),
-            native_scheduler: defaults.native(PluginKind::Scheduler),
+            defaults: defaults.clone(),
             observer: OnceLock::new(),
         })
     }
@@ -213,16 +274,7 @@ impl Slots {
         if let Some(slot) = self.scheduler.load_full() {
             return slot.load(spec);
         }
-        let (native, over) = match spec {
-            PluginSpec::Builtin { .. } => (spec, None),
-            PluginSpec::Wasm { .. } => (self.native_scheduler.clone(), Some(spec)),
-        };
-        let slot = SchedulerSlot::new(&self.host, &self.service, native)?;
-        slot.set_snapshot(snapshot);
-        let version = match over {
-            Some(spec) => slot.load(spec)?,
-            None => slot.status().active,
-        };
+        let (slot, version) = self.defaults.start::<SchedulerSlot>(&self.host, &self.service, spec, Some(snapshot))?;
         if let Some(observer) = self.observer.get() {
             slot.observe(Observer::clone(observer));
         }
