@@ -160,7 +160,9 @@ impl Directory {
         v
     }
 
-    pub(crate) fn publish(&self, snapshot: ServiceSnapshot) {
+    /// Makes `snapshot` its service's current one (the writer's side: a registry's view, or
+    /// a test or simulation that plays the registry).
+    pub fn publish(&self, snapshot: ServiceSnapshot) {
         self.handle(&snapshot.service.clone()).store(snapshot);
     }
 }

@@ -27,6 +27,7 @@ pub struct RouterBuilder {
     reporting_as: Option<String>,
     register: Option<Instance>,
     clock: Arc<dyn Clock>,
+    maintained: bool,
 }
 
 impl std::fmt::Debug for RouterBuilder {
@@ -117,6 +118,17 @@ impl RouterBuilder {
         self
     }
 
+    /// No maintenance task: the time-driven work and the work a registry change or a failed
+    /// request asks for happen only at [`Router::tick`] (and a pick applies a registry change
+    /// it sees). With a [`ManualClock`](crate::ManualClock), a single thread drives the whole
+    /// router, deterministically: what the strategy simulator does. Such a router needs no
+    /// tokio runtime unless it follows remote servers.
+    #[must_use]
+    pub fn ticked_by_caller(mut self) -> Self {
+        self.maintained = false;
+        self
+    }
+
     /// The router. Spawns its maintenance task (ejections, breakers, windows, scheduler,
     /// probes every 25 ms) on the current tokio runtime; it ends at [`Router::shutdown`] or
     /// when the last clone of the router is dropped. A service's state is set up on its
@@ -131,8 +143,15 @@ impl RouterBuilder {
     #[must_use]
     pub fn build(self) -> Router {
         let (discovery, configured) = (Arc::clone(&self.discovery), self.services.keys().cloned().collect());
-        let router =
-            Router::assemble(self.host, self.discovery, self.sink, self.defaults.clone(), self.services, self.clock);
+        let router = Router::assemble(
+            self.host,
+            self.discovery,
+            self.sink,
+            self.defaults.clone(),
+            self.services,
+            self.clock,
+            self.maintained,
+        );
         if let Some(client) = self.follow_records.then(|| discovery.plugin_records()).flatten() {
             let host = self
                 .reporting_as
@@ -176,6 +195,7 @@ impl Router {
             reporting_as: None,
             register: None,
             clock: Arc::new(SystemClock),
+            maintained: true,
         }
     }
 

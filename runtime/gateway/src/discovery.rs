@@ -1,10 +1,12 @@
 //! Where a router learns the instances of a service ([`Discovery`]) and where it writes its
 //! health verdicts ([`HealthSink`]); a local `sextant_store::Registry` is both (feature
-//! `registry`), `RemoteDiscovery` follows remote servers.
+//! `registry`), `RemoteDiscovery` follows remote servers, and a `sextant_core::snapshot::Directory`
+//! serves snapshots published by hand (tests, the strategy simulator).
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use sextant_core::snapshot::Directory;
 use sextant_core::{Instance, ServiceKey, SnapshotHandle};
 use tokio::sync::{Notify, watch};
 
@@ -69,6 +71,15 @@ impl<S: sextant_core::store::Store + Clone + Send + Sync + 'static> Discovery fo
                 wake.notify_one();
             }
         });
+    }
+}
+
+/// Snapshots published by hand ([`Directory::publish`]): a router of a test or a simulation
+/// that plays the registry itself. Synced from the start; a change is applied at the next pick
+/// or tick.
+impl Discovery for Directory {
+    fn handle(&self, service: &ServiceKey) -> SnapshotHandle {
+        Directory::handle(self, service)
     }
 }
 

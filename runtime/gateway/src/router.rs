@@ -148,6 +148,7 @@ impl Router {
         defaults: ServicePolicy,
         services: HashMap<ServiceKey, ServicePolicy>,
         clock: Arc<dyn Clock>,
+        maintained: bool,
     ) -> Self {
         let observers: Arc<RwLock<Vec<Observer>>> = Arc::default();
         let fan_out: Observer = {
@@ -175,7 +176,9 @@ impl Router {
             plugins: OnceLock::new(),
         });
         inner.discovery.on_change(Arc::downgrade(&inner.wake));
-        tokio::spawn(maintain(Arc::downgrade(&inner)));
+        if maintained {
+            tokio::spawn(maintain(Arc::downgrade(&inner)));
+        }
         Router(inner)
     }
 

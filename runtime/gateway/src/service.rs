@@ -17,7 +17,9 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sextant_core::{Instance, ServiceKey, ServiceSnapshot, SnapshotHandle};
 use sextant_plugin::builtins::{Endpoint, EndpointStats, ProbeResult, Snapshot, Verdict};
-use sextant_plugin::{BalancerSlot, Defaults, HealthSlot, LoadError, PluginHost, PluginSpec, SchedulerSlot, SlotPlan};
+use sextant_plugin::{
+    BalancerSlot, Defaults, HealthSlot, LoadError, LoadTracker, PluginHost, PluginSpec, SchedulerSlot, SlotPlan,
+};
 use sextant_plugin::{Slots, StatsWindow, VersionStatus};
 
 use crate::clock::Clock;
@@ -242,7 +244,12 @@ impl ServiceState {
             health: Some(config.health.clone()),
             scheduler: config.scheduler.clone(),
         };
-        let slots = Slots::new(host, &service.to_string(), &Defaults::default(), &plan)?;
+        // The balancer's live load (latencies, the EWMA's decay) runs on the router's clock.
+        let tracker = {
+            let clock = Arc::clone(&clock);
+            Arc::new(LoadTracker::on_clock(host.config().ewma_decay, Arc::new(move || clock.now())))
+        };
+        let slots = Slots::with_tracker(host, &service.to_string(), &Defaults::default(), &plan, tracker)?;
         let registry = handle.load_full();
         Ok(Self {
             rate: config.rate_limit.map(|l| TokenBucket::new(l, now)),

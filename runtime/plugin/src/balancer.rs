@@ -93,7 +93,7 @@ impl BalancerSlot {
         Self::with_tracker(host, service, default, Arc::new(LoadTracker::new(host.config().ewma_decay)))
     }
 
-    /// A slot whose live load comes from `tracker` (a simulation's, on a manual clock).
+    /// A slot whose live load comes from `tracker` (a router's, on the router's clock).
     ///
     /// # Errors
     /// An unknown built-in or an invalid configuration.

@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use arc_swap::ArcSwapOption;
 
 use crate::{BalancerSlot, HealthSlot, LoadError, Observer, PluginHost, PluginKind, PluginSpec, SchedulerSlot};
-use crate::{SlotError, SlotStatus, VersionStatus, builtins::Snapshot};
+use crate::{LoadTracker, SlotError, SlotStatus, VersionStatus, builtins::Snapshot};
 
 /// The balancer every host runs when nothing else is configured or bound: peak EWMA (two
 /// random choices by weight, the one with the lower latency × load wins).
@@ -106,11 +106,21 @@ impl Defaults {
         spec: PluginSpec,
         snapshot: Option<Snapshot>,
     ) -> Result<(S, VersionStatus), LoadError> {
+        self.start_with(spec, snapshot, |first| S::new(host, service, first))
+    }
+
+    /// As [`Defaults::start`], the slot made by `make` from its first version.
+    fn start_with<S: Slot>(
+        &self,
+        spec: PluginSpec,
+        snapshot: Option<Snapshot>,
+        make: impl FnOnce(PluginSpec) -> Result<S, LoadError>,
+    ) -> Result<(S, VersionStatus), LoadError> {
         let (first, over) = match spec {
             PluginSpec::Builtin { .. } => (spec, None),
             PluginSpec::Wasm { .. } => (self.native(S::KIND), Some(spec)),
         };
-        let slot = S::new(host, service, first)?;
+        let slot = make(first)?;
         if let Some(s) = snapshot {
             slot.set_snapshot(s);
         }
@@ -243,7 +253,25 @@ impl Slots {
     /// # Errors
     /// A plugin of the plan that does not load.
     pub fn new(host: &PluginHost, service: &str, defaults: &Defaults, plan: &SlotPlan) -> Result<Self, LoadError> {
-        let (balancer, _) = defaults.start::<BalancerSlot>(host, service, plan.balancer.clone(), None)?;
+        let tracker = Arc::new(LoadTracker::new(host.config().ewma_decay));
+        Self::with_tracker(host, service, defaults, plan, tracker)
+    }
+
+    /// As [`Slots::new`], the balancer's live load kept by `tracker` (a router's, on the
+    /// router's clock).
+    ///
+    /// # Errors
+    /// A plugin of the plan that does not load.
+    pub fn with_tracker(
+        host: &PluginHost,
+        service: &str,
+        defaults: &Defaults,
+        plan: &SlotPlan,
+        tracker: Arc<LoadTracker>,
+    ) -> Result<Self, LoadError> {
+        let (balancer, _) = defaults.start_with(plan.balancer.clone(), None, |first| {
+            BalancerSlot::with_tracker(host, service, first, tracker)
+        })?;
         let health = match &plan.health {
             Some(spec) => Some(defaults.start::<HealthSlot>(host, service, spec.clone(), None)?.0),
             None => None,

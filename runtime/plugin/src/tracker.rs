@@ -35,59 +35,71 @@ impl EndpointLoad {
     }
 }
 
-/// Where a tracker's time comes from.
-#[derive(Debug)]
+/// Where a tracker's time comes from: the system's clock, or its owner's (a router's
+/// injected clock, which a simulation moves).
 enum Clock {
-    /// Wall time since this instant.
-    Wall(Instant),
-    /// Set by the owner (simulations): nanoseconds.
-    Manual(AtomicU64),
+    System,
+    Owner(Arc<dyn Fn() -> Instant + Send + Sync>),
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::System => "System",
+            Self::Owner(_) => "Owner",
+        })
+    }
 }
 
 /// The load cells of one service, by instance id, and the clock and decay they use.
 #[derive(Debug)]
 pub struct LoadTracker {
     clock: Clock,
+    /// The clock's reading when the tracker was made: the tracker's times count from it.
+    base: Instant,
     decay_ns: f64,
     total_in_flight: AtomicU64,
     cells: Mutex<HashMap<String, Arc<EndpointLoad>>>,
 }
 
 impl LoadTracker {
-    /// A tracker whose EWMA forgets with this time constant (Finagle and Linkerd use 10 s).
+    /// A tracker whose EWMA forgets with this time constant (Finagle and Linkerd use 10 s),
+    /// on the system's clock.
     #[must_use]
     pub fn new(decay: Duration) -> Self {
-        Self::with_clock(Clock::Wall(Instant::now()), decay)
+        Self::with_clock(Clock::System, decay)
     }
 
-    /// A tracker on a clock its owner sets ([`LoadTracker::set_now`]), starting at 0: a
-    /// simulation runs the same EWMA arithmetic in virtual time, deterministically.
+    /// A tracker that reads the time from `now` (a router's clock): latencies measured from a
+    /// pick and the EWMA's decay follow it, so a simulation that moves the clock runs the
+    /// same arithmetic in virtual time, deterministically.
     #[must_use]
-    pub fn manual(decay: Duration) -> Self {
-        Self::with_clock(Clock::Manual(AtomicU64::new(0)), decay)
+    pub fn on_clock(decay: Duration, now: Arc<dyn Fn() -> Instant + Send + Sync>) -> Self {
+        Self::with_clock(Clock::Owner(now), decay)
     }
 
     fn with_clock(clock: Clock, decay: Duration) -> Self {
-        Self {
+        let mut tracker = Self {
             clock,
+            base: Instant::now(),
             decay_ns: decay.as_secs_f64().max(1e-3) * 1e9,
             total_in_flight: AtomicU64::new(0),
             cells: Mutex::new(HashMap::new()),
-        }
+        };
+        tracker.base = tracker.instant();
+        tracker
     }
 
-    /// Moves a manual clock to `ns` (no effect on a wall clock).
-    pub fn set_now(&self, ns: u64) {
-        if let Clock::Manual(now) = &self.clock {
-            now.store(ns, Relaxed);
+    /// Now, on the tracker's clock.
+    fn instant(&self) -> Instant {
+        match &self.clock {
+            Clock::System => Instant::now(),
+            Clock::Owner(now) => now(),
         }
     }
 
     fn now_ns(&self) -> u64 {
-        match &self.clock {
-            Clock::Wall(base) => u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX),
-            Clock::Manual(now) => now.load(Relaxed),
-        }
+        u64::try_from(self.instant().saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Requests in flight over the whole service.
@@ -110,7 +122,7 @@ impl LoadTracker {
     pub fn start(self: &Arc<Self>, cell: Arc<EndpointLoad>) -> InFlight {
         cell.in_flight.fetch_add(1, Relaxed);
         self.total_in_flight.fetch_add(1, Relaxed);
-        InFlight { tracker: Arc::clone(self), cell, started: Instant::now(), done: false }
+        InFlight { tracker: Arc::clone(self), cell, started: self.instant(), done: false }
     }
 
     fn finish(&self, cell: &EndpointLoad, latency: Duration, failed: bool) {
@@ -168,10 +180,11 @@ impl InFlight {
     /// Records the outcome: latency since the pick, and whether it failed.
     pub fn finish(mut self, failed: bool) {
         self.done = true;
-        self.tracker.finish(&self.cell, self.started.elapsed(), failed);
+        let latency = self.tracker.instant().saturating_duration_since(self.started);
+        self.tracker.finish(&self.cell, latency, failed);
     }
 
-    /// Records the outcome with a latency measured elsewhere (a simulation's virtual time).
+    /// Records the outcome with a latency measured elsewhere (by the caller, on its clock).
     pub fn finish_after(mut self, latency: Duration, failed: bool) {
         self.done = true;
         self.tracker.finish(&self.cell, latency, failed);
@@ -181,7 +194,43 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         if !self.done {
-            self.tracker.finish(&self.cell, self.started.elapsed(), true);
+            let latency = self.tracker.instant().saturating_duration_since(self.started);
+            self.tracker.finish(&self.cell, latency, true);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tracker_on_its_owners_clock_measures_and_decays_in_that_time() {
+        let base = Instant::now();
+        let offset = Arc::new(AtomicU64::new(0));
+        let now = {
+            let offset = Arc::clone(&offset);
+            Arc::new(move || base + Duration::from_nanos(offset.load(Relaxed)))
+        };
+        let tracker = Arc::new(LoadTracker::on_clock(Duration::from_secs(10), now));
+        let cell = Arc::new(EndpointLoad::default());
+        // 40 ms pass on the owner's clock (none on the system's): the latency is 40 ms.
+        let in_flight = tracker.start(Arc::clone(&cell));
+        assert_eq!(cell.in_flight(), 1);
+        offset.store(40_000_000, Relaxed);
+        in_flight.finish(false);
+        assert_eq!(cell.latency_ewma(), 40_000_000);
+        assert_eq!(cell.in_flight(), 0);
+        // A faster answer 10 s later (one time constant) moves the EWMA by 1 - 1/e toward it.
+        offset.store(10_040_000_000, Relaxed);
+        tracker.start(Arc::clone(&cell)).finish_after(Duration::from_millis(10), true);
+        let expected = 40e6 / std::f64::consts::E + 10e6 * (1.0 - 1.0 / std::f64::consts::E);
+        #[allow(clippy::cast_precision_loss)]
+        let got = cell.latency_ewma() as f64;
+        assert!((got - expected).abs() < 1e3, "{got} vs {expected}");
+        assert_eq!(tracker.recent_errors(&cell), 1);
+        // Ten seconds more on the owner's clock and the failure is no longer recent.
+        offset.store(20_100_000_000, Relaxed);
+        assert_eq!(tracker.recent_errors(&cell), 0);
     }
 }

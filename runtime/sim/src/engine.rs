@@ -1,25 +1,28 @@
 //! The discrete-event simulation of one (scenario, strategy, seed).
 //!
 //! Clients send requests (Poisson arrivals, optionally bursty, optionally keyed); the
-//! gateway picks a backend through a real [`BalancerSlot`] whose load tracker runs on the
-//! simulation's clock, so the strategy sees in-flight counts, peak EWMA latency and recent
-//! errors exactly as in production, and the same seed gives the same run. Each backend
-//! serves `workers` requests at a time from a FIFO queue. A request the backend has not
-//! answered within the client's timeout fails at the timeout (the backend still does the
-//! work). Registry changes (churn) reach the slot as new snapshots; a scheduler, when the
-//! strategy has one, gets per-endpoint statistics every simulated second and its weights
-//! become the balancer's.
+//! gateway is a real [`Router`], the one `sextant gateway` runs, on a [`ManualClock`] the
+//! simulation moves and driven by this one thread (`RouterBuilder::ticked_by_caller`): each
+//! request is a [`Router::pick`] and a [`PickGuard::finish`] with its outcome, so the
+//! strategy sees in-flight counts, peak EWMA latency and recent errors exactly as behind a
+//! gateway, the statistics windows, the scheduler's weights and the rotation are the
+//! gateway's own code, and the same seed gives the same run. Each backend serves `workers`
+//! requests at a time from a FIFO queue. A request the backend has not answered within the
+//! client's timeout fails at the timeout (the backend still does the work). Registry changes
+//! (churn) are published to the router's discovery as a registry would; the router does its
+//! time-driven work every 25 simulated ms, as its maintenance task does.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sextant_plugin::builtins::{Endpoint, EndpointStats, Snapshot, mix64};
-use sextant_plugin::{
-    BalancerSlot, InFlight, LoadError, LoadTracker, OutcomeClass, PickRequest, Picked, PluginHost, PluginSpec,
-    SchedulerSlot, StatsWindow,
-};
+use sextant_core::snapshot::Directory;
+use sextant_core::{Instance, InstanceId, Revision, ServiceKey, ServiceSnapshot};
+use sextant_gateway::resilience::BreakerConfig;
+use sextant_gateway::{Discovery, ManualClock, Outcome, PickGuard, PickRequest, Router, ServicePolicy, SwapError};
+use sextant_plugin::builtins::mix64;
+use sextant_plugin::{PluginHost, PluginKind, PluginSpec};
 
 pub use crate::rng::Rng;
 use crate::scenario::{Fault, Keys, Scenario};
@@ -99,18 +102,15 @@ enum Served {
 
 struct Req {
     arrival: u64,
-    backend: usize,
     outcome: Served,
-    inflight: Option<InFlight>,
+    /// The router's guard, until the request is answered or times out.
+    guard: Option<PickGuard>,
 }
 
 struct Backend {
     busy: u32,
     queue: VecDeque<usize>,
     present: bool,
-    weight: u32,
-    window: StatsWindow,
-    joined: u64,
 }
 
 fn ms(ms: f64) -> u64 {
@@ -119,10 +119,46 @@ fn ms(ms: f64) -> u64 {
     ns
 }
 
+/// How often the simulated gateway does its time-driven work (as a gateway's maintenance
+/// task does).
+const TICK_NS: u64 = 25_000_000;
+
+/// The policy the simulated gateway runs for the strategy: the strategy's balancer and
+/// scheduler (their native twins first: a wasm plugin is loaded over them, as on a gateway),
+/// a statistics window of one second, and the gateway's passive defenses off (a health policy
+/// that judges probes only, of which there are none, and no breaker), so the strategy is what
+/// the benchmark measures.
+fn policy(strategy: &Strategy) -> ServicePolicy {
+    ServicePolicy {
+        balancer: PluginSpec::builtin(&strategy.fallback),
+        health: PluginSpec::builtin("consecutive"),
+        scheduler: strategy.scheduler.as_ref().map(native_scheduler),
+        window: Duration::from_secs(1),
+        health_check: None,
+        breaker: BreakerConfig { failures: 0, ..BreakerConfig::default() },
+        ..ServicePolicy::default()
+    }
+}
+
+/// A scheduler's native twin (a built-in is its own).
+fn native_scheduler(spec: &PluginSpec) -> PluginSpec {
+    match spec {
+        PluginSpec::Builtin { .. } => spec.clone(),
+        PluginSpec::Wasm { name, .. } => PluginSpec::builtin(name.strip_prefix("wasm:").unwrap_or("adaptive")),
+    }
+}
+
+/// A service name for the run (letters, digits and `-` only).
+fn service_key(scenario: &Scenario, strategy: &Strategy) -> ServiceKey {
+    let clean = |s: &str| -> String { s.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect() };
+    ServiceKey::parse(&format!("sim/{}/{}", clean(scenario.name), clean(&strategy.name)))
+        .unwrap_or_else(|_| ServiceKey::parse("sim/bench/strategy").expect("a valid service key"))
+}
+
 /// Runs one (scenario, strategy, seed) at `scale` × the scenario's duration.
 ///
 /// # Errors
-/// The strategy's plugins fail to load into a slot.
+/// The strategy's plugins fail to load into the simulated gateway's slots.
 #[allow(clippy::too_many_lines)]
 pub fn run(
     host: &PluginHost,
@@ -130,31 +166,20 @@ pub fn run(
     strategy: &Strategy,
     seed: u64,
     scale: f64,
-) -> Result<RunResult, LoadError> {
+) -> Result<RunResult, SwapError> {
     // The serving instances of a strategy's native and wasm twins get the same seeds, so
-    // they make the same picks.
+    // they make the same picks: each is loaded right after the host is reseeded.
     let instance_seed = mix64(seed ^ 0x05e5_7a47);
-    host.reseed(instance_seed);
     let mut rng = Rng::new(seed);
-    let service = format!("sim/{}/{}", scenario.name, strategy.name);
-    let tracker = Arc::new(LoadTracker::manual(host.config().ewma_decay));
-    let slot =
-        BalancerSlot::with_tracker(host, &service, PluginSpec::builtin(&strategy.fallback), Arc::clone(&tracker))?;
-    if strategy.is_wasm() {
-        // Native strategies run the built-in the slot was made with.
-        host.reseed(instance_seed);
-        slot.load(strategy.balancer.clone())?;
-    }
-    let scheduler = match &strategy.scheduler {
-        None => None,
-        Some(spec @ PluginSpec::Builtin { .. }) => Some(SchedulerSlot::new(host, &service, spec.clone())?),
-        Some(spec @ PluginSpec::Wasm { name, .. }) => {
-            let native = name.strip_prefix("wasm:").unwrap_or("adaptive");
-            let s = SchedulerSlot::new(host, &service, PluginSpec::builtin(native))?;
-            s.load(spec.clone())?;
-            Some(s)
-        }
-    };
+    let service = service_key(scenario, strategy);
+    let clock = ManualClock::new();
+    let directory = Arc::new(Directory::default());
+    let router = Router::builder(host.clone(), Arc::clone(&directory) as Arc<dyn Discovery>)
+        .defaults(policy(strategy))
+        .ignore_plugin_records()
+        .clock(Arc::new(clock.clone()))
+        .ticked_by_caller()
+        .build();
 
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let end = (scenario.duration_s * scale * 1e9) as u64;
@@ -166,18 +191,46 @@ pub fn run(
     let timeout = ms(scenario.timeout_ms);
     let n = scenario.backends.len();
     let index: HashMap<&str, usize> = scenario.backends.iter().enumerate().map(|(i, b)| (b.id.as_str(), i)).collect();
-    let mut backends: Vec<Backend> = scenario
-        .backends
-        .iter()
-        .map(|b| Backend {
-            busy: 0,
-            queue: VecDeque::new(),
-            present: true,
-            weight: b.weight,
-            window: StatsWindow::default(),
-            joined: 0,
+    let mut backends: Vec<Backend> =
+        scenario.backends.iter().map(|_| Backend { busy: 0, queue: VecDeque::new(), present: true }).collect();
+    let present_at = |b: usize, t: u64| -> bool {
+        scenario.faults.iter().all(|f| match f {
+            Fault::Churn { backend, at, back } if *backend == b => t < frac(*at) || t >= frac(*back),
+            _ => true,
         })
-        .collect();
+    };
+    // The registry the simulated gateway follows: the backends present, as instances.
+    let mut revision = 0u64;
+    let mut publish = |backends: &[Backend]| {
+        revision += 1;
+        let mut instances: Vec<Arc<Instance>> = scenario
+            .backends
+            .iter()
+            .zip(backends)
+            .enumerate()
+            .filter(|(_, (_, b))| b.present)
+            .map(|(i, (spec, _))| {
+                let port = u16::try_from(9000 + i).unwrap_or(u16::MAX);
+                let mut instance = Instance::new(service.clone(), std::net::Ipv4Addr::LOCALHOST.into(), port);
+                if let Ok(id) = InstanceId::new(spec.id.clone()) {
+                    instance.id = id;
+                }
+                instance.weight = spec.weight;
+                instance.zone = spec.zone.into();
+                instance.version = "v1".into();
+                Arc::new(instance)
+            })
+            .collect();
+        instances.sort_by(|a, b| a.id.cmp(&b.id));
+        directory.publish(ServiceSnapshot::build(service.clone(), Revision(revision), instances, 0.0));
+    };
+    publish(&backends);
+    host.reseed(instance_seed);
+    router.load(&service, PluginKind::Balancer, strategy.balancer.clone())?;
+    if let Some(spec @ PluginSpec::Wasm { .. }) = &strategy.scheduler {
+        router.load(&service, PluginKind::Scheduler, spec.clone())?;
+    }
+
     let mut events: BinaryHeap<Reverse<(u64, u64, Ev)>> = BinaryHeap::new();
     let mut seq = 0u64;
     let mut push = |events: &mut BinaryHeap<Reverse<(u64, u64, Ev)>>, t: u64, ev: Ev| {
@@ -193,44 +246,7 @@ pub fn run(
         }
     }
     push(&mut events, 0, Ev::Arrival);
-    if scheduler.is_some() {
-        push(&mut events, ms(1000.0), Ev::Tick);
-    }
-
-    let present_at = |b: usize, t: u64| -> bool {
-        scenario.faults.iter().all(|f| match f {
-            Fault::Churn { backend, at, back } if *backend == b => t < frac(*at) || t >= frac(*back),
-            _ => true,
-        })
-    };
-    let mut revision = 0u64;
-    let snapshot = |backends: &[Backend], revision: u64, weights: bool| Snapshot {
-        service: service.clone(),
-        revision,
-        protection_active: false,
-        endpoints: scenario
-            .backends
-            .iter()
-            .zip(backends)
-            .filter(|(_, b)| b.present)
-            .map(|(spec, b)| Endpoint {
-                id: spec.id.clone(),
-                address: format!("127.0.0.1:{}", 9000 + index[spec.id.as_str()]),
-                weight: if weights { b.weight.max(1) } else { spec.weight },
-                healthy: true,
-                zone: spec.zone.into(),
-                version: "v1".into(),
-                metadata: Vec::new(),
-            })
-            .collect(),
-    };
-    // The balancer's route carries each endpoint's backend index (the snapshot's order).
-    let in_rotation =
-        |backends: &[Backend]| -> Vec<usize> { (0..backends.len()).filter(|b| backends[*b].present).collect() };
-    slot.set_snapshot_with(snapshot(&backends, revision, true), in_rotation(&backends));
-    if let Some(s) = &scheduler {
-        s.set_snapshot(snapshot(&backends, revision, false));
-    }
+    push(&mut events, TICK_NS, Ev::Tick);
 
     let mut result = RunResult { per_backend: vec![0; n], series: vec![vec![0; n]; BUCKETS], ..RunResult::default() };
     let mut reqs: Vec<Req> = Vec::new();
@@ -238,9 +254,11 @@ pub fn run(
     let zipf_cdf: Vec<f64> = scenario.keys.map(|k| k.cdf()).unwrap_or_default();
     let (mut keyed, mut moves) = (0u64, 0u64);
     let mut request = PickRequest::default();
+    let mut now = 0u64;
 
     while let Some(Reverse((t, _, ev))) = events.pop() {
-        tracker.set_now(t);
+        clock.advance(Duration::from_nanos(t - now));
+        now = t;
         match ev {
             Ev::Arrival => {
                 if t >= end {
@@ -249,46 +267,45 @@ pub fn run(
                 let key = Keys::draw(&zipf_cdf, &mut rng);
                 request.hash_key = key.map(|k| mix64(k as u64 + 1));
                 let started = Instant::now();
-                let picked = slot.pick_target::<usize>(&mut request);
+                let picked = router.pick(&service, &mut request);
                 result.pick_ns += u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 result.picks += 1;
                 result.requests += 1;
-                let Some((b, cell, Picked { fallback, .. })) = picked else {
+                let Some((b, guard)) = picked.ok().and_then(|g| Some((*index.get(g.instance().id.as_str())?, g)))
+                else {
                     result.latencies_us.push(0);
                     schedule_next(scenario, &mut rng, t, &mut |t, ev| push(&mut events, t, ev));
                     continue;
                 };
-                {
-                    result.fallbacks += u64::from(fallback);
-                    let id = reqs.len();
-                    reqs.push(Req { arrival: t, backend: b, outcome: Served::Ok, inflight: Some(tracker.start(cell)) });
-                    result.per_backend[b] += 1;
-                    #[allow(clippy::cast_possible_truncation)]
-                    let bucket = ((u128::from(t) * BUCKETS as u128) / u128::from(end.max(1))) as usize;
-                    result.series[bucket.min(BUCKETS - 1)][b] += 1;
-                    if let Some(k) = key {
-                        keyed += 1;
-                        if let Some(prev) = last_key[k]
-                            && prev != b
-                            && backends[prev].present
-                        {
-                            moves += 1;
-                        }
-                        last_key[k] = Some(b);
+                result.fallbacks += u64::from(guard.fallback());
+                let id = reqs.len();
+                reqs.push(Req { arrival: t, outcome: Served::Ok, guard: Some(guard) });
+                result.per_backend[b] += 1;
+                #[allow(clippy::cast_possible_truncation)]
+                let bucket = ((u128::from(t) * BUCKETS as u128) / u128::from(end.max(1))) as usize;
+                result.series[bucket.min(BUCKETS - 1)][b] += 1;
+                if let Some(k) = key {
+                    keyed += 1;
+                    if let Some(prev) = last_key[k]
+                        && prev != b
+                        && backends[prev].present
+                    {
+                        moves += 1;
                     }
-                    push(&mut events, t + timeout, Ev::Timeout { req: id });
-                    let zone = scenario.backends[b].zone;
-                    let partitioned = scenario.faults.iter().any(|f| {
-                        matches!(f, Fault::Partition { zone: z, from, to } if *z == zone && t >= frac(*from) && t < frac(*to))
-                    });
-                    if !partitioned {
-                        if backends[b].busy < scenario.backends[b].workers {
-                            start(scenario, &mut backends, &mut reqs, &mut rng, b, id, t, &frac, &mut |t, ev| {
-                                push(&mut events, t, ev);
-                            });
-                        } else {
-                            backends[b].queue.push_back(id);
-                        }
+                    last_key[k] = Some(b);
+                }
+                push(&mut events, t + timeout, Ev::Timeout { req: id });
+                let zone = scenario.backends[b].zone;
+                let partitioned = scenario.faults.iter().any(|f| {
+                    matches!(f, Fault::Partition { zone: z, from, to } if *z == zone && t >= frac(*from) && t < frac(*to))
+                });
+                if !partitioned {
+                    if backends[b].busy < scenario.backends[b].workers {
+                        start(scenario, &mut backends, &mut reqs, &mut rng, b, id, t, &frac, &mut |t, ev| {
+                            push(&mut events, t, ev);
+                        });
+                    } else {
+                        backends[b].queue.push_back(id);
                     }
                 }
                 schedule_next(scenario, &mut rng, t, &mut |t, ev| push(&mut events, t, ev));
@@ -301,69 +318,39 @@ pub fn run(
                     });
                 }
                 let r = &mut reqs[req];
-                if let Some(inflight) = r.inflight.take() {
-                    let latency = t - r.arrival;
-                    let ok = r.outcome == Served::Ok;
-                    inflight.finish_after(Duration::from_nanos(latency), !ok);
-                    result.latencies_us.push(u32::try_from(latency / 1000).unwrap_or(u32::MAX));
-                    let ended = match r.outcome {
+                if let Some(guard) = r.guard.take() {
+                    // The guard measures the same latency on the router's clock (now - the pick).
+                    result.latencies_us.push(u32::try_from((t - r.arrival) / 1000).unwrap_or(u32::MAX));
+                    let outcome = match r.outcome {
                         Served::Ok => {
                             result.ok += 1;
-                            OutcomeClass::Ok
+                            Outcome::http(200)
                         }
-                        Served::Unavailable => OutcomeClass::Failed,
+                        Served::Unavailable => Outcome::http(503),
                         // The simulated backends ask for a second.
-                        Served::Overloaded => OutcomeClass::Overloaded { retry_after: Some(Duration::from_secs(1)) },
+                        Served::Overloaded => Outcome::Http { status: 429, retry_after: Some(Duration::from_secs(1)) },
                     };
-                    backends[r.backend].window.record(Duration::from_nanos(latency), ended);
+                    guard.finish(outcome);
                 }
             }
             Ev::Timeout { req } => {
-                let r = &mut reqs[req];
-                if let Some(inflight) = r.inflight.take() {
-                    inflight.finish_after(Duration::from_nanos(timeout), true);
+                if let Some(guard) = reqs[req].guard.take() {
                     result.latencies_us.push(u32::try_from(timeout / 1000).unwrap_or(u32::MAX));
-                    backends[r.backend].window.record(Duration::from_nanos(timeout), OutcomeClass::Failed);
+                    guard.finish(Outcome::Timeout);
                 }
             }
             Ev::Membership => {
                 for (b, backend) in backends.iter_mut().enumerate() {
-                    let now = present_at(b, t);
-                    if now && !backend.present {
-                        backend.joined = t;
-                    }
-                    backend.present = now;
+                    backend.present = present_at(b, t);
                 }
-                revision += 1;
-                slot.set_snapshot_with(snapshot(&backends, revision, true), in_rotation(&backends));
-                if let Some(s) = &scheduler {
-                    s.set_snapshot(snapshot(&backends, revision, false));
-                }
+                publish(&backends);
             }
             Ev::Tick => {
-                let Some(s) = &scheduler else { continue };
-                let present: Vec<usize> = (0..n).filter(|b| backends[*b].present).collect();
-                // The gateway's window code: the scheduler reads the same numbers here as
-                // behind a real gateway (a window of one simulated second).
-                let stats: Vec<EndpointStats> = present
-                    .iter()
-                    .map(|b| {
-                        let closed = std::mem::take(&mut backends[*b].window);
-                        closed.close(Duration::from_secs(1), Duration::from_nanos(t - backends[*b].joined))
-                    })
-                    .collect();
-                let weights = s.schedule(&stats);
-                let mut changed = false;
-                for (b, w) in present.iter().zip(weights) {
-                    changed |= backends[*b].weight != w;
-                    backends[*b].weight = w;
-                }
-                if changed {
-                    revision += 1;
-                    slot.set_snapshot_with(snapshot(&backends, revision, true), in_rotation(&backends));
-                }
-                if t + ms(1000.0) < end {
-                    push(&mut events, t + ms(1000.0), Ev::Tick);
+                // The gateway's own time-driven work: windows cut and the scheduler's weights
+                // applied, health verdicts, breakers, a registry change not yet seen.
+                router.tick();
+                if t + TICK_NS < end {
+                    push(&mut events, t + TICK_NS, Ev::Tick);
                 }
             }
         }

@@ -4,13 +4,13 @@
 //! backends ([`scenario`]: homogeneous, heterogeneous capacity, one slow node, a fast-failing
 //! node, bursty arrivals, hot keys, churn, a zone split), run for every strategy
 //! ([`strategy`]: each built-in balancer, native and wasm, optionally with a scheduler, and
-//! any `--plugin FILE.wasm`) through the same `BalancerSlot` the server and gateways use, with
-//! its load tracker on the simulation's clock ([`engine`]). Results aggregate over several
+//! any `--plugin FILE.wasm`) through the gateway's own `Router` on a clock the simulation
+//! moves ([`engine`]). Results aggregate over several
 //! seeds ([`report`]: `results.csv`, `results.md`, `results.json`) and are drawn
 //! ([`plot`]: latency CDFs, load per backend over time, SVG and PNG).
 //!
-//! Does not own: the balancers themselves (`sextant-builtins`, `plugins/wasm`) or the host
-//! (`sextant-plugin`).
+//! Does not own: the balancers themselves (`sextant-builtins`, `plugins/wasm`), the host
+//! (`sextant-plugin`) or the gateway's per-service state (`sextant-gateway`).
 #![deny(missing_docs)]
 
 pub mod engine;
