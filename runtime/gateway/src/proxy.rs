@@ -245,10 +245,41 @@ impl Routing {
     }
 }
 
+/// A pool of keep-alive connections to the upstreams.
+type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A pool for one runtime: its connections' tasks run where they were made (on a worker
+/// thread's own runtime, they never leave it).
+fn upstream_client(connect_timeout: Duration) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(connect_timeout));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(256)
+        .build(connector)
+}
+
+/// What a request needs to know of its connection.
+struct Peer {
+    addr: SocketAddr,
+    /// The client's address as an `x-forwarded-for` value, made once per connection.
+    forwarded: Option<HeaderValue>,
+}
+
+impl Peer {
+    fn new(addr: SocketAddr) -> Self {
+        Self { addr, forwarded: HeaderValue::from_str(&addr.ip().to_string()).ok() }
+    }
+}
+
 struct Inner {
     routing: ArcSwap<Routing>,
     upstream: Upstream,
-    client: Client<HttpConnector, Full<Bytes>>,
+    /// The pool of [`Gateway::serve`] and [`Gateway::handle`]; each worker thread of
+    /// [`Gateway::serve_on_threads`] has its own.
+    client: UpstreamClient,
+    connect_timeout: Duration,
     stats: Stats,
     metrics: Option<SharedMetrics>,
 }
@@ -293,15 +324,10 @@ impl Gateway {
         metrics: Option<SharedMetrics>,
     ) -> Result<Self, ConfigError> {
         let routing = Routing::compile(config)?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(routing.config.attempt_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(256)
-            .build(connector);
+        let connect_timeout = routing.config.attempt_timeout;
+        let client = upstream_client(connect_timeout);
         let routing = ArcSwap::from_pointee(routing);
-        Ok(Self(Arc::new(Inner { routing, upstream, client, stats: Stats::default(), metrics })))
+        Ok(Self(Arc::new(Inner { routing, upstream, client, connect_timeout, stats: Stats::default(), metrics })))
     }
 
     /// Replaces the routes, the attempt timeout and the body limit while serving (requests
@@ -322,8 +348,8 @@ impl Gateway {
         &self.0.stats
     }
 
-    /// Serves `listener` until `shutdown` completes, then stops accepting and waits up to
-    /// `drain` for the requests in flight.
+    /// Serves `listener` on the current runtime until `shutdown` completes, then stops
+    /// accepting and waits up to `drain` for the requests in flight.
     ///
     /// # Errors
     /// Never today; kept for listener errors worth surfacing.
@@ -334,32 +360,13 @@ impl Gateway {
         drain: Duration,
     ) -> std::io::Result<()> {
         let graceful = GracefulShutdown::new();
+        let client = self.0.client.clone();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
-                    let (stream, peer) = match accepted {
-                        Ok(a) => a,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                            continue;
-                        }
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let gateway = self.clone();
-                    let service = service_fn(move |request| {
-                        let gateway = gateway.clone();
-                        async move { Ok::<_, std::convert::Infallible>(gateway.handle(request, peer).await) }
-                    });
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service);
-                    let conn = graceful.watch(conn);
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, "client connection ended");
-                        }
-                    });
+                    let Some((stream, peer)) = accepted_or_pause(accepted).await else { continue };
+                    self.spawn_connection(&graceful, stream, peer, &client);
                 }
                 () = &mut shutdown => break,
             }
@@ -371,8 +378,116 @@ impl Gateway {
         Ok(())
     }
 
+    /// Serves `listener` on `threads` threads of the gateway's own, each running a
+    /// single-threaded runtime with its own pool of upstream connections: connections are
+    /// accepted here and dealt to the threads in turn, and from then on everything a request
+    /// does (read, route, pick, forward, answer, report) happens on its connection's thread,
+    /// with no handoff to another thread (as nginx's workers do). Stops accepting when
+    /// `shutdown` completes; each thread then waits up to `drain` for its requests in flight.
+    ///
+    /// # Errors
+    /// A worker thread could not be started.
+    pub async fn serve_on_threads(
+        &self,
+        listener: TcpListener,
+        threads: usize,
+        shutdown: impl Future<Output = ()>,
+        drain: Duration,
+    ) -> std::io::Result<()> {
+        let mut workers = Vec::new();
+        for i in 0..threads.max(1) {
+            let (connections, incoming) = tokio::sync::mpsc::unbounded_channel::<(std::net::TcpStream, SocketAddr)>();
+            let (done, finished) = tokio::sync::oneshot::channel::<()>();
+            let gateway = self.clone();
+            std::thread::Builder::new().name(format!("sextant-gateway-{i}")).spawn(move || {
+                match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(runtime) => runtime.block_on(gateway.worker(incoming, drain)),
+                    Err(e) => tracing::error!(error = %e, "a gateway worker's runtime did not start"),
+                }
+                drop(done);
+            })?;
+            workers.push((connections, finished));
+        }
+        tokio::pin!(shutdown);
+        let mut next = 0usize;
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Some((stream, peer)) = accepted_or_pause(accepted).await else { continue };
+                    let Ok(stream) = stream.into_std() else { continue };
+                    // A worker whose runtime failed is skipped (its channel is closed).
+                    let mut connection = Some((stream, peer));
+                    for _ in 0..workers.len() {
+                        let Some(c) = connection.take() else { break };
+                        let (connections, _) = &workers[next % workers.len()];
+                        next = next.wrapping_add(1);
+                        if let Err(back) = connections.send(c) {
+                            connection = Some(back.0);
+                        }
+                    }
+                }
+                () = &mut shutdown => break,
+            }
+        }
+        drop(listener);
+        // Closing the channels tells the workers to drain.
+        let finished: Vec<_> = workers.into_iter().map(|(_, finished)| finished).collect();
+        for f in finished {
+            let _ = f.await;
+        }
+        Ok(())
+    }
+
+    /// A worker thread's loop: serves the connections dealt to it with its own upstream pool
+    /// until the channel closes, then drains.
+    async fn worker(
+        self,
+        mut incoming: tokio::sync::mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+        drain: Duration,
+    ) {
+        let graceful = GracefulShutdown::new();
+        let client = upstream_client(self.0.connect_timeout);
+        while let Some((stream, peer)) = incoming.recv().await {
+            match tokio::net::TcpStream::from_std(stream) {
+                Ok(stream) => self.spawn_connection(&graceful, stream, peer, &client),
+                Err(e) => tracing::warn!(error = %e, "a connection could not join its worker"),
+            }
+        }
+        if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+            tracing::warn!(?drain, "requests still in flight after the drain period");
+        }
+    }
+
+    /// Serves one client connection on a task of the current runtime, forwarding through
+    /// `client`.
+    fn spawn_connection(
+        &self,
+        graceful: &GracefulShutdown,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+        client: &UpstreamClient,
+    ) {
+        let _ = stream.set_nodelay(true);
+        let (gateway, client, peer) = (self.clone(), client.clone(), Arc::new(Peer::new(peer)));
+        let service = service_fn(move |request| {
+            let (gateway, client, peer) = (gateway.clone(), client.clone(), Arc::clone(&peer));
+            async move { Ok::<_, std::convert::Infallible>(gateway.handle_on(&client, request, &peer).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "client connection ended");
+            }
+        });
+    }
+
     /// Handles one request.
     pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        self.handle_on(&self.0.client, request, &Peer::new(peer)).await
+    }
+
+    async fn handle_on(&self, client: &UpstreamClient, request: Request<Incoming>, peer: &Peer) -> Response<Body> {
         let started = std::time::Instant::now();
         self.0.stats.requests.fetch_add(1, Relaxed);
         let routing = self.0.routing.load_full();
@@ -382,14 +497,20 @@ impl Gateway {
             }
             return text(StatusCode::NOT_FOUND, "no route\n");
         };
-        let response = self.handle_routed(rule, request, peer).await;
+        let response = self.handle_routed(client, rule, request, peer).await;
         if let Some(m) = &self.0.metrics {
             m.request(&rule.label, &rule.service_label, response.status().as_u16(), started.elapsed());
         }
         response
     }
 
-    async fn handle_routed(&self, rule: &CompiledRule, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    async fn handle_routed(
+        &self,
+        client: &UpstreamClient,
+        rule: &CompiledRule,
+        request: Request<Incoming>,
+        peer: &Peer,
+    ) -> Response<Body> {
         let mut pick =
             PickRequest::from_headers(request.headers(), rule.rule.hash_header.as_deref(), &rule.rule.headers);
         let service = rule.service.clone();
@@ -406,22 +527,24 @@ impl Gateway {
             }
         };
         match &self.0.upstream {
-            Upstream::Static(addr) => match self.forward(&parts, &body, *addr, peer).await {
+            Upstream::Static(addr) => match self.forward(client, &parts, &body, *addr, peer).await {
                 Ok(response) => response.map(BodyExt::boxed),
                 Err(_) => text(StatusCode::BAD_GATEWAY, "upstream failed\n"),
             },
-            Upstream::Router(router) => self.routed(router, &service, &mut pick, &parts, &body, peer).await,
+            Upstream::Router(router) => self.routed(client, router, &service, &mut pick, &parts, &body, peer).await,
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn routed(
         &self,
+        client: &UpstreamClient,
         router: &Router,
         service: &ServiceKey,
         pick: &mut PickRequest,
         parts: &http::request::Parts,
         body: &Bytes,
-        peer: SocketAddr,
+        peer: &Peer,
     ) -> Response<Body> {
         router.count_request(service);
         let idempotent =
@@ -449,7 +572,7 @@ impl Gateway {
             let addr = guard.addr();
             tried.push(addr);
             let id = HeaderValue::from_str(guard.instance().id.as_str()).ok();
-            let (outcome, response, retry_safe, result) = match self.forward(parts, body, addr, peer).await {
+            let (outcome, response, retry_safe, result) = match self.forward(client, parts, body, addr, peer).await {
                 Ok(response) => {
                     let status = response.status().as_u16();
                     let retry_safe = idempotent && matches!(status, 502..=504);
@@ -494,10 +617,11 @@ impl Gateway {
 
     async fn forward(
         &self,
+        client: &UpstreamClient,
         parts: &http::request::Parts,
         body: &Bytes,
         addr: SocketAddr,
-        peer: SocketAddr,
+        peer: &Peer,
     ) -> Result<Response<Incoming>, Failure> {
         let path = parts.uri.path_and_query().map_or("/", http::uri::PathAndQuery::as_str);
         let uri: http::Uri =
@@ -506,16 +630,16 @@ impl Gateway {
         if let Some(headers) = request.headers_mut() {
             copy_headers(&parts.headers, headers);
             let forwarded = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-                Some(prior) => format!("{prior}, {}", peer.ip()),
-                None => peer.ip().to_string(),
+                Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", peer.addr.ip())).ok(),
+                None => peer.forwarded.clone(),
             };
-            if let Ok(v) = HeaderValue::from_str(&forwarded) {
+            if let Some(v) = forwarded {
                 headers.insert("x-forwarded-for", v);
             }
         }
         let request = request.body(Full::new(body.clone())).map_err(|e| Failure::Other(e.to_string()))?;
         let timeout = self.0.routing.load().config.attempt_timeout;
-        match tokio::time::timeout(timeout, self.0.client.request(request)).await {
+        match tokio::time::timeout(timeout, client.request(request)).await {
             Err(_) => Err(Failure::Timeout),
             Ok(Err(e)) if e.is_connect() => Err(Failure::Connect(e.to_string())),
             Ok(Err(e)) => Err(Failure::Other(format!(
@@ -523,6 +647,21 @@ impl Gateway {
                 std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default()
             ))),
             Ok(Ok(response)) => Ok(response),
+        }
+    }
+}
+
+/// An accepted connection, or none after a failed accept (the loop pauses 10 ms: a full
+/// file table should not spin it).
+async fn accepted_or_pause(
+    accepted: std::io::Result<(tokio::net::TcpStream, SocketAddr)>,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    match accepted {
+        Ok(a) => Some(a),
+        Err(e) => {
+            tracing::warn!(error = %e, "accept failed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            None
         }
     }
 }

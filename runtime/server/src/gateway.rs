@@ -85,6 +85,10 @@ pub(crate) struct GatewayArgs {
     /// Seconds to drain requests in flight on SIGTERM.
     #[arg(long, default_value_t = 10)]
     drain_secs: u64,
+    /// Threads that serve requests (default: one per core). Each runs its own event loop and
+    /// pool of upstream connections, and a request stays on its connection's thread.
+    #[arg(long)]
+    threads: Option<std::num::NonZeroUsize>,
     #[command(flatten)]
     plugin_host: crate::commands::PluginHostArgs,
 }
@@ -424,7 +428,8 @@ pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Ou
     if tokio::time::timeout(READY_WAIT, router.wait_ready()).await.is_err() {
         tracing::warn!(wait = ?READY_WAIT, "no view of the registry yet (no server answers, nothing cached): serving, 503 until one arrives");
     }
-    let served = gateway.serve(listener, shutdown, Duration::from_secs(args.drain_secs)).await;
+    let threads = args.threads.or_else(|| std::thread::available_parallelism().ok()).map_or(1, usize::from);
+    let served = gateway.serve_on_threads(listener, threads, shutdown, Duration::from_secs(args.drain_secs)).await;
     if let Some(task) = metrics_server {
         task.abort();
     }
