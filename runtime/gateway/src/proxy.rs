@@ -151,6 +151,8 @@ struct CompiledRule {
     label: String,
     /// The service as a metrics label.
     service_label: String,
+    /// Its metrics series, resolved at its first request.
+    series: std::sync::OnceLock<crate::metrics::RouteSeries>,
 }
 
 /// The configuration in force and its rules, swapped as one.
@@ -204,7 +206,13 @@ impl Routing {
             }
             let label = format!("{}{}", rule.host.as_deref().unwrap_or(""), rule.path_prefix);
             let service_label = service.to_string();
-            rules.push(CompiledRule { rule: rule.clone(), service, label, service_label });
+            rules.push(CompiledRule {
+                rule: rule.clone(),
+                service,
+                label,
+                service_label,
+                series: std::sync::OnceLock::new(),
+            });
         }
         // Host rules first, then longer prefixes; among equals, the configured order.
         rules.sort_by_key(|r| (r.rule.host.is_none(), std::cmp::Reverse(r.rule.path_prefix.len())));
@@ -499,7 +507,8 @@ impl Gateway {
         };
         let response = self.handle_routed(client, rule, request, peer).await;
         if let Some(m) = &self.0.metrics {
-            m.request(&rule.label, &rule.service_label, response.status().as_u16(), started.elapsed());
+            let series = rule.series.get_or_init(|| m.route_series(&rule.label, &rule.service_label));
+            series.record(response.status().as_u16(), started.elapsed());
         }
         response
     }
@@ -513,7 +522,6 @@ impl Gateway {
     ) -> Response<Body> {
         let mut pick =
             PickRequest::from_headers(request.headers(), rule.rule.hash_header.as_deref(), &rule.rule.headers);
-        let service = rule.service.clone();
         let (parts, body) = request.into_parts();
         let max_body = self.0.routing.load().config.max_body;
         let body = match Limited::new(body, max_body).collect().await {
@@ -531,7 +539,7 @@ impl Gateway {
                 Ok(response) => response.map(BodyExt::boxed),
                 Err(_) => text(StatusCode::BAD_GATEWAY, "upstream failed\n"),
             },
-            Upstream::Router(router) => self.routed(client, router, &service, &mut pick, &parts, &body, peer).await,
+            Upstream::Router(router) => self.routed(client, router, rule, &mut pick, &parts, &body, peer).await,
         }
     }
 
@@ -540,12 +548,13 @@ impl Gateway {
         &self,
         client: &UpstreamClient,
         router: &Router,
-        service: &ServiceKey,
+        rule: &CompiledRule,
         pick: &mut PickRequest,
         parts: &http::request::Parts,
         body: &Bytes,
         peer: &Peer,
     ) -> Response<Body> {
+        let (service, label) = (&rule.service, rule.service_label.as_str());
         router.count_request(service);
         let idempotent =
             matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE);
@@ -560,7 +569,7 @@ impl Gateway {
                 Err(PickError::RateLimited(_)) => {
                     self.0.stats.rate_limited.fetch_add(1, Relaxed);
                     if let Some(m) = &self.0.metrics {
-                        m.rate_limited(&service.to_string());
+                        m.rate_limited(label);
                     }
                     return text(StatusCode::TOO_MANY_REQUESTS, "rate limited\n");
                 }
@@ -593,7 +602,7 @@ impl Gateway {
             };
             guard.finish(outcome);
             if let Some(m) = &self.0.metrics {
-                m.attempt(&service.to_string(), &addr.to_string(), result);
+                m.attempt(label, &addr.to_string(), result);
             }
             let retry = retry_safe && attempt < attempts && router.retry_allowed(service);
             if !retry {
@@ -609,7 +618,7 @@ impl Gateway {
             }
             self.0.stats.retries.fetch_add(1, Relaxed);
             if let Some(m) = &self.0.metrics {
-                m.retry(&service.to_string());
+                m.retry(label);
             }
             tokio::time::sleep(backoff).await;
         }
