@@ -77,14 +77,20 @@ impl PickGuard {
     /// is what the balancer should weigh). A guard dropped without `finish` releases its
     /// in-flight place and reports nothing.
     pub fn finish(self, outcome: Outcome) {
-        let latency = self.svc.clock.now().saturating_duration_since(self.started);
-        self.finish_with_latency(outcome, latency);
+        let now = self.svc.clock.now();
+        let latency = now.saturating_duration_since(self.started);
+        self.finish_at(outcome, latency, now);
     }
 
     /// Reports how the request ended with a latency the caller measured (a gateway that times
     /// its upstream exchange itself, or replays outcomes).
-    pub fn finish_with_latency(mut self, outcome: Outcome, latency: Duration) {
+    pub fn finish_with_latency(self, outcome: Outcome, latency: Duration) {
         let now = self.svc.clock.now();
+        self.finish_at(outcome, latency, now);
+    }
+
+    /// Records the outcome, `now` read once by the caller.
+    fn finish_at(mut self, outcome: Outcome, latency: Duration, now: Instant) {
         let failed = outcome.failed();
         if let Some(f) = self.in_flight.take() {
             f.finish_after(latency, failed);

@@ -159,14 +159,7 @@ pub struct RouteSeries {
 impl RouteSeries {
     /// Counts a request answered with `status` after `elapsed`.
     pub fn record(&self, status: u16, elapsed: Duration) {
-        let class = match status {
-            100..=199 => 0,
-            200..=299 => 1,
-            300..=399 => 2,
-            400..=499 => 3,
-            _ => 4,
-        };
-        self.requests[class].inc();
+        self.requests[class_index(status)].inc();
         self.duration.observe(elapsed.as_secs_f64());
     }
 }
@@ -174,12 +167,20 @@ impl RouteSeries {
 /// `2xx` … `5xx` for an HTTP status.
 #[must_use]
 pub fn class(status: u16) -> &'static str {
+    CLASSES[class_index(status)]
+}
+
+/// The status classes, in [`class_index`] order.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The index of a status's class in [`CLASSES`].
+fn class_index(status: u16) -> usize {
     match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
     }
 }
 
@@ -240,7 +241,7 @@ impl GatewayMetrics {
     /// The series of one route, resolved once: a request then costs two atomic updates
     /// instead of two lookups by label (each hashing and copying its labels).
     pub fn route_series(&self, route: &str, service: &str) -> RouteSeries {
-        let requests = ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
+        let requests = CLASSES.map(|class| {
             let labels = RequestLabels { route: route.to_owned(), service: service.to_owned(), class };
             self.requests.get_or_create(&labels).clone()
         });

@@ -42,6 +42,15 @@ enum Clock {
     Owner(Arc<dyn Fn() -> Instant + Send + Sync>),
 }
 
+impl Clock {
+    fn now(&self) -> Instant {
+        match self {
+            Self::System => Instant::now(),
+            Self::Owner(now) => now(),
+        }
+    }
+}
+
 impl std::fmt::Debug for Clock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -79,23 +88,18 @@ impl LoadTracker {
     }
 
     fn with_clock(clock: Clock, decay: Duration) -> Self {
-        let mut tracker = Self {
+        Self {
+            base: clock.now(),
             clock,
-            base: Instant::now(),
             decay_ns: decay.as_secs_f64().max(1e-3) * 1e9,
             total_in_flight: AtomicU64::new(0),
             cells: Mutex::new(HashMap::new()),
-        };
-        tracker.base = tracker.instant();
-        tracker
+        }
     }
 
     /// Now, on the tracker's clock.
     fn instant(&self) -> Instant {
-        match &self.clock {
-            Clock::System => Instant::now(),
-            Clock::Owner(now) => now(),
-        }
+        self.clock.now()
     }
 
     fn now_ns(&self) -> u64 {
