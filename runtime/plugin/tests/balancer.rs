@@ -417,7 +417,10 @@ fn snapshot_with_one_replaced() -> Snapshot {
 #[test]
 fn an_update_fault_while_serving_keeps_the_plugins_previous_state_counted_as_fallbacks() {
     for (fault, counter) in [("trap-update", "traps"), ("refuse-update", "contract_violations")] {
-        let host = host(1);
+        // Picks get a deadline no busy machine reaches: the faults under test are updates, and
+        // a pick that missed a 5 ms deadline (a descheduled thread) would be answered by the
+        // native default and look like the plugin not serving.
+        let host = host_with_deadline(1, Duration::from_secs(2));
         let slot = BalancerSlot::new(&host, "svc", PluginSpec::builtin("random")).unwrap();
         slot.set_snapshot(snapshot(4));
         // The self-test runs in an instance of its own; the load creates the service's
