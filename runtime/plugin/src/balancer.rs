@@ -307,8 +307,9 @@ impl BalancerSlot {
     /// Gives the workers that wait for their resource (a 0.2.0 plugin's, dropped after a
     /// fault, for idleness, or not created yet) their resource now, on the calling thread,
     /// as the host's off-path thread otherwise does after a pick found one waiting: for a
-    /// caller off the request path that wants the plugin answering before traffic. A fault
-    /// is counted as any call's; the plugin's backoff is not waited for.
+    /// caller off the request path that wants the plugin answering before traffic. A
+    /// preparation already running (the off-path thread's) is waited for, not repeated. A
+    /// fault is counted as any call's; the plugin's backoff is not waited for.
     pub fn prepare_now(&self) {
         let version = self.0.active.load_full();
         self.prepare_version(&version);

@@ -318,6 +318,11 @@ pub(crate) struct Prepare {
     pub(crate) queued: std::sync::atomic::AtomicBool,
     /// Failed jobs in a row, and when the next may run.
     pub(crate) backoff: Mutex<(u32, Option<Instant>)>,
+    /// Held while a preparation runs: the off-path thread's and a caller's
+    /// ([`BalancerSlot::prepare_now`](crate::BalancerSlot::prepare_now)) take turns, so a
+    /// resource waiting for its creation gets one constructor and one first `update`, not
+    /// one per preparer (a stateful plugin counts its updates).
+    pub(crate) running: Mutex<()>,
 }
 
 impl Prepare {
@@ -452,6 +457,7 @@ impl Version {
     /// `update` run with the worker unlocked, so picks that reach it meanwhile are answered
     /// (by the native default) instead of waiting out the plugin's deadline.
     pub(crate) fn prepare(&self) -> Result<(), CallFault> {
+        let _one_at_a_time = self.prepare.running.lock();
         for worker in &self.workers {
             let Some((addr, published)) = worker.lock().lazy_resource() else { continue };
             let made = create_resource(&addr, &self.host, &published);

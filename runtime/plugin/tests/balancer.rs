@@ -490,6 +490,39 @@ fn an_update_fault_while_serving_keeps_the_plugins_previous_state_counted_as_fal
     }
 }
 
+/// Preparations of one version run one at a time: callers of `prepare_now` racing each other
+/// and the host's off-path thread give a resource that waits for its creation one constructor
+/// and one first `update`, not one each (a stateful plugin counts its updates: a second one
+/// here would make the next live snapshot its third, which this plugin refuses).
+#[test]
+fn concurrent_preparations_create_a_waiting_resource_once() {
+    for round in 0..30 {
+        let host = host_with_deadline(1, Duration::from_secs(2));
+        let slot = BalancerSlot::new(&host, "svc", PluginSpec::builtin("random")).unwrap();
+        slot.set_snapshot(snapshot(4));
+        slot.load(wasm(&host, "misbehave", r#"{"fault": "trap-update", "after": 2}"#).unwrap()).unwrap();
+        slot.set_snapshot(snapshot(4));
+        // The fault drops the resource; the off-path thread is asked to create another.
+        slot.set_snapshot(snapshot_with_one_replaced());
+        let start = std::sync::Barrier::new(3);
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    start.wait();
+                    slot.prepare_now();
+                });
+            }
+        });
+        // Whatever the off-path thread still had queued has run once this returns.
+        slot.prepare_now();
+        assert_eq!(slot.status().active.counters.counts.traps, 1, "round {round}: the fault under test");
+        // The restored resource had one update: this is its second, which it accepts.
+        slot.set_snapshot(snapshot(4));
+        let c = slot.status().active.counters;
+        assert_eq!(c.counts.traps, 1, "round {round}: the resource was given its first snapshot twice: {c:?}");
+    }
+}
+
 /// A published list published with targets hands back, with each pick, the target of the endpoint
 /// picked: from the same publication, through native and wasm balancers and across swaps and
 /// republications; a published list without targets (or with another type) hands back none.
