@@ -21,32 +21,51 @@ fn acknowledged_writes_survive_kill_9() {
     eph["ttl_ms"] = json!(60_000);
     assert_eq!(server.post("/v1/instances", &eph).0, 200);
 
-    // A writer registers persistent instances as fast as it can, recording each id the
-    // server acknowledged, until the server dies under it.
+    // Eight writers register persistent instances as fast as they can, each recording the
+    // ids the server acknowledged, until the server dies under them: writes arrive while
+    // others are being committed, so the kill lands among group commits.
+    const WRITERS: u32 = 8;
     let acked = Arc::new(Mutex::new(Vec::new()));
-    let writer = {
-        let acked = acked.clone();
-        let url = server.url("/v1/instances");
-        std::thread::spawn(move || {
-            for n in 0..100_000u32 {
-                let body =
-                    instance("prod/pay/api", &format!("i{n}"), 10_000 + u16::try_from(n % 50_000).unwrap(), false);
-                match crate::support::http().post(&url).send_json(&body) {
-                    Ok(r) if r.status() == 200 => acked.lock().unwrap().push(n),
-                    _ => return,
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let acked = acked.clone();
+            let url = server.url("/v1/instances");
+            std::thread::spawn(move || {
+                for n in (w..100_000u32).step_by(WRITERS as usize) {
+                    let port = 10_000 + u16::try_from(n % 50_000).unwrap();
+                    let body = instance("prod/pay/api", &format!("i{n}"), port, false);
+                    match crate::support::http().post(&url).send_json(&body) {
+                        Ok(r) if r.status() == 200 => acked.lock().unwrap().push(n),
+                        _ => return,
+                    }
                 }
-            }
+            })
         })
+        .collect();
+    // Let them acknowledge a good number of writes, some of them carried by a commit with
+    // others (the store's counters say so), then kill without warning.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let grouped = || {
+        let metrics = server.text("/metrics");
+        let value = |name: &str| -> u64 {
+            metrics.lines().find_map(|l| l.strip_prefix(name)).map_or(0, |v| v.trim().parse().unwrap())
+        };
+        let (commits, writes) = (value("sextant_store_commits_total "), value("sextant_store_committed_writes_total "));
+        (writes > commits).then_some((commits, writes))
     };
-    // Let it acknowledge a good number of writes, then kill without warning.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while acked.lock().unwrap().len() < 30 && std::time::Instant::now() < deadline {
+    let mut groups = None;
+    while (acked.lock().unwrap().len() < 200 || groups.is_none()) && std::time::Instant::now() < deadline {
+        groups = grouped();
         std::thread::sleep(Duration::from_millis(10));
     }
     server.kill9();
-    writer.join().unwrap();
+    for writer in writers {
+        writer.join().unwrap();
+    }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() >= 30, "only {} writes acknowledged in 20 s", acked.len());
+    assert!(acked.len() >= 200, "only {} writes acknowledged in 30 s", acked.len());
+    let (commits, writes) = groups.expect("no commit carried more than one write in 30 s");
+    eprintln!("{} writes acknowledged; before the kill {writes} writes in {commits} commits", acked.len());
 
     let server = Server::start(&data);
     let (code, svc) = server.get("/v1/services/prod/pay/api");

@@ -35,6 +35,17 @@ pub enum Op {
     },
 }
 
+impl Op {
+    /// The key it writes.
+    #[must_use]
+    pub fn key(&self) -> RecordKey {
+        match self {
+            Self::Put { record, .. } => record.key(),
+            Self::Delete { key } => key.clone(),
+        }
+    }
+}
+
 /// What a prepared mutation needs on disk before it may be committed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Persist {
@@ -141,6 +152,15 @@ impl Engine {
 
     /// Validates `op` at `now` and works out what to persist. Changes nothing.
     pub fn prepare(&self, now: Millis, op: Op) -> Result<Prepared, CoreError> {
+        self.prepare_in_group(now, op, 0)
+    }
+
+    /// [`Engine::prepare`] for the member of a group commit that follows `ahead` members
+    /// prepared but not committed yet: it gets the revision after theirs, and is committed
+    /// after them, in order. The caller keeps a group to one member per key (a member is
+    /// validated against the records as they are before the group, which is what it will
+    /// find only if no earlier member writes its key).
+    pub fn prepare_in_group(&self, now: Millis, op: Op, ahead: usize) -> Result<Prepared, CoreError> {
         let previous = |key: &RecordKey| self.records.get(key).map(|e| &e.record);
         let persist = match &op {
             Op::Put { record, lease } => {
@@ -172,7 +192,7 @@ impl Engine {
                 Some(_) => Persist::Nothing,
             },
         };
-        Ok(Prepared { revision: self.revision.next(), op, persist })
+        Ok(Prepared { revision: Revision(self.revision.0 + 1 + ahead as u64), op, persist })
     }
 
     /// Applies a mutation prepared against the current state.

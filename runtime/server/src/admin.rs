@@ -352,6 +352,10 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     s.metrics.leases.set(gauge(store.lease_count()));
     Metrics::catch_up(&s.metrics.leases_expired, store.leases_expired());
     Metrics::catch_up(&s.metrics.store_invalid_values, store.invalid_values());
+    if let Some(commits) = store.commit_stats() {
+        Metrics::catch_up(&s.metrics.store_commits, commits.commits);
+        Metrics::catch_up(&s.metrics.store_committed_writes, commits.writes);
+    }
     let stale = s.registry().stale_for();
     s.metrics.store_reachable.set(i64::from(stale.is_none()));
     s.metrics.store_stale_seconds.set(stale.map_or(0.0, |d| d.as_secs_f64()));

@@ -76,6 +76,10 @@ pub struct Metrics {
     pub store_stale_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Values in the store that are not valid records (written by hand), skipped.
     pub store_invalid_values: Counter,
+    /// Durable transactions the embedded store committed for writes (one fsync each).
+    pub store_commits: Counter,
+    /// Writes those transactions carried; per commit, the mean group size.
+    pub store_committed_writes: Counter,
     /// Audited requests: accepted writes and refusals, by door and verdict.
     pub audit_events: Family<AuditLabels, Counter>,
     /// Reloads of the access file by outcome.
@@ -108,6 +112,8 @@ impl Metrics {
             store_reachable: Gauge::default(),
             store_stale_seconds: Gauge::default(),
             store_invalid_values: Counter::default(),
+            store_commits: Counter::default(),
+            store_committed_writes: Counter::default(),
             audit_events: Family::default(),
             acl_reloads: Family::default(),
             registry: Registry::default(),
@@ -132,6 +138,16 @@ impl Metrics {
             "store_invalid_values",
             "Values in the store that are not valid records, skipped",
             m.store_invalid_values.clone(),
+        );
+        registry.register(
+            "store_commits",
+            "Durable transactions the embedded store committed for writes, one fsync each",
+            m.store_commits.clone(),
+        );
+        registry.register(
+            "store_committed_writes",
+            "Writes the embedded store's durable transactions carried (group commit)",
+            m.store_committed_writes.clone(),
         );
         registry.register("writes", "Accepted writes", m.writes.clone());
         registry.register("writes_rejected", "Refused writes", m.writes_rejected.clone());

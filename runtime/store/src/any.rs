@@ -5,7 +5,7 @@ use std::time::Duration;
 use sextant_core::store::{Store, StoreError, WatchStream};
 use sextant_core::{LeaseId, Record, RecordKey, Revision, Scope, StoreSnapshot};
 
-use crate::{EmbeddedStore, EtcdStore};
+use crate::{CommitStats, EmbeddedStore, EtcdStore};
 
 /// The embedded store or the etcd store. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -42,6 +42,16 @@ impl AnyStore {
         match self {
             Self::Embedded(s) => s.leases_expired(),
             Self::Etcd(s) => s.leases_expired(),
+        }
+    }
+
+    /// What the embedded store's group commit did (durable transactions and the writes they
+    /// carried); etcd commits in its own process, so None.
+    #[must_use]
+    pub fn commit_stats(&self) -> Option<CommitStats> {
+        match self {
+            Self::Embedded(s) => Some(s.commit_stats()),
+            Self::Etcd(_) => None,
         }
     }
 

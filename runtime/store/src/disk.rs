@@ -1,7 +1,8 @@
 //! The file the embedded store writes through when a test (or an operator's drill) wants to
 //! see what a failing disk does: a plain file whose writes, growth and syncs fail with
 //! `ENOSPC` while [`DiskFaults::fill`] holds and work again after [`DiskFaults::free`], and
-//! whose chosen sync fails once with `EIO` ([`DiskFaults::fail_sync`]).
+//! whose chosen sync fails once with `EIO` ([`DiskFaults::fail_sync`]), and whose syncs can
+//! be held back ([`DiskFaults::hold_syncs`]) to see what arrives while a commit is in flight.
 
 use std::fs::File;
 use std::io;
@@ -22,6 +23,9 @@ struct Switch {
     full: AtomicBool,
     /// The sync (counting from 1) that fails once; 0: none.
     failing_sync: AtomicU64,
+    /// Whether syncs wait, and how many are waiting.
+    held: parking_lot::Mutex<(bool, usize)>,
+    released: parking_lot::Condvar,
 }
 
 impl DiskFaults {
@@ -39,6 +43,35 @@ impl DiskFaults {
     /// sync was written: a commit whose last step fails may still be on disk.
     pub fn fail_sync(&self, n: u64) {
         self.0.failing_sync.store(n, SeqCst);
+    }
+
+    /// From now on a sync waits (its data written, not yet synced) until
+    /// [`DiskFaults::release_syncs`]: a commit stays in flight as long as the caller wants.
+    pub fn hold_syncs(&self) {
+        self.0.held.lock().0 = true;
+    }
+
+    /// Held syncs go on, and later ones do not wait.
+    pub fn release_syncs(&self) {
+        self.0.held.lock().0 = false;
+        self.0.released.notify_all();
+    }
+
+    /// Syncs waiting for [`DiskFaults::release_syncs`].
+    #[must_use]
+    pub fn syncs_waiting(&self) -> usize {
+        self.0.held.lock().1
+    }
+
+    fn wait_if_held(&self) {
+        let mut held = self.0.held.lock();
+        if held.0 {
+            held.1 += 1;
+            while held.0 {
+                self.0.released.wait(&mut held);
+            }
+            held.1 -= 1;
+        }
     }
 
     fn check(&self) -> io::Result<()> {
@@ -88,6 +121,7 @@ impl StorageBackend for FaultyFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        self.faults.wait_if_held();
         self.faults.check_sync()?;
         self.file.sync_data()
     }

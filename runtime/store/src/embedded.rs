@@ -14,14 +14,22 @@
 //!
 //! A write is acknowledged only after its redb transaction committed with
 //! `Durability::Immediate` (fsync), so `kill -9` right after an acknowledgement loses nothing.
+//!
+//! **Group commit.** Durable writes (records that reach the disk, deletes, conditional
+//! writes) queue; one writer at a time leads a commit of everything queued, in one redb
+//! transaction and one fsync, and acknowledges each member after it. Writes that arrive while
+//! a commit is in flight wait for the next one, together: with many writers the disk sees one
+//! sync per group instead of one per write. A group holds one write per key (a second write
+//! to a key goes to the group after, so each is validated against what the one before it
+//! left); a group the disk refuses is refused whole and changes nothing.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use sextant_core::engine::{Engine, Op, Persist};
+use sextant_core::engine::{Engine, Op, Persist, Prepared};
 use sextant_core::history::DEFAULT_CAPACITY;
 use sextant_core::model::sha256_hex;
 use sextant_core::store::{Store, StoreError, WatchStream};
@@ -123,6 +131,44 @@ struct Shared {
     path: PathBuf,
     events: broadcast::Sender<Event>,
     origin: Instant,
+    /// Durable writes waiting for their group commit.
+    group: Group,
+}
+
+/// What durable writers share: the writes waiting for the next group commit, the answers of
+/// the last ones, and whether a commit is being led.
+#[derive(Debug, Default)]
+struct Group {
+    queue: Mutex<GroupQueue>,
+    /// Signalled when a group commit ends (its members' answers are in).
+    ended: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GroupQueue {
+    waiting: Vec<Waiting>,
+    answers: std::collections::HashMap<u64, Result<Revision, StoreError>>,
+    next_ticket: u64,
+    leading: bool,
+    stats: CommitStats,
+}
+
+/// A durable write in the queue.
+#[derive(Debug)]
+struct Waiting {
+    ticket: u64,
+    op: Op,
+    /// For a conditional write: the revision its key must have been last written at.
+    expect: Option<Option<Revision>>,
+}
+
+/// What the embedded store's group commit did since it opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Durable transactions committed for writes (one fsync each).
+    pub commits: u64,
+    /// Writes those transactions carried (acknowledged durable writes).
+    pub writes: u64,
 }
 
 #[derive(Debug)]
@@ -191,7 +237,7 @@ impl EmbeddedStore {
         let db = file.open().map_err(db_err)?;
         let (start, records) = load(&db, &path)?;
         let ceiling = start + REVISION_BLOCK;
-        write_txn(&db, &Persist::Nothing, Some(ceiling)).map_err(db_err)?;
+        write_txn(&db, [], Some(ceiling)).map_err(db_err)?;
         tracing::info!(path = %path.display(), revision = start, records = records.len(), "embedded store opened");
         let (events, _) = broadcast::channel(options.watch_buffer.max(16));
         let shared = Arc::new(Shared {
@@ -206,6 +252,7 @@ impl EmbeddedStore {
             path,
             events,
             origin: Instant::now(),
+            group: Group::default(),
         });
         tokio::spawn(reap(Arc::downgrade(&shared), options.reap_interval));
         Ok(Self { shared })
@@ -235,7 +282,21 @@ impl EmbeddedStore {
         self.shared.state.lock().leases_expired
     }
 
-    /// Applies `op` synchronously; blocks on an fsync for durable records.
+    /// What the group commit did since the store opened: durable transactions and the
+    /// writes they carried (their ratio is the mean group size).
+    #[must_use]
+    pub fn commit_stats(&self) -> CommitStats {
+        self.shared.group.queue.lock().stats
+    }
+
+    /// Durable writes queued for the next group commit (not counting those of the commit in
+    /// flight).
+    #[must_use]
+    pub fn writes_waiting(&self) -> usize {
+        self.shared.group.queue.lock().waiting.len()
+    }
+
+    /// Applies an ephemeral `op` at once (memory, and a rare ceiling bump).
     fn write(&self, op: Op) -> Result<Revision, StoreError> {
         self.shared.write(op)
     }
@@ -275,27 +336,37 @@ fn load(db: &Database, path: &Path) -> Result<(u64, Vec<Record>), OpenError> {
     Ok((ceiling, records))
 }
 
-/// One durable transaction: the record change and, if given, a new revision ceiling.
-fn write_txn(db: &Database, persist: &Persist, ceiling: Option<u64>) -> Result<(), redb::Error> {
-    if matches!(persist, Persist::Nothing) && ceiling.is_none() {
-        return Ok(());
+/// One durable transaction: the record changes, in order, and, if given, a new revision
+/// ceiling. None when there was nothing to write.
+fn write_txn<'a>(
+    db: &Database,
+    persist: impl IntoIterator<Item = &'a Persist>,
+    ceiling: Option<u64>,
+) -> Result<Option<()>, redb::Error> {
+    let mut changes = persist.into_iter().filter(|p| !matches!(p, Persist::Nothing)).peekable();
+    if changes.peek().is_none() && ceiling.is_none() {
+        return Ok(None);
     }
     let txn = db.begin_write()?;
     {
-        match persist {
-            Persist::Nothing => {}
-            Persist::Put { path, value } => {
-                txn.open_table(RECORDS)?.insert(path.as_str(), value.as_slice())?;
-            }
-            Persist::Delete { path } => {
-                txn.open_table(RECORDS)?.remove(path.as_str())?;
+        let mut records = txn.open_table(RECORDS)?;
+        for change in changes {
+            match change {
+                Persist::Nothing => {}
+                Persist::Put { path, value } => {
+                    records.insert(path.as_str(), value.as_slice())?;
+                }
+                Persist::Delete { path } => {
+                    records.remove(path.as_str())?;
+                }
             }
         }
         if let Some(c) = ceiling {
             txn.open_table(META)?.insert("revision_ceiling", c)?;
         }
     }
-    Ok(txn.commit()?)
+    txn.commit()?;
+    Ok(Some(()))
 }
 
 impl Shared {
@@ -310,7 +381,8 @@ impl Shared {
     }
 
     fn write(&self, op: Op) -> Result<Revision, StoreError> {
-        self.write_if(op, None)
+        let mut state = self.state.lock();
+        self.write_locked(&mut state, op, None)
     }
 
     /// Runs `f` on the database. A database that failed a write (a full disk, an I/O error:
@@ -350,32 +422,107 @@ impl Shared {
         Ok(RwLockWriteGuard::downgrade(slot))
     }
 
-    /// Writes `op`, when `expect` is given only if its key was last written at that revision
-    /// (`Some(None)`: only if absent), checked under the same lock as the write.
-    fn write_if(&self, op: Op, expect: Option<Option<Revision>>) -> Result<Revision, StoreError> {
-        let mut state = self.state.lock();
-        if let (Some(expected), Op::Put { record, .. }) = (expect, &op) {
-            let key = record.key();
-            let current = state.engine.get_with_revision(&key).map(|(_, at)| at);
-            if current != expected {
-                return Err(StoreError::Conflict { key: Box::new(key), expected, current });
+    /// Writes `op` alone, with the state lock held.
+    fn write_locked(
+        &self,
+        state: &mut State,
+        op: Op,
+        expect: Option<Option<Revision>>,
+    ) -> Result<Revision, StoreError> {
+        let mut answers = self.commit_group(state, vec![Waiting { ticket: 0, op, expect }]);
+        answers.pop().map_or_else(|| Err(closed()), |(_, answer)| answer)
+    }
+
+    /// Writes `op` durably in the next group commit, when `expect` is given only if its key
+    /// was last written at that revision (`Some(None)`: only if absent), checked when its
+    /// group is committed. Blocks until the commit that carries it is durable (or refused):
+    /// the writer that finds no commit being led leads one, of everything queued.
+    fn write_durable(&self, op: Op, expect: Option<Option<Revision>>) -> Result<Revision, StoreError> {
+        let mut queue = self.group.queue.lock();
+        let ticket = queue.next_ticket;
+        queue.next_ticket += 1;
+        queue.waiting.push(Waiting { ticket, op, expect });
+        loop {
+            if let Some(answer) = queue.answers.remove(&ticket) {
+                return answer;
+            }
+            if queue.leading {
+                self.group.ended.wait(&mut queue);
+                continue;
+            }
+            queue.leading = true;
+            let members = std::mem::take(&mut queue.waiting);
+            let tickets: Vec<u64> = members.iter().map(|w| w.ticket).collect();
+            drop(queue);
+            // Answers every member, even if the commit panicked (a bug): nobody waits forever.
+            let mut lead = Leading { group: &self.group, tickets, answers: Vec::new() };
+            lead.answers = self.commit_group(&mut self.state.lock(), members);
+            drop(lead);
+            queue = self.group.queue.lock();
+        }
+    }
+
+    /// Commits `members` in order, in as few durable transactions as one write per key per
+    /// transaction allows, with the state lock held; the answer of each, by ticket.
+    fn commit_group(&self, state: &mut State, members: Vec<Waiting>) -> Vec<(u64, Result<Revision, StoreError>)> {
+        let mut answers = Vec::with_capacity(members.len());
+        let mut rest = members.into_iter().peekable();
+        while rest.peek().is_some() {
+            if self.resync.load(std::sync::atomic::Ordering::SeqCst)
+                && let Err(e) = self.resync_disk(state)
+            {
+                answers.extend(rest.map(|w| (w.ticket, Err(StoreError::Unavailable(e.to_string())))));
+                break;
+            }
+            let now = self.now();
+            let mut keys = std::collections::HashSet::new();
+            let mut prepared: Vec<(u64, Prepared)> = Vec::new();
+            while let Some(w) = rest.next_if(|w| !keys.contains(&w.op.key())) {
+                let key = w.op.key();
+                let answer = Self::check(state, &key, w.expect)
+                    .and_then(|()| Ok(state.engine.prepare_in_group(now, w.op, prepared.len())?));
+                keys.insert(key);
+                match answer {
+                    Ok(p) => prepared.push((w.ticket, p)),
+                    Err(e) => answers.push((w.ticket, Err(e))),
+                }
+            }
+            let ceiling = Self::ceiling_for(state, prepared.len());
+            match self.with_db(|db| write_txn(db, prepared.iter().map(|(_, p)| p.persist()), ceiling)) {
+                Ok(wrote) => {
+                    if let Some(c) = ceiling {
+                        state.ceiling = c;
+                    }
+                    if wrote.is_some() {
+                        let mut queue = self.group.queue.lock();
+                        queue.stats.commits += 1;
+                        queue.stats.writes +=
+                            prepared.iter().filter(|(_, p)| !matches!(p.persist(), Persist::Nothing)).count() as u64;
+                    }
+                    for (ticket, p) in prepared {
+                        let event = state.engine.commit(now, p);
+                        answers.push((ticket, Ok(event.revision)));
+                        // No receivers is fine: nobody watches yet.
+                        let _ = self.events.send(event);
+                    }
+                }
+                Err(e) => {
+                    answers.extend(prepared.into_iter().map(|(t, _)| (t, Err(StoreError::Unavailable(e.to_string())))))
+                }
             }
         }
-        if self.resync.load(std::sync::atomic::Ordering::SeqCst) {
-            self.resync_disk(&state)?;
+        answers
+    }
+
+    /// A conditional write's condition: `key` last written at `expect` (`Some(None)`: absent).
+    fn check(state: &State, key: &RecordKey, expect: Option<Option<Revision>>) -> Result<(), StoreError> {
+        let Some(expected) = expect else { return Ok(()) };
+        let current = state.engine.get_with_revision(key).map(|(_, at)| at);
+        if current == expected {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict { key: Box::new(key.clone()), expected, current })
         }
-        let now = self.now();
-        let prepared = state.engine.prepare(now, op)?;
-        let ceiling = Self::ceiling_for(&state, 1);
-        self.with_db(|db| write_txn(db, prepared.persist(), ceiling))?;
-        if let Some(c) = ceiling {
-            state.ceiling = c;
-        }
-        let event = state.engine.commit(now, prepared);
-        let revision = event.revision;
-        // No receivers is fine: nobody watches yet.
-        let _ = self.events.send(event);
-        Ok(revision)
     }
 
     /// Makes the durable records on disk what memory holds (the acknowledged writes): a
@@ -435,7 +582,7 @@ impl Shared {
         take: impl FnOnce(&mut Engine) -> Vec<Event>,
     ) -> Result<Revision, StoreError> {
         if let Some(c) = Self::ceiling_for(state, removals) {
-            self.with_db(|db| write_txn(db, &Persist::Nothing, Some(c)))?;
+            self.with_db(|db| write_txn(db, [], Some(c)))?;
             state.ceiling = c;
         }
         for event in take(&mut state.engine) {
@@ -463,6 +610,30 @@ impl Shared {
     }
 }
 
+/// The leader of a group commit: when it ends (or panics) its members get their answers
+/// (a missing one: unavailable) and the next writer may lead.
+struct Leading<'a> {
+    group: &'a Group,
+    tickets: Vec<u64>,
+    answers: Vec<(u64, Result<Revision, StoreError>)>,
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        let mut queue = self.group.queue.lock();
+        queue.answers.extend(self.answers.drain(..));
+        for ticket in self.tickets.drain(..) {
+            queue
+                .answers
+                .entry(ticket)
+                .or_insert_with(|| Err(StoreError::Unavailable("the write's commit was interrupted".into())));
+        }
+        queue.leading = false;
+        drop(queue);
+        self.group.ended.notify_all();
+    }
+}
+
 async fn reap(shared: Weak<Shared>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -478,7 +649,9 @@ impl Store for EmbeddedStore {
         let op = Op::Put { record, lease };
         if matches!(&op, Op::Put { record, .. } if record.is_durable()) {
             let this = self.clone();
-            tokio::task::spawn_blocking(move || this.write(op)).await.map_err(|_| StoreError::Closed)?
+            tokio::task::spawn_blocking(move || this.shared.write_durable(op, None))
+                .await
+                .map_err(|_| StoreError::Closed)?
         } else {
             // Ephemeral: memory only (plus a rare ceiling bump), no need to leave the thread.
             self.write(op)
@@ -493,14 +666,16 @@ impl Store for EmbeddedStore {
     async fn put_if(&self, record: Record, expected: Option<Revision>) -> Result<Revision, StoreError> {
         let this = self.clone();
         let op = Op::Put { record, lease: None };
-        tokio::task::spawn_blocking(move || this.shared.write_if(op, Some(expected)))
+        tokio::task::spawn_blocking(move || this.shared.write_durable(op, Some(expected)))
             .await
             .map_err(|_| StoreError::Closed)?
     }
 
     async fn delete(&self, key: RecordKey) -> Result<Revision, StoreError> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.write(Op::Delete { key })).await.map_err(|_| StoreError::Closed)?
+        tokio::task::spawn_blocking(move || this.shared.write_durable(Op::Delete { key }, None))
+            .await
+            .map_err(|_| StoreError::Closed)?
     }
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {

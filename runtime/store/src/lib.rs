@@ -26,6 +26,6 @@ mod registry;
 
 pub use any::AnyStore;
 pub use disk::DiskFaults;
-pub use embedded::{DB_FILE, EmbeddedOptions, EmbeddedStore, OpenError};
+pub use embedded::{CommitStats, DB_FILE, EmbeddedOptions, EmbeddedStore, OpenError};
 pub use etcd::{CHUNK, EVENT_BITS, EtcdOptions, EtcdStore};
 pub use registry::{Feed, Received, Registry, RegistryError, Subscription, Synced};

@@ -376,3 +376,121 @@ async fn a_write_refused_at_its_last_sync_does_not_come_back_after_a_restart() {
         assert_eq!(ports, acknowledged, "sync {nth} failed: exactly what was acknowledged after a restart");
     }
 }
+
+fn weighted(service: &str, port: u16, weight: u32) -> Record {
+    let mut i = Instance::new(ServiceKey::parse(service).unwrap(), "127.0.0.1".parse().unwrap(), port);
+    i.weight = weight;
+    i.ephemeral = false;
+    Record::Instance(Arc::new(i))
+}
+
+/// Group commit: durable writes that arrive while a commit is in flight (its sync held back
+/// here) share the next commit, one transaction and one sync, and each gets its own answer:
+/// a revision of its own, a conflict for a stale condition, a not-found for a delete of
+/// nothing. A second write to a key already in the group goes to the group after it, so the
+/// later one wins. Every acknowledged write is there after a reopen, and watchers see each
+/// revision once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_arriving_during_a_commit_share_the_next_one_and_each_is_answered_for_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DiskFaults::default();
+    let store = EmbeddedStore::open_on(dir.path(), EmbeddedOptions::default(), disk.clone()).unwrap();
+    let stale = store.put(instance("shop/web/orders", 1, false), None).await.unwrap();
+    store.put(instance("shop/web/orders", 1, false), None).await.unwrap();
+    let mut watch = store.watch(Scope::All, store.revision()).await.unwrap();
+    let before = store.commit_stats();
+
+    disk.hold_syncs();
+    let in_flight = tokio::spawn({
+        let store = store.clone();
+        async move { store.put(instance("shop/web/orders", 2, false), None).await }
+    });
+    let waited = std::time::Instant::now();
+    while disk.syncs_waiting() == 0 {
+        assert!(waited.elapsed() < Duration::from_secs(60), "the first commit never reached its sync");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Queued while it is in flight: 16 new instances, a stale conditional write, a delete
+    // of a key that does not exist, and two writes of one key.
+    let mut queued = Vec::new();
+    for port in 10..26 {
+        let store = store.clone();
+        queued.push((
+            format!("new {port}"),
+            tokio::spawn(async move { store.put(instance("shop/web/orders", port, false), None).await }),
+        ));
+    }
+    {
+        let store = store.clone();
+        queued.push((
+            "stale".into(),
+            tokio::spawn(async move { store.put_if(weighted("shop/web/orders", 1, 7), Some(stale)).await }),
+        ));
+    }
+    {
+        let store = store.clone();
+        let key = instance("shop/web/orders", 99, false).key();
+        queued.push(("missing".into(), tokio::spawn(async move { store.delete(key).await })));
+    }
+    for weight in [1, 2] {
+        let store = store.clone();
+        queued.push((
+            format!("twice {weight}"),
+            tokio::spawn(async move { store.put(weighted("shop/web/orders", 100, weight), None).await }),
+        ));
+    }
+    while store.writes_waiting() < queued.len() {
+        assert!(
+            waited.elapsed() < Duration::from_secs(60),
+            "{} of {} writes queued",
+            store.writes_waiting(),
+            queued.len()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(!in_flight.is_finished(), "the first write waits for its sync");
+    disk.release_syncs();
+
+    let first = in_flight.await.unwrap().expect("the write in flight");
+    let mut revisions = vec![first];
+    let mut twice = Vec::new();
+    for (what, task) in queued {
+        match (what.as_str(), task.await.unwrap()) {
+            ("stale", Err(StoreError::Conflict { .. })) => {}
+            ("missing", Err(StoreError::Rejected(CoreError::KeyNotFound(_)))) => {}
+            (w, Ok(revision)) if w.starts_with("new") => revisions.push(revision),
+            (w, Ok(revision)) if w.starts_with("twice") => {
+                revisions.push(revision);
+                twice.push((revision, w.ends_with('2')));
+            }
+            (w, other) => panic!("{w}: {other:?}"),
+        }
+    }
+    let mut sorted = revisions.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), revisions.len(), "each write has a revision of its own: {revisions:?}");
+    assert_eq!(sorted.last().unwrap().0 - sorted[0].0, revisions.len() as u64 - 1, "and none is skipped: {sorted:?}");
+
+    let stats = store.commit_stats();
+    // The write in flight, the group, and the group after it (the second write of port 100).
+    assert_eq!(stats.commits - before.commits, 3, "{before:?} -> {stats:?}");
+    assert_eq!(stats.writes - before.writes, revisions.len() as u64, "{before:?} -> {stats:?}");
+
+    // The later of the two writes of one key is what is stored.
+    twice.sort();
+    let (last_revision, last_is_weight_2) = twice[1];
+    let (stored, at) = store.get(weighted("shop/web/orders", 100, 0).key()).await.unwrap().expect("port 100");
+    let Record::Instance(i) = stored else { panic!("an instance") };
+    assert_eq!((at, i.weight == 2), (last_revision, last_is_weight_2));
+
+    // Watchers see every revision once, in order.
+    for expected in &sorted {
+        let event = tokio::time::timeout(Duration::from_secs(30), watch.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(event.revision, *expected);
+    }
+    drop(store);
+    let ports = instance_ports(&open(dir.path())).await;
+    let expected: std::collections::BTreeSet<u16> = [1, 2, 100].into_iter().chain(10..26).collect();
+    assert_eq!(ports, expected, "every acknowledged write, after a reopen");
+}
