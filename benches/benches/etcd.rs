@@ -97,24 +97,53 @@ async fn write_to_event(etcd: &LocalEtcd, registry: &Registry<EtcdStore>, events
     );
 }
 
-/// Registrations per second by 64 writers during `secs`; `sextant` picks the path.
-async fn throughput(etcd: &LocalEtcd, registry: &Registry<EtcdStore>, secs: Duration, sextant: bool, base: u32) -> f64 {
+/// One of 64 concurrent writers: how it writes a record.
+enum Writer {
+    /// A raw etcd put of the record's JSON.
+    Etcd(Box<Client>),
+    /// sextant's registry on the etcd store (`put` returns once its own view shows it).
+    Registry(Registry<EtcdStore>),
+    /// A QUIC client registering the record as a persistent instance.
+    Quic(QuicClient),
+}
+
+impl Writer {
+    async fn write(&mut self, record: Record) {
+        match self {
+            Self::Etcd(raw) => {
+                raw.put(format!("/sextant/v1/{}", record.key().path()), record.to_value(), None).await.unwrap();
+            }
+            Self::Registry(registry) => {
+                registry.put(record, None).await.unwrap();
+            }
+            Self::Quic(client) => {
+                let Record::Instance(i) = record else { unreachable!("instances only") };
+                client.register((*i).clone(), Binding::Persistent).await.expect("register");
+            }
+        }
+    }
+}
+
+async fn etcd_writers(etcd: &LocalEtcd) -> Vec<Writer> {
+    let mut writers = Vec::new();
+    for _ in 0..64 {
+        writers.push(Writer::Etcd(Box::new(Client::connect(etcd.endpoints(), None).await.unwrap())));
+    }
+    writers
+}
+
+/// Registrations per second by `writers`, all writing at once during `secs`.
+async fn throughput(writers: Vec<Writer>, secs: Duration, base: u32) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for w in 0..64u32 {
-        let (stop, done, registry) = (stop.clone(), done.clone(), registry.clone());
-        let mut raw = Client::connect(etcd.endpoints(), None).await.unwrap();
+    for (w, mut writer) in (0u32..).zip(writers) {
+        let (stop, done) = (stop.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
             let mut n = 0;
             while !stop.load(Relaxed) {
-                let record = record(base + w * 100_000 + n);
+                writer.write(record(base + w * 100_000 + n)).await;
                 n += 1;
-                if sextant {
-                    registry.put(record, None).await.unwrap();
-                } else {
-                    raw.put(format!("/sextant/v1/{}", record.key().path()), record.to_value(), None).await.unwrap();
-                }
                 done.fetch_add(1, Relaxed);
             }
         }));
@@ -142,33 +171,6 @@ async fn embedded_server(dir: &std::path::Path) -> (EmbeddedStore, ClientOptions
     (store, ClientOptions::new(vec![addr], files.ca.clone()))
 }
 
-/// 64 QUIC clients registering persistent instances for `secs`; registrations per second.
-async fn quic_throughput(options: &ClientOptions, secs: Duration, base: u32) -> f64 {
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for w in 0..64u32 {
-        let (stop, done) = (stop.clone(), done.clone());
-        let client = QuicClient::connect(options.clone()).await.expect("connect");
-        tasks.push(tokio::spawn(async move {
-            let mut n = 0;
-            while !stop.load(Relaxed) {
-                let Record::Instance(i) = record(base + w * 100_000 + n) else { unreachable!() };
-                n += 1;
-                client.register((*i).clone(), Binding::Persistent).await.expect("register");
-                done.fetch_add(1, Relaxed);
-            }
-        }));
-    }
-    let start = Instant::now();
-    tokio::time::sleep(secs).await;
-    stop.store(true, Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    done.load(Relaxed) as f64 / start.elapsed().as_secs_f64()
-}
-
 fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
@@ -183,8 +185,9 @@ fn main() {
         let secs = Duration::from_secs(env_num("SEXTANT_BENCH_SECS", 5));
         let (mut raw, mut ours) = (Vec::new(), Vec::new());
         for round in 0..2u32 {
-            raw.push(throughput(&etcd, &registry, secs, false, 10_000_000 + round * 10_000_000).await);
-            ours.push(throughput(&etcd, &registry, secs, true, 50_000_000 + round * 10_000_000).await);
+            raw.push(throughput(etcd_writers(&etcd).await, secs, 10_000_000 + round * 10_000_000).await);
+            let writers = (0..64).map(|_| Writer::Registry(registry.clone())).collect();
+            ours.push(throughput(writers, secs, 50_000_000 + round * 10_000_000).await);
         }
         let (raw, ours) = (raw.iter().sum::<f64>() / 2.0, ours.iter().sum::<f64>() / 2.0);
         println!("registration throughput, 64 concurrent writers, 2 alternating rounds of {secs:?}:");
@@ -197,8 +200,12 @@ fn main() {
         let before = embedded.commit_stats();
         let (mut raw, mut quic) = (Vec::new(), Vec::new());
         for round in 0..2u32 {
-            raw.push(throughput(&etcd, &registry, secs, false, 100_000_000 + round * 10_000_000).await);
-            quic.push(quic_throughput(&options, secs, 200_000_000 + round * 10_000_000).await);
+            raw.push(throughput(etcd_writers(&etcd).await, secs, 100_000_000 + round * 10_000_000).await);
+            let mut writers = Vec::new();
+            for _ in 0..64 {
+                writers.push(Writer::Quic(QuicClient::connect(options.clone()).await.expect("connect")));
+            }
+            quic.push(throughput(writers, secs, 200_000_000 + round * 10_000_000).await);
         }
         let after = embedded.commit_stats();
         let (raw, quic) = (raw.iter().sum::<f64>() / 2.0, quic.iter().sum::<f64>() / 2.0);

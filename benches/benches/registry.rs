@@ -1,8 +1,11 @@
-//! Registry benchmarks: registration throughput in process, and the cost of reading a
-//! service's snapshot against a `DashMap<u64, _>` get measured in the same run.
+//! Registry benchmarks: registration throughput in process, the cost of reading a service's
+//! snapshot against a `DashMap<u64, _>` get measured in the same run, and the cost of one
+//! instance's change to a service's published snapshot at 10 and at 10,000 instances.
 //!
 //! Run: `cargo bench -p sextant-benches --bench registry`. Compare `snapshot_read/*` against
-//! `snapshot_read/dashmap_u64_get` (the baseline) and `register/*` per element.
+//! `snapshot_read/dashmap_u64_get` (the baseline), `register/*` per element, and
+//! `snapshot_change/one_of_10000` against `snapshot_change/one_of_10` (the goal: the same cost,
+//! a change does not copy the service; `copy_10000` is what copying it costs).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +14,8 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use dashmap::DashMap;
 use sextant_benches::{instance, service};
 use sextant_core::store::Store;
-use sextant_core::{Revision, ServiceSnapshot};
+use sextant_core::view::RegistryView;
+use sextant_core::{Change, Event, Record, Revision, ServiceSnapshot};
 use sextant_store::{EmbeddedOptions, EmbeddedStore, Registry};
 
 const SERVICES: usize = 1000;
@@ -104,5 +108,47 @@ fn snapshot_read(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, register, snapshot_read);
+/// One instance of a service of `size` changes (its weight), then the view publishes: the
+/// event applied, the service's snapshot published.
+fn snapshot_change(c: &mut Criterion) {
+    let mut g = c.benchmark_group("snapshot_change");
+    for size in [10u32, 10_000] {
+        let key = service(0);
+        let mut view = RegistryView::new(1024);
+        let mut revision = 0u64;
+        for n in 0..size {
+            revision += 1;
+            let event =
+                Event { revision: Revision(revision), change: Change::Upsert { record: instance(&key, n, 0, false) } };
+            view.apply(&event).expect("apply");
+        }
+        view.publish();
+        let handle = view.directory().handle(&key);
+        assert_eq!(handle.load().instances.len(), size as usize);
+        let Record::Instance(changing) = instance(&key, size / 2, 0, false) else { unreachable!("an instance") };
+        g.bench_function(format!("one_of_{size}"), |b| {
+            b.iter(|| {
+                revision += 1;
+                let mut changed = (*changing).clone();
+                changed.weight = u32::try_from(revision % 100).unwrap_or(1) + 1;
+                let event = Event {
+                    revision: Revision(revision),
+                    change: Change::Upsert { record: Record::Instance(Arc::new(changed)) },
+                };
+                view.apply(&event).expect("apply");
+                view.publish();
+            });
+        });
+        if size == 10_000 {
+            // What copying the service costs (what a publish did before: every instance's
+            // reference into a new list).
+            g.bench_function("copy_10000", |b| {
+                b.iter(|| handle.load().instances.iter().cloned().collect::<Vec<_>>());
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, register, snapshot_read, snapshot_change);
 criterion_main!(benches);

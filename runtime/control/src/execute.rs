@@ -309,7 +309,7 @@ impl<S: Store + Clone> Executor<S> {
                 healthy: s.healthy_count(),
                 routable: s.routable_count(),
                 selected: s.selected().map(|i| i.id.clone()).collect(),
-                instances: s.instances.clone(),
+                instances: s.instances.iter().cloned().collect(),
                 stale_ms: self.stale_ms(),
                 service,
             }),

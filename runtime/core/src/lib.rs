@@ -46,6 +46,6 @@ pub use name::{
 };
 pub use revision::{Change, Event, Revision, StoreSnapshot};
 pub use scope::Scope;
-pub use snapshot::{ServiceSnapshot, SnapshotHandle};
+pub use snapshot::{InstanceSet, Instances, ServiceSnapshot, SnapshotHandle};
 pub use time::Millis;
 pub use validation::ValidationError;

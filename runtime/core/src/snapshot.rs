@@ -13,32 +13,114 @@
 
 use std::sync::Arc;
 
+use crate::{Instance, InstanceId, Revision, ServiceKey};
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
-use serde::Serialize;
 
-use crate::{Instance, Revision, ServiceKey};
+/// A service's instances as a snapshot holds them, sorted by id: a persistent ordered set,
+/// so a snapshot built after a change shares all but the changed paths with the one before.
+#[derive(Clone, Default)]
+pub struct Instances(imbl::OrdSet<ById>);
+
+impl Instances {
+    /// Every instance, sorted by id.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &Arc<Instance>> + '_ {
+        self.0.iter().map(|i| &i.0)
+    }
+
+    /// Number of instances.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The instance with id `id`.
+    #[must_use]
+    pub fn get(&self, id: &InstanceId) -> Option<&Arc<Instance>> {
+        self.0.get(id).map(|i| &i.0)
+    }
+
+    /// Puts `instance` in if it `belongs` here (replacing the one with its id), takes the
+    /// one with its id out if it does not.
+    fn place(&mut self, instance: Arc<Instance>, belongs: bool) {
+        if belongs {
+            self.0.insert(ById(instance));
+        } else {
+            self.0.remove(&instance.id);
+        }
+    }
+}
+
+impl std::fmt::Debug for Instances {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl FromIterator<Arc<Instance>> for Instances {
+    fn from_iter<T: IntoIterator<Item = Arc<Instance>>>(iter: T) -> Self {
+        Self(iter.into_iter().map(ById).collect())
+    }
+}
+
+/// An instance, ordered (and found) by its id.
+#[derive(Debug, Clone)]
+struct ById(Arc<Instance>);
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for ById {}
+
+impl PartialOrd for ById {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ById {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.id.cmp(&other.0.id)
+    }
+}
+
+impl std::borrow::Borrow<InstanceId> for ById {
+    fn borrow(&self) -> &InstanceId {
+        &self.0.id
+    }
+}
 
 /// One service's instances at one revision.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone)]
 pub struct ServiceSnapshot {
     /// The service.
     pub service: ServiceKey,
     /// The revision of the last change to the service (instances or spec).
     pub revision: Revision,
     /// Every instance, sorted by id.
-    pub instances: Vec<Arc<Instance>>,
+    pub instances: Instances,
     /// The threshold in force.
     pub protect_threshold: f32,
-    /// Indices into `instances` of those traffic may go to.
-    selected: Vec<u32>,
-    healthy: usize,
-    routable: usize,
+    /// The routable instances (enabled, weight > 0), sorted by id.
+    routable: Instances,
+    /// The routable instances that are healthy, sorted by id.
+    healthy: Instances,
     protection_active: bool,
 }
 
 impl ServiceSnapshot {
-    /// Builds a snapshot, applying the protection threshold.
+    /// Builds a snapshot of `instances` (one per id: a later one replaces an earlier one),
+    /// applying the protection threshold. O(n log n): a registry keeps an [`InstanceSet`] and
+    /// uses [`ServiceSnapshot::of`].
     #[must_use]
     pub fn build(
         service: ServiceKey,
@@ -46,36 +128,41 @@ impl ServiceSnapshot {
         instances: Vec<Arc<Instance>>,
         protect_threshold: f32,
     ) -> Self {
-        let index = |i: usize| u32::try_from(i).unwrap_or(u32::MAX);
-        let routable: Vec<u32> =
-            instances.iter().enumerate().filter(|(_, i)| i.is_routable()).map(|(n, _)| index(n)).collect();
-        let healthy: Vec<u32> = routable.iter().copied().filter(|&n| instances[n as usize].healthy).collect();
+        let mut set = InstanceSet::default();
+        for instance in instances {
+            set.upsert(instance);
+        }
+        Self::of(service, revision, &set, protect_threshold)
+    }
+
+    /// The snapshot of `set`, applying the protection threshold: O(1) in the number of
+    /// instances (the set's sets are shared, not copied).
+    #[must_use]
+    pub fn of(service: ServiceKey, revision: Revision, set: &InstanceSet, protect_threshold: f32) -> Self {
+        let (healthy, routable) = (set.healthy.len(), set.routable.len());
         #[allow(clippy::cast_precision_loss)] // instance counts are far below 2^24
-        let share = if routable.is_empty() { 1.0 } else { healthy.len() as f32 / routable.len() as f32 };
-        let protection_active = !routable.is_empty() && share < protect_threshold;
-        let (healthy_count, routable_count) = (healthy.len(), routable.len());
+        let share = if routable == 0 { 1.0 } else { healthy as f32 / routable as f32 };
         Self {
             service,
             revision,
-            instances,
+            instances: set.all.clone(),
             protect_threshold,
-            selected: if protection_active { routable } else { healthy },
-            healthy: healthy_count,
-            routable: routable_count,
-            protection_active,
+            routable: set.routable.clone(),
+            healthy: set.healthy.clone(),
+            protection_active: routable > 0 && share < protect_threshold,
         }
     }
 
     /// An empty snapshot (a service nobody registered yet, or that was emptied).
     #[must_use]
     pub fn empty(service: ServiceKey, revision: Revision) -> Self {
-        Self::build(service, revision, Vec::new(), 0.0)
+        Self::of(service, revision, &InstanceSet::default(), 0.0)
     }
 
     /// The instances traffic may go to: the healthy routable ones, or every routable one
     /// while protection is active.
     pub fn selected(&self) -> impl ExactSizeIterator<Item = &Arc<Instance>> + '_ {
-        self.selected.iter().map(|&n| &self.instances[n as usize])
+        if self.protection_active { self.routable.iter() } else { self.healthy.iter() }
     }
 
     /// Whether the healthy share fell below the threshold, so unhealthy instances are
@@ -88,13 +175,58 @@ impl ServiceSnapshot {
     /// Number of healthy routable instances.
     #[must_use]
     pub fn healthy_count(&self) -> usize {
-        self.healthy
+        self.healthy.len()
     }
 
     /// Number of routable (enabled, weight > 0) instances.
     #[must_use]
     pub fn routable_count(&self) -> usize {
-        self.routable
+        self.routable.len()
+    }
+}
+
+/// A service's instances, with the routable ones and the healthy routable ones kept beside
+/// them: what a registry changes as events arrive. A change to one instance costs O(log n)
+/// per set, and [`ServiceSnapshot::of`] shares the sets instead of copying them.
+#[derive(Debug, Clone, Default)]
+pub struct InstanceSet {
+    all: Instances,
+    routable: Instances,
+    healthy: Instances,
+}
+
+impl InstanceSet {
+    /// Adds `instance`, or replaces the one with its id.
+    pub fn upsert(&mut self, instance: Arc<Instance>) {
+        let routable = instance.is_routable();
+        let healthy = routable && instance.healthy;
+        self.routable.place(Arc::clone(&instance), routable);
+        self.healthy.place(Arc::clone(&instance), healthy);
+        self.all.place(instance, true);
+    }
+
+    /// Removes the instance with id `id`, if there is one.
+    pub fn remove(&mut self, id: &InstanceId) -> Option<Arc<Instance>> {
+        self.routable.0.remove(id);
+        self.healthy.0.remove(id);
+        self.all.0.remove(id).map(|i| i.0)
+    }
+
+    /// Number of instances.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.all.len()
+    }
+
+    /// Whether there are none.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.all.is_empty()
+    }
+
+    /// Every instance, sorted by id.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &Arc<Instance>> + '_ {
+        self.all.iter()
     }
 }
 
@@ -220,6 +352,56 @@ mod tests {
         assert!(s.protection_active());
         assert_eq!(s.routable_count(), 1);
         assert_eq!(s.selected().map(|i| i.port).collect::<Vec<_>>(), vec![1002]);
+    }
+
+    /// An instance set changed one instance at a time publishes what the O(n) build of the
+    /// same instances publishes, and a snapshot taken before a change keeps what it had.
+    #[test]
+    fn a_set_changed_in_place_matches_a_snapshot_built_whole() {
+        let svc = ServiceKey::parse("s").unwrap();
+        let mut set = InstanceSet::default();
+        let mut model: std::collections::BTreeMap<InstanceId, Arc<Instance>> = std::collections::BTreeMap::new();
+        let mut seed = 7u64;
+        let mut next = |n: u64| {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % n
+        };
+        let mut earlier: Option<(ServiceSnapshot, Vec<u16>)> = None;
+        for step in 0..3000 {
+            let port = 1000 + u16::try_from(next(400)).unwrap();
+            if next(4) == 0 {
+                let id = Instance::new(svc.clone(), "10.0.0.1".parse().unwrap(), port).id;
+                assert_eq!(set.remove(&id).map(|i| i.port), model.remove(&id).map(|i| i.port));
+            } else {
+                let mut i = Instance::new(svc.clone(), "10.0.0.1".parse().unwrap(), port);
+                i.healthy = next(3) != 0;
+                i.enabled = next(10) != 0;
+                i.weight = u32::try_from(next(3)).unwrap();
+                let i = Arc::new(i);
+                set.upsert(i.clone());
+                model.insert(i.id.clone(), i);
+            }
+            let threshold = [0.0, 0.5, 0.9][usize::try_from(step % 3).unwrap()];
+            let ours = ServiceSnapshot::of(svc.clone(), Revision(step), &set, threshold);
+            let whole =
+                ServiceSnapshot::build(svc.clone(), Revision(step), model.values().cloned().collect(), threshold);
+            let ports = |s: &ServiceSnapshot| s.instances.iter().map(|i| i.port).collect::<Vec<_>>();
+            let selected = |s: &ServiceSnapshot| s.selected().map(|i| i.port).collect::<Vec<_>>();
+            assert_eq!(ports(&ours), ports(&whole), "step {step}");
+            assert_eq!(selected(&ours), selected(&whole), "step {step}");
+            assert_eq!(
+                (ours.healthy_count(), ours.routable_count(), ours.protection_active()),
+                (whole.healthy_count(), whole.routable_count(), whole.protection_active()),
+                "step {step}"
+            );
+            assert_eq!(set.len(), model.len());
+            if let Some((before, ports_then)) = &earlier {
+                assert_eq!(&ports(before), ports_then, "a published snapshot never changes");
+            }
+            if step % 500 == 0 {
+                earlier = Some((ours.clone(), ports(&ours)));
+            }
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! A store's contents mirrored from its change stream, as the hot path wants them.
 //!
 //! [`RegistryView`] applies [`Event`]s from any store (embedded or etcd) in revision order,
-//! rebuilds the [`ServiceSnapshot`] of each service a batch touched ([`RegistryView::publish`])
+//! publishes a new [`ServiceSnapshot`] of each service a batch touched ([`RegistryView::publish`],
+//! O(1) in the service's size: the snapshot shares the instance lists the events changed)
 //! and keeps a history window, so that the many subscribers of one host resume from it
 //! rather than each opening a watch on the store.
 
@@ -10,15 +11,15 @@ use std::sync::Arc;
 
 use crate::engine::resume;
 use crate::history::History;
-use crate::snapshot::Directory;
+use crate::snapshot::{Directory, InstanceSet};
 use crate::{
-    Change, ConfigEntry, ConfigKey, Event, Instance, InstanceId, PluginName, PluginRecord, Record, RecordKey, Revision,
-    Scope, ServiceKey, ServiceSnapshot, ServiceSpec, StoreSnapshot,
+    Change, ConfigEntry, ConfigKey, Event, PluginName, PluginRecord, Record, RecordKey, Revision, Scope, ServiceKey,
+    ServiceSnapshot, ServiceSpec, StoreSnapshot,
 };
 
 #[derive(Debug, Default)]
 struct ServiceEntry {
-    instances: BTreeMap<InstanceId, Arc<Instance>>,
+    instances: InstanceSet,
     spec: Option<Arc<ServiceSpec>>,
     revision: Revision,
 }
@@ -98,7 +99,7 @@ impl RegistryView {
         match record {
             Record::Instance(i) => {
                 let entry = self.touch(&i.service, revision);
-                entry.instances.insert(i.id.clone(), i);
+                entry.instances.upsert(i);
             }
             Record::Service(s) => {
                 let key = s.service.clone();
@@ -148,16 +149,17 @@ impl RegistryView {
         self.history.reset(snapshot.revision);
     }
 
-    /// Rebuilds and publishes the snapshot of every service changed since the last call.
+    /// Publishes a new snapshot of every service changed since the last call (sharing its
+    /// instance lists: O(1) per service, whatever its size).
     /// Services left with no instances and no spec are forgotten (their handles see an empty
     /// snapshot).
     pub fn publish(&mut self) {
         for key in std::mem::take(&mut self.dirty) {
             let snapshot = match self.services.get(&key) {
-                Some(e) => ServiceSnapshot::build(
+                Some(e) => ServiceSnapshot::of(
                     key.clone(),
                     e.revision,
-                    e.instances.values().cloned().collect(),
+                    &e.instances,
                     e.spec.as_ref().map_or(0.0, |s| s.protect_threshold),
                 ),
                 None => ServiceSnapshot::empty(key.clone(), self.revision),
@@ -181,7 +183,7 @@ impl RegistryView {
         let mut records: Vec<Record> = Vec::new();
         for (_, e) in services {
             records.extend(e.spec.iter().cloned().map(Record::Service));
-            records.extend(e.instances.values().cloned().map(Record::Instance));
+            records.extend(e.instances.iter().cloned().map(Record::Instance));
         }
         records.extend(
             self.configs
@@ -259,6 +261,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::Instance;
     use crate::engine::{Engine, Op};
     use crate::{LeaseId, Millis};
 

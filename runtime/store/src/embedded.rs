@@ -16,10 +16,12 @@
 //! `Durability::Immediate` (fsync), so `kill -9` right after an acknowledgement loses nothing.
 //!
 //! **Group commit.** Durable writes (records that reach the disk, deletes, conditional
-//! writes) queue; one writer at a time leads a commit of everything queued, in one redb
-//! transaction and one fsync, and acknowledges each member after it. Writes that arrive while
-//! a commit is in flight wait for the next one, together: with many writers the disk sees one
-//! sync per group instead of one per write. A group holds one write per key (a second write
+//! writes) queue, each with the channel its answer goes back on; the write that finds no
+//! commit running starts one blocking task that commits everything queued, in one redb
+//! transaction and one fsync, answers each member after it, and goes on while writes keep
+//! arriving. Writes that arrive while a commit is in flight wait for the next one, together:
+//! with many writers the disk sees one sync per group instead of one per write, and a waiting
+//! writer holds no thread (its task sleeps on its answer; only it is woken by it). A group holds one write per key (a second write
 //! to a key goes to the group after, so each is validated against what the one before it
 //! left); a group the disk refuses is refused whole and changes nothing.
 
@@ -27,14 +29,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use sextant_core::engine::{Engine, Op, Persist, Prepared};
 use sextant_core::history::DEFAULT_CAPACITY;
 use sextant_core::model::sha256_hex;
 use sextant_core::store::{Store, StoreError, WatchStream};
 use sextant_core::{Event, LeaseId, Millis, Record, RecordKey, Revision, Scope, StoreSnapshot};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -135,31 +137,30 @@ struct Shared {
     group: Group,
 }
 
-/// What durable writers share: the writes waiting for the next group commit, the answers of
-/// the last ones, and whether a commit is being led.
+/// What durable writers share: the writes waiting for the next group commit, and whether a
+/// commit task is running.
 #[derive(Debug, Default)]
 struct Group {
     queue: Mutex<GroupQueue>,
-    /// Signalled when a group commit ends (its members' answers are in).
-    ended: Condvar,
 }
 
 #[derive(Debug, Default)]
 struct GroupQueue {
     waiting: Vec<Waiting>,
-    answers: std::collections::HashMap<u64, Result<Revision, StoreError>>,
-    next_ticket: u64,
     leading: bool,
     stats: CommitStats,
 }
 
+/// A durable write's answer: its revision once its commit is durable, or why it was refused.
+type Answer = Result<Revision, StoreError>;
+
 /// A durable write in the queue.
 #[derive(Debug)]
 struct Waiting {
-    ticket: u64,
     op: Op,
     /// For a conditional write: the revision its key must have been last written at.
     expect: Option<Option<Revision>>,
+    answer: oneshot::Sender<Answer>,
 }
 
 /// What the embedded store's group commit did since it opened.
@@ -429,62 +430,71 @@ impl Shared {
         op: Op,
         expect: Option<Option<Revision>>,
     ) -> Result<Revision, StoreError> {
-        let mut answers = self.commit_group(state, vec![Waiting { ticket: 0, op, expect }]);
-        answers.pop().map_or_else(|| Err(closed()), |(_, answer)| answer)
+        let (answer, mut answered) = oneshot::channel();
+        self.commit_group(state, vec![Waiting { op, expect, answer }]);
+        answered.try_recv().unwrap_or_else(|_| Err(closed()))
     }
 
-    /// Writes `op` durably in the next group commit, when `expect` is given only if its key
-    /// was last written at that revision (`Some(None)`: only if absent), checked when its
-    /// group is committed. Blocks until the commit that carries it is durable (or refused):
-    /// the writer that finds no commit being led leads one, of everything queued.
-    fn write_durable(&self, op: Op, expect: Option<Option<Revision>>) -> Result<Revision, StoreError> {
-        let mut queue = self.group.queue.lock();
-        let ticket = queue.next_ticket;
-        queue.next_ticket += 1;
-        queue.waiting.push(Waiting { ticket, op, expect });
+    /// Queues a durable write and waits for its answer: the write that finds no commit
+    /// running starts the task that leads them ([`Shared::lead_commits`]).
+    async fn write_durable(self: &Arc<Self>, op: Op, expect: Option<Option<Revision>>) -> Answer {
+        let (answer, answered) = oneshot::channel();
+        let lead = {
+            let mut queue = self.group.queue.lock();
+            queue.waiting.push(Waiting { op, expect, answer });
+            !std::mem::replace(&mut queue.leading, true)
+        };
+        if lead {
+            let this = Arc::clone(self);
+            // Its end is seen through the answers; a panic drops them (answered below).
+            drop(tokio::task::spawn_blocking(move || this.lead_commits()));
+        }
+        answered.await.unwrap_or_else(|_| Err(StoreError::Unavailable("the write's commit was interrupted".into())))
+    }
+
+    /// Commits what is queued, group after group, until nothing is: each group in as few
+    /// durable transactions as one write per key allows, with the state lock held.
+    fn lead_commits(&self) {
+        let leading = Leading(&self.group);
         loop {
-            if let Some(answer) = queue.answers.remove(&ticket) {
-                return answer;
-            }
-            if queue.leading {
-                self.group.ended.wait(&mut queue);
-                continue;
-            }
-            queue.leading = true;
-            let members = std::mem::take(&mut queue.waiting);
-            let tickets: Vec<u64> = members.iter().map(|w| w.ticket).collect();
-            drop(queue);
-            // Answers every member, even if the commit panicked (a bug): nobody waits forever.
-            let mut lead = Leading { group: &self.group, tickets, answers: Vec::new() };
-            lead.answers = self.commit_group(&mut self.state.lock(), members);
-            drop(lead);
-            queue = self.group.queue.lock();
+            let members = {
+                let mut queue = self.group.queue.lock();
+                if queue.waiting.is_empty() {
+                    queue.leading = false;
+                    std::mem::forget(leading);
+                    return;
+                }
+                std::mem::take(&mut queue.waiting)
+            };
+            self.commit_group(&mut self.state.lock(), members);
         }
     }
 
     /// Commits `members` in order, in as few durable transactions as one write per key per
-    /// transaction allows, with the state lock held; the answer of each, by ticket.
-    fn commit_group(&self, state: &mut State, members: Vec<Waiting>) -> Vec<(u64, Result<Revision, StoreError>)> {
-        let mut answers = Vec::with_capacity(members.len());
+    /// transaction allows, with the state lock held, and answers each.
+    fn commit_group(&self, state: &mut State, members: Vec<Waiting>) {
         let mut rest = members.into_iter().peekable();
         while rest.peek().is_some() {
             if self.resync.load(std::sync::atomic::Ordering::SeqCst)
                 && let Err(e) = self.resync_disk(state)
             {
-                answers.extend(rest.map(|w| (w.ticket, Err(StoreError::Unavailable(e.to_string())))));
+                for w in rest {
+                    let _ = w.answer.send(Err(StoreError::Unavailable(e.to_string())));
+                }
                 break;
             }
             let now = self.now();
             let mut keys = std::collections::HashSet::new();
-            let mut prepared: Vec<(u64, Prepared)> = Vec::new();
+            let mut prepared: Vec<(oneshot::Sender<Answer>, Prepared)> = Vec::new();
             while let Some(w) = rest.next_if(|w| !keys.contains(&w.op.key())) {
                 let key = w.op.key();
-                let answer = Self::check(state, &key, w.expect)
+                let checked = Self::check(state, &key, w.expect)
                     .and_then(|()| Ok(state.engine.prepare_in_group(now, w.op, prepared.len())?));
                 keys.insert(key);
-                match answer {
-                    Ok(p) => prepared.push((w.ticket, p)),
-                    Err(e) => answers.push((w.ticket, Err(e))),
+                match checked {
+                    Ok(p) => prepared.push((w.answer, p)),
+                    // A writer that stopped waiting is fine.
+                    Err(e) => drop(w.answer.send(Err(e))),
                 }
             }
             let ceiling = Self::ceiling_for(state, prepared.len());
@@ -499,19 +509,20 @@ impl Shared {
                         queue.stats.writes +=
                             prepared.iter().filter(|(_, p)| !matches!(p.persist(), Persist::Nothing)).count() as u64;
                     }
-                    for (ticket, p) in prepared {
+                    for (answer, p) in prepared {
                         let event = state.engine.commit(now, p);
-                        answers.push((ticket, Ok(event.revision)));
+                        let _ = answer.send(Ok(event.revision));
                         // No receivers is fine: nobody watches yet.
                         let _ = self.events.send(event);
                     }
                 }
                 Err(e) => {
-                    answers.extend(prepared.into_iter().map(|(t, _)| (t, Err(StoreError::Unavailable(e.to_string())))))
+                    for (answer, _) in prepared {
+                        let _ = answer.send(Err(StoreError::Unavailable(e.to_string())));
+                    }
                 }
             }
         }
-        answers
     }
 
     /// A conditional write's condition: `key` last written at `expect` (`Some(None)`: absent).
@@ -609,28 +620,16 @@ impl Shared {
         }
     }
 }
-
-/// The leader of a group commit: when it ends (or panics) its members get their answers
-/// (a missing one: unavailable) and the next writer may lead.
-struct Leading<'a> {
-    group: &'a Group,
-    tickets: Vec<u64>,
-    answers: Vec<(u64, Result<Revision, StoreError>)>,
-}
+/// Held by the task leading the commits; dropped only if a commit panicked (a bug): the
+/// writes still queued are answered (their channels dropped) and the next write leads again,
+/// so nobody waits forever.
+struct Leading<'a>(&'a Group);
 
 impl Drop for Leading<'_> {
     fn drop(&mut self) {
-        let mut queue = self.group.queue.lock();
-        queue.answers.extend(self.answers.drain(..));
-        for ticket in self.tickets.drain(..) {
-            queue
-                .answers
-                .entry(ticket)
-                .or_insert_with(|| Err(StoreError::Unavailable("the write's commit was interrupted".into())));
-        }
+        let mut queue = self.0.queue.lock();
         queue.leading = false;
-        drop(queue);
-        self.group.ended.notify_all();
+        queue.waiting.clear();
     }
 }
 
@@ -648,10 +647,7 @@ impl Store for EmbeddedStore {
     async fn put(&self, record: Record, lease: Option<LeaseId>) -> Result<Revision, StoreError> {
         let op = Op::Put { record, lease };
         if matches!(&op, Op::Put { record, .. } if record.is_durable()) {
-            let this = self.clone();
-            tokio::task::spawn_blocking(move || this.shared.write_durable(op, None))
-                .await
-                .map_err(|_| StoreError::Closed)?
+            self.shared.write_durable(op, None).await
         } else {
             // Ephemeral: memory only (plus a rare ceiling bump), no need to leave the thread.
             self.write(op)
@@ -664,18 +660,11 @@ impl Store for EmbeddedStore {
     }
 
     async fn put_if(&self, record: Record, expected: Option<Revision>) -> Result<Revision, StoreError> {
-        let this = self.clone();
-        let op = Op::Put { record, lease: None };
-        tokio::task::spawn_blocking(move || this.shared.write_durable(op, Some(expected)))
-            .await
-            .map_err(|_| StoreError::Closed)?
+        self.shared.write_durable(Op::Put { record, lease: None }, Some(expected)).await
     }
 
     async fn delete(&self, key: RecordKey) -> Result<Revision, StoreError> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.shared.write_durable(Op::Delete { key }, None))
-            .await
-            .map_err(|_| StoreError::Closed)?
+        self.shared.write_durable(Op::Delete { key }, None).await
     }
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {

@@ -384,6 +384,63 @@ fn weighted(service: &str, port: u16, weight: u32) -> Record {
     Record::Instance(Arc::new(i))
 }
 
+/// Group commit: a durable write waiting for its commit holds no thread. On a runtime whose
+/// blocking pool has two threads, one of them held in the commit's sync, 200 writes queue for
+/// the next commit (a writer that waited on a thread of its own would find none), and all of
+/// them are answered by one commit once the sync returns.
+#[test]
+fn waiting_durable_writes_hold_no_thread() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = DiskFaults::default();
+        // No lease reaping while the sync is held (its first round runs at once, then not for
+        // an hour): it would wait for the store's state, which the held commit keeps, on one of
+        // the two workers.
+        let options = EmbeddedOptions { reap_interval: Duration::from_secs(3600), ..EmbeddedOptions::default() };
+        let store = EmbeddedStore::open_on(dir.path(), options, disk.clone()).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        disk.hold_syncs();
+        let in_flight = tokio::spawn({
+            let store = store.clone();
+            async move { store.put(instance("shop/web/orders", 1, false), None).await }
+        });
+        let waited = std::time::Instant::now();
+        while disk.syncs_waiting() == 0 {
+            assert!(waited.elapsed() < Duration::from_secs(60), "the first commit never reached its sync");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let before = store.commit_stats();
+        let queued: Vec<_> = (1000..1200)
+            .map(|port| {
+                let store = store.clone();
+                tokio::spawn(async move { store.put(instance("shop/web/orders", port, false), None).await })
+            })
+            .collect();
+        while store.writes_waiting() < queued.len() && waited.elapsed() < Duration::from_secs(60) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let waiting = store.writes_waiting();
+        // Released before asserting, so a failure ends the test instead of holding its threads.
+        disk.release_syncs();
+        assert_eq!(waiting, queued.len(), "writes queued behind the held commit");
+        in_flight.await.unwrap().expect("the write in flight");
+        for task in queued {
+            task.await.unwrap().expect("a queued write");
+        }
+        let stats = store.commit_stats();
+        // The held commit, then one for the 200 writes queued behind it.
+        assert_eq!((stats.commits - before.commits, stats.writes - before.writes), (2, 201), "{before:?} -> {stats:?}");
+        drop(store);
+        assert_eq!(instance_ports(&open(dir.path())).await.len(), 201, "every acknowledged write, after a reopen");
+    });
+}
+
 /// Group commit: durable writes that arrive while a commit is in flight (its sync held back
 /// here) share the next commit, one transaction and one sync, and each gets its own answer:
 /// a revision of its own, a conflict for a stale condition, a not-found for a delete of
