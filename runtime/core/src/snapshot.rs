@@ -139,7 +139,7 @@ impl ServiceSnapshot {
     /// instances (the set's sets are shared, not copied).
     #[must_use]
     pub fn of(service: ServiceKey, revision: Revision, set: &InstanceSet, protect_threshold: f32) -> Self {
-        let (healthy, routable) = (set.healthy.len(), set.routable.len());
+        let (healthy, routable) = (set.healthy().len(), set.routable().len());
         #[allow(clippy::cast_precision_loss)] // instance counts are far below 2^24
         let share = if routable == 0 { 1.0 } else { healthy as f32 / routable as f32 };
         Self {
@@ -147,8 +147,8 @@ impl ServiceSnapshot {
             revision,
             instances: set.all.clone(),
             protect_threshold,
-            routable: set.routable.clone(),
-            healthy: set.healthy.clone(),
+            routable: set.routable().clone(),
+            healthy: set.healthy().clone(),
             protection_active: routable > 0 && share < protect_threshold,
         }
     }
@@ -187,29 +187,55 @@ impl ServiceSnapshot {
 
 /// A service's instances, with the routable ones and the healthy routable ones kept beside
 /// them: what a registry changes as events arrive. A change to one instance costs O(log n)
-/// per set, and [`ServiceSnapshot::of`] shares the sets instead of copying them.
+/// per set, and [`ServiceSnapshot::of`] shares the sets instead of copying them. While every
+/// instance is routable and healthy (the usual case) only one set is kept; the others are
+/// made (once, O(n)) when the first instance that is not arrives, and kept from then on.
 #[derive(Debug, Clone, Default)]
 pub struct InstanceSet {
     all: Instances,
-    routable: Instances,
-    healthy: Instances,
+    /// The routable instances; `None` while every instance is.
+    routable: Option<Instances>,
+    /// The healthy routable instances; `None` while every routable instance is healthy.
+    healthy: Option<Instances>,
 }
 
 impl InstanceSet {
     /// Adds `instance`, or replaces the one with its id.
     pub fn upsert(&mut self, instance: Arc<Instance>) {
         let routable = instance.is_routable();
-        let healthy = routable && instance.healthy;
-        self.routable.place(Arc::clone(&instance), routable);
-        self.healthy.place(Arc::clone(&instance), healthy);
-        self.all.place(instance, true);
+        let healthy = instance.healthy;
+        self.all.place(Arc::clone(&instance), true);
+        match &mut self.routable {
+            Some(set) => set.place(Arc::clone(&instance), routable),
+            None if !routable => self.routable = Some(self.all.iter().filter(|i| i.is_routable()).cloned().collect()),
+            None => {}
+        }
+        match &mut self.healthy {
+            Some(set) => set.place(instance, routable && healthy),
+            // Not routable: out of the routable set, so out of the healthy one it stands for.
+            None if routable && !healthy => {
+                self.healthy = Some(self.routable().iter().filter(|i| i.healthy).cloned().collect());
+            }
+            None => {}
+        }
     }
 
     /// Removes the instance with id `id`, if there is one.
     pub fn remove(&mut self, id: &InstanceId) -> Option<Arc<Instance>> {
-        self.routable.0.remove(id);
-        self.healthy.0.remove(id);
+        for set in [&mut self.routable, &mut self.healthy].into_iter().flatten() {
+            set.0.remove(id);
+        }
         self.all.0.remove(id).map(|i| i.0)
+    }
+
+    /// The routable instances.
+    fn routable(&self) -> &Instances {
+        self.routable.as_ref().unwrap_or(&self.all)
+    }
+
+    /// The healthy routable instances.
+    fn healthy(&self) -> &Instances {
+        self.healthy.as_ref().unwrap_or_else(|| self.routable())
     }
 
     /// Number of instances.
@@ -354,10 +380,13 @@ mod tests {
         assert_eq!(s.selected().map(|i| i.port).collect::<Vec<_>>(), vec![1002]);
     }
 
-    /// An instance set changed one instance at a time publishes what the O(n) build of the
-    /// same instances publishes, and a snapshot taken before a change keeps what it had.
+    /// An instance set changed one instance at a time publishes what the rule says, worked
+    /// out whole from a plain map of the same instances: first with every instance routable
+    /// and healthy (one set kept), then with unhealthy ones arriving (the healthy set made),
+    /// then with disabled and zero-weight ones too (the routable set made). A snapshot taken
+    /// before a change keeps what it had.
     #[test]
-    fn a_set_changed_in_place_matches_a_snapshot_built_whole() {
+    fn a_set_changed_in_place_publishes_what_the_whole_rule_says() {
         let svc = ServiceKey::parse("s").unwrap();
         let mut set = InstanceSet::default();
         let mut model: std::collections::BTreeMap<InstanceId, Arc<Instance>> = std::collections::BTreeMap::new();
@@ -367,41 +396,44 @@ mod tests {
             (seed >> 33) % n
         };
         let mut earlier: Option<(ServiceSnapshot, Vec<u16>)> = None;
-        for step in 0..3000 {
+        let ports = |list: &mut dyn Iterator<Item = &Arc<Instance>>| list.map(|i| i.port).collect::<Vec<_>>();
+        for step in 0..3000u64 {
             let port = 1000 + u16::try_from(next(400)).unwrap();
             if next(4) == 0 {
                 let id = Instance::new(svc.clone(), "10.0.0.1".parse().unwrap(), port).id;
                 assert_eq!(set.remove(&id).map(|i| i.port), model.remove(&id).map(|i| i.port));
             } else {
                 let mut i = Instance::new(svc.clone(), "10.0.0.1".parse().unwrap(), port);
-                i.healthy = next(3) != 0;
-                i.enabled = next(10) != 0;
-                i.weight = u32::try_from(next(3)).unwrap();
+                i.healthy = step < 1000 || next(3) != 0;
+                i.enabled = step < 2000 || next(10) != 0;
+                i.weight = if step < 2000 { 1 } else { u32::try_from(next(3)).unwrap() };
                 let i = Arc::new(i);
                 set.upsert(i.clone());
                 model.insert(i.id.clone(), i);
             }
             let threshold = [0.0, 0.5, 0.9][usize::try_from(step % 3).unwrap()];
             let ours = ServiceSnapshot::of(svc.clone(), Revision(step), &set, threshold);
-            let whole =
-                ServiceSnapshot::build(svc.clone(), Revision(step), model.values().cloned().collect(), threshold);
-            let ports = |s: &ServiceSnapshot| s.instances.iter().map(|i| i.port).collect::<Vec<_>>();
-            let selected = |s: &ServiceSnapshot| s.selected().map(|i| i.port).collect::<Vec<_>>();
-            assert_eq!(ports(&ours), ports(&whole), "step {step}");
-            assert_eq!(selected(&ours), selected(&whole), "step {step}");
+            let routable: Vec<&Arc<Instance>> = model.values().filter(|i| i.is_routable()).collect();
+            let healthy: Vec<&Arc<Instance>> = routable.iter().copied().filter(|i| i.healthy).collect();
+            #[allow(clippy::cast_precision_loss)]
+            let protection = !routable.is_empty() && (healthy.len() as f32 / routable.len() as f32) < threshold;
+            let selected = if protection { &routable } else { &healthy };
+            assert_eq!(ports(&mut ours.instances.iter()), ports(&mut model.values()), "step {step}");
+            assert_eq!(ports(&mut ours.selected()), ports(&mut selected.iter().copied()), "step {step}");
             assert_eq!(
                 (ours.healthy_count(), ours.routable_count(), ours.protection_active()),
-                (whole.healthy_count(), whole.routable_count(), whole.protection_active()),
+                (healthy.len(), routable.len(), protection),
                 "step {step}"
             );
             assert_eq!(set.len(), model.len());
-            if let Some((before, ports_then)) = &earlier {
-                assert_eq!(&ports(before), ports_then, "a published snapshot never changes");
+            if let Some((before, then)) = &earlier {
+                assert_eq!(&ports(&mut before.instances.iter()), then, "a published snapshot never changes");
             }
             if step % 500 == 0 {
-                earlier = Some((ours.clone(), ports(&ours)));
+                earlier = Some((ours.clone(), ports(&mut ours.instances.iter())));
             }
         }
+        assert!(set.routable.is_some() && set.healthy.is_some(), "both kept sets were made");
     }
 
     #[test]
