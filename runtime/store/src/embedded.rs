@@ -21,22 +21,24 @@
 //! transaction and one fsync, answers each member after it, and goes on while writes keep
 //! arriving. Writes that arrive while a commit is in flight wait for the next one, together:
 //! with many writers the disk sees one sync per group instead of one per write, and a waiting
-//! writer holds no thread (its task sleeps on its answer; only it is woken by it). A group holds one write per key (a second write
-//! to a key goes to the group after, so each is validated against what the one before it
-//! left); a group the disk refuses is refused whole and changes nothing.
+//! writer holds no thread (its task sleeps on its answer; only it is woken by it). A group
+//! holds one write per key (a second write to a key goes to the group after, so each is
+//! validated against what the one before it left); a group the disk refuses is refused whole
+//! and changes nothing. The state is let go while a group syncs: reads and lease upkeep go on,
+//! and what takes a revision waits for the group to be applied (see `Shared::commit_group`).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use sextant_core::engine::{Engine, Op, Persist, Prepared};
 use sextant_core::history::DEFAULT_CAPACITY;
 use sextant_core::model::sha256_hex;
 use sextant_core::store::{Store, StoreError, WatchStream};
 use sextant_core::{Event, LeaseId, Millis, Record, RecordKey, Revision, Scope, StoreSnapshot};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -135,6 +137,12 @@ struct Shared {
     origin: Instant,
     /// Durable writes waiting for their group commit.
     group: Group,
+    /// Set (with the state held) while a group's transaction is being synced with the state
+    /// let go: its writes have revisions but are not applied yet, so nothing else may take a
+    /// revision until it is cleared (with the state held again).
+    committing: std::sync::atomic::AtomicBool,
+    /// Told when `committing` is cleared.
+    committed: Notify,
 }
 
 /// What durable writers share: the writes waiting for the next group commit, and whether a
@@ -254,6 +262,8 @@ impl EmbeddedStore {
             events,
             origin: Instant::now(),
             group: Group::default(),
+            committing: std::sync::atomic::AtomicBool::new(false),
+            committed: Notify::new(),
         });
         tokio::spawn(reap(Arc::downgrade(&shared), options.reap_interval));
         Ok(Self { shared })
@@ -295,11 +305,6 @@ impl EmbeddedStore {
     #[must_use]
     pub fn writes_waiting(&self) -> usize {
         self.shared.group.queue.lock().waiting.len()
-    }
-
-    /// Applies an ephemeral `op` at once (memory, and a rare ceiling bump).
-    fn write(&self, op: Op) -> Result<Revision, StoreError> {
-        self.shared.write(op)
     }
 }
 
@@ -381,9 +386,19 @@ impl Shared {
         (needed > state.ceiling).then_some(needed + REVISION_BLOCK)
     }
 
-    fn write(&self, op: Op) -> Result<Revision, StoreError> {
+    /// Applies `op` at once, with the state held throughout (an ephemeral write: memory, and
+    /// a rare ceiling bump); gives it back while a group commit is syncing, so it waits for
+    /// its turn without holding a thread ([`Shared::write_durable`]).
+    fn try_write(&self, op: Op) -> Result<Result<Revision, StoreError>, Op> {
         let mut state = self.state.lock();
-        self.write_locked(&mut state, op, None)
+        if self.is_committing() {
+            return Err(op);
+        }
+        Ok(self.write_locked(&mut state, op, None))
+    }
+
+    fn is_committing(&self) -> bool {
+        self.committing.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Runs `f` on the database. A database that failed a write (a full disk, an I/O error:
@@ -423,15 +438,15 @@ impl Shared {
         Ok(RwLockWriteGuard::downgrade(slot))
     }
 
-    /// Writes `op` alone, with the state lock held.
+    /// Writes `op` alone, with the state lock held throughout.
     fn write_locked(
         &self,
-        state: &mut State,
+        state: &mut MutexGuard<'_, State>,
         op: Op,
         expect: Option<Option<Revision>>,
     ) -> Result<Revision, StoreError> {
         let (answer, mut answered) = oneshot::channel();
-        self.commit_group(state, vec![Waiting { op, expect, answer }]);
+        self.commit_group(state, vec![Waiting { op, expect, answer }], false);
         answered.try_recv().unwrap_or_else(|_| Err(closed()))
     }
 
@@ -453,9 +468,9 @@ impl Shared {
     }
 
     /// Commits what is queued, group after group, until nothing is: each group in as few
-    /// durable transactions as one write per key allows, with the state lock held.
+    /// durable transactions as one write per key allows, the state let go while each syncs.
     fn lead_commits(&self) {
-        let leading = Leading(&self.group);
+        let leading = Leading(self);
         loop {
             let members = {
                 let mut queue = self.group.queue.lock();
@@ -466,13 +481,15 @@ impl Shared {
                 }
                 std::mem::take(&mut queue.waiting)
             };
-            self.commit_group(&mut self.state.lock(), members);
+            self.commit_group(&mut self.state.lock(), members, true);
         }
     }
 
     /// Commits `members` in order, in as few durable transactions as one write per key per
-    /// transaction allows, with the state lock held, and answers each.
-    fn commit_group(&self, state: &mut State, members: Vec<Waiting>) {
+    /// transaction allows, and answers each. The state is held but while a transaction syncs
+    /// when `let_go` (then `committing` is set: reads, lease keepalives and grants go on; a
+    /// write, an expiry or a revocation waits until the group is applied).
+    fn commit_group(&self, state: &mut MutexGuard<'_, State>, members: Vec<Waiting>, let_go: bool) {
         let mut rest = members.into_iter().peekable();
         while rest.peek().is_some() {
             if self.resync.load(std::sync::atomic::Ordering::SeqCst)
@@ -498,7 +515,14 @@ impl Shared {
                 }
             }
             let ceiling = Self::ceiling_for(state, prepared.len());
-            match self.with_db(|db| write_txn(db, prepared.iter().map(|(_, p)| p.persist()), ceiling)) {
+            let sync = || self.with_db(|db| write_txn(db, prepared.iter().map(|(_, p)| p.persist()), ceiling));
+            let written = if let_go {
+                self.committing.store(true, std::sync::atomic::Ordering::SeqCst);
+                MutexGuard::unlocked(state, sync)
+            } else {
+                sync()
+            };
+            match written {
                 Ok(wrote) => {
                     if let Some(c) = ceiling {
                         state.ceiling = c;
@@ -522,7 +546,16 @@ impl Shared {
                     }
                 }
             }
+            if let_go {
+                self.end_committing();
+            }
         }
+    }
+
+    /// Clears `committing` and tells whoever waits for it.
+    fn end_committing(&self) {
+        self.committing.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.committed.notify_waiters();
     }
 
     /// A conditional write's condition: `key` last written at `expect` (`Some(None)`: absent).
@@ -604,6 +637,10 @@ impl Shared {
 
     fn expire(&self) {
         let mut state = self.state.lock();
+        if self.is_committing() {
+            // Next round: expiring takes revisions, and a syncing group holds the next ones.
+            return;
+        }
         let now = self.now();
         if state.engine.next_deadline().is_none_or(|d| d > now) {
             return;
@@ -623,13 +660,15 @@ impl Shared {
 /// Held by the task leading the commits; dropped only if a commit panicked (a bug): the
 /// writes still queued are answered (their channels dropped) and the next write leads again,
 /// so nobody waits forever.
-struct Leading<'a>(&'a Group);
+struct Leading<'a>(&'a Shared);
 
 impl Drop for Leading<'_> {
     fn drop(&mut self) {
-        let mut queue = self.0.queue.lock();
+        let mut queue = self.0.group.queue.lock();
         queue.leading = false;
         queue.waiting.clear();
+        drop(queue);
+        self.0.end_committing();
     }
 }
 
@@ -649,8 +688,12 @@ impl Store for EmbeddedStore {
         if matches!(&op, Op::Put { record, .. } if record.is_durable()) {
             self.shared.write_durable(op, None).await
         } else {
-            // Ephemeral: memory only (plus a rare ceiling bump), no need to leave the thread.
-            self.write(op)
+            // Ephemeral: memory only (plus a rare ceiling bump), no need to leave the thread,
+            // unless a group commit is syncing.
+            match self.shared.try_write(op) {
+                Ok(answer) => answer,
+                Err(op) => self.shared.write_durable(op, None).await,
+            }
         }
     }
 
@@ -686,10 +729,21 @@ impl Store for EmbeddedStore {
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<Revision, StoreError> {
-        let mut state = self.shared.state.lock();
-        let attached = state.engine.lease_key_count(lease)?;
-        // Ephemeral records only: no record IO, at most a ceiling bump.
-        self.shared.remove_leased(&mut state, attached, |e| e.revoke_lease(lease).unwrap_or_default())
+        loop {
+            // Made before looking, so the end of a commit after the look is not missed.
+            let committed = self.shared.committed.notified();
+            {
+                let mut state = self.shared.state.lock();
+                if !self.shared.is_committing() {
+                    let attached = state.engine.lease_key_count(lease)?;
+                    // Ephemeral records only: no record IO, at most a ceiling bump.
+                    return self
+                        .shared
+                        .remove_leased(&mut state, attached, |e| e.revoke_lease(lease).unwrap_or_default());
+                }
+            }
+            committed.await;
+        }
     }
 
     async fn list(&self, scope: Scope) -> Result<StoreSnapshot, StoreError> {

@@ -384,6 +384,81 @@ fn weighted(service: &str, port: u16, weight: u32) -> Record {
     Record::Instance(Arc::new(i))
 }
 
+/// A group commit lets the store's state go while it syncs: reads, lease grants and
+/// keepalives are answered while a sync is held (they used to wait for it, each holding one of
+/// the runtime's workers), and what takes a revision (an ephemeral registration, a lease
+/// revocation) waits for the group without holding a thread, then comes after it.
+#[test]
+fn a_syncing_commit_holds_up_no_reader_and_no_thread() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DiskFaults::default();
+    // Lease reaping's first round runs at once, then not for an hour.
+    let options = EmbeddedOptions { reap_interval: Duration::from_secs(3600), ..EmbeddedOptions::default() };
+    let store = runtime.block_on(async { EmbeddedStore::open_on(dir.path(), options, disk.clone()) }).unwrap();
+    let (lease, doomed) = runtime.block_on(async {
+        let lease = store.grant_lease(Duration::from_secs(600)).await.unwrap();
+        let doomed = store.grant_lease(Duration::from_secs(600)).await.unwrap();
+        store.put(instance("shop/web/orders", 1, true), Some(lease)).await.unwrap();
+        store.put(instance("shop/web/orders", 9, true), Some(doomed)).await.unwrap();
+        (lease, doomed)
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let waited = std::time::Instant::now();
+    let until = |done: &dyn Fn() -> bool| {
+        while !done() && waited.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        done()
+    };
+
+    disk.hold_syncs();
+    let held = runtime.spawn({
+        let store = store.clone();
+        async move { store.put(instance("shop/web/orders", 2, false), None).await }
+    });
+    let syncing = until(&|| disk.syncs_waiting() == 1);
+    let reads: Vec<_> = (0..8)
+        .map(|n| {
+            let store = store.clone();
+            runtime.spawn(async move {
+                match n % 4 {
+                    0 => store.get(instance("shop/web/orders", 1, true).key()).await.map(|_| ()),
+                    1 => store.keepalive(lease).await.map(|_| ()),
+                    2 => store.grant_lease(Duration::from_secs(60)).await.map(|_| ()),
+                    _ => store.list(Scope::All).await.map(|_| ()),
+                }
+            })
+        })
+        .collect();
+    let ephemeral = runtime.spawn({
+        let store = store.clone();
+        async move { store.put(instance("shop/web/orders", 3, true), Some(lease)).await }
+    });
+    let revoked = runtime.spawn({
+        let store = store.clone();
+        async move { store.revoke_lease(doomed).await }
+    });
+    let answered = until(&|| reads.iter().all(tokio::task::JoinHandle::is_finished));
+    let waiting = [held.is_finished(), ephemeral.is_finished(), revoked.is_finished()];
+    // Released before asserting, so a failure ends the test instead of holding its threads.
+    disk.release_syncs();
+    assert!(syncing, "the first commit never reached its sync");
+    assert!(answered, "reads, keepalives and grants are answered while a commit syncs");
+    assert_eq!(waiting, [false; 3], "the write syncing, then what takes a revision after it, wait");
+
+    runtime.block_on(async {
+        for read in reads {
+            read.await.unwrap().expect("a read or lease upkeep");
+        }
+        let first = held.await.unwrap().expect("the held write");
+        let after = ephemeral.await.unwrap().expect("the ephemeral registration");
+        let revocation = revoked.await.unwrap().expect("the revocation");
+        assert!(after > first && revocation > first, "{first} then {after} and {revocation}");
+        assert!(store.get(instance("shop/web/orders", 9, true).key()).await.unwrap().is_none(), "revoked");
+    });
+}
+
 /// Group commit: a durable write waiting for its commit holds no thread. On a runtime whose
 /// blocking pool has two threads, one of them held in the commit's sync, 200 writes queue for
 /// the next commit (a writer that waited on a thread of its own would find none), and all of
