@@ -38,7 +38,7 @@ use sextant_core::history::DEFAULT_CAPACITY;
 use sextant_core::model::sha256_hex;
 use sextant_core::store::{Store, StoreError, WatchStream};
 use sextant_core::{Event, LeaseId, Millis, Record, RecordKey, Revision, Scope, StoreSnapshot};
-use tokio::sync::{Notify, broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -135,14 +135,12 @@ struct Shared {
     path: PathBuf,
     events: broadcast::Sender<Event>,
     origin: Instant,
-    /// Durable writes waiting for their group commit.
+    /// Durable writes (and what waits for a syncing group) queued for the next group commit.
     group: Group,
     /// Set (with the state held) while a group's transaction is being synced with the state
     /// let go: its writes have revisions but are not applied yet, so nothing else may take a
     /// revision until it is cleared (with the state held again).
     committing: std::sync::atomic::AtomicBool,
-    /// Told when `committing` is cleared.
-    committed: Notify,
 }
 
 /// What durable writers share: the writes waiting for the next group commit, and whether a
@@ -162,13 +160,32 @@ struct GroupQueue {
 /// A durable write's answer: its revision once its commit is durable, or why it was refused.
 type Answer = Result<Revision, StoreError>;
 
-/// A durable write in the queue.
+/// Work in the queue, and where its answer goes.
 #[derive(Debug)]
 struct Waiting {
-    op: Op,
-    /// For a conditional write: the revision its key must have been last written at.
-    expect: Option<Option<Revision>>,
+    work: Work,
     answer: oneshot::Sender<Answer>,
+}
+
+/// What a queued member asks for.
+#[derive(Debug)]
+enum Work {
+    /// A write; conditional when `expect` is given (the revision its key must have been last
+    /// written at; `Some(None)`: absent).
+    Write { op: Op, expect: Option<Option<Revision>> },
+    /// A lease's revocation (its instances are ephemeral: no record IO). It takes revisions,
+    /// so while a group syncs it queues like a write, and is applied in its place.
+    Revoke(LeaseId),
+}
+
+impl Waiting {
+    /// The key a write writes (a revocation has none).
+    fn key(&self) -> Option<RecordKey> {
+        match &self.work {
+            Work::Write { op, .. } => Some(op.key()),
+            Work::Revoke(_) => None,
+        }
+    }
 }
 
 /// What the embedded store's group commit did since it opened.
@@ -263,7 +280,6 @@ impl EmbeddedStore {
             origin: Instant::now(),
             group: Group::default(),
             committing: std::sync::atomic::AtomicBool::new(false),
-            committed: Notify::new(),
         });
         tokio::spawn(reap(Arc::downgrade(&shared), options.reap_interval));
         Ok(Self { shared })
@@ -386,15 +402,20 @@ impl Shared {
         (needed > state.ceiling).then_some(needed + REVISION_BLOCK)
     }
 
-    /// Applies `op` at once, with the state held throughout (an ephemeral write: memory, and
-    /// a rare ceiling bump); gives it back while a group commit is syncing, so it waits for
-    /// its turn without holding a thread ([`Shared::write_durable`]).
-    fn try_write(&self, op: Op) -> Result<Result<Revision, StoreError>, Op> {
-        let mut state = self.state.lock();
-        if self.is_committing() {
-            return Err(op);
-        }
-        Ok(self.write_locked(&mut state, op, None))
+    /// Does `work` at once, with the state held throughout (an ephemeral write or a lease
+    /// revocation: memory, and a rare ceiling bump); while a group commit is syncing it queues
+    /// instead, and waits for its turn without holding a thread ([`Shared::queue`]).
+    async fn now_or_queued(self: &Arc<Self>, work: Work) -> Answer {
+        let work = {
+            let mut state = self.state.lock();
+            if !self.is_committing() {
+                let (answer, mut answered) = oneshot::channel();
+                self.commit_group(&mut state, vec![Waiting { work, answer }], false);
+                return answered.try_recv().unwrap_or_else(|_| Err(closed()));
+            }
+            work
+        };
+        self.queue(work).await
     }
 
     fn is_committing(&self) -> bool {
@@ -438,25 +459,14 @@ impl Shared {
         Ok(RwLockWriteGuard::downgrade(slot))
     }
 
-    /// Writes `op` alone, with the state lock held throughout.
-    fn write_locked(
-        &self,
-        state: &mut MutexGuard<'_, State>,
-        op: Op,
-        expect: Option<Option<Revision>>,
-    ) -> Result<Revision, StoreError> {
-        let (answer, mut answered) = oneshot::channel();
-        self.commit_group(state, vec![Waiting { op, expect, answer }], false);
-        answered.try_recv().unwrap_or_else(|_| Err(closed()))
-    }
-
-    /// Queues a durable write and waits for its answer: the write that finds no commit
-    /// running starts the task that leads them ([`Shared::lead_commits`]).
-    async fn write_durable(self: &Arc<Self>, op: Op, expect: Option<Option<Revision>>) -> Answer {
+    /// Queues `work` (a durable write, or what waits for a syncing group) and waits for its
+    /// answer: the member that finds no commit running starts the task that leads them
+    /// ([`Shared::lead_commits`]).
+    async fn queue(self: &Arc<Self>, work: Work) -> Answer {
         let (answer, answered) = oneshot::channel();
         let lead = {
             let mut queue = self.group.queue.lock();
-            queue.waiting.push(Waiting { op, expect, answer });
+            queue.waiting.push(Waiting { work, answer });
             !std::mem::replace(&mut queue.leading, true)
         };
         if lead {
@@ -481,14 +491,18 @@ impl Shared {
                 }
                 std::mem::take(&mut queue.waiting)
             };
-            self.commit_group(&mut self.state.lock(), members, true);
+            let mut state = self.state.lock();
+            self.commit_group(&mut state, members, true);
+            // An expiry round the reaper put off while groups were syncing, if one is due.
+            self.expire_locked(&mut state);
         }
     }
 
-    /// Commits `members` in order, in as few durable transactions as one write per key per
-    /// transaction allows, and answers each. The state is held but while a transaction syncs
-    /// when `let_go` (then `committing` is set: reads, lease keepalives and grants go on; a
-    /// write, an expiry or a revocation waits until the group is applied).
+    /// Does `members` in order, the writes in as few durable transactions as one write per
+    /// key per transaction allows (a revocation ends a transaction's writes and is applied in
+    /// its place), and answers each. The state is held but while a transaction syncs when
+    /// `let_go` (then `committing` is set: reads, lease keepalives and grants go on; what takes
+    /// a revision queues, or, for an expiry round, is put off, until the group is applied).
     fn commit_group(&self, state: &mut MutexGuard<'_, State>, members: Vec<Waiting>, let_go: bool) {
         let mut rest = members.into_iter().peekable();
         while rest.peek().is_some() {
@@ -500,13 +514,24 @@ impl Shared {
                 }
                 break;
             }
+            if let Some(Waiting { work: Work::Revoke(lease), .. }) = rest.peek() {
+                let lease = *lease;
+                let Some(w) = rest.next() else { break };
+                let revoked = state.engine.lease_key_count(lease).map_err(StoreError::from).and_then(|attached| {
+                    self.remove_leased(state, attached, |e| e.revoke_lease(lease).unwrap_or_default())
+                });
+                let _ = w.answer.send(revoked);
+                continue;
+            }
             let now = self.now();
             let mut keys = std::collections::HashSet::new();
             let mut prepared: Vec<(oneshot::Sender<Answer>, Prepared)> = Vec::new();
-            while let Some(w) = rest.next_if(|w| !keys.contains(&w.op.key())) {
-                let key = w.op.key();
-                let checked = Self::check(state, &key, w.expect)
-                    .and_then(|()| Ok(state.engine.prepare_in_group(now, w.op, prepared.len())?));
+            // Writes, up to the first revocation or the second write of a key.
+            while let Some(w) = rest.next_if(|w| w.key().is_some_and(|k| !keys.contains(&k))) {
+                let Work::Write { op, expect } = w.work else { unreachable!("next_if took a write") };
+                let key = op.key();
+                let checked = Self::check(state, &key, expect)
+                    .and_then(|()| Ok(state.engine.prepare_in_group(now, op, prepared.len())?));
                 keys.insert(key);
                 match checked {
                     Ok(p) => prepared.push((w.answer, p)),
@@ -552,10 +577,9 @@ impl Shared {
         }
     }
 
-    /// Clears `committing` and tells whoever waits for it.
+    /// Clears `committing`: revisions may be taken again.
     fn end_committing(&self) {
         self.committing.store(false, std::sync::atomic::Ordering::SeqCst);
-        self.committed.notify_waiters();
     }
 
     /// A conditional write's condition: `key` last written at `expect` (`Some(None)`: absent).
@@ -635,19 +659,25 @@ impl Shared {
         Ok(state.engine.revision())
     }
 
+    /// The reaper's round: put off while a group syncs (expiring takes revisions, and the
+    /// syncing group holds the next ones); the task leading the commits runs it after each
+    /// group then, so expiry keeps up under a steady stream of durable writes.
     fn expire(&self) {
         let mut state = self.state.lock();
-        if self.is_committing() {
-            // Next round: expiring takes revisions, and a syncing group holds the next ones.
-            return;
+        if !self.is_committing() {
+            self.expire_locked(&mut state);
         }
+    }
+
+    /// Removes the instances of the leases past their deadline, if any are.
+    fn expire_locked(&self, state: &mut State) {
         let now = self.now();
         if state.engine.next_deadline().is_none_or(|d| d > now) {
             return;
         }
         let due = state.engine.due_removals(now);
         let before = state.engine.lease_count();
-        match self.remove_leased(&mut state, due, |e| e.expire(now)) {
+        match self.remove_leased(state, due, |e| e.expire(now)) {
             Ok(_) => {
                 let expired = before - state.engine.lease_count();
                 state.leases_expired += expired as u64;
@@ -657,6 +687,7 @@ impl Shared {
         }
     }
 }
+
 /// Held by the task leading the commits; dropped only if a commit panicked (a bug): the
 /// writes still queued are answered (their channels dropped) and the next write leads again,
 /// so nobody waits forever.
@@ -686,14 +717,11 @@ impl Store for EmbeddedStore {
     async fn put(&self, record: Record, lease: Option<LeaseId>) -> Result<Revision, StoreError> {
         let op = Op::Put { record, lease };
         if matches!(&op, Op::Put { record, .. } if record.is_durable()) {
-            self.shared.write_durable(op, None).await
+            self.shared.queue(Work::Write { op, expect: None }).await
         } else {
             // Ephemeral: memory only (plus a rare ceiling bump), no need to leave the thread,
             // unless a group commit is syncing.
-            match self.shared.try_write(op) {
-                Ok(answer) => answer,
-                Err(op) => self.shared.write_durable(op, None).await,
-            }
+            self.shared.now_or_queued(Work::Write { op, expect: None }).await
         }
     }
 
@@ -703,11 +731,11 @@ impl Store for EmbeddedStore {
     }
 
     async fn put_if(&self, record: Record, expected: Option<Revision>) -> Result<Revision, StoreError> {
-        self.shared.write_durable(Op::Put { record, lease: None }, Some(expected)).await
+        self.shared.queue(Work::Write { op: Op::Put { record, lease: None }, expect: Some(expected) }).await
     }
 
     async fn delete(&self, key: RecordKey) -> Result<Revision, StoreError> {
-        self.shared.write_durable(Op::Delete { key }, None).await
+        self.shared.queue(Work::Write { op: Op::Delete { key }, expect: None }).await
     }
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
@@ -729,21 +757,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<Revision, StoreError> {
-        loop {
-            // Made before looking, so the end of a commit after the look is not missed.
-            let committed = self.shared.committed.notified();
-            {
-                let mut state = self.shared.state.lock();
-                if !self.shared.is_committing() {
-                    let attached = state.engine.lease_key_count(lease)?;
-                    // Ephemeral records only: no record IO, at most a ceiling bump.
-                    return self
-                        .shared
-                        .remove_leased(&mut state, attached, |e| e.revoke_lease(lease).unwrap_or_default());
-                }
-            }
-            committed.await;
-        }
+        self.shared.now_or_queued(Work::Revoke(lease)).await
     }
 
     async fn list(&self, scope: Scope) -> Result<StoreSnapshot, StoreError> {

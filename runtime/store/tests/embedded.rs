@@ -459,6 +459,44 @@ fn a_syncing_commit_holds_up_no_reader_and_no_thread() {
     });
 }
 
+/// A lease expiring while a group commit syncs: the reaper puts its round off (expiry takes
+/// revisions, and the syncing group holds the next ones), and the task leading the commits
+/// runs it once the group is applied, so expiry keeps up under a steady stream of durable
+/// writes. The reaper here runs once at the start and then not for an hour: only the commit
+/// can have removed the instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiry_put_off_by_a_syncing_commit_runs_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DiskFaults::default();
+    let options = EmbeddedOptions { reap_interval: Duration::from_secs(3600), ..EmbeddedOptions::default() };
+    let store = EmbeddedStore::open_on(dir.path(), options, disk.clone()).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let lease = store.grant_lease(Duration::from_millis(300)).await.unwrap();
+    let leased = instance("shop/web/orders", 1, true);
+    store.put(leased.clone(), Some(lease)).await.unwrap();
+
+    disk.hold_syncs();
+    let held = tokio::spawn({
+        let store = store.clone();
+        async move { store.put(instance("shop/web/orders", 2, false), None).await }
+    });
+    let waited = std::time::Instant::now();
+    while disk.syncs_waiting() == 0 && waited.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let syncing = disk.syncs_waiting() == 1;
+    // Past the lease's deadline while the sync is held.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let still_there = store.get(leased.key()).await.unwrap().is_some();
+    disk.release_syncs();
+    assert!(syncing, "the first commit never reached its sync");
+    assert!(still_there, "nothing expires while the group syncs");
+
+    held.await.unwrap().expect("the held write");
+    assert!(store.get(leased.key()).await.unwrap().is_none(), "expired once the group was applied");
+    assert_eq!(store.leases_expired(), 1);
+}
+
 /// Group commit: a durable write waiting for its commit holds no thread. On a runtime whose
 /// blocking pool has two threads, one of them held in the commit's sync, 200 writes queue for
 /// the next commit (a writer that waited on a thread of its own would find none), and all of
