@@ -160,6 +160,16 @@ struct GroupQueue {
 /// A durable write's answer: its revision once its commit is durable, or why it was refused.
 type Answer = Result<Revision, StoreError>;
 
+/// Members' answers, each with the channel it goes back on.
+type Answers = Vec<(oneshot::Sender<Answer>, Answer)>;
+
+/// Sends each answer (a writer that stopped waiting is fine).
+fn answer(answers: Answers) {
+    for (to, answer) in answers {
+        let _ = to.send(answer);
+    }
+}
+
 /// Work in the queue, and where its answer goes.
 #[derive(Debug)]
 struct Waiting {
@@ -409,9 +419,9 @@ impl Shared {
         let work = {
             let mut state = self.state.lock();
             if !self.is_committing() {
-                let (answer, mut answered) = oneshot::channel();
-                self.commit_group(&mut state, vec![Waiting { work, answer }], false);
-                return answered.try_recv().unwrap_or_else(|_| Err(closed()));
+                let (answer, _) = oneshot::channel();
+                let mut answers = self.commit_group(&mut state, vec![Waiting { work, answer }], false);
+                return answers.pop().map_or_else(|| Err(closed()), |(_, answer)| answer);
             }
             work
         };
@@ -472,29 +482,41 @@ impl Shared {
         if lead {
             let this = Arc::clone(self);
             // Its end is seen through the answers; a panic drops them (answered below).
-            drop(tokio::task::spawn_blocking(move || this.lead_commits()));
+            drop(tokio::task::spawn_blocking(move || Self::lead_commits(this)));
         }
         answered.await.unwrap_or_else(|_| Err(StoreError::Unavailable("the write's commit was interrupted".into())))
     }
 
     /// Commits what is queued, group after group, until nothing is: each group in as few
     /// durable transactions as one write per key allows, the state let go while each syncs.
-    fn lead_commits(&self) {
-        let leading = Leading(self);
+    /// A group's answers go out when the next group is taken, or, for the last one, once
+    /// this task has let go of the store: a writer that drops its store once answered finds
+    /// it closed (its file free to open again).
+    fn lead_commits(shared: Arc<Self>) {
+        let mut leading = Leading(Some(shared));
+        let mut answers = Answers::new();
         loop {
             let members = {
-                let mut queue = self.group.queue.lock();
+                let Some(shared) = leading.0.as_deref() else { return };
+                let mut queue = shared.group.queue.lock();
                 if queue.waiting.is_empty() {
                     queue.leading = false;
-                    std::mem::forget(leading);
-                    return;
+                    None
+                } else {
+                    Some(std::mem::take(&mut queue.waiting))
                 }
-                std::mem::take(&mut queue.waiting)
             };
-            let mut state = self.state.lock();
-            self.commit_group(&mut state, members, true);
+            let Some(members) = members else {
+                drop(leading.0.take());
+                answer(answers);
+                return;
+            };
+            answer(std::mem::take(&mut answers));
+            let Some(shared) = leading.0.as_deref() else { return };
+            let mut state = shared.state.lock();
+            answers = shared.commit_group(&mut state, members, true);
             // An expiry round the reaper put off while groups were syncing, if one is due.
-            self.expire_locked(&mut state);
+            shared.expire_locked(&mut state);
         }
     }
 
@@ -503,15 +525,14 @@ impl Shared {
     /// its place), and answers each. The state is held but while a transaction syncs when
     /// `let_go` (then `committing` is set: reads, lease keepalives and grants go on; what takes
     /// a revision queues, or, for an expiry round, is put off, until the group is applied).
-    fn commit_group(&self, state: &mut MutexGuard<'_, State>, members: Vec<Waiting>, let_go: bool) {
+    fn commit_group(&self, state: &mut MutexGuard<'_, State>, members: Vec<Waiting>, let_go: bool) -> Answers {
+        let mut answers = Vec::with_capacity(members.len());
         let mut rest = members.into_iter().peekable();
         while rest.peek().is_some() {
             if self.resync.load(std::sync::atomic::Ordering::SeqCst)
                 && let Err(e) = self.resync_disk(state)
             {
-                for w in rest {
-                    let _ = w.answer.send(Err(StoreError::Unavailable(e.to_string())));
-                }
+                answers.extend(rest.map(|w| (w.answer, Err(StoreError::Unavailable(e.to_string())))));
                 break;
             }
             if let Some(Waiting { work: Work::Revoke(lease), .. }) = rest.peek() {
@@ -520,7 +541,7 @@ impl Shared {
                 let revoked = state.engine.lease_key_count(lease).map_err(StoreError::from).and_then(|attached| {
                     self.remove_leased(state, attached, |e| e.revoke_lease(lease).unwrap_or_default())
                 });
-                let _ = w.answer.send(revoked);
+                answers.push((w.answer, revoked));
                 continue;
             }
             let now = self.now();
@@ -535,8 +556,7 @@ impl Shared {
                 keys.insert(key);
                 match checked {
                     Ok(p) => prepared.push((w.answer, p)),
-                    // A writer that stopped waiting is fine.
-                    Err(e) => drop(w.answer.send(Err(e))),
+                    Err(e) => answers.push((w.answer, Err(e))),
                 }
             }
             let ceiling = Self::ceiling_for(state, prepared.len());
@@ -560,21 +580,20 @@ impl Shared {
                     }
                     for (answer, p) in prepared {
                         let event = state.engine.commit(now, p);
-                        let _ = answer.send(Ok(event.revision));
+                        answers.push((answer, Ok(event.revision)));
                         // No receivers is fine: nobody watches yet.
                         let _ = self.events.send(event);
                     }
                 }
                 Err(e) => {
-                    for (answer, _) in prepared {
-                        let _ = answer.send(Err(StoreError::Unavailable(e.to_string())));
-                    }
+                    answers.extend(prepared.into_iter().map(|(a, _)| (a, Err(StoreError::Unavailable(e.to_string())))));
                 }
             }
             if let_go {
                 self.end_committing();
             }
         }
+        answers
     }
 
     /// Clears `committing`: revisions may be taken again.
@@ -688,18 +707,20 @@ impl Shared {
     }
 }
 
-/// Held by the task leading the commits; dropped only if a commit panicked (a bug): the
-/// writes still queued are answered (their channels dropped) and the next write leads again,
-/// so nobody waits forever.
-struct Leading<'a>(&'a Shared);
+/// The store, held by the task leading the commits, and taken out of it when the task ends
+/// normally. Dropped still holding it only if a commit panicked (a bug): then the writes still
+/// queued are answered (their channels dropped) and the next write leads again, so nobody
+/// waits forever.
+struct Leading(Option<Arc<Shared>>);
 
-impl Drop for Leading<'_> {
+impl Drop for Leading {
     fn drop(&mut self) {
-        let mut queue = self.0.group.queue.lock();
+        let Some(shared) = self.0.take() else { return };
+        let mut queue = shared.group.queue.lock();
         queue.leading = false;
         queue.waiting.clear();
         drop(queue);
-        self.0.end_committing();
+        shared.end_committing();
     }
 }
 

@@ -459,6 +459,29 @@ fn a_syncing_commit_holds_up_no_reader_and_no_thread() {
     });
 }
 
+/// Holds `disk`'s syncs and starts a durable write (an instance on `port`) that reaches its
+/// sync and waits there; its task. Fails (with the syncs released) if it never gets there.
+async fn write_held_in_its_sync(
+    store: &EmbeddedStore,
+    disk: &DiskFaults,
+    port: u16,
+) -> tokio::task::JoinHandle<Result<Revision, StoreError>> {
+    disk.hold_syncs();
+    let task = tokio::spawn({
+        let store = store.clone();
+        async move { store.put(instance("shop/web/orders", port, false), None).await }
+    });
+    let waited = std::time::Instant::now();
+    while disk.syncs_waiting() == 0 {
+        if waited.elapsed() > Duration::from_secs(60) {
+            disk.release_syncs();
+            panic!("the first commit never reached its sync");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    task
+}
+
 /// A lease expiring while a group commit syncs: the reaper puts its round off (expiry takes
 /// revisions, and the syncing group holds the next ones), and the task leading the commits
 /// runs it once the group is applied, so expiry keeps up under a steady stream of durable
@@ -475,21 +498,11 @@ async fn an_expiry_put_off_by_a_syncing_commit_runs_after_it() {
     let leased = instance("shop/web/orders", 1, true);
     store.put(leased.clone(), Some(lease)).await.unwrap();
 
-    disk.hold_syncs();
-    let held = tokio::spawn({
-        let store = store.clone();
-        async move { store.put(instance("shop/web/orders", 2, false), None).await }
-    });
-    let waited = std::time::Instant::now();
-    while disk.syncs_waiting() == 0 && waited.elapsed() < Duration::from_secs(60) {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    let syncing = disk.syncs_waiting() == 1;
+    let held = write_held_in_its_sync(&store, &disk, 2).await;
     // Past the lease's deadline while the sync is held.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let still_there = store.get(leased.key()).await.unwrap().is_some();
     disk.release_syncs();
-    assert!(syncing, "the first commit never reached its sync");
     assert!(still_there, "nothing expires while the group syncs");
 
     held.await.unwrap().expect("the held write");
@@ -518,16 +531,8 @@ fn waiting_durable_writes_hold_no_thread() {
         let options = EmbeddedOptions { reap_interval: Duration::from_secs(3600), ..EmbeddedOptions::default() };
         let store = EmbeddedStore::open_on(dir.path(), options, disk.clone()).unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
-        disk.hold_syncs();
-        let in_flight = tokio::spawn({
-            let store = store.clone();
-            async move { store.put(instance("shop/web/orders", 1, false), None).await }
-        });
+        let in_flight = write_held_in_its_sync(&store, &disk, 1).await;
         let waited = std::time::Instant::now();
-        while disk.syncs_waiting() == 0 {
-            assert!(waited.elapsed() < Duration::from_secs(60), "the first commit never reached its sync");
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
         let before = store.commit_stats();
         let queued: Vec<_> = (1000..1200)
             .map(|port| {
@@ -570,16 +575,8 @@ async fn writes_arriving_during_a_commit_share_the_next_one_and_each_is_answered
     let mut watch = store.watch(Scope::All, store.revision()).await.unwrap();
     let before = store.commit_stats();
 
-    disk.hold_syncs();
-    let in_flight = tokio::spawn({
-        let store = store.clone();
-        async move { store.put(instance("shop/web/orders", 2, false), None).await }
-    });
+    let in_flight = write_held_in_its_sync(&store, &disk, 2).await;
     let waited = std::time::Instant::now();
-    while disk.syncs_waiting() == 0 {
-        assert!(waited.elapsed() < Duration::from_secs(60), "the first commit never reached its sync");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
     // Queued while it is in flight: 16 new instances, a stale conditional write, a delete
     // of a key that does not exist, and two writes of one key.
     let mut queued = Vec::new();
