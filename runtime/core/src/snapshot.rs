@@ -136,7 +136,7 @@ impl ServiceSnapshot {
     }
 
     /// The snapshot of `set`, applying the protection threshold: O(1) in the number of
-    /// instances (the set's sets are shared, not copied).
+    /// instances (it shares the set's ordered sets instead of copying them).
     #[must_use]
     pub fn of(service: ServiceKey, revision: Revision, set: &InstanceSet, protect_threshold: f32) -> Self {
         let (healthy, routable) = (set.healthy().len(), set.routable().len());
