@@ -40,12 +40,6 @@ impl Instances {
         self.0.is_empty()
     }
 
-    /// The instance with id `id`.
-    #[must_use]
-    pub fn get(&self, id: &InstanceId) -> Option<&Arc<Instance>> {
-        self.0.get(id).map(|i| &i.0)
-    }
-
     /// Puts `instance` in if it `belongs` here (replacing the one with its id), takes the
     /// one with its id out if it does not.
     fn place(&mut self, instance: Arc<Instance>, belongs: bool) {

@@ -326,8 +326,8 @@ impl EmbeddedStore {
         self.shared.group.queue.lock().stats
     }
 
-    /// Durable writes queued for the next group commit (not counting those of the commit in
-    /// flight).
+    /// Durable writes (and what waits for a syncing commit) queued for the next group
+    /// commit, not counting those of the commit in flight.
     #[must_use]
     pub fn writes_waiting(&self) -> usize {
         self.shared.group.queue.lock().waiting.len()
@@ -493,30 +493,32 @@ impl Shared {
     /// this task has let go of the store: a writer that drops its store once answered finds
     /// it closed (its file free to open again).
     fn lead_commits(shared: Arc<Self>) {
-        let mut leading = Leading(Some(shared));
-        let mut answers = Answers::new();
-        loop {
-            let members = {
-                let Some(shared) = leading.0.as_deref() else { return };
-                let mut queue = shared.group.queue.lock();
-                if queue.waiting.is_empty() {
-                    queue.leading = false;
-                    None
-                } else {
-                    Some(std::mem::take(&mut queue.waiting))
-                }
-            };
-            let Some(members) = members else {
-                drop(leading.0.take());
-                answer(answers);
-                return;
-            };
-            answer(std::mem::take(&mut answers));
-            let Some(shared) = leading.0.as_deref() else { return };
-            let mut state = shared.state.lock();
-            answers = shared.commit_group(&mut state, members, true);
-            // An expiry round the reaper put off while groups were syncing, if one is due.
-            shared.expire_locked(&mut state);
+        let last = {
+            let mut leading = Leading { shared: &shared, done: false };
+            let mut answers = Answers::new();
+            loop {
+                let Some(members) = shared.take_queued() else { break };
+                answer(std::mem::take(&mut answers));
+                let mut state = shared.state.lock();
+                answers = shared.commit_group(&mut state, members, true);
+                // An expiry round the reaper put off while groups were syncing, if one is due.
+                shared.expire_locked(&mut state);
+            }
+            leading.done = true;
+            answers
+        };
+        drop(shared);
+        answer(last);
+    }
+
+    /// What is queued, or `None` (and no commit running any more) if nothing is.
+    fn take_queued(&self) -> Option<Vec<Waiting>> {
+        let mut queue = self.group.queue.lock();
+        if queue.waiting.is_empty() {
+            queue.leading = false;
+            None
+        } else {
+            Some(std::mem::take(&mut queue.waiting))
         }
     }
 
@@ -707,20 +709,24 @@ impl Shared {
     }
 }
 
-/// The store, held by the task leading the commits, and taken out of it when the task ends
-/// normally. Dropped still holding it only if a commit panicked (a bug): then the writes still
-/// queued are answered (their channels dropped) and the next write leads again, so nobody
-/// waits forever.
-struct Leading(Option<Arc<Shared>>);
+/// Held by the task leading the commits. Dropped before it is `done` only if a commit
+/// panicked (a bug): then the writes still queued are answered (their channels dropped) and
+/// the next write leads again, so nobody waits forever.
+struct Leading<'a> {
+    shared: &'a Shared,
+    done: bool,
+}
 
-impl Drop for Leading {
+impl Drop for Leading<'_> {
     fn drop(&mut self) {
-        let Some(shared) = self.0.take() else { return };
-        let mut queue = shared.group.queue.lock();
+        if self.done {
+            return;
+        }
+        let mut queue = self.shared.group.queue.lock();
         queue.leading = false;
         queue.waiting.clear();
         drop(queue);
-        shared.end_committing();
+        self.shared.end_committing();
     }
 }
 
