@@ -11,7 +11,7 @@ use sextant_plugin::builtins;
 use sextant_plugin::{InFlight, Picked};
 
 use crate::outcome::Outcome;
-use crate::service::{ServiceState, Target};
+use crate::service::{Addressing, ServiceState, Target};
 
 /// An endpoint picked for one request. Finish it with the outcome; dropping it unfinished
 /// counts as a cancelled request (in-flight released, nothing recorded).
@@ -58,6 +58,11 @@ impl PickGuard {
     #[must_use]
     pub fn instance(&self) -> &Arc<Instance> {
         &self.target.instance
+    }
+
+    /// How HTTP names the endpoint (made once per endpoint, not per request).
+    pub(crate) fn addressing(&self) -> &Addressing {
+        self.target.addressing()
     }
 
     /// The balancer version that answered.

@@ -60,7 +60,7 @@ pub use health::{CheckKind, HEALTH_PORT_KEY, HealthCheck, MAX_PROBE_BODY, probe}
 pub use outcome::Outcome;
 pub use remote::RemoteDiscovery;
 pub use request::FromHeaders;
-pub use router::{PickError, RetryPlan, Router, SwapError};
+pub use router::{PickError, RetryPlan, Router, ServiceRef, SwapError};
 pub use service::{ServicePolicy, WindowSummary};
 pub use sextant_plugin::PickRequest;
 pub use status::{EndpointStatus, ServiceStatus};

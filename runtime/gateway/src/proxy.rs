@@ -13,9 +13,11 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
@@ -524,18 +526,22 @@ impl Gateway {
             PickRequest::from_headers(request.headers(), rule.rule.hash_header.as_deref(), &rule.rule.headers);
         let (parts, body) = request.into_parts();
         let max_body = self.0.routing.load().config.max_body;
-        let body = match Limited::new(body, max_body).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) => {
-                return if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                    text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
-                } else {
-                    text(StatusCode::BAD_REQUEST, "cannot read the request body\n")
-                };
+        let body = if body.is_end_stream() {
+            Bytes::new()
+        } else {
+            match Limited::new(body, max_body).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                        text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
+                    } else {
+                        text(StatusCode::BAD_REQUEST, "cannot read the request body\n")
+                    };
+                }
             }
         };
         match &self.0.upstream {
-            Upstream::Static(addr) => match self.forward(client, &parts, &body, *addr, peer).await {
+            Upstream::Static(addr) => match self.forward(client, &parts, &body, &authority_of(*addr), peer).await {
                 Ok(response) => response.map(BodyExt::boxed),
                 Err(_) => text(StatusCode::BAD_GATEWAY, "upstream failed\n"),
             },
@@ -554,8 +560,16 @@ impl Gateway {
         body: &Bytes,
         peer: &Peer,
     ) -> Response<Body> {
-        let (service, label) = (&rule.service, rule.service_label.as_str());
-        router.count_request(service);
+        let label = rule.service_label.as_str();
+        // The service is looked up once for the whole request.
+        let service = match router.service(&rule.service) {
+            Ok(service) => service,
+            Err(e) => {
+                self.0.stats.failed.fetch_add(1, Relaxed);
+                return text(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n"));
+            }
+        };
+        service.count_request();
         let idempotent =
             matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE);
         let mut tried: Vec<SocketAddr> = Vec::new();
@@ -563,8 +577,8 @@ impl Gateway {
         let mut last_failure = (StatusCode::BAD_GATEWAY, "every attempt failed\n");
         loop {
             attempt += 1;
-            let RetryPlan { attempts, backoff } = router.retry_plan(service, attempt);
-            let guard = match router.pick_avoiding(service, pick, &tried) {
+            let RetryPlan { attempts, backoff } = service.retry_plan(attempt);
+            let guard = match service.pick_avoiding(pick, &tried) {
                 Ok(g) => g,
                 Err(PickError::RateLimited(_)) => {
                     self.0.stats.rate_limited.fetch_add(1, Relaxed);
@@ -578,33 +592,34 @@ impl Gateway {
                     return text(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n"));
                 }
             };
-            let addr = guard.addr();
-            tried.push(addr);
-            let id = HeaderValue::from_str(guard.instance().id.as_str()).ok();
-            let (outcome, response, retry_safe, result) = match self.forward(client, parts, body, addr, peer).await {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    let retry_safe = idempotent && matches!(status, 502..=504);
-                    (Outcome::from_response(&response), Some(response), retry_safe, crate::metrics::class(status))
-                }
-                Err(Failure::Timeout) => {
-                    last_failure = (StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
-                    (Outcome::Timeout, None, idempotent, "timeout")
-                }
-                Err(Failure::Connect(why)) => {
-                    last_failure = (StatusCode::BAD_GATEWAY, "upstream unreachable\n");
-                    (Outcome::Failed(why), None, true, "connect_error")
-                }
-                Err(Failure::Other(why)) => {
-                    last_failure = (StatusCode::BAD_GATEWAY, "upstream failed\n");
-                    (Outcome::Failed(why), None, idempotent, "error")
-                }
-            };
-            guard.finish(outcome);
+            tried.push(guard.addr());
+            let addressing = guard.addressing();
+            let (outcome, response, retry_safe, result) =
+                match self.forward(client, parts, body, &addressing.authority, peer).await {
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        let retry_safe = idempotent && matches!(status, 502..=504);
+                        (Outcome::from_response(&response), Some(response), retry_safe, crate::metrics::class(status))
+                    }
+                    Err(Failure::Timeout) => {
+                        last_failure = (StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
+                        (Outcome::Timeout, None, idempotent, "timeout")
+                    }
+                    Err(Failure::Connect(why)) => {
+                        last_failure = (StatusCode::BAD_GATEWAY, "upstream unreachable\n");
+                        (Outcome::Failed(why), None, true, "connect_error")
+                    }
+                    Err(Failure::Other(why)) => {
+                        last_failure = (StatusCode::BAD_GATEWAY, "upstream failed\n");
+                        (Outcome::Failed(why), None, idempotent, "error")
+                    }
+                };
             if let Some(m) = &self.0.metrics {
-                m.attempt(label, &addr.to_string(), result);
+                m.attempt(label, &addressing.label, result);
             }
-            let retry = retry_safe && attempt < attempts && router.retry_allowed(service);
+            let id = addressing.id_header.clone();
+            guard.finish(outcome);
+            let retry = retry_safe && attempt < attempts && service.retry_allowed();
             if !retry {
                 if let Some(response) = response {
                     let mut response = response.map(BodyExt::boxed);
@@ -629,12 +644,15 @@ impl Gateway {
         client: &UpstreamClient,
         parts: &http::request::Parts,
         body: &Bytes,
-        addr: SocketAddr,
+        authority: &Authority,
         peer: &Peer,
     ) -> Result<Response<Incoming>, Failure> {
-        let path = parts.uri.path_and_query().map_or("/", http::uri::PathAndQuery::as_str);
-        let uri: http::Uri =
-            format!("http://{addr}{path}").parse().map_err(|e: http::uri::InvalidUri| Failure::Other(e.to_string()))?;
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority = Some(authority.clone());
+        uri.path_and_query =
+            Some(parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
+        let uri = http::Uri::from_parts(uri).map_err(|e| Failure::Other(e.to_string()))?;
         let mut request = Request::builder().method(parts.method.clone()).uri(uri).version(http::Version::HTTP_11);
         if let Some(headers) = request.headers_mut() {
             copy_headers(&parts.headers, headers);
@@ -658,6 +676,12 @@ impl Gateway {
             Ok(Ok(response)) => Ok(response),
         }
     }
+}
+
+/// The authority of requests to a static upstream.
+fn authority_of(addr: SocketAddr) -> Authority {
+    // An IP and a port always make an authority.
+    Authority::try_from(addr.to_string().as_str()).unwrap_or_else(|_| Authority::from_static("invalid"))
 }
 
 /// An accepted connection, or none after a failed accept (the loop pauses 10 ms: a full

@@ -267,56 +267,25 @@ impl Router {
         Ok(state)
     }
 
+    /// One service of this router, looked up once: what a request asks of its service
+    /// (counting it, its retry plan, picks, retries) without looking the service up again,
+    /// as the router's methods of the same names each do. Hold it for one request.
+    ///
+    /// # Errors
+    /// The router is shut down, or the service state could not be set up.
+    pub fn service<'a>(&'a self, service: &'a ServiceKey) -> Result<ServiceRef<'a>, PickError> {
+        Ok(ServiceRef { router: self, service, state: self.state(service)? })
+    }
+
     /// Picks an endpoint of `service` for a request. Endpoints that are full or whose
     /// breaker refuses are skipped (three tries).
     ///
     /// # Errors
     /// No endpoint, rate limit spent, every offered endpoint refused, service set-up failed.
     pub fn pick(&self, service: &ServiceKey, request: &mut PickRequest) -> Result<PickGuard, PickError> {
-        let state = self.state(service)?;
-        state.refresh();
-        if let Some(rate) = &state.rate
-            && !rate.try_acquire(self.0.clock.now())
-        {
-            return Err(PickError::RateLimited(service.to_string()));
-        }
-        let mut refused = None;
-        for _ in 0..3 {
-            // The target comes with the endpoint list the balancer picked in: nothing to reconcile.
-            let Some((target, cell, picked)) = state.balancer().pick_target::<Arc<Target>>(request) else {
-                return Err(self.why_empty(service));
-            };
-            let admission = target.state.breaker.admit(cell.in_flight());
-            if !admission.admitted() {
-                refused = Some(picked);
-                continue;
-            }
-            let in_flight = state.balancer().tracker().start(cell);
-            return Ok(PickGuard::new(&state, target, in_flight, admission == Admission::Trial, &picked));
-        }
-        // The balancer offered only endpoints whose breakers refused (they opened since the
-        // rotation was built): the next endpoint of the rotation, after its last offer, whose
-        // breaker admits. Overloaded only when none does.
-        if let Some(picked) = refused {
-            let published = state.balancer().published();
-            let n = u32::try_from(published.len()).unwrap_or(u32::MAX);
-            for i in (1..=n).map(|k| (picked.index.wrapping_add(k)) % n) {
-                let (Some(target), Some(cell)) = (published.target::<Arc<Target>>(i), published.load(i)) else {
-                    continue;
-                };
-                let admission = target.state.breaker.admit(cell.in_flight());
-                if admission.admitted() {
-                    let in_flight = state.balancer().tracker().start(Arc::clone(cell));
-                    let trial = admission == Admission::Trial;
-                    return Ok(PickGuard::new(&state, Arc::clone(target), in_flight, trial, &picked));
-                }
-            }
-        }
-        Err(PickError::Overloaded(service.to_string()))
+        self.service(service)?.pick(request)
     }
 
-    /// Why `service` offered no endpoint: outside the followed scope, no view yet, or
-    /// really empty.
     fn why_empty(&self, service: &ServiceKey) -> PickError {
         if !self.0.discovery.follows(service) {
             PickError::NotFollowed(service.to_string())
@@ -358,23 +327,13 @@ impl Router {
         request: &mut PickRequest,
         avoid: &[SocketAddr],
     ) -> Result<PickGuard, PickError> {
-        request.attempt = u32::try_from(avoid.len()).unwrap_or(u32::MAX);
-        request.tried.clear();
-        request.tried.extend(avoid.iter().map(ToString::to_string));
-        let mut guard = self.pick(service, request)?;
-        for _ in 0..3 {
-            if !avoid.contains(&guard.addr()) {
-                break;
-            }
-            guard = self.pick(service, request)?;
-        }
-        Ok(guard)
+        self.service(service)?.pick_avoiding(request, avoid)
     }
 
     /// Takes a retry from `service`'s budget; false when it is spent.
     #[must_use]
     pub fn retry_allowed(&self, service: &ServiceKey) -> bool {
-        self.state(service).is_ok_and(|r| r.budget.withdraw(self.0.clock.now()))
+        self.service(service).is_ok_and(|s| s.retry_allowed())
     }
 
     /// `service`'s configured attempts and the backoff before retry number `retry` (1 for
@@ -382,16 +341,13 @@ impl Router {
     /// attempt.
     #[must_use]
     pub fn retry_plan(&self, service: &ServiceKey, retry: u32) -> RetryPlan {
-        self.state(service).map_or(RetryPlan { attempts: 1, backoff: Duration::ZERO }, |r| RetryPlan {
-            attempts: r.budget.attempts(),
-            backoff: r.budget.backoff(retry),
-        })
+        self.service(service).map_or(RetryPlan { attempts: 1, backoff: Duration::ZERO }, |s| s.retry_plan(retry))
     }
 
     /// Counts a request in `service`'s retry budget (call once per request, not per attempt).
     pub fn count_request(&self, service: &ServiceKey) {
-        if let Ok(r) = self.state(service) {
-            r.budget.deposit(self.0.clock.now());
+        if let Ok(s) = self.service(service) {
+            s.count_request();
         }
     }
 
@@ -534,6 +490,102 @@ impl Router {
     #[must_use]
     pub fn stale(&self) -> Option<Duration> {
         self.0.discovery.stale()
+    }
+}
+
+/// One service of a [`Router`], looked up once ([`Router::service`]): a request's calls on
+/// its service without a lookup each (a gateway makes three to five per request).
+#[derive(Debug)]
+pub struct ServiceRef<'a> {
+    router: &'a Router,
+    service: &'a ServiceKey,
+    state: Arc<ServiceState>,
+}
+
+impl ServiceRef<'_> {
+    /// As [`Router::pick`].
+    ///
+    /// # Errors
+    /// As [`Router::pick`].
+    pub fn pick(&self, request: &mut PickRequest) -> Result<PickGuard, PickError> {
+        let (router, service, state) = (self.router, self.service, &self.state);
+        if router.0.closed.load(Relaxed) {
+            return Err(PickError::ShutDown);
+        }
+        state.refresh();
+        if let Some(rate) = &state.rate
+            && !rate.try_acquire(router.0.clock.now())
+        {
+            return Err(PickError::RateLimited(service.to_string()));
+        }
+        let mut refused = None;
+        for _ in 0..3 {
+            // The target comes with the endpoint list the balancer picked in: nothing to reconcile.
+            let Some((target, cell, picked)) = state.balancer().pick_target::<Arc<Target>>(request) else {
+                return Err(router.why_empty(service));
+            };
+            let admission = target.state.breaker.admit(cell.in_flight());
+            if !admission.admitted() {
+                refused = Some(picked);
+                continue;
+            }
+            let in_flight = state.balancer().tracker().start(cell);
+            return Ok(PickGuard::new(state, target, in_flight, admission == Admission::Trial, &picked));
+        }
+        // The balancer offered only endpoints whose breakers refused (they opened since the
+        // rotation was built): the next endpoint of the rotation, after its last offer, whose
+        // breaker admits. Overloaded only when none does.
+        if let Some(picked) = refused {
+            let published = state.balancer().published();
+            let n = u32::try_from(published.len()).unwrap_or(u32::MAX);
+            for i in (1..=n).map(|k| (picked.index.wrapping_add(k)) % n) {
+                let (Some(target), Some(cell)) = (published.target::<Arc<Target>>(i), published.load(i)) else {
+                    continue;
+                };
+                let admission = target.state.breaker.admit(cell.in_flight());
+                if admission.admitted() {
+                    let in_flight = state.balancer().tracker().start(Arc::clone(cell));
+                    let trial = admission == Admission::Trial;
+                    return Ok(PickGuard::new(state, Arc::clone(target), in_flight, trial, &picked));
+                }
+            }
+        }
+        Err(PickError::Overloaded(service.to_string()))
+    }
+
+    /// As [`Router::pick_avoiding`].
+    ///
+    /// # Errors
+    /// As [`Router::pick`].
+    pub fn pick_avoiding(&self, request: &mut PickRequest, avoid: &[SocketAddr]) -> Result<PickGuard, PickError> {
+        request.attempt = u32::try_from(avoid.len()).unwrap_or(u32::MAX);
+        request.tried.clear();
+        request.tried.extend(avoid.iter().map(ToString::to_string));
+        let mut guard = self.pick(request)?;
+        for _ in 0..3 {
+            if !avoid.contains(&guard.addr()) {
+                break;
+            }
+            guard = self.pick(request)?;
+        }
+        Ok(guard)
+    }
+
+    /// As [`Router::retry_allowed`].
+    #[must_use]
+    pub fn retry_allowed(&self) -> bool {
+        self.state.budget.withdraw(self.router.0.clock.now())
+    }
+
+    /// As [`Router::retry_plan`].
+    #[must_use]
+    pub fn retry_plan(&self, retry: u32) -> RetryPlan {
+        RetryPlan { attempts: self.state.budget.attempts(), backoff: self.state.budget.backoff(retry) }
+    }
+
+    /// As [`Router::count_request`].
+    pub fn count_request(&self) {
+        self.state.budget.deposit(self.router.0.clock.now());
     }
 }
 

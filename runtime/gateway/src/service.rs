@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -166,6 +166,46 @@ pub(crate) struct Target {
     pub(crate) health_index: u32,
     /// ...of this epoch (outcomes of an older one are discarded).
     pub(crate) health_epoch: u64,
+    /// How HTTP names it, made at its first request.
+    addressing: OnceLock<Addressing>,
+}
+
+/// How a gateway's requests name an endpoint: made once per endpoint in rotation, not per
+/// request (each was a format and a parse, or a copy, per request).
+#[derive(Debug)]
+pub(crate) struct Addressing {
+    /// `IP:PORT`, the authority of requests sent to it.
+    pub(crate) authority: http::uri::Authority,
+    /// The instance id as a response header value (none when it is not a valid one).
+    pub(crate) id_header: Option<http::HeaderValue>,
+    /// `IP:PORT` as a metrics label.
+    pub(crate) label: String,
+}
+
+impl Target {
+    pub(crate) fn new(
+        instance: Arc<Instance>,
+        state: Arc<EndpointTracker>,
+        health_index: u32,
+        health_epoch: u64,
+    ) -> Self {
+        let addr = SocketAddr::new(instance.ip, instance.port);
+        Self { instance, addr, state, health_index, health_epoch, addressing: OnceLock::new() }
+    }
+
+    /// How HTTP names this endpoint.
+    pub(crate) fn addressing(&self) -> &Addressing {
+        self.addressing.get_or_init(|| {
+            let label = self.addr.to_string();
+            Addressing {
+                // An IP and a port always make an authority.
+                authority: http::uri::Authority::try_from(label.as_str())
+                    .unwrap_or_else(|_| http::uri::Authority::from_static("invalid")),
+                id_header: http::HeaderValue::from_str(self.instance.id.as_str()).ok(),
+                label,
+            }
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -396,13 +436,7 @@ impl ServiceState {
             let Some(es) = state.endpoints.get(i.id.as_str()) else { continue };
             let Some(&health_index) = state.health_pos.get(i.id.as_str()) else { continue };
             endpoints.push(endpoint_with_weight(i, weight));
-            targets.push(Arc::new(Target {
-                instance: Arc::clone(i),
-                addr: SocketAddr::new(i.ip, i.port),
-                state: Arc::clone(es),
-                health_index,
-                health_epoch,
-            }));
+            targets.push(Arc::new(Target::new(Arc::clone(i), Arc::clone(es), health_index, health_epoch)));
         }
         let snapshot = Snapshot {
             service: self.service.to_string(),

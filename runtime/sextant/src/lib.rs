@@ -70,7 +70,9 @@
 //! balancer the headers you name. [`Router::pick_avoiding`](prelude::Router::pick_avoiding)
 //! prefers endpoints a retry has not tried yet; [`Router::retry_plan`](prelude::Router::retry_plan)
 //! and [`Router::retry_allowed`](prelude::Router::retry_allowed) give the service's attempts,
-//! backoff and retry budget. [`Router::builder`](prelude::Router::builder) takes per-service
+//! backoff and retry budget; [`Router::service`](prelude::Router::service) looks a service up
+//! once and offers the same calls, for a proxy that makes several per request.
+//! [`Router::builder`](prelude::Router::builder) takes per-service
 //! configurations and a health sink; [`Router::shutdown`](prelude::Router::shutdown) refuses
 //! new picks, stops the router's background work (maintenance every 25 ms, active health
 //! checks, remote discovery) and waits, up to a grace period, for the requests in flight.
@@ -207,7 +209,7 @@ pub mod prelude {
     pub use sextant_core::{Instance, InstanceKey, Record, Scope, ServiceKey};
     pub use sextant_gateway::{
         Discovery, FinishOnEnd, FollowOptions, FromHeaders, HealthCheck, Outcome, PickError, PickGuard, PickRequest,
-        PluginFollower, RemoteDiscovery, RetryPlan, Router, RouterBuilder, ServicePolicy, SwapError,
+        PluginFollower, RemoteDiscovery, RetryPlan, Router, RouterBuilder, ServicePolicy, ServiceRef, SwapError,
     };
     pub use sextant_plugin::{HostConfig, HostError, LoadError, PluginHost, PluginKind, PluginSpec, affinity_hash};
     pub use sextant_quic::client::{Client, ClientError, ClientOptions};
