@@ -38,7 +38,7 @@ pub fn instance(service: &ServiceKey, n: u32, meta_bytes: usize, ephemeral: bool
             metadata.insert(key, value);
         }
     }
-    i.metadata = metadata;
+    i.metadata = metadata.into();
     Record::Instance(Arc::new(i))
 }
 

@@ -24,6 +24,7 @@ pub mod engine;
 pub mod error;
 pub mod history;
 pub mod lease;
+pub mod metadata;
 pub mod model;
 pub mod name;
 pub mod revision;
@@ -36,6 +37,7 @@ pub mod view;
 
 pub use counts::PluginCounts;
 pub use error::CoreError;
+pub use metadata::Metadata;
 pub use model::{
     BadVersion, ConfigEntry, HostFault, Instance, MAX_FAULT_FIELD, MAX_PENDING_FAULTS, MAX_PLUGIN_CONFIG,
     PLUGIN_HISTORY, PLUGIN_KINDS, PluginBinding, PluginRecord, PluginVersion, Record, RecordKey, ServiceSpec,

@@ -5,7 +5,6 @@
 //! (`instances/NS/GROUP/SERVICE/ID`, `services/NS/GROUP/SERVICE`, `configs/NS/GROUP/DATA_ID`,
 //! `plugins/NAME`). Values are JSON.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -14,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::ValidationError;
+use crate::metadata::Metadata;
 use crate::name::{ConfigKey, DataId, Group, InstanceId, InstanceKey, Namespace, PluginName, ServiceKey, ServiceName};
 
 /// Largest instance weight.
@@ -66,7 +66,7 @@ pub struct Instance {
     pub version: String,
     /// Free-form labels, at most 4 KiB in total.
     #[serde(default)]
-    pub metadata: BTreeMap<String, String>,
+    pub metadata: Metadata,
 }
 
 impl Instance {
@@ -85,7 +85,7 @@ impl Instance {
             ephemeral: true,
             zone: String::new(),
             version: String::new(),
-            metadata: BTreeMap::new(),
+            metadata: Metadata::new(),
         }
     }
 
@@ -108,10 +108,10 @@ impl Instance {
                 return Err(ValidationError::FieldTooLong { field, len: value.len(), max: MAX_LABEL_BYTES });
             }
         }
-        if self.metadata.keys().any(String::is_empty) {
+        if self.metadata.keys().any(str::is_empty) {
             return Err(ValidationError::EmptyMetadataKey);
         }
-        let size: usize = self.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let size = self.metadata.text_len();
         if size > MAX_METADATA_BYTES {
             return Err(ValidationError::MetadataTooLarge { size, max: MAX_METADATA_BYTES });
         }
@@ -137,7 +137,7 @@ pub struct ServiceSpec {
     pub protect_threshold: f32,
     /// Free-form labels, at most 4 KiB in total.
     #[serde(default)]
-    pub metadata: BTreeMap<String, String>,
+    pub metadata: Metadata,
 }
 
 impl ServiceSpec {
@@ -146,7 +146,7 @@ impl ServiceSpec {
         if !(0.0..=1.0).contains(&self.protect_threshold) {
             return Err(ValidationError::ThresholdOutOfRange(self.protect_threshold));
         }
-        let size: usize = self.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let size = self.metadata.text_len();
         if size > MAX_METADATA_BYTES {
             return Err(ValidationError::MetadataTooLarge { size, max: MAX_METADATA_BYTES });
         }

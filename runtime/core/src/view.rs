@@ -263,7 +263,7 @@ mod tests {
     use super::*;
     use crate::Instance;
     use crate::engine::{Engine, Op};
-    use crate::{LeaseId, Millis};
+    use crate::{LeaseId, Metadata, Millis};
 
     fn instance(service: &str, port: u16, healthy: bool) -> Record {
         let mut i = Instance::new(ServiceKey::parse(service).unwrap(), "10.0.0.1".parse().unwrap(), port);
@@ -313,7 +313,7 @@ mod tests {
     fn protection_threshold_comes_from_the_service_spec() {
         let mut view = RegistryView::new(100);
         let svc = ServiceKey::parse("pay").unwrap();
-        let spec = ServiceSpec { service: svc.clone(), protect_threshold: 0.6, metadata: BTreeMap::new() };
+        let spec = ServiceSpec { service: svc.clone(), protect_threshold: 0.6, metadata: Metadata::new() };
         let mut engine = Engine::new(Revision(0), vec![], 100);
         let mut events =
             vec![engine.apply(Millis(0), Op::Put { record: Record::Service(spec.into()), lease: None }).unwrap()];

@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use sextant_core::{Instance, PluginRecord, Record, Scope, ServiceKey};
+use sextant_core::{Instance, Metadata, PluginRecord, Record, Scope, ServiceKey};
 use sextant_plugin::{AutoRollback, Compiled, Desired, PluginKind, desired};
 use sextant_proto::{Binding, ErrorCode, Request, Response};
 use sextant_quic::client::Client;
@@ -672,22 +672,26 @@ async fn changed_or_never<T>(receiver: Option<&mut watch::Receiver<T>>) {
 /// reasons are shortened first, then the entries that do not fit are counted in
 /// `sextant.plugin.more` (a registration that does not fit would be refused, and the host
 /// would not be seen at all).
-pub fn fit_report(metadata: &mut BTreeMap<String, String>, report: &BTreeMap<String, String>) {
+pub fn fit_report(metadata: &mut Metadata, report: &BTreeMap<String, String>) {
     let budget = sextant_core::model::MAX_METADATA_BYTES - 256;
-    let size = |m: &BTreeMap<String, String>| m.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
-    let whole = size(metadata) + size(report);
+    let whole = metadata.text_len() + report.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+    let mut size = metadata.text_len();
+    let mut added = Vec::with_capacity(report.len() + 1);
     let mut more = 0;
     for (k, v) in report {
         let value: String = if whole > budget { v.chars().take(60).collect() } else { v.clone() };
-        if size(metadata) + k.len() + value.len() > budget {
+        if size + k.len() + value.len() > budget {
             more += 1;
             continue;
         }
-        metadata.insert(k.clone(), value);
+        size += k.len() + value.len();
+        added.push((k.clone(), value));
     }
     if more > 0 {
-        metadata.insert(format!("{REPORT_PREFIX}more"), format!("{more} more plugins not shown"));
+        added.push((format!("{REPORT_PREFIX}more"), format!("{more} more plugins not shown")));
     }
+    // One packing for the whole report; a report entry replaces a key the registration had.
+    *metadata = metadata.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).chain(added).collect();
 }
 
 enum Fetch {
@@ -763,7 +767,7 @@ mod tests {
 
     #[test]
     fn a_report_too_large_for_a_registration_is_shortened_then_counted() {
-        let mut metadata = BTreeMap::from([("sextant.role".to_owned(), "gateway".to_owned())]);
+        let mut metadata = Metadata::from([("sextant.role", "gateway")]);
         let report: BTreeMap<String, String> =
             (0..80).map(|i| (format!("sextant.plugin.p{i:02}"), format!("failed abc: {}", "x".repeat(150)))).collect();
         fit_report(&mut metadata, &report);

@@ -239,7 +239,7 @@ async fn the_protection_threshold_keeps_endpoints_in_rotation_when_too_many_fail
         ..ServicePolicy::default()
     };
     let f = fixture(config).await;
-    let spec = ServiceSpec { service: service(), protect_threshold: 0.6, metadata: BTreeMap::new() };
+    let spec = ServiceSpec { service: service(), protect_threshold: 0.6, metadata: Default::default() };
     f.registry.put(Record::Service(Arc::new(spec)), None).await.unwrap();
     let backends = [
         Backend::start("a", Behavior::default()).await.unwrap(),

@@ -143,6 +143,6 @@ pub fn endpoint_of(i: &Instance) -> Endpoint {
         healthy: i.healthy,
         zone: i.zone.clone(),
         version: i.version.clone(),
-        metadata: i.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        metadata: i.metadata.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
     }
 }

@@ -313,7 +313,7 @@ mod tests {
         let spec_b = Record::Service(Arc::new(ServiceSpec {
             service: ServiceKey::parse("b").unwrap(),
             protect_threshold: 0.0,
-            metadata: BTreeMap::new(),
+            metadata: sextant_core::Metadata::new(),
         }));
         c.on_event(id, &Event { revision: Revision(3), change: Change::Upsert { record: spec_b } });
         // A reset without any instance of a or b, and without b's spec (b was deleted).

@@ -627,7 +627,7 @@ pub fn host_reports<'a>(instances: impl IntoIterator<Item = &'a Instance>) -> Ve
                     host: format!("{}/{}", i.service, i.id),
                     zone: i.zone.clone(),
                     plugin: plugin.to_owned(),
-                    state: v.clone(),
+                    state: v.to_owned(),
                 })
             })
         })

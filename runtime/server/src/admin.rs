@@ -416,7 +416,7 @@ struct ServiceSettings {
     #[serde(default)]
     protect_threshold: f32,
     #[serde(default)]
-    metadata: std::collections::BTreeMap<String, String>,
+    metadata: sextant_core::Metadata,
 }
 
 /// `{"revision": R}` (and the written config's `version`, when there is one).

@@ -336,7 +336,7 @@ pub(crate) async fn register(args: &ClientArgs, spec: RegisterSpec) -> Result {
         let (k, v) = kv.split_once('=').ok_or_else(|| Failure::new(2, format!("--meta {kv:?} is not K=V")))?;
         metadata.insert(k.to_owned(), v.to_owned());
     }
-    instance.metadata = metadata;
+    instance.metadata = metadata.into();
     instance.validate()?;
     let binding = match (spec.persistent, spec.ttl) {
         (true, _) => Binding::Persistent,

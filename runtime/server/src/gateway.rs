@@ -201,7 +201,9 @@ async fn watch_identity(
             continue;
         }
         let theirs = view.records.into_iter().find_map(|r| match r {
-            Record::Instance(i) if i.id == me.id => Some(i.metadata.get(RUN_KEY).cloned().unwrap_or_default()),
+            Record::Instance(i) if i.id == me.id => {
+                Some(i.metadata.get(RUN_KEY).map(str::to_owned).unwrap_or_default())
+            }
             _ => None,
         });
         if let Some(other) = theirs.filter(|r| *r != run) {
