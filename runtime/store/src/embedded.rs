@@ -108,11 +108,21 @@ pub struct EmbeddedOptions {
     pub reap_interval: Duration,
     /// Buffer of the live event channel; a watcher further behind is dropped with `Lagged`.
     pub watch_buffer: usize,
+    /// Memory the database may keep of its file's pages. Every record is also held in memory
+    /// and read from there, so the database reads its pages only to write: a small cache
+    /// costs a write a page read from the OS's cache now and then, where redb's default
+    /// (1 GiB) grew with the registry (about 1 KiB per persistent instance).
+    pub cache_bytes: usize,
 }
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
-        Self { history_capacity: DEFAULT_CAPACITY, reap_interval: Duration::from_millis(100), watch_buffer: 64 * 1024 }
+        Self {
+            history_capacity: DEFAULT_CAPACITY,
+            reap_interval: Duration::from_millis(100),
+            watch_buffer: 64 * 1024,
+            cache_bytes: 32 << 20,
+        }
     }
 }
 
@@ -222,9 +232,16 @@ fn closed() -> StoreError {
     StoreError::Unavailable("the store's file is closed".into())
 }
 
-/// How the database file is opened.
+/// How the database file is opened, and with how much cache.
 #[derive(Debug, Clone)]
-enum DbFile {
+struct DbFile {
+    kind: DbKind,
+    cache_bytes: usize,
+}
+
+/// Which file.
+#[derive(Debug, Clone)]
+enum DbKind {
     /// redb's own file, locked against a second process.
     Plain(PathBuf),
     /// Through a switch that can make the disk full ([`EmbeddedStore::open_on`]).
@@ -233,12 +250,12 @@ enum DbFile {
 
 impl DbFile {
     fn open(&self) -> Result<Database, redb::Error> {
-        Ok(match self {
-            Self::Plain(path) if path.exists() => Database::open(path)?,
-            Self::Plain(path) => Database::create(path)?,
-            Self::Faulty(path, faults) => {
-                Database::builder().create_with_backend(FaultyFile::open(path, faults.clone())?)?
-            }
+        let mut builder = Database::builder();
+        builder.set_cache_size(self.cache_bytes);
+        Ok(match &self.kind {
+            DbKind::Plain(path) if path.exists() => builder.open(path)?,
+            DbKind::Plain(path) => builder.create(path)?,
+            DbKind::Faulty(path, faults) => builder.create_with_backend(FaultyFile::open(path, faults.clone())?)?,
         })
     }
 }
@@ -247,20 +264,20 @@ impl EmbeddedStore {
     /// Opens (or creates) the store in `dir` and starts its lease reaper. Must be called
     /// inside a tokio runtime.
     pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<Self, OpenError> {
-        Self::open_file(dir, options, DbFile::Plain)
+        Self::open_file(dir, options, DbKind::Plain)
     }
 
     /// [`EmbeddedStore::open`] with the database written through `disk`, a switch that can
     /// make the disk full: what a full disk does to registrations can be tried without
     /// filling one (the file is not locked against a second process).
     pub fn open_on(dir: &Path, options: EmbeddedOptions, disk: DiskFaults) -> Result<Self, OpenError> {
-        Self::open_file(dir, options, |path| DbFile::Faulty(path, disk))
+        Self::open_file(dir, options, |path| DbKind::Faulty(path, disk))
     }
 
     fn open_file(
         dir: &Path,
         options: EmbeddedOptions,
-        file: impl FnOnce(PathBuf) -> DbFile,
+        kind: impl FnOnce(PathBuf) -> DbKind,
     ) -> Result<Self, OpenError> {
         let dir_err = |source| OpenError::Dir { path: dir.to_owned(), source };
         std::fs::create_dir_all(dir).map_err(dir_err)?;
@@ -269,7 +286,7 @@ impl EmbeddedStore {
         }
         let path = dir.join(DB_FILE);
         let db_err = |source: redb::Error| OpenError::Database { path: path.clone(), source };
-        let file = file(path.clone());
+        let file = DbFile { kind: kind(path.clone()), cache_bytes: options.cache_bytes };
         let db = file.open().map_err(db_err)?;
         let (start, records) = load(&db, &path)?;
         let ceiling = start + REVISION_BLOCK;
