@@ -422,6 +422,13 @@ impl<S: Store + Clone> Executor<S> {
             Binding::Lease { lease } => (Some(lease), false),
             Binding::Ttl { ttl_ms } => (Some(registry.grant_lease(Duration::from_millis(ttl_ms)).await?), true),
         };
+        let mut instance = instance;
+        // The instances of a service share its name (once the service is in the view): a
+        // decoded instance brings three fresh allocations for namespace, group and name,
+        // which a million instances of ten thousand services would each keep.
+        if let Some(known) = registry.snapshot(&instance.service) {
+            instance.service = known.service.clone();
+        }
         let instance = Arc::new(instance);
         let mut result = registry.put(Record::Instance(instance.clone()), lease).await;
         if binding == Binding::Connection

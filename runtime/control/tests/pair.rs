@@ -201,3 +201,34 @@ async fn a_pair_registers_subscribes_and_resumes_after_a_reconnect() {
     server.handle(&mut conn, &request).await;
     assert!(client.reregistrations().is_empty());
 }
+
+/// Instances registered in one service share its name's allocations (each arrives decoded
+/// from its own frame, with its own copies).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_instances_of_a_service_share_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap();
+    let registry = Registry::start(store, 1024).await.unwrap();
+    let server = Server { registry: registry.clone(), executor: Executor::new(registry.clone(), None) };
+    let mut client = ClientSession::new(None);
+    let mut conn = server.connect();
+    server.handle(&mut conn, &client.hello("sim")).await;
+    for port in [1, 2, 3] {
+        let mut i = instance(port);
+        i.ephemeral = false;
+        match &server.handle(&mut conn, &client.register(i, Binding::Persistent)).await[..] {
+            // The service is in the view once its first instance is.
+            [Response::Written { revision, .. }] => registry.wait_for(*revision).await,
+            other => panic!("{other:?}"),
+        }
+    }
+    let snapshot = registry.snapshot(&orders()).unwrap();
+    let names: Vec<*const u8> = snapshot
+        .instances
+        .iter()
+        .flat_map(|i| [i.service.namespace.as_str(), i.service.group.as_str(), i.service.service.as_str()])
+        .map(str::as_ptr)
+        .collect();
+    assert_eq!(names.len(), 9);
+    assert!(names.chunks(3).all(|n| n == &names[..3]), "one allocation per name: {names:?}");
+}
