@@ -286,6 +286,8 @@ impl Router {
         self.service(service)?.pick(request)
     }
 
+    /// Why `service` offered no endpoint: outside the followed scope, no view yet, or
+    /// really empty.
     fn why_empty(&self, service: &ServiceKey) -> PickError {
         if !self.0.discovery.follows(service) {
             PickError::NotFollowed(service.to_string())

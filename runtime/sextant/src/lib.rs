@@ -206,7 +206,7 @@
 
 /// What an embedding names, in one import.
 pub mod prelude {
-    pub use sextant_core::{Instance, InstanceKey, Record, Scope, ServiceKey};
+    pub use sextant_core::{Instance, InstanceKey, Metadata, Record, Scope, ServiceKey};
     pub use sextant_gateway::{
         Discovery, FinishOnEnd, FollowOptions, FromHeaders, HealthCheck, Outcome, PickError, PickGuard, PickRequest,
         PluginFollower, RemoteDiscovery, RetryPlan, Router, RouterBuilder, ServicePolicy, ServiceRef, SwapError,
