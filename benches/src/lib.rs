@@ -45,7 +45,14 @@ pub fn instance(service: &ServiceKey, n: u32, meta_bytes: usize, ephemeral: bool
 /// Resident set size of this process in bytes (Linux `/proc/self/status`), or 0 elsewhere.
 #[must_use]
 pub fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    process_rss(std::process::id())
+}
+
+/// Resident set size of process `pid` in bytes (its `VmRSS` in Linux `/proc/PID/status`), or
+/// 0 elsewhere or when there is no such process.
+#[must_use]
+pub fn process_rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()

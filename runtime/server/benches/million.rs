@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use sextant_benches::process_rss;
 use sextant_core::{Instance, InstanceId, ServiceKey};
 use sextant_proto::message::Binding;
 use sextant_quic::client::{Client, ClientOptions};
@@ -37,18 +38,6 @@ impl Drop for Server {
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
-
-/// `VmRSS` of process `pid`, in bytes.
-fn rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
-        })
-        .map_or(0, |kb| kb * 1024)
 }
 
 fn instance(n: usize) -> Instance {
@@ -92,7 +81,7 @@ fn measure(binary: &Path, total: usize) -> Measured {
     }
     std::thread::sleep(Duration::from_secs(1));
     let pid = server.0.id();
-    let before = rss(pid);
+    let before = process_rss(pid);
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let elapsed = rt.block_on(async {
@@ -121,7 +110,7 @@ fn measure(binary: &Path, total: usize) -> Measured {
     });
     drop(rt);
     std::thread::sleep(Duration::from_secs(2));
-    let after = rss(pid);
+    let after = process_rss(pid);
     let status: serde_json::Value = ureq::get(&format!("http://127.0.0.1:{admin}/status"))
         .call()
         .expect("status")
