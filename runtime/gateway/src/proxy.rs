@@ -133,6 +133,13 @@ pub enum Upstream {
     Static(SocketAddr),
 }
 
+/// [`Upstream`] as a request uses it: a static upstream's authority is made once.
+#[derive(Debug)]
+enum Destination {
+    Router(Router),
+    Static(Authority),
+}
+
 /// Requests and their fates since start.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -285,7 +292,7 @@ impl Peer {
 
 struct Inner {
     routing: ArcSwap<Routing>,
-    upstream: Upstream,
+    upstream: Destination,
     /// The pool of [`Gateway::serve`] and [`Gateway::handle`]; each worker thread of
     /// [`Gateway::serve_on_threads`] has its own.
     client: UpstreamClient,
@@ -337,6 +344,10 @@ impl Gateway {
         let connect_timeout = routing.config.attempt_timeout;
         let client = upstream_client(connect_timeout);
         let routing = ArcSwap::from_pointee(routing);
+        let upstream = match upstream {
+            Upstream::Router(router) => Destination::Router(router),
+            Upstream::Static(addr) => Destination::Static(crate::service::authority(addr)),
+        };
         Ok(Self(Arc::new(Inner { routing, upstream, client, connect_timeout, stats: Stats::default(), metrics })))
     }
 
@@ -541,11 +552,11 @@ impl Gateway {
             }
         };
         match &self.0.upstream {
-            Upstream::Static(addr) => match self.forward(client, &parts, &body, &authority_of(*addr), peer).await {
+            Destination::Static(authority) => match self.forward(client, &parts, &body, authority, peer).await {
                 Ok(response) => response.map(BodyExt::boxed),
                 Err(_) => text(StatusCode::BAD_GATEWAY, "upstream failed\n"),
             },
-            Upstream::Router(router) => self.routed(client, router, rule, &mut pick, &parts, &body, peer).await,
+            Destination::Router(router) => self.routed(client, router, rule, &mut pick, &parts, &body, peer).await,
         }
     }
 
@@ -676,12 +687,6 @@ impl Gateway {
             Ok(Ok(response)) => Ok(response),
         }
     }
-}
-
-/// The authority of requests to a static upstream.
-fn authority_of(addr: SocketAddr) -> Authority {
-    // An IP and a port always make an authority.
-    Authority::try_from(addr.to_string().as_str()).unwrap_or_else(|_| Authority::from_static("invalid"))
 }
 
 /// An accepted connection, or none after a failed accept (the loop pauses 10 ms: a full

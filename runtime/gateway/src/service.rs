@@ -182,6 +182,12 @@ pub(crate) struct Addressing {
     pub(crate) label: String,
 }
 
+/// `IP:PORT` as the authority of HTTP requests sent there.
+pub(crate) fn authority(addr: SocketAddr) -> http::uri::Authority {
+    // An IP and a port always make an authority.
+    http::uri::Authority::try_from(addr.to_string()).unwrap_or_else(|_| http::uri::Authority::from_static("invalid"))
+}
+
 impl Target {
     pub(crate) fn new(
         instance: Arc<Instance>,
@@ -195,15 +201,10 @@ impl Target {
 
     /// How HTTP names this endpoint.
     pub(crate) fn addressing(&self) -> &Addressing {
-        self.addressing.get_or_init(|| {
-            let label = self.addr.to_string();
-            Addressing {
-                // An IP and a port always make an authority.
-                authority: http::uri::Authority::try_from(label.as_str())
-                    .unwrap_or_else(|_| http::uri::Authority::from_static("invalid")),
-                id_header: http::HeaderValue::from_str(self.instance.id.as_str()).ok(),
-                label,
-            }
+        self.addressing.get_or_init(|| Addressing {
+            authority: authority(self.addr),
+            id_header: http::HeaderValue::from_str(self.instance.id.as_str()).ok(),
+            label: self.addr.to_string(),
         })
     }
 }
