@@ -25,6 +25,8 @@ pub mod client;
 #[cfg(feature = "server")]
 mod feed;
 #[cfg(feature = "server")]
+mod held;
+#[cfg(feature = "server")]
 pub mod server;
 pub mod tls;
 pub mod wire;

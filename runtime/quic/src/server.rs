@@ -30,7 +30,6 @@
 //! refused by the store is the client told: the connection is closed (`unavailable`), and the
 //! client library reconnects and registers its instances again.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
@@ -50,6 +49,7 @@ use tokio::sync::Semaphore;
 
 use crate::access::{Access, AuditEvent, Door, LimitError, Verdict};
 use crate::feed::{FeedHandle, FrameCache};
+use crate::held::Registrations;
 use crate::wire::{self, WireError};
 
 /// Server settings.
@@ -189,7 +189,7 @@ struct Conn<S> {
     feed: OnceLock<FeedHandle>,
     /// Instances registered through this connection (the registration limit); the
     /// connection-bound ones with their record, to put them again on a new lease.
-    registered: Mutex<HashMap<InstanceKey, Option<Arc<Instance>>>>,
+    registered: Mutex<Registrations>,
     /// Subscriptions open on this connection (the watch limit).
     watches: Arc<AtomicUsize>,
     /// Places for executing requests.
@@ -239,7 +239,7 @@ async fn connection<S: Store + Clone>(conn: Connection, shared: Arc<Shared<S>>) 
         session: Mutex::new(ServerSession::new(settings)),
         lease: tokio::sync::Mutex::new(None),
         feed: OnceLock::new(),
-        registered: Mutex::new(HashMap::new()),
+        registered: Mutex::new(Registrations::default()),
         watches: Arc::new(AtomicUsize::new(0)),
         in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
     });
@@ -457,7 +457,7 @@ impl<S: Store + Clone> Conn<S> {
             return (*slot).ok_or(RegistryError::Store(StoreError::Rejected(CoreError::LeaseNotFound(old))));
         }
         let new = registry.grant_lease(self.shared.options.grace).await?;
-        let bound: Vec<Arc<Instance>> = self.registered.lock().values().flatten().cloned().collect();
+        let bound: Vec<Arc<Instance>> = self.registered.lock().bound().cloned().collect();
         for instance in &bound {
             if let Err(e) = registry.put(Record::Instance(instance.clone()), Some(new)).await {
                 let _ = registry.revoke_lease(new).await;
@@ -530,14 +530,14 @@ impl<S: Store + Clone> Origin for ConnOrigin<'_, S> {
     fn admit_registration(&self, key: &InstanceKey) -> Result<(), String> {
         let limit = self.0.access().limits().registrations_per_connection;
         let held = self.0.registered.lock();
-        if !held.contains_key(key) && held.len() >= limit {
+        if !held.contains(key) && held.len() >= limit {
             return Err(LimitError::Registrations { limit }.to_string());
         }
         Ok(())
     }
 
     fn registered(&self, instance: &Arc<Instance>, connection_bound: bool) {
-        self.0.registered.lock().insert(instance.key(), connection_bound.then(|| Arc::clone(instance)));
+        self.0.registered.lock().insert(Arc::clone(instance), connection_bound);
     }
 
     fn deregistered(&self, key: &InstanceKey) {
