@@ -89,7 +89,17 @@ impl FrameDecoder {
 
     /// The next complete frame decoded as `T`, or `None` if more bytes are needed.
     pub fn decode<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
-        Ok(self.take(|payload| serde_json::from_slice(payload))?.transpose()?)
+        self.decode_with(|payload| serde_json::from_slice(payload))
+    }
+
+    /// The next complete frame decoded by `decode` from its payload (a caller that can answer
+    /// some payloads without parsing them, such as a cache of the last one, passes its own), or
+    /// `None` if more bytes are needed. The frame is consumed either way.
+    pub fn decode_with<T>(
+        &mut self,
+        decode: impl FnOnce(&[u8]) -> Result<T, serde_json::Error>,
+    ) -> Result<Option<T>, FrameError> {
+        Ok(self.take(decode)?.transpose()?)
     }
 
     /// The payload of the next complete frame, undecoded, or `None` if more bytes are needed.

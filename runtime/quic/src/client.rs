@@ -112,6 +112,39 @@ struct Inner {
     preferred: Mutex<usize>,
     connecting: tokio::sync::Mutex<()>,
     lease_ttls: Mutex<HashMap<LeaseId, Duration>>,
+    /// The last event frame a watch decoded: the client's other watches of that scope receive
+    /// the same bytes and take the event from here instead of parsing it again.
+    frames: Arc<LastFrame>,
+}
+
+/// Frames larger than this are parsed by every watch (a cached one is compared byte for byte).
+const MAX_SHARED_FRAME: usize = 16 * 1024;
+
+/// The payload of the last change event decoded on any of a client's subscriptions, and the
+/// event. A change reaches every subscription of a client whose scope covers it as identical
+/// bytes; the first decodes it and the others compare and clone (its record is one `Arc`, so
+/// they also share one copy of it in memory).
+#[derive(Debug, Default)]
+struct LastFrame {
+    last: Mutex<Option<(Box<[u8]>, Event)>>,
+}
+
+impl LastFrame {
+    fn decode(&self, payload: &[u8]) -> Result<SubscriptionFrame, serde_json::Error> {
+        if let Some((bytes, event)) = &*self.last.lock()
+            && **bytes == *payload
+        {
+            return Ok(SubscriptionFrame::Event(event.clone()));
+        }
+        let frame = serde_json::from_slice(payload)?;
+        if let SubscriptionFrame::Event(event @ Event { change: Change::Upsert { .. } | Change::Remove { .. }, .. }) =
+            &frame
+            && payload.len() <= MAX_SHARED_FRAME
+        {
+            *self.last.lock() = Some((payload.into(), event.clone()));
+        }
+        Ok(frame)
+    }
 }
 
 /// A connection to sextant. Cheap to clone; background tasks stop when the last clone drops.
@@ -138,6 +171,7 @@ impl Client {
             preferred: Mutex::new(0),
             connecting: tokio::sync::Mutex::new(()),
             lease_ttls: Mutex::new(HashMap::new()),
+            frames: Arc::default(),
         });
         tokio::spawn(supervise(Arc::downgrade(&inner)));
         tokio::spawn(keep_leases_alive(Arc::downgrade(&inner)));
@@ -745,10 +779,11 @@ async fn run_watch(
                 }
             }
         }
+        let frames = Arc::clone(&client.frames);
         drop(client);
         let mut chunks = ResetAssembler::default();
         loop {
-            match reader.next::<SubscriptionFrame>().await {
+            match reader.next_with(|payload| frames.decode(payload)).await {
                 Ok(Some(SubscriptionFrame::ResetChunk { revision, records })) => chunks.chunk(revision, records),
                 Ok(Some(SubscriptionFrame::Event(event))) => {
                     let event = match chunks.event(event) {
@@ -785,5 +820,59 @@ async fn run_watch(
                 Ok(None) | Err(_) => break,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sextant_core::{Record, ServiceKey};
+
+    use super::*;
+
+    /// The payload the server sends for `event` (the frame without its length prefix).
+    fn payload(event: &Event) -> Vec<u8> {
+        serde_json::to_vec(&Response::Event { event: event.clone() }).unwrap()
+    }
+
+    fn upsert(revision: u64, port: u16) -> Event {
+        let i = Instance::new(ServiceKey::parse("ns/g/orders").unwrap(), "10.0.0.1".parse().unwrap(), port);
+        Event { revision: Revision(revision), change: Change::Upsert { record: Record::Instance(i.into()) } }
+    }
+
+    fn event(frame: SubscriptionFrame) -> Event {
+        match frame {
+            SubscriptionFrame::Event(e) => e,
+            other => panic!("an event, not {other:?}"),
+        }
+    }
+
+    fn record(event: &Event) -> Arc<Instance> {
+        match &event.change {
+            Change::Upsert { record: Record::Instance(i) } => i.clone(),
+            other => panic!("an upsert, not {other:?}"),
+        }
+    }
+
+    #[test]
+    fn watches_share_the_decoding_of_an_identical_event_frame() {
+        let frames = LastFrame::default();
+        let first = payload(&upsert(7, 80));
+        let a = event(frames.decode(&first).unwrap());
+        let b = event(frames.decode(&first).unwrap());
+        assert_eq!(a, upsert(7, 80));
+        assert!(Arc::ptr_eq(&record(&a), &record(&b)), "the second watch takes the first's event");
+        // Another event (another revision, same record) is parsed, not mistaken for the last.
+        let c = event(frames.decode(&payload(&upsert(8, 80))).unwrap());
+        assert_eq!(c, upsert(8, 80));
+        assert!(!Arc::ptr_eq(&record(&a), &record(&c)));
+        // A malformed frame is an error, and leaves the last event in place.
+        assert!(frames.decode(b"{\"type\":\"event\",\"event\":").is_err());
+        let again = event(frames.decode(&payload(&upsert(8, 80))).unwrap());
+        assert!(Arc::ptr_eq(&record(&c), &record(&again)));
+        // A reset is particular to its subscription's scope: never shared.
+        let snapshot = StoreSnapshot { revision: Revision(9), records: vec![] };
+        let reset = Event { revision: Revision(9), change: Change::Reset { snapshot: Arc::new(snapshot) } };
+        assert_eq!(event(frames.decode(&payload(&reset)).unwrap()), reset);
+        assert!(frames.last.lock().as_ref().is_some_and(|(_, e)| e.revision == Revision(8)));
     }
 }

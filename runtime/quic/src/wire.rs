@@ -71,8 +71,16 @@ impl FrameReader {
 
     /// The next frame; `None` at a clean end of stream.
     pub async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, WireError> {
+        self.next_with(|payload| serde_json::from_slice(payload)).await
+    }
+
+    /// The next frame, decoded from its payload by `decode`; `None` at a clean end of stream.
+    pub async fn next_with<T>(
+        &mut self,
+        mut decode: impl FnMut(&[u8]) -> Result<T, serde_json::Error>,
+    ) -> Result<Option<T>, WireError> {
         loop {
-            if let Some(message) = self.decoder.decode()? {
+            if let Some(message) = self.decoder.decode_with(&mut decode)? {
                 return Ok(Some(message));
             }
             // Never more than the frame still needs, so nothing past it is consumed; the
