@@ -68,6 +68,10 @@ pub enum Applied {
 pub struct ClientSession {
     token: Option<String>,
     registrations: BTreeMap<InstanceKey, Registration>,
+    /// How many registrations hang on each lease: [`ClientSession::leases`] without a walk
+    /// over every registration (the keepalive loop asks several times a second, and a client
+    /// may hold many persistent registrations that hang on none).
+    lease_refs: BTreeMap<LeaseId, usize>,
     subs: BTreeMap<SubId, SubState>,
     next_sub: SubId,
     protect_empty: bool,
@@ -99,7 +103,12 @@ impl ClientSession {
             Binding::Lease { lease } => Some(lease),
             _ => None,
         };
-        self.registrations.insert(instance.key(), Registration { instance: instance.clone(), binding, lease });
+        hold(&mut self.lease_refs, lease);
+        let old =
+            self.registrations.insert(instance.key(), Registration { instance: instance.clone(), binding, lease });
+        if let Some(old) = old {
+            let_go(&mut self.lease_refs, old.lease);
+        }
         Request::Register { instance, binding }
     }
 
@@ -111,13 +120,14 @@ impl ClientSession {
         match response {
             Response::Written { lease, .. } => {
                 if lease.is_some() {
-                    reg.lease = *lease;
+                    hold(&mut self.lease_refs, *lease);
+                    let_go(&mut self.lease_refs, std::mem::replace(&mut reg.lease, *lease));
                 }
                 None
             }
             Response::Error { code: ErrorCode::LeaseNotFound, .. } => match reg.binding {
                 Binding::Ttl { .. } if reg.lease.is_some() => {
-                    reg.lease = None;
+                    let_go(&mut self.lease_refs, reg.lease.take());
                     Some(Request::Register { instance: reg.instance.clone(), binding: reg.binding })
                 }
                 _ => None,
@@ -128,7 +138,9 @@ impl ClientSession {
 
     /// Forgets a registration and returns the deregistration request.
     pub fn deregister(&mut self, key: &InstanceKey) -> Request {
-        self.registrations.remove(key);
+        if let Some(old) = self.registrations.remove(key) {
+            let_go(&mut self.lease_refs, old.lease);
+        }
         Request::Deregister { service: key.service.clone(), id: key.id.clone() }
     }
 
@@ -150,7 +162,7 @@ impl ClientSession {
     /// Leases this client's registrations hang on, to keep alive.
     #[must_use]
     pub fn leases(&self) -> BTreeSet<LeaseId> {
-        self.registrations.values().filter_map(|r| r.lease).collect()
+        self.lease_refs.keys().copied().collect()
     }
 
     /// Starts a subscription; returns its id and the request.
@@ -230,6 +242,25 @@ impl ClientSession {
                 sub.last = event.revision;
                 Applied::Changed
             }
+        }
+    }
+}
+
+/// One more registration hangs on `lease`.
+fn hold(refs: &mut BTreeMap<LeaseId, usize>, lease: Option<LeaseId>) {
+    if let Some(lease) = lease {
+        *refs.entry(lease).or_default() += 1;
+    }
+}
+
+/// One registration less hangs on `lease`.
+fn let_go(refs: &mut BTreeMap<LeaseId, usize>, lease: Option<LeaseId>) {
+    if let Some(lease) = lease
+        && let std::collections::btree_map::Entry::Occupied(mut count) = refs.entry(lease)
+    {
+        *count.get_mut() -= 1;
+        if *count.get() == 0 {
+            count.remove();
         }
     }
 }
@@ -362,5 +393,32 @@ mod tests {
         );
         c.deregister(&conn.key());
         assert_eq!(c.reregistrations().len(), 1);
+    }
+
+    #[test]
+    fn the_leases_to_keep_alive_follow_every_registration_change() {
+        let mut c = ClientSession::new(None);
+        let written = |lease| Response::Written { revision: Revision(2), lease: Some(LeaseId(lease)), version: None };
+        let (a, b, d) = (inst("a", 1), inst("a", 2), inst("a", 3));
+        c.register(a.clone(), Binding::Lease { lease: LeaseId(5) });
+        c.register(b.clone(), Binding::Lease { lease: LeaseId(5) });
+        c.register(d.clone(), Binding::Persistent);
+        assert_eq!(c.leases(), BTreeSet::from([LeaseId(5)]));
+        // `a` moves to a TTL lease the server grants: 5 is still held by `b`.
+        c.register(a.clone(), Binding::Ttl { ttl_ms: 3000 });
+        c.on_registered(&a.key(), &written(6));
+        assert_eq!(c.leases(), BTreeSet::from([LeaseId(5), LeaseId(6)]));
+        // The server answers with the lease `b` already hangs on: counted once.
+        c.on_registered(&b.key(), &written(5));
+        c.deregister(&b.key());
+        assert_eq!(c.leases(), BTreeSet::from([LeaseId(6)]));
+        // `a`'s lease expired while away: nothing to keep alive until it has a new one.
+        c.on_registered(&a.key(), &Response::error(ErrorCode::LeaseNotFound, "gone"));
+        assert!(c.leases().is_empty());
+        c.on_registered(&a.key(), &written(7));
+        assert_eq!(c.leases(), BTreeSet::from([LeaseId(7)]));
+        c.deregister(&a.key());
+        c.deregister(&d.key());
+        assert!(c.leases().is_empty());
     }
 }
