@@ -148,6 +148,12 @@ impl Records {
         self.table.find(self.hash(&key), |e| KeyRef::of(&e.record) == key)
     }
 
+    /// Room for `additional` more entries without growing.
+    fn reserve(&mut self, additional: usize) {
+        let hasher = &self.hasher;
+        self.table.reserve(additional, |e| hasher.hash_one(KeyRef::of(&e.record)));
+    }
+
     /// Puts `entry` under its record's key; returns the entry it replaces.
     fn insert(&mut self, entry: Entry) -> Option<Entry> {
         let hash = self.hash(&KeyRef::of(&entry.record));
@@ -201,12 +207,16 @@ impl Engine {
     #[must_use]
     pub fn new(revision: Revision, records: Vec<Record>, history_capacity: usize) -> Self {
         let mut table = Records::default();
-        table.table.reserve(records.len(), |e| table.hasher.hash_one(KeyRef::of(&e.record)));
+        table.reserve(records.len());
         for record in records {
             table.insert(Entry { record, lease: None, revision });
         }
-        let records = table;
-        Self { revision, records, leases: LeaseTable::default(), history: History::new(history_capacity, revision) }
+        Self {
+            revision,
+            records: table,
+            leases: LeaseTable::default(),
+            history: History::new(history_capacity, revision),
+        }
     }
 
     /// The revision of the last mutation.
