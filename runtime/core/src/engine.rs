@@ -310,14 +310,16 @@ impl Engine {
         let change = match prepared.op {
             Op::Put { record, lease } => {
                 let key = record.key();
-                if let Some(old) = self.records.get(&key).and_then(|e| e.lease) {
+                let replaced =
+                    self.records.insert(Entry { record: record.clone(), lease, revision: prepared.revision });
+                // Detached before attaching: a record put again on the same lease stays on it.
+                if let Some(old) = replaced.and_then(|e| e.lease) {
                     self.leases.detach(old, &key);
                 }
                 if let Some(id) = lease {
                     // Checked live in prepare, at the same `now`, under the same lock.
                     let _ = self.leases.attach(now, id, key);
                 }
-                self.records.insert(Entry { record: record.clone(), lease, revision: prepared.revision });
                 Change::Upsert { record }
             }
             Op::Delete { key } => {
