@@ -305,6 +305,7 @@ impl<S: Store + Clone> PluginManager<S> {
                         bad: old.map(|o| o.bad.clone()).unwrap_or_default(),
                         // Faults were about the version this load replaces.
                         faults: Vec::new(),
+                        rollout: None,
                     }))
                 })
                 .await?;

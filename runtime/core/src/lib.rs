@@ -1,7 +1,8 @@
 //! # sextant-core: the registry core
 //!
 //! Owns the data model (namespace → group → service → instance, config entries, plugin
-//! records), its validation, store-wide revisions, the change stream (`Upsert` / `Remove` /
+//! records and their progressive rollouts: [`rollout`], the plan, the gateways' reports and
+//! the judge), its validation, store-wide revisions, the change stream (`Upsert` / `Remove` /
 //! `Reset`), TTL leases, the bounded history window that lets a watcher resume from a
 //! revision, the per-service snapshots that the hot path reads lock-free, and the
 //! [`Store`](store::Store) trait every backend implements.
@@ -38,6 +39,7 @@ pub mod view;
 pub use counts::PluginCounts;
 pub use error::CoreError;
 pub use metadata::Metadata;
+pub use model::rollout;
 pub use model::{
     BadVersion, ConfigEntry, HostFault, Instance, MAX_FAULT_FIELD, MAX_PENDING_FAULTS, MAX_PLUGIN_CONFIG,
     PLUGIN_HISTORY, PLUGIN_KINDS, PluginBinding, PluginRecord, PluginVersion, Record, RecordKey, ServiceSpec,

@@ -12,6 +12,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub mod rollout;
+
+use self::rollout::{MAX_DECISIONS, Rollout};
 use crate::ValidationError;
 use crate::metadata::Metadata;
 use crate::name::{ConfigKey, DataId, Group, InstanceId, InstanceKey, Namespace, PluginName, ServiceKey, ServiceName};
@@ -193,8 +196,9 @@ pub const PLUGIN_KINDS: [&str; 3] = ["balancer", "health", "scheduler"];
 
 /// A plugin known to the store: its artifact (by sha256), its configuration, where it is
 /// bound, the versions it replaced (newest last) for `plugin rollback`, the versions rolled
-/// back from (for `plugin rollback --forward`), and the versions a host found faulty.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// back from (for `plugin rollback --forward`), the versions a host found faulty, and the
+/// progressive rollout of a candidate version ([`Rollout`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PluginRecord {
     /// Name.
     pub name: PluginName,
@@ -229,6 +233,10 @@ pub struct PluginRecord {
     /// [`MAX_PENDING_FAULTS`], one per host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub faults: Vec<HostFault>,
+    /// The rollout of a candidate version beside this one: while it runs, and after it ended
+    /// (promoted, rolled back or aborted) until the next load, so its decisions stay readable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
 }
 
 /// A host's word that it rolled a plugin version back on its own (too many faults).
@@ -363,6 +371,27 @@ impl PluginRecord {
                 if len > MAX_FAULT_FIELD {
                     return Err(ValidationError::FieldTooLong { field, len, max: MAX_FAULT_FIELD });
                 }
+            }
+        }
+        if let Some(r) = &self.rollout {
+            check_sha256(&r.candidate.sha256)?;
+            r.plan.validate().map_err(|e| ValidationError::Rollout(e.to_string()))?;
+            if r.step >= r.plan.steps.len() {
+                return Err(ValidationError::Rollout(format!("step {} of a {}-step plan", r.step, r.plan.steps.len())));
+            }
+            if r.log.len() > MAX_DECISIONS {
+                return Err(ValidationError::FieldTooLong {
+                    field: "rollout log",
+                    len: r.log.len(),
+                    max: MAX_DECISIONS,
+                });
+            }
+            if r.candidate.config.len() > MAX_PLUGIN_CONFIG {
+                return Err(ValidationError::FieldTooLong {
+                    field: "config",
+                    len: r.candidate.config.len(),
+                    max: MAX_PLUGIN_CONFIG,
+                });
             }
         }
         for v in self.history.iter().chain(&self.forward) {
@@ -715,6 +744,7 @@ mod tests {
             forward: Vec::new(),
             bad: Vec::new(),
             faults: Vec::new(),
+            rollout: None,
         };
         assert!(p.validate().is_ok());
         assert_eq!(p.config_or_default(), "{}");

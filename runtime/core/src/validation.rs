@@ -104,4 +104,7 @@ pub enum ValidationError {
     /// Only instances hang on leases.
     #[error("only ephemeral instances can be attached to a lease")]
     LeaseOnNonInstance,
+    /// A plugin record's rollout that is not valid (its plan, its step, its log).
+    #[error("rollout: {0}")]
+    Rollout(String),
 }

@@ -14,11 +14,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use parking_lot::Mutex;
 use sextant_builtins::{Endpoint, Snapshot, mix64};
 
 use crate::bindings::v2::balancer::exports::sextant::plugin::balancer as wit2;
+use crate::canary::{Candidate, CandidateStatus, Split};
 use crate::kind::Contract;
 use crate::lifecycle::{self, History, rollback_reason};
 use crate::published::Published;
@@ -38,6 +39,8 @@ struct SlotInner {
     published: ArcSwap<Published>,
     epoch: AtomicU64,
     active: ArcSwap<Version>,
+    /// A version beside the active one while a rollout tries it (`crate::canary`).
+    candidate: ArcSwapOption<Candidate>,
     default: PluginSpec,
     /// Rollback targets and recent events.
     history: Mutex<History>,
@@ -119,6 +122,7 @@ impl BalancerSlot {
             published: ArcSwap::new(published),
             epoch: AtomicU64::new(0),
             active: ArcSwap::from_pointee(version),
+            candidate: ArcSwapOption::empty(),
             default,
             history: Mutex::new(History::default()),
             next_id: AtomicU64::new(2),
@@ -164,16 +168,23 @@ impl BalancerSlot {
     fn publish_list(&self, published: Published) {
         let published = Arc::new(published);
         self.0.published.store(Arc::clone(&published));
-        let version = self.0.active.load_full();
+        self.apply_to(&self.0.active.load_full(), &published);
+        if let Some(candidate) = self.0.candidate.load_full() {
+            self.apply_to(&candidate.version, &published);
+        }
+    }
+
+    /// Applies `published` to every worker of `version`.
+    fn apply_to(&self, version: &Arc<Version>, published: &Arc<Published>) {
         let mut lazy = false;
         for w in &version.workers {
             let mut w = w.lock();
             if w.seen != published.epoch
-                && let Err(f) = w.apply(&self.0.host, &version.spec, &published)
+                && let Err(f) = w.apply(&self.0.host, &version.spec, published)
             {
                 let (kept, waits) = (w.stale.is_some(), matches!(w.exec, Exec::Lazy));
                 drop(w);
-                self.update_fault(&version, &f, &published, kept);
+                self.update_fault(version, &f, published, kept);
                 lazy |= waits;
                 continue;
             }
@@ -181,7 +192,7 @@ impl BalancerSlot {
         }
         // Not waiting for a pick to find them: prepared off the path now.
         if lazy {
-            self.prepare(&version);
+            self.prepare(version);
         }
     }
 
@@ -201,7 +212,33 @@ impl BalancerSlot {
     /// service has no endpoint. Never fails because of a plugin: a faulty answer is
     /// replaced by the native default's.
     pub fn pick_with<R>(&self, request: &mut PickRequest, f: impl FnOnce(&Published, Picked) -> R) -> Option<R> {
-        let version = self.0.active.load();
+        let active = self.0.active.load();
+        let candidate = self.0.candidate.load();
+        let Some(candidate) = candidate.as_deref() else { return self.pick_on(&active, request, f) };
+        match candidate.split {
+            Split::Canary { .. } if candidate.takes(request.hash_key) => self.pick_on(&candidate.version, request, f),
+            Split::Shadow if Candidate::shadows() => {
+                let id = |p: &Published, i: u32| p.model.endpoints.get(i as usize).map(|e| e.id.clone());
+                let (stable, answer) =
+                    match self.pick_on(&active, request, |p, picked| (id(p, picked.index), f(p, picked))) {
+                        Some((stable, answer)) => (stable, Some(answer)),
+                        None => (None, None),
+                    };
+                let shadow = self.pick_on(&candidate.version, request, |p, picked| id(p, picked.index)).flatten();
+                candidate.tally.lock().count(stable.as_deref(), shadow.as_deref());
+                answer
+            }
+            _ => self.pick_on(&active, request, f),
+        }
+    }
+
+    /// A pick made by `version` (the active one or the candidate).
+    fn pick_on<R>(
+        &self,
+        version: &Arc<Version>,
+        request: &mut PickRequest,
+        f: impl FnOnce(&Published, Picked) -> R,
+    ) -> Option<R> {
         let mut published = self.0.published.load();
         let host = &self.0.host;
         let mut worker = version.worker();
@@ -215,7 +252,7 @@ impl BalancerSlot {
             {
                 // Counted with the worker held: it now serves `published` (stale or by the
                 // default), and another worker may not have applied it yet.
-                self.update_fault(&version, &fault, &Arc::clone(&published), worker.stale.is_some());
+                self.update_fault(version, &fault, &Arc::clone(&published), worker.stale.is_some());
             }
         }
         let ticks = host.pick_ticks();
@@ -238,7 +275,7 @@ impl BalancerSlot {
             Ok(answer) if matches!(worker.exec, Exec::Lazy) => {
                 version.counters.fallbacks.fetch_add(1, Relaxed);
                 drop(worker);
-                self.prepare(&version);
+                self.prepare(version);
                 answer.map(|index| Picked { index, version: version.id, fallback: true })
             }
             // The plugin answered for the published list it last accepted, older than the newest:
@@ -263,10 +300,7 @@ impl BalancerSlot {
                 let full = Arc::clone(&published);
                 worker.replace_instance(host, &version.spec, &full);
                 drop(worker);
-                let full_version = arc_swap::Guard::into_inner(self.0.active.load());
-                if full_version.id == version.id {
-                    self.fault(&full_version, &fault, &full);
-                }
+                self.fault(version, &fault, &full);
                 answer.map(|index| Picked { index, version: version.id, fallback: true })
             }
         };
@@ -285,14 +319,20 @@ impl BalancerSlot {
         let (slot, id) = (Arc::downgrade(&self.0), version.id);
         self.0.host.off_path(Box::new(move || {
             let Some(slot) = slot.upgrade().map(BalancerSlot) else { return };
-            let version = slot.0.active.load_full();
-            if version.id == id {
+            // Swapped out meanwhile: nothing to prepare (the new version's picks ask for theirs).
+            if let Some(version) = slot.version(id) {
                 slot.prepare_version(&version);
-            } else {
-                // Swapped meanwhile: the new version's own picks ask for theirs.
-                version.prepare.done(true, Instant::now());
             }
         }));
+    }
+
+    /// The active version or the candidate, by id.
+    fn version(&self, id: u64) -> Option<Arc<Version>> {
+        let active = self.0.active.load_full();
+        if active.id == id {
+            return Some(active);
+        }
+        self.0.candidate.load_full().filter(|c| c.version.id == id).map(|c| Arc::clone(&c.version))
     }
 
     fn prepare_version(&self, version: &Arc<Version>) {
@@ -343,6 +383,17 @@ impl BalancerSlot {
 
     fn auto_rollback(&self, faulty: u64, reason: &str, published: &Arc<Published>) {
         let Some(_admin) = self.0.admin.try_lock() else { return };
+        if let Some(candidate) = self.0.candidate.load_full().filter(|c| c.version.id == faulty) {
+            // A candidate that faults too often leaves; the active version never stopped serving.
+            self.0.candidate.store(None);
+            tracing::error!(service = %self.0.service, version = faulty, plugin = %candidate.version.spec.name(), %reason, "candidate dropped automatically");
+            self.note(faulty, format!("candidate dropped: {reason}"));
+            if let Some(observe) = self.0.observer.get() {
+                let spec = &candidate.version.spec;
+                observe(lifecycle::auto_rollback(&self.0.service, PluginKind::Balancer, spec, reason.to_owned()));
+            }
+            return;
+        }
         let active = self.0.active.load_full();
         if active.id != faulty {
             return;
@@ -377,6 +428,87 @@ impl BalancerSlot {
     /// What was wrong with the plugin ([`LoadError`]).
     pub fn load(&self, spec: PluginSpec) -> Result<VersionStatus, LoadError> {
         let _admin = self.0.admin.lock();
+        let version = self.checked_version(spec)?;
+        let status = version.status();
+        let old = self.0.active.load_full();
+        self.0.history.lock().replaced(old.spec.clone());
+        self.publish(version, "load".into());
+        Ok(status)
+    }
+
+    /// Runs `spec` as a candidate beside the active version, making `split` of the picks
+    /// (`crate::canary`): checked and built as a load is (self-test, every worker given the
+    /// current snapshot); the active version keeps serving the other picks, and serves alone
+    /// again when the candidate is cleared or faults too often. A candidate already there is
+    /// replaced. Nothing changes when it fails.
+    ///
+    /// # Errors
+    /// What was wrong with the plugin ([`LoadError`]); a share of 0 or above 1000.
+    pub fn set_candidate(&self, spec: PluginSpec, split: Split) -> Result<VersionStatus, LoadError> {
+        if let Split::Canary { per_mille } = split
+            && !(1..=1000).contains(&per_mille)
+        {
+            return Err(LoadError::BadShare(per_mille));
+        }
+        let _admin = self.0.admin.lock();
+        let version = self.checked_version(spec)?;
+        let status = version.status();
+        let id = version.id;
+        let tally = parking_lot::Mutex::default();
+        self.0.candidate.store(Some(Arc::new(Candidate { version: Arc::new(version), split, tally })));
+        self.note(id, format!("candidate ({split:?})"));
+        Ok(status)
+    }
+
+    /// Changes the running candidate's split (a rollout's next step), keeping its version,
+    /// counters and tally. False when there is no candidate.
+    pub fn set_split(&self, split: Split) -> bool {
+        let _admin = self.0.admin.lock();
+        let Some(current) = self.0.candidate.load_full() else { return false };
+        if current.split == split {
+            return true;
+        }
+        let tally = parking_lot::Mutex::new(current.tally.lock().clone());
+        self.0.candidate.store(Some(Arc::new(Candidate { version: Arc::clone(&current.version), split, tally })));
+        self.note(current.version.id, format!("candidate ({split:?})"));
+        true
+    }
+
+    /// Drops the candidate: the active version makes every pick again. False when there was
+    /// none.
+    pub fn clear_candidate(&self) -> bool {
+        let _admin = self.0.admin.lock();
+        let Some(gone) = self.0.candidate.swap(None) else { return false };
+        self.note(gone.version.id, "candidate cleared".into());
+        true
+    }
+
+    /// Makes the candidate the active version (the one it replaces becomes the rollback
+    /// target), as it runs: no rebuild, its counters kept.
+    ///
+    /// # Errors
+    /// [`SlotError::NoPrevious`] when there is no candidate.
+    pub fn promote_candidate(&self) -> Result<VersionStatus, SlotError> {
+        let _admin = self.0.admin.lock();
+        let candidate = self.0.candidate.swap(None).ok_or(SlotError::NoPrevious)?;
+        let old = self.0.active.load_full();
+        self.0.history.lock().replaced(old.spec.clone());
+        let status = candidate.version.status();
+        let id = candidate.version.id;
+        self.0.active.store(Arc::clone(&candidate.version));
+        self.note(id, "candidate promoted".into());
+        Ok(status)
+    }
+
+    /// The candidate, when there is one: its version, split and shadow tally.
+    #[must_use]
+    pub fn candidate(&self) -> Option<CandidateStatus> {
+        self.0.candidate.load().as_deref().map(Candidate::status)
+    }
+
+    /// `spec` as a new version of this slot, self-tested and built on the current snapshot
+    /// (with the admin lock held).
+    fn checked_version(&self, spec: PluginSpec) -> Result<Version, LoadError> {
         if let PluginSpec::Wasm { compiled, config, .. } = &spec {
             let host = &self.0.host;
             host.self_test_once(compiled, config, || match compiled.contract {
@@ -391,11 +523,7 @@ impl BalancerSlot {
         // the current snapshot, so a plugin that refuses this service is refused here, as a
         // 0.1.0 one is when its instances are built.
         version.warm()?;
-        let status = version.status();
-        let old = self.0.active.load_full();
-        self.0.history.lock().replaced(old.spec.clone());
-        self.publish(version, "load".into());
-        Ok(status)
+        Ok(version)
     }
 
     /// Goes back to the previous version.

@@ -28,6 +28,9 @@ impl From<std::io::Error> for HostError {
 /// every slot keeps serving.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// A candidate's canary share outside 1..=1000 thousandths.
+    #[error("a canary share is 1 to 1000 thousandths of the picks, not {0}")]
+    BadShare(u16),
     /// The bytes are not WebAssembly at all.
     #[error("not a WebAssembly file (it does not start with the \\0asm magic)")]
     NotWasm,

@@ -19,6 +19,9 @@
 //!   nothing that may run to a deadline on the picking thread: a resource or instance a pick
 //!   lacks is prepared on the host's off-path thread ([`BalancerSlot::prepare_now`] does it
 //!   on the caller's), with a backoff after a failure, while the native default answers;
+//!   and, while a progressive rollout tries one, a candidate version beside the active one
+//!   (`canary.rs`: [`Split`], a canary share sticky per affinity key, or shadow picks
+//!   counted in a [`ShadowTally`] and routing nothing);
 //! - [`HealthSlot`] and [`SchedulerSlot`]: the same for health policies and schedulers (the
 //!   lifecycle every slot has, its history, events, fault window and rollback report, is
 //!   written once in `lifecycle`);
@@ -47,6 +50,7 @@
 mod balancer;
 mod binding;
 mod bindings;
+mod canary;
 mod compiled;
 mod error;
 mod health;
@@ -70,6 +74,7 @@ mod window;
 
 pub use balancer::BalancerSlot;
 pub use binding::{Desired, bound_record, desired};
+pub use canary::{CandidateStatus, SHADOW_MAX_ENDPOINTS, SHADOW_SAMPLE_EVERY, ShadowTally, Split};
 pub use compiled::Compiled;
 pub use error::{CallFault, HostError, LoadError, SlotError};
 pub use health::{HealthSlot, OUTCOME_QUEUE};

@@ -860,6 +860,7 @@ async fn components_are_fetched_in_chunks_checked_against_their_hash_and_plugin_
         forward: Vec::new(),
         bad: Vec::new(),
         faults: Vec::new(),
+        rollout: None,
     };
     reg.put(Record::Plugin(Arc::new(record)), None).await.unwrap();
     match next_change(&mut watch).await {

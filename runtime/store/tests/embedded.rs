@@ -47,6 +47,7 @@ async fn durable_records_survive_a_reopen_and_ephemeral_ones_do_not() {
             forward: Vec::new(),
             bad: Vec::new(),
             faults: Vec::new(),
+            rollout: None,
         };
         store.put(Record::Plugin(plugin.into()), None).await.unwrap();
         before = store.revision();
