@@ -15,10 +15,10 @@ use crate::support::{Server, free_port, http, instance, run, sextant_bin, wait_u
 
 const SERVICE: &str = "shop/web/orders";
 
-struct Gateway {
+pub(crate) struct Gateway {
     child: Child,
-    addr: String,
-    metrics: String,
+    pub(crate) addr: String,
+    pub(crate) metrics: String,
     log: std::path::PathBuf,
     /// Answers received, by status (what its metrics must count).
     answered: std::cell::RefCell<std::collections::BTreeMap<u16, u64>>,
@@ -40,7 +40,7 @@ impl Gateway {
         Self::spawn(server, dir, port, &["--config", config.to_str().unwrap()])
     }
 
-    fn spawn(server: &Server, dir: &Path, port: u16, extra: &[&str]) -> Self {
+    pub(crate) fn spawn(server: &Server, dir: &Path, port: u16, extra: &[&str]) -> Self {
         Self::spawn_on(&[server], dir, port, extra)
     }
 
@@ -66,7 +66,7 @@ impl Gateway {
         Self { child, addr, metrics, log, answered: std::cell::RefCell::default() }
     }
 
-    fn metrics(&self) -> String {
+    pub(crate) fn metrics(&self) -> String {
         let mut r = http().get(&format!("http://{}/metrics", self.metrics)).call().expect("GET /metrics");
         assert_eq!(r.status(), 200);
         let kind = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
@@ -74,7 +74,7 @@ impl Gateway {
         r.body_mut().read_to_string().unwrap()
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 

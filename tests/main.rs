@@ -11,6 +11,7 @@ mod gateway;
 mod languages;
 mod plugins;
 mod python_client;
+mod rollout;
 mod security;
 mod storm;
 mod support;

@@ -334,6 +334,7 @@ fn large_components_upload_in_chunks_and_bad_uploads_change_nothing() {
         config: String::new(),
         component: String::new(),
         component_sha256: Some(sha.to_owned()),
+        rollout: None,
     };
     let (code, message) = refused(load_by_hash(&sha));
     assert_eq!(code, ErrorCode::Invalid);
@@ -385,6 +386,7 @@ fn large_components_upload_in_chunks_and_bad_uploads_change_nothing() {
         config: String::new(),
         component: String::new(),
         component_sha256: Some(sextant_core::sha256_hex(&big)),
+        rollout: None,
     }));
     assert!(matches!(again, Ok(Response::PluginWritten { .. })), "{again:?}");
 }

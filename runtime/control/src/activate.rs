@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sextant_core::store::Store;
 use sextant_core::{Change, PluginBinding, PluginRecord, Record, RecordKey, Scope, ServiceKey};
-use sextant_plugin::{Compiled, Desired, PluginKind};
+use sextant_plugin::{Compiled, Desired, PluginKind, TrialChange};
 use tokio::sync::mpsc;
 
 use crate::slots::ServiceSlots;
@@ -28,6 +28,7 @@ impl<S: Store + Clone> Inner<S> {
     pub(crate) async fn reconcile(&self, slots: &ServiceSlots, records: &[Arc<PluginRecord>]) -> Vec<Failed> {
         slots.refresh();
         let mut failed = Vec::new();
+        failed.extend(self.reconcile_trial(slots, records).await);
         for kind in PluginKind::ALL.into_iter().filter(|k| slots.slots.has(*k)) {
             let desired = sextant_plugin::desired(records, &slots.service, kind);
             if slots.update.lock()[kind.index()] == desired {
@@ -40,6 +41,50 @@ impl<S: Store + Clone> Inner<S> {
             failed.extend(self.install(slots, kind, desired, compiled));
         }
         failed
+    }
+
+    /// Makes `slots`' balancer run the candidate of the bound record's rollout beside its
+    /// version (or stop running it, or promote it as it runs: [`TrialChange`]).
+    async fn reconcile_trial(&self, slots: &ServiceSlots, records: &[Arc<PluginRecord>]) -> Option<Failed> {
+        let wanted = sextant_plugin::trial(records, &slots.service);
+        let stable = sextant_plugin::desired(records, &slots.service, PluginKind::Balancer);
+        let entry = slots.trial.lock().clone();
+        if entry.as_ref().is_some_and(|(t, failed)| *failed && Some(t) == wanted.as_ref()) {
+            return None;
+        }
+        let applied = entry.filter(|(_, failed)| !failed).map(|(t, _)| t);
+        let change = TrialChange::between(applied.as_ref(), wanted.as_ref(), stable.as_ref());
+        let compiled = match &change {
+            TrialChange::Keep => return None,
+            TrialChange::Start(t) => match self.fetch(&t.version.sha256).await {
+                Ok(c) => Some(c),
+                Err(error) => {
+                    *slots.trial.lock() = wanted.map(|t| (t, true));
+                    return Some(Failed {
+                        plugin: t.version.name.to_string(),
+                        kind: PluginKind::Balancer,
+                        service: slots.service.to_string(),
+                        error: format!("candidate: {error}"),
+                    });
+                }
+            },
+            _ => None,
+        };
+        let mut applied = slots.update.lock();
+        let result = slots.balancer().change_trial(&change, compiled);
+        if change == TrialChange::Promote && result.is_ok() {
+            // The slot runs the promoted candidate: the version the records now name.
+            applied[PluginKind::Balancer.index()] = stable;
+        }
+        drop(applied);
+        let plugin = wanted.as_ref().map(|t| t.version.name.to_string());
+        *slots.trial.lock() = wanted.map(|t| (t, result.is_err()));
+        result.err().map(|error| Failed {
+            plugin: plugin.unwrap_or_default(),
+            kind: PluginKind::Balancer,
+            service: slots.service.to_string(),
+            error: format!("candidate: {error}"),
+        })
     }
 
     /// Loads `desired` (none: the default) into `slots`' `kind` slot; what failed, if it did
@@ -127,7 +172,9 @@ pub(crate) async fn reconcile_all<S: Store + Clone>(inner: &Inner<S>) {
     let records = inner.registry.plugins();
     // Keep the components of bound balancer records compiled (slots created later start on
     // them at once; a server hosts no other kind); drop the rest.
-    inner.compiled.lock().retain(|sha, _| records.iter().any(|r| &r.sha256 == sha));
+    inner.compiled.lock().retain(|sha, _| {
+        records.iter().any(|r| &r.sha256 == sha || r.rollout.as_ref().is_some_and(|o| &o.candidate.sha256 == sha))
+    });
     let balancer = PluginKind::Balancer.to_string();
     for r in records.iter().filter(|r| r.bound() != PluginBinding::None && r.kind == balancer) {
         if let Err(e) = inner.fetch(&r.sha256).await {

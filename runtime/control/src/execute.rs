@@ -213,15 +213,20 @@ impl<S: Store + Clone> Executor<S> {
                 for b in &mut bindings {
                     b.count_hosts(&hosts);
                 }
+                let plugins = registry.plugins();
+                let rollouts = self.rollout_reports(&plugins);
                 Response::Plugins {
-                    plugins: registry.plugins(),
+                    plugins,
                     slots: self.plugins.as_ref().map(PluginManager::status).unwrap_or_default(),
                     hosts,
                     failures: self.plugins.as_ref().map(PluginManager::failures).unwrap_or_default(),
                     bindings,
+                    rollouts,
                 }
             }
-            Request::PluginLoad { name, kind, binding, config, component, component_sha256 } => match &self.plugins {
+            Request::PluginLoad { name, kind, binding, config, component, component_sha256, rollout } => match &self
+                .plugins
+            {
                 None => no_plugins(),
                 Some(p) => {
                     let (bytes, uploaded) = match self.component(component, component_sha256).await {
@@ -230,7 +235,10 @@ impl<S: Store + Clone> Executor<S> {
                     };
                     let sha = uploaded.then(|| sextant_core::sha256_hex(&bytes));
                     let kept = sha.as_ref().map(|_| bytes.clone());
-                    match p.load(name.as_str(), &kind, &binding, &config, bytes, "api").await {
+                    match p
+                        .load_with_rollout(name.as_str(), &kind, &binding, &config, bytes, "api", rollout.as_deref())
+                        .await
+                    {
                         Ok(l) => {
                             Response::PluginWritten { record: l.record, revision: l.revision, validated: l.validated }
                         }
@@ -264,6 +272,10 @@ impl<S: Store + Clone> Executor<S> {
             Request::PluginRollback { name, forward } => match &self.plugins {
                 None => no_plugins(),
                 Some(p) => plugin_written(if forward { p.roll_forward(&name).await } else { p.rollback(&name).await }),
+            },
+            Request::PluginRollout { name, action } => match &self.plugins {
+                None => no_plugins(),
+                Some(p) => plugin_written(p.steer_rollout(&name, action, "operator via api").await),
             },
             Request::PluginDelete { name } => match &self.plugins {
                 None => no_plugins(),
@@ -329,6 +341,27 @@ impl<S: Store + Clone> Executor<S> {
         let registry = &self.registry;
         let snapshots: Vec<_> = registry.services().iter().filter_map(|s| registry.snapshot(s)).collect();
         sextant_proto::host_reports(snapshots.iter().flat_map(|s| s.instances.iter().map(|i| &**i)))
+    }
+
+    /// What gateways report about the rollouts of `plugins` (those that have one), from
+    /// their registrations' metadata.
+    fn rollout_reports(&self, plugins: &[Arc<sextant_core::PluginRecord>]) -> Vec<sextant_proto::RolloutHostReport> {
+        let with_rollout: Vec<_> = plugins.iter().filter(|p| p.rollout.is_some()).collect();
+        if with_rollout.is_empty() {
+            return Vec::new();
+        }
+        let registry = &self.registry;
+        let snapshots: Vec<_> = registry.services().iter().filter_map(|s| registry.snapshot(s)).collect();
+        let mut out = Vec::new();
+        for p in with_rollout {
+            let instances = snapshots.iter().flat_map(|s| s.instances.iter().map(|i| &**i));
+            for (host, report) in sextant_proto::rollout_reports(instances, p.name.as_str()) {
+                if let Ok(report) = report {
+                    out.push(sextant_proto::RolloutHostReport { plugin: p.name.to_string(), host, report });
+                }
+            }
+        }
+        out
     }
 
     /// The component a `plugin_load` names: its own bytes, or an upload (`true`) or a stored
@@ -473,8 +506,14 @@ fn manager_error(e: ManagerError) -> Response {
         ManagerError::Invalid(_)
         | ManagerError::BadConfig(_)
         | ManagerError::NoPrevious(_)
-        | ManagerError::NoForward(_) => Response::error(ErrorCode::Invalid, e),
-        ManagerError::NotFound(_) => Response::error(ErrorCode::NotFound, e),
+        | ManagerError::NoForward(_)
+        | ManagerError::Plan(_)
+        | ManagerError::Rollout(_)
+        | ManagerError::NoStable
+        | ManagerError::RolloutChanges { .. }
+        | ManagerError::RolloutRunning(_)
+        | ManagerError::SameVersion(_) => Response::error(ErrorCode::Invalid, e),
+        ManagerError::NotFound(_) | ManagerError::NoRollout(_) => Response::error(ErrorCode::NotFound, e),
         ManagerError::Store(e) => store_error(e),
     }
 }

@@ -10,7 +10,9 @@
 //!   its registration limit) comes in through [`Origin`].
 //! - [`PluginManager`]: plugins in a running server, driven by the plugin records in the
 //!   store (validate before writing, activate by binding on every server, rollback from
-//!   history). The slots and the wasm host it drives are `sextant-plugin`'s.
+//!   history). The slots and the wasm host it drives are `sextant-plugin`'s. Progressive
+//!   rollouts (`rollout.rs`): a load with a plan starts one in the record, operators steer
+//!   it, and every server's judge decides its steps from the gateways' reports, once per step.
 //!
 //! It does no IO of its own beyond the registry's: no sockets, no HTTP, no QUIC.
 #![deny(missing_docs)]
@@ -20,6 +22,7 @@ mod execute;
 mod fault;
 mod manager;
 mod record;
+mod rollout;
 mod slots;
 mod state;
 mod upload;
@@ -28,5 +31,6 @@ mod verdict;
 pub use error::ManagerError;
 pub use execute::{Detached, Executor, Origin, WriteCounter, error_code};
 pub use fault::{Fault, FaultTaken, FleetRule};
-pub use manager::{LIVE_VALIDATION_SAMPLE, Loaded, PickedInstance, PluginManager};
+pub use manager::{JUDGE_EVERY, LIVE_VALIDATION_SAMPLE, Loaded, PickedInstance, PluginManager};
+pub use rollout::Judged;
 pub use slots::ServiceSlots;

@@ -22,18 +22,20 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use parking_lot::{Mutex, RwLock};
+use sextant_core::rollout::Plan;
 use sextant_core::store::{Store, StoreError};
 use sextant_core::{
-    CoreError, Instance, PLUGIN_HISTORY, PluginBinding, PluginName, PluginRecord, RecordKey, Revision, ServiceKey,
-    ServiceSnapshot,
+    CoreError, Instance, PLUGIN_HISTORY, PluginBinding, PluginName, PluginRecord, PluginVersion, RecordKey, Revision,
+    ServiceKey, ServiceSnapshot,
 };
-use sextant_proto::{FaultDecision, IgnoredFault, PluginFailure, SlotView, Validation};
+use sextant_proto::{FaultDecision, IgnoredFault, PluginFailure, RolloutAction, SlotView, Validation};
 use sextant_store::{Registry, RegistryError};
 use tokio::sync::mpsc;
 
 use crate::activate::{reconcile_all, watch};
 use crate::error::ManagerError;
 use crate::fault::{Fault, FaultCounts, FaultTaken, FleetRule};
+use crate::rollout::{self, Judged};
 use crate::slots::{ServiceSlots, parse_kind, pop_good, push_history, unix_ms};
 use crate::state::{Inner, Work};
 
@@ -110,6 +112,7 @@ impl<S: Store + Clone> PluginManager<S> {
             fault_counts: Mutex::new(FaultCounts::new()),
         });
         tokio::spawn(watch(Arc::downgrade(&inner), rx));
+        tokio::spawn(judge(Arc::downgrade(&inner)));
         Ok(Self(inner))
     }
 
@@ -205,8 +208,30 @@ impl<S: Store + Clone> PluginManager<S> {
         bytes: Vec<u8>,
         source: &str,
     ) -> Result<Loaded, ManagerError> {
+        self.load_with_rollout(name, kind, binding, config, bytes, source, None).await
+    }
+
+    /// As [`Self::load`]; with `rollout` (a plan, `shadow:2m,10%:5m max-p99-ratio=1.3`),
+    /// the component becomes the candidate of a progressive rollout beside the record's
+    /// current version instead of replacing it: the record must exist, with the same kind and
+    /// binding, and run no rollout (nor may another record of its binding).
+    ///
+    /// # Errors
+    /// As [`Self::load`]; an invalid plan; a record the rollout cannot start on.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn load_with_rollout(
+        &self,
+        name: &str,
+        kind: &str,
+        binding: &str,
+        config: &str,
+        bytes: Vec<u8>,
+        source: &str,
+        rollout: Option<&str>,
+    ) -> Result<Loaded, ManagerError> {
         let result = async {
             let plugin = PluginName::new(name)?;
+            let plan = rollout.map(str::parse::<Plan>).transpose()?;
             let plugin_kind = parse_kind(kind)?;
             PluginBinding::parse(binding)?;
             if !config.trim().is_empty() {
@@ -215,8 +240,17 @@ impl<S: Store + Clone> PluginManager<S> {
             }
             let config = if config.trim().is_empty() { String::new() } else { config.to_owned() };
             let sha = sextant_core::sha256_hex(&bytes);
-            let old = self.0.registry.plugins().into_iter().find(|p| p.name == plugin);
+            let records = self.0.registry.plugins();
+            let old = records.iter().find(|p| p.name == plugin).cloned();
+            if let Some(plan) = &plan {
+                // Refused now, before the component is compiled (and again on the record as
+                // the store holds it when written).
+                let candidate =
+                    PluginVersion { sha256: sha.clone(), size: 0, config: config.clone(), loaded_at_unix_ms: 0 };
+                rollout::start(old.as_deref(), &records, candidate, plan, (kind, binding), "operator")?;
+            }
             if let Some(o) = &old
+                && plan.is_none()
                 && o.kind == kind
                 && o.binding == binding
                 && o.config == config
@@ -272,6 +306,17 @@ impl<S: Store + Clone> PluginManager<S> {
             let written = self
                 .0
                 .write_record(&plugin, |old| {
+                    if let Some(plan) = &plan {
+                        let candidate = PluginVersion {
+                            sha256: sha256.clone(),
+                            size,
+                            config: config.clone(),
+                            loaded_at_unix_ms: unix_ms(),
+                        };
+                        let others = self.0.registry.plugins();
+                        let by = format!("operator via {source}");
+                        return rollout::start(old, &others, candidate, plan, (kind, binding), &by).map(Some);
+                    }
                     if let Some(o) = old
                         && o.kind == kind
                         && o.binding == binding
@@ -305,7 +350,16 @@ impl<S: Store + Clone> PluginManager<S> {
                         bad: old.map(|o| o.bad.clone()).unwrap_or_default(),
                         // Faults were about the version this load replaces.
                         faults: Vec::new(),
-                        rollout: None,
+                        // A running rollout ends (aborted, its log kept): this load's version
+                        // serves at once.
+                        rollout: old.and_then(|o| o.rollout.clone()).filter(|r| r.state.is_live()).map(|mut r| {
+                            let _ = r.abort(
+                                unix_ms(),
+                                &format!("operator via {source}"),
+                                "a plain load replaced the version",
+                            );
+                            r
+                        }),
                     }))
                 })
                 .await?;
@@ -378,6 +432,10 @@ impl<S: Store + Clone> PluginManager<S> {
             .write_record(name, |old| {
                 let mut record = old.cloned().ok_or_else(|| ManagerError::NotFound(name.clone()))?;
                 change(&mut record)?;
+                // The stable version moved under a running rollout: it ends, its log kept.
+                if let Some(r) = record.rollout.as_mut().filter(|r| r.state.is_live()) {
+                    r.abort(unix_ms(), "operator via api", "the record's version was rolled back or forward")?;
+                }
                 Ok(Some(record))
             })
             .await?;
@@ -539,6 +597,29 @@ impl<S: Store + Clone> PluginManager<S> {
         Ok(())
     }
 
+    /// Applies an operator's `action` to `name`'s running rollout (`by` names who, for its
+    /// log); returns once this server runs what it leads to.
+    ///
+    /// # Errors
+    /// No such record, no rollout, a transition its state does not allow, the store's refusal.
+    pub async fn steer_rollout(
+        &self,
+        name: &PluginName,
+        action: RolloutAction,
+        by: &str,
+    ) -> Result<(Arc<PluginRecord>, Revision), ManagerError> {
+        let (record, revision) = self.0.steer(name, action, by).await?;
+        self.settle(revision).await;
+        Ok((record, revision))
+    }
+
+    /// Judges every running rollout now (the server does it every [`JUDGE_EVERY`] on its
+    /// own) and returns the decisions written.
+    pub async fn judge_rollouts(&self) -> Vec<Judged> {
+        let by = format!("judge@{}", self.0.identity.lock());
+        self.0.judge_all(&by).await
+    }
+
     /// Names this server in the faults it reports about its own slots (default
     /// `server PID`).
     pub fn set_identity(&self, identity: impl Into<String>) {
@@ -578,6 +659,7 @@ impl<S: Store + Clone> Inner<S> {
                 applied: AtomicU64::new(u64::MAX),
                 update: Mutex::new([None, None, None]),
                 errors: Mutex::new([None, None, None]),
+                trial: Mutex::new(None),
                 slots: Slots::new(&self.host, &name, &self.defaults, &SlotPlan::picks_only(&self.defaults))?,
             })
         };
@@ -607,5 +689,20 @@ impl<S: Store + Clone> Inner<S> {
         let spec =
             PluginSpec::Wasm { name: name.to_string(), compiled: Arc::clone(compiled), config: config.to_owned() };
         self.defaults.validate(&self.host, kind, spec, live.map(snapshot_of)).map(drop)
+    }
+}
+
+/// How often a server judges the running rollouts.
+pub const JUDGE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Judges the running rollouts every [`JUDGE_EVERY`] while the manager lives.
+async fn judge<S: Store + Clone>(inner: std::sync::Weak<Inner<S>>) {
+    let mut tick = tokio::time::interval(JUDGE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let by = format!("judge@{}", inner.identity.lock());
+        inner.judge_all(&by).await;
     }
 }

@@ -16,7 +16,7 @@ use sextant_core::{
 };
 #[cfg(doc)]
 use sextant_plugin::SlotPlan;
-use sextant_plugin::{BalancerSlot, Desired, PluginKind, SlotStatus, Slots, snapshot_of};
+use sextant_plugin::{BalancerSlot, Desired, PluginKind, SlotStatus, Slots, Trial, snapshot_of};
 
 /// The slots of one service on a server.
 #[derive(Debug)]
@@ -29,6 +29,10 @@ pub struct ServiceSlots {
     pub(crate) update: Mutex<[Option<Desired>; 3]>,
     /// Why the last activation of each kind failed (none: it succeeded, or none was tried).
     pub(crate) errors: Mutex<[Option<String>; 3]>,
+    /// The candidate the balancer runs beside its version while a rollout runs: what was
+    /// last applied, and whether it failed (then it is not tried again until the rollout
+    /// changes, and the slot has no candidate).
+    pub(crate) trial: Mutex<Option<(Trial, bool)>>,
     pub(crate) slots: Slots,
 }
 

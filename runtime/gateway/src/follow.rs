@@ -38,8 +38,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use sextant_core::rollout::RolloutReport;
 use sextant_core::{Instance, Metadata, PluginRecord, Record, Scope, ServiceKey};
-use sextant_plugin::{AutoRollback, Compiled, Desired, PluginKind, desired};
+use sextant_plugin::{AutoRollback, Compiled, Desired, PluginKind, Trial, TrialChange, desired, trial};
 use sextant_proto::{Binding, ErrorCode, Request, Response};
 use sextant_quic::client::Client;
 use tokio::sync::watch;
@@ -48,6 +49,7 @@ use crate::ServicePolicy;
 use crate::router::WeakRouter;
 
 use sextant_proto::PLUGIN_REPORT_PREFIX as REPORT_PREFIX;
+use sextant_proto::ROLLOUT_REPORT_PREFIX;
 
 /// Largest component a gateway fetches (bytes): the largest a server stores.
 pub const MAX_FETCHED_COMPONENT: u64 = sextant_proto::MAX_COMPONENT_LEN as u64;
@@ -96,6 +98,8 @@ pub struct Activation {
 #[derive(Debug)]
 pub struct PluginFollower {
     activations: Arc<Mutex<BTreeMap<(String, String), Activation>>>,
+    /// The rollout candidates the services' balancers run (or refused), by service.
+    trials: Arc<Mutex<BTreeMap<ServiceKey, Tried>>>,
     changed: watch::Receiver<u64>,
     control: tokio::sync::mpsc::UnboundedSender<Control>,
     task: tokio::task::JoinHandle<()>,
@@ -162,6 +166,7 @@ impl PluginFollower {
     #[must_use]
     pub fn start(router: &crate::Router, client: Client, options: FollowOptions) -> Self {
         let activations = Arc::new(Mutex::new(BTreeMap::new()));
+        let trials = Arc::new(Mutex::new(BTreeMap::new()));
         let (tx, changed) = watch::channel(0);
         let (control, control_rx) = tokio::sync::mpsc::unbounded_channel();
         let (rolled_back, rollbacks) = tokio::sync::mpsc::unbounded_channel();
@@ -176,10 +181,11 @@ impl PluginFollower {
             applied: HashMap::new(),
             compiled: HashMap::new(),
             activations: Arc::clone(&activations),
+            trials: Arc::clone(&trials),
             changed: tx,
         };
         let task = tokio::spawn(state.run(control_rx, rollbacks));
-        Self { activations, changed, control, task, router, seen: Mutex::new(HashMap::new()) }
+        Self { activations, trials, changed, control, task, router, seen: Mutex::new(HashMap::new()) }
     }
 
     /// Follows for `services` from now on, with `defaults` for services no record binds;
@@ -218,7 +224,47 @@ impl PluginFollower {
     pub fn report(&self) -> BTreeMap<String, String> {
         let activations = self.activations.lock().clone();
         let silent = self.silent(&activations);
-        report(&activations, &silent)
+        let mut out = report(&activations, &silent);
+        out.extend(self.rollout_reports());
+        out
+    }
+
+    /// Per plugin record whose rollout runs on this host's services: a [`RolloutReport`]
+    /// (JSON, keyed `sextant.rollout.NAME`) with both versions' windows of the current step
+    /// added up over those services, or the reason the candidate was refused.
+    #[must_use]
+    pub fn rollout_reports(&self) -> BTreeMap<String, String> {
+        let trials = self.trials.lock().clone();
+        let router = self.router.upgrade();
+        let mut by_plugin: BTreeMap<String, RolloutReport> = BTreeMap::new();
+        for (service, tried) in &trials {
+            let t = &tried.trial;
+            let report = by_plugin.entry(t.version.name.to_string()).or_insert_with(|| RolloutReport {
+                candidate: t.version.sha256.clone(),
+                step: t.step,
+                since_unix_ms: t.since_unix_ms,
+                ..RolloutReport::default()
+            });
+            if let Some(e) = &tried.error {
+                report.refused.get_or_insert_with(|| format!("{service}: {e}"));
+                continue;
+            }
+            if let Some(e) = &tried.faulted {
+                report.faulted.get_or_insert_with(|| format!("{service}: {e}"));
+            }
+            let windows = router.as_ref().and_then(|r| r.existing(service)).and_then(|s| s.trial_windows());
+            if let Some((step, _, stable, candidate)) = windows.filter(|w| w.0 == t.step) {
+                debug_assert_eq!(step, report.step);
+                report.stable.add(&stable);
+                report.candidate_window.add(&candidate);
+            }
+        }
+        by_plugin
+            .into_iter()
+            .filter_map(|(plugin, r)| {
+                Some((format!("{ROLLOUT_REPORT_PREFIX}{plugin}"), serde_json::to_string(&r).ok()?))
+            })
+            .collect()
     }
 
     /// The (service, kind)s whose active version answered nothing since the last report, with
@@ -346,7 +392,17 @@ struct Follow {
     applied: HashMap<(ServiceKey, PluginKind), Option<Desired>>,
     compiled: HashMap<String, Arc<Compiled>>,
     activations: Arc<Mutex<BTreeMap<(String, String), Activation>>>,
+    trials: Arc<Mutex<BTreeMap<ServiceKey, Tried>>>,
     changed: watch::Sender<u64>,
+}
+
+/// A rollout candidate as a service's balancer was given it: running, or refused (why).
+#[derive(Debug, Clone)]
+struct Tried {
+    trial: Trial,
+    error: Option<String>,
+    /// Why the slot dropped the candidate while it ran (too many faults).
+    faulted: Option<String>,
 }
 
 impl Follow {
@@ -424,7 +480,13 @@ impl Follow {
     /// not be fetched (to be tried again).
     async fn reconcile(&mut self, records: &[Arc<PluginRecord>]) -> bool {
         let mut retry = false;
+        self.trials.lock().retain(|s, _| self.options.services.contains(s));
         for service in self.options.services.clone() {
+            match self.reconcile_trial(records, &service).await {
+                Some(again) => retry |= again,
+                // The router is gone: nothing left to follow for.
+                None => return false,
+            }
             for kind in PluginKind::ALL {
                 let desired = desired(records, &service, kind);
                 let key = (service.clone(), kind);
@@ -480,9 +542,79 @@ impl Follow {
                 self.applied.insert(key, desired);
             }
         }
-        // Keep only the components still bound.
-        self.compiled.retain(|sha, _| records.iter().any(|r| &r.sha256 == sha));
+        // Keep only the components still bound (stable versions and rollout candidates).
+        self.compiled.retain(|sha, _| {
+            records.iter().any(|r| &r.sha256 == sha || r.rollout.as_ref().is_some_and(|o| &o.candidate.sha256 == sha))
+        });
         retry
+    }
+
+    /// Makes `service`'s balancer run the candidate of its bound record's rollout beside its
+    /// version, change its share, promote it as it runs, or drop it ([`TrialChange`]);
+    /// `Some(true)` when the component could not be fetched (tried again), `None` when the
+    /// router is gone.
+    async fn reconcile_trial(&mut self, records: &[Arc<PluginRecord>], service: &ServiceKey) -> Option<bool> {
+        let wanted = trial(records, service);
+        let stable = desired(records, service, PluginKind::Balancer);
+        let entry = self.trials.lock().get(service).cloned();
+        // A candidate this host refused is not tried again until the rollout changes; then
+        // the slot has no candidate to change.
+        if entry.as_ref().is_some_and(|t| t.error.is_some() && Some(&t.trial) == wanted.as_ref()) {
+            return Some(false);
+        }
+        let applied = entry.filter(|t| t.error.is_none()).map(|t| t.trial);
+        let change = TrialChange::between(applied.as_ref(), wanted.as_ref(), stable.as_ref());
+        if change == TrialChange::Keep {
+            return Some(false);
+        }
+        let compiled = match &change {
+            TrialChange::Start(t) => match self.component(&t.version.sha256).await {
+                Ok(c) => Ok(Some(c)),
+                Err(Fetch::Retry(e)) => {
+                    tracing::warn!(%service, plugin = %t.version.name, error = %e, "candidate not fetched; trying again");
+                    return Some(true);
+                }
+                Err(Fetch::Refused(e)) => Err(e),
+            },
+            _ => Ok(None),
+        };
+        let router = self.router.upgrade()?;
+        let result = match compiled {
+            Err(e) => Err(e),
+            Ok(compiled) => {
+                let (s, c) = (service.clone(), change.clone());
+                // A candidate's self-test and build keep a core busy: off the async workers.
+                tokio::task::spawn_blocking(move || router.change_trial(&s, &c, compiled))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the candidate task failed: {e}")))
+            }
+        };
+        match &result {
+            Ok(_) => tracing::info!(%service, change = ?change_name(&change), "rollout candidate changed"),
+            Err(e) => tracing::warn!(%service, error = %e, "rollout candidate refused; the service keeps its version"),
+        }
+        if change == TrialChange::Promote && result.is_ok() {
+            // The slot runs the promoted candidate: the version the records now name.
+            self.applied.insert((service.clone(), PluginKind::Balancer), stable.clone());
+            self.note(service, PluginKind::Balancer, stable.as_ref(), None);
+        }
+        let mut trials = self.trials.lock();
+        match wanted {
+            Some(trial) => {
+                // A candidate dropped after faults stays dropped through its next steps.
+                let faulted = match &change {
+                    TrialChange::Step(_) => trials.get(service).and_then(|t| t.faulted.clone()),
+                    _ => None,
+                };
+                trials.insert(service.clone(), Tried { trial, error: result.err(), faulted });
+            }
+            None => {
+                trials.remove(service);
+            }
+        }
+        drop(trials);
+        self.changed.send_modify(|n| *n += 1);
+        Some(false)
     }
 
     /// A slot rolled a version back on its own: when it is the version a record bound here,
@@ -491,6 +623,16 @@ impl Follow {
     /// as usual.
     fn rolled_back(&self, rollback: AutoRollback) {
         let Ok(service) = ServiceKey::parse(&rollback.service) else { return };
+        if rollback.kind == PluginKind::Balancer
+            && let Some(tried) = self.trials.lock().get_mut(&service)
+            && rollback.sha256.as_deref() == Some(tried.trial.version.sha256.as_str())
+        {
+            // A rollout's candidate dropped on this host: the judge hears it in the report
+            // (a failed criterion), not the fleet's fault rule (the record's version is fine).
+            tried.faulted = Some(rollback.reason);
+            self.changed.send_modify(|n| *n += 1);
+            return;
+        }
         let Some(Some(desired)) = self.applied.get(&(service.clone(), rollback.kind)) else {
             // The route's own configuration, not a record: nothing for the fleet to decide.
             return;
@@ -679,7 +821,9 @@ pub fn fit_report(metadata: &mut Metadata, report: &BTreeMap<String, String>) {
     let mut added = Vec::with_capacity(report.len() + 1);
     let mut more = 0;
     for (k, v) in report {
-        let value: String = if whole > budget { v.chars().take(60).collect() } else { v.clone() };
+        // A rollout report is JSON: whole or not at all.
+        let shorten = whole > budget && !k.starts_with(ROLLOUT_REPORT_PREFIX);
+        let value: String = if shorten { v.chars().take(60).collect() } else { v.clone() };
         if size + k.len() + value.len() > budget {
             more += 1;
             continue;
@@ -692,6 +836,17 @@ pub fn fit_report(metadata: &mut Metadata, report: &BTreeMap<String, String>) {
     }
     // One packing for the whole report; a report entry replaces a key the registration had.
     *metadata = metadata.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).chain(added).collect();
+}
+
+/// A change's name for the log.
+fn change_name(change: &TrialChange) -> String {
+    match change {
+        TrialChange::Keep => "keep".into(),
+        TrialChange::Start(t) => format!("start {} {:?}", short(&t.version.sha256), t.split),
+        TrialChange::Step(t) => format!("step {} {:?}", t.step, t.split),
+        TrialChange::Promote => "promote".into(),
+        TrialChange::Stop => "stop".into(),
+    }
 }
 
 enum Fetch {

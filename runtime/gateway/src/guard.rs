@@ -102,6 +102,9 @@ impl PickGuard {
         }
         let es = &self.target.state;
         es.window.load().record(latency, outcome.class());
+        if let Some(trial) = self.svc.trial.load().as_deref() {
+            trial.record(self.version, &outcome, latency, self.fallback);
+        }
         let svc = &self.svc;
         let breaker_moved = es.breaker.record(!failed, self.trial, now);
         self.trial = false;

@@ -26,7 +26,9 @@
 //!   slot, calls and faults per version, the plugin host's limits and log drops);
 //! - plugins that follow the store ([`follow`]): the plugin records bound to the routed
 //!   services, components fetched by sha256 and cached on disk, swapped into the services, with
-//!   a per-plugin report a gateway publishes in its registration.
+//!   a per-plugin report a gateway publishes in its registration; while a record's rollout
+//!   runs, its candidate beside the balancer's version, and both versions' outcome windows
+//!   (`trial.rs`) reported the same way for the control plane's judge.
 #![deny(missing_docs)]
 mod body;
 mod builder;
@@ -40,6 +42,7 @@ mod rotation;
 mod router;
 mod service;
 mod status;
+mod trial;
 
 pub mod backend;
 pub mod config;

@@ -108,6 +108,26 @@ pub struct EndpointLabels {
     pub endpoint: String,
 }
 
+/// Labels of a rollout's outcome series on a service.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutLabels {
+    /// The service.
+    pub service: String,
+    /// `stable` or `candidate`.
+    pub version: &'static str,
+}
+
+/// Labels of a rollout's requests by outcome.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutOutcomeLabels {
+    /// The service.
+    pub service: String,
+    /// `stable` or `candidate`.
+    pub version: &'static str,
+    /// `ok`, `5xx`, `4xx` or `transport`.
+    pub outcome: &'static str,
+}
+
 /// Labels of an endpoint's health.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HealthLabels {
@@ -139,6 +159,9 @@ pub struct GatewayMetrics {
     in_flight: Family<EndpointLabels, Gauge>,
     weight: Family<EndpointLabels, Gauge>,
     identity_conflict: Gauge,
+    rollout_requests: Family<RolloutOutcomeLabels, Gauge>,
+    rollout_p99: Family<RolloutLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    rollout_fallbacks: Family<RolloutLabels, Gauge>,
 }
 
 impl Default for GatewayMetrics {
@@ -207,6 +230,9 @@ impl GatewayMetrics {
             in_flight: Family::default(),
             weight: Family::default(),
             identity_conflict: Gauge::default(),
+            rollout_requests: Family::default(),
+            rollout_p99: Family::default(),
+            rollout_fallbacks: Family::default(),
         };
         registry.register(
             "identity_conflict",
@@ -226,6 +252,21 @@ impl GatewayMetrics {
         registry.register("endpoint_breaker_open", "1 while the endpoint's breaker is open", m.breaker_open.clone());
         registry.register("endpoint_in_flight", "Requests in flight to the endpoint", m.in_flight.clone());
         registry.register("endpoint_weight", "Effective weight in rotation (0: out)", m.weight.clone());
+        registry.register(
+            "rollout_step_requests",
+            "While a rollout runs on the service: requests since its step began, by version (stable, candidate) and outcome",
+            m.rollout_requests.clone(),
+        );
+        registry.register(
+            "rollout_step_p99_seconds",
+            "While a rollout runs on the service: p99 latency since its step began, by version",
+            m.rollout_p99.clone(),
+        );
+        registry.register(
+            "rollout_step_fallbacks",
+            "While a rollout runs on the service: picks the native default answered since its step began, by version",
+            m.rollout_fallbacks.clone(),
+        );
         m.plugins.register(&mut registry);
         Self { registry, ..m }
     }
@@ -281,11 +322,17 @@ impl GatewayMetrics {
         for family in [&self.breaker_open, &self.in_flight, &self.weight] {
             family.clear();
         }
+        self.rollout_requests.clear();
+        self.rollout_p99.clear();
+        self.rollout_fallbacks.clear();
         self.health.clear();
         self.plugins.host.read(router.host());
         let mut totals = router.host().retired();
         let mut active = Vec::new();
         for service in router.services() {
+            if let Some((_, stable, candidate)) = router.trial_windows(&service) {
+                self.read_rollout(&service.to_string(), [("stable", &stable), ("candidate", &candidate)]);
+            }
             let Some(status) = router.status(&service) else { continue };
             for e in &status.endpoints {
                 let labels = EndpointLabels { service: status.service.clone(), endpoint: e.address.clone() };
@@ -322,6 +369,29 @@ impl GatewayMetrics {
         }
         self.plugins.set_slots(active);
         self.plugins.set_totals(&totals);
+    }
+}
+
+impl GatewayMetrics {
+    fn read_rollout(&self, service: &str, windows: [(&'static str, &sextant_core::rollout::VersionWindow); 2]) {
+        for (version, w) in windows {
+            let errors = w.status_5xx + w.status_4xx + w.transport_failures;
+            let outcomes = [
+                ("ok", w.requests.saturating_sub(errors)),
+                ("5xx", w.status_5xx),
+                ("4xx", w.status_4xx),
+                ("transport", w.transport_failures),
+            ];
+            for (outcome, n) in outcomes {
+                let labels = RolloutOutcomeLabels { service: service.to_owned(), version, outcome };
+                self.rollout_requests.get_or_create(&labels).set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+            let labels = RolloutLabels { service: service.to_owned(), version };
+            if let Some(p99) = w.latency.quantile_ms(0.99) {
+                self.rollout_p99.get_or_create(&labels).set(p99 / 1000.0);
+            }
+            self.rollout_fallbacks.get_or_create(&labels).set(i64::try_from(w.fallbacks).unwrap_or(i64::MAX));
+        }
     }
 }
 

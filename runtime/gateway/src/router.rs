@@ -220,6 +220,32 @@ impl Router {
         self.0.observers.write().push(observer);
     }
 
+    /// Makes `service`'s balancer candidate what `change` says (the rule every host applies
+    /// while a record's rollout runs: [`TrialChange`]; `compiled` is the component of a
+    /// start), and counts both versions' outcomes from then on, per step.
+    ///
+    /// # Errors
+    /// The service state could not be set up; the candidate does not load (nothing changed).
+    pub fn change_trial(
+        &self,
+        service: &ServiceKey,
+        change: &sextant_plugin::TrialChange,
+        compiled: Option<Arc<sextant_plugin::Compiled>>,
+    ) -> Result<bool, String> {
+        self.state(service).map_err(|e| e.to_string())?.change_trial(change, compiled)
+    }
+
+    /// While a rollout's candidate runs on `service`: the step and both versions' outcome
+    /// windows since it began `(step, stable, candidate)` (in a shadow step, the candidate's
+    /// shadow picks and fallbacks).
+    #[must_use]
+    pub fn trial_windows(
+        &self,
+        service: &ServiceKey,
+    ) -> Option<(usize, sextant_core::rollout::VersionWindow, sextant_core::rollout::VersionWindow)> {
+        self.existing(service)?.trial_windows().map(|(step, _, stable, candidate)| (step, stable, candidate))
+    }
+
     /// What `service`'s state looks like now (none before its first pick or load).
     #[must_use]
     pub fn status(&self, service: &ServiceKey) -> Option<ServiceStatus> {

@@ -12,15 +12,16 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use sextant_core::rollout::VersionWindow;
 use sextant_core::{Instance, ServiceKey, ServiceSnapshot, SnapshotHandle};
 use sextant_plugin::builtins::{Endpoint, EndpointStats, ProbeResult, Snapshot, Verdict};
 use sextant_plugin::{
     BalancerSlot, Defaults, HealthSlot, LoadError, LoadTracker, PluginHost, PluginSpec, SchedulerSlot, SlotPlan,
 };
-use sextant_plugin::{Slots, StatsWindow, VersionStatus};
+use sextant_plugin::{Slots, Split, StatsWindow, TrialChange, VersionStatus};
 
 use crate::clock::Clock;
 use crate::discovery::HealthSink;
@@ -29,6 +30,7 @@ use crate::health::Probe;
 use crate::resilience::{Breaker, RetryBudget, TokenBucket, millis};
 use crate::resilience::{BreakerConfig, RateLimit, RetryConfig};
 use crate::rotation::{LocalHealth, rotation};
+use crate::trial::TrialWindows;
 
 /// How traffic to one service is handled.
 ///
@@ -245,6 +247,9 @@ pub(crate) struct ServiceState {
     pub(crate) wake: Arc<Notify>,
     /// The router's clock.
     pub(crate) clock: Arc<dyn Clock>,
+    /// While a rollout's candidate runs beside the balancer's version: both versions'
+    /// outcome windows (`trial.rs`).
+    pub(crate) trial: ArcSwapOption<TrialWindows>,
 }
 
 impl std::fmt::Debug for ServiceState {
@@ -316,7 +321,41 @@ impl ServiceState {
             wake,
             clock,
             config,
+            trial: ArcSwapOption::empty(),
         })
+    }
+
+    /// Makes the balancer's candidate what `change` says (`compiled`: the component of a
+    /// start) and starts the outcome windows of its step (none once it is promoted or gone).
+    pub(crate) fn change_trial(
+        &self,
+        change: &TrialChange,
+        compiled: Option<Arc<sextant_plugin::Compiled>>,
+    ) -> Result<bool, String> {
+        let slot = self.balancer();
+        let changed = slot.change_trial(change, compiled)?;
+        match change {
+            TrialChange::Start(t) | TrialChange::Step(t) => {
+                let candidate = slot.candidate().map(|c| c.version.id);
+                self.trial.store(candidate.map(|id| Arc::new(TrialWindows::new(id, t.step, t.since_unix_ms))));
+            }
+            TrialChange::Promote | TrialChange::Stop => self.trial.store(None),
+            TrialChange::Keep => {}
+        }
+        Ok(changed)
+    }
+
+    /// The running trial's step, its start, and both versions' windows `(stable,
+    /// candidate)`: in a shadow step the candidate's are its shadow picks and fallbacks.
+    pub(crate) fn trial_windows(&self) -> Option<(usize, u64, VersionWindow, VersionWindow)> {
+        let trial = self.trial.load_full()?;
+        let (stable, mut tried) = trial.windows();
+        // (A candidate dropped after faults leaves its windows counted; the follower says why.)
+        if let Some(candidate) = self.balancer().candidate().filter(|c| c.split == Split::Shadow) {
+            tried.requests = candidate.shadow.calls;
+            tried.fallbacks = candidate.version.counters.counts.fallbacks;
+        }
+        Some((trial.step, trial.since_unix_ms, stable, tried))
     }
 
     /// Reports the service state's automatic rollbacks to `observer` (the router's fan-out).

@@ -29,7 +29,7 @@ use crate::tracker::{EndpointLoad, LoadTracker};
 use crate::version::{Exec, SAMPLE_EVERY, Version, WasmRunner, check_pick, mode_from_wit2, validate_mode};
 use crate::{
     CallFault, Compiled, LoadError, Observer, PickRequest, Picked, PluginHost, PluginKind, PluginSpec, SlotError,
-    SlotStatus, VersionStatus,
+    SlotStatus, TrialChange, VersionStatus,
 };
 
 struct SlotInner {
@@ -498,6 +498,26 @@ impl BalancerSlot {
         self.0.active.store(Arc::clone(&candidate.version));
         self.note(id, "candidate promoted".into());
         Ok(status)
+    }
+
+    /// Makes the slot's candidate what `change` says (the rule every host applies while a
+    /// record's rollout runs: [`TrialChange`]); `compiled` is the component of a
+    /// [`TrialChange::Start`]. Returns whether the slot changed.
+    ///
+    /// # Errors
+    /// A candidate that does not load (the slot keeps what it ran), or a promotion with no
+    /// candidate to promote.
+    pub fn change_trial(&self, change: &TrialChange, compiled: Option<Arc<Compiled>>) -> Result<bool, String> {
+        match change {
+            TrialChange::Keep => Ok(false),
+            TrialChange::Start(t) => {
+                let compiled = compiled.ok_or_else(|| format!("component {} not at hand", t.version.sha256))?;
+                self.set_candidate(t.version.spec(compiled), t.split).map(|_| true).map_err(|e| e.to_string())
+            }
+            TrialChange::Step(t) => Ok(self.set_split(t.split)),
+            TrialChange::Promote => self.promote_candidate().map(|_| true).map_err(|e| e.to_string()),
+            TrialChange::Stop => Ok(self.clear_candidate()),
+        }
     }
 
     /// The candidate, when there is one: its version, split and shadow tally.

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use sextant_core::{PluginName, PluginRecord, ServiceKey};
 
-use crate::{Compiled, PluginKind, PluginSpec};
+use crate::{Compiled, PluginKind, PluginSpec, Split};
 
 /// What one slot of a host runs as the records decide: a record's current version, with the
 /// configuration the plugin receives (`{}` when the record has none). Where an
@@ -38,6 +38,71 @@ impl Desired {
     #[must_use]
     pub fn version(&self) -> String {
         sextant_core::version_label(&self.sha256, &self.config)
+    }
+}
+
+/// The candidate a balancer slot runs beside its [`Desired`] version while the bound
+/// record's rollout runs (shadow, canary or paused): the version, and how it shares the picks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trial {
+    /// The candidate version (the record's name, the candidate's sha256 and configuration).
+    pub version: Desired,
+    /// Its share of the picks, or shadow.
+    pub split: Split,
+    /// The rollout's step (a new step starts new outcome windows).
+    pub step: usize,
+    /// When the step began, milliseconds since the Unix epoch.
+    pub since_unix_ms: u64,
+}
+
+/// What `service`'s balancer runs as a candidate on every host: the live rollout of the
+/// record [`bound_record`] names, if it has one.
+#[must_use]
+pub fn trial(records: &[Arc<PluginRecord>], service: &ServiceKey) -> Option<Trial> {
+    let record = bound_record(records, service, PluginKind::Balancer)?;
+    let rollout = record.rollout.as_ref().filter(|r| r.state.is_live())?;
+    let c = &rollout.candidate;
+    let config = if c.config.is_empty() { "{}".to_owned() } else { c.config.clone() };
+    let split = match rollout.current_step().per_mille {
+        0 => Split::Shadow,
+        per_mille => Split::Canary { per_mille },
+    };
+    Some(Trial {
+        version: Desired { name: record.name.clone(), sha256: c.sha256.clone(), config },
+        split,
+        step: rollout.step,
+        since_unix_ms: rollout.step_since_unix_ms,
+    })
+}
+
+/// What a host does to its balancer slot's candidate to go from the trial it `applied` to
+/// the one `wanted`, given the version its slot is to run (`stable`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrialChange {
+    /// Nothing.
+    Keep,
+    /// Run this candidate (its component needed): none ran, or another one did.
+    Start(Trial),
+    /// Same candidate, another step: change its split.
+    Step(Trial),
+    /// The candidate is now the version to run: promote it as it runs (no rebuild).
+    Promote,
+    /// No candidate any more (rolled back, aborted, unbound).
+    Stop,
+}
+
+impl TrialChange {
+    /// The change from `applied` to `wanted` with `stable` to run.
+    #[must_use]
+    pub fn between(applied: Option<&Trial>, wanted: Option<&Trial>, stable: Option<&Desired>) -> Self {
+        match (applied, wanted) {
+            (None, None) => Self::Keep,
+            (Some(a), None) if stable == Some(&a.version) => Self::Promote,
+            (Some(_), None) => Self::Stop,
+            (Some(a), Some(w)) if a == w => Self::Keep,
+            (Some(a), Some(w)) if a.version == w.version => Self::Step(w.clone()),
+            (_, Some(w)) => Self::Start(w.clone()),
+        }
     }
 }
 

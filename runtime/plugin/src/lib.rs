@@ -73,7 +73,7 @@ mod wasi;
 mod window;
 
 pub use balancer::BalancerSlot;
-pub use binding::{Desired, bound_record, desired};
+pub use binding::{Desired, Trial, TrialChange, bound_record, desired, trial};
 pub use canary::{CandidateStatus, SHADOW_MAX_ENDPOINTS, SHADOW_SAMPLE_EVERY, ShadowTally, Split};
 pub use compiled::Compiled;
 pub use error::{CallFault, HostError, LoadError, SlotError};

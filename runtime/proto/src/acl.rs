@@ -282,7 +282,10 @@ pub fn write_kind(request: &Request) -> Option<&'static str> {
         Request::GrantLease { .. } | Request::RevokeLease { .. } => Some("lease"),
         Request::PutService { .. } => Some("service"),
         Request::ConfigPut { .. } | Request::ConfigDelete { .. } => Some("config"),
-        Request::PluginLoad { .. } | Request::PluginRollback { .. } | Request::PluginDelete { .. } => Some("plugin"),
+        Request::PluginLoad { .. }
+        | Request::PluginRollback { .. }
+        | Request::PluginRollout { .. }
+        | Request::PluginDelete { .. } => Some("plugin"),
         Request::PluginFault { .. } => Some("plugin_fault"),
         // Staged in memory: a write only once `plugin_load` names it.
         Request::Hello { .. }
@@ -326,6 +329,7 @@ pub fn required(request: &Request) -> Option<(Option<&Namespace>, Right)> {
         | Request::PluginLoad { .. }
         | Request::PluginUpload { .. }
         | Request::PluginRollback { .. }
+        | Request::PluginRollout { .. }
         | Request::PluginDelete { .. } => (None, Right::Admin),
     })
 }

@@ -24,6 +24,7 @@ pub use frame::{FrameDecoder, FrameError, MAX_FRAME_LEN, encode};
 pub use message::{
     ALPN, ARTIFACT_CHUNK, Binding, BindingSummary, ErrorCode, FailedGroup, FaultDecision, HostReport, IgnoredFault,
     MAX_COMPONENT_LEN, MAX_INLINE_COMPONENT_LEN, MAX_TRIED, PLUGIN_REPORT_PREFIX, PROTOCOL_VERSION, PluginFailure,
-    REQUEST_TYPES, Request, RequestError, ResetAssembler, Response, SlotView, SubscriptionFrame, Validation,
-    decode_chunk, decode_component, encode_component, event_frames, host_reports,
+    REQUEST_TYPES, ROLLOUT_REPORT_PREFIX, Request, RequestError, ResetAssembler, Response, RolloutAction,
+    RolloutHostReport, SlotView, SubscriptionFrame, Validation, decode_chunk, decode_component, encode_component,
+    event_frames, host_reports, rollout_reports,
 };

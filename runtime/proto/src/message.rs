@@ -170,6 +170,19 @@ pub enum Request {
         /// are loaded.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         component_sha256: Option<String>,
+        /// Roll the component out progressively instead of at once: a plan
+        /// (`shadow:2m,1%:2m,10%:5m max-error-ratio=1.2`, see the rollout section). The record
+        /// must exist, with the same kind and binding, and run no other rollout; its current
+        /// version stays the stable one and the component becomes the rollout's candidate.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rollout: Option<String>,
+    },
+    /// Steers the running rollout of a plugin record (admin).
+    PluginRollout {
+        /// The record.
+        name: PluginName,
+        /// What to do.
+        action: RolloutAction,
     },
     /// One chunk of a component for a later `plugin_load` by `component_sha256` (admin).
     /// Chunks go in order: the first at offset 0, each at the end of the previous one (a
@@ -232,6 +245,20 @@ pub enum Request {
         /// [`MAX_FAULT_FIELD`](sextant_core::MAX_FAULT_FIELD) bytes.
         reason: String,
     },
+}
+
+/// What `plugin_rollout` does to a running rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutAction {
+    /// Hold it at its step (its share stays); the judge decides nothing until it resumes.
+    Pause,
+    /// Go on from where it was paused (the pause does not count as step time).
+    Resume,
+    /// Go to the next step now (after the last: the candidate becomes the record's version).
+    Promote,
+    /// Stop it: the stable version serves everywhere.
+    Abort,
 }
 
 /// What the server made of a `plugin_fault`.
@@ -365,6 +392,7 @@ pub const REQUEST_TYPES: &[&str] = &[
     "plugin_load",
     "plugin_upload",
     "plugin_rollback",
+    "plugin_rollout",
     "plugin_delete",
     "artifact_get",
     "plugin_fault",
@@ -430,6 +458,7 @@ impl Request {
             Self::PluginLoad { .. } => "plugin_load",
             Self::PluginUpload { .. } => "plugin_upload",
             Self::PluginRollback { .. } => "plugin_rollback",
+            Self::PluginRollout { .. } => "plugin_rollout",
             Self::PluginDelete { .. } => "plugin_delete",
             Self::ArtifactGet { .. } => "artifact_get",
             Self::PluginFault { .. } => "plugin_report",
@@ -617,6 +646,38 @@ pub const MAX_TRIED: usize = 64;
 /// Metadata key prefix of a host's plugin reports.
 pub const PLUGIN_REPORT_PREFIX: &str = "sextant.plugin.";
 
+/// A gateway's report about a plugin's rollout, as `plugin_list` carries it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutHostReport {
+    /// The plugin record.
+    pub plugin: String,
+    /// The gateway (`NS/GROUP/NAME/ID`).
+    pub host: String,
+    /// What it reports.
+    pub report: sextant_core::rollout::RolloutReport,
+}
+
+/// Metadata key prefix of a gateway's rollout reports (`sextant.rollout.PLUGIN`, a
+/// [`RolloutReport`](sextant_core::rollout::RolloutReport) as JSON).
+pub const ROLLOUT_REPORT_PREFIX: &str = "sextant.rollout.";
+
+/// The rollout reports about `plugin` in the registrations of `instances`, with the host
+/// (`NS/GROUP/NAME/ID`) that made each; a value that does not parse is an `Err` with the
+/// reason (the caller ignores it and says so).
+pub fn rollout_reports<'a>(
+    instances: impl IntoIterator<Item = &'a Instance>,
+    plugin: &str,
+) -> Vec<(String, Result<sextant_core::rollout::RolloutReport, String>)> {
+    let key = format!("{ROLLOUT_REPORT_PREFIX}{plugin}");
+    instances
+        .into_iter()
+        .filter_map(|i| {
+            let value = i.metadata.get(&key)?;
+            Some((format!("{}/{}", i.service, i.id), serde_json::from_str(value).map_err(|e| e.to_string())))
+        })
+        .collect()
+}
+
 /// The plugin reports in the registrations of `instances`, sorted by plugin then host.
 pub fn host_reports<'a>(instances: impl IntoIterator<Item = &'a Instance>) -> Vec<HostReport> {
     let mut reports: Vec<HostReport> = instances
@@ -727,6 +788,10 @@ pub enum Response {
         /// grouped by reason.
         #[serde(default)]
         bindings: Vec<BindingSummary>,
+        /// What gateways report about the rollouts they take part in, from their
+        /// registrations.
+        #[serde(default)]
+        rollouts: Vec<RolloutHostReport>,
     },
     /// Answer to `artifact_get`: at most [`ARTIFACT_CHUNK`] bytes from `offset`.
     Artifact {

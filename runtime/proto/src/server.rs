@@ -164,6 +164,14 @@ pub fn normalize(request: Request) -> Result<Request, String> {
             }
             Ok(request)
         }
+        Request::PluginLoad { rollout: Some(ref plan), .. } => {
+            use sextant_core::rollout::{MAX_PLAN_LEN, Plan};
+            if plan.len() > MAX_PLAN_LEN {
+                return Err(format!("plugin_load: a rollout plan is at most {MAX_PLAN_LEN} bytes, not {}", plan.len()));
+            }
+            plan.parse::<Plan>().map_err(|e| format!("plugin_load: rollout plan: {e}"))?;
+            Ok(request)
+        }
         other => Ok(other),
     }
 }

@@ -425,6 +425,7 @@ fn target_of(request: &Request) -> Option<String> {
         Request::Keepalive { lease } | Request::RevokeLease { lease } => Some(format!("lease {}", lease.0)),
         Request::PluginLoad { name, binding, .. } => Some(format!("{name} -> {binding}")),
         Request::PluginRollback { name, .. } | Request::PluginDelete { name } => Some(name.to_string()),
+        Request::PluginRollout { name, action } => Some(format!("{name} {action:?}")),
         Request::ArtifactGet { sha256, .. } | Request::PluginUpload { sha256, .. } => Some(sha256.clone()),
         Request::PluginFault { name, sha256, host, .. } => {
             Some(format!("{name} {} from {host}", &sha256[..sha256.len().min(12)]))

@@ -364,6 +364,7 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
         s.metrics.plugins.set_totals(plugins.totals().iter().map(|(k, t)| (k, t)));
         s.metrics.plugin_failures.set(gauge(plugins.failures().len()));
         s.metrics.set_faults(&plugins.fault_counts());
+        s.metrics.set_rollouts(&plugins.records());
         s.metrics.plugins.host.read(plugins.host());
     }
     s.metrics.set_access(&s.access);
@@ -586,8 +587,9 @@ async fn delete_config(
 
 async fn plugins(State(s): State<AppState>, Extension(caller): Extension<Caller>) -> ApiResult<serde_json::Value> {
     match s.execute(&caller, Request::PluginList, "plugins".into()).await? {
-        Answer::Plugins { plugins, slots, hosts, failures, bindings } => Ok(Json(json!({
+        Answer::Plugins { plugins, slots, hosts, failures, bindings, rollouts } => Ok(Json(json!({
             "plugins": plugins, "slots": slots, "hosts": hosts, "failures": failures, "bindings": bindings,
+            "rollouts": rollouts,
         }))),
         other => Err(unexpected(&other)),
     }

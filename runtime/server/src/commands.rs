@@ -7,13 +7,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 use sextant_core::{
     ConfigKey, Instance, InstanceId, InstanceKey, Namespace, PluginName, PluginRecord, Record, Revision, Scope,
     ServiceKey,
 };
-use sextant_proto::{Binding, ErrorCode, Request, Response, Validation};
+use sextant_proto::{Binding, ErrorCode, Request, Response, RolloutAction, Validation};
 use sextant_quic::client::{Client, ClientError, ClientOptions};
 use sextant_server::template::{Kind, Lang};
 
@@ -176,6 +176,32 @@ pub(crate) enum PluginCommand {
         /// How long --wait waits, in seconds.
         #[arg(long, default_value_t = 30)]
         wait_secs: u64,
+        /// Roll it out progressively instead of at once: a plan such as
+        /// `shadow:2m,1%:2m,10%:5m,50%:5m` (steps of SHARE:DURATION, `shadow` routing
+        /// nothing; criteria as NAME=VALUE items), or a file holding one. The record must
+        /// exist: its current version is the stable one the candidate is compared with.
+        #[arg(long)]
+        rollout: Option<String>,
+        /// Roll back when the candidate's error rate passes this many times the stable's.
+        #[arg(long, requires = "rollout")]
+        max_error_ratio: Option<f64>,
+        /// Roll back when the candidate's p99 passes this many times the stable's.
+        #[arg(long, requires = "rollout")]
+        max_p99_ratio: Option<f64>,
+        /// Candidate requests a step needs before its ratios count and it may advance.
+        #[arg(long, requires = "rollout")]
+        min_requests: Option<u64>,
+        /// Roll back when the candidate has more fallbacks (faults) than this.
+        #[arg(long, requires = "rollout")]
+        max_fallbacks: Option<u64>,
+    },
+    /// A progressive rollout: where it is, and steer it.
+    Rollout {
+        /// What to do.
+        #[arg(value_enum)]
+        action: RolloutVerb,
+        /// Record name.
+        name: String,
     },
     /// Go back to the version a plugin record replaced (the current one is kept: roll
     /// forward with `--forward`).
@@ -207,6 +233,21 @@ pub(crate) enum PluginCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+/// What `sextant plugin rollout` does.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum RolloutVerb {
+    /// The step, the shares, both versions' figures per gateway, the last decisions.
+    Status,
+    /// Hold it at its step.
+    Pause,
+    /// Go on from where it was paused.
+    Resume,
+    /// Go to the next step now (after the last: the candidate becomes the version).
+    Promote,
+    /// Stop it: the stable version serves everywhere.
+    Abort,
 }
 
 /// A failed command: what to print and the exit code.
@@ -522,10 +563,11 @@ pub(crate) async fn plugin(args: &ClientArgs, command: PluginCommand) -> Result 
     let unexpected = |other: Response| Err(Failure::new(1, format!("unexpected answer {other:?}")));
     match command {
         PluginCommand::List => match client.request(Request::PluginList).await? {
-            Response::Plugins { plugins, slots, hosts, failures, bindings } => {
+            Response::Plugins { plugins, slots, hosts, failures, bindings, rollouts } => {
                 if args.json {
                     return out(&json!({
                         "plugins": plugins, "slots": slots, "hosts": hosts, "failures": failures, "bindings": bindings,
+                        "rollouts": rollouts,
                     })
                     .to_string());
                 }
@@ -541,6 +583,20 @@ pub(crate) async fn plugin(args: &ClientArgs, command: PluginCommand) -> Result 
                         line.push_str(" inactive (current version marked bad)");
                     }
                     out(&line)?;
+                    if let Some(r) = &p.rollout {
+                        let last = r
+                            .log
+                            .last()
+                            .map_or(String::new(), |d| format!("; last: {} by {}: {}", d.state, d.by, d.reason));
+                        out(&format!(
+                            "  rollout {} of {} at step {}/{} ({}){last}",
+                            r.state,
+                            sextant_core::version_label(&r.candidate.sha256, &r.candidate.config),
+                            r.step + 1,
+                            r.plan.steps.len(),
+                            r.current_step()
+                        ))?;
+                    }
                     for b in &p.bad {
                         out(&format!("  bad {}: {}", &b.sha256[..12.min(b.sha256.len())], b.reason))?;
                     }
@@ -606,7 +662,45 @@ pub(crate) async fn plugin(args: &ClientArgs, command: PluginCommand) -> Result 
             }
             other => unexpected(other),
         },
-        PluginCommand::Load { file, name, kind, binding, config, wait, wait_secs } => {
+        PluginCommand::Load {
+            file,
+            name,
+            kind,
+            binding,
+            config,
+            wait,
+            wait_secs,
+            rollout,
+            max_error_ratio,
+            max_p99_ratio,
+            min_requests,
+            max_fallbacks,
+        } => {
+            let rollout = match rollout {
+                None => None,
+                Some(plan) => {
+                    // A file holding a plan, or the plan itself.
+                    let mut text = match std::fs::read_to_string(&plan) {
+                        Ok(t) if std::path::Path::new(&plan).is_file() => t,
+                        _ => plan,
+                    };
+                    let criteria = [
+                        ("max-error-ratio", max_error_ratio.map(|v| v.to_string())),
+                        ("max-p99-ratio", max_p99_ratio.map(|v| v.to_string())),
+                        ("min-requests", min_requests.map(|v| v.to_string())),
+                        ("max-fallbacks", max_fallbacks.map(|v| v.to_string())),
+                    ];
+                    for (criterion, value) in criteria {
+                        if let Some(v) = value {
+                            text.push_str(&format!("\n{criterion}={v}"));
+                        }
+                    }
+                    // Refused here with the rule it breaks, before the component travels.
+                    text.parse::<sextant_core::rollout::Plan>()
+                        .map_err(|e| Failure::usage(format!("--rollout: {e}")))?;
+                    Some(text)
+                }
+            };
             let bytes = std::fs::read(&file).map_err(|e| Failure::new(1, format!("{}: {e}", file.display())))?;
             let name = match name {
                 Some(n) => n,
@@ -630,7 +724,7 @@ pub(crate) async fn plugin(args: &ClientArgs, command: PluginCommand) -> Result 
             } else {
                 (String::new(), Some(client.upload_component(&bytes).await?))
             };
-            let request = Request::PluginLoad { name, kind, binding, config, component, component_sha256 };
+            let request = Request::PluginLoad { name, kind, binding, config, component, component_sha256, rollout };
             let (record, revision, validated) = match client.request(request).await? {
                 Response::PluginWritten { record, revision, validated } => (record, revision, validated),
                 other => return unexpected(other),
@@ -647,6 +741,35 @@ pub(crate) async fn plugin(args: &ClientArgs, command: PluginCommand) -> Result 
                 other => unexpected(other),
             }
         }
+        PluginCommand::Rollout { action, name } => {
+            let name = PluginName::new(name)?;
+            let action = match action {
+                RolloutVerb::Status => return rollout_status(args, &client, &name).await,
+                RolloutVerb::Pause => RolloutAction::Pause,
+                RolloutVerb::Resume => RolloutAction::Resume,
+                RolloutVerb::Promote => RolloutAction::Promote,
+                RolloutVerb::Abort => RolloutAction::Abort,
+            };
+            match client.request(Request::PluginRollout { name: name.clone(), action }).await? {
+                Response::PluginWritten { record, revision, .. } => {
+                    if args.json {
+                        return out(&json!({ "record": record, "revision": revision }).to_string());
+                    }
+                    match &record.rollout {
+                        Some(r) => out(&format!(
+                            "{} rollout {} at step {}/{} (revision {})",
+                            name,
+                            r.state,
+                            r.step + 1,
+                            r.plan.steps.len(),
+                            revision.0
+                        )),
+                        None => out(&format!("{name} written at revision {}", revision.0)),
+                    }
+                }
+                other => unexpected(other),
+            }
+        }
         PluginCommand::Delete { name } => {
             match client.request(Request::PluginDelete { name: PluginName::new(name)? }).await? {
                 Response::Written { revision, .. } => out(&json!({ "revision": revision }).to_string()),
@@ -655,6 +778,69 @@ pub(crate) async fn plugin(args: &ClientArgs, command: PluginCommand) -> Result 
         }
         PluginCommand::New { name, lang, kind, dir } => new_project(&name, lang, kind, dir),
     }
+}
+
+/// `sextant plugin rollout status NAME`: the rollout in the record, and what each gateway
+/// reports about its current step, both versions side by side.
+async fn rollout_status(args: &ClientArgs, client: &Client, name: &PluginName) -> Result {
+    let (plugins, reports) = match client.request(Request::PluginList).await? {
+        Response::Plugins { plugins, rollouts, .. } => (plugins, rollouts),
+        other => return Err(Failure::other(format!("unexpected answer {other:?}"))),
+    };
+    let record =
+        plugins.iter().find(|p| &p.name == name).ok_or_else(|| Failure::new(3, format!("no plugin named {name}")))?;
+    let rollout = record.rollout.as_ref().ok_or_else(|| Failure::new(3, format!("plugin {name} has no rollout")))?;
+    let reports: Vec<_> = reports.iter().filter(|r| r.plugin == name.as_str()).collect();
+    if args.json {
+        return out(&json!({ "record": record.name, "stable": record.sha256, "rollout": rollout, "reports": reports })
+            .to_string());
+    }
+    let step = rollout.current_step();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let held = (u64::try_from(now).unwrap_or(u64::MAX).saturating_sub(rollout.step_since_unix_ms)) / 1000;
+    out(&format!(
+        "{name}: {} at step {}/{} ({step}), held {held} s; candidate {} over stable {}",
+        rollout.state,
+        rollout.step + 1,
+        rollout.plan.steps.len(),
+        sextant_core::version_label(&rollout.candidate.sha256, &rollout.candidate.config),
+        record.version(),
+    ))?;
+    let c = &rollout.plan.criteria;
+    out(&format!(
+        "  plan {} criteria max-error-ratio={} max-p99-ratio={} min-requests={} max-fallbacks={} error-slack={} p99-slack-ms={}",
+        rollout.plan,
+        c.max_error_ratio,
+        c.max_p99_ratio,
+        c.min_requests,
+        c.max_fallbacks,
+        c.error_slack,
+        c.p99_slack_ms
+    ))?;
+    let figures = |w: &sextant_core::rollout::VersionWindow| {
+        let f = w.figures();
+        let p99 = f.p99_ms.map_or_else(|| "-".to_owned(), |v| format!("{v:.2} ms"));
+        format!("{} req, {} errors ({:.4}), p99 {p99}, {} fallbacks", f.requests, f.errors, f.error_rate, f.fallbacks)
+    };
+    for r in &reports {
+        let about = if r.report.is_about(rollout) { "" } else { " (another step or candidate: not counted)" };
+        match &r.report.refused {
+            Some(why) => out(&format!("  gateway {}: refused the candidate: {why}", r.host))?,
+            None => out(&format!(
+                "  gateway {}{about}: stable {} | candidate {}",
+                r.host,
+                figures(&r.report.stable),
+                figures(&r.report.candidate_window)
+            ))?,
+        }
+    }
+    if reports.is_empty() {
+        out("  no gateway reports yet")?;
+    }
+    for d in rollout.log.iter().rev().take(5) {
+        out(&format!("  decision at step {}: {} by {}: {}", d.step + 1, d.state, d.by, d.reason))?;
+    }
+    Ok(())
 }
 
 /// Waits until `n` hosts report running `record`'s version (`active VERSION`); fails at once

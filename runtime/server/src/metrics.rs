@@ -39,6 +39,17 @@ pub struct FaultLabels {
 
 /// Labels of the access file reload counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutStateLabels {
+    pub plugin: String,
+    pub state: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabel {
+    pub plugin: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AclReloadLabel {
     /// `ok` or `failed`.
     pub outcome: &'static str,
@@ -84,6 +95,8 @@ pub struct Metrics {
     pub audit_events: Family<AuditLabels, Counter>,
     /// Reloads of the access file by outcome.
     pub acl_reloads: Family<AclReloadLabel, Counter>,
+    pub rollout_state: Family<RolloutStateLabels, Gauge>,
+    pub rollout_step: Family<PluginLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -116,6 +129,8 @@ impl Metrics {
             store_committed_writes: Counter::default(),
             audit_events: Family::default(),
             acl_reloads: Family::default(),
+            rollout_state: Family::default(),
+            rollout_step: Family::default(),
             registry: Registry::default(),
         };
         registry.register("services", "Services with at least one instance", m.services.clone());
@@ -168,6 +183,16 @@ impl Metrics {
             m.audit_events.clone(),
         );
         registry.register("acl_reloads", "Reloads of the access file, by outcome", m.acl_reloads.clone());
+        registry.register(
+            "plugin_rollout_state",
+            "1 for the state of each plugin record's rollout (shadow, canary, paused, promoted, rolled-back, aborted)",
+            m.rollout_state.clone(),
+        );
+        registry.register(
+            "plugin_rollout_step",
+            "The step (from 1) each plugin record's rollout is at",
+            m.rollout_step.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -191,6 +216,23 @@ impl Metrics {
     }
 
     /// Replaces the plugin slot series with `slots`.
+    /// The rollouts of `records`: one state series per record that has one (1 for its state,
+    /// 0 for the others) and its step.
+    pub fn set_rollouts(&self, records: &[std::sync::Arc<sextant_core::PluginRecord>]) {
+        use sextant_core::rollout::RolloutState as S;
+        self.rollout_state.clear();
+        self.rollout_step.clear();
+        for record in records {
+            let Some(r) = &record.rollout else { continue };
+            for state in [S::Shadow, S::Canary, S::Paused, S::Promoted, S::RolledBack, S::Aborted] {
+                let labels = RolloutStateLabels { plugin: record.name.to_string(), state: state.to_string() };
+                self.rollout_state.get_or_create(&labels).set(i64::from(r.state == state));
+            }
+            let step = i64::try_from(r.step + 1).unwrap_or(i64::MAX);
+            self.rollout_step.get_or_create(&PluginLabel { plugin: record.name.to_string() }).set(step);
+        }
+    }
+
     pub fn set_slots(&self, slots: &[sextant_proto::SlotView]) {
         self.plugins.set_slots(slots.iter().map(|s| ActiveSlot {
             labels: SlotLabels {

@@ -38,6 +38,8 @@ use serde::{Deserialize, Serialize};
 
 use super::PluginVersion;
 
+/// Longest plan text (bytes).
+pub const MAX_PLAN_LEN: usize = 4096;
 /// Most steps in a plan.
 pub const MAX_STEPS: usize = 16;
 /// Longest a step may be held.
@@ -50,6 +52,9 @@ pub const MAX_DECISION_FIELD: usize = 1024;
 /// A plan or criterion that is not valid; nothing was changed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PlanError {
+    /// The plan's text is longer than [`MAX_PLAN_LEN`].
+    #[error("a rollout plan is at most {MAX_PLAN_LEN} bytes, this one is {0}")]
+    TooLong(usize),
     /// The plan has no step.
     #[error("a rollout plan needs at least one step (e.g. shadow:2m,10%:5m)")]
     NoSteps,
@@ -336,6 +341,9 @@ impl FromStr for Plan {
     /// blanks or lines, `#` to the end of a line a comment; an item with `=` is a criterion,
     /// any other a step.
     fn from_str(text: &str) -> Result<Self, PlanError> {
+        if text.len() > MAX_PLAN_LEN {
+            return Err(PlanError::TooLong(text.len()));
+        }
         let mut plan = Self { steps: Vec::new(), criteria: Criteria::default() };
         let items = text
             .lines()
@@ -522,6 +530,60 @@ pub struct GatewayReport {
     /// Why the gateway does not run the candidate, when it refused it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
+    /// Why the gateway dropped the candidate while it ran (too many faults within its
+    /// window): a failed criterion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faulted: Option<String>,
+}
+
+/// What a gateway publishes about a rollout it takes part in (in its registration's
+/// metadata, keyed `sextant.rollout.PLUGIN`, as JSON): which candidate and step the windows
+/// are about, the windows since the step began on this gateway (added up over the services
+/// the record binds here), or why it refused the candidate. Servers judge the reports whose
+/// candidate and step are the rollout's current ones and ignore the others.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RolloutReport {
+    /// The candidate's sha256.
+    pub candidate: String,
+    /// The step the windows are about.
+    pub step: usize,
+    /// When the gateway began counting them, milliseconds since the Unix epoch.
+    pub since_unix_ms: u64,
+    /// The stable version's outcomes.
+    #[serde(default)]
+    pub stable: VersionWindow,
+    /// The candidate's outcomes (in a shadow step: its shadow picks and fallbacks).
+    #[serde(default, rename = "trial")]
+    pub candidate_window: VersionWindow,
+    /// Why the gateway does not run the candidate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+    /// Why the gateway dropped the candidate while it ran (too many faults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faulted: Option<String>,
+}
+
+impl RolloutReport {
+    /// Whether the report is about `rollout`'s current candidate and step, and well formed.
+    #[must_use]
+    pub fn is_about(&self, rollout: &Rollout) -> bool {
+        self.candidate == rollout.candidate.sha256
+            && self.step == rollout.step
+            && self.stable.latency.is_valid()
+            && self.candidate_window.latency.is_valid()
+    }
+
+    /// As the judge takes it, from `host`.
+    #[must_use]
+    pub fn for_judge(self, host: String) -> GatewayReport {
+        GatewayReport {
+            host,
+            stable: self.stable,
+            candidate: self.candidate_window,
+            refused: self.refused,
+            faulted: self.faulted,
+        }
+    }
 }
 
 /// A version's figures in a decision's evidence.
@@ -827,6 +889,9 @@ impl Rollout {
         for r in reports {
             stable.add(&r.stable);
             candidate.add(&r.candidate);
+            if let Some(why) = &r.faulted {
+                failed.push(format!("{}: the candidate was dropped after faults: {why}", r.host));
+            }
             failed.extend(check(c, &r.stable, &r.candidate, shadow).into_iter().map(|f| format!("{}: {f}", r.host)));
         }
         failed.extend(check(c, &stable, &candidate, shadow).into_iter().map(|f| format!("all gateways: {f}")));
@@ -936,7 +1001,7 @@ mod tests {
     }
 
     fn report(host: &str, stable: VersionWindow, candidate: VersionWindow) -> GatewayReport {
-        GatewayReport { host: host.into(), stable, candidate, refused: None }
+        GatewayReport { host: host.into(), stable, candidate, refused: None, faulted: None }
     }
 
     fn canary() -> Rollout {
@@ -996,6 +1061,10 @@ mod tests {
         let mut faulty = window(10, 0, 600);
         faulty.fallbacks = 1;
         assert!(matches!(r.judge(&[report("gw", window(1_000, 0, 600), faulty)], 1_500), Verdict::RollBack(_)));
+        let mut dropped = report("gw-d", window(1_000, 0, 600), VersionWindow::default());
+        dropped.faulted = Some("6 faults within 10s".into());
+        let Verdict::RollBack(e) = r.judge(&[dropped], 1_500) else { panic!("a dropped candidate rolls back") };
+        assert!(e.failed[0].contains("gw-d") && e.failed[0].contains("6 faults"), "{:?}", e.failed);
         let mut refusing = report("gw-c", VersionWindow::default(), VersionWindow::default());
         refusing.refused = Some("self-test: pick 9 out of range".into());
         let v = r.judge(&[refusing], 1_500);
