@@ -45,7 +45,7 @@ impl Gateway {
     }
 
     /// Follows `servers` (in that order; they share one CA, the first's).
-    fn spawn_on(servers: &[&Server], dir: &Path, port: u16, extra: &[&str]) -> Self {
+    pub(crate) fn spawn_on(servers: &[&Server], dir: &Path, port: u16, extra: &[&str]) -> Self {
         let log = dir.join(format!("gateway-{port}.log"));
         let addr = format!("127.0.0.1:{port}");
         let metrics = format!("127.0.0.1:{}", free_port());

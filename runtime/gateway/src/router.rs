@@ -221,7 +221,7 @@ impl Router {
     }
 
     /// Makes `service`'s balancer candidate what `change` says (the rule every host applies
-    /// while a record's rollout runs: [`TrialChange`]; `compiled` is the component of a
+    /// while a record's rollout runs: [`TrialChange`](sextant_plugin::TrialChange); `compiled` is the component of a
     /// start), and counts both versions' outcomes from then on, per step.
     ///
     /// # Errors
