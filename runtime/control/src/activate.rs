@@ -54,10 +54,10 @@ impl<S: Store + Clone> Inner<S> {
         }
         let applied = entry.filter(|(_, failed)| !failed).map(|(t, _)| t);
         let change = TrialChange::between(applied.as_ref(), wanted.as_ref(), stable.as_ref());
-        let compiled = match &change {
+        let spec = match &change {
             TrialChange::Keep => return None,
             TrialChange::Start(t) => match self.fetch(&t.version.sha256).await {
-                Ok(c) => Some(c),
+                Ok(c) => Some(t.version.spec(c)),
                 Err(error) => {
                     *slots.trial.lock() = wanted.map(|t| (t, true));
                     return Some(Failed {
@@ -71,7 +71,7 @@ impl<S: Store + Clone> Inner<S> {
             _ => None,
         };
         let mut applied = slots.update.lock();
-        let result = slots.balancer().change_trial(&change, compiled);
+        let result = slots.balancer().change_trial(&change, spec);
         if change == TrialChange::Promote && result.is_ok() {
             // The slot runs the promoted candidate: the version the records now name.
             applied[PluginKind::Balancer.index()] = stable;

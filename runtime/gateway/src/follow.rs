@@ -567,9 +567,9 @@ impl Follow {
         if change == TrialChange::Keep {
             return Some(false);
         }
-        let compiled = match &change {
+        let spec = match &change {
             TrialChange::Start(t) => match self.component(&t.version.sha256).await {
-                Ok(c) => Ok(Some(c)),
+                Ok(c) => Ok(Some(t.version.spec(c))),
                 Err(Fetch::Retry(e)) => {
                     tracing::warn!(%service, plugin = %t.version.name, error = %e, "candidate not fetched; trying again");
                     return Some(true);
@@ -579,12 +579,12 @@ impl Follow {
             _ => Ok(None),
         };
         let router = self.router.upgrade()?;
-        let result = match compiled {
+        let result = match spec {
             Err(e) => Err(e),
-            Ok(compiled) => {
+            Ok(spec) => {
                 let (s, c) = (service.clone(), change.clone());
                 // A candidate's self-test and build keep a core busy: off the async workers.
-                tokio::task::spawn_blocking(move || router.change_trial(&s, &c, compiled))
+                tokio::task::spawn_blocking(move || router.change_trial(&s, &c, spec))
                     .await
                     .unwrap_or_else(|e| Err(format!("the candidate task failed: {e}")))
             }

@@ -24,17 +24,20 @@ pub struct PickGuard {
     trial: bool,
     version: u64,
     fallback: bool,
+    /// Which attempt at its request this pick is for (0: the first; more: a retry).
+    attempt: u32,
 }
 
 impl PickGuard {
     /// A guard holding `in_flight` on `target` (counted in the router's requests in flight
-    /// until it is finished or dropped).
+    /// until it is finished or dropped), for attempt `attempt` at its request.
     pub(crate) fn new(
         svc: &Arc<ServiceState>,
         target: Arc<Target>,
         in_flight: InFlight,
         trial: bool,
         picked: &Picked,
+        attempt: u32,
     ) -> Self {
         svc.open.fetch_add(1, Relaxed);
         Self {
@@ -45,6 +48,7 @@ impl PickGuard {
             trial,
             version: picked.version,
             fallback: picked.fallback,
+            attempt,
         }
     }
 
@@ -103,7 +107,7 @@ impl PickGuard {
         let es = &self.target.state;
         es.window.load().record(latency, outcome.class());
         if let Some(trial) = self.svc.trial.load().as_deref() {
-            trial.record(self.version, &outcome, latency, self.fallback);
+            trial.record(self.version, &outcome, latency, self.fallback, self.attempt > 0);
         }
         let svc = &self.svc;
         let breaker_moved = es.breaker.record(!failed, self.trial, now);

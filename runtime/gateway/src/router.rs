@@ -221,8 +221,8 @@ impl Router {
     }
 
     /// Makes `service`'s balancer candidate what `change` says (the rule every host applies
-    /// while a record's rollout runs: [`TrialChange`](sextant_plugin::TrialChange); `compiled` is the component of a
-    /// start), and counts both versions' outcomes from then on, per step.
+    /// while a record's rollout runs: [`TrialChange`](sextant_plugin::TrialChange); `spec`
+    /// is what a start runs), and counts both versions' outcomes from then on, per step.
     ///
     /// # Errors
     /// The service state could not be set up; the candidate does not load (nothing changed).
@@ -230,9 +230,9 @@ impl Router {
         &self,
         service: &ServiceKey,
         change: &sextant_plugin::TrialChange,
-        compiled: Option<Arc<sextant_plugin::Compiled>>,
+        spec: Option<PluginSpec>,
     ) -> Result<bool, String> {
-        self.state(service).map_err(|e| e.to_string())?.change_trial(change, compiled)
+        self.state(service).map_err(|e| e.to_string())?.change_trial(change, spec)
     }
 
     /// While a rollout's candidate runs on `service`: the step and both versions' outcome
@@ -558,7 +558,14 @@ impl ServiceRef<'_> {
                 continue;
             }
             let in_flight = state.balancer().tracker().start(cell);
-            return Ok(PickGuard::new(state, target, in_flight, admission == Admission::Trial, &picked));
+            return Ok(PickGuard::new(
+                state,
+                target,
+                in_flight,
+                admission == Admission::Trial,
+                &picked,
+                request.attempt,
+            ));
         }
         // The balancer offered only endpoints whose breakers refused (they opened since the
         // rotation was built): the next endpoint of the rotation, after its last offer, whose
@@ -574,7 +581,7 @@ impl ServiceRef<'_> {
                 if admission.admitted() {
                     let in_flight = state.balancer().tracker().start(Arc::clone(cell));
                     let trial = admission == Admission::Trial;
-                    return Ok(PickGuard::new(state, Arc::clone(target), in_flight, trial, &picked));
+                    return Ok(PickGuard::new(state, Arc::clone(target), in_flight, trial, &picked, request.attempt));
                 }
             }
         }

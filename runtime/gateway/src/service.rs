@@ -325,15 +325,11 @@ impl ServiceState {
         })
     }
 
-    /// Makes the balancer's candidate what `change` says (`compiled`: the component of a
-    /// start) and starts the outcome windows of its step (none once it is promoted or gone).
-    pub(crate) fn change_trial(
-        &self,
-        change: &TrialChange,
-        compiled: Option<Arc<sextant_plugin::Compiled>>,
-    ) -> Result<bool, String> {
+    /// Makes the balancer's candidate what `change` says (`spec`: what a start runs) and
+    /// starts the outcome windows of its step (none once it is promoted or gone).
+    pub(crate) fn change_trial(&self, change: &TrialChange, spec: Option<PluginSpec>) -> Result<bool, String> {
         let slot = self.balancer();
-        let changed = slot.change_trial(change, compiled)?;
+        let changed = slot.change_trial(change, spec)?;
         match change {
             TrialChange::Start(t) | TrialChange::Step(t) => {
                 let candidate = slot.candidate().map(|c| c.version.id);

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use serde::Serialize;
-use sextant_plugin::SlotStatus;
+use sextant_plugin::{CandidateStatus, SlotStatus};
 
 use crate::resilience::BreakerState;
 use crate::service::{ServiceState, WindowSummary};
@@ -23,6 +23,9 @@ pub struct ServiceStatus {
     pub health: SlotStatus,
     /// The scheduler slot, if any.
     pub scheduler: Option<SlotStatus>,
+    /// While a rollout's candidate runs beside the balancer's version: its version, split
+    /// and shadow tally.
+    pub candidate: Option<CandidateStatus>,
     /// Every routable instance.
     pub endpoints: Vec<EndpointStatus>,
 }
@@ -97,6 +100,7 @@ impl ServiceState {
             balancer: svc.balancer().status(),
             health: svc.health().status(),
             scheduler: svc.scheduler().map(|s| s.status()),
+            candidate: svc.balancer().candidate(),
             endpoints,
         }
     }

@@ -5,8 +5,9 @@
 //! Every request a guard finishes while a trial runs is counted under the version that
 //! picked it (the candidate's id, or any other: the stable version): requests, 5xx and 4xx
 //! answers, transport failures (timeouts, resets), fallbacks and latency in the mergeable
-//! histogram of [`Latencies`](sextant_core::rollout::Latencies). A new step starts new
-//! windows. Retries are not told apart here (a retry is another request).
+//! histogram of [`Latencies`](sextant_core::rollout::Latencies), and how many were retries
+//! (a retry is a request of its own, counted under the version that picked it). A new step
+//! starts new windows.
 
 use std::time::Duration;
 
@@ -33,8 +34,9 @@ impl TrialWindows {
         Self { candidate, step, since_unix_ms, windows: Mutex::new(Default::default()) }
     }
 
-    /// Counts one finished request picked by `version`.
-    pub(crate) fn record(&self, version: u64, outcome: &Outcome, latency: Duration, fallback: bool) {
+    /// Counts one finished request picked by `version` (`retry`: not its request's first
+    /// attempt).
+    pub(crate) fn record(&self, version: u64, outcome: &Outcome, latency: Duration, fallback: bool, retry: bool) {
         let mut w = self.windows.lock();
         let w = if version == self.candidate { &mut w.1 } else { &mut w.0 };
         w.requests += 1;
@@ -45,6 +47,7 @@ impl TrialWindows {
             Outcome::Http { .. } | Outcome::Success => {}
         }
         w.fallbacks += u64::from(fallback);
+        w.retries += u64::from(retry);
         w.latency.record_us(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
     }
 
@@ -61,14 +64,15 @@ mod tests {
     #[test]
     fn outcomes_are_counted_under_the_version_that_picked() {
         let t = TrialWindows::new(7, 1, 0);
-        t.record(7, &Outcome::http(200), Duration::from_millis(2), false);
-        t.record(7, &Outcome::http(503), Duration::from_millis(2), true);
-        t.record(3, &Outcome::http(404), Duration::from_millis(1), false);
-        t.record(3, &Outcome::Timeout, Duration::from_secs(1), false);
-        t.record(3, &Outcome::Failed("reset".into()), Duration::from_millis(1), false);
+        t.record(7, &Outcome::http(200), Duration::from_millis(2), false, false);
+        t.record(7, &Outcome::http(503), Duration::from_millis(2), true, false);
+        t.record(3, &Outcome::http(404), Duration::from_millis(1), false, false);
+        t.record(3, &Outcome::Timeout, Duration::from_secs(1), false, false);
+        t.record(3, &Outcome::Failed("reset".into()), Duration::from_millis(1), false, true);
         let (stable, candidate) = t.windows();
         assert_eq!((candidate.requests, candidate.status_5xx, candidate.fallbacks), (2, 1, 1));
         assert_eq!((stable.requests, stable.status_4xx, stable.transport_failures, stable.errors()), (3, 1, 2, 2));
+        assert_eq!((stable.retries, candidate.retries), (1, 0));
         assert_eq!(candidate.latency.count(), 2);
     }
 }

@@ -217,7 +217,7 @@ impl BalancerSlot {
         let Some(candidate) = candidate.as_deref() else { return self.pick_on(&active, request, f) };
         match candidate.split {
             Split::Canary { .. } if candidate.takes(request.hash_key) => self.pick_on(&candidate.version, request, f),
-            Split::Shadow if Candidate::shadows() => {
+            Split::Shadow if candidate.shadows() => {
                 let id = |p: &Published, i: u32| p.model.endpoints.get(i as usize).map(|e| e.id.clone());
                 let (stable, answer) =
                     match self.pick_on(&active, request, |p, picked| (id(p, picked.index), f(p, picked))) {
@@ -455,7 +455,8 @@ impl BalancerSlot {
         let status = version.status();
         let id = version.id;
         let tally = parking_lot::Mutex::default();
-        self.0.candidate.store(Some(Arc::new(Candidate { version: Arc::new(version), split, tally })));
+        let draws = AtomicU64::new(0);
+        self.0.candidate.store(Some(Arc::new(Candidate { version: Arc::new(version), split, tally, draws })));
         self.note(id, format!("candidate ({split:?})"));
         Ok(status)
     }
@@ -469,7 +470,9 @@ impl BalancerSlot {
             return true;
         }
         let tally = parking_lot::Mutex::new(current.tally.lock().clone());
-        self.0.candidate.store(Some(Arc::new(Candidate { version: Arc::clone(&current.version), split, tally })));
+        let draws = AtomicU64::new(current.draws.load(Relaxed));
+        let next = Candidate { version: Arc::clone(&current.version), split, tally, draws };
+        self.0.candidate.store(Some(Arc::new(next)));
         self.note(current.version.id, format!("candidate ({split:?})"));
         true
     }
@@ -501,18 +504,19 @@ impl BalancerSlot {
     }
 
     /// Makes the slot's candidate what `change` says (the rule every host applies while a
-    /// record's rollout runs: [`TrialChange`]); `compiled` is the component of a
-    /// [`TrialChange::Start`]. Returns whether the slot changed.
+    /// record's rollout runs: [`TrialChange`]); `spec` is what a [`TrialChange::Start`] runs
+    /// (a host makes it from the candidate's component with [`crate::Desired::spec`]).
+    /// Returns whether the slot changed.
     ///
     /// # Errors
     /// A candidate that does not load (the slot keeps what it ran), or a promotion with no
     /// candidate to promote.
-    pub fn change_trial(&self, change: &TrialChange, compiled: Option<Arc<Compiled>>) -> Result<bool, String> {
+    pub fn change_trial(&self, change: &TrialChange, spec: Option<PluginSpec>) -> Result<bool, String> {
         match change {
             TrialChange::Keep => Ok(false),
             TrialChange::Start(t) => {
-                let compiled = compiled.ok_or_else(|| format!("component {} not at hand", t.version.sha256))?;
-                self.set_candidate(t.version.spec(compiled), t.split).map(|_| true).map_err(|e| e.to_string())
+                let spec = spec.ok_or_else(|| format!("component {} not at hand", t.version.sha256))?;
+                self.set_candidate(spec, t.split).map(|_| true).map_err(|e| e.to_string())
             }
             TrialChange::Step(t) => Ok(self.set_split(t.split)),
             TrialChange::Promote => self.promote_candidate().map(|_| true).map_err(|e| e.to_string()),

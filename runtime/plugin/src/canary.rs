@@ -5,13 +5,12 @@
 //! - **Canary** (`Split::Canary`): a pick goes to the candidate when a draw below the
 //!   share's thousandths says so. The draw is the request's affinity hash when it has one
 //!   (mixed with a salt, so the same key always lands on the same version and a user does not
-//!   flip between them), a per-thread sequence otherwise.
+//!   flip between them), the candidate's own sequence otherwise (one relaxed atomic add).
 //! - **Shadow** (`Split::Shadow`): every pick is the stable version's; one pick in
-//!   [`SHADOW_SAMPLE_EVERY`] per thread also asks the candidate, on the same request and
+//!   [`SHADOW_SAMPLE_EVERY`] also asks the candidate, on the same request and
 //!   published list, and only counts its answer. A shadow pick costs one more plugin call
 //!   on that share of the requests and nothing on the others.
 
-use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -23,7 +22,7 @@ use sextant_builtins::mix64;
 use crate::VersionStatus;
 use crate::version::Version;
 
-/// One pick in this many (per thread) is also made by a shadowing candidate.
+/// One pick in this many is also made by a shadowing candidate.
 pub const SHADOW_SAMPLE_EVERY: u64 = 8;
 /// Endpoints a shadow tally keeps apart; picks of endpoints beyond them are counted in
 /// the totals only.
@@ -97,6 +96,9 @@ pub(crate) struct Candidate {
     pub(crate) version: Arc<Version>,
     pub(crate) split: Split,
     pub(crate) tally: Mutex<ShadowTally>,
+    /// The draws of picks without an affinity key and of shadow samples: a sequence, so a
+    /// run on one thread (the simulator's) splits the same way every time.
+    pub(crate) draws: AtomicU64,
 }
 
 /// What a slot's candidate is and has done.
@@ -110,37 +112,17 @@ pub struct CandidateStatus {
     pub shadow: ShadowTally,
 }
 
-thread_local! {
-    /// A thread's draws: a sequence from a start of its own, so threads do not draw alike.
-    static DRAWS: Cell<u64> = {
-        static THREADS: AtomicU64 = AtomicU64::new(0);
-        Cell::new(mix64(THREADS.fetch_add(1, Relaxed)))
-    };
-}
-
-/// The thread's next sequence number (spread by [`mix64`] before use).
-fn next_draw() -> u64 {
-    DRAWS.with(|d| {
-        let n = d.get().wrapping_add(1);
-        d.set(n);
-        n
-    })
-}
-
 impl Candidate {
     /// Whether a pick with affinity `hash_key` goes to the candidate.
     pub(crate) fn takes(&self, hash_key: Option<u64>) -> bool {
         let Split::Canary { per_mille } = self.split else { return false };
-        let draw = match hash_key {
-            Some(k) => mix64(k ^ SALT),
-            None => mix64(next_draw() ^ SALT),
-        };
+        let draw = mix64(hash_key.unwrap_or_else(|| self.draws.fetch_add(1, Relaxed)) ^ SALT);
         draw % 1000 < u64::from(per_mille)
     }
 
     /// Whether this pick is also made by the shadowing candidate.
-    pub(crate) fn shadows() -> bool {
-        next_draw().is_multiple_of(SHADOW_SAMPLE_EVERY)
+    pub(crate) fn shadows(&self) -> bool {
+        self.draws.fetch_add(1, Relaxed).is_multiple_of(SHADOW_SAMPLE_EVERY)
     }
 
     pub(crate) fn status(&self) -> CandidateStatus {

@@ -353,6 +353,14 @@ enum BenchCommand {
         /// Strategies for live mode, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "round-robin,least-request,peak-ewma,peak-ewma+adaptive")]
         live_strategies: Vec<String>,
+        /// Try a progressive rollout on every run (a plan, as `plugin load --rollout` takes):
+        /// each strategy is the stable version and --candidate runs beside it, judged on the
+        /// simulated gateway's figures; the decisions go to rollouts.md.
+        #[arg(long, requires = "candidate")]
+        rollout: Option<String>,
+        /// The strategy rolled out with --rollout.
+        #[arg(long, requires = "rollout")]
+        candidate: Option<String>,
     },
 }
 
@@ -369,6 +377,8 @@ async fn bench(command: BenchCommand) -> Result<(), commands::Failure> {
         list,
         live,
         live_strategies,
+        rollout,
+        candidate,
     } = command;
     if list {
         for s in sextant_sim::scenario::all() {
@@ -391,6 +401,7 @@ async fn bench(command: BenchCommand) -> Result<(), commands::Failure> {
         out: Some(out.clone()),
         plots: !no_plots,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        rollout: rollout.zip(candidate),
     };
     let report = sextant_sim::run(&options).map_err(|e| match e {
         sextant_sim::BenchError::UnknownScenario { .. }
@@ -402,6 +413,9 @@ async fn bench(command: BenchCommand) -> Result<(), commands::Failure> {
         eprintln!("sextant: not run: {f}");
     }
     commands::out(&std::fs::read_to_string(out.join("results.md")).unwrap_or_default())?;
+    for line in &report.rollouts {
+        commands::out(line)?;
+    }
     let mut files = report.files.len();
     let mut not_run = report.not_run.clone();
     if live {

@@ -25,6 +25,7 @@ use sextant_plugin::builtins::mix64;
 use sextant_plugin::{PluginHost, PluginKind, PluginSpec};
 
 pub use crate::rng::Rng;
+use crate::rollout::{Driver, RolloutRun, RolloutTrial};
 use crate::scenario::{Fault, Keys, Scenario};
 use crate::strategy::Strategy;
 
@@ -58,6 +59,19 @@ pub struct RunResult {
     pub picks: u64,
     /// Picks the native default answered because the plugin faulted.
     pub fallbacks: u64,
+    /// What the rollout tried in the run did (`--rollout`).
+    pub rollout: Option<RolloutRun>,
+}
+
+/// Why a run could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The strategy did not load.
+    #[error(transparent)]
+    Swap(#[from] SwapError),
+    /// The rollout's candidate did not load, or a step could not be applied.
+    #[error("rollout: {0}")]
+    Rollout(String),
 }
 
 impl RunResult {
@@ -159,14 +173,29 @@ fn service_key(scenario: &Scenario, strategy: &Strategy) -> ServiceKey {
 ///
 /// # Errors
 /// The strategy's plugins fail to load into the simulated gateway's slots.
-#[allow(clippy::too_many_lines)]
 pub fn run(
     host: &PluginHost,
     scenario: &Scenario,
     strategy: &Strategy,
     seed: u64,
     scale: f64,
-) -> Result<RunResult, SwapError> {
+) -> Result<RunResult, RunError> {
+    run_with(host, scenario, strategy, seed, scale, None)
+}
+
+/// As [`run`], with `rollout`'s candidate rolled out beside `strategy` from the start.
+///
+/// # Errors
+/// As [`run`]; the candidate does not load.
+#[allow(clippy::too_many_lines)]
+pub fn run_with(
+    host: &PluginHost,
+    scenario: &Scenario,
+    strategy: &Strategy,
+    seed: u64,
+    scale: f64,
+    rollout: Option<&RolloutTrial>,
+) -> Result<RunResult, RunError> {
     // The serving instances of a strategy's native and wasm twins get the same seeds, so
     // they make the same picks: each is loaded right after the host is reseeded.
     let instance_seed = mix64(seed ^ 0x05e5_7a47);
@@ -230,6 +259,7 @@ pub fn run(
     if let Some(spec @ PluginSpec::Wasm { .. }) = &strategy.scheduler {
         router.load(&service, PluginKind::Scheduler, spec.clone())?;
     }
+    let mut driver = rollout.map(|r| Driver::start(&router, &service, r)).transpose().map_err(RunError::Rollout)?;
 
     let mut events: BinaryHeap<Reverse<(u64, u64, Ev)>> = BinaryHeap::new();
     let mut seq = 0u64;
@@ -349,6 +379,9 @@ pub fn run(
                 // The gateway's own time-driven work: windows cut and the scheduler's weights
                 // applied, health verdicts, breakers, a registry change not yet seen.
                 router.tick();
+                if let Some(d) = driver.as_mut() {
+                    d.tick(&router, &service, t).map_err(RunError::Rollout)?;
+                }
                 if t + TICK_NS < end {
                     push(&mut events, t + TICK_NS, Ev::Tick);
                 }
@@ -363,6 +396,7 @@ pub fn run(
         m
     });
     result.imbalance = scenario.imbalance(&result.per_backend);
+    result.rollout = driver.map(|d| d.finish(&router, &service));
     Ok(result)
 }
 

@@ -7,7 +7,9 @@
 //! any `--plugin FILE.wasm`) through the gateway's own `Router` on a clock the simulation
 //! moves ([`engine`]). Results aggregate over several
 //! seeds ([`report`]: `results.csv`, `results.md`, `results.json`) and are drawn
-//! ([`plot`]: latency CDFs, load per backend over time, SVG and PNG).
+//! ([`plot`]: latency CDFs, load per backend over time, SVG and PNG). A progressive rollout
+//! can be tried on every run ([`rollout`]: the run's strategy as the stable version, a
+//! candidate beside it, the servers' judge deciding each step on simulated time).
 //!
 //! Does not own: the balancers themselves (`sextant-builtins`, `plugins/wasm`), the host
 //! (`sextant-plugin`) or the gateway's per-service state (`sextant-gateway`).
@@ -17,6 +19,7 @@ pub mod engine;
 pub mod plot;
 pub mod report;
 mod rng;
+pub mod rollout;
 pub mod scenario;
 pub mod strategy;
 
@@ -25,8 +28,9 @@ use std::sync::Arc;
 
 use sextant_plugin::{HostConfig, PluginHost};
 
-pub use engine::RunResult;
+pub use engine::{RunError, RunResult};
 pub use report::Row;
+pub use rollout::{RolloutRun, RolloutTrial};
 pub use scenario::Scenario;
 pub use strategy::{Strategy, StrategyError};
 
@@ -51,6 +55,9 @@ pub struct BenchOptions {
     pub plots: bool,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// A rollout to try on every run: `(plan, candidate strategy)`; each strategy run is
+    /// then the stable version beside the candidate.
+    pub rollout: Option<(String, String)>,
 }
 
 impl Default for BenchOptions {
@@ -65,6 +72,7 @@ impl Default for BenchOptions {
             out: None,
             plots: true,
             progress: false,
+            rollout: None,
         }
     }
 }
@@ -105,6 +113,8 @@ pub struct BenchReport {
     pub not_run: Vec<String>,
     /// Files written.
     pub files: Vec<PathBuf>,
+    /// With a rollout: per (scenario, strategy, seed), how it ended and its decisions.
+    pub rollouts: Vec<String>,
 }
 
 /// Runs the benchmark.
@@ -164,6 +174,14 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         }
     }
 
+    let trial = match &options.rollout {
+        None => None,
+        Some((plan, candidate)) => Some(RolloutTrial {
+            plan: plan.parse().map_err(|e| BenchError::Options(format!("--rollout: {e}")))?,
+            candidate: strategy::build(&host, candidate, &plugins).map_err(BenchError::Strategy)?,
+        }),
+    };
+    let mut rollouts = Vec::new();
     let seeds: Vec<u64> = (0..u64::from(options.seeds)).map(|k| options.first_seed + k).collect();
     let total = (scenarios.len() * strategies.len() * seeds.len()) as u64;
     let bar = if options.progress {
@@ -187,8 +205,22 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
             bar.set_message(format!("{} / {}", sc.name, st.name));
             let mut runs = Vec::new();
             for seed in &seeds {
-                match engine::run(&host, sc, st, *seed, options.scale) {
-                    Ok(r) => runs.push(r),
+                match engine::run_with(&host, sc, st, *seed, options.scale, trial.as_ref()) {
+                    Ok(r) => {
+                        if let (Some(run), Some(t)) = (&r.rollout, &trial) {
+                            rollouts.push(format!(
+                                "{} / {} seed {seed}: candidate {} {} at step {} of {}",
+                                sc.name,
+                                st.name,
+                                t.candidate.name,
+                                run.state,
+                                run.step + 1,
+                                t.plan
+                            ));
+                            rollouts.extend(run.lines().into_iter().map(|l| format!("  {l}")));
+                        }
+                        runs.push(r);
+                    }
                     Err(e) => {
                         failures.push(format!("{} in {}: {e}", st.name, sc.name));
                         not_run.push(format!("{} in {}: {e}", st.name, sc.name));
@@ -232,6 +264,11 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         for f in ["results.csv", "results.md", "results.json"] {
             files.push(out.join(f));
         }
+        if !rollouts.is_empty() {
+            let text = format!("# Rollouts tried in simulation\n\n```\n{}\n```\n", rollouts.join("\n"));
+            std::fs::write(out.join("rollouts.md"), text)?;
+            files.push(out.join("rollouts.md"));
+        }
     }
-    Ok(BenchReport { rows, failures, not_run, files })
+    Ok(BenchReport { rows, failures, not_run, files, rollouts })
 }
