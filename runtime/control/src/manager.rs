@@ -157,7 +157,8 @@ impl<S: Store + Clone> PluginManager<S> {
                 (Some(_), None) => pending = true,
             }
         }
-        if pending {
+        // A rollout's candidate is given by the watcher's activation, as on a record change.
+        if pending || sextant_plugin::trial(&records, service).is_some() {
             let _ = self.0.dirty.send(Work::Service(service.clone()));
         }
         Some(created)
