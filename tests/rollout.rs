@@ -361,11 +361,19 @@ fn a_good_candidate_is_promoted_through_every_step_with_no_failed_request() {
                 "--bind",
                 SERVICE,
                 "--rollout",
-                "shadow:2s,10%:2s,50%:2s",
+                "shadow:4s,10%:2s,50%:2s",
                 "--min-requests",
                 "30",
             ],
         );
+        // While it shadows: the gateway's report, with the candidate's agreement, and what
+        // the judge would decide now.
+        wait_until("the status shows the shadow step's report", || {
+            let status = cli(setup.server(), &["plugin", "rollout", "status", "lb"]);
+            status.contains("lb: shadow at step 1/3")
+                && status.contains("agreement ")
+                && status.contains("the judge now: ")
+        });
         // The gateway's per-version outcome series, while a canary step runs.
         let series = format!(
             r#"sextant_gateway_rollout_step_requests{{service="{SERVICE}",version="candidate",outcome="ok"}} "#

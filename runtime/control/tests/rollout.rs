@@ -80,6 +80,7 @@ async fn the_judge_counts_only_reports_about_the_current_step_and_decides_it_onc
             candidate_window: window(100, trial_latency_us),
             refused: None,
             faulted: None,
+            agreed: None,
         })
         .unwrap()
     };

@@ -40,7 +40,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use sextant_core::rollout::RolloutReport;
 use sextant_core::{Instance, Metadata, PluginRecord, Record, Scope, ServiceKey};
-use sextant_plugin::{AutoRollback, Compiled, Desired, PluginKind, Trial, TrialChange, desired, trial};
+use sextant_plugin::{AutoRollback, Compiled, Desired, PluginKind, Split, Trial, TrialChange, desired, trial};
 use sextant_proto::{Binding, ErrorCode, Request, Response};
 use sextant_quic::client::Client;
 use tokio::sync::watch;
@@ -252,11 +252,16 @@ impl PluginFollower {
             if let Some(e) = &tried.faulted {
                 report.faulted.get_or_insert_with(|| format!("{service}: {e}"));
             }
-            let windows = router.as_ref().and_then(|r| r.existing(service)).and_then(|s| s.trial_windows());
+            let state = router.as_ref().and_then(|r| r.existing(service));
+            let windows = state.as_ref().and_then(|s| s.trial_windows());
             if let Some((step, _, stable, candidate)) = windows.filter(|w| w.0 == t.step) {
                 debug_assert_eq!(step, report.step);
                 report.stable.add(&stable);
                 report.candidate_window.add(&candidate);
+            }
+            let shadow = state.and_then(|s| s.balancer().candidate()).filter(|c| c.split == Split::Shadow);
+            if let Some(c) = shadow {
+                *report.agreed.get_or_insert(0) += c.shadow.agreed;
             }
         }
         by_plugin

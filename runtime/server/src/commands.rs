@@ -783,6 +783,7 @@ pub(crate) async fn plugin(args: &ClientArgs, command: PluginCommand) -> Result 
 /// `sextant plugin rollout status NAME`: the rollout in the record, and what each gateway
 /// reports about its current step, both versions side by side.
 async fn rollout_status(args: &ClientArgs, client: &Client, name: &PluginName) -> Result {
+    use sextant_core::rollout::Verdict;
     let (plugins, reports) = match client.request(Request::PluginList).await? {
         Response::Plugins { plugins, rollouts, .. } => (plugins, rollouts),
         other => return Err(Failure::other(format!("unexpected answer {other:?}"))),
@@ -797,7 +798,8 @@ async fn rollout_status(args: &ClientArgs, client: &Client, name: &PluginName) -
     }
     let step = rollout.current_step();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
-    let held = (u64::try_from(now).unwrap_or(u64::MAX).saturating_sub(rollout.step_since_unix_ms)) / 1000;
+    let now_ms = u64::try_from(now).unwrap_or(u64::MAX);
+    let held = now_ms.saturating_sub(rollout.step_since_unix_ms) / 1000;
     out(&format!(
         "{name}: {} at step {}/{} ({step}), held {held} s; candidate {} over stable {}",
         rollout.state,
@@ -824,10 +826,14 @@ async fn rollout_status(args: &ClientArgs, client: &Client, name: &PluginName) -
     };
     for r in &reports {
         let about = if r.report.is_about(rollout) { "" } else { " (another step or candidate: not counted)" };
+        let agreement = match (r.report.agreed, r.report.candidate_window.requests) {
+            (Some(agreed), calls) if calls > 0 => format!(", agreement {:.1}%", 100.0 * agreed as f64 / calls as f64),
+            _ => String::new(),
+        };
         match &r.report.refused {
             Some(why) => out(&format!("  gateway {}: refused the candidate: {why}", r.host))?,
             None => out(&format!(
-                "  gateway {}{about}: stable {} | candidate {}",
+                "  gateway {}{about}: stable {} | candidate {}{agreement}",
                 r.host,
                 figures(&r.report.stable),
                 figures(&r.report.candidate_window)
@@ -836,6 +842,21 @@ async fn rollout_status(args: &ClientArgs, client: &Client, name: &PluginName) -
     }
     if reports.is_empty() {
         out("  no gateway reports yet")?;
+    }
+    // What the judge would decide now, on these reports.
+    if rollout.state.is_live() {
+        let counted: Vec<_> = reports
+            .iter()
+            .filter(|r| r.report.is_about(rollout))
+            .map(|r| r.report.clone().for_judge(r.host.clone()))
+            .collect();
+        let verdict = match rollout.judge(&counted, now_ms) {
+            Verdict::Wait(why) => format!("wait: {why}"),
+            Verdict::Advance(_) => "advance".to_owned(),
+            Verdict::RollBack(e) => format!("roll back: {}", e.failed.join("; ")),
+            Verdict::Pause(why) => format!("pause: {why}"),
+        };
+        out(&format!("  the judge now: {verdict}"))?;
     }
     for d in rollout.log.iter().rev().take(5) {
         out(&format!("  decision at step {}: {} by {}: {}", d.step + 1, d.state, d.by, d.reason))?;

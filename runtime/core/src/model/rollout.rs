@@ -561,6 +561,10 @@ pub struct RolloutReport {
     /// Why the gateway dropped the candidate while it ran (too many faults).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub faulted: Option<String>,
+    /// In a shadow step: of the candidate's shadow picks (`trial.requests`), how many chose
+    /// the endpoint the stable version chose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agreed: Option<u64>,
 }
 
 impl RolloutReport {
