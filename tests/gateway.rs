@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sextant_gateway::backend::{Backend, Behavior};
 
-use crate::support::{Server, free_port, http, instance, run, sextant_bin, wait_until};
+use crate::support::{Server, free_port, http, instance, run, sextant_bin, two_servers_on_etcd, wait_until};
 
 const SERVICE: &str = "shop/web/orders";
 
@@ -591,34 +591,7 @@ fn two_servers_on_one_etcd_drive_the_gateways_and_one_going_away_changes_nothing
         .block_on(sextant_store::local_etcd::LocalEtcd::start(&dir.path().join("etcd"), 1))
         .expect("start a local etcd (bash scripts/setup installs etcd-server)");
     let endpoints = etcd.endpoints().join(",");
-    // One CA for both servers, so a gateway trusts either.
-    let fleet = dir.path().join("fleet");
-    let out = Command::new(sextant_bin())
-        .args(["tls", "init", "--dir", fleet.to_str().unwrap()])
-        .args(["--host", "a=localhost,127.0.0.1", "--host", "b=localhost,127.0.0.1"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let start = |name: &str| {
-        let data = dir.path().join(name);
-        std::fs::create_dir_all(data.join("tls")).unwrap();
-        std::fs::copy(fleet.join("ca.pem"), data.join("tls/ca.pem")).unwrap();
-        let (cert, key) = (fleet.join(format!("{name}.pem")), fleet.join(format!("{name}.key")));
-        let args = [
-            "--store",
-            "etcd",
-            "--etcd-endpoints",
-            &endpoints,
-            "--etcd-timeout-ms",
-            "3000",
-            "--cert",
-            cert.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-        ];
-        Server::try_start_with(&data, &args).unwrap_or_else(|f| panic!("{:?}\n{}", f.status, f.log))
-    };
-    let (a, b) = (start("a"), start("b"));
+    let (a, b) = two_servers_on_etcd(dir.path(), &endpoints);
     let backends: Vec<Backend> =
         (0..3).map(|i| runtime.block_on(Backend::start(&format!("b{i}"), Behavior::default())).unwrap()).collect();
     for (i, backend) in backends.iter().enumerate() {

@@ -23,7 +23,7 @@ use serde_json::Value;
 use sextant_gateway::backend::{Backend, Behavior};
 
 use crate::gateway::Gateway;
-use crate::support::{Server, free_port, http, promtool_check, run, wait_until};
+use crate::support::{Server, free_port, http, promtool_check, run, two_servers_on_etcd, wait_until};
 
 const SERVICE: &str = "shop/web/orders";
 const CLIENTS: usize = 3;
@@ -66,26 +66,8 @@ fn setup_on_etcd(weights: [u32; 4], gateways: usize) -> Setup {
         .block_on(sextant_store::local_etcd::LocalEtcd::start(&dir.path().join("etcd"), 1))
         .expect("start a local etcd (bash scripts/setup installs etcd-server)");
     let endpoints = etcd.endpoints().join(",");
-    // One CA for both servers, so a gateway trusts either.
-    let tls = dir.path().join("tls");
-    let out = std::process::Command::new(crate::support::sextant_bin())
-        .args(["tls", "init", "--dir", tls.to_str().unwrap()])
-        .args(["--host", "a=localhost,127.0.0.1", "--host", "b=localhost,127.0.0.1"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let servers = ["a", "b"]
-        .iter()
-        .map(|name| {
-            let data = dir.path().join(name);
-            std::fs::create_dir_all(data.join("tls")).unwrap();
-            std::fs::copy(tls.join("ca.pem"), data.join("tls/ca.pem")).unwrap();
-            let (cert, key) = (tls.join(format!("{name}.pem")), tls.join(format!("{name}.key")));
-            let args = ["--store", "etcd", "--etcd-endpoints", &endpoints, "--etcd-timeout-ms", "3000"];
-            let args = [&args[..], &["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()]].concat();
-            Server::try_start_with(&data, &args).unwrap_or_else(|f| panic!("{:?}\n{}", f.status, f.log))
-        })
-        .collect();
+    let (a, b) = two_servers_on_etcd(dir.path(), &endpoints);
+    let servers = vec![a, b];
     let mut setup = fleet(dir, Some(runtime), servers, gateways, SERVICE, weights);
     setup._etcd = Some(etcd);
     setup
@@ -337,6 +319,10 @@ fn harmful_candidate_is_rolled_back(setup: &Setup) {
     );
     let status = cli(setup.server(), &["plugin", "rollout", "status", "lb"]);
     assert!(status.contains("rolled-back") && status.contains("judge@"), "{status}");
+    // The decision is in the deciding server's audit log.
+    let audited = setup.servers.iter().map(Server::log).find(|log| log.contains("rollout_decision"));
+    let line = audited.as_deref().and_then(|log| log.lines().find(|l| l.contains("rollout_decision")));
+    assert!(line.is_some_and(|l| l.contains("sextant::audit") && l.contains("rolled-back")), "{line:?}");
 }
 
 #[test]

@@ -199,6 +199,28 @@ impl Drop for Server {
     }
 }
 
+/// Two servers `a` and `b` on the etcd at `endpoints`, with data directories under `dir`
+/// and certificates from one CA (so a gateway or client trusts either).
+pub(crate) fn two_servers_on_etcd(dir: &Path, endpoints: &str) -> (Server, Server) {
+    let fleet = dir.join("fleet");
+    let out = Command::new(sextant_bin())
+        .args(["tls", "init", "--dir", fleet.to_str().unwrap()])
+        .args(["--host", "a=localhost,127.0.0.1", "--host", "b=localhost,127.0.0.1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let start = |name: &str| {
+        let data = dir.join(name);
+        std::fs::create_dir_all(data.join("tls")).unwrap();
+        std::fs::copy(fleet.join("ca.pem"), data.join("tls/ca.pem")).unwrap();
+        let (cert, key) = (fleet.join(format!("{name}.pem")), fleet.join(format!("{name}.key")));
+        let args = ["--store", "etcd", "--etcd-endpoints", endpoints, "--etcd-timeout-ms", "3000"];
+        let args = [&args[..], &["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()]].concat();
+        Server::try_start_with(&data, &args).unwrap_or_else(|f| panic!("{:?}\n{}", f.status, f.log))
+    };
+    (start("a"), start("b"))
+}
+
 /// Waits (polling every 50 ms) until `f` holds; the 20 s bound only catches hangs.
 pub(crate) fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -174,7 +174,21 @@ impl<S: Store + Clone> Inner<S> {
             match written {
                 Ok(Some((record, revision))) => {
                     let state = record.rollout.as_ref().map_or(RolloutState::Aborted, |r| r.state);
-                    tracing::info!(plugin = %record.name, step, %state, by, "rollout decision");
+                    // In the audit log beside the operators' writes: who decided what.
+                    let reason = record.rollout.as_ref().and_then(|r| r.log.last()).map_or("", |d| d.reason.as_str());
+                    tracing::info!(
+                        target: "sextant::audit",
+                        door = "judge",
+                        verdict = "accepted",
+                        who = by,
+                        what = "rollout_decision",
+                        target = %record.name,
+                        revision = revision.0,
+                        step,
+                        %state,
+                        reason,
+                        "write"
+                    );
                     judged.push(Judged { plugin: record.name.clone(), step, state, revision });
                 }
                 Ok(None) => {}

@@ -19,6 +19,8 @@
 //!   `n ≥ min-requests`, when its error rate passes `max-error-ratio` × the stable's plus
 //!   `error-slack`, or its p99 passes `max-p99-ratio` × the stable's plus `p99-slack-ms`,
 //!   on any gateway or in aggregate;
+//! - **pause** when no criterion failed but a gateway refused the candidate (it could not
+//!   run it there), quoting that gateway's reason;
 //! - **advance** (or promote, after the last step) when the step's hold time is over, the
 //!   aggregate has `n ≥ min-requests`, and no criterion failed;
 //! - otherwise **wait**.
@@ -883,9 +885,6 @@ impl Rollout {
         if !matches!(self.state, RolloutState::Shadow | RolloutState::Canary) {
             return Verdict::Wait(format!("the rollout is {}", self.state));
         }
-        if let Some(r) = reports.iter().find(|r| r.refused.is_some()) {
-            return Verdict::Pause(format!("{} refused the candidate: {}", r.host, r.refused.as_deref().unwrap_or("")));
-        }
         let c = &self.plan.criteria;
         let shadow = self.current_step().is_shadow();
         let (mut stable, mut candidate) = (VersionWindow::default(), VersionWindow::default());
@@ -901,8 +900,13 @@ impl Rollout {
         failed.extend(check(c, &stable, &candidate, shadow).into_iter().map(|f| format!("all gateways: {f}")));
         let evidence =
             Evidence { gateways: reports.len(), stable: stable.figures(), candidate: candidate.figures(), failed };
+        // A failed criterion rolls back even when another gateway refused the candidate: its
+        // traffic is what a refusal would only pause.
         if !evidence.failed.is_empty() {
             return Verdict::RollBack(evidence);
+        }
+        if let Some(r) = reports.iter().find(|r| r.refused.is_some()) {
+            return Verdict::Pause(format!("{} refused the candidate: {}", r.host, r.refused.as_deref().unwrap_or("")));
         }
         let held_ms = now.saturating_sub(self.step_since_unix_ms);
         let hold_ms = self.current_step().hold_secs.saturating_mul(1000);
@@ -1071,8 +1075,12 @@ mod tests {
         assert!(e.failed[0].contains("gw-d") && e.failed[0].contains("6 faults"), "{:?}", e.failed);
         let mut refusing = report("gw-c", VersionWindow::default(), VersionWindow::default());
         refusing.refused = Some("self-test: pick 9 out of range".into());
-        let v = r.judge(&[refusing], 1_500);
+        let v = r.judge(&[refusing.clone()], 1_500);
         assert!(matches!(v, Verdict::Pause(ref w) if w.contains("gw-c") && w.contains("out of range")), "{v:?}");
+        // A failure elsewhere rolls back rather than pausing.
+        let mut slow = report("gw-e", window(1_000, 0, 600), window(600, 0, 100_000));
+        slow.refused = None;
+        assert!(matches!(r.judge(&[refusing, slow], 1_500), Verdict::RollBack(_)));
     }
 
     #[test]
