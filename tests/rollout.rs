@@ -37,7 +37,7 @@ struct Setup {
     backends: Vec<Backend>,
     _runtime: tokio::runtime::Runtime,
     _etcd: Option<sextant_store::local_etcd::LocalEtcd>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Setup {
@@ -119,7 +119,7 @@ fn fleet(
             http().get(&format!("http://{}/ready", gateway.metrics)).call().is_ok_and(|r| r.status() == 200)
         });
     }
-    Setup { gateways, servers, backends, _runtime: runtime, _etcd: None, _dir: dir }
+    Setup { gateways, servers, backends, _runtime: runtime, _etcd: None, dir }
 }
 
 fn cli(server: &Server, args: &[&str]) -> String {
@@ -430,13 +430,27 @@ fn bad_rollout_input_is_refused_and_changes_nothing() {
         assert!(e.contains("no rollout"), "{verb}: {code} {e}");
     }
     assert_eq!(record(setup.server(), "lb"), before, "nothing changed");
-    // One running: a second is refused; pause, resume, abort steer it; abort leaves the stable.
-    cli(setup.server(), &["plugin", "load", pe, "--name", "lb", "--bind", SERVICE, "--rollout", "shadow:1h,10%:1h"]);
+    // One running (its plan from a file): a second is refused; pause, resume, abort steer it;
+    // abort leaves the stable.
+    let plan = setup.dir.path().join("plan.txt");
+    std::fs::write(&plan, "# try it for an hour\nshadow:1h\n10%:1h  # then a tenth\nmax-p99-ratio=1.5\n").unwrap();
+    cli(
+        setup.server(),
+        &["plugin", "load", pe, "--name", "lb", "--bind", SERVICE, "--rollout", plan.to_str().unwrap()],
+    );
+    let running = record(setup.server(), "lb");
+    assert_eq!(running["rollout"]["plan"]["steps"], serde_json::json!(["shadow:1h", "10%:1h"]));
+    assert_eq!(running["rollout"]["plan"]["criteria"]["max-p99-ratio"], 1.5);
     let (_, e) = refused(
         setup.server(),
         &["plugin", "load", artifact("random"), "--name", "lb", "--bind", SERVICE, "--rollout", "10%:1m"],
     );
     assert!(e.contains("runs a rollout"), "{e}");
+    // Nor may another record of the same binding start one.
+    cli(setup.server(), &["plugin", "load", artifact("random"), "--name", "lb2", "--bind", SERVICE]);
+    let args = ["plugin", "load", artifact("least-request"), "--name", "lb2", "--bind", SERVICE, "--rollout", "10%:1m"];
+    let (_, e) = refused(setup.server(), &args);
+    assert!(e.contains("plugin lb runs a rollout"), "{e}");
     let (_, e) = refused(setup.server(), &["plugin", "rollout", "resume", "lb"]);
     assert!(e.contains("not paused"), "{e}");
     cli(setup.server(), &["plugin", "rollout", "pause", "lb"]);

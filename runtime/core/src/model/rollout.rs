@@ -20,7 +20,8 @@
 //!   `error-slack`, or its p99 passes `max-p99-ratio` × the stable's plus `p99-slack-ms`,
 //!   on any gateway or in aggregate;
 //! - **pause** when no criterion failed but a gateway refused the candidate (it could not
-//!   run it there), quoting that gateway's reason;
+//!   run it there), quoting that gateway's reason; or when the step, held three times its
+//!   duration, still has fewer than `min-requests` candidate requests (insufficient data);
 //! - **advance** (or promote, after the last step) when the step's hold time is over, the
 //!   aggregate has `n ≥ min-requests`, and no criterion failed;
 //! - otherwise **wait**.
@@ -40,6 +41,8 @@ use serde::{Deserialize, Serialize};
 
 use super::PluginVersion;
 
+/// A step still short of `min-requests` after this many times its hold is paused.
+pub const STARVED_AFTER_HOLDS: u64 = 3;
 /// Longest plan text (bytes).
 pub const MAX_PLAN_LEN: usize = 4096;
 /// Most steps in a plan.
@@ -863,7 +866,9 @@ impl Rollout {
         Ok(())
     }
 
-    /// Resumes a paused rollout where it was (the pause does not count as step time).
+    /// Resumes a paused rollout where it was (the pause does not count as step time; a step
+    /// held past its duration resumes with exactly its duration held, so data short for three
+    /// holds gets two more).
     ///
     /// # Errors
     /// Not paused.
@@ -873,6 +878,12 @@ impl Rollout {
         }
         let paused_for = now.saturating_sub(self.paused_at_unix_ms.take().unwrap_or(now));
         self.step_since_unix_ms = self.step_since_unix_ms.saturating_add(paused_for).min(now);
+        // Held past its duration already (a pause for insufficient data comes after three):
+        // the hold counts as done, and the data gets a fresh chance.
+        let hold_ms = self.current_step().hold_secs.saturating_mul(1000);
+        if now.saturating_sub(self.step_since_unix_ms) > hold_ms {
+            self.step_since_unix_ms = now.saturating_sub(hold_ms);
+        }
         self.state = state_of(self.current_step());
         self.note(now, by, "resumed", None);
         Ok(())
@@ -914,10 +925,16 @@ impl Rollout {
             return Verdict::Wait(format!("step held {}s of {}s", held_ms / 1000, hold_ms / 1000));
         }
         if candidate.requests < c.min_requests {
-            return Verdict::Wait(format!(
-                "{} candidate requests of the {} the step needs",
-                candidate.requests, c.min_requests
-            ));
+            let short = format!("{} candidate requests of the {} the step needs", candidate.requests, c.min_requests);
+            // Still short after three times the step's hold: say so, and stop until an
+            // operator resumes (more traffic, a bigger share) or aborts.
+            if held_ms >= hold_ms.saturating_mul(STARVED_AFTER_HOLDS) {
+                return Verdict::Pause(format!(
+                    "insufficient data: {short} after {}s ({STARVED_AFTER_HOLDS}× the step's hold)",
+                    held_ms / 1000
+                ));
+            }
+            return Verdict::Wait(short);
         }
         Verdict::Advance(evidence)
     }
@@ -1054,9 +1071,18 @@ mod tests {
         // 1 error in 500 against none: within the error slack.
         let v = r.judge(&[report("gw", window(50_000, 0, 600), window(500, 1, 900))], 62_000);
         assert!(matches!(v, Verdict::Advance(_)), "{v:?}");
-        // A bad p99 on too few requests: wait for data, do not judge it.
-        let v = r.judge(&[report("gw", window(50_000, 0, 600), window(100, 50, 200_000))], 62_000);
+        // A bad p99 on too few requests: wait for data, do not judge it; still short after
+        // three times the step's hold (1 min): pause, saying why.
+        let few = report("gw", window(50_000, 0, 600), window(100, 50, 200_000));
+        let v = r.judge(std::slice::from_ref(&few), 62_000);
         assert!(matches!(v, Verdict::Wait(ref w) if w.contains("100 candidate requests")), "{v:?}");
+        let v = r.judge(std::slice::from_ref(&few), 1_000 + 180_000);
+        assert!(matches!(v, Verdict::Pause(ref w) if w.starts_with("insufficient data: 100 candidate")), "{v:?}");
+        let mut paused = r.clone();
+        paused.pause(181_000, "judge@s1", "insufficient data").unwrap();
+        paused.resume(200_000, "operator@a").unwrap();
+        assert_eq!(paused.step_since_unix_ms, 140_000, "resumed with the hold done");
+        assert!(matches!(paused.judge(std::slice::from_ref(&few), 200_000), Verdict::Wait(_)), "a fresh chance");
         // Errors well above the stable's on enough requests: roll back.
         let v = r.judge(&[report("gw", window(50_000, 50, 600), window(1_000, 30, 600))], 2_000);
         let Verdict::RollBack(e) = v else { panic!("{v:?}") };
