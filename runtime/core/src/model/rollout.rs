@@ -21,7 +21,8 @@
 //!   on any gateway or in aggregate;
 //! - **pause** when no criterion failed but a gateway refused the candidate (it could not
 //!   run it there), quoting that gateway's reason; or when the step, held three times its
-//!   duration, still has fewer than `min-requests` candidate requests (insufficient data);
+//!   duration (and at least a minute), still has fewer than `min-requests` candidate
+//!   requests (insufficient data);
 //! - **advance** (or promote, after the last step) when the step's hold time is over, the
 //!   aggregate has `n ≥ min-requests`, and no criterion failed;
 //! - otherwise **wait**.
@@ -41,8 +42,12 @@ use serde::{Deserialize, Serialize};
 
 use super::PluginVersion;
 
-/// A step still short of `min-requests` after this many times its hold is paused.
+/// A step still short of `min-requests` after this many times its hold (and at least
+/// [`STARVED_AFTER_MIN_MS`]) is paused.
 pub const STARVED_AFTER_HOLDS: u64 = 3;
+/// The least time a step is given to gather `min-requests` before it is paused: reports may
+/// pause for a while (a gateway failing over to another server registers again first).
+pub const STARVED_AFTER_MIN_MS: u64 = 60_000;
 /// Longest plan text (bytes).
 pub const MAX_PLAN_LEN: usize = 4096;
 /// Most steps in a plan.
@@ -928,10 +933,11 @@ impl Rollout {
             let short = format!("{} candidate requests of the {} the step needs", candidate.requests, c.min_requests);
             // Still short after three times the step's hold: say so, and stop until an
             // operator resumes (more traffic, a bigger share) or aborts.
-            if held_ms >= hold_ms.saturating_mul(STARVED_AFTER_HOLDS) {
+            if held_ms >= hold_ms.saturating_mul(STARVED_AFTER_HOLDS).max(STARVED_AFTER_MIN_MS) {
                 return Verdict::Pause(format!(
-                    "insufficient data: {short} after {}s ({STARVED_AFTER_HOLDS}× the step's hold)",
-                    held_ms / 1000
+                    "insufficient data: {short} after {}s ({STARVED_AFTER_HOLDS}× the step's hold, at least {}s)",
+                    held_ms / 1000,
+                    STARVED_AFTER_MIN_MS / 1000
                 ));
             }
             return Verdict::Wait(short);
@@ -1083,6 +1089,10 @@ mod tests {
         paused.resume(200_000, "operator@a").unwrap();
         assert_eq!(paused.step_since_unix_ms, 140_000, "resumed with the hold done");
         assert!(matches!(paused.judge(std::slice::from_ref(&few), 200_000), Verdict::Wait(_)), "a fresh chance");
+        // A short step is given a minute before it is called starved (reports may pause).
+        let short = Rollout::start(version(), "10%:3s".parse().unwrap(), 0, "operator@a").unwrap();
+        assert!(matches!(short.judge(std::slice::from_ref(&few), 9_000), Verdict::Wait(_)));
+        assert!(matches!(short.judge(&[few], 60_000), Verdict::Pause(_)));
         // Errors well above the stable's on enough requests: roll back.
         let v = r.judge(&[report("gw", window(50_000, 50, 600), window(1_000, 30, 600))], 2_000);
         let Verdict::RollBack(e) = v else { panic!("{v:?}") };
