@@ -587,11 +587,7 @@ fn two_gateways_of_one_identity_are_told_apart_and_neither_deregisters_the_other
 fn two_servers_on_one_etcd_drive_the_gateways_and_one_going_away_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let etcd = runtime
-        .block_on(sextant_store::local_etcd::LocalEtcd::start(&dir.path().join("etcd"), 1))
-        .expect("start a local etcd (bash scripts/setup installs etcd-server)");
-    let endpoints = etcd.endpoints().join(",");
-    let (a, b) = two_servers_on_etcd(dir.path(), &endpoints);
+    let (etcd, a, b) = two_servers_on_etcd(dir.path(), &runtime);
     let backends: Vec<Backend> =
         (0..3).map(|i| runtime.block_on(Backend::start(&format!("b{i}"), Behavior::default())).unwrap()).collect();
     for (i, backend) in backends.iter().enumerate() {

@@ -62,11 +62,7 @@ fn setup(weights: [u32; 4]) -> Setup {
 fn setup_on_etcd(weights: [u32; 4], gateways: usize) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let etcd = runtime
-        .block_on(sextant_store::local_etcd::LocalEtcd::start(&dir.path().join("etcd"), 1))
-        .expect("start a local etcd (bash scripts/setup installs etcd-server)");
-    let endpoints = etcd.endpoints().join(",");
-    let (a, b) = two_servers_on_etcd(dir.path(), &endpoints);
+    let (etcd, a, b) = two_servers_on_etcd(dir.path(), &runtime);
     let servers = vec![a, b];
     let mut setup = fleet(dir, Some(runtime), servers, gateways, SERVICE, weights);
     setup._etcd = Some(etcd);

@@ -199,9 +199,17 @@ impl Drop for Server {
     }
 }
 
-/// Two servers `a` and `b` on the etcd at `endpoints`, with data directories under `dir`
-/// and certificates from one CA (so a gateway or client trusts either).
-pub(crate) fn two_servers_on_etcd(dir: &Path, endpoints: &str) -> (Server, Server) {
+/// A local etcd (on `runtime`) and two servers `a` and `b` on it, with data directories under
+/// `dir` and certificates from one CA (so a gateway or client trusts either).
+pub(crate) fn two_servers_on_etcd(
+    dir: &Path,
+    runtime: &tokio::runtime::Runtime,
+) -> (sextant_store::local_etcd::LocalEtcd, Server, Server) {
+    let etcd = runtime
+        .block_on(sextant_store::local_etcd::LocalEtcd::start(&dir.join("etcd"), 1))
+        .expect("start a local etcd (bash scripts/setup installs etcd-server)");
+    let endpoints = etcd.endpoints().join(",");
+    let endpoints = endpoints.as_str();
     let fleet = dir.join("fleet");
     let out = Command::new(sextant_bin())
         .args(["tls", "init", "--dir", fleet.to_str().unwrap()])
@@ -218,7 +226,8 @@ pub(crate) fn two_servers_on_etcd(dir: &Path, endpoints: &str) -> (Server, Serve
         let args = [&args[..], &["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()]].concat();
         Server::try_start_with(&data, &args).unwrap_or_else(|f| panic!("{:?}\n{}", f.status, f.log))
     };
-    (start("a"), start("b"))
+    let (a, b) = (start("a"), start("b"));
+    (etcd, a, b)
 }
 
 /// Waits (polling every 50 ms) until `f` holds; the 20 s bound only catches hangs.

@@ -49,11 +49,8 @@ impl<S: Store + Clone> Inner<S> {
         let wanted = sextant_plugin::trial(records, &slots.service);
         let stable = sextant_plugin::desired(records, &slots.service, PluginKind::Balancer);
         let entry = slots.trial.lock().clone();
-        if entry.as_ref().is_some_and(|(t, failed)| *failed && Some(t) == wanted.as_ref()) {
-            return None;
-        }
-        let applied = entry.filter(|(_, failed)| !failed).map(|(t, _)| t);
-        let change = TrialChange::between(applied.as_ref(), wanted.as_ref(), stable.as_ref());
+        let (applied, refused) = entry.map_or((None, false), |(t, failed)| (Some(t), failed));
+        let change = TrialChange::for_host(applied.as_ref(), refused, wanted.as_ref(), stable.as_ref());
         let spec = match &change {
             TrialChange::Keep => return None,
             TrialChange::Start(t) => match self.fetch(&t.version.sha256).await {

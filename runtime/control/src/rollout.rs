@@ -149,21 +149,9 @@ impl<S: Store + Clone> Inner<S> {
                     if r.step != step || r.state != state || r.candidate.sha256 != candidate {
                         return Ok(None);
                     }
-                    let reason = |e: &sextant_core::rollout::Evidence| {
-                        format!(
-                            "{} gateways: candidate {} requests, p99 {}, error rate {:.4}; stable {} requests, p99 {}, error rate {:.4}",
-                            e.gateways,
-                            e.candidate.requests,
-                            ms(e.candidate.p99_ms),
-                            e.candidate.error_rate,
-                            e.stable.requests,
-                            ms(e.stable.p99_ms),
-                            e.stable.error_rate
-                        )
-                    };
                     match &verdict {
                         Verdict::Wait(_) => return Ok(None),
-                        Verdict::Advance(e) => r.advance(now, by, &format!("step passed: {}", reason(e)), Some(e.clone()))?,
+                        Verdict::Advance(e) => r.advance(now, by, &format!("step passed: {e}"), Some(e.clone()))?,
                         Verdict::RollBack(e) => r.roll_back(now, by, e.clone())?,
                         Verdict::Pause(why) => r.pause(now, by, why)?,
                     }
@@ -197,8 +185,4 @@ impl<S: Store + Clone> Inner<S> {
         }
         judged
     }
-}
-
-fn ms(v: Option<f64>) -> String {
-    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1} ms"))
 }

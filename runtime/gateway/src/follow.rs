@@ -254,7 +254,7 @@ impl PluginFollower {
             }
             let state = router.as_ref().and_then(|r| r.existing(service));
             let windows = state.as_ref().and_then(|s| s.trial_windows());
-            if let Some((step, _, stable, candidate)) = windows.filter(|w| w.0 == t.step) {
+            if let Some((step, stable, candidate)) = windows.filter(|w| w.0 == t.step) {
                 debug_assert_eq!(step, report.step);
                 report.stable.add(&stable);
                 report.candidate_window.add(&candidate);
@@ -562,13 +562,8 @@ impl Follow {
         let wanted = trial(records, service);
         let stable = desired(records, service, PluginKind::Balancer);
         let entry = self.trials.lock().get(service).cloned();
-        // A candidate this host refused is not tried again until the rollout changes; then
-        // the slot has no candidate to change.
-        if entry.as_ref().is_some_and(|t| t.error.is_some() && Some(&t.trial) == wanted.as_ref()) {
-            return Some(false);
-        }
-        let applied = entry.filter(|t| t.error.is_none()).map(|t| t.trial);
-        let change = TrialChange::between(applied.as_ref(), wanted.as_ref(), stable.as_ref());
+        let (applied, refused) = entry.map_or((None, false), |t| (Some(t.trial), t.error.is_some()));
+        let change = TrialChange::for_host(applied.as_ref(), refused, wanted.as_ref(), stable.as_ref());
         if change == TrialChange::Keep {
             return Some(false);
         }

@@ -243,7 +243,7 @@ impl Router {
         &self,
         service: &ServiceKey,
     ) -> Option<(usize, sextant_core::rollout::VersionWindow, sextant_core::rollout::VersionWindow)> {
-        self.existing(service)?.trial_windows().map(|(step, _, stable, candidate)| (step, stable, candidate))
+        self.existing(service)?.trial_windows()
     }
 
     /// What `service`'s state looks like now (none before its first pick or load).

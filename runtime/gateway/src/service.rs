@@ -333,7 +333,7 @@ impl ServiceState {
         match change {
             TrialChange::Start(t) | TrialChange::Step(t) => {
                 let candidate = slot.candidate().map(|c| c.version.id);
-                self.trial.store(candidate.map(|id| Arc::new(TrialWindows::new(id, t.step, t.since_unix_ms))));
+                self.trial.store(candidate.map(|id| Arc::new(TrialWindows::new(id, t.step))));
             }
             TrialChange::Promote | TrialChange::Stop => self.trial.store(None),
             TrialChange::Keep => {}
@@ -341,9 +341,9 @@ impl ServiceState {
         Ok(changed)
     }
 
-    /// The running trial's step, its start, and both versions' windows `(stable,
-    /// candidate)`: in a shadow step the candidate's are its shadow picks and fallbacks.
-    pub(crate) fn trial_windows(&self) -> Option<(usize, u64, VersionWindow, VersionWindow)> {
+    /// The running trial's step and both versions' windows `(stable, candidate)`: in a
+    /// shadow step the candidate's are its shadow picks and fallbacks.
+    pub(crate) fn trial_windows(&self) -> Option<(usize, VersionWindow, VersionWindow)> {
         let trial = self.trial.load_full()?;
         let (stable, mut tried) = trial.windows();
         // (A candidate dropped after faults leaves its windows counted; the follower says why.)
@@ -351,7 +351,7 @@ impl ServiceState {
             tried.requests = candidate.shadow.calls;
             tried.fallbacks = candidate.version.counters.counts.fallbacks;
         }
-        Some((trial.step, trial.since_unix_ms, stable, tried))
+        Some((trial.step, stable, tried))
     }
 
     /// Reports the service state's automatic rollbacks to `observer` (the router's fan-out).

@@ -23,15 +23,13 @@ pub(crate) struct TrialWindows {
     pub(crate) candidate: u64,
     /// The rollout step the windows are about.
     pub(crate) step: usize,
-    /// When the step began, per the rollout (milliseconds since the Unix epoch).
-    pub(crate) since_unix_ms: u64,
     /// `(stable, candidate)`.
     windows: Mutex<(VersionWindow, VersionWindow)>,
 }
 
 impl TrialWindows {
-    pub(crate) fn new(candidate: u64, step: usize, since_unix_ms: u64) -> Self {
-        Self { candidate, step, since_unix_ms, windows: Mutex::new(Default::default()) }
+    pub(crate) fn new(candidate: u64, step: usize) -> Self {
+        Self { candidate, step, windows: Mutex::new(Default::default()) }
     }
 
     /// Counts one finished request picked by `version` (`retry`: not its request's first
@@ -63,7 +61,7 @@ mod tests {
 
     #[test]
     fn outcomes_are_counted_under_the_version_that_picked() {
-        let t = TrialWindows::new(7, 1, 0);
+        let t = TrialWindows::new(7, 1);
         t.record(7, &Outcome::http(200), Duration::from_millis(2), false, false);
         t.record(7, &Outcome::http(503), Duration::from_millis(2), true, false);
         t.record(3, &Outcome::http(404), Duration::from_millis(1), false, false);

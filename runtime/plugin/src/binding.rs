@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use sextant_core::rollout::Rollout;
 use sextant_core::{PluginName, PluginRecord, ServiceKey};
 
 use crate::{Compiled, PluginKind, PluginSpec, Split};
@@ -61,18 +62,26 @@ pub struct Trial {
 pub fn trial(records: &[Arc<PluginRecord>], service: &ServiceKey) -> Option<Trial> {
     let record = bound_record(records, service, PluginKind::Balancer)?;
     let rollout = record.rollout.as_ref().filter(|r| r.state.is_live())?;
-    let c = &rollout.candidate;
-    let config = if c.config.is_empty() { "{}".to_owned() } else { c.config.clone() };
-    let split = match rollout.current_step().per_mille {
-        0 => Split::Shadow,
-        per_mille => Split::Canary { per_mille },
-    };
-    Some(Trial {
-        version: Desired { name: record.name.clone(), sha256: c.sha256.clone(), config },
-        split,
-        step: rollout.step,
-        since_unix_ms: rollout.step_since_unix_ms,
-    })
+    Some(Trial::of(&record.name, rollout))
+}
+
+impl Trial {
+    /// What `rollout` (of record `name`) has a host run now.
+    #[must_use]
+    pub fn of(name: &PluginName, rollout: &Rollout) -> Self {
+        let c = &rollout.candidate;
+        let config = if c.config.is_empty() { "{}".to_owned() } else { c.config.clone() };
+        let split = match rollout.current_step().per_mille {
+            0 => Split::Shadow,
+            per_mille => Split::Canary { per_mille },
+        };
+        Self {
+            version: Desired { name: name.clone(), sha256: c.sha256.clone(), config },
+            split,
+            step: rollout.step,
+            since_unix_ms: rollout.step_since_unix_ms,
+        }
+    }
 }
 
 /// What a host does to its balancer slot's candidate to go from the trial it `applied` to
@@ -92,6 +101,18 @@ pub enum TrialChange {
 }
 
 impl TrialChange {
+    /// The change a host makes from the trial it last `applied` (`refused`: it could not run
+    /// it, so its slot has no candidate) to the one `wanted`, with `stable` to run: a refused
+    /// trial is not tried again until the rollout changes, and then started anew.
+    #[must_use]
+    pub fn for_host(applied: Option<&Trial>, refused: bool, wanted: Option<&Trial>, stable: Option<&Desired>) -> Self {
+        match (refused, applied == wanted) {
+            (true, true) => Self::Keep,
+            (true, false) => Self::between(None, wanted, stable),
+            (false, _) => Self::between(applied, wanted, stable),
+        }
+    }
+
     /// The change from `applied` to `wanted` with `stable` to run.
     #[must_use]
     pub fn between(applied: Option<&Trial>, wanted: Option<&Trial>, stable: Option<&Desired>) -> Self {

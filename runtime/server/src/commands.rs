@@ -819,11 +819,6 @@ async fn rollout_status(args: &ClientArgs, client: &Client, name: &PluginName) -
         c.error_slack,
         c.p99_slack_ms
     ))?;
-    let figures = |w: &sextant_core::rollout::VersionWindow| {
-        let f = w.figures();
-        let p99 = f.p99_ms.map_or_else(|| "-".to_owned(), |v| format!("{v:.2} ms"));
-        format!("{} req, {} errors ({:.4}), p99 {p99}, {} fallbacks", f.requests, f.errors, f.error_rate, f.fallbacks)
-    };
     for r in &reports {
         let about = if r.report.is_about(rollout) { "" } else { " (another step or candidate: not counted)" };
         let agreement = match (r.report.agreed, r.report.candidate_window.requests) {
@@ -835,8 +830,8 @@ async fn rollout_status(args: &ClientArgs, client: &Client, name: &PluginName) -
             None => out(&format!(
                 "  gateway {}{about}: stable {} | candidate {}{agreement}",
                 r.host,
-                figures(&r.report.stable),
-                figures(&r.report.candidate_window)
+                r.report.stable.figures(),
+                r.report.candidate_window.figures()
             ))?,
         }
     }

@@ -219,12 +219,11 @@ impl Metrics {
     /// The rollouts of `records`: one state series per record that has one (1 for its state,
     /// 0 for the others) and its step.
     pub fn set_rollouts(&self, records: &[std::sync::Arc<sextant_core::PluginRecord>]) {
-        use sextant_core::rollout::RolloutState as S;
         self.rollout_state.clear();
         self.rollout_step.clear();
         for record in records {
             let Some(r) = &record.rollout else { continue };
-            for state in [S::Shadow, S::Canary, S::Paused, S::Promoted, S::RolledBack, S::Aborted] {
+            for state in sextant_core::rollout::RolloutState::ALL {
                 let labels = RolloutStateLabels { plugin: record.name.to_string(), state: state.to_string() };
                 self.rollout_state.get_or_create(&labels).set(i64::from(r.state == state));
             }

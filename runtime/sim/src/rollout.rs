@@ -10,7 +10,7 @@ use std::time::Duration;
 use sextant_core::rollout::{Decision, GatewayReport, Plan, Rollout, RolloutState, Verdict};
 use sextant_core::{PluginName, PluginVersion, ServiceKey};
 use sextant_gateway::Router;
-use sextant_plugin::{Desired, ShadowTally, Split, Trial, TrialChange};
+use sextant_plugin::{ShadowTally, Trial, TrialChange};
 
 use crate::strategy::Strategy;
 
@@ -47,16 +47,6 @@ pub(crate) struct Driver {
     next_judge_ns: u64,
 }
 
-fn trial_of(rollout: &Rollout, name: &PluginName) -> Trial {
-    let step = rollout.current_step();
-    Trial {
-        version: Desired { name: name.clone(), sha256: rollout.candidate.sha256.clone(), config: "{}".into() },
-        split: if step.is_shadow() { Split::Shadow } else { Split::Canary { per_mille: step.per_mille } },
-        step: rollout.step,
-        since_unix_ms: rollout.step_since_unix_ms,
-    }
-}
-
 fn ms(ns: u64) -> u64 {
     ns / 1_000_000
 }
@@ -72,7 +62,7 @@ impl Driver {
         };
         let rollout = Rollout::start(candidate, trial.plan.clone(), 0, "sim").map_err(|e| e.to_string())?;
         let driver = Self { rollout, candidate: trial.candidate.clone(), next_judge_ns: JUDGE_EVERY.as_nanos() as u64 };
-        let start = TrialChange::Start(trial_of(&driver.rollout, &driver.name()));
+        let start = TrialChange::Start(Trial::of(&driver.name(), &driver.rollout));
         router.change_trial(service, &start, Some(driver.candidate.balancer.clone()))?;
         Ok(driver)
     }
@@ -101,7 +91,7 @@ impl Driver {
                 let change = if self.rollout.state == RolloutState::Promoted {
                     TrialChange::Promote
                 } else {
-                    TrialChange::Step(trial_of(&self.rollout, &self.name()))
+                    TrialChange::Step(Trial::of(&self.name(), &self.rollout))
                 };
                 router.change_trial(service, &change, None).map(drop)
             }
@@ -127,19 +117,7 @@ impl RolloutRun {
         self.decisions
             .iter()
             .map(|d| {
-                let figures = d.evidence.as_ref().map_or(String::new(), |e| {
-                    let p99 = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1} ms"));
-                    format!(
-                        " [candidate {} req, p99 {}, errors {:.4}; stable {} req, p99 {}, errors {:.4}{}]",
-                        e.candidate.requests,
-                        p99(e.candidate.p99_ms),
-                        e.candidate.error_rate,
-                        e.stable.requests,
-                        p99(e.stable.p99_ms),
-                        e.stable.error_rate,
-                        if e.failed.is_empty() { String::new() } else { format!("; failed: {}", e.failed.join("; ")) }
-                    )
-                });
+                let figures = d.evidence.as_ref().map_or(String::new(), |e| format!(" [{e}]"));
                 #[allow(clippy::cast_precision_loss)]
                 let at = d.at_unix_ms as f64 / 1000.0;
                 format!("{at:.1} s {} (step {}): {}{figures}", d.state, d.step + 1, d.reason)

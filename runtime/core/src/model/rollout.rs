@@ -615,6 +615,18 @@ pub struct Figures {
     pub fallbacks: u64,
 }
 
+impl fmt::Display for Figures {
+    /// `1200 req, 3 errors (0.0025), p99 12.4 ms, 0 fallbacks`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} req, {} errors ({:.4}), p99 ", self.requests, self.errors, self.error_rate)?;
+        match self.p99_ms {
+            Some(p99) => write!(f, "{p99:.1} ms")?,
+            None => f.write_str("-")?,
+        }
+        write!(f, ", {} fallbacks", self.fallbacks)
+    }
+}
+
 /// What a decision was made on: the aggregate over the reporting gateways, and what failed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Evidence {
@@ -627,6 +639,17 @@ pub struct Evidence {
     /// The criteria that failed, where (`HOST: p99 104.2 ms > 1.3 × 0.9 ms + 1 ms`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<String>,
+}
+
+impl fmt::Display for Evidence {
+    /// `3 gateways: candidate …; stable …`, then `; failed: …` when something failed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} gateways: candidate {}; stable {}", self.gateways, self.candidate, self.stable)?;
+        if !self.failed.is_empty() {
+            write!(f, "; failed: {}", self.failed.join("; "))?;
+        }
+        Ok(())
+    }
 }
 
 /// The judge's answer for a running step.
@@ -661,6 +684,10 @@ pub enum RolloutState {
 }
 
 impl RolloutState {
+    /// Every state.
+    pub const ALL: [Self; 6] =
+        [Self::Shadow, Self::Canary, Self::Paused, Self::Promoted, Self::RolledBack, Self::Aborted];
+
     /// Whether the rollout still runs (or is paused): not promoted, rolled back or aborted.
     #[must_use]
     pub fn is_live(self) -> bool {
