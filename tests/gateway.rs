@@ -1384,3 +1384,159 @@ fn a_loaded_version_that_answers_nothing_is_reported_falling_back_not_active() {
         sum_of(&gateway.metrics(), "sextant_gateway_plugin_deadline_hits_total", &series) > 0
     });
 }
+
+/// One request asking why: its status and the `x-sextant-why` header, parsed.
+fn asking_why(gateway: &Gateway, value: &str) -> (u16, Option<Value>) {
+    let r = http().get(&format!("http://{}/orders", gateway.addr)).header("x-sextant-explain", value).call().unwrap();
+    let header = r.headers().get("x-sextant-why").map(|v| serde_json::from_slice(v.as_bytes()).unwrap());
+    (r.status().as_u16(), header)
+}
+
+/// The reason `why` gives for leaving out `endpoint`.
+fn left_out<'a>(why: &'a Value, endpoint: &str) -> Option<&'a Value> {
+    why["excluded"].as_array()?.iter().find(|e| e["endpoint"] == endpoint)
+}
+
+#[test]
+fn the_why_header_names_the_endpoint_a_retry_avoided_and_then_the_one_ejected_and_the_access_log_agrees() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let good = runtime.block_on(Backend::start("good", Behavior::default())).unwrap();
+    let failing = Behavior { error_rate: 1.0, ..Behavior::default() };
+    let bad = runtime.block_on(Backend::start("bad", failing)).unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    for (id, b) in [("good", &good), ("bad", &bad)] {
+        assert_eq!(server.post("/v1/instances", &instance(SERVICE, id, b.addr().port(), false)).0, 200);
+    }
+    // Round robin; the breaker out of the way, so the health policy's outlier detection is
+    // what takes `bad` out (5 gateway errors in a row).
+    let config = dir.path().join("gateway.json");
+    let document = serde_json::json!({
+        "gateway": {"routes": [{"path_prefix": "/", "service": SERVICE}],
+                    "explain": {"header": "x-sextant-explain", "value": "let-me-see"}},
+        "balancer": "round-robin",
+        "breaker": {"failures": 1000},
+        "retry": {"attempts": 3, "min_per_second": 1000},
+    });
+    std::fs::write(&config, document.to_string()).unwrap();
+    let access = dir.path().join("access.log");
+    let gateway = Gateway::spawn(
+        &server,
+        dir.path(),
+        free_port(),
+        &["--config", config.to_str().unwrap(), "--access-log", access.to_str().unwrap()],
+    );
+    wait_until("the gateway routes", || gateway.get("u") == 200);
+
+    // Until a request whose first attempt went to `bad`: retried on `good`, answered 200,
+    // and the header says so (retries are on: this test is about what they did).
+    let mut avoided = None;
+    for _ in 0..20 {
+        let (status, why) = asking_why(&gateway, "let-me-see");
+        assert_eq!(status, 200, "{why:?}\n{}", gateway.log());
+        let why = why.expect("the allowed header and value are answered");
+        if why["attempts"][0]["endpoint"] == "bad" {
+            avoided = Some(why);
+            break;
+        }
+    }
+    let why = avoided.expect("round robin sends some first attempt to bad");
+    assert_eq!(why["route"], "/");
+    assert_eq!(why["service"], SERVICE);
+    let attempts = why["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{why}");
+    assert_eq!((&attempts[0]["result"], &attempts[0]["status"]), (&Value::from("5xx"), &Value::from(503)));
+    assert_eq!((&attempts[1]["endpoint"], &attempts[1]["result"]), (&Value::from("good"), &Value::from("2xx")));
+    assert_eq!(attempts[1]["balancer"], "round-robin", "{why}");
+    assert_eq!(attempts[1]["address"], good.addr().to_string());
+    assert_eq!(left_out(&why, "bad").map(|e| &e["why"]), Some(&Value::from("avoided")), "{why}");
+
+    // Failures go on until the health policy ejects `bad`: then a request is never sent
+    // there, and the header names it with the reason and for how long.
+    let mut ejected = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ejected.is_none() {
+        assert!(Instant::now() < deadline, "bad never ejected\n{}", gateway.log());
+        let (status, why) = asking_why(&gateway, "let-me-see");
+        assert_eq!(status, 200);
+        let why = why.unwrap();
+        if left_out(&why, "bad").is_some_and(|e| e["why"] == "ejected") {
+            ejected = Some(why);
+        }
+    }
+    let why = ejected.unwrap();
+    let bad_entry = left_out(&why, "bad").unwrap();
+    assert!(bad_entry["for_ms"].as_u64().is_some_and(|ms| ms > 0 && ms <= 30_000), "{why}");
+    assert_eq!(bad_entry["address"], bad.addr().to_string());
+    assert_eq!(why["attempts"].as_array().map(Vec::len), Some(1), "one attempt, to good: {why}");
+    assert_eq!(why["attempts"][0]["endpoint"], "good");
+
+    // Without the header, or with another value: nothing is said.
+    for value in ["guess", ""] {
+        let (status, why) = asking_why(&gateway, value);
+        assert_eq!((status, why), (200, None), "value {value:?}");
+    }
+
+    // The access log has every request as a JSON line with the same fields.
+    let mut lines = Vec::new();
+    wait_until("the access log has the requests", || {
+        lines = std::fs::read_to_string(&access)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .collect();
+        lines.iter().any(|l| left_out(l, "bad").is_some_and(|e| e["why"] == "ejected"))
+    });
+    let retried = lines
+        .iter()
+        .find(|l| l["attempts"].as_array().is_some_and(|a| a.len() == 2))
+        .expect("a retried request is logged");
+    assert_eq!(
+        (&retried["method"], &retried["path"], &retried["status"]),
+        (&"GET".into(), &"/orders".into(), &200.into())
+    );
+    assert_eq!(retried["client"], "127.0.0.1");
+    assert_eq!(left_out(retried, "bad").map(|e| &e["why"]), Some(&Value::from("avoided")));
+    assert!(lines.iter().all(|l| l.get("dropped").is_none()), "no line dropped");
+}
+
+#[test]
+fn print_config_shows_the_document_in_force_which_reads_back_the_same_and_a_mistake_names_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("in.json");
+    std::fs::write(&file, r#"{"balancer": "maglev", "retry": {"attempts": 2}}"#).unwrap();
+    let print = |config: &Path, extra: &[&str]| {
+        let out = Command::new(sextant_bin())
+            .args(["gateway", "--print-config", "--config", config.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // No server, no CA: the document alone.
+    let (code, printed, stderr) = print(&file, &["--route", "api.example/v1=shop/web/orders", "--health-path", "/hz"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let doc: Value = serde_json::from_str(&printed).unwrap();
+    assert_eq!(doc["balancer"], "maglev");
+    assert_eq!(doc["retry"]["attempts"], 2);
+    assert_eq!(doc["retry"]["budget_ratio"], 0.2, "defaults are filled in");
+    assert_eq!(doc["health_check"]["path"], "/hz");
+    let route = &doc["gateway"]["routes"][0];
+    assert_eq!(
+        (&route["host"], &route["path_prefix"], &route["service"]),
+        (&"api.example".into(), &"/v1".into(), &SERVICE.into())
+    );
+    let again = dir.path().join("again.json");
+    std::fs::write(&again, &printed).unwrap();
+    let (code, reprinted, _) = print(&again, &[]);
+    assert_eq!((code, reprinted), (Some(0), printed), "the printed document is a valid --config of itself");
+
+    std::fs::write(&file, r#"{"gateway": {"explain": {"header": "x-why", "token": "t"}}}"#).unwrap();
+    let (code, _, stderr) = print(&file, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("unknown field `token`") && stderr.contains("`header`"), "{stderr}");
+}

@@ -14,6 +14,9 @@
 //! }
 //! ```
 //!
+//! Every field, its default and an example per feature: `docs/gateway.md` (its examples and
+//! its table of defaults are checked by this module's tests).
+//!
 //! Beside `gateway`, the fields are [`ServicePolicy`]'s, defined once there. Durations are
 //! milliseconds. Every field may be left out (the defaults of [`ServicePolicy`] and
 //! [`GatewayConfig`]); an unknown field, an unknown built-in or an impossible value is
@@ -139,6 +142,9 @@ impl GatewayFile {
         if self.gateway.attempt_timeout.is_zero() {
             return invalid("gateway.attempt_timeout must be at least 1 ms");
         }
+        if let Some(explain) = &self.gateway.explain {
+            explain.check().map_err(|e| ConfigFileError::Invalid(format!("gateway.{e}")))?;
+        }
         Ok(())
     }
 }
@@ -168,6 +174,44 @@ mod tests {
         assert_eq!(policy.retry.attempts, 3);
         assert_eq!(policy.rate_limit.map(|r| r.burst), Some(200));
         assert_eq!(policy.health_check.map(|h| h.timeout), Some(Duration::from_millis(500)));
+    }
+
+    #[test]
+    fn every_example_of_the_gateway_documentation_is_a_valid_document() {
+        let doc = include_str!("../../../docs/gateway.md");
+        let mut examples = 0;
+        let mut lines = doc.lines();
+        while let Some(line) = lines.next() {
+            if line.trim() == "```json" {
+                let block: Vec<&str> = lines.by_ref().take_while(|l| l.trim() != "```").collect();
+                let block = block.join("\n");
+                GatewayFile::from_json(&block).unwrap_or_else(|e| panic!("{block}\n{e}"));
+                examples += 1;
+            }
+        }
+        assert!(examples >= 8, "{examples} examples");
+    }
+
+    #[test]
+    fn the_documented_defaults_are_the_defaults() {
+        let doc = include_str!("../../../docs/gateway.md");
+        let table = doc.split("## Every field").nth(1).and_then(|s| s.split("### A route").next()).unwrap();
+        // The gateway command checks endpoints with TCP every 2 s when the document says nothing.
+        let mut file = GatewayFile::default();
+        file.policy.health_check = Some(crate::HealthCheck::tcp(Duration::from_secs(2)));
+        let defaults = file.to_json();
+        let mut checked = 0;
+        for row in table.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let (field, default) = (cells[1].trim_matches('`'), cells[2]);
+            let Some(default) = default.strip_prefix('`').and_then(|d| d.strip_suffix('`')) else { continue };
+            let pointer = format!("/{}", field.replace('.', "/"));
+            let actual = defaults.pointer(&pointer).unwrap_or_else(|| panic!("{field} is not a field"));
+            let documented: serde_json::Value = serde_json::from_str(default).unwrap();
+            assert_eq!(actual, &documented, "{field}");
+            checked += 1;
+        }
+        assert!(checked >= 20, "{checked} defaults checked");
     }
 
     #[test]
@@ -207,6 +251,8 @@ mod tests {
             (r#"{"rate_limit": {"per_second": 0, "burst": 1}}"#, "per_second > 0"),
             (r#"{"max_ejected_percent": 150}"#, "0..=100"),
             (r#"{"gateway": {"attempt_timeout": 0}}"#, "attempt_timeout"),
+            (r#"{"gateway": {"explain": {"header": "x why"}}}"#, "not a header name"),
+            (r#"{"gateway": {"explain": {"header": "x-why", "secret": "s"}}}"#, "unknown field `secret`"),
             (r#"{"breaker": {"open": 9000, "max_open": 10}}"#, "max_open"),
             ("[]", "JSON object"),
             (r#"{"health_check": {"kind": "tcp", "interval": 1000, "timeout": 100, "jiter": 0.1}}"#, "`jiter`"),

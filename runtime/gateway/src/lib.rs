@@ -20,6 +20,10 @@
 //!   turn slow, flaky, hang, reset or send garbage, for demos, tests and benchmarks;
 //! - the configuration file ([`config`]): routes, policies and resilience in one JSON
 //!   document, checked before anything starts;
+//! - "why this endpoint" ([`explain`]): what the gateway did with a request (attempts, the
+//!   balancer and version that picked, the endpoints left out and why), answered in a header
+//!   to the requests the configuration allows, and the JSON-lines access log
+//!   ([`access_log`]) that records it for every request;
 //! - the gateway's Prometheus metrics ([`metrics`]): requests, latency histograms,
 //!   attempts, retries, rate limits, endpoint health and breakers; and the plugin series
 //!   every host exports, servers included ([`plugin_metrics`]: versions and load times per
@@ -44,8 +48,10 @@ mod service;
 mod status;
 mod trial;
 
+pub mod access_log;
 pub mod backend;
 pub mod config;
+pub mod explain;
 pub mod follow;
 pub mod metrics;
 pub mod plugin_metrics;

@@ -29,6 +29,8 @@ use sextant_core::ServiceKey;
 use sextant_plugin::PickRequest;
 use tokio::net::TcpListener;
 
+use crate::access_log::{AccessEntry, AccessLog};
+use crate::explain::{Attempt, Excluded, Exclusion, ExplainConfig, Explanation, WHY_HEADER};
 use crate::metrics::SharedMetrics;
 use crate::outcome::Outcome;
 use crate::request::FromHeaders;
@@ -90,11 +92,14 @@ pub struct GatewayConfig {
     pub attempt_timeout: Duration,
     /// Largest request body buffered (bodies are buffered so attempts can be replayed).
     pub max_body: usize,
+    /// Which requests are answered with what the gateway did and why
+    /// ([`WHY_HEADER`](crate::explain::WHY_HEADER)); none: no request is.
+    pub explain: Option<ExplainConfig>,
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
-        Self { routes: Vec::new(), attempt_timeout: Duration::from_secs(5), max_body: 1 << 20 }
+        Self { routes: Vec::new(), attempt_timeout: Duration::from_secs(5), max_body: 1 << 20, explain: None }
     }
 }
 
@@ -299,6 +304,7 @@ struct Inner {
     connect_timeout: Duration,
     stats: Stats,
     metrics: Option<SharedMetrics>,
+    access_log: std::sync::OnceLock<AccessLog>,
 }
 
 /// The HTTP gateway. Cheap to clone.
@@ -348,7 +354,24 @@ impl Gateway {
             Upstream::Router(router) => Destination::Router(router),
             Upstream::Static(addr) => Destination::Static(crate::service::authority(addr)),
         };
-        Ok(Self(Arc::new(Inner { routing, upstream, client, connect_timeout, stats: Stats::default(), metrics })))
+        Ok(Self(Arc::new(Inner {
+            routing,
+            upstream,
+            client,
+            connect_timeout,
+            stats: Stats::default(),
+            metrics,
+            access_log: std::sync::OnceLock::new(),
+        })))
+    }
+
+    /// Writes every request to `log` from now on (once: a second log is refused and
+    /// handed back).
+    ///
+    /// # Errors
+    /// The gateway writes to a log already.
+    pub fn log_access(&self, log: AccessLog) -> Result<(), AccessLog> {
+        self.0.access_log.set(log)
     }
 
     /// Replaces the routes, the attempt timeout and the body limit while serving (requests
@@ -512,16 +535,43 @@ impl Gateway {
         let started = std::time::Instant::now();
         self.0.stats.requests.fetch_add(1, Relaxed);
         let routing = self.0.routing.load_full();
-        let Some(rule) = routing.rule(&request) else {
-            if let Some(m) = &self.0.metrics {
-                m.request("none", "", 404, started.elapsed());
-            }
-            return text(StatusCode::NOT_FOUND, "no route\n");
+        let log = self.0.access_log.get();
+        // What the access log needs of the request, taken before it is consumed.
+        let head = log.map(|_| {
+            let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned);
+            (request.method().clone(), host, request.uri().path().to_owned())
+        });
+        let rule = routing.rule(&request);
+        let explain = rule.is_some() && routing.config.explain.as_ref().is_some_and(|e| e.asked(request.headers()));
+        let mut why = rule.filter(|_| explain || log.is_some()).map(|r| Explanation::new(&r.label, &r.service_label));
+        let mut response = match rule {
+            None => text(StatusCode::NOT_FOUND, "no route\n"),
+            Some(rule) => self.handle_routed(client, rule, request, peer, why.as_mut()).await,
         };
-        let response = self.handle_routed(client, rule, request, peer).await;
+        let elapsed = started.elapsed();
         if let Some(m) = &self.0.metrics {
-            let series = rule.series.get_or_init(|| m.route_series(&rule.label, &rule.service_label));
-            series.record(response.status().as_u16(), started.elapsed());
+            match rule {
+                None => m.request("none", "", 404, elapsed),
+                Some(rule) => {
+                    let series = rule.series.get_or_init(|| m.route_series(&rule.label, &rule.service_label));
+                    series.record(response.status().as_u16(), elapsed);
+                }
+            }
+        }
+        if explain && let Some(why) = &why {
+            response.headers_mut().insert(WHY_HEADER, why.header_value());
+        }
+        if let (Some(log), Some((method, host, path))) = (log, head) {
+            log.record(&AccessEntry {
+                ts_ms: AccessLog::now_ms(),
+                client: peer.addr.ip().to_string(),
+                method: method.as_str(),
+                host: host.as_deref(),
+                path: &path,
+                status: response.status().as_u16(),
+                duration_ms: elapsed.as_secs_f64() * 1e3,
+                why: why.as_ref(),
+            });
         }
         response
     }
@@ -532,6 +582,7 @@ impl Gateway {
         rule: &CompiledRule,
         request: Request<Incoming>,
         peer: &Peer,
+        why: Option<&mut Explanation>,
     ) -> Response<Body> {
         let mut pick =
             PickRequest::from_headers(request.headers(), rule.rule.hash_header.as_deref(), &rule.rule.headers);
@@ -556,27 +607,32 @@ impl Gateway {
                 Ok(response) => response.map(BodyExt::boxed),
                 Err(_) => text(StatusCode::BAD_GATEWAY, "upstream failed\n"),
             },
-            Destination::Router(router) => self.routed(client, router, rule, &mut pick, &parts, &body, peer).await,
+            Destination::Router(router) => {
+                let request = Forwarded { parts: &parts, body: &body, peer };
+                self.routed(client, router, rule, &mut pick, request, why).await
+            }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn routed(
         &self,
         client: &UpstreamClient,
         router: &Router,
         rule: &CompiledRule,
         pick: &mut PickRequest,
-        parts: &http::request::Parts,
-        body: &Bytes,
-        peer: &Peer,
+        request: Forwarded<'_>,
+        mut why: Option<&mut Explanation>,
     ) -> Response<Body> {
+        let Forwarded { parts, body, peer } = request;
         let label = rule.service_label.as_str();
         // The service is looked up once for the whole request.
         let service = match router.service(&rule.service) {
             Ok(service) => service,
             Err(e) => {
                 self.0.stats.failed.fetch_add(1, Relaxed);
+                if let Some(why) = why {
+                    why.refused = Some(e.to_string());
+                }
                 return text(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n"));
             }
         };
@@ -589,22 +645,38 @@ impl Gateway {
         loop {
             attempt += 1;
             let RetryPlan { attempts, backoff } = service.retry_plan(attempt);
-            let guard = match service.pick_avoiding(pick, &tried) {
+            let guard = service.pick_avoiding(pick, &tried);
+            if attempt == 1
+                && let Some(why) = why.as_deref_mut()
+            {
+                // After the first pick: a pick may rebuild the rotation this reads.
+                for excluded in service.excluded() {
+                    why.exclude(excluded);
+                }
+            }
+            let guard = match guard {
                 Ok(g) => g,
                 Err(PickError::RateLimited(_)) => {
                     self.0.stats.rate_limited.fetch_add(1, Relaxed);
                     if let Some(m) = &self.0.metrics {
                         m.rate_limited(label);
                     }
+                    if let Some(why) = why {
+                        why.refused = Some("rate limited".into());
+                    }
                     return text(StatusCode::TOO_MANY_REQUESTS, "rate limited\n");
                 }
                 Err(e) => {
                     self.0.stats.failed.fetch_add(1, Relaxed);
+                    if let Some(why) = why {
+                        why.refused = Some(e.to_string());
+                    }
                     return text(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n"));
                 }
             };
             tried.push(guard.addr());
             let addressing = guard.addressing();
+            let sent = std::time::Instant::now();
             let (outcome, response, retry_safe, result) =
                 match self.forward(client, parts, body, &addressing.authority, peer).await {
                     Ok(response) => {
@@ -628,7 +700,21 @@ impl Gateway {
             if let Some(m) = &self.0.metrics {
                 m.attempt(label, &addressing.label, result);
             }
+            if let Some(why) = why.as_deref_mut() {
+                why.attempts.push(Attempt {
+                    endpoint: guard.instance().id.to_string(),
+                    address: addressing.label.clone(),
+                    balancer: service.balancer_name(guard.version()),
+                    version: guard.version(),
+                    fallback: guard.fallback(),
+                    result,
+                    status: response.as_ref().map(|r| r.status().as_u16()),
+                    ms: sent.elapsed().as_secs_f64() * 1e3,
+                });
+            }
             let id = addressing.id_header.clone();
+            let failed = outcome.failed();
+            let endpoint = why.is_some().then(|| (guard.instance().id.to_string(), addressing.label.clone()));
             guard.finish(outcome);
             let retry = retry_safe && attempt < attempts && service.retry_allowed();
             if !retry {
@@ -641,6 +727,11 @@ impl Gateway {
                 }
                 self.0.stats.failed.fetch_add(1, Relaxed);
                 return text(last_failure.0, last_failure.1);
+            }
+            if let (Some(why), Some((endpoint, address))) = (why.as_deref_mut(), endpoint)
+                && failed
+            {
+                why.exclude(Excluded { endpoint, address, why: Exclusion::Avoided, for_ms: None });
             }
             self.0.stats.retries.fetch_add(1, Relaxed);
             if let Some(m) = &self.0.metrics {
@@ -702,6 +793,14 @@ async fn accepted_or_pause(
             None
         }
     }
+}
+
+/// A request as every attempt forwards it: its head, its buffered body, its client.
+#[derive(Clone, Copy)]
+struct Forwarded<'a> {
+    parts: &'a http::request::Parts,
+    body: &'a Bytes,
+    peer: &'a Peer,
 }
 
 enum Failure {

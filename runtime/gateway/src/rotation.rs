@@ -12,12 +12,17 @@
 //!    oldest first, at most `max_ejected_percent` of the endpoints left by step 2;
 //! 4. each endpoint takes the scheduler's weight if it set one, else its registered weight
 //!    (at most 10000); an endpoint of weight 0 leaves.
+//!
+//! Every instance of the registry that is not a member is listed with the step that left it
+//! out ([`Exclusion`]): what "why this endpoint" and the status show.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
 use sextant_core::{Instance, ServiceSnapshot};
+
+use crate::explain::Exclusion;
 
 /// The largest weight an endpoint carries into a balancer.
 pub(crate) const MAX_WEIGHT: u32 = 10_000;
@@ -41,6 +46,9 @@ pub(crate) struct Rotation<'a> {
     /// Whether a protection threshold keeps unhealthy endpoints in (the registry's, or this
     /// gateway's health checks').
     pub(crate) protection: bool,
+    /// Every other instance of the registry, in its order: why it is out, and until when
+    /// (ejections and open breakers).
+    pub(crate) left: Vec<(&'a Arc<Instance>, Exclusion, Option<Instant>)>,
 }
 
 /// The rotation of `registry` given `local` health and open breakers (`breaker_open`: since
@@ -57,28 +65,72 @@ pub(crate) fn rotation<'a>(
     #[allow(clippy::cast_precision_loss)] // instance counts are far below 2^24
     let share = if candidates.is_empty() { 1.0 } else { up.len() as f32 / candidates.len() as f32 };
     let protection = registry.protection_active() || (!candidates.is_empty() && share < registry.protect_threshold);
-    let base = if share < registry.protect_threshold { candidates } else { up };
-    // Ejected or breaker-open endpoints, oldest first, capped.
-    let mut out: Vec<(Instant, &str)> = base
+    let base = if share < registry.protect_threshold { candidates.clone() } else { up };
+    // Ejected or breaker-open endpoints, oldest first, capped: (since, id, why, until).
+    let mut out: Vec<(Instant, &str, Exclusion, Instant)> = base
         .iter()
         .filter_map(|i| {
             let id = i.id.as_str();
-            let ejected = local.ejected.get(id).filter(|(until, _)| *until > now).map(|(_, since)| *since);
-            ejected.or_else(|| breaker_open(id)).map(|since| (since, id))
+            match local.ejected.get(id).filter(|(until, _)| *until > now) {
+                Some((until, since)) => Some((*since, id, Exclusion::Ejected, *until)),
+                None => breaker_open(id).map(|until| (until, id, Exclusion::BreakerOpen, until)),
+            }
         })
         .collect();
-    out.sort_unstable();
+    out.sort_unstable_by_key(|(since, id, _, _)| (*since, *id));
     let cap = base.len() * max_ejected_percent.min(100) as usize / 100;
-    let excluded: HashSet<&str> = out.iter().take(cap).map(|(_, id)| *id).collect();
-    let members = base
-        .into_iter()
-        .filter(|i| !excluded.contains(i.id.as_str()))
+    let excluded: HashMap<&str, (Exclusion, Instant)> =
+        out.iter().take(cap).map(|(_, id, why, until)| (*id, (*why, *until))).collect();
+    let members: Vec<(&Arc<Instance>, u32)> = base
+        .iter()
+        .copied()
+        .filter(|i| !excluded.contains_key(i.id.as_str()))
         .filter_map(|i| {
             let weight = local.weights.get(i.id.as_str()).copied().unwrap_or(i.weight).min(MAX_WEIGHT);
             (weight > 0).then_some((i, weight))
         })
         .collect();
-    Rotation { members, protection }
+    let left = left_out(registry, &candidates, &base, &members, &excluded);
+    Rotation { members, protection, left }
+}
+
+/// The registry's instances that are not `members`, each with the first step that left it
+/// out.
+fn left_out<'a>(
+    registry: &'a ServiceSnapshot,
+    candidates: &[&Arc<Instance>],
+    base: &[&Arc<Instance>],
+    members: &[(&Arc<Instance>, u32)],
+    excluded: &HashMap<&str, (Exclusion, Instant)>,
+) -> Vec<(&'a Arc<Instance>, Exclusion, Option<Instant>)> {
+    if members.len() == registry.instances.len() {
+        return Vec::new();
+    }
+    let candidates: HashSet<&str> = candidates.iter().map(|i| i.id.as_str()).collect();
+    let base: HashSet<&str> = base.iter().map(|i| i.id.as_str()).collect();
+    let members: HashSet<&str> = members.iter().map(|(i, _)| i.id.as_str()).collect();
+    registry
+        .instances
+        .iter()
+        .filter(|i| !members.contains(i.id.as_str()))
+        .map(|i| {
+            let id = i.id.as_str();
+            let (why, until) = if !i.enabled {
+                (Exclusion::Disabled, None)
+            } else if i.weight == 0 {
+                (Exclusion::ZeroWeight, None)
+            } else if !candidates.contains(id) {
+                (Exclusion::Unhealthy, None)
+            } else if !base.contains(id) {
+                (Exclusion::Down, None)
+            } else if let Some((why, until)) = excluded.get(id) {
+                (*why, Some(*until))
+            } else {
+                (Exclusion::ZeroWeight, None)
+            };
+            (i, why, until)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -189,6 +241,42 @@ mod tests {
         let r = rotation(&s, &local, &none, 50, Instant::now());
         let got: Vec<(String, u32)> = r.members.iter().map(|(i, w)| (i.id.to_string(), *w)).collect();
         assert_eq!(got, [("e1".to_owned(), MAX_WEIGHT), ("e2".to_owned(), 100)]);
+    }
+
+    #[test]
+    fn every_instance_left_out_says_which_step_left_it() {
+        let key = ServiceKey::parse("shop/web/orders").unwrap();
+        let mut s = service(7, &[1], 0.0);
+        let mut all: Vec<Arc<Instance>> = s.instances.iter().cloned().collect();
+        let mut disabled = (*all[5]).clone();
+        disabled.enabled = false;
+        let mut zero = (*all[6]).clone();
+        zero.weight = 0;
+        (all[5], all[6]) = (Arc::new(disabled), Arc::new(zero));
+        s = ServiceSnapshot::build(key, Revision(2), all, 0.0);
+        let now = Instant::now();
+        let until = now + Duration::from_secs(30);
+        let mut local = LocalHealth::default();
+        local.down.insert("e0".into());
+        local.ejected.insert("e2".into(), (until, now));
+        let open = move |id: &str| (id == "e3").then_some(until);
+        let r = rotation(&s, &local, &open, 100, now);
+        assert_eq!(ids(&r), ["e4"]);
+        let left: Vec<(String, Exclusion, Option<Instant>)> =
+            r.left.iter().map(|(i, why, until)| (i.id.to_string(), *why, *until)).collect();
+        assert_eq!(
+            left,
+            [
+                ("e0".to_owned(), Exclusion::Down, None),
+                ("e1".to_owned(), Exclusion::Unhealthy, None),
+                ("e2".to_owned(), Exclusion::Ejected, Some(until)),
+                ("e3".to_owned(), Exclusion::BreakerOpen, Some(until)),
+                ("e5".to_owned(), Exclusion::Disabled, None),
+                ("e6".to_owned(), Exclusion::ZeroWeight, None),
+            ]
+        );
+        let r = rotation(&s, &local, &open, 0, now);
+        assert!(r.left.iter().all(|(_, why, _)| !matches!(why, Exclusion::Ejected | Exclusion::BreakerOpen)));
     }
 
     #[test]

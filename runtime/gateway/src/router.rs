@@ -622,6 +622,20 @@ impl ServiceRef<'_> {
     pub fn count_request(&self) {
         self.state.budget.deposit(self.router.0.clock.now());
     }
+
+    /// The registry's instances of the service left out of its picks now, and why (the
+    /// explanation of a request, not for every request: it copies the list).
+    #[must_use]
+    pub fn excluded(&self) -> Vec<crate::explain::Excluded> {
+        self.state.excluded()
+    }
+
+    /// The name of the balancer plugin of version `version` (a [`PickGuard::version`]),
+    /// while it is the active version or the candidate.
+    #[must_use]
+    pub fn balancer_name(&self, version: u64) -> Option<String> {
+        self.state.balancer().version_name(version)
+    }
 }
 
 /// What a caller that retries does ([`Router::retry_plan`]).

@@ -25,6 +25,7 @@ use sextant_plugin::{Slots, Split, StatsWindow, TrialChange, VersionStatus};
 
 use crate::clock::Clock;
 use crate::discovery::HealthSink;
+use crate::explain::{Excluded, Exclusion};
 use crate::health::HealthCheck;
 use crate::health::Probe;
 use crate::resilience::{Breaker, RetryBudget, TokenBucket, millis};
@@ -250,6 +251,16 @@ pub(crate) struct ServiceState {
     /// While a rollout's candidate runs beside the balancer's version: both versions'
     /// outcome windows (`trial.rs`).
     pub(crate) trial: ArcSwapOption<TrialWindows>,
+    /// The registry's instances the rotation leaves out, and why (set with each rotation).
+    left: ArcSwap<Vec<LeftOut>>,
+}
+
+/// An instance the rotation left out: why, and until when.
+#[derive(Debug)]
+struct LeftOut {
+    instance: Arc<Instance>,
+    why: Exclusion,
+    until: Option<Instant>,
 }
 
 impl std::fmt::Debug for ServiceState {
@@ -322,6 +333,7 @@ impl ServiceState {
             clock,
             config,
             trial: ArcSwapOption::empty(),
+            left: ArcSwap::from_pointee(Vec::new()),
         })
     }
 
@@ -352,6 +364,23 @@ impl ServiceState {
             tried.fallbacks = candidate.version.counters.counts.fallbacks;
         }
         Some((trial.step, stable, tried))
+    }
+
+    /// The registry's instances left out of the picks now, and why.
+    pub(crate) fn excluded(&self) -> Vec<Excluded> {
+        let now = self.clock.now();
+        self.left
+            .load()
+            .iter()
+            .map(|l| Excluded {
+                endpoint: l.instance.id.to_string(),
+                address: SocketAddr::new(l.instance.ip, l.instance.port).to_string(),
+                why: l.why,
+                for_ms: l
+                    .until
+                    .map(|u| u64::try_from(u.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)),
+            })
+            .collect()
     }
 
     /// Reports the service state's automatic rollbacks to `observer` (the router's fan-out).
@@ -465,6 +494,9 @@ impl ServiceState {
         let open = |id: &str| state.endpoints.get(id).and_then(|e| e.breaker.open_until());
         let next = rotation(&registry, &state.local, &open, self.config.max_ejected_percent, now);
         let protection = next.protection;
+        let left =
+            next.left.iter().map(|(i, why, until)| LeftOut { instance: Arc::clone(i), why: *why, until: *until });
+        self.left.store(Arc::new(left.collect()));
         let health_epoch = self.health().epoch();
         let mut targets = Vec::with_capacity(next.members.len());
         let mut endpoints = Vec::with_capacity(next.members.len());

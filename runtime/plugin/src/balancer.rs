@@ -588,6 +588,18 @@ impl BalancerSlot {
         self.0.active.load().id
     }
 
+    /// The plugin name of version `id` (what [`Picked::version`] names) while it is the
+    /// active version or the candidate; none once it is neither.
+    #[must_use]
+    pub fn version_name(&self, id: u64) -> Option<String> {
+        let active = self.0.active.load();
+        if active.id == id {
+            return Some(active.spec.name().to_owned());
+        }
+        let candidate = self.0.candidate.load();
+        candidate.as_deref().filter(|c| c.version.id == id).map(|c| c.version.spec.name().to_owned())
+    }
+
     /// Runs a 0.1.0 plugin on the synthetic snapshot: every pick in range, none on an empty
     /// snapshot, no trap, no deadline.
     fn self_test(&self, compiled: &Arc<Compiled>, config: &str) -> Result<(), LoadError> {

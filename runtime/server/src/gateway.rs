@@ -22,6 +22,7 @@ use clap::Args;
 use std::collections::BTreeMap;
 
 use sextant_core::{ConfigKey, Instance, Namespace, Record, Scope, ServiceKey};
+use sextant_gateway::access_log::AccessLog;
 use sextant_gateway::config::GatewayFile;
 use sextant_gateway::follow::{ReportExtras, keep_reported};
 use sextant_gateway::metrics::{CONTENT_TYPE, GatewayMetrics};
@@ -82,6 +83,16 @@ pub(crate) struct GatewayArgs {
     /// histograms, attempts, retries, rate limits, endpoint health and breakers, plugins.
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// Write an access log here: one JSON line per request (client, method, host, path,
+    /// status, duration, and what the gateway did: route, service, each attempt's endpoint,
+    /// balancer and version, the endpoints left out and why); `-` is standard output. Lines
+    /// are written off the request path; a full queue drops lines and says how many.
+    #[arg(long)]
+    access_log: Option<PathBuf>,
+    /// Print the effective configuration document (the file or config entry with the
+    /// command line applied and every default filled in, docs/gateway.md) and exit.
+    #[arg(long)]
+    print_config: bool,
     /// Seconds to drain requests in flight on SIGTERM.
     #[arg(long, default_value_t = 10)]
     drain_secs: u64,
@@ -116,11 +127,31 @@ struct Effective {
     services: Vec<ServiceKey>,
 }
 
-fn effective(file: &GatewayFile, args: &GatewayArgs) -> Result<Effective, Failure> {
+/// The document with the command line applied: `--route` added to its routes, the health
+/// check `--health-path` or the file gives (a TCP connect check when neither does). What
+/// `--print-config` prints.
+fn resolved(file: &GatewayFile, args: &GatewayArgs) -> Result<GatewayFile, Failure> {
     let mut gateway = file.gateway.clone();
     for route in &args.routes {
         gateway.routes.push(parse_route(route)?);
     }
+    let mut policy = file.policy.clone();
+    policy.health_check = match (&args.health_path, policy.health_check.take()) {
+        (Some(path), _) => Some(HealthCheck::http(path, Duration::from_secs(2))),
+        (None, Some(from_file)) => Some(from_file),
+        (None, None) => Some(HealthCheck::tcp(Duration::from_secs(2))),
+    };
+    Ok(GatewayFile { gateway, policy })
+}
+
+/// `--print-config`: the resolved document, as JSON a `--config` file can hold.
+fn print_config(file: &GatewayFile, args: &GatewayArgs) -> Result<(), Failure> {
+    let document = resolved(file, args)?.to_json();
+    crate::commands::out(&serde_json::to_string_pretty(&document).unwrap_or_default())
+}
+
+fn effective(file: &GatewayFile, args: &GatewayArgs) -> Result<Effective, Failure> {
+    let GatewayFile { gateway, policy } = resolved(file, args)?;
     if gateway.routes.is_empty() {
         return Err(Failure::usage(
             "no routes: give --route [HOST]/PREFIX=SERVICE, or routes in the --config file or --config-entry",
@@ -129,12 +160,6 @@ fn effective(file: &GatewayFile, args: &GatewayArgs) -> Result<Effective, Failur
     let mut services: Vec<ServiceKey> = gateway.routes.iter().map(service_of).collect::<Result<_, _>>()?;
     services.sort();
     services.dedup();
-    let mut policy = file.policy.clone();
-    policy.health_check = match (&args.health_path, policy.health_check.take()) {
-        (Some(path), _) => Some(HealthCheck::http(path, Duration::from_secs(2))),
-        (None, Some(from_file)) => Some(from_file),
-        (None, None) => Some(HealthCheck::tcp(Duration::from_secs(2))),
-    };
     let policies = serde_json::to_value(&file.policy).unwrap_or_default();
     Ok(Effective { gateway, policies, policy, services })
 }
@@ -223,6 +248,14 @@ async fn watch_identity(
 #[allow(clippy::too_many_lines)]
 pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Failure> {
     let args = Arc::new(args);
+    if args.print_config && args.config_entry.is_none() {
+        // A file or the defaults: printed without a server.
+        let file = match &args.config {
+            Some(path) => GatewayFile::load(path).map_err(|e| Failure::usage(e.to_string()))?,
+            None => GatewayFile::default(),
+        };
+        return print_config(&file, &args);
+    }
     let mut options = client_options(&args.client);
     options.cache_dir = Some(args.cache.clone());
     options.name = "sextant-gateway".into();
@@ -252,6 +285,9 @@ pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Ou
         }
         (None, None) => (GatewayFile::default(), None),
     };
+    if args.print_config {
+        return print_config(&file, &args);
+    }
     let first = effective(&file, &args)?;
     let services = first.services.clone();
     let scope = match &args.namespace {
@@ -293,6 +329,11 @@ pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Ou
     let metrics = Arc::new(GatewayMetrics::new());
     let gateway = Gateway::with_metrics(gateway_config, Upstream::Router(router.clone()), Some(Arc::clone(&metrics)))
         .map_err(|e| Failure::usage(e.to_string()))?;
+    if let Some(path) = &args.access_log {
+        let log = AccessLog::open(path).map_err(|e| Failure::other(format!("--access-log {}: {e}", path.display())))?;
+        // A new gateway has no log yet.
+        let _ = gateway.log_access(log);
+    }
     let metrics_server = match args.metrics {
         None => None,
         Some(at) => {
