@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sextant_gateway::backend::{Backend, Behavior};
 
-use crate::support::{Server, free_port, http, instance, run, sextant_bin, two_servers_on_etcd, wait_until};
+use crate::support::{
+    Server, free_port, http, instance, promtool_check, run, sextant_bin, two_servers_on_etcd, wait_until,
+};
 
 const SERVICE: &str = "shop/web/orders";
 
@@ -1122,13 +1124,15 @@ fn sum_of(metrics: &str, family: &str, with: &[&str]) -> u64 {
 /// A balancer as a gateway's metrics name it: (plugin, sha256, source).
 type Balancer = (String, String, String);
 
-/// The balancer a gateway's metrics say runs for the service.
+/// The balancer a gateway's metrics say runs for the service (the gateway routes one
+/// service: the version active in one balancer slot).
 fn active_balancer(metrics: &str) -> Option<Balancer> {
-    let line = metrics.lines().find(|l| {
-        l.starts_with("sextant_gateway_plugin_version{")
-            && l.contains(&format!(r#"service="{SERVICE}""#))
-            && l.contains(r#"kind="balancer""#)
-    })?;
+    let lines: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("sextant_gateway_plugin_slots{") && l.contains(r#"kind="balancer""#))
+        .collect();
+    assert!(lines.len() <= 1 && lines.iter().all(|l| l.ends_with(" 1")), "one balancer slot: {lines:?}");
+    let line = lines.first()?;
     let label = |name: &str| -> String {
         let value = || {
             let from = line.find(&format!(r#"{name}=""#))? + name.len() + 2;
@@ -1539,4 +1543,58 @@ fn print_config_shows_the_document_in_force_which_reads_back_the_same_and_a_mist
     let (code, _, stderr) = print(&file, &[]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("unknown field `token`") && stderr.contains("`header`"), "{stderr}");
+}
+
+#[test]
+fn the_grafana_dashboard_queries_only_metrics_a_server_and_a_gateway_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let good = runtime.block_on(Backend::start("good", Behavior::default())).unwrap();
+    let bad = runtime.block_on(Backend::start("bad", Behavior { error_rate: 1.0, ..Behavior::default() })).unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    for (id, b) in [("good", &good), ("bad", &bad)] {
+        assert_eq!(server.post("/v1/instances", &instance(SERVICE, id, b.addr().port(), false)).0, 200);
+    }
+    // A refused write, so the refused-writes panel has its series.
+    let mut heavy = instance(SERVICE, "heavy", 1, false);
+    heavy["weight"] = 1_000_000.into();
+    assert_eq!(server.post("/v1/instances", &heavy).0, 400);
+    // Retries (the failing backend), ejections, and a rate limit that refuses some requests.
+    let config = dir.path().join("gateway.json");
+    let document = serde_json::json!({
+        "gateway": {"routes": [{"path_prefix": "/", "service": SERVICE}]},
+        "balancer": "round-robin",
+        "rate_limit": {"per_second": 20, "burst": 5},
+    });
+    std::fs::write(&config, document.to_string()).unwrap();
+    let gateway = Gateway::spawn(&server, dir.path(), free_port(), &["--config", config.to_str().unwrap()]);
+    wait_until("the gateway routes", || gateway.get("u") == 200);
+    load(&server, "round-robin", "lb");
+    wait_until("the gateway runs the plugin", || {
+        active_balancer(&gateway.metrics()).is_some_and(|(plugin, _, source)| plugin == "lb" && source == "wasm")
+    });
+    // Picks made by the server itself (`sextant pick`) run its own slot.
+    let out = run(&server, &["pick", "--service", SERVICE]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut limited = 0;
+    for _ in 0..60 {
+        limited += usize::from(gateway.get("u") == 429);
+    }
+    assert!(limited > 0, "the rate limit refused some of 60 requests sent at once");
+
+    let server_text = {
+        let mut r = http().get(&server.url("/metrics")).call().expect("GET /metrics");
+        r.body_mut().read_to_string().unwrap()
+    };
+    let gateway_text = gateway.metrics();
+    promtool_check(&server_text);
+    promtool_check(&gateway_text);
+    let mut exported = crate::support::sample_names(&server_text);
+    exported.extend(crate::support::sample_names(&gateway_text));
+    // Rollout series exist while a rollout runs: tests/rollout.rs checks those.
+    let missing: Vec<String> = crate::support::dashboard_metrics()
+        .into_iter()
+        .filter(|name| !name.contains("rollout") && !exported.contains(name))
+        .collect();
+    assert!(missing.is_empty(), "the dashboard reads metrics nobody exports: {missing:?}\n{exported:?}");
 }

@@ -23,7 +23,9 @@ use serde_json::Value;
 use sextant_gateway::backend::{Backend, Behavior};
 
 use crate::gateway::Gateway;
-use crate::support::{Server, free_port, http, promtool_check, run, two_servers_on_etcd, wait_until};
+use crate::support::{
+    Server, dashboard_metrics, free_port, http, promtool_check, run, sample_names, two_servers_on_etcd, wait_until,
+};
 
 const SERVICE: &str = "shop/web/orders";
 const CLIENTS: usize = 3;
@@ -364,7 +366,16 @@ fn a_good_candidate_is_promoted_through_every_step_with_no_failed_request() {
             let text = setup.gateways[0].metrics();
             text.lines().any(|l| l.strip_prefix(series.as_str()).is_some_and(|n| n.parse::<u64>().is_ok_and(|n| n > 0)))
         });
-        promtool_check(&setup.gateways[0].metrics());
+        let gateway_text = setup.gateways[0].metrics();
+        promtool_check(&gateway_text);
+        // The dashboard's rollout panels read series the fleet exports while a rollout runs.
+        let mut r = http().get(&setup.server().url("/metrics")).call().expect("GET /metrics");
+        let mut exported = sample_names(&r.body_mut().read_to_string().unwrap());
+        exported.extend(sample_names(&gateway_text));
+        let rollout_panels: Vec<String> = dashboard_metrics().into_iter().filter(|n| n.contains("rollout")).collect();
+        assert!(rollout_panels.len() >= 5, "{rollout_panels:?}");
+        let missing: Vec<&String> = rollout_panels.iter().filter(|n| !exported.contains(*n)).collect();
+        assert!(missing.is_empty(), "the dashboard's rollout panels read {missing:?}, which nobody exports");
         until_state(&setup, setup.server(), "lb", "promoted", Duration::from_secs(120))
     });
     assert_eq!(promoted["sha256"], sha("peak-ewma"), "the candidate is the record's version");

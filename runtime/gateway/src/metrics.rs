@@ -354,13 +354,11 @@ impl GatewayMetrics {
                 let sha256 = a.sha256.clone().unwrap_or_default();
                 active.push(ActiveSlot {
                     labels: SlotLabels {
-                        service: status.service.clone(),
                         kind: kind.to_string(),
                         plugin: a.name.clone(),
                         source: a.source.to_owned(),
                         sha256: sha256.clone(),
                     },
-                    version: a.id,
                     loaded_at: a.loaded_at,
                 });
                 let key = VersionKey { kind: kind.to_string(), plugin: a.name.clone(), sha256 };

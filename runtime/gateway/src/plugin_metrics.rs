@@ -1,8 +1,10 @@
 //! The plugin metrics every host exports, written once: servers (`sextant_plugin_*`) and
 //! gateways (`sextant_gateway_plugin_*`) register the same series under their own prefix.
 //!
-//! - per slot (service and kind), the active version's number and when it was published
-//!   (`plugin_version`, `plugin_loaded_at`);
+//! - per version (kind, name, source, sha256), the slots it is active in and when it was last
+//!   published in one (`plugin_slots`, `plugin_loaded_at`): series that grow with the versions
+//!   running, not with the services (per-service detail is the API's: `GET /v1/plugins`,
+//!   `plugin list`, a gateway's status);
 //! - per version (kind, name, sha256), over every service and across swaps, the calls, the
 //!   faults by cause and the fallbacks (the plugin host's [`VersionCounts`]s), and the sampled
 //!   call times as a histogram in seconds;
@@ -17,11 +19,10 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use sextant_plugin::{CALL_TIME_BOUNDS_NS, CallTimes, VersionCounts, VersionKey};
 
-/// Labels of a plugin slot (one service's balancer, health policy or scheduler).
+/// Labels of the version active in some slots (a service's balancer, health policy or
+/// scheduler).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SlotLabels {
-    /// `NS/GROUP/NAME`.
-    pub service: String,
     /// `balancer`, `health`, `scheduler`.
     pub kind: String,
     /// The active plugin (record name or built-in).
@@ -32,7 +33,7 @@ pub struct SlotLabels {
     pub sha256: String,
 }
 
-/// Labels of a plugin version.
+/// Labels of a plugin version's counters.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabels {
     /// `balancer`, `health` or `scheduler`.
@@ -49,14 +50,12 @@ impl From<&VersionKey> for VersionLabels {
     }
 }
 
-/// One slot's active version, as the gauges show it.
+/// One slot's active version, as the gauges count it.
 #[derive(Debug, Clone)]
 pub struct ActiveSlot {
-    /// Its labels.
+    /// The version's labels.
     pub labels: SlotLabels,
-    /// The version's number in its slot (it rises with every load).
-    pub version: u64,
-    /// When it was published (Unix seconds).
+    /// When it was published in this slot (Unix seconds).
     pub loaded_at: u64,
 }
 
@@ -74,7 +73,7 @@ const TOTALS: [(&str, &str); 6] = [
 /// Every plugin series of a host.
 #[derive(Debug, Default)]
 pub struct PluginMetrics {
-    version: Family<SlotLabels, Gauge>,
+    slots: Family<SlotLabels, Gauge>,
     loaded_at: Family<SlotLabels, Gauge>,
     totals: [Family<VersionLabels, Counter>; 6],
     call_time: Family<VersionLabels, CallTimeHistogram>,
@@ -85,10 +84,10 @@ pub struct PluginMetrics {
 impl PluginMetrics {
     /// Registers the series in `registry` (under its prefix).
     pub fn register(&self, registry: &mut Registry) {
-        registry.register("plugin_version", "Version number of a slot's active plugin", self.version.clone());
+        registry.register("plugin_slots", "Slots (service and kind) a plugin version is active in", self.slots.clone());
         registry.register(
             "plugin_loaded_at",
-            "When a slot's active version was published (Unix s)",
+            "When a plugin version was last published in a slot (Unix s)",
             self.loaded_at.clone(),
         );
         for ((name, help), family) in TOTALS.into_iter().zip(&self.totals) {
@@ -102,14 +101,21 @@ impl PluginMetrics {
         self.host.register(registry);
     }
 
-    /// Replaces the slot gauges with `slots`.
+    /// Replaces the slot gauges with the versions active in `slots`: one series per version,
+    /// however many services run it.
     pub fn set_slots(&self, slots: impl IntoIterator<Item = ActiveSlot>) {
-        self.version.clear();
+        let mut versions: std::collections::HashMap<SlotLabels, (u64, u64)> = std::collections::HashMap::new();
+        for s in slots {
+            let (count, newest) = versions.entry(s.labels).or_default();
+            *count += 1;
+            *newest = (*newest).max(s.loaded_at);
+        }
+        self.slots.clear();
         self.loaded_at.clear();
         let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        for s in slots {
-            self.version.get_or_create(&s.labels).set(g(s.version));
-            self.loaded_at.get_or_create(&s.labels).set(g(s.loaded_at));
+        for (labels, (count, newest)) in versions {
+            self.slots.get_or_create(&labels).set(g(count));
+            self.loaded_at.get_or_create(&labels).set(g(newest));
         }
     }
 
@@ -297,5 +303,45 @@ impl PluginHostMetrics {
             catch_up(&self.log_dropped[0].get_or_create(&labels), d.lines);
             catch_up(&self.log_dropped[1].get_or_create(&labels), d.bytes);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_series_grow_with_the_versions_running_not_with_the_services() {
+        let metrics = PluginMetrics::default();
+        let mut registry = Registry::with_prefix("sextant");
+        metrics.register(&mut registry);
+        let labels = |plugin: &str| SlotLabels {
+            kind: "balancer".into(),
+            plugin: plugin.into(),
+            source: "builtin".into(),
+            sha256: String::new(),
+        };
+        // 10,000 services on one built-in, two of them on a plugin loaded later.
+        let slots = (0..10_000u64)
+            .map(|n| ActiveSlot { labels: labels(if n < 2 { "p2c-wasm" } else { "peak-ewma" }), loaded_at: 1_000 + n });
+        metrics.set_slots(slots);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("sextant_plugin_slots") || l.starts_with("sextant_plugin_loaded_at"))
+            .collect();
+        assert_eq!(series.len(), 4, "{series:?}");
+        assert!(series.iter().any(|l| l.contains(r#"plugin="peak-ewma""#)
+            && l.starts_with("sextant_plugin_slots")
+            && l.ends_with(" 9998")));
+        assert!(series.iter().any(|l| l.contains(r#"plugin="p2c-wasm""#)
+            && l.starts_with("sextant_plugin_loaded_at")
+            && l.ends_with(" 1001")));
+        // A version no slot runs any more leaves the exposition.
+        metrics.set_slots([ActiveSlot { labels: labels("peak-ewma"), loaded_at: 5 }]);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(!text.contains("p2c-wasm"), "{text}");
     }
 }

@@ -235,13 +235,11 @@ impl Metrics {
     pub fn set_slots(&self, slots: &[sextant_proto::SlotView]) {
         self.plugins.set_slots(slots.iter().map(|s| ActiveSlot {
             labels: SlotLabels {
-                service: s.service.clone(),
                 kind: s.kind.clone(),
                 plugin: s.plugin.clone(),
                 source: s.source.clone(),
                 sha256: s.sha256.clone().unwrap_or_default(),
             },
-            version: s.version,
             loaded_at: s.loaded_at,
         }));
     }
