@@ -335,3 +335,58 @@ fn the_same_requests_through_quic_and_http_give_the_same_answers_and_errors() {
     assert_eq!(count("sextant_writes_rejected_total", "service"), 2, "{metrics}");
     assert_eq!(count("sextant_writes_rejected_total", "config"), 2, "{metrics}");
 }
+
+#[test]
+fn a_config_write_over_a_version_read_is_refused_when_the_entry_moved_on_through_either_door() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("d"));
+    let path = "/v1/configs/shop/web/app.json";
+    assert_eq!(server.put_text(path, "one").0, 200);
+    let read = crate::support::http().get(&server.url(path)).call().unwrap();
+    let etag = read.headers().get("etag").unwrap().to_str().unwrap().to_owned();
+    let first = sextant_core::sha256_hex(b"one");
+    assert_eq!(etag, format!("\"{first}\""));
+    let put = |content: &str, replaces: &str| {
+        let mut r = crate::support::http()
+            .put(&server.url(path))
+            .header("If-Match", replaces)
+            .send(content.to_owned())
+            .unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    };
+    let (code, body) = put("two", &etag);
+    assert_eq!(code, 200, "{body}");
+    // Over the version read before "two": refused, nothing written.
+    let (code, body) = put("three", &etag);
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("conflict") && body.contains(&first), "{body}");
+    assert_eq!(server.get(path).1["content"], "two");
+    assert_eq!(put("x", "*").0, 400, "If-Match names one version");
+    // Absent: a replace has nothing to replace.
+    let absent = crate::support::http()
+        .put(&server.url("/v1/configs/shop/web/none"))
+        .header("If-Match", &etag)
+        .send("x")
+        .unwrap();
+    assert_eq!(absent.status(), 409);
+    assert_eq!(server.get("/v1/configs/shop/web/none").0, 404);
+
+    // The same rule through QUIC: `config put --replaces`.
+    let second = sextant_core::sha256_hex(b"two");
+    let out =
+        crate::support::run(&server, &["config", "put", "shop/web/app.json", "--content", "3", "--replaces", &first]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("conflict: "));
+    let out =
+        crate::support::run(&server, &["config", "put", "shop/web/app.json", "--content", "3", "--replaces", &second]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(server.get(path).1["content"], "3");
+
+    // Every record of the scope in one read.
+    assert_eq!(server.post("/v1/instances", &instance("shop/web/orders", "a", 1, false)).0, 200);
+    let (code, all) = server.get("/v1/records?namespace=shop");
+    assert_eq!(code, 200, "{all}");
+    let kinds: Vec<&str> = all["records"].as_array().unwrap().iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"instance") && kinds.contains(&"config"), "{all}");
+    assert_eq!(server.get("/v1/records?namespace=bad%20name").0, 400);
+}

@@ -1475,6 +1475,15 @@ fn the_why_header_names_the_endpoint_a_retry_avoided_and_then_the_one_ejected_an
     assert_eq!(why["attempts"].as_array().map(Vec::len), Some(1), "one attempt, to good: {why}");
     assert_eq!(why["attempts"][0]["endpoint"], "good");
 
+    // The gateway tells the fleet: its registration carries its verdict about `bad`.
+    wait_until("the gateway's registration reports bad ejected", || {
+        registration(&server).is_some_and(|r| {
+            r["metadata"][format!("sextant.health.{SERVICE}")]
+                .as_str()
+                .is_some_and(|v| v.split("; ").any(|e| e.starts_with("ejected bad ")))
+        })
+    });
+
     // Without the header, or with another value: nothing is said.
     for value in ["guess", ""] {
         let (status, why) = asking_why(&gateway, value);

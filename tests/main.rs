@@ -3,7 +3,9 @@
 
 mod admin_api;
 mod bench;
+mod browser;
 mod cli;
+mod console;
 mod demo;
 mod durability;
 mod etcd;

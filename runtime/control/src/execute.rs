@@ -182,10 +182,16 @@ impl<S: Store + Clone> Executor<S> {
                 Response::Records { revision: snapshot.revision, records: snapshot.records, stale_ms: self.stale_ms() }
             }
             Request::ConfigGet { key } => Response::Config { entry: registry.config(&key) },
-            Request::ConfigPut { key, content } => match ConfigEntry::new(key, content) {
+            Request::ConfigPut { key, content, replaces } => match ConfigEntry::new(key, content) {
                 Ok(entry) => {
                     let version = Some(entry.version.clone());
-                    let revision = registry.put(Record::Config(entry.into()), None).await?;
+                    let revision = match replaces {
+                        None => registry.put(Record::Config(entry.into()), None).await?,
+                        Some(replaces) => match self.replace_config(entry, &replaces).await? {
+                            Ok(revision) => revision,
+                            Err(refused) => return Ok(refused),
+                        },
+                    };
                     Response::Written { revision, lease: None, version }
                 }
                 Err(e) => Response::error(ErrorCode::Invalid, e),
@@ -326,6 +332,34 @@ impl<S: Store + Clone> Executor<S> {
                 service,
             }),
             None => Response::error(ErrorCode::NotFound, format!("service {service} has no instances and no spec")),
+        }
+    }
+
+    /// Writes `entry` only over version `replaces` of it, as the store holds it (not this
+    /// server's view, which may trail it): a compare-and-swap on the revision read. `Err`:
+    /// the `conflict` answer, nothing written.
+    async fn replace_config(
+        &self,
+        entry: ConfigEntry,
+        replaces: &str,
+    ) -> Result<Result<Revision, Response>, RegistryError> {
+        let key = RecordKey::Config(entry.key.clone());
+        let conflict = |now: &str| {
+            Response::error(
+                ErrorCode::Conflict,
+                format!("config {} is {now}, not version {replaces}; nothing written", entry.key),
+            )
+        };
+        let (at, current) = match self.registry.store().get(key).await.map_err(RegistryError::Store)? {
+            Some((Record::Config(c), at)) => (at, c.version.clone()),
+            _ => return Ok(Err(conflict("absent"))),
+        };
+        if current != replaces {
+            return Ok(Err(conflict(&format!("at version {current}"))));
+        }
+        match self.registry.put_if(Record::Config(entry.clone().into()), Some(at)).await {
+            Err(RegistryError::Store(StoreError::Conflict { .. })) => Ok(Err(conflict("written meanwhile"))),
+            other => other.map(Ok),
         }
     }
 

@@ -32,7 +32,9 @@
 //!   services, components fetched by sha256 and cached on disk, swapped into the services, with
 //!   a per-plugin report a gateway publishes in its registration; while a record's rollout
 //!   runs, its candidate beside the balancer's version, and both versions' outcome windows
-//!   (`trial.rs`) reported the same way for the control plane's judge.
+//!   (`trial.rs`) reported the same way for the control plane's judge; and the gateway's own
+//!   health verdicts ([`verdicts`]: down, ejected, breaker open, until when) in the same
+//!   registration, so the fleet's readers see health as each gateway sees it.
 #![deny(missing_docs)]
 mod body;
 mod builder;
@@ -58,6 +60,7 @@ pub mod plugin_metrics;
 pub mod proxy;
 pub mod remote;
 pub mod resilience;
+pub mod verdicts;
 
 pub use body::FinishOnEnd;
 pub use builder::RouterBuilder;

@@ -93,7 +93,7 @@ pub struct GatewayConfig {
     /// Largest request body buffered (bodies are buffered so attempts can be replayed).
     pub max_body: usize,
     /// Which requests are answered with what the gateway did and why
-    /// ([`WHY_HEADER`](crate::explain::WHY_HEADER)); none: no request is.
+    /// ([`WHY_HEADER`]); none: no request is.
     pub explain: Option<ExplainConfig>,
 }
 

@@ -28,6 +28,8 @@ pub struct ServiceStatus {
     pub candidate: Option<CandidateStatus>,
     /// Every routable instance.
     pub endpoints: Vec<EndpointStatus>,
+    /// The registry's instances the rotation leaves out, and why.
+    pub excluded: Vec<crate::explain::Excluded>,
 }
 
 /// One endpoint as shown by [`Router::status`](crate::Router::status).
@@ -102,6 +104,7 @@ impl ServiceState {
             scheduler: svc.scheduler().map(|s| s.status()),
             candidate: svc.balancer().candidate(),
             endpoints,
+            excluded: svc.excluded(),
         }
     }
 }

@@ -122,6 +122,11 @@ pub enum Request {
         key: ConfigKey,
         /// Its content (at most 1 MiB).
         content: String,
+        /// The version (sha256 of the content) this write replaces: refused with `conflict`,
+        /// nothing written, when the entry is at another version or absent. None: written
+        /// whatever is there.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replaces: Option<String>,
     },
     /// Delete a config entry.
     ConfigDelete {

@@ -12,6 +12,11 @@
 //! - `GET|PUT|DELETE /v1/configs/{ns}/{group}/{data_id}`: config entries (PUT body = content).
 //! - `GET /v1/plugins`: plugin records, the slots this server runs (active plugin, counters),
 //!   recent failed loads.
+//! - `GET /v1/records[?namespace=NS]`: every record of the scope (`sextant list --json`).
+//! - `GET /ui`: the web console (`console.rs`), a page over the routes above.
+//!
+//! A write sent by a web page of another origin is refused (403) before anything else
+//! (`same_origin_writes`).
 //!
 //! Every route but `/healthz`, `/metrics` and `/status` is a protocol request run by the same
 //! [`Executor`] the QUIC door uses: the same validation, answers and error codes (mapped to
@@ -161,10 +166,60 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/v1/leases/{id}", axum::routing::delete(revoke))
         .route("/v1/configs/{ns}/{group}/{data_id}", get(get_config).put(put_config).delete(delete_config))
         .route("/v1/plugins", get(plugins))
+        .route("/v1/records", get(records))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .route_layer(middleware::from_fn(same_origin_writes))
         .with_state(state.clone());
-    metrics_router(state).merge(guarded)
+    metrics_router(state).merge(guarded).merge(crate::console::router())
+}
+
+/// Refuses (403) a write sent by a page of another origin: a browser sends `Origin` with
+/// every cross-origin write, and one without a token would otherwise reach a server that
+/// has no access file (a plain-text `PUT` or a bodiless `POST` needs no preflight). Reads,
+/// and requests without `Origin` (the CLI, scripts), go on.
+async fn same_origin_writes(request: axum::extract::Request, next: Next) -> Response {
+    let safe = matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD);
+    let headers = request.headers();
+    let cross_site = headers.get("sec-fetch-site").is_some_and(|v| v == "cross-site" || v == "same-site");
+    let origin = headers.get(header::ORIGIN).map(|o| o.to_str().unwrap_or("null"));
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let foreign = origin.is_some_and(|o| {
+        let authority = o.split_once("://").map(|(_, a)| a);
+        authority.is_none_or(|a| Some(a) != host)
+    });
+    if !safe && (cross_site || foreign) {
+        let message = format!(
+            "a write from another origin ({}) is refused: the console and the API take writes from their own origin only",
+            origin.unwrap_or("a cross-site page")
+        );
+        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", message).into_response();
+    }
+    next.run(request).await
+}
+
+#[derive(Debug, Deserialize)]
+struct RecordsQuery {
+    namespace: Option<String>,
+}
+
+/// `GET /v1/records[?namespace=NS]`: every record of the scope (`sextant list --json`).
+async fn records(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    axum::extract::Query(query): axum::extract::Query<RecordsQuery>,
+) -> ApiResult<serde_json::Value> {
+    let scope = match query.namespace {
+        Some(ns) => Scope::Namespace(Namespace::new(ns)?),
+        None => Scope::All,
+    };
+    let target = format!("{scope:?}");
+    match s.execute(&caller, Request::List { scope }, target).await? {
+        Answer::Records { revision, records, stale_ms } => {
+            Ok(Json(json!({ "revision": revision, "records": records, "stale_ms": stale_ms })))
+        }
+        other => Err(unexpected(&other)),
+    }
 }
 
 /// Who sent a request that passed authentication, and from where.
@@ -552,11 +607,18 @@ async fn get_config(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path((ns, group, id)): Path<(String, String, String)>,
-) -> ApiResult<Arc<sextant_core::ConfigEntry>> {
+) -> Result<Response, ApiError> {
     let key = config_key(&ns, &group, &id)?;
     let target = key.to_string();
     match s.execute(&caller, Request::ConfigGet { key: key.clone() }, target).await? {
-        Answer::Config { entry: Some(entry) } => Ok(Json(entry)),
+        Answer::Config { entry: Some(entry) } => {
+            let mut response = Json(Arc::clone(&entry)).into_response();
+            // A version is lowercase hex: always a header value.
+            if let Ok(etag) = header::HeaderValue::from_str(&format!("\"{}\"", entry.version)) {
+                response.headers_mut().insert(header::ETAG, etag);
+            }
+            Ok(response)
+        }
         Answer::Config { entry: None } => {
             Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("config {key} not found")))
         }
@@ -564,15 +626,29 @@ async fn get_config(
     }
 }
 
+/// `If-Match: "VERSION"` (or the bare version): the version a write replaces.
+fn if_match(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else { return Ok(None) };
+    let text =
+        value.to_str().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid", "If-Match is not ASCII"))?;
+    let version = text.trim().trim_matches('"');
+    if version.is_empty() || version == "*" {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid", "If-Match names one version (\"SHA256\")"));
+    }
+    Ok(Some(version.to_owned()))
+}
+
 async fn put_config(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path((ns, group, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
     body: String,
 ) -> ApiResult<serde_json::Value> {
     let key = config_key(&ns, &group, &id)?;
     let target = key.to_string();
-    written(s.execute(&caller, Request::ConfigPut { key, content: body }, target).await?)
+    let replaces = if_match(&headers)?;
+    written(s.execute(&caller, Request::ConfigPut { key, content: body, replaces }, target).await?)
 }
 
 async fn delete_config(

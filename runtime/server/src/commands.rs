@@ -140,6 +140,10 @@ pub(crate) enum ConfigCommand {
         /// A file holding the content.
         #[arg(long)]
         file: Option<PathBuf>,
+        /// Write only over this version (the sha256 `config get --json` shows): refused
+        /// (`conflict`, exit 1, nothing written) when someone changed the entry since.
+        #[arg(long)]
+        replaces: Option<String>,
     },
     /// Delete an entry.
     Delete {
@@ -513,7 +517,7 @@ pub(crate) async fn config(args: &ClientArgs, command: ConfigCommand) -> Result 
                 other => Err(Failure::new(1, format!("unexpected answer {other:?}"))),
             }
         }
-        ConfigCommand::Put { key, content, file } => {
+        ConfigCommand::Put { key, content, file, replaces } => {
             let content = match (content, file) {
                 (Some(c), _) => c,
                 (None, Some(f)) => {
@@ -523,7 +527,7 @@ pub(crate) async fn config(args: &ClientArgs, command: ConfigCommand) -> Result 
                     std::io::read_to_string(std::io::stdin()).map_err(|e| Failure::new(1, format!("stdin: {e}")))?
                 }
             };
-            let request = Request::ConfigPut { key: ConfigKey::parse(&key)?, content };
+            let request = Request::ConfigPut { key: ConfigKey::parse(&key)?, content, replaces };
             match client.request(request).await? {
                 Response::Written { revision, version, .. } => {
                     out(&json!({ "revision": revision, "version": version }).to_string())

@@ -442,15 +442,44 @@ pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Ou
                     }
                 };
                 current.0 = version;
-                status.send_replace(BTreeMap::from([(CONFIG_STATUS.to_owned(), line)]));
+                status.send_modify(|s| {
+                    s.insert(CONFIG_STATUS.to_owned(), line);
+                });
             }
         })
     });
+
+    // The gateway's own health verdicts, published beside the rest when they change.
+    let verdicts = {
+        let (router, status) = (router.clone(), Arc::clone(&status));
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let report = sextant_gateway::verdicts::health_report(&router);
+                status.send_if_modified(|s| {
+                    let old: BTreeMap<String, String> = s
+                        .iter()
+                        .filter(|(k, _)| k.starts_with(sextant_gateway::verdicts::HEALTH_REPORT_PREFIX))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    if old == report {
+                        return false;
+                    }
+                    s.retain(|k, _| !k.starts_with(sextant_gateway::verdicts::HEALTH_REPORT_PREFIX));
+                    s.extend(report.clone());
+                    true
+                });
+            }
+        })
+    };
 
     // Shutdown: deregister first (no new traffic is sent here), then stop accepting and drain.
     let shutdown = async {
         shutdown.await;
         reporter.abort();
+        verdicts.abort();
         if let Some(task) = &config_follower {
             task.abort();
         }

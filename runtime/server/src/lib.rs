@@ -2,7 +2,7 @@
 //!
 //! Owns `sextant serve`: it opens the store, starts the [`Registry`](sextant_store::Registry)
 //! over it, serves the admin HTTP API (health, Prometheus metrics, status, and a JSON API for
-//! instances, leases, services and config entries), starts the plugin manager (picks and
+//! instances, leases, services and config entries) and the web console over it (`/ui`), starts the plugin manager (picks and
 //! plugin administration over QUIC, the `--plugins` directory), applies one access model to
 //! both doors (tokens, rights, limits and audit from `sextant_quic::access`; TLS for the admin
 //! API; a separate metrics address), and shuts down gracefully.
@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+mod console;
 pub mod demo;
 mod https;
 pub mod live;

@@ -1,0 +1,251 @@
+//! The web console (`/ui`) in a real browser (headless Chromium through ChromeDriver):
+//! every page loads without a console error and shows what the registry holds; a change
+//! made from the CLI appears without a reload; draining an instance in the console takes it
+//! out of a running `sextant gateway`'s picks; bad input gets the API's typed error beside
+//! the field and changes nothing; nothing a record holds runs as markup; without a token, or
+//! with a reader's, nothing can be written. Screenshots go to the target directory's
+//! `console-screenshots`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sextant_gateway::backend::{Backend, Behavior};
+
+use crate::browser::Browser;
+use crate::gateway::Gateway;
+use crate::support::{Server, free_port, http, instance, run, wait_until};
+
+const SERVICE: &str = "shop/web/orders";
+
+fn screenshots() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The console's errors so far, but for the refused writes a test provoked on purpose
+/// (Chromium logs every 4xx answer to a fetch).
+fn errors(browser: &Browser, provoked: &[u16]) -> Vec<String> {
+    browser
+        .console()
+        .into_iter()
+        .filter(|(level, _)| level == "SEVERE")
+        .map(|(_, message)| message)
+        .filter(|m| !provoked.iter().any(|s| m.contains(&format!("status of {s}"))))
+        .collect()
+}
+
+fn enabled(server: &Server, id: &str) -> Value {
+    let (code, view) = server.get(&format!("/v1/services/{SERVICE}"));
+    assert_eq!(code, 200, "{view}");
+    view["instances"].as_array().unwrap().iter().find(|i| i["id"] == id).cloned().unwrap_or(Value::Null)
+}
+
+/// Requests through the gateway until a round of 20 reaches no drained backend; then 40
+/// more must all reach `a`.
+fn only_a_is_picked(gateway: &Gateway, a: &Backend, b: &Backend) {
+    let send = |n: usize| {
+        for _ in 0..n {
+            let r = http().get(&format!("http://{}/orders", gateway.addr)).call().unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let before = b.served();
+        send(20);
+        if b.served() == before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the gateway still sends to the drained instance\n{}", gateway.log());
+    }
+    let (a_before, b_before) = (a.served(), b.served());
+    send(40);
+    assert_eq!((a.served() - a_before, b.served() - b_before), (40, 0), "every request to the instance left in");
+}
+
+#[test]
+fn the_console_shows_the_registry_live_and_its_drain_takes_an_instance_out_of_the_gateways_picks() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let a = runtime.block_on(Backend::start("a", Behavior::default())).unwrap();
+    let b = runtime.block_on(Backend::start("b", Behavior::default())).unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    for (id, backend) in [("a", &a), ("b", &b)] {
+        let mut body = instance(SERVICE, id, backend.addr().port(), false);
+        body["zone"] = "zone-a".into();
+        body["metadata"] =
+            json!({"owner": "team-orders", "note": "<script>document.title='pwned'</script><img src=x>"});
+        assert_eq!(server.post("/v1/instances", &body).0, 200);
+    }
+    assert_eq!(server.put_text("/v1/configs/shop/web/gateway.json", r#"{"balancer": "round-robin"}"#).0, 200);
+    let config = dir.path().join("gateway.json");
+    let document =
+        json!({"gateway": {"routes": [{"path_prefix": "/", "service": SERVICE}]}, "balancer": "round-robin"});
+    std::fs::write(&config, document.to_string()).unwrap();
+    let gateway = Gateway::spawn(&server, dir.path(), free_port(), &["--config", config.to_str().unwrap()]);
+    wait_until("the gateway routes", || {
+        http().get(&format!("http://{}/orders", gateway.addr)).call().is_ok_and(|r| r.status() == 200)
+    });
+
+    let browser = Browser::start();
+    let shots = screenshots();
+    let ui = |hash: &str| server.url(&format!("/ui#/{hash}"));
+    let pages: [(&str, &str, &[&str]); 7] = [
+        ("", "overview", &["Overview", "Gateways", "shop/edge/gateway"]),
+        ("services", "services", &[SERVICE, "Healthy / routable"]),
+        ("services/shop/web/orders", "service", &["team-orders", "zone-a", "persistent"]),
+        ("gateways", "gateways", &["shop/edge/gateway", "zone-a"]),
+        ("plugins", "plugins", &["Records", "What each host runs"]),
+        ("configs", "configs", &["shop/web/gateway.json"]),
+        ("configs/shop/web/gateway.json", "config", &["Version "]),
+    ];
+    for (hash, name, shows) in pages {
+        browser.goto(&ui(hash));
+        let wanted = serde_json::to_string(shows).unwrap();
+        browser.wait(
+            &format!("{name}: {shows:?}"),
+            &format!(
+                "const t = document.getElementById('main').textContent; return document.getElementById('banner').hidden && {wanted}.every(w => t.includes(w));"
+            ),
+        );
+        browser.screenshot(&shots.join(format!("{name}.png")));
+        let errors = errors(&browser, &[]);
+        assert!(errors.is_empty(), "{name}: console errors {errors:?}");
+    }
+    assert_eq!(
+        browser.run("return document.getElementById('token-form') !== null && document.title", &[]),
+        "sextant console"
+    );
+
+    // A metadata value is text: shown as written, nothing of it runs or loads.
+    browser.goto(&ui("services/shop/web/orders"));
+    browser.wait("the service's instances", "return document.querySelector('tr[data-instance=\"b\"]') !== null");
+    assert!(browser.text().contains("note=<script>document.title='pwned'</script><img src=x>"), "{}", browser.text());
+    assert_eq!(browser.run("return document.querySelectorAll('main script, main img').length", &[]), 0);
+    assert_eq!(browser.run("return document.title", &[]), "sextant console");
+
+    // An instance registered from the CLI appears on the open page, without a reload.
+    browser.run("window.__same_page = true; return true", &[]);
+    let out = run(&server, &["register", "--service", SERVICE, "--addr", "127.0.0.1:9", "--id", "c", "--persistent"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    browser.wait(
+        "the instance registered from the CLI",
+        "return document.querySelector('tr[data-instance=\"c\"]') !== null",
+    );
+    assert_eq!(browser.run("return window.__same_page === true", &[]), true, "no reload happened");
+    let out = run(&server, &["deregister", "--service", SERVICE, "--id", "c"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    browser.wait("c gone", "return document.querySelector('tr[data-instance=\"c\"]') === null");
+
+    // Drain `b` in the console: the registry has it disabled, the gateway stops picking it.
+    browser.click("button[data-action=\"drain\"][data-instance=\"b\"]");
+    wait_until("the registry has b drained", || enabled(&server, "b")["enabled"] == false);
+    browser.wait(
+        "b drained on the page",
+        "return document.querySelector('button[data-action=\"enable\"][data-instance=\"b\"]') !== null",
+    );
+    browser.screenshot(&shots.join("service-drained.png"));
+    only_a_is_picked(&gateway, &a, &b);
+    let errors_so_far = errors(&browser, &[]);
+    assert!(errors_so_far.is_empty(), "console errors {errors_so_far:?}");
+
+    // A weight that is not a number: the API's typed error beside the field, nothing changed.
+    browser.fill("tr[data-instance=\"a\"] input.weight", "lots");
+    browser.click("tr[data-instance=\"a\"] button.ghost");
+    browser.wait(
+        "the weight's error",
+        "const e = document.querySelector('tr[data-instance=\"a\"] .error'); return e !== null && e.textContent.startsWith('invalid: ');",
+    );
+    assert_eq!(enabled(&server, "a")["weight"], 100);
+    // Out of range: refused by the same rule as every client's.
+    browser.fill("tr[data-instance=\"a\"] input.weight", "20000");
+    browser.click("tr[data-instance=\"a\"] button.ghost");
+    browser.wait(
+        "the range error",
+        "const e = document.querySelector('tr[data-instance=\"a\"] .error'); return e !== null && e.textContent.includes('10000');",
+    );
+    assert_eq!(enabled(&server, "a")["weight"], 100);
+
+    // A config entry edited in the console while someone else changed it: refused as a
+    // conflict, beside the button; theirs stays. An oversized one: refused, nothing changed.
+    browser.goto(&ui("configs/shop/web/gateway.json"));
+    browser.wait(
+        "the entry's content",
+        "const t = document.querySelector('main textarea'); return t !== null && t.value.includes('round-robin');",
+    );
+    browser.fill("main textarea", r#"{"balancer": "maglev"}"#);
+    let out = run(&server, &["config", "put", "shop/web/gateway.json", "--content", r#"{"balancer": "peak-ewma"}"#]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    browser.click("main .row button");
+    browser.wait("the conflict", "return document.querySelector('main .error').textContent.startsWith('conflict: ')");
+    assert!(server.text("/v1/configs/shop/web/gateway.json").contains("peak-ewma"), "theirs stays");
+    browser.screenshot(&shots.join("config-conflict.png"));
+    browser.goto(&ui("configs"));
+    browser.wait("the new-entry form", "return document.querySelector('main input') !== null");
+    browser.fill("main input", "shop/web/huge");
+    browser.run(
+        "const t = document.querySelector('main textarea'); t.value = 'x'.repeat(1100000); t.dispatchEvent(new Event('input')); return true",
+        &[],
+    );
+    browser.click("main .row button");
+    browser.wait("the size error", "return document.querySelector('main .error').textContent.startsWith('invalid: ')");
+    assert_eq!(server.get("/v1/configs/shop/web/huge").0, 404, "nothing written");
+    let left = errors(&browser, &[400, 409]);
+    assert!(left.is_empty(), "console errors beyond the refusals provoked: {left:?}");
+    eprintln!("console: screenshots in {}", shots.display());
+}
+
+const ACL: &str = r#"{ "tokens": [
+    { "name": "reader", "token": "read-all", "namespaces": { "*": "read" } },
+    { "name": "ops", "token": "admin-all", "namespaces": { "*": "admin" } }
+] }"#;
+
+#[test]
+fn with_an_access_file_the_console_needs_a_token_and_a_reader_cannot_write_nor_another_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let acl = dir.path().join("acl.json");
+    std::fs::write(&acl, ACL).unwrap();
+    let server = Server::try_start_with(&dir.path().join("data"), &["--acl", acl.to_str().unwrap()])
+        .unwrap_or_else(|f| panic!("{:?}\n{}", f.status, f.log));
+    let ops = Some("admin-all");
+    let (code, answer) = server.call("POST", "/v1/instances", ops, Some(&instance(SERVICE, "a", 9001, false)));
+    assert_eq!(code, 200, "{answer}");
+
+    let browser = Browser::start();
+    browser.goto(&server.url("/ui#/services/shop/web/orders"));
+    browser.wait(
+        "the token banner",
+        "return document.getElementById('banner').textContent.includes('needs an access token')",
+    );
+    assert_eq!(browser.run("return document.querySelector('tr[data-instance]') === null", &[]), true, "nothing shown");
+    // The page's own origin, no token: refused.
+    let status = browser.run_async(
+        "const done = arguments[arguments.length - 1]; fetch('/v1/instances', {method: 'POST', headers: {'Content-Type': 'application/json'}, body: JSON.stringify({})}).then(r => done(r.status));",
+    );
+    assert_eq!(status, 401);
+
+    // A reader's token: the registry shows, a drain is refused beside the button.
+    browser.fill("#token", "read-all");
+    browser.click("#token-form button[type=submit]");
+    browser.wait("the instance", "return document.querySelector('tr[data-instance=\"a\"]') !== null");
+    browser.click("button[data-action=\"drain\"][data-instance=\"a\"]");
+    browser.wait(
+        "the refusal",
+        "const e = document.querySelector('tr[data-instance=\"a\"] .error'); return e.textContent.startsWith('forbidden: ');",
+    );
+    let (_, view) = server.call("GET", "/v1/services/shop/web/orders", ops, None);
+    assert_eq!(view["instances"][0]["enabled"], true, "nothing changed");
+    browser.screenshot(&screenshots().join("reader-refused.png"));
+
+    // Another origin cannot write, whatever token it holds.
+    let response = http()
+        .put(&server.url("/v1/configs/shop/web/x"))
+        .header("Authorization", "Bearer admin-all")
+        .header("Origin", "http://evil.example")
+        .send("{}")
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    assert_eq!(server.call("GET", "/v1/configs/shop/web/x", ops, None).0, 404, "nothing written");
+}
