@@ -17,3 +17,4 @@ mod rollout;
 mod security;
 mod storm;
 mod support;
+mod traces;

@@ -34,11 +34,24 @@ impl<S: Store + Clone> Inner<S> {
             if slots.update.lock()[kind.index()] == desired {
                 continue;
             }
+            let span = tracing::info_span!(
+                target: sextant_core::TRACE_TARGET,
+                "activation",
+                sextant.service = %slots.service,
+                sextant.kind = %kind,
+                sextant.plugin = desired.as_ref().map_or("", |d| d.name.as_str()),
+                sextant.sha256 = desired.as_ref().map_or("", |d| d.sha256.as_str()),
+                sextant.error = tracing::field::Empty,
+            );
             let compiled = match &desired {
                 None => Ok(None),
-                Some(d) => self.fetch(&d.sha256).await.map(Some),
+                Some(d) => tracing::Instrument::instrument(self.fetch(&d.sha256), span.clone()).await.map(Some),
             };
-            failed.extend(self.install(slots, kind, desired, compiled));
+            let refused = span.in_scope(|| self.install(slots, kind, desired, compiled));
+            if let Some(f) = &refused {
+                span.record("sextant.error", f.error.as_str());
+            }
+            failed.extend(refused);
         }
         failed
     }

@@ -142,10 +142,33 @@ impl<S: Store + Clone> Executor<S> {
     /// answered `internal`.
     pub async fn execute<O: Origin>(&self, origin: &O, request: Request) -> Response {
         let kind = write_kind(&request);
+        // A write is a span of the trace (registration, config, plugin load, …).
+        let span = match kind {
+            Some(_) => tracing::info_span!(
+                target: sextant_core::TRACE_TARGET,
+                "write",
+                otel.name = request.kind(),
+                sextant.request = request.kind(),
+                sextant.revision = tracing::field::Empty,
+                sextant.error = tracing::field::Empty,
+            ),
+            None => tracing::Span::none(),
+        };
         let response = match sextant_proto::server::normalize(request) {
-            Ok(request) => self.run(origin, request).await.unwrap_or_else(store_error),
+            Ok(request) => tracing::Instrument::instrument(self.run(origin, request), span.clone())
+                .await
+                .unwrap_or_else(store_error),
             Err(message) => Response::error(ErrorCode::Invalid, message),
         };
+        match &response {
+            Response::Written { revision, .. } | Response::PluginWritten { revision, .. } => {
+                span.record("sextant.revision", revision.0);
+            }
+            Response::Error { code, .. } => {
+                span.record("sextant.error", code.to_string());
+            }
+            _ => {}
+        }
         if let (Some(kind), Some(counter)) = (kind, &self.counter) {
             match &response {
                 Response::Error { code: ErrorCode::Limited | ErrorCode::Forbidden | ErrorCode::Internal, .. } => {}

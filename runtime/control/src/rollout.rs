@@ -162,6 +162,15 @@ impl<S: Store + Clone> Inner<S> {
             match written {
                 Ok(Some((record, revision))) => {
                     let state = record.rollout.as_ref().map_or(RolloutState::Aborted, |r| r.state);
+                    let _span = tracing::info_span!(
+                        target: sextant_core::TRACE_TARGET,
+                        "rollout decision",
+                        sextant.plugin = %record.name,
+                        sextant.step = step,
+                        sextant.state = %state,
+                        sextant.revision = revision.0,
+                    )
+                    .entered();
                     // In the audit log beside the operators' writes: who decided what.
                     let reason = record.rollout.as_ref().and_then(|r| r.log.last()).map_or("", |d| d.reason.as_str());
                     tracing::info!(

@@ -53,3 +53,9 @@ pub use scope::Scope;
 pub use snapshot::{InstanceSet, Instances, ServiceSnapshot, SnapshotHandle};
 pub use time::Millis;
 pub use validation::ValidationError;
+
+/// The `tracing` target of the spans exported as OpenTelemetry traces (`--otlp-endpoint`):
+/// a request through a gateway and its attempts, writes to the registry, watch resumes,
+/// plugin activations and rollout decisions. Logs never show them; without an exporter
+/// they are disabled and cost a check of a cached flag.
+pub const TRACE_TARGET: &str = "sextant::trace";

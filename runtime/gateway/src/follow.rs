@@ -44,6 +44,7 @@ use sextant_plugin::{AutoRollback, Compiled, Desired, PluginKind, Split, Trial, 
 use sextant_proto::{Binding, ErrorCode, Request, Response};
 use sextant_quic::client::Client;
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 use crate::ServicePolicy;
 use crate::router::WeakRouter;
@@ -503,13 +504,23 @@ impl Follow {
                     self.applied.insert(key, None);
                     continue;
                 }
+                let span = tracing::info_span!(
+                    target: sextant_core::TRACE_TARGET,
+                    "activation",
+                    sextant.service = %service,
+                    sextant.kind = %kind,
+                    sextant.plugin = desired.as_ref().map_or("", |d| d.name.as_str()),
+                    sextant.sha256 = desired.as_ref().map_or("", |d| d.sha256.as_str()),
+                    sextant.error = tracing::field::Empty,
+                );
                 // None: back to what the route is configured with.
                 let spec = match &desired {
                     None => Ok(None),
-                    Some(d) => match self.component(&d.sha256).await {
+                    Some(d) => match self.component(&d.sha256).instrument(span.clone()).await {
                         Ok(compiled) => Ok(Some(d.spec(compiled))),
                         Err(Fetch::Retry(e)) => {
                             tracing::warn!(%service, plugin = %d.name, error = %e, "component not fetched; trying again");
+                            span.record("sextant.error", e.as_str());
                             self.note(&service, kind, desired.as_ref(), Some(e));
                             retry = true;
                             continue;
@@ -530,6 +541,7 @@ impl Follow {
                             }
                             .map_err(|e| e.to_string())
                         })
+                        .instrument(span.clone())
                         .await
                         .unwrap_or_else(|e| Err(format!("the load task failed: {e}")))
                         .map(drop)
@@ -540,6 +552,7 @@ impl Follow {
                         tracing::info!(%service, %kind, plugin = ?desired.as_ref().map(|d| &d.name), "plugin active")
                     }
                     Err(e) => {
+                        span.record("sextant.error", e.as_str());
                         tracing::warn!(%service, %kind, error = %e, "plugin refused; the service keeps what it ran")
                     }
                 }

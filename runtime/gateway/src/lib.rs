@@ -23,7 +23,8 @@
 //! - "why this endpoint" ([`explain`]): what the gateway did with a request (attempts, the
 //!   balancer and version that picked, the endpoints left out and why), answered in a header
 //!   to the requests the configuration allows, and the JSON-lines access log
-//!   ([`access_log`]) that records it for every request;
+//!   ([`access_log`]) that records it for every request; and the spans of every request and
+//!   attempt, with trace context to the backends ([`trace`]);
 //! - the gateway's Prometheus metrics ([`metrics`]): requests, latency histograms,
 //!   attempts, retries, rate limits, endpoint health and breakers; and the plugin series
 //!   every host exports, servers included ([`plugin_metrics`]: versions and load times per
@@ -60,6 +61,7 @@ pub mod plugin_metrics;
 pub mod proxy;
 pub mod remote;
 pub mod resilience;
+pub mod trace;
 pub mod verdicts;
 
 pub use body::FinishOnEnd;

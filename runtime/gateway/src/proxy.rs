@@ -28,6 +28,8 @@ use serde::{Deserialize, Serialize};
 use sextant_core::ServiceKey;
 use sextant_plugin::PickRequest;
 use tokio::net::TcpListener;
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 use crate::access_log::{AccessEntry, AccessLog};
 use crate::explain::{Attempt, Excluded, Exclusion, ExplainConfig, Explanation, WHY_HEADER};
@@ -36,6 +38,7 @@ use crate::outcome::Outcome;
 use crate::request::FromHeaders;
 use crate::resilience::millis;
 use crate::router::{PickError, RetryPlan, Router};
+use crate::trace::Propagation;
 
 /// The response body type.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -305,6 +308,7 @@ struct Inner {
     stats: Stats,
     metrics: Option<SharedMetrics>,
     access_log: std::sync::OnceLock<AccessLog>,
+    propagation: std::sync::OnceLock<Arc<dyn Propagation>>,
 }
 
 /// The HTTP gateway. Cheap to clone.
@@ -362,7 +366,17 @@ impl Gateway {
             stats: Stats::default(),
             metrics,
             access_log: std::sync::OnceLock::new(),
+            propagation: std::sync::OnceLock::new(),
         })))
+    }
+
+    /// Continues the clients' traces and sends each attempt's trace context to the backend
+    /// through `propagation` (once: a second one is refused and handed back).
+    ///
+    /// # Errors
+    /// The gateway propagates traces already.
+    pub fn propagate_traces(&self, propagation: Arc<dyn Propagation>) -> Result<(), Arc<dyn Propagation>> {
+        self.0.propagation.set(propagation)
     }
 
     /// Writes every request to `log` from now on (once: a second log is refused and
@@ -542,12 +556,29 @@ impl Gateway {
             (request.method().clone(), host, request.uri().path().to_owned())
         });
         let rule = routing.rule(&request);
+        let span = tracing::info_span!(
+            target: sextant_core::TRACE_TARGET,
+            "gateway request",
+            otel.kind = "server",
+            http.request.method = %request.method(),
+            url.path = request.uri().path(),
+            http.route = rule.map_or("", |r| r.label.as_str()),
+            sextant.service = rule.map_or("", |r| r.service_label.as_str()),
+            http.response.status_code = Empty,
+            sextant.attempts = Empty,
+        );
+        if !span.is_disabled()
+            && let Some(p) = self.0.propagation.get()
+        {
+            p.extract(request.headers(), &span);
+        }
         let explain = rule.is_some() && routing.config.explain.as_ref().is_some_and(|e| e.asked(request.headers()));
         let mut why = rule.filter(|_| explain || log.is_some()).map(|r| Explanation::new(&r.label, &r.service_label));
         let mut response = match rule {
             None => text(StatusCode::NOT_FOUND, "no route\n"),
-            Some(rule) => self.handle_routed(client, rule, request, peer, why.as_mut()).await,
+            Some(rule) => self.handle_routed(client, rule, request, peer, why.as_mut()).instrument(span.clone()).await,
         };
+        span.record("http.response.status_code", response.status().as_u16());
         let elapsed = started.elapsed();
         if let Some(m) = &self.0.metrics {
             match rule {
@@ -603,7 +634,7 @@ impl Gateway {
             }
         };
         match &self.0.upstream {
-            Destination::Static(authority) => match self.forward(client, &parts, &body, authority, peer).await {
+            Destination::Static(authority) => match self.forward(client, &parts, &body, authority, peer, None).await {
                 Ok(response) => response.map(BodyExt::boxed),
                 Err(_) => text(StatusCode::BAD_GATEWAY, "upstream failed\n"),
             },
@@ -676,29 +707,52 @@ impl Gateway {
             };
             tried.push(guard.addr());
             let addressing = guard.addressing();
+            let span = tracing::info_span!(
+                target: sextant_core::TRACE_TARGET,
+                "gateway attempt",
+                otel.kind = "client",
+                sextant.attempt = attempt,
+                sextant.endpoint = guard.instance().id.as_str(),
+                server.address = addressing.label.as_str(),
+                sextant.balancer = Empty,
+                sextant.balancer.version = guard.version(),
+                sextant.fallback = guard.fallback(),
+                sextant.outcome = Empty,
+                http.response.status_code = Empty,
+            );
+            if !span.is_disabled() {
+                span.record("sextant.balancer", service.balancer_name(guard.version()).unwrap_or_default());
+                tracing::Span::current().record("sextant.attempts", attempt);
+            }
+            let trace = self.0.propagation.get().filter(|_| !span.is_disabled()).map(|p| (&**p, &span));
             let sent = std::time::Instant::now();
-            let (outcome, response, retry_safe, result) =
-                match self.forward(client, parts, body, &addressing.authority, peer).await {
-                    Ok(response) => {
-                        let status = response.status().as_u16();
-                        let retry_safe = idempotent && matches!(status, 502..=504);
-                        (Outcome::from_response(&response), Some(response), retry_safe, crate::metrics::class(status))
-                    }
-                    Err(Failure::Timeout) => {
-                        last_failure = (StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
-                        (Outcome::Timeout, None, idempotent, "timeout")
-                    }
-                    Err(Failure::Connect(why)) => {
-                        last_failure = (StatusCode::BAD_GATEWAY, "upstream unreachable\n");
-                        (Outcome::Failed(why), None, true, "connect_error")
-                    }
-                    Err(Failure::Other(why)) => {
-                        last_failure = (StatusCode::BAD_GATEWAY, "upstream failed\n");
-                        (Outcome::Failed(why), None, idempotent, "error")
-                    }
-                };
+            let forwarded =
+                self.forward(client, parts, body, &addressing.authority, peer, trace).instrument(span.clone());
+            let (outcome, response, retry_safe, result) = match forwarded.await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let retry_safe = idempotent && matches!(status, 502..=504);
+                    (Outcome::from_response(&response), Some(response), retry_safe, crate::metrics::class(status))
+                }
+                Err(Failure::Timeout) => {
+                    last_failure = (StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
+                    (Outcome::Timeout, None, idempotent, "timeout")
+                }
+                Err(Failure::Connect(why)) => {
+                    last_failure = (StatusCode::BAD_GATEWAY, "upstream unreachable\n");
+                    (Outcome::Failed(why), None, true, "connect_error")
+                }
+                Err(Failure::Other(why)) => {
+                    last_failure = (StatusCode::BAD_GATEWAY, "upstream failed\n");
+                    (Outcome::Failed(why), None, idempotent, "error")
+                }
+            };
             if let Some(m) = &self.0.metrics {
                 m.attempt(label, &addressing.label, result);
+            }
+            span.record("sextant.outcome", result);
+            if let Some(r) = &response {
+                span.record("http.response.status_code", r.status().as_u16());
             }
             if let Some(why) = why.as_deref_mut() {
                 why.attempts.push(Attempt {
@@ -748,6 +802,7 @@ impl Gateway {
         body: &Bytes,
         authority: &Authority,
         peer: &Peer,
+        trace: Option<(&dyn Propagation, &tracing::Span)>,
     ) -> Result<Response<Incoming>, Failure> {
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(http::uri::Scheme::HTTP);
@@ -764,6 +819,9 @@ impl Gateway {
             };
             if let Some(v) = forwarded {
                 headers.insert("x-forwarded-for", v);
+            }
+            if let Some((propagation, span)) = trace {
+                propagation.inject(span, headers);
             }
         }
         let request = request.body(Full::new(body.clone())).map_err(|e| Failure::Other(e.to_string()))?;

@@ -360,13 +360,26 @@ async fn stream<S: Store + Clone>(c: &Arc<Conn<S>>, mut send: SendStream, mut re
             r
         }
         Step::Execute(Request::Subscribe { scope, from }) => {
-            return match c.access().take_watch(&c.watches) {
+            // A watch (resumed when `from` names a revision the client saw) is a span.
+            let span = tracing::info_span!(
+                target: sextant_core::TRACE_TARGET,
+                "watch",
+                sextant.scope = ?scope,
+                sextant.from = from.0,
+                sextant.resumed = from.0 > 0,
+                sextant.error = tracing::field::Empty,
+            );
+            return match span.in_scope(|| c.access().take_watch(&c.watches)) {
                 Ok(slot) => {
-                    let feed = c.feed.get_or_init(|| FeedHandle::start(c.shared.registry(), c.shared.frames.clone()));
-                    feed.join(scope, from, send, slot);
+                    span.in_scope(|| {
+                        let feed =
+                            c.feed.get_or_init(|| FeedHandle::start(c.shared.registry(), c.shared.frames.clone()));
+                        feed.join(scope, from, send, slot);
+                    });
                     true
                 }
                 Err(e) => {
+                    span.record("sextant.error", tracing::field::display(&e));
                     c.audit(Verdict::Limited, kind, target, None, Some(&e.to_string()));
                     answer(send, Response::error(ErrorCode::Limited, e)).await
                 }

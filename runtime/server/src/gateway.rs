@@ -246,7 +246,11 @@ async fn watch_identity(
 
 /// Runs the gateway until `shutdown`.
 #[allow(clippy::too_many_lines)]
-pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Failure> {
+pub(crate) async fn run(
+    args: GatewayArgs,
+    traces: bool,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Failure> {
     let args = Arc::new(args);
     if args.print_config && args.config_entry.is_none() {
         // A file or the defaults: printed without a server.
@@ -333,6 +337,10 @@ pub(crate) async fn run(args: GatewayArgs, shutdown: impl std::future::Future<Ou
         let log = AccessLog::open(path).map_err(|e| Failure::other(format!("--access-log {}: {e}", path.display())))?;
         // A new gateway has no log yet.
         let _ = gateway.log_access(log);
+    }
+    if traces {
+        // A new gateway propagates nothing yet.
+        let _ = gateway.propagate_traces(crate::telemetry::propagation());
     }
     let metrics_server = match args.metrics {
         None => None,

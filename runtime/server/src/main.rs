@@ -5,7 +5,9 @@
 
 mod commands;
 mod gateway;
+mod telemetry;
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,7 +16,6 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use sextant_server::{ServeConfig, StoreConfig, run};
 use sextant_store::EtcdOptions;
-use tracing_subscriber::EnvFilter;
 
 use crate::commands::{ClientArgs, ConfigCommand, PluginCommand, ScopeArgs};
 
@@ -28,6 +29,11 @@ struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SEXTANT_LOG_FORMAT")]
     log_format: LogFormat,
+    /// Export traces (registry writes, watch resumes, plugin activations, rollout decisions,
+    /// each gateway request and attempt) to this OpenTelemetry collector, over OTLP/HTTP
+    /// with protobuf (`http://HOST:4318`, or the full traces URL).
+    #[arg(long, global = true, env = "SEXTANT_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -532,16 +538,6 @@ async fn demo(options: sextant_server::demo::DemoOptions, json: bool) -> Result<
     ))
 }
 
-fn init_logs(format: LogFormat, default: &str) {
-    let filter = EnvFilter::try_from_env("SEXTANT_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 /// Resolves on SIGINT or SIGTERM.
 pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -563,7 +559,20 @@ pub(crate) async fn shutdown_signal() {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let serving = matches!(cli.command, Command::Serve { .. } | Command::Gateway(_));
-    init_logs(cli.log_format, if serving { "info" } else { "warn" });
+    let name = match cli.command {
+        Command::Gateway(_) => "sextant-gateway",
+        _ => "sextant",
+    };
+    let json = matches!(cli.log_format, LogFormat::Json);
+    // Held until the end of main: dropping it flushes the spans not sent yet.
+    let traces = match telemetry::init(json, if serving { "info" } else { "warn" }, cli.otlp_endpoint.as_deref(), name)
+    {
+        Ok(traces) => traces,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "sextant: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::Serve {
             data_dir,
@@ -656,7 +665,7 @@ async fn main() -> ExitCode {
         }
         Command::Config { client, command } => commands::config(&client, command).await,
         Command::Plugin { client, command } => commands::plugin(&client, command).await,
-        Command::Gateway(args) => gateway::run(args, shutdown_signal()).await,
+        Command::Gateway(args) => gateway::run(args, traces.is_some(), shutdown_signal()).await,
         Command::Bench { command } => bench(command).await,
         Command::Tls { command: TlsCommand::Init { dir, hosts, clients } } => tls_init(&dir, &hosts, &clients),
         Command::Demo { duration, rps, listen, data_dir, json } => {
