@@ -390,3 +390,107 @@ fn a_config_write_over_a_version_read_is_refused_when_the_entry_moved_on_through
     assert!(kinds.contains(&"instance") && kinds.contains(&"config"), "{all}");
     assert_eq!(server.get("/v1/records?namespace=bad%20name").0, 400);
 }
+
+const PLUGIN_ACL: &str = r#"{ "tokens": [
+    { "name": "reader", "token": "read-all", "namespaces": { "*": "read" } },
+    { "name": "ops", "token": "admin-all", "namespaces": { "*": "admin" } }
+] }"#;
+
+/// `POST /v1/artifacts` with `bytes` as the body: (status, answer).
+fn upload(server: &Server, token: &str, bytes: &[u8]) -> (u16, Value) {
+    let request = ureq::http::Request::builder()
+        .method("POST")
+        .uri(server.url("/v1/artifacts"))
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/wasm")
+        .body(bytes.to_vec())
+        .unwrap();
+    let mut response = crate::support::http().run(request).expect("POST /v1/artifacts");
+    let status = response.status().as_u16();
+    (status, response.body_mut().read_json().unwrap_or(Value::Null))
+}
+
+#[test]
+fn plugins_are_uploaded_loaded_rolled_back_and_deleted_over_http_with_the_clis_rights_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let acl = dir.path().join("acl.json");
+    std::fs::write(&acl, PLUGIN_ACL).unwrap();
+    let server = Server::try_start_with(&dir.path().join("data"), &["--acl", acl.to_str().unwrap()])
+        .unwrap_or_else(|f| panic!("{:?}\n{}", f.status, f.log));
+    let ops = Some("admin-all");
+    let service = "shop/web/orders";
+    let read = |name: &str| std::fs::read(sextant_plugin_artifacts::path(name).expect("artifact built")).unwrap();
+    let (first, second) = (read("round-robin"), read("ring-hash"));
+
+    // A reader may not upload: refused before the body is stored.
+    let (code, answer) = upload(&server, "read-all", &first);
+    assert_eq!((code, &answer["error"]), (403, &Value::from("forbidden")), "{answer}");
+    let (code, answer) = upload(&server, "admin-all", b"");
+    assert_eq!((code, &answer["error"]), (400, &Value::from("invalid")), "{answer}");
+
+    // Uploaded, then loaded by its sha256.
+    let (code, answer) = upload(&server, "admin-all", &first);
+    assert_eq!(code, 200, "{answer}");
+    let sha = sextant_core::sha256_hex(&first);
+    assert_eq!((&answer["sha256"], &answer["size"]), (&Value::from(sha.clone()), &Value::from(first.len())));
+    let load = |sha: &str, binding: &str| {
+        let body = json!({"name": "lb", "kind": "balancer", "binding": binding, "component_sha256": sha});
+        server.call("POST", "/v1/plugins", ops, Some(&body))
+    };
+    let (code, answer) = load(&sha, service);
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(
+        (&answer["record"]["sha256"], &answer["record"]["binding"]),
+        (&Value::from(sha.clone()), &Value::from(service))
+    );
+    assert!(answer["revision"].as_u64().is_some_and(|r| r > 0), "{answer}");
+    assert!(answer["validated"].is_object(), "{answer}");
+
+    // Bytes that are not a component, uploaded in several chunks: stored whole (its sha256
+    // answered), refused at load.
+    let junk: Vec<u8> = (0..5 * sextant_proto::ARTIFACT_CHUNK / 2).map(|i| (i * 7 % 251) as u8).collect();
+    let (code, answer) = upload(&server, "admin-all", &junk);
+    assert_eq!((code, &answer["size"]), (200, &Value::from(junk.len())), "{answer}");
+    let junk_sha = sextant_core::sha256_hex(&junk);
+    assert_eq!(answer["sha256"], junk_sha.as_str());
+    let not_a_component = json!({"name": "junk", "kind": "balancer", "component_sha256": junk_sha});
+    let (code, answer) = server.call("POST", "/v1/plugins", ops, Some(&not_a_component));
+    assert_eq!((code, &answer["error"]), (422, &Value::from("plugin_rejected")), "{answer}");
+
+    // Bad input changes nothing: an unknown sha, a wrong kind, a bad name, an unknown field,
+    // a reader's load, an unknown rollout action.
+    let record = |server: &Server| server.call("GET", "/v1/plugins", ops, None).1["plugins"][0].clone();
+    let before = record(&server);
+    let (code, answer) = load(&"0".repeat(64), service);
+    assert!(code >= 400 && answer["error"].is_string(), "{code} {answer}");
+    let wrong_kind = json!({"name": "lb", "kind": "health", "binding": service, "component_sha256": sha});
+    let (code, answer) = server.call("POST", "/v1/plugins", ops, Some(&wrong_kind));
+    assert_eq!((code, &answer["error"]), (422, &Value::from("plugin_rejected")), "{answer}");
+    let bad_name = json!({"name": "no spaces", "kind": "balancer", "component_sha256": sha});
+    assert_eq!(server.call("POST", "/v1/plugins", ops, Some(&bad_name)).1["error"], "invalid");
+    let unknown = json!({"name": "lb", "kind": "balancer", "component_sha256": sha, "colour": "red"});
+    assert_eq!(server.call("POST", "/v1/plugins", ops, Some(&unknown)).1["error"], "invalid");
+    let as_reader = json!({"name": "lb", "kind": "balancer", "component_sha256": sha});
+    assert_eq!(server.call("POST", "/v1/plugins", Some("read-all"), Some(&as_reader)).0, 403);
+    let (code, answer) = server.call("POST", "/v1/plugins/lb/rollout/explode", ops, None);
+    assert_eq!((code, &answer["error"]), (400, &Value::from("invalid")), "{answer}");
+    assert!(answer["message"].as_str().unwrap().contains("pause, resume, promote or abort"), "{answer}");
+    assert_eq!(record(&server), before, "nothing changed");
+
+    // A second version replaces the first, which a rollback brings back; forward again.
+    let (code, answer) = upload(&server, "admin-all", &second);
+    assert_eq!(code, 200, "{answer}");
+    let sha2 = sextant_core::sha256_hex(&second);
+    assert_eq!(load(&sha2, service).0, 200);
+    let (code, answer) = server.call("POST", "/v1/plugins/lb/rollback", ops, None);
+    assert_eq!((code, &answer["record"]["sha256"]), (200, &Value::from(sha.clone())), "{answer}");
+    let (code, answer) = server.call("POST", "/v1/plugins/lb/rollback?forward=true", ops, None);
+    assert_eq!((code, &answer["record"]["sha256"]), (200, &Value::from(sha2.clone())), "{answer}");
+    assert_eq!(server.call("POST", "/v1/plugins/lb/rollback", Some("read-all"), None).0, 403);
+
+    // Deleted; a second delete finds nothing.
+    let (code, answer) = server.call("DELETE", "/v1/plugins/lb", ops, None);
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(server.call("DELETE", "/v1/plugins/lb", ops, None).0, 404);
+    assert_eq!(server.call("GET", "/v1/plugins", ops, None).1["plugins"], json!([]));
+}

@@ -69,6 +69,12 @@ impl Browser {
     }
 
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
+        self.try_call(method, path, body)
+            .unwrap_or_else(|(status, value)| panic!("WebDriver {method} {path}: {status} {value}"))
+    }
+
+    /// Like `call`, but a WebDriver error is returned (status, body), not a panic.
+    fn try_call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, (u16, Value)> {
         let url = format!("{}{path}", self.base);
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -84,8 +90,32 @@ impl Browser {
         .unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}"));
         let status = response.status().as_u16();
         let value: Value = serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap_or(Value::Null);
-        assert!(status < 400, "WebDriver {method} {path}: {status} {value}");
-        value.get("value").cloned().unwrap_or(value)
+        if status >= 400 {
+            return Err((status, value));
+        }
+        Ok(value.get("value").cloned().unwrap_or(value))
+    }
+
+    /// Runs `act` on the element `css` selects, looked up again when the page replaced it
+    /// meanwhile (the console redraws a page when the registry moves on; an element that is
+    /// stale, or detached for a moment, is found anew, up to 10 times).
+    fn on_element(&self, css: &str, act: impl Fn(&str) -> Result<Value, (u16, Value)>) {
+        let mut last = None;
+        for _ in 0..10 {
+            let id = self.element(css);
+            match act(&id) {
+                Ok(_) => return,
+                Err((status, value)) => {
+                    let error = value["value"]["error"].as_str().unwrap_or_default().to_owned();
+                    if !matches!(error.as_str(), "stale element reference" | "element not interactable") {
+                        panic!("WebDriver on {css}: {status} {value}");
+                    }
+                    last = Some(value);
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        panic!("{css} kept being replaced: {last:?}");
     }
 
     /// Opens `url` (the page's script runs; waits for the document, not for its fetches).
@@ -126,15 +156,21 @@ impl Browser {
 
     /// Clicks the element `css` selects (the first).
     pub(crate) fn click(&self, css: &str) {
-        let id = self.element(css);
-        self.call("POST", &format!("/element/{id}/click"), None);
+        self.on_element(css, |id| self.try_call("POST", &format!("/element/{id}/click"), None));
     }
 
     /// Types `text` into the element `css` selects, after clearing it.
     pub(crate) fn fill(&self, css: &str, text: &str) {
-        let id = self.element(css);
-        self.call("POST", &format!("/element/{id}/clear"), None);
-        self.call("POST", &format!("/element/{id}/value"), Some(&json!({"text": text})));
+        self.on_element(css, |id| {
+            self.try_call("POST", &format!("/element/{id}/clear"), None)?;
+            self.try_call("POST", &format!("/element/{id}/value"), Some(&json!({"text": text})))
+        });
+    }
+
+    /// Chooses `paths` in the file input `css` selects (several: a `multiple` input).
+    pub(crate) fn choose_files(&self, css: &str, paths: &[&Path]) {
+        let text = paths.iter().map(|p| p.to_str().unwrap()).collect::<Vec<_>>().join("\n");
+        self.on_element(css, |id| self.try_call("POST", &format!("/element/{id}/value"), Some(&json!({"text": text}))));
     }
 
     /// The browser console's entries since the last call: (level, message).

@@ -3,8 +3,11 @@
 //! made from the CLI appears without a reload; draining an instance in the console takes it
 //! out of a running `sextant gateway`'s picks; bad input gets the API's typed error beside
 //! the field and changes nothing; nothing a record holds runs as markup; without a token, or
-//! with a reader's, nothing can be written. Screenshots go to the target directory's
-//! `console-screenshots`.
+//! with a reader's, nothing can be written; a plugin loaded from the browser reaches the
+//! gateway, is rebound and deleted there, and one that is not a component is refused beside
+//! the form; a gateway's live traffic per endpoint and its plugin versions' calls show; a
+//! strategy benchmark's results show as tables and plots. Screenshots go to the target
+//! directory's `console-screenshots`.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -65,20 +68,32 @@ fn only_a_is_picked(gateway: &Gateway, a: &Backend, b: &Backend) {
     assert_eq!((a.served() - a_before, b.served() - b_before), (40, 0), "every request to the instance left in");
 }
 
-#[test]
-fn the_console_shows_the_registry_live_and_its_drain_takes_an_instance_out_of_the_gateways_picks() {
-    let dir = tempfile::tempdir().unwrap();
+/// Two backends, `a` and `b`, and a server where they are instances of [`SERVICE`]
+/// (`shape` adds to each registration).
+fn two_backends(
+    dir: &std::path::Path,
+    shape: impl Fn(&mut Value),
+) -> (tokio::runtime::Runtime, Backend, Backend, Server) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let a = runtime.block_on(Backend::start("a", Behavior::default())).unwrap();
     let b = runtime.block_on(Backend::start("b", Behavior::default())).unwrap();
-    let server = Server::start(&dir.path().join("data"));
+    let server = Server::start(&dir.join("data"));
     for (id, backend) in [("a", &a), ("b", &b)] {
         let mut body = instance(SERVICE, id, backend.addr().port(), false);
+        shape(&mut body);
+        assert_eq!(server.post("/v1/instances", &body).0, 200);
+    }
+    (runtime, a, b, server)
+}
+
+#[test]
+fn the_console_shows_the_registry_live_and_its_drain_takes_an_instance_out_of_the_gateways_picks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_runtime, a, b, server) = two_backends(dir.path(), |body| {
         body["zone"] = "zone-a".into();
         body["metadata"] =
             json!({"owner": "team-orders", "note": "<script>document.title='pwned'</script><img src=x>"});
-        assert_eq!(server.post("/v1/instances", &body).0, 200);
-    }
+    });
     assert_eq!(server.put_text("/v1/configs/shop/web/gateway.json", r#"{"balancer": "round-robin"}"#).0, 200);
     let config = dir.path().join("gateway.json");
     let document =
@@ -248,4 +263,144 @@ fn with_an_access_file_the_console_needs_a_token_and_a_reader_cannot_write_nor_a
         .unwrap();
     assert_eq!(response.status(), 403);
     assert_eq!(server.call("GET", "/v1/configs/shop/web/x", ops, None).0, 404, "nothing written");
+}
+
+fn plugin_record(server: &Server, name: &str) -> Option<Value> {
+    let (code, list) = server.get("/v1/plugins");
+    assert_eq!(code, 200, "{list}");
+    list["plugins"].as_array().unwrap().iter().find(|p| p["name"] == name).cloned()
+}
+
+#[test]
+fn from_the_console_a_plugin_is_loaded_bound_and_deleted_a_gateways_traffic_shows_and_a_benchmark_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_runtime, a, _b, server) = two_backends(dir.path(), |_| {});
+    let config = dir.path().join("gateway.json");
+    let document = json!({"gateway": {"routes": [{"path_prefix": "/", "service": SERVICE}]}, "balancer": "weighted"});
+    std::fs::write(&config, document.to_string()).unwrap();
+    let gateway = Gateway::spawn(&server, dir.path(), free_port(), &["--config", config.to_str().unwrap()]);
+    let send = |n: usize| {
+        for _ in 0..n {
+            let r = http().get(&format!("http://{}/orders", gateway.addr)).call().unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    };
+    wait_until("the gateway routes", || {
+        http().get(&format!("http://{}/orders", gateway.addr)).call().is_ok_and(|r| r.status() == 200)
+    });
+    let browser = Browser::start();
+    let shots = screenshots();
+    let ui = |hash: &str| server.url(&format!("/ui#/{hash}"));
+
+    // Something that is not a component: the API's refusal beside the form, nothing stored.
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"not a component").unwrap();
+    browser.goto(&ui("plugins"));
+    browser.wait("the load form", "return document.getElementById('load-file') !== null");
+    browser.choose_files("#load-file", &[&junk]);
+    browser.fill("#load-binding", SERVICE);
+    browser.click("#load");
+    browser.wait(
+        "the refusal",
+        "return document.getElementById('load-error').textContent.startsWith('plugin_rejected: ')",
+    );
+    assert_eq!(plugin_record(&server, "junk"), None, "nothing stored");
+
+    // The round-robin component, loaded and bound from the browser: the gateway runs it.
+    let artifact = std::path::Path::new(sextant_plugin_artifacts::path("round-robin").expect("artifact built"));
+    browser.goto(&ui("plugins"));
+    browser.wait("the load form", "return document.getElementById('load-file') !== null");
+    browser.choose_files("#load-file", &[artifact]);
+    browser.fill("#load-name", "lb");
+    browser.fill("#load-binding", SERVICE);
+    browser.click("#load");
+    browser.wait("the record", "return document.querySelector('tr[data-plugin=\"lb\"]') !== null");
+    let record = plugin_record(&server, "lb").expect("stored");
+    assert_eq!((&record["kind"], &record["binding"]), (&Value::from("balancer"), &Value::from(SERVICE)));
+    let sha = record["sha256"].as_str().unwrap().to_owned();
+    wait_until("the gateway runs lb", || {
+        let (_, list) = server.get("/v1/plugins");
+        list["hosts"].as_array().unwrap().iter().any(|h| {
+            h["plugin"] == "lb"
+                && h["host"].as_str().is_some_and(|s| s.starts_with("shop/edge/gateway/"))
+                && h["state"].as_str().is_some_and(|s| s.starts_with("active"))
+        })
+    });
+    // Its calls on the gateway, per version, on the plugins page.
+    send(20);
+    browser.goto(&ui("plugins"));
+    browser.wait(
+        "lb's calls on the gateway",
+        &format!(
+            "const r = document.querySelector('tr[data-version=\"{sha}\"]'); return r !== null && Number(r.children[4].textContent) > 0"
+        ),
+    );
+    browser.screenshot(&shots.join("plugins-loaded.png"));
+
+    // Bound to the namespace instead, from its row.
+    browser.fill("tr[data-plugin=\"lb\"] input.binding", "shop");
+    browser.click("button[data-action=\"bind\"][data-plugin=\"lb\"]");
+    wait_until("lb bound to the namespace", || plugin_record(&server, "lb").is_some_and(|r| r["binding"] == "shop"));
+
+    // A gateway's live traffic: rates, quantiles and errors per endpoint, while traffic flows.
+    browser.goto(&ui("gateways"));
+    browser.wait("the gateway's link", "return document.querySelector('main a[href^=\"#/gateways/\"]') !== null");
+    browser.click("main a[href^=\"#/gateways/\"]");
+    let row = format!("tr[data-endpoint=\"{}\"]", a.addr());
+    let rated = format!(
+        "const r = document.querySelector('{}'); return r !== null && Number(r.children[3].textContent) > 0 && r.children[4].textContent.endsWith(' ms') && r.children[1].textContent === 'a'",
+        row.replace('\'', "\\'")
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        send(10);
+        if browser.run(&rated, &[]) == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no live rate for a: {}", browser.text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    browser.screenshot(&shots.join("gateway-traffic.png"));
+
+    // Deleted: two clicks, and the gateway goes back to its configured balancer.
+    browser.goto(&ui("plugins"));
+    browser.wait(
+        "lb's row",
+        "return document.querySelector('button[data-action=\"delete\"][data-plugin=\"lb\"]') !== null",
+    );
+    browser.click("button[data-action=\"delete\"][data-plugin=\"lb\"]");
+    assert!(plugin_record(&server, "lb").is_some(), "one click deletes nothing");
+    browser.click("button[data-action=\"delete\"][data-plugin=\"lb\"]");
+    wait_until("lb deleted", || plugin_record(&server, "lb").is_none());
+    browser.wait("lb's row gone", "return document.querySelector('tr[data-plugin=\"lb\"]') === null");
+
+    // A strategy benchmark's results, read by the page from the files the bench wrote.
+    let out = dir.path().join("bench");
+    let ran = std::process::Command::new(crate::support::sextant_bin())
+        .args(["bench", "strategies", "--scenarios", "slow-node", "--strategies", "round-robin,peak-ewma"])
+        .args(["--seeds", "1", "--scale", "0.05", "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json" || x == "svg"))
+        .collect();
+    files.sort();
+    assert!(files.iter().any(|f| f.ends_with("cdf-slow-node.svg")), "{files:?}");
+    browser.goto(&ui("lab"));
+    browser.wait("the lab", "return document.getElementById('lab-files') !== null");
+    browser.choose_files("#lab-files", &files.iter().map(PathBuf::as_path).collect::<Vec<_>>());
+    browser.wait(
+        "the results",
+        "return document.querySelector('tr[data-strategy=\"peak-ewma\"]') !== null && document.querySelector('tr[data-strategy=\"round-robin\"]') !== null",
+    );
+    browser.wait(
+        "the plots drawn",
+        "const i = [...document.querySelectorAll('img.plot')]; return i.length > 0 && i.every(x => x.complete && x.naturalWidth > 0)",
+    );
+    browser.screenshot(&shots.join("lab.png"));
+    let left = errors(&browser, &[422]);
+    assert!(left.is_empty(), "console errors beyond the refusal provoked: {left:?}");
 }

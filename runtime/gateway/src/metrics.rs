@@ -152,6 +152,7 @@ pub struct GatewayMetrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     attempts: Family<AttemptLabels, Counter>,
+    attempt_duration: Family<EndpointLabels, Histogram, fn() -> Histogram>,
     retries: Family<ServiceLabel, Counter>,
     rate_limited: Family<ServiceLabel, Counter>,
     health: Family<HealthLabels, Gauge>,
@@ -223,6 +224,7 @@ impl GatewayMetrics {
             requests: Family::default(),
             duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             attempts: Family::default(),
+            attempt_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             retries: Family::default(),
             rate_limited: Family::default(),
             health: Family::default(),
@@ -246,6 +248,11 @@ impl GatewayMetrics {
             m.duration.clone(),
         );
         registry.register("upstream_attempts", "Upstream attempts by endpoint and result", m.attempts.clone());
+        registry.register(
+            "upstream_duration_seconds",
+            "Time from an attempt to its endpoint's response headers (or its failure), by endpoint",
+            m.attempt_duration.clone(),
+        );
         registry.register("retries", "Attempts after the first", m.retries.clone());
         registry.register("rate_limited", "Requests refused by the service's rate limit", m.rate_limited.clone());
         registry.register("endpoint_health", "1 for the endpoint's current health state", m.health.clone());
@@ -290,10 +297,12 @@ impl GatewayMetrics {
         RouteSeries { requests, duration: self.duration.get_or_create(&labels).clone() }
     }
 
-    /// Counts an upstream attempt.
-    pub fn attempt(&self, service: &str, endpoint: &str, result: &'static str) {
+    /// Counts an upstream attempt that ended with `result` after `elapsed`.
+    pub fn attempt(&self, service: &str, endpoint: &str, result: &'static str, elapsed: Duration) {
         let labels = AttemptLabels { service: service.to_owned(), endpoint: endpoint.to_owned(), result };
         self.attempts.get_or_create(&labels).inc();
+        let labels = EndpointLabels { service: labels.service, endpoint: labels.endpoint };
+        self.attempt_duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
     }
 
     /// Counts a retry.
@@ -406,7 +415,7 @@ mod tests {
         m.request("/api", "ns/g/a", 200, Duration::from_millis(3));
         m.request("/api", "ns/g/a", 204, Duration::from_millis(1));
         m.request("/api", "ns/g/a", 503, Duration::from_millis(2));
-        m.attempt("ns/g/a", "127.0.0.1:9", "timeout");
+        m.attempt("ns/g/a", "127.0.0.1:9", "timeout", Duration::from_millis(3));
         m.retry("ns/g/a");
         let text = m.encode(None);
         let line = |prefix: &str| text.lines().find(|l| l.starts_with(prefix)).map(str::to_owned);
@@ -426,6 +435,16 @@ mod tests {
                 r#"sextant_gateway_upstream_attempts_total{service="ns/g/a",endpoint="127.0.0.1:9",result="timeout"} 1"#
             )
             .is_some()
+        );
+        assert!(
+            line(r#"sextant_gateway_upstream_duration_seconds_bucket{le="0.004",service="ns/g/a",endpoint="127.0.0.1:9"} 1"#)
+                .is_some(),
+            "{text}"
+        );
+        assert!(
+            line(r#"sextant_gateway_upstream_duration_seconds_bucket{le="0.002",service="ns/g/a",endpoint="127.0.0.1:9"} 0"#)
+                .is_some(),
+            "{text}"
         );
         assert!(line(r#"sextant_gateway_retries_total{service="ns/g/a"} 1"#).is_some());
         assert!(text.contains("# TYPE sextant_gateway_requests_total counter\n"), "{text}");

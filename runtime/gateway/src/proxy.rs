@@ -747,8 +747,9 @@ impl Gateway {
                     (Outcome::Failed(why), None, idempotent, "error")
                 }
             };
+            let took = sent.elapsed();
             if let Some(m) = &self.0.metrics {
-                m.attempt(label, &addressing.label, result);
+                m.attempt(label, &addressing.label, result, took);
             }
             span.record("sextant.outcome", result);
             if let Some(r) = &response {
@@ -763,7 +764,7 @@ impl Gateway {
                     fallback: guard.fallback(),
                     result,
                     status: response.as_ref().map(|r| r.status().as_u16()),
-                    ms: sent.elapsed().as_secs_f64() * 1e3,
+                    ms: took.as_secs_f64() * 1e3,
                 });
             }
             let id = addressing.id_header.clone();

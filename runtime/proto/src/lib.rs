@@ -22,9 +22,9 @@ pub mod server;
 
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME_LEN, encode};
 pub use message::{
-    ALPN, ARTIFACT_CHUNK, Binding, BindingSummary, ErrorCode, FailedGroup, FaultDecision, HostReport, IgnoredFault,
-    MAX_COMPONENT_LEN, MAX_INLINE_COMPONENT_LEN, MAX_TRIED, PLUGIN_REPORT_PREFIX, PROTOCOL_VERSION, PluginFailure,
-    REQUEST_TYPES, ROLLOUT_REPORT_PREFIX, Request, RequestError, ResetAssembler, Response, RolloutAction,
-    RolloutHostReport, SlotView, SubscriptionFrame, Validation, decode_chunk, decode_component, encode_component,
-    event_frames, host_reports, rollout_reports,
+    ALPN, ARTIFACT_CHUNK, Binding, BindingSummary, ErrorCode, FailedGroup, FaultDecision, GATEWAY_METRICS_KEY,
+    HostReport, IgnoredFault, MAX_COMPONENT_LEN, MAX_INLINE_COMPONENT_LEN, MAX_TRIED, PLUGIN_REPORT_PREFIX,
+    PROTOCOL_VERSION, PluginFailure, REQUEST_TYPES, ROLLOUT_REPORT_PREFIX, Request, RequestError, ResetAssembler,
+    Response, RolloutAction, RolloutHostReport, SlotView, SubscriptionFrame, Validation, decode_chunk,
+    decode_component, encode_component, event_frames, host_reports, rollout_reports, upload_chunk,
 };

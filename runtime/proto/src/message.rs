@@ -341,6 +341,21 @@ pub fn encode_component(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// The `plugin_upload` of the chunk of `bytes` (a whole component) that starts at `offset`:
+/// at most [`ARTIFACT_CHUNK`] bytes, named by the component's `sha256`. An uploader sends the
+/// next one at the `received` its answer gives, until that is the size.
+#[must_use]
+pub fn upload_chunk(sha256: &str, bytes: &[u8], offset: u64) -> Request {
+    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len());
+    let end = bytes.len().min(start.saturating_add(ARTIFACT_CHUNK));
+    Request::PluginUpload {
+        sha256: sha256.to_owned(),
+        size: bytes.len() as u64,
+        offset,
+        data: encode_component(&bytes[start..end]),
+    }
+}
+
 /// Decodes `plugin_load`'s component field.
 ///
 /// # Errors
@@ -650,6 +665,10 @@ pub const MAX_TRIED: usize = 64;
 
 /// Metadata key prefix of a host's plugin reports.
 pub const PLUGIN_REPORT_PREFIX: &str = "sextant.plugin.";
+
+/// Metadata key of a gateway's registration: `IP:PORT` of its metrics listener (`GET
+/// /metrics`), where a server's admin API reads its live traffic for the console.
+pub const GATEWAY_METRICS_KEY: &str = "sextant.gateway.metrics";
 
 /// A gateway's report about a plugin's rollout, as `plugin_list` carries it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -291,11 +291,7 @@ impl Client {
         let size = bytes.len() as u64;
         let mut offset = 0u64;
         while offset < size {
-            let start = usize::try_from(offset).unwrap_or(usize::MAX);
-            let end = bytes.len().min(start + sextant_proto::ARTIFACT_CHUNK);
-            let data = sextant_proto::encode_component(&bytes[start..end]);
-            let request = Request::PluginUpload { sha256: sha256.clone(), size, offset, data };
-            let received = match self.request(request).await? {
+            let received = match self.request(sextant_proto::upload_chunk(&sha256, bytes, offset)).await? {
                 Response::Uploaded { received, .. } => received,
                 other => return Err(unexpected(&other)),
             };

@@ -11,8 +11,15 @@
 //! - `POST /v1/leases` (`ttl_ms`), `POST /v1/leases/{id}/keepalive`, `DELETE /v1/leases/{id}`.
 //! - `GET|PUT|DELETE /v1/configs/{ns}/{group}/{data_id}`: config entries (PUT body = content).
 //! - `GET /v1/plugins`: plugin records, the slots this server runs (active plugin, counters),
-//!   recent failed loads.
+//!   recent failed loads. `POST /v1/artifacts` (the component's bytes as the body, at most
+//!   64 MiB): stored in chunks (`plugin_upload`), answered with its `sha256`; `POST
+//!   /v1/plugins` (`plugin_load`'s fields as JSON); `POST /v1/plugins/{name}/rollback[?forward=true]`;
+//!   `POST /v1/plugins/{name}/rollout/{pause|resume|promote|abort}`; `DELETE /v1/plugins/{name}`.
 //! - `GET /v1/records[?namespace=NS]`: every record of the scope (`sextant list --json`).
+//! - `GET /v1/gateways/{ns}/{group}/{service}/{id}/metrics`: the `/metrics` text of a gateway
+//!   registered there (read from the address its registration names in
+//!   `sextant.gateway.metrics`), for the console's live traffic; 502 `unavailable` when it
+//!   does not answer within 3 s or sends more than 8 MiB.
 //! - `GET /ui`: the web console (`console.rs`), a page over the routes above.
 //!
 //! A write sent by a web page of another origin is refused (403) before anything else
@@ -35,7 +42,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, Path, State};
@@ -48,11 +55,11 @@ use serde::Deserialize;
 use serde_json::json;
 use sextant_control::{Detached, Executor, WriteCounter};
 use sextant_core::{
-    ConfigKey, DataId, Group, Instance, InstanceId, InstanceKey, LeaseId, Namespace, Revision, Scope, ServiceKey,
-    ServiceName, ServiceSpec, ValidationError,
+    ConfigKey, DataId, Group, Instance, InstanceId, InstanceKey, LeaseId, Namespace, PluginName, Record, Revision,
+    Scope, ServiceKey, ServiceName, ServiceSpec, ValidationError,
 };
 use sextant_proto::acl::{self, Principal};
-use sextant_proto::{Binding, ErrorCode, Request, Response as Answer};
+use sextant_proto::{Binding, ErrorCode, MAX_COMPONENT_LEN, Request, Response as Answer, RolloutAction};
 use sextant_quic::access::{Access, AuditEvent, Door, Verdict};
 use sextant_store::{AnyStore, Registry};
 
@@ -165,7 +172,12 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/v1/leases/{id}/keepalive", post(keepalive))
         .route("/v1/leases/{id}", axum::routing::delete(revoke))
         .route("/v1/configs/{ns}/{group}/{data_id}", get(get_config).put(put_config).delete(delete_config))
-        .route("/v1/plugins", get(plugins))
+        .route("/v1/plugins", get(plugins).post(load_plugin))
+        .route("/v1/plugins/{name}", axum::routing::delete(delete_plugin))
+        .route("/v1/plugins/{name}/rollback", post(rollback_plugin))
+        .route("/v1/plugins/{name}/rollout/{action}", post(steer_rollout))
+        .route("/v1/artifacts", post(upload_artifact))
+        .route("/v1/gateways/{ns}/{group}/{service}/{id}/metrics", get(gateway_metrics))
         .route("/v1/records", get(records))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
@@ -669,4 +681,177 @@ async fn plugins(State(s): State<AppState>, Extension(caller): Extension<Caller>
         }))),
         other => Err(unexpected(&other)),
     }
+}
+
+/// `{"revision", "record", "validated"}`: a plugin write's answer.
+fn plugin_written(answer: Answer) -> ApiResult<serde_json::Value> {
+    match answer {
+        Answer::PluginWritten { record, revision, validated } => {
+            Ok(Json(json!({ "revision": revision, "record": record, "validated": validated })))
+        }
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// `POST /v1/plugins`: the fields of `plugin_load` (docs/protocol.md), the component inline
+/// (`component`, base64) or named by the sha256 `POST /v1/artifacts` answered.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoadRequest {
+    name: String,
+    kind: String,
+    #[serde(default)]
+    binding: String,
+    #[serde(default)]
+    config: String,
+    #[serde(default)]
+    component: String,
+    component_sha256: Option<String>,
+    rollout: Option<String>,
+}
+
+async fn load_plugin(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    req: Result<Json<LoadRequest>, JsonRejection>,
+) -> ApiResult<serde_json::Value> {
+    let LoadRequest { name, kind, binding, config, component, component_sha256, rollout } = body(req)?;
+    let name = PluginName::new(name)?;
+    let target = name.to_string();
+    let request = Request::PluginLoad { name, kind, binding, config, component, component_sha256, rollout };
+    plugin_written(s.execute(&caller, request, target).await?)
+}
+
+#[derive(Debug, Deserialize)]
+struct RollbackQuery {
+    #[serde(default)]
+    forward: bool,
+}
+
+async fn rollback_plugin(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<RollbackQuery>,
+) -> ApiResult<serde_json::Value> {
+    let name = PluginName::new(name)?;
+    let target = name.to_string();
+    plugin_written(s.execute(&caller, Request::PluginRollback { name, forward: query.forward }, target).await?)
+}
+
+async fn steer_rollout(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((name, action)): Path<(String, String)>,
+) -> ApiResult<serde_json::Value> {
+    let name = PluginName::new(name)?;
+    let action: RolloutAction = serde_json::from_value(json!(action)).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("no rollout action `{action}`: pause, resume, promote or abort"),
+        )
+    })?;
+    let target = name.to_string();
+    plugin_written(s.execute(&caller, Request::PluginRollout { name, action }, target).await?)
+}
+
+async fn delete_plugin(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult<serde_json::Value> {
+    let name = PluginName::new(name)?;
+    let target = name.to_string();
+    written(s.execute(&caller, Request::PluginDelete { name }, target).await?)
+}
+
+/// `POST /v1/artifacts`: the body is a component; stored with `plugin_upload` in chunks (the
+/// right is checked before the body is read), answered `{"sha256", "size"}` for a load that
+/// names it.
+async fn upload_artifact(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: axum::body::Body,
+) -> ApiResult<serde_json::Value> {
+    let probe = Request::PluginUpload { sha256: String::new(), size: 0, offset: 0, data: String::new() };
+    caller.require(&s, &probe, || "artifact".to_owned())?;
+    let bytes = axum::body::to_bytes(body, MAX_COMPONENT_LEN).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid",
+            format!("a component is at most {MAX_COMPONENT_LEN} bytes"),
+        )
+    })?;
+    if bytes.is_empty() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid", "the body is empty: send the component's bytes"));
+    }
+    let sha256 = sextant_core::sha256_hex(&bytes);
+    let size = bytes.len() as u64;
+    let mut offset = 0u64;
+    while offset < size {
+        let request = sextant_proto::upload_chunk(&sha256, &bytes, offset);
+        match s.execute(&caller, request, format!("artifact {sha256}")).await? {
+            Answer::Uploaded { received, .. } if received > offset && received <= size => offset = received,
+            other => return Err(unexpected(&other)),
+        }
+    }
+    Ok(Json(json!({ "sha256": sha256, "size": size })))
+}
+
+/// How long a read of a gateway's metrics may take.
+const GATEWAY_READ: Duration = Duration::from_secs(3);
+/// Largest metrics text read from a gateway.
+const GATEWAY_METRICS_LIMIT: usize = 8 << 20;
+
+/// `GET /v1/gateways/{ns}/{group}/{service}/{id}/metrics`: the gateway's `/metrics`, read at
+/// the address its registration names, with the right to read that registration. Only a
+/// registration that says it is a gateway, only an `IP:PORT` (no name to resolve), only
+/// `GET /metrics`, bounded in time and size.
+async fn gateway_metrics(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((ns, group, name, id)): Path<(String, String, String, String)>,
+) -> Result<Response, ApiError> {
+    let key = InstanceKey { service: service_key(&ns, &group, &name)?, id: InstanceId::new(id)? };
+    let request = Request::List { scope: Scope::Service(key.service.clone()) };
+    let records = match s.execute(&caller, request, key.to_string()).await? {
+        Answer::Records { records, .. } => records,
+        other => return Err(unexpected(&other)),
+    };
+    let not_found = |what: &str| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{key}: {what}"));
+    let instance = records
+        .iter()
+        .find_map(|r| match r {
+            Record::Instance(i) if i.id == key.id => Some(i),
+            _ => None,
+        })
+        .ok_or_else(|| not_found("no such instance"))?;
+    if instance.metadata.get("sextant.role") != Some("gateway") {
+        return Err(not_found("not a gateway"));
+    }
+    let addr = instance
+        .metadata
+        .get(sextant_proto::GATEWAY_METRICS_KEY)
+        .ok_or_else(|| not_found("the gateway serves no metrics (started without --metrics)"))?;
+    let unavailable =
+        |why: String| ApiError::new(StatusCode::BAD_GATEWAY, "unavailable", format!("{key} at {addr}: {why}"));
+    let addr: SocketAddr = addr.parse().map_err(|_| unavailable("not an IP:PORT".into()))?;
+    let uri: axum::http::Uri = format!("http://{addr}/metrics").parse().map_err(|_| unavailable("not a URL".into()))?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let read = async {
+        let response = client.get(uri).await.map_err(|e| e.to_string())?;
+        if response.status() != StatusCode::OK {
+            return Err(format!("answered {}", response.status()));
+        }
+        let body = http_body_util::Limited::new(response.into_body(), GATEWAY_METRICS_LIMIT);
+        let bytes = http_body_util::BodyExt::collect(body).await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(bytes)
+    };
+    let text = tokio::time::timeout(GATEWAY_READ, read)
+        .await
+        .map_err(|_| unavailable(format!("no answer within {} s", GATEWAY_READ.as_secs())))?
+        .map_err(unavailable)?;
+    Ok(([(header::CONTENT_TYPE, sextant_gateway::metrics::CONTENT_TYPE)], text).into_response())
 }

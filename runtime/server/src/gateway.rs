@@ -80,7 +80,9 @@ pub(crate) struct GatewayArgs {
     #[arg(long, default_value = "")]
     zone: String,
     /// Serve Prometheus metrics (`GET /metrics`) on this address: requests, latency
-    /// histograms, attempts, retries, rate limits, endpoint health and breakers, plugins.
+    /// histograms, attempts and their latency per endpoint, retries, rate limits, endpoint
+    /// health and breakers, plugins. The address goes into the gateway's registration
+    /// (`sextant.gateway.metrics`), where the console reads its live traffic.
     #[arg(long)]
     metrics: Option<SocketAddr>,
     /// Write an access log here: one JSON line per request (client, method, host, path,
@@ -349,6 +351,11 @@ pub(crate) async fn run(
             let listener = tokio::net::TcpListener::bind(at)
                 .await
                 .map_err(|e| Failure::other(format!("listening on {at} (--metrics): {e}")))?;
+            // Where the console reads this gateway's live traffic (through its server).
+            let bound = listener.local_addr().map_err(|e| Failure::other(e.to_string()))?;
+            let shown =
+                if bound.ip().is_unspecified() { SocketAddr::new(registered.ip(), bound.port()) } else { bound };
+            me.metadata.insert(sextant_proto::GATEWAY_METRICS_KEY.into(), shown.to_string());
             let ready = router.clone();
             let app = axum::Router::new()
                 .route(

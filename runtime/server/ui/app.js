@@ -64,7 +64,10 @@ async function api(method, path, body, headers) {
   const init = { method, headers: Object.assign({}, headers || {}) };
   if (state.token) init.headers["Authorization"] = "Bearer " + state.token;
   if (body !== undefined) {
-    if (typeof body === "string") {
+    if (body instanceof ArrayBuffer) {
+      init.body = body;
+      init.headers["Content-Type"] = "application/wasm";
+    } else if (typeof body === "string") {
       init.body = body;
       init.headers["Content-Type"] = "text/plain; charset=utf-8";
     } else {
@@ -145,6 +148,130 @@ function verdictBadge(v) {
   const kind = v.why === "down" ? "bad" : "warn";
   const until = v.until ? ` until ${new Date(v.until).toLocaleTimeString()}` : "";
   return h("div", {}, badge(v.why.replace("_", " "), kind), h("span", { class: "muted" }, `${v.gateway}${until}`));
+}
+
+// ---- A gateway's live traffic (its /metrics, read through this server) ---------------------
+
+// Prometheus text -> [{name, labels, value}].
+function parseMetrics(text) {
+  const out = [];
+  for (const line of String(text).split("\n")) {
+    if (!line || line.startsWith("#")) continue;
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)/.exec(line);
+    if (!m) continue;
+    const labels = {};
+    for (const l of (m[2] || "").matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) {
+      labels[l[1]] = l[2].replace(/\\(.)/g, (_, c) => (c === "n" ? "\n" : c));
+    }
+    out.push({ name: m[1], labels, value: Number(m[3]) });
+  }
+  return out;
+}
+
+const gatewayPath = (g) => `/v1/gateways/${[g.service.namespace, g.service.group, g.service.service, g.id].map(encodeURIComponent).join("/")}/metrics`;
+const gatewayKey = (g) => `${keyOf(g.service)}/${g.id}`;
+
+// The last two reads of each gateway's metrics: rates and quantiles are over the time between.
+const samples = new Map();
+
+async function readGateway(g) {
+  const key = gatewayKey(g);
+  const text = await get(gatewayPath(g));
+  const now = { at: Date.now(), series: parseMetrics(text) };
+  const list = samples.get(key) || [];
+  if (!list.length || now.at - list[list.length - 1].at >= 900) list.push(now);
+  while (list.length > 2) list.shift();
+  samples.set(key, list);
+  return { now: list[list.length - 1], before: list.length > 1 ? list[0] : null };
+}
+
+// The q-quantile of a histogram's cumulative buckets [[le, count]], interpolated in its bucket.
+function quantile(buckets, q) {
+  const total = buckets.length ? buckets[buckets.length - 1][1] : 0;
+  if (!total) return null;
+  const want = q * total;
+  let lower = 0, below = 0;
+  for (const [le, count] of buckets) {
+    if (count >= want) {
+      if (!Number.isFinite(le)) return lower;
+      const inside = count - below;
+      return inside ? lower + (le - lower) * ((want - below) / inside) : le;
+    }
+    lower = Number.isFinite(le) ? le : lower;
+    below = count;
+  }
+  return lower;
+}
+
+const ERRORS = new Set(["5xx", "timeout", "connect_error", "error"]);
+
+// Per (service, endpoint): attempts, errors and latency buckets of one read.
+function endpointsOf(series) {
+  const out = new Map();
+  const at = (labels) => {
+    const k = `${labels.service} ${labels.endpoint}`;
+    if (!out.has(k)) out.set(k, { service: labels.service, endpoint: labels.endpoint, attempts: 0, errors: 0, buckets: new Map(), weight: null, inFlight: 0, breaker: 0, health: [] });
+    return out.get(k);
+  };
+  for (const s of series) {
+    const l = s.labels;
+    if (l.endpoint === undefined) continue;
+    if (s.name === "sextant_gateway_upstream_attempts_total") {
+      const e = at(l);
+      e.attempts += s.value;
+      if (ERRORS.has(l.result)) e.errors += s.value;
+    } else if (s.name === "sextant_gateway_upstream_duration_seconds_bucket") {
+      at(l).buckets.set(l.le === "+Inf" ? Infinity : Number(l.le), s.value);
+    } else if (s.name === "sextant_gateway_endpoint_weight") at(l).weight = s.value;
+    else if (s.name === "sextant_gateway_endpoint_in_flight") at(l).inFlight = s.value;
+    else if (s.name === "sextant_gateway_endpoint_breaker_open") at(l).breaker = s.value;
+    else if (s.name === "sextant_gateway_endpoint_health" && s.value > 0) at(l).health.push(l.health);
+  }
+  return out;
+}
+
+// What a gateway did per endpoint between its last two reads (or since it started).
+function traffic(read) {
+  const now = endpointsOf(read.now.series);
+  const before = read.before ? endpointsOf(read.before.series) : new Map();
+  const secs = read.before ? (read.now.at - read.before.at) / 1000 : null;
+  const rows = [];
+  for (const [k, e] of now) {
+    const b = before.get(k);
+    const minus = (x, y) => Math.max(0, x - (y || 0));
+    const sorted = (m) => [...m.entries()].sort((x, y) => x[0] - y[0]);
+    const buckets = sorted(e.buckets).map(([le, c]) => [le, minus(c, b && b.buckets.get(le))]);
+    const attempts = minus(e.attempts, b && b.attempts);
+    rows.push(Object.assign({}, e, {
+      window: secs,
+      rps: secs ? attempts / secs : null,
+      recentErrors: minus(e.errors, b && b.errors),
+      recentAttempts: attempts,
+      p50: quantile(buckets, 0.5),
+      p99: quantile(buckets, 0.99),
+    }));
+  }
+  return rows.sort((x, y) => (x.service + x.endpoint).localeCompare(y.service + y.endpoint));
+}
+
+const ms = (secs) => (secs === null || secs === undefined ? "—" : `${(secs * 1000).toFixed(secs < 0.01 ? 2 : 1)} ms`);
+
+// Calls, faults and fallbacks per plugin version in one read: "kind plugin sha256" -> counts.
+function versionsOf(series) {
+  const out = new Map();
+  const FAULTS = ["traps", "deadline_hits", "memory_hits", "contract_violations"];
+  for (const s of series) {
+    const m = /_plugin_(calls|traps|deadline_hits|memory_hits|contract_violations|fallbacks)_total$/.exec(s.name);
+    if (!m) continue;
+    const l = s.labels;
+    const k = `${l.kind} ${l.plugin} ${l.sha256 || ""}`;
+    if (!out.has(k)) out.set(k, { kind: l.kind, plugin: l.plugin, sha256: l.sha256 || "", calls: 0, faults: 0, fallbacks: 0 });
+    const v = out.get(k);
+    if (m[1] === "calls") v.calls += s.value;
+    else if (m[1] === "fallbacks") v.fallbacks += s.value;
+    else if (FAULTS.includes(m[1])) v.faults += s.value;
+  }
+  return out;
 }
 
 // ---- Pages -------------------------------------------------------------------------------
@@ -279,7 +406,7 @@ function gatewayTable(gateways) {
     return h(
       "tr",
       {},
-      h("td", {}, mono(`${keyOf(g.service)}/${g.id}`)),
+      h("td", {}, h("a", { href: "#/gateways/" + gatewayKey(g) }, mono(gatewayKey(g)))),
       h("td", {}, mono(`${g.ip}:${g.port}`)),
       h("td", {}, g.zone || "—"),
       h("td", {}, g.version || "—"),
@@ -294,13 +421,89 @@ function gatewayTable(gateways) {
 
 async function gateways() {
   const all = await records();
-  return [h("h1", {}, "Gateways"), gatewayTable(all.instances.filter(isGateway))];
+  return [
+    h("h1", {}, "Gateways"),
+    gatewayTable(all.instances.filter(isGateway)),
+    h("p", { class: "note" }, "Open a gateway for its live traffic per endpoint."),
+  ];
+}
+
+async function gatewayPage(key) {
+  const all = await records();
+  const g = all.instances.find((i) => isGateway(i) && gatewayKey(i) === key);
+  if (!g) return [h("h1", {}, mono(key)), h("p", { class: "note" }, "No gateway is registered as this (it left or was never here).")];
+  const ids = new Map(all.instances.map((i) => [`${keyOf(i.service)} ${i.ip}:${i.port}`, i.id]));
+  let read;
+  try {
+    read = await readGateway(g);
+  } catch (e) {
+    return [h("h1", {}, mono(key)), gatewayTable([g]), h("p", { class: "note" }, "Live traffic unavailable: ", describe(e))];
+  }
+  const rows = traffic(read).map((e) => {
+    const id = ids.get(`${e.service} ${e.endpoint}`);
+    const health = e.health.filter((x) => x !== "up");
+    return h(
+      "tr",
+      { "data-endpoint": e.endpoint },
+      h("td", {}, mono(e.service)),
+      h("td", {}, id ? mono(id) : h("span", { class: "muted" }, "—")),
+      h("td", {}, mono(e.endpoint)),
+      h("td", { class: "num" }, e.rps === null ? "…" : e.rps.toFixed(1)),
+      h("td", { class: "num" }, ms(e.p50)),
+      h("td", { class: "num" }, ms(e.p99)),
+      h("td", { class: "num" }, e.recentErrors ? badge(String(e.recentErrors), "bad") : "0"),
+      h("td", { class: "num" }, e.attempts),
+      h("td", { class: "num" }, e.weight === null ? "—" : e.weight),
+      h("td", { class: "num" }, e.inFlight),
+      h("td", {}, health.length ? health.map((x) => badge(x, x === "down" ? "bad" : "warn")) : badge("up", "ok"), e.breaker ? badge("breaker open", "bad") : null),
+    );
+  });
+  const versions = [...versionsOf(read.now.series).values()].map((v) =>
+    h("tr", {}, h("td", {}, v.kind), h("td", {}, mono(v.plugin)), h("td", {}, mono(short(v.sha256) || "built-in")), h("td", { class: "num" }, v.calls), h("td", { class: "num" }, v.faults ? badge(String(v.faults), "bad") : "0"), h("td", { class: "num" }, v.fallbacks ? badge(String(v.fallbacks), "warn") : "0")),
+  );
+  const window = read.before ? `the last ${((read.now.at - read.before.at) / 1000).toFixed(1)} s` : "since it started (rates from the next read)";
+  return [
+    h("h1", {}, mono(key)),
+    gatewayTable([g]),
+    h("h2", {}, "Traffic per endpoint"),
+    h("p", { class: "note" }, `Rates, latency quantiles and errors over ${window}; attempts since it started. Read from the gateway every 2 s.`),
+    table(["Service", "Instance", "Endpoint", "Attempts/s", "p50", "p99", "Errors", "Attempts", "Weight", "In flight", "Health"], rows, "No traffic yet."),
+    h("h2", {}, "Plugin versions on this gateway"),
+    table(["Kind", "Plugin", "Version", "Calls", "Faults", "Fallbacks"], versions, "No plugin call yet."),
+  ];
 }
 
 function counts(c) {
   if (!c) return "—";
   const faults = (c.traps || 0) + (c.deadline_hits || 0) + (c.memory_hits || 0) + (c.contract_violations || 0);
   return [`${c.calls || 0} calls`, " · ", faults ? badge(`${faults} faults`, "bad") : "0 faults", " · ", c.fallbacks ? badge(`${c.fallbacks} fallbacks`, "warn") : "0 fallbacks"];
+}
+
+const records_ = records;
+
+// Upload a component (POST /v1/artifacts), then load it (POST /v1/plugins).
+function loadForm() {
+  const error = h("span", { class: "error", id: "load-error" });
+  const file = h("input", { type: "file", id: "load-file", accept: ".wasm", "aria-label": "component file", onchange: () => {
+    state.dirty = true;
+    const f = file.files[0];
+    if (f && !name.value) name.value = f.name.replace(/\.wasm$/, "");
+  } });
+  const name = h("input", { id: "load-name", placeholder: "name", "aria-label": "plugin name", oninput: () => (state.dirty = true) });
+  const kind = h("select", { id: "load-kind", "aria-label": "kind" }, ["balancer", "health", "scheduler"].map((k) => h("option", { value: k }, k)));
+  const binding = h("input", { id: "load-binding", placeholder: "bind to NS/GROUP/NAME, NS or *", "aria-label": "binding", oninput: () => (state.dirty = true) });
+  const config = h("input", { id: "load-config", placeholder: "init config (JSON)", "aria-label": "config", oninput: () => (state.dirty = true) });
+  const rollout = h("input", { id: "load-rollout", placeholder: "rollout plan (optional): 1%:2m,10%:5m", "aria-label": "rollout plan", oninput: () => (state.dirty = true) });
+  const load = h("button", { id: "load", onclick: () => write(error, async () => {
+    const f = file.files[0];
+    if (!f) throw new ApiError(400, "invalid", "choose a component file (.wasm)");
+    const uploaded = (await api("POST", "/v1/artifacts", await f.arrayBuffer())).data;
+    const body = { name: name.value.trim(), kind: kind.value, binding: binding.value.trim(), config: config.value.trim(), component_sha256: uploaded.sha256 };
+    if (rollout.value.trim()) body.rollout = rollout.value.trim();
+    await api("POST", "/v1/plugins", body);
+    file.value = "";
+  }) }, "Load");
+  return h("div", { class: "panel form" }, h("div", { class: "row" }, file, name, kind, binding, config, rollout, load), error);
 }
 
 async function plugins() {
@@ -313,16 +516,41 @@ async function plugins() {
   }
   const records = list.plugins.map((p) => {
     const r = p.rollout;
+    const error = h("span", { class: "error" });
+    const act = (label, action, attrs) => h("button", Object.assign({ class: "small ghost", "data-action": label.toLowerCase().replace(/ /g, "-"), "data-plugin": p.name, onclick: () => write(error, action) }, attrs || {}), label);
+    const path = "/v1/plugins/" + encodeURIComponent(p.name);
+    const binding = h("input", { class: "binding", value: p.binding || "", placeholder: "NS/GROUP/NAME, NS or *", "aria-label": `binding of ${p.name}`, oninput: () => (state.dirty = true) });
+    const rebind = act("Bind", () => api("POST", "/v1/plugins", { name: p.name, kind: p.kind, binding: binding.value.trim(), config: p.config || "", component_sha256: p.sha256 }));
+    const actions = [
+      act("Roll back", () => api("POST", path + "/rollback"), { disabled: !(p.history || []).length }),
+      act("Roll forward", () => api("POST", path + "/rollback?forward=true"), { disabled: !(p.forward || []).length }),
+    ];
+    if (r && (r.state === "running" || r.state === "paused" || r.state === "starved")) {
+      for (const a of r.state === "paused" ? ["resume", "promote", "abort"] : ["pause", "promote", "abort"]) {
+        actions.push(act(a[0].toUpperCase() + a.slice(1), () => api("POST", `${path}/rollout/${a}`)));
+      }
+    }
+    let armed = false;
+    const remove = h("button", { class: "small ghost", "data-action": "delete", "data-plugin": p.name, onclick: () => {
+      if (!armed) {
+        armed = true;
+        remove.textContent = "Really delete";
+        return;
+      }
+      write(error, () => api("DELETE", path));
+    } }, "Delete");
+    actions.push(remove);
     return h(
       "tr",
-      {},
+      { "data-plugin": p.name },
       h("td", {}, mono(p.name)),
       h("td", {}, p.kind),
       h("td", {}, mono(short(p.sha256))),
-      h("td", {}, mono(p.binding || "—")),
+      h("td", {}, h("div", { class: "row" }, binding, rebind)),
       h("td", {}, when(p.loaded_at_unix_ms)),
-      h("td", {}, `${(p.history || []).length} before`),
+      h("td", {}, `${(p.history || []).length} before`, (p.bad || []).length ? badge(`${p.bad.length} marked bad`, "bad") : null),
       h("td", {}, r ? [badge(r.state, r.state === "rolled-back" ? "bad" : "info"), ` step ${r.step + 1}/${r.plan.steps.length}`] : "—"),
+      h("td", {}, h("div", { class: "row" }, actions), error),
     );
   });
   const hosts = list.hosts.map((x) =>
@@ -339,10 +567,35 @@ async function plugins() {
         h("tr", {}, h("td", {}, mono(p.name)), h("td", {}, when(d.at_unix_ms)), h("td", {}, `${d.step + 1}`), h("td", {}, badge(d.state, "info")), h("td", {}, d.by), h("td", {}, d.reason)),
       ),
     );
+  // Calls, faults and fallbacks per version on every gateway that serves metrics.
+  let fleet = [];
+  try {
+    const gateways = (await records_()).instances.filter((g) => isGateway(g) && (g.metadata || {})["sextant.gateway.metrics"]);
+    const reads = await Promise.all(gateways.map((g) => readGateway(g).then((r) => [g, r], () => null)));
+    const sums = new Map();
+    for (const x of reads.filter(Boolean)) {
+      for (const [k, v] of versionsOf(x[1].now.series)) {
+        const sum = sums.get(k) || Object.assign({}, v, { calls: 0, faults: 0, fallbacks: 0, hosts: 0 });
+        sum.calls += v.calls;
+        sum.faults += v.faults;
+        sum.fallbacks += v.fallbacks;
+        sum.hosts += 1;
+        sums.set(k, sum);
+      }
+    }
+    fleet = [...sums.values()].filter((v) => v.sha256).map((v) =>
+      h("tr", { "data-version": v.sha256 }, h("td", {}, mono(v.plugin)), h("td", {}, v.kind), h("td", {}, mono(short(v.sha256))), h("td", { class: "num" }, v.hosts), h("td", { class: "num" }, v.calls), h("td", { class: "num" }, v.faults ? badge(String(v.faults), "bad") : "0"), h("td", { class: "num" }, v.fallbacks ? badge(String(v.fallbacks), "warn") : "0")),
+    );
+  } catch (_) {
+    // Without the read right on the gateways' namespace: the section stays empty.
+  }
   return [
     h("h1", {}, "Plugins"),
+    loadForm(),
     h("h2", {}, "Records"),
-    table(["Plugin", "Kind", "Version", "Binding", "Loaded", "History", "Rollout"], records, "No plugin is loaded."),
+    table(["Plugin", "Kind", "Version", "Binding", "Loaded", "History", "Rollout", "Actions"], records, "No plugin is loaded."),
+    h("h2", {}, "Per version on the gateways"),
+    table(["Plugin", "Kind", "Version", "Gateways", "Calls", "Faults", "Fallbacks"], fleet, "No gateway has called a plugin yet."),
     h("h2", {}, "Rollout decisions"),
     table(["Plugin", "At", "Step", "State", "By", "Why"], decisions, "No rollout."),
     h("h2", {}, "What each host runs"),
@@ -399,6 +652,86 @@ async function config(key) {
   ];
 }
 
+// ---- Strategy lab: the results of `sextant bench strategies --out DIR` --------------------------
+
+async function showLab(fileList, error) {
+  const files = [...fileList];
+  const json = files.find((f) => f.name === "results.json");
+  if (!json) throw new Error("no results.json among the files: choose the folder `sextant bench strategies --out DIR` wrote");
+  let results;
+  try {
+    results = JSON.parse(await json.text());
+  } catch (e) {
+    throw new Error("results.json is not JSON: " + e.message);
+  }
+  if (!Array.isArray(results.rows) || !Array.isArray(results.scenarios)) throw new Error("results.json has no rows and scenarios: not a strategy benchmark's");
+  const svgs = new Map(files.filter((f) => f.name.endsWith(".svg")).map((f) => [f.name, f]));
+  const image = (name, alt) => {
+    const f = svgs.get(name);
+    // An SVG shown as an image runs nothing, whatever it holds.
+    return f ? h("img", { class: "plot", src: URL.createObjectURL(f), alt }) : null;
+  };
+  const fixed = (x, d) => (typeof x === "number" ? x.toFixed(d) : "—");
+  const nodes = [h("p", { class: "note" }, `Seeds ${JSON.stringify(results.seeds)}, scale ${results.scale}. Latencies as the client saw every request; imbalance is max / mean requests per unit of weight.`)];
+  for (const scenario of results.scenarios) {
+    const rows = results.rows.filter((r) => r.scenario === scenario.name);
+    const best = Math.min(...rows.map((r) => r.p99_ms));
+    nodes.push(h("h2", {}, scenario.name));
+    nodes.push(h("p", { class: "note" }, scenario.description));
+    nodes.push(
+      table(
+        ["Strategy", "Success", "p50 ms", "p99 ms (spread)", "p99.9 ms", "Imbalance", "Key moves", "Fallbacks", "Pick ns"],
+        rows.map((r) =>
+          h(
+            "tr",
+            { "data-strategy": r.strategy },
+            h("td", {}, mono(r.strategy)),
+            h("td", { class: "num" }, `${fixed(r.success_rate * 100, 3)}%`),
+            h("td", { class: "num" }, fixed(r.p50_ms, 2)),
+            h("td", { class: "num" }, r.p99_ms === best ? badge(fixed(r.p99_ms, 2), "ok") : fixed(r.p99_ms, 2), h("span", { class: "muted" }, ` (${fixed(r.p99_min_ms, 2)}–${fixed(r.p99_max_ms, 2)})`)),
+            h("td", { class: "num" }, fixed(r.p999_ms, 2)),
+            h("td", { class: "num" }, fixed(r.imbalance, 3)),
+            h("td", { class: "num" }, r.key_moves === null || r.key_moves === undefined ? "—" : `${fixed(r.key_moves * 100, 1)}%`),
+            h("td", { class: "num" }, r.fallbacks ? badge(String(r.fallbacks), "warn") : "0"),
+            h("td", { class: "num" }, fixed(r.pick_ns, 0)),
+          ),
+        ),
+      ),
+    );
+    const plots = [image(`cdf-${scenario.name}.svg`, `latency CDF, ${scenario.name}`)]
+      .concat([...svgs.keys()].filter((n) => n.startsWith(`load-${scenario.name}-`)).sort().map((n) => image(n, n)))
+      .filter(Boolean);
+    if (plots.length) nodes.push(h("div", { class: "plots" }, plots));
+  }
+  if ((results.failures || []).length) nodes.push(h("h2", {}, "Failures"), h("pre", {}, results.failures.join("\n")));
+  error.textContent = "";
+  state.lab = nodes;
+}
+
+async function lab() {
+  const error = h("span", { class: "error", id: "lab-error" });
+  const out = h("div", { id: "lab-results" });
+  const pick = (input) => async () => {
+    try {
+      await showLab(input.files, error);
+      out.replaceChildren(...state.lab);
+    } catch (e) {
+      error.textContent = describe(e);
+    }
+  };
+  const folder = h("input", { type: "file", id: "lab-folder", webkitdirectory: true, "aria-label": "results folder" });
+  const files = h("input", { type: "file", id: "lab-files", multiple: true, accept: ".json,.svg", "aria-label": "results files" });
+  folder.addEventListener("change", pick(folder));
+  files.addEventListener("change", pick(files));
+  if (state.lab) out.replaceChildren(...state.lab);
+  return [
+    h("h1", {}, "Strategy lab"),
+    h("p", { class: "note" }, "The tables and plots of a strategy benchmark: run ", mono("sextant bench strategies --out DIR"), " and choose DIR (or its results.json and .svg files). Nothing is sent anywhere: the files are read by this page."),
+    h("div", { class: "panel form" }, h("div", { class: "row" }, h("label", {}, "Folder ", folder), h("label", {}, "or files ", files)), error),
+    out,
+  ];
+}
+
 // ---- Routing and the live loop --------------------------------------------------------------
 
 function route() {
@@ -406,7 +739,8 @@ function route() {
   const page = parts[0] || "overview";
   if (page === "services" && parts.length === 4) return ["services", () => service(parts.slice(1).join("/"))];
   if (page === "configs" && parts.length === 4) return ["configs", () => config(parts.slice(1).join("/"))];
-  const pages = { overview, services, gateways, plugins, configs };
+  if (page === "gateways" && parts.length === 5) return ["gateway", () => gatewayPage(parts.slice(1).join("/"))];
+  const pages = { overview, services, gateways, plugins, configs, lab };
   return [pages[page] ? page : "overview", pages[page] || overview];
 }
 
@@ -417,7 +751,7 @@ async function render(force) {
   if (!force && (state.dirty || focused)) return; // never under someone's typing
   state.rendering = true;
   const [page, build] = route();
-  for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("on", a.dataset.page === page);
+  for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("on", a.dataset.page === page || (page === "gateway" && a.dataset.page === "gateways"));
   try {
     const content = await build();
     const y = window.scrollY;
@@ -443,7 +777,8 @@ async function follow() {
     const changed = status.revision !== state.revision;
     state.revision = status.revision;
     const [page] = route();
-    const periodic = (page === "plugins" || page === "gateways") && Date.now() - state.lastRender > 4000;
+    const every = { plugins: 4000, gateways: 4000, gateway: 2000 }[page];
+    const periodic = every && Date.now() - state.lastRender > every;
     if (changed || periodic) await render(false);
   } catch (e) {
     live.className = "status down";
