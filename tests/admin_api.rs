@@ -494,3 +494,47 @@ fn plugins_are_uploaded_loaded_rolled_back_and_deleted_over_http_with_the_clis_r
     assert_eq!(server.call("DELETE", "/v1/plugins/lb", ops, None).0, 404);
     assert_eq!(server.call("GET", "/v1/plugins", ops, None).1["plugins"], json!([]));
 }
+
+#[test]
+fn a_config_entry_keeps_the_versions_it_replaced_and_their_contents() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let path = "/v1/configs/shop/web/app.yaml";
+    let mut versions = Vec::new();
+    for content in ["timeout: 1s\n", "timeout: 2s\n", "timeout: 2s\n", "timeout: 3s\n"] {
+        let (code, answer) = server.put_text(path, content);
+        assert_eq!(code, 200, "{answer}");
+        versions.push((answer["version"].as_str().unwrap().to_owned(), content));
+    }
+    let (code, entry) = server.get(path);
+    assert_eq!(code, 200, "{entry}");
+    assert_eq!(entry["content"], "timeout: 3s\n");
+    // Newest first; writing the same content again replaced nothing.
+    let history: Vec<&str> =
+        entry["history"].as_array().unwrap().iter().map(|v| v["version"].as_str().unwrap()).collect();
+    assert_eq!(history, [versions[1].0.as_str(), versions[0].0.as_str()], "{entry}");
+    assert_eq!(entry["history"][0]["size"], 12);
+    assert!(entry["history"][0]["replaced_at_unix_ms"].as_u64().is_some_and(|t| t > 0), "{entry}");
+    for (version, content) in [&versions[0], &versions[1], &versions[3]] {
+        let (code, old) = server.get(&format!("{path}/versions/{version}"));
+        assert_eq!((code, &old["content"]), (200, &Value::from(*content)), "{old}");
+    }
+    // A version the entry never had, even one the store holds as an artifact of another.
+    let other = "/v1/configs/shop/web/other.yaml";
+    assert_eq!(server.put_text(other, "a").0, 200);
+    assert_eq!(server.put_text(other, "b").0, 200);
+    let (_, elsewhere) = server.get(other);
+    let foreign = elsewhere["history"][0]["version"].as_str().unwrap().to_owned();
+    let (code, answer) = server.get(&format!("{path}/versions/{foreign}"));
+    assert_eq!((code, &answer["error"]), (404, &Value::from("not_found")), "{answer}");
+
+    // Twenty are kept: the oldest go.
+    for n in 4..30 {
+        assert_eq!(server.put_text(path, &format!("timeout: {n}s\n")).0, 200);
+    }
+    let (_, entry) = server.get(path);
+    let history = entry["history"].as_array().unwrap();
+    assert_eq!(history.len(), sextant_core::CONFIG_HISTORY, "{entry}");
+    assert!(history.iter().all(|v| v["version"] != versions[0].0.as_str()), "the first version went");
+    assert_eq!(server.get(&format!("{path}/versions/{}", versions[0].0)).0, 404);
+}

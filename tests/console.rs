@@ -197,6 +197,31 @@ fn the_console_shows_the_registry_live_and_its_drain_takes_an_instance_out_of_th
     browser.wait("the conflict", "return document.querySelector('main .error').textContent.startsWith('conflict: ')");
     assert!(server.text("/v1/configs/shop/web/gateway.json").contains("peak-ewma"), "theirs stays");
     browser.screenshot(&shots.join("config-conflict.png"));
+
+    // The history: the version the CLI replaced is listed, shown, and restored over the
+    // current one, which then goes into the history in turn.
+    let before = server.get("/v1/configs/shop/web/gateway.json").1;
+    let replaced = before["history"][0]["version"].as_str().expect("the replaced version in the history").to_owned();
+    // Away and back: the page drops the edit it kept.
+    browser.goto(&ui("configs"));
+    browser.wait(
+        "the entries",
+        "return document.querySelector('main a[href=\"#/configs/shop/web/gateway.json\"]') !== null",
+    );
+    browser.goto(&ui("configs/shop/web/gateway.json"));
+    let row = format!("tr[data-version=\"{replaced}\"]");
+    browser.wait("the history", &format!("return document.querySelector('{}') !== null", row.replace('\'', "\\'")));
+    browser.click(&format!("{row} button[data-action=\"view\"]"));
+    browser.wait(
+        "the old version",
+        "return document.querySelector('#old-version pre').textContent.includes('round-robin')",
+    );
+    browser.click(&format!("{row} button[data-action=\"restore\"]"));
+    wait_until("the old version restored", || server.text("/v1/configs/shop/web/gateway.json").contains("round-robin"));
+    let after = server.get("/v1/configs/shop/web/gateway.json").1;
+    assert_eq!(after["version"], replaced.as_str());
+    assert_eq!(after["history"][0]["version"], before["version"], "what was replaced is first in the history");
+    browser.screenshot(&shots.join("config-history.png"));
     browser.goto(&ui("configs"));
     browser.wait("the new-entry form", "return document.querySelector('main input') !== null");
     browser.fill("main input", "shop/web/huge");

@@ -60,6 +60,17 @@ fn two_hosts_on_one_etcd_share_registrations_watches_and_plugins() {
     assert_eq!(status["store"], "etcd", "{status}");
     assert!(status["stale_ms"].is_null(), "{status}");
 
+    // A config entry written twice through A: B reads its history and the replaced content
+    // (kept in etcd as an artifact).
+    let path = "/v1/configs/shop/web/app.yaml";
+    assert_eq!(a.put_text(path, "timeout: 1s\n").0, 200);
+    assert_eq!(a.put_text(path, "timeout: 2s\n").0, 200);
+    wait_until("B sees the second version", Duration::from_secs(10), || b.get(path).1["content"] == "timeout: 2s\n");
+    let (_, entry) = b.get(path);
+    let replaced = entry["history"][0]["version"].as_str().unwrap_or_else(|| panic!("{entry}")).to_owned();
+    let (code, old) = b.get(&format!("{path}/versions/{replaced}"));
+    assert_eq!((code, &old["content"]), (200, &Value::from("timeout: 1s\n")), "{old}");
+
     // A watcher on B sees a registration made through A.
     let mut watch = cli(&b, &["watch", "--service", SERVICE]).stdout(Stdio::piped()).spawn().unwrap();
     let (tx, lines) = mpsc::channel::<Value>();

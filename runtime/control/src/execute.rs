@@ -25,6 +25,9 @@ use sextant_store::{Registry, RegistryError};
 
 use crate::upload::Uploads;
 
+/// How many times a config write reads and tries again when another writer came between.
+const CONFIG_WRITE_TRIES: usize = 8;
+
 use crate::{ManagerError, PluginManager};
 
 /// What the executor needs from the door a request came through.
@@ -208,14 +211,10 @@ impl<S: Store + Clone> Executor<S> {
             Request::ConfigPut { key, content, replaces } => match ConfigEntry::new(key, content) {
                 Ok(entry) => {
                     let version = Some(entry.version.clone());
-                    let revision = match replaces {
-                        None => registry.put(Record::Config(entry.into()), None).await?,
-                        Some(replaces) => match self.replace_config(entry, &replaces).await? {
-                            Ok(revision) => revision,
-                            Err(refused) => return Ok(refused),
-                        },
-                    };
-                    Response::Written { revision, lease: None, version }
+                    match self.put_config(entry, replaces.as_deref()).await? {
+                        Ok(revision) => Response::Written { revision, lease: None, version },
+                        Err(refused) => refused,
+                    }
                 }
                 Err(e) => Response::error(ErrorCode::Invalid, e),
             },
@@ -358,32 +357,54 @@ impl<S: Store + Clone> Executor<S> {
         }
     }
 
-    /// Writes `entry` only over version `replaces` of it, as the store holds it (not this
-    /// server's view, which may trail it): a compare-and-swap on the revision read. `Err`:
-    /// the `conflict` answer, nothing written.
-    async fn replace_config(
+    /// Writes a config entry, the version it replaces first in its history (that version's
+    /// content kept as an artifact named by its sha256), by a read and a conditional write
+    /// retried when another writer came between; with `replaces`, only over that version
+    /// (`conflict` otherwise, nothing written).
+    async fn put_config(
         &self,
         entry: ConfigEntry,
-        replaces: &str,
+        replaces: Option<&str>,
     ) -> Result<Result<Revision, Response>, RegistryError> {
         let key = RecordKey::Config(entry.key.clone());
         let conflict = |now: &str| {
             Response::error(
                 ErrorCode::Conflict,
-                format!("config {} is {now}, not version {replaces}; nothing written", entry.key),
+                format!("config {} is {now}, not version {}; nothing written", entry.key, replaces.unwrap_or_default()),
             )
         };
-        let (at, current) = match self.registry.store().get(key).await.map_err(RegistryError::Store)? {
-            Some((Record::Config(c), at)) => (at, c.version.clone()),
-            _ => return Ok(Err(conflict("absent"))),
-        };
-        if current != replaces {
-            return Ok(Err(conflict(&format!("at version {current}"))));
+        let store = self.registry.store();
+        for _ in 0..CONFIG_WRITE_TRIES {
+            let current = match store.get(key.clone()).await.map_err(RegistryError::Store)? {
+                Some((Record::Config(c), at)) => Some((c, at)),
+                _ => None,
+            };
+            let next = match (&current, replaces) {
+                (None, Some(_)) => return Ok(Err(conflict("absent"))),
+                (Some((c, _)), Some(replaces)) if c.version != replaces => {
+                    return Ok(Err(conflict(&format!("at version {}", c.version))));
+                }
+                (None, None) => entry.clone(),
+                (Some((c, _)), _) => {
+                    if c.version != entry.version {
+                        // Idempotent: an artifact is named by its content.
+                        store.put_artifact(c.content.clone().into_bytes()).await.map_err(RegistryError::Store)?;
+                    }
+                    c.replaced_by(entry.clone(), crate::slots::unix_ms())
+                }
+            };
+            match self.registry.put_if(Record::Config(next.into()), current.map(|(_, at)| at)).await {
+                Err(RegistryError::Store(StoreError::Conflict { .. })) if replaces.is_some() => {
+                    return Ok(Err(conflict("written meanwhile")));
+                }
+                Err(RegistryError::Store(StoreError::Conflict { .. })) => {}
+                other => return other.map(Ok),
+            }
         }
-        match self.registry.put_if(Record::Config(entry.clone().into()), Some(at)).await {
-            Err(RegistryError::Store(StoreError::Conflict { .. })) => Ok(Err(conflict("written meanwhile"))),
-            other => other.map(Ok),
-        }
+        Ok(Err(Response::error(
+            ErrorCode::Unavailable,
+            format!("config {}: other writers won {CONFIG_WRITE_TRIES} times in a row; nothing written", entry.key),
+        )))
     }
 
     /// How long the store has been unreachable, for answers built from the last known state.

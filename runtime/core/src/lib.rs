@@ -41,9 +41,9 @@ pub use error::CoreError;
 pub use metadata::Metadata;
 pub use model::rollout;
 pub use model::{
-    BadVersion, ConfigEntry, HostFault, Instance, MAX_FAULT_FIELD, MAX_PENDING_FAULTS, MAX_PLUGIN_CONFIG,
-    PLUGIN_HISTORY, PLUGIN_KINDS, PluginBinding, PluginRecord, PluginVersion, Record, RecordKey, ServiceSpec,
-    check_sha256, sha256_hex, version_label,
+    BadVersion, CONFIG_HISTORY, ConfigEntry, ConfigVersion, HostFault, Instance, MAX_FAULT_FIELD, MAX_PENDING_FAULTS,
+    MAX_PLUGIN_CONFIG, PLUGIN_HISTORY, PLUGIN_KINDS, PluginBinding, PluginRecord, PluginVersion, Record, RecordKey,
+    ServiceSpec, check_sha256, sha256_hex, version_label,
 };
 pub use name::{
     ConfigKey, DataId, Group, InstanceId, InstanceKey, LeaseId, Namespace, PluginName, ServiceKey, ServiceName,

@@ -167,19 +167,37 @@ pub struct ConfigEntry {
     pub content: String,
     /// Lowercase hex sha256 of `content`.
     pub version: String,
+    /// The versions this one replaced, newest first, at most [`CONFIG_HISTORY`]; their
+    /// contents are kept in the store as artifacts named by their version (its sha256).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<ConfigVersion>,
+}
+
+/// How many earlier versions a config entry remembers.
+pub const CONFIG_HISTORY: usize = 20;
+
+/// An earlier version of a config entry ([`ConfigEntry::history`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigVersion {
+    /// Its version (the sha256 of its content).
+    pub version: String,
+    /// Its content's size in bytes.
+    pub size: u64,
+    /// When a write replaced it (Unix ms).
+    pub replaced_at_unix_ms: u64,
 }
 
 impl ConfigEntry {
-    /// An entry with its version computed from the content.
+    /// An entry with its version computed from the content (and no history).
     pub fn new(key: ConfigKey, content: impl Into<String>) -> Result<Self, ValidationError> {
         let content = content.into();
         let version = sha256_hex(content.as_bytes());
-        let entry = Self { key, content, version };
+        let entry = Self { key, content, version, history: Vec::new() };
         entry.validate()?;
         Ok(entry)
     }
 
-    /// Checks the size and that the version matches the content.
+    /// Checks the size, that the version matches the content, and the history's length.
     pub fn validate(&self) -> Result<(), ValidationError> {
         if self.content.len() > MAX_CONFIG_BYTES {
             return Err(ValidationError::ContentTooLarge { size: self.content.len(), max: MAX_CONFIG_BYTES });
@@ -187,7 +205,27 @@ impl ConfigEntry {
         if self.version != sha256_hex(self.content.as_bytes()) {
             return Err(ValidationError::ConfigVersionMismatch);
         }
+        if self.history.len() > CONFIG_HISTORY {
+            return Err(ValidationError::ConfigHistoryTooLong { len: self.history.len(), max: CONFIG_HISTORY });
+        }
         Ok(())
+    }
+
+    /// This entry's content replaced by `next`'s at `now_unix_ms`: `next` with this version
+    /// first in its history (when it differs), the oldest dropped past [`CONFIG_HISTORY`].
+    #[must_use]
+    pub fn replaced_by(&self, mut next: Self, now_unix_ms: u64) -> Self {
+        next.history.clone_from(&self.history);
+        if next.version != self.version {
+            let this = ConfigVersion {
+                version: self.version.clone(),
+                size: self.content.len() as u64,
+                replaced_at_unix_ms: now_unix_ms,
+            };
+            next.history.insert(0, this);
+            next.history.truncate(CONFIG_HISTORY);
+        }
+        next
     }
 }
 
@@ -715,6 +753,29 @@ mod tests {
             ConfigEntry::new(key, "x".repeat(MAX_CONFIG_BYTES + 1)),
             Err(ValidationError::ContentTooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn a_config_entry_remembers_what_it_replaced_newest_first_and_twenty_at_most() {
+        let key = ConfigKey::parse("ns/g/app").unwrap();
+        let mut entry = ConfigEntry::new(key.clone(), "v0").unwrap();
+        let first = entry.version.clone();
+        for n in 1..=25u64 {
+            let next = ConfigEntry::new(key.clone(), format!("v{n}")).unwrap();
+            let (before, size) = (entry.version.clone(), entry.content.len() as u64);
+            entry = entry.replaced_by(next, 1000 + n);
+            assert_eq!(entry.history[0].version, before);
+            assert_eq!((entry.history[0].size, entry.history[0].replaced_at_unix_ms), (size, 1000 + n));
+            entry.validate().unwrap();
+        }
+        assert_eq!(entry.history.len(), CONFIG_HISTORY);
+        assert!(entry.history.iter().all(|v| v.version != first), "the oldest went");
+        // The same content again replaces nothing.
+        let same = ConfigEntry::new(key, "v25").unwrap();
+        assert_eq!(entry.replaced_by(same, 9999).history, entry.history);
+        let mut long = entry.clone();
+        long.history.push(long.history[0].clone());
+        assert!(matches!(long.validate(), Err(ValidationError::ConfigHistoryTooLong { len: 21, max: 20 })));
     }
 
     #[test]

@@ -71,6 +71,14 @@ pub enum ValidationError {
     /// A config version that is not the sha256 of its content.
     #[error("config version does not match the sha256 of its content")]
     ConfigVersionMismatch,
+    /// A config entry remembering more earlier versions than it may.
+    #[error("config history has {len} versions, the limit is {max}")]
+    ConfigHistoryTooLong {
+        /// Versions in the history.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// A sha256 that is not 64 lowercase hex digits.
     #[error("{0:?} is not a sha256 (64 lowercase hex digits)")]
     BadSha256(String),

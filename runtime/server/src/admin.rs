@@ -9,7 +9,8 @@
 //! - `POST /v1/instances`: register (an instance's JSON, plus `lease` or `ttl_ms` when
 //!   ephemeral); `DELETE /v1/instances/{ns}/{group}/{service}/{id}`: deregister.
 //! - `POST /v1/leases` (`ttl_ms`), `POST /v1/leases/{id}/keepalive`, `DELETE /v1/leases/{id}`.
-//! - `GET|PUT|DELETE /v1/configs/{ns}/{group}/{data_id}`: config entries (PUT body = content).
+//! - `GET|PUT|DELETE /v1/configs/{ns}/{group}/{data_id}`: config entries (PUT body = content),
+//!   with the versions each replaced (`history`); `GET …/versions/{version}`: one's content.
 //! - `GET /v1/plugins`: plugin records, the slots this server runs (active plugin, counters),
 //!   recent failed loads. `POST /v1/artifacts` (the component's bytes as the body, at most
 //!   64 MiB): stored in chunks (`plugin_upload`), answered with its `sha256`; `POST
@@ -172,6 +173,7 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/v1/leases/{id}/keepalive", post(keepalive))
         .route("/v1/leases/{id}", axum::routing::delete(revoke))
         .route("/v1/configs/{ns}/{group}/{data_id}", get(get_config).put(put_config).delete(delete_config))
+        .route("/v1/configs/{ns}/{group}/{data_id}/versions/{version}", get(get_config_version))
         .route("/v1/plugins", get(plugins).post(load_plugin))
         .route("/v1/plugins/{name}", axum::routing::delete(delete_plugin))
         .route("/v1/plugins/{name}/rollback", post(rollback_plugin))
@@ -636,6 +638,41 @@ async fn get_config(
         }
         other => Err(unexpected(&other)),
     }
+}
+
+/// `GET /v1/configs/{ns}/{group}/{data_id}/versions/{version}`: the content of the entry's
+/// current version or of one in its history, with the right to read the entry.
+async fn get_config_version(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((ns, group, id, version)): Path<(String, String, String, String)>,
+) -> ApiResult<serde_json::Value> {
+    let key = config_key(&ns, &group, &id)?;
+    let entry = match s.execute(&caller, Request::ConfigGet { key: key.clone() }, key.to_string()).await? {
+        Answer::Config { entry: Some(entry) } => entry,
+        Answer::Config { entry: None } => {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("config {key} not found")));
+        }
+        other => return Err(unexpected(&other)),
+    };
+    if entry.version == version {
+        return Ok(Json(json!({ "key": key, "version": version, "content": entry.content })));
+    }
+    let not_kept = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("config {key} has no version {version} in its history"),
+        )
+    };
+    if !entry.history.iter().any(|v| v.version == version) {
+        return Err(not_kept());
+    }
+    let bytes = sextant_core::store::Store::get_artifact(s.registry().store(), version.clone()).await.map_err(|e| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("reading version {version}: {e}"))
+    })?;
+    let content = bytes.and_then(|b| String::from_utf8(b).ok()).ok_or_else(not_kept)?;
+    Ok(Json(json!({ "key": key, "version": version, "content": content })))
 }
 
 /// `If-Match: "VERSION"` (or the bare version): the version a write replaces.

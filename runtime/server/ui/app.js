@@ -644,11 +644,44 @@ async function config(key) {
     await api("DELETE", path);
     location.hash = "#/configs";
   }) }, "Delete");
+  const shown = h("div", { id: "old-version" });
+  const show = (old) => {
+    state.viewing = { path, version: old.version, content: old.content };
+    shown.replaceChildren(h("h2", {}, `Version ${short(old.version)}`), h("pre", {}, old.content));
+  };
+  if (state.viewing && state.viewing.path === path) show(state.viewing);
+  const history = (entry.history || []).map((v) => {
+    const older = () => get(`${path}/versions/${encodeURIComponent(v.version)}`);
+    const view = h("button", { class: "small ghost", "data-action": "view", onclick: async () => {
+      error.textContent = "";
+      try {
+        show(await older());
+      } catch (e) {
+        error.textContent = describe(e);
+      }
+    } }, "View");
+    // Restored over the version on the page: refused if the entry moved on meanwhile.
+    const restore = h("button", { class: "small ghost", "data-action": "restore", onclick: () => write(error, async () => {
+      const old = await older();
+      await api("PUT", path, old.content, { "If-Match": `"${entry.version}"` });
+    }) }, "Restore");
+    return h(
+      "tr",
+      { "data-version": v.version },
+      h("td", {}, mono(short(v.version))),
+      h("td", { class: "num" }, `${v.size} bytes`),
+      h("td", {}, when(v.replaced_at_unix_ms)),
+      h("td", {}, h("div", { class: "row" }, view, restore)),
+    );
+  });
   return [
     h("h1", {}, mono(key)),
     h("p", { class: "note" }, "Version ", mono(entry.version), ". Saving replaces this version only: if someone changed the entry meanwhile, the save is refused."),
     content,
     h("div", { class: "row" }, save, remove, error),
+    h("h2", {}, "History"),
+    table(["Version", "Size", "Replaced", ""], history, "No earlier version."),
+    shown,
   ];
 }
 
