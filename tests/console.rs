@@ -362,6 +362,35 @@ fn from_the_console_a_plugin_is_loaded_bound_and_deleted_a_gateways_traffic_show
     );
     browser.screenshot(&shots.join("plugins-loaded.png"));
 
+    // A second version rolled out from the form (a shadow step first): the page shows the
+    // plan, the step, and the gateway's figures for both versions; aborted from its row.
+    let candidate = std::path::Path::new(sextant_plugin_artifacts::path("ring-hash").expect("artifact built"));
+    browser.goto(&ui("plugins"));
+    browser.wait("the load form", "return document.getElementById('load-file') !== null");
+    browser.choose_files("#load-file", &[candidate]);
+    browser.fill("#load-name", "lb");
+    browser.fill("#load-binding", SERVICE);
+    browser.fill("#load-rollout", "shadow:10m,50%:10m");
+    browser.click("#load");
+    wait_until("the rollout runs", || plugin_record(&server, "lb").is_some_and(|r| r["rollout"]["state"] == "shadow"));
+    let reported = "const r = document.querySelector('tr[data-host^=\"shop/edge/gateway/\"]'); return r !== null && Number(r.children[6].textContent) > 0";
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        send(10);
+        if browser.run(reported, &[]) == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no shadow figures from the gateway: {}", browser.text());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let text = browser.text();
+    assert!(text.contains("shadow:10m") && text.contains("50%:10m"), "{text}");
+    browser.screenshot(&shots.join("plugins-rollout.png"));
+    browser.click("button[data-action=\"abort\"][data-plugin=\"lb\"]");
+    wait_until("the rollout aborted", || {
+        plugin_record(&server, "lb").is_some_and(|r| r["rollout"]["state"] == "aborted" && r["sha256"] == sha.as_str())
+    });
+
     // Bound to the namespace instead, from its row.
     browser.fill("tr[data-plugin=\"lb\"] input.binding", "shop");
     browser.click("button[data-action=\"bind\"][data-plugin=\"lb\"]");

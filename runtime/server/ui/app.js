@@ -481,6 +481,66 @@ function counts(c) {
 
 const records_ = records;
 
+// Rollout states while one runs.
+const LIVE = new Set(["shadow", "canary", "paused"]);
+
+// The p99 of a rollout window's latency counts (bucket i: up to 100 µs × 2^(i/4)), seconds.
+function windowP99(counts) {
+  const total = (counts || []).reduce((a, b) => a + b, 0);
+  if (!total) return null;
+  let seen = 0;
+  for (let i = 0; i < counts.length; i++) {
+    seen += counts[i];
+    if (seen >= 0.99 * total) return 100e-6 * Math.pow(2, i / 4);
+  }
+  return null;
+}
+
+function windowCells(w, shadow) {
+  const errors = (w.status_5xx || 0) + (w.transport_failures || 0);
+  const ratio = w.requests ? `${((100 * errors) / w.requests).toFixed(2)}%` : "—";
+  return [
+    h("td", { class: "num" }, w.requests || 0),
+    h("td", { class: "num" }, shadow ? "—" : ratio),
+    h("td", { class: "num" }, shadow ? "—" : ms(windowP99(w.latency))),
+    h("td", { class: "num" }, w.fallbacks ? badge(String(w.fallbacks), "warn") : "0"),
+  ];
+}
+
+// A running rollout: its plan with the step it is at, and each gateway's figures for the
+// stable version beside the candidate's.
+function rolloutSection(p, reports) {
+  const r = p.rollout;
+  // A step is written SHARE:HOLD (`shadow:2m`, `10%:5m`).
+  const steps = r.plan.steps.map((st, i) => badge(String(st), i === r.step ? "info" : i < r.step ? "ok" : ""));
+  const shadow = String(r.plan.steps[r.step]).startsWith("shadow");
+  const rows = reports
+    .filter((x) => x.plugin === p.name)
+    .map((x) => {
+      const rep = x.report;
+      const note = rep.refused ? badge(`refused: ${rep.refused}`, "bad") : rep.faulted ? badge(`faulted: ${rep.faulted}`, "bad") : null;
+      return h(
+        "tr",
+        { "data-host": x.host },
+        h("td", {}, mono(x.host)),
+        h("td", { class: "num" }, rep.step + 1),
+        windowCells(rep.stable || {}, false),
+        windowCells(rep.trial || {}, shadow),
+        h("td", { class: "num" }, shadow && rep.agreed != null ? rep.agreed : "—"),
+        h("td", {}, note || "—"),
+      );
+    });
+  return [
+    h("h2", { "data-rollout": p.name }, "Rollout of ", h("span", { class: "plain" }, `${p.name}: ${short(p.sha256)} → ${short(r.candidate.sha256)}`)),
+    h("div", { class: "row" }, badge(r.state, r.state === "paused" ? "warn" : "info"), steps),
+    table(
+      ["Gateway", "Step", "Stable requests", "Errors", "p99", "Fallbacks", "Candidate requests", "Errors", "p99", "Fallbacks", "Agreed (shadow)", ""],
+      rows,
+      "No gateway reports this rollout yet.",
+    ),
+  ];
+}
+
 // Upload a component (POST /v1/artifacts), then load it (POST /v1/plugins).
 function loadForm() {
   const error = h("span", { class: "error", id: "load-error" });
@@ -525,7 +585,7 @@ async function plugins() {
       act("Roll back", () => api("POST", path + "/rollback"), { disabled: !(p.history || []).length }),
       act("Roll forward", () => api("POST", path + "/rollback?forward=true"), { disabled: !(p.forward || []).length }),
     ];
-    if (r && (r.state === "running" || r.state === "paused" || r.state === "starved")) {
+    if (r && LIVE.has(r.state)) {
       for (const a of r.state === "paused" ? ["resume", "promote", "abort"] : ["pause", "promote", "abort"]) {
         actions.push(act(a[0].toUpperCase() + a.slice(1), () => api("POST", `${path}/rollout/${a}`)));
       }
@@ -596,6 +656,7 @@ async function plugins() {
     table(["Plugin", "Kind", "Version", "Binding", "Loaded", "History", "Rollout", "Actions"], records, "No plugin is loaded."),
     h("h2", {}, "Per version on the gateways"),
     table(["Plugin", "Kind", "Version", "Gateways", "Calls", "Faults", "Fallbacks"], fleet, "No gateway has called a plugin yet."),
+    list.plugins.filter((p) => p.rollout && LIVE.has(p.rollout.state)).map((p) => rolloutSection(p, list.rollouts || [])),
     h("h2", {}, "Rollout decisions"),
     table(["Plugin", "At", "Step", "State", "By", "Why"], decisions, "No rollout."),
     h("h2", {}, "What each host runs"),
@@ -647,7 +708,7 @@ async function config(key) {
   const shown = h("div", { id: "old-version" });
   const show = (old) => {
     state.viewing = { path, version: old.version, content: old.content };
-    shown.replaceChildren(h("h2", {}, `Version ${short(old.version)}`), h("pre", {}, old.content));
+    shown.replaceChildren(h("h2", {}, "Version ", h("span", { class: "plain" }, short(old.version))), h("pre", {}, old.content));
   };
   if (state.viewing && state.viewing.path === path) show(state.viewing);
   const history = (entry.history || []).map((v) => {
@@ -788,7 +849,7 @@ async function render(force) {
   try {
     const content = await build();
     const y = window.scrollY;
-    main.replaceChildren(...[content].flat().filter(Boolean));
+    main.replaceChildren(...[content].flat(Infinity).filter(Boolean));
     window.scrollTo(0, y);
     banner("");
   } catch (e) {
