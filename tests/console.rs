@@ -232,6 +232,17 @@ fn the_console_shows_the_registry_live_and_its_drain_takes_an_instance_out_of_th
     browser.click("main .row button");
     browser.wait("the size error", "return document.querySelector('main .error').textContent.startsWith('invalid: ')");
     assert_eq!(server.get("/v1/configs/shop/web/huge").0, 404, "nothing written");
+    // A name the registry refuses: its rule beside the field.
+    browser.fill("main input", "shop/web/no spaces");
+    browser.run(
+        "const t = document.querySelector('main textarea'); t.value = 'x'; t.dispatchEvent(new Event('input')); return true",
+        &[],
+    );
+    browser.click("main .row button");
+    browser.wait(
+        "the name error",
+        "const e = document.querySelector('main .error').textContent; return e.startsWith('invalid: ') && e.includes('no spaces')",
+    );
     let left = errors(&browser, &[400, 409]);
     assert!(left.is_empty(), "console errors beyond the refusals provoked: {left:?}");
     eprintln!("console: screenshots in {}", shots.display());
@@ -317,11 +328,18 @@ fn from_the_console_a_plugin_is_loaded_bound_and_deleted_a_gateways_traffic_show
     let shots = screenshots();
     let ui = |hash: &str| server.url(&format!("/ui#/{hash}"));
 
+    // The plugins page afresh (from another page: the same address keeps the form's state).
+    let open_plugins = || {
+        browser.goto(&ui("configs"));
+        browser.wait("the configs page", "return document.querySelector('#nav a.on[data-page=\"configs\"]') !== null");
+        browser.goto(&ui("plugins"));
+        browser.wait("the load form", "return document.getElementById('load-file') !== null");
+    };
+
     // Something that is not a component: the API's refusal beside the form, nothing stored.
     let junk = dir.path().join("junk.wasm");
     std::fs::write(&junk, b"not a component").unwrap();
-    browser.goto(&ui("plugins"));
-    browser.wait("the load form", "return document.getElementById('load-file') !== null");
+    open_plugins();
     browser.choose_files("#load-file", &[&junk]);
     browser.fill("#load-binding", SERVICE);
     browser.click("#load");
@@ -331,10 +349,28 @@ fn from_the_console_a_plugin_is_loaded_bound_and_deleted_a_gateways_traffic_show
     );
     assert_eq!(plugin_record(&server, "junk"), None, "nothing stored");
 
-    // The round-robin component, loaded and bound from the browser: the gateway runs it.
+    // An invalid name, then a configuration that is not JSON: each refused beside the form.
     let artifact = std::path::Path::new(sextant_plugin_artifacts::path("round-robin").expect("artifact built"));
-    browser.goto(&ui("plugins"));
-    browser.wait("the load form", "return document.getElementById('load-file') !== null");
+    for (name, config, says) in
+        [("no spaces", "", "invalid: "), ("lb", "{not json", "invalid: plugin configuration is not JSON")]
+    {
+        open_plugins();
+        browser.choose_files("#load-file", &[artifact]);
+        browser.fill("#load-name", name);
+        browser.fill("#load-binding", SERVICE);
+        if !config.is_empty() {
+            browser.fill("#load-config", config);
+        }
+        browser.click("#load");
+        browser.wait(
+            &format!("the refusal of {name:?} {config:?}"),
+            &format!("return document.getElementById('load-error').textContent.startsWith({})", json!(says)),
+        );
+        assert_eq!(server.get("/v1/plugins").1["plugins"], json!([]), "nothing stored");
+    }
+
+    // The round-robin component, loaded and bound from the browser: the gateway runs it.
+    open_plugins();
     browser.choose_files("#load-file", &[artifact]);
     browser.fill("#load-name", "lb");
     browser.fill("#load-binding", SERVICE);
@@ -353,7 +389,7 @@ fn from_the_console_a_plugin_is_loaded_bound_and_deleted_a_gateways_traffic_show
     });
     // Its calls on the gateway, per version, on the plugins page.
     send(20);
-    browser.goto(&ui("plugins"));
+    open_plugins();
     browser.wait(
         "lb's calls on the gateway",
         &format!(
@@ -365,8 +401,7 @@ fn from_the_console_a_plugin_is_loaded_bound_and_deleted_a_gateways_traffic_show
     // A second version rolled out from the form (a shadow step first): the page shows the
     // plan, the step, and the gateway's figures for both versions; aborted from its row.
     let candidate = std::path::Path::new(sextant_plugin_artifacts::path("ring-hash").expect("artifact built"));
-    browser.goto(&ui("plugins"));
-    browser.wait("the load form", "return document.getElementById('load-file') !== null");
+    open_plugins();
     browser.choose_files("#load-file", &[candidate]);
     browser.fill("#load-name", "lb");
     browser.fill("#load-binding", SERVICE);
@@ -455,6 +490,6 @@ fn from_the_console_a_plugin_is_loaded_bound_and_deleted_a_gateways_traffic_show
         "const i = [...document.querySelectorAll('img.plot')]; return i.length > 0 && i.every(x => x.complete && x.naturalWidth > 0)",
     );
     browser.screenshot(&shots.join("lab.png"));
-    let left = errors(&browser, &[422]);
+    let left = errors(&browser, &[400, 422]);
     assert!(left.is_empty(), "console errors beyond the refusal provoked: {left:?}");
 }
