@@ -76,14 +76,22 @@ pub struct AppState {
     metrics: Arc<Metrics>,
     access: Arc<Access>,
     started: Instant,
+    /// Reads gateways' metrics for the console (one connection pool for every read).
+    gateways: GatewayClient,
 }
+
+type GatewayClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Empty<bytes::Bytes>,
+>;
 
 impl AppState {
     /// State over `executor` (shared with QUIC, counting writes into `metrics`), guarded by
     /// `access` (shared with QUIC).
     #[must_use]
     pub fn new(executor: Arc<Executor<AnyStore>>, metrics: Arc<Metrics>, access: Arc<Access>) -> Self {
-        Self { executor, metrics, access, started: Instant::now() }
+        let gateways = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+        Self { executor, metrics, access, started: Instant::now(), gateways }
     }
 
     fn registry(&self) -> &Registry<AnyStore> {
@@ -875,10 +883,8 @@ async fn gateway_metrics(
         |why: String| ApiError::new(StatusCode::BAD_GATEWAY, "unavailable", format!("{key} at {addr}: {why}"));
     let addr: SocketAddr = addr.parse().map_err(|_| unavailable("not an IP:PORT".into()))?;
     let uri: axum::http::Uri = format!("http://{addr}/metrics").parse().map_err(|_| unavailable("not a URL".into()))?;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
     let read = async {
-        let response = client.get(uri).await.map_err(|e| e.to_string())?;
+        let response = s.gateways.get(uri).await.map_err(|e| e.to_string())?;
         if response.status() != StatusCode::OK {
             return Err(format!("answered {}", response.status()));
         }

@@ -479,8 +479,6 @@ function counts(c) {
   return [`${c.calls || 0} calls`, " · ", faults ? badge(`${faults} faults`, "bad") : "0 faults", " · ", c.fallbacks ? badge(`${c.fallbacks} fallbacks`, "warn") : "0 fallbacks"];
 }
 
-const records_ = records;
-
 // Rollout states while one runs.
 const LIVE = new Set(["shadow", "canary", "paused"]);
 
@@ -574,7 +572,7 @@ async function plugins() {
     if (e instanceof ApiError && e.status === 403) return [h("h1", {}, "Plugins"), h("p", { class: "note" }, "Plugins need the admin right: ", describe(e))];
     throw e;
   }
-  const records = list.plugins.map((p) => {
+  const rows = list.plugins.map((p) => {
     const r = p.rollout;
     const error = h("span", { class: "error" });
     const act = (label, action, attrs) => h("button", Object.assign({ class: "small ghost", "data-action": label.toLowerCase().replace(/ /g, "-"), "data-plugin": p.name, onclick: () => write(error, action) }, attrs || {}), label);
@@ -630,7 +628,7 @@ async function plugins() {
   // Calls, faults and fallbacks per version on every gateway that serves metrics.
   let fleet = [];
   try {
-    const gateways = (await records_()).instances.filter((g) => isGateway(g) && (g.metadata || {})["sextant.gateway.metrics"]);
+    const gateways = (await records()).instances.filter((g) => isGateway(g) && (g.metadata || {})["sextant.gateway.metrics"]);
     const reads = await Promise.all(gateways.map((g) => readGateway(g).then((r) => [g, r], () => null)));
     const sums = new Map();
     for (const x of reads.filter(Boolean)) {
@@ -653,7 +651,7 @@ async function plugins() {
     h("h1", {}, "Plugins"),
     loadForm(),
     h("h2", {}, "Records"),
-    table(["Plugin", "Kind", "Version", "Binding", "Loaded", "History", "Rollout", "Actions"], records, "No plugin is loaded."),
+    table(["Plugin", "Kind", "Version", "Binding", "Loaded", "History", "Rollout", "Actions"], rows, "No plugin is loaded."),
     h("h2", {}, "Per version on the gateways"),
     table(["Plugin", "Kind", "Version", "Gateways", "Calls", "Faults", "Fallbacks"], fleet, "No gateway has called a plugin yet."),
     list.plugins.filter((p) => p.rollout && LIVE.has(p.rollout.state)).map((p) => rolloutSection(p, list.rollouts || [])),
