@@ -222,6 +222,34 @@ fn the_console_shows_the_registry_live_and_its_drain_takes_an_instance_out_of_th
     assert_eq!(after["version"], replaced.as_str());
     assert_eq!(after["history"][0]["version"], before["version"], "what was replaced is first in the history");
     browser.screenshot(&shots.join("config-history.png"));
+
+    // Gray release from the page: a rule that matches everyone is refused beside the form;
+    // a candidate for env=canary is served to that reader only, then promoted.
+    let candidate = r#"{"balancer": "least-request"}"#;
+    browser.wait("the candidate form", "return document.querySelector('#candidate textarea') !== null");
+    browser.fill("#candidate textarea", candidate);
+    browser.fill("#candidate input", "percent=100");
+    browser.click("#candidate button[data-action=\"beta\"]");
+    browser.wait(
+        "the rule's error",
+        "const e = document.querySelector('#candidate .error').textContent; return e.startsWith('invalid: ') && e.includes('1..=99')",
+    );
+    assert!(server.get("/v1/configs/shop/web/gateway.json").1["beta"].is_null(), "nothing written");
+    browser.fill("#candidate textarea", candidate);
+    browser.fill("#candidate input", "env=canary");
+    browser.click("#candidate button[data-action=\"beta\"]");
+    wait_until("the candidate written", || !server.get("/v1/configs/shop/web/gateway.json").1["beta"].is_null());
+    let as_reader = |labels: &str| server.get(&format!("/v1/configs/shop/web/gateway.json?labels={labels}")).1;
+    assert_eq!(as_reader("env=canary")["content"], candidate);
+    assert_eq!(as_reader("env=prod")["content"], after["content"], "the other readers keep the stable version");
+    browser.wait(
+        "the candidate shown",
+        "const c = document.querySelector('#candidate'); return c !== null && c.textContent.includes('env=canary') && c.querySelector('pre') !== null",
+    );
+    browser.screenshot(&shots.join("config-candidate.png"));
+    browser.click("#candidate button[data-action=\"promote\"]");
+    wait_until("the candidate promoted", || server.get("/v1/configs/shop/web/gateway.json").1["content"] == candidate);
+    assert!(server.get("/v1/configs/shop/web/gateway.json").1["beta"].is_null());
     browser.goto(&ui("configs"));
     browser.wait("the new-entry form", "return document.querySelector('main input') !== null");
     browser.fill("main input", "shop/web/huge");

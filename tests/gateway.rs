@@ -389,6 +389,33 @@ fn a_gateway_follows_its_config_entry_and_a_bad_one_changes_nothing() {
         assert_eq!(send(&gateway, &backends, 6), vec![0, 6], "the last good entry keeps serving");
     }
     assert!(gateway.log().contains("config entry refused"), "{}", gateway.log());
+
+    // Gray release: a candidate document for the gateways labelled canary=yes reaches the
+    // second gateway alone; promoted, it reaches both.
+    config_put(&server, &to("shop/web/b"));
+    until_spread(&gateway, &backends, 4, "a good entry again", |s| s == [0, 4]);
+    let canary_dir = dir.path().join("canary");
+    std::fs::create_dir(&canary_dir).unwrap();
+    let canary_args = ["--config-entry", "shop/edge/gateway", "--label", "canary=yes"];
+    let canary = Gateway::spawn(&server, &canary_dir, free_port(), &canary_args);
+    wait_until("the canary gateway routes", || canary.get("u") == 200);
+    until_spread(&canary, &backends, 4, "the canary gateway starts on the stable entry", |s| s == [0, 4]);
+    let candidate = to("shop/web/a");
+    let beta =
+        ["config", "put", "shop/edge/gateway", "--content", candidate.as_str(), "--beta", "--match", "canary=yes"];
+    let out = run(&server, &beta);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    until_spread(&canary, &backends, 4, "the candidate routes the canary gateway to a", |s| s == [4, 0]);
+    assert_eq!(send(&gateway, &backends, 6), vec![0, 6], "the other gateway keeps the stable entry");
+    let (_, registered) = server.get("/v1/services/shop/edge/gateway");
+    assert!(
+        registered["instances"].as_array().unwrap().iter().any(|i| i["metadata"]["sextant.label.canary"] == "yes"),
+        "the label is in the canary's registration: {registered}"
+    );
+    let out = run(&server, &["config", "promote", "shop/edge/gateway"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    until_spread(&gateway, &backends, 4, "promoted, the other gateway routes to a", |s| s == [4, 0]);
+    assert_eq!(send(&canary, &backends, 6), vec![6, 0]);
 }
 
 #[test]

@@ -10,6 +10,7 @@ mod demo;
 mod durability;
 mod etcd;
 mod gateway;
+mod gray;
 mod languages;
 mod plugins;
 mod python_client;

@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use sextant_core::store::{Store, StoreError};
-use sextant_core::{ConfigEntry, CoreError, Instance, InstanceKey, LeaseId, PluginRecord, Record, RecordKey, Revision};
+use sextant_core::{
+    ConfigEntry, ConfigKey, CoreError, Instance, InstanceKey, LeaseId, PluginRecord, Record, RecordKey, Revision,
+};
 use sextant_proto::acl::write_kind;
 use sextant_proto::message::ServiceView;
 use sextant_proto::{Binding, ErrorCode, Request, Response};
@@ -207,17 +209,19 @@ impl<S: Store + Clone> Executor<S> {
                 let snapshot = registry.list(&scope);
                 Response::Records { revision: snapshot.revision, records: snapshot.records, stale_ms: self.stale_ms() }
             }
-            Request::ConfigGet { key } => Response::Config { entry: registry.config(&key) },
-            Request::ConfigPut { key, content, replaces } => match ConfigEntry::new(key, content) {
-                Ok(entry) => {
-                    let version = Some(entry.version.clone());
-                    match self.put_config(entry, replaces.as_deref()).await? {
-                        Ok(revision) => Response::Written { revision, lease: None, version },
-                        Err(refused) => refused,
-                    }
+            Request::ConfigGet { key, reader } => {
+                let entry = registry.config(&key);
+                Response::Config {
+                    entry: match reader {
+                        Some(reader) => entry.map(|e| Arc::new(e.for_reader(&reader))),
+                        None => entry,
+                    },
                 }
-                Err(e) => Response::error(ErrorCode::Invalid, e),
-            },
+            }
+            request @ (Request::ConfigPut { .. }
+            | Request::ConfigBeta { .. }
+            | Request::ConfigPromote { .. }
+            | Request::ConfigWithdraw { .. }) => return self.write_config(request).await,
             Request::ConfigDelete { key } => written(registry.delete(RecordKey::Config(key)).await?),
             Request::Pick { tried, .. } if tried.len() > sextant_proto::MAX_TRIED => Response::error(
                 ErrorCode::Invalid,
@@ -357,54 +361,135 @@ impl<S: Store + Clone> Executor<S> {
         }
     }
 
-    /// Writes a config entry, the version it replaces first in its history (that version's
-    /// content kept as an artifact named by its sha256), by a read and a conditional write
-    /// retried when another writer came between; with `replaces`, only over that version
-    /// (`conflict` otherwise, nothing written).
-    async fn put_config(
+    /// Writes what `change` makes of a config entry (given the entry as stored, `None` when
+    /// absent), by a read and a conditional write retried when another writer came between;
+    /// `change` refuses with the answer to give (nothing written). A write that replaces the
+    /// served version keeps the replaced content as an artifact named by its sha256, for the
+    /// entry's history.
+    async fn update_config(
         &self,
-        entry: ConfigEntry,
-        replaces: Option<&str>,
+        key: &ConfigKey,
+        change: impl Fn(Option<&ConfigEntry>) -> Result<ConfigEntry, Box<Response>>,
     ) -> Result<Result<Revision, Response>, RegistryError> {
-        let key = RecordKey::Config(entry.key.clone());
-        let conflict = |now: &str| {
-            Response::error(
-                ErrorCode::Conflict,
-                format!("config {} is {now}, not version {}; nothing written", entry.key, replaces.unwrap_or_default()),
-            )
-        };
+        let record_key = RecordKey::Config(key.clone());
         let store = self.registry.store();
         for _ in 0..CONFIG_WRITE_TRIES {
-            let current = match store.get(key.clone()).await.map_err(RegistryError::Store)? {
+            let current = match store.get(record_key.clone()).await.map_err(RegistryError::Store)? {
                 Some((Record::Config(c), at)) => Some((c, at)),
                 _ => None,
             };
-            let next = match (&current, replaces) {
-                (None, Some(_)) => return Ok(Err(conflict("absent"))),
-                (Some((c, _)), Some(replaces)) if c.version != replaces => {
-                    return Ok(Err(conflict(&format!("at version {}", c.version))));
-                }
-                (None, None) => entry.clone(),
-                (Some((c, _)), _) => {
-                    if c.version != entry.version {
-                        // Idempotent: an artifact is named by its content.
-                        store.put_artifact(c.content.clone().into_bytes()).await.map_err(RegistryError::Store)?;
-                    }
-                    c.replaced_by(entry.clone(), crate::slots::unix_ms())
-                }
+            let next = match change(current.as_ref().map(|(c, _)| &**c)) {
+                Ok(next) => next,
+                Err(refused) => return Ok(Err(*refused)),
             };
+            if let Err(e) = next.validate() {
+                return Ok(Err(Response::error(ErrorCode::Invalid, format!("config {key}: {e}; nothing written"))));
+            }
+            if let Some((c, _)) = &current
+                && c.version != next.version
+            {
+                // Idempotent: an artifact is named by its content.
+                store.put_artifact(c.content.clone().into_bytes()).await.map_err(RegistryError::Store)?;
+            }
             match self.registry.put_if(Record::Config(next.into()), current.map(|(_, at)| at)).await {
-                Err(RegistryError::Store(StoreError::Conflict { .. })) if replaces.is_some() => {
-                    return Ok(Err(conflict("written meanwhile")));
-                }
                 Err(RegistryError::Store(StoreError::Conflict { .. })) => {}
                 other => return other.map(Ok),
             }
         }
         Ok(Err(Response::error(
             ErrorCode::Unavailable,
-            format!("config {}: other writers won {CONFIG_WRITE_TRIES} times in a row; nothing written", entry.key),
+            format!("config {key}: other writers won {CONFIG_WRITE_TRIES} times in a row; nothing written"),
         )))
+    }
+
+    /// `config_put`, `config_beta`, `config_promote` and `config_withdraw`: the entry written
+    /// (answered `written` with the version it serves or, for a candidate, the candidate's).
+    async fn write_config(&self, request: Request) -> Result<Response, RegistryError> {
+        let now = crate::slots::unix_ms();
+        let (version, result) = match request {
+            Request::ConfigPut { key, content, replaces } => {
+                let entry = match ConfigEntry::new(key.clone(), content) {
+                    Ok(entry) => entry,
+                    Err(e) => return Ok(Response::error(ErrorCode::Invalid, e)),
+                };
+                let version = entry.version.clone();
+                let result = self
+                    .update_config(&key, |current| match (current, replaces.as_deref()) {
+                        (None, Some(replaces)) => Err(config_conflict(&key, "absent", replaces)),
+                        (Some(c), Some(replaces)) if c.version != replaces => {
+                            Err(config_conflict(&key, &format!("at version {}", c.version), replaces))
+                        }
+                        (None, None) => Ok(entry.clone()),
+                        (Some(c), _) => Ok(c.replaced_by(entry.clone(), now)),
+                    })
+                    .await?;
+                (version, result)
+            }
+            Request::ConfigBeta { key, content, rule } => {
+                let version = sextant_core::sha256_hex(content.as_bytes());
+                let result = self
+                    .update_config(&key, |current| match current {
+                        None => Err(Box::new(Response::error(
+                            ErrorCode::NotFound,
+                            format!("config {key} not found: a candidate needs a stable version; nothing written"),
+                        ))),
+                        Some(c) if c.version == version => Err(Box::new(Response::error(
+                            ErrorCode::Invalid,
+                            format!("config {key}: the candidate is the stable version {version}; nothing written"),
+                        ))),
+                        Some(c) => c.with_candidate(content.clone(), rule.clone(), now).map_err(|e| {
+                            Box::new(Response::error(ErrorCode::Invalid, format!("config {key}: {e}; nothing written")))
+                        }),
+                    })
+                    .await?;
+                (version, result)
+            }
+            Request::ConfigPromote { key, version: expected } => {
+                let promoted = Mutex::new(String::new());
+                let result = self
+                    .update_config(&key, |current| {
+                        let candidate = current.and_then(|c| c.beta.as_ref());
+                        match (candidate, expected.as_deref()) {
+                            (None, _) => Err(no_candidate(&key, current.is_some())),
+                            (Some(beta), Some(expected)) if beta.version != expected => Err(Box::new(Response::error(
+                                ErrorCode::Conflict,
+                                format!(
+                                    "config {key}: the candidate is version {}, not {expected}; nothing written",
+                                    beta.version
+                                ),
+                            ))),
+                            (Some(beta), _) => {
+                                promoted.lock().clone_from(&beta.version);
+                                current.and_then(|c| c.promoted(now)).ok_or_else(|| no_candidate(&key, true))
+                            }
+                        }
+                    })
+                    .await?;
+                (promoted.into_inner(), result)
+            }
+            Request::ConfigWithdraw { key } => {
+                let stable = Mutex::new(String::new());
+                let result = self
+                    .update_config(&key, |current| match current {
+                        Some(c) if c.beta.is_some() => {
+                            stable.lock().clone_from(&c.version);
+                            let mut next = c.clone();
+                            next.beta = None;
+                            Ok(next)
+                        }
+                        _ => Err(no_candidate(&key, current.is_some())),
+                    })
+                    .await?;
+                (stable.into_inner(), result)
+            }
+            other => {
+                return Ok(Response::error(ErrorCode::Internal, format!("{} is not a config write", other.kind())));
+            }
+        };
+        Ok(match result {
+            Ok(revision) => Response::Written { revision, lease: None, version: Some(version) },
+            Err(refused) => refused,
+        })
     }
 
     /// How long the store has been unreachable, for answers built from the last known state.
@@ -594,4 +679,18 @@ fn manager_error(e: ManagerError) -> Response {
         ManagerError::NotFound(_) | ManagerError::NoRollout(_) => Response::error(ErrorCode::NotFound, e),
         ManagerError::Store(e) => store_error(e),
     }
+}
+
+/// The `conflict` answer to a `config_put` whose `replaces` is not the entry's version.
+fn config_conflict(key: &ConfigKey, now: &str, replaces: &str) -> Box<Response> {
+    Box::new(Response::error(
+        ErrorCode::Conflict,
+        format!("config {key} is {now}, not version {replaces}; nothing written"),
+    ))
+}
+
+/// The `not_found` answer to promoting or withdrawing a candidate that is not there.
+fn no_candidate(key: &ConfigKey, exists: bool) -> Box<Response> {
+    let what = if exists { "has no candidate" } else { "not found" };
+    Box::new(Response::error(ErrorCode::NotFound, format!("config {key} {what}; nothing written")))
 }

@@ -87,7 +87,7 @@ impl Server {
         match session.on_request(over_the_wire(request)) {
             Step::Reply(r) => vec![over_the_wire(&r)],
             Step::Close(code, why) => panic!("closed: {code} {why}"),
-            Step::Execute(Request::Subscribe { scope, from }) => {
+            Step::Execute(Request::Subscribe { scope, from, .. }) => {
                 let mut subscription = self.registry.subscribe(scope, from);
                 let mut answers = vec![];
                 while subscription.revision() < self.registry.revision() {

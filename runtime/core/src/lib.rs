@@ -1,6 +1,7 @@
 //! # sextant-core: the registry core
 //!
-//! Owns the data model (namespace → group → service → instance, config entries, plugin
+//! Owns the data model (namespace → group → service → instance, config entries and their
+//! gray release ([`gray`]: a candidate version for the readers a rule matches), plugin
 //! records and their progressive rollouts: [`rollout`], the plan, the gateways' reports and
 //! the judge), its validation, store-wide revisions, the change stream (`Upsert` / `Remove` /
 //! `Reset`), TTL leases, the bounded history window that lets a watcher resume from a
@@ -39,12 +40,13 @@ pub mod view;
 pub use counts::PluginCounts;
 pub use error::CoreError;
 pub use metadata::Metadata;
-pub use model::rollout;
+pub use model::gray::{ConfigCandidate, GrayRule, Reader};
 pub use model::{
     BadVersion, CONFIG_HISTORY, ConfigEntry, ConfigVersion, HostFault, Instance, MAX_FAULT_FIELD, MAX_PENDING_FAULTS,
     MAX_PLUGIN_CONFIG, PLUGIN_HISTORY, PLUGIN_KINDS, PluginBinding, PluginRecord, PluginVersion, Record, RecordKey,
     ServiceSpec, check_sha256, sha256_hex, version_label,
 };
+pub use model::{gray, rollout};
 pub use name::{
     ConfigKey, DataId, Group, InstanceId, InstanceKey, LeaseId, Namespace, PluginName, ServiceKey, ServiceName,
 };

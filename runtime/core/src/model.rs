@@ -12,8 +12,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub mod gray;
 pub mod rollout;
 
+use self::gray::{ConfigCandidate, GrayRule, Reader};
 use self::rollout::{MAX_DECISIONS, Rollout};
 use crate::ValidationError;
 use crate::metadata::Metadata;
@@ -171,6 +173,10 @@ pub struct ConfigEntry {
     /// contents are kept in the store as artifacts named by their version (its sha256).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<ConfigVersion>,
+    /// A candidate version served to the readers its rule matches instead of this one, until
+    /// it is promoted or withdrawn ([`gray`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta: Option<ConfigCandidate>,
 }
 
 /// How many earlier versions a config entry remembers.
@@ -192,12 +198,14 @@ impl ConfigEntry {
     pub fn new(key: ConfigKey, content: impl Into<String>) -> Result<Self, ValidationError> {
         let content = content.into();
         let version = sha256_hex(content.as_bytes());
-        let entry = Self { key, content, version, history: Vec::new() };
+        let entry = Self { key, content, version, history: Vec::new(), beta: None };
         entry.validate()?;
         Ok(entry)
     }
 
-    /// Checks the size, that the version matches the content, and the history's length.
+    /// Checks the size, that the version matches the content, and the history's length; of a
+    /// candidate, its version, its rule, and that both contents together keep within
+    /// [`MAX_CONFIG_BYTES`].
     pub fn validate(&self) -> Result<(), ValidationError> {
         if self.content.len() > MAX_CONFIG_BYTES {
             return Err(ValidationError::ContentTooLarge { size: self.content.len(), max: MAX_CONFIG_BYTES });
@@ -208,14 +216,71 @@ impl ConfigEntry {
         if self.history.len() > CONFIG_HISTORY {
             return Err(ValidationError::ConfigHistoryTooLong { len: self.history.len(), max: CONFIG_HISTORY });
         }
+        if let Some(beta) = &self.beta {
+            let size = self.content.len() + beta.content.len();
+            if size > MAX_CONFIG_BYTES {
+                return Err(ValidationError::CandidateTooLarge { size, max: MAX_CONFIG_BYTES });
+            }
+            if beta.version != sha256_hex(beta.content.as_bytes()) {
+                return Err(ValidationError::ConfigVersionMismatch);
+            }
+            beta.rule.validate()?;
+        }
         Ok(())
     }
 
+    /// What `reader` is served: the candidate's content and version when its rule matches the
+    /// reader, this entry's otherwise; the candidate itself is left out either way.
+    #[must_use]
+    pub fn for_reader(&self, reader: &Reader) -> Self {
+        let mut view = Self {
+            key: self.key.clone(),
+            content: self.content.clone(),
+            version: self.version.clone(),
+            history: self.history.clone(),
+            beta: None,
+        };
+        if let Some(beta) = self.beta.as_ref().filter(|b| b.rule.matches(reader)) {
+            view.content.clone_from(&beta.content);
+            view.version.clone_from(&beta.version);
+        }
+        view
+    }
+
+    /// This entry with `content` as its candidate for the readers `rule` matches (replacing
+    /// any candidate it had), written at `now_unix_ms`; the stable version is kept.
+    pub fn with_candidate(&self, content: String, rule: GrayRule, now_unix_ms: u64) -> Result<Self, ValidationError> {
+        let version = sha256_hex(content.as_bytes());
+        let mut next = self.clone();
+        next.beta = Some(ConfigCandidate { content, version, rule, since_unix_ms: now_unix_ms });
+        next.validate()?;
+        Ok(next)
+    }
+
+    /// This entry with its candidate made the version every reader is served (the stable one
+    /// first in its history, as any write that replaces it); `None` without a candidate.
+    #[must_use]
+    pub fn promoted(&self, now_unix_ms: u64) -> Option<Self> {
+        let beta = self.beta.as_ref()?;
+        let next = Self {
+            key: self.key.clone(),
+            content: beta.content.clone(),
+            version: beta.version.clone(),
+            history: Vec::new(),
+            beta: None,
+        };
+        let mut stable = self.clone();
+        stable.beta = None;
+        Some(stable.replaced_by(next, now_unix_ms))
+    }
+
     /// This entry's content replaced by `next`'s at `now_unix_ms`: `next` with this version
-    /// first in its history (when it differs), the oldest dropped past [`CONFIG_HISTORY`].
+    /// first in its history (when it differs), the oldest dropped past [`CONFIG_HISTORY`],
+    /// and this entry's candidate, still served to the readers it was.
     #[must_use]
     pub fn replaced_by(&self, mut next: Self, now_unix_ms: u64) -> Self {
         next.history.clone_from(&self.history);
+        next.beta.clone_from(&self.beta);
         if next.version != self.version {
             let this = ConfigVersion {
                 version: self.version.clone(),
@@ -776,6 +841,55 @@ mod tests {
         let mut long = entry.clone();
         long.history.push(long.history[0].clone());
         assert!(matches!(long.validate(), Err(ValidationError::ConfigHistoryTooLong { len: 21, max: 20 })));
+    }
+
+    #[test]
+    fn a_candidate_is_served_to_the_readers_its_rule_matches_promoted_with_history_and_bounded_with_the_content() {
+        use crate::{Change, Event, Revision, StoreSnapshot};
+        let key = ConfigKey::parse("ns/g/app").unwrap();
+        let stable = ConfigEntry::new(key.clone(), "v1").unwrap();
+        let rule: GrayRule = "env=canary".parse().unwrap();
+        let gray = stable.with_candidate("v2".into(), rule, 5).unwrap();
+        let canary = Reader { id: None, labels: [("env".to_owned(), "canary".to_owned())].into() };
+        let prod = Reader { id: Some("gw-1".into()), labels: [("env".to_owned(), "prod".to_owned())].into() };
+        let (as_canary, as_prod) = (gray.for_reader(&canary), gray.for_reader(&prod));
+        assert_eq!((as_canary.content.as_str(), as_prod.content.as_str()), ("v2", "v1"));
+        assert_eq!(as_canary.version, sha256_hex(b"v2"));
+        assert!(as_canary.beta.is_none() && as_prod.beta.is_none(), "a reader is not sent the candidate");
+        as_canary.validate().unwrap();
+
+        // A write of the stable version keeps the candidate; promoting puts the stable version
+        // first in the history.
+        let rewritten = gray.replaced_by(ConfigEntry::new(key.clone(), "v1b").unwrap(), 6);
+        assert_eq!(rewritten.beta, gray.beta);
+        let promoted = rewritten.promoted(7).unwrap();
+        assert_eq!((promoted.content.as_str(), promoted.beta.as_ref()), ("v2", None));
+        assert_eq!(promoted.history[0].version, sha256_hex(b"v1b"));
+        assert_eq!(promoted.history[1].version, sha256_hex(b"v1"));
+        assert!(promoted.promoted(8).is_none(), "nothing left to promote");
+
+        // Both contents together are bounded; a tampered candidate version is refused.
+        let big = ConfigEntry::new(key.clone(), "x".repeat(MAX_CONFIG_BYTES - 10)).unwrap();
+        let too_big = big.with_candidate("y".repeat(11), "ids=a".parse().unwrap(), 0);
+        assert!(matches!(too_big, Err(ValidationError::CandidateTooLarge { .. })), "{too_big:?}");
+        let mut tampered = gray.clone();
+        if let Some(b) = tampered.beta.as_mut() {
+            b.content.push('!');
+        }
+        assert_eq!(tampered.validate(), Err(ValidationError::ConfigVersionMismatch));
+
+        // Events and snapshots: tailored only when they hold a candidate.
+        let event = |record: Record| Event { revision: Revision(3), change: Change::Upsert { record } };
+        let plain = event(Record::Config(Arc::new(stable.clone())));
+        assert!(plain.for_reader(&canary).is_none());
+        let tailored = event(Record::Config(Arc::new(gray.clone()))).for_reader(&canary).unwrap();
+        assert!(matches!(&tailored.change, Change::Upsert { record: Record::Config(c) } if c.content == "v2"));
+        let snapshot = StoreSnapshot { revision: Revision(3), records: vec![Record::Config(Arc::new(gray))] };
+        let reset = Event { revision: Revision(3), change: Change::Reset { snapshot: Arc::new(snapshot) } };
+        let tailored = reset.for_reader(&prod).unwrap();
+        assert!(
+            matches!(&tailored.change, Change::Reset { snapshot } if matches!(&snapshot.records[0], Record::Config(c) if c.content == "v1" && c.beta.is_none()))
+        );
     }
 
     #[test]

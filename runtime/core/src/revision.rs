@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Record, RecordKey};
+use crate::{Reader, Record, RecordKey};
 
 /// A store-wide, monotonic revision. 0 means "nothing seen yet".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
@@ -111,6 +111,21 @@ impl Event {
             Change::Reset { .. } => None,
         }
     }
+
+    /// This event as `reader` is served it: config entries with a candidate as the version
+    /// meant for the reader ([`ConfigEntry::for_reader`](crate::ConfigEntry::for_reader));
+    /// `None` when it reads the same for every reader (no candidate in it).
+    #[must_use]
+    pub fn for_reader(&self, reader: &Reader) -> Option<Self> {
+        let change = match &self.change {
+            Change::Upsert { record: Record::Config(c) } if c.beta.is_some() => {
+                Change::Upsert { record: Record::Config(Arc::new(c.for_reader(reader))) }
+            }
+            Change::Reset { snapshot } => Change::Reset { snapshot: Arc::new(snapshot.for_reader(reader)?) },
+            _ => return None,
+        };
+        Some(Self { revision: self.revision, change })
+    }
 }
 
 /// Every record of a scope at one revision.
@@ -120,4 +135,25 @@ pub struct StoreSnapshot {
     pub revision: Revision,
     /// The records, sorted by key.
     pub records: Vec<Record>,
+}
+
+impl StoreSnapshot {
+    /// This snapshot as `reader` is served it (see [`Event::for_reader`]); `None` when it
+    /// holds no config entry with a candidate.
+    #[must_use]
+    pub fn for_reader(&self, reader: &Reader) -> Option<Self> {
+        let has_candidate = |r: &Record| matches!(r, Record::Config(c) if c.beta.is_some());
+        if !self.records.iter().any(has_candidate) {
+            return None;
+        }
+        let records = self
+            .records
+            .iter()
+            .map(|r| match r {
+                Record::Config(c) if c.beta.is_some() => Record::Config(Arc::new(c.for_reader(reader))),
+                other => other.clone(),
+            })
+            .collect();
+        Some(Self { revision: self.revision, records })
+    }
 }

@@ -79,6 +79,18 @@ pub enum ValidationError {
         /// The limit.
         max: usize,
     },
+    /// A config entry's content and its candidate's together above the content limit (the
+    /// record must stay under etcd's request limit).
+    #[error("config content and its candidate are {size} bytes together, the limit is {max}")]
+    CandidateTooLarge {
+        /// Both contents' sizes added.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A gray-release rule that is malformed, or matches no reader or every one.
+    #[error("gray rule: {0}")]
+    GrayRule(String),
     /// A sha256 that is not 64 lowercase hex digits.
     #[error("{0:?} is not a sha256 (64 lowercase hex digits)")]
     BadSha256(String),

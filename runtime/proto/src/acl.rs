@@ -281,7 +281,11 @@ pub fn write_kind(request: &Request) -> Option<&'static str> {
         Request::Register { .. } | Request::Deregister { .. } => Some("instance"),
         Request::GrantLease { .. } | Request::RevokeLease { .. } => Some("lease"),
         Request::PutService { .. } => Some("service"),
-        Request::ConfigPut { .. } | Request::ConfigDelete { .. } => Some("config"),
+        Request::ConfigPut { .. }
+        | Request::ConfigDelete { .. }
+        | Request::ConfigBeta { .. }
+        | Request::ConfigPromote { .. }
+        | Request::ConfigWithdraw { .. } => Some("config"),
         Request::PluginLoad { .. }
         | Request::PluginRollback { .. }
         | Request::PluginRollout { .. }
@@ -321,9 +325,13 @@ pub fn required(request: &Request) -> Option<(Option<&Namespace>, Right)> {
         Request::Register { instance, .. } => (Some(&instance.service.namespace), Right::Write),
         Request::Deregister { service, .. } => (Some(&service.namespace), Right::Write),
         Request::PutService { spec } => (Some(&spec.service.namespace), Right::Write),
-        Request::ConfigPut { key, .. } | Request::ConfigDelete { key } => (Some(&key.namespace), Right::Write),
+        Request::ConfigPut { key, .. }
+        | Request::ConfigDelete { key }
+        | Request::ConfigBeta { key, .. }
+        | Request::ConfigPromote { key, .. }
+        | Request::ConfigWithdraw { key } => (Some(&key.namespace), Right::Write),
         Request::GetService { service } | Request::Pick { service, .. } => (Some(&service.namespace), Right::Read),
-        Request::ConfigGet { key } => (Some(&key.namespace), Right::Read),
+        Request::ConfigGet { key, .. } => (Some(&key.namespace), Right::Read),
         Request::List { scope } | Request::Subscribe { scope, .. } => (scope_namespace(scope), Right::Read),
         Request::PluginList
         | Request::PluginLoad { .. }
@@ -371,7 +379,10 @@ mod tests {
         // not list everything.
         let sha = "a".repeat(64);
         assert!(permits(&gw, &Request::ArtifactGet { sha256: sha, offset: 0 }));
-        assert!(permits(&gw, &Request::Subscribe { scope: Scope::Plugins, from: sextant_core::Revision(0) }));
+        assert!(permits(
+            &gw,
+            &Request::Subscribe { scope: Scope::Plugins, from: sextant_core::Revision(0), reader: None }
+        ));
         assert!(permits(&gw, &Request::List { scope: Scope::Plugins }));
         assert!(!permits(&gw, &Request::List { scope: Scope::All }));
         assert!(!permits(&gw, &Request::PluginList));

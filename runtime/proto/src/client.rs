@@ -14,7 +14,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use sextant_core::{
-    Change, Event, Instance, InstanceKey, LeaseId, Record, RecordKey, Revision, Scope, ServiceKey, StoreSnapshot,
+    Change, Event, Instance, InstanceKey, LeaseId, Reader, Record, RecordKey, Revision, Scope, ServiceKey,
+    StoreSnapshot,
 };
 
 use crate::{Binding, ErrorCode, PROTOCOL_VERSION, Request, Response};
@@ -75,6 +76,8 @@ pub struct ClientSession {
     subs: BTreeMap<SubId, SubState>,
     next_sub: SubId,
     protect_empty: bool,
+    /// Who this client is to gray rules: sent with every subscription.
+    reader: Option<Reader>,
 }
 
 impl ClientSession {
@@ -89,6 +92,20 @@ impl ClientSession {
     pub fn without_empty_push_protection(mut self) -> Self {
         self.protect_empty = false;
         self
+    }
+
+    /// Subscriptions say they are read by `reader`: config entries with a candidate come as
+    /// the version meant for it.
+    #[must_use]
+    pub fn with_reader(mut self, reader: Option<Reader>) -> Self {
+        self.reader = reader;
+        self
+    }
+
+    /// Who this client is to gray rules.
+    #[must_use]
+    pub fn reader(&self) -> Option<&Reader> {
+        self.reader.as_ref()
     }
 
     /// The `hello` for a new connection.
@@ -172,7 +189,7 @@ impl ClientSession {
         let state =
             SubState { scope: scope.clone(), last: Revision(0), records: BTreeMap::new(), held: BTreeSet::new() };
         self.subs.insert(id, state);
-        (id, Request::Subscribe { scope, from: Revision(0) })
+        (id, Request::Subscribe { scope, from: Revision(0), reader: self.reader.clone() })
     }
 
     /// Starts a subscription from a cached view (for example read from disk), so the server
@@ -184,13 +201,17 @@ impl ClientSession {
             s.last = from;
             s.records = cached.records.into_iter().map(|r| (r.key(), r)).collect();
         }
-        (id, Request::Subscribe { scope, from })
+        (id, Request::Subscribe { scope, from, reader: self.reader.clone() })
     }
 
     /// The request that resumes subscription `id` on a new connection.
     #[must_use]
     pub fn resubscribe(&self, id: SubId) -> Option<Request> {
-        self.subs.get(&id).map(|s| Request::Subscribe { scope: s.scope.clone(), from: s.last })
+        self.subs.get(&id).map(|s| Request::Subscribe {
+            scope: s.scope.clone(),
+            from: s.last,
+            reader: self.reader.clone(),
+        })
     }
 
     /// Every subscription id.
@@ -327,10 +348,10 @@ mod tests {
     fn resubscribes_from_the_last_revision_and_ignores_overlap() {
         let mut c = ClientSession::new(None);
         let (id, req) = c.subscribe(Scope::All);
-        assert_eq!(req, Request::Subscribe { scope: Scope::All, from: Revision(0) });
+        assert_eq!(req, Request::Subscribe { scope: Scope::All, from: Revision(0), reader: None });
         assert_eq!(c.on_event(id, &upsert(3, inst("a", 1))), Applied::Changed);
         assert_eq!(c.on_event(id, &upsert(4, inst("a", 2))), Applied::Changed);
-        assert_eq!(c.resubscribe(id), Some(Request::Subscribe { scope: Scope::All, from: Revision(4) }));
+        assert_eq!(c.resubscribe(id), Some(Request::Subscribe { scope: Scope::All, from: Revision(4), reader: None }));
         assert_eq!(c.on_event(id, &upsert(4, inst("a", 2))), Applied::Duplicate);
         assert_eq!(c.state(id).unwrap().records.len(), 2);
     }

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::frame::{FrameError, MAX_FRAME_LEN};
 use sextant_core::{
-    Change, ConfigEntry, ConfigKey, Event, Instance, InstanceId, LeaseId, PluginName, PluginRecord, Record, Revision,
-    Scope, ServiceKey, ServiceSpec, StoreSnapshot,
+    Change, ConfigEntry, ConfigKey, Event, GrayRule, Instance, InstanceId, LeaseId, PluginName, PluginRecord, Reader,
+    Record, Revision, Scope, ServiceKey, ServiceSpec, StoreSnapshot,
 };
 
 /// The QUIC ALPN of protocol version 1.
@@ -110,11 +110,19 @@ pub enum Request {
         scope: Scope,
         /// The last revision the client saw (0: none).
         from: Revision,
+        /// Who follows: config entries with a candidate come as the version meant for this
+        /// reader ([`ConfigEntry::for_reader`]). None: whole entries, candidates included.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reader: Option<Reader>,
     },
     /// Read a config entry.
     ConfigGet {
         /// Its key.
         key: ConfigKey,
+        /// Who reads: answered the version meant for this reader
+        /// ([`ConfigEntry::for_reader`]). None: the whole entry, its candidate included.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reader: Option<Reader>,
     },
     /// Write a config entry.
     ConfigPut {
@@ -130,6 +138,30 @@ pub enum Request {
     },
     /// Delete a config entry.
     ConfigDelete {
+        /// Its key.
+        key: ConfigKey,
+    },
+    /// Write a config entry's candidate: `content` served to the readers `rule` matches, the
+    /// stable version to every other (replacing any candidate it had). The entry must exist.
+    ConfigBeta {
+        /// Its key.
+        key: ConfigKey,
+        /// The candidate's content (with the stable content, at most 1 MiB).
+        content: String,
+        /// Who is served it.
+        rule: GrayRule,
+    },
+    /// Make a config entry's candidate the version every reader is served.
+    ConfigPromote {
+        /// Its key.
+        key: ConfigKey,
+        /// The candidate's version this promotes: refused with `conflict`, nothing written,
+        /// when the candidate is another. None: whichever it is.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<String>,
+    },
+    /// Withdraw a config entry's candidate: every reader is served the stable version again.
+    ConfigWithdraw {
         /// Its key.
         key: ConfigKey,
     },
@@ -407,6 +439,9 @@ pub const REQUEST_TYPES: &[&str] = &[
     "config_get",
     "config_put",
     "config_delete",
+    "config_beta",
+    "config_promote",
+    "config_withdraw",
     "pick",
     "plugin_list",
     "plugin_load",
@@ -473,6 +508,9 @@ impl Request {
             Self::ConfigGet { .. } => "config_get",
             Self::ConfigPut { .. } => "config_put",
             Self::ConfigDelete { .. } => "config_delete",
+            Self::ConfigBeta { .. } => "config_beta",
+            Self::ConfigPromote { .. } => "config_promote",
+            Self::ConfigWithdraw { .. } => "config_withdraw",
             Self::Pick { .. } => "pick",
             Self::PluginList => "plugin_list",
             Self::PluginLoad { .. } => "plugin_load",
@@ -1110,7 +1148,8 @@ mod tests {
     fn wire_forms_are_stable() {
         let hello = Request::Hello { version: 1, token: None, client: None };
         assert_eq!(serde_json::to_string(&hello).unwrap(), r#"{"type":"hello","version":1}"#);
-        let sub = Request::Subscribe { scope: Scope::Namespace("prod".parse().unwrap()), from: Revision(42) };
+        let sub =
+            Request::Subscribe { scope: Scope::Namespace("prod".parse().unwrap()), from: Revision(42), reader: None };
         assert_eq!(
             serde_json::to_string(&sub).unwrap(),
             r#"{"type":"subscribe","scope":{"scope":"namespace","key":"prod"},"from":42}"#

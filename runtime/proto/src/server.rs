@@ -172,6 +172,14 @@ pub fn normalize(request: Request) -> Result<Request, String> {
             plan.parse::<Plan>().map_err(|e| format!("plugin_load: rollout plan: {e}"))?;
             Ok(request)
         }
+        Request::ConfigGet { reader: Some(ref reader), .. } | Request::Subscribe { reader: Some(ref reader), .. } => {
+            reader.validate().map_err(|e| format!("{}: reader: {e}", request.kind()))?;
+            Ok(request)
+        }
+        Request::ConfigBeta { ref rule, .. } => {
+            rule.validate().map_err(|e| format!("config_beta: {e}"))?;
+            Ok(request)
+        }
         other => Ok(other),
     }
 }
@@ -193,6 +201,32 @@ mod tests {
     fn register(ns: &str, binding: Binding) -> Request {
         let service = ServiceKey::parse(&format!("{ns}/g/s")).unwrap();
         Request::Register { instance: Instance::new(service, "127.0.0.1".parse().unwrap(), 80), binding }
+    }
+
+    #[test]
+    fn gray_rules_and_readers_sent_over_the_wire_are_checked() {
+        let key = serde_json::to_string(&sextant_core::ConfigKey::parse("ns/g/app").unwrap()).unwrap();
+        let beta = |rule: &str| -> Request {
+            let json = format!(r#"{{"type":"config_beta","key":{key},"content":"x","rule":{rule}}}"#);
+            serde_json::from_str(&json).unwrap()
+        };
+        for bad in [r#"{"percent":100}"#, r#"{"percent":0}"#, r#"{"labels":{}}"#, r#"{"ids":[]}"#, r#"{"ids":[""]}"#] {
+            let refused = normalize(beta(bad)).unwrap_err();
+            assert!(
+                refused.starts_with("config_beta: gray rule") || refused.contains("must not be empty"),
+                "{refused}"
+            );
+        }
+        assert!(normalize(beta(r#"{"percent":5}"#)).is_ok());
+        let get = |reader: &str| -> Request {
+            serde_json::from_str(&format!(r#"{{"type":"config_get","key":{key},"reader":{reader}}}"#)).unwrap()
+        };
+        assert!(
+            normalize(get(&format!(r#"{{"id":"{}"}}"#, "x".repeat(200))))
+                .unwrap_err()
+                .starts_with("config_get: reader")
+        );
+        assert!(normalize(get(r#"{"id":"gw-1","labels":{"env":"canary"}}"#)).is_ok());
     }
 
     #[test]

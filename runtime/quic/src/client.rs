@@ -19,7 +19,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use quinn::{Connection, Endpoint};
 use serde::{Deserialize, Serialize};
-use sextant_core::{Change, Event, Instance, InstanceKey, LeaseId, Revision, Scope, StoreSnapshot};
+use sextant_core::{
+    Change, ConfigEntry, ConfigKey, Event, Instance, InstanceKey, LeaseId, Reader, Revision, Scope, StoreSnapshot,
+};
 use sextant_proto::client::{Applied, ClientSession, SubId, SubState};
 use sextant_proto::{Binding, ErrorCode, Request, ResetAssembler, Response, SubscriptionFrame};
 use tokio::sync::{mpsc, watch};
@@ -46,6 +48,10 @@ pub struct ClientOptions {
     pub cache_dir: Option<PathBuf>,
     /// Time allowed to connect to one server.
     pub connect_timeout: Duration,
+    /// Who this client is to config gray rules: its watches receive config entries with a
+    /// candidate as the version meant for it ([`Client::config`] reads as it too). None:
+    /// whole entries, candidates included.
+    pub reader: Option<Reader>,
 }
 
 impl ClientOptions {
@@ -61,6 +67,7 @@ impl ClientOptions {
             name: "sextant-client".into(),
             cache_dir: None,
             connect_timeout: Duration::from_secs(3),
+            reader: None,
         }
     }
 }
@@ -164,7 +171,7 @@ impl Client {
         let mut endpoint = Endpoint::client(bind)?;
         endpoint.set_default_client_config(config);
         let inner = Arc::new(Inner {
-            session: Mutex::new(ClientSession::new(options.token.clone())),
+            session: Mutex::new(ClientSession::new(options.token.clone()).with_reader(options.reader.clone())),
             options,
             endpoint,
             conn: watch::Sender::new(None),
@@ -303,6 +310,18 @@ impl Client {
             offset = received;
         }
         Ok(sha256)
+    }
+
+    /// Reads a config entry as this client's reader ([`ClientOptions::reader`]) is served it.
+    ///
+    /// # Errors
+    /// The server's refusal, or no server.
+    pub async fn config(&self, key: &ConfigKey) -> Result<Option<Arc<ConfigEntry>>, ClientError> {
+        let reader = self.inner.options.reader.clone();
+        match self.request(Request::ConfigGet { key: key.clone(), reader }).await? {
+            Response::Config { entry } => Ok(entry),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// Follows `scope`: the current state (a `Reset` or the events since the cached view),

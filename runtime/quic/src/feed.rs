@@ -7,6 +7,9 @@
 //! pass instead of one packet per stream (what one task per subscription led to on a
 //! multi-threaded runtime: the connection driver ran between the writes).
 //!
+//! A member that said who reads ([`Reader`]) is sent config entries with a candidate as the
+//! version meant for it: such an event is encoded for that member alone.
+//!
 //! Writes never wait: each member keeps a queue of frames (shared `Arc`s; a `Reset` is its
 //! own, in `reset_chunk` frames when it does not fit one) written as its stream accepts them. A member whose queue is full (a client that does
 //! not read) stops taking events and, once its queue has drained, catches up from the
@@ -22,7 +25,7 @@ use std::task::{Context, Poll};
 use parking_lot::Mutex;
 use quinn::SendStream;
 use sextant_core::store::Store;
-use sextant_core::{Change, Event, Revision, Scope};
+use sextant_core::{Change, Event, Reader, Revision, Scope};
 use sextant_proto::Response;
 use sextant_store::{Feed, Registry};
 use tokio::sync::mpsc;
@@ -53,7 +56,7 @@ impl FrameCache {
 }
 
 enum Command {
-    Join { id: u64, scope: Scope, from: Revision, send: SendStream },
+    Join { id: u64, scope: Scope, from: Revision, reader: Option<Reader>, send: SendStream },
     Stopped(u64),
 }
 
@@ -68,7 +71,7 @@ pub(crate) struct FeedHandle {
 impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Join { id, scope, from, .. } => write!(f, "Join({id}, {scope:?}, {from})"),
+            Self::Join { id, scope, from, reader, .. } => write!(f, "Join({id}, {scope:?}, {from}, {reader:?})"),
             Self::Stopped(id) => write!(f, "Stopped({id})"),
         }
     }
@@ -85,14 +88,22 @@ impl FeedHandle {
         Self { commands, next_id: AtomicU64::new(0) }
     }
 
-    /// Serves `scope` from `from` on `send` until the client stops the stream or the
-    /// connection ends; `held` (the connection's watch place) is kept until then.
-    pub(crate) fn join(&self, scope: Scope, from: Revision, send: SendStream, held: impl Send + 'static) {
+    /// Serves `scope` from `from` on `send`, as `reader` is served it, until the client stops
+    /// the stream or the connection ends; `held` (the connection's watch place) is kept until
+    /// then.
+    pub(crate) fn join(
+        &self,
+        scope: Scope,
+        from: Revision,
+        reader: Option<Reader>,
+        send: SendStream,
+        held: impl Send + 'static,
+    ) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         // Told when the client stops the stream (or the connection goes) even if nothing is
         // written to it again. Sent after the join, on the same channel, so never before it.
         let stopped = send.stopped();
-        let _ = self.commands.send(Command::Join { id, scope, from, send });
+        let _ = self.commands.send(Command::Join { id, scope, from, reader, send });
         let commands = self.commands.clone();
         tokio::spawn(async move {
             let _ = stopped.await;
@@ -105,6 +116,8 @@ impl FeedHandle {
 struct Member {
     id: u64,
     scope: Scope,
+    /// Who reads: config entries with a candidate are tailored to it.
+    reader: Option<Reader>,
     send: SendStream,
     queue: VecDeque<Arc<[u8]>>,
     /// Bytes in `queue`.
@@ -117,6 +130,11 @@ struct Member {
 }
 
 impl Member {
+    /// `event` as this member is served it: `None` when it reads the same for everyone.
+    fn own(&self, event: &Event) -> Option<Event> {
+        self.reader.as_ref().and_then(|reader| event.for_reader(reader))
+    }
+
     /// Queues `frame`, or, when the queue is full, stops taking events: the member has
     /// everything up to `reached` and catches up from there later.
     fn push(&mut self, frame: Arc<[u8]>, reached: Revision) {
@@ -183,10 +201,11 @@ impl State {
             self.position = event.revision;
             if let Change::Reset { snapshot } = &event.change {
                 for m in self.members.iter_mut().filter(|m| m.behind.is_none()) {
-                    let own = Event {
+                    let scoped = Event {
                         revision: event.revision,
                         change: Change::Reset { snapshot: Arc::new(snapshot.filtered(&m.scope)) },
                     };
+                    let own = m.own(&scoped).unwrap_or(scoped);
                     match frames(&own) {
                         Some(frames) => m.push_all(frames, reached),
                         None => m.behind = Some(reached),
@@ -197,6 +216,13 @@ impl State {
             let Some(key) = event.key() else { continue };
             let mut frame = None;
             for m in self.members.iter_mut().filter(|m| m.behind.is_none() && m.scope.contains(&key)) {
+                if let Some(own) = m.own(&event) {
+                    match encode(&own) {
+                        Some(f) => m.push(f, reached),
+                        None => m.behind = Some(reached),
+                    }
+                    continue;
+                }
                 let f = match &frame {
                     Some(f) => Arc::clone(f),
                     None => match self.frames.frame(&event) {
@@ -235,6 +261,7 @@ impl State {
             let m = &mut self.members[i];
             m.behind = None;
             for event in events {
+                let event = m.own(&event).unwrap_or(event);
                 let Some(frames) = frames(&event) else { break };
                 for frame in frames {
                     m.queue_frame(frame);
@@ -287,9 +314,10 @@ async fn run(mut state: State, mut commands: mpsc::UnboundedReceiver<Command>) {
 fn poll(state: &mut State, commands: &mut mpsc::UnboundedReceiver<Command>, cx: &mut Context<'_>) -> Poll<()> {
     loop {
         match commands.poll_recv(cx) {
-            Poll::Ready(Some(Command::Join { id, scope, from, send })) => state.members.push(Member {
+            Poll::Ready(Some(Command::Join { id, scope, from, reader, send })) => state.members.push(Member {
                 id,
                 scope,
+                reader,
                 send,
                 queue: VecDeque::new(),
                 queued: 0,

@@ -359,7 +359,7 @@ async fn stream<S: Store + Clone>(c: &Arc<Conn<S>>, mut send: SendStream, mut re
             }
             r
         }
-        Step::Execute(Request::Subscribe { scope, from }) => {
+        Step::Execute(Request::Subscribe { scope, from, reader }) => {
             // A watch (resumed when `from` names a revision the client saw) is a span.
             let span = tracing::info_span!(
                 target: sextant_core::TRACE_TARGET,
@@ -374,7 +374,7 @@ async fn stream<S: Store + Clone>(c: &Arc<Conn<S>>, mut send: SendStream, mut re
                     span.in_scope(|| {
                         let feed =
                             c.feed.get_or_init(|| FeedHandle::start(c.shared.registry(), c.shared.frames.clone()));
-                        feed.join(scope, from, send, slot);
+                        feed.join(scope, from, reader, send, slot);
                     });
                     true
                 }
@@ -431,9 +431,12 @@ fn target_of(request: &Request) -> Option<String> {
         Request::Deregister { service, id } => Some(format!("{service}/{id}")),
         Request::PutService { spec } => Some(spec.service.to_string()),
         Request::GetService { service } | Request::Pick { service, .. } => Some(service.to_string()),
-        Request::ConfigGet { key } | Request::ConfigPut { key, .. } | Request::ConfigDelete { key } => {
-            Some(key.to_string())
-        }
+        Request::ConfigGet { key, .. }
+        | Request::ConfigPut { key, .. }
+        | Request::ConfigDelete { key }
+        | Request::ConfigBeta { key, .. }
+        | Request::ConfigPromote { key, .. }
+        | Request::ConfigWithdraw { key } => Some(key.to_string()),
         Request::List { scope } | Request::Subscribe { scope, .. } => Some(format!("{scope:?}")),
         Request::Keepalive { lease } | Request::RevokeLease { lease } => Some(format!("lease {}", lease.0)),
         Request::PluginLoad { name, binding, .. } => Some(format!("{name} -> {binding}")),

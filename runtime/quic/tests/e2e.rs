@@ -495,7 +495,7 @@ async fn mutual_tls_requires_a_client_certificate() {
 /// A raw subscription: `subscribe` on a new stream of `conn`; frames are read with `next`.
 async fn raw_subscribe(conn: &quinn::Connection, scope: Scope) -> sextant_quic::wire::FrameReader {
     let (mut send, recv) = conn.open_bi().await.unwrap();
-    send.write_all(&encode(&Request::Subscribe { scope, from: Revision(0) }).unwrap()).await.unwrap();
+    send.write_all(&encode(&Request::Subscribe { scope, from: Revision(0), reader: None }).unwrap()).await.unwrap();
     send.finish().unwrap();
     // The server keeps writing on its side; ours is finished and dropping it is fine.
     sextant_quic::wire::FrameReader::new(recv)

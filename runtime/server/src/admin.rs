@@ -10,7 +10,10 @@
 //!   ephemeral); `DELETE /v1/instances/{ns}/{group}/{service}/{id}`: deregister.
 //! - `POST /v1/leases` (`ttl_ms`), `POST /v1/leases/{id}/keepalive`, `DELETE /v1/leases/{id}`.
 //! - `GET|PUT|DELETE /v1/configs/{ns}/{group}/{data_id}`: config entries (PUT body = content),
-//!   with the versions each replaced (`history`); `GET …/versions/{version}`: one's content.
+//!   with the versions each replaced (`history`); `GET …/versions/{version}`: one's content;
+//!   `GET` with `?id=ID&labels=K=V,K=V` reads as that reader (the version its candidate rule
+//!   gives it). Gray release: `PUT …/beta?match=RULE` (body = the candidate's content),
+//!   `POST …/promote[?version=V]`, `POST …/withdraw`.
 //! - `GET /v1/plugins`: plugin records, the slots this server runs (active plugin, counters),
 //!   recent failed loads. `POST /v1/artifacts` (the component's bytes as the body, at most
 //!   64 MiB): stored in chunks (`plugin_upload`), answered with its `sha256`; `POST
@@ -56,8 +59,8 @@ use serde::Deserialize;
 use serde_json::json;
 use sextant_control::{Detached, Executor, WriteCounter};
 use sextant_core::{
-    ConfigKey, DataId, Group, Instance, InstanceId, InstanceKey, LeaseId, Namespace, PluginName, Record, Revision,
-    Scope, ServiceKey, ServiceName, ServiceSpec, ValidationError,
+    ConfigKey, DataId, GrayRule, Group, Instance, InstanceId, InstanceKey, LeaseId, Namespace, PluginName, Reader,
+    Record, Revision, Scope, ServiceKey, ServiceName, ServiceSpec, ValidationError,
 };
 use sextant_proto::acl::{self, Principal};
 use sextant_proto::{Binding, ErrorCode, MAX_COMPONENT_LEN, Request, Response as Answer, RolloutAction};
@@ -182,6 +185,9 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/v1/leases/{id}", axum::routing::delete(revoke))
         .route("/v1/configs/{ns}/{group}/{data_id}", get(get_config).put(put_config).delete(delete_config))
         .route("/v1/configs/{ns}/{group}/{data_id}/versions/{version}", get(get_config_version))
+        .route("/v1/configs/{ns}/{group}/{data_id}/beta", axum::routing::put(put_config_beta))
+        .route("/v1/configs/{ns}/{group}/{data_id}/promote", post(promote_config))
+        .route("/v1/configs/{ns}/{group}/{data_id}/withdraw", post(withdraw_config))
         .route("/v1/plugins", get(plugins).post(load_plugin))
         .route("/v1/plugins/{name}", axum::routing::delete(delete_plugin))
         .route("/v1/plugins/{name}/rollback", post(rollback_plugin))
@@ -625,14 +631,40 @@ fn config_key(ns: &str, group: &str, data_id: &str) -> Result<ConfigKey, ApiErro
     Ok(ConfigKey { namespace: Namespace::new(ns)?, group: Group::new(group)?, data_id: DataId::new(data_id)? })
 }
 
+/// `?id=ID&labels=K=V,K=V`: who reads a config entry (none of either: an operator, who is
+/// shown the whole entry).
+#[derive(Debug, Deserialize)]
+struct ReaderQuery {
+    id: Option<String>,
+    labels: Option<String>,
+}
+
+impl ReaderQuery {
+    fn reader(self) -> Result<Option<Reader>, ApiError> {
+        if self.id.is_none() && self.labels.is_none() {
+            return Ok(None);
+        }
+        let mut labels = std::collections::BTreeMap::new();
+        for pair in self.labels.iter().flat_map(|l| l.split(',')).filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').ok_or_else(|| {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid", format!("label {pair:?} is not KEY=VALUE"))
+            })?;
+            labels.insert(k.to_owned(), v.to_owned());
+        }
+        Ok(Some(Reader { id: self.id, labels }))
+    }
+}
+
 async fn get_config(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path((ns, group, id)): Path<(String, String, String)>,
+    axum::extract::Query(query): axum::extract::Query<ReaderQuery>,
 ) -> Result<Response, ApiError> {
     let key = config_key(&ns, &group, &id)?;
     let target = key.to_string();
-    match s.execute(&caller, Request::ConfigGet { key: key.clone() }, target).await? {
+    let reader = query.reader()?;
+    match s.execute(&caller, Request::ConfigGet { key: key.clone(), reader }, target).await? {
         Answer::Config { entry: Some(entry) } => {
             let mut response = Json(Arc::clone(&entry)).into_response();
             // A version is lowercase hex: always a header value.
@@ -656,7 +688,8 @@ async fn get_config_version(
     Path((ns, group, id, version)): Path<(String, String, String, String)>,
 ) -> ApiResult<serde_json::Value> {
     let key = config_key(&ns, &group, &id)?;
-    let entry = match s.execute(&caller, Request::ConfigGet { key: key.clone() }, key.to_string()).await? {
+    let request = Request::ConfigGet { key: key.clone(), reader: None };
+    let entry = match s.execute(&caller, request, key.to_string()).await? {
         Answer::Config { entry: Some(entry) } => entry,
         Answer::Config { entry: None } => {
             return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("config {key} not found")));
@@ -665,6 +698,9 @@ async fn get_config_version(
     };
     if entry.version == version {
         return Ok(Json(json!({ "key": key, "version": version, "content": entry.content })));
+    }
+    if let Some(beta) = entry.beta.as_ref().filter(|b| b.version == version) {
+        return Ok(Json(json!({ "key": key, "version": version, "content": beta.content })));
     }
     let not_kept = || {
         ApiError::new(
@@ -706,6 +742,53 @@ async fn put_config(
     let target = key.to_string();
     let replaces = if_match(&headers)?;
     written(s.execute(&caller, Request::ConfigPut { key, content: body, replaces }, target).await?)
+}
+
+#[derive(Debug, Deserialize)]
+struct BetaQuery {
+    #[serde(rename = "match")]
+    rule: String,
+}
+
+/// `PUT /v1/configs/{ns}/{group}/{data_id}/beta?match=RULE`: the body is the candidate's
+/// content, served to the readers RULE (`percent=N`, `ids=A,B`, `K=V,K=V`) matches.
+async fn put_config_beta(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((ns, group, id)): Path<(String, String, String)>,
+    axum::extract::Query(query): axum::extract::Query<BetaQuery>,
+    body: String,
+) -> ApiResult<serde_json::Value> {
+    let key = config_key(&ns, &group, &id)?;
+    let rule: GrayRule = query.rule.parse()?;
+    let target = key.to_string();
+    written(s.execute(&caller, Request::ConfigBeta { key, content: body, rule }, target).await?)
+}
+
+#[derive(Debug, Deserialize)]
+struct PromoteQuery {
+    version: Option<String>,
+}
+
+async fn promote_config(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((ns, group, id)): Path<(String, String, String)>,
+    axum::extract::Query(query): axum::extract::Query<PromoteQuery>,
+) -> ApiResult<serde_json::Value> {
+    let key = config_key(&ns, &group, &id)?;
+    let target = key.to_string();
+    written(s.execute(&caller, Request::ConfigPromote { key, version: query.version }, target).await?)
+}
+
+async fn withdraw_config(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((ns, group, id)): Path<(String, String, String)>,
+) -> ApiResult<serde_json::Value> {
+    let key = config_key(&ns, &group, &id)?;
+    let target = key.to_string();
+    written(s.execute(&caller, Request::ConfigWithdraw { key }, target).await?)
 }
 
 async fn delete_config(

@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 use sextant_core::{
-    ConfigKey, Instance, InstanceId, InstanceKey, Namespace, PluginName, PluginRecord, Record, Revision, Scope,
+    ConfigKey, Instance, InstanceId, InstanceKey, Namespace, PluginName, PluginRecord, Reader, Record, Revision, Scope,
     ServiceKey,
 };
 use sextant_proto::{Binding, ErrorCode, Request, Response, RolloutAction, Validation};
@@ -122,13 +122,46 @@ pub(crate) struct ScopeArgs {
     config: Option<String>,
 }
 
+/// Who reads config entries, for gray release: the version a candidate's rule gives this
+/// reader is the one served (without either flag: the whole entry, candidate included).
+#[derive(Debug, Args, Default)]
+pub(crate) struct ReaderArgs {
+    /// Read as this reader id (what `ids=` rules list and `percent=` rules hash).
+    #[arg(long)]
+    reader_id: Option<String>,
+    /// Read with this label, KEY=VALUE (repeatable; what label rules match).
+    #[arg(long = "reader-label")]
+    reader_labels: Vec<String>,
+}
+
+impl ReaderArgs {
+    pub(crate) fn reader(&self) -> Result<Option<Reader>> {
+        if self.reader_id.is_none() && self.reader_labels.is_empty() {
+            return Ok(None);
+        }
+        let mut labels = std::collections::BTreeMap::new();
+        for pair in &self.reader_labels {
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| Failure::new(5, format!("--reader-label {pair:?} is not KEY=VALUE")))?;
+            labels.insert(k.to_owned(), v.to_owned());
+        }
+        let reader = Reader { id: self.reader_id.clone(), labels };
+        reader.validate()?;
+        Ok(Some(reader))
+    }
+}
+
 /// `sextant config ...`
 #[derive(Debug, Subcommand)]
 pub(crate) enum ConfigCommand {
-    /// Print an entry's content (with --json: the entry).
+    /// Print an entry's content (with --json: the entry; with --reader-*: as that reader is
+    /// served it).
     Get {
         /// DATA_ID or NS/GROUP/DATA_ID.
         key: String,
+        #[command(flatten)]
+        reader: ReaderArgs,
     },
     /// Write an entry from --content, --file or standard input.
     Put {
@@ -142,8 +175,29 @@ pub(crate) enum ConfigCommand {
         file: Option<PathBuf>,
         /// Write only over this version (the sha256 `config get --json` shows): refused
         /// (`conflict`, exit 1, nothing written) when someone changed the entry since.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "beta")]
         replaces: Option<String>,
+        /// Write a candidate instead (gray release): served to the readers --match names,
+        /// the stable version to every other, until `config promote` or `config withdraw`.
+        #[arg(long, requires = "rule")]
+        beta: bool,
+        /// Who the candidate is for: `LABEL=VALUE,...` (readers with every label),
+        /// `ids=ID,...` or `percent=N` (1 to 99: readers whose id hashes below N).
+        #[arg(long = "match", requires = "beta")]
+        rule: Option<String>,
+    },
+    /// Make the candidate the version every reader is served.
+    Promote {
+        /// DATA_ID or NS/GROUP/DATA_ID.
+        key: String,
+        /// Only this candidate version (refused, exit 1, when the candidate is another).
+        #[arg(long)]
+        version: Option<String>,
+    },
+    /// Withdraw the candidate: every reader is served the stable version again.
+    Withdraw {
+        /// DATA_ID or NS/GROUP/DATA_ID.
+        key: String,
     },
     /// Delete an entry.
     Delete {
@@ -443,10 +497,16 @@ pub(crate) async fn list(args: &ClientArgs, scope_args: &ScopeArgs) -> Result {
     }
 }
 
-pub(crate) async fn watch(args: &ClientArgs, scope_args: &ScopeArgs, cache: Option<PathBuf>) -> Result {
+pub(crate) async fn watch(
+    args: &ClientArgs,
+    scope_args: &ScopeArgs,
+    reader: &ReaderArgs,
+    cache: Option<PathBuf>,
+) -> Result {
     let scope = scope(scope_args)?;
     let mut options = client_options(args);
     options.cache_dir = cache;
+    options.reader = reader.reader()?;
     let client = Client::new(options).map_err(Failure::from)?;
     let mut watch = client.watch(scope);
     let stop = crate::shutdown_signal();
@@ -505,9 +565,9 @@ pub(crate) async fn pick(
 pub(crate) async fn config(args: &ClientArgs, command: ConfigCommand) -> Result {
     let client = connect(args).await?;
     match command {
-        ConfigCommand::Get { key } => {
+        ConfigCommand::Get { key, reader } => {
             let key = ConfigKey::parse(&key)?;
-            match client.request(Request::ConfigGet { key: key.clone() }).await? {
+            match client.request(Request::ConfigGet { key: key.clone(), reader: reader.reader()? }).await? {
                 Response::Config { entry: Some(e) } if args.json => out(&json!(e).to_string()),
                 Response::Config { entry: Some(e) } => {
                     let mut stdout = std::io::stdout().lock();
@@ -517,7 +577,7 @@ pub(crate) async fn config(args: &ClientArgs, command: ConfigCommand) -> Result 
                 other => Err(Failure::new(1, format!("unexpected answer {other:?}"))),
             }
         }
-        ConfigCommand::Put { key, content, file, replaces } => {
+        ConfigCommand::Put { key, content, file, replaces, beta, rule } => {
             let content = match (content, file) {
                 (Some(c), _) => c,
                 (None, Some(f)) => {
@@ -527,13 +587,18 @@ pub(crate) async fn config(args: &ClientArgs, command: ConfigCommand) -> Result 
                     std::io::read_to_string(std::io::stdin()).map_err(|e| Failure::new(1, format!("stdin: {e}")))?
                 }
             };
-            let request = Request::ConfigPut { key: ConfigKey::parse(&key)?, content, replaces };
-            match client.request(request).await? {
-                Response::Written { revision, version, .. } => {
-                    out(&json!({ "revision": revision, "version": version }).to_string())
-                }
-                other => Err(Failure::new(1, format!("unexpected answer {other:?}"))),
-            }
+            let key = ConfigKey::parse(&key)?;
+            let request = match (beta, rule) {
+                (true, Some(rule)) => Request::ConfigBeta { key, content, rule: rule.parse()? },
+                _ => Request::ConfigPut { key, content, replaces },
+            };
+            written_version(client.request(request).await?)
+        }
+        ConfigCommand::Promote { key, version } => {
+            written_version(client.request(Request::ConfigPromote { key: ConfigKey::parse(&key)?, version }).await?)
+        }
+        ConfigCommand::Withdraw { key } => {
+            written_version(client.request(Request::ConfigWithdraw { key: ConfigKey::parse(&key)? }).await?)
         }
         ConfigCommand::Delete { key } => {
             match client.request(Request::ConfigDelete { key: ConfigKey::parse(&key)? }).await? {
@@ -541,6 +606,16 @@ pub(crate) async fn config(args: &ClientArgs, command: ConfigCommand) -> Result 
                 other => Err(Failure::new(1, format!("unexpected answer {other:?}"))),
             }
         }
+    }
+}
+
+/// A config write's answer: `{"revision": R, "version": SHA256}`.
+fn written_version(answer: Response) -> Result {
+    match answer {
+        Response::Written { revision, version, .. } => {
+            out(&json!({ "revision": revision, "version": version }).to_string())
+        }
+        other => Err(Failure::new(1, format!("unexpected answer {other:?}"))),
     }
 }
 

@@ -21,7 +21,7 @@ use std::time::Duration;
 use clap::Args;
 use std::collections::BTreeMap;
 
-use sextant_core::{ConfigKey, Instance, Namespace, Record, Scope, ServiceKey};
+use sextant_core::{ConfigKey, Instance, Namespace, Reader, Record, Scope, ServiceKey};
 use sextant_gateway::access_log::AccessLog;
 use sextant_gateway::config::GatewayFile;
 use sextant_gateway::follow::{ReportExtras, keep_reported};
@@ -76,9 +76,15 @@ pub(crate) struct GatewayArgs {
     /// --register-as need addresses of their own: the address is the registration's id.
     #[arg(long)]
     advertise: Option<SocketAddr>,
-    /// Zone label of the gateway's registration.
+    /// Zone label of the gateway's registration (and its `zone` label as a reader of config
+    /// entries).
     #[arg(long, default_value = "")]
     zone: String,
+    /// A label of this gateway, KEY=VALUE (repeatable): in its registration's metadata as
+    /// `sextant.label.KEY`, and matched by the gray rules of config entries it reads (with
+    /// `zone`, and the registration's IP:PORT as its reader id).
+    #[arg(long = "label")]
+    labels: Vec<String>,
     /// Serve Prometheus metrics (`GET /metrics`) on this address: requests, latency
     /// histograms, attempts and their latency per endpoint, retries, rate limits, endpoint
     /// health and breakers, plugins. The address goes into the gateway's registration
@@ -199,6 +205,32 @@ fn advertised(args: &GatewayArgs, listening: SocketAddr) -> Result<SocketAddr, F
     }
 }
 
+/// Metadata key prefix of a gateway's `--label`s in its registration.
+const LABEL_PREFIX: &str = "sextant.label.";
+
+/// The gateway's `--label KEY=VALUE` pairs.
+fn labels(args: &GatewayArgs) -> Result<BTreeMap<String, String>, Failure> {
+    args.labels
+        .iter()
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k.to_owned(), v.to_owned())),
+            _ => Err(Failure::usage(format!("--label {pair:?}: expected KEY=VALUE"))),
+        })
+        .collect()
+}
+
+/// Who the gateway is to the gray rules of config entries: its registration's IP:PORT as id
+/// (none when it has no address others can reach), its labels and its zone.
+fn reader_of(args: &GatewayArgs, registered: Option<&SocketAddr>) -> Result<Reader, Failure> {
+    let mut labels = labels(args)?;
+    if !args.zone.is_empty() {
+        labels.insert("zone".into(), args.zone.clone());
+    }
+    let reader = Reader { id: registered.map(ToString::to_string), labels };
+    reader.validate().map_err(|e| Failure::usage(format!("--label/--zone: {e}")))?;
+    Ok(reader)
+}
+
 /// A run id, unique to this process.
 fn run_id() -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
@@ -262,9 +294,26 @@ pub(crate) async fn run(
         };
         return print_config(&file, &args);
     }
+    // Bound first: the registration's address is the gateway's id as a reader of config
+    // entries (gray release), and --print-config shows what this gateway would be served.
+    let listener = if args.print_config {
+        None
+    } else {
+        Some(
+            tokio::net::TcpListener::bind(args.listen)
+                .await
+                .map_err(|e| Failure::other(format!("listening on {}: {e}", args.listen)))?,
+        )
+    };
+    let addr = match &listener {
+        Some(l) => l.local_addr().map_err(|e| Failure::other(e.to_string()))?,
+        None => args.listen,
+    };
+    let registered = advertised(&args, addr);
     let mut options = client_options(&args.client);
     options.cache_dir = Some(args.cache.clone());
     options.name = "sextant-gateway".into();
+    options.reader = Some(reader_of(&args, registered.as_ref().ok())?);
     let client = Client::new(options).map_err(|e| Failure::other(e.to_string()))?;
 
     // The document: a file, a config entry (its first value from a server or the cache), or
@@ -305,17 +354,17 @@ pub(crate) async fn run(
     };
     let discovery = RemoteDiscovery::follow(client.clone(), scope);
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| Failure::other(format!("listening on {}: {e}", args.listen)))?;
-    let addr = listener.local_addr().map_err(|e| Failure::other(e.to_string()))?;
-    let registered = advertised(&args, addr)?;
+    let listener = listener.ok_or_else(|| Failure::other("no listener"))?;
+    let registered = registered?;
     let mut me = Instance::new(
         ServiceKey::parse(&args.register_as).map_err(|e| Failure::usage(format!("--register-as: {e}")))?,
         registered.ip(),
         registered.port(),
     );
     me.zone.clone_from(&args.zone);
+    for (k, v) in labels(&args)? {
+        me.metadata.insert(format!("{LABEL_PREFIX}{k}"), v);
+    }
     me.version = env!("CARGO_PKG_VERSION").into();
     me.metadata.insert("sextant.role".into(), "gateway".into());
     let run = run_id();

@@ -17,7 +17,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use sextant_server::{ServeConfig, StoreConfig, run};
 use sextant_store::EtcdOptions;
 
-use crate::commands::{ClientArgs, ConfigCommand, PluginCommand, ScopeArgs};
+use crate::commands::{ClientArgs, ConfigCommand, PluginCommand, ReaderArgs, ScopeArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -204,6 +204,8 @@ enum Command {
         client: ClientArgs,
         #[command(flatten)]
         scope: ScopeArgs,
+        #[command(flatten)]
+        reader: ReaderArgs,
         /// Keep the view here and serve it (stale) when no server answers.
         #[arg(long)]
         cache: Option<PathBuf>,
@@ -659,7 +661,7 @@ async fn main() -> ExitCode {
         }
         Command::Deregister { client, service, id } => commands::deregister(&client, &service, &id).await,
         Command::List { client, scope } => commands::list(&client, &scope).await,
-        Command::Watch { client, scope, cache } => commands::watch(&client, &scope, cache).await,
+        Command::Watch { client, scope, reader, cache } => commands::watch(&client, &scope, &reader, cache).await,
         Command::Pick { client, service, hash_key, headers, tried } => {
             commands::pick(&client, &service, hash_key, &headers, tried).await
         }

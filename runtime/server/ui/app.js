@@ -673,7 +673,8 @@ async function configs() {
     .sort()
     .map((k) => {
       const c = all.configs.find((x) => configKeyOf(x.key) === k);
-      return h("tr", {}, h("td", {}, h("a", { href: "#/configs/" + k }, mono(k))), h("td", {}, mono(short(c.version))), h("td", {}, `${c.content.length} bytes`));
+      const gray = c.beta ? badge(`candidate ${short(c.beta.version)} for ${ruleText(c.beta.rule)}`, "warn") : null;
+      return h("tr", {}, h("td", {}, h("a", { href: "#/configs/" + k }, mono(k))), h("td", {}, mono(short(c.version)), " ", gray), h("td", {}, `${c.content.length} bytes`));
     });
   const error = h("span", { class: "error" });
   const key = h("input", { placeholder: "NS/GROUP/DATA_ID", "aria-label": "new entry key", oninput: () => (state.dirty = true) });
@@ -690,6 +691,36 @@ async function configs() {
     h("div", { class: "row" }, key, create, error),
     h("p", {}, content),
   ];
+}
+
+// Gray release: the entry's candidate (served to the readers its rule matches), promoted or
+// withdrawn; or a new candidate written for a rule.
+function ruleText(rule) {
+  if (rule.percent !== undefined) return `percent=${rule.percent}`;
+  if (rule.ids) return "ids=" + rule.ids.join(",");
+  return Object.entries(rule.labels || {}).map(([k, v]) => `${k}=${v}`).join(",");
+}
+
+function candidate(path, entry) {
+  const error = h("span", { class: "error" });
+  const beta = entry.beta;
+  if (beta) {
+    const promote = h("button", { "data-action": "promote", onclick: () => write(error, () => api("POST", `${path}/promote?version=${beta.version}`)) }, "Promote");
+    const withdraw = h("button", { class: "ghost", "data-action": "withdraw", onclick: () => write(error, () => api("POST", `${path}/withdraw`)) }, "Withdraw");
+    return h("section", { id: "candidate" },
+      h("h2", {}, "Candidate"),
+      h("p", { class: "note" }, "Version ", mono(short(beta.version)), " is served to the readers matching ", mono(ruleText(beta.rule)), ` since ${when(beta.since_unix_ms)}; every other reader is served the version above.`),
+      h("pre", {}, beta.content),
+      h("div", { class: "row" }, promote, withdraw, error));
+  }
+  const rule = h("input", { placeholder: "env=canary | ids=A,B | percent=10", "aria-label": "candidate rule", oninput: () => (state.dirty = true) });
+  const text = h("textarea", { "aria-label": "candidate content", oninput: () => (state.dirty = true) });
+  const start = h("button", { "data-action": "beta", onclick: () => write(error, () => api("PUT", `${path}/beta?match=${encodeURIComponent(rule.value)}`, text.value)) }, "Serve to these readers");
+  return h("section", { id: "candidate" },
+    h("h2", {}, "Candidate"),
+    h("p", { class: "note" }, "A new version for some readers first (gray release): readers with every label given, the ids listed, or a share of reader ids."),
+    text,
+    h("div", { class: "row" }, rule, start, error));
 }
 
 async function config(key) {
@@ -738,6 +769,7 @@ async function config(key) {
     h("p", { class: "note" }, "Version ", mono(entry.version), ". Saving replaces this version only: if someone changed the entry meanwhile, the save is refused."),
     content,
     h("div", { class: "row" }, save, remove, error),
+    candidate(path, entry),
     h("h2", {}, "History"),
     table(["Version", "Size", "Replaced", ""], history, "No earlier version."),
     shown,
