@@ -134,10 +134,23 @@ impl Browser {
     }
 
     /// Waits (20 s at most) until `script` returns true in the page.
+    /// A script that throws (an element it reads is not drawn yet: a fetch still under way)
+    /// is not true yet; the last error is shown if it never becomes true.
     pub(crate) fn wait(&self, what: &str, script: &str) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while self.run(script, &[]) != Value::Bool(true) {
-            assert!(Instant::now() < deadline, "the page never showed {what}; it shows:\n{}", self.text());
+        loop {
+            let body = json!({"script": script, "args": []});
+            let error = match self.try_call("POST", "/execute/sync", Some(&body)) {
+                Ok(Value::Bool(true)) => return,
+                Ok(_) => None,
+                Err((status, value)) if value["value"]["error"] == "javascript error" => Some((status, value)),
+                Err((status, value)) => panic!("WebDriver waiting for {what}: {status} {value}"),
+            };
+            assert!(
+                Instant::now() < deadline,
+                "the page never showed {what} (last script error: {error:?}); it shows:\n{}",
+                self.text()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
