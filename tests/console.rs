@@ -250,27 +250,29 @@ fn the_console_shows_the_registry_live_and_its_drain_takes_an_instance_out_of_th
     browser.click("#candidate button[data-action=\"promote\"]");
     wait_until("the candidate promoted", || server.get("/v1/configs/shop/web/gateway.json").1["content"] == candidate);
     assert!(server.get("/v1/configs/shop/web/gateway.json").1["beta"].is_null());
+    // The list page's form, by its labels (the entry's page has inputs of its own: a wait for
+    // any input could pass before the list is drawn).
     browser.goto(&ui("configs"));
-    browser.wait("the new-entry form", "return document.querySelector('main input') !== null");
-    browser.fill("main input", "shop/web/huge");
-    browser.run(
-        "const t = document.querySelector('main textarea'); t.value = 'x'.repeat(1100000); t.dispatchEvent(new Event('input')); return true",
-        &[],
-    );
-    browser.click("main .row button");
+    let (key, content) = ("input[aria-label=\"new entry key\"]", "textarea[aria-label=\"new entry content\"]");
+    browser.wait("the new-entry form", &format!("return document.querySelector('{key}') !== null"));
+    let create = |name: &str, filler: &str| {
+        browser.fill(key, name);
+        browser.run(
+            &format!("const t = document.querySelector('{content}'); t.value = {filler}; t.dispatchEvent(new Event('input')); return true"),
+            &[],
+        );
+        browser.click("main .row button");
+    };
+    create("shop/web/huge", "'x'.repeat(1100000)");
     browser.wait("the size error", "return document.querySelector('main .error').textContent.startsWith('invalid: ')");
     assert_eq!(server.get("/v1/configs/shop/web/huge").0, 404, "nothing written");
     // A name the registry refuses: its rule beside the field.
-    browser.fill("main input", "shop/web/no spaces");
-    browser.run(
-        "const t = document.querySelector('main textarea'); t.value = 'x'; t.dispatchEvent(new Event('input')); return true",
-        &[],
-    );
-    browser.click("main .row button");
+    create("shop/web/no spaces", "'x'");
     browser.wait(
         "the name error",
         "const e = document.querySelector('main .error').textContent; return e.startsWith('invalid: ') && e.includes('no spaces')",
     );
+    assert_eq!(server.get("/v1/configs/shop/web/gateway.json").1["content"], candidate, "nothing else written");
     let left = errors(&browser, &[400, 409]);
     assert!(left.is_empty(), "console errors beyond the refusals provoked: {left:?}");
     eprintln!("console: screenshots in {}", shots.display());
