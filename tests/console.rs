@@ -137,6 +137,8 @@ fn the_console_shows_the_registry_live_and_its_drain_takes_an_instance_out_of_th
     // A metadata value is text: shown as written, nothing of it runs or loads.
     browser.goto(&ui("services/shop/web/orders"));
     browser.wait("the service's instances", "return document.querySelector('tr[data-instance=\"b\"]') !== null");
+    let zone = "const r = document.querySelector('tr[data-zone=\"zone-a\"]'); return r === null ? null : [r.children[1].textContent, r.children[2].textContent]";
+    assert_eq!(browser.run(zone, &[]), json!(["2", "2"]), "the service's zones: {}", browser.text());
     assert!(browser.text().contains("note=<script>document.title='pwned'</script><img src=x>"), "{}", browser.text());
     assert_eq!(browser.run("return document.querySelectorAll('main script, main img').length", &[]), 0);
     assert_eq!(browser.run("return document.title", &[]), "sextant console");
@@ -340,7 +342,8 @@ fn plugin_record(server: &Server, name: &str) -> Option<Value> {
 #[test]
 fn from_the_console_a_plugin_is_loaded_bound_and_deleted_a_gateways_traffic_shows_and_a_benchmark_reads() {
     let dir = tempfile::tempdir().unwrap();
-    let (_runtime, a, _b, server) = two_backends(dir.path(), |_| {});
+    // In the gateway's zone (its default, zone-a): its traffic per zone is local.
+    let (_runtime, a, _b, server) = two_backends(dir.path(), |body| body["zone"] = "zone-a".into());
     let config = dir.path().join("gateway.json");
     let document = json!({"gateway": {"routes": [{"path_prefix": "/", "service": SERVICE}]}, "balancer": "weighted"});
     std::fs::write(&config, document.to_string()).unwrap();
@@ -479,6 +482,8 @@ fn from_the_console_a_plugin_is_loaded_bound_and_deleted_a_gateways_traffic_show
         assert!(Instant::now() < deadline, "no live rate for a: {}", browser.text());
         std::thread::sleep(Duration::from_millis(200));
     }
+    let zone = "const r = document.querySelector('tr[data-zone=\"zone-a\"]'); return r !== null && r.children[2].textContent === 'local' && Number(r.children[4].textContent) > 0";
+    browser.wait("the gateway's traffic per zone", zone);
     browser.screenshot(&shots.join("gateway-traffic.png"));
 
     // Deleted: two clicks, and the gateway goes back to its configured balancer.

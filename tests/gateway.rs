@@ -15,7 +15,7 @@ use crate::support::{
     Server, free_port, http, instance, promtool_check, run, sextant_bin, two_servers_on_etcd, wait_until,
 };
 
-const SERVICE: &str = "shop/web/orders";
+pub(crate) const SERVICE: &str = "shop/web/orders";
 
 pub(crate) struct Gateway {
     child: Child,
@@ -46,7 +46,8 @@ impl Gateway {
         Self::spawn_on(&[server], dir, port, extra)
     }
 
-    /// Follows `servers` (in that order; they share one CA, the first's).
+    /// Follows `servers` (in that order; they share one CA, the first's). In `zone-a` unless
+    /// `extra` gives a `--zone`.
     pub(crate) fn spawn_on(servers: &[&Server], dir: &Path, port: u16, extra: &[&str]) -> Self {
         let log = dir.join(format!("gateway-{port}.log"));
         let addr = format!("127.0.0.1:{port}");
@@ -58,7 +59,8 @@ impl Gateway {
             .args(["--listen", &addr])
             .args(extra)
             .args(["--cache", dir.join("cache").to_str().unwrap(), "--register-as", "shop/edge/gateway"])
-            .args(["--zone", "zone-a", "--drain-secs", "1", "--metrics", &metrics])
+            .args(if extra.contains(&"--zone") { &[][..] } else { &["--zone", "zone-a"][..] })
+            .args(["--drain-secs", "1", "--metrics", &metrics])
             .env("SEXTANT_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -81,7 +83,7 @@ impl Gateway {
     }
 
     /// One request with the affinity key `user`: the status.
-    fn get(&self, user: &str) -> u16 {
+    pub(crate) fn get(&self, user: &str) -> u16 {
         let status = http()
             .get(&format!("http://{}/orders", self.addr))
             .header("x-user", user)

@@ -19,3 +19,4 @@ mod security;
 mod storm;
 mod support;
 mod traces;
+mod zones;

@@ -174,38 +174,92 @@ fn two_choices(len: u32, env: &mut dyn Env) -> (u32, u32) {
     (a, b)
 }
 
-/// The power of two choices over weighted endpoints: of two distinct random endpoints, the
-/// one with the lower `cost / weight` (the first on a tie).
-fn p2c(weights: &[u32], env: &mut dyn Env, cost: impl Fn(&EndpointState) -> u128) -> Option<u32> {
-    match index(weights.len()) {
+/// The endpoints the power of two choices draws from: uniformly when every weight is the
+/// same, otherwise in proportion to weight. The weight decides how often an endpoint is a
+/// candidate, the load which candidate wins, so at equal load an endpoint's share of traffic
+/// is its share of the weight: an endpoint a scheduler gave 1% of the weight (`locality`'s
+/// spill to another zone) takes about 1% of the requests, not as many as any other (a uniform
+/// draw), nor far fewer (a draw by weight whose winner is also judged by load per unit of
+/// weight counts the weight twice).
+#[derive(Debug, Default)]
+struct Candidates {
+    len: usize,
+    /// Running sums of the weights; empty when they are all equal.
+    prefix: Vec<u64>,
+}
+
+impl Candidates {
+    fn of(snapshot: &Snapshot) -> Self {
+        let weights: Vec<u32> = snapshot.endpoints.iter().map(|e| e.weight.max(1)).collect();
+        let prefix = if weights.windows(2).all(|w| w[0] == w[1]) {
+            Vec::new()
+        } else {
+            weights
+                .iter()
+                .scan(0u64, |sum, &w| {
+                    *sum += u64::from(w);
+                    Some(*sum)
+                })
+                .collect()
+        };
+        Self { len: weights.len(), prefix }
+    }
+
+    /// One endpoint drawn by weight (`prefix` is not empty).
+    fn by_weight(&self, env: &mut dyn Env) -> u32 {
+        let total = self.prefix.last().copied().unwrap_or(1);
+        #[allow(clippy::cast_possible_truncation)] // < total
+        let r = ((u128::from(env.random()) * u128::from(total)) >> 64) as u64;
+        index(self.prefix.partition_point(|&p| p <= r))
+    }
+
+    /// Two distinct endpoints: uniform when the weights are equal; by weight otherwise, the
+    /// second drawn again (three times at most) while it is the first, then the first's
+    /// neighbour (one endpoint holds nearly all the weight).
+    fn two(&self, len: u32, env: &mut dyn Env) -> (u32, u32) {
+        if self.prefix.is_empty() {
+            return two_choices(len, env);
+        }
+        let a = self.by_weight(env);
+        for _ in 0..3 {
+            let b = self.by_weight(env);
+            if b != a {
+                return (a, b);
+            }
+        }
+        (a, (a + 1) % len)
+    }
+}
+
+/// The power of two choices over weighted endpoints: of two distinct endpoints drawn as
+/// [`Candidates`] says, the one with the lower cost (the first on a tie).
+fn p2c(candidates: &Candidates, env: &mut dyn Env, cost: impl Fn(&EndpointState) -> u128) -> Option<u32> {
+    match index(candidates.len) {
         0 => None,
         1 => Some(0),
         len => {
-            let (a, b) = two_choices(len, env);
+            let (a, b) = candidates.two(len, env);
             let (sa, sb) = env.pair(a, b);
-            let (ca, cb) = (cost(&sa), cost(&sb));
-            let (wa, wb) = (u128::from(weights[a as usize]), u128::from(weights[b as usize]));
-            // cost_b / w_b < cost_a / w_a, without division.
-            Some(if cb * wa < ca * wb { b } else { a })
+            Some(if cost(&sb) < cost(&sa) { b } else { a })
         }
     }
 }
 
-/// Least request by the power of two choices: of two random endpoints, the one with fewer
-/// in-flight requests per unit of weight.
+/// Least request by the power of two choices: of two random endpoints (drawn in proportion to
+/// weight when weights differ), the one with fewer in-flight requests.
 #[derive(Debug, Default)]
 pub struct LeastRequest {
-    weights: Vec<u32>,
+    candidates: Candidates,
 }
 
 impl Balancer for LeastRequest {
     fn update(&mut self, snapshot: &Snapshot, _env: &mut dyn Env) -> Result<Mode, String> {
-        self.weights = snapshot.endpoints.iter().map(|e| e.weight.max(1)).collect();
+        self.candidates = Candidates::of(snapshot);
         Ok(Mode::PerRequest)
     }
 
     fn pick(&mut self, _request: &Request, env: &mut dyn Env) -> Option<u32> {
-        p2c(&self.weights, env, |s| u128::from(s.in_flight) + 1)
+        p2c(&self.candidates, env, |s| u128::from(s.in_flight) + 1)
     }
 }
 
@@ -223,12 +277,13 @@ impl Default for PeakEwmaConfig {
     }
 }
 
-/// P2C + PeakEWMA (Finagle, Linkerd): of two random endpoints, the one with the lower
-/// cost = latency EWMA × (in-flight + 1) / weight. The host keeps the peak-sensitive EWMA
-/// (its decay is a host setting); unmeasured endpoints count `default_rtt_ms`.
+/// P2C + PeakEWMA (Finagle, Linkerd): of two random endpoints (drawn in proportion to weight
+/// when weights differ), the one with the lower cost = latency EWMA × (in-flight + 1). The
+/// host keeps the peak-sensitive EWMA (its decay is a host setting); unmeasured endpoints
+/// count `default_rtt_ms`.
 #[derive(Debug)]
 pub struct PeakEwma {
-    weights: Vec<u32>,
+    candidates: Candidates,
     default_rtt: u64,
 }
 
@@ -244,7 +299,7 @@ impl PeakEwma {
         }
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // checked finite and >= 0
         let default_rtt = (c.default_rtt_ms * 1e6) as u64;
-        Ok(Self { weights: Vec::new(), default_rtt })
+        Ok(Self { candidates: Candidates::default(), default_rtt })
     }
 
     fn cost(&self, s: &EndpointState) -> u128 {
@@ -258,12 +313,12 @@ impl PeakEwma {
 
 impl Balancer for PeakEwma {
     fn update(&mut self, snapshot: &Snapshot, _env: &mut dyn Env) -> Result<Mode, String> {
-        self.weights = snapshot.endpoints.iter().map(|e| e.weight.max(1)).collect();
+        self.candidates = Candidates::of(snapshot);
         Ok(Mode::PerRequest)
     }
 
     fn pick(&mut self, _request: &Request, env: &mut dyn Env) -> Option<u32> {
-        p2c(&self.weights, env, |s| self.cost(s))
+        p2c(&self.candidates, env, |s| self.cost(s))
     }
 }
 
@@ -541,6 +596,22 @@ mod tests {
                 })
                 .collect(),
             protection_active: false,
+        }
+    }
+
+    /// P2C draws its candidates by weight when weights differ: twenty endpoints holding 2% of
+    /// the weight (a zone a scheduler spills 2% to) get about that at equal load, not the
+    /// 95% a uniform draw would give them (the first holds the rest).
+    #[test]
+    fn p2c_draws_candidates_by_weight() {
+        let mut weights = vec![9800; 1];
+        weights.extend([10; 20]);
+        for b in [&mut LeastRequest::default() as &mut dyn Balancer, &mut PeakEwma::new("{}").unwrap()] {
+            let mut env = TestEnv::seeded(7);
+            b.update(&snapshot(&weights), &mut env).unwrap();
+            let c = counts(b, &mut env, weights.len(), 10_000);
+            let small: usize = c[1..].iter().sum();
+            assert!((100..400).contains(&small), "{small} of 10000 picks went to the 2% endpoints: {c:?}");
         }
     }
 

@@ -13,6 +13,7 @@
 
 mod balancers;
 mod health;
+mod locality;
 mod scheduler;
 
 pub use balancers::{
@@ -20,6 +21,7 @@ pub use balancers::{
     SmoothWeighted,
 };
 pub use health::{Consecutive, OutlierDetection, Standard};
+pub use locality::{Locality, MAX_ZONE_BYTES, zone_name_error};
 pub use scheduler::{Adaptive, GraySplit, SlowStart};
 
 /// One endpoint of a snapshot (mirror of `types.endpoint`).
@@ -145,6 +147,10 @@ pub trait Env {
     /// can.
     fn tried(&self) -> Vec<u32> {
         Vec::new()
+    }
+    /// The zone the host runs in, empty when it has none (`host.local-zone`, contract 0.2.2).
+    fn local_zone(&self) -> String {
+        String::new()
     }
 }
 
@@ -304,7 +310,7 @@ pub const BALANCERS: &[&str] =
 /// The built-in health policies by name.
 pub const HEALTH_POLICIES: &[&str] = &["consecutive", "outlier", "standard"];
 /// The built-in schedulers by name.
-pub const SCHEDULERS: &[&str] = &["adaptive", "slow-start", "gray-split"];
+pub const SCHEDULERS: &[&str] = &["adaptive", "slow-start", "gray-split", "locality"];
 
 /// Parses a policy's JSON configuration (`""` counts as `{}`).
 ///
@@ -355,6 +361,7 @@ pub fn scheduler(name: &str, config: &str) -> Result<Box<dyn Scheduler>, String>
         "adaptive" => Box::new(Adaptive::new(config)?),
         "slow-start" => Box::new(SlowStart::new(config)?),
         "gray-split" => Box::new(GraySplit::new(config)?),
+        "locality" => Box::new(Locality::new(config)?),
         other => return Err(format!("unknown scheduler {other:?}; built-ins are {}", SCHEDULERS.join(", "))),
     })
 }
@@ -425,6 +432,8 @@ pub struct TestEnv {
     pub errors: Vec<u32>,
     /// Request headers.
     pub headers: Vec<(String, String)>,
+    /// The host's zone.
+    pub zone: String,
 }
 
 impl TestEnv {
@@ -457,5 +466,8 @@ impl Env for TestEnv {
     }
     fn request_header(&self, name: &str) -> Option<String> {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())
+    }
+    fn local_zone(&self) -> String {
+        self.zone.clone()
     }
 }

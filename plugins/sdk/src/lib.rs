@@ -14,7 +14,7 @@
 //! Build it with `cargo build --release --target wasm32-wasip2` (crate type `cdylib`) and
 //! load the `.wasm` with `sextant plugin load`.
 //!
-//! The component speaks `sextant:plugin@0.2.1`: one instance per worker thread of the host
+//! The component speaks `sextant:plugin@0.2.2`: one instance per worker thread of the host
 //! serves every service the plugin is bound to, each service as a resource holding its own
 //! `First` (made by the factory, from the configuration `init` checked).
 //!
@@ -172,6 +172,9 @@ impl Env for BalancerEnv {
     fn tried(&self) -> Vec<u32> {
         balancer_world::sextant::plugin::load::request_tried()
     }
+    fn local_zone(&self) -> String {
+        balancer_world::sextant::plugin::host::local_zone()
+    }
 }
 
 fn state(s: balancer_world::sextant::plugin::load::EndpointState) -> sextant_builtins::EndpointState {
@@ -213,6 +216,9 @@ macro_rules! policy_env {
             }
             fn request_header(&self, _name: &str) -> Option<String> {
                 None
+            }
+            fn local_zone(&self) -> String {
+                $world::sextant::plugin::host::local_zone()
             }
         }
     };

@@ -544,7 +544,9 @@ impl<S: Store + Clone> PluginManager<S> {
                 summary.contract = Some(c.contract.as_str().to_owned());
                 summary.instances = match c.contract {
                     sextant_plugin::Contract::V0_1 => summary.running * self.0.host.config().workers as u64,
-                    sextant_plugin::Contract::V0_2 | sextant_plugin::Contract::V0_2_1 => 0,
+                    sextant_plugin::Contract::V0_2
+                    | sextant_plugin::Contract::V0_2_1
+                    | sextant_plugin::Contract::V0_2_2 => 0,
                 };
             }
             for s in shared.iter().filter(|s| s.sha256 == record.sha256) {

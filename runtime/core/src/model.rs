@@ -113,6 +113,12 @@ impl Instance {
                 return Err(ValidationError::FieldTooLong { field, len: value.len(), max: MAX_LABEL_BYTES });
             }
         }
+        // The rule `sextant gateway --zone` and the locality scheduler's priority list follow
+        // too (`sextant_builtins::zone_name_error`), so every zone an instance can carry is
+        // one a gateway can be in and a scheduler can name.
+        if self.zone.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ValidationError::InvalidZone(self.zone.clone()));
+        }
         if self.metadata.keys().any(str::is_empty) {
             return Err(ValidationError::EmptyMetadataKey);
         }

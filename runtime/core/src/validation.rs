@@ -44,6 +44,9 @@ pub enum ValidationError {
     /// An empty metadata key.
     #[error("metadata keys must not be empty")]
     EmptyMetadataKey,
+    /// A zone holding whitespace or a control character.
+    #[error("zone {0:?} holds whitespace or a control character")]
+    InvalidZone(String),
     /// Zone or version longer than its limit.
     #[error("{field} is {len} bytes long, the limit is {max}")]
     FieldTooLong {

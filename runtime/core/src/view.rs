@@ -217,6 +217,22 @@ impl RegistryView {
         self.plugins.values().cloned().collect()
     }
 
+    /// Instances and healthy instances (healthy and enabled) per zone (`""`: without one),
+    /// over every service. Walks every instance.
+    #[must_use]
+    pub fn zone_counts(&self) -> std::collections::BTreeMap<String, (usize, usize)> {
+        let mut zones: std::collections::BTreeMap<String, (usize, usize)> = std::collections::BTreeMap::new();
+        for i in self.services.values().flat_map(|e| e.instances.iter()) {
+            let z = match zones.get_mut(i.zone.as_str()) {
+                Some(z) => z,
+                None => zones.entry(i.zone.clone()).or_default(),
+            };
+            z.0 += 1;
+            z.1 += usize::from(i.healthy && i.enabled);
+        }
+        zones
+    }
+
     /// Counts for status and metrics.
     #[must_use]
     pub fn stats(&self) -> ViewStats {

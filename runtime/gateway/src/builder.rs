@@ -28,6 +28,7 @@ pub struct RouterBuilder {
     register: Option<Instance>,
     clock: Arc<dyn Clock>,
     maintained: bool,
+    zone: Option<String>,
 }
 
 impl std::fmt::Debug for RouterBuilder {
@@ -64,6 +65,17 @@ impl RouterBuilder {
     #[must_use]
     pub fn health_sink(mut self, sink: Arc<dyn HealthSink>) -> Self {
         self.sink = Some(sink);
+        self
+    }
+
+    /// The zone this router runs in (as `sextant gateway --zone`): what every plugin's
+    /// `host.local-zone` answers (it is the plugin host's, `PluginHost::set_zone`: a host
+    /// shared by several routers has one zone), what the `locality` scheduler keeps traffic
+    /// in, and the `local` label of the attempts metric. Not checked here: a gateway checks
+    /// its `--zone` with [`sextant_plugin::builtins::zone_name_error`].
+    #[must_use]
+    pub fn zone(mut self, zone: impl Into<String>) -> Self {
+        self.zone = Some(zone.into());
         self
     }
 
@@ -142,6 +154,9 @@ impl RouterBuilder {
     /// Outside a tokio runtime.
     #[must_use]
     pub fn build(self) -> Router {
+        if let Some(zone) = &self.zone {
+            self.host.set_zone(zone);
+        }
         let (discovery, configured) = (Arc::clone(&self.discovery), self.services.keys().cloned().collect());
         let router = Router::assemble(
             self.host,
@@ -196,6 +211,7 @@ impl Router {
             register: None,
             clock: Arc::new(SystemClock),
             maintained: true,
+            zone: None,
         }
     }
 

@@ -14,6 +14,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -92,6 +93,18 @@ pub struct AttemptLabels {
     pub result: &'static str,
 }
 
+/// Labels of the attempts sent to one zone.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ZoneLabels {
+    /// The service.
+    pub service: String,
+    /// The endpoint's zone (empty: none).
+    pub zone: String,
+    /// `local` (the gateway's zone), `remote`, or `unzoned` (the gateway or the endpoint has
+    /// no zone).
+    pub locality: &'static str,
+}
+
 /// Labels of one service.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabel {
@@ -152,6 +165,9 @@ pub struct GatewayMetrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     attempts: Family<AttemptLabels, Counter>,
+    zone_attempts: Family<ZoneLabels, Counter>,
+    /// The gateway's zone, for the `locality` label.
+    zone: ArcSwap<String>,
     attempt_duration: Family<EndpointLabels, Histogram, fn() -> Histogram>,
     retries: Family<ServiceLabel, Counter>,
     rate_limited: Family<ServiceLabel, Counter>,
@@ -224,6 +240,8 @@ impl GatewayMetrics {
             requests: Family::default(),
             duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             attempts: Family::default(),
+            zone_attempts: Family::default(),
+            zone: ArcSwap::from_pointee(String::new()),
             attempt_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             retries: Family::default(),
             rate_limited: Family::default(),
@@ -248,6 +266,11 @@ impl GatewayMetrics {
             m.duration.clone(),
         );
         registry.register("upstream_attempts", "Upstream attempts by endpoint and result", m.attempts.clone());
+        registry.register(
+            "zone_attempts",
+            "Upstream attempts by the endpoint's zone, local when it is the gateway's",
+            m.zone_attempts.clone(),
+        );
         registry.register(
             "upstream_duration_seconds",
             "Time from an attempt to its endpoint's response headers (or its failure), by endpoint",
@@ -297,8 +320,23 @@ impl GatewayMetrics {
         RouteSeries { requests, duration: self.duration.get_or_create(&labels).clone() }
     }
 
-    /// Counts an upstream attempt that ended with `result` after `elapsed`.
-    pub fn attempt(&self, service: &str, endpoint: &str, result: &'static str, elapsed: Duration) {
+    /// The gateway's zone (`--zone`), which the attempts metric compares endpoints' zones
+    /// with.
+    pub fn set_zone(&self, zone: &str) {
+        self.zone.store(Arc::new(zone.to_owned()));
+    }
+
+    /// Counts an upstream attempt at an endpoint of `zone` that ended with `result` after
+    /// `elapsed`.
+    pub fn attempt(&self, service: &str, endpoint: &str, zone: &str, result: &'static str, elapsed: Duration) {
+        let here = self.zone.load();
+        let locality = match (here.is_empty() || zone.is_empty(), here.as_str() == zone) {
+            (true, _) => "unzoned",
+            (false, true) => "local",
+            (false, false) => "remote",
+        };
+        let labels = ZoneLabels { service: service.to_owned(), zone: zone.to_owned(), locality };
+        self.zone_attempts.get_or_create(&labels).inc();
         let labels = AttemptLabels { service: service.to_owned(), endpoint: endpoint.to_owned(), result };
         self.attempts.get_or_create(&labels).inc();
         let labels = EndpointLabels { service: labels.service, endpoint: labels.endpoint };
@@ -415,7 +453,10 @@ mod tests {
         m.request("/api", "ns/g/a", 200, Duration::from_millis(3));
         m.request("/api", "ns/g/a", 204, Duration::from_millis(1));
         m.request("/api", "ns/g/a", 503, Duration::from_millis(2));
-        m.attempt("ns/g/a", "127.0.0.1:9", "timeout", Duration::from_millis(3));
+        m.attempt("ns/g/a", "127.0.0.1:9", "", "timeout", Duration::from_millis(3));
+        m.set_zone("eu-1");
+        m.attempt("ns/g/a", "127.0.0.1:10", "eu-1", "2xx", Duration::from_millis(3));
+        m.attempt("ns/g/a", "127.0.0.1:11", "eu-2", "2xx", Duration::from_millis(3));
         m.retry("ns/g/a");
         let text = m.encode(None);
         let line = |prefix: &str| text.lines().find(|l| l.starts_with(prefix)).map(str::to_owned);
@@ -447,6 +488,14 @@ mod tests {
             "{text}"
         );
         assert!(line(r#"sextant_gateway_retries_total{service="ns/g/a"} 1"#).is_some());
+        for zone in [
+            r#"zone="",locality="unzoned"} 1"#,
+            r#"zone="eu-1",locality="local"} 1"#,
+            r#"zone="eu-2",locality="remote"} 1"#,
+        ] {
+            let want = format!(r#"sextant_gateway_zone_attempts_total{{service="ns/g/a",{zone}"#);
+            assert!(line(&want).is_some(), "{want}\n{text}");
+        }
         assert!(text.contains("# TYPE sextant_gateway_requests_total counter\n"), "{text}");
         assert!(text.contains("# TYPE sextant_gateway_request_duration_seconds histogram\n"), "{text}");
         assert!(!text.contains("# EOF"), "{text}");

@@ -749,7 +749,7 @@ impl Gateway {
             };
             let took = sent.elapsed();
             if let Some(m) = &self.0.metrics {
-                m.attempt(label, &addressing.label, result, took);
+                m.attempt(label, &addressing.label, &guard.instance().zone, result, took);
             }
             span.record("sextant.outcome", result);
             if let Some(r) = &response {

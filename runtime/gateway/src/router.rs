@@ -202,6 +202,13 @@ impl Router {
         &self.0.host
     }
 
+    /// The zone this router runs in (its plugin host's; empty: none): see
+    /// [`RouterBuilder::zone`](crate::RouterBuilder::zone).
+    #[must_use]
+    pub fn zone(&self) -> String {
+        self.0.host.zone()
+    }
+
     /// Sets `service`'s configuration (replacing its service state, so live state starts over).
     pub fn configure(&self, service: ServiceKey, config: ServicePolicy) {
         self.0.states.write().remove(&service);

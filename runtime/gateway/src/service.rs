@@ -223,6 +223,9 @@ pub(crate) struct LiveState {
     health_pos: HashMap<String, u32>,
     /// Scheduler snapshot order (the registry's selected instances).
     pub(crate) scheduler_ids: Vec<String>,
+    /// The health the scheduler was last given for them (the registry's, less what this
+    /// gateway found down, ejected or breaker-open); none: it must be given its snapshot.
+    scheduler_view: Option<Vec<bool>>,
     /// Down, ejected, reweighted: what the rotation rule reads besides the registry.
     pub(crate) local: LocalHealth,
     window_started: Instant,
@@ -323,6 +326,7 @@ impl ServiceState {
                 health_ids: Vec::new(),
                 health_pos: HashMap::new(),
                 scheduler_ids: Vec::new(),
+                scheduler_view: None,
                 local: LocalHealth::default(),
                 window_started: now,
                 built: false,
@@ -403,9 +407,10 @@ impl ServiceState {
     }
 
     /// Runs `spec` as the scheduler, in a slot created for it when the service state runs none (on
-    /// the service state's selected endpoints); its weights apply from the next window.
+    /// the service state's selected endpoints); the next rebuild gives it this gateway's view of
+    /// them and applies its weights.
     pub(crate) fn attach_scheduler(&self, spec: PluginSpec) -> Result<VersionStatus, LoadError> {
-        let state = self.state.lock();
+        let mut state = self.state.lock();
         let registry = &state.registry;
         let snapshot = Snapshot {
             service: self.service.to_string(),
@@ -413,7 +418,13 @@ impl ServiceState {
             endpoints: registry.selected().map(|i| sextant_plugin::endpoint_of(i)).collect(),
             protection_active: registry.protection_active(),
         };
-        self.slots.attach_scheduler(spec, snapshot)
+        let attached = self.slots.attach_scheduler(spec, snapshot);
+        // The next rebuild gives it this gateway's view of the endpoints and asks for weights.
+        state.scheduler_view = None;
+        drop(state);
+        self.dirty.store(true, Relaxed);
+        self.wake.notify_one();
+        attached
     }
 
     /// Drops the scheduler slot: the registered weights stand again from the next rebuild.
@@ -491,6 +502,7 @@ impl ServiceState {
         if registry.revision.0 != state.registry_revision || !state.built {
             self.apply_registry(state, &registry, now);
         }
+        self.sync_scheduler(state, now);
         let open = |id: &str| state.endpoints.get(id).and_then(|e| e.breaker.open_until());
         let next = rotation(&registry, &state.local, &open, self.config.max_ejected_percent, now);
         let protection = next.protection;
@@ -517,7 +529,44 @@ impl ServiceState {
         state.built = true;
     }
 
-    /// A new registry snapshot: endpoint states by id, the health and scheduler snapshots.
+    /// Gives the scheduler its endpoints with this gateway's view of their health (the
+    /// registry's, less the endpoints found down, ejected or with an open breaker here) when
+    /// that view changed, and asks it for weights at once: the window is cut early, so a
+    /// scheduler that moves traffic by health (`locality`) reacts to a lost endpoint before the
+    /// next window, and each `schedule` call still covers what happened since the last one.
+    fn sync_scheduler(&self, state: &mut LiveState, now: Instant) {
+        let Some(scheduler) = self.scheduler() else {
+            state.scheduler_view = None;
+            return;
+        };
+        let up = |i: &Instance| {
+            let id = i.id.as_str();
+            i.healthy
+                && !state.local.down.contains(id)
+                && state.local.ejected.get(id).is_none_or(|(until, _)| *until <= now)
+                && state.endpoints.get(id).and_then(|e| e.breaker.open_until()).is_none()
+        };
+        let selected: Vec<&Arc<Instance>> = state.registry.selected().collect();
+        let view: Vec<bool> = selected.iter().map(|i| up(i)).collect();
+        if state.scheduler_view.as_ref() == Some(&view) {
+            return;
+        }
+        scheduler.set_snapshot(Snapshot {
+            service: self.service.to_string(),
+            revision: state.registry.revision.0,
+            endpoints: selected
+                .iter()
+                .zip(&view)
+                .map(|(i, &healthy)| Endpoint { healthy, ..sextant_plugin::endpoint_of(i) })
+                .collect(),
+            protection_active: state.registry.protection_active(),
+        });
+        state.scheduler_view = Some(view);
+        self.cut_window(state, now);
+    }
+
+    /// A new registry snapshot: endpoint states by id, the health snapshot (the scheduler's
+    /// follows at [`Self::sync_scheduler`]).
     fn apply_registry(&self, state: &mut LiveState, registry: &Arc<ServiceSnapshot>, now: Instant) {
         let routable: Vec<Arc<Instance>> = registry.instances.iter().filter(|i| i.is_routable()).cloned().collect();
         let mut endpoints = HashMap::with_capacity(routable.len());
@@ -553,11 +602,8 @@ impl ServiceState {
             .map(|(n, i)| (i.id.to_string(), u32::try_from(n).unwrap_or(u32::MAX)))
             .collect();
         state.health_ids = routable;
-        let selected: Vec<&Arc<Instance>> = registry.selected().collect();
-        state.scheduler_ids = selected.iter().map(|i| i.id.to_string()).collect();
-        if let Some(s) = self.scheduler() {
-            s.set_snapshot(model(&mut selected.into_iter()));
-        }
+        state.scheduler_ids = registry.selected().map(|i| i.id.to_string()).collect();
+        state.scheduler_view = None;
         state.registry = Arc::clone(registry);
         state.registry_revision = registry.revision.0;
     }

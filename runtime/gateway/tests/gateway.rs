@@ -560,7 +560,7 @@ async fn the_embedding_api_picks_avoids_and_accounts_every_guard() {
 /// whose endpoint failed moves on to the next endpoint it reaches, the same one at every
 /// retry: a table the host executes (ring, Maglev) is walked on by the host, a per-request
 /// balancer reads `load.request-tried`. A component built against 0.2.0 is still served by the
-/// 0.2.1 host, and shows what the case was before: it cannot know, so its retry lands on the
+/// 0.2.2 host, and shows what the case was before: it cannot know, so its retry lands on the
 /// endpoint that failed (`pick_avoiding`'s three extra picks get the same answer).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_tells_the_balancer_what_was_tried_so_a_sticky_key_moves_on() {
@@ -583,9 +583,9 @@ async fn a_retry_tells_the_balancer_what_was_tried_so_a_sticky_key_moves_on() {
     let keys: Vec<String> = (0..40).map(|k| format!("user-{k}")).collect();
     let cases = [
         ("ring-hash (native)", PluginSpec::builtin("ring-hash"), "", true),
-        ("ring-hash (wasm, per request)", wasm(&host, "ring-hash", "{}"), "0.2.1", true),
-        ("maglev (wasm table)", wasm(&host, "maglev", "{}"), "0.2.1", true),
-        ("sticky (0.2.1, per request)", wasm(&host, "sticky", "{}"), "0.2.1", true),
+        ("ring-hash (wasm, per request)", wasm(&host, "ring-hash", "{}"), "0.2.2", true),
+        ("maglev (wasm table)", wasm(&host, "maglev", "{}"), "0.2.2", true),
+        ("sticky (0.2.2, per request)", wasm(&host, "sticky", "{}"), "0.2.2", true),
         ("sticky-v020 (0.2.0, per request)", wasm(&host, "sticky-v020", "{}"), "0.2.0", false),
     ];
     for (label, spec, contract, moves_on) in cases {

@@ -8,7 +8,9 @@
 //!   instance runs in; [`PluginHost`] (`host.rs`) adds the compile cache keyed by sha256 and
 //!   validation of what a component exports and imports (kind, contract version:
 //!   [`Contract`], `kind.rs`) with a typed [`LoadError`] for each way a file can be wrong;
-//! - the two contract versions: `sextant:plugin@0.2.0` (`wit/`), where one instance per
+//! - the two contract shapes: `sextant:plugin@0.2.x` (`wit/`, 0.2.2: 0.2.1 added what a
+//!   request tried, 0.2.2 the host's zone, `host.local-zone`, [`Runtime::set_zone`]; 0.2.0 and
+//!   0.2.1 components are served by the 0.2.2 bindings), where one instance per
 //!   worker thread serves every service a plugin is bound to, each service a resource
 //!   created when first needed and dropped after idling (`shared.rs`, [`SharedStatus`]: so
 //!   instances follow threads × plugins, not services), and the legacy

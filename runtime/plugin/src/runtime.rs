@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use sextant_builtins::{LocalRandom, SplitMix64};
 use wasmtime::component::{HasSelf, Linker};
@@ -47,8 +48,8 @@ pub struct HostConfig {
     /// would start one more is refused, naming this limit.
     pub max_plugins: u32,
     /// The newest contract version the host accepts: a host pinned to
-    /// [`Contract::V0_1`] refuses 0.2.x components, one pinned to [`Contract::V0_2`] 0.2.1
-    /// ones.
+    /// [`Contract::V0_1`] refuses 0.2.x components, one pinned to [`Contract::V0_2`] 0.2.1 and
+    /// 0.2.2 ones, one pinned to [`Contract::V0_2_1`] 0.2.2 ones.
     pub contract: Contract,
     /// A service's plugin resource that made no call for this long is dropped (it is created
     /// again, with the current snapshot, when next needed).
@@ -63,6 +64,9 @@ pub struct HostConfig {
     pub workers: usize,
     /// Seed of the plugins' random numbers (each instance gets seed + its number).
     pub seed: u64,
+    /// The zone the host runs in, what `host.local-zone` answers (empty: none); see
+    /// [`Runtime::set_zone`].
+    pub zone: String,
     /// Compiled components kept in the cache.
     pub cache_capacity: usize,
     /// Faults (traps, deadline hits, contract violations) within `fault_window` that roll a
@@ -96,11 +100,12 @@ impl Default for HostConfig {
             tick: Duration::from_millis(1),
             max_instances: 1000,
             max_plugins: 64,
-            contract: Contract::V0_2_1,
+            contract: Contract::V0_2_2,
             idle_resource: Duration::from_secs(300),
             sweep_idle: true,
             workers: std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
             seed: 0x5e7_a47,
+            zone: String::new(),
             cache_capacity: 64,
             max_faults: 5,
             fault_window: Duration::from_secs(10),
@@ -148,6 +153,8 @@ struct Inner {
     linker: Linker<HostState>,
     config: HostConfig,
     next_seed: AtomicU64,
+    /// The host's zone (`host.local-zone`), shared with every store.
+    zone: Arc<ArcSwap<String>>,
     /// `pick_deadline` in ticks, computed once (it is needed on every pick).
     pick_ticks: u64,
     /// `idle_resource` in ticks, computed once (a shared plugin's calls check it).
@@ -232,6 +239,7 @@ impl Runtime {
             pick_ticks,
             idle_ticks,
             next_seed: AtomicU64::new(config.seed),
+            zone: Arc::new(ArcSwap::from_pointee(config.zone.clone())),
             config,
             next_key: AtomicU64::new(1),
             tick_count,
@@ -409,6 +417,7 @@ impl Runtime {
             attempt: 0,
             tried: Vec::new(),
             clock: Instant::now(),
+            zone: Arc::clone(&self.0.zone),
             output: None,
             budget: Duration::ZERO,
             probe: None,
@@ -439,6 +448,19 @@ impl Runtime {
     /// compare native and wasm picks).
     pub fn reseed(&self, seed: u64) {
         self.0.next_seed.store(seed, Relaxed);
+    }
+
+    /// Moves the host to `zone` (empty: none): what every plugin's `host.local-zone` answers
+    /// from its next call on, running instances included. The gateway sets it from `--zone`;
+    /// a simulation sets it per run.
+    pub fn set_zone(&self, zone: &str) {
+        self.0.zone.store(Arc::new(zone.to_owned()));
+    }
+
+    /// The zone the host runs in (empty: none).
+    #[must_use]
+    pub fn zone(&self) -> String {
+        self.0.zone.load().as_ref().clone()
     }
 }
 

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use sextant_builtins::{EndpointState, Env, Level, LocalRandom, SplitMix64};
 use wasmtime::{Store, StoreLimits};
 
@@ -87,6 +88,8 @@ pub struct HostState {
     pub(crate) attempt: u32,
     pub(crate) tried: Vec<u32>,
     pub(crate) clock: Instant,
+    /// The host's zone (`host.local-zone`), read at each call: the host may be moved.
+    pub(crate) zone: Arc<ArcSwap<String>>,
     /// What the instance wrote to stdout and stderr (`wasi.rs`), once it writes.
     pub(crate) output: Option<Box<crate::wasi::Output>>,
     pub(crate) limits: StoreLimits,
@@ -151,6 +154,9 @@ impl Env for HostState {
     fn state(&self, endpoint: u32) -> EndpointState {
         self.published.state(endpoint)
     }
+    fn local_zone(&self) -> String {
+        self.zone.load().as_ref().clone()
+    }
 }
 
 impl HostState {
@@ -179,9 +185,9 @@ impl HostState {
 }
 
 /// The `host` and `load` imports of one contract version: the same functions in 0.1.0 and
-/// 0.2.x, whose generated types differ only by module, and what a version adds.
+/// 0.2.x, whose generated types differ only by module, and what a version adds to each.
 macro_rules! host_imports {
-    ($host:ident, $load:ident $(, { $($added:tt)* })?) => {
+    ($host:ident, $load:ident $(, host { $($host_added:tt)* }, load { $($load_added:tt)* })?) => {
         impl $host::Host for HostState {
             fn log(&mut self, level: $host::Level, message: String) {
                 let level = match level {
@@ -199,6 +205,7 @@ macro_rules! host_imports {
             fn random(&mut self) -> u64 {
                 self.rng.next_u64()
             }
+            $($($host_added)*)?
         }
 
         impl $load::Host for HostState {
@@ -228,14 +235,18 @@ macro_rules! host_imports {
             fn request_header(&mut self, name: String) -> Option<String> {
                 Env::request_header(self, &name)
             }
-            $($($added)*)?
+            $($($load_added)*)?
         }
     };
 }
 
 host_imports!(wit_host, wit_load);
-// 0.2.1 adds what the request already tried.
-host_imports!(wit_host2, wit_load2, {
+// 0.2.1 adds what the request already tried, 0.2.2 the host's zone.
+host_imports!(wit_host2, wit_load2, host {
+    fn local_zone(&mut self) -> String {
+        Env::local_zone(self)
+    }
+}, load {
     fn request_attempt(&mut self) -> u32 {
         self.attempt
     }

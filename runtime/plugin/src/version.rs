@@ -46,7 +46,7 @@ pub(crate) struct WasmRunner {
 }
 
 pub(crate) enum Runner {
-    Native(Box<dyn Balancer>, HostState),
+    Native(Box<dyn Balancer>, Box<HostState>),
     Wasm(Box<WasmRunner>),
     /// A 0.2.0 plugin: this service's resource in one of its shared instances, and the
     /// generator its tables draw keys from.
@@ -401,7 +401,7 @@ impl Version {
                 }
                 PluginSpec::Builtin { name, config } => Runner::Native(
                     sextant_builtins::balancer(name, config).map_err(LoadError::UnknownBuiltin)?,
-                    host.state(Arc::clone(&label), Arc::clone(published)),
+                    Box::new(host.state(Arc::clone(&label), Arc::clone(published))),
                 ),
                 PluginSpec::Wasm { compiled, config, .. } => Runner::Wasm(Box::new(WasmRunner::new(
                     host,
@@ -512,7 +512,7 @@ impl Worker {
         let result = match &mut self.runner {
             Runner::Native(b, env) => {
                 env.published = Arc::clone(published);
-                b.update(&published.model, env).map_err(CallFault::Refused)
+                b.update(&published.model, &mut **env).map_err(CallFault::Refused)
             }
             Runner::Wasm(w) => w.update(host, published),
             Runner::Shared(shared, _) => match shared_update(shared, host, published, Missing::Skip) {
@@ -694,7 +694,7 @@ impl Worker {
                 let answer = match &mut self.runner {
                     Runner::Native(b, env) => {
                         env.swap_request(&mut request.headers, &mut request.attempt, &mut tried);
-                        let a = b.pick(&Request { hash_key: request.hash_key }, env);
+                        let a = b.pick(&Request { hash_key: request.hash_key }, &mut **env);
                         env.swap_request(&mut request.headers, &mut request.attempt, &mut tried);
                         a
                     }

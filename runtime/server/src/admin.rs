@@ -430,6 +430,7 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     let gauge = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
     s.metrics.services.set(gauge(stats.services));
     s.metrics.instances.set(gauge(stats.instances));
+    s.metrics.set_zones(&s.registry().zone_counts());
     s.metrics.configs.set(gauge(stats.configs));
     s.metrics.revision.set(i64::try_from(stats.revision.0).unwrap_or(i64::MAX));
     s.metrics.leases.set(gauge(store.lease_count()));

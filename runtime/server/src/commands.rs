@@ -28,8 +28,9 @@ pub(crate) struct PluginHostArgs {
     /// Distinct 0.2.0 plugins (component and configuration) running at once.
     #[arg(long, default_value_t = 64)]
     pub(crate) max_plugins: u32,
-    /// The newest plugin contract accepted: 0.2.1 (which also serves 0.2.0 and legacy 0.1.0
-    /// components), 0.2.0 to refuse components built for 0.2.1, or 0.1.0 to refuse both.
+    /// The newest plugin contract accepted: 0.2.2 (which also serves 0.2.1, 0.2.0 and legacy
+    /// 0.1.0 components), 0.2.1 or 0.2.0 to refuse components built for newer 0.2.x ones, or
+    /// 0.1.0 to refuse every 0.2.x.
     #[arg(long, default_value = sextant_plugin::CONTRACT_VERSION, value_parser = sextant_plugin::Contract::parse)]
     pub(crate) plugin_contract: sextant_plugin::Contract,
     /// Seconds after which a service's plugin resource (0.2.0) that made no call is dropped;
@@ -464,7 +465,7 @@ pub(crate) async fn deregister(args: &ClientArgs, service: &str, id: &str) -> Re
 fn describe(record: &Record) -> String {
     match record {
         Record::Instance(i) => format!(
-            "instance {}/{} {}:{} weight={} healthy={} enabled={} {}",
+            "instance {}/{} {}:{} weight={} healthy={} enabled={} {}{}",
             i.service,
             i.id,
             i.ip,
@@ -472,7 +473,8 @@ fn describe(record: &Record) -> String {
             i.weight,
             i.healthy,
             i.enabled,
-            if i.ephemeral { "ephemeral" } else { "persistent" }
+            if i.ephemeral { "ephemeral" } else { "persistent" },
+            if i.zone.is_empty() { String::new() } else { format!(" zone={}", i.zone) }
         ),
         Record::Service(s) => format!("service {} protect_threshold={}", s.service, s.protect_threshold),
         Record::Config(c) => format!("config {} version={}", c.key, &c.version[..12]),
@@ -480,15 +482,49 @@ fn describe(record: &Record) -> String {
     }
 }
 
-pub(crate) async fn list(args: &ClientArgs, scope_args: &ScopeArgs) -> Result {
+/// Instances and healthy instances per zone (`""`: instances without one).
+fn zone_counts(records: &[Record]) -> BTreeMap<String, (usize, usize)> {
+    let mut zones: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for r in records {
+        if let Record::Instance(i) = r {
+            let z = zones.entry(i.zone.clone()).or_default();
+            z.0 += 1;
+            z.1 += usize::from(i.healthy && i.enabled);
+        }
+    }
+    zones
+}
+
+pub(crate) async fn list(args: &ClientArgs, scope_args: &ScopeArgs, zone: Option<&str>) -> Result {
     let scope = scope(scope_args)?;
+    if let Some(e) = zone.filter(|z| !z.is_empty()).and_then(sextant_plugin::builtins::zone_name_error) {
+        return Err(Failure::usage(format!("--zone: {e}")));
+    }
     match connect(args).await?.request(Request::List { scope }).await? {
-        Response::Records { revision, records, stale_ms } => {
+        Response::Records { revision, mut records, stale_ms } => {
+            if let Some(zone) = zone {
+                records.retain(|r| matches!(r, Record::Instance(i) if i.zone == zone));
+            }
+            let zones = zone_counts(&records);
             if args.json {
-                return out(&json!({ "revision": revision, "records": records, "stale_ms": stale_ms }).to_string());
+                let zones: serde_json::Map<String, serde_json::Value> = zones
+                    .iter()
+                    .map(|(z, (n, healthy))| (z.clone(), json!({"instances": n, "healthy": healthy})))
+                    .collect();
+                return out(&json!({ "revision": revision, "records": records, "stale_ms": stale_ms, "zones": zones })
+                    .to_string());
             }
             for r in &records {
                 out(&describe(r))?;
+            }
+            if !zones.is_empty() {
+                let each: Vec<String> = zones
+                    .iter()
+                    .map(|(z, (n, healthy))| {
+                        format!("{} {n} ({healthy} healthy)", if z.is_empty() { "(no zone)" } else { z })
+                    })
+                    .collect();
+                out(&format!("# zones: {}", each.join(", ")))?;
             }
             let stale = stale_ms.map(|ms| format!(" (stale: the store has been unreachable for {ms} ms)"));
             out(&format!("# revision {revision}, {} records{}", records.len(), stale.unwrap_or_default()))

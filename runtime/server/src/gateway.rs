@@ -76,8 +76,10 @@ pub(crate) struct GatewayArgs {
     /// --register-as need addresses of their own: the address is the registration's id.
     #[arg(long)]
     advertise: Option<SocketAddr>,
-    /// Zone label of the gateway's registration (and its `zone` label as a reader of config
-    /// entries).
+    /// The zone the gateway runs in: its registration's zone, its `zone` label as a reader of
+    /// config entries, what plugins read as `host.local-zone` (the `locality` scheduler keeps
+    /// traffic in it), and the `local`/`remote` label of `sextant_gateway_zone_attempts_total`.
+    /// At most 64 bytes, no whitespace.
     #[arg(long, default_value = "")]
     zone: String,
     /// A label of this gateway, KEY=VALUE (repeatable): in its registration's metadata as
@@ -286,6 +288,11 @@ pub(crate) async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Failure> {
     let args = Arc::new(args);
+    if let Some(e) =
+        Some(args.zone.as_str()).filter(|z| !z.is_empty()).and_then(sextant_plugin::builtins::zone_name_error)
+    {
+        return Err(Failure::usage(format!("--zone: {e}")));
+    }
     if args.print_config && args.config_entry.is_none() {
         // A file or the defaults: printed without a server.
         let file = match &args.config {
@@ -377,11 +384,13 @@ pub(crate) async fn run(
         .defaults(first.policy.clone())
         .plugin_cache(args.cache.join("plugins"))
         .reporting_as(key.to_string())
+        .zone(args.zone.clone())
         .build();
     let follower = router.plugins().ok_or_else(|| Failure::other("the router follows no plugin records"))?;
     follower.set_services(services, first.policy.clone(), Vec::new());
     let gateway_config = first.gateway.clone();
     let metrics = Arc::new(GatewayMetrics::new());
+    metrics.set_zone(&args.zone);
     let gateway = Gateway::with_metrics(gateway_config, Upstream::Router(router.clone()), Some(Arc::clone(&metrics)))
         .map_err(|e| Failure::usage(e.to_string()))?;
     if let Some(path) = &args.access_log {

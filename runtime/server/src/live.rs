@@ -4,7 +4,9 @@
 //! For each (scenario, strategy): one HTTP backend per `BackendSpec` on 127.0.0.1, serving
 //! `workers` requests at a time from a FIFO queue with the same log-normal service times and
 //! the same faults as the simulation, on the wall clock (slow, fast 503 / 429, a partitioned
-//! zone that never answers, churn through the registry); the instances in an embedded
+//! zone that never answers, churn through the registry, and in zone scenarios half the
+//! cross-zone round trip before and after the work of a backend outside the gateway's zone);
+//! the instances in an embedded
 //! registry; the HTTP gateway the example gateway runs (`sextant_gateway::proxy::Gateway`)
 //! routing through a `Router` with the strategy's balancer and scheduler; open-loop Poisson
 //! arrivals at the scenario's rate (bursts and keys included, seeded) from a pooled HTTP
@@ -63,6 +65,9 @@ struct LiveBackend {
     timeout: Duration,
     /// Requests received per time bucket.
     series: Vec<AtomicU64>,
+    /// Half the cross-zone round trip when the backend is in another zone than the gateway
+    /// (waited before the work and before the answer, as the network would).
+    half_trip: Duration,
 }
 
 impl LiveBackend {
@@ -104,6 +109,17 @@ impl LiveBackend {
 }
 
 async fn handle(State(b): State<Arc<LiveBackend>>) -> Response {
+    if !b.half_trip.is_zero() {
+        tokio::time::sleep(b.half_trip).await;
+    }
+    let answer = serve(&b).await;
+    if !b.half_trip.is_zero() {
+        tokio::time::sleep(b.half_trip).await;
+    }
+    answer
+}
+
+async fn serve(b: &Arc<LiveBackend>) -> Response {
     let f = b.frac();
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let bucket = ((f * BUCKETS as f64) as usize).min(BUCKETS - 1);
@@ -115,7 +131,7 @@ async fn handle(State(b): State<Arc<LiveBackend>>) -> Response {
     }
     // The work runs to its end even when the gateway stops waiting, as in the simulation.
     let work = {
-        let b = Arc::clone(&b);
+        let b = Arc::clone(b);
         tokio::spawn(async move {
             let Ok(_permit) = b.workers.acquire().await else { return StatusCode::SERVICE_UNAVAILABLE };
             let (ms, status) = b.decide(b.frac());
@@ -192,6 +208,10 @@ pub async fn run(
             duration,
             timeout,
             series: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            half_trip: match scenario.gateway_zone {
+                Some(z) if z != spec.zone => Duration::from_secs_f64(scenario.cross_zone_ms / 2000.0),
+                _ => Duration::ZERO,
+            },
         });
         let app = axum::Router::new().fallback(handle).with_state(Arc::clone(&backend));
         servers.push(tokio::spawn(async move { axum::serve(listener, app).await }));
@@ -201,7 +221,10 @@ pub async fn run(
         backends.push(backend);
     }
 
-    let router = Router::new(host.clone(), Arc::new(registry.clone()), policy(strategy));
+    let router = Router::builder(host.clone(), Arc::new(registry.clone()))
+        .defaults(policy(strategy))
+        .zone(scenario.gateway_zone.unwrap_or(""))
+        .build();
     let mut rule = Rule::prefix("/", SERVICE);
     rule.hash_header = Some(KEY_HEADER.into());
     let config = GatewayConfig { routes: vec![rule], attempt_timeout: timeout, ..GatewayConfig::default() };
@@ -290,6 +313,9 @@ pub async fn run(
         ..RunResult::default()
     };
     result.per_backend = (0..n).map(|b| backends[b].series.iter().map(|c| c.load(Relaxed)).sum()).collect();
+    result.cross_zone = scenario
+        .gateway_zone
+        .map(|z| backends.iter().zip(&result.per_backend).filter(|(b, _)| b.spec.zone != z).map(|(_, n)| *n).sum());
     result.latencies_us.sort_unstable();
     result.imbalance = scenario.imbalance(&result.per_backend);
     Ok(result)
@@ -326,14 +352,14 @@ pub fn side_by_side(sim: &[Row], live: &[Row], scale: f64) -> String {
     let mut out = format!(
         "# Simulation vs live\n\nLive: real loopback backends through the gateway, {scale}× each scenario's duration, \
          one run each (wall clock, not deterministic). Simulation: the mean over its seeds.\n\n\
-         | scenario | strategy | success sim | success live | p50 sim | p50 live | p99 sim | p99 live | p99.9 sim | p99.9 live | imbalance sim | imbalance live |\n\
-         | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+         | scenario | strategy | success sim | success live | p50 sim | p50 live | p99 sim | p99 live | p99.9 sim | p99.9 live | imbalance sim | imbalance live | cross-zone sim | cross-zone live |\n\
+         | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
     );
     for l in live {
         let s = by_key.get(&(l.scenario.as_str(), l.strategy.as_str()));
         let sim = |f: &dyn Fn(&Row) -> String| s.map_or_else(|| "–".to_owned(), |r| f(r));
         out.push_str(&format!(
-            "| {} | {} | {} | {:.3}% | {} | {:.1} | {} | {:.1} | {} | {:.1} | {} | {:.2} |\n",
+            "| {} | {} | {} | {:.3}% | {} | {:.1} | {} | {:.1} | {} | {:.1} | {} | {:.2} | {} | {} |\n",
             l.scenario,
             l.strategy,
             sim(&|r| format!("{:.3}%", r.success_rate * 100.0)),
@@ -346,6 +372,8 @@ pub fn side_by_side(sim: &[Row], live: &[Row], scale: f64) -> String {
             l.p999_ms,
             sim(&|r| format!("{:.2}", r.imbalance)),
             l.imbalance,
+            sim(&|r| r.cross_zone.map_or_else(|| "–".to_owned(), |c| format!("{:.1}%", c * 100.0))),
+            l.cross_zone.map_or_else(|| "–".to_owned(), |c| format!("{:.1}%", c * 100.0)),
         ));
     }
     out.push_str("\nLatencies in ms, as the client saw them (failures when their error came back, unanswered requests at the timeout).\n");

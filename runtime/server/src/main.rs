@@ -191,12 +191,16 @@ enum Command {
         #[arg(long)]
         id: String,
     },
-    /// List records (instances, service settings, configs).
+    /// List records (instances, service settings, configs), with the instances and healthy
+    /// instances per zone.
     List {
         #[command(flatten)]
         client: ClientArgs,
         #[command(flatten)]
         scope: ScopeArgs,
+        /// Only the instances of this zone (and no other records).
+        #[arg(long)]
+        zone: Option<String>,
     },
     /// Follow changes as JSON lines, resuming across reconnects; until SIGINT/SIGTERM.
     Watch {
@@ -396,7 +400,7 @@ async fn bench(command: BenchCommand) -> Result<(), commands::Failure> {
             commands::out(&format!("strategy {s}"))?;
         }
         return commands::out(
-            "strategy BALANCER+SCHEDULER (schedulers: adaptive, slow-start, gray-split), plugin:NAME with --plugin",
+            "strategy BALANCER+SCHEDULER (schedulers: adaptive, slow-start, gray-split, locality), plugin:NAME with --plugin",
         );
     }
     let options = sextant_sim::BenchOptions {
@@ -660,7 +664,7 @@ async fn main() -> ExitCode {
             commands::register(&client, spec).await
         }
         Command::Deregister { client, service, id } => commands::deregister(&client, &service, &id).await,
-        Command::List { client, scope } => commands::list(&client, &scope).await,
+        Command::List { client, scope, zone } => commands::list(&client, &scope, zone.as_deref()).await,
         Command::Watch { client, scope, reader, cache } => commands::watch(&client, &scope, &reader, cache).await,
         Command::Pick { client, service, hash_key, headers, tried } => {
             commands::pick(&client, &service, hash_key, &headers, tried).await

@@ -18,6 +18,13 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
+/// Labels of the per-zone gauges.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ZoneLabel {
+    /// The zone (empty: instances without one).
+    pub zone: String,
+}
+
 /// Labels of the audit counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AuditLabels {
@@ -63,6 +70,10 @@ pub struct Metrics {
     pub services: Gauge,
     /// Instances.
     pub instances: Gauge,
+    /// Instances per zone, read at scrape.
+    pub zone_instances: Family<ZoneLabel, Gauge>,
+    /// Healthy (and enabled) instances per zone, read at scrape.
+    pub zone_healthy: Family<ZoneLabel, Gauge>,
     /// Config entries.
     pub configs: Gauge,
     /// Store revision.
@@ -106,6 +117,19 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Sets the per-zone gauges from `counts` (zone → instances, healthy), dropping zones
+    /// that no longer have instances.
+    pub fn set_zones(&self, counts: &std::collections::BTreeMap<String, (usize, usize)>) {
+        self.zone_instances.clear();
+        self.zone_healthy.clear();
+        let gauge = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        for (zone, (n, healthy)) in counts {
+            let label = ZoneLabel { zone: zone.clone() };
+            self.zone_instances.get_or_create(&label).set(gauge(*n));
+            self.zone_healthy.get_or_create(&label).set(gauge(*healthy));
+        }
+    }
+
     /// Registers every metric under the `sextant_` prefix.
     #[must_use]
     pub fn new() -> Self {
@@ -113,6 +137,8 @@ impl Metrics {
         let m = Self {
             services: Gauge::default(),
             instances: Gauge::default(),
+            zone_instances: Family::default(),
+            zone_healthy: Family::default(),
             configs: Gauge::default(),
             revision: Gauge::default(),
             leases: Gauge::default(),
@@ -135,6 +161,8 @@ impl Metrics {
         };
         registry.register("services", "Services with at least one instance", m.services.clone());
         registry.register("instances", "Registered instances", m.instances.clone());
+        registry.register("zone_instances", "Registered instances per zone", m.zone_instances.clone());
+        registry.register("zone_healthy_instances", "Healthy and enabled instances per zone", m.zone_healthy.clone());
         registry.register("configs", "Config entries", m.configs.clone());
         registry.register("revision", "Current store revision", m.revision.clone());
         registry.register("leases", "Live leases", m.leases.clone());

@@ -393,7 +393,37 @@ async function service(key) {
       rows,
       "No instances.",
     ),
+    h("h2", {}, "Zones"),
+    table(["Zone", "Instances", "Healthy", "Weight (enabled)"], zoneRows(view.instances), "No instances."),
   ];
+}
+
+// Instances, healthy instances and enabled weight per zone, in zone order.
+function zoneRows(instances) {
+  const zones = new Map();
+  for (const i of instances) {
+    const z = zones.get(i.zone) || { n: 0, healthy: 0, weight: 0 };
+    z.n += 1;
+    if (i.healthy && i.enabled) z.healthy += 1;
+    if (i.enabled) z.weight += i.weight;
+    zones.set(i.zone, z);
+  }
+  return [...zones.entries()].sort((a, b) => a[0].localeCompare(b[0])).map(([zone, z]) =>
+    h("tr", { "data-zone": zone }, h("td", {}, zone || h("span", { class: "muted" }, "no zone")), h("td", { class: "num" }, z.n), h("td", { class: "num" }, z.healthy < z.n ? badge(`${z.healthy}`, "warn") : String(z.healthy)), h("td", { class: "num" }, z.weight)),
+  );
+}
+
+// Attempts per (service, zone) of one read of a gateway's metrics, with their locality.
+function zonesOf(series) {
+  const out = new Map();
+  for (const s of series) {
+    if (s.name !== "sextant_gateway_zone_attempts_total") continue;
+    const k = `${s.labels.service} ${s.labels.zone}`;
+    const z = out.get(k) || { service: s.labels.service, zone: s.labels.zone, locality: s.labels.locality, attempts: 0 };
+    z.attempts += s.value;
+    out.set(k, z);
+  }
+  return out;
 }
 
 function gatewayTable(gateways) {
@@ -468,9 +498,30 @@ async function gatewayPage(key) {
     h("h2", {}, "Traffic per endpoint"),
     h("p", { class: "note" }, `Rates, latency quantiles and errors over ${window}; attempts since it started. Read from the gateway every 2 s.`),
     table(["Service", "Instance", "Endpoint", "Attempts/s", "p50", "p99", "Errors", "Attempts", "Weight", "In flight", "Health"], rows, "No traffic yet."),
+    h("h2", {}, "Traffic per zone"),
+    table(["Service", "Zone", "Locality", "Attempts/s", "Attempts"], zoneTraffic(read), "No traffic yet."),
     h("h2", {}, "Plugin versions on this gateway"),
     table(["Kind", "Plugin", "Version", "Calls", "Faults", "Fallbacks"], versions, "No plugin call yet."),
   ];
+}
+
+// The attempts each zone took from this gateway, and their rate between the last two reads.
+function zoneTraffic(read) {
+  const before = read.before ? zonesOf(read.before.series) : new Map();
+  const secs = read.before ? (read.now.at - read.before.at) / 1000 : null;
+  return [...zonesOf(read.now.series).entries()].sort((a, b) => a[0].localeCompare(b[0])).map(([k, z]) => {
+    const b = before.get(k);
+    const recent = Math.max(0, z.attempts - (b ? b.attempts : 0));
+    return h(
+      "tr",
+      { "data-zone": z.zone },
+      h("td", {}, mono(z.service)),
+      h("td", {}, z.zone || h("span", { class: "muted" }, "no zone")),
+      h("td", {}, badge(z.locality, z.locality === "remote" ? "warn" : z.locality === "local" ? "ok" : "info")),
+      h("td", { class: "num" }, secs ? (recent / secs).toFixed(1) : "…"),
+      h("td", { class: "num" }, z.attempts),
+    );
+  });
 }
 
 function counts(c) {
@@ -591,7 +642,9 @@ async function plugins() {
     let armed = false;
     const remove = h("button", { class: "small ghost", "data-action": "delete", "data-plugin": p.name, onclick: () => {
       if (!armed) {
+        // Held until the second click: a live refresh in between would draw an unarmed button.
         armed = true;
+        state.dirty = true;
         remove.textContent = "Really delete";
         return;
       }

@@ -61,6 +61,8 @@ pub struct RunResult {
     pub fallbacks: u64,
     /// What the rollout tried in the run did (`--rollout`).
     pub rollout: Option<RolloutRun>,
+    /// Scenarios with a gateway zone: requests routed to a backend of another zone.
+    pub cross_zone: Option<u64>,
 }
 
 /// Why a run could not be made.
@@ -86,6 +88,13 @@ impl RunResult {
         f64::from(self.latencies_us[i]) / 1000.0
     }
 
+    /// Scenarios with a gateway zone: the share of requests routed to another zone.
+    #[must_use]
+    pub fn cross_zone_share(&self) -> Option<f64> {
+        #[allow(clippy::cast_precision_loss)]
+        self.cross_zone.map(|n| if self.requests == 0 { 0.0 } else { n as f64 / self.requests as f64 })
+    }
+
     /// Successful share of requests.
     #[must_use]
     pub fn success_rate(&self) -> f64 {
@@ -101,8 +110,22 @@ impl RunResult {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
     Arrival,
-    Done { req: usize, backend: usize },
-    Timeout { req: usize },
+    /// A request sent to another zone reaches its backend (half the round trip later).
+    Reach {
+        req: usize,
+        backend: usize,
+    },
+    Done {
+        req: usize,
+        backend: usize,
+    },
+    /// The answer of a request served in another zone reaches the gateway.
+    Reply {
+        req: usize,
+    },
+    Timeout {
+        req: usize,
+    },
     Membership,
     Tick,
 }
@@ -208,7 +231,15 @@ pub fn run_with(
         .ignore_plugin_records()
         .clock(Arc::new(clock.clone()))
         .ticked_by_caller()
+        .zone(scenario.gateway_zone.unwrap_or(""))
         .build();
+    // Half the round trip to a backend of another zone, each way.
+    let half_trip = |b: usize| -> u64 {
+        match scenario.gateway_zone {
+            Some(z) if scenario.backends[b].zone != z => ms(scenario.cross_zone_ms / 2.0),
+            _ => 0,
+        }
+    };
 
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let end = (scenario.duration_s * scale * 1e9) as u64;
@@ -278,7 +309,12 @@ pub fn run_with(
     push(&mut events, 0, Ev::Arrival);
     push(&mut events, TICK_NS, Ev::Tick);
 
-    let mut result = RunResult { per_backend: vec![0; n], series: vec![vec![0; n]; BUCKETS], ..RunResult::default() };
+    let mut result = RunResult {
+        per_backend: vec![0; n],
+        series: vec![vec![0; n]; BUCKETS],
+        cross_zone: scenario.gateway_zone.map(|_| 0),
+        ..RunResult::default()
+    };
     let mut reqs: Vec<Req> = Vec::new();
     let mut last_key: Vec<Option<usize>> = scenario.keys.map(|k| vec![None; k.count as usize]).unwrap_or_default();
     let zipf_cdf: Vec<f64> = scenario.keys.map(|k| k.cdf()).unwrap_or_default();
@@ -325,20 +361,23 @@ pub fn run_with(
                     last_key[k] = Some(b);
                 }
                 push(&mut events, t + timeout, Ev::Timeout { req: id });
-                let zone = scenario.backends[b].zone;
-                let partitioned = scenario.faults.iter().any(|f| {
-                    matches!(f, Fault::Partition { zone: z, from, to } if *z == zone && t >= frac(*from) && t < frac(*to))
-                });
-                if !partitioned {
-                    if backends[b].busy < scenario.backends[b].workers {
-                        start(scenario, &mut backends, &mut reqs, &mut rng, b, id, t, &frac, &mut |t, ev| {
-                            push(&mut events, t, ev);
-                        });
-                    } else {
-                        backends[b].queue.push_back(id);
-                    }
+                if let (Some(n), Some(z)) = (result.cross_zone.as_mut(), scenario.gateway_zone)
+                    && scenario.backends[b].zone != z
+                {
+                    *n += 1;
+                }
+                match half_trip(b) {
+                    0 => reach(scenario, &mut backends, &mut reqs, &mut rng, b, id, t, &frac, &mut |t, ev| {
+                        push(&mut events, t, ev);
+                    }),
+                    half => push(&mut events, t + half, Ev::Reach { req: id, backend: b }),
                 }
                 schedule_next(scenario, &mut rng, t, &mut |t, ev| push(&mut events, t, ev));
+            }
+            Ev::Reach { req, backend } => {
+                reach(scenario, &mut backends, &mut reqs, &mut rng, backend, req, t, &frac, &mut |t, ev| {
+                    push(&mut events, t, ev);
+                });
             }
             Ev::Done { req, backend } => {
                 backends[backend].busy -= 1;
@@ -347,22 +386,12 @@ pub fn run_with(
                         push(&mut events, t, ev);
                     });
                 }
-                let r = &mut reqs[req];
-                if let Some(guard) = r.guard.take() {
-                    // The guard measures the same latency on the router's clock (now - the pick).
-                    result.latencies_us.push(u32::try_from((t - r.arrival) / 1000).unwrap_or(u32::MAX));
-                    let outcome = match r.outcome {
-                        Served::Ok => {
-                            result.ok += 1;
-                            Outcome::http(200)
-                        }
-                        Served::Unavailable => Outcome::http(503),
-                        // The simulated backends ask for a second.
-                        Served::Overloaded => Outcome::Http { status: 429, retry_after: Some(Duration::from_secs(1)) },
-                    };
-                    guard.finish(outcome);
+                match half_trip(backend) {
+                    0 => answer(&mut reqs[req], t, &mut result),
+                    half => push(&mut events, t + half, Ev::Reply { req }),
                 }
             }
+            Ev::Reply { req } => answer(&mut reqs[req], t, &mut result),
             Ev::Timeout { req } => {
                 if let Some(guard) = reqs[req].guard.take() {
                     result.latencies_us.push(u32::try_from(timeout / 1000).unwrap_or(u32::MAX));
@@ -406,6 +435,51 @@ fn schedule_next(scenario: &Scenario, rng: &mut Rng, t: u64, push: &mut dyn FnMu
     let gap = rng.exp(1e9 / scenario.rate_at(t as f64 / 1e6).max(1e-9));
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     push(t + (gap as u64).max(1), Ev::Arrival);
+}
+
+/// The answer to `r` reaches the client at `t` (unless it timed out already).
+fn answer(r: &mut Req, t: u64, result: &mut RunResult) {
+    if let Some(guard) = r.guard.take() {
+        // The guard measures the same latency on the router's clock (now - the pick).
+        result.latencies_us.push(u32::try_from((t - r.arrival) / 1000).unwrap_or(u32::MAX));
+        let outcome = match r.outcome {
+            Served::Ok => {
+                result.ok += 1;
+                Outcome::http(200)
+            }
+            Served::Unavailable => Outcome::http(503),
+            // The simulated backends ask for a second.
+            Served::Overloaded => Outcome::Http { status: 429, retry_after: Some(Duration::from_secs(1)) },
+        };
+        guard.finish(outcome);
+    }
+}
+
+/// `req` reaches backend `b` at `t`: served at once, queued, or lost in a partition.
+#[allow(clippy::too_many_arguments)]
+fn reach(
+    scenario: &Scenario,
+    backends: &mut [Backend],
+    reqs: &mut [Req],
+    rng: &mut Rng,
+    b: usize,
+    req: usize,
+    t: u64,
+    frac: &dyn Fn(f64) -> u64,
+    push: &mut dyn FnMut(u64, Ev),
+) {
+    let zone = scenario.backends[b].zone;
+    let partitioned = scenario.faults.iter().any(
+        |f| matches!(f, Fault::Partition { zone: z, from, to } if *z == zone && t >= frac(*from) && t < frac(*to)),
+    );
+    if partitioned {
+        return;
+    }
+    if backends[b].busy < scenario.backends[b].workers {
+        start(scenario, backends, reqs, rng, b, req, t, frac, push);
+    } else {
+        backends[b].queue.push_back(req);
+    }
 }
 
 /// Starts serving `req` on `b` at `t`: decides its outcome and schedules its answer.

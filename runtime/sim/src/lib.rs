@@ -2,7 +2,8 @@
 //!
 //! Owns a deterministic, seeded discrete-event simulation of clients, a gateway and N
 //! backends ([`scenario`]: homogeneous, heterogeneous capacity, one slow node, a fast-failing
-//! node, bursty arrivals, hot keys, churn, a zone split), run for every strategy
+//! node, bursty arrivals, hot keys, churn, a zone split, a gateway in one of three zones and
+//! that zone degrading, with a cross-zone round trip), run for every strategy
 //! ([`strategy`]: each built-in balancer, native and wasm, optionally with a scheduler, and
 //! any `--plugin FILE.wasm`) through the gateway's own `Router` on a clock the simulation
 //! moves ([`engine`]). Results aggregate over several

@@ -33,6 +33,8 @@ pub struct Row {
     pub imbalance: f64,
     /// Keyed scenarios: share of requests moved off a key's still-present backend.
     pub key_moves: Option<f64>,
+    /// Scenarios with a gateway zone: share of requests sent to another zone.
+    pub cross_zone: Option<f64>,
     /// Picks answered by the native default because a plugin faulted.
     pub fallbacks: u64,
     /// Mean wall time of one pick, ns (timing: varies between runs).
@@ -65,6 +67,10 @@ impl Row {
             p99_max_ms: p99.iter().copied().fold(0.0, f64::max),
             imbalance: mean(&|r| r.imbalance),
             key_moves: runs.first().and_then(|r| r.key_moves).map(|_| mean(&|r| r.key_moves.unwrap_or(0.0))),
+            cross_zone: runs
+                .first()
+                .and_then(RunResult::cross_zone_share)
+                .map(|_| mean(&|r| r.cross_zone_share().unwrap_or(0.0))),
             fallbacks: runs.iter().map(|r| r.fallbacks).sum(),
             pick_ns: per_pick,
             decisions_per_s: if per_pick > 0.0 { 1e9 / per_pick } else { 0.0 },
@@ -75,7 +81,7 @@ impl Row {
     #[must_use]
     pub fn deterministic(&self) -> String {
         format!(
-            "{},{},{},{:.6},{:.3},{:.3},{:.3},{:.3},{:.3},{:.4},{},{}",
+            "{},{},{},{:.6},{:.3},{:.3},{:.3},{:.3},{:.3},{:.4},{},{},{}",
             self.scenario,
             self.strategy,
             self.seeds,
@@ -87,13 +93,14 @@ impl Row {
             self.p99_max_ms,
             self.imbalance,
             self.key_moves.map_or(String::new(), |m| format!("{m:.4}")),
+            self.cross_zone.map_or(String::new(), |m| format!("{m:.4}")),
             self.fallbacks,
         )
     }
 }
 
 /// The CSV header.
-pub const CSV_HEADER: &str = "scenario,strategy,seeds,success_rate,p50_ms,p99_ms,p999_ms,p99_min_ms,p99_max_ms,imbalance,key_moves,fallbacks,pick_ns,decisions_per_s";
+pub const CSV_HEADER: &str = "scenario,strategy,seeds,success_rate,p50_ms,p99_ms,p999_ms,p99_min_ms,p99_max_ms,imbalance,key_moves,cross_zone,fallbacks,pick_ns,decisions_per_s";
 
 /// `results.csv`.
 #[must_use]
@@ -116,13 +123,13 @@ pub fn markdown(rows: &[Row], scenarios: &[(String, String)], seeds: &[u64], sca
     for (name, description) in scenarios {
         let _ = writeln!(out, "## {name}\n\n{description}\n");
         out.push_str(
-            "| strategy | success | p50 ms | p99 ms (spread) | p99.9 ms | imbalance | key moves | pick ns | decisions/s |\n",
+            "| strategy | success | p50 ms | p99 ms (spread) | p99.9 ms | imbalance | key moves | cross-zone | pick ns | decisions/s |\n",
         );
-        out.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+        out.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
         for r in rows.iter().filter(|r| &r.scenario == name) {
             let _ = writeln!(
                 out,
-                "| {} | {:.3}% | {:.2} | {:.2} ({:.2}–{:.2}) | {:.2} | {:.3} | {} | {:.0} | {:.2}M |",
+                "| {} | {:.3}% | {:.2} | {:.2} ({:.2}–{:.2}) | {:.2} | {:.3} | {} | {} | {:.0} | {:.2}M |",
                 r.strategy,
                 r.success_rate * 100.0,
                 r.p50_ms,
@@ -132,6 +139,7 @@ pub fn markdown(rows: &[Row], scenarios: &[(String, String)], seeds: &[u64], sca
                 r.p999_ms,
                 r.imbalance,
                 r.key_moves.map_or_else(|| "—".to_owned(), |m| format!("{:.1}%", m * 100.0)),
+                r.cross_zone.map_or_else(|| "—".to_owned(), |m| format!("{:.1}%", m * 100.0)),
                 r.pick_ns,
                 r.decisions_per_s / 1e6,
             );

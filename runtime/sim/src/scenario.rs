@@ -134,6 +134,11 @@ pub struct Scenario {
     pub duration_s: f64,
     /// The client's timeout, ms: a request not answered by then failed.
     pub timeout_ms: f64,
+    /// The zone the simulated gateway runs in (`--zone`; what `locality` keeps traffic in),
+    /// if any: the report then gives the share of requests sent to other zones.
+    pub gateway_zone: Option<&'static str>,
+    /// Round trip added to a request served in a zone other than the gateway's, ms.
+    pub cross_zone_ms: f64,
 }
 
 impl Scenario {
@@ -203,6 +208,8 @@ pub fn all() -> Vec<Scenario> {
         faults: Vec::new(),
         duration_s: 10.0,
         timeout_ms: 1000.0,
+        gateway_zone: None,
+        cross_zone_ms: 0.0,
     };
     let at = |mut s: Scenario, utilisation: f64| {
         s.rate = s.capacity() * utilisation;
@@ -242,6 +249,36 @@ pub fn all() -> Vec<Scenario> {
         "zone-b (half the backends) unreachable from 30% to 60% of the run, requests there hang until the 1 s timeout; 40% load",
     );
     zone.faults.push(Fault::Partition { zone: "zone-b", from: 0.3, to: 0.6 });
+    let zoned = |name, description| {
+        let mut s = base(name, description);
+        s.backends = (0..30)
+            .map(|i| BackendSpec {
+                id: format!("b{i:02}"),
+                zone: ["zone-a", "zone-b", "zone-c"][i / 10],
+                weight: 100,
+                workers: 4,
+                mean_ms: 10.0,
+                sigma: 0.5,
+            })
+            .collect();
+        s.gateway_zone = Some("zone-a");
+        s.cross_zone_ms = 2.0;
+        // One gateway of three, one per zone: its traffic is half of its own zone's capacity.
+        s.rate = s.capacity() / 3.0 * 0.5;
+        s
+    };
+    let local = zoned(
+        "zone-local",
+        "3 zones of 10 backends, the gateway in zone-a; another zone costs 2 ms more per request; the gateway's traffic is 50% of its zone's capacity",
+    );
+    let mut degraded = zoned(
+        "zone-degraded",
+        "as zone-local; zone-a loses 30% of its backends at 20% of the run, 70% at 45%, and gets them back at 70%",
+    );
+    for b in 0..7 {
+        let at = if b < 3 { 0.2 } else { 0.45 };
+        degraded.faults.push(Fault::Churn { backend: b, at, back: 0.7 });
+    }
     vec![
         at(base("homogeneous", "10 identical backends (4 workers, 10 ms log-normal service); 70% load"), 0.7),
         at(heterogeneous, 0.7),
@@ -251,6 +288,8 @@ pub fn all() -> Vec<Scenario> {
         at(hot, 0.6),
         at(churn, 0.6),
         at(zone, 0.4),
+        local,
+        degraded,
     ]
 }
 

@@ -63,11 +63,12 @@ fn unknown(name: &str) -> StrategyError {
 }
 
 /// The default set: every built-in balancer native and wasm, and P2C + PeakEWMA with the
-/// adaptive (failure-aware) scheduler, native and wasm.
+/// adaptive (failure-aware) scheduler and with the locality scheduler, native and wasm.
 #[must_use]
 pub fn default_names() -> Vec<String> {
     let mut names: Vec<String> = BALANCERS.iter().map(|b| (*b).to_owned()).collect();
     names.push("peak-ewma+adaptive".into());
+    names.push("peak-ewma+locality".into());
     let wasm: Vec<String> = names.iter().map(|n| format!("wasm:{n}")).collect();
     names.extend(wasm);
     names

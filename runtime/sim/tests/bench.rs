@@ -80,6 +80,7 @@ fn each_scenario_behaves_as_it_should() {
         assert!(moves(scenario, "ring-hash") < 0.6 * moves(scenario, "round-robin"));
     }
     assert!(row(&rows, "slow-node", "peak-ewma").key_moves.is_none(), "unkeyed scenarios report no key moves");
+    assert!(row(&rows, "slow-node", "peak-ewma").cross_zone.is_none(), "a gateway without a zone: no cross-zone share");
 }
 
 #[test]
@@ -135,4 +136,69 @@ fn bad_names_list_the_valid_ones_and_a_bad_plugin_is_reported_by_name() {
     // The good plugin ran, with every default strategy.
     assert!(report.rows.iter().any(|r| r.strategy == "plugin:sextant_wasm_least_request"));
     assert_eq!(report.rows.len(), sextant_sim::strategy::default_names().len() + 1);
+}
+
+/// Locality: with the gateway's zone healthy, at least 95% of requests stay in it (PeakEWMA
+/// alone and round robin spread over the three zones and pay the cross-zone round trip);
+/// through the local zone's degradation every request succeeds, traffic spills in proportion
+/// to what the zone lost and comes back gradually; the wasm twin decides the same.
+#[test]
+fn locality_keeps_traffic_in_the_gateways_zone_and_spills_as_it_degrades() {
+    let o = options(
+        &["zone-local", "zone-degraded"],
+        &["round-robin", "peak-ewma", "peak-ewma+locality", "wasm:peak-ewma+locality"],
+        1,
+        1.0,
+    );
+    let rows = run(&o).unwrap().rows;
+    let cross = |s: &str, st: &str| row(&rows, s, st).cross_zone.expect("zone scenarios report cross-zone traffic");
+    assert!(cross("zone-local", "peak-ewma+locality") <= 0.05, "{}", cross("zone-local", "peak-ewma+locality"));
+    assert!(cross("zone-local", "peak-ewma") > 0.5 && cross("zone-local", "round-robin") > 0.6);
+    let (alone, local) = (row(&rows, "zone-local", "peak-ewma"), row(&rows, "zone-local", "peak-ewma+locality"));
+    assert!(
+        local.p50_ms < alone.p50_ms,
+        "the round trip to other zones is saved: {} vs {}",
+        local.p50_ms,
+        alone.p50_ms
+    );
+    for strategy in ["peak-ewma", "peak-ewma+locality"] {
+        let r = row(&rows, "zone-degraded", strategy);
+        assert!(r.success_rate >= 0.999, "{strategy}: {}", r.success_rate);
+    }
+    let spilled = cross("zone-degraded", "peak-ewma+locality");
+    assert!(spilled > 0.1 && spilled < 0.6 * cross("zone-degraded", "peak-ewma"), "{spilled}");
+    let native = row(&rows, "zone-degraded", "peak-ewma+locality").deterministic();
+    assert_eq!(
+        native.replacen("peak-ewma+locality", "wasm:peak-ewma+locality", 1),
+        row(&rows, "zone-degraded", "wasm:peak-ewma+locality").deterministic()
+    );
+
+    // Phase by phase (the run's 100 time buckets): local while healthy; 30% lost: 0.7 × 1.4 =
+    // 98% of the weight stays; 70% lost: 0.3 × 1.4 = 42% of it stays (PeakEWMA then sends
+    // somewhat less to the three busy local backends than their weight: it picks by load
+    // among the candidates the weights draw); back: the share returns 10% per window.
+    let host = sextant_plugin::PluginHost::new(sextant_plugin::HostConfig::default()).unwrap();
+    let scenario = sextant_sim::scenario::by_name("zone-degraded").unwrap();
+    let strategy = sextant_sim::strategy::build(&host, "peak-ewma+locality", &[]).unwrap();
+    let result = sextant_sim::engine::run(&host, &scenario, &strategy, 1, 1.0).unwrap();
+    let remote = |from: usize, to: usize| {
+        let (mut all, mut away) = (0u64, 0u64);
+        for bucket in &result.series[from..to] {
+            for (b, &n) in bucket.iter().enumerate() {
+                all += u64::from(n);
+                if scenario.backends[b].zone != "zone-a" {
+                    away += u64::from(n);
+                }
+            }
+        }
+        #[allow(clippy::cast_precision_loss)]
+        let share = away as f64 / all.max(1) as f64;
+        share
+    };
+    let phases = [remote(2, 20), remote(25, 45), remote(52, 70), remote(72, 80), remote(92, 100)];
+    assert!(phases[0] < 0.01, "healthy: {phases:?}");
+    assert!(phases[1] < 0.08, "30% lost: {phases:?}");
+    assert!((0.5..0.85).contains(&phases[2]), "70% lost: {phases:?}");
+    assert!(phases[3] < phases[2] && phases[4] < phases[3], "coming back gradually: {phases:?}");
+    assert!(phases[3] > 0.2, "not all at once: {phases:?}");
 }

@@ -235,6 +235,12 @@ impl<S> Registry<S> {
         self.hub.view.read().snapshot(scope)
     }
 
+    /// Instances and healthy instances per zone, for metrics (walks every instance).
+    #[must_use]
+    pub fn zone_counts(&self) -> std::collections::BTreeMap<String, (usize, usize)> {
+        self.hub.view.read().zone_counts()
+    }
+
     /// Sizes for status and metrics.
     #[must_use]
     pub fn stats(&self) -> ViewStats {

@@ -1,4 +1,4 @@
-//! A sticky balancer on the SDK, contract 0.2.1: a request with an affinity key goes to
+//! A sticky balancer on the SDK (contract 0.2.1 and later): a request with an affinity key goes to
 //! endpoint `key % n`; a retry goes to the next endpoint after it (in snapshot order) that the
 //! request has not tried yet ([`Env::tried`], `load.request-tried`), so a key whose endpoint
 //! is down is served by the same neighbour on every retry. Requests without a key go round
