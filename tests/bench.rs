@@ -85,6 +85,34 @@ fn live_mode_runs_the_scenario_through_the_real_gateway_beside_the_simulation() 
     assert!(String::from_utf8_lossy(&bad.stderr).contains("ring-hash"));
 }
 
+/// Zones live: the gateway in zone-a with the locality scheduler sends nothing to the two
+/// other zones while its own is healthy, as the simulation says; round robin spreads over the
+/// three. Where requests go is decided by the weights, not by the machine's speed.
+#[test]
+fn live_mode_agrees_with_the_simulation_on_where_a_zoned_gateway_sends_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    let strategies = "round-robin,peak-ewma+locality";
+    let out = Command::new(sextant_bin())
+        .args(["bench", "strategies", "--scenarios", "zone-local", "--strategies", strategies])
+        .args(["--seeds", "1", "--scale", "0.2", "--no-plots", "--live", "--live-strategies", strategies])
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = std::fs::read_to_string(dir.path().join("live.md")).unwrap();
+    assert!(table.contains("cross-zone live"), "{table}");
+    let live = rows(&std::fs::read_to_string(dir.path().join("live.csv")).unwrap());
+    let sim = rows(&std::fs::read_to_string(dir.path().join("results.csv")).unwrap());
+    let cross = |rows: &[std::collections::BTreeMap<String, String>], strategy: &str| -> f64 {
+        rows.iter().find(|r| r["strategy"] == strategy).unwrap()["cross_zone"].parse().unwrap()
+    };
+    for rows in [&sim, &live] {
+        assert!(cross(rows, "peak-ewma+locality") <= 0.05, "{table}");
+        assert!(cross(rows, "round-robin") > 0.5, "{table}");
+    }
+}
+
 /// A requested plugin that cannot run: the others run and their results are written, and the
 /// command exits 5 naming it (it used to exit 0).
 #[test]

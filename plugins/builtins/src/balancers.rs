@@ -416,12 +416,21 @@ impl Balancer for RingHash {
         if self.factor == 0.0 {
             return untried.next().or(Some(self.ring[start].endpoint));
         }
-        #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let capacity = ((self.factor * (env.total_in_flight() as f64 + 1.0)) / f64::from(self.len)).ceil() as u64;
+        // The capacity is at least 1, so an idle endpoint takes the key without the total
+        // being read (one host call fewer in wasm on the common, unloaded path).
+        let mut capacity = None;
         let mut first = None;
         for endpoint in untried {
             first = first.or(Some(endpoint));
-            if u64::from(env.in_flight(endpoint)) < capacity {
+            let load = u64::from(env.in_flight(endpoint));
+            if load == 0 {
+                return Some(endpoint);
+            }
+            #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let cap = *capacity.get_or_insert_with(|| {
+                ((self.factor * (env.total_in_flight() as f64 + 1.0)) / f64::from(self.len)).ceil() as u64
+            });
+            if load < cap {
                 return Some(endpoint);
             }
         }

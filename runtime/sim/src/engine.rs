@@ -88,11 +88,13 @@ impl RunResult {
         f64::from(self.latencies_us[i]) / 1000.0
     }
 
-    /// Scenarios with a gateway zone: the share of requests routed to another zone.
+    /// Scenarios with a gateway zone: the share of the routed requests (those that reached a
+    /// backend, in live mode) that went to another zone.
     #[must_use]
     pub fn cross_zone_share(&self) -> Option<f64> {
+        let routed: u64 = self.per_backend.iter().sum();
         #[allow(clippy::cast_precision_loss)]
-        self.cross_zone.map(|n| if self.requests == 0 { 0.0 } else { n as f64 / self.requests as f64 })
+        self.cross_zone.map(|n| if routed == 0 { 0.0 } else { n as f64 / routed as f64 })
     }
 
     /// Successful share of requests.
