@@ -223,9 +223,10 @@ pub(crate) struct LiveState {
     health_pos: HashMap<String, u32>,
     /// Scheduler snapshot order (the registry's selected instances).
     pub(crate) scheduler_ids: Vec<String>,
-    /// The health the scheduler was last given for them (the registry's, less what this
-    /// gateway found down, ejected or breaker-open); none: it must be given its snapshot.
-    scheduler_view: Option<Vec<bool>>,
+    /// The endpoints the scheduler was last given, their health as this gateway sees it (the
+    /// registry's, less what it found down, ejected or breaker-open); none: it must be given
+    /// its snapshot.
+    scheduler_view: Option<Vec<Endpoint>>,
     /// Down, ejected, reweighted: what the rotation rule reads besides the registry.
     pub(crate) local: LocalHealth,
     window_started: Instant,
@@ -531,9 +532,11 @@ impl ServiceState {
 
     /// Gives the scheduler its endpoints with this gateway's view of their health (the
     /// registry's, less the endpoints found down, ejected or with an open breaker here) when
-    /// that view changed, and asks it for weights at once: the window is cut early, so a
-    /// scheduler that moves traffic by health (`locality`) reacts to a lost endpoint before the
-    /// next window, and each `schedule` call still covers what happened since the last one.
+    /// they changed (membership, health, weight, labels), and asks it for weights at once: the
+    /// window is cut early, so a scheduler that moves traffic by health (`locality`) reacts to
+    /// a lost endpoint before the next window, and each `schedule` call still covers what
+    /// happened since the last one. A registry change that leaves them as they were cuts
+    /// nothing.
     fn sync_scheduler(&self, state: &mut LiveState, now: Instant) {
         let Some(scheduler) = self.scheduler() else {
             state.scheduler_view = None;
@@ -546,19 +549,15 @@ impl ServiceState {
                 && state.local.ejected.get(id).is_none_or(|(until, _)| *until <= now)
                 && state.endpoints.get(id).and_then(|e| e.breaker.open_until()).is_none()
         };
-        let selected: Vec<&Arc<Instance>> = state.registry.selected().collect();
-        let view: Vec<bool> = selected.iter().map(|i| up(i)).collect();
+        let view: Vec<Endpoint> =
+            state.registry.selected().map(|i| Endpoint { healthy: up(i), ..sextant_plugin::endpoint_of(i) }).collect();
         if state.scheduler_view.as_ref() == Some(&view) {
             return;
         }
         scheduler.set_snapshot(Snapshot {
             service: self.service.to_string(),
             revision: state.registry.revision.0,
-            endpoints: selected
-                .iter()
-                .zip(&view)
-                .map(|(i, &healthy)| Endpoint { healthy, ..sextant_plugin::endpoint_of(i) })
-                .collect(),
+            endpoints: view.clone(),
             protection_active: state.registry.protection_active(),
         });
         state.scheduler_view = Some(view);
@@ -603,7 +602,6 @@ impl ServiceState {
             .collect();
         state.health_ids = routable;
         state.scheduler_ids = registry.selected().map(|i| i.id.to_string()).collect();
-        state.scheduler_view = None;
         state.registry = Arc::clone(registry);
         state.registry_revision = registry.revision.0;
     }
