@@ -1587,8 +1587,12 @@ fn print_config_shows_the_document_in_force_which_reads_back_the_same_and_a_mist
 fn the_grafana_dashboard_queries_only_metrics_a_server_and_a_gateway_export() {
     let dir = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let good = runtime.block_on(Backend::start("good", Behavior::default())).unwrap();
-    let bad = runtime.block_on(Backend::start("bad", Behavior { error_rate: 1.0, ..Behavior::default() })).unwrap();
+    // Each sends a load report with its answers: a good one, and one the gateway refuses.
+    let report = Some("TEXT cpu_utilization=0.2, rps_fractional=10");
+    let good =
+        runtime.block_on(Backend::start("good", Behavior { load_report: report, ..Behavior::default() })).unwrap();
+    let refused = Behavior { error_rate: 1.0, load_report: Some("TEXT cpu_utilization=-1"), ..Behavior::default() };
+    let bad = runtime.block_on(Backend::start("bad", refused)).unwrap();
     let server = Server::start(&dir.path().join("data"));
     for (id, b) in [("good", &good), ("bad", &bad)] {
         assert_eq!(server.post("/v1/instances", &instance(SERVICE, id, b.addr().port(), false)).0, 200);
@@ -1627,6 +1631,10 @@ fn the_grafana_dashboard_queries_only_metrics_a_server_and_a_gateway_export() {
     let gateway_text = gateway.metrics();
     promtool_check(&server_text);
     promtool_check(&gateway_text);
+    for result in ["ok", "invalid_value"] {
+        let reports = sum_of(&gateway_text, "sextant_gateway_load_reports_total", &[&format!(r#"result="{result}""#)]);
+        assert!(reports > 0, "load reports {result}: {gateway_text}");
+    }
     let mut exported = crate::support::sample_names(&server_text);
     exported.extend(crate::support::sample_names(&gateway_text));
     // Rollout series exist while a rollout runs: tests/rollout.rs checks those.

@@ -44,6 +44,9 @@ pub struct Behavior {
     pub health_status: u16,
     /// Size of the `/health` body in bytes.
     pub health_body: usize,
+    /// A load report sent with every answer, as `endpoint-load-metrics` (ORCA: `TEXT
+    /// cpu_utilization=0.3, ...` or `JSON {...}`, or anything, to test a reader).
+    pub load_report: Option<&'static str>,
 }
 
 impl Default for Behavior {
@@ -54,6 +57,7 @@ impl Default for Behavior {
             mode: Mode::Normal,
             health_status: 200,
             health_body: 2,
+            load_report: None,
         }
     }
 }
@@ -198,7 +202,10 @@ async fn respond(shared: &Shared, request: &hyper::Request<Incoming>) -> Result<
         Mode::Hang => std::future::pending::<()>().await,
         Mode::Reset | Mode::Garbage => return Err(Dropped),
     }
-    let builder = hyper::Response::builder().header("x-backend", shared.name.as_str());
+    let mut builder = hyper::Response::builder().header("x-backend", shared.name.as_str());
+    if let Some(report) = behavior.load_report {
+        builder = builder.header(crate::load_report::HEADER, report);
+    }
     if request.uri().path() == "/health" {
         shared.health_checks.fetch_add(1, Relaxed);
         let body = if behavior.health_body <= 2 {

@@ -91,6 +91,14 @@ impl PickGuard {
         self.finish_at(outcome, latency, now);
     }
 
+    /// Records the load the endpoint reported with its response (a proxy that reads
+    /// `endpoint-load-metrics` itself hands the parsed report here; `sextant gateway` does it
+    /// for every response carrying one). It replaces the endpoint's previous report; its age
+    /// counts from now.
+    pub fn report_load(&self, report: crate::load_report::LoadReport) {
+        self.target.state.report.store(Some(Arc::new((report, self.svc.clock.now()))));
+    }
+
     /// Reports how the request ended with a latency the caller measured (a gateway that times
     /// its upstream exchange itself, or replays outcomes).
     pub fn finish_with_latency(self, outcome: Outcome, latency: Duration) {

@@ -25,6 +25,9 @@
 //!   to the requests the configuration allows, and the JSON-lines access log
 //!   ([`access_log`]) that records it for every request; and the spans of every request and
 //!   attempt, with trace context to the backends ([`trace`]);
+//! - backend load reports ([`load_report`]): the ORCA `endpoint-load-metrics` header of each
+//!   response (text and JSON forms), parsed within bounds, kept per endpoint with its age
+//!   ([`PickGuard::report_load`] for a proxy that reads them itself) and shown in the status;
 //! - the gateway's Prometheus metrics ([`metrics`]): requests, latency histograms,
 //!   attempts, retries, rate limits, endpoint health and breakers; and the plugin series
 //!   every host exports, servers included ([`plugin_metrics`]: versions and load times per
@@ -56,6 +59,7 @@ pub mod backend;
 pub mod config;
 pub mod explain;
 pub mod follow;
+pub mod load_report;
 pub mod metrics;
 pub mod plugin_metrics;
 pub mod proxy;

@@ -105,6 +105,15 @@ pub struct ZoneLabels {
     pub locality: &'static str,
 }
 
+/// Labels of the backends' load reports read.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReportLabels {
+    /// The service.
+    pub service: String,
+    /// `ok`, or why the report was refused (`load_report::ReportError::reason`).
+    pub result: &'static str,
+}
+
 /// Labels of one service.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabel {
@@ -166,6 +175,7 @@ pub struct GatewayMetrics {
     duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     attempts: Family<AttemptLabels, Counter>,
     zone_attempts: Family<ZoneLabels, Counter>,
+    load_reports: Family<ReportLabels, Counter>,
     /// The gateway's zone, for the `locality` label.
     zone: ArcSwap<String>,
     attempt_duration: Family<EndpointLabels, Histogram, fn() -> Histogram>,
@@ -241,6 +251,7 @@ impl GatewayMetrics {
             duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             attempts: Family::default(),
             zone_attempts: Family::default(),
+            load_reports: Family::default(),
             zone: ArcSwap::from_pointee(String::new()),
             attempt_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             retries: Family::default(),
@@ -266,6 +277,11 @@ impl GatewayMetrics {
             m.duration.clone(),
         );
         registry.register("upstream_attempts", "Upstream attempts by endpoint and result", m.attempts.clone());
+        registry.register(
+            "load_reports",
+            "Backend load reports (endpoint-load-metrics) read, by result: ok or why refused",
+            m.load_reports.clone(),
+        );
         registry.register(
             "zone_attempts",
             "Upstream attempts by the endpoint's zone, local when it is the gateway's",
@@ -341,6 +357,11 @@ impl GatewayMetrics {
         self.attempts.get_or_create(&labels).inc();
         let labels = EndpointLabels { service: labels.service, endpoint: labels.endpoint };
         self.attempt_duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a backend load report of `service` read (`ok`) or refused (the reason).
+    pub fn load_report(&self, service: &str, result: &'static str) {
+        self.load_reports.get_or_create(&ReportLabels { service: service.to_owned(), result }).inc();
     }
 
     /// Counts a retry.

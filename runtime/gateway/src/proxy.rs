@@ -751,6 +751,25 @@ impl Gateway {
             if let Some(m) = &self.0.metrics {
                 m.attempt(label, &addressing.label, &guard.instance().zone, result, took);
             }
+            if let Some(header) = response.as_ref().and_then(|r| r.headers().get(crate::load_report::HEADER)) {
+                let parsed = header
+                    .to_str()
+                    .map_err(|_| crate::load_report::ReportError::Malformed("not visible ASCII".into()))
+                    .and_then(crate::load_report::parse);
+                let read = match parsed {
+                    Ok(report) => {
+                        guard.report_load(report);
+                        "ok"
+                    }
+                    Err(e) => {
+                        tracing::debug!(service = label, endpoint = %addressing.label, "load report refused: {e}");
+                        e.reason()
+                    }
+                };
+                if let Some(m) = &self.0.metrics {
+                    m.load_report(label, read);
+                }
+            }
             span.record("sextant.outcome", result);
             if let Some(r) = &response {
                 span.record("http.response.status_code", r.status().as_u16());

@@ -155,6 +155,8 @@ pub(crate) struct EndpointTracker {
     pub(crate) window: ArcSwap<StatsWindow>,
     pub(crate) last: ArcSwap<WindowSummary>,
     pub(crate) joined: Instant,
+    /// The backend's last load report and when it came.
+    pub(crate) report: ArcSwapOption<(crate::load_report::LoadReport, Instant)>,
     pub(crate) probing: AtomicBool,
     pub(crate) next_probe: Mutex<Instant>,
 }
@@ -577,6 +579,7 @@ impl ServiceState {
                     window: ArcSwap::from_pointee(StatsWindow::default()),
                     last: ArcSwap::from_pointee(WindowSummary::default()),
                     joined: now,
+                    report: ArcSwapOption::empty(),
                     probing: AtomicBool::new(false),
                     next_probe: Mutex::new(now),
                 })

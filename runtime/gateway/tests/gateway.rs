@@ -899,3 +899,47 @@ async fn a_router_on_a_manual_clock_keeps_a_breaker_open_until_that_clock_says_o
     router.tick();
     assert!(ports(&router, 20).contains(&9201), "31 s on the router's clock: half-open, a trial goes through");
 }
+
+/// A backend's ORCA load report (the `endpoint-load-metrics` header) is read by the gateway and
+/// kept with the endpoint, with its age, in the router's status; a garbage report from another
+/// backend changes nothing there; a proxy that reads the header itself hands the report to the
+/// guard the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backends_load_report_is_kept_with_its_endpoint_and_a_garbage_one_changes_nothing() {
+    // Round robin: both backends answer (P2C + PeakEWMA would keep to the first one measured).
+    let policy =
+        ServicePolicy { balancer: PluginSpec::builtin("round-robin"), health_check: None, ..ServicePolicy::default() };
+    let f = fixture(policy).await;
+    let text = "TEXT cpu_utilization=0.25, rps_fractional=40, named_metrics.queue=3";
+    let good = Backend::start("good", Behavior { load_report: Some(text), ..Behavior::default() }).await.unwrap();
+    let bad = Backend::start("bad", Behavior { load_report: Some("cpu=lots"), ..Behavior::default() }).await.unwrap();
+    f.register(&good, true).await;
+    f.register(&bad, true).await;
+    for _ in 0..20 {
+        assert_eq!(f.get("/").await.0, 200);
+    }
+    let status = f.router.status(&service()).unwrap();
+    let of = |b: &Backend| status.endpoints.iter().find(|e| e.address == b.addr().to_string()).unwrap().clone();
+    let report = of(&good).load_report.unwrap_or_else(|| panic!("the good backend's report is kept: {status:?}"));
+    assert!((report.cpu_utilization - 0.25).abs() < 1e-12 && (report.rps_fractional - 40.0).abs() < 1e-12);
+    assert_eq!(report.named_metrics.get("queue"), Some(&3.0));
+    assert!(of(&good).load_report_age_ms.is_some_and(|ms| ms < 60_000));
+    assert!(of(&bad).load_report.is_none(), "a refused report is not kept");
+
+    // An embedder hands a report it parsed itself to the guard.
+    let mut picked = Vec::new();
+    let guard = loop {
+        let g = f.router.pick(&service(), &mut sextant_plugin::PickRequest::default()).unwrap();
+        if g.addr() == bad.addr() {
+            break g;
+        }
+        picked.push(g.addr());
+        assert!(picked.len() < 1000, "the bad backend is never picked: {picked:?} {status:?}");
+        g.finish(sextant_gateway::Outcome::http(200));
+    };
+    guard.report_load(sextant_gateway::load_report::parse(r#"JSON {"application_utilization": 0.5}"#).unwrap());
+    guard.finish(sextant_gateway::Outcome::http(200));
+    let status = f.router.status(&service()).unwrap();
+    let bad_now = status.endpoints.iter().find(|e| e.address == bad.addr().to_string()).unwrap();
+    assert!(bad_now.load_report.as_ref().is_some_and(|r| (r.effective_utilization() - 0.5).abs() < 1e-12));
+}
