@@ -29,11 +29,31 @@ fn bench_strategies_writes_results_and_refuses_unknown_names() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("ring-hash"));
 }
 
+/// A CSV row: column name to value.
+type Rows = Vec<std::collections::BTreeMap<String, String>>;
+
 /// The CSV's rows as (strategy, column) maps.
-fn rows(csv: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+fn rows(csv: &str) -> Rows {
     let mut lines = csv.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
     lines.map(|l| header.iter().map(|h| (*h).to_owned()).zip(l.split(',').map(str::to_owned)).collect()).collect()
+}
+
+/// Runs `scenario` simulated and live (one seed, no plots) with `strategies` in both, into
+/// `dir`: `live.md`, and the live and simulated rows.
+fn simulated_and_live(dir: &std::path::Path, scenario: &str, strategies: &str, scale: &str) -> (String, Rows, Rows) {
+    let out = Command::new(sextant_bin())
+        .args(["bench", "strategies", "--scenarios", scenario, "--strategies", strategies])
+        .args(["--seeds", "1", "--scale", scale, "--no-plots", "--live", "--live-strategies", strategies])
+        .arg("--out")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = std::fs::read_to_string(dir.join("live.md")).unwrap();
+    let live = rows(&std::fs::read_to_string(dir.join("live.csv")).unwrap());
+    let sim = rows(&std::fs::read_to_string(dir.join("results.csv")).unwrap());
+    (table, live, sim)
 }
 
 #[test]
@@ -41,18 +61,8 @@ fn live_mode_runs_the_scenario_through_the_real_gateway_beside_the_simulation() 
     let dir = tempfile::tempdir().unwrap();
     // slow-node at 0.4×: 4 s per strategy on the wall clock, backend b03 10× slower from
     // 0.8 s to 3.2 s; round robin keeps sending it its share, P2C + PeakEWMA moves away.
-    let out = Command::new(sextant_bin())
-        .args(["bench", "strategies", "--scenarios", "slow-node", "--strategies", "round-robin,peak-ewma"])
-        .args(["--seeds", "1", "--scale", "0.4", "--no-plots", "--live", "--live-strategies", "round-robin,peak-ewma"])
-        .arg("--out")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let table = std::fs::read_to_string(dir.path().join("live.md")).unwrap();
+    let (table, live, sim) = simulated_and_live(dir.path(), "slow-node", "round-robin,peak-ewma", "0.4");
     assert!(table.contains("| slow-node | peak-ewma |") && table.contains("p99 live"), "{table}");
-    let live = rows(&std::fs::read_to_string(dir.path().join("live.csv")).unwrap());
-    let sim = rows(&std::fs::read_to_string(dir.path().join("results.csv")).unwrap());
     assert_eq!(live.len(), 2);
     let get = |rows: &[std::collections::BTreeMap<String, String>], strategy: &str, column: &str| -> f64 {
         rows.iter().find(|r| r["strategy"] == strategy).unwrap()[column].parse().unwrap()
@@ -91,19 +101,8 @@ fn live_mode_runs_the_scenario_through_the_real_gateway_beside_the_simulation() 
 #[test]
 fn live_mode_agrees_with_the_simulation_on_where_a_zoned_gateway_sends_traffic() {
     let dir = tempfile::tempdir().unwrap();
-    let strategies = "round-robin,peak-ewma+locality";
-    let out = Command::new(sextant_bin())
-        .args(["bench", "strategies", "--scenarios", "zone-local", "--strategies", strategies])
-        .args(["--seeds", "1", "--scale", "0.2", "--no-plots", "--live", "--live-strategies", strategies])
-        .arg("--out")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let table = std::fs::read_to_string(dir.path().join("live.md")).unwrap();
+    let (table, live, sim) = simulated_and_live(dir.path(), "zone-local", "round-robin,peak-ewma+locality", "0.2");
     assert!(table.contains("cross-zone live"), "{table}");
-    let live = rows(&std::fs::read_to_string(dir.path().join("live.csv")).unwrap());
-    let sim = rows(&std::fs::read_to_string(dir.path().join("results.csv")).unwrap());
     let cross = |rows: &[std::collections::BTreeMap<String, String>], strategy: &str| -> f64 {
         rows.iter().find(|r| r["strategy"] == strategy).unwrap()["cross_zone"].parse().unwrap()
     };

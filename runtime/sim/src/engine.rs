@@ -369,17 +369,22 @@ pub fn run_with(
                     *n += 1;
                 }
                 match half_trip(b) {
-                    0 => reach(scenario, &mut backends, &mut reqs, &mut rng, b, id, t, &frac, &mut |t, ev| {
-                        push(&mut events, t, ev);
-                    }),
+                    0 if arrives(scenario, &mut backends, b, id, t, &frac) => {
+                        start(scenario, &mut backends, &mut reqs, &mut rng, b, id, t, &frac, &mut |t, ev| {
+                            push(&mut events, t, ev);
+                        });
+                    }
+                    0 => {}
                     half => push(&mut events, t + half, Ev::Reach { req: id, backend: b }),
                 }
                 schedule_next(scenario, &mut rng, t, &mut |t, ev| push(&mut events, t, ev));
             }
             Ev::Reach { req, backend } => {
-                reach(scenario, &mut backends, &mut reqs, &mut rng, backend, req, t, &frac, &mut |t, ev| {
-                    push(&mut events, t, ev);
-                });
+                if arrives(scenario, &mut backends, backend, req, t, &frac) {
+                    start(scenario, &mut backends, &mut reqs, &mut rng, backend, req, t, &frac, &mut |t, ev| {
+                        push(&mut events, t, ev);
+                    });
+                }
             }
             Ev::Done { req, backend } => {
                 backends[backend].busy -= 1;
@@ -457,31 +462,28 @@ fn answer(r: &mut Req, t: u64, result: &mut RunResult) {
     }
 }
 
-/// `req` reaches backend `b` at `t`: served at once, queued, or lost in a partition.
-#[allow(clippy::too_many_arguments)]
-fn reach(
+/// `req` reaches backend `b` at `t`: true when a worker is free to start it now; otherwise it
+/// is queued, or lost in a partition.
+fn arrives(
     scenario: &Scenario,
     backends: &mut [Backend],
-    reqs: &mut [Req],
-    rng: &mut Rng,
     b: usize,
     req: usize,
     t: u64,
     frac: &dyn Fn(f64) -> u64,
-    push: &mut dyn FnMut(u64, Ev),
-) {
+) -> bool {
     let zone = scenario.backends[b].zone;
     let partitioned = scenario.faults.iter().any(
         |f| matches!(f, Fault::Partition { zone: z, from, to } if *z == zone && t >= frac(*from) && t < frac(*to)),
     );
     if partitioned {
-        return;
+        return false;
     }
     if backends[b].busy < scenario.backends[b].workers {
-        start(scenario, backends, reqs, rng, b, req, t, frac, push);
-    } else {
-        backends[b].queue.push_back(req);
+        return true;
     }
+    backends[b].queue.push_back(req);
+    false
 }
 
 /// Starts serving `req` on `b` at `t`: decides its outcome and schedules its answer.
