@@ -14,6 +14,7 @@ mod gray;
 mod languages;
 mod plugins;
 mod python_client;
+mod reports;
 mod rollout;
 mod security;
 mod storm;

@@ -447,15 +447,15 @@ fn a_binding_over_many_services_is_summed_up_with_its_failures_grouped() {
     let lines = server.log().lines().filter(|l| l.contains("plugin not loaded") && l.contains("old")).count();
     assert!(lines >= 1 && (failed < 2 || lines < usize::try_from(failed).unwrap()), "{lines} lines:\n{}", server.log());
 
-    // The same services on a 0.2.2 component: all run it, on one instance per worker thread.
+    // The same services on a 0.2.3 component: all run it, on one instance per worker thread.
     assert!(run(&server, &["plugin", "delete", "old"]).status.success());
     let out = load(&server, &[artifact("round-robin"), "--name", "new", "--bind", "*"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    wait_until("every covered service runs the 0.2.2 plugin", || {
+    wait_until("every covered service runs the 0.2.3 plugin", || {
         binding(&server, "new").is_some_and(|b| b["running"].as_u64() == Some(8))
     });
     let new = binding(&server, "new").unwrap();
-    assert_eq!(new["contract"].as_str(), Some("0.2.2"), "{new}");
+    assert_eq!(new["contract"].as_str(), Some("0.2.3"), "{new}");
     assert!(new["failed"].as_array().unwrap().is_empty(), "{new}");
     let instances = new["instances"].as_u64().unwrap();
     assert!((1..=6).contains(&instances) && new["resources"].as_u64().unwrap() >= 8, "{new}");

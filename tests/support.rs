@@ -330,6 +330,16 @@ pub(crate) fn dashboard_metrics() -> std::collections::BTreeSet<String> {
     names
 }
 
+/// The sum of the samples of counter `name` whose labels contain `labels` (for example
+/// `result="ok"}`) in a Prometheus text exposition.
+pub(crate) fn sample_sum(text: &str, name: &str, labels: &str) -> u64 {
+    let prefix = format!("{name}{{");
+    text.lines()
+        .filter(|l| l.starts_with(&prefix) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// The names of the samples in a Prometheus text exposition.
 pub(crate) fn sample_names(text: &str) -> std::collections::BTreeSet<String> {
     text.lines()

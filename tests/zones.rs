@@ -11,7 +11,7 @@ use std::path::Path;
 use sextant_gateway::backend::{Backend, Behavior};
 
 use crate::gateway::{Gateway, SERVICE};
-use crate::support::{Server, free_port, instance, promtool_check, run, wait_until};
+use crate::support::{Server, free_port, instance, promtool_check, run, sample_sum, wait_until};
 
 const ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
 
@@ -124,12 +124,7 @@ fn without(zone: usize) -> impl Fn([u64; 3]) -> bool {
 /// The `sextant_gateway_zone_attempts_total` samples of `gateway` with these labels.
 fn zone_attempts(gateway: &Gateway, zone: &str, locality: &str) -> u64 {
     let want = format!(r#"service="{SERVICE}",zone="{zone}",locality="{locality}"}} "#);
-    gateway
-        .metrics()
-        .lines()
-        .filter(|l| l.starts_with("sextant_gateway_zone_attempts_total{") && l.contains(&want))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    sample_sum(&gateway.metrics(), "sextant_gateway_zone_attempts_total", &want)
 }
 
 #[test]

@@ -8,20 +8,32 @@
 //! host clock, seeded random numbers, live load), the deterministic generator and hash both
 //! sides share ([`SplitMix64`], [`hash_str`]), and the built-ins themselves. It does no IO and
 //! has no dependency on wasmtime or wit-bindgen, so the same code runs in both places and a
-//! native pick and a wasm pick with the same seed give the same answer.
+//! native pick and a wasm pick with the same seed give the same answer. To keep that true a
+//! policy uses ordered maps (`BTreeMap`: a `HashMap`'s keys are drawn inside wasm from the
+//! instance's seeded generator, which would shift its draws) and no libm function whose last
+//! digit may differ between platforms.
 #![deny(missing_docs)]
 
 mod balancers;
+mod c3;
 mod health;
 mod locality;
+mod orca;
+mod prequal;
+pub mod report;
 mod scheduler;
+#[cfg(test)]
+mod testing;
 
 pub use balancers::{
     EdfWeights, HeaderRoute, LeastRequest, MAGLEV_TABLE_SIZE, Maglev, PeakEwma, RandomWeighted, RingHash, RoundRobin,
     SmoothWeighted,
 };
+pub use c3::C3;
 pub use health::{Consecutive, OutlierDetection, Standard};
 pub use locality::{Locality, MAX_ZONE_BYTES, zone_name_error};
+pub use orca::{OrcaWrr, orca_weight};
+pub use prequal::Prequal;
 pub use scheduler::{Adaptive, GraySplit, SlowStart};
 
 /// One endpoint of a snapshot (mirror of `types.endpoint`).
@@ -152,6 +164,15 @@ pub trait Env {
     fn local_zone(&self) -> String {
         String::new()
     }
+    /// The endpoint's last load report, none when it sent none (`load.report`, contract
+    /// 0.2.3).
+    fn report(&self, _endpoint: u32) -> Option<report::BackendReport> {
+        None
+    }
+    /// Asks the host to probe the endpoint for a fresh report, asynchronously (`load.probe`,
+    /// contract 0.2.3): the answer arrives as the endpoint's report. The host bounds the rate
+    /// and drops what it cannot do.
+    fn probe(&mut self, _endpoint: u32) {}
 }
 
 /// One endpoint's live load (mirror of `load.endpoint-state`).
@@ -305,8 +326,19 @@ pub trait Scheduler: Send {
 }
 
 /// The built-in balancers by name.
-pub const BALANCERS: &[&str] =
-    &["round-robin", "weighted", "random", "least-request", "peak-ewma", "ring-hash", "maglev", "header-route"];
+pub const BALANCERS: &[&str] = &[
+    "round-robin",
+    "weighted",
+    "random",
+    "least-request",
+    "peak-ewma",
+    "ring-hash",
+    "maglev",
+    "header-route",
+    "orca-wrr",
+    "prequal",
+    "c3",
+];
 /// The built-in health policies by name.
 pub const HEALTH_POLICIES: &[&str] = &["consecutive", "outlier", "standard"];
 /// The built-in schedulers by name.
@@ -332,6 +364,9 @@ pub fn balancer(name: &str, config: &str) -> Result<Box<dyn Balancer>, String> {
         "random" => Box::new(RandomWeighted::new(config)?),
         "least-request" => Box::new(LeastRequest::new(config)?),
         "peak-ewma" => Box::new(PeakEwma::new(config)?),
+        "orca-wrr" => Box::new(OrcaWrr::new(config)?),
+        "prequal" => Box::new(Prequal::new(config)?),
+        "c3" => Box::new(C3::new(config)?),
         "ring-hash" => Box::new(RingHash::new(config)?),
         "maglev" => Box::new(Maglev::new(config)?),
         "header-route" => Box::new(HeaderRoute::new(config)?),
@@ -434,6 +469,10 @@ pub struct TestEnv {
     pub headers: Vec<(String, String)>,
     /// The host's zone.
     pub zone: String,
+    /// Load reports per endpoint.
+    pub reports: Vec<Option<report::BackendReport>>,
+    /// Probes asked for, in order.
+    pub probes: Vec<u32>,
 }
 
 impl TestEnv {
@@ -469,5 +508,11 @@ impl Env for TestEnv {
     }
     fn local_zone(&self) -> String {
         self.zone.clone()
+    }
+    fn report(&self, endpoint: u32) -> Option<report::BackendReport> {
+        self.reports.get(endpoint as usize).cloned().flatten()
+    }
+    fn probe(&mut self, endpoint: u32) {
+        self.probes.push(endpoint);
     }
 }

@@ -14,7 +14,7 @@
 //! Build it with `cargo build --release --target wasm32-wasip2` (crate type `cdylib`) and
 //! load the `.wasm` with `sextant plugin load`.
 //!
-//! The component speaks `sextant:plugin@0.2.2`: one instance per worker thread of the host
+//! The component speaks `sextant:plugin@0.2.3`: one instance per worker thread of the host
 //! serves every service the plugin is bound to, each service as a resource holding its own
 //! `First` (made by the factory, from the configuration `init` checked).
 //!
@@ -174,6 +174,18 @@ impl Env for BalancerEnv {
     }
     fn local_zone(&self) -> String {
         balancer_world::sextant::plugin::host::local_zone()
+    }
+    fn report(&self, endpoint: u32) -> Option<sextant_builtins::report::BackendReport> {
+        balancer_world::sextant::plugin::load::report(endpoint).map(|r| sextant_builtins::report::BackendReport {
+            utilization: r.utilization,
+            rps: r.rps,
+            eps: r.eps,
+            named: r.named,
+            age_ms: r.age_ms,
+        })
+    }
+    fn probe(&mut self, endpoint: u32) {
+        balancer_world::sextant::plugin::load::probe(endpoint);
     }
 }
 

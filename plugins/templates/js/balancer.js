@@ -5,14 +5,14 @@
 // configuration {"mode": "table"}, returns the registered weights as a table the host
 // executes natively (table mode: no JavaScript runs per request, native pick speed).
 //
-// Contract sextant:plugin@0.2.2: the host runs one instance of the plugin per worker thread
+// Contract sextant:plugin@0.2.3: the host runs one instance of the plugin per worker thread
 // and calls `init` once in each; every service the plugin is bound to gets its own
 // `Balancer` (the resource) in that instance, created when the service first needs it,
 // given a snapshot before its first pick, dropped when the service goes away or idles. What
 // every service shares (the configuration) lives in the module; a service's state in its
 // object.
-import { log } from 'sextant:plugin/host@0.2.2';
-import { inFlight, requestAttempt, requestTried } from 'sextant:plugin/load@0.2.2';
+import { log } from 'sextant:plugin/host@0.2.3';
+import { inFlight, requestAttempt, requestTried } from 'sextant:plugin/load@0.2.3';
 
 let mode = 'per-request';
 

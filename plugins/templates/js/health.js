@@ -4,9 +4,9 @@
 // requests in a row (a timeout, a refused connection or a 5xx), and healthy again after
 // one success.
 //
-// Contract sextant:plugin@0.2.2: one instance per worker thread, `init` once in each; every
+// Contract sextant:plugin@0.2.3: one instance per worker thread, `init` once in each; every
 // service gets its own `Health` object (the resource): its failure counts.
-import { log } from 'sextant:plugin/host@0.2.2';
+import { log } from 'sextant:plugin/host@0.2.3';
 
 let unhealthyAfter = 3;
 

@@ -5,9 +5,9 @@
 // 0.05) or that signalled overload (429, 503 with Retry-After), and gives every endpoint
 // at least weight 1.
 //
-// Contract sextant:plugin@0.2.2: one instance per worker thread, `init` once in each; every
+// Contract sextant:plugin@0.2.3: one instance per worker thread, `init` once in each; every
 // service gets its own `Scheduler` object (the resource): its registered weights.
-import { log } from 'sextant:plugin/host@0.2.2';
+import { log } from 'sextant:plugin/host@0.2.3';
 
 let maxErrorShare = 0.05;
 

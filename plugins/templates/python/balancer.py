@@ -1,4 +1,4 @@
-"""{{name}}: one service's balancer (the `balancer` resource of sextant:plugin@0.2.2).
+"""{{name}}: one service's balancer (the `balancer` resource of sextant:plugin@0.2.3).
 
 The host creates one per service when the service first needs it, calls `update` before
 its first `pick`, and drops it when the service goes away or idles: its state is the

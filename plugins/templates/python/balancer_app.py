@@ -5,7 +5,7 @@ weight (per-request mode: the host calls `pick` for every request), or, with the
 configuration {"mode": "table"}, returns the registered weights as a table the host
 executes natively (table mode: no Python runs per request, native pick speed).
 
-Contract sextant:plugin@0.2.2: the host runs one instance of the plugin per worker thread
+Contract sextant:plugin@0.2.3: the host runs one instance of the plugin per worker thread
 and calls `init` (here) once in each; every service the plugin is bound to gets its own
 `Balancer` resource (balancer.py) in that instance. componentize-py calls `init` on a new
 object: what every service shares (the configuration) lives in module globals.

@@ -1,4 +1,4 @@
-"""{{name}}: one service's health policy (the `health` resource of sextant:plugin@0.2.2):
+"""{{name}}: one service's health policy (the `health` resource of sextant:plugin@0.2.3):
 failures in a row per endpoint of the service's last snapshot."""
 from wit_world.exports import health
 from wit_world.imports import types

@@ -3,7 +3,7 @@
 An endpoint becomes unhealthy after `unhealthy_after` (default 3) failed probes or requests
 in a row (a timeout, a refused connection or a 5xx), and healthy again after one success.
 
-Contract sextant:plugin@0.2.2: one instance per worker thread, `init` (here) once in each;
+Contract sextant:plugin@0.2.3: one instance per worker thread, `init` (here) once in each;
 every service gets its own `Health` resource (health.py). What every service shares (the
 configuration) lives in module globals.
 """

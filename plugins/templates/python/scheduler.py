@@ -1,4 +1,4 @@
-"""{{name}}: one service's scheduler (the `scheduler` resource of sextant:plugin@0.2.2):
+"""{{name}}: one service's scheduler (the `scheduler` resource of sextant:plugin@0.2.3):
 the registered weights of the service's last snapshot."""
 from wit_world.exports import scheduler
 from wit_world.imports import types

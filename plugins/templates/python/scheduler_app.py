@@ -5,7 +5,7 @@ halves the weight of an endpoint whose error share passed `max_error_share` (def
 or that signalled overload (429, 503 with Retry-After), and gives every endpoint at least
 weight 1.
 
-Contract sextant:plugin@0.2.2: one instance per worker thread, `init` (here) once in each;
+Contract sextant:plugin@0.2.3: one instance per worker thread, `init` (here) once in each;
 every service gets its own `Scheduler` resource (scheduler.py). What every service shares
 (the configuration) lives in module globals.
 """

@@ -3,7 +3,7 @@
 //! request), or, with the configuration `{"mode": "table"}`, returns the registered weights
 //! as a table the host executes natively (table mode: no plugin call per request).
 //!
-//! Contract `sextant:plugin@0.2.2`: the host runs one instance of the plugin per worker
+//! Contract `sextant:plugin@0.2.3`: the host runs one instance of the plugin per worker
 //! thread and calls `init` once in each; every service the plugin is bound to gets its own
 //! `Balancer` resource in that instance (created when the service first needs it, given a
 //! snapshot before its first pick, dropped when the service goes or idles). What a service

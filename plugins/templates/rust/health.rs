@@ -2,7 +2,7 @@
 //! `unhealthy_after` (default 3) failed probes or requests in a row (a timeout, a refused
 //! connection or a 5xx), and healthy again after one success.
 //!
-//! Contract `sextant:plugin@0.2.2`: one instance per worker thread, `init` once in each;
+//! Contract `sextant:plugin@0.2.3`: one instance per worker thread, `init` once in each;
 //! every service gets its own `Health` resource (its failure counts), created when first
 //! needed and given the service's snapshot before any probe or outcome.
 

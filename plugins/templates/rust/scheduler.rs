@@ -3,7 +3,7 @@
 //! error share passed `max_error_share` (default 0.05) or that signalled overload (429, 503
 //! with Retry-After), and gives every endpoint at least weight 1.
 //!
-//! Contract `sextant:plugin@0.2.2`: one instance per worker thread, `init` once in each;
+//! Contract `sextant:plugin@0.2.3`: one instance per worker thread, `init` once in each;
 //! every service gets its own `Scheduler` resource (its registered weights), created when
 //! first needed and given the service's snapshot before its first `schedule`.
 

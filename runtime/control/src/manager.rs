@@ -546,7 +546,8 @@ impl<S: Store + Clone> PluginManager<S> {
                     sextant_plugin::Contract::V0_1 => summary.running * self.0.host.config().workers as u64,
                     sextant_plugin::Contract::V0_2
                     | sextant_plugin::Contract::V0_2_1
-                    | sextant_plugin::Contract::V0_2_2 => 0,
+                    | sextant_plugin::Contract::V0_2_2
+                    | sextant_plugin::Contract::V0_2_3 => 0,
                 };
             }
             for s in shared.iter().filter(|s| s.sha256 == record.sha256) {

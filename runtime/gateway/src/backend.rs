@@ -47,6 +47,9 @@ pub struct Behavior {
     /// A load report sent with every answer, as `endpoint-load-metrics` (ORCA: `TEXT
     /// cpu_utilization=0.3, ...` or `JSON {...}`, or anything, to test a reader).
     pub load_report: Option<&'static str>,
+    /// When set, the load report goes only with the answer to `GET` of this path (a load
+    /// probe, answered at once and not counted as served), not with every answer.
+    pub load_probe_path: Option<&'static str>,
 }
 
 impl Default for Behavior {
@@ -58,6 +61,7 @@ impl Default for Behavior {
             health_status: 200,
             health_body: 2,
             load_report: None,
+            load_probe_path: None,
         }
     }
 }
@@ -68,6 +72,7 @@ struct Shared {
     behavior: ArcSwap<Behavior>,
     served: AtomicU64,
     health_checks: AtomicU64,
+    load_probes: AtomicU64,
 }
 
 /// A running sample backend. Dropping it (or [`Backend::kill`]) closes its listener and every
@@ -100,6 +105,7 @@ impl Backend {
             behavior: ArcSwap::from_pointee(behavior),
             served: AtomicU64::new(0),
             health_checks: AtomicU64::new(0),
+            load_probes: AtomicU64::new(0),
         });
         let task = tokio::spawn(accept(listener, Arc::clone(&shared)));
         Ok(Self { addr, shared, task })
@@ -138,6 +144,12 @@ impl Backend {
     #[must_use]
     pub fn health_checks(&self) -> u64 {
         self.shared.health_checks.load(Relaxed)
+    }
+
+    /// Load probes answered (`Behavior::load_probe_path`).
+    #[must_use]
+    pub fn load_probes(&self) -> u64 {
+        self.shared.load_probes.load(Relaxed)
     }
 
     /// Stops at once: listener and connections closed.
@@ -203,8 +215,15 @@ async fn respond(shared: &Shared, request: &hyper::Request<Incoming>) -> Result<
         Mode::Reset | Mode::Garbage => return Err(Dropped),
     }
     let mut builder = hyper::Response::builder().header("x-backend", shared.name.as_str());
-    if let Some(report) = behavior.load_report {
+    let probed = behavior.load_probe_path.is_some_and(|p| request.uri().path() == p);
+    if let Some(report) = behavior.load_report
+        && (probed || behavior.load_probe_path.is_none())
+    {
         builder = builder.header(crate::load_report::HEADER, report);
+    }
+    if probed {
+        shared.load_probes.fetch_add(1, Relaxed);
+        return Ok(builder.status(200).body(Full::new(Bytes::from_static(b"load\n"))).unwrap_or_default());
     }
     if request.uri().path() == "/health" {
         shared.health_checks.fetch_add(1, Relaxed);

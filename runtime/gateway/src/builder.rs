@@ -134,7 +134,9 @@ impl RouterBuilder {
     /// request asks for happen only at [`Router::tick`] (and a pick applies a registry change
     /// it sees). With a [`ManualClock`](crate::ManualClock), a single thread drives the whole
     /// router, deterministically: what the strategy simulator does. Such a router needs no
-    /// tokio runtime unless it follows remote servers.
+    /// tokio runtime unless it follows remote servers, and sends no load probes itself: the
+    /// caller takes them ([`Router::take_load_probes`]) and answers them
+    /// ([`Router::record_load`]).
     #[must_use]
     pub fn ticked_by_caller(mut self) -> Self {
         self.maintained = false;

@@ -139,6 +139,15 @@ impl GatewayFile {
         if p.max_ejected_percent > 100 {
             return invalid("max_ejected_percent is a percentage: 0..=100");
         }
+        let probe = &p.load_probe;
+        if !probe.path.starts_with('/') || probe.path.len() > 1024 || probe.path.chars().any(char::is_control) {
+            return invalid(
+                "load_probe.path is a path: it starts with '/', has no control characters and at most 1024 bytes",
+            );
+        }
+        if probe.timeout.is_zero() || probe.per_second > 100_000 {
+            return invalid("load_probe needs a timeout of at least 1 ms and at most 100000 probes per second");
+        }
         if self.gateway.attempt_timeout.is_zero() {
             return invalid("gateway.attempt_timeout must be at least 1 ms");
         }

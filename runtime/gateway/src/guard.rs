@@ -96,7 +96,9 @@ impl PickGuard {
     /// for every response carrying one). It replaces the endpoint's previous report; its age
     /// counts from now.
     pub fn report_load(&self, report: crate::load_report::LoadReport) {
-        self.target.state.report.store(Some(Arc::new((report, self.svc.clock.now()))));
+        if let Some(f) = &self.in_flight {
+            f.report(report);
+        }
     }
 
     /// Reports how the request ended with a latency the caller measured (a gateway that times

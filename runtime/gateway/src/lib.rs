@@ -59,7 +59,7 @@ pub mod backend;
 pub mod config;
 pub mod explain;
 pub mod follow;
-pub mod load_report;
+pub use sextant_plugin::builtins::report as load_report;
 pub mod metrics;
 pub mod plugin_metrics;
 pub mod proxy;
@@ -79,7 +79,7 @@ pub use outcome::Outcome;
 pub use remote::RemoteDiscovery;
 pub use request::FromHeaders;
 pub use router::{PickError, RetryPlan, Router, ServiceRef, SwapError};
-pub use service::{ServicePolicy, WindowSummary};
+pub use service::{LoadProbe, ServicePolicy, WindowSummary};
 pub use sextant_plugin::PickRequest;
 pub use status::{EndpointStatus, ServiceStatus};
 

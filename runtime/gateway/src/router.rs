@@ -166,7 +166,7 @@ impl Router {
             defaults: RwLock::new(defaults),
             overrides: RwLock::new(services),
             states: RwLock::default(),
-            probe: Probe::new(),
+            probe: Probe::new(!maintained),
             closed: AtomicBool::new(false),
             open: Arc::new(AtomicUsize::new(0)),
             wake: Arc::new(Notify::new()),
@@ -478,6 +478,22 @@ impl Router {
             }
         }
         Ok(refused)
+    }
+
+    /// The load probes `service`'s balancer asked for (`load.probe`) that its rate
+    /// (`load_probe.per_second`) lets out now, as instance ids, oldest first; asks beyond it
+    /// are dropped. A router ticked by its caller
+    /// ([`RouterBuilder::ticked_by_caller`](crate::RouterBuilder::ticked_by_caller)) sends
+    /// none itself: its caller takes them here and answers with [`Router::record_load`].
+    #[must_use]
+    pub fn take_load_probes(&self, service: &ServiceKey) -> Vec<String> {
+        self.existing(service).map(|s| s.due_load_probes(self.0.clock.now())).unwrap_or_default()
+    }
+
+    /// Keeps `report` as instance `id`'s last load report in `service` (a probe's answer);
+    /// false when the service or the instance is not followed.
+    pub fn record_load(&self, service: &ServiceKey, id: &str, report: crate::load_report::LoadReport) -> bool {
+        self.existing(service).is_some_and(|s| s.tracker().record_report_for(id, report))
     }
 
     /// Runs the time-driven work now (the maintenance task does it every 25 ms).

@@ -65,6 +65,30 @@ pub struct ServicePolicy {
     pub rate_limit: Option<RateLimit>,
     /// Ejected and open-breaker endpoints never exceed this share of the candidates.
     pub max_ejected_percent: u32,
+    /// How the gateway answers a balancer's `load.probe` (Prequal's probes).
+    pub load_probe: LoadProbe,
+}
+
+/// Load probes: what a balancer's `load.probe` makes the gateway do. It sends `GET path` to
+/// the endpoint's serving port and keeps the `endpoint-load-metrics` header of the answer as
+/// the endpoint's report; at most `per_second` probes a second per service (asks beyond are
+/// dropped), each given `timeout`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoadProbe {
+    /// The path probed.
+    pub path: String,
+    /// Probes a second per service, at most; 0 turns probing off.
+    pub per_second: u32,
+    /// A probe not answered within this time is dropped.
+    #[serde(with = "millis")]
+    pub timeout: Duration,
+}
+
+impl Default for LoadProbe {
+    fn default() -> Self {
+        Self { path: "/load".into(), per_second: 1000, timeout: Duration::from_millis(500) }
+    }
 }
 
 impl Default for ServicePolicy {
@@ -80,6 +104,7 @@ impl Default for ServicePolicy {
             retry: RetryConfig::default(),
             rate_limit: None,
             max_ejected_percent: 50,
+            load_probe: LoadProbe::default(),
         }
     }
 }
@@ -148,15 +173,13 @@ pub struct WindowSummary {
 
 /// What the gateway tracks about one endpoint across snapshots: its breaker, its statistics
 /// window and last closed summary, when it joined, and its active-probe schedule (its live
-/// load is the plugin host's [`EndpointLoad`](sextant_plugin::EndpointLoad)).
+/// load and last load report are the plugin host's [`EndpointLoad`](sextant_plugin::EndpointLoad)).
 #[derive(Debug)]
 pub(crate) struct EndpointTracker {
     pub(crate) breaker: Breaker,
     pub(crate) window: ArcSwap<StatsWindow>,
     pub(crate) last: ArcSwap<WindowSummary>,
     pub(crate) joined: Instant,
-    /// The backend's last load report and when it came.
-    pub(crate) report: ArcSwapOption<(crate::load_report::LoadReport, Instant)>,
     pub(crate) probing: AtomicBool,
     pub(crate) next_probe: Mutex<Instant>,
 }
@@ -259,6 +282,10 @@ pub(crate) struct ServiceState {
     pub(crate) trial: ArcSwapOption<TrialWindows>,
     /// The registry's instances the rotation leaves out, and why (set with each rotation).
     left: ArcSwap<Vec<LeftOut>>,
+    /// The balancer's live load: where reports are kept and plugins' probe asks wait.
+    tracker: Arc<LoadTracker>,
+    /// Load probes the service may still send, and when that was counted.
+    probe_tokens: Mutex<(f64, Instant)>,
 }
 
 /// An instance the rotation left out: why, and until when.
@@ -312,7 +339,7 @@ impl ServiceState {
             let clock = Arc::clone(&clock);
             Arc::new(LoadTracker::on_clock(host.config().ewma_decay, Arc::new(move || clock.now())))
         };
-        let slots = Slots::with_tracker(host, &service.to_string(), &Defaults::default(), &plan, tracker)?;
+        let slots = Slots::with_tracker(host, &service.to_string(), &Defaults::default(), &plan, Arc::clone(&tracker))?;
         let registry = handle.load_full();
         Ok(Self {
             rate: config.rate_limit.map(|l| TokenBucket::new(l, now)),
@@ -341,6 +368,8 @@ impl ServiceState {
             config,
             trial: ArcSwapOption::empty(),
             left: ArcSwap::from_pointee(Vec::new()),
+            tracker,
+            probe_tokens: Mutex::new((0.0, now)),
         })
     }
 
@@ -579,7 +608,6 @@ impl ServiceState {
                     window: ArcSwap::from_pointee(StatsWindow::default()),
                     last: ArcSwap::from_pointee(WindowSummary::default()),
                     joined: now,
-                    report: ArcSwapOption::empty(),
                     probing: AtomicBool::new(false),
                     next_probe: Mutex::new(now),
                 })
@@ -709,8 +737,51 @@ impl ServiceState {
                 }
                 *next = now + check.next_interval();
                 let (svc, target, state) = (Arc::downgrade(self), Arc::clone(instance), Arc::clone(es));
-                probe.spawn(instance, check.clone(), move |result| probe_done(&svc, &target, &state, result));
+                probe.spawn(instance, check.clone(), move |result, report| {
+                    probe_done(&svc, &target, &state, result, report);
+                });
             }
+        }
+        self.send_load_probes(&state, now, probe);
+    }
+
+    /// The balancer's live load.
+    pub(crate) fn tracker(&self) -> &Arc<LoadTracker> {
+        &self.tracker
+    }
+
+    /// The load probes plugins asked for that the service's rate lets out now (instance ids,
+    /// oldest first); the others are dropped.
+    pub(crate) fn due_load_probes(&self, now: Instant) -> Vec<String> {
+        let mut asked = self.tracker.take_probes();
+        let rate = f64::from(self.config.load_probe.per_second);
+        let mut tokens = self.probe_tokens.lock();
+        let elapsed = now.saturating_duration_since(tokens.1).as_secs_f64();
+        *tokens = ((tokens.0 + elapsed * rate).min(rate.max(1.0)), now);
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // within 0..=rate
+        let allowed = tokens.0.floor().max(0.0) as usize;
+        asked.truncate(allowed);
+        #[allow(clippy::cast_precision_loss)]
+        let sent = asked.len() as f64;
+        tokens.0 -= sent;
+        asked
+    }
+
+    /// Sends the load probes plugins asked for, within the service's rate (unless its caller
+    /// sends them).
+    fn send_load_probes(&self, state: &LiveState, now: Instant, probe: &Probe) {
+        if probe.load_by_caller {
+            return;
+        }
+        let config = &self.config.load_probe;
+        for id in self.due_load_probes(now) {
+            let Some(instance) = state.registry.instances.iter().find(|i| i.id.as_str() == id) else { continue };
+            let tracker = Arc::downgrade(&self.tracker);
+            probe.spawn_load(instance, &config.path, config.timeout, move |header| {
+                if let (Some(tracker), Some(header)) = (tracker.upgrade(), header) {
+                    record_header(&tracker, &id, &header);
+                }
+            });
         }
     }
 
@@ -746,11 +817,30 @@ impl ServiceState {
     }
 }
 
-/// A probe's result, handed back by the prober.
-fn probe_done(svc: &Weak<ServiceState>, instance: &Instance, state: &EndpointTracker, mut result: ProbeResult) {
+/// Keeps a load report an endpoint sent with a probe's answer; one refused changes nothing.
+fn record_header(tracker: &LoadTracker, id: &str, header: &str) {
+    match crate::load_report::parse(header) {
+        Ok(report) => {
+            tracker.record_report_for(id, report);
+        }
+        Err(e) => tracing::debug!(endpoint = id, reason = e.reason(), "load report refused: {e}"),
+    }
+}
+
+/// A probe's result, handed back by the prober, and the load report its answer carried.
+fn probe_done(
+    svc: &Weak<ServiceState>,
+    instance: &Instance,
+    state: &EndpointTracker,
+    mut result: ProbeResult,
+    report: Option<String>,
+) {
     state.probing.store(false, Relaxed);
     let Some(svc) = svc.upgrade() else { return };
     let id = instance.id.as_str();
+    if let Some(header) = report {
+        record_header(&svc.tracker, id, &header);
+    }
     let Some(index) = svc.health_index(id) else { return };
     result.endpoint = index;
     let verdict = svc.health().on_probe(&result);

@@ -86,7 +86,7 @@ impl ServiceState {
                     "out"
                 };
                 let cell = at.and_then(|n| snap.load(u32::try_from(n).ok()?));
-                let report = es.and_then(|e| e.report.load_full());
+                let report = cell.and_then(|c| snap.tracker().report(c));
                 #[allow(clippy::cast_precision_loss)]
                 let latency_ewma_ms = cell.map_or(0.0, |c| c.latency_ewma() as f64 / 1e6);
                 EndpointStatus {
@@ -98,10 +98,8 @@ impl ServiceState {
                     in_flight: cell.map_or(0, |c| c.in_flight()),
                     latency_ewma_ms,
                     last: es.map(|e| **e.last.load()).unwrap_or_default(),
-                    load_report: report.as_ref().map(|r| r.0.clone()),
-                    load_report_age_ms: report
-                        .as_ref()
-                        .map(|r| u64::try_from(now.saturating_duration_since(r.1).as_millis()).unwrap_or(u64::MAX)),
+                    load_report: report.as_ref().map(|r| r.0.0.clone()),
+                    load_report_age_ms: report.as_ref().map(|r| r.1),
                 }
             })
             .collect();

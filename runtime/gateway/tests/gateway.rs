@@ -560,7 +560,7 @@ async fn the_embedding_api_picks_avoids_and_accounts_every_guard() {
 /// whose endpoint failed moves on to the next endpoint it reaches, the same one at every
 /// retry: a table the host executes (ring, Maglev) is walked on by the host, a per-request
 /// balancer reads `load.request-tried`. A component built against 0.2.0 is still served by the
-/// 0.2.2 host, and shows what the case was before: it cannot know, so its retry lands on the
+/// 0.2.3 host, and shows what the case was before: it cannot know, so its retry lands on the
 /// endpoint that failed (`pick_avoiding`'s three extra picks get the same answer).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_tells_the_balancer_what_was_tried_so_a_sticky_key_moves_on() {
@@ -583,9 +583,9 @@ async fn a_retry_tells_the_balancer_what_was_tried_so_a_sticky_key_moves_on() {
     let keys: Vec<String> = (0..40).map(|k| format!("user-{k}")).collect();
     let cases = [
         ("ring-hash (native)", PluginSpec::builtin("ring-hash"), "", true),
-        ("ring-hash (wasm, per request)", wasm(&host, "ring-hash", "{}"), "0.2.2", true),
-        ("maglev (wasm table)", wasm(&host, "maglev", "{}"), "0.2.2", true),
-        ("sticky (0.2.2, per request)", wasm(&host, "sticky", "{}"), "0.2.2", true),
+        ("ring-hash (wasm, per request)", wasm(&host, "ring-hash", "{}"), "0.2.3", true),
+        ("maglev (wasm table)", wasm(&host, "maglev", "{}"), "0.2.3", true),
+        ("sticky (0.2.3, per request)", wasm(&host, "sticky", "{}"), "0.2.3", true),
         ("sticky-v020 (0.2.0, per request)", wasm(&host, "sticky-v020", "{}"), "0.2.0", false),
     ];
     for (label, spec, contract, moves_on) in cases {
@@ -942,4 +942,55 @@ async fn a_backends_load_report_is_kept_with_its_endpoint_and_a_garbage_one_chan
     let status = f.router.status(&service()).unwrap();
     let bad_now = status.endpoints.iter().find(|e| e.address == bad.addr().to_string()).unwrap();
     assert!(bad_now.load_report.as_ref().is_some_and(|r| (r.effective_utilization() - 0.5).abs() < 1e-12));
+}
+
+/// Prequal through a router, backends that report their load only to probes (`GET /load`):
+/// the balancer asks for probes (`load.probe`), the router sends them within its rate, the
+/// answers reach the balancer as reports (`load.report`), and the traffic follows them: the
+/// backend with 40 requests in flight gets none once the answers are in, though it says it
+/// is faster. The native built-in and the wasm component behave alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prequal_probes_the_backends_and_keeps_off_the_one_with_many_requests_in_flight() {
+    for wasm_component in [false, true] {
+        // Answers come at the router's maintenance ticks (25 ms), so each serves the picks
+        // until the next.
+        let config = r#"{"q_rif": 0.5, "max_age_ms": 2000, "reuse": 30}"#;
+        let native = PluginSpec::Builtin { name: "prequal".into(), config: config.into() };
+        let policy = ServicePolicy { balancer: native, health_check: None, ..ServicePolicy::default() };
+        let f = fixture(policy).await;
+        if wasm_component {
+            f.router.load(&service(), PluginKind::Balancer, wasm(f.router.host(), "prequal", config)).unwrap();
+        }
+        let report = |rif: u32, latency: u32| -> &'static str {
+            Box::leak(format!("TEXT named_metrics.rif={rif}, named_metrics.latency_ms={latency}").into_boxed_str())
+        };
+        let probed = |r| Behavior { load_report: Some(r), load_probe_path: Some("/load"), ..Behavior::default() };
+        let hot = Backend::start("hot", probed(report(40, 1))).await.unwrap();
+        let cold = Backend::start("cold", probed(report(1, 3))).await.unwrap();
+        f.register(&hot, true).await;
+        f.register(&cold, true).await;
+        let began = std::time::Instant::now();
+        // Until both have answered a probe (no report comes with ordinary answers).
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while hot.load_probes() == 0 || cold.load_probes() == 0 {
+            assert_eq!(f.get("/").await.0, 200);
+            assert!(std::time::Instant::now() < deadline, "no probes sent ({wasm_component})");
+        }
+        let status = f.router.status(&service()).unwrap();
+        assert!(status.endpoints.iter().all(|e| e.load_report.is_some()), "{status:?}");
+        let before = (hot.served(), cold.served());
+        for _ in 0..100 {
+            assert_eq!(f.get("/").await.0, 200);
+        }
+        let (to_hot, to_cold) = (hot.served() - before.0, cold.served() - before.1);
+        assert_eq!(to_hot + to_cold, 100);
+        assert!(to_hot <= 3, "the hot backend is avoided: {to_hot} of 100 ({wasm_component})");
+        // Probes go on while traffic flows, within the service's rate: 1000 a second (a
+        // slower machine only sends fewer).
+        let probes = hot.load_probes() + cold.load_probes();
+        let bound = 1000.0 * (began.elapsed().as_secs_f64() + 0.1);
+        #[allow(clippy::cast_precision_loss)]
+        let within = (probes as f64) <= bound;
+        assert!(probes > 2 && within, "{probes} probes in {:?}", began.elapsed());
+    }
 }

@@ -537,7 +537,9 @@ impl BalancerSlot {
             let host = &self.0.host;
             host.self_test_once(compiled, config, || match compiled.contract {
                 Contract::V0_1 => self.self_test(compiled, config),
-                Contract::V0_2 | Contract::V0_2_1 | Contract::V0_2_2 => self_test_shared(host, compiled, config),
+                Contract::V0_2 | Contract::V0_2_1 | Contract::V0_2_2 | Contract::V0_2_3 => {
+                    self_test_shared(host, compiled, config)
+                }
             })?;
         }
         let id = self.0.next_id.fetch_add(1, Relaxed);

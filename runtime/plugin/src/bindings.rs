@@ -1,8 +1,8 @@
 //! The one module that runs `bindgen!`: host-side bindings of the worlds in `wit/` (the
-//! current contract, `sextant:plugin@0.2.2`: one resource per service inside a shared
+//! current contract, `sextant:plugin@0.2.3`: one resource per service inside a shared
 //! instance) and in `wit/legacy/0.1.0/` (the legacy shape: one instance per service). In each
 //! version the `host`, `load` and `types` interfaces are generated once (with the balancer
-//! world) and shared by the health and scheduler worlds; version 0.2.2 reuses 0.1.0's
+//! world) and shared by the health and scheduler worlds; version 0.2.3 reuses 0.1.0's
 //! `types` (the records are the same), so a snapshot is converted to WIT records once for
 //! both.
 
@@ -40,8 +40,8 @@ pub(crate) mod v1 {
     }
 }
 
-/// `sextant:plugin@0.2.2`, the current contract; it serves 0.2.0 and 0.2.1 components too (the
-/// component model matches their names to 0.2.2 definitions).
+/// `sextant:plugin@0.2.3`, the current contract; it serves 0.2.0, 0.2.1 and 0.2.2 components
+/// too (the component model matches their names to 0.2.3 definitions).
 pub(crate) mod v2 {
     pub(crate) mod balancer {
         wasmtime::component::bindgen!({

@@ -241,15 +241,19 @@ impl PluginHost {
             (Contract::V0_1, PluginKind::Scheduler) => {
                 KindPre::Scheduler(v1::scheduler::SchedulerPluginPre::new(instance_pre).map_err(mismatch)?)
             }
-            (Contract::V0_2 | Contract::V0_2_1 | Contract::V0_2_2, PluginKind::Balancer) => KindPre::Shared(
-                SharedPre::Balancer(v2::balancer::BalancerPluginPre::new(instance_pre).map_err(mismatch)?),
-            ),
-            (Contract::V0_2 | Contract::V0_2_1 | Contract::V0_2_2, PluginKind::Health) => {
+            (Contract::V0_2 | Contract::V0_2_1 | Contract::V0_2_2 | Contract::V0_2_3, PluginKind::Balancer) => {
+                KindPre::Shared(SharedPre::Balancer(
+                    v2::balancer::BalancerPluginPre::new(instance_pre).map_err(mismatch)?,
+                ))
+            }
+            (Contract::V0_2 | Contract::V0_2_1 | Contract::V0_2_2 | Contract::V0_2_3, PluginKind::Health) => {
                 KindPre::Shared(SharedPre::Health(v2::health::HealthPluginPre::new(instance_pre).map_err(mismatch)?))
             }
-            (Contract::V0_2 | Contract::V0_2_1 | Contract::V0_2_2, PluginKind::Scheduler) => KindPre::Shared(
-                SharedPre::Scheduler(v2::scheduler::SchedulerPluginPre::new(instance_pre).map_err(mismatch)?),
-            ),
+            (Contract::V0_2 | Contract::V0_2_1 | Contract::V0_2_2 | Contract::V0_2_3, PluginKind::Scheduler) => {
+                KindPre::Shared(SharedPre::Scheduler(
+                    v2::scheduler::SchedulerPluginPre::new(instance_pre).map_err(mismatch)?,
+                ))
+            }
         };
         let compiled = Arc::new(Compiled { sha256: sha256.clone(), kind, size: bytes.len(), contract, pre });
         let mut cache = self.0.cache.lock();
@@ -308,7 +312,8 @@ impl PluginHost {
                     Contract::V0_1 => "0.1.0 (pinned: it refuses newer versions)",
                     Contract::V0_2 => "0.2.0 and the legacy 0.1.0 (pinned: it refuses newer versions)",
                     Contract::V0_2_1 => "0.2.1, 0.2.0 and the legacy 0.1.0 (pinned: it refuses newer versions)",
-                    Contract::V0_2_2 => Contract::known(),
+                    Contract::V0_2_2 => "0.2.2, 0.2.1, 0.2.0 and the legacy 0.1.0 (pinned: it refuses newer versions)",
+                    Contract::V0_2_3 => Contract::known(),
                 },
             }),
         }

@@ -1,11 +1,12 @@
 //! What a component is: its [`PluginKind`] (by the interface it exports) and the
 //! [`Contract`] version it was built for.
 
-/// The contract version this host speaks (`wit/`): `sextant:plugin@0.2.2`, where one
+/// The contract version this host speaks (`wit/`): `sextant:plugin@0.2.3`, where one
 /// component instance per worker thread serves every service as resources, a balancer can
 /// read what the request already tried (`load.request-attempt`, `load.request-tried`, 0.2.1),
-/// and every plugin can read the host's zone (`host.local-zone`, 0.2.2).
-pub const CONTRACT_VERSION: &str = "0.2.2";
+/// every plugin can read the host's zone (`host.local-zone`, 0.2.2), and a balancer can read
+/// backends' load reports and ask for probes (`load.report`, `load.probe`, 0.2.3).
+pub const CONTRACT_VERSION: &str = "0.2.3";
 /// The legacy contract version the host still serves (`wit/legacy/0.1.0/`): one instance
 /// per service and worker.
 pub const LEGACY_CONTRACT_VERSION: &str = "0.1.0";
@@ -21,27 +22,31 @@ pub enum Contract {
     /// (`wit/legacy/0.2.0/`; served by the 0.2.1 bindings, a compatible revision).
     #[serde(rename = "0.2.0")]
     V0_2,
-    /// `sextant:plugin@0.2.1`: 0.2.0 plus what a request already tried (served by the 0.2.2
+    /// `sextant:plugin@0.2.1`: 0.2.0 plus what a request already tried (served by the 0.2.3
     /// bindings).
     #[serde(rename = "0.2.1")]
     V0_2_1,
-    /// `sextant:plugin@0.2.2`: 0.2.1 plus the host's zone.
+    /// `sextant:plugin@0.2.2`: 0.2.1 plus the host's zone (served by the 0.2.3 bindings).
     #[serde(rename = "0.2.2")]
     V0_2_2,
+    /// `sextant:plugin@0.2.3`: 0.2.2 plus backends' load reports and probes.
+    #[serde(rename = "0.2.3")]
+    V0_2_3,
 }
 
 impl Contract {
     /// Every version this build knows, oldest first.
-    pub const ALL: [Self; 4] = [Self::V0_1, Self::V0_2, Self::V0_2_1, Self::V0_2_2];
+    pub const ALL: [Self; 5] = [Self::V0_1, Self::V0_2, Self::V0_2_1, Self::V0_2_2, Self::V0_2_3];
 
-    /// `0.1.0`, `0.2.0`, `0.2.1`, `0.2.2`.
+    /// `0.1.0`, `0.2.0`, `0.2.1`, `0.2.2`, `0.2.3`.
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             Self::V0_1 => LEGACY_CONTRACT_VERSION,
             Self::V0_2 => "0.2.0",
             Self::V0_2_1 => "0.2.1",
-            Self::V0_2_2 => CONTRACT_VERSION,
+            Self::V0_2_2 => "0.2.2",
+            Self::V0_2_3 => CONTRACT_VERSION,
         }
     }
 
@@ -52,7 +57,7 @@ impl Contract {
         !matches!(self, Self::V0_1)
     }
 
-    /// The version named `text` (`0.1.0`, `0.2.0`, `0.2.1`, `0.2.2`).
+    /// The version named `text` (`0.1.0`, `0.2.0`, `0.2.1`, `0.2.2`, `0.2.3`).
     ///
     /// # Errors
     /// Another text: the message lists the versions this build knows.
@@ -63,11 +68,11 @@ impl Contract {
             .ok_or_else(|| format!("unknown plugin contract {text:?}: this build speaks {}", Self::known()))
     }
 
-    /// The versions this build knows, newest first, for messages: `0.2.2, 0.2.1, 0.2.0 and
-    /// the legacy 0.1.0`.
+    /// The versions this build knows, newest first, for messages: `0.2.3, 0.2.2, 0.2.1, 0.2.0
+    /// and the legacy 0.1.0`.
     #[must_use]
     pub fn known() -> &'static str {
-        "0.2.2, 0.2.1, 0.2.0 and the legacy 0.1.0"
+        "0.2.3, 0.2.2, 0.2.1, 0.2.0 and the legacy 0.1.0"
     }
 }
 

@@ -8,9 +8,11 @@
 //!   instance runs in; [`PluginHost`] (`host.rs`) adds the compile cache keyed by sha256 and
 //!   validation of what a component exports and imports (kind, contract version:
 //!   [`Contract`], `kind.rs`) with a typed [`LoadError`] for each way a file can be wrong;
-//! - the two contract shapes: `sextant:plugin@0.2.x` (`wit/`, 0.2.2: 0.2.1 added what a
-//!   request tried, 0.2.2 the host's zone, `host.local-zone`, [`Runtime::set_zone`]; 0.2.0 and
-//!   0.2.1 components are served by the 0.2.2 bindings), where one instance per
+//! - the two contract shapes: `sextant:plugin@0.2.x` (`wit/`, 0.2.3: 0.2.1 added what a
+//!   request tried, 0.2.2 the host's zone, `host.local-zone`, [`Runtime::set_zone`], 0.2.3
+//!   backends' load reports and probes, `load.report`, `load.probe`, kept per endpoint by the
+//!   [`LoadTracker`]; 0.2.0, 0.2.1 and 0.2.2 components are served by the 0.2.3 bindings),
+//!   where one instance per
 //!   worker thread serves every service a plugin is bound to, each service a resource
 //!   created when first needed and dropped after idling (`shared.rs`, [`SharedStatus`]: so
 //!   instances follow threads × plugins, not services), and the legacy
@@ -93,7 +95,7 @@ pub use slots::{DEFAULT_BALANCER, DEFAULT_HEALTH, DEFAULT_SCHEDULER, Defaults, S
 pub use spec::{PickRequest, Picked, PluginSpec, affinity_hash};
 pub use state::HostState;
 pub use stats::{CALL_TIME_BOUNDS_NS, CallTimes, Counters, Histogram, VersionCounts, VersionKey};
-pub use tracker::{EndpointLoad, InFlight, LoadTracker};
+pub use tracker::{EndpointLoad, InFlight, LoadTracker, MAX_PENDING_PROBES};
 pub use version::Version;
 #[allow(deprecated)]
 pub use window::{Ended, OutcomeClass, StatsWindow};

@@ -97,6 +97,12 @@ impl Published {
         self.model.endpoints.is_empty()
     }
 
+    /// The tracker whose load cells these are.
+    #[must_use]
+    pub fn tracker(&self) -> &Arc<LoadTracker> {
+        &self.tracker
+    }
+
     /// The load cell of an endpoint.
     #[must_use]
     pub fn load(&self, index: u32) -> Option<&Arc<EndpointLoad>> {
@@ -111,6 +117,14 @@ impl Published {
     }
     pub(crate) fn recent_errors(&self, index: u32) -> u32 {
         self.load(index).map_or(0, |c| self.tracker.recent_errors(c))
+    }
+    pub(crate) fn report(&self, index: u32) -> Option<sextant_builtins::report::BackendReport> {
+        self.load(index).and_then(|c| self.tracker.backend_report(c))
+    }
+    pub(crate) fn probe(&self, index: u32) {
+        if let Some(e) = self.model.endpoints.get(index as usize) {
+            self.tracker.ask_probe(&e.id);
+        }
     }
     pub(crate) fn state(&self, index: u32) -> EndpointState {
         self.load(index).map_or_else(EndpointState::default, |c| EndpointState {

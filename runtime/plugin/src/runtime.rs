@@ -49,7 +49,7 @@ pub struct HostConfig {
     pub max_plugins: u32,
     /// The newest contract version the host accepts: a host pinned to
     /// [`Contract::V0_1`] refuses 0.2.x components, one pinned to [`Contract::V0_2`] 0.2.1 and
-    /// 0.2.2 ones, one pinned to [`Contract::V0_2_1`] 0.2.2 ones.
+    /// 0.2.2 ones, one pinned to [`Contract::V0_2_1`] 0.2.2 ones, and so on.
     pub contract: Contract,
     /// A service's plugin resource that made no call for this long is dropped (it is created
     /// again, with the current snapshot, when next needed).
@@ -100,7 +100,7 @@ impl Default for HostConfig {
             tick: Duration::from_millis(1),
             max_instances: 1000,
             max_plugins: 64,
-            contract: Contract::V0_2_2,
+            contract: Contract::V0_2_3,
             idle_resource: Duration::from_secs(300),
             sweep_idle: true,
             workers: std::thread::available_parallelism().map_or(2, std::num::NonZero::get),

@@ -119,13 +119,28 @@ impl crate::wasi::WasiState for HostState {
     }
 }
 
+/// Where `host.monotonic-now` counts from: an hour before the process first asked, so a clock
+/// made a little earlier (a router's) still reads after it.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(|| {
+        let now = Instant::now();
+        now.checked_sub(Duration::from_secs(3600)).unwrap_or(now)
+    })
+}
+
 impl Env for HostState {
     fn random(&mut self) -> u64 {
         let rng = &mut self.rng;
         self.local.next(|| rng.next_u64())
     }
+    /// Time on the clock of the load the plugin reads (a router's, which a simulation moves;
+    /// the system's otherwise), so report ages and the plugin's own timing agree; counted
+    /// from one epoch for the whole process, so every instance (native or wasm, whichever
+    /// service it is serving) reads the same time.
     fn now(&self) -> u64 {
-        u64::try_from(self.clock.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        let now = self.published.tracker.instant();
+        u64::try_from(now.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX)
     }
     fn log(&self, level: Level, message: &str) {
         self.log.write(&self.label, level, message);
@@ -156,6 +171,12 @@ impl Env for HostState {
     }
     fn local_zone(&self) -> String {
         self.zone.load().as_ref().clone()
+    }
+    fn report(&self, endpoint: u32) -> Option<sextant_builtins::report::BackendReport> {
+        self.published.report(endpoint)
+    }
+    fn probe(&mut self, endpoint: u32) {
+        self.published.probe(endpoint);
     }
 }
 
@@ -241,7 +262,8 @@ macro_rules! host_imports {
 }
 
 host_imports!(wit_host, wit_load);
-// 0.2.1 adds what the request already tried, 0.2.2 the host's zone.
+// 0.2.1 adds what the request already tried, 0.2.2 the host's zone, 0.2.3 backends' load
+// reports and probes.
 host_imports!(wit_host2, wit_load2, host {
     fn local_zone(&mut self) -> String {
         Env::local_zone(self)
@@ -252,6 +274,18 @@ host_imports!(wit_host2, wit_load2, host {
     }
     fn request_tried(&mut self) -> Vec<u32> {
         self.tried.clone()
+    }
+    fn report(&mut self, endpoint: u32) -> Option<wit_load2::BackendReport> {
+        Env::report(self, endpoint).map(|r| wit_load2::BackendReport {
+            utilization: r.utilization,
+            rps: r.rps,
+            eps: r.eps,
+            named: r.named,
+            age_ms: r.age_ms,
+        })
+    }
+    fn probe(&mut self, endpoint: u32) {
+        self.published.probe(endpoint);
     }
 });
 

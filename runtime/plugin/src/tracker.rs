@@ -1,16 +1,23 @@
-//! Live load per endpoint: in-flight requests, peak EWMA latency, recent errors, kept by
-//! instance id across registry changes.
+//! Live load per endpoint: in-flight requests, peak EWMA latency, recent errors and the
+//! backend's last load report, kept by instance id across registry changes; the probes
+//! plugins asked for, until their host takes them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 use sextant_builtins::Endpoint;
+use sextant_builtins::report::{BackendReport, LoadReport};
 
 /// How long failures count as "recent".
 const ERROR_WINDOW: Duration = Duration::from_secs(10);
+
+/// Probes asked for and not yet taken by the host, per service: more asks are dropped (a
+/// plugin cannot make its host probe without bound).
+pub const MAX_PENDING_PROBES: usize = 64;
 
 /// One endpoint's live load. Kept by instance id across snapshots.
 #[derive(Debug, Default)]
@@ -20,6 +27,8 @@ pub struct EndpointLoad {
     stamp: AtomicU64,
     errors: AtomicU32,
     errors_since: AtomicU64,
+    /// The backend's last report and when it arrived (the tracker's nanoseconds).
+    report: ArcSwapOption<(LoadReport, u64)>,
 }
 
 impl EndpointLoad {
@@ -69,6 +78,8 @@ pub struct LoadTracker {
     decay_ns: f64,
     total_in_flight: AtomicU64,
     cells: Mutex<HashMap<String, Arc<EndpointLoad>>>,
+    /// Endpoints (instance ids) plugins asked to probe, oldest first, each once.
+    probes: Mutex<Vec<String>>,
 }
 
 impl LoadTracker {
@@ -94,11 +105,12 @@ impl LoadTracker {
             decay_ns: decay.as_secs_f64().max(1e-3) * 1e9,
             total_in_flight: AtomicU64::new(0),
             cells: Mutex::new(HashMap::new()),
+            probes: Mutex::new(Vec::new()),
         }
     }
 
     /// Now, on the tracker's clock.
-    fn instant(&self) -> Instant {
+    pub(crate) fn instant(&self) -> Instant {
         self.clock.now()
     }
 
@@ -110,6 +122,49 @@ impl LoadTracker {
     #[must_use]
     pub fn total_in_flight(&self) -> u64 {
         self.total_in_flight.load(Relaxed)
+    }
+
+    /// Keeps `report` as `cell`'s last one, arrived now.
+    pub fn record_report(&self, cell: &EndpointLoad, report: LoadReport) {
+        cell.report.store(Some(Arc::new((report, self.now_ns()))));
+    }
+
+    /// Keeps `report` as endpoint `id`'s last one (a probe's answer); false when the tracker
+    /// does not follow `id` (it left).
+    pub fn record_report_for(&self, id: &str, report: LoadReport) -> bool {
+        let Some(cell) = self.cells.lock().get(id).cloned() else { return false };
+        self.record_report(&cell, report);
+        true
+    }
+
+    /// `cell`'s last report and its age in milliseconds.
+    #[must_use]
+    pub fn report(&self, cell: &EndpointLoad) -> Option<(Arc<(LoadReport, u64)>, u64)> {
+        let report = cell.report.load_full()?;
+        let age = self.now_ns().saturating_sub(report.1) / 1_000_000;
+        Some((report, age))
+    }
+
+    /// What a plugin reads of `cell`'s last report.
+    pub(crate) fn backend_report(&self, cell: &EndpointLoad) -> Option<BackendReport> {
+        let (report, age) = self.report(cell)?;
+        Some(report.0.to_backend(age))
+    }
+
+    /// A plugin asks for a probe of endpoint `id`: kept once until the host takes it, and
+    /// dropped beyond [`MAX_PENDING_PROBES`].
+    pub(crate) fn ask_probe(&self, id: &str) {
+        let mut probes = self.probes.lock();
+        if probes.len() < MAX_PENDING_PROBES && !probes.iter().any(|p| p == id) {
+            probes.push(id.to_owned());
+        }
+    }
+
+    /// The probes plugins asked for since the last call (instance ids, oldest first).
+    #[must_use]
+    pub fn take_probes(&self) -> Vec<String> {
+        let mut probes = self.probes.lock();
+        if probes.is_empty() { Vec::new() } else { std::mem::take(&mut *probes) }
     }
 
     pub(crate) fn cells_for(&self, endpoints: &[Endpoint]) -> Vec<Arc<EndpointLoad>> {
@@ -186,6 +241,11 @@ impl InFlight {
         self.done = true;
         let latency = self.tracker.instant().saturating_duration_since(self.started);
         self.tracker.finish(&self.cell, latency, failed);
+    }
+
+    /// Keeps the load report the endpoint sent with this request's response.
+    pub fn report(&self, report: LoadReport) {
+        self.tracker.record_report(&self.cell, report);
     }
 
     /// Records the outcome with a latency measured elsewhere (by the caller, on its clock).

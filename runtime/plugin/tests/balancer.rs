@@ -65,14 +65,21 @@ fn picks(slot: &BalancerSlot, n: u64) -> Vec<u32> {
         .collect()
 }
 
+/// A tracker whose clock stands still: balancers that time themselves (`orca-wrr`'s weight
+/// period, `c3`'s rate intervals) decide the same however fast each twin runs.
+fn frozen() -> Arc<sextant_plugin::LoadTracker> {
+    let at = std::time::Instant::now();
+    Arc::new(sextant_plugin::LoadTracker::on_clock(Duration::from_secs(10), Arc::new(move || at)))
+}
+
 #[test]
 fn native_and_wasm_pick_the_same_for_the_same_seed() {
     let host = host(1);
     for name in sextant_builtins::BALANCERS {
         host.reseed(42);
-        let native = BalancerSlot::new(&host, "svc", PluginSpec::builtin(name)).unwrap();
+        let native = BalancerSlot::with_tracker(&host, "svc", PluginSpec::builtin(name), frozen()).unwrap();
         host.reseed(1000);
-        let slot = BalancerSlot::new(&host, "svc", PluginSpec::builtin("round-robin")).unwrap();
+        let slot = BalancerSlot::with_tracker(&host, "svc", PluginSpec::builtin("round-robin"), frozen()).unwrap();
         let spec = wasm(&host, name, "{}").unwrap();
         host.reseed(42);
         slot.load(spec).unwrap_or_else(|e| panic!("{name}: {e}"));

@@ -298,27 +298,25 @@ fn a_load_past_a_limit_names_the_limit_and_changes_nothing() {
 }
 
 /// A host pinned to contract 0.1.0 refuses a 0.2.x component, naming the contract, and serves
-/// a legacy component; one pinned to 0.2.0 refuses a 0.2.2 component and serves a 0.2.0 one;
-/// one pinned to 0.2.1 refuses a 0.2.2 component; the default host serves them all.
+/// a legacy component; one pinned to 0.2.0 refuses a 0.2.3 component and serves a 0.2.0 one;
+/// ones pinned to 0.2.1 or 0.2.2 refuse a 0.2.3 component; the default host serves them all.
 #[test]
 fn a_host_pinned_to_the_legacy_contract_refuses_the_new_one() {
     let pinned = host_with(&HostConfig { workers: 1, contract: Contract::V0_1, ..HostConfig::default() });
-    let text = wasm(&pinned, "round-robin", "{}").expect_err("0.2.2 on a 0.1.0 host").to_string();
-    assert!(text.contains("sextant:plugin/balancer@0.2.2") && text.contains("0.1.0 (pinned"), "{text}");
+    let text = wasm(&pinned, "round-robin", "{}").expect_err("0.2.3 on a 0.1.0 host").to_string();
+    assert!(text.contains("sextant:plugin/balancer@0.2.3") && text.contains("0.1.0 (pinned"), "{text}");
     let text = wasm(&pinned, "sticky-v020", "{}").expect_err("0.2.0 on a 0.1.0 host").to_string();
     assert!(text.contains("sextant:plugin/balancer@0.2.0") && text.contains("0.1.0 (pinned"), "{text}");
     let pinned_02 = host_with(&HostConfig { workers: 1, contract: Contract::V0_2, ..HostConfig::default() });
-    let text = wasm(&pinned_02, "round-robin", "{}").expect_err("0.2.2 on a 0.2.0 host").to_string();
-    assert!(
-        text.contains("sextant:plugin/balancer@0.2.2") && text.contains("0.2.0 and the legacy 0.1.0 (pinned"),
-        "{text}"
-    );
-    let pinned_021 = host_with(&HostConfig { workers: 1, contract: Contract::V0_2_1, ..HostConfig::default() });
-    let text = wasm(&pinned_021, "round-robin", "{}").expect_err("0.2.2 on a 0.2.1 host").to_string();
-    assert!(
-        text.contains("sextant:plugin/balancer@0.2.2") && text.contains("0.2.1, 0.2.0 and the legacy 0.1.0 (pinned"),
-        "{text}"
-    );
+    for (contract, speaks) in [
+        (Contract::V0_2, "0.2.0 and the legacy 0.1.0 (pinned"),
+        (Contract::V0_2_1, "0.2.1, 0.2.0 and the legacy 0.1.0 (pinned"),
+        (Contract::V0_2_2, "0.2.2, 0.2.1, 0.2.0 and the legacy 0.1.0 (pinned"),
+    ] {
+        let pinned = host_with(&HostConfig { workers: 1, contract, ..HostConfig::default() });
+        let text = wasm(&pinned, "round-robin", "{}").expect_err("0.2.3 on an older host").to_string();
+        assert!(text.contains("sextant:plugin/balancer@0.2.3") && text.contains(speaks), "{text}");
+    }
     let slot = BalancerSlot::new(&pinned_02, "svc", PluginSpec::builtin("round-robin")).unwrap();
     slot.set_snapshot(snapshot("svc", 3));
     slot.load(wasm(&pinned_02, "sticky-v020", "{}").expect("a 0.2.0 component")).expect("loads");
@@ -338,5 +336,6 @@ fn a_host_pinned_to_the_legacy_contract_refuses_the_new_one() {
     assert_eq!(Contract::parse("0.2.0"), Ok(Contract::V0_2));
     assert_eq!(Contract::parse("0.2.1"), Ok(Contract::V0_2_1));
     assert_eq!(Contract::parse("0.2.2"), Ok(Contract::V0_2_2));
-    assert!(Contract::parse("0.3.0").unwrap_err().contains("0.2.2, 0.2.1, 0.2.0 and the legacy 0.1.0"));
+    assert_eq!(Contract::parse("0.2.3"), Ok(Contract::V0_2_3));
+    assert!(Contract::parse("0.3.0").unwrap_err().contains("0.2.3, 0.2.2, 0.2.1, 0.2.0 and the legacy 0.1.0"));
 }

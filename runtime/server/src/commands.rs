@@ -28,9 +28,9 @@ pub(crate) struct PluginHostArgs {
     /// Distinct 0.2.0 plugins (component and configuration) running at once.
     #[arg(long, default_value_t = 64)]
     pub(crate) max_plugins: u32,
-    /// The newest plugin contract accepted: 0.2.2 (which also serves 0.2.1, 0.2.0 and legacy
-    /// 0.1.0 components), 0.2.1 or 0.2.0 to refuse components built for newer 0.2.x ones, or
-    /// 0.1.0 to refuse every 0.2.x.
+    /// The newest plugin contract accepted: 0.2.3 (which also serves 0.2.2, 0.2.1, 0.2.0 and
+    /// legacy 0.1.0 components), 0.2.2, 0.2.1 or 0.2.0 to refuse components built for newer
+    /// 0.2.x ones, or 0.1.0 to refuse every 0.2.x.
     #[arg(long, default_value = sextant_plugin::CONTRACT_VERSION, value_parser = sextant_plugin::Contract::parse)]
     pub(crate) plugin_contract: sextant_plugin::Contract,
     /// Seconds after which a service's plugin resource (0.2.0) that made no call is dropped;

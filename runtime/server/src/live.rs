@@ -4,9 +4,12 @@
 //! For each (scenario, strategy): one HTTP backend per `BackendSpec` on 127.0.0.1, serving
 //! `workers` requests at a time from a FIFO queue with the same log-normal service times and
 //! the same faults as the simulation, on the wall clock (slow, fast 503 / 429, a partitioned
-//! zone that never answers, churn through the registry, and in zone scenarios half the
-//! cross-zone round trip before and after the work of a backend outside the gateway's zone);
-//! the instances in an embedded
+//! zone that never answers, churn through the registry, other clients' requests (antagonists)
+//! sent straight to their backend, and in zone scenarios half the
+//! cross-zone round trip before and after the work of a backend outside the gateway's zone),
+//! each answer carrying the backend's load report (`endpoint-load-metrics`, as the simulated
+//! backends report it: `sextant_sim::load`) and `GET /load` answered with the report alone
+//! (the gateway's load probes); the instances in an embedded
 //! registry; the HTTP gateway the example gateway runs (`sextant_gateway::proxy::Gateway`)
 //! routing through a `Router` with the strategy's balancer and scheduler; open-loop Poisson
 //! arrivals at the scenario's rate (bursts and keys included, seeded) from a pooled HTTP
@@ -20,11 +23,12 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -34,9 +38,10 @@ use parking_lot::Mutex;
 use sextant_core::{Instance, InstanceId, Record, ServiceKey};
 use sextant_gateway::proxy::{Gateway, GatewayConfig, Rule, Upstream};
 use sextant_gateway::resilience::{BreakerConfig, RetryConfig};
-use sextant_gateway::{Router, ServicePolicy};
+use sextant_gateway::{LoadProbe, Router, ServicePolicy};
 use sextant_plugin::{PluginHost, PluginSpec};
 use sextant_sim::engine::{BUCKETS, Rng, RunResult};
+use sextant_sim::load::ReportedLoad;
 use sextant_sim::scenario::{BackendSpec, Fault, Keys, Scenario};
 use sextant_sim::{Row, Strategy};
 use sextant_store::{EmbeddedOptions, EmbeddedStore, Registry};
@@ -68,9 +73,25 @@ struct LiveBackend {
     /// Half the cross-zone round trip when the backend is in another zone than the gateway
     /// (waited before the work and before the answer, as the network would).
     half_trip: Duration,
+    /// Requests received and not answered (queued or served), workers busy, and what the
+    /// backend reports about its load.
+    rif: AtomicU32,
+    busy: AtomicU32,
+    load: Mutex<ReportedLoad>,
 }
 
 impl LiveBackend {
+    /// Nanoseconds since the run began.
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The backend's load report, as the header's text.
+    fn report(&self) -> String {
+        let (busy, rif) = (self.busy.load(Relaxed), self.rif.load(Relaxed));
+        self.load.lock().header(self.now_ns(), busy, self.spec.workers, rif)
+    }
+
     fn frac(&self) -> f64 {
         self.start.elapsed().as_secs_f64() / self.duration.as_secs_f64()
     }
@@ -108,15 +129,41 @@ impl LiveBackend {
     }
 }
 
-async fn handle(State(b): State<Arc<LiveBackend>>) -> Response {
+async fn handle(State(b): State<Arc<LiveBackend>>, uri: Uri) -> Response {
     if !b.half_trip.is_zero() {
         tokio::time::sleep(b.half_trip).await;
     }
-    let answer = serve(&b).await;
+    let mut answer = if uri.path() == "/load" { StatusCode::OK.into_response() } else { serve(&b).await };
+    if let Ok(report) = axum::http::HeaderValue::from_str(&b.report()) {
+        answer.headers_mut().insert(sextant_gateway::load_report::HEADER, report);
+    }
     if !b.half_trip.is_zero() {
         tokio::time::sleep(b.half_trip).await;
     }
     answer
+}
+
+/// One request's work at `b`: queued for a worker, served, its load accounted for.
+async fn work(b: Arc<LiveBackend>) -> StatusCode {
+    let reached = b.now_ns();
+    let rif = b.rif.fetch_add(1, Relaxed);
+    let Ok(_permit) = b.workers.acquire().await else { return StatusCode::SERVICE_UNAVAILABLE };
+    let started = b.now_ns();
+    {
+        let mut load = b.load.lock();
+        load.touch(started, b.busy.fetch_add(1, Relaxed), b.spec.workers);
+    }
+    let (ms, status) = b.decide(b.frac());
+    tokio::time::sleep(Duration::from_secs_f64(ms.max(0.0) / 1000.0)).await;
+    let done = b.now_ns();
+    {
+        let mut load = b.load.lock();
+        #[allow(clippy::cast_precision_loss)]
+        let (latency, service) = ((done - reached) as f64 / 1e6, (done - started) as f64 / 1e6);
+        load.finished(done, b.busy.fetch_sub(1, Relaxed), b.spec.workers, rif, latency, service);
+    }
+    b.rif.fetch_sub(1, Relaxed);
+    status
 }
 
 async fn serve(b: &Arc<LiveBackend>) -> Response {
@@ -130,15 +177,7 @@ async fn serve(b: &Arc<LiveBackend>) -> Response {
         return StatusCode::GATEWAY_TIMEOUT.into_response();
     }
     // The work runs to its end even when the gateway stops waiting, as in the simulation.
-    let work = {
-        let b = Arc::clone(b);
-        tokio::spawn(async move {
-            let Ok(_permit) = b.workers.acquire().await else { return StatusCode::SERVICE_UNAVAILABLE };
-            let (ms, status) = b.decide(b.frac());
-            tokio::time::sleep(Duration::from_secs_f64(ms.max(0.0) / 1000.0)).await;
-            status
-        })
-    };
+    let work = tokio::spawn(work(Arc::clone(b)));
     match work.await.unwrap_or(StatusCode::INTERNAL_SERVER_ERROR) {
         StatusCode::TOO_MANY_REQUESTS => {
             (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "busy").into_response()
@@ -168,6 +207,7 @@ fn policy(strategy: &Strategy) -> ServicePolicy {
         retry: RetryConfig { attempts: 1, ..RetryConfig::default() },
         rate_limit: None,
         max_ejected_percent: 0,
+        load_probe: LoadProbe { per_second: sextant_sim::engine::PROBES_PER_SECOND, ..LoadProbe::default() },
         ..ServicePolicy::default()
     }
 }
@@ -212,6 +252,9 @@ pub async fn run(
                 Some(z) if z != spec.zone => Duration::from_secs_f64(scenario.cross_zone_ms / 2000.0),
                 _ => Duration::ZERO,
             },
+            rif: AtomicU32::new(0),
+            busy: AtomicU32::new(0),
+            load: Mutex::new(ReportedLoad::default()),
         });
         let app = axum::Router::new().fallback(handle).with_state(Arc::clone(&backend));
         servers.push(tokio::spawn(async move { axum::serve(listener, app).await }));
@@ -248,6 +291,27 @@ pub async fn run(
                 if let Some(back) = back {
                     tokio::time::sleep_until((start + back).into()).await;
                     let _ = registry.put(record, None).await;
+                }
+            }));
+        }
+    }
+
+    // Other clients' requests (antagonists), straight to their backend, as the simulation
+    // draws them.
+    for (k, fault) in scenario.faults.iter().enumerate() {
+        if let Fault::Antagonist { backend, from, to, rate } = *fault {
+            let b = Arc::clone(&backends[backend]);
+            let mut rng = Rng::new(seed.wrapping_mul(7919).wrapping_add(k as u64 + 1));
+            let (from, to) = (duration.mul_f64(from), duration.mul_f64(to.min(1.0)));
+            churn.push(tokio::spawn(async move {
+                let mut t = from.as_secs_f64();
+                loop {
+                    t += rng.exp(1.0 / rate.max(1e-9));
+                    if t >= to.as_secs_f64() {
+                        break;
+                    }
+                    tokio::time::sleep_until((start + Duration::from_secs_f64(t)).into()).await;
+                    tokio::spawn(work(Arc::clone(&b)));
                 }
             }));
         }
@@ -318,6 +382,7 @@ pub async fn run(
         .map(|z| backends.iter().zip(&result.per_backend).filter(|(b, _)| b.spec.zone != z).map(|(_, n)| *n).sum());
     result.latencies_us.sort_unstable();
     result.imbalance = scenario.imbalance(&result.per_backend);
+    result.capacity_error = scenario.capacity_error(&result.series);
     Ok(result)
 }
 
@@ -352,14 +417,14 @@ pub fn side_by_side(sim: &[Row], live: &[Row], scale: f64) -> String {
     let mut out = format!(
         "# Simulation vs live\n\nLive: real loopback backends through the gateway, {scale}× each scenario's duration, \
          one run each (wall clock, not deterministic). Simulation: the mean over its seeds.\n\n\
-         | scenario | strategy | success sim | success live | p50 sim | p50 live | p99 sim | p99 live | p99.9 sim | p99.9 live | imbalance sim | imbalance live | cross-zone sim | cross-zone live |\n\
-         | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+         | scenario | strategy | success sim | success live | p50 sim | p50 live | p99 sim | p99 live | p99.9 sim | p99.9 live | imbalance sim | imbalance live | cross-zone sim | cross-zone live | vs capacity sim | vs capacity live |\n\
+         | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
     );
     for l in live {
         let s = by_key.get(&(l.scenario.as_str(), l.strategy.as_str()));
         let sim = |f: &dyn Fn(&Row) -> String| s.map_or_else(|| "–".to_owned(), |r| f(r));
         out.push_str(&format!(
-            "| {} | {} | {} | {:.3}% | {} | {:.1} | {} | {:.1} | {} | {:.1} | {} | {:.2} | {} | {} |\n",
+            "| {} | {} | {} | {:.3}% | {} | {:.1} | {} | {:.1} | {} | {:.1} | {} | {:.2} | {} | {} | {} | {} |\n",
             l.scenario,
             l.strategy,
             sim(&|r| format!("{:.3}%", r.success_rate * 100.0)),
@@ -374,6 +439,8 @@ pub fn side_by_side(sim: &[Row], live: &[Row], scale: f64) -> String {
             l.imbalance,
             sim(&|r| r.cross_zone.map_or_else(|| "–".to_owned(), |c| format!("{:.1}%", c * 100.0))),
             l.cross_zone.map_or_else(|| "–".to_owned(), |c| format!("{:.1}%", c * 100.0)),
+            sim(&|r| r.capacity_error.map_or_else(|| "–".to_owned(), |c| format!("{:.1}%", c * 100.0))),
+            l.capacity_error.map_or_else(|| "–".to_owned(), |c| format!("{:.1}%", c * 100.0)),
         ));
     }
     out.push_str("\nLatencies in ms, as the client saw them (failures when their error came back, unanswered requests at the timeout).\n");

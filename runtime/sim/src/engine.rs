@@ -19,11 +19,15 @@ use std::time::{Duration, Instant};
 
 use sextant_core::snapshot::Directory;
 use sextant_core::{Instance, InstanceId, Revision, ServiceKey, ServiceSnapshot};
+use sextant_gateway::load_report::LoadReport;
 use sextant_gateway::resilience::BreakerConfig;
-use sextant_gateway::{Discovery, ManualClock, Outcome, PickGuard, PickRequest, Router, ServicePolicy, SwapError};
+use sextant_gateway::{
+    Discovery, LoadProbe, ManualClock, Outcome, PickGuard, PickRequest, Router, ServicePolicy, SwapError,
+};
 use sextant_plugin::builtins::mix64;
 use sextant_plugin::{PluginHost, PluginKind, PluginSpec};
 
+use crate::load::ReportedLoad;
 pub use crate::rng::Rng;
 use crate::rollout::{Driver, RolloutRun, RolloutTrial};
 use crate::scenario::{Fault, Keys, Scenario};
@@ -63,6 +67,9 @@ pub struct RunResult {
     pub rollout: Option<RolloutRun>,
     /// Scenarios with a gateway zone: requests routed to a backend of another zone.
     pub cross_zone: Option<u64>,
+    /// Scenarios of unequal capacities: how far the second half's traffic is from following
+    /// capacity ([`Scenario::capacity_error`]).
+    pub capacity_error: Option<f64>,
 }
 
 /// Why a run could not be made.
@@ -125,6 +132,14 @@ enum Ev {
     Reply {
         req: usize,
     },
+    /// The answer to a load probe of a backend reaches the gateway.
+    ProbeAnswer {
+        backend: usize,
+    },
+    /// Another client's request reaches a backend (`Fault::Antagonist`, by its index).
+    External {
+        fault: usize,
+    },
     Timeout {
         req: usize,
     },
@@ -144,12 +159,29 @@ struct Req {
     outcome: Served,
     /// The router's guard, until the request is answered or times out.
     guard: Option<PickGuard>,
+    /// When it reached its backend, how many were in flight there then, and when a worker
+    /// started it.
+    reached: u64,
+    rif: u32,
+    started: u64,
+    /// The load report its backend sent with the answer.
+    report: Option<LoadReport>,
 }
 
 struct Backend {
     busy: u32,
     queue: VecDeque<usize>,
     present: bool,
+    /// What it reports about its load.
+    load: ReportedLoad,
+}
+
+impl Backend {
+    /// Its load report at `t`.
+    fn report(&mut self, t: u64, workers: u32) -> LoadReport {
+        let rif = self.busy + u32::try_from(self.queue.len()).unwrap_or(u32::MAX);
+        self.load.report(t, self.busy, workers, rif)
+    }
 }
 
 fn ms(ms: f64) -> u64 {
@@ -158,17 +190,26 @@ fn ms(ms: f64) -> u64 {
     ns
 }
 
+/// A load probe's round trip within a zone.
+const PROBE_RTT_NS: u64 = 200_000;
+
 /// How often the simulated gateway does its time-driven work (as a gateway's maintenance
 /// task does).
 const TICK_NS: u64 = 25_000_000;
 
+/// Load probes the benchmark's gateway lets out a second (the gateway's default is 1,000):
+/// Prequal's design point, about two probes per request at the scenarios' rates (2,400 to
+/// 3,100 requests a second). Live mode lets as many out.
+pub const PROBES_PER_SECOND: u32 = 10_000;
+
 /// The policy the simulated gateway runs for the strategy: the strategy's balancer and
 /// scheduler (their native twins first: a wasm plugin is loaded over them, as on a gateway),
-/// a statistics window of one second, and the gateway's passive defenses off (a health policy
-/// that judges probes only, of which there are none, and no breaker), so the strategy is what
-/// the benchmark measures.
+/// a statistics window of one second, load probes at [`PROBES_PER_SECOND`], and the gateway's
+/// passive defenses off (a health policy that judges probes only, of which there are none, and
+/// no breaker), so the strategy is what the benchmark measures.
 fn policy(strategy: &Strategy) -> ServicePolicy {
     ServicePolicy {
+        load_probe: LoadProbe { per_second: PROBES_PER_SECOND, ..LoadProbe::default() },
         balancer: PluginSpec::builtin(&strategy.fallback),
         health: PluginSpec::builtin("consecutive"),
         scheduler: strategy.scheduler.as_ref().map(native_scheduler),
@@ -253,8 +294,11 @@ pub fn run_with(
     let timeout = ms(scenario.timeout_ms);
     let n = scenario.backends.len();
     let index: HashMap<&str, usize> = scenario.backends.iter().enumerate().map(|(i, b)| (b.id.as_str(), i)).collect();
-    let mut backends: Vec<Backend> =
-        scenario.backends.iter().map(|_| Backend { busy: 0, queue: VecDeque::new(), present: true }).collect();
+    let mut backends: Vec<Backend> = scenario
+        .backends
+        .iter()
+        .map(|_| Backend { busy: 0, queue: VecDeque::new(), present: true, load: ReportedLoad::default() })
+        .collect();
     let present_at = |b: usize, t: u64| -> bool {
         scenario.faults.iter().all(|f| match f {
             Fault::Churn { backend, at, back } if *backend == b => t < frac(*at) || t >= frac(*back),
@@ -300,12 +344,16 @@ pub fn run_with(
         seq += 1;
         events.push(Reverse((t, seq, ev)));
     };
-    for f in &scenario.faults {
-        if let Fault::Churn { at, back, .. } = f {
-            push(&mut events, frac(*at), Ev::Membership);
-            if *back < 1.0 {
-                push(&mut events, frac(*back), Ev::Membership);
+    for (k, f) in scenario.faults.iter().enumerate() {
+        match f {
+            Fault::Churn { at, back, .. } => {
+                push(&mut events, frac(*at), Ev::Membership);
+                if *back < 1.0 {
+                    push(&mut events, frac(*back), Ev::Membership);
+                }
             }
+            Fault::Antagonist { from, .. } => push(&mut events, frac(*from), Ev::External { fault: k }),
+            _ => {}
         }
     }
     push(&mut events, 0, Ev::Arrival);
@@ -347,7 +395,15 @@ pub fn run_with(
                 };
                 result.fallbacks += u64::from(guard.fallback());
                 let id = reqs.len();
-                reqs.push(Req { arrival: t, outcome: Served::Ok, guard: Some(guard) });
+                reqs.push(Req {
+                    arrival: t,
+                    outcome: Served::Ok,
+                    guard: Some(guard),
+                    reached: t,
+                    rif: 0,
+                    started: t,
+                    report: None,
+                });
                 result.per_backend[b] += 1;
                 #[allow(clippy::cast_possible_truncation)]
                 let bucket = ((u128::from(t) * BUCKETS as u128) / u128::from(end.max(1))) as usize;
@@ -369,7 +425,7 @@ pub fn run_with(
                     *n += 1;
                 }
                 match half_trip(b) {
-                    0 if arrives(scenario, &mut backends, b, id, t, &frac) => {
+                    0 if arrives(scenario, &mut backends, &mut reqs, b, id, t, &frac) => {
                         start(scenario, &mut backends, &mut reqs, &mut rng, b, id, t, &frac, &mut |t, ev| {
                             push(&mut events, t, ev);
                         });
@@ -377,17 +433,58 @@ pub fn run_with(
                     0 => {}
                     half => push(&mut events, t + half, Ev::Reach { req: id, backend: b }),
                 }
+                // The load probes the balancer asked for go out (a probe is answered after a
+                // round trip, two more ways across zones).
+                for id in router.take_load_probes(&service) {
+                    if let Some(&p) = index.get(id.as_str()) {
+                        push(&mut events, t + PROBE_RTT_NS + 2 * half_trip(p), Ev::ProbeAnswer { backend: p });
+                    }
+                }
                 schedule_next(scenario, &mut rng, t, &mut |t, ev| push(&mut events, t, ev));
             }
+            Ev::External { fault } => {
+                let Fault::Antagonist { backend, to, rate, .. } = scenario.faults[fault] else { continue };
+                if t >= frac(to).min(end) {
+                    continue;
+                }
+                let id = reqs.len();
+                reqs.push(Req {
+                    arrival: t,
+                    outcome: Served::Ok,
+                    guard: None,
+                    reached: t,
+                    rif: 0,
+                    started: t,
+                    report: None,
+                });
+                if arrives(scenario, &mut backends, &mut reqs, backend, id, t, &frac) {
+                    start(scenario, &mut backends, &mut reqs, &mut rng, backend, id, t, &frac, &mut |t, ev| {
+                        push(&mut events, t, ev);
+                    });
+                }
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let gap = rng.exp(1e9 / rate.max(1e-9)) as u64;
+                push(&mut events, t + gap.max(1), Ev::External { fault });
+            }
+            Ev::ProbeAnswer { backend } => {
+                let report = backends[backend].report(t, scenario.backends[backend].workers);
+                router.record_load(&service, &scenario.backends[backend].id, report);
+            }
             Ev::Reach { req, backend } => {
-                if arrives(scenario, &mut backends, backend, req, t, &frac) {
+                if arrives(scenario, &mut backends, &mut reqs, backend, req, t, &frac) {
                     start(scenario, &mut backends, &mut reqs, &mut rng, backend, req, t, &frac, &mut |t, ev| {
                         push(&mut events, t, ev);
                     });
                 }
             }
             Ev::Done { req, backend } => {
-                backends[backend].busy -= 1;
+                let workers = scenario.backends[backend].workers;
+                let b = &mut backends[backend];
+                #[allow(clippy::cast_precision_loss)]
+                let (latency, service) = ((t - reqs[req].reached) as f64 / 1e6, (t - reqs[req].started) as f64 / 1e6);
+                b.load.finished(t, b.busy, workers, reqs[req].rif, latency, service);
+                b.busy -= 1;
+                reqs[req].report = Some(b.report(t, workers));
                 if let Some(next) = backends[backend].queue.pop_front() {
                     start(scenario, &mut backends, &mut reqs, &mut rng, backend, next, t, &frac, &mut |t, ev| {
                         push(&mut events, t, ev);
@@ -432,6 +529,7 @@ pub fn run_with(
         m
     });
     result.imbalance = scenario.imbalance(&result.per_backend);
+    result.capacity_error = scenario.capacity_error(&result.series);
     result.rollout = driver.map(|d| d.finish(&router, &service));
     Ok(result)
 }
@@ -444,9 +542,13 @@ fn schedule_next(scenario: &Scenario, rng: &mut Rng, t: u64, push: &mut dyn FnMu
     push(t + (gap as u64).max(1), Ev::Arrival);
 }
 
-/// The answer to `r` reaches the client at `t` (unless it timed out already).
+/// The answer to `r` reaches the client at `t` (unless it timed out already), with its
+/// backend's load report.
 fn answer(r: &mut Req, t: u64, result: &mut RunResult) {
     if let Some(guard) = r.guard.take() {
+        if let Some(report) = r.report.take() {
+            guard.report_load(report);
+        }
         // The guard measures the same latency on the router's clock (now - the pick).
         result.latencies_us.push(u32::try_from((t - r.arrival) / 1000).unwrap_or(u32::MAX));
         let outcome = match r.outcome {
@@ -467,6 +569,7 @@ fn answer(r: &mut Req, t: u64, result: &mut RunResult) {
 fn arrives(
     scenario: &Scenario,
     backends: &mut [Backend],
+    reqs: &mut [Req],
     b: usize,
     req: usize,
     t: u64,
@@ -479,6 +582,8 @@ fn arrives(
     if partitioned {
         return false;
     }
+    reqs[req].reached = t;
+    reqs[req].rif = backends[b].busy + u32::try_from(backends[b].queue.len()).unwrap_or(u32::MAX);
     if backends[b].busy < scenario.backends[b].workers {
         return true;
     }
@@ -499,7 +604,10 @@ fn start(
     frac: &dyn Fn(f64) -> u64,
     push: &mut dyn FnMut(u64, Ev),
 ) {
-    backends[b].busy += 1;
+    let backend = &mut backends[b];
+    backend.load.touch(t, backend.busy, scenario.backends[b].workers);
+    backend.busy += 1;
+    reqs[req].started = t;
     let spec = &scenario.backends[b];
     let mut service = rng.lognormal(spec.mean_ms, spec.sigma);
     let mut outcome = Served::Ok;

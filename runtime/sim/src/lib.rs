@@ -3,7 +3,9 @@
 //! Owns a deterministic, seeded discrete-event simulation of clients, a gateway and N
 //! backends ([`scenario`]: homogeneous, heterogeneous capacity, one slow node, a fast-failing
 //! node, bursty arrivals, hot keys, churn, a zone split, a gateway in one of three zones and
-//! that zone degrading, with a cross-zone round trip), run for every strategy
+//! that zone degrading, with a cross-zone round trip, antagonists moving between backends),
+//! backends that report their load as ORCA reports and answer load probes ([`load`]), run
+//! for every strategy
 //! ([`strategy`]: each built-in balancer, native and wasm, optionally with a scheduler, and
 //! any `--plugin FILE.wasm`) through the gateway's own `Router` on a clock the simulation
 //! moves ([`engine`]). Results aggregate over several
@@ -17,6 +19,7 @@
 #![deny(missing_docs)]
 
 pub mod engine;
+pub mod load;
 pub mod plot;
 pub mod report;
 mod rng;

@@ -35,6 +35,9 @@ pub struct Row {
     pub key_moves: Option<f64>,
     /// Scenarios with a gateway zone: share of requests sent to another zone.
     pub cross_zone: Option<f64>,
+    /// Scenarios of unequal capacities: in the second half of the run, the largest relative
+    /// difference between a backend's share of the requests and its share of the capacity.
+    pub capacity_error: Option<f64>,
     /// Picks answered by the native default because a plugin faulted.
     pub fallbacks: u64,
     /// Mean wall time of one pick, ns (timing: varies between runs).
@@ -71,6 +74,10 @@ impl Row {
                 .first()
                 .and_then(RunResult::cross_zone_share)
                 .map(|_| mean(&|r| r.cross_zone_share().unwrap_or(0.0))),
+            capacity_error: runs
+                .first()
+                .and_then(|r| r.capacity_error)
+                .map(|_| mean(&|r| r.capacity_error.unwrap_or(0.0))),
             fallbacks: runs.iter().map(|r| r.fallbacks).sum(),
             pick_ns: per_pick,
             decisions_per_s: if per_pick > 0.0 { 1e9 / per_pick } else { 0.0 },
@@ -81,7 +88,7 @@ impl Row {
     #[must_use]
     pub fn deterministic(&self) -> String {
         format!(
-            "{},{},{},{:.6},{:.3},{:.3},{:.3},{:.3},{:.3},{:.4},{},{},{}",
+            "{},{},{},{:.6},{:.3},{:.3},{:.3},{:.3},{:.3},{:.4},{},{},{},{}",
             self.scenario,
             self.strategy,
             self.seeds,
@@ -94,13 +101,14 @@ impl Row {
             self.imbalance,
             self.key_moves.map_or(String::new(), |m| format!("{m:.4}")),
             self.cross_zone.map_or(String::new(), |m| format!("{m:.4}")),
+            self.capacity_error.map_or(String::new(), |m| format!("{m:.4}")),
             self.fallbacks,
         )
     }
 }
 
 /// The CSV header.
-pub const CSV_HEADER: &str = "scenario,strategy,seeds,success_rate,p50_ms,p99_ms,p999_ms,p99_min_ms,p99_max_ms,imbalance,key_moves,cross_zone,fallbacks,pick_ns,decisions_per_s";
+pub const CSV_HEADER: &str = "scenario,strategy,seeds,success_rate,p50_ms,p99_ms,p999_ms,p99_min_ms,p99_max_ms,imbalance,key_moves,cross_zone,capacity_error,fallbacks,pick_ns,decisions_per_s";
 
 /// `results.csv`.
 #[must_use]
@@ -118,18 +126,18 @@ pub fn markdown(rows: &[Row], scenarios: &[(String, String)], seeds: &[u64], sca
     let mut out = String::from("# sextant strategy benchmark\n\n");
     let _ = writeln!(
         out,
-        "Seeds {seeds:?}, scale {scale}. Latencies are of every request as the client saw it: a failure when its error came back, an unanswered request at the timeout (means over seeds; p99 spread is min–max over seeds). Imbalance is max / mean requests per unit of weight over the backends present the whole run. Pick cost is wall time per pick on this machine.\n"
+        "Seeds {seeds:?}, scale {scale}. Latencies are of every request as the client saw it: a failure when its error came back, an unanswered request at the timeout (means over seeds; p99 spread is min–max over seeds). Imbalance is max / mean requests per unit of weight over the backends present the whole run. Vs capacity (backends of unequal capacity only): in the second half of the run, the largest relative difference between a backend's share of the requests and its share of the capacity. Pick cost is wall time per pick on this machine.\n"
     );
     for (name, description) in scenarios {
         let _ = writeln!(out, "## {name}\n\n{description}\n");
         out.push_str(
-            "| strategy | success | p50 ms | p99 ms (spread) | p99.9 ms | imbalance | key moves | cross-zone | pick ns | decisions/s |\n",
+            "| strategy | success | p50 ms | p99 ms (spread) | p99.9 ms | imbalance | key moves | cross-zone | vs capacity | pick ns | decisions/s |\n",
         );
-        out.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+        out.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
         for r in rows.iter().filter(|r| &r.scenario == name) {
             let _ = writeln!(
                 out,
-                "| {} | {:.3}% | {:.2} | {:.2} ({:.2}–{:.2}) | {:.2} | {:.3} | {} | {} | {:.0} | {:.2}M |",
+                "| {} | {:.3}% | {:.2} | {:.2} ({:.2}–{:.2}) | {:.2} | {:.3} | {} | {} | {} | {:.0} | {:.2}M |",
                 r.strategy,
                 r.success_rate * 100.0,
                 r.p50_ms,
@@ -140,6 +148,7 @@ pub fn markdown(rows: &[Row], scenarios: &[(String, String)], seeds: &[u64], sca
                 r.imbalance,
                 r.key_moves.map_or_else(|| "—".to_owned(), |m| format!("{:.1}%", m * 100.0)),
                 r.cross_zone.map_or_else(|| "—".to_owned(), |m| format!("{:.1}%", m * 100.0)),
+                r.capacity_error.map_or_else(|| "—".to_owned(), |m| format!("{:.1}%", m * 100.0)),
                 r.pick_ns,
                 r.decisions_per_s / 1e6,
             );

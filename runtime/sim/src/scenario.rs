@@ -58,6 +58,19 @@ pub enum Fault {
         /// End, fraction of the run.
         to: f64,
     },
+    /// Other clients' requests (an antagonist the gateway does not see) reach the backend at
+    /// `rate` a second (Poisson) while `from <= t < to`: they take its workers and queue like
+    /// the gateway's, so its in-flight count at the gateway understates its load.
+    Antagonist {
+        /// Backend index.
+        backend: usize,
+        /// Start, fraction of the run.
+        from: f64,
+        /// End, fraction of the run.
+        to: f64,
+        /// Requests per second.
+        rate: f64,
+    },
     /// The backend leaves the registry at `at` and comes back at `back` (if below 1).
     Churn {
         /// Backend index.
@@ -175,6 +188,34 @@ impl Scenario {
         if mean > 0.0 { max / mean } else { 0.0 }
     }
 
+    /// Scenarios whose backends differ in capacity and nothing else happens to them: how far
+    /// the traffic is from following capacity in the second half of a run (`series`, requests
+    /// per backend per time bucket), as the largest relative difference between a backend's
+    /// share of the requests and its share of the capacity. None for other scenarios.
+    #[must_use]
+    pub fn capacity_error(&self, series: &[Vec<u32>]) -> Option<f64> {
+        let capacities: Vec<f64> = self.backends.iter().map(|b| f64::from(b.workers) * 1000.0 / b.mean_ms).collect();
+        let first = capacities.first()?;
+        if !self.faults.is_empty() || capacities.iter().all(|c| (c - first).abs() < 1e-9) {
+            return None;
+        }
+        let mut served = vec![0u64; capacities.len()];
+        for bucket in &series[series.len() / 2..] {
+            for (n, &r) in served.iter_mut().zip(bucket) {
+                *n += u64::from(r);
+            }
+        }
+        let total: u64 = served.iter().sum();
+        let capacity: f64 = capacities.iter().sum();
+        #[allow(clippy::cast_precision_loss)]
+        let error = served
+            .iter()
+            .zip(&capacities)
+            .map(|(&n, c)| ((n as f64 / total.max(1) as f64) / (c / capacity) - 1.0).abs())
+            .fold(0.0, f64::max);
+        Some(error)
+    }
+
     /// Total capacity in requests per second (workers / mean service time).
     #[must_use]
     pub fn capacity(&self) -> f64 {
@@ -279,6 +320,19 @@ pub fn all() -> Vec<Scenario> {
         let at = if b < 3 { 0.2 } else { 0.45 };
         degraded.faults.push(Fault::Churn { backend: b, at, back: 0.7 });
     }
+    // Prequal's setting: backends shared with other clients whose load moves (antagonists
+    // the gateway cannot see), one weaker backend (hot), high utilization.
+    let mut antagonist = base(
+        "antagonist",
+        "10 backends, one 2x slower throughout; other clients send 250 req/s (62% of a backend) to three of them at a time, moving every 1/8 of the run; the gateway's 60% of the nominal load makes 83% of what is there",
+    );
+    antagonist.faults.push(Fault::Slow { backend: 9, from: 0.0, to: 1.0, factor: 2.0 });
+    for k in 0..8u32 {
+        let (from, to) = (f64::from(k) / 8.0, f64::from(k + 1) / 8.0);
+        for b in [3 * k as usize, 3 * k as usize + 1, 3 * k as usize + 2] {
+            antagonist.faults.push(Fault::Antagonist { backend: b % 9, from, to, rate: 250.0 });
+        }
+    }
     vec![
         at(base("homogeneous", "10 identical backends (4 workers, 10 ms log-normal service); 70% load"), 0.7),
         at(heterogeneous, 0.7),
@@ -290,6 +344,7 @@ pub fn all() -> Vec<Scenario> {
         at(zone, 0.4),
         local,
         degraded,
+        at(antagonist, 0.6),
     ]
 }
 

@@ -60,6 +60,18 @@ impl LoadReport {
         if self.application_utilization > 0.0 { self.application_utilization } else { self.cpu_utilization }
     }
 
+    /// What a plugin reads of this report `age_ms` after it arrived (`load.report`).
+    #[must_use]
+    pub fn to_backend(&self, age_ms: u64) -> BackendReport {
+        BackendReport {
+            utilization: self.effective_utilization(),
+            rps: self.rps_fractional,
+            eps: self.eps,
+            named: self.named_metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            age_ms,
+        }
+    }
+
     fn named(&self) -> usize {
         self.named_metrics.len() + self.request_cost.len() + self.utilization.len()
     }
@@ -98,6 +110,32 @@ impl LoadReport {
             _ => {}
         }
         Ok(())
+    }
+}
+
+/// A backend's last report as a plugin reads it (mirror of `load.backend-report`, contract
+/// 0.2.3): the figures weighting uses, the named metrics, and how old the report is.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BackendReport {
+    /// The application's utilization when it reports one, else the CPU's.
+    pub utilization: f64,
+    /// Requests per second the backend served (`rps_fractional`).
+    pub rps: f64,
+    /// Errors per second.
+    pub eps: f64,
+    /// `named_metrics`, sorted by name. By sextant's convention `rif` is the backend's
+    /// requests in flight (queued or served, from every client) and `latency_ms` its recent
+    /// service latency; Prequal and C3 read them.
+    pub named: Vec<(String, f64)>,
+    /// Milliseconds since the report arrived.
+    pub age_ms: u64,
+}
+
+impl BackendReport {
+    /// A named metric.
+    #[must_use]
+    pub fn named(&self, name: &str) -> Option<f64> {
+        self.named.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
     }
 }
 
