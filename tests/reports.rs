@@ -65,27 +65,28 @@ fn a_wasm_balancer_bound_through_the_control_plane_routes_by_the_backends_load_r
     promtool_check(&gateway.metrics());
 
     // orca-wrr as a wasm component, bound through the control plane; no blackout, weights
-    // recomputed every 100 ms.
+    // recomputed every 500 ms.
     let orca = sextant_plugin_artifacts::path("orca-wrr").expect("artifact built");
-    let config = r#"{"blackout_period_ms": 0, "weight_update_period_ms": 100}"#;
+    let config = r#"{"blackout_period_ms": 0, "weight_update_period_ms": 500}"#;
     let out = run(
         &server,
         &["plugin", "load", orca, "--name", "orca", "--kind", "balancer", "--bind", SERVICE, "--config", config],
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // Weights 100/0.2 = 500 and 100/0.8 = 125; the garbage backend has none and gets their
-    // mean, 312.5: shares 53.3%, 13.3%, 33.3% (earliest deadline first is exact).
+    // mean, 312.5: shares 53.3%, 13.3%, 33.3% (earliest deadline first on each of the
+    // gateway's worker threads; which thread takes a request adds a little noise).
     wait_until("the traffic follows the reports", || {
         let r = round(&gateway, &backends, 75);
         r[0] >= 36 && r[1] <= 14
     });
     let shares = round(&gateway, &backends, 300);
-    assert!((150..=170).contains(&shares[0]), "light: {shares:?}");
-    assert!((30..=50).contains(&shares[1]), "heavy: {shares:?}");
-    assert!((90..=110).contains(&shares[2]), "garbage, the mean: {shares:?}");
+    assert!((140..=180).contains(&shares[0]), "light: {shares:?}");
+    assert!((25..=55).contains(&shares[1]), "heavy: {shares:?}");
+    assert!((80..=120).contains(&shares[2]), "garbage, the mean: {shares:?}");
     #[allow(clippy::cast_precision_loss)]
     let ratio = shares[0] as f64 / shares[1] as f64;
-    assert!((3.2..=4.8).contains(&ratio), "light takes four times heavy's share: {shares:?}");
+    assert!((2.8..=6.0).contains(&ratio), "light takes about four times heavy's share: {shares:?}");
     let listed = run(&server, &["plugin", "list"]);
     let text = String::from_utf8_lossy(&listed.stdout);
     assert!(text.contains("orca") && text.contains("0.2.3"), "the component speaks 0.2.3: {text}");

@@ -22,8 +22,12 @@ fn main() {
     let wasm_target_dir =
         if target_dir.is_absolute() { target_dir } else { root.join(target_dir) }.join("wasm-plugins");
 
+    // Relative to this package (two levels below the root), not absolute: cargo keeps the
+    // paths with the build script's fingerprint, which another checkout of the repository
+    // sharing the target directory reuses; an absolute path would have it watch the other
+    // checkout's files.
     for dir in ["wit", "plugins/sdk", "plugins/builtins", "plugins/wasm", "plugins/testing", "Cargo.lock"] {
-        println!("cargo:rerun-if-changed={}", root.join(dir).display());
+        println!("cargo:rerun-if-changed=../../{dir}");
     }
 
     let mut packages = Vec::new();

@@ -9,12 +9,14 @@
 //! lexicographic rule: a probe is hot when its RIF is above the `q_rif` quantile of the
 //! pool's RIFs; among the cold ones the lowest latency wins (the quantile is taken over the
 //! pool itself, so one probe at least is cold: with `q_rif` 0, the lowest RIF wins).
-//! The chosen probe's RIF is raised by one (the request just sent) and it is used at most
+//! The chosen probe's RIF is raised by one (the request just sent), and never reads below
+//! what this host has in flight to the backend (a guard against a backend claiming no load to
+//! attract the traffic: it turns hot as the requests pile up); a probe is used at most
 //! `reuse` times; probes older than `max_age_ms` leave the pool, and when the pool is full
 //! the oldest goes. With an empty pool the pick is uniformly random.
 //!
-//! Parameters are the paper's defaults where it gives them: pool of 16, `q_rif` 0.84 (hot
-//! beyond that quantile), probes reused up to a budget. Deviations: probes are answered by
+//! Parameters: a pool of 16 as in the paper; `q_rif` 0.84, two probes per pick and a reuse
+//! budget of 2 are sextant's choices within the ranges the paper explores. Deviations: probes are answered by
 //! the host's prober (a gateway's GET of the probe path, a simulated backend) rather than by
 //! an RPC to the replica, and probes are only asked on picks (no idle probing). The
 //! balancer does not read CPU: that is the paper's point.
@@ -190,7 +192,20 @@ impl Balancer for Prequal {
         let now = env.now();
         self.collect(env, now);
         self.ask(env, now);
-        match self.choose() {
+        // A backend has at least the requests this host has in flight to it: a probe that
+        // says fewer (a backend claiming no load to attract traffic, or an answer overtaken by
+        // what was sent since) is raised to them, and the choice made again.
+        let mut chosen = self.choose();
+        for _ in 0..3 {
+            let Some(k) = chosen else { break };
+            let mine = f64::from(env.in_flight(self.pool[k].endpoint));
+            if mine <= self.pool[k].rif {
+                break;
+            }
+            self.pool[k].rif = mine;
+            chosen = self.choose();
+        }
+        match chosen {
             Some(k) => {
                 let p = &mut self.pool[k];
                 p.uses += 1;
@@ -250,6 +265,31 @@ mod tests {
             .collect();
         let k = all_hot.choose().unwrap();
         assert_eq!(all_hot.pool[k].endpoint, 2, "q 0: only the least loaded probe is cold");
+    }
+
+    #[test]
+    fn a_backend_claiming_no_load_turns_hot_as_requests_pile_up_on_it() {
+        let mut b = Prequal::new(r#"{"reuse": 1000, "probe_rate": 0}"#).unwrap();
+        let mut env = TestEnv::seeded(11);
+        b.update(&snapshot(8), &mut env).unwrap();
+        // Endpoint 0 says it has nothing in flight and answers in no time; the others are
+        // honest (4 to 10 in flight, 10 ms). This host already has 30 requests in flight to
+        // the liar: its probe reads 30, above the 0.84 quantile of the pool.
+        b.pool = (0..8)
+            .map(|i| {
+                let (rif, latency_ms) = if i == 0 { (0.0, 0.0) } else { (f64::from(i) + 3.0, 10.0) };
+                Probe { endpoint: i, rif, latency_ms, at: 0, uses: 0 }
+            })
+            .collect();
+        env.in_flight = vec![30, 4, 5, 6, 7, 8, 9, 10];
+        let picked: Vec<u32> = (0..20).filter_map(|_| b.pick(&Request::default(), &mut env)).collect();
+        assert!(picked.iter().all(|&e| e != 0), "the liar is hot by what this host sent it: {picked:?}");
+        // With nothing in flight to it, the same claim wins (it may be true).
+        let mut b2 = Prequal::new(r#"{"reuse": 1000, "probe_rate": 0}"#).unwrap();
+        b2.update(&snapshot(8), &mut env).unwrap();
+        b2.pool = b.pool.iter().map(|p| Probe { rif: if p.endpoint == 0 { 0.0 } else { p.rif }, ..*p }).collect();
+        env.in_flight = vec![0, 4, 5, 6, 7, 8, 9, 10];
+        assert_eq!(b2.pick(&Request::default(), &mut env), Some(0));
     }
 
     #[test]

@@ -86,7 +86,7 @@ impl ServiceState {
                     "out"
                 };
                 let cell = at.and_then(|n| snap.load(u32::try_from(n).ok()?));
-                let report = cell.and_then(|c| snap.tracker().report(c));
+                let report = snap.tracker().report_of(id);
                 #[allow(clippy::cast_precision_loss)]
                 let latency_ewma_ms = cell.map_or(0.0, |c| c.latency_ewma() as f64 / 1e6);
                 EndpointStatus {

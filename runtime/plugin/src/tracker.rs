@@ -145,6 +145,13 @@ impl LoadTracker {
         Some((report, age))
     }
 
+    /// Endpoint `id`'s last report and its age in milliseconds, while the tracker follows it.
+    #[must_use]
+    pub fn report_of(&self, id: &str) -> Option<(Arc<(LoadReport, u64)>, u64)> {
+        let cell = self.cells.lock().get(id).cloned()?;
+        self.report(&cell)
+    }
+
     /// What a plugin reads of `cell`'s last report.
     pub(crate) fn backend_report(&self, cell: &EndpointLoad) -> Option<BackendReport> {
         let (report, age) = self.report(cell)?;
