@@ -498,6 +498,30 @@ fn from_the_console_a_plugin_is_loaded_bound_and_deleted_a_gateways_traffic_show
     wait_until("lb deleted", || plugin_record(&server, "lb").is_none());
     browser.wait("lb's row gone", "return document.querySelector('tr[data-plugin=\"lb\"]') === null");
 
+    // A navigation while a render is under way is drawn after it, not dropped: the render of
+    // the overview waits on its requests (held here), the lab is asked for meanwhile, then the
+    // requests go. First the page catches up with the registry (the delete's revision), so no
+    // change of revision redraws it afterwards.
+    let revision = browser.run_async(
+        "const done = arguments[arguments.length - 1]; \
+         fetch('/status').then((r) => r.json()).then((s) => done(String(s.revision)));",
+    );
+    let revision = revision.as_str().expect("the revision").to_owned();
+    browser.wait(
+        "the page caught up with the registry",
+        &format!("return document.body.dataset.revision === '{revision}'"),
+    );
+    browser.run(
+        "window.__held = []; window.__fetch = window.fetch; \
+         window.fetch = (...a) => new Promise((done) => window.__held.push(() => done(window.__fetch(...a)))); \
+         location.hash = '#/overview'; return true;",
+        &[],
+    );
+    browser.wait("the overview's render waiting on its requests", "return window.__held.length > 0");
+    browser.run("location.hash = '#/lab'; return true;", &[]);
+    browser.run("window.fetch = window.__fetch; window.__held.splice(0).forEach((go) => go()); return true;", &[]);
+    browser.wait("the lab, asked for during a render", "return document.getElementById('lab-files') !== null");
+
     // A strategy benchmark's results, read by the page from the files the bench wrote.
     let out = dir.path().join("bench");
     let ran = std::process::Command::new(crate::support::sextant_bin())

@@ -8,6 +8,10 @@ const state = {
   revision: null,
   dirty: false,
   rendering: false,
+  // A forced render asked for while one was under way.
+  again: false,
+  // The plugin whose delete button was clicked once (the next click deletes it).
+  armed: null,
   lastRender: 0,
 };
 
@@ -639,17 +643,20 @@ async function plugins() {
         actions.push(act(a[0].toUpperCase() + a.slice(1), () => api("POST", `${path}/rollout/${a}`)));
       }
     }
-    let armed = false;
+    // Armed by a first click, deleting on the second; the arming is the page's, not the
+    // button's, so a render that redraws the row in between (one under way at the click)
+    // draws it armed.
+    const armed = state.armed === p.name;
     const remove = h("button", { class: "small ghost", "data-action": "delete", "data-plugin": p.name, onclick: () => {
-      if (!armed) {
-        // Held until the second click: a live refresh in between would draw an unarmed button.
-        armed = true;
+      if (state.armed !== p.name) {
+        state.armed = p.name;
         state.dirty = true;
         remove.textContent = "Really delete";
         return;
       }
+      state.armed = null;
       write(error, () => api("DELETE", path));
-    } }, "Delete");
+    } }, armed ? "Really delete" : "Delete");
     actions.push(remove);
     return h(
       "tr",
@@ -922,7 +929,12 @@ function route() {
 }
 
 async function render(force) {
-  if (state.rendering) return;
+  if (state.rendering) {
+    // A navigation (or a write) during a render is drawn right after it, not dropped: the
+    // render under way may be of the page just left.
+    if (force) state.again = true;
+    return;
+  }
   const main = document.getElementById("main");
   const focused = main.contains(document.activeElement) && /^(INPUT|TEXTAREA)$/.test(document.activeElement.tagName);
   if (!force && (state.dirty || focused)) return; // never under someone's typing
@@ -942,6 +954,10 @@ async function render(force) {
     state.rendering = false;
     state.lastRender = Date.now();
     document.body.dataset.revision = String(state.revision);
+    if (state.again) {
+      state.again = false;
+      render(true);
+    }
   }
 }
 
@@ -979,6 +995,7 @@ document.getElementById("forget").addEventListener("click", () => {
 });
 window.addEventListener("hashchange", () => {
   state.dirty = false;
+  state.armed = null;
   render(true);
 });
 render(true).then(follow);
