@@ -159,7 +159,11 @@ impl C3 {
     fn score(&mut self, env: &mut dyn Env, i: u32, now: u64) -> (f64, bool) {
         let default = self.config.default_service_ms;
         let Some(id) = self.ids.get(i as usize) else { return (f64::MAX, false) };
-        let s = self.servers.entry(id.clone()).or_insert_with(|| Server::new(default, now));
+        // Looked up before inserted: no key is allocated on a pick once the server is known.
+        if !self.servers.contains_key(id) {
+            self.servers.insert(id.clone(), Server::new(default, now));
+        }
+        let Some(s) = self.servers.get_mut(id) else { return (f64::MAX, false) };
         if let Some(r) = env.report(i) {
             let arrived = now.saturating_sub(r.age_ms.saturating_mul(1_000_000));
             if arrived > s.seen {
@@ -238,13 +242,10 @@ mod tests {
     use super::*;
     use crate::TestEnv;
     use crate::report::BackendReport;
-    use crate::testing::snapshot;
+    use crate::testing::{named, snapshot};
 
     fn feedback(rif: f64, service_ms: f64) -> Option<BackendReport> {
-        Some(BackendReport {
-            named: vec![("rif".into(), rif), ("service_ms".into(), service_ms)],
-            ..BackendReport::default()
-        })
+        named(&[("rif", rif), ("service_ms", service_ms)])
     }
 
     #[test]

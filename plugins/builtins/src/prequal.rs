@@ -74,6 +74,8 @@ pub struct Prequal {
     asked: Vec<Asked>,
     /// Fractional probes owed (`probe_rate` below 1).
     owed: f64,
+    /// The pool's RIFs, where a choice finds their quantile.
+    rifs: Vec<f64>,
 }
 
 impl Prequal {
@@ -96,7 +98,7 @@ impl Prequal {
         if config.reuse == 0 {
             return Err("reuse must be at least 1".into());
         }
-        Ok(Self { config, len: 0, pool: Vec::new(), asked: Vec::new(), owed: 0.0 })
+        Ok(Self { config, len: 0, pool: Vec::new(), asked: Vec::new(), owed: 0.0, rifs: Vec::new() })
     }
 
     /// Takes the answers to asked probes that arrived since they were asked, drops old and
@@ -160,15 +162,18 @@ impl Prequal {
     }
 
     /// The hot-cold lexicographic choice over the pool: its index.
-    fn choose(&self) -> Option<usize> {
+    fn choose(&mut self) -> Option<usize> {
         if self.pool.is_empty() {
             return None;
         }
-        let mut rifs: Vec<f64> = self.pool.iter().map(|p| p.rif).collect();
-        rifs.sort_by(f64::total_cmp);
+        // The quantile is the `at`-th smallest RIF, selected in a buffer kept between picks
+        // (no allocation, no full sort, on a pick).
+        let rifs = &mut self.rifs;
+        rifs.clear();
+        rifs.extend(self.pool.iter().map(|p| p.rif));
         #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let at = ((rifs.len() as f64 * self.config.q_rif).ceil() as usize).clamp(1, rifs.len()) - 1;
-        let threshold = rifs[at];
+        let threshold = *rifs.select_nth_unstable_by(at, f64::total_cmp).1;
         // The quantile is one of the pool's RIFs, so at least one probe is cold.
         (0..self.pool.len())
             .filter(|&k| self.pool[k].rif <= threshold)
@@ -222,13 +227,10 @@ mod tests {
     use super::*;
     use crate::TestEnv;
     use crate::report::BackendReport;
-    use crate::testing::snapshot;
+    use crate::testing::{named, snapshot};
 
     fn answer(rif: f64, latency_ms: f64) -> Option<BackendReport> {
-        Some(BackendReport {
-            named: vec![("latency_ms".into(), latency_ms), ("rif".into(), rif)],
-            ..BackendReport::default()
-        })
+        named(&[("latency_ms", latency_ms), ("rif", rif)])
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! What the built-ins' unit tests share.
 
+use crate::report::BackendReport;
 use crate::{Endpoint, Snapshot};
 
 /// `n` healthy endpoints `e0`, `e1`, ... of weight 100.
@@ -10,4 +11,11 @@ pub(crate) fn snapshot(n: usize) -> Snapshot {
             .collect(),
         ..Snapshot::default()
     }
+}
+
+/// A report of these named metrics only (sorted by name, as the host hands them).
+pub(crate) fn named(metrics: &[(&str, f64)]) -> Option<BackendReport> {
+    let mut named: Vec<(String, f64)> = metrics.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    Some(BackendReport { named, ..BackendReport::default() })
 }

@@ -754,6 +754,10 @@ impl ServiceState {
     /// oldest first); the others are dropped.
     pub(crate) fn due_load_probes(&self, now: Instant) -> Vec<String> {
         let mut asked = self.tracker.take_probes();
+        if asked.is_empty() {
+            // The bucket fills the same whether counted now or at the next ask (it is capped).
+            return asked;
+        }
         let rate = f64::from(self.config.load_probe.per_second);
         let mut tokens = self.probe_tokens.lock();
         let elapsed = now.saturating_duration_since(tokens.1).as_secs_f64();
