@@ -221,7 +221,18 @@ impl PluginHost {
             _ => return Err(LoadError::NotWasm),
         }
         self.0.compiles.fetch_add(1, Relaxed);
+        let (started, functions) = (std::time::Instant::now(), self.function_cache());
         let component = Component::new(self.engine(), bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let now = self.function_cache();
+        // (Compiles running at once share the counts: these are what happened meanwhile.)
+        tracing::info!(
+            sha256 = &sha256[..12],
+            bytes = bytes.len(),
+            ms = started.elapsed().as_millis(),
+            functions_compiled = now.misses - functions.misses,
+            functions_found = now.hits - functions.hits,
+            "component compiled"
+        );
         let (kind, contract) = self.check_exports(&component)?;
         self.check_imports(&component, contract)?;
         let mut linker = self.linker().clone();

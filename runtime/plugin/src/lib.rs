@@ -5,9 +5,12 @@
 //! This crate owns:
 //! - [`Runtime`] (`runtime.rs`): the wasmtime engine (pooling allocator, epoch interruption, a
 //!   memory cap per instance), the linker, the budgets ([`HostConfig`]) and the stores every
-//!   instance runs in; [`PluginHost`] (`host.rs`) adds the compile cache keyed by sha256 and
-//!   validation of what a component exports and imports (kind, contract version:
-//!   [`Contract`], `kind.rs`) with a typed [`LoadError`] for each way a file can be wrong;
+//!   instance runs in, and the engine's store of compiled functions (`function_cache.rs`, so a
+//!   component repeating functions already compiled, such as a Python plugin's interpreter,
+//!   compiles only what differs: [`FunctionCacheStats`]); [`PluginHost`] (`host.rs`) adds the
+//!   compile cache keyed by sha256 and validation of what a component exports and imports
+//!   (kind, contract version: [`Contract`], `kind.rs`) with a typed [`LoadError`] for each way
+//!   a file can be wrong;
 //! - the two contract shapes: `sextant:plugin@0.2.x` (`wit/`, 0.2.3: 0.2.1 added what a
 //!   request tried, 0.2.2 the host's zone, `host.local-zone`, [`Runtime::set_zone`], 0.2.3
 //!   backends' load reports and probes, `load.report`, `load.probe`, kept per endpoint by the
@@ -57,6 +60,7 @@ mod bindings;
 mod canary;
 mod compiled;
 mod error;
+mod function_cache;
 mod health;
 mod host;
 mod kind;
@@ -81,6 +85,7 @@ pub use binding::{Desired, Trial, TrialChange, bound_record, desired, trial};
 pub use canary::{CandidateStatus, SHADOW_MAX_ENDPOINTS, SHADOW_SAMPLE_EVERY, ShadowTally, Split};
 pub use compiled::Compiled;
 pub use error::{CallFault, HostError, LoadError, SlotError};
+pub use function_cache::FunctionCacheStats;
 pub use health::{HealthSlot, OUTCOME_QUEUE};
 pub use host::{PluginHost, WeakHost};
 pub use kind::{CONTRACT_VERSION, Contract, LEGACY_CONTRACT_VERSION, PluginKind};

@@ -1,5 +1,6 @@
 //! The wasmtime runtime under every plugin: the engine (pooling allocator sized from
-//! [`HostConfig`], epoch interruption, a memory cap per instance), its epoch ticker (the clock
+//! [`HostConfig`], epoch interruption, a memory cap per instance, the store of compiled
+//! functions it reuses across components), its epoch ticker (the clock
 //! of deadlines and of idleness), the stores plugin instances get (their data is
 //! `crate::state`'s [`HostState`], with each plugin's log budget) and the thread that does
 //! plugin work off the request path. [`PluginHost`](crate::PluginHost) adds what it keeps of
@@ -22,6 +23,7 @@ use wasmtime::{
 
 use crate::LoadError;
 use crate::bindings::{v1, v2};
+use crate::function_cache::{FunctionCache, FunctionCacheStats};
 use crate::kind::Contract;
 use crate::log::{LogBudget, LogDrops};
 use crate::published::Published;
@@ -69,6 +71,10 @@ pub struct HostConfig {
     pub zone: String,
     /// Compiled components kept in the cache.
     pub cache_capacity: usize,
+    /// Bytes of compiled functions kept so that a component repeating another's functions (two
+    /// Python or JavaScript plugins carry the same interpreter) compiles only what differs;
+    /// 0 keeps none (`function_cache.rs`).
+    pub function_cache_bytes: usize,
     /// Faults (traps, deadline hits, contract violations) within `fault_window` that roll a
     /// version back automatically.
     pub max_faults: u32,
@@ -107,6 +113,7 @@ impl Default for HostConfig {
             seed: 0x5e7_a47,
             zone: String::new(),
             cache_capacity: 64,
+            function_cache_bytes: 128 << 20,
             max_faults: 5,
             fault_window: Duration::from_secs(10),
             ewma_decay: Duration::from_secs(10),
@@ -150,6 +157,8 @@ pub(crate) type OffPathJob = Box<dyn FnOnce() + Send>;
 
 struct Inner {
     engine: Engine,
+    /// The engine's store of compiled functions, when it keeps one.
+    functions: Option<Arc<FunctionCache>>,
     linker: Linker<HostState>,
     config: HostConfig,
     next_seed: AtomicU64,
@@ -188,7 +197,7 @@ pub(crate) const CORE_INSTANCES_PER_COMPONENT: u32 = 64;
 /// Instances a plugin's store may hold (the component and its core instances).
 const INSTANCES_PER_STORE: usize = 1 + CORE_INSTANCES_PER_COMPONENT as usize;
 
-fn engine(config: &HostConfig) -> wasmtime::Result<Engine> {
+fn engine(config: &HostConfig, functions: Option<Arc<FunctionCache>>) -> wasmtime::Result<Engine> {
     let mut pool = PoolingAllocationConfig::default();
     // A component built by Rust for wasm32-wasip2 holds one main module (one memory, one
     // table) plus small shim modules for its imports; componentize-py links CPython from
@@ -206,6 +215,9 @@ fn engine(config: &HostConfig) -> wasmtime::Result<Engine> {
     c.epoch_interruption(true)
         .wasm_component_model(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    if let Some(functions) = functions {
+        c.enable_incremental_compilation(functions)?;
+    }
     Engine::new(&c)
 }
 
@@ -215,7 +227,9 @@ impl Runtime {
     /// # Errors
     /// When wasmtime cannot set up the engine (for example the pool cannot reserve memory).
     pub(crate) fn new(config: HostConfig) -> Result<Self, crate::HostError> {
-        let engine = engine(&config)?;
+        let functions =
+            (config.function_cache_bytes > 0).then(|| Arc::new(FunctionCache::new(config.function_cache_bytes)));
+        let engine = engine(&config, functions.clone())?;
         let mut linker = Linker::new(&engine);
         v1::balancer::BalancerPlugin::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
         v2::balancer::BalancerPlugin::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
@@ -235,6 +249,7 @@ impl Runtime {
         let idle_ticks = ticks(&config, config.idle_resource);
         Ok(Self(Arc::new(Inner {
             engine,
+            functions,
             linker,
             pick_ticks,
             idle_ticks,
@@ -252,6 +267,12 @@ impl Runtime {
     /// The engine components are compiled for.
     pub(crate) fn engine(&self) -> &Engine {
         &self.0.engine
+    }
+
+    /// What the store of compiled functions did (all zero when `function_cache_bytes` is 0).
+    #[must_use]
+    pub fn function_cache(&self) -> FunctionCacheStats {
+        self.0.functions.as_ref().map(|f| f.stats()).unwrap_or_default()
     }
 
     /// The linker with the host's imports defined (the WASI subset is added per component).

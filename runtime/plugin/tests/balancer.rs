@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sextant_builtins::{Endpoint, Snapshot, mix64};
-use sextant_plugin::{BalancerSlot, HostConfig, LoadError, PickRequest, PluginHost, PluginSpec};
+use sextant_plugin::{BalancerSlot, FunctionCacheStats, HostConfig, LoadError, PickRequest, PluginHost, PluginSpec};
 
 fn host(workers: usize) -> PluginHost {
     host_with_deadline(workers, Duration::from_millis(5))
@@ -398,6 +398,42 @@ fn rollback_and_compile_cache() {
     let back = slot.rollback().unwrap();
     assert_eq!((back.name.as_str(), back.source), ("least-request", "builtin"));
     assert!(slot.pick(&mut PickRequest::default()).is_some());
+}
+
+/// A component whose functions another one already compiled (here the same code with a custom
+/// section added: other bytes, another hash) takes their machine code from the function cache
+/// instead of compiling them again; it picks as the first does.
+#[test]
+fn a_component_repeating_compiled_functions_takes_them_from_the_function_cache() {
+    let host = host(1);
+    let bytes = std::fs::read(sextant_plugin_artifacts::path("ring-hash").expect("artifact")).unwrap();
+    let first = host.compile(&bytes).unwrap();
+    let after_first = host.function_cache();
+    assert!(after_first.misses > 0 && after_first.entries > 0, "the first compile fills it: {after_first:?}");
+    // A custom section: id 0, its size, then its name.
+    let mut other = bytes.clone();
+    other.extend_from_slice(&[0, 6, 5]);
+    other.extend_from_slice(b"notes");
+    let compiles = host.compiles();
+    let second = host.compile(&other).unwrap();
+    assert_ne!(first.sha256, second.sha256);
+    assert_eq!(host.compiles(), compiles + 1, "other bytes: compiled, not taken from the component cache");
+    let after_second = host.function_cache();
+    let (found, compiled) = (after_second.hits - after_first.hits, after_second.misses - after_first.misses);
+    // Most, not all: a few dozen of this component's ~500 functions are compiled again at
+    // every compile (their Cranelift IR differs from one compile to the next).
+    assert!(found > 5 * compiled, "found {found} functions, compiled {compiled} again: {after_second:?}");
+    let picks = |compiled| {
+        let slot = BalancerSlot::new(&host, "svc", PluginSpec::builtin("random")).unwrap();
+        slot.set_snapshot(snapshot(8));
+        slot.load(PluginSpec::Wasm { name: "ring".into(), compiled, config: "{}".into() }).unwrap();
+        (0..64).map(|k| slot.pick(&mut PickRequest::with_affinity(&format!("user-{k}"))).unwrap()).collect::<Vec<_>>()
+    };
+    assert_eq!(picks(first), picks(second), "the same picks from found code");
+
+    let none = PluginHost::new(HostConfig { workers: 1, function_cache_bytes: 0, ..HostConfig::default() }).unwrap();
+    none.compile(&bytes).unwrap();
+    assert_eq!(none.function_cache(), FunctionCacheStats::default(), "0 bytes: no cache");
 }
 
 #[test]
