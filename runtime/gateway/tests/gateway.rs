@@ -947,14 +947,16 @@ async fn a_backends_load_report_is_kept_with_its_endpoint_and_a_garbage_one_chan
 /// Prequal through a router, backends that report their load only to probes (`GET /load`):
 /// the balancer asks for probes (`load.probe`), the router sends them within its rate, the
 /// answers reach the balancer as reports (`load.report`), and the traffic follows them: the
-/// backend with 40 requests in flight gets none once the answers are in, though it says it
+/// backend with 1,000 requests in flight gets none once the answers are in, though it says it
 /// is faster. The native built-in and the wasm component behave alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prequal_probes_the_backends_and_keeps_off_the_one_with_many_requests_in_flight() {
     for wasm_component in [false, true] {
-        // Answers come at the router's maintenance ticks (25 ms), so each serves the picks
-        // until the next.
-        let config = r#"{"q_rif": 0.5, "max_age_ms": 2000, "reuse": 30}"#;
+        // Answers come at the router's maintenance ticks (25 ms). Each worker's instance keeps
+        // its own pool, of the probes it asked, and picks at random while it is empty; an
+        // answer serves up to 1,000 picks (each adding one to its RIF, so the cold backend's
+        // stays below the hot one's) for 30 s, so a slow machine empties no pool.
+        let config = r#"{"q_rif": 0.5, "max_age_ms": 30000, "reuse": 1000}"#;
         let native = PluginSpec::Builtin { name: "prequal".into(), config: config.into() };
         let policy = ServicePolicy { balancer: native, health_check: None, ..ServicePolicy::default() };
         let f = fixture(policy).await;
@@ -965,19 +967,42 @@ async fn prequal_probes_the_backends_and_keeps_off_the_one_with_many_requests_in
             Box::leak(format!("TEXT named_metrics.rif={rif}, named_metrics.latency_ms={latency}").into_boxed_str())
         };
         let probed = |r| Behavior { load_report: Some(r), load_probe_path: Some("/load"), ..Behavior::default() };
-        let hot = Backend::start("hot", probed(report(40, 1))).await.unwrap();
+        let hot = Backend::start("hot", probed(report(1000, 1))).await.unwrap();
         let cold = Backend::start("cold", probed(report(1, 3))).await.unwrap();
         f.register(&hot, true).await;
         f.register(&cold, true).await;
         let began = std::time::Instant::now();
-        // Until both have answered a probe (no report comes with ordinary answers).
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while hot.load_probes() == 0 || cold.load_probes() == 0 {
+        // Until both answers to a probe are kept (no report comes with ordinary answers): a
+        // backend counts a probe when it answers it, the router keeps the report when the
+        // answer arrives, a moment later.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
             assert_eq!(f.get("/").await.0, 200);
-            assert!(std::time::Instant::now() < deadline, "no probes sent ({wasm_component})");
+            let status = f.router.status(&service()).expect("a service state after a request");
+            if status.endpoints.len() == 2 && status.endpoints.iter().all(|e| e.load_report.is_some()) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no report from a probe answer within 60 s ({wasm_component}): {} and {} probes answered, {status:?}",
+                hot.load_probes(),
+                cold.load_probes()
+            );
         }
-        let status = f.router.status(&service()).unwrap();
-        assert!(status.endpoints.iter().all(|e| e.load_report.is_some()), "{status:?}");
+        assert!(hot.load_probes() > 0 && cold.load_probes() > 0, "the reports came from probes");
+        // Until every worker's pool holds both answers: 20 requests in a row to the cold
+        // backend (a balancer ignoring the reports sends one of 20 there by chance one time
+        // in a million).
+        let mut in_a_row = 0;
+        while in_a_row < 20 {
+            let to_cold = cold.served();
+            assert_eq!(f.get("/").await.0, 200);
+            in_a_row = if cold.served() > to_cold { in_a_row + 1 } else { 0 };
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the hot backend is still picked after 60 s ({wasm_component})"
+            );
+        }
         let before = (hot.served(), cold.served());
         for _ in 0..100 {
             assert_eq!(f.get("/").await.0, 200);
